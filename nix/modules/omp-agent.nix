@@ -1,0 +1,104 @@
+# services.omp-agent: the OMP agent runtime that pulls tasks for the node's roles from NATS.
+# Hand-written; rendered node modules (nix/nodes/*.nix) only set its values.
+{ config, lib, pkgs, ... }:
+let
+  cfg = config.services.omp-agent;
+  inherit (lib) mkOption mkEnableOption mkIf types;
+in
+{
+  options.services.omp-agent = {
+    enable = mkEnableOption "the OMP agent runtime";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.omp or (pkgs.writeShellScriptBin "omp" ''
+        echo "omp is not packaged for this system: set services.omp-agent.package" >&2
+        exit 1
+      '');
+      defaultText = lib.literalExpression "pkgs.omp";
+      description = "Package providing the `omp` executable.";
+    };
+
+    nodeName = mkOption {
+      type = types.strMatching "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?";
+      description = "Name of this node in the fleet (`--node-name`).";
+    };
+
+    controlPlane = mkOption {
+      type = types.str;
+      example = "100.64.0.1:4000";
+      description = "Control plane address and port (`--control-plane`).";
+    };
+
+    roles = mkOption {
+      type = types.nonEmptyListOf (types.strMatching "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?");
+      description = "Roles whose tasks this node takes (`--roles`).";
+    };
+
+    natsUrl = mkOption {
+      type = types.str;
+      example = "nats://100.64.0.1:4222";
+      description = "NATS server URL (`--nats-url`).";
+    };
+
+    natsCredentialsFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      description = "NATS credentials file (e.g. an agenix secret path), passed as NATS_CREDS_FILE.";
+    };
+
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = "Extra arguments for `omp agent start`.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    systemd.services.omp-agent = {
+      description = "OMP agent (${cfg.nodeName})";
+      wantedBy = [ "multi-user.target" ];
+      # The agent reaches the control plane over the tailnet: start once Tailscale is up.
+      wants = [ "network-online.target" "tailscaled.service" ];
+      after = [ "network-online.target" "tailscaled.service" "tailscaled-autoconnect.service" ];
+      environment = lib.optionalAttrs (cfg.natsCredentialsFile != null) {
+        NATS_CREDS_FILE = "%d/nats-creds";
+      };
+      serviceConfig = {
+        ExecStart = lib.escapeShellArgs ([
+          "${cfg.package}/bin/omp" "agent" "start"
+          "--node-name" cfg.nodeName
+          "--control-plane" cfg.controlPlane
+          "--roles" (lib.concatStringsSep "," cfg.roles)
+          "--nats-url" cfg.natsUrl
+        ] ++ cfg.extraArgs);
+        LoadCredential = lib.optional (cfg.natsCredentialsFile != null) "nats-creds:${toString cfg.natsCredentialsFile}";
+        Restart = "on-failure";
+        RestartSec = "5s";
+        DynamicUser = true;
+        StateDirectory = "omp-agent";
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [ "@system-service" "~@privileged" ];
+        CapabilityBoundingSet = "";
+        UMask = "0077";
+      };
+    };
+  };
+}

@@ -1,0 +1,175 @@
+//! Command-line layer: argument types and printing. Logic lives in the library.
+
+pub mod acl;
+pub mod bootstrap;
+pub mod core;
+pub mod deploy;
+pub mod health;
+pub mod secrets;
+
+use clap::{Parser, Subcommand};
+use fleetnix::manifest::{self, ManifestError};
+use fleetnix::model::Fleet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// fleetnix: put NixOS machines into a Tailscale fleet, correctly and safely.
+#[derive(Debug, Parser)]
+#[command(name = "fleetnix", version, about)]
+pub struct Cli {
+    /// Repository root (holds nix/, secrets/, flake.nix).
+    #[arg(long, global = true, default_value = ".", env = "FLEETNIX_ROOT")]
+    pub root: PathBuf,
+    /// Directory of nodes.yml, fleet.yml and services.yml [default: <root>/fleet].
+    #[arg(long, global = true, env = "FLEETNIX_FLEET_DIR")]
+    pub fleet_dir: Option<PathBuf>,
+    /// More output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// fleetnix's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check nodes.yml, fleet.yml and services.yml.
+    Validate,
+    /// Write nix/nodes/<node>.nix for every node.
+    Render(core::RenderArgs),
+    /// Show one node's plan: tags, ports, agent arguments, secrets, access.
+    Show(core::ShowArgs),
+    /// Deploy nodes (nixos-rebuild over Tailscale SSH, or the non-NixOS installer).
+    Deploy(deploy::DeployArgs),
+    /// Bring a fresh VM into the fleet over its public address.
+    Bootstrap(bootstrap::BootstrapArgs),
+    /// Print cloud-init user-data for a node.
+    CloudInit(bootstrap::CloudInitArgs),
+    /// Age-encrypted secrets (Tailscale auth keys).
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
+    /// The Tailscale policy file: render, check, matrix, get, diff, set.
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
+    /// Tailscale auth keys through the API.
+    #[command(subcommand)]
+    Authkey(acl::AuthkeyCommand),
+    /// Fleet nodes as the tailnet sees them, and drift from the manifest.
+    Status(health::StatusArgs),
+    /// Probe every node and its services.
+    Health(health::HealthArgs),
+    /// Pick the node for the next task of a role.
+    Route(health::RouteArgs),
+    /// Send a task to a role over NATS.
+    Dispatch(health::DispatchArgs),
+}
+
+/// What every command gets: where the repository and fleet files are.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// Repository root.
+    pub root: PathBuf,
+    /// Fleet directory.
+    pub fleet_dir: PathBuf,
+    /// Verbosity.
+    pub verbose: u8,
+}
+
+impl Ctx {
+    /// Builds the context from parsed flags.
+    pub fn new(cli: &Cli) -> Self {
+        Ctx {
+            fleet_dir: cli
+                .fleet_dir
+                .clone()
+                .unwrap_or_else(|| cli.root.join("fleet")),
+            root: cli.root.clone(),
+            verbose: cli.verbose,
+        }
+    }
+
+    /// Loads and validates the fleet; on failure prints every problem with its source and returns exit code 1.
+    pub fn fleet(&self) -> Result<Fleet, ExitCode> {
+        manifest::load(&self.fleet_dir).map_err(|e| {
+            report_manifest_error(&e);
+            ExitCode::from(1)
+        })
+    }
+
+    /// The manifest files relative to the root, for generated-file headers.
+    pub fn sources_label(&self, fleet: &Fleet) -> String {
+        let rel = |p: &Path| -> String {
+            p.strip_prefix(&self.root)
+                .unwrap_or(p)
+                .display()
+                .to_string()
+        };
+        format!(
+            "{}, {}, {}",
+            rel(&fleet.sources.nodes),
+            rel(&fleet.sources.fleet),
+            rel(&fleet.sources.services)
+        )
+    }
+}
+
+/// Prints a manifest error with miette: one diagnostic per problem, each with its source line.
+pub fn report_manifest_error(e: &ManifestError) {
+    match e {
+        ManifestError::Invalid { problems, sources } => {
+            for p in problems {
+                let text = sources
+                    .iter()
+                    .find(|(path, _)| *path == p.file)
+                    .map(|(_, t)| t.clone())
+                    .unwrap_or_default();
+                let offset = p.offset.min(text.len());
+                let len = p.len.min(text.len() - offset);
+                let diag = miette::MietteDiagnostic::new(p.to_string())
+                    .with_code("fleetnix::manifest")
+                    .with_label(miette::LabeledSpan::at(
+                        offset..offset + len,
+                        p.expected
+                            .clone()
+                            .map(|e| format!("expected {e}"))
+                            .unwrap_or_else(|| p.message.clone()),
+                    ));
+                let report = miette::Report::new(diag)
+                    .with_source_code(miette::NamedSource::new(p.file.display().to_string(), text));
+                eprintln!("{report:?}");
+            }
+            eprintln!(
+                "error: {} problem(s) in the fleet files; nothing was written",
+                problems.len()
+            );
+        }
+        other => eprintln!("error: {other}"),
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> ExitCode {
+    let ctx = Ctx::new(&cli);
+    match cli.command {
+        Command::Validate => core::validate(&ctx),
+        Command::Render(a) => core::render(&ctx, a),
+        Command::Show(a) => core::show(&ctx, a),
+        Command::Deploy(a) => deploy::run(&ctx, a),
+        Command::Bootstrap(a) => bootstrap::bootstrap(&ctx, a),
+        Command::CloudInit(a) => bootstrap::cloud_init(&ctx, a),
+        Command::Secrets(c) => secrets::run(&ctx, c),
+        Command::Acl(c) => acl::run(&ctx, c),
+        Command::Authkey(c) => acl::authkey(&ctx, c),
+        Command::Status(a) => health::status(&ctx, a),
+        Command::Health(a) => health::health(&ctx, a),
+        Command::Route(a) => health::route(&ctx, a),
+        Command::Dispatch(a) => health::dispatch(&ctx, a),
+    }
+}
+
+/// Exit code and message for a command that is not built yet.
+pub fn not_yet(what: &str) -> ExitCode {
+    eprintln!("error: `fleetnix {what}` is not implemented yet");
+    ExitCode::from(2)
+}

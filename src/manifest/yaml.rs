@@ -1,0 +1,217 @@
+//! A YAML tree in which every value keeps its position in the source file.
+//!
+//! `serde_yaml` stops at the first error and forgets where values came from; the
+//! manifest needs both every error in one run and the line/column of every field,
+//! so it is read into this small marked tree first.
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// A position in a source file: byte offset, 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    /// Byte offset into the file.
+    pub offset: usize,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub col: usize,
+}
+
+impl Pos {
+    fn from_marker(m: &Marker, text: &str) -> Self {
+        // yaml-rust2 counts characters; convert to a byte offset for spans.
+        let offset = text
+            .char_indices()
+            .nth(m.index())
+            .map(|(b, _)| b)
+            .unwrap_or(text.len());
+        Pos {
+            offset,
+            line: m.line(),
+            col: m.col() + 1,
+        }
+    }
+}
+
+/// A YAML value with its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// Where the value starts.
+    pub pos: Pos,
+    /// Length in bytes of the value's first token (for underlining).
+    pub len: usize,
+    /// The value.
+    pub value: Value,
+}
+
+/// The shape of a YAML value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A scalar; `plain` is true when it was written without quotes.
+    Scalar {
+        /// The scalar's text.
+        text: String,
+        /// Unquoted (so `null`, `true`, `12` keep their YAML meaning).
+        plain: bool,
+    },
+    /// A sequence.
+    Seq(Vec<Node>),
+    /// A mapping, in file order.
+    Map(Vec<(Node, Node)>),
+    /// An alias (`*name`); fleet files do not use anchors.
+    Alias,
+}
+
+impl Node {
+    /// The scalar text, if this is a scalar.
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            Value::Scalar { text, .. } => Some(text),
+            _ => None,
+        }
+    }
+
+    /// True for an explicit or empty null.
+    pub fn is_null(&self) -> bool {
+        matches!(&self.value, Value::Scalar { text, plain: true } if text.is_empty() || text == "~" || text == "null")
+    }
+
+    /// A short word for the kind of value, for "expected X, found Y" messages.
+    pub fn kind(&self) -> &'static str {
+        match &self.value {
+            Value::Scalar { .. } if self.is_null() => "nothing (null)",
+            Value::Scalar { .. } => "a scalar",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+            Value::Alias => "an alias",
+        }
+    }
+}
+
+/// A YAML syntax error with its position.
+#[derive(Debug, Clone)]
+pub struct SyntaxError {
+    /// Where the parser stopped.
+    pub pos: Pos,
+    /// The parser's message.
+    pub message: String,
+}
+
+#[derive(Default)]
+struct Builder<'t> {
+    text: &'t str,
+    stack: Vec<(Node, Option<Node>)>,
+    root: Option<Node>,
+    documents: usize,
+}
+
+impl Builder<'_> {
+    fn push_value(&mut self, node: Node) {
+        match self.stack.last_mut() {
+            None => {
+                if self.root.is_none() {
+                    self.root = Some(node);
+                }
+            }
+            Some((parent, pending_key)) => match &mut parent.value {
+                Value::Seq(items) => items.push(node),
+                Value::Map(entries) => match pending_key.take() {
+                    None => *pending_key = Some(node),
+                    Some(key) => entries.push((key, node)),
+                },
+                _ => {}
+            },
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder<'_> {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        let pos = Pos::from_marker(&mark, self.text);
+        match ev {
+            Event::DocumentStart => self.documents += 1,
+            Event::Scalar(text, style, _, _) => {
+                let len = text.len().max(1);
+                self.push_value(Node {
+                    pos,
+                    len,
+                    value: Value::Scalar {
+                        text,
+                        plain: style == TScalarStyle::Plain,
+                    },
+                })
+            }
+            Event::Alias(_) => self.push_value(Node {
+                pos,
+                len: 1,
+                value: Value::Alias,
+            }),
+            Event::SequenceStart(..) => self.stack.push((
+                Node {
+                    pos,
+                    len: 1,
+                    value: Value::Seq(Vec::new()),
+                },
+                None,
+            )),
+            Event::MappingStart(..) => self.stack.push((
+                Node {
+                    pos,
+                    len: 1,
+                    value: Value::Map(Vec::new()),
+                },
+                None,
+            )),
+            Event::SequenceEnd | Event::MappingEnd => {
+                if let Some((node, _)) = self.stack.pop() {
+                    self.push_value(node);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Parses `text` into a marked tree. An empty document gives `None`.
+pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
+    let mut builder = Builder {
+        text,
+        ..Default::default()
+    };
+    let mut parser = Parser::new_from_str(text);
+    parser.load(&mut builder, false).map_err(|e| SyntaxError {
+        pos: Pos::from_marker(e.marker(), text),
+        message: e.info().to_string(),
+    })?;
+    Ok(builder.root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_one_based_and_point_at_values() {
+        let root = parse("a: 1\nlist:\n  - x\n  - \"y\"\n").unwrap().unwrap();
+        let Value::Map(entries) = &root.value else {
+            panic!("not a map")
+        };
+        assert_eq!(entries[0].0.as_str(), Some("a"));
+        assert_eq!(entries[0].1.pos.line, 1);
+        assert_eq!(entries[0].1.pos.col, 4);
+        let Value::Seq(items) = &entries[1].1.value else {
+            panic!("not a seq")
+        };
+        assert_eq!(items[1].pos.line, 4);
+        assert_eq!(items[1].as_str(), Some("y"));
+        assert!(matches!(items[1].value, Value::Scalar { plain: false, .. }));
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_line() {
+        let err = parse("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(err.pos.line >= 1);
+        assert!(!err.message.is_empty());
+    }
+}

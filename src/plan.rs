@@ -1,0 +1,189 @@
+//! The plan: for each node, everything it gets. Every output (NixOS module, ACL,
+//! secrets, cloud-init, deploy commands) is a pure function of this.
+
+use crate::model::{Fleet, Node, NodeName, Os, Protocol, Role};
+use serde::Serialize;
+use std::net::IpAddr;
+
+/// Name of the Tailscale auth-key secret, as agenix sees it.
+pub const AUTHKEY_SECRET: &str = "tailscale-authkey";
+
+/// Tailscale's default WireGuard UDP port, the only port opened outside `tailscale0`.
+pub const TAILSCALE_UDP_PORT: u16 = 41641;
+
+/// The arguments of `omp agent start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentArgs {
+    /// `--node-name`.
+    pub node_name: String,
+    /// `--control-plane`, `<cp-ip>:<port>`.
+    pub control_plane: String,
+    /// `--roles`, in manifest order.
+    pub roles: Vec<String>,
+    /// `--nats-url`.
+    pub nats_url: String,
+}
+
+impl AgentArgs {
+    /// The argv after `omp`: `agent start --node-name … --control-plane … --roles a,b --nats-url …`.
+    pub fn argv(&self) -> Vec<String> {
+        vec![
+            "agent".into(),
+            "start".into(),
+            "--node-name".into(),
+            self.node_name.clone(),
+            "--control-plane".into(),
+            self.control_plane.clone(),
+            "--roles".into(),
+            self.roles.join(","),
+            "--nats-url".into(),
+            self.nats_url.clone(),
+        ]
+    }
+}
+
+/// An age secret a node needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecretRef {
+    /// agenix name (`age.secrets.<name>`).
+    pub name: String,
+    /// Path of the `.age` file relative to the repository root.
+    pub file: String,
+}
+
+/// A service a node hosts, with its open port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostedService {
+    /// Service id.
+    pub name: String,
+    /// Port.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+/// How the operator reaches the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Access {
+    /// Tailnet address.
+    pub address: IpAddr,
+    /// SSH user.
+    pub ssh_user: String,
+    /// `user@address` for ssh / `--target-host` (IPv6 in brackets).
+    pub ssh_target: String,
+    /// OS, which picks the deploy path.
+    pub os: Os,
+    /// Pinned SSH host key, if known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
+    /// Public address for bootstrap, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_address: Option<String>,
+}
+
+/// Everything one node gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodePlan {
+    /// Node name (= hostname).
+    pub name: NodeName,
+    /// Roles in manifest order.
+    pub roles: Vec<Role>,
+    /// Tailscale tags, sorted.
+    pub tags: Vec<String>,
+    /// `tailscale up` flags beyond the auth key.
+    pub up_flags: Vec<String>,
+    /// Services it hosts, in catalog order.
+    pub services: Vec<HostedService>,
+    /// TCP ports opened on `tailscale0`, sorted and unique.
+    pub tcp_ports: Vec<u16>,
+    /// UDP ports opened on `tailscale0`, sorted and unique.
+    pub udp_ports: Vec<u16>,
+    /// The agent's arguments.
+    pub agent: AgentArgs,
+    /// Secrets it needs.
+    pub secrets: Vec<SecretRef>,
+    /// How it is reached.
+    pub access: Access,
+    /// Is it the control plane?
+    pub is_control_plane: bool,
+}
+
+/// Path of a node's encrypted auth key, relative to the repository root.
+pub fn authkey_file(node: &NodeName) -> String {
+    format!("secrets/{node}/{AUTHKEY_SECRET}.age")
+}
+
+/// `ip:port`, with brackets for IPv6.
+pub fn host_port(ip: &IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+/// Plans one node.
+pub fn plan_node(fleet: &Fleet, node: &Node) -> NodePlan {
+    let tags = fleet.tags_of(node);
+    let services: Vec<HostedService> = fleet
+        .services_of(node)
+        .map(|s| HostedService {
+            name: s.name.to_string(),
+            port: s.port,
+            protocol: s.protocol,
+        })
+        .collect();
+    let ports = |p: Protocol| {
+        let mut v: Vec<u16> = services
+            .iter()
+            .filter(|s| s.protocol == p)
+            .map(|s| s.port)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let cp = fleet.control_plane();
+    let up_flags = vec![
+        "--ssh".to_string(),
+        "--accept-routes".to_string(),
+        format!("--hostname={}", node.name),
+        format!("--advertise-tags={}", tags.join(",")),
+    ];
+    let ssh_target = match node.tailscale_ip {
+        IpAddr::V4(ip) => format!("{}@{ip}", node.ssh_user),
+        IpAddr::V6(ip) => format!("{}@[{ip}]", node.ssh_user),
+    };
+    NodePlan {
+        name: node.name.clone(),
+        roles: node.roles.clone(),
+        up_flags,
+        tcp_ports: ports(Protocol::Tcp),
+        udp_ports: ports(Protocol::Udp),
+        services,
+        agent: AgentArgs {
+            node_name: node.name.to_string(),
+            control_plane: host_port(&cp.tailscale_ip, fleet.settings.control_plane_port),
+            roles: node.roles.iter().map(|r| r.to_string()).collect(),
+            nats_url: fleet.settings.nats_url.clone(),
+        },
+        secrets: vec![SecretRef {
+            name: AUTHKEY_SECRET.to_string(),
+            file: authkey_file(&node.name),
+        }],
+        access: Access {
+            address: node.tailscale_ip,
+            ssh_user: node.ssh_user.clone(),
+            ssh_target,
+            os: node.os,
+            host_key: node.host_key.clone(),
+            public_address: node.public_address.clone(),
+        },
+        is_control_plane: node.name == fleet.settings.control_plane,
+        tags,
+    }
+}
+
+/// Plans every node, sorted by name.
+pub fn plan(fleet: &Fleet) -> Vec<NodePlan> {
+    fleet.nodes.iter().map(|n| plan_node(fleet, n)).collect()
+}

@@ -126,7 +126,9 @@ pub fn report_manifest_error(e: &ManifestError) {
                     .unwrap_or_default();
                 let offset = p.offset.min(text.len());
                 let len = p.len.min(text.len() - offset);
-                let diag = miette::MietteDiagnostic::new(p.to_string())
+                // One grep-friendly line, then the source snippet.
+                eprintln!("error: {p}");
+                let diag = miette::MietteDiagnostic::new(p.message.clone())
                     .with_code("fleetnix::manifest")
                     .with_label(miette::LabeledSpan::at(
                         offset..offset + len,

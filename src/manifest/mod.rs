@@ -1016,7 +1016,15 @@ fn decode_nodes<'y>(
     ];
     for (i, item) in items.iter().enumerate() {
         let path = format!("nodes[{i}]");
-        cx.node = None;
+        // Name the node in every message about it, even those found before its name is checked.
+        cx.node = match &item.value {
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some("name"))
+                .and_then(|(_, v)| v.as_str())
+                .map(str::to_string),
+            _ => None,
+        };
         let Some(nf) = cx.fields(item, &path, &FIELDS) else {
             ok = false;
             continue;

@@ -18,19 +18,42 @@ pub struct Pos {
     pub col: usize,
 }
 
-impl Pos {
-    fn from_marker(m: &Marker, text: &str) -> Self {
-        // yaml-rust2 counts characters; convert to a byte offset for spans.
-        let offset = text
-            .char_indices()
-            .nth(m.index())
-            .map(|(b, _)| b)
-            .unwrap_or(text.len());
-        Pos {
-            offset,
-            line: m.line(),
-            col: m.col() + 1,
-        }
+/// Converts yaml-rust2's character offsets into byte offsets in O(1) amortised time
+/// (events arrive in file order, so a forward cursor suffices).
+struct OffsetMap<'t> {
+    text: &'t str,
+    ascii: bool,
+    chars: usize,
+    bytes: usize,
+}
+
+impl<'t> OffsetMap<'t> {
+    fn new(text: &'t str) -> Self {
+        OffsetMap { text, ascii: text.is_ascii(), chars: 0, bytes: 0 }
+    }
+
+    fn pos(&mut self, m: &Marker) -> Pos {
+        let target = m.index();
+        let offset = if self.ascii {
+            target.min(self.text.len())
+        } else {
+            if target < self.chars {
+                self.chars = 0;
+                self.bytes = 0;
+            }
+            let mut it = self.text[self.bytes..].char_indices();
+            while self.chars < target {
+                match it.next() {
+                    Some((_, c)) => {
+                        self.bytes += c.len_utf8();
+                        self.chars += 1;
+                    }
+                    None => break,
+                }
+            }
+            self.bytes
+        };
+        Pos { offset, line: m.line(), col: m.col() + 1 }
     }
 }
 
@@ -98,9 +121,8 @@ pub struct SyntaxError {
     pub message: String,
 }
 
-#[derive(Default)]
 struct Builder<'t> {
-    text: &'t str,
+    offsets: OffsetMap<'t>,
     stack: Vec<(Node, Option<Node>)>,
     root: Option<Node>,
     documents: usize,
@@ -128,7 +150,7 @@ impl Builder<'_> {
 
 impl MarkedEventReceiver for Builder<'_> {
     fn on_event(&mut self, ev: Event, mark: Marker) {
-        let pos = Pos::from_marker(&mark, self.text);
+        let pos = self.offsets.pos(&mark);
         match ev {
             Event::DocumentStart => self.documents += 1,
             Event::Scalar(text, style, _, _) => {
@@ -176,12 +198,14 @@ impl MarkedEventReceiver for Builder<'_> {
 /// Parses `text` into a marked tree. An empty document gives `None`.
 pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
     let mut builder = Builder {
-        text,
-        ..Default::default()
+        offsets: OffsetMap::new(text),
+        stack: Vec::new(),
+        root: None,
+        documents: 0,
     };
     let mut parser = Parser::new_from_str(text);
     parser.load(&mut builder, false).map_err(|e| SyntaxError {
-        pos: Pos::from_marker(e.marker(), text),
+        pos: OffsetMap::new(text).pos(e.marker()),
         message: e.info().to_string(),
     })?;
     Ok(builder.root)

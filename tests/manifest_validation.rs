@@ -45,7 +45,10 @@ fn with_worker(entry: &str) -> String {
 }
 
 fn line_of(text: &str, needle: &str) -> usize {
-    text.lines().position(|l| l.contains(needle)).expect("needle in text") + 1
+    text.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle in text")
+        + 1
 }
 
 #[test]
@@ -67,7 +70,10 @@ fn nats_url_defaults_to_the_control_plane_address() {
 
 #[test]
 fn malformed_yaml() {
-    let nodes = NODES.replace("roles: [glm-worker, kg-writer]", "roles: [glm-worker, kg-writer");
+    let nodes = NODES.replace(
+        "roles: [glm-worker, kg-writer]",
+        "roles: [glm-worker, kg-writer",
+    );
     let p = problems(&nodes, FLEET, SERVICES);
     assert!(p[0].message.contains("malformed YAML"), "{}", p[0]);
     assert_eq!(p[0].file, PathBuf::from("fleet/nodes.yml"));
@@ -76,12 +82,24 @@ fn malformed_yaml() {
 
 #[test]
 fn unknown_field_suggests_the_closest() {
-    let nodes = NODES.replace("    roles: [glm-worker, kg-writer]", "    rols: [glm-worker, kg-writer]");
+    let nodes = NODES.replace(
+        "    roles: [glm-worker, kg-writer]",
+        "    rols: [glm-worker, kg-writer]",
+    );
     let p = problems(&nodes, FLEET, SERVICES);
-    let p = p.iter().find(|p| p.message.contains("unknown field")).expect("unknown field reported");
+    let p = p
+        .iter()
+        .find(|p| p.message.contains("unknown field"))
+        .expect("unknown field reported");
     assert_eq!(p.field, "nodes[1].rols");
     assert_eq!(p.line, line_of(&nodes, "rols:"));
-    assert!(p.expected.as_deref().unwrap().contains("did you mean `roles`"), "{p}");
+    assert!(
+        p.expected
+            .as_deref()
+            .unwrap()
+            .contains("did you mean `roles`"),
+        "{p}"
+    );
     assert_eq!(p.node.as_deref(), Some("worker-01"));
 }
 
@@ -89,7 +107,10 @@ fn unknown_field_suggests_the_closest() {
 fn missing_required_field() {
     let nodes = with_worker("  - name: worker-01\n    roles: [glm-worker, kg-writer]\n    resources:\n      cpu: 4\n      ram_gb: 8\n");
     let p = only(&nodes, FLEET, SERVICES);
-    assert!(p.message.contains("missing required field `tailscale_ip`"), "{p}");
+    assert!(
+        p.message.contains("missing required field `tailscale_ip`"),
+        "{p}"
+    );
     assert_eq!(p.field, "nodes[1].tailscale_ip");
     assert_eq!(p.line, line_of(&nodes, "name: worker-01"));
     assert!(p.expected.as_deref().unwrap().contains("100.64.0.0/10"));
@@ -100,14 +121,27 @@ fn duplicate_node_name() {
     let nodes = NODES.replace("name: worker-02", "name: worker-01");
     let p = only(&nodes, FLEET, SERVICES);
     assert!(p.message.contains("duplicate node name `worker-01`"), "{p}");
-    assert_eq!(p.line, nodes.lines().enumerate().filter(|(_, l)| l.contains("name: worker-01")).nth(1).unwrap().0 + 1);
+    assert_eq!(
+        p.line,
+        nodes
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains("name: worker-01"))
+            .nth(1)
+            .unwrap()
+            .0
+            + 1
+    );
 }
 
 #[test]
 fn duplicate_tailscale_ip() {
     let nodes = NODES.replace("100.64.0.3", "100.64.0.2");
     let p = only(&nodes, FLEET, SERVICES);
-    assert!(p.message.contains("duplicate tailscale_ip 100.64.0.2"), "{p}");
+    assert!(
+        p.message.contains("duplicate tailscale_ip 100.64.0.2"),
+        "{p}"
+    );
     assert!(p.message.contains("worker-01"), "names the other node: {p}");
     assert_eq!(p.node.as_deref(), Some("worker-02"));
     assert_eq!(p.field, "nodes[].tailscale_ip");
@@ -121,7 +155,11 @@ fn tailscale_ip_outside_the_tailnet_ranges() {
         assert_eq!(p.field, "nodes[1].tailscale_ip", "{bad}");
         assert_eq!(p.line, line_of(&nodes, bad));
         assert_eq!(p.col, 19, "column of the value: {p}");
-        assert!(p.expected.as_deref().unwrap().contains("fd7a:115c:a1e0::/48"));
+        assert!(p
+            .expected
+            .as_deref()
+            .unwrap()
+            .contains("fd7a:115c:a1e0::/48"));
     }
 }
 
@@ -129,13 +167,23 @@ fn tailscale_ip_outside_the_tailnet_ranges() {
 fn tailscale_ipv6_ula_is_accepted() {
     let nodes = NODES.replace("100.64.0.3", "fd7a:115c:a1e0::3");
     let fleet = manifest::parse(&texts(&nodes, FLEET, SERVICES)).expect("ULA accepted");
-    assert_eq!(fleet.node("worker-02").unwrap().tailscale_ip.to_string(), "fd7a:115c:a1e0::3");
+    assert_eq!(
+        fleet.node("worker-02").unwrap().tailscale_ip.to_string(),
+        "fd7a:115c:a1e0::3"
+    );
 }
 
 #[test]
 fn node_name_must_be_a_hostname_label() {
     let long = "a".repeat(64);
-    for bad in ["Worker-01", "worker_01", "-worker", "w\"; rm -rf /", "${builtins.exec}", long.as_str()] {
+    for bad in [
+        "Worker-01",
+        "worker_01",
+        "-worker",
+        "w\"; rm -rf /",
+        "${builtins.exec}",
+        long.as_str(),
+    ] {
         let quoted = format!("\"{}\"", bad.replace('\\', "\\\\").replace('"', "\\\""));
         let nodes = NODES.replace("name: worker-02", &format!("name: {quoted}"));
         let p = only(&nodes, FLEET, SERVICES);
@@ -150,8 +198,18 @@ fn role_not_in_catalog() {
     let nodes = NODES.replace("[glm-worker, kg-writer]", "[glm-worker, kg-writter]");
     let p = only(&nodes, FLEET, SERVICES);
     assert_eq!(p.field, "nodes[1].roles[1]");
-    assert!(p.message.contains("role `kg-writter` is not in the catalog"), "{p}");
-    assert!(p.expected.as_deref().unwrap().contains("did you mean `kg-writer`"), "{p}");
+    assert!(
+        p.message
+            .contains("role `kg-writter` is not in the catalog"),
+        "{p}"
+    );
+    assert!(
+        p.expected
+            .as_deref()
+            .unwrap()
+            .contains("did you mean `kg-writer`"),
+        "{p}"
+    );
     assert_eq!(p.line, line_of(&nodes, "kg-writter"));
 }
 
@@ -165,7 +223,10 @@ fn role_with_unsafe_characters_is_rejected() {
 
 #[test]
 fn roles_listed_twice() {
-    let nodes = NODES.replace("[glm-worker, kg-writer]", "[glm-worker, kg-writer, glm-worker]");
+    let nodes = NODES.replace(
+        "[glm-worker, kg-writer]",
+        "[glm-worker, kg-writer, glm-worker]",
+    );
     let p = only(&nodes, FLEET, SERVICES);
     assert_eq!(p.field, "nodes[1].roles[2]");
     assert!(p.message.contains("listed twice"), "{p}");
@@ -184,9 +245,16 @@ fn zero_or_negative_resources() {
 
 #[test]
 fn no_node_with_the_control_plane_role() {
-    let nodes = NODES.replace("roles: [control-plane, litellm-proxy", "roles: [litellm-proxy");
+    let nodes = NODES.replace(
+        "roles: [control-plane, litellm-proxy",
+        "roles: [litellm-proxy",
+    );
     let p = problems(&nodes, FLEET, SERVICES);
-    assert!(p.iter().any(|p| p.message.contains("no node has the `control-plane` role")), "{p:#?}");
+    assert!(
+        p.iter()
+            .any(|p| p.message.contains("no node has the `control-plane` role")),
+        "{p:#?}"
+    );
 }
 
 #[test]
@@ -196,21 +264,37 @@ fn control_plane_named_in_fleet_yml_must_be_a_node() {
     assert_eq!(p.file, PathBuf::from("fleet/fleet.yml"));
     assert_eq!(p.field, "control_plane");
     assert_eq!(p.line, line_of(&fleet, "control_plane: control-1"));
-    assert!(p.expected.as_deref().unwrap().contains("did you mean `control-01`"), "{p}");
+    assert!(
+        p.expected
+            .as_deref()
+            .unwrap()
+            .contains("did you mean `control-01`"),
+        "{p}"
+    );
 }
 
 #[test]
 fn service_hosted_by_a_role_no_node_has() {
-    let nodes = NODES.replace("control-plane, litellm-proxy, temporal, langfuse", "control-plane, litellm-proxy, temporal");
+    let nodes = NODES.replace(
+        "control-plane, litellm-proxy, temporal, langfuse",
+        "control-plane, litellm-proxy, temporal",
+    );
     let p = only(&nodes, FLEET, SERVICES);
     assert_eq!(p.file, PathBuf::from("fleet/services.yml"));
-    assert!(p.message.contains("service `langfuse` is hosted by role `langfuse`, which no node has"), "{p}");
+    assert!(
+        p.message
+            .contains("service `langfuse` is hosted by role `langfuse`, which no node has"),
+        "{p}"
+    );
     assert_eq!(p.line, line_of(SERVICES, "- name: langfuse"));
 }
 
 #[test]
 fn unknown_failover_strategy() {
-    let fleet = FLEET.replace("failover_strategy: round_robin", "failover_strategy: round-robin");
+    let fleet = FLEET.replace(
+        "failover_strategy: round_robin",
+        "failover_strategy: round-robin",
+    );
     let p = only(NODES, &fleet, SERVICES);
     assert_eq!(p.field, "fleet.failover_strategy");
     assert!(p.message.contains("did you mean `round_robin`"), "{p}");
@@ -220,7 +304,10 @@ fn unknown_failover_strategy() {
 
 #[test]
 fn wrong_types_say_what_was_found() {
-    let fleet = FLEET.replace("retry_on_node_failure: true", "retry_on_node_failure: yes please");
+    let fleet = FLEET.replace(
+        "retry_on_node_failure: true",
+        "retry_on_node_failure: yes please",
+    );
     let p = only(NODES, &fleet, SERVICES);
     assert_eq!(p.field, "fleet.retry_on_node_failure");
     assert!(p.message.contains("`yes please`"), "{p}");
@@ -233,10 +320,18 @@ fn several_errors_are_all_reported_in_one_run() {
         .replace("100.64.0.2", "192.168.1.2")
         .replace("name: worker-02", "name: Worker-02")
         .replace("cpu: 8", "cpu: 0");
-    let fleet = FLEET.replace("failover_strategy: round_robin", "failover_strategy: fastest");
+    let fleet = FLEET.replace(
+        "failover_strategy: round_robin",
+        "failover_strategy: fastest",
+    );
     let p = problems(&nodes, &fleet, SERVICES);
     let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
-    for f in ["nodes[0].resources.cpu", "nodes[1].tailscale_ip", "nodes[2].name", "fleet.failover_strategy"] {
+    for f in [
+        "nodes[0].resources.cpu",
+        "nodes[1].tailscale_ip",
+        "nodes[2].name",
+        "fleet.failover_strategy",
+    ] {
         assert!(fields.contains(&f), "{f} missing from {fields:?}");
     }
     // Sorted by file then line.
@@ -250,7 +345,10 @@ fn several_errors_are_all_reported_in_one_run() {
 fn catalog_allow_selectors_are_checked() {
     let services = SERVICES.replace("allow: [group:operators]", "allow: [tag:nobody]");
     let p = only(NODES, FLEET, &services);
-    assert!(p.message.contains("no role carries tag `tag:nobody`"), "{p}");
+    assert!(
+        p.message.contains("no role carries tag `tag:nobody`"),
+        "{p}"
+    );
     assert_eq!(p.line, line_of(&services, "tag:nobody"));
 }
 
@@ -271,7 +369,10 @@ fn display_names_file_line_column_node_and_expectation() {
     let p = only(&nodes, FLEET, SERVICES);
     let text = p.to_string();
     assert!(
-        text.starts_with(&format!("fleet/nodes.yml:{}:19: nodes[2].tailscale_ip (node worker-02):", line_of(&nodes, "8.8.8.8"))),
+        text.starts_with(&format!(
+            "fleet/nodes.yml:{}:19: nodes[2].tailscale_ip (node worker-02):",
+            line_of(&nodes, "8.8.8.8")
+        )),
         "{text}"
     );
     assert!(text.contains("expected a Tailscale address"), "{text}");

@@ -16,7 +16,9 @@ fn repo() -> PathBuf {
 fn nix_instantiate() -> Option<PathBuf> {
     match which::which("nix-instantiate") {
         Ok(p) => Some(p),
-        Err(_) if std::env::var_os("CI").is_some() => panic!("nix-instantiate is required in CI (apt-get install nix-bin)"),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("nix-instantiate is required in CI (apt-get install nix-bin)")
+        }
         Err(_) => {
             eprintln!("SKIPPED: nix-instantiate not installed (apt-get install nix-bin)");
             None
@@ -25,15 +27,25 @@ fn nix_instantiate() -> Option<PathBuf> {
 }
 
 fn options_json() -> Value {
-    let candidates = [repo().join("../shared/nixos/options.json"), PathBuf::from("/work/shared/nixos/options.json")];
-    let path = candidates.iter().find(|p| p.exists()).expect("shared/nixos/options.json next to the repository");
+    let candidates = [
+        repo().join("../shared/nixos/options.json"),
+        PathBuf::from("/work/shared/nixos/options.json"),
+    ];
+    let path = candidates
+        .iter()
+        .find(|p| p.exists())
+        .expect("shared/nixos/options.json next to the repository");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// Renders the example fleet into a temp root.
 fn rendered_example() -> (tempfile::TempDir, Vec<PathBuf>) {
     let fleet = manifest::load(&repo().join("fleet")).unwrap();
-    let files = render::render_all(&plan::plan(&fleet), "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml").unwrap();
+    let files = render::render_all(
+        &plan::plan(&fleet),
+        "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml",
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let changes = render::compare(dir.path(), &files).unwrap();
     render::apply(dir.path(), &files, &changes).unwrap();
@@ -63,7 +75,12 @@ fn every_nix_file_in_the_repo_parses_with_nix() {
     assert!(files.iter().any(|f| f.ends_with("omp-agent.nix")));
     for f in &files {
         let out = Command::new(&bin).arg("--parse").arg(f).output().unwrap();
-        assert!(out.status.success(), "{} does not parse: {}", f.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{} does not parse: {}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         // rnix agrees with Nix.
         nix::check_syntax(&std::fs::read_to_string(f).unwrap()).unwrap();
     }
@@ -79,7 +96,12 @@ fn evaluate(bin: &Path, module: &Path) -> Value {
         .arg(module)
         .output()
         .unwrap();
-    assert!(out.status.success(), "eval of {} failed: {}", module.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "eval of {} failed: {}",
+        module.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -90,7 +112,12 @@ fn declarations(options: &Value) -> Vec<(Vec<String>, String)> {
         .unwrap()
         .iter()
         .map(|o| {
-            let loc = o["loc"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+            let loc = o["loc"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_string())
+                .collect();
             (loc, o["type"].as_str().unwrap().to_string())
         })
         .collect()
@@ -103,11 +130,22 @@ fn agent_options() -> Vec<(Vec<String>, String)> {
     for line in text.lines() {
         let t = line.trim();
         if let Some((name, rest)) = t.split_once(" = mkOption") {
-            let ty = text[text.find(t).unwrap()..].lines().find_map(|l| l.trim().strip_prefix("type = ")).unwrap().trim_end_matches(';').to_string();
-            out.push((vec!["services".into(), "omp-agent".into(), name.to_string()], ty));
+            let ty = text[text.find(t).unwrap()..]
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("type = "))
+                .unwrap()
+                .trim_end_matches(';')
+                .to_string();
+            out.push((
+                vec!["services".into(), "omp-agent".into(), name.to_string()],
+                ty,
+            ));
             let _ = rest;
         } else if let Some((name, _)) = t.split_once(" = mkEnableOption") {
-            out.push((vec!["services".into(), "omp-agent".into(), name.to_string()], "boolean".into()));
+            out.push((
+                vec!["services".into(), "omp-agent".into(), name.to_string()],
+                "boolean".into(),
+            ));
         }
     }
     assert!(out.len() >= 6, "agent options found: {out:?}");
@@ -132,10 +170,15 @@ fn has_type(ty: &str, v: &Value) -> bool {
         return v.is_null() || has_type(rest, v);
     }
     if let Some(rest) = ty.strip_prefix("list of ") {
-        return v.as_array().is_some_and(|a| a.iter().all(|x| has_type(rest, x)));
+        return v
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| has_type(rest, x)));
     }
     if let Some(rest) = ty.strip_prefix("one of ") {
-        let allowed: Vec<String> = rest.split(", ").map(|s| s.trim_matches('"').to_string()).collect();
+        let allowed: Vec<String> = rest
+            .split(", ")
+            .map(|s| s.trim_matches('"').to_string())
+            .collect();
         return v.as_str().is_some_and(|s| allowed.iter().any(|a| a == s));
     }
     match ty {
@@ -146,21 +189,42 @@ fn has_type(ty: &str, v: &Value) -> bool {
         t if t.starts_with("16 bit unsigned integer") => v.as_u64().is_some_and(|n| n <= 65535),
         t if t.starts_with("string matching the pattern") => {
             // networking.hostName: ^$|^[[:alnum:]]([[:alnum:]_-]{0,61}[[:alnum:]])?$
-            v.as_str().is_some_and(|s| s.len() <= 63 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            v.as_str().is_some_and(|s| {
+                s.len() <= 63
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            })
         }
-        t if t.starts_with("types.strMatching") => v.as_str().is_some_and(|s| fleetnix::model::check_label(s).is_ok()),
+        t if t.starts_with("types.strMatching") => v
+            .as_str()
+            .is_some_and(|s| fleetnix::model::check_label(s).is_ok()),
         "types.nonEmptyListOf (types.strMatching \"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\")" => {
-            v.as_array().is_some_and(|a| !a.is_empty() && a.iter().all(|x| x.as_str().is_some_and(|s| fleetnix::model::check_label(s).is_ok())))
+            v.as_array().is_some_and(|a| {
+                !a.is_empty()
+                    && a.iter().all(|x| {
+                        x.as_str()
+                            .is_some_and(|s| fleetnix::model::check_label(s).is_ok())
+                    })
+            })
         }
         _ => panic!("type `{ty}` not understood by the test: extend has_type"),
     }
 }
 
 /// Walks the evaluated module; every leaf must be a declared option of the right type.
-fn check_values(decls: &[(Vec<String>, String)], path: &mut Vec<String>, v: &Value, seen: &mut Vec<String>) {
+fn check_values(
+    decls: &[(Vec<String>, String)],
+    path: &mut Vec<String>,
+    v: &Value,
+    seen: &mut Vec<String>,
+) {
     if let Some((_, ty)) = decls.iter().find(|(loc, _)| loc_matches(loc, path)) {
         if !ty.contains("submodule") {
-            assert!(has_type(ty, v), "{} = {v} is not of type {ty}", path.join("."));
+            assert!(
+                has_type(ty, v),
+                "{} = {v} is not of type {ty}",
+                path.join(".")
+            );
             seen.push(path.join("."));
             return;
         }
@@ -197,7 +261,11 @@ fn rendered_modules_evaluate_to_declared_options_of_the_right_type() {
             "networking.firewall.interfaces.tailscale0.allowedTCPPorts",
             "services.omp-agent.roles",
         ] {
-            assert!(seen.iter().any(|s| s == must), "{} does not set {must}: {seen:?}", f.display());
+            assert!(
+                seen.iter().any(|s| s == must),
+                "{} does not set {must}: {seen:?}",
+                f.display()
+            );
         }
     }
 }
@@ -213,20 +281,52 @@ fn evaluated_values_follow_the_plan() {
         serde_json::json!([3000, 4000, 4222, 5432, 6379, 7233, 8080, 8090])
     );
     // Nothing but tailscale0 gets role ports.
-    assert_eq!(cp["networking"]["firewall"]["interfaces"].as_object().unwrap().len(), 1);
-    assert!(cp["networking"]["firewall"].get("allowedTCPPorts").is_none());
+    assert_eq!(
+        cp["networking"]["firewall"]["interfaces"]
+            .as_object()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(cp["networking"]["firewall"]
+        .get("allowedTCPPorts")
+        .is_none());
     let w = evaluate(&bin, &dir.path().join("nix/nodes/worker-01.nix"));
-    assert_eq!(w["services"]["tailscale"]["authKeyFile"], "/run/agenix/tailscale-authkey");
+    assert_eq!(
+        w["services"]["tailscale"]["authKeyFile"],
+        "/run/agenix/tailscale-authkey"
+    );
     assert_eq!(
         w["services"]["tailscale"]["extraUpFlags"],
-        serde_json::json!(["--ssh", "--accept-routes", "--hostname=worker-01", "--advertise-tags=tag:worker"])
+        serde_json::json!([
+            "--ssh",
+            "--accept-routes",
+            "--hostname=worker-01",
+            "--advertise-tags=tag:worker"
+        ])
     );
-    assert_eq!(w["services"]["omp-agent"]["controlPlane"], "100.64.0.1:4000");
-    assert_eq!(w["services"]["omp-agent"]["roles"], serde_json::json!(["glm-worker", "kg-writer"]));
-    assert_eq!(w["services"]["omp-agent"]["natsUrl"], "nats://100.64.0.1:4222");
+    assert_eq!(
+        w["services"]["omp-agent"]["controlPlane"],
+        "100.64.0.1:4000"
+    );
+    assert_eq!(
+        w["services"]["omp-agent"]["roles"],
+        serde_json::json!(["glm-worker", "kg-writer"])
+    );
+    assert_eq!(
+        w["services"]["omp-agent"]["natsUrl"],
+        "nats://100.64.0.1:4222"
+    );
     // The secret file is the plan's, inside the flake's secrets/ directory.
-    let file = w["age"]["secrets"]["tailscale-authkey"]["file"]["value"].as_str().unwrap();
-    assert_eq!(Path::new(file), dir.path().join(fleetnix::plan::authkey_file(&fleetnix::model::NodeName::parse("worker-01").unwrap())));
+    let file = w["age"]["secrets"]["tailscale-authkey"]["file"]["value"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        Path::new(file),
+        dir.path().join(fleetnix::plan::authkey_file(
+            &fleetnix::model::NodeName::parse("worker-01").unwrap()
+        ))
+    );
 }
 
 #[test]
@@ -243,10 +343,19 @@ fn nix_string_escaping_round_trips_through_real_nix() {
         "unicode ✓ é",
         "\\${x}",
     ];
-    let list = serde_json::Value::Array(nasty.iter().map(|s| Value::String(s.to_string())).collect());
+    let list =
+        serde_json::Value::Array(nasty.iter().map(|s| Value::String(s.to_string())).collect());
     let expr = nix::literal(&list);
-    let out = Command::new(&bin).args(["--eval", "--strict", "--json", "-E"]).arg(&expr).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&bin)
+        .args(["--eval", "--strict", "--json", "-E"])
+        .arg(&expr)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let back: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(back, nasty);
 }

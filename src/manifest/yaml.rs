@@ -29,7 +29,12 @@ struct OffsetMap<'t> {
 
 impl<'t> OffsetMap<'t> {
     fn new(text: &'t str) -> Self {
-        OffsetMap { text, ascii: text.is_ascii(), chars: 0, bytes: 0 }
+        OffsetMap {
+            text,
+            ascii: text.is_ascii(),
+            chars: 0,
+            bytes: 0,
+        }
     }
 
     fn pos(&mut self, m: &Marker) -> Pos {
@@ -53,7 +58,11 @@ impl<'t> OffsetMap<'t> {
             }
             self.bytes
         };
-        Pos { offset, line: m.line(), col: m.col() + 1 }
+        Pos {
+            offset,
+            line: m.line(),
+            col: m.col() + 1,
+        }
     }
 }
 

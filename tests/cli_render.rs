@@ -221,3 +221,51 @@ fn show_prints_the_plan_as_json() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no node `worker-09`"));
 }
+
+/// A generated fleet: `n` workers with rotating roles, IPv4 and IPv6 addresses.
+fn generated_nodes(n: usize) -> String {
+    let mut s = String::from("nodes:\n  - name: control-01\n    tailscale_ip: 100.64.0.1\n    roles: [control-plane, litellm-proxy, temporal, langfuse]\n    resources: { cpu: 8, ram_gb: 16 }\n");
+    let roles = [
+        "[glm-worker]",
+        "[kg-writer, glm-worker]",
+        "[mnemopi-replica]",
+        "[glm-worker, kg-writer, mnemopi-replica]",
+    ];
+    for i in 0..n {
+        let ip = if i % 5 == 0 {
+            format!("fd7a:115c:a1e0::{:x}", i + 2)
+        } else {
+            format!("100.64.{}.{}", 1 + i / 200, i % 200 + 2)
+        };
+        s.push_str(&format!("  - name: gen-{i:04}\n    tailscale_ip: \"{ip}\"\n    roles: {}\n    resources: {{ cpu: {}, ram_gb: {} }}\n", roles[i % roles.len()], 1 + i % 16, 2 + i % 64));
+    }
+    s
+}
+
+#[test]
+fn generated_fleet_renders_one_valid_module_per_node() {
+    let root = fleet_copy();
+    std::fs::write(root.path().join("fleet/nodes.yml"), generated_nodes(150)).unwrap();
+    let out = fleetnix(root.path(), &["render"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let files = snapshot(&root.path().join("nix/nodes"));
+    assert_eq!(files.len(), 151);
+    for (path, bytes) in &files {
+        fleetnix::nix::check_syntax(&text(bytes))
+            .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+    }
+    let v6 = text(
+        &files
+            .iter()
+            .find(|(p, _)| p.ends_with("gen-0005.nix"))
+            .unwrap()
+            .1,
+    );
+    assert!(v6.contains("\"--hostname=gen-0005\""), "{v6}");
+    let out = fleetnix(root.path(), &["show", "gen-0005", "--json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["access"]["ssh_target"], "root@[fd7a:115c:a1e0::7]");
+    assert!(fleetnix(root.path(), &["render", "--check"])
+        .status
+        .success());
+}

@@ -47,6 +47,18 @@ pub enum SecretsError {
         /// The closest node name, if any is close.
         suggestion: Option<String>,
     },
+    /// A node argument that looks like an auth key.
+    #[error("node argument {position} looks like a Tailscale auth key (not shown): keys are never arguments; pass it on standard input, in $TAILSCALE_AUTHKEY or with --from-file")]
+    KeyAsArgument {
+        /// 1-based position among the node arguments.
+        position: usize,
+    },
+    /// A node argument that is not a hostname label (not echoed: it could be a pasted secret).
+    #[error("node argument {position} is not a node name (lowercase letters, digits and '-')")]
+    NotANodeName {
+        /// 1-based position among the node arguments.
+        position: usize,
+    },
     /// A public key that cannot be used as an age recipient.
     #[error("{owner}: {reason}; expected an ssh-ed25519 or ssh-rsa (2048–4096 bits) public key or an age1… X25519 recipient")]
     BadRecipient {
@@ -192,12 +204,14 @@ fn io_err(path: PathBuf) -> impl FnOnce(std::io::Error) -> SecretsError {
 pub fn select_nodes(fleet: &Fleet, names: &[String]) -> Result<Vec<NodeName>, SecretsError> {
     names
         .iter()
-        .map(|n| {
-            let unknown = || SecretsError::UnknownNode {
-                name: n.clone(),
-                suggestion: suggest(fleet, n),
-            };
-            let name = NodeName::parse(n).map_err(|_| unknown())?;
+        .enumerate()
+        .map(|(i, n)| {
+            // Never echo an argument that may be a secret pasted by mistake.
+            if n.starts_with("tskey") {
+                return Err(SecretsError::KeyAsArgument { position: i + 1 });
+            }
+            let name =
+                NodeName::parse(n).map_err(|_| SecretsError::NotANodeName { position: i + 1 })?;
             find_node(fleet, &name).map(|node| node.name.clone())
         })
         .collect()

@@ -69,8 +69,15 @@ pub fn render_secrets_nix(fleet: &Fleet) -> Result<String, SecretsError> {
 pub struct Record {
     /// SHA-256 of the file as written (hex), to notice edits by other tools (`agenix -e`).
     pub sha256: String,
-    /// Canonical public keys it was encrypted to, sorted.
-    pub recipients: Vec<String>,
+    /// Who it was encrypted to, sorted by key.
+    pub recipients: Vec<NamedKey>,
+}
+
+impl Record {
+    /// The canonical keys it was encrypted to.
+    pub fn keys(&self) -> BTreeSet<String> {
+        self.recipients.iter().map(|k| k.key.clone()).collect()
+    }
 }
 
 /// `secrets/recipients.json`: public information only (file hashes and public keys).
@@ -108,7 +115,18 @@ impl Records {
             key,
             Record {
                 sha256: sha256_hex(bytes),
-                recipients: key_set(recipients).into_iter().collect(),
+                recipients: {
+                    let mut v: Vec<NamedKey> = recipients
+                        .iter()
+                        .map(|r| NamedKey {
+                            owner: r.owner.to_string(),
+                            key: r.key.clone(),
+                        })
+                        .collect();
+                    v.sort_by(|a, b| a.key.cmp(&b.key));
+                    v.dedup_by(|a, b| a.key == b.key);
+                    v
+                },
             },
         );
     }
@@ -161,7 +179,7 @@ impl State {
 }
 
 /// A recipient key with a human name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamedKey {
     /// Owner (`worker-01`, `operator alice`) or `unknown key`.
     pub owner: String,
@@ -192,14 +210,6 @@ pub struct SecretStatus {
 /// The state of every node's auth key, plus orphaned files, sorted by file.
 pub fn status(fleet: &Fleet, root: &Path) -> Result<Vec<SecretStatus>, SecretsError> {
     let records = Records::load(root)?;
-    let names = key_names(fleet);
-    let name = |k: &String| NamedKey {
-        owner: names
-            .get(k)
-            .cloned()
-            .unwrap_or_else(|| "unknown key".to_string()),
-        key: k.clone(),
-    };
     let mut out = Vec::new();
     for node in &fleet.nodes {
         let file = authkey_file(&node.name);
@@ -228,7 +238,7 @@ pub fn status(fleet: &Fleet, root: &Path) -> Result<Vec<SecretStatus>, SecretsEr
             ),
             (Some(_), Some(_), None) => (State::Unrecorded, Some("fleetnix secrets rekey".into())),
             (Some(d), Some(_), Some(r)) => {
-                if r.recipients.iter().cloned().collect::<BTreeSet<_>>() == key_set(d) {
+                if r.keys() == key_set(d) {
                     (State::UpToDate, None)
                 } else {
                     (State::Stale, Some("fleetnix secrets rekey".into()))
@@ -241,12 +251,15 @@ pub fn status(fleet: &Fleet, root: &Path) -> Result<Vec<SecretStatus>, SecretsEr
             exists: bytes.is_some(),
             state,
             recipients: recorded
-                .map(|r| r.recipients.iter().map(name).collect())
+                .map(|r| in_order_of(&r.recipients, desired.as_deref().unwrap_or_default()))
                 .unwrap_or_default(),
             desired: desired
                 .unwrap_or_default()
-                .iter()
-                .map(|r| name(&r.key))
+                .into_iter()
+                .map(|r| NamedKey {
+                    owner: r.owner.to_string(),
+                    key: r.key,
+                })
                 .collect(),
             hint,
         });
@@ -266,9 +279,7 @@ pub fn status(fleet: &Fleet, root: &Path) -> Result<Vec<SecretStatus>, SecretsEr
             file: file.clone(),
             exists: true,
             state: State::Orphan,
-            recipients: recorded
-                .map(|r| r.recipients.iter().map(name).collect())
-                .unwrap_or_default(),
+            recipients: recorded.map(|r| r.recipients.clone()).unwrap_or_default(),
             desired: vec![],
             hint: Some(format!(
                 "no node `{node}` in the manifest; delete {file} if it is gone"
@@ -279,17 +290,19 @@ pub fn status(fleet: &Fleet, root: &Path) -> Result<Vec<SecretStatus>, SecretsEr
     Ok(out)
 }
 
-/// Every known public key (host keys of all nodes, operators) → its owner's name.
-fn key_names(fleet: &Fleet) -> BTreeMap<String, String> {
-    let mut names = BTreeMap::new();
-    for node in &fleet.nodes {
-        if let Ok(Some(rs)) = desired_recipients(fleet, node) {
-            for r in rs {
-                names.entry(r.key).or_insert_with(|| r.owner.to_string());
-            }
-        }
-    }
-    names
+/// Recorded recipients, those the manifest still wants first in its order, then the others.
+fn in_order_of(recorded: &[NamedKey], desired: &[Recipient]) -> Vec<NamedKey> {
+    let mut out: Vec<NamedKey> = desired
+        .iter()
+        .filter_map(|d| recorded.iter().find(|r| r.key == d.key).cloned())
+        .collect();
+    out.extend(
+        recorded
+            .iter()
+            .filter(|r| !desired.iter().any(|d| d.key == r.key))
+            .cloned(),
+    );
+    out
 }
 
 /// Directories under `secrets/` holding an auth key but named after no node.

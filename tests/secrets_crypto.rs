@@ -462,3 +462,31 @@ fn orphans_and_missing_secrets_are_listed() {
     assert!(r.warnings.iter().any(|w| w.contains("old-node")));
     assert!(s.t.secret("old-node").exists());
 }
+
+#[test]
+fn damaged_record_file_is_an_error_that_names_it() {
+    let s = setup();
+    let fleet = s.t.fleet();
+    secrets::set_authkey(
+        &fleet,
+        &s.t.root,
+        &nodes(&["worker-01"]),
+        &secret(&fake_key()),
+    )
+    .unwrap();
+    let record = s.t.root.join(secrets::RECIPIENTS_FILE);
+    std::fs::write(&record, "{ \"version\": 99, \"files\": {} }\n").unwrap();
+    let before = snapshot(&s.t.root);
+    let e = secrets::set_authkey(
+        &fleet,
+        &s.t.root,
+        &nodes(&["worker-02"]),
+        &secret(&fake_key()),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("recipients.json") && e.to_string().contains("version"),
+        "{e}"
+    );
+    assert_eq!(snapshot(&s.t.root), before);
+}

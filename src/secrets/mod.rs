@@ -19,7 +19,7 @@ pub use keys::{
 };
 pub use store::{
     render_secrets_nix, rules_key, sha256_hex, status, NamedKey, Record, Records, SecretStatus,
-    State, RECIPIENTS_FILE, SECRETS_DIR, SECRETS_NIX,
+    State, RECIPIENTS_FILE, RECORDS_VERSION, SECRETS_DIR, SECRETS_NIX,
 };
 
 use crate::fsutil::write_atomic;

@@ -81,10 +81,25 @@ impl Record {
 }
 
 /// `secrets/recipients.json`: public information only (file hashes and public keys).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Records {
+    /// Format version ([`RECORDS_VERSION`]).
+    pub version: u32,
     /// By path relative to `secrets/`.
     pub files: BTreeMap<String, Record>,
+}
+
+/// Version of the `recipients.json` format.
+pub const RECORDS_VERSION: u32 = 1;
+
+impl Default for Records {
+    fn default() -> Self {
+        Records {
+            version: RECORDS_VERSION,
+            files: BTreeMap::new(),
+        }
+    }
 }
 
 impl Records {
@@ -92,10 +107,20 @@ impl Records {
     pub fn load(root: &Path) -> Result<Self, SecretsError> {
         let path = root.join(RECIPIENTS_FILE);
         match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| SecretsError::Records {
-                path,
-                reason: e.to_string(),
-            }),
+            Ok(text) => {
+                let r: Records =
+                    serde_json::from_str(&text).map_err(|e| SecretsError::Records {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                if r.version != RECORDS_VERSION {
+                    return Err(SecretsError::Records {
+                        path,
+                        reason: format!("format version {} is not {RECORDS_VERSION}", r.version),
+                    });
+                }
+                Ok(r)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(source) => Err(SecretsError::Io { path, source }),
         }

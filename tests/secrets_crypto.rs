@@ -490,3 +490,27 @@ fn damaged_record_file_is_an_error_that_names_it() {
     );
     assert_eq!(snapshot(&s.t.root), before);
 }
+
+#[test]
+fn secret_of_a_node_that_lost_its_host_key_is_reported_not_rewritten() {
+    let s = setup();
+    secrets::set_authkey(
+        &s.t.fleet(),
+        &s.t.root,
+        &nodes(&["worker-01", "worker-02"]),
+        &secret(&fake_key()),
+    )
+    .unwrap();
+    s.t.remove_host_key("worker-02");
+    let fleet = s.t.fleet();
+    assert!(fleet.node("worker-02").unwrap().host_key.is_none());
+    let w2 = std::fs::read(s.t.secret("worker-02")).unwrap();
+    let r = secrets::rekey(&fleet, &s.t.root, &s.op_ssh, &RekeyOptions { force: true }).unwrap();
+    assert_eq!(r.written.len(), 1);
+    assert_eq!(r.stuck.len(), 1);
+    assert_eq!(r.stuck[0].node, "worker-02");
+    assert!(r.stuck[0].fix.contains("ssh-keyscan"), "{:?}", r.stuck[0]);
+    assert_eq!(std::fs::read(s.t.secret("worker-02")).unwrap(), w2);
+    let nix = std::fs::read_to_string(s.t.root.join(secrets::SECRETS_NIX)).unwrap();
+    assert!(!nix.contains("worker-02"), "{nix}");
+}

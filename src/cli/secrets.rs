@@ -157,16 +157,14 @@ fn rekey(
         println!("{} secret(s) already up to date", report.unchanged.len());
     }
     // A secret that exists but cannot be brought up to date is a failure.
-    let stuck = report
-        .skipped
-        .iter()
-        .filter(|s| s.reason.contains("exists"))
-        .count();
-    Ok(if stuck > 0 {
-        eprintln!("error: {stuck} secret(s) could not be rekeyed");
-        ExitCode::from(1)
-    } else {
+    Ok(if report.stuck.is_empty() {
         ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "error: {} secret(s) could not be rekeyed",
+            report.stuck.len()
+        );
+        ExitCode::from(1)
     })
 }
 
@@ -183,7 +181,7 @@ fn print_report(ctx: &Ctx, report: &Report) {
     if report.secrets_nix_changed {
         println!("updated {}", secrets::SECRETS_NIX);
     }
-    for s in &report.skipped {
+    for s in report.skipped.iter().chain(&report.stuck) {
         eprintln!("skipped {}: {}; fix: {}", s.node, s.reason, s.fix);
     }
     for w in &report.warnings {

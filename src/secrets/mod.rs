@@ -190,6 +190,8 @@ pub struct Report {
     pub unchanged: Vec<String>,
     /// Nodes skipped (no host key, no secret yet).
     pub skipped: Vec<Skipped>,
+    /// Existing secrets that could not be brought up to date (rekey: the node lost its host key).
+    pub stuck: Vec<Skipped>,
     /// Was `secrets/secrets.nix` created or changed?
     pub secrets_nix_changed: bool,
     /// Things worth knowing that are not failures.
@@ -361,7 +363,7 @@ pub fn rekey(
             }),
             State::NoHostKey => {
                 if st.exists {
-                    report.skipped.push(Skipped {
+                    report.stuck.push(Skipped {
                         node: st.node.clone(),
                         reason: format!(
                             "{} exists but the node has no host_key in {}",

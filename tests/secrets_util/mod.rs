@@ -128,6 +128,25 @@ impl TestFleet {
         std::fs::write(&path, out).unwrap();
     }
 
+    /// Removes `host_key` of `node` from nodes.yml.
+    pub fn remove_host_key(&self, node: &str) {
+        let path = self.root.join("fleet/nodes.yml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let header = format!("  - name: {node}");
+        let mut out = String::new();
+        let mut after_header = false;
+        for line in text.lines() {
+            if after_header && line.trim_start().starts_with("host_key:") {
+                after_header = false;
+                continue;
+            }
+            after_header = line == header;
+            out.push_str(line);
+            out.push('\n');
+        }
+        std::fs::write(&path, out).unwrap();
+    }
+
     /// Replaces operators.keys in fleet.yml with `keys` (name, key).
     pub fn set_operators(&self, keys: &[(&str, &str)]) {
         let path = self.root.join("fleet/fleet.yml");

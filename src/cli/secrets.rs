@@ -1,16 +1,236 @@
-//! `secrets`.
+//! `secrets set-authkey | rekey | list`: argument parsing and printing; the logic is in
+//! [`fleetnix::secrets`]. The auth key is never an argument.
 
 use super::Ctx;
+use fleetnix::model::NodeName;
+use fleetnix::secrets::{self, Report, SecretsError};
+use secrecy::SecretString;
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// `secrets` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum SecretsCommand {
-    /// List secrets and their recipients.
-    List,
+    /// Encrypt a Tailscale auth key to nodes' host keys and the operators' keys.
+    ///
+    /// The key is read from --from-file, else from $TAILSCALE_AUTHKEY, else from standard input
+    /// (prompted without echo on a terminal). It is never taken as an argument.
+    SetAuthkey(SetAuthkeyArgs),
+    /// Re-encrypt secrets whose recipients changed (nodes or operator keys edited).
+    Rekey(RekeyArgs),
+    /// List secrets, their recipients, and whether they are up to date with the manifest.
+    List(ListArgs),
+}
+
+/// Arguments of `secrets set-authkey`.
+#[derive(Debug, clap::Args)]
+pub struct SetAuthkeyArgs {
+    /// Nodes to write the key for.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub nodes: Vec<String>,
+    /// Every node of the manifest.
+    #[arg(long)]
+    pub all: bool,
+    /// Read the key from this file instead of $TAILSCALE_AUTHKEY or standard input.
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<PathBuf>,
+}
+
+/// Arguments of `secrets rekey`.
+#[derive(Debug, clap::Args)]
+pub struct RekeyArgs {
+    /// Private key to decrypt with: an operator's SSH or age identity [default: ~/.ssh/id_ed25519].
+    #[arg(long, short, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Rewrite every secret, also those already up to date.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Arguments of `secrets list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `fleetnix secrets …`.
-pub fn run(_ctx: &Ctx, _cmd: SecretsCommand) -> ExitCode {
-    super::not_yet("secrets")
+pub fn run(ctx: &Ctx, cmd: SecretsCommand) -> ExitCode {
+    let fleet = match ctx.fleet() {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
+    let result = match cmd {
+        SecretsCommand::SetAuthkey(a) => set_authkey(ctx, &fleet, a),
+        SecretsCommand::Rekey(a) => rekey(ctx, &fleet, a),
+        SecretsCommand::List(a) => list(ctx, &fleet, a),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(1)
+    })
+}
+
+/// The key from --from-file, $TAILSCALE_AUTHKEY or standard input, in that order.
+fn read_key(from_file: Option<&PathBuf>) -> Result<SecretString, SecretsError> {
+    if let Some(path) = from_file {
+        return secrets::authkey_from_file(path);
+    }
+    if let Some(key) = secrets::authkey_from_env(secrets::AUTHKEY_ENV)? {
+        return Ok(key);
+    }
+    if std::io::stdin().is_terminal() {
+        let key =
+            age::cli_common::read_secret("Tailscale auth key", "Auth key", None).map_err(|e| {
+                SecretsError::ReadKey {
+                    origin: "the terminal".into(),
+                    error: std::io::Error::other(e.to_string()),
+                }
+            })?;
+        // Re-check (trim, non-empty, one line) like every other source.
+        use secrecy::ExposeSecret;
+        return secrets::parse_authkey(key.expose_secret().as_bytes(), "the terminal");
+    }
+    secrets::read_authkey(std::io::stdin().lock(), "standard input")
+}
+
+fn set_authkey(
+    ctx: &Ctx,
+    fleet: &fleetnix::model::Fleet,
+    args: SetAuthkeyArgs,
+) -> Result<ExitCode, SecretsError> {
+    // Node names first, so a typo fails before the key is asked for.
+    let nodes: Vec<NodeName> = if args.all {
+        fleet.nodes.iter().map(|n| n.name.clone()).collect()
+    } else {
+        secrets::select_nodes(fleet, &args.nodes)?
+    };
+    let key = read_key(args.from_file.as_ref())?;
+    let report = secrets::set_authkey(fleet, &ctx.root, &nodes, &key)?;
+    drop(key);
+    print_report(ctx, &report);
+    if report.skipped.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "error: {} node(s) skipped; nothing was encrypted for them",
+            report.skipped.len()
+        );
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn default_identity() -> Result<PathBuf, SecretsError> {
+    match std::env::var_os("HOME") {
+        Some(home) if !home.is_empty() => Ok(PathBuf::from(home).join(".ssh/id_ed25519")),
+        _ => Err(SecretsError::IdentityInvalid {
+            path: PathBuf::from("~/.ssh/id_ed25519"),
+            reason: "$HOME is not set; pass --identity".into(),
+        }),
+    }
+}
+
+fn rekey(
+    ctx: &Ctx,
+    fleet: &fleetnix::model::Fleet,
+    args: RekeyArgs,
+) -> Result<ExitCode, SecretsError> {
+    let identity = match args.identity {
+        Some(p) => p,
+        None => default_identity()?,
+    };
+    let report = secrets::rekey(
+        fleet,
+        &ctx.root,
+        &identity,
+        &secrets::RekeyOptions { force: args.force },
+    )?;
+    print_report(ctx, &report);
+    if ctx.verbose > 0 {
+        for f in &report.unchanged {
+            println!("up to date {f}");
+        }
+    }
+    if report.written.is_empty() {
+        println!("{} secret(s) already up to date", report.unchanged.len());
+    }
+    // A secret that exists but cannot be brought up to date is a failure.
+    Ok(if report.stuck.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "error: {} secret(s) could not be rekeyed",
+            report.stuck.len()
+        );
+        ExitCode::from(1)
+    })
+}
+
+fn print_report(ctx: &Ctx, report: &Report) {
+    for w in &report.written {
+        let who: Vec<String> = w.recipients.iter().map(|r| r.owner.to_string()).collect();
+        println!("wrote {} (recipients: {})", w.file, who.join(", "));
+        if ctx.verbose > 0 {
+            for r in &w.recipients {
+                println!("  {}  {}", r.owner, r.key);
+            }
+        }
+    }
+    if report.secrets_nix_changed {
+        println!("updated {}", secrets::SECRETS_NIX);
+    }
+    for s in report.skipped.iter().chain(&report.stuck) {
+        eprintln!("skipped {}: {}; fix: {}", s.node, s.reason, s.fix);
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+fn list(
+    ctx: &Ctx,
+    fleet: &fleetnix::model::Fleet,
+    args: ListArgs,
+) -> Result<ExitCode, SecretsError> {
+    let statuses = secrets::status(fleet, &ctx.root)?;
+    if args.json {
+        // Invariant: these types always serialize.
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&statuses).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = statuses
+        .iter()
+        .map(|s| s.file.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    println!("{:width$}  {:11}  RECIPIENTS", "SECRET", "STATUS");
+    for s in &statuses {
+        let shown = if s.recipients.is_empty() {
+            &s.desired
+        } else {
+            &s.recipients
+        };
+        let who: Vec<&str> = shown.iter().map(|k| k.owner.as_str()).collect();
+        let who = if who.is_empty() {
+            "-".to_string()
+        } else {
+            who.join(", ")
+        };
+        println!("{:width$}  {:11}  {who}", s.file, s.state.label());
+        if let Some(h) = &s.hint {
+            println!("{:width$}  {:11}  -> {h}", "", "");
+        }
+        if ctx.verbose > 0 {
+            for k in shown {
+                println!("{:width$}  {:11}     {}  {}", "", "", k.owner, k.key);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,465 @@
+//! Age-encrypted Tailscale auth keys, one per node, in agenix's layout.
+//!
+//! `secrets/<node>/tailscale-authkey.age` is encrypted to the node's SSH host key (`host_key` in
+//! nodes.yml) and the operators' keys (fleet.yml), never to another node. `secrets/secrets.nix`
+//! is agenix's rules file for the same files, regenerated from the manifest, so `agenix -e` and
+//! `agenix -r` keep working. `secrets/recipients.json` records, for each `.age` file fleetnix
+//! wrote, its SHA-256 and the public keys it was encrypted to; `rekey` rewrites exactly the files
+//! whose recorded recipients differ from the manifest (or that another tool changed).
+//!
+//! The auth key lives in a [`SecretString`] (zeroized on drop) and is never written anywhere but
+//! into age ciphertext: no temporary plaintext files, no argv, no logs, no error messages.
+
+mod keys;
+mod store;
+
+pub use keys::{
+    authkey_from_env, authkey_from_file, desired_recipients, keyscan_hint, operator_recipients,
+    parse_authkey, parse_recipient, read_authkey, Identities, Owner, Recipient, MAX_AUTHKEY_BYTES,
+};
+pub use store::{
+    render_secrets_nix, rules_key, sha256_hex, status, NamedKey, Record, Records, SecretStatus,
+    State, RECIPIENTS_FILE, RECORDS_VERSION, SECRETS_DIR, SECRETS_NIX,
+};
+
+use crate::fsutil::write_atomic;
+use crate::model::{Fleet, Node, NodeName};
+use crate::plan::authkey_file;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// Environment variable the CLI reads the auth key from.
+pub const AUTHKEY_ENV: &str = "TAILSCALE_AUTHKEY";
+
+/// Mode of written files: ciphertext and public keys only.
+const FILE_MODE: u32 = 0o644;
+
+/// Errors of the secrets commands. None of them ever contains a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    /// A node name that is not in the manifest.
+    #[error("unknown node `{name}`{}", suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
+    UnknownNode {
+        /// The name given.
+        name: String,
+        /// The closest node name, if any is close.
+        suggestion: Option<String>,
+    },
+    /// A node argument that looks like an auth key.
+    #[error("node argument {position} looks like a Tailscale auth key (not shown): keys are never arguments; pass it on standard input, in $TAILSCALE_AUTHKEY or with --from-file")]
+    KeyAsArgument {
+        /// 1-based position among the node arguments.
+        position: usize,
+    },
+    /// A node argument that is not a hostname label (not echoed: it could be a pasted secret).
+    #[error("node argument {position} is not a node name (lowercase letters, digits and '-')")]
+    NotANodeName {
+        /// 1-based position among the node arguments.
+        position: usize,
+    },
+    /// A public key that cannot be used as an age recipient.
+    #[error("{owner}: {reason}; expected an ssh-ed25519 or ssh-rsa (2048–4096 bits) public key or an age1… X25519 recipient")]
+    BadRecipient {
+        /// Whose key and where it is written.
+        owner: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The auth key is empty.
+    #[error("the Tailscale auth key from {origin} is empty; nothing was written")]
+    EmptyKey {
+        /// Where it was read from.
+        origin: String,
+    },
+    /// The auth key is not a plausible key.
+    #[error("the Tailscale auth key from {origin} {reason}; nothing was written")]
+    MalformedKey {
+        /// Where it was read from.
+        origin: String,
+        /// What is wrong (never the key).
+        reason: &'static str,
+    },
+    /// The auth key could not be read.
+    #[error("cannot read the Tailscale auth key from {origin}: {error}")]
+    ReadKey {
+        /// Where it was read from.
+        origin: String,
+        /// Why.
+        #[source]
+        error: std::io::Error,
+    },
+    /// The identity file cannot be read.
+    #[error("cannot read identity {}: {error}; nothing was written", path.display())]
+    IdentityRead {
+        /// The identity file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        error: std::io::Error,
+    },
+    /// The identity file holds no usable identity.
+    #[error("identity {} is not usable: {reason}; nothing was written", path.display())]
+    IdentityInvalid {
+        /// The identity file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The identity does not decrypt a secret.
+    #[error("identity {} cannot decrypt {file} ({reason}); use the private key of one of its recipients (an operator key from fleet.yml); nothing was written", identity.display())]
+    Decrypt {
+        /// The `.age` file, relative to the root.
+        file: String,
+        /// The identity file.
+        identity: PathBuf,
+        /// age's reason.
+        reason: String,
+    },
+    /// A secret that should exist does not.
+    #[error("{file} does not exist; write it with `fleetnix secrets set-authkey {node}`")]
+    NoSecret {
+        /// The node.
+        node: String,
+        /// The file, relative to the root.
+        file: String,
+    },
+    /// Encryption failed.
+    #[error("encrypting {file} failed: {reason}; nothing was written")]
+    Encrypt {
+        /// The file, relative to the root.
+        file: String,
+        /// age's reason.
+        reason: String,
+    },
+    /// `recipients.json` is damaged.
+    #[error("cannot parse {}: {reason}; delete it and run `fleetnix secrets rekey` to rewrite every secret", path.display())]
+    Records {
+        /// The file.
+        path: PathBuf,
+        /// serde's message.
+        reason: String,
+    },
+    /// Generated Nix failed the syntax check (a fleetnix bug).
+    #[error("generated {} is not valid Nix (a fleetnix bug; nothing written): {errors}", path.display())]
+    NixSyntax {
+        /// The file.
+        path: PathBuf,
+        /// rnix's messages.
+        errors: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A node that was not written, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// The node.
+    pub node: String,
+    /// Why.
+    pub reason: String,
+    /// The command or edit that fixes it.
+    pub fix: String,
+}
+
+/// One `.age` file written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Written {
+    /// The node.
+    pub node: String,
+    /// Path relative to the repository root.
+    pub file: String,
+    /// Who can decrypt it.
+    pub recipients: Vec<Recipient>,
+}
+
+/// What `set_authkey` or `rekey` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Files written, sorted.
+    pub written: Vec<Written>,
+    /// Secrets already encrypted to the right recipients (rekey), sorted.
+    pub unchanged: Vec<String>,
+    /// Nodes skipped (no host key, no secret yet).
+    pub skipped: Vec<Skipped>,
+    /// Existing secrets that could not be brought up to date (rekey: the node lost its host key).
+    pub stuck: Vec<Skipped>,
+    /// Was `secrets/secrets.nix` created or changed?
+    pub secrets_nix_changed: bool,
+    /// Things worth knowing that are not failures.
+    pub warnings: Vec<String>,
+}
+
+fn io_err(path: PathBuf) -> impl FnOnce(std::io::Error) -> SecretsError {
+    move |source| SecretsError::Io { path, source }
+}
+
+/// Checks node names given by a user against the manifest; the error suggests the closest name.
+pub fn select_nodes(fleet: &Fleet, names: &[String]) -> Result<Vec<NodeName>, SecretsError> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            // Never echo an argument that may be a secret pasted by mistake.
+            if n.starts_with("tskey") {
+                return Err(SecretsError::KeyAsArgument { position: i + 1 });
+            }
+            let name =
+                NodeName::parse(n).map_err(|_| SecretsError::NotANodeName { position: i + 1 })?;
+            find_node(fleet, &name).map(|node| node.name.clone())
+        })
+        .collect()
+}
+
+fn suggest(fleet: &Fleet, name: &str) -> Option<String> {
+    fleet
+        .nodes
+        .iter()
+        .map(|n| (strsim::jaro_winkler(n.name.as_str(), name), n))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, n)| n.name.to_string())
+}
+
+/// The node called `name`, or an error with the closest name.
+fn find_node<'a>(fleet: &'a Fleet, name: &NodeName) -> Result<&'a Node, SecretsError> {
+    fleet
+        .node(name.as_str())
+        .ok_or_else(|| SecretsError::UnknownNode {
+            name: name.to_string(),
+            suggestion: suggest(fleet, name.as_str()),
+        })
+}
+
+fn no_operator_warning(fleet: &Fleet) -> Option<String> {
+    fleet.settings.operators.keys.is_empty().then(|| {
+        format!(
+            "no operator keys in {} (operators.keys): only each node can decrypt its own secret, and `secrets rekey` needs that node's host key",
+            fleet.sources.fleet.display()
+        )
+    })
+}
+
+/// Writes `secrets.nix` and `recipients.json` if their text changed; says whether secrets.nix did.
+fn write_indexes(fleet: &Fleet, root: &Path, records: &Records) -> Result<bool, SecretsError> {
+    let nix_text = render_secrets_nix(fleet)?;
+    let nix_path = root.join(SECRETS_NIX);
+    let nix_changed = store::read_optional(&nix_path)?.as_deref() != Some(nix_text.as_bytes());
+    let rec_path = root.join(RECIPIENTS_FILE);
+    let rec_text = records.to_text();
+    if store::read_optional(&rec_path)?.as_deref() != Some(rec_text.as_bytes()) {
+        write_atomic(&rec_path, rec_text.as_bytes(), FILE_MODE).map_err(io_err(rec_path))?;
+    }
+    if nix_changed {
+        write_atomic(&nix_path, nix_text.as_bytes(), FILE_MODE).map_err(io_err(nix_path))?;
+    }
+    Ok(nix_changed)
+}
+
+/// Encrypts `key` for each of `nodes` to `secrets/<node>/tailscale-authkey.age` under `root`
+/// (recipients: the node's host key and the operators' keys), then regenerates
+/// `secrets/secrets.nix` and `secrets/recipients.json`.
+///
+/// Nodes without a `host_key` are skipped and reported with the command that fetches it.
+/// Everything is checked (node names, every key of the manifest, the auth key) and encrypted in
+/// memory before the first file is written; each file is written atomically.
+pub fn set_authkey(
+    fleet: &Fleet,
+    root: &Path,
+    nodes: &[NodeName],
+    key: &SecretString,
+) -> Result<Report, SecretsError> {
+    let selected = nodes
+        .iter()
+        .map(|n| find_node(fleet, n))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Re-check the key: library callers may build a SecretString by hand.
+    let key = parse_authkey(key.expose_secret().as_bytes(), "the caller")?;
+    // Every key of the manifest must parse, since secrets.nix lists them all.
+    render_secrets_nix(fleet)?;
+    let mut records = Records::load(root)?;
+    let mut report = Report::default();
+    report.warnings.extend(no_operator_warning(fleet));
+    let mut pending = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for node in selected {
+        if !seen.insert(&node.name) {
+            continue;
+        }
+        let Some(recipients) = desired_recipients(fleet, node)? else {
+            report.skipped.push(Skipped {
+                node: node.name.to_string(),
+                reason: format!("no host_key in {}", fleet.sources.nodes.display()),
+                fix: keyscan_hint(node),
+            });
+            continue;
+        };
+        let file = authkey_file(&node.name);
+        let bytes =
+            keys::encrypt(&recipients, key.expose_secret().as_bytes()).map_err(|reason| {
+                SecretsError::Encrypt {
+                    file: file.clone(),
+                    reason,
+                }
+            })?;
+        pending.push((node, file, bytes, recipients));
+    }
+    for (node, file, bytes, recipients) in pending {
+        let path = root.join(&file);
+        write_atomic(&path, &bytes, FILE_MODE).map_err(io_err(path))?;
+        records.set(rules_key(&node.name), &bytes, &recipients);
+        report.written.push(Written {
+            node: node.name.to_string(),
+            file,
+            recipients,
+        });
+    }
+    report.written.sort_by(|a, b| a.file.cmp(&b.file));
+    report.secrets_nix_changed = write_indexes(fleet, root, &records)?;
+    Ok(report)
+}
+
+/// Options of [`rekey`].
+#[derive(Debug, Clone, Default)]
+pub struct RekeyOptions {
+    /// Rewrite every secret, even those already encrypted to the right recipients.
+    pub force: bool,
+}
+
+/// Re-encrypts every existing secret whose recipients differ from the manifest (or whose
+/// recipients are unknown because another tool wrote it), decrypting with `identity`.
+///
+/// All those files are decrypted in memory first: if the identity cannot decrypt one of them,
+/// the error names it and nothing is written. Untouched files keep their exact bytes.
+pub fn rekey(
+    fleet: &Fleet,
+    root: &Path,
+    identity: &Path,
+    opts: &RekeyOptions,
+) -> Result<Report, SecretsError> {
+    render_secrets_nix(fleet)?;
+    let identities = Identities::read(identity)?;
+    let statuses = status(fleet, root)?;
+    let mut records = Records::load(root)?;
+    let mut report = Report::default();
+    report.warnings.extend(no_operator_warning(fleet));
+    let mut todo = Vec::new();
+    for st in &statuses {
+        match st.state {
+            State::UpToDate if !opts.force => report.unchanged.push(st.file.clone()),
+            State::UpToDate | State::Stale | State::Unrecorded => todo.push(st),
+            State::Missing => report.skipped.push(Skipped {
+                node: st.node.clone(),
+                reason: format!("{} does not exist", st.file),
+                fix: format!("fleetnix secrets set-authkey {}", st.node),
+            }),
+            State::NoHostKey => {
+                if st.exists {
+                    report.stuck.push(Skipped {
+                        node: st.node.clone(),
+                        reason: format!(
+                            "{} exists but the node has no host_key in {}",
+                            st.file,
+                            fleet.sources.nodes.display()
+                        ),
+                        fix: st.hint.clone().unwrap_or_default(),
+                    });
+                }
+            }
+            State::Orphan => report.warnings.push(format!(
+                "{}: {}",
+                st.file,
+                st.hint.clone().unwrap_or_default()
+            )),
+        }
+    }
+    // Decrypt everything first: a wrong identity fails before anything is touched.
+    let mut plain = Vec::new();
+    for st in todo {
+        let path = root.join(&st.file);
+        let bytes = std::fs::read(&path).map_err(io_err(path))?;
+        let text = identities
+            .decrypt(&bytes)
+            .map_err(|reason| SecretsError::Decrypt {
+                file: st.file.clone(),
+                identity: identity.to_path_buf(),
+                reason,
+            })?;
+        // Invariant: status() gives a file only for nodes of the manifest.
+        let node = fleet
+            .node(&st.node)
+            .ok_or_else(|| SecretsError::UnknownNode {
+                name: st.node.clone(),
+                suggestion: None,
+            })?;
+        let recipients =
+            desired_recipients(fleet, node)?.ok_or_else(|| SecretsError::NoSecret {
+                node: st.node.clone(),
+                file: st.file.clone(),
+            })?;
+        plain.push((node, st.file.clone(), text, recipients));
+    }
+    let mut encrypted = Vec::new();
+    for (node, file, text, recipients) in plain {
+        let bytes = keys::encrypt(&recipients, &text).map_err(|reason| SecretsError::Encrypt {
+            file: file.clone(),
+            reason,
+        })?;
+        drop(text);
+        encrypted.push((node, file, bytes, recipients));
+    }
+    for (node, file, bytes, recipients) in encrypted {
+        let path = root.join(&file);
+        write_atomic(&path, &bytes, FILE_MODE).map_err(io_err(path))?;
+        records.set(rules_key(&node.name), &bytes, &recipients);
+        report.written.push(Written {
+            node: node.name.to_string(),
+            file,
+            recipients,
+        });
+    }
+    // Forget records of files that no longer exist.
+    records
+        .files
+        .retain(|k, _| root.join(SECRETS_DIR).join(k).is_file());
+    report.secrets_nix_changed = write_indexes(fleet, root, &records)?;
+    Ok(report)
+}
+
+/// Decrypts `secrets/<node>/tailscale-authkey.age` under `root` with the identity file
+/// `identity` (an operator's age or SSH private key, or the node's host key).
+pub fn decrypt_authkey(
+    root: &Path,
+    node: &NodeName,
+    identity: &Path,
+) -> Result<SecretString, SecretsError> {
+    let file = authkey_file(node);
+    let path = root.join(&file);
+    let bytes = match store::read_optional(&path)? {
+        Some(b) => b,
+        None => {
+            return Err(SecretsError::NoSecret {
+                node: node.to_string(),
+                file,
+            })
+        }
+    };
+    let identities = Identities::read(identity)?;
+    let text: Zeroizing<Vec<u8>> =
+        identities
+            .decrypt(&bytes)
+            .map_err(|reason| SecretsError::Decrypt {
+                file: file.clone(),
+                identity: identity.to_path_buf(),
+                reason,
+            })?;
+    parse_authkey(&text, &file)
+}

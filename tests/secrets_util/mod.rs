@@ -1,0 +1,237 @@
+//! Shared setup of the secrets tests: a temporary copy of the example fleet with real SSH host
+//! keys (ssh-keygen) and operator keys (ssh-keygen, age-keygen), and helpers to run things.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A temporary repository root with `fleet/` and generated keys under `keys/` (outside `root`).
+pub struct TestFleet {
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+    /// Repository root (holds fleet/ and, after set-authkey, secrets/).
+    pub root: PathBuf,
+    /// Where keys live.
+    pub keys: PathBuf,
+    /// HOME and TMPDIR given to the binary.
+    pub home: PathBuf,
+    /// TMPDIR given to the binary.
+    pub tmp: PathBuf,
+}
+
+/// An auth key that is obviously fake, unique per call, built at run time.
+pub fn fake_key() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "tskey-auth-{}{}-{:x}{:x}",
+        "FAKE",
+        "TEST",
+        nanos,
+        std::process::id()
+    )
+}
+
+/// Runs a command, panicking with its output if it cannot start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Generates an unencrypted SSH key pair; returns (private key path, public key line).
+pub fn ssh_keygen(dir: &Path, name: &str, kind: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let mut cmd = Command::new("ssh-keygen");
+    cmd.args(["-q", "-t", kind, "-N", "", "-C", name, "-f"])
+        .arg(&path);
+    if kind == "rsa" {
+        cmd.args(["-b", "2048"]);
+    }
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "ssh-keygen: {out:?}");
+    let public = std::fs::read_to_string(format!("{}.pub", path.display())).unwrap();
+    (path, public.trim().to_string())
+}
+
+/// Generates an age identity; returns (identity path, age1… recipient).
+pub fn age_keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let out = run(Command::new("age-keygen").arg("-o").arg(&path));
+    assert!(out.status.success(), "age-keygen: {out:?}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let public = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("age-keygen writes the public key")
+        .trim()
+        .to_string();
+    (path, public)
+}
+
+impl TestFleet {
+    /// Copies the example fleet into a temp root.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let keys = dir.path().join("keys");
+        let home = dir.path().join("home");
+        let tmp = dir.path().join("tmp");
+        for d in [&root.join("fleet"), &keys, &home, &tmp] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet");
+        for f in ["nodes.yml", "fleet.yml", "services.yml"] {
+            std::fs::copy(src.join(f), root.join("fleet").join(f)).unwrap();
+        }
+        TestFleet {
+            dir,
+            root,
+            keys,
+            home,
+            tmp,
+        }
+    }
+
+    /// Generates an ed25519 host key for `node`, writes it into nodes.yml, returns the private key.
+    pub fn add_host_key(&self, node: &str) -> PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (private, public) = ssh_keygen(&self.keys, &format!("host-{node}-{n}"), "ed25519");
+        self.set_host_key(node, &public);
+        private
+    }
+
+    /// Sets (or replaces) `host_key` of `node` in nodes.yml.
+    pub fn set_host_key(&self, node: &str, key: &str) {
+        let path = self.root.join("fleet/nodes.yml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let header = format!("  - name: {node}\n");
+        assert!(text.contains(&header), "{node} not in nodes.yml");
+        let mut out = String::new();
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            out.push_str(line);
+            out.push('\n');
+            if format!("{line}\n") == header {
+                if lines
+                    .peek()
+                    .is_some_and(|l| l.trim_start().starts_with("host_key:"))
+                {
+                    lines.next();
+                }
+                out.push_str(&format!("    host_key: \"{key}\"\n"));
+            }
+        }
+        std::fs::write(&path, out).unwrap();
+    }
+
+    /// Removes `host_key` of `node` from nodes.yml.
+    pub fn remove_host_key(&self, node: &str) {
+        let path = self.root.join("fleet/nodes.yml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let header = format!("  - name: {node}");
+        let mut out = String::new();
+        let mut after_header = false;
+        for line in text.lines() {
+            if after_header && line.trim_start().starts_with("host_key:") {
+                after_header = false;
+                continue;
+            }
+            after_header = line == header;
+            out.push_str(line);
+            out.push('\n');
+        }
+        std::fs::write(&path, out).unwrap();
+    }
+
+    /// Replaces operators.keys in fleet.yml with `keys` (name, key).
+    pub fn set_operators(&self, keys: &[(&str, &str)]) {
+        let path = self.root.join("fleet/fleet.yml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let start = text.find("  keys:").expect("fleet.yml has operators.keys");
+        let end = text[start..]
+            .find("\nntfy:")
+            .map(|i| start + i + 1)
+            .expect("ntfy follows operators");
+        let mut block = String::from("  keys:");
+        if keys.is_empty() {
+            block.push_str(" []\n");
+        } else {
+            block.push('\n');
+            for (name, key) in keys {
+                block.push_str(&format!("    - name: {name}\n      key: \"{key}\"\n"));
+            }
+        }
+        let text = format!("{}{}{}", &text[..start], block, &text[end..]);
+        std::fs::write(&path, text).unwrap();
+    }
+
+    /// Loads the fleet through the manifest.
+    pub fn fleet(&self) -> fleetnix::model::Fleet {
+        fleetnix::manifest::load(&self.root.join("fleet")).expect("test fleet is valid")
+    }
+
+    /// The binary, run in this root with a clean environment (no TAILSCALE_AUTHKEY).
+    pub fn bin(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetnix"));
+        cmd.current_dir(&self.root)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.home)
+            .env("TMPDIR", &self.tmp)
+            .env("NO_COLOR", "1")
+            .arg("--root")
+            .arg(&self.root);
+        cmd
+    }
+
+    /// Path of a node's secret.
+    pub fn secret(&self, node: &str) -> PathBuf {
+        self.root
+            .join(format!("secrets/{node}/tailscale-authkey.age"))
+    }
+}
+
+/// Every file under `dir` with its bytes (to prove nothing changed).
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.insert(p, b);
+            }
+        }
+    }
+    out
+}
+
+/// Does `haystack` contain `needle`?
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Decrypts with the real `age` CLI; `Ok(plaintext)` or `Err(stderr)`.
+pub fn age_decrypt(identity: &Path, file: &Path) -> Result<String, String> {
+    let out = run(Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(identity)
+        .arg(file));
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}

@@ -10,3 +10,9 @@ pub mod model;
 pub mod nix;
 pub mod plan;
 pub mod render;
+
+pub mod alert;
+pub mod health;
+pub mod route;
+pub mod status;
+pub mod tailscale;

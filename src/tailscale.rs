@@ -92,7 +92,7 @@ pub struct PeerStatus {
     #[serde(rename = "OS", default, deserialize_with = "null_default")]
     pub os: String,
     /// Tailnet addresses, IPv4 first.
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(rename = "TailscaleIPs", default, deserialize_with = "null_default")]
     pub tailscale_ips: Vec<IpAddr>,
     /// ACL tags (`tag:…`); absent when untagged.
     #[serde(default, deserialize_with = "null_default")]
@@ -226,7 +226,7 @@ pub struct TailscaleStatus {
     #[serde(default, deserialize_with = "null_default")]
     pub backend_state: String,
     /// This machine's tailnet addresses.
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(rename = "TailscaleIPs", default, deserialize_with = "null_default")]
     pub tailscale_ips: Vec<IpAddr>,
     /// This machine.
     #[serde(rename = "Self", default, deserialize_with = "null_default")]

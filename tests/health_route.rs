@@ -80,6 +80,8 @@ fn round_robin_is_fair_and_skips_unhealthy() {
         BTreeMap::from([("big", 100), ("mid", 100), ("small", 100)])
     );
     assert_eq!(&picks[..4], &[name("big"), name("mid"), name("small"), name("big")]);
+    assert_eq!(picks[299].as_str(), "small");
+    assert_eq!(r.route("glm-worker", &h).unwrap().node().as_str(), "big");
     let route = r.route("glm-worker", &h).unwrap();
     assert_eq!(
         route.skipped,

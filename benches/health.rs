@@ -60,12 +60,22 @@ async fn main() {
         .map(|i| N {
             name: &names[i],
             ip: &ips[i],
-            roles: if i == 0 { &["control-plane", "svc"] } else { &["svc"] },
+            roles: if i == 0 {
+                &["control-plane", "svc"]
+            } else {
+                &["svc"]
+            },
             cpu: 4,
         })
         .collect();
     let dir = tempfile::tempdir().expect("temp dir");
-    let fleet = write_fleet(dir.path(), &nodes, &[("svc", port, "svc")], 2, "round_robin");
+    let fleet = write_fleet(
+        dir.path(),
+        &nodes,
+        &[("svc", port, "svc")],
+        2,
+        "round_robin",
+    );
     let all: Vec<&str> = names.iter().map(String::as_str).collect();
     let ts = tailnet(&fleet, &all, &[]);
     let mut opts = ProbeOptions::for_fleet(&fleet).with_timeout(TIMEOUT);
@@ -93,7 +103,11 @@ async fn main() {
             count(NodeState::Degraded),
             count(NodeState::Down),
         );
-        assert_eq!(count(NodeState::Down), silent.len(), "every silent node is down");
+        assert_eq!(
+            count(NodeState::Down),
+            silent.len(),
+            "every silent node is down"
+        );
     }
     let target = TIMEOUT + Duration::from_millis(500);
     println!(

@@ -152,7 +152,10 @@ impl Ntfy {
             .unwrap_or_else(|| {
                 format!(
                     "http://{}",
-                    host_port(&fleet.control_plane().tailscale_ip, fleet.settings.ntfy.port)
+                    host_port(
+                        &fleet.control_plane().tailscale_ip,
+                        fleet.settings.ntfy.port
+                    )
                 )
             });
         let token = std::env::var(NTFY_TOKEN_ENV).ok().filter(|s| !s.is_empty());

@@ -240,7 +240,13 @@ pub async fn sweep(
     tailnet: Option<&TailscaleStatus>,
     opts: &ProbeOptions,
 ) -> HealthReport {
-    sweep_nodes(fleet, &fleet.nodes.iter().collect::<Vec<_>>(), tailnet, opts).await
+    sweep_nodes(
+        fleet,
+        &fleet.nodes.iter().collect::<Vec<_>>(),
+        tailnet,
+        opts,
+    )
+    .await
 }
 
 /// Probes the given nodes: all their ports at once, each bounded by `opts.timeout`.

@@ -75,7 +75,10 @@ fn ips(v: &[IpAddr]) -> String {
     if v.is_empty() {
         return "none".into();
     }
-    v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+    v.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn list(v: &[String]) -> String {

@@ -86,7 +86,10 @@ async fn failed_alert_is_retried_once_delivered_and_token_sent() {
     assert!(sent.is_empty());
     let msg = err.expect("first attempt answered 503").to_string();
     assert!(msg.contains("503"), "{msg}");
-    assert!(!msg.contains(&token), "the token must never appear in errors");
+    assert!(
+        !msg.contains(&token),
+        "the token must never appear in errors"
+    );
     assert_eq!(alerter.pending(), 1);
     // Still down: no new notification, the pending one is retried.
     alerter.observe(&tracker.update(&report(&[("w1", Down)])));
@@ -97,7 +100,10 @@ async fn failed_alert_is_retried_once_delivered_and_token_sent() {
     let delivered = stub.delivered.lock().unwrap().clone();
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0].headers["x-priority"], "urgent");
-    assert_eq!(delivered[0].headers["authorization"], format!("Bearer {token}"));
+    assert_eq!(
+        delivered[0].headers["authorization"],
+        format!("Bearer {token}")
+    );
 }
 
 #[tokio::test]
@@ -116,7 +122,11 @@ async fn unreachable_ntfy_is_an_error_not_a_crash() {
     let (sent, err) = alerter.flush().await;
     assert!(sent.is_empty());
     assert!(err.is_some());
-    assert_eq!(alerter.pending(), 2, "both kept, in order, for the next try");
+    assert_eq!(
+        alerter.pending(),
+        2,
+        "both kept, in order, for the next try"
+    );
 }
 
 #[test]
@@ -144,7 +154,10 @@ fn only_down_and_recovery_notify() {
     assert!(notification_for(&tr(None, Healthy)).is_none());
     assert!(notification_for(&tr(Some(Healthy), Degraded)).is_none());
     assert!(notification_for(&tr(Some(Degraded), Healthy)).is_none());
-    assert_eq!(notification_for(&tr(Some(Down), Healthy)).unwrap().priority, "default");
+    assert_eq!(
+        notification_for(&tr(Some(Down), Healthy)).unwrap().priority,
+        "default"
+    );
 }
 
 /// End to end: `fleetnix health --watch` with the fake tailscale; worker-02 goes offline,
@@ -157,8 +170,18 @@ async fn watch_sends_one_alert_per_transition() {
     let fleet = write_fleet(
         &dir.path().join("fleet"),
         &[
-            N { name: "cp", ip: "100.64.1.1", roles: &["control-plane"], cpu: 4 },
-            N { name: "worker-02", ip: "100.64.1.3", roles: &["glm-worker"], cpu: 4 },
+            N {
+                name: "cp",
+                ip: "100.64.1.1",
+                roles: &["control-plane"],
+                cpu: 4,
+            },
+            N {
+                name: "worker-02",
+                ip: "100.64.1.3",
+                roles: &["glm-worker"],
+                cpu: 4,
+            },
         ],
         &[],
         1,
@@ -180,7 +203,10 @@ async fn watch_sends_one_alert_per_transition() {
         .arg("--root")
         .arg(dir.path())
         .args(["health", "--watch", "--interval", "100ms", "--count", "40"])
-        .env("FLEETNIX_TAILSCALE", repo().join("tests/fakes/health-tailscale"))
+        .env(
+            "FLEETNIX_TAILSCALE",
+            repo().join("tests/fakes/health-tailscale"),
+        )
         .env("FAKE_TAILSCALE_STATUS", &status_file)
         .env("FLEETNIX_NTFY_URL", stub.url())
         .env_remove("NO_COLOR")
@@ -199,12 +225,15 @@ async fn watch_sends_one_alert_per_transition() {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut wait_for = |pred: &dyn Fn(&str) -> bool, n: usize| {
+    let wait_for = |pred: &dyn Fn(&str) -> bool, n: usize| {
         let mut seen = 0;
         while seen < n {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).expect("watch output in time");
-            assert!(!line.contains('\x1b'), "plain output when not a terminal: {line:?}");
+            assert!(
+                !line.contains('\x1b'),
+                "plain output when not a terminal: {line:?}"
+            );
             if pred(&line) {
                 seen += 1;
             }
@@ -224,7 +253,10 @@ async fn watch_sends_one_alert_per_transition() {
     let titles: Vec<&str> = got.iter().map(|r| r.headers["x-title"].as_str()).collect();
     assert_eq!(
         titles,
-        ["fleetnix: worker-02 is down", "fleetnix: worker-02 recovered"]
+        [
+            "fleetnix: worker-02 is down",
+            "fleetnix: worker-02 recovered"
+        ]
     );
     assert_eq!(got[0].headers["x-priority"], "urgent");
 }

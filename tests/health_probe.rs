@@ -34,13 +34,48 @@ async fn classifies_healthy_degraded_down_in_about_one_timeout() {
     let fleet = write_fleet(
         dir.path(),
         &[
-            N { name: "cp", ip: "100.64.1.1", roles: &["control-plane", "ra"], cpu: 4 },
-            N { name: "degraded-refused", ip: "100.64.1.2", roles: &["rb"], cpu: 4 },
-            N { name: "degraded-silent", ip: "100.64.1.3", roles: &["rc"], cpu: 4 },
-            N { name: "down-silent", ip: "100.64.1.4", roles: &["rd"], cpu: 4 },
-            N { name: "down-offline", ip: "100.64.1.5", roles: &["re"], cpu: 4 },
-            N { name: "down-missing", ip: "100.64.1.6", roles: &["rf"], cpu: 4 },
-            N { name: "worker-noports", ip: "100.64.1.7", roles: &["rg"], cpu: 4 },
+            N {
+                name: "cp",
+                ip: "100.64.1.1",
+                roles: &["control-plane", "ra"],
+                cpu: 4,
+            },
+            N {
+                name: "degraded-refused",
+                ip: "100.64.1.2",
+                roles: &["rb"],
+                cpu: 4,
+            },
+            N {
+                name: "degraded-silent",
+                ip: "100.64.1.3",
+                roles: &["rc"],
+                cpu: 4,
+            },
+            N {
+                name: "down-silent",
+                ip: "100.64.1.4",
+                roles: &["rd"],
+                cpu: 4,
+            },
+            N {
+                name: "down-offline",
+                ip: "100.64.1.5",
+                roles: &["re"],
+                cpu: 4,
+            },
+            N {
+                name: "down-missing",
+                ip: "100.64.1.6",
+                roles: &["rf"],
+                cpu: 4,
+            },
+            N {
+                name: "worker-noports",
+                ip: "100.64.1.7",
+                roles: &["rg"],
+                cpu: 4,
+            },
         ],
         &[
             ("sa1", a1.port(), "ra"),
@@ -59,7 +94,13 @@ async fn classifies_healthy_degraded_down_in_about_one_timeout() {
     );
     let ts = tailnet(
         &fleet,
-        &["cp", "degraded-refused", "degraded-silent", "down-silent", "worker-noports"],
+        &[
+            "cp",
+            "degraded-refused",
+            "degraded-silent",
+            "down-silent",
+            "worker-noports",
+        ],
         &["down-offline"],
     );
     let timeout = Duration::from_millis(700);
@@ -76,16 +117,29 @@ async fn classifies_healthy_degraded_down_in_about_one_timeout() {
     assert_eq!(st("cp").state, NodeState::Healthy, "{:?}", st("cp"));
     assert_eq!(st("cp").probes.len(), 2);
     assert_eq!(st("degraded-refused").state, NodeState::Degraded);
-    assert_eq!(st("degraded-refused").probes[1].outcome, PortOutcome::Refused);
-    assert!(st("degraded-refused").reason.as_deref().unwrap().contains("sb2"));
+    assert_eq!(
+        st("degraded-refused").probes[1].outcome,
+        PortOutcome::Refused
+    );
+    assert!(st("degraded-refused")
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("sb2"));
     assert_eq!(st("degraded-silent").state, NodeState::Degraded);
     assert_eq!(st("degraded-silent").probes[0].outcome, PortOutcome::Open);
-    assert_eq!(st("degraded-silent").probes[1].outcome, PortOutcome::TimedOut);
+    assert_eq!(
+        st("degraded-silent").probes[1].outcome,
+        PortOutcome::TimedOut
+    );
     assert_eq!(st("down-silent").state, NodeState::Down);
     assert_eq!(st("down-silent").presence, Presence::Online);
     assert_eq!(st("down-offline").state, NodeState::Down);
     assert_eq!(st("down-offline").presence, Presence::Offline);
-    assert!(st("down-offline").probes.is_empty(), "offline nodes are not probed");
+    assert!(
+        st("down-offline").probes.is_empty(),
+        "offline nodes are not probed"
+    );
     assert_eq!(st("down-missing").state, NodeState::Down);
     assert_eq!(st("down-missing").presence, Presence::Missing);
     assert_eq!(st("worker-noports").state, NodeState::Healthy);
@@ -115,8 +169,18 @@ async fn without_tailnet_state_ports_decide() {
     let fleet = write_fleet(
         dir.path(),
         &[
-            N { name: "cp", ip: "100.64.1.1", roles: &["control-plane", "ra"], cpu: 4 },
-            N { name: "w", ip: "100.64.1.2", roles: &["rb"], cpu: 4 },
+            N {
+                name: "cp",
+                ip: "100.64.1.1",
+                roles: &["control-plane", "ra"],
+                cpu: 4,
+            },
+            N {
+                name: "w",
+                ip: "100.64.1.2",
+                roles: &["rb"],
+                cpu: 4,
+            },
         ],
         &[("sa", a1.port(), "ra"), ("sb", s.addr.port(), "rb")],
         1,
@@ -159,5 +223,8 @@ fn tracker_reports_changes_only() {
     assert!(t.update(&report(&[("a", Healthy), ("b", Down)])).is_empty());
     let ch = t.update(&report(&[("a", Degraded), ("b", Down)]));
     assert_eq!(ch.len(), 1);
-    assert_eq!((ch[0].node.as_str(), ch[0].from, ch[0].to), ("a", Some(Healthy), Degraded));
+    assert_eq!(
+        (ch[0].node.as_str(), ch[0].from, ch[0].to),
+        ("a", Some(Healthy), Degraded)
+    );
 }

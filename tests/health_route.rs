@@ -19,12 +19,42 @@ fn fleet(dir: &std::path::Path, strategy: &str) -> Fleet {
     write_fleet(
         dir,
         &[
-            N { name: "cp", ip: "100.64.1.1", roles: &["control-plane"], cpu: 8 },
-            N { name: "big", ip: "100.64.1.2", roles: &["glm-worker"], cpu: 8 },
-            N { name: "mid", ip: "100.64.1.3", roles: &["glm-worker", "kg-writer"], cpu: 4 },
-            N { name: "small", ip: "100.64.1.4", roles: &["glm-worker"], cpu: 4 },
-            N { name: "sick", ip: "100.64.1.5", roles: &["glm-worker"], cpu: 16 },
-            N { name: "gone", ip: "100.64.1.6", roles: &["glm-worker"], cpu: 16 },
+            N {
+                name: "cp",
+                ip: "100.64.1.1",
+                roles: &["control-plane"],
+                cpu: 8,
+            },
+            N {
+                name: "big",
+                ip: "100.64.1.2",
+                roles: &["glm-worker"],
+                cpu: 8,
+            },
+            N {
+                name: "mid",
+                ip: "100.64.1.3",
+                roles: &["glm-worker", "kg-writer"],
+                cpu: 4,
+            },
+            N {
+                name: "small",
+                ip: "100.64.1.4",
+                roles: &["glm-worker"],
+                cpu: 4,
+            },
+            N {
+                name: "sick",
+                ip: "100.64.1.5",
+                roles: &["glm-worker"],
+                cpu: 16,
+            },
+            N {
+                name: "gone",
+                ip: "100.64.1.6",
+                roles: &["glm-worker"],
+                cpu: 16,
+            },
         ],
         &[],
         1,
@@ -54,7 +84,10 @@ fn health(f: &Fleet, states: &[(&str, NodeState)]) -> HealthReport {
 }
 
 fn usual(f: &Fleet) -> HealthReport {
-    health(f, &[("sick", NodeState::Degraded), ("gone", NodeState::Down)])
+    health(
+        f,
+        &[("sick", NodeState::Degraded), ("gone", NodeState::Down)],
+    )
 }
 
 fn counts(picks: &[NodeName]) -> BTreeMap<&str, usize> {
@@ -79,13 +112,19 @@ fn round_robin_is_fair_and_skips_unhealthy() {
         counts(&picks),
         BTreeMap::from([("big", 100), ("mid", 100), ("small", 100)])
     );
-    assert_eq!(&picks[..4], &[name("big"), name("mid"), name("small"), name("big")]);
+    assert_eq!(
+        &picks[..4],
+        &[name("big"), name("mid"), name("small"), name("big")]
+    );
     assert_eq!(picks[299].as_str(), "small");
     assert_eq!(r.route("glm-worker", &h).unwrap().node().as_str(), "big");
     let route = r.route("glm-worker", &h).unwrap();
     assert_eq!(
         route.skipped,
-        [(name("gone"), "down".into()), (name("sick"), "degraded".into())]
+        [
+            (name("gone"), "down".into()),
+            (name("sick"), "degraded".into())
+        ]
     );
     // Failover order: the rest of the rotation.
     assert_eq!(route.order, [name("mid"), name("small"), name("big")]);
@@ -111,7 +150,14 @@ fn round_robin_state_persists_between_routers() {
     let text = std::fs::read_to_string(state.join("route-state.json")).unwrap();
     assert_eq!(text, "{\n  \"glm-worker\": \"big\"\n}\n");
     // A node that became unhealthy is skipped; the rotation continues after it.
-    let h2 = health(&f, &[("mid", NodeState::Down), ("sick", NodeState::Down), ("gone", NodeState::Down)]);
+    let h2 = health(
+        &f,
+        &[
+            ("mid", NodeState::Down),
+            ("sick", NodeState::Down),
+            ("gone", NodeState::Down),
+        ],
+    );
     let r = Router::new(&f).with_state_dir(&state);
     assert_eq!(r.route("glm-worker", &h2).unwrap().node().as_str(), "small");
     assert_eq!(r.route("glm-worker", &h2).unwrap().node().as_str(), "big");
@@ -157,7 +203,10 @@ fn least_loaded_follows_capacity_and_in_flight() {
     // Counts from outside (a supervisor's bookkeeping) are honoured.
     r.set_in_flight(&name("big"), 9);
     r.set_in_flight(&name("mid"), 1);
-    assert_eq!(r.route("glm-worker", &h).unwrap().order, [name("small"), name("mid"), name("big")]);
+    assert_eq!(
+        r.route("glm-worker", &h).unwrap().order,
+        [name("small"), name("mid"), name("big")]
+    );
 }
 
 #[tokio::test]
@@ -205,7 +254,10 @@ async fn dispatch_fails_over_to_the_next_candidate() {
         .dispatch("glm-worker", &h, |_n| async { Err::<(), _>("boom") })
         .await
         .unwrap_err();
-    assert!(matches!(e, RouteError::AllFailed { ref failures, .. } if failures.len() == 1), "{e}");
+    assert!(
+        matches!(e, RouteError::AllFailed { ref failures, .. } if failures.len() == 1),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -232,7 +284,10 @@ fn no_healthy_node_and_unknown_role_are_errors() {
     let f = fleet(dir.path(), "round_robin");
     let h = health(&f, &[("mid", NodeState::Down)]);
     let e = Router::new(&f).route("kg-writer", &h).unwrap_err();
-    assert_eq!(e.to_string(), "no healthy node for role \"kg-writer\": mid (down)");
+    assert_eq!(
+        e.to_string(),
+        "no healthy node for role \"kg-writer\": mid (down)"
+    );
     let e = Router::new(&f).route("gpu", &h).unwrap_err();
     assert!(matches!(e, RouteError::UnknownRole { .. }));
     assert!(e.to_string().contains("glm-worker, kg-writer"), "{e}");
@@ -250,11 +305,18 @@ fn cli_route_rotates_and_skips_offline_nodes() {
             .arg("--fleet-dir")
             .arg(repo().join("fleet"))
             .args(["route", "glm-worker"])
-            .env("FLEETNIX_TAILSCALE", repo().join("tests/fakes/health-tailscale"))
+            .env(
+                "FLEETNIX_TAILSCALE",
+                repo().join("tests/fakes/health-tailscale"),
+            )
             .env("FAKE_TAILSCALE_STATUS", status)
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
     };
     // glm-worker nodes (worker-01, worker-02) host no service ports: tailnet presence decides.
     assert_eq!(run(&fixture).1, "worker-01\n");
@@ -281,5 +343,8 @@ fn cli_route_rotates_and_skips_offline_nodes() {
     let (code, out, err) = run(&offline);
     assert_eq!(code, Some(1));
     assert!(out.is_empty());
-    assert!(err.contains("no healthy node for role \"glm-worker\": worker-01 (down), worker-02 (down)"), "{err}");
+    assert!(
+        err.contains("no healthy node for role \"glm-worker\": worker-01 (down), worker-02 (down)"),
+        "{err}"
+    );
 }

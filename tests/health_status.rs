@@ -94,7 +94,10 @@ fn idle_online_peer_has_no_path() {
     let st: TailscaleStatus = TailscaleStatus::parse(&v.to_string()).unwrap();
     assert_eq!(st.find("worker-01").unwrap().connection(), Connection::Idle);
     assert_eq!(st.find("worker-02").unwrap().connection(), Connection::Idle);
-    assert_eq!(st.find("worker-03").unwrap().connection(), Connection::Offline);
+    assert_eq!(
+        st.find("worker-03").unwrap().connection(),
+        Connection::Offline
+    );
 }
 
 #[test]
@@ -131,7 +134,12 @@ fn example_fleet_drift_is_the_unmanaged_worker_03() {
     assert_eq!(names, ["control-01", "worker-01", "worker-02"]);
     assert!(r.nodes.iter().all(|n| n.present && n.online));
     assert_eq!(r.nodes[0].connection, Some(Connection::Local));
-    assert_eq!(r.nodes[2].connection, Some(Connection::Relay { region: "nyc".into() }));
+    assert_eq!(
+        r.nodes[2].connection,
+        Some(Connection::Relay {
+            region: "nyc".into()
+        })
+    );
     assert_eq!(r.nodes[1].tags, ["tag:worker"]);
 }
 
@@ -272,7 +280,9 @@ fn cli_status_reports_drift_and_exits_1() {
     assert!(line("worker-01").contains("direct 198.51.100.21:41641"));
     assert!(line("worker-02").contains("relay \"nyc\""));
     assert!(line("control-01").contains("self"));
-    assert!(text.contains("worker-03: in the tailnet (100.64.0.4, fd7a:115c:a1e0::4) but not in the manifest"));
+    assert!(text.contains(
+        "worker-03: in the tailnet (100.64.0.4, fd7a:115c:a1e0::4) but not in the manifest"
+    ));
 
     let out = Command::cargo_bin("fleetnix")
         .unwrap()

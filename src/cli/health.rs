@@ -148,9 +148,7 @@ fn print_status(r: &StatusReport) {
             } else {
                 "no".into()
             },
-            n.connection
-                .as_ref()
-                .map_or("-".into(), |c| c.to_string()),
+            n.connection.as_ref().map_or("-".into(), |c| c.to_string()),
             n.last_seen.clone().unwrap_or_else(|| "-".into()),
             n.roles
                 .iter()
@@ -323,7 +321,10 @@ async fn watch(fleet: &Fleet, a: &HealthArgs) -> ExitCode {
         match tailnet_status().await {
             Err(e) => {
                 // Without the tailnet's view no verdict is fair: keep the last states, alert nothing.
-                out.push(format!("{stamp}  warning: {e}; retrying in {:?}", a.interval));
+                out.push(format!(
+                    "{stamp}  warning: {e}; retrying in {:?}",
+                    a.interval
+                ));
             }
             Ok(st) => {
                 let report = health::sweep(fleet, Some(&st), &opts).await;
@@ -332,10 +333,7 @@ async fn watch(fleet: &Fleet, a: &HealthArgs) -> ExitCode {
                     al.observe(&transitions);
                     let (_sent, err) = al.flush().await;
                     if let Some(e) = err {
-                        eprintln!(
-                            "warning: {e}; {} alert(s) queued for retry",
-                            al.pending()
-                        );
+                        eprintln!("warning: {e}; {} alert(s) queued for retry", al.pending());
                     }
                 }
                 if a.json {
@@ -366,7 +364,11 @@ async fn watch(fleet: &Fleet, a: &HealthArgs) -> ExitCode {
             // Plain output: one block per sweep, separated by a blank line.
             text.push('\n');
         }
-        if stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+        if stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
             // stdout closed (e.g. piped into `head`): stop quietly.
             return ExitCode::SUCCESS;
         }
@@ -401,8 +403,13 @@ pub fn route(ctx: &Ctx, a: RouteArgs) -> ExitCode {
     let report = rt.block_on(async {
         let st = tailnet_status().await?;
         Ok::<_, String>(
-            health::sweep_nodes(&fleet, &with_role, Some(&st), &ProbeOptions::for_fleet(&fleet))
-                .await,
+            health::sweep_nodes(
+                &fleet,
+                &with_role,
+                Some(&st),
+                &ProbeOptions::for_fleet(&fleet),
+            )
+            .await,
         )
     });
     let report = match report {

@@ -64,7 +64,9 @@ pub fn write_fleet(
     }
     s += "services:\n";
     for (name, port, role) in services {
-        s += &format!("  - name: {name}\n    port: {port}\n    role: {role}\n    allow: [tag:worker]\n");
+        s += &format!(
+            "  - name: {name}\n    port: {port}\n    role: {role}\n    allow: [tag:worker]\n"
+        );
     }
     if services.is_empty() {
         s = s.replace("services:\n", "services: []\n");
@@ -223,7 +225,10 @@ impl NtfyStub {
                 };
                 rx.lock().unwrap().push(req.clone());
                 let (status, text) = if n < fail_first {
-                    ("503 Service Unavailable", r#"{"code":50301,"http":503,"error":"unavailable"}"#.to_string())
+                    (
+                        "503 Service Unavailable",
+                        r#"{"code":50301,"http":503,"error":"unavailable"}"#.to_string(),
+                    )
                 } else {
                     dx.lock().unwrap().push(req);
                     ("200 OK", r#"{"id":"hwQ2YpKdmg","time":1735689600,"event":"message","topic":"fleet-alerts","message":"x"}"#.to_string())

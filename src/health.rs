@@ -181,13 +181,17 @@ pub async fn probe_port(addr: SocketAddr, timeout: Duration) -> PortOutcome {
     }
 }
 
-fn presence_of(tailnet: Option<&TailscaleStatus>, node: &Node) -> Presence {
+/// Presence, and when an offline node was last seen (RFC 3339), if known.
+fn presence_of(tailnet: Option<&TailscaleStatus>, node: &Node) -> (Presence, Option<String>) {
     match tailnet {
-        None => Presence::Unknown,
+        None => (Presence::Unknown, None),
         Some(ts) => match ts.find(node.name.as_str()) {
-            None => Presence::Missing,
-            Some(d) if d.is_self || d.peer.online => Presence::Online,
-            Some(_) => Presence::Offline,
+            None => (Presence::Missing, None),
+            Some(d) if d.is_self || d.peer.online => (Presence::Online, None),
+            Some(d) => (
+                Presence::Offline,
+                d.peer.last_seen_time().map(|_| d.peer.last_seen.clone()),
+            ),
         },
     }
 }
@@ -260,6 +264,7 @@ pub async fn sweep_nodes(
         name: NodeName,
         address: IpAddr,
         presence: Presence,
+        last_seen: Option<String>,
         probes: Vec<PortProbe>,
     }
     let mut pending: Vec<Pending> = Vec::with_capacity(nodes.len());
@@ -270,7 +275,7 @@ pub async fn sweep_nodes(
             .get(&node.name)
             .copied()
             .unwrap_or(node.tailscale_ip);
-        let presence = presence_of(tailnet, node);
+        let (presence, last_seen) = presence_of(tailnet, node);
         let mut probes = Vec::new();
         if matches!(presence, Presence::Online | Presence::Unknown) {
             let services = plan::plan_node(fleet, node).services;
@@ -291,6 +296,7 @@ pub async fn sweep_nodes(
             name: node.name.clone(),
             address,
             presence,
+            last_seen,
             probes,
         });
     }
@@ -302,7 +308,10 @@ pub async fn sweep_nodes(
     let mut out: Vec<NodeHealth> = pending
         .into_iter()
         .map(|p| {
-            let (state, reason) = classify(p.presence, &p.probes, opts.timeout);
+            let (state, mut reason) = classify(p.presence, &p.probes, opts.timeout);
+            if let (Some(r), Some(seen)) = (reason.as_mut(), &p.last_seen) {
+                r.push_str(&format!(", last seen {seen}"));
+            }
             NodeHealth {
                 name: p.name,
                 address: p.address,

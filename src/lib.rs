@@ -4,10 +4,15 @@
 //! [`model::Fleet`]; [`plan`] derives what each node gets; outputs such as [`render`]
 //! are pure functions of the plan; executors have the side effects.
 
+pub mod alert;
 pub mod fsutil;
+pub mod health;
 pub mod manifest;
 pub mod model;
 pub mod nix;
 pub mod plan;
 pub mod render;
+pub mod route;
 pub mod secrets;
+pub mod status;
+pub mod tailscale;

@@ -143,7 +143,10 @@ pub fn server_conf(plan: &ServerPlan) -> Conf {
                     "permissions",
                     Conf::map([
                         ("publish", Conf::map([("allow", Conf::strs(&p.publish))])),
-                        ("subscribe", Conf::map([("allow", Conf::strs(&p.subscribe))])),
+                        (
+                            "subscribe",
+                            Conf::map([("allow", Conf::strs(&p.subscribe))]),
+                        ),
                         ("allow_responses", Conf::Bool(p.allow_responses)),
                     ]),
                 ),

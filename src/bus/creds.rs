@@ -235,10 +235,7 @@ mod tests {
     fn layout() {
         let n = NodeName::parse("worker-01").unwrap();
         assert_eq!(password_file(&n), "secrets/worker-01/nats-password.age");
-        assert_eq!(
-            server_env_file(&n),
-            "secrets/worker-01/nats-server-env.age"
-        );
+        assert_eq!(server_env_file(&n), "secrets/worker-01/nats-server-env.age");
         assert_eq!(password_var(&n), "NATS_PASSWORD_WORKER_01");
         assert!(super::super::conf::is_var_name(&password_var(&n)));
     }

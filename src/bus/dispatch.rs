@@ -132,7 +132,9 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{s:?}: expected a duration like 500ms, 5s or 2m"))?;
     if !(v.is_finite() && v > 0.0 && v * scale <= 86_400.0) {
-        return Err(format!("{s:?}: expected a positive duration of at most a day"));
+        return Err(format!(
+            "{s:?}: expected a positive duration of at most a day"
+        ));
     }
     Ok(Duration::from_secs_f64(v * scale))
 }
@@ -307,7 +309,10 @@ pub async fn reply(
         })?;
     client.flush().await.map_err(|e| BusError::Publish {
         subject: subject.to_string(),
-        source: async_nats::PublishError::with_source(async_nats::client::PublishErrorKind::Send, e),
+        source: async_nats::PublishError::with_source(
+            async_nats::client::PublishErrorKind::Send,
+            e,
+        ),
     })
 }
 

@@ -21,6 +21,44 @@ fn nix_filter(v: &tera::Value, _: &HashMap<String, tera::Value>) -> tera::Result
     Ok(tera::Value::String(crate::nix::literal(v)))
 }
 
+/// `text` as a Nix literal that reads well: an indented `''…''` string whose lines are prefixed
+/// with `indent` spaces (Nix strips them again), `''` and `${` escaped. Falls back to a
+/// double-quoted literal when the text would not survive indentation stripping exactly (control
+/// characters other than newlines, no trailing newline, or every line already indented).
+pub fn indented_string(text: &str, indent: usize) -> String {
+    let exact = text.ends_with('\n')
+        && !text.chars().any(|c| c.is_control() && c != '\n')
+        && text.lines().any(|l| !l.is_empty() && !l.starts_with(' '));
+    if !exact {
+        return crate::nix::string(text);
+    }
+    let pad = " ".repeat(indent);
+    let mut out = String::from("''\n");
+    for line in text.lines() {
+        if !line.is_empty() {
+            out.push_str(&pad);
+            let mut chars = line.chars().peekable();
+            while let Some(c) = chars.next() {
+                match (c, chars.peek()) {
+                    ('\'', Some('\'')) => {
+                        chars.next();
+                        out.push_str("'''");
+                    }
+                    ('$', Some('{')) => {
+                        chars.next();
+                        out.push_str("''${");
+                    }
+                    _ => out.push(c),
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out.push_str(&" ".repeat(indent.saturating_sub(2)));
+    out.push_str("''");
+    out
+}
+
 /// Renders the module. Pure: nothing is written. `sources` names the manifest files for the header.
 pub fn render(plan: &ServerPlan, sources: &str) -> Result<String, BusError> {
     let mut t = tera::Tera::default();
@@ -55,7 +93,7 @@ pub fn render(plan: &ServerPlan, sources: &str) -> Result<String, BusError> {
             .collect::<Vec<_>>(),
     );
     cx.insert("port", &plan.port);
-    cx.insert("conf", &plan.to_conf());
+    cx.insert("conf", &indented_string(&plan.to_conf(), 4));
     cx.insert("vars", &vars);
     cx.insert("env_secret", SERVER_ENV_SECRET);
     let env_file = server_env_file(&plan.server_name);

@@ -111,9 +111,11 @@ pub fn dispatch(ctx: &Ctx, a: DispatchArgs) -> ExitCode {
         .clone()
         .unwrap_or_else(|| fleet.settings.nats_url.clone());
     let policy = d::Policy {
-        attempt_timeout: a.timeout.unwrap_or(std::time::Duration::from_secs(u64::from(
-            fleet.settings.failure.node_timeout_seconds,
-        ))),
+        attempt_timeout: a
+            .timeout
+            .unwrap_or(std::time::Duration::from_secs(u64::from(
+                fleet.settings.failure.node_timeout_seconds,
+            ))),
         retry: fleet.settings.failure.retry_on_node_failure,
         candidates,
     };

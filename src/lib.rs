@@ -5,6 +5,7 @@
 //! are pure functions of the plan; executors have the side effects.
 
 pub mod bus;
+pub mod cloudinit;
 pub mod fsutil;
 pub mod manifest;
 pub mod model;

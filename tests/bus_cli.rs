@@ -28,6 +28,7 @@ async fn fleetnix(args: &[&str], env: &[(&str, &str)]) -> Output {
 async fn dispatch_prints_the_reply_of_a_node_of_the_role() {
     let server = NatsServer::start(&example_fleet());
     let worker = spawn_worker(
+        &server,
         server.connect("worker-01").await,
         "worker-01",
         "kg-writer",

@@ -217,8 +217,15 @@ impl Drop for Worker {
     }
 }
 
-/// Subscribes `node` (already connected as `client`) to `role`'s tasks and serves them.
+/// Header of readiness probes, which test workers answer whatever their behaviour.
+pub const PROBE_HEADER: &str = "Fleet-Test-Probe";
+
+/// Subscribes `node` (already connected as `client`) to `role`'s tasks and serves them. Returns
+/// once the server routes tasks to it: the control plane probes the node's own task subject until
+/// the worker answers (the server handles a connection's operations in order, so the queue
+/// subscription made before it is in place too). A flush alone only empties the socket buffer.
 pub async fn spawn_worker(
+    server: &NatsServer,
     client: async_nats::Client,
     node: &str,
     role: &str,
@@ -227,14 +234,21 @@ pub async fn spawn_worker(
     let name = NodeName::parse(node).unwrap();
     let role = Role::parse(role).unwrap();
     let mut subs = d::subscribe_tasks(&client, &name, &role).await.unwrap();
-    // The server has the subscriptions once a flush round-trip returns.
     client.flush().await.unwrap();
     let received = Arc::new(AtomicUsize::new(0));
     let counter = received.clone();
+    let worker_name = name.clone();
     let task = tokio::spawn(async move {
+        let name = worker_name;
         while let Some(msg) = subs.next().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            if behaviour == Behaviour::Answer {
+            let probe = msg
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get(PROBE_HEADER).is_some());
+            if !probe {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            if probe || behaviour == Behaviour::Answer {
                 let task: serde_json::Value =
                     serde_json::from_slice(&msg.payload).unwrap_or(serde_json::Value::Null);
                 let body = serde_json::json!({"node": name.as_str(), "task": task});
@@ -244,6 +258,25 @@ pub async fn spawn_worker(
             }
         }
     });
+    let prober = server.connect("control-01").await;
+    let subject = bus::node_task_subject(&role, &name);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(PROBE_HEADER, "1");
+        let request = async_nats::Request::new()
+            .headers(headers)
+            .payload("{}".into())
+            .timeout(Some(Duration::from_millis(500)));
+        if prober.send_request(subject.clone(), request).await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node} never became ready for {role}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Worker { received, task }
 }
 

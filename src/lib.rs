@@ -5,6 +5,8 @@
 //! are pure functions of the plan; executors have the side effects.
 
 pub mod alert;
+pub mod bus;
+pub mod cloudinit;
 pub mod fsutil;
 pub mod health;
 pub mod manifest;

@@ -1,0 +1,389 @@
+//! The NATS task bus on the control plane (seed section 5): workers pull tasks for their roles,
+//! the supervisor dispatches them with request/reply.
+//!
+//! Everything here derives from the validated [`Fleet`]:
+//! - [`ServerPlan`]: the nats-server configuration — listen address (the control plane's tailnet
+//!   address, the catalog's `nats` port) and one user per node whose permissions follow its roles;
+//! - [`conf`]: that plan in nats-server's config syntax, used verbatim by the rendered NixOS module
+//!   ([`nix`]) and by the tests that run a real `nats-server`;
+//! - [`creds`]: per-node passwords, referenced from the config as `$NATS_PASSWORD_<NODE>` and never
+//!   written into a rendered file;
+//! - [`dispatch`]: `fleetnix dispatch`, request/reply with failover.
+//!
+//! Subjects (see `docs/bus.md`):
+//! - `fleet.tasks.<role>`: tasks for any node of the role, subscribed in queue group `<role>`;
+//! - `fleet.tasks.<role>.<node>`: tasks for one node (failover targets a node directly);
+//! - `fleet.results.<node>[.…]`, `fleet.heartbeat.<node>`: what a node may publish;
+//! - `_INBOX.<node>.>`: the reply inbox of a node that sends requests (the control plane).
+
+pub mod conf;
+pub mod creds;
+pub mod dispatch;
+pub mod nix;
+
+use crate::model::{Fleet, Node, NodeName, Role};
+use serde::Serialize;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// Name of the catalog service whose port the bus listens on.
+pub const NATS_SERVICE: &str = "nats";
+
+/// `fleet.tasks.<role>`: the subject tasks for a role are published to.
+pub fn task_subject(role: &Role) -> String {
+    format!("fleet.tasks.{role}")
+}
+
+/// `fleet.tasks.<role>.<node>`: tasks for one node of the role (used when failing over).
+pub fn node_task_subject(role: &Role, node: &NodeName) -> String {
+    format!("fleet.tasks.{role}.{node}")
+}
+
+/// The queue group the nodes of a role share: the role's name.
+pub fn queue_group(role: &Role) -> String {
+    role.to_string()
+}
+
+/// `fleet.results.<node>`: where a node publishes results (sub-subjects allowed too).
+pub fn results_subject(node: &NodeName) -> String {
+    format!("fleet.results.{node}")
+}
+
+/// `fleet.heartbeat.<node>`: where a node publishes heartbeats.
+pub fn heartbeat_subject(node: &NodeName) -> String {
+    format!("fleet.heartbeat.{node}")
+}
+
+/// `_INBOX.<node>`: the inbox prefix a node uses for its own requests, so it can only ever
+/// receive replies addressed to itself.
+pub fn inbox_prefix(node: &NodeName) -> String {
+    format!("_INBOX.{node}")
+}
+
+/// Header a worker sets on its reply to say who answered.
+pub const NODE_HEADER: &str = "Fleet-Node";
+/// Header carrying a task id, the same on every attempt, so workers can de-duplicate.
+pub const TASK_ID_HEADER: &str = "Fleet-Task-Id";
+/// Header carrying the attempt number (1-based).
+pub const ATTEMPT_HEADER: &str = "Fleet-Attempt";
+
+/// Errors of the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The catalog has no `nats` service, so there is no port to listen on.
+    #[error(
+        "{}: the service catalog has no `nats` service; add one (name: nats, port: 4222, role: the control plane's role) so the bus has a port",
+        file.display()
+    )]
+    NoNatsService {
+        /// `services.yml`.
+        file: PathBuf,
+    },
+    /// The `nats` service belongs to a role the control plane does not have.
+    #[error(
+        "{}: the `nats` service is hosted by role `{role}`, but the control plane {control_plane} does not have that role; the bus runs on the control plane",
+        file.display()
+    )]
+    NatsNotOnControlPlane {
+        /// `services.yml`.
+        file: PathBuf,
+        /// The service's role.
+        role: Role,
+        /// The control plane.
+        control_plane: NodeName,
+    },
+    /// A role no node has.
+    #[error("no node has role `{role}` (roles with nodes: {})", known.join(", "))]
+    UnknownRole {
+        /// What was asked for.
+        role: String,
+        /// Roles that have at least one node, sorted.
+        known: Vec<String>,
+    },
+    /// A node name that is not in the manifest.
+    #[error("no node `{0}` in the manifest")]
+    UnknownNode(String),
+    /// The task payload is not JSON.
+    #[error("the payload is not valid JSON: {0}")]
+    BadPayload(#[source] serde_json::Error),
+    /// The NATS URL embeds credentials, which would put a secret in argv or the repository.
+    #[error(
+        "the NATS URL carries credentials (user:password@…); give the password through FLEETNIX_NATS_PASSWORD or a password file instead"
+    )]
+    CredentialsInUrl,
+    /// Connecting failed.
+    #[error("cannot connect to NATS at {url} as {user}: {source}")]
+    Connect {
+        /// Server URL.
+        url: String,
+        /// User name.
+        user: String,
+        /// async-nats' error (never contains the password).
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// Subscribing failed.
+    #[error("cannot subscribe to {subject}: {source}")]
+    Subscribe {
+        /// Subject.
+        subject: String,
+        /// async-nats' error.
+        #[source]
+        source: async_nats::SubscribeError,
+    },
+    /// Publishing a reply failed.
+    #[error("cannot publish to {subject}: {source}")]
+    Publish {
+        /// Subject.
+        subject: String,
+        /// async-nats' error.
+        #[source]
+        source: async_nats::PublishError,
+    },
+    /// Nobody answered, on any attempt.
+    #[error("no node answered the `{role}` task after {} attempt(s): {}", attempts.len(), dispatch::describe_attempts(attempts))]
+    NoAnswer {
+        /// The role.
+        role: Role,
+        /// What each attempt did.
+        attempts: Vec<dispatch::Attempt>,
+    },
+    /// Rendering the NixOS module failed (a bug in fleetnix's template).
+    #[error("template nats.nix failed: {0}")]
+    Template(#[source] tera::Error),
+    /// The rendered module is not valid Nix (a bug; nothing was written).
+    #[error("rendered {} is not valid Nix (nothing written): {}", path.display(), errors.join("; "))]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// rnix's messages.
+        errors: Vec<String>,
+    },
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Publish and subscribe permissions of one NATS user (allow lists; everything else is denied).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Permissions {
+    /// Subjects it may publish to, sorted.
+    pub publish: Vec<String>,
+    /// Subscriptions it may make, sorted; `"<subject> <queue>"` allows the subject only in that queue group.
+    pub subscribe: Vec<String>,
+    /// May it answer requests it received (publish once to each received reply subject)?
+    pub allow_responses: bool,
+}
+
+/// One NATS user: a node of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BusUser {
+    /// User name = node name.
+    pub user: NodeName,
+    /// Environment variable holding its password on the server (`NATS_PASSWORD_<NODE>`).
+    pub password_var: String,
+    /// What it may do.
+    pub permissions: Permissions,
+    /// The control plane's user: it also dispatches tasks and reads results and heartbeats.
+    pub supervisor: bool,
+}
+
+impl BusUser {
+    /// The user of `node`; `supervisor` for the control plane.
+    pub fn for_node(node: &Node, supervisor: bool) -> Self {
+        let name = &node.name;
+        let mut subscribe = Vec::new();
+        for role in &node.roles {
+            subscribe.push(format!("{} {}", task_subject(role), queue_group(role)));
+            subscribe.push(node_task_subject(role, name));
+        }
+        let mut publish = vec![
+            results_subject(name),
+            format!("{}.>", results_subject(name)),
+            heartbeat_subject(name),
+        ];
+        if supervisor {
+            publish.push("fleet.tasks.>".into());
+            subscribe.push("fleet.results.>".into());
+            subscribe.push("fleet.heartbeat.>".into());
+            subscribe.push(format!("{}.>", inbox_prefix(name)));
+        }
+        publish.sort();
+        publish.dedup();
+        subscribe.sort();
+        subscribe.dedup();
+        BusUser {
+            user: name.clone(),
+            password_var: creds::password_var(name),
+            permissions: Permissions {
+                publish,
+                subscribe,
+                allow_responses: true,
+            },
+            supervisor,
+        }
+    }
+}
+
+/// The control plane's nats-server: where it listens and who may do what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerPlan {
+    /// The control plane node (also `server_name`).
+    pub server_name: NodeName,
+    /// Listen address: the control plane's tailnet address.
+    pub host: IpAddr,
+    /// Port: the catalog's `nats` service.
+    pub port: u16,
+    /// One user per node, sorted by name.
+    pub users: Vec<BusUser>,
+}
+
+impl ServerPlan {
+    /// The same plan listening elsewhere (tests run it on 127.0.0.1 with a free port).
+    pub fn with_listen(mut self, host: IpAddr, port: u16) -> Self {
+        self.host = host;
+        self.port = port;
+        self
+    }
+
+    /// The user of `node`, if it is a fleet node.
+    pub fn user(&self, node: &str) -> Option<&BusUser> {
+        self.users.iter().find(|u| u.user.as_str() == node)
+    }
+
+    /// The names of the environment variables the server needs, sorted.
+    pub fn password_vars(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.users.iter().map(|u| u.password_var.clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// The configuration in nats-server's syntax (JSON with unquoted `$VARIABLE` references).
+    pub fn to_conf(&self) -> String {
+        conf::server_conf(self).render()
+    }
+}
+
+/// Plans the control plane's NATS server from the fleet.
+pub fn server_plan(fleet: &Fleet) -> Result<ServerPlan, BusError> {
+    let file = fleet.sources.services.clone();
+    let service = fleet
+        .catalog
+        .services
+        .iter()
+        .find(|s| s.name.as_str() == NATS_SERVICE)
+        .ok_or_else(|| BusError::NoNatsService { file: file.clone() })?;
+    let cp = fleet.control_plane();
+    if !cp.has_role(&service.role) {
+        return Err(BusError::NatsNotOnControlPlane {
+            file,
+            role: service.role.clone(),
+            control_plane: cp.name.clone(),
+        });
+    }
+    let mut users: Vec<BusUser> = fleet
+        .nodes
+        .iter()
+        .map(|n| BusUser::for_node(n, n.name == cp.name))
+        .collect();
+    users.sort_by(|a, b| a.user.cmp(&b.user));
+    Ok(ServerPlan {
+        server_name: cp.name.clone(),
+        host: cp.tailscale_ip,
+        port: service.port,
+        users,
+    })
+}
+
+/// The nodes that have `role`, in manifest (name) order: the failover candidates of a task.
+pub fn role_nodes(fleet: &Fleet, role: &str) -> Result<(Role, Vec<NodeName>), BusError> {
+    let nodes: Vec<NodeName> = fleet
+        .nodes
+        .iter()
+        .filter(|n| n.roles.iter().any(|r| r.as_str() == role))
+        .map(|n| n.name.clone())
+        .collect();
+    match (Role::parse(role), nodes.is_empty()) {
+        (Ok(r), false) => Ok((r, nodes)),
+        _ => {
+            let mut known: Vec<String> = fleet
+                .nodes
+                .iter()
+                .flat_map(|n| n.roles.iter().map(|r| r.to_string()))
+                .collect();
+            known.sort();
+            known.dedup();
+            Err(BusError::UnknownRole {
+                role: role.to_string(),
+                known,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, roles: &[&str]) -> Node {
+        Node {
+            name: NodeName::parse(name).unwrap(),
+            tailscale_ip: "100.64.0.9".parse().unwrap(),
+            roles: roles.iter().map(|r| Role::parse(r).unwrap()).collect(),
+            resources: crate::model::Resources {
+                cpu: 1,
+                ram_gb: 1,
+                gpu: None,
+            },
+            os: crate::model::Os::Nixos,
+            ssh_user: "root".into(),
+            host_key: None,
+            public_address: None,
+        }
+    }
+
+    #[test]
+    fn worker_may_only_take_its_roles_tasks_and_publish_its_own_results() {
+        let u = BusUser::for_node(&node("worker-01", &["glm-worker", "kg-writer"]), false);
+        assert_eq!(
+            u.permissions.subscribe,
+            [
+                "fleet.tasks.glm-worker glm-worker",
+                "fleet.tasks.glm-worker.worker-01",
+                "fleet.tasks.kg-writer kg-writer",
+                "fleet.tasks.kg-writer.worker-01",
+            ]
+        );
+        assert_eq!(
+            u.permissions.publish,
+            [
+                "fleet.heartbeat.worker-01",
+                "fleet.results.worker-01",
+                "fleet.results.worker-01.>",
+            ]
+        );
+        assert!(u.permissions.allow_responses);
+        assert!(!u.permissions.subscribe.iter().any(|s| s.contains('>')));
+        assert_eq!(u.password_var, "NATS_PASSWORD_WORKER_01");
+    }
+
+    #[test]
+    fn supervisor_dispatches_and_reads_results() {
+        let u = BusUser::for_node(&node("control-01", &["control-plane"]), true);
+        assert!(u.permissions.publish.contains(&"fleet.tasks.>".to_string()));
+        for s in [
+            "fleet.results.>",
+            "fleet.heartbeat.>",
+            "_INBOX.control-01.>",
+            "fleet.tasks.control-plane control-plane",
+        ] {
+            assert!(u.permissions.subscribe.contains(&s.to_string()), "{s}");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! `fleetnix dispatch` end to end against a real nats-server on loopback.
+
+mod bus_support;
+
+use bus_support::{example_fleet, spawn_worker, Behaviour, NatsServer};
+use std::process::Output;
+use std::time::Duration;
+
+/// Runs the fleetnix binary on the example fleet; the password only ever goes through `env`.
+async fn fleetnix(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetnix"));
+    cmd.arg("--root")
+        .arg(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .env_remove("FLEETNIX_NATS_PASSWORD")
+        .env_remove("FLEETNIX_NATS_URL")
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("fleetnix dispatch finished within 30 s")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_prints_the_reply_of_a_node_of_the_role() {
+    let server = NatsServer::start(&example_fleet());
+    let worker = spawn_worker(
+        &server,
+        server.connect("worker-01").await,
+        "worker-01",
+        "kg-writer",
+        Behaviour::Answer,
+    )
+    .await;
+    let password = server.password("control-01").expose().to_string();
+    let args = [
+        "dispatch",
+        "--role",
+        "kg-writer",
+        "--payload",
+        r#"{"doc": "a.md"}"#,
+        "--timeout",
+        "2s",
+        "--nats-url",
+        &server.url,
+    ];
+    assert!(!args.iter().any(|a| a.contains(&password)));
+    let out = fleetnix(&args, &[("FLEETNIX_NATS_PASSWORD", &password)]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["node"], "worker-01");
+    assert_eq!(reply["task"]["doc"], "a.md");
+    assert!(
+        stderr.contains("answered by worker-01 (1 attempt(s))"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&password));
+    assert_eq!(worker.count(), 1);
+
+    // The same through a password file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw");
+    std::fs::write(&file, format!("{password}\n")).unwrap();
+    let mut with_file = args.to_vec();
+    with_file.extend(["--password-file", file.to_str().unwrap()]);
+    let out = fleetnix(&with_file, &[]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(worker.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_fails_clearly_and_never_echoes_secrets() {
+    let server = NatsServer::start(&example_fleet());
+    let base = ["dispatch", "--role", "kg-writer", "--payload", "{}"];
+    let url_args = |extra: &[&str]| {
+        let mut v: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |v: Vec<String>, env: Vec<(&'static str, String)>| async move {
+        let args: Vec<&str> = v.iter().map(|s| s.as_str()).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        fleetnix(&args, &env).await
+    };
+    let password = server.password("control-01").expose().to_string();
+    let url = server.url.clone();
+
+    // No password at all.
+    let out = run(url_args(&["--nats-url", &url]), vec![]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FLEETNIX_NATS_PASSWORD"));
+
+    // Credentials in the URL are refused, and not repeated.
+    let bad_url = url.replace("nats://", "nats://control-01:embeddedpw@");
+    let out = run(
+        url_args(&["--nats-url", &bad_url]),
+        vec![("FLEETNIX_NATS_PASSWORD", password.clone())],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("carries credentials") && !stderr.contains("embeddedpw"));
+
+    // A wrong password: authorization fails, the password is not in the message.
+    let wrong = format!("Wrong{}", "x".repeat(30));
+    let out = run(
+        url_args(&["--nats-url", &url]),
+        vec![("FLEETNIX_NATS_PASSWORD", wrong.clone())],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    assert!(!stderr.contains(&wrong));
+
+    // Nobody serves the role: exit 1 quickly, naming each attempt.
+    let out = run(
+        url_args(&["--nats-url", &url, "--timeout", "500ms"]),
+        vec![("FLEETNIX_NATS_PASSWORD", password.clone())],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no node answered the `kg-writer` task after 2 attempt(s)"),
+        "{stderr}"
+    );
+
+    // Bad input is rejected before connecting.
+    let out = run(
+        vec![
+            "dispatch".into(),
+            "--role".into(),
+            "no-such-role".into(),
+            "--payload".into(),
+            "{}".into(),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("roles with nodes: control-plane"));
+    let out = run(
+        vec![
+            "dispatch".into(),
+            "--role".into(),
+            "kg-writer".into(),
+            "--payload".into(),
+            "{not json".into(),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
+}

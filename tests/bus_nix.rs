@@ -1,0 +1,211 @@
+//! The control plane's NATS module (`nix/services/nats.nix`): fresh, deterministic, and running
+//! exactly the configuration the server tests run.
+
+mod bus_support;
+
+use bus_support::{example_fleet, nats_server_bin};
+use fleetnix::bus::{self, creds, nix as busnix};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SOURCES: &str = "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// nix-instantiate, or None (after saying so loudly) when it is missing outside CI.
+fn nix_instantiate() -> Option<PathBuf> {
+    match which::which("nix-instantiate") {
+        Ok(p) => Some(p),
+        Err(_) if std::env::var_os("CI").is_some() => panic!("nix-instantiate is missing in CI"),
+        Err(_) => {
+            eprintln!("SKIPPED: nix-instantiate is not installed; this test did not run");
+            None
+        }
+    }
+}
+
+fn eval(nix: &Path, expr: &str, args: &[(&str, &str)]) -> Value {
+    let mut cmd = Command::new(nix);
+    cmd.args(["--eval", "--strict", "--json", "--expr", expr]);
+    for (k, v) in args {
+        cmd.args(["--argstr", k, v]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "nix-instantiate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn committed_module_is_fresh_and_rendering_is_deterministic() {
+    let plan = bus::server_plan(&example_fleet()).unwrap();
+    let a = busnix::render(&plan, SOURCES).unwrap();
+    let b = busnix::render(&plan, SOURCES).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(
+        busnix::check(&root(), &a).unwrap(),
+        None,
+        "{} is stale: re-render it",
+        busnix::NIX_PATH
+    );
+    // It names each password variable but holds no password.
+    for u in &plan.users {
+        assert!(a.contains(&format!("\"password\": ${},", u.password_var)));
+    }
+    let creds = creds::BusCredentials::generate(&plan);
+    for u in &plan.users {
+        assert!(!a.contains(creds.password(u.user.as_str()).unwrap().expose()));
+    }
+}
+
+#[test]
+fn write_then_check_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = bus::server_plan(&example_fleet()).unwrap();
+    let text = busnix::render(&plan, SOURCES).unwrap();
+    assert_eq!(
+        busnix::check(dir.path(), &text).unwrap(),
+        Some(String::new())
+    );
+    let path = busnix::write(dir.path(), &text).unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    assert_eq!(busnix::check(dir.path(), &text).unwrap(), None);
+    let diff = busnix::check(dir.path(), &text.replace("4222", "4223")).unwrap();
+    assert!(diff.unwrap().contains("+    port = 4223;"));
+}
+
+/// Evaluates the module with stub `config`, `lib` and `pkgs` that record what they are given.
+const STUB_EVAL: &str = r#"
+{ file }:
+let
+  module = import file {
+    config.age.secrets."nats-server-env" = { path = "/run/agenix/nats-server-env"; file = "@env-secret"; };
+    lib.mkForce = v: { __force = v; };
+    pkgs = {
+      nats-server = { outPath = "@nats-server"; };
+      writeText = name: text: { outPath = builtins.toJSON { writeText = name; inherit text; }; };
+      runCommand = name: env: script: {
+        outPath = builtins.toJSON { runCommand = name; inherit script; inputs = map toString env.nativeBuildInputs; };
+      };
+    };
+  };
+  describe = v:
+    if builtins.isPath v then { __path = toString v; }
+    else if builtins.isAttrs v then builtins.mapAttrs (_: describe) v
+    else if builtins.isList v then map describe v
+    else v;
+in describe module
+"#;
+
+#[test]
+fn module_runs_exactly_the_configuration_the_server_tests_run() {
+    let Some(nix) = nix_instantiate() else { return };
+    let fleet = example_fleet();
+    let plan = bus::server_plan(&fleet).unwrap();
+    let file = root().join(busnix::NIX_PATH);
+    let m = eval(&nix, STUB_EVAL, &[("file", file.to_str().unwrap())]);
+
+    assert_eq!(
+        m["services"]["nats"],
+        serde_json::json!({"enable": true, "serverName": "control-01", "port": 4222, "validateConfig": false})
+    );
+    assert_eq!(
+        m["age"]["secrets"]["nats-server-env"]["file"]["__path"],
+        root()
+            .join(creds::server_env_file(&plan.server_name))
+            .to_str()
+            .unwrap()
+    );
+    let unit = &m["systemd"]["services"]["nats"];
+    assert_eq!(
+        unit["serviceConfig"]["EnvironmentFile"],
+        "/run/agenix/nats-server-env"
+    );
+    assert_eq!(unit["restartTriggers"], serde_json::json!(["@env-secret"]));
+    assert!(unit["after"]
+        .as_array()
+        .unwrap()
+        .contains(&"tailscaled-autoconnect.service".into()));
+
+    // ExecStart = nats-server -c <checked config>; the check exports a placeholder per variable
+    // and runs `nats-server -t` on the config file, whose text is exactly ServerPlan::to_conf.
+    let exec = unit["serviceConfig"]["ExecStart"]["__force"]
+        .as_str()
+        .unwrap();
+    let checked = exec
+        .strip_prefix("@nats-server/bin/nats-server -c ")
+        .expect(exec);
+    let checked: Value = serde_json::from_str(checked).unwrap();
+    assert_eq!(checked["inputs"], serde_json::json!(["@nats-server"]));
+    let script = checked["script"].as_str().unwrap();
+    let exports: Vec<&str> = script
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .collect();
+    let expected: Vec<String> = plan
+        .password_vars()
+        .iter()
+        .map(|v| format!("{v}=placeholder"))
+        .collect();
+    assert_eq!(exports, expected);
+    let config_line = script
+        .lines()
+        .find_map(|l| l.strip_prefix("nats-server --config "))
+        .expect("the check runs nats-server");
+    let conf: Value =
+        serde_json::from_str(config_line.strip_suffix(" -t").expect(config_line)).unwrap();
+    assert_eq!(conf["writeText"], "fleet-nats.conf");
+    assert_eq!(conf["text"].as_str().unwrap(), plan.to_conf());
+}
+
+#[test]
+fn the_configuration_takes_passwords_from_the_environment() {
+    let plan = bus::server_plan(&example_fleet()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nats.conf");
+    std::fs::write(&path, plan.to_conf()).unwrap();
+    let check = |with_env: bool| {
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.arg("-c").arg(&path).arg("-t").env_clear();
+        if with_env {
+            for v in plan.password_vars() {
+                cmd.env(v, "placeholder");
+            }
+        }
+        cmd.output().unwrap()
+    };
+    let ok = check(true);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // Without the environment the references cannot resolve: they are variables, not literals.
+    let missing = check(false);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NATS_PASSWORD_CONTROL_01"));
+}
+
+#[test]
+fn indented_strings_evaluate_to_their_text() {
+    let Some(nix) = nix_instantiate() else { return };
+    let samples = [
+        "{\n  \"a\": $X,\n\n  b\n}\n",
+        "x ${y} '' ''' $${z} '\n  indented\n",
+        "no newline at the end",
+        "  all\n  indented\n",
+        "tab\there\n",
+    ];
+    for text in samples {
+        let lit = busnix::indented_string(text, 4);
+        let expr = format!("let s = {lit}; in s");
+        assert!(fleetnix::nix::check_syntax(&expr).is_ok(), "{lit}");
+        assert_eq!(eval(&nix, &expr, &[]), Value::String(text.into()), "{lit}");
+    }
+}

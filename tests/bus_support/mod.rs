@@ -1,0 +1,293 @@
+//! Shared by the bus tests: a real nats-server on 127.0.0.1 running the fleet's generated
+//! configuration, and workers that follow the bus contract.
+#![allow(dead_code)]
+
+use fleetnix::bus::creds::{BusCredentials, Secret};
+use fleetnix::bus::dispatch::{self as d, Policy};
+use fleetnix::bus::{self, ServerPlan};
+use fleetnix::model::{Fleet, NodeName, Role};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The example fleet of the repository.
+pub fn example_fleet() -> Fleet {
+    fleetnix::manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet"))
+        .expect("example fleet is valid")
+}
+
+/// nats-server: `FLEETNIX_NATS_SERVER`, else on PATH or in /usr/sbin.
+pub fn nats_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FLEETNIX_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let path = format!(
+        "{}:/usr/sbin:/usr/local/sbin",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    which::which_in("nats-server", Some(path), ".").expect(
+        "nats-server is not installed (Debian package nats-server; or set FLEETNIX_NATS_SERVER)",
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running nats-server with the fleet's configuration, listening on 127.0.0.1; killed on drop.
+pub struct NatsServer {
+    child: Child,
+    /// `nats://127.0.0.1:<port>`.
+    pub url: String,
+    /// The plan it runs (listen address overridden).
+    pub plan: ServerPlan,
+    /// The passwords in its environment.
+    pub creds: BusCredentials,
+    /// Its configuration file.
+    pub conf_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts the server for `fleet` with fresh passwords.
+    pub fn start(fleet: &Fleet) -> Self {
+        let base = bus::server_plan(fleet).expect("server plan");
+        let creds = BusCredentials::generate(&base);
+        let dir = tempfile::tempdir().unwrap();
+        let conf_path = dir.path().join("nats.conf");
+        let mut last_err = String::new();
+        // The free port could be taken between probing and binding: try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let plan = base
+                .clone()
+                .with_listen(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+            std::fs::write(&conf_path, plan.to_conf()).unwrap();
+            let mut cmd = Command::new(nats_server_bin());
+            cmd.arg("-c")
+                .arg(&conf_path)
+                .env_clear()
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            for (var, pw) in creds.env_pairs() {
+                cmd.env(var, pw.expose());
+            }
+            let mut child = cmd.spawn().expect("spawn nats-server");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return NatsServer {
+                        child,
+                        url: format!("nats://127.0.0.1:{port}"),
+                        plan,
+                        creds,
+                        conf_path,
+                        _dir: dir,
+                    };
+                }
+                if let Some(status) = child.try_wait().unwrap() {
+                    let mut err = String::new();
+                    use std::io::Read;
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    last_err = format!("nats-server exited with {status}: {err}");
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server did not listen within 10 s"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("could not start nats-server: {last_err}");
+    }
+
+    /// The password of `node`.
+    pub fn password(&self, node: &str) -> &Secret {
+        self.creds.password(node).expect("node has a password")
+    }
+
+    /// Connects as `node` with its password.
+    pub async fn connect(&self, node: &str) -> async_nats::Client {
+        let name = NodeName::parse(node).unwrap();
+        d::connect(
+            &self.url,
+            &name,
+            self.password(node),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("connect")
+    }
+
+    /// Connects as `node`, collecting the server's error messages (permission violations).
+    pub async fn connect_watching(&self, node: &str) -> (async_nats::Client, ServerErrors) {
+        let errors = ServerErrors::default();
+        let sink = errors.clone();
+        let client = async_nats::ConnectOptions::with_user_and_password(
+            node.to_string(),
+            self.password(node).expose().to_string(),
+        )
+        .custom_inbox_prefix(bus::inbox_prefix(&NodeName::parse(node).unwrap()))
+        .event_callback(move |event| {
+            let sink = sink.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    sink.0.lock().unwrap().push(e.to_string());
+                }
+            }
+        })
+        .connect(&self.url)
+        .await
+        .expect("connect");
+        (client, errors)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Error messages the server sent to a client.
+#[derive(Clone, Default)]
+pub struct ServerErrors(Arc<Mutex<Vec<String>>>);
+
+impl ServerErrors {
+    /// Waits (polling, up to 5 s) for an error containing `needle`.
+    pub async fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(e) = self.0.lock().unwrap().iter().find(|e| e.contains(needle)) {
+                return e.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no server error containing {needle:?}; got {:?}",
+                self.0.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// All errors so far.
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// How a test worker behaves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Answers every task with `{"node": <name>, "task": <payload>}`.
+    Answer,
+    /// Takes tasks and never answers (a hung agent).
+    Hang,
+}
+
+/// A test worker: counts the tasks it received.
+pub struct Worker {
+    /// Tasks received.
+    pub received: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Worker {
+    /// Tasks received so far.
+    pub fn count(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Header of readiness probes, which test workers answer whatever their behaviour.
+pub const PROBE_HEADER: &str = "Fleet-Test-Probe";
+
+/// Subscribes `node` (already connected as `client`) to `role`'s tasks and serves them. Returns
+/// once the server routes tasks to it: the control plane probes the node's own task subject until
+/// the worker answers (the server handles a connection's operations in order, so the queue
+/// subscription made before it is in place too). A flush alone only empties the socket buffer.
+pub async fn spawn_worker(
+    server: &NatsServer,
+    client: async_nats::Client,
+    node: &str,
+    role: &str,
+    behaviour: Behaviour,
+) -> Worker {
+    let name = NodeName::parse(node).unwrap();
+    let role = Role::parse(role).unwrap();
+    let mut subs = d::subscribe_tasks(&client, &name, &role).await.unwrap();
+    client.flush().await.unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    let worker_name = name.clone();
+    let task = tokio::spawn(async move {
+        let name = worker_name;
+        while let Some(msg) = subs.next().await {
+            let probe = msg
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get(PROBE_HEADER).is_some());
+            if !probe {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            if probe || behaviour == Behaviour::Answer {
+                let task: serde_json::Value =
+                    serde_json::from_slice(&msg.payload).unwrap_or(serde_json::Value::Null);
+                let body = serde_json::json!({"node": name.as_str(), "task": task});
+                d::reply(&client, &msg, &name, body.to_string().into())
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let prober = server.connect("control-01").await;
+    let subject = bus::node_task_subject(&role, &name);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(PROBE_HEADER, "1");
+        let request = async_nats::Request::new()
+            .headers(headers)
+            .payload("{}".into())
+            .timeout(Some(Duration::from_millis(500)));
+        if prober.send_request(subject.clone(), request).await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node} never became ready for {role}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Worker { received, task }
+}
+
+/// A dispatch policy for tests.
+pub fn policy(timeout: Duration, candidates: &[&str]) -> Policy {
+    Policy {
+        attempt_timeout: timeout,
+        retry: true,
+        candidates: candidates
+            .iter()
+            .map(|c| NodeName::parse(c).unwrap())
+            .collect(),
+    }
+}

@@ -62,9 +62,9 @@ fn main() {
     let fleet = manifest::parse(&texts).expect("generated fleet is valid");
     let validated = start.elapsed();
     let plans = plan::plan(&fleet);
-    let files = render::render_all(&plans, "fleet/nodes.yml").unwrap();
+    let files = render::render_fleet(&fleet, &plans, "fleet/nodes.yml").unwrap();
     let total = start.elapsed();
-    assert_eq!(files.len(), n);
+    assert_eq!(files.len(), n + 1);
     println!("render bench: {n} nodes");
     println!("  validate   {:>8.3} s", validated.as_secs_f64());
     println!("  plan+render{:>8.3} s", (total - validated).as_secs_f64());

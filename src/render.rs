@@ -1,7 +1,9 @@
 //! Renders per-node NixOS modules (`nix/nodes/<node>.nix`) from the plan with tera,
 //! checks them with `rnix`, and writes them atomically. `--check` compares instead.
 
+use crate::bus;
 use crate::fsutil::write_atomic;
+use crate::model::Fleet;
 use crate::nix;
 use crate::plan::{NodePlan, AUTHKEY_SECRET};
 use std::collections::{BTreeMap, HashMap};
@@ -32,6 +34,9 @@ pub enum RenderError {
         /// rnix's messages.
         errors: Vec<String>,
     },
+    /// The NATS bus module could not be rendered.
+    #[error("NATS bus module: {0}")]
+    Bus(#[from] bus::BusError),
     /// Reading or writing failed.
     #[error("{}: {source}", path.display())]
     Io {
@@ -83,6 +88,13 @@ pub fn render_node(
     cx.insert("tags", &plan.tags);
     cx.insert("up_flags", &plan.up_flags);
     cx.insert("secret", AUTHKEY_SECRET);
+    cx.insert("is_control_plane", &plan.is_control_plane);
+    cx.insert("bus_module", &format!("../../{}", bus::nix::NIX_PATH));
+    cx.insert("nats_secret", bus::creds::PASSWORD_SECRET);
+    cx.insert(
+        "nats_secret_file",
+        &format!("/{}/{}.age", plan.name, bus::creds::PASSWORD_SECRET),
+    );
     cx.insert(
         "secret_file",
         &format!("/{}/{AUTHKEY_SECRET}.age", plan.name),
@@ -131,6 +143,22 @@ pub fn render_all(plans: &[NodePlan], sources: &str) -> Result<Rendered, RenderE
             ))
         })
         .collect()
+}
+
+/// Renders everything `fleetnix render` writes: every node's module and the control plane's
+/// NATS bus module (`nix/services/nats.nix`). Pure: nothing is written.
+pub fn render_fleet(
+    fleet: &Fleet,
+    plans: &[NodePlan],
+    sources: &str,
+) -> Result<Rendered, RenderError> {
+    let mut files = render_all(plans, sources)?;
+    let server = bus::server_plan(fleet)?;
+    files.insert(
+        PathBuf::from(bus::nix::NIX_PATH),
+        bus::nix::render(&server, sources)?,
+    );
+    Ok(files)
 }
 
 /// What writing the rendered files would do to one file.

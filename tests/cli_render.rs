@@ -79,7 +79,7 @@ fn render_is_deterministic_and_idempotent() {
     let root = fleet_copy();
     let first = fleetnix(root.path(), &["render"]);
     assert!(first.status.success(), "{}", text(&first.stderr));
-    assert!(text(&first.stdout).contains("3 changed"));
+    assert!(text(&first.stdout).contains("4 changed"));
     let a = snapshot(root.path());
     let second = fleetnix(root.path(), &["render"]);
     assert!(
@@ -98,7 +98,8 @@ fn render_is_deterministic_and_idempotent() {
         [
             "nix/nodes/control-01.nix",
             "nix/nodes/worker-01.nix",
-            "nix/nodes/worker-02.nix"
+            "nix/nodes/worker-02.nix",
+            "nix/services/nats.nix"
         ]
     );
     let w = text(

@@ -38,10 +38,11 @@ fn options_json() -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// Renders the example fleet into a temp root.
+/// Renders the example fleet into a temp root; returns the node modules' paths.
 fn rendered_example() -> (tempfile::TempDir, Vec<PathBuf>) {
     let fleet = manifest::load(&repo().join("fleet")).unwrap();
-    let files = render::render_all(
+    let files = render::render_fleet(
+        &fleet,
         &plan::plan(&fleet),
         "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml",
     )
@@ -49,7 +50,12 @@ fn rendered_example() -> (tempfile::TempDir, Vec<PathBuf>) {
     let dir = tempfile::tempdir().unwrap();
     let changes = render::compare(dir.path(), &files).unwrap();
     render::apply(dir.path(), &files, &changes).unwrap();
-    let paths = files.keys().map(|p| dir.path().join(p)).collect();
+    assert!(files.contains_key(Path::new("nix/services/nats.nix")));
+    let paths = files
+        .keys()
+        .filter(|p| p.starts_with("nix/nodes"))
+        .map(|p| dir.path().join(p))
+        .collect();
     (dir, paths)
 }
 
@@ -185,7 +191,8 @@ fn has_type(ty: &str, v: &Value) -> bool {
         "boolean" => v.is_boolean(),
         "string" | "types.str" => v.is_string(),
         "absolute path" => is_path(v) || v.as_str().is_some_and(|s| s.starts_with('/')),
-        "path" | "types.path" => is_path(v),
+        "path" | "types.path" => is_path(v) || v.as_str().is_some_and(|s| s.starts_with('/')),
+        "types.nullOr types.path" => v.is_null() || has_type("types.path", v),
         t if t.starts_with("16 bit unsigned integer") => v.as_u64().is_some_and(|n| n <= 65535),
         t if t.starts_with("string matching the pattern") => {
             // networking.hostName: ^$|^[[:alnum:]]([[:alnum:]_-]{0,61}[[:alnum:]])?$
@@ -218,6 +225,18 @@ fn check_values(
     v: &Value,
     seen: &mut Vec<String>,
 ) {
+    if path.len() == 1 && path[0] == "imports" {
+        // Module imports are not options; they must be paths to files that exist.
+        for p in v.as_array().expect("imports is a list") {
+            assert!(is_path(p), "import {p} is not a path");
+            assert!(
+                Path::new(p["value"].as_str().unwrap()).exists(),
+                "imported {p} does not exist"
+            );
+        }
+        seen.push("imports".into());
+        return;
+    }
     if let Some((_, ty)) = decls.iter().find(|(loc, _)| loc_matches(loc, path)) {
         if !ty.contains("submodule") {
             assert!(
@@ -260,6 +279,8 @@ fn rendered_modules_evaluate_to_declared_options_of_the_right_type() {
             "age.secrets.tailscale-authkey.file",
             "networking.firewall.interfaces.tailscale0.allowedTCPPorts",
             "services.omp-agent.roles",
+            "services.omp-agent.natsCredentialsFile",
+            "age.secrets.nats-password.file",
         ] {
             assert!(
                 seen.iter().any(|s| s == must),

@@ -2,6 +2,9 @@
 # Node control-01: roles control-plane, litellm-proxy, temporal, langfuse; tags tag:control-plane.
 { config, ... }:
 {
+  # The NATS task bus the agents connect to runs here.
+  imports = [ ../../nix/services/nats.nix ];
+
   networking.hostName = "control-01";
 
   services.tailscale = {
@@ -15,6 +18,8 @@
   };
 
   age.secrets."tailscale-authkey".file = ../../secrets + "/control-01/tailscale-authkey.age";
+  # This node's NATS password (user control-01), handed to the agent as a systemd credential.
+  age.secrets."nats-password".file = ../../secrets + "/control-01/nats-password.age";
 
   networking.firewall = {
     enable = true;
@@ -29,5 +34,6 @@
     controlPlane = "100.64.0.1:4000";
     roles = [ "control-plane" "litellm-proxy" "temporal" "langfuse" ];
     natsUrl = "nats://100.64.0.1:4222";
+    natsCredentialsFile = config.age.secrets."nats-password".path;
   };
 }

@@ -15,6 +15,8 @@
   };
 
   age.secrets."tailscale-authkey".file = ../../secrets + "/worker-01/tailscale-authkey.age";
+  # This node's NATS password (user worker-01), handed to the agent as a systemd credential.
+  age.secrets."nats-password".file = ../../secrets + "/worker-01/nats-password.age";
 
   networking.firewall = {
     enable = true;
@@ -29,5 +31,6 @@
     controlPlane = "100.64.0.1:4000";
     roles = [ "glm-worker" "kg-writer" ];
     natsUrl = "nats://100.64.0.1:4222";
+    natsCredentialsFile = config.age.secrets."nats-password".path;
   };
 }

@@ -46,7 +46,7 @@ pub fn render(ctx: &Ctx, args: RenderArgs) -> ExitCode {
         Err(code) => return code,
     };
     let plans = plan::plan(&fleet);
-    let result = render::render_all(&plans, &ctx.sources_label(&fleet))
+    let result = render::render_fleet(&fleet, &plans, &ctx.sources_label(&fleet))
         .and_then(|rendered| Ok((render::compare(&ctx.root, &rendered)?, rendered)));
     let (changes, rendered) = match result {
         Ok(x) => x,
@@ -89,17 +89,14 @@ pub fn render(ctx: &Ctx, args: RenderArgs) -> ExitCode {
             eprintln!("{stale} file(s) out of date: run `fleetnix render`");
             return ExitCode::from(1);
         }
-        println!("up to date: {} node module(s)", rendered.len());
+        println!("up to date: {} file(s)", rendered.len());
         return ExitCode::SUCCESS;
     }
     if let Err(e) = render::apply(&ctx.root, &rendered, &changes) {
         eprintln!("error: {e}");
         return ExitCode::from(1);
     }
-    println!(
-        "rendered {} node module(s), {stale} changed",
-        rendered.len()
-    );
+    println!("rendered {} file(s), {stale} changed", rendered.len());
     ExitCode::SUCCESS
 }
 

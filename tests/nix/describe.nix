@@ -4,6 +4,7 @@
 let
   module = import file {
     config.age.secrets."tailscale-authkey".path = "/run/agenix/tailscale-authkey";
+    config.age.secrets."nats-password".path = "/run/agenix/nats-password";
   };
   describe = v:
     if builtins.isPath v then { __type = "path"; value = toString v; }

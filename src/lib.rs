@@ -10,3 +10,5 @@ pub mod model;
 pub mod nix;
 pub mod plan;
 pub mod render;
+pub mod acl;
+pub mod tsapi;

@@ -312,44 +312,50 @@ pub fn check(fleet: &Fleet, text: &str) -> Result<Vec<Finding>, PolicyError> {
         }
     }
 
-    // Missing grants, per source and reason.
+    // Missing grants: one finding per source, each port with the needs and catalog rows behind it.
     let acls_loc = top(policy, "acls");
     for src in &idents {
-        let mut per_reason: BTreeMap<(bool, String), BTreeMap<String, PortSet>> = BTreeMap::new();
+        let mut lines = Vec::new();
+        let mut names = Vec::new();
+        let mut all = PortSet::new();
+        let mut required = false;
         for (n, dst) in fleet.nodes.iter().zip(nodes.iter()) {
             let missing = want.ports(src, dst, None).minus(&have.ports(src, dst, None));
+            if missing.is_empty() {
+                continue;
+            }
             let tags = fleet.tags_of(n);
+            let mut per_port = Vec::new();
             for &(lo, hi) in missing.ranges() {
                 for port in lo..=hi {
-                    for i in intents.reasons(&src.name, &tags, port) {
-                        per_reason
-                            .entry((!i.purpose.required(), i.purpose.describe()))
-                            .or_default()
-                            .entry(n.name.to_string())
-                            .or_default()
-                            .insert_set(&PortSet::single(port));
-                    }
+                    let reasons = intents.reasons(&src.name, &tags, port);
+                    required |= reasons.iter().any(|i| i.purpose.required());
+                    let why: Vec<String> = reasons.iter().map(|i| i.purpose.short()).collect();
+                    per_port.push(format!("{port} ({})", why.join(", ")));
                 }
             }
+            lines.push(format!("{} on {}", n.name, per_port.join(", ")));
+            names.push(n.name.to_string());
+            all.insert_set(&missing);
         }
-        for ((optional, reason), by_node) in per_reason {
-            let mut ports = PortSet::new();
-            for p in by_node.values() {
-                ports.insert_set(p);
-            }
-            let detail: Vec<String> = by_node.iter().map(|(n, p)| format!("{n} {p}")).collect();
-            let need = if optional { "allowed by" } else { "needed by" };
-            let mut f = Finding::at(
-                FindingKind::MissingGrant,
-                acls_loc,
-                format!("{src} cannot reach {} ({need} {reason})", detail.join(", ")),
-            )
-            .hint(format!("add an acls rule from {src} to these ports (see `fleetnix acl render`)"));
-            f.source = Some(src.name.clone());
-            f.nodes = by_node.keys().cloned().collect();
-            f.ports = Some(ports.to_string());
-            out.push(f);
+        if lines.is_empty() {
+            continue;
         }
+        let what = if required {
+            "which the rendered configuration needs or the catalog allows"
+        } else {
+            "which the catalog allows"
+        };
+        let mut f = Finding::at(
+            FindingKind::MissingGrant,
+            acls_loc,
+            format!("{src} cannot reach {}, {what}", lines.join("; ")),
+        )
+        .hint(format!("add acls rules from {src} to these ports (see `fleetnix acl render`)"));
+        f.source = Some(src.name.clone());
+        f.nodes = names;
+        f.ports = Some(all.to_string());
+        out.push(f);
     }
 
     // SSH for deploys and operators.

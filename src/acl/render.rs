@@ -45,6 +45,18 @@ impl Purpose {
         !matches!(self, Purpose::Service { .. })
     }
 
+    /// A few words: `services.yml nats`, `needed: agents' NATS (nats_url)`.
+    pub fn short(&self) -> String {
+        match self {
+            Purpose::Service { name, .. } => format!("services.yml {name}"),
+            Purpose::AgentLitellm => "needed: agents' LiteLLM (control_plane_port)".into(),
+            Purpose::AgentNats => "needed: agents' NATS (nats_url)".into(),
+            Purpose::Deploy => "needed: deploys over SSH".into(),
+            Purpose::Health => "needed: health checks".into(),
+            Purpose::OperatorSsh => "needed: operators' SSH".into(),
+        }
+    }
+
     /// A short human description.
     pub fn describe(&self) -> String {
         match self {

@@ -4,11 +4,11 @@
 //! [`model::Fleet`]; [`plan`] derives what each node gets; outputs such as [`render`]
 //! are pure functions of the plan; executors have the side effects.
 
+pub mod acl;
 pub mod fsutil;
 pub mod manifest;
 pub mod model;
 pub mod nix;
 pub mod plan;
 pub mod render;
-pub mod acl;
 pub mod tsapi;

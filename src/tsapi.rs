@@ -265,7 +265,11 @@ impl Client {
             .header(reqwest::header::AUTHORIZATION, auth)
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder, url: &url::Url) -> Result<(u16, reqwest::header::HeaderMap, String), ApiError> {
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &url::Url,
+    ) -> Result<(u16, reqwest::header::HeaderMap, String), ApiError> {
         let transport = |e: reqwest::Error| ApiError::Transport {
             url: url.to_string(),
             reason: e.without_url().to_string(),
@@ -276,7 +280,10 @@ impl Client {
         let body = resp.text().await.map_err(transport)?;
         if status == 401 || status == 403 {
             let b: ErrorBody = serde_json::from_str(&body).unwrap_or_default();
-            return Err(ApiError::Unauthorized { status, message: b.message });
+            return Err(ApiError::Unauthorized {
+                status,
+                message: b.message,
+            });
         }
         Ok((status, headers, body))
     }
@@ -286,7 +293,9 @@ impl Client {
         let details = b.details();
         ApiError::Rejected {
             status,
-            message: b.message.unwrap_or_else(|| body.trim().chars().take(500).collect()),
+            message: b
+                .message
+                .unwrap_or_else(|| body.trim().chars().take(500).collect()),
             details,
         }
     }

@@ -47,7 +47,13 @@ fn seed_policy_findings() {
     assert_eq!(ports(workers), [5432, 6379, 7233]);
     assert_eq!(workers.nodes, ["control-01"]);
     assert_eq!((workers.line, workers.column), (9, 1));
-    assert!(workers.message.contains("temporal 7233 is for tag:control-plane only"), "{}", workers.message);
+    assert!(
+        workers
+            .message
+            .contains("temporal 7233 is for tag:control-plane only"),
+        "{}",
+        workers.message
+    );
     // the control plane's `tag:worker:*` is an over-grant too (only SSH is needed)
     let cp = over
         .iter()
@@ -75,7 +81,13 @@ fn seed_policy_findings() {
         .expect("defaultAllow finding");
     assert_eq!((d.line, d.column), (26, 1));
     // ("comment" inside acls entries is not a field either)
-    assert_eq!(unknown.iter().filter(|f| f.message.contains("\"comment\"")).count(), 3);
+    assert_eq!(
+        unknown
+            .iter()
+            .filter(|f| f.message.contains("\"comment\""))
+            .count(),
+        3
+    );
 
     // 4. no ssh section: Tailscale SSH deploys fail
     let no_ssh = of(&findings, FindingKind::NoSsh);
@@ -108,20 +120,36 @@ fn format_and_reference_problems_have_locations() {
             .find(|x| x.kind == kind && x.line == line)
             .unwrap_or_else(|| panic!("no {kind:?} at line {line}: {f:#?}"))
     };
-    assert!(at(FindingKind::MalformedHostPort, 5).message.contains("missing ports"));
-    assert!(at(FindingKind::MalformedHostPort, 6).message.contains("first port must be >0"));
-    assert!(at(FindingKind::MalformedHostPort, 7).message.contains("must contain a colon"));
+    assert!(at(FindingKind::MalformedHostPort, 5)
+        .message
+        .contains("missing ports"));
+    assert!(at(FindingKind::MalformedHostPort, 6)
+        .message
+        .contains("first port must be >0"));
+    assert!(at(FindingKind::MalformedHostPort, 7)
+        .message
+        .contains("must contain a colon"));
     assert_eq!(at(FindingKind::UnknownTag, 6).column, 34);
     let g = at(FindingKind::UnknownGroup, 7);
-    assert!(g.hint.as_deref().unwrap().contains("did you mean \"group:operators\""));
-    assert!(at(FindingKind::InvalidValue, 8).message.contains("the only action is \"accept\""));
+    assert!(g
+        .hint
+        .as_deref()
+        .unwrap()
+        .contains("did you mean \"group:operators\""));
+    assert!(at(FindingKind::InvalidValue, 8)
+        .message
+        .contains("the only action is \"accept\""));
     // tag:worker is carried by two nodes and owned by nobody
     let t = of(&f, FindingKind::TagWithoutOwner);
     assert_eq!(t.len(), 1);
-    assert!(t[0].message.contains("tag:worker (carried by worker-01, worker-02)"));
+    assert!(t[0]
+        .message
+        .contains("tag:worker (carried by worker-01, worker-02)"));
     assert_eq!(t[0].line, 3);
     // an ssh section without the deploy rule
-    assert!(at(FindingKind::SshDeploy, 10).message.contains("control-01"));
+    assert!(at(FindingKind::SshDeploy, 10)
+        .message
+        .contains("control-01"));
     assert!(!of(&f, FindingKind::SshOperators).is_empty());
 }
 
@@ -140,7 +168,12 @@ fn cli(root: &Path) -> Command {
 #[test]
 fn cli_check_exit_codes_and_json() {
     let out = cli(&root())
-        .args(["acl", "check", "--json", "tests/fixtures/seed-acl-policy.hujson"])
+        .args([
+            "acl",
+            "check",
+            "--json",
+            "tests/fixtures/seed-acl-policy.hujson",
+        ])
         .current_dir(root())
         .output()
         .unwrap();
@@ -166,9 +199,25 @@ fn cli_check_exit_codes_and_json() {
         .assert()
         .success();
     let text = std::fs::read_to_string(&file).unwrap();
-    assert_eq!(text, render::render(&example(), "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml").text);
-    let out = cli(&root()).args(["acl", "check"]).arg(&file).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        text,
+        render::render(
+            &example(),
+            "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml"
+        )
+        .text
+    );
+    let out = cli(&root())
+        .args(["acl", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -178,9 +227,15 @@ fn cli_matrix_table_and_dot() {
     let table = String::from_utf8(out.stdout).unwrap();
     let worker_row = table.lines().find(|l| l.starts_with("tag:worker")).unwrap();
     assert!(worker_row.contains("4000,4222,8080"), "{table}");
-    let out = cli(&root()).args(["acl", "matrix", "--dot"]).output().unwrap();
+    let out = cli(&root())
+        .args(["acl", "matrix", "--dot"])
+        .output()
+        .unwrap();
     let dot = String::from_utf8(out.stdout).unwrap();
     assert!(dot.starts_with("digraph acl {"));
-    assert!(dot.contains("\"tag:worker\" -> \"control-01\" [label=\"4000,4222,8080\"];"), "{dot}");
+    assert!(
+        dot.contains("\"tag:worker\" -> \"control-01\" [label=\"4000,4222,8080\"];"),
+        "{dot}"
+    );
     assert!(!dot.contains("\"tag:worker\" -> \"worker-01\""));
 }

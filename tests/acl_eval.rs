@@ -110,7 +110,9 @@ fn autogroups() {
     assert!(ev.reach(&bob, &db, 5011, TCP).is_none());
     // autogroup:member: users and group members, never tags; udp only
     assert!(ev.reach(&bob, &cp, 53, UDP).is_some());
-    assert!(ev.reach(&Principal::group("group:ops"), &cp, 53, UDP).is_some());
+    assert!(ev
+        .reach(&Principal::group("group:ops"), &cp, 53, UDP)
+        .is_some());
     assert!(ev.reach(&Principal::any_member(), &cp, 53, UDP).is_some());
     assert!(ev.reach(&bob, &cp, 53, TCP).is_none());
     assert!(ev.reach(&w, &cp, 53, UDP).is_none());
@@ -132,7 +134,9 @@ fn addresses_and_cidr_aliases() {
     assert!(ev.reach(&in_lab, &cp_node, 8080, TCP).is_some());
     assert!(ev.reach(&outside, &cp_node, 8080, TCP).is_none());
     // a tag principal without an address does not match address rules
-    assert!(ev.reach(&in_lab, &Principal::tag("tag:cp"), 8080, TCP).is_none());
+    assert!(ev
+        .reach(&in_lab, &Principal::tag("tag:cp"), 8080, TCP)
+        .is_none());
 }
 
 #[test]
@@ -164,7 +168,10 @@ fn ssh_users_and_actions() {
     // Tailscale SSH also needs a network rule to 22: ops has `*:22`, tag:cp → tag:w has `*`
     assert!(ev.ssh_works(&ops, &w, "root"));
     assert!(ev.ssh_works(&cp, &w, "root"));
-    assert!(!ev.ssh_works(&ops, &db, "root"), "check is not a non-interactive accept");
+    assert!(
+        !ev.ssh_works(&ops, &db, "root"),
+        "check is not a non-interactive accept"
+    );
 }
 
 #[test]

@@ -22,7 +22,11 @@ fn variant(edit: impl Fn(String) -> String) -> (tempfile::TempDir, Fleet) {
     let dir = tempfile::tempdir().unwrap();
     for f in ["nodes.yml", "fleet.yml", "services.yml"] {
         let text = std::fs::read_to_string(fleet_dir().join(f)).unwrap();
-        let text = if f == "services.yml" { edit(text) } else { text };
+        let text = if f == "services.yml" {
+            edit(text)
+        } else {
+            text
+        };
         std::fs::write(dir.path().join(f), text).unwrap();
     }
     let fleet = manifest::load(dir.path()).expect("variant is valid");
@@ -51,9 +55,15 @@ fn rendered_policy_passes_its_own_tests() {
     let worker = &p.tests[1];
     let deny: Vec<&str> = worker.deny.iter().map(|d| d.value.as_str()).collect();
     for port in ["7233", "5432", "6379"] {
-        assert!(deny.contains(&format!("tag:control-plane:{port}").as_str()), "{deny:?}");
+        assert!(
+            deny.contains(&format!("tag:control-plane:{port}").as_str()),
+            "{deny:?}"
+        );
     }
-    assert!(worker.accept.iter().any(|a| a.value == "tag:control-plane:4222"));
+    assert!(worker
+        .accept
+        .iter()
+        .any(|a| a.value == "tag:control-plane:4222"));
 }
 
 #[test]
@@ -83,7 +93,9 @@ fn rendered_policy_is_clean_and_minimal() {
             .position(|l| l.contains("\"action\"") && l.contains(&dst) && !l.contains(":22"))
             .unwrap_or_else(|| panic!("no rule for {}", s.name));
         assert!(
-            lines[i - 1].trim_start().starts_with(&format!("// services.yml {}", s.name)),
+            lines[i - 1]
+                .trim_start()
+                .starts_with(&format!("// services.yml {}", s.name)),
             "{}",
             lines[i - 1]
         );
@@ -117,7 +129,10 @@ fn drift_is_caught_by_tests_and_check() {
     assert_eq!(failures.len(), 1, "{failures:#?}");
     assert!(failures[0].message.contains("tag:control-plane:5432"));
     let findings = check::check(&fleet, &drifted).unwrap();
-    let over: Vec<_> = findings.iter().filter(|f| f.kind == FindingKind::OverGrant).collect();
+    let over: Vec<_> = findings
+        .iter()
+        .filter(|f| f.kind == FindingKind::OverGrant)
+        .collect();
     assert_eq!(over.len(), 1, "{findings:#?}");
     assert_eq!(over[0].source.as_deref(), Some("tag:worker"));
     assert_eq!(over[0].ports.as_deref(), Some("5432"));
@@ -152,9 +167,17 @@ fn services_on_workers_get_health_checks() {
     let r = render::render(&fleet, "fleet/");
     let p = policy::parse(&r.text).unwrap().policy;
     let ev = Evaluator::new(&p);
-    let (cp, w) = (Principal::tag("tag:control-plane"), Principal::tag("tag:worker"));
-    assert!(ev.reach(&cp, &w, 9100, TCP).is_some(), "health checks reach it");
-    assert!(ev.reach(&Principal::group("group:operators"), &w, 9100, TCP).is_some());
+    let (cp, w) = (
+        Principal::tag("tag:control-plane"),
+        Principal::tag("tag:worker"),
+    );
+    assert!(
+        ev.reach(&cp, &w, 9100, TCP).is_some(),
+        "health checks reach it"
+    );
+    assert!(ev
+        .reach(&Principal::group("group:operators"), &w, 9100, TCP)
+        .is_some());
     assert!(ev.reach(&w, &w, 9100, TCP).is_none());
     assert!(ev.run_tests().is_empty(), "{:#?}", ev.run_tests());
     assert!(check::check(&fleet, &r.text).unwrap().is_empty());

@@ -88,9 +88,9 @@ pub fn write_backup(dir: &Path, date: &str, text: &str) -> Result<PathBuf, Apply
             Err(e) => return Err(io("cannot write the backup", &path)(e.error)),
         }
     }
-    Err(io("cannot find a free backup name in", dir)(std::io::Error::from(
-        std::io::ErrorKind::AlreadyExists,
-    )))
+    Err(io("cannot find a free backup name in", dir)(
+        std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+    ))
 }
 
 /// The ETag remembered by the last `get`/`diff`/`set`, if any.
@@ -140,10 +140,20 @@ pub fn unified_diff(old: &str, new: &str, old_name: &str, new_name: &str) -> Str
 }
 
 /// `acl diff`: the remote policy against `local`; remembers the remote ETag (it has now been seen).
-pub async fn diff(client: &Client, dir: &Path, local: &str, local_name: &str) -> Result<String, ApplyError> {
+pub async fn diff(
+    client: &Client,
+    dir: &Path,
+    local: &str,
+    local_name: &str,
+) -> Result<String, ApplyError> {
     let remote = client.get_policy().await?;
     remember_etag(dir, &remote.etag)?;
-    Ok(unified_diff(&remote.text, local, "tailnet (remote)", local_name))
+    Ok(unified_diff(
+        &remote.text,
+        local,
+        "tailnet (remote)",
+        local_name,
+    ))
 }
 
 /// The fleet SSH that `policy_text` would not allow: deploys from the control plane to every
@@ -157,12 +167,17 @@ pub fn lock_out(fleet: &Fleet, policy_text: &str) -> Result<Vec<String>, PolicyE
         .iter()
         .find(|p| p.name == cp.name.as_str())
         .cloned()
-        .unwrap_or_else(|| super::eval::Principal::node(cp.name.as_str(), cp.tailscale_ip, &fleet.tags_of(cp)));
+        .unwrap_or_else(|| {
+            super::eval::Principal::node(cp.name.as_str(), cp.tailscale_ip, &fleet.tags_of(cp))
+        });
     let ops = super::eval::Principal::group(&fleet.settings.operators.group);
     let mut cut = Vec::new();
     for (n, d) in fleet.nodes.iter().zip(nodes.iter()) {
         if !ev.ssh_works(&cp_p, d, &n.ssh_user) {
-            cut.push(format!("deploys from {} to {} as {}", cp.name, n.name, n.ssh_user));
+            cut.push(format!(
+                "deploys from {} to {} as {}",
+                cp.name, n.name, n.ssh_user
+            ));
         }
         if !ev.ssh_works(&ops, d, "root") {
             cut.push(format!("{} to {} as root", ops.name, n.name));
@@ -222,14 +237,24 @@ pub async fn set(
     let backup = write_backup(dir, &today(), &current.text)?;
     if current.text == new_text {
         remember_etag(dir, &current.etag)?;
-        return Ok(SetOutcome { backup, etag, forced: cut, unchanged: true });
+        return Ok(SetOutcome {
+            backup,
+            etag,
+            forced: cut,
+            unchanged: true,
+        });
     }
     match client.set_policy(new_text, &etag).await {
         Ok(stored) => {
             if !stored.etag.is_empty() {
                 remember_etag(dir, &stored.etag)?;
             }
-            Ok(SetOutcome { backup, etag: stored.etag, forced: cut, unchanged: false })
+            Ok(SetOutcome {
+                backup,
+                etag: stored.etag,
+                forced: cut,
+                unchanged: false,
+            })
         }
         Err(e) => {
             if matches!(e, ApiError::PreconditionFailed { .. }) {
@@ -259,7 +284,12 @@ pub fn authkey_request(fleet: &Fleet, node: &Node, expiry_seconds: u64) -> AuthK
 
 /// Mints a one-off auth key for `node`. The key is returned as a secret, to be handed to the
 /// secrets module; it is never printed.
-pub async fn mint_authkey(client: &Client, fleet: &Fleet, node: &Node, expiry_seconds: u64) -> Result<AuthKey, ApiError> {
+pub async fn mint_authkey(
+    client: &Client,
+    fleet: &Fleet,
+    node: &Node,
+    expiry_seconds: u64,
+) -> Result<AuthKey, ApiError> {
     client
         .create_auth_key(&authkey_request(fleet, node, expiry_seconds))
         .await

@@ -110,7 +110,11 @@ fn node_principal(fleet: &Fleet, n: &Node) -> Principal {
 
 /// The fleet's nodes as principals.
 pub fn node_principals(fleet: &Fleet) -> Vec<Principal> {
-    fleet.nodes.iter().map(|n| node_principal(fleet, n)).collect()
+    fleet
+        .nodes
+        .iter()
+        .map(|n| node_principal(fleet, n))
+        .collect()
 }
 
 /// Parses and evaluates the policy rendered for `fleet`.
@@ -132,9 +136,27 @@ fn references(policy: &Policy, out: &mut Vec<Finding>) {
     let mut seen = BTreeSet::new();
     let mut check = |sel: &Selector, loc: Loc, out: &mut Vec<Finding>| {
         let (kind, name, defined, section, known): (_, _, _, _, Vec<&String>) = match sel {
-            Selector::Tag(t) => (FindingKind::UnknownTag, t, policy.tag_owners.contains_key(t), "tagOwners", policy.tag_owners.keys().collect()),
-            Selector::Group(g) => (FindingKind::UnknownGroup, g, policy.groups.contains_key(g), "groups", policy.groups.keys().collect()),
-            Selector::Host(h) => (FindingKind::UnknownHost, h, policy.hosts.contains_key(h), "hosts", policy.hosts.keys().collect()),
+            Selector::Tag(t) => (
+                FindingKind::UnknownTag,
+                t,
+                policy.tag_owners.contains_key(t),
+                "tagOwners",
+                policy.tag_owners.keys().collect(),
+            ),
+            Selector::Group(g) => (
+                FindingKind::UnknownGroup,
+                g,
+                policy.groups.contains_key(g),
+                "groups",
+                policy.groups.keys().collect(),
+            ),
+            Selector::Host(h) => (
+                FindingKind::UnknownHost,
+                h,
+                policy.hosts.contains_key(h),
+                "hosts",
+                policy.hosts.keys().collect(),
+            ),
             _ => return,
         };
         if defined || !seen.insert((name.clone(), loc)) {
@@ -195,8 +217,10 @@ fn references(policy: &Policy, out: &mut Vec<Finding>) {
 /// Does `rule` apply to node principal `p` through an address selector (IP, CIDR, host)?
 fn by_address(ev: &Evaluator, rule: &NetRule, p: &Principal) -> bool {
     rule.src.iter().any(|s| {
-        matches!(s.value, Selector::Ip(_) | Selector::Cidr(_) | Selector::Host(_))
-            && ev.src_matches(&s.value, p)
+        matches!(
+            s.value,
+            Selector::Ip(_) | Selector::Cidr(_) | Selector::Host(_)
+        ) && ev.src_matches(&s.value, p)
     })
 }
 
@@ -260,7 +284,11 @@ pub fn check(fleet: &Fleet, text: &str) -> Result<Vec<Finding>, PolicyError> {
     // Identities to compare: tags and groups in use on either side, any member, and the nodes
     // themselves (for rules naming addresses).
     let mut idents: Vec<Principal> = Vec::new();
-    let tags: BTreeSet<&String> = intents.all_tags.iter().chain(policy.tag_owners.keys()).collect();
+    let tags: BTreeSet<&String> = intents
+        .all_tags
+        .iter()
+        .chain(policy.tag_owners.keys())
+        .collect();
     idents.extend(tags.into_iter().map(|t| Principal::tag(t)));
     let groups: BTreeSet<&String> = intents.groups.iter().chain(policy.groups.keys()).collect();
     idents.extend(groups.into_iter().map(|g| Principal::group(g)));
@@ -275,13 +303,18 @@ pub fn check(fleet: &Fleet, text: &str) -> Result<Vec<Finding>, PolicyError> {
             }
             let mut per_node: BTreeMap<PortSet, Vec<usize>> = BTreeMap::new();
             for (k, dst) in nodes.iter().enumerate() {
-                let over = have.ports_by_rule(rule, src, dst).minus(&want.ports(src, dst, None));
+                let over = have
+                    .ports_by_rule(rule, src, dst)
+                    .minus(&want.ports(src, dst, None));
                 if !over.is_empty() {
                     per_node.entry(over).or_default().push(k);
                 }
             }
             for (over, ks) in per_node {
-                let names: Vec<String> = ks.iter().map(|&k| fleet.nodes[k].name.to_string()).collect();
+                let names: Vec<String> = ks
+                    .iter()
+                    .map(|&k| fleet.nodes[k].name.to_string())
+                    .collect();
                 let first = ks[0];
                 let allowed = want.ports(src, &nodes[first], None);
                 let what = if over.is_all() || over.union(&allowed).is_all() {
@@ -302,7 +335,11 @@ pub fn check(fleet: &Fleet, text: &str) -> Result<Vec<Finding>, PolicyError> {
                 .hint(format!(
                     "the fleet allows {src} on {}: {}",
                     join_nodes(&names),
-                    if allowed.is_empty() { "nothing".to_string() } else { allowed.to_string() }
+                    if allowed.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        allowed.to_string()
+                    }
                 ));
                 f.source = Some(src.name.clone());
                 f.nodes = names;
@@ -320,7 +357,9 @@ pub fn check(fleet: &Fleet, text: &str) -> Result<Vec<Finding>, PolicyError> {
         let mut all = PortSet::new();
         let mut required = false;
         for (n, dst) in fleet.nodes.iter().zip(nodes.iter()) {
-            let missing = want.ports(src, dst, None).minus(&have.ports(src, dst, None));
+            let missing = want
+                .ports(src, dst, None)
+                .minus(&have.ports(src, dst, None));
             if missing.is_empty() {
                 continue;
             }
@@ -351,7 +390,9 @@ pub fn check(fleet: &Fleet, text: &str) -> Result<Vec<Finding>, PolicyError> {
             acls_loc,
             format!("{src} cannot reach {}, {what}", lines.join("; ")),
         )
-        .hint(format!("add acls rules from {src} to these ports (see `fleetnix acl render`)"));
+        .hint(format!(
+            "add acls rules from {src} to these ports (see `fleetnix acl render`)"
+        ));
         f.source = Some(src.name.clone());
         f.nodes = names;
         f.ports = Some(all.to_string());
@@ -417,7 +458,11 @@ pub fn check(fleet: &Fleet, text: &str) -> Result<Vec<Finding>, PolicyError> {
     }
 
     for t in have.run_tests() {
-        out.push(Finding::at(FindingKind::TestFails, t.loc, format!("{} fails: {}", t.test, t.message)));
+        out.push(Finding::at(
+            FindingKind::TestFails,
+            t.loc,
+            format!("{} fails: {}", t.test, t.message),
+        ));
     }
 
     out.sort_by(|a, b| {

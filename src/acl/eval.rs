@@ -245,7 +245,13 @@ impl<'p> Evaluator<'p> {
         }
     }
 
-    fn rule_ports(&self, rule: &NetRule, src: &Principal, dst: &Principal, proto: Option<u8>) -> PortSet {
+    fn rule_ports(
+        &self,
+        rule: &NetRule,
+        src: &Principal,
+        dst: &Principal,
+        proto: Option<u8>,
+    ) -> PortSet {
         let mut set = PortSet::new();
         if !rule.src.iter().any(|s| self.src_matches(&s.value, src)) {
             return set;
@@ -278,7 +284,13 @@ impl<'p> Evaluator<'p> {
     }
 
     /// The first rule letting `src` reach `dst` on `port` with protocol `proto` (IANA number), if any.
-    pub fn reach(&self, src: &Principal, dst: &Principal, port: u16, proto: u8) -> Option<&'p NetRule> {
+    pub fn reach(
+        &self,
+        src: &Principal,
+        dst: &Principal,
+        port: u16,
+        proto: u8,
+    ) -> Option<&'p NetRule> {
         self.policy
             .rules
             .iter()
@@ -310,8 +322,12 @@ impl<'p> Evaluator<'p> {
 
     fn ssh_rule_applies(&self, r: &SshRule, src: &Principal, dst: &Principal, user: &str) -> bool {
         r.src.iter().any(|s| self.src_matches(&s.value, src))
-            && r.dst.iter().any(|d| self.ssh_dst_matches(&d.value, src, dst))
-            && r.users.iter().any(|u| self.user_matches(&u.value, src, user))
+            && r.dst
+                .iter()
+                .any(|d| self.ssh_dst_matches(&d.value, src, dst))
+            && r.users
+                .iter()
+                .any(|u| self.user_matches(&u.value, src, user))
     }
 
     /// May `src` open Tailscale SSH to `dst` as local user `user`, by the `ssh` rules alone?
@@ -367,7 +383,9 @@ impl<'p> Evaluator<'p> {
                 Some(_) => Err(format!("host {h:?} is a range, not one device")),
                 None => Err(format!("unknown host {h:?}")),
             },
-            _ => Err(format!("{text:?} does not name one identity (use a user, group, tag, IP or host)")),
+            _ => Err(format!(
+                "{text:?} does not name one identity (use a user, group, tag, IP or host)"
+            )),
         }
     }
 
@@ -376,7 +394,11 @@ impl<'p> Evaluator<'p> {
         let src = match self.principal_for(&t.src.value) {
             Ok(p) => p,
             Err(e) => {
-                out.push(TestFailure { loc: t.src.loc, test: label, message: e });
+                out.push(TestFailure {
+                    loc: t.src.loc,
+                    test: label,
+                    message: e,
+                });
                 return;
             }
         };
@@ -389,14 +411,22 @@ impl<'p> Evaluator<'p> {
                 let (sel, port) = match parse_test_dst(&d.value) {
                     Ok(x) => x,
                     Err(e) => {
-                        out.push(TestFailure { loc: d.loc, test: label.clone(), message: e });
+                        out.push(TestFailure {
+                            loc: d.loc,
+                            test: label.clone(),
+                            message: e,
+                        });
                         continue;
                     }
                 };
                 let dst = match self.principal_for_selector(&sel, &d.value) {
                     Ok(p) => p,
                     Err(e) => {
-                        out.push(TestFailure { loc: d.loc, test: label.clone(), message: e });
+                        out.push(TestFailure {
+                            loc: d.loc,
+                            test: label.clone(),
+                            message: e,
+                        });
                         continue;
                     }
                 };
@@ -431,7 +461,11 @@ impl<'p> Evaluator<'p> {
         let src = match self.principal_for(&t.src.value) {
             Ok(p) => p,
             Err(e) => {
-                out.push(TestFailure { loc: t.src.loc, test: label, message: e });
+                out.push(TestFailure {
+                    loc: t.src.loc,
+                    test: label,
+                    message: e,
+                });
                 return;
             }
         };
@@ -439,11 +473,19 @@ impl<'p> Evaluator<'p> {
             let dst = match self.principal_for(&d.value) {
                 Ok(p) => p,
                 Err(e) => {
-                    out.push(TestFailure { loc: d.loc, test: label.clone(), message: e });
+                    out.push(TestFailure {
+                        loc: d.loc,
+                        test: label.clone(),
+                        message: e,
+                    });
                     continue;
                 }
             };
-            for (want, list) in [("Accept", &t.accept), ("Check", &t.check), ("Deny", &t.deny)] {
+            for (want, list) in [
+                ("Accept", &t.accept),
+                ("Check", &t.check),
+                ("Deny", &t.deny),
+            ] {
                 for u in list {
                     let got = self.ssh(&src, &dst, &u.value).word();
                     if got != want {

@@ -53,7 +53,11 @@ pub struct Matrix {
 /// Evaluates `policy` for every tag and group of the fleet (and of the policy) against every node.
 pub fn matrix(fleet: &Fleet, policy: &Policy) -> Matrix {
     let intents = render::intents(fleet);
-    let tags: BTreeSet<&String> = intents.all_tags.iter().chain(policy.tag_owners.keys()).collect();
+    let tags: BTreeSet<&String> = intents
+        .all_tags
+        .iter()
+        .chain(policy.tag_owners.keys())
+        .collect();
     let groups: BTreeSet<&String> = intents.groups.iter().chain(policy.groups.keys()).collect();
     let sources: Vec<Principal> = tags
         .into_iter()
@@ -136,7 +140,12 @@ impl Matrix {
                 if c.ports.is_empty() && c.ssh.is_empty() {
                     continue;
                 }
-                out.push_str(&format!("  {} -> {} [label={}];\n", q(s), q(n), q(&c.text())));
+                out.push_str(&format!(
+                    "  {} -> {} [label={}];\n",
+                    q(s),
+                    q(n),
+                    q(&c.text())
+                ));
             }
         }
         out.push_str("}\n");

@@ -509,7 +509,15 @@ pub const TOP_LEVEL_FIELDS: &[&str] = &[
     "randomizeClientPort",
     "attrConfig",
 ];
-const ACL_FIELDS: &[&str] = &["action", "src", "dst", "proto", "srcPosture", "users", "ports"];
+const ACL_FIELDS: &[&str] = &[
+    "action",
+    "src",
+    "dst",
+    "proto",
+    "srcPosture",
+    "users",
+    "ports",
+];
 const GRANT_FIELDS: &[&str] = &["src", "dst", "ip", "app", "srcPosture", "via"];
 const SSH_FIELDS: &[&str] = &[
     "action",
@@ -623,7 +631,10 @@ impl<'t> Cx<'t> {
             let name = p.name.as_str().to_string();
             let loc = self.lines.loc(p.range.start);
             if let Some(first) = seen.get(&name) {
-                let msg = format!("{what}: field {name:?} appears twice (first at line {})", first.line);
+                let msg = format!(
+                    "{what}: field {name:?} appears twice (first at line {})",
+                    first.line
+                );
                 self.issue(loc, IssueKind::DuplicateField, msg, None);
                 continue;
             }
@@ -680,7 +691,12 @@ impl<'t> Cx<'t> {
                     value: sel,
                     loc: s.loc,
                 }),
-                Err(e) => self.issue(s.loc, IssueKind::InvalidValue, format!("{field}: {e}"), None),
+                Err(e) => self.issue(
+                    s.loc,
+                    IssueKind::InvalidValue,
+                    format!("{field}: {e}"),
+                    None,
+                ),
             }
         }
         out
@@ -723,7 +739,10 @@ impl<'t> Cx<'t> {
                             self.issue(
                                 a.loc,
                                 IssueKind::InvalidValue,
-                                format!("{what}.action is {:?}; the only action is \"accept\"", a.value),
+                                format!(
+                                    "{what}.action is {:?}; the only action is \"accept\"",
+                                    a.value
+                                ),
                                 None,
                             );
                         }
@@ -735,7 +754,12 @@ impl<'t> Cx<'t> {
                     if let Some(p) = self.string(v, &format!("{what}.proto")) {
                         match Proto::parse(&p.value) {
                             Ok(p) => proto = p,
-                            Err(e) => self.issue(p.loc, IssueKind::InvalidValue, format!("{what}.proto: {e}"), None),
+                            Err(e) => self.issue(
+                                p.loc,
+                                IssueKind::InvalidValue,
+                                format!("{what}.proto: {e}"),
+                                None,
+                            ),
                         }
                     }
                 }
@@ -745,7 +769,12 @@ impl<'t> Cx<'t> {
             }
         }
         if !action_seen {
-            self.issue(loc, IssueKind::InvalidValue, format!("{what} has no \"action\""), Some("add \"action\": \"accept\"".into()));
+            self.issue(
+                loc,
+                IssueKind::InvalidValue,
+                format!("{what} has no \"action\""),
+                Some("add \"action\": \"accept\"".into()),
+            );
         }
         let mut dst = Vec::new();
         for d in dst_texts {
@@ -759,7 +788,13 @@ impl<'t> Cx<'t> {
                 ),
             }
         }
-        NetRule { kind: RuleKind::Acl, index, src, dst, loc }
+        NetRule {
+            kind: RuleKind::Acl,
+            index,
+            src,
+            dst,
+            loc,
+        }
     }
 
     fn grant(&mut self, index: usize, obj: &Object) -> NetRule {
@@ -777,7 +812,12 @@ impl<'t> Cx<'t> {
                     for s in self.strings(v, &format!("{what}.ip")) {
                         match parse_grant_ip(&s.value) {
                             Ok(x) => ips.push(x),
-                            Err(e) => self.issue(s.loc, IssueKind::MalformedHostPort, format!("{what}.ip: {e}"), None),
+                            Err(e) => self.issue(
+                                s.loc,
+                                IssueKind::MalformedHostPort,
+                                format!("{what}.ip: {e}"),
+                                None,
+                            ),
                         }
                     }
                 }
@@ -788,12 +828,22 @@ impl<'t> Cx<'t> {
         for h in &hosts {
             for (proto, ports) in &ips {
                 dst.push(Spanned {
-                    value: Target { host: h.value.clone(), ports: ports.clone(), proto: *proto },
+                    value: Target {
+                        host: h.value.clone(),
+                        ports: ports.clone(),
+                        proto: *proto,
+                    },
                     loc: h.loc,
                 });
             }
         }
-        NetRule { kind: RuleKind::Grant, index, src, dst, loc }
+        NetRule {
+            kind: RuleKind::Grant,
+            index,
+            src,
+            dst,
+            loc,
+        }
     }
 
     fn ssh(&mut self, index: usize, obj: &Object) -> Option<SshRule> {
@@ -809,7 +859,14 @@ impl<'t> Cx<'t> {
                         match a.value.as_str() {
                             "accept" => action = Some(SshAction::Accept),
                             "check" => action = Some(SshAction::Check),
-                            other => self.issue(a.loc, IssueKind::InvalidValue, format!("{what}.action is {other:?}; expected \"accept\" or \"check\""), None),
+                            other => self.issue(
+                                a.loc,
+                                IssueKind::InvalidValue,
+                                format!(
+                                    "{what}.action is {other:?}; expected \"accept\" or \"check\""
+                                ),
+                                None,
+                            ),
                         }
                     }
                 }
@@ -820,22 +877,45 @@ impl<'t> Cx<'t> {
             }
         }
         for d in &dst {
-            if matches!(d.value, Selector::Any | Selector::Ip(_) | Selector::Cidr(_) | Selector::Host(_)) {
+            if matches!(
+                d.value,
+                Selector::Any | Selector::Ip(_) | Selector::Cidr(_) | Selector::Host(_)
+            ) {
                 self.issue(d.loc, IssueKind::InvalidValue, format!("{what}: invalid dst {:?}: SSH destinations are tags, autogroup:self or a user, never '*', IPs or hosts", d.value.to_string()), None);
             }
         }
         for s in &src {
-            if matches!(s.value, Selector::Any | Selector::Ip(_) | Selector::Cidr(_) | Selector::Host(_)) {
+            if matches!(
+                s.value,
+                Selector::Any | Selector::Ip(_) | Selector::Cidr(_) | Selector::Host(_)
+            ) {
                 self.issue(s.loc, IssueKind::InvalidValue, format!("{what}: invalid src {:?}: SSH sources are users, groups, tags or autogroups", s.value.to_string()), None);
             }
             if action == Some(SshAction::Check) && matches!(s.value, Selector::Tag(_)) {
-                self.issue(s.loc, IssueKind::InvalidValue, format!("{what}: \"check\" action does not support tags in src"), None);
+                self.issue(
+                    s.loc,
+                    IssueKind::InvalidValue,
+                    format!("{what}: \"check\" action does not support tags in src"),
+                    None,
+                );
             }
         }
         match action {
-            Some(action) => Some(SshRule { index, action, src, dst, users, loc }),
+            Some(action) => Some(SshRule {
+                index,
+                action,
+                src,
+                dst,
+                users,
+                loc,
+            }),
             None => {
-                self.issue(loc, IssueKind::InvalidValue, format!("{what} has no valid \"action\""), Some("\"action\": \"accept\" or \"check\"".into()));
+                self.issue(
+                    loc,
+                    IssueKind::InvalidValue,
+                    format!("{what} has no valid \"action\""),
+                    Some("\"action\": \"accept\" or \"check\"".into()),
+                );
                 None
             }
         }
@@ -855,7 +935,12 @@ impl<'t> Cx<'t> {
                     if let Some(p) = self.string(v, &format!("{what}.proto")) {
                         match Proto::parse(&p.value) {
                             Ok(p) => proto = p,
-                            Err(e) => self.issue(p.loc, IssueKind::InvalidValue, format!("{what}.proto: {e}"), None),
+                            Err(e) => self.issue(
+                                p.loc,
+                                IssueKind::InvalidValue,
+                                format!("{what}.proto: {e}"),
+                                None,
+                            ),
                         }
                     }
                 }
@@ -866,14 +951,31 @@ impl<'t> Cx<'t> {
         }
         for d in accept.iter().chain(deny.iter()) {
             if let Err(e) = parse_test_dst(&d.value) {
-                self.issue(d.loc, IssueKind::MalformedHostPort, format!("{what}: {e}"), None);
+                self.issue(
+                    d.loc,
+                    IssueKind::MalformedHostPort,
+                    format!("{what}: {e}"),
+                    None,
+                );
             }
         }
         let Some(src) = src else {
-            self.issue(loc, IssueKind::InvalidValue, format!("{what} has no \"src\""), None);
+            self.issue(
+                loc,
+                IssueKind::InvalidValue,
+                format!("{what} has no \"src\""),
+                None,
+            );
             return None;
         };
-        Some(AclTest { index, src, proto, accept, deny, loc })
+        Some(AclTest {
+            index,
+            src,
+            proto,
+            accept,
+            deny,
+            loc,
+        })
     }
 
     fn ssh_test(&mut self, index: usize, obj: &Object) -> Option<SshTest> {
@@ -881,7 +983,8 @@ impl<'t> Cx<'t> {
         let loc = self.lines.loc(obj.range.start);
         let fields = self.fields(obj, &what, SSH_TEST_FIELDS);
         let mut src = None;
-        let (mut dst, mut accept, mut check, mut deny) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut dst, mut accept, mut check, mut deny) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (name, _, v) in fields {
             let field = format!("{what}.{name}");
             match name.as_str() {
@@ -894,10 +997,23 @@ impl<'t> Cx<'t> {
             }
         }
         let Some(src) = src else {
-            self.issue(loc, IssueKind::InvalidValue, format!("{what} has no \"src\""), None);
+            self.issue(
+                loc,
+                IssueKind::InvalidValue,
+                format!("{what} has no \"src\""),
+                None,
+            );
             return None;
         };
-        Some(SshTest { index, src, dst, accept, check, deny, loc })
+        Some(SshTest {
+            index,
+            src,
+            dst,
+            accept,
+            check,
+            deny,
+            loc,
+        })
     }
 }
 
@@ -905,7 +1021,12 @@ impl<'t> Cx<'t> {
 fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
     known
         .iter()
-        .map(|k| (strsim::jaro_winkler(&name.to_lowercase(), &k.to_lowercase()), *k))
+        .map(|k| {
+            (
+                strsim::jaro_winkler(&name.to_lowercase(), &k.to_lowercase()),
+                *k,
+            )
+        })
         .filter(|(score, _)| *score > 0.85)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, k)| k)
@@ -930,17 +1051,21 @@ pub fn hujson_options() -> jsonc_parser::ParseOptions {
 /// Parses a policy file.
 pub fn parse(text: &str) -> Result<Parsed, PolicyError> {
     let lines = Lines::new(text);
-    let ast = jsonc_parser::parse_to_ast(text, &Default::default(), &hujson_options()).map_err(|e| {
-        PolicyError::Syntax {
-            line: e.line_display(),
-            column: e.column_display(),
-            message: e.kind().to_string(),
-        }
-    })?;
+    let ast =
+        jsonc_parser::parse_to_ast(text, &Default::default(), &hujson_options()).map_err(|e| {
+            PolicyError::Syntax {
+                line: e.line_display(),
+                column: e.column_display(),
+                message: e.kind().to_string(),
+            }
+        })?;
     let Some(Value::Object(root)) = ast.value else {
         return Err(PolicyError::NotObject);
     };
-    let mut cx = Cx { lines, issues: Vec::new() };
+    let mut cx = Cx {
+        lines,
+        issues: Vec::new(),
+    };
     let mut policy = Policy::default();
     let fields = cx.fields(&root, "the policy", TOP_LEVEL_FIELDS);
     let (mut acls, mut grants) = (Vec::new(), Vec::new());
@@ -980,16 +1105,35 @@ pub fn parse(text: &str) -> Result<Parsed, PolicyError> {
                         let name = p.name.as_str().to_string();
                         let loc = cx.lines.loc(p.range.start);
                         if !name.starts_with("group:") {
-                            cx.issue(loc, IssueKind::InvalidValue, format!("groups: {name:?} must start with \"group:\""), None);
+                            cx.issue(
+                                loc,
+                                IssueKind::InvalidValue,
+                                format!("groups: {name:?} must start with \"group:\""),
+                                None,
+                            );
                             continue;
                         }
                         let members = cx.strings(&p.value, &format!("groups.{name}"));
                         for m in &members {
                             if m.value.starts_with("group:") {
-                                cx.issue(m.loc, IssueKind::InvalidValue, format!("groups.{name}: groups cannot contain groups ({:?})", m.value), None);
+                                cx.issue(
+                                    m.loc,
+                                    IssueKind::InvalidValue,
+                                    format!(
+                                        "groups.{name}: groups cannot contain groups ({:?})",
+                                        m.value
+                                    ),
+                                    None,
+                                );
                             }
                         }
-                        policy.groups.insert(name, Spanned { value: members.into_iter().map(|m| m.value).collect(), loc });
+                        policy.groups.insert(
+                            name,
+                            Spanned {
+                                value: members.into_iter().map(|m| m.value).collect(),
+                                loc,
+                            },
+                        );
                     }
                 }
                 other => cx.wrong_type(other, "groups", "an object"),
@@ -1000,11 +1144,18 @@ pub fn parse(text: &str) -> Result<Parsed, PolicyError> {
                         let name = p.name.as_str().to_string();
                         let loc = cx.lines.loc(p.range.start);
                         if !name.starts_with("tag:") || Selector::parse(&name).is_err() {
-                            cx.issue(loc, IssueKind::InvalidValue, format!("tagOwners: {name:?} is not a tag (\"tag:name\")"), None);
+                            cx.issue(
+                                loc,
+                                IssueKind::InvalidValue,
+                                format!("tagOwners: {name:?} is not a tag (\"tag:name\")"),
+                                None,
+                            );
                             continue;
                         }
                         let owners = cx.strings(&p.value, &format!("tagOwners.{name}"));
-                        policy.tag_owners.insert(name, Spanned { value: owners, loc });
+                        policy
+                            .tag_owners
+                            .insert(name, Spanned { value: owners, loc });
                     }
                 }
                 other => cx.wrong_type(other, "tagOwners", "an object"),
@@ -1014,7 +1165,9 @@ pub fn parse(text: &str) -> Result<Parsed, PolicyError> {
                     for p in &o.properties {
                         let name = p.name.as_str().to_string();
                         let loc = cx.lines.loc(p.range.start);
-                        let Some(addr) = cx.string(&p.value, &format!("hosts.{name}")) else { continue };
+                        let Some(addr) = cx.string(&p.value, &format!("hosts.{name}")) else {
+                            continue;
+                        };
                         let net = addr
                             .value
                             .parse::<IpNet>()
@@ -1023,8 +1176,21 @@ pub fn parse(text: &str) -> Result<Parsed, PolicyError> {
                             Ok(net) if !name.contains('@') => {
                                 policy.hosts.insert(name, Spanned { value: net, loc });
                             }
-                            Ok(_) => cx.issue(loc, IssueKind::InvalidValue, format!("hosts: {name:?} may not contain '@'"), None),
-                            Err(_) => cx.issue(addr.loc, IssueKind::InvalidValue, format!("hosts.{name}: {:?} is not an IP address or CIDR", addr.value), None),
+                            Ok(_) => cx.issue(
+                                loc,
+                                IssueKind::InvalidValue,
+                                format!("hosts: {name:?} may not contain '@'"),
+                                None,
+                            ),
+                            Err(_) => cx.issue(
+                                addr.loc,
+                                IssueKind::InvalidValue,
+                                format!(
+                                    "hosts.{name}: {:?} is not an IP address or CIDR",
+                                    addr.value
+                                ),
+                                None,
+                            ),
                         }
                     }
                 }
@@ -1036,7 +1202,10 @@ pub fn parse(text: &str) -> Result<Parsed, PolicyError> {
     policy.rules = acls;
     policy.rules.extend(grants);
     cx.issues.sort_by_key(|i| i.loc);
-    Ok(Parsed { policy, issues: cx.issues })
+    Ok(Parsed {
+        policy,
+        issues: cx.issues,
+    })
 }
 
 /// Converts a HuJSON text to standard JSON (comments and trailing commas removed).
@@ -1063,9 +1232,15 @@ mod tests {
         assert_eq!(t.ports.to_string(), "4000,5432,6379,7233");
         let t = parse_acl_dst("[fd7a:115c:a1e0::1]:80-90", Proto::Default).unwrap();
         assert_eq!(t.ports.to_string(), "80-90");
-        assert!(parse_acl_dst("100.64.0.1", Proto::Default).unwrap_err().contains("must contain a colon"));
-        assert!(parse_acl_dst("100.64.0.1:0", Proto::Default).unwrap_err().contains("first port must be >0"));
-        assert!(parse_acl_dst("tag:worker", Proto::Default).unwrap_err().contains("missing ports"));
+        assert!(parse_acl_dst("100.64.0.1", Proto::Default)
+            .unwrap_err()
+            .contains("must contain a colon"));
+        assert!(parse_acl_dst("100.64.0.1:0", Proto::Default)
+            .unwrap_err()
+            .contains("first port must be >0"));
+        assert!(parse_acl_dst("tag:worker", Proto::Default)
+            .unwrap_err()
+            .contains("missing ports"));
         assert!(parse_acl_dst("tag:worker:22", Proto::parse("icmp").unwrap()).is_err());
         assert!(parse_acl_dst("*:22", Proto::Default).is_ok());
     }

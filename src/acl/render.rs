@@ -60,12 +60,21 @@ impl Purpose {
     /// A short human description.
     pub fn describe(&self) -> String {
         match self {
-            Purpose::Service { name, description, role } => match description {
+            Purpose::Service {
+                name,
+                description,
+                role,
+            } => match description {
                 Some(d) => format!("catalog row {name} ({d}, role {role})"),
                 None => format!("catalog row {name} (role {role})"),
             },
-            Purpose::AgentLitellm => "agents' LiteLLM endpoint (omp --control-plane, fleet.yml control_plane_port)".into(),
-            Purpose::AgentNats => "agents' NATS connection (omp --nats-url, fleet.yml nats_url)".into(),
+            Purpose::AgentLitellm => {
+                "agents' LiteLLM endpoint (omp --control-plane, fleet.yml control_plane_port)"
+                    .into()
+            }
+            Purpose::AgentNats => {
+                "agents' NATS connection (omp --nats-url, fleet.yml nats_url)".into()
+            }
             Purpose::Deploy => "deploys over Tailscale SSH from the control plane".into(),
             Purpose::Health => "health checks from the control plane".into(),
             Purpose::OperatorSsh => "operators' SSH (fleet.yml operators)".into(),
@@ -129,7 +138,10 @@ pub fn nats_port(nats_url: &str) -> u16 {
 }
 
 fn sorted<I: IntoIterator<Item = String>>(it: I) -> Vec<String> {
-    it.into_iter().collect::<BTreeSet<_>>().into_iter().collect()
+    it.into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// Does intent source selector `sel` cover the identity `ident` (a tag or group name)?
@@ -271,7 +283,11 @@ impl Intents {
 
     /// The identities tests are generated for: every tag and group in use.
     pub fn identities(&self) -> Vec<String> {
-        self.all_tags.iter().chain(self.groups.iter()).cloned().collect()
+        self.all_tags
+            .iter()
+            .chain(self.groups.iter())
+            .cloned()
+            .collect()
     }
 
     /// Is `ident` (a tag or group) allowed to reach tag `tag` on `port`/`protocol` by the intents?
@@ -299,7 +315,9 @@ impl Intents {
 
 /// Makes text safe inside a `//` comment (no line breaks or control characters).
 fn comment_text(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// A JSON string literal.
@@ -329,8 +347,12 @@ pub fn render(fleet: &Fleet, sources: &str) -> Rendered {
         "// Tailscale policy file for the fleet, rendered by `fleetnix acl render` from\n// {}.\n",
         comment_text(sources)
     ));
-    o.push_str("// Deny by default: only what the rules below accept is allowed. Do not edit by hand:\n");
-    o.push_str("// change the fleet files, render again, and check with `fleetnix acl check`.\n{\n");
+    o.push_str(
+        "// Deny by default: only what the rules below accept is allowed. Do not edit by hand:\n",
+    );
+    o.push_str(
+        "// change the fleet files, render again, and check with `fleetnix acl check`.\n{\n",
+    );
 
     // groups
     o.push_str("  // Human operators (fleet.yml operators); other groups named by the catalog.\n  \"groups\": {\n");
@@ -350,27 +372,38 @@ pub fn render(fleet: &Fleet, sources: &str) -> Rendered {
     // tagOwners
     o.push_str("  // Every tag the fleet uses; the operators apply them (auth keys are minted for these tags).\n  \"tagOwners\": {\n");
     for t in &intents.all_tags {
-        o.push_str(&format!("    {}: {},\n", js(t), js_list(std::slice::from_ref(&ops.group))));
+        o.push_str(&format!(
+            "    {}: {},\n",
+            js(t),
+            js_list(std::slice::from_ref(&ops.group))
+        ));
     }
     o.push_str("  },\n\n");
 
     // acls
     o.push_str("  \"acls\": [\n");
     let mut first = true;
-    let mut rule = |o: &mut String, comment: String, src: &[String], proto: Protocol, dst: Vec<String>| {
-        if !first {
-            o.push('\n');
-        }
-        first = false;
-        o.push_str(&format!("    // {}\n", comment_text(&comment)));
-        o.push_str(&format!(
-            "    {{\"action\": \"accept\", \"src\": {}, \"proto\": {}, \"dst\": {}}},\n",
-            js_list(src),
-            js(&proto.to_string()),
-            js_list(&dst)
-        ));
+    let mut rule =
+        |o: &mut String, comment: String, src: &[String], proto: Protocol, dst: Vec<String>| {
+            if !first {
+                o.push('\n');
+            }
+            first = false;
+            o.push_str(&format!("    // {}\n", comment_text(&comment)));
+            o.push_str(&format!(
+                "    {{\"action\": \"accept\", \"src\": {}, \"proto\": {}, \"dst\": {}}},\n",
+                js_list(src),
+                js(&proto.to_string()),
+                js_list(&dst)
+            ));
+        };
+    let ports_text = |ports: &[u16]| {
+        ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     };
-    let ports_text = |ports: &[u16]| ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
     for i in &intents.net {
         let dst: Vec<String> = i
             .dst_tags
@@ -378,9 +411,16 @@ pub fn render(fleet: &Fleet, sources: &str) -> Rendered {
             .map(|t| format!("{t}:{}", ports_text(&i.ports)))
             .collect();
         let comment = match &i.purpose {
-            Purpose::Service { name, description, role } => format!(
+            Purpose::Service {
+                name,
+                description,
+                role,
+            } => format!(
                 "services.yml {name}{}: {}/{} on role {role}, from {}",
-                description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default(),
+                description
+                    .as_ref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default(),
                 ports_text(&i.ports),
                 i.protocol,
                 i.src.join(", ")
@@ -389,14 +429,22 @@ pub fn render(fleet: &Fleet, sources: &str) -> Rendered {
                 if intents.covered_by_catalog(i) {
                     continue;
                 }
-                format!("{}: every node's agent to the control plane", i.purpose.describe())
+                format!(
+                    "{}: every node's agent to the control plane",
+                    i.purpose.describe()
+                )
             }
-            Purpose::Deploy => "deploys: the control plane reaches every node's Tailscale SSH (see \"ssh\")".to_string(),
+            Purpose::Deploy => {
+                "deploys: the control plane reaches every node's Tailscale SSH (see \"ssh\")"
+                    .to_string()
+            }
             Purpose::Health => format!(
                 "health checks: the control plane probes the services on {}",
                 i.dst_tags.join(", ")
             ),
-            Purpose::OperatorSsh => "operators: Tailscale SSH to every node (see \"ssh\")".to_string(),
+            Purpose::OperatorSsh => {
+                "operators: Tailscale SSH to every node (see \"ssh\")".to_string()
+            }
         };
         rule(&mut o, comment, &i.src, i.protocol, dst);
     }
@@ -472,7 +520,11 @@ pub fn render(fleet: &Fleet, sources: &str) -> Rendered {
             .filter(|u| !u.contains(':'))
             .collect();
         let accept: Vec<&String> = users.into_iter().collect();
-        let deny: Vec<&str> = if accept.iter().any(|u| *u == "root") { vec![] } else { vec!["root"] };
+        let deny: Vec<&str> = if accept.iter().any(|u| *u == "root") {
+            vec![]
+        } else {
+            vec!["root"]
+        };
         o.push_str(&format!(
             "    {{\"src\": {}, \"dst\": {}, \"accept\": {}, \"deny\": {}}},\n",
             js(&ident),

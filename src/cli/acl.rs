@@ -111,7 +111,11 @@ fn read(path: &Path) -> Result<String, ExitCode> {
 }
 
 /// The policy to diff/set: a file, or the one rendered from the fleet.
-fn policy_text(ctx: &Ctx, fleet: &Fleet, file: Option<&Path>) -> Result<(String, String), ExitCode> {
+fn policy_text(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    file: Option<&Path>,
+) -> Result<(String, String), ExitCode> {
     match file {
         Some(p) => Ok((read(p)?, p.display().to_string())),
         None => Ok((
@@ -131,10 +135,16 @@ pub fn run(ctx: &Ctx, cmd: AclCommand) -> ExitCode {
     let result = match cmd {
         AclCommand::Render { output } => cmd_render(ctx, &fleet, output.as_deref()),
         AclCommand::Check { policy, json } => cmd_check(ctx, &fleet, policy, json),
-        AclCommand::Matrix { policy, dot, json } => cmd_matrix(ctx, &fleet, policy.as_deref(), dot, json),
+        AclCommand::Matrix { policy, dot, json } => {
+            cmd_matrix(ctx, &fleet, policy.as_deref(), dot, json)
+        }
         AclCommand::Get(api) => cmd_get(&fleet, &api, &backups),
-        AclCommand::Diff { api, policy } => cmd_diff(ctx, &fleet, &api, policy.as_deref(), &backups),
-        AclCommand::Set { api, policy, force } => cmd_set(ctx, &fleet, &api, policy.as_deref(), force, &backups),
+        AclCommand::Diff { api, policy } => {
+            cmd_diff(ctx, &fleet, &api, policy.as_deref(), &backups)
+        }
+        AclCommand::Set { api, policy, force } => {
+            cmd_set(ctx, &fleet, &api, policy.as_deref(), force, &backups)
+        }
     };
     result.unwrap_or_else(|code| code)
 }
@@ -152,7 +162,12 @@ fn cmd_render(ctx: &Ctx, fleet: &Fleet, output: Option<&Path>) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_check(ctx: &Ctx, fleet: &Fleet, file: Option<PathBuf>, json: bool) -> Result<ExitCode, ExitCode> {
+fn cmd_check(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    file: Option<PathBuf>,
+    json: bool,
+) -> Result<ExitCode, ExitCode> {
     let path = file.unwrap_or_else(|| ctx.fleet_dir.join(POLICY_FILE));
     if !path.exists() {
         return Err(fail(format!(
@@ -162,7 +177,8 @@ fn cmd_check(ctx: &Ctx, fleet: &Fleet, file: Option<PathBuf>, json: bool) -> Res
         )));
     }
     let text = read(&path)?;
-    let findings = check::check(fleet, &text).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    let findings =
+        check::check(fleet, &text).map_err(|e| fail(format!("{}: {e}", path.display())))?;
     if json {
         let doc = serde_json::json!({
             "policy": path.display().to_string(),
@@ -172,8 +188,17 @@ fn cmd_check(ctx: &Ctx, fleet: &Fleet, file: Option<PathBuf>, json: bool) -> Res
         println!("{}", serde_json::to_string_pretty(&doc).map_err(fail)?);
     } else {
         for f in &findings {
-            let kind = serde_json::to_value(f.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-            println!("{}:{}:{}: {kind}: {}", path.display(), f.line, f.column, f.message);
+            let kind = serde_json::to_value(f.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            println!(
+                "{}:{}:{}: {kind}: {}",
+                path.display(),
+                f.line,
+                f.column,
+                f.message
+            );
             if let Some(h) = &f.hint {
                 println!("    hint: {h}");
             }
@@ -184,10 +209,20 @@ fn cmd_check(ctx: &Ctx, fleet: &Fleet, file: Option<PathBuf>, json: bool) -> Res
             eprintln!("{} finding(s) in {}", findings.len(), path.display());
         }
     }
-    Ok(if findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
-fn cmd_matrix(ctx: &Ctx, fleet: &Fleet, file: Option<&Path>, dot: bool, json: bool) -> Result<ExitCode, ExitCode> {
+fn cmd_matrix(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    file: Option<&Path>,
+    dot: bool,
+    json: bool,
+) -> Result<ExitCode, ExitCode> {
     let (text, name) = policy_text(ctx, fleet, file)?;
     let parsed = policy::parse(&text).map_err(|e| fail(format!("{name}: {e}")))?;
     let m = matrix::matrix(fleet, &parsed.policy);
@@ -205,14 +240,26 @@ fn cmd_get(fleet: &Fleet, api: &ApiArgs, backups: &Path) -> Result<ExitCode, Exi
     let c = client(fleet, api)?;
     let got = runtime()?.block_on(apply::get(&c, backups)).map_err(fail)?;
     print!("{}", got.remote.text);
-    eprintln!("backed up to {} (ETag {})", got.backup.display(), got.remote.etag);
+    eprintln!(
+        "backed up to {} (ETag {})",
+        got.backup.display(),
+        got.remote.etag
+    );
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_diff(ctx: &Ctx, fleet: &Fleet, api: &ApiArgs, file: Option<&Path>, backups: &Path) -> Result<ExitCode, ExitCode> {
+fn cmd_diff(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    api: &ApiArgs,
+    file: Option<&Path>,
+    backups: &Path,
+) -> Result<ExitCode, ExitCode> {
     let (text, name) = policy_text(ctx, fleet, file)?;
     let c = client(fleet, api)?;
-    let d = runtime()?.block_on(apply::diff(&c, backups, &text, &name)).map_err(fail)?;
+    let d = runtime()?
+        .block_on(apply::diff(&c, backups, &text, &name))
+        .map_err(fail)?;
     if d.is_empty() {
         println!("no difference: the tailnet policy is the {name} one");
         Ok(ExitCode::SUCCESS)
@@ -222,11 +269,20 @@ fn cmd_diff(ctx: &Ctx, fleet: &Fleet, api: &ApiArgs, file: Option<&Path>, backup
     }
 }
 
-fn cmd_set(ctx: &Ctx, fleet: &Fleet, api: &ApiArgs, file: Option<&Path>, force: bool, backups: &Path) -> Result<ExitCode, ExitCode> {
+fn cmd_set(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    api: &ApiArgs,
+    file: Option<&Path>,
+    force: bool,
+    backups: &Path,
+) -> Result<ExitCode, ExitCode> {
     let (text, name) = policy_text(ctx, fleet, file)?;
     let c = client(fleet, api)?;
     let opts = apply::SetOptions { force };
-    let out = runtime()?.block_on(apply::set(&c, fleet, backups, &text, &opts)).map_err(fail)?;
+    let out = runtime()?
+        .block_on(apply::set(&c, fleet, backups, &text, &opts))
+        .map_err(fail)?;
     for f in &out.forced {
         eprintln!("warning: --force: applied although it cuts {f}");
     }
@@ -248,7 +304,10 @@ pub fn authkey(ctx: &Ctx, cmd: AuthkeyCommand) -> ExitCode {
     };
     if fleet.node(&node).is_none() {
         let names: Vec<&str> = fleet.nodes.iter().map(|n| n.name.as_str()).collect();
-        return fail(format!("no node `{node}` in the manifest (nodes: {})", names.join(", ")));
+        return fail(format!(
+            "no node `{node}` in the manifest (nodes: {})",
+            names.join(", ")
+        ));
     }
     // The key may only go straight into the encrypted secrets; without that module, mint nothing.
     fail(format!(

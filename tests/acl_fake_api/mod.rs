@@ -177,7 +177,10 @@ fn handle(st: &mut State, req: &mut tiny_http::Request) -> (u16, Vec<(String, St
                     m == st.etag()
                 };
                 if !ok {
-                    return json(412, serde_json::json!({"message": "precondition failed, invalid old hash"}));
+                    return json(
+                        412,
+                        serde_json::json!({"message": "precondition failed, invalid old hash"}),
+                    );
                 }
             }
             if let Some(err) = validate(&body) {
@@ -200,7 +203,10 @@ fn handle(st: &mut State, req: &mut tiny_http::Request) -> (u16, Vec<(String, St
                 Err(e) => return json(400, serde_json::json!({"message": e.to_string()})),
             };
             if v.pointer("/capabilities/devices").is_none() {
-                return json(400, serde_json::json!({"message": "capabilities.devices is required"}));
+                return json(
+                    400,
+                    serde_json::json!({"message": "capabilities.devices is required"}),
+                );
             }
             st.key_requests.push(v.clone());
             let id = format!("k{}CNTRL", st.key_requests.len());

@@ -157,7 +157,8 @@ pub async fn diff(
 }
 
 /// The fleet SSH that `policy_text` would not allow: deploys from the control plane to every
-/// node as its SSH user, and the operators' root SSH to every node (SSH rule + port 22).
+/// node as its SSH user (accept rule + port 22), and the operators' root SSH to every node
+/// (accept or check rule + port 22).
 pub fn lock_out(fleet: &Fleet, policy_text: &str) -> Result<Vec<String>, PolicyError> {
     let parsed = policy::parse(policy_text)?;
     let nodes = node_principals(fleet);
@@ -179,7 +180,10 @@ pub fn lock_out(fleet: &Fleet, policy_text: &str) -> Result<Vec<String>, PolicyE
                 cp.name, n.name, n.ssh_user
             ));
         }
-        if !ev.ssh_works(&ops, d, "root") {
+        // Operators may be asked to re-authenticate (`check`); they are cut only when denied.
+        let ops_ok = !matches!(ev.ssh(&ops, d, "root"), super::eval::SshDecision::Deny)
+            && ev.reach(&ops, d, 22, policy::TCP).is_some();
+        if !ops_ok {
             cut.push(format!("{} to {} as root", ops.name, n.name));
         }
     }

@@ -4,6 +4,7 @@
 //! [`model::Fleet`]; [`plan`] derives what each node gets; outputs such as [`render`]
 //! are pure functions of the plan; executors have the side effects.
 
+pub mod acl;
 pub mod alert;
 pub mod bus;
 pub mod cloudinit;
@@ -18,3 +19,4 @@ pub mod route;
 pub mod secrets;
 pub mod status;
 pub mod tailscale;
+pub mod tsapi;

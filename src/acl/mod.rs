@@ -1,0 +1,17 @@
+//! The deny-by-default Tailscale policy: rendered from the fleet's catalog, checked,
+//! evaluated, and applied through the Tailscale API.
+//!
+//! - [`policy`]: typed policy file parsed from HuJSON, every value with its line and column;
+//! - [`eval`]: a small evaluator (can S reach node D on port P, may S SSH as user U);
+//! - [`render`]: the policy the fleet needs, as deterministic commented HuJSON;
+//! - [`check`]: compares any policy with the fleet (over-grants, missing grants, format problems);
+//! - [`matrix`]: who can reach what, as a table or a Graphviz graph;
+//! - [`apply`]: `get` / `diff` / `set` through [`crate::tsapi`], with backups and a lock-out guard.
+
+pub mod apply;
+pub mod check;
+pub mod eval;
+pub mod matrix;
+pub mod policy;
+pub mod ports;
+pub mod render;

@@ -1,0 +1,1266 @@
+//! The tailnet policy file as typed values, parsed from HuJSON (JSON with comments and
+//! trailing commas) with the line and column of every rule and value.
+//!
+//! Parsing is tolerant: syntax errors fail, but everything the Tailscale server would reject
+//! for its content (unknown fields, malformed `host:port`, bad ports, wrong types) is collected
+//! as an [`Issue`] and the rest of the policy is still read, so a checker can report all at once.
+
+use super::ports::PortSet;
+use ipnet::IpNet;
+use jsonc_parser::ast::{Object, Value};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+/// A position in the policy text (1-based line and column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+pub struct Loc {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column in characters, from 1.
+    pub column: usize,
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// A value and where it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spanned<T> {
+    /// The value.
+    pub value: T,
+    /// Where it starts.
+    pub loc: Loc,
+}
+
+/// Errors that stop parsing altogether.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The text is not HuJSON.
+    #[error("line {line}, column {column}: {message} (the policy must be HuJSON: JSON with comments and trailing commas)")]
+    Syntax {
+        /// Line of the error.
+        line: usize,
+        /// Column of the error.
+        column: usize,
+        /// What the parser says.
+        message: String,
+    },
+    /// The top level is not an object.
+    #[error("the policy must be a JSON object `{{ … }}`")]
+    NotObject,
+}
+
+/// What kind of content problem an [`Issue`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IssueKind {
+    /// A field the policy format does not have (the server rejects it).
+    UnknownField,
+    /// The same field twice in one object.
+    DuplicateField,
+    /// A value of the wrong type or outside what the format allows.
+    InvalidValue,
+    /// A destination that is not `host:ports`, or a bad port.
+    MalformedHostPort,
+}
+
+/// A content problem found while parsing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Issue {
+    /// Where.
+    pub loc: Loc,
+    /// What kind.
+    pub kind: IssueKind,
+    /// What is wrong.
+    pub message: String,
+    /// What would be right, if known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// Autogroups the policy format knows.
+pub const AUTOGROUPS: &[&str] = &[
+    "self",
+    "internet",
+    "member",
+    "members",
+    "tagged",
+    "admin",
+    "owner",
+    "network-admin",
+    "it-admin",
+    "billing-admin",
+    "auditor",
+    "shared",
+    "danger-all",
+    "nonroot",
+];
+
+/// A source or destination host selector.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Selector {
+    /// `*`: everything.
+    Any,
+    /// `tag:name` (stored with the prefix).
+    Tag(String),
+    /// `group:name` (stored with the prefix).
+    Group(String),
+    /// `autogroup:name` (stored without the prefix).
+    Autogroup(String),
+    /// A user login such as `alice@example.com`.
+    User(String),
+    /// `user:*@domain` (stored: the domain).
+    UserDomain(String),
+    /// `localpart:*@domain` (SSH users only; stored: the domain).
+    LocalPart(String),
+    /// A Tailscale IP.
+    Ip(IpAddr),
+    /// A CIDR.
+    Cidr(IpNet),
+    /// A name from `hosts`.
+    Host(String),
+    /// `ipset:name` (stored with the prefix).
+    IpSet(String),
+}
+
+impl Selector {
+    /// Parses one selector.
+    pub fn parse(s: &str) -> Result<Selector, String> {
+        let named = |prefix: &str| -> Result<String, String> {
+            let name = &s[prefix.len()..];
+            if name.is_empty() {
+                return Err(format!("{s:?} has an empty name after {prefix:?}"));
+            }
+            if let Some(c) = name
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+            {
+                return Err(format!("{s:?} contains {c:?}"));
+            }
+            Ok(name.to_string())
+        };
+        if s == "*" {
+            Ok(Selector::Any)
+        } else if s.starts_with("tag:") {
+            named("tag:").map(|_| Selector::Tag(s.to_string()))
+        } else if s.starts_with("group:") {
+            named("group:").map(|_| Selector::Group(s.to_string()))
+        } else if s.starts_with("ipset:") {
+            named("ipset:").map(|_| Selector::IpSet(s.to_string()))
+        } else if let Some(name) = s.strip_prefix("autogroup:") {
+            if AUTOGROUPS.contains(&name) {
+                Ok(Selector::Autogroup(name.to_string()))
+            } else {
+                Err(format!(
+                    "unknown autogroup {s:?} (known: {})",
+                    AUTOGROUPS.join(", ")
+                ))
+            }
+        } else if let Some(d) = s.strip_prefix("user:*@") {
+            Ok(Selector::UserDomain(d.to_string()))
+        } else if let Some(d) = s.strip_prefix("localpart:*@") {
+            Ok(Selector::LocalPart(d.to_string()))
+        } else if s.contains('@') {
+            Ok(Selector::User(s.to_string()))
+        } else if let Ok(ip) = s.parse::<IpAddr>() {
+            Ok(Selector::Ip(ip))
+        } else if let Ok(net) = s.parse::<IpNet>() {
+            Ok(Selector::Cidr(net))
+        } else {
+            named("").map(Selector::Host)
+        }
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Selector::Any => f.write_str("*"),
+            Selector::Tag(s) | Selector::Group(s) | Selector::User(s) | Selector::Host(s) => {
+                f.write_str(s)
+            }
+            Selector::IpSet(s) => f.write_str(s),
+            Selector::Autogroup(n) => write!(f, "autogroup:{n}"),
+            Selector::UserDomain(d) => write!(f, "user:*@{d}"),
+            Selector::LocalPart(d) => write!(f, "localpart:*@{d}"),
+            Selector::Ip(ip) => write!(f, "{ip}"),
+            Selector::Cidr(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// IP protocol a rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Proto {
+    /// No `proto`: TCP, UDP and ICMP.
+    Default,
+    /// Every protocol (a grant's `ip: ["*"]`).
+    Any,
+    /// One IANA protocol number (6 = TCP, 17 = UDP, 1 = ICMP, …).
+    Number(u8),
+}
+
+/// IANA number of TCP.
+pub const TCP: u8 = 6;
+/// IANA number of UDP.
+pub const UDP: u8 = 17;
+const SCTP: u8 = 132;
+
+impl Proto {
+    /// Parses a `proto` value: a name or a number 1–255.
+    pub fn parse(s: &str) -> Result<Proto, String> {
+        let n = match s {
+            "tcp" => TCP,
+            "udp" => UDP,
+            "icmp" => 1,
+            "igmp" => 2,
+            "ipv4" | "ip-in-ip" => 4,
+            "egp" => 8,
+            "igp" => 9,
+            "gre" => 47,
+            "esp" => 50,
+            "ah" => 51,
+            "ipv6-icmp" => 58,
+            "sctp" => SCTP,
+            _ => match s.parse::<u8>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(format!(
+                        "unknown protocol {s:?} (expected a name such as tcp, udp, icmp, sctp, or a number 1-255)"
+                    ))
+                }
+            },
+        };
+        Ok(Proto::Number(n))
+    }
+
+    /// Does a rule with this protocol apply to traffic of protocol `n`?
+    pub fn matches(&self, n: u8) -> bool {
+        match self {
+            Proto::Any => true,
+            Proto::Default => matches!(n, TCP | UDP | 1 | 58),
+            Proto::Number(p) => *p == n,
+        }
+    }
+
+    /// Can this protocol name ports?
+    pub fn has_ports(&self) -> bool {
+        match self {
+            Proto::Any | Proto::Default => true,
+            Proto::Number(p) => matches!(*p, TCP | UDP | SCTP),
+        }
+    }
+}
+
+/// A destination: a host selector, its ports and protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The host part.
+    pub host: Selector,
+    /// The ports.
+    pub ports: PortSet,
+    /// The protocol.
+    pub proto: Proto,
+}
+
+/// Parses a port list: `*`, `22`, `80,443`, `1000-2000`.
+pub fn parse_ports(s: &str) -> Result<PortSet, String> {
+    if s == "*" {
+        return Ok(PortSet::all());
+    }
+    let mut set = PortSet::new();
+    for part in s.split(',') {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let num = |t: &str| -> Result<u16, String> {
+            t.parse::<u16>()
+                .map_err(|_| format!("port range {part:?}: {t:?} is not a port number (1-65535)"))
+        };
+        let (lo, hi) = (num(lo)?, num(hi)?);
+        if lo == 0 {
+            return Err(format!(
+                "port range {part:?}: first port must be >0, or use '*' for wildcard"
+            ));
+        }
+        if lo > hi {
+            return Err(format!("port range {part:?}: first port is above the last"));
+        }
+        set.insert_set(&PortSet::range(lo, hi));
+    }
+    Ok(set)
+}
+
+/// Splits `host:ports` (IPv6 literals in brackets) into its two parts.
+pub fn split_host_port(s: &str) -> Result<(&str, &str), String> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (ip, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("dst={s:?}: unclosed '[' in an IPv6 address"))?;
+        let ports = after
+            .strip_prefix(':')
+            .ok_or_else(|| format!("dst={s:?}: hostport must contain a colon (\":\")"))?;
+        return Ok((ip, ports));
+    }
+    let (host, ports) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("dst={s:?}: hostport must contain a colon (\":\")"))?;
+    if matches!(host, "tag" | "group" | "autogroup" | "ipset" | "user") {
+        return Err(format!(
+            "dst={s:?}: missing ports after the host (write e.g. \"{s}:22\" or \"{s}:*\")"
+        ));
+    }
+    Ok((host, ports))
+}
+
+/// Parses an ACL destination `host:ports` under a rule's protocol.
+pub fn parse_acl_dst(s: &str, proto: Proto) -> Result<Target, String> {
+    let (host, ports) = split_host_port(s)?;
+    let host = Selector::parse(host)?;
+    let ports = parse_ports(ports).map_err(|e| format!("dst={s:?}: {e}"))?;
+    if !proto.has_ports() && !ports.is_all() {
+        return Err(format!(
+            "dst={s:?}: only tcp, udp and sctp can name ports; use '*' with this protocol"
+        ));
+    }
+    Ok(Target { host, ports, proto })
+}
+
+/// Parses a grant's `ip` item: `*`, `22`, `tcp:22`, `udp:53`, `tcp:80-90`.
+pub fn parse_grant_ip(s: &str) -> Result<(Proto, PortSet), String> {
+    if s == "*" {
+        return Ok((Proto::Any, PortSet::all()));
+    }
+    match s.split_once(':') {
+        Some((proto, ports)) => {
+            let proto = Proto::parse(proto)?;
+            Ok((proto, parse_ports(ports)?))
+        }
+        None => Ok((Proto::Default, parse_ports(s)?)),
+    }
+}
+
+/// A test destination `host:port`: one numeric port.
+pub fn parse_test_dst(s: &str) -> Result<(Selector, u16), String> {
+    let (host, port) = split_host_port(s)?;
+    let sel = Selector::parse(host)?;
+    if matches!(sel, Selector::Any | Selector::Cidr(_)) {
+        return Err(format!(
+            "test destination {s:?}: no '*' or CIDR, name one host"
+        ));
+    }
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("test destination {s:?}: the port must be one number"))?;
+    Ok((sel, port))
+}
+
+/// Where a network rule came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleKind {
+    /// An entry of `acls`.
+    Acl,
+    /// An entry of `grants`.
+    Grant,
+}
+
+/// A network access rule (`acls` entry, or the network part of a `grants` entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetRule {
+    /// `acls` or `grants`.
+    pub kind: RuleKind,
+    /// Index in its array.
+    pub index: usize,
+    /// Sources.
+    pub src: Vec<Spanned<Selector>>,
+    /// Destinations.
+    pub dst: Vec<Spanned<Target>>,
+    /// Where the rule starts.
+    pub loc: Loc,
+}
+
+impl NetRule {
+    /// `acls[3]` / `grants[0]`.
+    pub fn label(&self) -> String {
+        let k = match self.kind {
+            RuleKind::Acl => "acls",
+            RuleKind::Grant => "grants",
+        };
+        format!("{k}[{}]", self.index)
+    }
+}
+
+/// `accept` or `check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SshAction {
+    /// Allowed.
+    Accept,
+    /// Allowed after a fresh login.
+    Check,
+}
+
+/// An `ssh` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshRule {
+    /// Index in `ssh`.
+    pub index: usize,
+    /// accept or check.
+    pub action: SshAction,
+    /// Sources.
+    pub src: Vec<Spanned<Selector>>,
+    /// Destinations.
+    pub dst: Vec<Spanned<Selector>>,
+    /// Local users (`root`, `autogroup:nonroot`, `localpart:*@domain`, names).
+    pub users: Vec<Spanned<String>>,
+    /// Where the rule starts.
+    pub loc: Loc,
+}
+
+/// A `tests` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclTest {
+    /// Index in `tests`.
+    pub index: usize,
+    /// The source identity.
+    pub src: Spanned<String>,
+    /// Protocol (default: TCP or UDP).
+    pub proto: Proto,
+    /// Destinations that must be accepted.
+    pub accept: Vec<Spanned<String>>,
+    /// Destinations that must be denied.
+    pub deny: Vec<Spanned<String>>,
+    /// Where the test starts.
+    pub loc: Loc,
+}
+
+/// An `sshTests` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTest {
+    /// Index in `sshTests`.
+    pub index: usize,
+    /// The source identity.
+    pub src: Spanned<String>,
+    /// Destination hosts.
+    pub dst: Vec<Spanned<String>>,
+    /// Users that must be accepted.
+    pub accept: Vec<Spanned<String>>,
+    /// Users that must need a check.
+    pub check: Vec<Spanned<String>>,
+    /// Users that must be denied.
+    pub deny: Vec<Spanned<String>>,
+    /// Where the test starts.
+    pub loc: Loc,
+}
+
+/// A parsed policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// `groups`: name → members.
+    pub groups: BTreeMap<String, Spanned<Vec<String>>>,
+    /// `tagOwners`: tag → owners.
+    pub tag_owners: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    /// `hosts`: alias → IP or CIDR.
+    pub hosts: BTreeMap<String, Spanned<IpNet>>,
+    /// Network rules from `acls` then `grants`.
+    pub rules: Vec<NetRule>,
+    /// `ssh` rules; `None` when the section is absent.
+    pub ssh: Option<Vec<SshRule>>,
+    /// `tests`.
+    pub tests: Vec<AclTest>,
+    /// `sshTests`.
+    pub ssh_tests: Vec<SshTest>,
+    /// Where each top-level field is.
+    pub sections: BTreeMap<String, Loc>,
+}
+
+/// A parsed policy and the content problems met on the way.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    /// What could be read.
+    pub policy: Policy,
+    /// What the server would reject, in text order.
+    pub issues: Vec<Issue>,
+}
+
+/// Top-level fields of the policy format.
+pub const TOP_LEVEL_FIELDS: &[&str] = &[
+    "acls",
+    "grants",
+    "ssh",
+    "groups",
+    "tagOwners",
+    "hosts",
+    "ipsets",
+    "postures",
+    "defaultSrcPosture",
+    "autoApprovers",
+    "nodeAttrs",
+    "tests",
+    "sshTests",
+    "derpMap",
+    "disableIPv4",
+    "OneCGNATRoute",
+    "oneCGNATRoute",
+    "randomizeClientPort",
+    "attrConfig",
+];
+const ACL_FIELDS: &[&str] = &[
+    "action",
+    "src",
+    "dst",
+    "proto",
+    "srcPosture",
+    "users",
+    "ports",
+];
+const GRANT_FIELDS: &[&str] = &["src", "dst", "ip", "app", "srcPosture", "via"];
+const SSH_FIELDS: &[&str] = &[
+    "action",
+    "src",
+    "dst",
+    "users",
+    "checkPeriod",
+    "acceptEnv",
+    "srcPosture",
+    "recorder",
+    "enforceRecorder",
+];
+const TEST_FIELDS: &[&str] = &[
+    "src",
+    "proto",
+    "accept",
+    "deny",
+    "srcPostureAttrs",
+    "user",
+    "allow",
+];
+const SSH_TEST_FIELDS: &[&str] = &["src", "dst", "accept", "check", "deny"];
+
+/// Line and column lookup for byte offsets.
+struct Lines<'t> {
+    text: &'t str,
+    starts: Vec<usize>,
+}
+
+impl<'t> Lines<'t> {
+    fn new(text: &'t str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Lines { text, starts }
+    }
+
+    fn loc(&self, offset: usize) -> Loc {
+        let line = self.starts.partition_point(|&s| s <= offset).max(1);
+        let start = self.starts[line - 1];
+        let column = self
+            .text
+            .get(start..offset.min(self.text.len()))
+            .map(|s| s.chars().count())
+            .unwrap_or(0)
+            + 1;
+        Loc { line, column }
+    }
+}
+
+struct Cx<'t> {
+    lines: Lines<'t>,
+    issues: Vec<Issue>,
+}
+
+fn value_start(v: &Value) -> usize {
+    match v {
+        Value::StringLit(x) => x.range.start,
+        Value::NumberLit(x) => x.range.start,
+        Value::BooleanLit(x) => x.range.start,
+        Value::Object(x) => x.range.start,
+        Value::Array(x) => x.range.start,
+        Value::NullKeyword(x) => x.range.start,
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::StringLit(_) => "a string",
+        Value::NumberLit(_) => "a number",
+        Value::BooleanLit(_) => "a boolean",
+        Value::Object(_) => "an object",
+        Value::Array(_) => "an array",
+        Value::NullKeyword(_) => "null",
+    }
+}
+
+impl<'t> Cx<'t> {
+    fn loc(&self, v: &Value) -> Loc {
+        self.lines.loc(value_start(v))
+    }
+
+    fn issue(&mut self, loc: Loc, kind: IssueKind, message: String, hint: Option<String>) {
+        self.issues.push(Issue {
+            loc,
+            kind,
+            message,
+            hint,
+        });
+    }
+
+    fn wrong_type(&mut self, v: &Value, field: &str, expected: &str) {
+        let loc = self.loc(v);
+        self.issue(
+            loc,
+            IssueKind::InvalidValue,
+            format!("{field} is {}, expected {expected}", kind_of(v)),
+            None,
+        );
+    }
+
+    /// The properties of an object, reporting unknown and duplicate fields.
+    fn fields<'v, 'a>(
+        &mut self,
+        obj: &'v Object<'a>,
+        what: &str,
+        known: &[&str],
+    ) -> Vec<(String, Loc, &'v Value<'a>)> {
+        let mut seen: BTreeMap<String, Loc> = BTreeMap::new();
+        let mut out = Vec::new();
+        for p in &obj.properties {
+            let name = p.name.as_str().to_string();
+            let loc = self.lines.loc(p.range.start);
+            if let Some(first) = seen.get(&name) {
+                let msg = format!(
+                    "{what}: field {name:?} appears twice (first at line {})",
+                    first.line
+                );
+                self.issue(loc, IssueKind::DuplicateField, msg, None);
+                continue;
+            }
+            seen.insert(name.clone(), loc);
+            if !known.contains(&name.as_str()) {
+                let hint = closest(&name, known)
+                    .map(|c| format!("did you mean {c:?}? Fields of {what}: {}", known.join(", ")))
+                    .or_else(|| Some(format!("fields of {what}: {}", known.join(", "))));
+                self.issue(
+                    loc,
+                    IssueKind::UnknownField,
+                    format!("{what}: {name:?} is not a field of the Tailscale policy format (the server rejects unknown fields)"),
+                    hint,
+                );
+                continue;
+            }
+            out.push((name, loc, &p.value));
+        }
+        out
+    }
+
+    fn string(&mut self, v: &Value, field: &str) -> Option<Spanned<String>> {
+        match v {
+            Value::StringLit(s) => Some(Spanned {
+                value: s.value.to_string(),
+                loc: self.lines.loc(s.range.start),
+            }),
+            other => {
+                self.wrong_type(other, field, "a string");
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, v: &Value, field: &str) -> Vec<Spanned<String>> {
+        match v {
+            Value::Array(a) => a
+                .elements
+                .iter()
+                .filter_map(|e| self.string(e, &format!("an item of {field}")))
+                .collect(),
+            other => {
+                self.wrong_type(other, field, "an array of strings");
+                Vec::new()
+            }
+        }
+    }
+
+    fn selectors(&mut self, v: &Value, field: &str) -> Vec<Spanned<Selector>> {
+        let mut out = Vec::new();
+        for s in self.strings(v, field) {
+            match Selector::parse(&s.value) {
+                Ok(sel) => out.push(Spanned {
+                    value: sel,
+                    loc: s.loc,
+                }),
+                Err(e) => self.issue(
+                    s.loc,
+                    IssueKind::InvalidValue,
+                    format!("{field}: {e}"),
+                    None,
+                ),
+            }
+        }
+        out
+    }
+
+    fn objects<'v, 'a>(&mut self, v: &'v Value<'a>, field: &str) -> Vec<&'v Object<'a>> {
+        match v {
+            Value::Array(a) => a
+                .elements
+                .iter()
+                .filter_map(|e| match e {
+                    Value::Object(o) => Some(o),
+                    other => {
+                        self.wrong_type(other, &format!("an item of {field}"), "an object");
+                        None
+                    }
+                })
+                .collect(),
+            other => {
+                self.wrong_type(other, field, "an array of objects");
+                Vec::new()
+            }
+        }
+    }
+
+    fn acl(&mut self, index: usize, obj: &Object) -> NetRule {
+        let what = format!("acls[{index}]");
+        let loc = self.lines.loc(obj.range.start);
+        let fields = self.fields(obj, &what, ACL_FIELDS);
+        let mut src = Vec::new();
+        let mut dst_texts = Vec::new();
+        let mut proto = Proto::Default;
+        let mut action_seen = false;
+        for (name, floc, v) in fields {
+            match name.as_str() {
+                "action" => {
+                    action_seen = true;
+                    if let Some(a) = self.string(v, &format!("{what}.action")) {
+                        if a.value != "accept" {
+                            self.issue(
+                                a.loc,
+                                IssueKind::InvalidValue,
+                                format!(
+                                    "{what}.action is {:?}; the only action is \"accept\"",
+                                    a.value
+                                ),
+                                None,
+                            );
+                        }
+                    }
+                }
+                "src" | "users" => src = self.selectors(v, &format!("{what}.{name}")),
+                "dst" | "ports" => dst_texts = self.strings(v, &format!("{what}.{name}")),
+                "proto" => {
+                    if let Some(p) = self.string(v, &format!("{what}.proto")) {
+                        match Proto::parse(&p.value) {
+                            Ok(p) => proto = p,
+                            Err(e) => self.issue(
+                                p.loc,
+                                IssueKind::InvalidValue,
+                                format!("{what}.proto: {e}"),
+                                None,
+                            ),
+                        }
+                    }
+                }
+                _ => {
+                    let _ = floc;
+                }
+            }
+        }
+        if !action_seen {
+            self.issue(
+                loc,
+                IssueKind::InvalidValue,
+                format!("{what} has no \"action\""),
+                Some("add \"action\": \"accept\"".into()),
+            );
+        }
+        let mut dst = Vec::new();
+        for d in dst_texts {
+            match parse_acl_dst(&d.value, proto) {
+                Ok(t) => dst.push(Spanned { value: t, loc: d.loc }),
+                Err(e) => self.issue(
+                    d.loc,
+                    IssueKind::MalformedHostPort,
+                    format!("{what}: {e}"),
+                    Some("destinations are host:ports, e.g. \"tag:worker:22\", \"tag:control-plane:4000,4222\", \"100.64.0.2:*\"".into()),
+                ),
+            }
+        }
+        NetRule {
+            kind: RuleKind::Acl,
+            index,
+            src,
+            dst,
+            loc,
+        }
+    }
+
+    fn grant(&mut self, index: usize, obj: &Object) -> NetRule {
+        let what = format!("grants[{index}]");
+        let loc = self.lines.loc(obj.range.start);
+        let fields = self.fields(obj, &what, GRANT_FIELDS);
+        let mut src = Vec::new();
+        let mut hosts = Vec::new();
+        let mut ips: Vec<(Proto, PortSet)> = Vec::new();
+        for (name, _, v) in fields {
+            match name.as_str() {
+                "src" => src = self.selectors(v, &format!("{what}.src")),
+                "dst" => hosts = self.selectors(v, &format!("{what}.dst")),
+                "ip" => {
+                    for s in self.strings(v, &format!("{what}.ip")) {
+                        match parse_grant_ip(&s.value) {
+                            Ok(x) => ips.push(x),
+                            Err(e) => self.issue(
+                                s.loc,
+                                IssueKind::MalformedHostPort,
+                                format!("{what}.ip: {e}"),
+                                None,
+                            ),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut dst = Vec::new();
+        for h in &hosts {
+            for (proto, ports) in &ips {
+                dst.push(Spanned {
+                    value: Target {
+                        host: h.value.clone(),
+                        ports: ports.clone(),
+                        proto: *proto,
+                    },
+                    loc: h.loc,
+                });
+            }
+        }
+        NetRule {
+            kind: RuleKind::Grant,
+            index,
+            src,
+            dst,
+            loc,
+        }
+    }
+
+    fn ssh(&mut self, index: usize, obj: &Object) -> Option<SshRule> {
+        let what = format!("ssh[{index}]");
+        let loc = self.lines.loc(obj.range.start);
+        let fields = self.fields(obj, &what, SSH_FIELDS);
+        let mut action = None;
+        let (mut src, mut dst, mut users) = (Vec::new(), Vec::new(), Vec::new());
+        for (name, _, v) in fields {
+            match name.as_str() {
+                "action" => {
+                    if let Some(a) = self.string(v, &format!("{what}.action")) {
+                        match a.value.as_str() {
+                            "accept" => action = Some(SshAction::Accept),
+                            "check" => action = Some(SshAction::Check),
+                            other => self.issue(
+                                a.loc,
+                                IssueKind::InvalidValue,
+                                format!(
+                                    "{what}.action is {other:?}; expected \"accept\" or \"check\""
+                                ),
+                                None,
+                            ),
+                        }
+                    }
+                }
+                "src" => src = self.selectors(v, &format!("{what}.src")),
+                "dst" => dst = self.selectors(v, &format!("{what}.dst")),
+                "users" => users = self.strings(v, &format!("{what}.users")),
+                _ => {}
+            }
+        }
+        for d in &dst {
+            if matches!(
+                d.value,
+                Selector::Any | Selector::Ip(_) | Selector::Cidr(_) | Selector::Host(_)
+            ) {
+                self.issue(d.loc, IssueKind::InvalidValue, format!("{what}: invalid dst {:?}: SSH destinations are tags, autogroup:self or a user, never '*', IPs or hosts", d.value.to_string()), None);
+            }
+        }
+        for s in &src {
+            if matches!(
+                s.value,
+                Selector::Any | Selector::Ip(_) | Selector::Cidr(_) | Selector::Host(_)
+            ) {
+                self.issue(s.loc, IssueKind::InvalidValue, format!("{what}: invalid src {:?}: SSH sources are users, groups, tags or autogroups", s.value.to_string()), None);
+            }
+            if action == Some(SshAction::Check) && matches!(s.value, Selector::Tag(_)) {
+                self.issue(
+                    s.loc,
+                    IssueKind::InvalidValue,
+                    format!("{what}: \"check\" action does not support tags in src"),
+                    None,
+                );
+            }
+        }
+        match action {
+            Some(action) => Some(SshRule {
+                index,
+                action,
+                src,
+                dst,
+                users,
+                loc,
+            }),
+            None => {
+                self.issue(
+                    loc,
+                    IssueKind::InvalidValue,
+                    format!("{what} has no valid \"action\""),
+                    Some("\"action\": \"accept\" or \"check\"".into()),
+                );
+                None
+            }
+        }
+    }
+
+    fn test(&mut self, index: usize, obj: &Object) -> Option<AclTest> {
+        let what = format!("tests[{index}]");
+        let loc = self.lines.loc(obj.range.start);
+        let fields = self.fields(obj, &what, TEST_FIELDS);
+        let mut src = None;
+        let mut proto = Proto::Default;
+        let (mut accept, mut deny) = (Vec::new(), Vec::new());
+        for (name, _, v) in fields {
+            match name.as_str() {
+                "src" | "user" => src = self.string(v, &format!("{what}.{name}")),
+                "proto" => {
+                    if let Some(p) = self.string(v, &format!("{what}.proto")) {
+                        match Proto::parse(&p.value) {
+                            Ok(p) => proto = p,
+                            Err(e) => self.issue(
+                                p.loc,
+                                IssueKind::InvalidValue,
+                                format!("{what}.proto: {e}"),
+                                None,
+                            ),
+                        }
+                    }
+                }
+                "accept" | "allow" => accept = self.strings(v, &format!("{what}.{name}")),
+                "deny" => deny = self.strings(v, &format!("{what}.deny")),
+                _ => {}
+            }
+        }
+        for d in accept.iter().chain(deny.iter()) {
+            if let Err(e) = parse_test_dst(&d.value) {
+                self.issue(
+                    d.loc,
+                    IssueKind::MalformedHostPort,
+                    format!("{what}: {e}"),
+                    None,
+                );
+            }
+        }
+        let Some(src) = src else {
+            self.issue(
+                loc,
+                IssueKind::InvalidValue,
+                format!("{what} has no \"src\""),
+                None,
+            );
+            return None;
+        };
+        Some(AclTest {
+            index,
+            src,
+            proto,
+            accept,
+            deny,
+            loc,
+        })
+    }
+
+    fn ssh_test(&mut self, index: usize, obj: &Object) -> Option<SshTest> {
+        let what = format!("sshTests[{index}]");
+        let loc = self.lines.loc(obj.range.start);
+        let fields = self.fields(obj, &what, SSH_TEST_FIELDS);
+        let mut src = None;
+        let (mut dst, mut accept, mut check, mut deny) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (name, _, v) in fields {
+            let field = format!("{what}.{name}");
+            match name.as_str() {
+                "src" => src = self.string(v, &field),
+                "dst" => dst = self.strings(v, &field),
+                "accept" => accept = self.strings(v, &field),
+                "check" => check = self.strings(v, &field),
+                "deny" => deny = self.strings(v, &field),
+                _ => {}
+            }
+        }
+        let Some(src) = src else {
+            self.issue(
+                loc,
+                IssueKind::InvalidValue,
+                format!("{what} has no \"src\""),
+                None,
+            );
+            return None;
+        };
+        Some(SshTest {
+            index,
+            src,
+            dst,
+            accept,
+            check,
+            deny,
+            loc,
+        })
+    }
+}
+
+/// The known name closest to `name`, if close enough to be a likely typo.
+fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| {
+            (
+                strsim::jaro_winkler(&name.to_lowercase(), &k.to_lowercase()),
+                *k,
+            )
+        })
+        .filter(|(score, _)| *score > 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
+}
+
+/// HuJSON options: JSON plus comments and trailing commas, nothing else of JSON5.
+pub fn hujson_options() -> jsonc_parser::ParseOptions {
+    jsonc_parser::ParseOptions {
+        allow_comments: true,
+        allow_trailing_commas: true,
+        allow_loose_object_property_names: false,
+        allow_missing_commas: false,
+        allow_single_quoted_strings: false,
+        allow_hexadecimal_numbers: false,
+        allow_unary_plus_numbers: false,
+        allow_bare_decimal_point_numbers: false,
+        allow_non_finite_numbers: false,
+        allow_extended_string_escapes: false,
+    }
+}
+
+/// Parses a policy file.
+pub fn parse(text: &str) -> Result<Parsed, PolicyError> {
+    let lines = Lines::new(text);
+    let ast =
+        jsonc_parser::parse_to_ast(text, &Default::default(), &hujson_options()).map_err(|e| {
+            PolicyError::Syntax {
+                line: e.line_display(),
+                column: e.column_display(),
+                message: e.kind().to_string(),
+            }
+        })?;
+    let Some(Value::Object(root)) = ast.value else {
+        return Err(PolicyError::NotObject);
+    };
+    let mut cx = Cx {
+        lines,
+        issues: Vec::new(),
+    };
+    let mut policy = Policy::default();
+    let fields = cx.fields(&root, "the policy", TOP_LEVEL_FIELDS);
+    let (mut acls, mut grants) = (Vec::new(), Vec::new());
+    for (name, loc, v) in fields {
+        policy.sections.insert(name.clone(), loc);
+        match name.as_str() {
+            "acls" => {
+                for (i, o) in cx.objects(v, "acls").into_iter().enumerate() {
+                    acls.push(cx.acl(i, o));
+                }
+            }
+            "grants" => {
+                for (i, o) in cx.objects(v, "grants").into_iter().enumerate() {
+                    grants.push(cx.grant(i, o));
+                }
+            }
+            "ssh" => {
+                let mut rules = Vec::new();
+                for (i, o) in cx.objects(v, "ssh").into_iter().enumerate() {
+                    rules.extend(cx.ssh(i, o));
+                }
+                policy.ssh = Some(rules);
+            }
+            "tests" => {
+                for (i, o) in cx.objects(v, "tests").into_iter().enumerate() {
+                    policy.tests.extend(cx.test(i, o));
+                }
+            }
+            "sshTests" => {
+                for (i, o) in cx.objects(v, "sshTests").into_iter().enumerate() {
+                    policy.ssh_tests.extend(cx.ssh_test(i, o));
+                }
+            }
+            "groups" => match v {
+                Value::Object(o) => {
+                    for p in &o.properties {
+                        let name = p.name.as_str().to_string();
+                        let loc = cx.lines.loc(p.range.start);
+                        if !name.starts_with("group:") {
+                            cx.issue(
+                                loc,
+                                IssueKind::InvalidValue,
+                                format!("groups: {name:?} must start with \"group:\""),
+                                None,
+                            );
+                            continue;
+                        }
+                        let members = cx.strings(&p.value, &format!("groups.{name}"));
+                        for m in &members {
+                            if m.value.starts_with("group:") {
+                                cx.issue(
+                                    m.loc,
+                                    IssueKind::InvalidValue,
+                                    format!(
+                                        "groups.{name}: groups cannot contain groups ({:?})",
+                                        m.value
+                                    ),
+                                    None,
+                                );
+                            }
+                        }
+                        policy.groups.insert(
+                            name,
+                            Spanned {
+                                value: members.into_iter().map(|m| m.value).collect(),
+                                loc,
+                            },
+                        );
+                    }
+                }
+                other => cx.wrong_type(other, "groups", "an object"),
+            },
+            "tagOwners" => match v {
+                Value::Object(o) => {
+                    for p in &o.properties {
+                        let name = p.name.as_str().to_string();
+                        let loc = cx.lines.loc(p.range.start);
+                        if !name.starts_with("tag:") || Selector::parse(&name).is_err() {
+                            cx.issue(
+                                loc,
+                                IssueKind::InvalidValue,
+                                format!("tagOwners: {name:?} is not a tag (\"tag:name\")"),
+                                None,
+                            );
+                            continue;
+                        }
+                        let owners = cx.strings(&p.value, &format!("tagOwners.{name}"));
+                        policy
+                            .tag_owners
+                            .insert(name, Spanned { value: owners, loc });
+                    }
+                }
+                other => cx.wrong_type(other, "tagOwners", "an object"),
+            },
+            "hosts" => match v {
+                Value::Object(o) => {
+                    for p in &o.properties {
+                        let name = p.name.as_str().to_string();
+                        let loc = cx.lines.loc(p.range.start);
+                        let Some(addr) = cx.string(&p.value, &format!("hosts.{name}")) else {
+                            continue;
+                        };
+                        let net = addr
+                            .value
+                            .parse::<IpNet>()
+                            .or_else(|_| addr.value.parse::<IpAddr>().map(IpNet::from));
+                        match net {
+                            Ok(net) if !name.contains('@') => {
+                                policy.hosts.insert(name, Spanned { value: net, loc });
+                            }
+                            Ok(_) => cx.issue(
+                                loc,
+                                IssueKind::InvalidValue,
+                                format!("hosts: {name:?} may not contain '@'"),
+                                None,
+                            ),
+                            Err(_) => cx.issue(
+                                addr.loc,
+                                IssueKind::InvalidValue,
+                                format!(
+                                    "hosts.{name}: {:?} is not an IP address or CIDR",
+                                    addr.value
+                                ),
+                                None,
+                            ),
+                        }
+                    }
+                }
+                other => cx.wrong_type(other, "hosts", "an object"),
+            },
+            _ => {}
+        }
+    }
+    policy.rules = acls;
+    policy.rules.extend(grants);
+    cx.issues.sort_by_key(|i| i.loc);
+    Ok(Parsed {
+        policy,
+        issues: cx.issues,
+    })
+}
+
+/// Converts a HuJSON text to standard JSON (comments and trailing commas removed).
+pub fn to_json(text: &str) -> Result<serde_json::Value, PolicyError> {
+    jsonc_parser::parse_to_serde_value::<serde_json::Value>(text, &hujson_options()).map_err(|e| {
+        PolicyError::Syntax {
+            line: e.line_display(),
+            column: e.column_display(),
+            message: e.kind().to_string(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_forms() {
+        let t = parse_acl_dst("tag:worker:*", Proto::Default).unwrap();
+        assert_eq!(t.host, Selector::Tag("tag:worker".into()));
+        assert!(t.ports.is_all());
+        let t = parse_acl_dst("tag:control-plane:7233,5432,6379,4000", Proto::Default).unwrap();
+        assert_eq!(t.ports.to_string(), "4000,5432,6379,7233");
+        let t = parse_acl_dst("[fd7a:115c:a1e0::1]:80-90", Proto::Default).unwrap();
+        assert_eq!(t.ports.to_string(), "80-90");
+        assert!(parse_acl_dst("100.64.0.1", Proto::Default)
+            .unwrap_err()
+            .contains("must contain a colon"));
+        assert!(parse_acl_dst("100.64.0.1:0", Proto::Default)
+            .unwrap_err()
+            .contains("first port must be >0"));
+        assert!(parse_acl_dst("tag:worker", Proto::Default)
+            .unwrap_err()
+            .contains("missing ports"));
+        assert!(parse_acl_dst("tag:worker:22", Proto::parse("icmp").unwrap()).is_err());
+        assert!(parse_acl_dst("*:22", Proto::Default).is_ok());
+    }
+
+    #[test]
+    fn locations_are_lines_and_columns() {
+        let text = "{\n  // c\n  \"acls\": [\n    {\"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:*\"],},\n  ],\n  \"bogus\": 1,\n}\n";
+        let p = parse(text).unwrap();
+        assert_eq!(p.policy.rules[0].loc, Loc { line: 4, column: 5 });
+        assert_eq!(p.issues.len(), 1);
+        assert_eq!(p.issues[0].kind, IssueKind::UnknownField);
+        assert_eq!(p.issues[0].loc, Loc { line: 6, column: 3 });
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        match parse("{\n  \"acls\": [,\n}") {
+            Err(PolicyError::Syntax { line, .. }) => assert_eq!(line, 2),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(parse("[]"), Err(PolicyError::NotObject)));
+    }
+}

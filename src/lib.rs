@@ -4,6 +4,7 @@
 //! [`model::Fleet`]; [`plan`] derives what each node gets; outputs such as [`render`]
 //! are pure functions of the plan; executors have the side effects.
 
+pub mod deploy;
 pub mod fsutil;
 pub mod manifest;
 pub mod model;

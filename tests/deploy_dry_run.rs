@@ -56,7 +56,7 @@ fn readme_first_command_on_the_example_fleet() {
     );
     assert!(out.contains(&expected), "{out}");
     assert!(out.contains(&format!(
-        " switch --flake '{}#worker-01' --target-host root@100.64.0.2\n",
+        " boot --flake '{}#worker-01' --target-host root@100.64.0.2\n",
         repo.display()
     )), "{out}");
     // No host_key in the example fleet: flagged with the command that fetches it.
@@ -64,6 +64,7 @@ fn readme_first_command_on_the_example_fleet() {
     assert!(out.contains("ssh-keyscan -t ed25519 100.64.0.2"), "{out}");
     // The rollback guard around switch.
     assert!(out.contains("systemd-run --unit=fleetnix-rollback"), "{out}");
+    assert!(out.contains("/nix/var/nix/profiles/system/bin/switch-to-configuration switch"), "{out}");
     // Nothing ran, nothing written.
     assert!(!rec.path().join("called").exists(), "a tool was called during a dry run");
     assert_eq!(repo.join(".fleetnix").exists(), before, "dry run wrote state");

@@ -7,7 +7,7 @@ use super::guard;
 use super::hostkeys;
 use super::nixos;
 use super::transport::{LocalCommand, SshTarget};
-use super::{shell, AuthKeySource, DeployOptions, RenderState};
+use super::{shell, Action, AuthKeySource, DeployOptions, RenderState};
 use crate::model::Os;
 use crate::plan::NodePlan;
 use std::fmt::Write;
@@ -167,39 +167,38 @@ fn node(plan: &NodePlan, opts: &DeployOptions, authkeys: &dyn AuthKeySource) -> 
 }
 
 fn nixos_steps(l: &mut Listing, plan: &NodePlan, opts: &DeployOptions) {
+    let guarded = opts.guarded();
     l.remote(
         "connect (pinned key), read the current generation",
         &guard::current_generation_script(),
         None,
     );
-    if opts.guarded() {
-        l.remote(
-            &format!(
-                "arm the rollback guard: back to the current generation in {}s unless confirmed",
-                opts.rollback_grace.as_secs()
-            ),
-            &guard::arm_script("system-N-link", opts.rollback_grace),
-            None,
-        );
-    }
     let program = opts.nixos_rebuild.clone().unwrap_or_else(|| PathBuf::from("nixos-rebuild"));
+    let action = if guarded { Action::Boot } else { opts.action };
     let cmd = nixos::rebuild_command(
         &program,
-        opts.action,
+        action,
         opts.build_on,
         &opts.root,
         plan,
         nixos::nix_sshopts(&opts.ssh, &l.target.known_hosts),
     );
-    l.local(
-        if opts.nixos_rebuild.is_some() {
-            "nixos-rebuild"
-        } else {
-            "nixos-rebuild (NOT FOUND on PATH: install it or set FLEETNIX_NIXOS_REBUILD)"
-        },
-        &cmd,
-    );
-    if opts.guarded() {
+    let what = match (guarded, opts.nixos_rebuild.is_some()) {
+        (_, false) => "nixos-rebuild (NOT FOUND on PATH: install it or set FLEETNIX_NIXOS_REBUILD)",
+        (true, true) => "nixos-rebuild boot: build, copy, set the system profile (activation follows, guarded)",
+        (false, true) => "nixos-rebuild",
+    };
+    l.local(what, &cmd);
+    if guarded {
+        l.remote(
+            &format!(
+                "arm the rollback guard: back to the generation read in step 1 in {}s unless confirmed",
+                opts.rollback_grace.as_secs()
+            ),
+            &guard::arm_script("system-N-link", opts.rollback_grace),
+            None,
+        );
+        l.remote("activate (switch-to-configuration switch)", &guard::activate_script(), None);
         l.remote(
             "confirm over a NEW connection and disarm the guard (retried until the grace period ends)",
             &guard::disarm_script(),

@@ -1,8 +1,9 @@
 //! The rollback guard for `switch` (see `docs/deploy.md`).
 //!
-//! Before activation fleetnix records the node's current system generation and arms, on the
+//! A guarded switch runs `nixos-rebuild boot` (build, copy, set the profile), so the guard's
+//! clock does not run during a long build. Then, before activation, fleetnix arms, on the
 //! node, a transient systemd timer (`systemd-run --on-active=<grace>`) that points the system
-//! profile back at that generation and runs its `switch-to-configuration switch`. After
+//! profile back at the generation that was current before the deploy and runs its `switch-to-configuration switch`. After
 //! activation fleetnix opens a *new* SSH connection over the tailnet (retrying until the grace
 //! period ends, so a tailscaled restart is survived) and stops the timer. If it cannot reconnect,
 //! the node rolls itself back.
@@ -60,6 +61,14 @@ pub fn arm_script(prev: &str, grace: Duration) -> String {
         desc = sh_quote(&format!("fleetnix: return to {prev} unless the deploy is confirmed")),
         secs = grace.as_secs(),
         cmd = sh_quote(&rollback_script(prev)),
+    )
+}
+
+/// Script activating the profile's generation the way nixos-rebuild does: inside a transient
+/// service (`systemd-run --wait --pipe`), so activation survives the SSH connection dropping.
+pub fn activate_script() -> String {
+    format!(
+        "exec systemd-run --unit=fleetnix-activate --collect --no-ask-password --pipe --quiet --service-type=exec --wait {SYSTEM_PROFILE}/bin/switch-to-configuration switch"
     )
 }
 

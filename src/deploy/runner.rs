@@ -6,7 +6,7 @@ use super::guard::{self, Disarm};
 use super::hostkeys;
 use super::nixos;
 use super::transport::{run_process, LocalCommand, NodeLog, ProcError, ProcOutput, SshTarget, Transport};
-use super::{AuthKeySource, DeployOptions};
+use super::{Action, AuthKeySource, DeployOptions};
 use crate::fsutil::write_atomic;
 use crate::model::Os;
 use crate::plan::NodePlan;
@@ -34,10 +34,12 @@ pub enum Step {
     Agent,
     /// The nftables rules.
     Firewall,
+    /// `nixos-rebuild` (`boot` when guarded: build, copy, set the profile).
+    Rebuild,
     /// Arming the rollback guard.
     ArmGuard,
-    /// `nixos-rebuild`.
-    Rebuild,
+    /// Activating the new generation (guarded `switch`).
+    Activate,
     /// The post-activation confirmation over a new connection.
     Confirm,
 }
@@ -52,8 +54,9 @@ impl Step {
             Step::TailscaleUp => "tailscale-up",
             Step::Agent => "agent",
             Step::Firewall => "firewall",
-            Step::ArmGuard => "arm-guard",
             Step::Rebuild => "rebuild",
+            Step::ArmGuard => "arm-guard",
+            Step::Activate => "activate",
             Step::Confirm => "confirm",
         }
     }
@@ -355,79 +358,71 @@ impl<T: Transport> Ctx<T> {
                 format!("nixos-rebuild not found on PATH (or set {})", super::env::NIXOS_REBUILD),
             ));
         };
-        let prev = if self.opts.guarded() {
-            let prev = guard::parse_generation(generation).map_err(|e| Failure::new(Step::ArmGuard, e))?;
-            self.step(plan, Step::ArmGuard, log);
-            self.remote(
-                Step::ArmGuard,
-                target,
-                &guard::arm_script(&prev, self.opts.rollback_grace),
-                None,
-                quick,
-                log,
-            )
-            .await?;
-            Some(prev)
+        let guarded = self.opts.guarded();
+        // Guarded switch = `nixos-rebuild boot` (build, copy, set the profile) + arm + activate:
+        // the guard's clock must not run during a long build.
+        let prev = if guarded {
+            Some(guard::parse_generation(generation).map_err(|e| Failure::new(Step::Connect, e))?)
         } else {
             None
         };
+        let action = if guarded { Action::Boot } else { self.opts.action };
         self.step(plan, Step::Rebuild, log);
         let cmd = nixos::rebuild_command(
             program,
-            self.opts.action,
+            action,
             self.opts.build_on,
             &self.opts.root,
             plan,
             nixos::nix_sshopts(&self.opts.ssh, &target.known_hosts),
         );
-        let armed_at = Instant::now();
-        let result = run_process(&cmd, None, self.opts.step_timeout, log).await;
-        let failed = match result {
-            Ok(out) if out.success() => None,
-            Ok(out) => Some(if out.stderr.to_ascii_lowercase().contains("host key verification failed") {
-                ssh_failure(Step::Rebuild, &out)
-            } else {
-                Failure::new(Step::Rebuild, format!("nixos-rebuild failed: {}", out.last_line()))
-            }),
-            Err(e) => Some(proc_failure(Step::Rebuild, e)),
-        };
+        match run_process(&cmd, None, self.opts.step_timeout, log).await {
+            Ok(out) if out.success() => {}
+            Ok(out) if out.stderr.to_ascii_lowercase().contains("host key verification failed") => {
+                return Err(ssh_failure(Step::Rebuild, &out))
+            }
+            Ok(out) => {
+                let mut f = ssh_failure(Step::Rebuild, &out);
+                if !f.unreachable {
+                    f.reason = format!("nixos-rebuild {} failed: {}", action.as_str(), out.last_line());
+                }
+                return Err(f);
+            }
+            Err(e) => return Err(proc_failure(Step::Rebuild, e)),
+        }
         let Some(prev) = prev else {
-            return match failed {
-                Some(f) => Err(f),
-                None => Ok((Outcome::Succeeded, format!("{} done", self.opts.action.as_str()))),
-            };
+            return Ok((Outcome::Succeeded, format!("{} done", action.as_str())));
         };
-        if let Some(mut f) = failed {
-            // Nothing activated (profile unchanged): disarm. Otherwise the guard takes the node back.
-            let check = format!(
-                "if [ \"$(readlink {p})\" = {prev} ]; then {disarm}; else echo activated; fi",
-                p = guard::SYSTEM_PROFILE,
-                prev = super::shell::sh_quote(&prev),
-                disarm = guard::disarm_script()
-            );
-            let after = self.remote(Step::Rebuild, target, &check, None, quick, log).await;
-            f.reason = match after.map(|o| guard::parse_disarm(&o.stdout)) {
-                Ok(Some(Disarm::Disarmed)) => format!("{} (nothing activated; guard disarmed)", f.reason),
-                _ => format!(
-                    "{} (rollback guard left armed: the node returns to {prev} within {}s)",
-                    f.reason,
-                    self.opts.rollback_grace.as_secs()
-                ),
-            };
-            return Err(f);
+        self.step(plan, Step::ArmGuard, log);
+        let grace = self.opts.rollback_grace;
+        let armed_at = Instant::now();
+        self.remote(Step::ArmGuard, target, &guard::arm_script(&prev, grace), None, quick, log)
+            .await?;
+        self.step(plan, Step::Activate, log);
+        let left = format!("the rollback guard returns the node to {prev} within {}s", grace.as_secs());
+        match self.transport.run(target, &guard::activate_script(), None, self.opts.step_timeout, log).await {
+            // Lost connection during activation (e.g. tailscaled restarting): the confirmation decides.
+            Ok(out) if out.code == Some(255) => {
+                log.line(&format!("connection lost during activation ({}); confirming", out.last_line()))
+            }
+            Ok(out) if !out.success() => {
+                return Err(Failure::new(
+                    Step::Activate,
+                    format!("activation failed: {}; {left}", out.last_line()),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => log.line(&format!("activation: {e}; confirming")),
         }
         self.step(plan, Step::Confirm, log);
         // Retry on fresh connections until shortly before the guard fires.
-        let margin = Duration::from_secs(2).min(self.opts.rollback_grace / 4);
-        let deadline = armed_at + self.opts.rollback_grace.saturating_sub(margin);
+        let margin = Duration::from_secs(2).min(grace / 4);
+        let deadline = armed_at + grace.saturating_sub(margin);
         let mut last = String::from("no attempt");
         while Instant::now() < deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self
-                .transport
-                .run(target, &guard::disarm_script(), None, quick.min(left.max(Duration::from_secs(1))), log)
-                .await
-            {
+            let left_t = deadline.saturating_duration_since(Instant::now());
+            let t = quick.min(left_t).max(Duration::from_secs(1));
+            match self.transport.run(target, &guard::disarm_script(), None, t, log).await {
                 Ok(out) if out.success() => match guard::parse_disarm(&out.stdout) {
                     Some(Disarm::Disarmed) => {
                         return Ok((
@@ -438,7 +433,7 @@ impl<T: Transport> Ctx<T> {
                     Some(Disarm::Fired) => {
                         return Ok((
                             Outcome::RolledBack,
-                            format!("the guard fired before confirmation: back on {prev}"),
+                            format!("the guard fired before the confirmation: back on {prev}"),
                         ))
                     }
                     None => last = format!("unexpected answer {:?}", out.stdout.trim()),
@@ -447,14 +442,12 @@ impl<T: Transport> Ctx<T> {
                 Err(e) => last = e.to_string(),
             }
             log.line(&format!("confirmation failed: {last}; retrying"));
-            tokio::time::sleep(Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()))).await;
+            let pause = Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
         }
         Ok((
             Outcome::RolledBack,
-            format!(
-                "no new connection within {}s after activation ({last}): the guard reactivates {prev}",
-                self.opts.rollback_grace.as_secs()
-            ),
+            format!("no new connection within {}s of activation ({last}): {left}", grace.as_secs()),
         ))
     }
 

@@ -41,7 +41,9 @@ fn timed(net: &Net, root: &std::path::Path, args: &[&str]) -> (Duration, f64) {
 
 fn main() {
     let Some(mut net) = Net::new() else { return };
-    let hosts: Vec<_> = (1..=HOSTS).map(|i| nixos_host(&mut net, &format!("n{i:02}"))).collect();
+    let hosts: Vec<_> = (1..=HOSTS)
+        .map(|i| nixos_host(&mut net, &format!("n{i:02}")))
+        .collect();
     let root = tempfile::tempdir().expect("root");
     let specs: Vec<_> = hosts.iter().map(NodeSpec::for_host).collect();
     write_fleet(root.path(), &specs, 10, false);
@@ -54,9 +56,16 @@ fn main() {
     let serial = timed(&net, r, &["--all", "--action", "test", "--parallel", "1"]);
     let ratio = |d: (Duration, f64)| d.0.as_secs_f64() / one.0.as_secs_f64();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("deploy bench: {HOSTS} hosts, fake nixos-rebuild {DELAY}s per node, {} CPUs, load {}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    println!(
+        "deploy bench: {HOSTS} hosts, fake nixos-rebuild {DELAY}s per node, {} CPUs, load {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     println!("  run                        wall   ratio  client CPU (fleetnix+ssh+fake)");
     for (name, r) in [
         ("one node", one),
@@ -64,7 +73,12 @@ fn main() {
         ("--all --parallel 20", all_at_once),
         ("--all --parallel 1", serial),
     ] {
-        println!("  {name:<25} {:6.2}s  {:5.2}x  {:5.2}s", r.0.as_secs_f64(), ratio(r), r.1);
+        println!(
+            "  {name:<25} {:6.2}s  {:5.2}x  {:5.2}s",
+            r.0.as_secs_f64(),
+            ratio(r),
+            r.1
+        );
     }
     println!("  target: --all <= 1.3x one node when all {HOSTS} run at once (--parallel >= {HOSTS}; the default is 10)");
 }

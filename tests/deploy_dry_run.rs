@@ -11,10 +11,14 @@ fn recorder(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("recorder");
     std::fs::write(
         &p,
-        format!("#!/bin/sh\necho \"$0 $*\" >> {}/called\nexit 1\n", dir.display()),
+        format!(
+            "#!/bin/sh\necho \"$0 $*\" >> {}/called\nexit 1\n",
+            dir.display()
+        ),
     )
     .expect("recorder");
-    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     p
 }
 
@@ -55,19 +59,35 @@ fn readme_first_command_on_the_example_fleet() {
         kh.display()
     );
     assert!(out.contains(&expected), "{out}");
-    assert!(out.contains(&format!(
-        " boot --flake '{}#worker-01' --target-host root@100.64.0.2\n",
-        repo.display()
-    )), "{out}");
+    assert!(
+        out.contains(&format!(
+            " boot --flake '{}#worker-01' --target-host root@100.64.0.2\n",
+            repo.display()
+        )),
+        "{out}"
+    );
     // No host_key in the example fleet: flagged with the command that fetches it.
     assert!(out.contains("no host_key in the manifest"), "{out}");
     assert!(out.contains("ssh-keyscan -t ed25519 100.64.0.2"), "{out}");
     // The rollback guard around switch.
-    assert!(out.contains("systemd-run --unit=fleetnix-rollback"), "{out}");
-    assert!(out.contains("/nix/var/nix/profiles/system/bin/switch-to-configuration switch"), "{out}");
+    assert!(
+        out.contains("systemd-run --unit=fleetnix-rollback"),
+        "{out}"
+    );
+    assert!(
+        out.contains("/nix/var/nix/profiles/system/bin/switch-to-configuration switch"),
+        "{out}"
+    );
     // Nothing ran, nothing written.
-    assert!(!rec.path().join("called").exists(), "a tool was called during a dry run");
-    assert_eq!(repo.join(".fleetnix").exists(), before, "dry run wrote state");
+    assert!(
+        !rec.path().join("called").exists(),
+        "a tool was called during a dry run"
+    );
+    assert_eq!(
+        repo.join(".fleetnix").exists(),
+        before,
+        "dry run wrote state"
+    );
 }
 
 #[test]
@@ -85,19 +105,39 @@ fn fallback_dry_run_names_the_secret_but_never_prints_it() {
             name: "ubuntu-01".into(),
             addr: "100.64.0.9".into(),
             os: "linux",
-            host_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS/vcGfRqtpcVld33fFR5cjD2Ai9gXARYCEHEn".into()),
+            host_key: Some(
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS/vcGfRqtpcVld33fFR5cjD2Ai9gXARYCEHEn"
+                    .into(),
+            ),
             roles: vec!["glm-worker"],
         },
     ];
     common::write_fleet(root.path(), &specs, 7, true);
-    let (code, out, err) = dry_run(root.path(), &["ubuntu-01", "--install-url", "https://mirror.example/install.sh"], root.path());
+    let (code, out, err) = dry_run(
+        root.path(),
+        &[
+            "ubuntu-01",
+            "--install-url",
+            "https://mirror.example/install.sh",
+        ],
+        root.path(),
+    );
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(!out.contains(&fake_authkey()) && !err.contains(&fake_authkey()));
     assert!(!out.contains("tskey-"), "{out}");
-    assert!(out.contains("stdin: the auth key from $TAILSCALE_AUTHKEY (redacted)"), "{out}");
+    assert!(
+        out.contains("stdin: the auth key from $TAILSCALE_AUTHKEY (redacted)"),
+        "{out}"
+    );
     assert!(out.contains("tailscale up --auth-key=\"file:$f\" --ssh --accept-routes --hostname=ubuntu-01 --advertise-tags=tag:worker"), "{out}");
-    assert!(out.contains("curl -fsSL https://mirror.example/install.sh"), "{out}");
-    assert!(out.contains("pins:\n    100.64.0.9 ssh-ed25519 AAAAC3"), "{out}");
+    assert!(
+        out.contains("curl -fsSL https://mirror.example/install.sh"),
+        "{out}"
+    );
+    assert!(
+        out.contains("pins:\n    100.64.0.9 ssh-ed25519 AAAAC3"),
+        "{out}"
+    );
     assert!(out.contains("ConnectTimeout=7"), "{out}");
     // Stale renders are reported, not written.
     assert!(out.contains("out of date"), "{out}");

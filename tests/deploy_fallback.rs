@@ -49,10 +49,23 @@ fn install_up_agent_firewall_once_then_nothing() {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    for (name, st, tags) in [("ubuntu-01", &st_u, "tag:control-plane"), ("auto-01", &st_a, "tag:worker")] {
-        let row = stdout.lines().find(|l| l.starts_with(name)).expect("summary row");
-        assert!(row.contains("changed: installed tailscale, tailscale up, agent unit, firewall"), "{row}");
-        assert_eq!(lines(&st.join("install.runs")).len(), 1, "{name}: install ran once");
+    for (name, st, tags) in [
+        ("ubuntu-01", &st_u, "tag:control-plane"),
+        ("auto-01", &st_a, "tag:worker"),
+    ] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .expect("summary row");
+        assert!(
+            row.contains("changed: installed tailscale, tailscale up, agent unit, firewall"),
+            "{row}"
+        );
+        assert_eq!(
+            lines(&st.join("install.runs")).len(),
+            1,
+            "{name}: install ran once"
+        );
         let argv = lines(&st.join("ts-up.argv"));
         let path = std::fs::read_to_string(st.join("ts-key.path")).expect("key path");
         let path = path.trim();
@@ -67,18 +80,31 @@ fn install_up_agent_firewall_once_then_nothing() {
                 format!("--advertise-tags={tags}"),
             ]
         );
-        assert_eq!(std::fs::read_to_string(st.join("ts-key.mode")).expect("mode").trim(), "600");
-        assert_eq!(std::fs::read_to_string(st.join("ts-key.content")).expect("content"), key);
-        assert!(!std::path::Path::new(path).exists(), "auth key file left behind");
+        assert_eq!(
+            std::fs::read_to_string(st.join("ts-key.mode"))
+                .expect("mode")
+                .trim(),
+            "600"
+        );
+        assert_eq!(
+            std::fs::read_to_string(st.join("ts-key.content")).expect("content"),
+            key
+        );
+        assert!(
+            !std::path::Path::new(path).exists(),
+            "auth key file left behind"
+        );
         let cmdline = std::fs::read_to_string(st.join("ts-up.cmdline")).expect("cmdline");
         assert!(!cmdline.contains(&key), "auth key in tailscale's argv");
-        let log = std::fs::read_to_string(root.path().join(format!(".fleetnix/logs/{name}.log"))).expect("log");
+        let log = std::fs::read_to_string(root.path().join(format!(".fleetnix/logs/{name}.log")))
+            .expect("log");
         assert!(!log.contains(&key), "auth key in the log");
     }
     assert!(!stdout.contains(&key) && !stderr.contains(&key));
 
     // The agent unit carries the plan's agent arguments.
-    let unit = std::fs::read_to_string(ubuntu.etc.join("systemd/system/omp-agent.service")).expect("unit");
+    let unit =
+        std::fs::read_to_string(ubuntu.etc.join("systemd/system/omp-agent.service")).expect("unit");
     assert!(
         unit.contains(&format!(
             "ExecStart=omp \"agent\" \"start\" \"--node-name\" \"ubuntu-01\" \"--control-plane\" \"{}:4000\"",
@@ -89,18 +115,35 @@ fn install_up_agent_firewall_once_then_nothing() {
     // Role ports open on tailscale0 only, in the host's real nftables.
     let nft = net_nft(&ubuntu);
     assert!(nft.contains("iifname \"tailscale0\" tcp dport { 3000, 4000, 4222, 5432, 6379, 7233, 8080, 8090 } accept"), "{nft}");
-    assert!(nft.contains("tcp dport { 3000, 4000, 4222, 5432, 6379, 7233, 8080, 8090 } drop"), "{nft}");
-    assert!(!net_nft(&auto).contains("dport"), "auto-01 hosts no services");
+    assert!(
+        nft.contains("tcp dport { 3000, 4000, 4222, 5432, 6379, 7233, 8080, 8090 } drop"),
+        "{nft}"
+    );
+    assert!(
+        !net_nft(&auto).contains("dport"),
+        "auto-01 hosts no services"
+    );
 
     // Second run, without any auth key: nothing changes and it says so.
     let out = deploy_cmd(&net, root.path(), &["--all", "--install-url", &url])
         .output()
         .expect("fleetnix runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for (name, st) in [("ubuntu-01", &st_u), ("auto-01", &st_a)] {
-        let row = stdout.lines().find(|l| l.starts_with(name)).expect("summary row");
-        assert!(row.contains("unchanged") && row.contains("nothing changed"), "{row}");
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .expect("summary row");
+        assert!(
+            row.contains("unchanged") && row.contains("nothing changed"),
+            "{row}"
+        );
         assert_eq!(lines(&st.join("install.runs")).len(), 1);
         assert_eq!(lines(&st.join("ts-up.calls")).len(), 1);
     }
@@ -108,7 +151,9 @@ fn install_up_agent_firewall_once_then_nothing() {
 
 fn net_nft(h: &Host) -> String {
     let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &h.ns, "nft", "list", "table", "inet", "fleetnix"])
+        .args([
+            "netns", "exec", &h.ns, "nft", "list", "table", "inet", "fleetnix",
+        ])
         .output()
         .expect("nft");
     String::from_utf8_lossy(&out.stdout).into_owned()

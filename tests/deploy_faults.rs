@@ -13,7 +13,9 @@ const TIMEOUT: u64 = 3;
 #[test]
 fn killed_sshd_and_dead_link_fail_alone_and_fast() {
     let Some(mut net) = Net::new() else { return };
-    let hosts: Vec<_> = (1..=5).map(|i| nixos_host(&mut net, &format!("n{i}"))).collect();
+    let hosts: Vec<_> = (1..=5)
+        .map(|i| nixos_host(&mut net, &format!("n{i}")))
+        .collect();
     let root = tempfile::tempdir().expect("root");
     let specs: Vec<_> = hosts.iter().map(NodeSpec::for_host).collect();
     write_fleet(root.path(), &specs, TIMEOUT as u32, false);
@@ -26,9 +28,11 @@ fn killed_sshd_and_dead_link_fail_alone_and_fast() {
         .expect("fleetnix starts");
     // Every node has connected once and is inside nixos-rebuild: now break two of them.
     let rec = root.path().join("rec");
-    wait_for("all 5 nodes to reach nixos-rebuild", Duration::from_secs(30), || {
-        (1..=5).all(|i| rec.join(format!("nixos-rebuild.n{i}.started")).exists())
-    });
+    wait_for(
+        "all 5 nodes to reach nixos-rebuild",
+        Duration::from_secs(30),
+        || (1..=5).all(|i| rec.join(format!("nixos-rebuild.n{i}.started")).exists()),
+    );
     net.kill_sshd(&hosts[1]);
     net.link_down(&hosts[3]);
     std::fs::write(&go, "").expect("go");
@@ -52,12 +56,22 @@ fn killed_sshd_and_dead_link_fail_alone_and_fast() {
     for n in ["n1", "n3", "n5"] {
         assert!(row(n).contains(" ok "), "{}", row(n));
         let i: usize = n[1..].parse().expect("index");
-        assert_eq!(lines(&state_dir(&net, n).join("activations")), ["2 test"], "host {i}");
+        assert_eq!(
+            lines(&state_dir(&net, n).join("activations")),
+            ["2 test"],
+            "host {i}"
+        );
     }
     let n2 = row("n2");
-    assert!(n2.contains("FAILED") && n2.contains("[rebuild]") && n2.contains("Connection refused"), "{n2}");
+    assert!(
+        n2.contains("FAILED") && n2.contains("[rebuild]") && n2.contains("Connection refused"),
+        "{n2}"
+    );
     let n4 = row("n4");
-    assert!(n4.contains("FAILED") && n4.contains("[rebuild]") && n4.contains("timed out"), "{n4}");
+    assert!(
+        n4.contains("FAILED") && n4.contains("[rebuild]") && n4.contains("timed out"),
+        "{n4}"
+    );
     assert!(stdout.contains("3/5 node(s) succeeded"), "{stdout}");
     eprintln!("{stdout}");
     for n in ["n2", "n4"] {

@@ -15,26 +15,48 @@ fn pinned_host_key_passes_and_a_wrong_one_fails() {
     let mut bad_spec = NodeSpec::for_host(&bad);
     // A real key, but not this host's.
     bad_spec.host_key = Some(good.host_key.clone());
-    write_fleet(root.path(), &[NodeSpec::for_host(&good), bad_spec], 5, false);
+    write_fleet(
+        root.path(),
+        &[NodeSpec::for_host(&good), bad_spec],
+        5,
+        false,
+    );
 
     let out = deploy_cmd(&net, root.path(), &["--all", "--action", "test"])
         .output()
         .expect("fleetnix runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "one node fails:\n{stdout}\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "one node fails:\n{stdout}\n{stderr}"
+    );
 
     // good: the fake ran with exactly these arguments and the pinning options, and its ssh reached the host.
     let rec = root.path().join("rec");
     let argv = lines(&rec.join("nixos-rebuild.good.argv"));
-    let flake = format!("{}#good", root.path().canonicalize().expect("abs").display());
+    let flake = format!(
+        "{}#good",
+        root.path().canonicalize().expect("abs").display()
+    );
     assert_eq!(
         argv,
-        ["test", "--flake", &flake, "--target-host", &format!("root@{}", good.addr)],
+        [
+            "test",
+            "--flake",
+            &flake,
+            "--target-host",
+            &format!("root@{}", good.addr)
+        ],
         "{stdout}\n{stderr}"
     );
     let opts = std::fs::read_to_string(rec.join("nixos-rebuild.good.sshopts")).expect("sshopts");
-    let kh = root.path().canonicalize().expect("abs").join(".fleetnix/known_hosts/good");
+    let kh = root
+        .path()
+        .canonicalize()
+        .expect("abs")
+        .join(".fleetnix/known_hosts/good");
     for o in [
         format!("-o UserKnownHostsFile={}", kh.display()),
         "-o StrictHostKeyChecking=yes".into(),
@@ -47,14 +69,26 @@ fn pinned_host_key_passes_and_a_wrong_one_fails() {
         std::fs::read_to_string(&kh).expect("known_hosts"),
         format!("{} {}\n", good.addr, good.host_key)
     );
-    assert_eq!(lines(&state_dir(&net, "good").join("activations")), ["2 test"]);
+    assert_eq!(
+        lines(&state_dir(&net, "good").join("activations")),
+        ["2 test"]
+    );
 
     // bad: refused at the first connection, nixos-rebuild never ran, nothing activated.
     assert!(!rec.join("nixos-rebuild.bad.argv").exists());
     assert!(lines(&state_dir(&net, "bad").join("activations")).is_empty());
-    let row = stdout.lines().find(|l| l.starts_with("bad ")).expect("summary row for bad");
-    assert!(row.contains("FAILED") && row.contains("host key verification failed"), "{row}");
-    let row = stdout.lines().find(|l| l.starts_with("good ")).expect("summary row for good");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("bad "))
+        .expect("summary row for bad");
+    assert!(
+        row.contains("FAILED") && row.contains("host key verification failed"),
+        "{row}"
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("good "))
+        .expect("summary row for good");
     assert!(row.contains(" ok "), "{row}");
     // Per-node logs.
     let log = std::fs::read_to_string(root.path().join(".fleetnix/logs/good.log")).expect("log");
@@ -80,8 +114,17 @@ fn nix_sshopts_pinning_rejects_a_wrong_key_in_nixos_rebuild_itself() {
         let rec = dir.join("rec-direct");
         std::fs::create_dir_all(&rec).expect("rec");
         net.command(fakes().join("nixos-rebuild"))
-            .args(["test", "--flake", "/x#a", "--target-host", &format!("root@{}", a.addr)])
-            .env("NIX_SSHOPTS", fleetnix::deploy::nixos::nix_sshopts(&ssh, kh))
+            .args([
+                "test",
+                "--flake",
+                "/x#a",
+                "--target-host",
+                &format!("root@{}", a.addr),
+            ])
+            .env(
+                "NIX_SSHOPTS",
+                fleetnix::deploy::nixos::nix_sshopts(&ssh, kh),
+            )
             .env("FAKE_RECORD_DIR", &rec)
             .output()
             .expect("fake runs")
@@ -97,6 +140,10 @@ fn nix_sshopts_pinning_rejects_a_wrong_key_in_nixos_rebuild_itself() {
     let good = dir.join("known_hosts_good");
     std::fs::write(&good, format!("{} {}\n", a.addr, a.host_key)).expect("kh");
     let out = run(&good);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(lines(&state_dir(&net, "a").join("activations")), ["2 test"]);
 }

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 fn profile(net: &Net, name: &str) -> String {
     let p = net.dir().join(format!("profiles-{name}/system"));
-    std::fs::read_link(p).expect("profile link").display().to_string()
+    std::fs::read_link(p)
+        .expect("profile link")
+        .display()
+        .to_string()
 }
 
 #[test]
@@ -28,14 +31,25 @@ fn reconnect_failure_after_activation_rolls_back_to_the_previous_generation() {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
-    let row = stdout.lines().find(|l| l.starts_with("n1 ")).expect("summary row");
-    assert!(row.contains("rolled back") && row.contains("system-1-link"), "{row}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("n1 "))
+        .expect("summary row");
+    assert!(
+        row.contains("rolled back") && row.contains("system-1-link"),
+        "{row}"
+    );
 
     // The guard fires on the node and reactivates generation 1.
-    wait_for("the guard to reactivate generation 1", Duration::from_secs(20), || {
-        lines(&state.join("activations")).contains(&"1 switch".to_string())
-    });
-    assert_eq!(lines(&state.join("activations")), ["2 boot", "2 switch", "1 switch"]);
+    wait_for(
+        "the guard to reactivate generation 1",
+        Duration::from_secs(20),
+        || lines(&state.join("activations")).contains(&"1 switch".to_string()),
+    );
+    assert_eq!(
+        lines(&state.join("activations")),
+        ["2 boot", "2 switch", "1 switch"]
+    );
     assert_eq!(profile(&net, "n1"), "system-1-link");
     let log = std::fs::read_to_string(state.join("systemd.log")).expect("systemd log");
     assert!(log.contains("on-active=5 /bin/sh -c"), "{log}");
@@ -54,15 +68,29 @@ fn confirmed_switch_disarms_the_guard() {
         .output()
         .expect("fleetnix runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let row = stdout.lines().find(|l| l.starts_with("n1 ")).expect("summary row");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("n1 "))
+        .expect("summary row");
     assert!(row.contains("guard disarmed"), "{row}");
     assert_eq!(lines(&state.join("activations")), ["2 boot", "2 switch"]);
     assert_eq!(profile(&net, "n1"), "system-2-link");
     // Armed before activation, stopped after: the timer job is gone.
     let log = lines(&state.join("systemd.log"));
-    let armed = log.iter().position(|l| l.contains("on-active=30")).expect("armed");
-    let activated = log.iter().position(|l| l.contains("unit=fleetnix-activate")).expect("activated");
+    let armed = log
+        .iter()
+        .position(|l| l.contains("on-active=30"))
+        .expect("armed");
+    let activated = log
+        .iter()
+        .position(|l| l.contains("unit=fleetnix-activate"))
+        .expect("activated");
     let stopped = log
         .iter()
         .position(|l| l == "systemctl stop fleetnix-rollback.timer")
@@ -77,6 +105,13 @@ fn confirmed_switch_disarms_the_guard() {
     assert_eq!(out.status.code(), Some(0));
     let argv = lines(&root.path().join("rec/nixos-rebuild.n1.argv"));
     assert_eq!(argv[0], "switch");
-    assert_eq!(lines(&state.join("activations")), ["2 boot", "2 switch", "3 switch"]);
-    assert_eq!(lines(&state.join("systemd.log")).len(), log.len(), "no guard calls");
+    assert_eq!(
+        lines(&state.join("activations")),
+        ["2 boot", "2 switch", "3 switch"]
+    );
+    assert_eq!(
+        lines(&state.join("systemd.log")).len(),
+        log.len(),
+        "no guard calls"
+    );
 }

@@ -18,11 +18,19 @@ struct Recording {
 }
 
 fn ok(stdout: &str) -> ProcOutput {
-    ProcOutput { code: Some(0), stdout: stdout.into(), stderr: String::new() }
+    ProcOutput {
+        code: Some(0),
+        stdout: stdout.into(),
+        stderr: String::new(),
+    }
 }
 
 fn ssh_err(msg: &str) -> ProcOutput {
-    ProcOutput { code: Some(255), stdout: String::new(), stderr: format!("{msg}\n") }
+    ProcOutput {
+        code: Some(255),
+        stdout: String::new(),
+        stderr: format!("{msg}\n"),
+    }
 }
 
 /// The transport handed to the runner; the test keeps another handle to the recording.
@@ -37,7 +45,11 @@ impl Transport for Rec {
         _timeout: Duration,
         _log: &NodeLog,
     ) -> Result<ProcOutput, ProcError> {
-        self.0.calls.lock().unwrap().push((target.destination.clone(), script.to_string()));
+        self.0
+            .calls
+            .lock()
+            .unwrap()
+            .push((target.destination.clone(), script.to_string()));
         let mut a = self.0.answers.lock().unwrap();
         let q = a.entry(target.destination.clone()).or_default();
         Ok(if q.is_empty() { ok("") } else { q.remove(0) })
@@ -45,10 +57,14 @@ impl Transport for Rec {
 }
 
 fn setup(dir: &Path) -> (Vec<NodePlan>, DeployOptions) {
-    let fleet = fleetnix::manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet")).expect("fleet");
+    let fleet = fleetnix::manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet"))
+        .expect("fleet");
     let mut plans = fleetnix::plan::plan(&fleet);
     for p in &mut plans {
-        p.access.host_key = Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS/vcGfRqtpcVld33fFR5cjD2Ai9gXARYCEHEn".into());
+        p.access.host_key = Some(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS/vcGfRqtpcVld33fFR5cjD2Ai9gXARYCEHEn"
+                .into(),
+        );
     }
     let mut opts = DeployOptions::new(dir, &fleet.settings);
     opts.action = Action::Test;
@@ -58,7 +74,12 @@ fn setup(dir: &Path) -> (Vec<NodePlan>, DeployOptions) {
     (plans, opts)
 }
 
-async fn run(plans: Vec<NodePlan>, opts: DeployOptions, t: Arc<Recording>, cancel: Cancel) -> (fleetnix::deploy::runner::Summary, Vec<Event>) {
+async fn run(
+    plans: Vec<NodePlan>,
+    opts: DeployOptions,
+    t: Arc<Recording>,
+    cancel: Cancel,
+) -> (fleetnix::deploy::runner::Summary, Vec<Event>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let s = deploy(plans, opts, Rec(t), Arc::new(EnvAuthKey), Some(tx), cancel).await;
     let mut events = Vec::new();
@@ -75,29 +96,44 @@ async fn unreachable_node_is_retried_once_only_when_configured() {
     let t = Arc::new(Recording::default());
     t.answers.lock().unwrap().insert(
         "root@100.64.0.2".into(),
-        vec![ssh_err("ssh: connect to host 100.64.0.2 port 22: Connection timed out")],
+        vec![ssh_err(
+            "ssh: connect to host 100.64.0.2 port 22: Connection timed out",
+        )],
     );
     opts.retry = true;
     let (s, events) = run(plans.clone(), opts.clone(), t.clone(), Cancel::default()).await;
     assert!(s.success(), "{s:?}");
     let w1 = s.nodes.iter().find(|n| n.node == "worker-01").unwrap();
     assert_eq!((w1.outcome, w1.attempts), (Outcome::Succeeded, 2));
-    assert!(events.iter().any(|e| matches!(e, Event::Retrying { node, .. } if node == "worker-01")));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::Retrying { node, .. } if node == "worker-01")));
     assert!(dir.path().join(".fleetnix/logs/worker-01.log").exists());
 
     let t = Arc::new(Recording::default());
     t.answers.lock().unwrap().insert(
         "root@100.64.0.2".into(),
-        vec![ssh_err("ssh: connect to host 100.64.0.2 port 22: Connection timed out")],
+        vec![ssh_err(
+            "ssh: connect to host 100.64.0.2 port 22: Connection timed out",
+        )],
     );
     opts.retry = false;
     let (s, _) = run(plans, opts, t, Cancel::default()).await;
     assert!(!s.success());
     let w1 = s.nodes.iter().find(|n| n.node == "worker-01").unwrap();
-    assert_eq!((w1.outcome, w1.step, w1.attempts), (Outcome::Failed, Some(Step::Connect), 1));
+    assert_eq!(
+        (w1.outcome, w1.step, w1.attempts),
+        (Outcome::Failed, Some(Step::Connect), 1)
+    );
     assert!(w1.detail.contains("Connection timed out"), "{}", w1.detail);
     // The others are unaffected.
-    assert_eq!(s.nodes.iter().filter(|n| n.outcome == Outcome::Succeeded).count(), 2);
+    assert_eq!(
+        s.nodes
+            .iter()
+            .filter(|n| n.outcome == Outcome::Succeeded)
+            .count(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -109,21 +145,40 @@ async fn fail_fast_stops_starting_nodes_and_host_key_errors_are_not_retried() {
     opts.retry = true;
     let t = Arc::new(Recording::default());
     for ip in ["100.64.0.1", "100.64.0.2", "100.64.0.3"] {
-        t.answers
-            .lock()
-            .unwrap()
-            .insert(format!("root@{ip}"), vec![ssh_err("Host key verification failed.")]);
+        t.answers.lock().unwrap().insert(
+            format!("root@{ip}"),
+            vec![ssh_err("Host key verification failed.")],
+        );
     }
     let (s, _) = run(plans, opts, t.clone(), Cancel::default()).await;
     // One slot: the first node fails, the other two never start.
-    let ran: Vec<_> = s.nodes.iter().filter(|n| n.outcome != Outcome::Skipped).collect();
+    let ran: Vec<_> = s
+        .nodes
+        .iter()
+        .filter(|n| n.outcome != Outcome::Skipped)
+        .collect();
     assert_eq!(ran.len(), 1, "{s:?}");
-    assert_eq!((ran[0].outcome, ran[0].attempts), (Outcome::Failed, 1), "not retried");
-    assert!(ran[0].detail.contains("host key verification failed"), "{}", ran[0].detail);
+    assert_eq!(
+        (ran[0].outcome, ran[0].attempts),
+        (Outcome::Failed, 1),
+        "not retried"
+    );
+    assert!(
+        ran[0].detail.contains("host key verification failed"),
+        "{}",
+        ran[0].detail
+    );
     assert_eq!(t.calls.lock().unwrap().len(), 1);
-    let skipped = s.nodes.iter().filter(|n| n.outcome == Outcome::Skipped).count();
+    let skipped = s
+        .nodes
+        .iter()
+        .filter(|n| n.outcome == Outcome::Skipped)
+        .count();
     assert_eq!(skipped, 2);
-    assert!(s.nodes.iter().all(|n| n.outcome != Outcome::Skipped || n.detail.contains("--fail-fast")));
+    assert!(s
+        .nodes
+        .iter()
+        .all(|n| n.outcome != Outcome::Skipped || n.detail.contains("--fail-fast")));
     assert!(!s.success());
 }
 
@@ -148,7 +203,8 @@ async fn host_keys_come_from_tailscale_status_when_the_manifest_has_none() {
         p.access.host_key = None;
     }
     // A `tailscale` that prints the reference fixture.
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deploy/tailscale-status.json");
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deploy/tailscale-status.json");
     let ts = dir.path().join("tailscale");
     std::fs::write(&ts, format!("#!/bin/sh\ncat '{}'\n", fixture.display())).unwrap();
     std::fs::set_permissions(&ts, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -161,6 +217,13 @@ async fn host_keys_come_from_tailscale_status_when_the_manifest_has_none() {
     assert!(kh.starts_with("100.64.0.2 ssh-ed25519 AAAA"), "{kh}");
     // The fixture's Self (control-01) reports no SSH host keys: never trust on first use.
     let cp = by["control-01"];
-    assert_eq!((cp.outcome, cp.step), (Outcome::Failed, Some(Step::HostKey)));
-    assert!(cp.detail.contains("ssh-keyscan -t ed25519 100.64.0.1"), "{}", cp.detail);
+    assert_eq!(
+        (cp.outcome, cp.step),
+        (Outcome::Failed, Some(Step::HostKey))
+    );
+    assert!(
+        cp.detail.contains("ssh-keyscan -t ed25519 100.64.0.1"),
+        "{}",
+        cp.detail
+    );
 }

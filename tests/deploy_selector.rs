@@ -5,7 +5,8 @@ use fleetnix::manifest;
 use std::path::Path;
 
 fn fleet() -> fleetnix::model::Fleet {
-    manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet")).expect("example fleet loads")
+    manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet"))
+        .expect("example fleet loads")
 }
 
 fn names(targets: &[&str], all: bool) -> Result<Vec<String>, SelectorError> {
@@ -30,10 +31,22 @@ fn targets_parse_into_their_kinds() {
 #[test]
 fn selection_is_ored_deduplicated_and_in_name_order() {
     assert_eq!(names(&["worker-01"], false).unwrap(), ["worker-01"]);
-    assert_eq!(names(&["@glm-worker"], false).unwrap(), ["worker-01", "worker-02"]);
-    assert_eq!(names(&["@mnemopi-replica", "worker-01"], false).unwrap(), ["worker-01", "worker-02"]);
-    assert_eq!(names(&["worker-02", "@glm-worker"], false).unwrap(), ["worker-01", "worker-02"]);
-    assert_eq!(names(&[], true).unwrap(), ["control-01", "worker-01", "worker-02"]);
+    assert_eq!(
+        names(&["@glm-worker"], false).unwrap(),
+        ["worker-01", "worker-02"]
+    );
+    assert_eq!(
+        names(&["@mnemopi-replica", "worker-01"], false).unwrap(),
+        ["worker-01", "worker-02"]
+    );
+    assert_eq!(
+        names(&["worker-02", "@glm-worker"], false).unwrap(),
+        ["worker-01", "worker-02"]
+    );
+    assert_eq!(
+        names(&[], true).unwrap(),
+        ["control-01", "worker-01", "worker-02"]
+    );
     assert_eq!(names(&["@control-plane"], false).unwrap(), ["control-01"]);
 }
 
@@ -41,7 +54,9 @@ fn selection_is_ored_deduplicated_and_in_name_order() {
 fn matching_nothing_is_an_error() {
     assert_eq!(names(&[], false), Err(SelectorError::Empty));
     match names(&["worker-1"], false) {
-        Err(SelectorError::UnknownNode { name, suggestion, .. }) => {
+        Err(SelectorError::UnknownNode {
+            name, suggestion, ..
+        }) => {
             assert_eq!(name, "worker-1");
             assert_eq!(suggestion.as_deref(), Some("worker-01"));
         }
@@ -53,6 +68,11 @@ fn matching_nothing_is_an_error() {
         Err(SelectorError::NoNodeWithRole { role, .. }) if role == "gpu"
     ));
     // A role in the catalog that no node has is still "matches nothing".
-    let e = names(&["@nonexistent-role"], false).unwrap_err().to_string();
-    assert!(e.contains("matches no node") && e.contains("glm-worker"), "{e}");
+    let e = names(&["@nonexistent-role"], false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("matches no node") && e.contains("glm-worker"),
+        "{e}"
+    );
 }

@@ -138,7 +138,10 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
     }
     let authkeys = Arc::new(EnvAuthKey);
     if args.dry_run {
-        print!("{}", dryrun::dry_run(&plans, &opts, authkeys.as_ref(), &render));
+        print!(
+            "{}",
+            dryrun::dry_run(&plans, &opts, authkeys.as_ref(), &render)
+        );
         return ExitCode::SUCCESS;
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()

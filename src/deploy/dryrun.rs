@@ -37,7 +37,11 @@ impl Listing<'_> {
         self.n += 1;
         let _ = writeln!(self.out, "  {}. {what}", self.n);
         let sudo = if self.target.sudo { "sudo -n " } else { "" };
-        let _ = writeln!(self.out, "     $ $SSH {}", shell::sh_quote(&format!("{sudo}sh -c <script>")));
+        let _ = writeln!(
+            self.out,
+            "     $ $SSH {}",
+            shell::sh_quote(&format!("{sudo}sh -c <script>"))
+        );
         self.out.push_str(&indent(script, "       | "));
         if let Some(s) = stdin {
             let _ = writeln!(self.out, "     stdin: {s}");
@@ -104,9 +108,14 @@ fn node(plan: &NodePlan, opts: &DeployOptions, authkeys: &dyn AuthKeySource) -> 
     match &plan.access.host_key {
         Some(k) => {
             let _ = writeln!(l.out, "  known_hosts {} pins:", kh.display());
-            l.out.push_str(&indent(&hostkeys::known_hosts(&plan.access.address, std::slice::from_ref(k)), "    "));
+            l.out.push_str(&indent(
+                &hostkeys::known_hosts(&plan.access.address, std::slice::from_ref(k)),
+                "    ",
+            ));
             if opts.tailscale.is_some() {
-                l.out.push_str("    (plus any sshHostKeys `tailscale status --json` reports for this peer)\n");
+                l.out.push_str(
+                    "    (plus any sshHostKeys `tailscale status --json` reports for this peer)\n",
+                );
             }
         }
         None => {
@@ -133,7 +142,10 @@ fn node(plan: &NodePlan, opts: &DeployOptions, authkeys: &dyn AuthKeySource) -> 
                 None,
             );
             if plan.access.os == Os::Auto {
-                let _ = writeln!(l.out, "  if ID=nixos: the NixOS steps below; otherwise the fallback steps:");
+                let _ = writeln!(
+                    l.out,
+                    "  if ID=nixos: the NixOS steps below; otherwise the fallback steps:"
+                );
                 nixos_steps(&mut l, plan, opts);
                 let _ = writeln!(l.out, "  otherwise:");
             }
@@ -142,24 +154,35 @@ fn node(plan: &NodePlan, opts: &DeployOptions, authkeys: &dyn AuthKeySource) -> 
                 &fallback::install_script(&opts.install_url),
                 None,
             );
-            let source = format!("the auth key from {} (redacted)", authkeys.describe(&plan.name));
+            let source = format!(
+                "the auth key from {} (redacted)",
+                authkeys.describe(&plan.name)
+            );
             l.remote(
                 "if not up as this node: tailscale up, key in a 0600 file written from stdin, deleted afterwards",
                 &fallback::up_script(plan),
                 Some(&source),
             );
             l.remote(
-                &format!("install {} if it differs, enable, restart", fallback::AGENT_UNIT),
+                &format!(
+                    "install {} if it differs, enable, restart",
+                    fallback::AGENT_UNIT
+                ),
                 &fallback::agent_script(),
                 Some("the unit file below"),
             );
-            l.out.push_str(&indent(&fallback::agent_unit(plan), "       | "));
+            l.out
+                .push_str(&indent(&fallback::agent_unit(plan), "       | "));
             l.remote(
-                &format!("install {} if it differs, load its rules", fallback::FIREWALL_UNIT),
+                &format!(
+                    "install {} if it differs, load its rules",
+                    fallback::FIREWALL_UNIT
+                ),
                 &fallback::firewall_script(),
                 Some("the unit file below"),
             );
-            l.out.push_str(&indent(&fallback::firewall_unit(plan), "       | "));
+            l.out
+                .push_str(&indent(&fallback::firewall_unit(plan), "       | "));
         }
     }
     let _ = writeln!(l.out, "  log: {}", opts.log_path(&plan.name).display());
@@ -173,7 +196,10 @@ fn nixos_steps(l: &mut Listing, plan: &NodePlan, opts: &DeployOptions) {
         &guard::current_generation_script(),
         None,
     );
-    let program = opts.nixos_rebuild.clone().unwrap_or_else(|| PathBuf::from("nixos-rebuild"));
+    let program = opts
+        .nixos_rebuild
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("nixos-rebuild"));
     let action = if guarded { Action::Boot } else { opts.action };
     let cmd = nixos::rebuild_command(
         &program,
@@ -185,7 +211,9 @@ fn nixos_steps(l: &mut Listing, plan: &NodePlan, opts: &DeployOptions) {
     );
     let what = match (guarded, opts.nixos_rebuild.is_some()) {
         (_, false) => "nixos-rebuild (NOT FOUND on PATH: install it or set FLEETNIX_NIXOS_REBUILD)",
-        (true, true) => "nixos-rebuild boot: build, copy, set the system profile (activation follows, guarded)",
+        (true, true) => {
+            "nixos-rebuild boot: build, copy, set the system profile (activation follows, guarded)"
+        }
         (false, true) => "nixos-rebuild",
     };
     l.local(what, &cmd);
@@ -198,7 +226,11 @@ fn nixos_steps(l: &mut Listing, plan: &NodePlan, opts: &DeployOptions) {
             &guard::arm_script("system-N-link", opts.rollback_grace),
             None,
         );
-        l.remote("activate (switch-to-configuration switch)", &guard::activate_script(), None);
+        l.remote(
+            "activate (switch-to-configuration switch)",
+            &guard::activate_script(),
+            None,
+        );
         l.remote(
             "confirm over a NEW connection and disarm the guard (retried until the grace period ends)",
             &guard::disarm_script(),

@@ -60,7 +60,11 @@ pub fn parse_probe(out: &str, plan: &NodePlan) -> Probe {
         .is_some_and(|v| {
             let tags: Vec<String> = v["Self"]["Tags"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             let mut tags = tags;
             tags.sort();
@@ -142,7 +146,10 @@ pub fn ruleset(plan: &NodePlan) -> String {
     let mut rules = Vec::new();
     for (proto, ports) in [("tcp", &plan.tcp_ports), ("udp", &plan.udp_ports)] {
         if !ports.is_empty() {
-            rules.push(format!("iifname \"tailscale0\" {proto} dport {{ {} }} accept", set(ports)));
+            rules.push(format!(
+                "iifname \"tailscale0\" {proto} dport {{ {} }} accept",
+                set(ports)
+            ));
             rules.push(format!("{proto} dport {{ {} }} drop", set(ports)));
         }
     }
@@ -225,13 +232,21 @@ mod tests {
     fn os_release_ids() {
         let t = "NAME=\"Ubuntu\"\nID=ubuntu\nID_LIKE=debian\n";
         assert_eq!(os_release_value(t, "ID").as_deref(), Some("ubuntu"));
-        assert_eq!(os_release_value("ID=\"nixos\"", "ID").as_deref(), Some("nixos"));
+        assert_eq!(
+            os_release_value("ID=\"nixos\"", "ID").as_deref(),
+            Some("nixos")
+        );
         assert_eq!(os_release_value("", "ID"), None);
     }
 
     #[test]
     fn scripts_are_valid_sh() {
-        for s in [probe_script(), install_script("file:///x y"), agent_script(), firewall_script()] {
+        for s in [
+            probe_script(),
+            install_script("file:///x y"),
+            agent_script(),
+            firewall_script(),
+        ] {
             let st = std::process::Command::new("sh")
                 .args(["-n", "-c", &s])
                 .status()

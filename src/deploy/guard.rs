@@ -30,8 +30,7 @@ pub fn parse_generation(out: &str) -> Result<String, String> {
     let g = out.trim();
     let ok = !g.is_empty()
         && !g.starts_with('-')
-        && g
-            .bytes()
+        && g.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b'+'));
     if ok {
         Ok(g.to_string())
@@ -104,7 +103,10 @@ mod tests {
 
     #[test]
     fn generations_are_checked() {
-        assert_eq!(parse_generation("system-42-link\n"), Ok("system-42-link".into()));
+        assert_eq!(
+            parse_generation("system-42-link\n"),
+            Ok("system-42-link".into())
+        );
         assert!(parse_generation("/nix/store/abc-nixos-system").is_ok());
         assert!(parse_generation("x; rm -rf /").is_err());
         assert!(parse_generation("").is_err());

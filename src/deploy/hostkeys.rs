@@ -21,8 +21,7 @@ pub fn normalize_key(line: &str) -> Option<String> {
     let mut words = line.split_whitespace();
     let (t, b) = (words.next()?, words.next()?);
     let b64_ok = !b.is_empty()
-        && b
-            .bytes()
+        && b.bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='));
     (KEY_TYPES.contains(&t) && b64_ok).then(|| format!("{t} {b}"))
 }
@@ -54,7 +53,11 @@ pub fn keys_from_status(json: &str) -> Result<BTreeMap<IpAddr, Vec<String>>, ser
     let status: Status = serde_json::from_str(json)?;
     let mut out: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
     for p in status.me.iter().chain(status.peers.values()) {
-        let keys: Vec<String> = p.ssh_host_keys.iter().filter_map(|k| normalize_key(k)).collect();
+        let keys: Vec<String> = p
+            .ssh_host_keys
+            .iter()
+            .filter_map(|k| normalize_key(k))
+            .collect();
         if keys.is_empty() {
             continue;
         }
@@ -101,6 +104,9 @@ mod tests {
                 "ssh-ed25519 bad\"quote".into(),
             ],
         );
-        assert_eq!(text, "100.64.0.2 ssh-ed25519 AAAA\n100.64.0.2 ssh-rsa BBBB\n");
+        assert_eq!(
+            text,
+            "100.64.0.2 ssh-ed25519 AAAA\n100.64.0.2 ssh-rsa BBBB\n"
+        );
     }
 }

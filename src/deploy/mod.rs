@@ -165,7 +165,8 @@ impl DeployOptions {
                 "the repository root {root} contains `#` or `?`, which a flake reference cannot hold"
             ));
         }
-        shell::check_no_nul("the state directory", &self.state_dir.to_string_lossy()).or_else(bad)?;
+        shell::check_no_nul("the state directory", &self.state_dir.to_string_lossy())
+            .or_else(bad)?;
         shell::check_no_nul("the install script URL", &self.install_url).or_else(bad)?;
         if let Some(id) = &self.ssh.identity {
             shell::check_no_nul("the SSH identity", &id.to_string_lossy()).or_else(bad)?;

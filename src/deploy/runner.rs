@@ -5,7 +5,9 @@ use super::fallback::{self, Probe};
 use super::guard::{self, Disarm};
 use super::hostkeys;
 use super::nixos;
-use super::transport::{run_process, LocalCommand, NodeLog, ProcError, ProcOutput, SshTarget, Transport};
+use super::transport::{
+    run_process, LocalCommand, NodeLog, ProcError, ProcOutput, SshTarget, Transport,
+};
 use super::{Action, AuthKeySource, DeployOptions};
 use crate::fsutil::write_atomic;
 use crate::model::Os;
@@ -203,7 +205,9 @@ impl Failure {
 fn ssh_failure(step: Step, out: &ProcOutput) -> Failure {
     let err = out.stderr.to_ascii_lowercase();
     let last = out.last_line();
-    if err.contains("host key verification failed") || err.contains("remote host identification has changed") {
+    if err.contains("host key verification failed")
+        || err.contains("remote host identification has changed")
+    {
         return Failure::new(
             step,
             format!("host key verification failed: the node's key does not match the pinned host_key ({last})"),
@@ -323,19 +327,40 @@ impl<T: Transport> Ctx<T> {
             Os::Nixos => {
                 self.step(plan, Step::Connect, log);
                 let out = self
-                    .remote(Step::Connect, &target, &guard::current_generation_script(), None, quick, log)
+                    .remote(
+                        Step::Connect,
+                        &target,
+                        &guard::current_generation_script(),
+                        None,
+                        quick,
+                        log,
+                    )
                     .await?;
                 self.nixos(plan, &target, &out.stdout, log).await
             }
             Os::Linux | Os::Auto => {
                 self.step(plan, Step::Connect, log);
                 let out = self
-                    .remote(Step::Connect, &target, &fallback::probe_script(), None, quick, log)
+                    .remote(
+                        Step::Connect,
+                        &target,
+                        &fallback::probe_script(),
+                        None,
+                        quick,
+                        log,
+                    )
                     .await?;
                 let probe = fallback::parse_probe(&out.stdout, plan);
                 if plan.access.os == Os::Auto && probe.os_id == "nixos" {
                     let out = self
-                        .remote(Step::Connect, &target, &guard::current_generation_script(), None, quick, log)
+                        .remote(
+                            Step::Connect,
+                            &target,
+                            &guard::current_generation_script(),
+                            None,
+                            quick,
+                            log,
+                        )
                         .await?;
                     return self.nixos(plan, &target, &out.stdout, log).await;
                 }
@@ -355,7 +380,10 @@ impl<T: Transport> Ctx<T> {
         let Some(program) = &self.opts.nixos_rebuild else {
             return Err(Failure::new(
                 Step::Rebuild,
-                format!("nixos-rebuild not found on PATH (or set {})", super::env::NIXOS_REBUILD),
+                format!(
+                    "nixos-rebuild not found on PATH (or set {})",
+                    super::env::NIXOS_REBUILD
+                ),
             ));
         };
         let guarded = self.opts.guarded();
@@ -366,7 +394,11 @@ impl<T: Transport> Ctx<T> {
         } else {
             None
         };
-        let action = if guarded { Action::Boot } else { self.opts.action };
+        let action = if guarded {
+            Action::Boot
+        } else {
+            self.opts.action
+        };
         self.step(plan, Step::Rebuild, log);
         let cmd = nixos::rebuild_command(
             program,
@@ -378,13 +410,22 @@ impl<T: Transport> Ctx<T> {
         );
         match run_process(&cmd, None, self.opts.step_timeout, log).await {
             Ok(out) if out.success() => {}
-            Ok(out) if out.stderr.to_ascii_lowercase().contains("host key verification failed") => {
+            Ok(out)
+                if out
+                    .stderr
+                    .to_ascii_lowercase()
+                    .contains("host key verification failed") =>
+            {
                 return Err(ssh_failure(Step::Rebuild, &out))
             }
             Ok(out) => {
                 let mut f = ssh_failure(Step::Rebuild, &out);
                 if !f.unreachable {
-                    f.reason = format!("nixos-rebuild {} failed: {}", action.as_str(), out.last_line());
+                    f.reason = format!(
+                        "nixos-rebuild {} failed: {}",
+                        action.as_str(),
+                        out.last_line()
+                    );
                 }
                 return Err(f);
             }
@@ -396,15 +437,36 @@ impl<T: Transport> Ctx<T> {
         self.step(plan, Step::ArmGuard, log);
         let grace = self.opts.rollback_grace;
         let armed_at = Instant::now();
-        self.remote(Step::ArmGuard, target, &guard::arm_script(&prev, grace), None, quick, log)
-            .await?;
+        self.remote(
+            Step::ArmGuard,
+            target,
+            &guard::arm_script(&prev, grace),
+            None,
+            quick,
+            log,
+        )
+        .await?;
         self.step(plan, Step::Activate, log);
-        let left = format!("the rollback guard returns the node to {prev} within {}s", grace.as_secs());
-        match self.transport.run(target, &guard::activate_script(), None, self.opts.step_timeout, log).await {
+        let left = format!(
+            "the rollback guard returns the node to {prev} within {}s",
+            grace.as_secs()
+        );
+        match self
+            .transport
+            .run(
+                target,
+                &guard::activate_script(),
+                None,
+                self.opts.step_timeout,
+                log,
+            )
+            .await
+        {
             // Lost connection during activation (e.g. tailscaled restarting): the confirmation decides.
-            Ok(out) if out.code == Some(255) => {
-                log.line(&format!("connection lost during activation ({}); confirming", out.last_line()))
-            }
+            Ok(out) if out.code == Some(255) => log.line(&format!(
+                "connection lost during activation ({}); confirming",
+                out.last_line()
+            )),
             Ok(out) if !out.success() => {
                 return Err(Failure::new(
                     Step::Activate,
@@ -422,7 +484,11 @@ impl<T: Transport> Ctx<T> {
         while Instant::now() < deadline {
             let left_t = deadline.saturating_duration_since(Instant::now());
             let t = quick.min(left_t).max(Duration::from_secs(1));
-            match self.transport.run(target, &guard::disarm_script(), None, t, log).await {
+            match self
+                .transport
+                .run(target, &guard::disarm_script(), None, t, log)
+                .await
+            {
                 Ok(out) if out.success() => match guard::parse_disarm(&out.stdout) {
                     Some(Disarm::Disarmed) => {
                         return Ok((
@@ -442,12 +508,16 @@ impl<T: Transport> Ctx<T> {
                 Err(e) => last = e.to_string(),
             }
             log.line(&format!("confirmation failed: {last}; retrying"));
-            let pause = Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
+            let pause =
+                Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
         }
         Ok((
             Outcome::RolledBack,
-            format!("no new connection within {}s of activation ({last}): {left}", grace.as_secs()),
+            format!(
+                "no new connection within {}s of activation ({last}): {left}",
+                grace.as_secs()
+            ),
         ))
     }
 
@@ -463,8 +533,15 @@ impl<T: Transport> Ctx<T> {
         let mut changed = Vec::new();
         if !probe.has_tailscale {
             self.step(plan, Step::Install, log);
-            self.remote(Step::Install, target, &fallback::install_script(&self.opts.install_url), None, long, log)
-                .await?;
+            self.remote(
+                Step::Install,
+                target,
+                &fallback::install_script(&self.opts.install_url),
+                None,
+                long,
+                log,
+            )
+            .await?;
             changed.push("installed tailscale");
         }
         if !probe.up_as_planned {
@@ -513,9 +590,15 @@ impl<T: Transport> Ctx<T> {
             changed.push("firewall");
         }
         Ok(if changed.is_empty() {
-            (Outcome::Unchanged, "already as planned; nothing changed".into())
+            (
+                Outcome::Unchanged,
+                "already as planned; nothing changed".into(),
+            )
         } else {
-            (Outcome::Succeeded, format!("changed: {}", changed.join(", ")))
+            (
+                Outcome::Succeeded,
+                format!("changed: {}", changed.join(", ")),
+            )
         })
     }
 
@@ -530,7 +613,10 @@ impl<T: Transport> Ctx<T> {
             node: plan.name.to_string(),
         });
         let log = NodeLog::create(&self.opts.log_path(&plan.name)).unwrap_or_else(|e| {
-            self.emit(Event::Warning(format!("{}: cannot write its log: {e}", plan.name)));
+            self.emit(Event::Warning(format!(
+                "{}: cannot write its log: {e}",
+                plan.name
+            )));
             NodeLog::discard()
         });
         log.line(&format!("# fleetnix deploy {} ({action})", plan.name));
@@ -579,11 +665,17 @@ pub async fn tailnet_host_keys(
     match run_process(&cmd, None, opts.node_timeout, &NodeLog::discard()).await {
         Ok(out) if out.success() => match hostkeys::keys_from_status(&out.stdout) {
             Ok(k) => (k, None),
-            Err(e) => (BTreeMap::new(), Some(format!("tailscale status --json: unexpected output: {e}"))),
+            Err(e) => (
+                BTreeMap::new(),
+                Some(format!("tailscale status --json: unexpected output: {e}")),
+            ),
         },
         Ok(out) => (
             BTreeMap::new(),
-            Some(format!("tailscale status --json failed: {}", out.last_line())),
+            Some(format!(
+                "tailscale status --json failed: {}",
+                out.last_line()
+            )),
         ),
         Err(e) => (BTreeMap::new(), Some(e.to_string())),
     }
@@ -611,7 +703,9 @@ pub async fn deploy<T: Transport>(
         events,
     });
     if let Some(w) = warning {
-        ctx.emit(Event::Warning(format!("host keys from the tailnet unavailable: {w}")));
+        ctx.emit(Event::Warning(format!(
+            "host keys from the tailnet unavailable: {w}"
+        )));
     }
     let stop = Cancel::default();
     let mut set = tokio::task::JoinSet::new();

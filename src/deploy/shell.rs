@@ -9,7 +9,11 @@
 pub fn sh_quote(s: &str) -> String {
     let safe = !s.is_empty()
         && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':' | b'=' | b'@' | b',' | b'+' | b'%')
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'_' | b'.' | b'/' | b':' | b'=' | b'@' | b',' | b'+' | b'%'
+                )
         });
     if safe {
         s.to_string()
@@ -62,13 +66,28 @@ mod tests {
 
     #[test]
     fn quoting_round_trips_through_sh() {
-        for s in ["plain", "", "a b", "it's", "$(rm -rf /)", "`x`", "a\"b\\c", "tab\there", "new\nline"] {
+        for s in [
+            "plain",
+            "",
+            "a b",
+            "it's",
+            "$(rm -rf /)",
+            "`x`",
+            "a\"b\\c",
+            "tab\there",
+            "new\nline",
+        ] {
             let out = std::process::Command::new("sh")
                 .arg("-c")
                 .arg(format!("printf %s {}", sh_quote(s)))
                 .output()
                 .expect("sh runs");
-            assert_eq!(String::from_utf8_lossy(&out.stdout), s, "quoted {s:?} as {}", sh_quote(s));
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                s,
+                "quoted {s:?} as {}",
+                sh_quote(s)
+            );
         }
     }
 

@@ -160,7 +160,11 @@ impl LocalCommand {
     }
 }
 
-async fn pump<R: AsyncRead + Unpin>(r: Option<R>, log: &NodeLog, prefix: &str) -> std::io::Result<String> {
+async fn pump<R: AsyncRead + Unpin>(
+    r: Option<R>,
+    log: &NodeLog,
+    prefix: &str,
+) -> std::io::Result<String> {
     let Some(r) = r else { return Ok(String::new()) };
     let mut reader = BufReader::new(r);
     let mut all = Vec::new();
@@ -190,7 +194,11 @@ pub async fn run_process(
     let mut c = tokio::process::Command::new(&cmd.program);
     c.args(&cmd.args)
         .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Own process group: a terminal's Ctrl-C does not reach it (running nodes finish), and a

@@ -57,7 +57,8 @@ pub fn write_fleet(root: &Path, nodes: &[NodeSpec], timeout: u32, retry: bool) {
     let fleet = root.join("fleet");
     std::fs::create_dir_all(&fleet).expect("fleet dir");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::copy(repo.join("fleet/services.yml"), fleet.join("services.yml")).expect("services.yml");
+    std::fs::copy(repo.join("fleet/services.yml"), fleet.join("services.yml"))
+        .expect("services.yml");
     let mut y = String::from("nodes:\n");
     for (i, n) in nodes.iter().enumerate() {
         let mut roles = n.roles.clone();
@@ -106,7 +107,11 @@ pub fn nixos_host(net: &mut Net, name: &str) -> Host {
     .expect("fake switch-to-configuration");
     std::os::unix::fs::symlink(state.join("gens/1"), profiles.join("system-1-link")).expect("link");
     std::os::unix::fs::symlink("system-1-link", profiles.join("system")).expect("link");
-    std::fs::write(profiles.join(".fleetnix-test-host"), state.display().to_string()).expect("marker");
+    std::fs::write(
+        profiles.join(".fleetnix-test-host"),
+        state.display().to_string(),
+    )
+    .expect("marker");
     let host = net.add_host(
         name,
         HostOptions {
@@ -118,7 +123,8 @@ pub fn nixos_host(net: &mut Net, name: &str) -> Host {
         },
     );
     // The fake nixos-rebuild finds sshd's pid file through the state dir.
-    std::os::unix::fs::symlink(host.dir.join("sshd.pid"), state.join("sshd.pid")).expect("pid link");
+    std::os::unix::fs::symlink(host.dir.join("sshd.pid"), state.join("sshd.pid"))
+        .expect("pid link");
     host
 }
 

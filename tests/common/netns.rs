@@ -97,15 +97,23 @@ fn ip(args: &[&str]) {
 }
 
 fn keygen(path: &Path) -> String {
-    sh(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "fleetnix-test", "-f"]).arg(path))
-        .expect("ssh-keygen runs");
+    sh(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "fleetnix-test", "-f"])
+        .arg(path))
+    .expect("ssh-keygen runs");
     let pubkey = std::fs::read_to_string(path.with_extension("pub")).expect("public key written");
-    pubkey.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+    pubkey
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Deletes namespaces (and /etc/netns entries) left by test processes that no longer exist.
 fn sweep_stale() {
-    let Ok(entries) = std::fs::read_dir("/run/netns") else { return };
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(pid) = name
@@ -126,7 +134,10 @@ fn sweep_stale() {
 
 fn kill_all_in(ns: &str) {
     if let Ok(pids) = sh(Command::new("ip").args(["netns", "pids", ns])) {
-        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
             // SAFETY: sending a signal has no memory effects.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
@@ -139,7 +150,10 @@ fn kill_all_in(ns: &str) {
 pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -240,9 +254,20 @@ impl Net {
         });
         let veth = format!("v{i}");
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ip(&["-n", &self.hub, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        ip(&[
+            "-n", &self.hub, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ]);
         ip(&["-n", &self.hub, "link", "set", &veth, "master", "br0", "up"]);
-        ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
         ip(&["-n", &ns, "link", "set", "eth0", "up"]);
 
         std::fs::write(
@@ -255,12 +280,23 @@ impl Net {
         for d in &opts.etc_dirs {
             std::fs::create_dir_all(etc.join(d)).expect("etc dir");
         }
-        std::fs::write(dir.join("authorized_keys"), format!("{}\n", self.client_pub)).expect("authorized_keys");
-        let mut path: Vec<String> = opts.path_prefix.iter().map(|p| p.display().to_string()).collect();
+        std::fs::write(
+            dir.join("authorized_keys"),
+            format!("{}\n", self.client_pub),
+        )
+        .expect("authorized_keys");
+        let mut path: Vec<String> = opts
+            .path_prefix
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         path.push("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
         let mut setenv = format!("PATH={}", path.join(":"));
         for (k, v) in &opts.env {
-            assert!(!v.contains([' ', '"', '\n']), "SetEnv values must be plain: {v:?}");
+            assert!(
+                !v.contains([' ', '"', '\n']),
+                "SetEnv values must be plain: {v:?}"
+            );
             setenv.push_str(&format!(" {k}={v}"));
         }
         let cfg = dir.join("sshd_config");
@@ -278,6 +314,8 @@ impl Net {
         host
     }
 
+    // The child is kept in `self.hosts` and waited for by `kill_sshd` or `Drop`.
+    #[allow(clippy::zombie_processes)]
     fn start_sshd(&mut self, host: &Host, binds: &[(PathBuf, PathBuf)]) {
         let log = std::fs::File::create(host.dir.join("sshd.log")).expect("sshd log");
         let mut c = Command::new("ip");
@@ -291,10 +329,22 @@ impl Net {
         } else {
             let mut script = String::from("set -e\n");
             for (src, dst) in binds {
-                script.push_str(&format!("mount --bind '{}' '{}'\n", src.display(), dst.display()));
+                script.push_str(&format!(
+                    "mount --bind '{}' '{}'\n",
+                    src.display(),
+                    dst.display()
+                ));
             }
             script.push_str(&sshd);
-            c.args(["unshare", "--mount", "--propagation", "private", "sh", "-c", &script]);
+            c.args([
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+            ]);
         }
         let child = c
             .stdin(Stdio::null())
@@ -306,11 +356,15 @@ impl Net {
             r.sshd = Some(child);
         }
         let ns = host.ns.clone();
-        wait_for(&format!("sshd of {} to listen", host.name), Duration::from_secs(10), || {
-            sh(Command::new("ip").args(["netns", "exec", &ns, "ss", "-Hltn", "sport = :22"]))
-                .map(|o| !o.trim().is_empty())
-                .unwrap_or(false)
-        });
+        wait_for(
+            &format!("sshd of {} to listen", host.name),
+            Duration::from_secs(10),
+            || {
+                sh(Command::new("ip").args(["netns", "exec", &ns, "ss", "-Hltn", "sport = :22"]))
+                    .map(|o| !o.trim().is_empty())
+                    .unwrap_or(false)
+            },
+        );
     }
 
     /// Fault: kills the host's sshd listener (sessions already open keep running).

@@ -8,6 +8,7 @@ pub mod acl;
 pub mod alert;
 pub mod bus;
 pub mod cloudinit;
+pub mod deploy;
 pub mod fsutil;
 pub mod health;
 pub mod manifest;

@@ -1,16 +1,213 @@
-//! `deploy`.
+//! `deploy`: parses arguments, prints progress and the summary. The work is in `fleetnix::deploy`.
 
 use super::Ctx;
+use fleetnix::deploy::runner::{self, Cancel, Event, Outcome};
+use fleetnix::deploy::selector::Selector;
+use fleetnix::deploy::transport::SshTransport;
+use fleetnix::deploy::{
+    dryrun, ensure_rendered, Action, BuildOn, DeployOptions, EnvAuthKey, RenderMode, RenderState,
+    DEFAULT_PARALLEL,
+};
+use fleetnix::plan;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `--action`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ActionArg {
+    /// Activate and make it the boot default (rollback-guarded).
+    Switch,
+    /// Boot default only.
+    Boot,
+    /// Activate, not for the next boot.
+    Test,
+}
+
+/// `--build-on`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BuildOnArg {
+    /// Build here, copy the closure.
+    Local,
+    /// Build on the node.
+    Target,
+}
 
 /// Arguments of `deploy`.
 #[derive(Debug, clap::Args)]
 pub struct DeployArgs {
-    /// Node names or `@role`.
+    /// Node names or `@role` (e.g. `worker-01 @glm-worker`).
     pub targets: Vec<String>,
+    /// Every node.
+    #[arg(long)]
+    pub all: bool,
+    /// Print per node the commands and environment that would run; connect nowhere, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Nodes deployed at once.
+    #[arg(long, default_value_t = DEFAULT_PARALLEL, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+    /// What nixos-rebuild does.
+    #[arg(long, value_enum, default_value = "switch")]
+    pub action: ActionArg,
+    /// Where the system is built.
+    #[arg(long, value_enum, default_value = "local")]
+    pub build_on: BuildOnArg,
+    /// Refuse to deploy if nix/nodes/*.nix are stale instead of rendering them first.
+    #[arg(long)]
+    pub no_render: bool,
+    /// Stop starting nodes after the first failure.
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Do not arm the rollback guard for `switch`.
+    #[arg(long)]
+    pub no_rollback: bool,
+    /// Seconds the node waits for the post-activation confirmation before rolling back.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(5..))]
+    pub rollback_grace: u64,
+    /// SSH identity file (default: ssh's own keys and agent).
+    #[arg(long)]
+    pub ssh_identity: Option<PathBuf>,
+    /// Tailscale install script URL for non-NixOS nodes [env: FLEETNIX_TAILSCALE_INSTALL_URL].
+    #[arg(long)]
+    pub install_url: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `fleetnix deploy`.
-pub fn run(_ctx: &Ctx, _args: DeployArgs) -> ExitCode {
-    super::not_yet("deploy")
+pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
+    let fleet = match ctx.fleet() {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
+    let fail = |msg: String| {
+        eprintln!("error: {msg}");
+        ExitCode::from(1)
+    };
+    let nodes = match Selector::parse(&args.targets, args.all).and_then(|s| s.select(&fleet)) {
+        Ok(n) => n,
+        Err(e) => return fail(e.to_string()),
+    };
+    let root = match std::fs::canonicalize(&ctx.root) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("repository root {}: {e}", ctx.root.display())),
+    };
+    let all_plans = plan::plan(&fleet);
+    let plans: Vec<_> = all_plans
+        .iter()
+        .filter(|p| nodes.iter().any(|n| n.name == p.name))
+        .cloned()
+        .collect();
+    let mode = if args.dry_run {
+        RenderMode::Report
+    } else if args.no_render {
+        RenderMode::Refuse
+    } else {
+        RenderMode::Write
+    };
+    let render = match ensure_rendered(&root, &all_plans, &ctx.sources_label(&fleet), mode) {
+        Ok(r) => r,
+        Err(e) => return fail(e.to_string()),
+    };
+    if let RenderState::Rendered(files) = &render {
+        eprintln!("rendered {} stale file(s) before deploying", files.len());
+    }
+    let mut opts = DeployOptions::new(&root, &fleet.settings);
+    opts.action = match args.action {
+        ActionArg::Switch => Action::Switch,
+        ActionArg::Boot => Action::Boot,
+        ActionArg::Test => Action::Test,
+    };
+    opts.build_on = match args.build_on {
+        BuildOnArg::Local => BuildOn::Local,
+        BuildOnArg::Target => BuildOn::Target,
+    };
+    opts.parallel = usize::from(args.parallel);
+    opts.fail_fast = args.fail_fast;
+    opts.rollback = !args.no_rollback;
+    opts.rollback_grace = Duration::from_secs(args.rollback_grace);
+    opts.ssh.identity = args.ssh_identity;
+    if let Some(u) = args.install_url {
+        opts.install_url = u;
+    }
+    if let Err(e) = opts.check() {
+        return fail(e.to_string());
+    }
+    let authkeys = Arc::new(EnvAuthKey);
+    if args.dry_run {
+        print!(
+            "{}",
+            dryrun::dry_run(&plans, &opts, authkeys.as_ref(), &render)
+        );
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    let transport = SshTransport {
+        config: opts.ssh.clone(),
+    };
+    let verbose = ctx.verbose;
+    let summary = rt.block_on(async move {
+        let cancel = Cancel::default();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: no new nodes start; waiting for running nodes to finish");
+                c.cancel();
+            }
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let printer = tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                print_event(&e, verbose);
+            }
+        });
+        let s = runner::deploy(plans, opts, transport, authkeys, Some(tx), cancel).await;
+        let _ = printer.await;
+        s
+    });
+    if args.json {
+        match serde_json::to_string_pretty(&summary) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return fail(e.to_string()),
+        }
+    } else {
+        print!("\n{}", runner::summary_table(&summary));
+    }
+    if summary.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn print_event(e: &Event, verbose: u8) {
+    match e {
+        Event::Started { node } => eprintln!("{node}: started"),
+        Event::Step { node, step } if verbose > 0 => eprintln!("{node}: {}", step.as_str()),
+        Event::Step { .. } => {}
+        Event::Retrying { node, reason } => eprintln!("{node}: {reason}; retrying once"),
+        Event::Finished(r) => {
+            let d = format!("{:.1}s", r.duration.as_secs_f64());
+            match r.outcome {
+                Outcome::Failed => eprintln!(
+                    "{}: FAILED at {} after {d}: {}",
+                    r.node,
+                    r.step.map(|s| s.as_str()).unwrap_or("-"),
+                    r.detail
+                ),
+                o => eprintln!("{}: {} ({d}) {}", r.node, o.as_str(), r.detail),
+            }
+        }
+        Event::Warning(w) => eprintln!("warning: {w}"),
+    }
 }

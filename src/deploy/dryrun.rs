@@ -1,0 +1,240 @@
+//! `--dry-run`: per node, exactly the commands that would run and the environment they get,
+//! built with the same functions the executor uses. Secrets are named, never shown; nothing
+//! connects anywhere and nothing is written.
+
+use super::fallback;
+use super::guard;
+use super::hostkeys;
+use super::nixos;
+use super::transport::{LocalCommand, SshTarget};
+use super::{shell, Action, AuthKeySource, DeployOptions, RenderState};
+use crate::model::Os;
+use crate::plan::NodePlan;
+use std::fmt::Write;
+use std::path::PathBuf;
+
+fn indent(text: &str, by: &str) -> String {
+    text.lines().map(|l| format!("{by}{l}\n")).collect()
+}
+
+struct Listing<'a> {
+    out: String,
+    n: usize,
+    opts: &'a DeployOptions,
+    target: SshTarget,
+}
+
+impl Listing<'_> {
+    /// A local command, exactly as run.
+    fn local(&mut self, what: &str, cmd: &LocalCommand) {
+        self.n += 1;
+        let _ = writeln!(self.out, "  {}. {what}", self.n);
+        let _ = writeln!(self.out, "     $ {}", cmd.display());
+    }
+
+    /// A script run on the node as `$SSH 'sh -c <script>'` (the ssh command is printed once per node).
+    fn remote(&mut self, what: &str, script: &str, stdin: Option<&str>) {
+        self.n += 1;
+        let _ = writeln!(self.out, "  {}. {what}", self.n);
+        let sudo = if self.target.sudo { "sudo -n " } else { "" };
+        let _ = writeln!(
+            self.out,
+            "     $ $SSH {}",
+            shell::sh_quote(&format!("{sudo}sh -c <script>"))
+        );
+        self.out.push_str(&indent(script, "       | "));
+        if let Some(s) = stdin {
+            let _ = writeln!(self.out, "     stdin: {s}");
+        }
+    }
+
+    fn ssh_line(&mut self) {
+        // The SSH command without the remote command: everything before it, exactly.
+        let mut cmd = self.opts.ssh.command(&self.target, "");
+        cmd.args.pop();
+        let _ = writeln!(self.out, "  SSH = {}", cmd.display());
+    }
+}
+
+/// The dry-run text for `plans` (sorted by node, deterministic).
+pub fn dry_run(
+    plans: &[NodePlan],
+    opts: &DeployOptions,
+    authkeys: &dyn AuthKeySource,
+    render: &RenderState,
+) -> String {
+    let mut out = String::new();
+    match render {
+        RenderState::Current => out.push_str("rendered files: up to date\n"),
+        RenderState::WouldRender(files) | RenderState::Rendered(files) => {
+            let _ = writeln!(
+                out,
+                "rendered files: {} out of date, `fleetnix render` runs first (refused with --no-render): {}",
+                files.len(),
+                files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "dry run: {} node(s), {} at a time; nothing connects, nothing is written\n",
+        plans.len(),
+        opts.parallel
+    );
+    for plan in plans {
+        out.push_str(&node(plan, opts, authkeys));
+        out.push('\n');
+    }
+    out
+}
+
+fn node(plan: &NodePlan, opts: &DeployOptions, authkeys: &dyn AuthKeySource) -> String {
+    let os = match plan.access.os {
+        Os::Nixos => "nixos",
+        Os::Linux => "linux",
+        Os::Auto => "auto (from /etc/os-release)",
+    };
+    let kh = opts.known_hosts_path(&plan.name);
+    let mut l = Listing {
+        out: format!("{} ({os}, {})\n", plan.name, plan.access.ssh_target),
+        n: 0,
+        opts,
+        target: SshTarget {
+            destination: plan.access.ssh_target.clone(),
+            known_hosts: kh.clone(),
+            sudo: plan.access.ssh_user != "root",
+        },
+    };
+    match &plan.access.host_key {
+        Some(k) => {
+            let _ = writeln!(l.out, "  known_hosts {} pins:", kh.display());
+            l.out.push_str(&indent(
+                &hostkeys::known_hosts(&plan.access.address, std::slice::from_ref(k)),
+                "    ",
+            ));
+            if opts.tailscale.is_some() {
+                l.out.push_str(
+                    "    (plus any sshHostKeys `tailscale status --json` reports for this peer)\n",
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(
+                l.out,
+                "  ! no host_key in the manifest: the deploy uses only keys `tailscale status --json` reports for {}{}",
+                plan.access.address,
+                if opts.tailscale.is_some() { "" } else { " (tailscale CLI not found: none)" }
+            );
+            let _ = writeln!(
+                l.out,
+                "    fetch it, check it out of band, and set host_key in nodes.yml: {}",
+                hostkeys::keyscan_hint(&plan.access.address)
+            );
+        }
+    }
+    l.ssh_line();
+    match plan.access.os {
+        Os::Nixos => nixos_steps(&mut l, plan, opts),
+        Os::Linux | Os::Auto => {
+            l.remote(
+                "probe: /etc/os-release, is tailscale installed, tailscale status",
+                &fallback::probe_script(),
+                None,
+            );
+            if plan.access.os == Os::Auto {
+                let _ = writeln!(
+                    l.out,
+                    "  if ID=nixos: the NixOS steps below; otherwise the fallback steps:"
+                );
+                nixos_steps(&mut l, plan, opts);
+                let _ = writeln!(l.out, "  otherwise:");
+            }
+            l.remote(
+                "if tailscale is missing: run the install script",
+                &fallback::install_script(&opts.install_url),
+                None,
+            );
+            let source = format!(
+                "the auth key from {} (redacted)",
+                authkeys.describe(&plan.name)
+            );
+            l.remote(
+                "if not up as this node: tailscale up, key in a 0600 file written from stdin, deleted afterwards",
+                &fallback::up_script(plan),
+                Some(&source),
+            );
+            l.remote(
+                &format!(
+                    "install {} if it differs, enable, restart",
+                    fallback::AGENT_UNIT
+                ),
+                &fallback::agent_script(),
+                Some("the unit file below"),
+            );
+            l.out
+                .push_str(&indent(&fallback::agent_unit(plan), "       | "));
+            l.remote(
+                &format!(
+                    "install {} if it differs, load its rules",
+                    fallback::FIREWALL_UNIT
+                ),
+                &fallback::firewall_script(),
+                Some("the unit file below"),
+            );
+            l.out
+                .push_str(&indent(&fallback::firewall_unit(plan), "       | "));
+        }
+    }
+    let _ = writeln!(l.out, "  log: {}", opts.log_path(&plan.name).display());
+    l.out
+}
+
+fn nixos_steps(l: &mut Listing, plan: &NodePlan, opts: &DeployOptions) {
+    let guarded = opts.guarded();
+    l.remote(
+        "connect (pinned key), read the current generation",
+        &guard::current_generation_script(),
+        None,
+    );
+    let program = opts
+        .nixos_rebuild
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("nixos-rebuild"));
+    let action = if guarded { Action::Boot } else { opts.action };
+    let cmd = nixos::rebuild_command(
+        &program,
+        action,
+        opts.build_on,
+        &opts.root,
+        plan,
+        nixos::nix_sshopts(&opts.ssh, &l.target.known_hosts),
+    );
+    let what = match (guarded, opts.nixos_rebuild.is_some()) {
+        (_, false) => "nixos-rebuild (NOT FOUND on PATH: install it or set FLEETNIX_NIXOS_REBUILD)",
+        (true, true) => {
+            "nixos-rebuild boot: build, copy, set the system profile (activation follows, guarded)"
+        }
+        (false, true) => "nixos-rebuild",
+    };
+    l.local(what, &cmd);
+    if guarded {
+        l.remote(
+            &format!(
+                "arm the rollback guard: back to the generation read in step 1 in {}s unless confirmed",
+                opts.rollback_grace.as_secs()
+            ),
+            &guard::arm_script("system-N-link", opts.rollback_grace),
+            None,
+        );
+        l.remote(
+            "activate (switch-to-configuration switch)",
+            &guard::activate_script(),
+            None,
+        );
+        l.remote(
+            "confirm over a NEW connection and disarm the guard (retried until the grace period ends)",
+            &guard::disarm_script(),
+            None,
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! Pinned SSH host keys: a per-node known_hosts file built from the manifest's `host_key`
+//! and the keys `tailscale status --json` reports for the peer (`sshHostKeys`). Never
+//! trust-on-first-use: a node with no known key is not contacted.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// Key types accepted in a known_hosts file.
+const KEY_TYPES: [&str; 6] = [
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+];
+
+/// `type base64` of a public key line (comment dropped), if it is one.
+pub fn normalize_key(line: &str) -> Option<String> {
+    let mut words = line.split_whitespace();
+    let (t, b) = (words.next()?, words.next()?);
+    let b64_ok = !b.is_empty()
+        && b.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='));
+    (KEY_TYPES.contains(&t) && b64_ok).then(|| format!("{t} {b}"))
+}
+
+/// The known_hosts text pinning `keys` for `address`: one sorted line per distinct key.
+pub fn known_hosts(address: &IpAddr, keys: &[String]) -> String {
+    let set: BTreeSet<String> = keys.iter().filter_map(|k| normalize_key(k)).collect();
+    set.iter().map(|k| format!("{address} {k}\n")).collect()
+}
+
+#[derive(Deserialize)]
+struct Status {
+    #[serde(rename = "Self")]
+    me: Option<Peer>,
+    #[serde(rename = "Peer", default)]
+    peers: BTreeMap<String, Peer>,
+}
+
+#[derive(Deserialize)]
+struct Peer {
+    #[serde(rename = "TailscaleIPs", default)]
+    ips: Vec<String>,
+    #[serde(rename = "sshHostKeys", default)]
+    ssh_host_keys: Vec<String>,
+}
+
+/// The SSH host keys `tailscale status --json` reports, by Tailscale address. Malformed keys are dropped.
+pub fn keys_from_status(json: &str) -> Result<BTreeMap<IpAddr, Vec<String>>, serde_json::Error> {
+    let status: Status = serde_json::from_str(json)?;
+    let mut out: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+    for p in status.me.iter().chain(status.peers.values()) {
+        let keys: Vec<String> = p
+            .ssh_host_keys
+            .iter()
+            .filter_map(|k| normalize_key(k))
+            .collect();
+        if keys.is_empty() {
+            continue;
+        }
+        for ip in p.ips.iter().filter_map(|s| s.parse::<IpAddr>().ok()) {
+            out.entry(ip).or_default().extend(keys.iter().cloned());
+        }
+    }
+    Ok(out)
+}
+
+/// The command an operator runs to learn a node's host key (to check it out of band and put it
+/// in `nodes.yml` as `host_key`).
+pub fn keyscan_hint(address: &IpAddr) -> String {
+    format!("ssh-keyscan -t ed25519 {address}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixture_keys_are_found_by_address() {
+        let json = include_str!("../../tests/fixtures/deploy/tailscale-status.json");
+        let keys = keys_from_status(json).expect("fixture parses");
+        let ip: IpAddr = "100.64.0.2".parse().expect("ip");
+        let k = &keys[&ip];
+        assert_eq!(k.len(), 1);
+        assert!(k[0].starts_with("ssh-ed25519 AAAA"));
+        // The same keys under the IPv6 address.
+        let ip6: IpAddr = "fd7a:115c:a1e0::2".parse().expect("ip");
+        assert_eq!(keys[&ip6], *k);
+    }
+
+    #[test]
+    fn known_hosts_lines_are_sorted_deduplicated_and_validated() {
+        let ip: IpAddr = "100.64.0.2".parse().expect("ip");
+        let text = known_hosts(
+            &ip,
+            &[
+                "ssh-rsa BBBB comment".into(),
+                "ssh-ed25519 AAAA".into(),
+                "ssh-ed25519 AAAA other".into(),
+                "bogus key".into(),
+                "ssh-ed25519 bad\"quote".into(),
+            ],
+        );
+        assert_eq!(
+            text,
+            "100.64.0.2 ssh-ed25519 AAAA\n100.64.0.2 ssh-rsa BBBB\n"
+        );
+    }
+}

@@ -1,0 +1,289 @@
+//! `fleetnix deploy`: put the planned configuration on nodes.
+//!
+//! - [`selector`]: which nodes (`worker-01`, `@role`, `--all`);
+//! - [`nixos`]: `nixos-rebuild` over SSH with pinned host keys ([`hostkeys`]);
+//! - [`guard`]: the rollback guard that keeps `switch` from locking the operator out;
+//! - [`fallback`]: non-NixOS hosts (install script, `tailscale up`, agent unit, nftables);
+//! - [`runner`]: many nodes concurrently, per-node logs, the summary;
+//! - [`dryrun`]: what `--dry-run` prints, built from the same command builders;
+//! - [`transport`]: processes and the SSH [`transport::Transport`].
+//!
+//! Executors read only the [`crate::plan::NodePlan`]s; nothing here parses YAML.
+
+pub mod dryrun;
+pub mod fallback;
+pub mod guard;
+pub mod hostkeys;
+pub mod nixos;
+pub mod runner;
+pub mod selector;
+pub mod shell;
+pub mod transport;
+
+use crate::model::{NodeName, Settings};
+use crate::plan::NodePlan;
+use crate::render::{self, Change, RenderError};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use transport::{Secret, SshConfig};
+
+/// What `nixos-rebuild` does with the new configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Activate now and make it the boot default (guarded by the rollback timer).
+    #[default]
+    Switch,
+    /// Make it the boot default only.
+    Boot,
+    /// Activate now, but not for the next boot.
+    Test,
+}
+
+impl Action {
+    /// The `nixos-rebuild` sub-command.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Switch => "switch",
+            Action::Boot => "boot",
+            Action::Test => "test",
+        }
+    }
+}
+
+/// Where the system closure is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BuildOn {
+    /// On the operator's machine, then copied (`nixos-rebuild`'s default).
+    #[default]
+    Local,
+    /// On the node itself (`--build-host` = the target).
+    Target,
+}
+
+/// Environment variables that override where tools are found (tests use them).
+pub mod env {
+    /// The `ssh` binary.
+    pub const SSH: &str = "FLEETNIX_SSH";
+    /// The `nixos-rebuild` binary.
+    pub const NIXOS_REBUILD: &str = "FLEETNIX_NIXOS_REBUILD";
+    /// The `tailscale` CLI (set it empty to not consult `tailscale status`).
+    pub const TAILSCALE: &str = "FLEETNIX_TAILSCALE";
+    /// The auth key for non-NixOS nodes.
+    pub const AUTHKEY: &str = "TAILSCALE_AUTHKEY";
+    /// Tailscale's install script URL (mirrors, tests).
+    pub const INSTALL_URL: &str = "FLEETNIX_TAILSCALE_INSTALL_URL";
+}
+
+/// A tool from its override variable, else `which`. `None`: not found (or disabled with an empty override).
+pub fn locate(var: &str, name: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(v) if v.is_empty() => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => which::which(name).ok(),
+    }
+}
+
+/// Everything a deploy needs besides the plans. Built with [`DeployOptions::new`], then adjusted.
+#[derive(Debug, Clone)]
+pub struct DeployOptions {
+    /// `switch`, `boot` or `test`.
+    pub action: Action,
+    /// Where to build.
+    pub build_on: BuildOn,
+    /// Nodes deployed at once.
+    pub parallel: usize,
+    /// Stop starting nodes after the first failure.
+    pub fail_fast: bool,
+    /// Arm the rollback guard for `switch`.
+    pub rollback: bool,
+    /// How long the node waits for the post-activation confirmation before rolling back.
+    pub rollback_grace: Duration,
+    /// `node_timeout_seconds`: SSH connect timeout and the limit of short remote steps.
+    pub node_timeout: Duration,
+    /// `retry_on_node_failure`: retry an unreachable node once.
+    pub retry: bool,
+    /// Limit of long steps (`nixos-rebuild`, install script, `tailscale up`).
+    pub step_timeout: Duration,
+    /// Repository root holding `flake.nix` (absolute).
+    pub root: PathBuf,
+    /// Where logs and known_hosts files go (`<root>/.fleetnix`).
+    pub state_dir: PathBuf,
+    /// Tailscale's install script URL.
+    pub install_url: String,
+    /// SSH settings.
+    pub ssh: SshConfig,
+    /// `nixos-rebuild`, if found.
+    pub nixos_rebuild: Option<PathBuf>,
+    /// `tailscale` CLI for `status --json` host keys, if found.
+    pub tailscale: Option<PathBuf>,
+}
+
+/// Default `--parallel`.
+pub const DEFAULT_PARALLEL: u16 = 10;
+
+impl DeployOptions {
+    /// Defaults for a fleet rooted at `root`: failure settings from the fleet, tools located
+    /// through their `FLEETNIX_*` variables or `PATH`.
+    pub fn new(root: &Path, settings: &Settings) -> Self {
+        let timeout = settings.failure.node_timeout_seconds.max(1);
+        DeployOptions {
+            action: Action::Switch,
+            build_on: BuildOn::Local,
+            parallel: usize::from(DEFAULT_PARALLEL),
+            fail_fast: false,
+            rollback: true,
+            rollback_grace: guard::DEFAULT_GRACE,
+            node_timeout: Duration::from_secs(u64::from(timeout)),
+            retry: settings.failure.retry_on_node_failure,
+            step_timeout: Duration::from_secs(3600),
+            root: root.to_path_buf(),
+            state_dir: root.join(".fleetnix"),
+            install_url: std::env::var(env::INSTALL_URL)
+                .unwrap_or_else(|_| fallback::DEFAULT_INSTALL_URL.to_string()),
+            ssh: SshConfig {
+                program: locate(env::SSH, "ssh").unwrap_or_else(|| PathBuf::from("ssh")),
+                identity: None,
+                connect_timeout: timeout,
+            },
+            nixos_rebuild: locate(env::NIXOS_REBUILD, "nixos-rebuild"),
+            tailscale: locate(env::TAILSCALE, "tailscale"),
+        }
+    }
+
+    /// Rejects values that cannot be passed on safely (paths with NUL/newlines, `#`/`?` in
+    /// the flake root, a zero parallelism).
+    pub fn check(&self) -> Result<(), DeployError> {
+        let bad = |m: String| Err(DeployError::Options(m));
+        if self.parallel == 0 {
+            return bad("--parallel must be at least 1".into());
+        }
+        let root = self.root.to_string_lossy();
+        shell::check_no_nul("the repository root", &root).or_else(bad)?;
+        if root.contains(['#', '?']) {
+            return bad(format!(
+                "the repository root {root} contains `#` or `?`, which a flake reference cannot hold"
+            ));
+        }
+        shell::check_no_nul("the state directory", &self.state_dir.to_string_lossy())
+            .or_else(bad)?;
+        shell::check_no_nul("the install script URL", &self.install_url).or_else(bad)?;
+        if let Some(id) = &self.ssh.identity {
+            shell::check_no_nul("the SSH identity", &id.to_string_lossy()).or_else(bad)?;
+        }
+        Ok(())
+    }
+
+    /// The pinned known_hosts file of a node.
+    pub fn known_hosts_path(&self, node: &NodeName) -> PathBuf {
+        self.state_dir.join("known_hosts").join(node.as_str())
+    }
+
+    /// The log file of a node.
+    pub fn log_path(&self, node: &NodeName) -> PathBuf {
+        self.state_dir.join("logs").join(format!("{node}.log"))
+    }
+
+    /// Is the rollback guard used for this deploy?
+    pub fn guarded(&self) -> bool {
+        self.rollback && self.action == Action::Switch
+    }
+}
+
+/// Where non-NixOS nodes get their Tailscale auth key. The default reads `TAILSCALE_AUTHKEY`;
+/// the secrets module provides one that decrypts the node's `.age` file.
+pub trait AuthKeySource: Send + Sync {
+    /// The auth key for `node`, or why there is none.
+    fn authkey(&self, node: &NodeName) -> Result<Secret, String>;
+    /// Where the key comes from, for dry runs (never the key).
+    fn describe(&self, node: &NodeName) -> String;
+}
+
+/// Auth key from `TAILSCALE_AUTHKEY`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EnvAuthKey;
+
+impl AuthKeySource for EnvAuthKey {
+    fn authkey(&self, _node: &NodeName) -> Result<Secret, String> {
+        match std::env::var(env::AUTHKEY) {
+            Ok(k) if !k.trim().is_empty() => Ok(Secret::new(&k)),
+            _ => Err(format!(
+                "no Tailscale auth key: set {} (or store one with `fleetnix secrets set-authkey`)",
+                env::AUTHKEY
+            )),
+        }
+    }
+    fn describe(&self, _node: &NodeName) -> String {
+        format!("${}", env::AUTHKEY)
+    }
+}
+
+/// Errors that stop a deploy before any node is touched.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The targets did not select nodes.
+    #[error(transparent)]
+    Selector(#[from] selector::SelectorError),
+    /// Rendering failed.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// Rendered files are stale and `--no-render` forbids writing them.
+    #[error("rendered files are out of date ({}); run `fleetnix render` or deploy without --no-render", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "))]
+    Stale {
+        /// The stale, missing or orphaned files.
+        files: Vec<PathBuf>,
+    },
+    /// An option cannot be used.
+    #[error("{0}")]
+    Options(String),
+}
+
+/// How to treat stale rendered files before deploying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenderMode {
+    /// Render them (default).
+    Write,
+    /// Refuse to deploy (`--no-render`).
+    Refuse,
+    /// Only report (`--dry-run`).
+    Report,
+}
+
+/// The state of the rendered files after [`ensure_rendered`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenderState {
+    /// Everything was current.
+    Current,
+    /// These files were written or removed.
+    Rendered(Vec<PathBuf>),
+    /// These files would be written or removed (dry run).
+    WouldRender(Vec<PathBuf>),
+}
+
+/// Makes sure `nix/nodes/*.nix` match the manifest (`render --check` semantics) before deploying.
+/// `plans` must be the whole fleet's, so orphans are found.
+pub fn ensure_rendered(
+    root: &Path,
+    plans: &[NodePlan],
+    sources: &str,
+    mode: RenderMode,
+) -> Result<RenderState, DeployError> {
+    let rendered = render::render_all(plans, sources)?;
+    let changes = render::compare(root, &rendered)?;
+    let stale: Vec<PathBuf> = changes
+        .iter()
+        .filter(|(_, c)| *c != Change::Unchanged)
+        .map(|(p, _)| p.clone())
+        .collect();
+    if stale.is_empty() {
+        return Ok(RenderState::Current);
+    }
+    match mode {
+        RenderMode::Refuse => Err(DeployError::Stale { files: stale }),
+        RenderMode::Report => Ok(RenderState::WouldRender(stale)),
+        RenderMode::Write => {
+            render::apply(root, &rendered, &changes)?;
+            Ok(RenderState::Rendered(stale))
+        }
+    }
+}

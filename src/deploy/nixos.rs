@@ -1,0 +1,47 @@
+//! The NixOS path: `nixos-rebuild <action> --flake <root>#<node> --target-host <user>@<ip>`
+//! with `NIX_SSHOPTS` pinning the node's host key.
+
+use super::shell::sh_quote;
+use super::transport::{LocalCommand, SshConfig};
+use super::{Action, BuildOn};
+use crate::plan::NodePlan;
+use std::path::Path;
+
+/// `NIX_SSHOPTS`: the pinning options, shell-quoted where needed (nixos-rebuild splits it like a shell).
+pub fn nix_sshopts(ssh: &SshConfig, known_hosts: &Path) -> String {
+    ssh.pin_options(known_hosts)
+        .iter()
+        .map(|o| sh_quote(o))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The `nixos-rebuild` invocation for one node. `--sudo` when the SSH user is not root;
+/// `--build-host` = the target with `--build-on target`.
+pub fn rebuild_command(
+    program: &Path,
+    action: Action,
+    build_on: BuildOn,
+    root: &Path,
+    plan: &NodePlan,
+    nix_sshopts: String,
+) -> LocalCommand {
+    let mut args = vec![
+        action.as_str().to_string(),
+        "--flake".to_string(),
+        format!("{}#{}", root.display(), plan.name),
+        "--target-host".to_string(),
+        plan.access.ssh_target.clone(),
+    ];
+    if build_on == BuildOn::Target {
+        args.extend(["--build-host".to_string(), plan.access.ssh_target.clone()]);
+    }
+    if plan.access.ssh_user != "root" {
+        args.push("--sudo".to_string());
+    }
+    LocalCommand {
+        program: program.to_path_buf(),
+        args,
+        env: vec![("NIX_SSHOPTS".to_string(), nix_sshopts)],
+    }
+}

@@ -1,0 +1,112 @@
+//! Quoting for the POSIX shell and for systemd unit files.
+//!
+//! Every value that reaches a remote shell goes through [`sh_quote`]; values that reach a
+//! unit file's `ExecStart=` go through [`systemd_quote`]. Strings containing NUL cannot be
+//! passed to a process at all: [`check_no_nul`] rejects them at the edges (options, data read from a node).
+
+/// Quotes `s` as one word for a POSIX shell. Words made only of safe characters are left bare;
+/// everything else is single-quoted, with `'` written as `'\''`.
+pub fn sh_quote(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'_' | b'.' | b'/' | b':' | b'=' | b'@' | b',' | b'+' | b'%'
+                )
+        });
+    if safe {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Quotes words and joins them with spaces: a shell command line.
+pub fn sh_join<S: AsRef<str>>(words: &[S]) -> String {
+    words
+        .iter()
+        .map(|w| sh_quote(w.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Quotes `s` as one word of a systemd `ExecStart=` line: double quotes, with `\`, `"`
+/// escaped, `%` doubled (specifier) and `$` doubled (variable expansion).
+pub fn systemd_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '%' => out.push_str("%%"),
+            '$' => out.push_str("$$"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Rejects strings that cannot be passed to a process (they contain NUL) or that would break a
+/// line-oriented file (newlines). `what` names the value for the error message.
+pub fn check_no_nul(what: &str, s: &str) -> Result<(), String> {
+    if s.contains('\0') || s.contains('\n') || s.contains('\r') {
+        Err(format!("{what} contains a NUL or newline character: {s:?}"))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_round_trips_through_sh() {
+        for s in [
+            "plain",
+            "",
+            "a b",
+            "it's",
+            "$(rm -rf /)",
+            "`x`",
+            "a\"b\\c",
+            "tab\there",
+            "new\nline",
+        ] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", sh_quote(s)))
+                .output()
+                .expect("sh runs");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                s,
+                "quoted {s:?} as {}",
+                sh_quote(s)
+            );
+        }
+    }
+
+    #[test]
+    fn safe_words_stay_bare() {
+        assert_eq!(sh_quote("root@100.64.0.2"), "root@100.64.0.2");
+        assert_eq!(sh_quote("a b"), "'a b'");
+        assert_eq!(sh_join(&["echo", "x y"]), "echo 'x y'");
+    }
+
+    #[test]
+    fn systemd_quoting_escapes_specifiers() {
+        assert_eq!(systemd_quote("a%b$c\"d"), "\"a%%b$$c\\\"d\"");
+    }
+
+    #[test]
+    fn nul_and_newline_are_rejected() {
+        assert!(check_no_nul("x", "a\0b").is_err());
+        assert!(check_no_nul("x", "a\nb").is_err());
+        assert!(check_no_nul("x", "/ok path").is_ok());
+    }
+}

@@ -1,0 +1,158 @@
+//! `deploy --dry-run`: prints the exact commands and environment per node, no secret, no connection.
+
+mod common;
+
+use common::{fake_authkey, fleetnix_bin};
+use std::path::Path;
+use std::process::Command;
+
+/// A recorder standing in for ssh / nixos-rebuild / tailscale: any call leaves a file.
+fn recorder(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("recorder");
+    std::fs::write(
+        &p,
+        format!(
+            "#!/bin/sh\necho \"$0 $*\" >> {}/called\nexit 1\n",
+            dir.display()
+        ),
+    )
+    .expect("recorder");
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    p
+}
+
+fn dry_run(root: &Path, args: &[&str], rec: &Path) -> (i32, String, String) {
+    let r = recorder(rec);
+    let out = Command::new(fleetnix_bin())
+        .arg("--root")
+        .arg(root)
+        .arg("deploy")
+        .args(args)
+        .arg("--dry-run")
+        .env("FLEETNIX_SSH", &r)
+        .env("FLEETNIX_NIXOS_REBUILD", &r)
+        .env("FLEETNIX_TAILSCALE", &r)
+        .env("TAILSCALE_AUTHKEY", fake_authkey())
+        .output()
+        .expect("fleetnix runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn readme_first_command_on_the_example_fleet() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rec = tempfile::tempdir().expect("tmp");
+    let before = repo.join(".fleetnix").exists();
+    let (code, out, err) = dry_run(repo, &["worker-01"], rec.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("worker-01 (nixos, root@100.64.0.2)"), "{out}");
+    assert!(!out.contains("worker-02"), "only the selected node: {out}");
+    // The exact nixos-rebuild command and its environment.
+    let kh = repo.join(".fleetnix/known_hosts/worker-01");
+    let expected = format!(
+        "$ NIX_SSHOPTS='-o UserKnownHostsFile={} -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o BatchMode=yes -o ConnectTimeout=30",
+        kh.display()
+    );
+    assert!(out.contains(&expected), "{out}");
+    assert!(
+        out.contains(&format!(
+            " boot --flake '{}#worker-01' --target-host root@100.64.0.2\n",
+            repo.display()
+        )),
+        "{out}"
+    );
+    // No host_key in the example fleet: flagged with the command that fetches it.
+    assert!(out.contains("no host_key in the manifest"), "{out}");
+    assert!(out.contains("ssh-keyscan -t ed25519 100.64.0.2"), "{out}");
+    // The rollback guard around switch.
+    assert!(
+        out.contains("systemd-run --unit=fleetnix-rollback"),
+        "{out}"
+    );
+    assert!(
+        out.contains("/nix/var/nix/profiles/system/bin/switch-to-configuration switch"),
+        "{out}"
+    );
+    // Nothing ran, nothing written.
+    assert!(
+        !rec.path().join("called").exists(),
+        "a tool was called during a dry run"
+    );
+    assert_eq!(
+        repo.join(".fleetnix").exists(),
+        before,
+        "dry run wrote state"
+    );
+}
+
+#[test]
+fn fallback_dry_run_names_the_secret_but_never_prints_it() {
+    let root = tempfile::tempdir().expect("root");
+    let specs = [
+        common::NodeSpec {
+            name: "cp".into(),
+            addr: "100.64.0.1".into(),
+            os: "nixos",
+            host_key: None,
+            roles: vec![],
+        },
+        common::NodeSpec {
+            name: "ubuntu-01".into(),
+            addr: "100.64.0.9".into(),
+            os: "linux",
+            host_key: Some(
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS/vcGfRqtpcVld33fFR5cjD2Ai9gXARYCEHEn"
+                    .into(),
+            ),
+            roles: vec!["glm-worker"],
+        },
+    ];
+    common::write_fleet(root.path(), &specs, 7, true);
+    let (code, out, err) = dry_run(
+        root.path(),
+        &[
+            "ubuntu-01",
+            "--install-url",
+            "https://mirror.example/install.sh",
+        ],
+        root.path(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!out.contains(&fake_authkey()) && !err.contains(&fake_authkey()));
+    assert!(!out.contains("tskey-"), "{out}");
+    assert!(
+        out.contains("stdin: the auth key from $TAILSCALE_AUTHKEY (redacted)"),
+        "{out}"
+    );
+    assert!(out.contains("tailscale up --auth-key=\"file:$f\" --ssh --accept-routes --hostname=ubuntu-01 --advertise-tags=tag:worker"), "{out}");
+    assert!(
+        out.contains("curl -fsSL https://mirror.example/install.sh"),
+        "{out}"
+    );
+    assert!(
+        out.contains("pins:\n    100.64.0.9 ssh-ed25519 AAAAC3"),
+        "{out}"
+    );
+    assert!(out.contains("ConnectTimeout=7"), "{out}");
+    // Stale renders are reported, not written.
+    assert!(out.contains("out of date"), "{out}");
+    assert!(!root.path().join("nix").exists());
+    assert!(!root.path().join("called").exists());
+}
+
+#[test]
+fn a_selector_matching_nothing_fails() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rec = tempfile::tempdir().expect("tmp");
+    let (code, _, err) = dry_run(repo, &["@gpu"], rec.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("`@gpu` matches no node"), "{err}");
+    let (code, _, err) = dry_run(repo, &[], rec.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("no target"), "{err}");
+}

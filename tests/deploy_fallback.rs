@@ -1,0 +1,160 @@
+//! The non-NixOS path end to end: Ubuntu test hosts with the fake Tailscale install script and
+//! CLI, the real sshd, real nftables in the host's namespace.
+
+mod common;
+
+use common::netns::{Host, HostOptions, Net};
+use common::*;
+use std::path::PathBuf;
+
+fn ubuntu_host(net: &mut Net, name: &str) -> (Host, PathBuf) {
+    let state = net.dir().join(format!("state-{name}"));
+    std::fs::create_dir_all(state.join("bin")).expect("state");
+    let host = net.add_host(
+        name,
+        HostOptions {
+            os_release: Some(
+                "PRETTY_NAME=\"Ubuntu 24.04 LTS\"\nNAME=\"Ubuntu\"\nVERSION_ID=\"24.04\"\nID=ubuntu\nID_LIKE=debian\n".into(),
+            ),
+            path_prefix: vec![state.join("bin"), fakes().join("host-bin")],
+            env: vec![
+                ("FAKE_HOST_DIR".into(), state.display().to_string()),
+                ("FAKE_TAILSCALE_SRC".into(), fakes().join("tailscale").display().to_string()),
+            ],
+            etc_dirs: vec!["systemd/system".into()],
+            ..Default::default()
+        },
+    );
+    (host, state)
+}
+
+#[test]
+fn install_up_agent_firewall_once_then_nothing() {
+    let Some(mut net) = Net::new() else { return };
+    let (ubuntu, st_u) = ubuntu_host(&mut net, "ubuntu-01");
+    let (auto, st_a) = ubuntu_host(&mut net, "auto-01");
+    let root = tempfile::tempdir().expect("root");
+    let mut u = NodeSpec::for_host(&ubuntu);
+    u.os = "linux";
+    let mut a = NodeSpec::for_host(&auto);
+    a.os = "auto";
+    write_fleet(root.path(), &[u, a], 5, false);
+    let url = format!("file://{}", fakes().join("tailscale-install.sh").display());
+    let key = fake_authkey();
+
+    let out = deploy_cmd(&net, root.path(), &["--all", "--install-url", &url])
+        .env("TAILSCALE_AUTHKEY", &key)
+        .output()
+        .expect("fleetnix runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    for (name, st, tags) in [
+        ("ubuntu-01", &st_u, "tag:control-plane"),
+        ("auto-01", &st_a, "tag:worker"),
+    ] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .expect("summary row");
+        assert!(
+            row.contains("changed: installed tailscale, tailscale up, agent unit, firewall"),
+            "{row}"
+        );
+        assert_eq!(
+            lines(&st.join("install.runs")).len(),
+            1,
+            "{name}: install ran once"
+        );
+        let argv = lines(&st.join("ts-up.argv"));
+        let path = std::fs::read_to_string(st.join("ts-key.path")).expect("key path");
+        let path = path.trim();
+        assert!(path.starts_with("/tmp/fleetnix-authkey."), "{path}");
+        assert_eq!(
+            argv,
+            [
+                format!("--auth-key=file:{path}"),
+                "--ssh".into(),
+                "--accept-routes".into(),
+                format!("--hostname={name}"),
+                format!("--advertise-tags={tags}"),
+            ]
+        );
+        assert_eq!(
+            std::fs::read_to_string(st.join("ts-key.mode"))
+                .expect("mode")
+                .trim(),
+            "600"
+        );
+        assert_eq!(
+            std::fs::read_to_string(st.join("ts-key.content")).expect("content"),
+            key
+        );
+        assert!(
+            !std::path::Path::new(path).exists(),
+            "auth key file left behind"
+        );
+        let cmdline = std::fs::read_to_string(st.join("ts-up.cmdline")).expect("cmdline");
+        assert!(!cmdline.contains(&key), "auth key in tailscale's argv");
+        let log = std::fs::read_to_string(root.path().join(format!(".fleetnix/logs/{name}.log")))
+            .expect("log");
+        assert!(!log.contains(&key), "auth key in the log");
+    }
+    assert!(!stdout.contains(&key) && !stderr.contains(&key));
+
+    // The agent unit carries the plan's agent arguments.
+    let unit =
+        std::fs::read_to_string(ubuntu.etc.join("systemd/system/omp-agent.service")).expect("unit");
+    assert!(
+        unit.contains(&format!(
+            "ExecStart=omp \"agent\" \"start\" \"--node-name\" \"ubuntu-01\" \"--control-plane\" \"{}:4000\"",
+            ubuntu.addr
+        )),
+        "{unit}"
+    );
+    // Role ports open on tailscale0 only, in the host's real nftables.
+    let nft = net_nft(&ubuntu);
+    assert!(nft.contains("iifname \"tailscale0\" tcp dport { 3000, 4000, 4222, 5432, 6379, 7233, 8080, 8090 } accept"), "{nft}");
+    assert!(
+        nft.contains("tcp dport { 3000, 4000, 4222, 5432, 6379, 7233, 8080, 8090 } drop"),
+        "{nft}"
+    );
+    assert!(
+        !net_nft(&auto).contains("dport"),
+        "auto-01 hosts no services"
+    );
+
+    // Second run, without any auth key: nothing changes and it says so.
+    let out = deploy_cmd(&net, root.path(), &["--all", "--install-url", &url])
+        .output()
+        .expect("fleetnix runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, st) in [("ubuntu-01", &st_u), ("auto-01", &st_a)] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .expect("summary row");
+        assert!(
+            row.contains("unchanged") && row.contains("nothing changed"),
+            "{row}"
+        );
+        assert_eq!(lines(&st.join("install.runs")).len(), 1);
+        assert_eq!(lines(&st.join("ts-up.calls")).len(), 1);
+    }
+}
+
+fn net_nft(h: &Host) -> String {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &h.ns, "nft", "list", "table", "inet", "fleetnix",
+        ])
+        .output()
+        .expect("nft");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -131,7 +131,7 @@ impl Ntfy {
         if !rest.is_some_and(|r| !r.is_empty() && !r.contains(['/', '?', '#', '@', ' '])) {
             return Err(AlertError::Url(base.to_string()));
         }
-        let client = reqwest::Client::builder()
+        let client = crate::http::client_builder()
             .timeout(timeout)
             .build()
             .map_err(|e| AlertError::Client(e.to_string()))?;

@@ -11,6 +11,7 @@ pub mod cloudinit;
 pub mod deploy;
 pub mod fsutil;
 pub mod health;
+pub mod http;
 pub mod manifest;
 pub mod model;
 pub mod nix;

@@ -222,12 +222,8 @@ impl Client {
                 reason: "expected an http(s) URL".into(),
             });
         }
-        // reqwest is built without a default crypto provider; use ring (no cmake needed).
-        // An error only means a provider is already installed.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
             .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("fleetnix/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ApiError::Transport {
                 url: base.to_string(),

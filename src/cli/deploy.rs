@@ -108,7 +108,8 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
     } else {
         RenderMode::Write
     };
-    let render = match ensure_rendered(&root, &all_plans, &ctx.sources_label(&fleet), mode) {
+    let render = match ensure_rendered(&fleet, &root, &all_plans, &ctx.sources_label(&fleet), mode)
+    {
         Ok(r) => r,
         Err(e) => return fail(e.to_string()),
     };

@@ -20,7 +20,7 @@ pub mod selector;
 pub mod shell;
 pub mod transport;
 
-use crate::model::{NodeName, Settings};
+use crate::model::{Fleet, NodeName, Settings};
 use crate::plan::NodePlan;
 use crate::render::{self, Change, RenderError};
 use std::path::{Path, PathBuf};
@@ -260,15 +260,16 @@ pub enum RenderState {
     WouldRender(Vec<PathBuf>),
 }
 
-/// Makes sure `nix/nodes/*.nix` match the manifest (`render --check` semantics) before deploying.
-/// `plans` must be the whole fleet's, so orphans are found.
+/// Makes sure the rendered files (`nix/nodes/*.nix`, the bus module) match the manifest
+/// (`render --check` semantics) before deploying. `plans` must be the whole fleet's, so orphans are found.
 pub fn ensure_rendered(
+    fleet: &Fleet,
     root: &Path,
     plans: &[NodePlan],
     sources: &str,
     mode: RenderMode,
 ) -> Result<RenderState, DeployError> {
-    let rendered = render::render_all(plans, sources)?;
+    let rendered = render::render_fleet(fleet, plans, sources)?;
     let changes = render::compare(root, &rendered)?;
     let stale: Vec<PathBuf> = changes
         .iter()

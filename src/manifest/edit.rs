@@ -181,7 +181,12 @@ fn comment_start(rest: &str) -> Option<usize> {
 /// Sets `field` of the node named `node` in the text of a nodes.yml to `value`. Returns the new
 /// text (equal to `text` if the field already had this value), or why the edit cannot be made.
 /// The result is not validated here; [`update_node_field`] does that.
-pub fn set_node_field(text: &str, node: &str, field: &str, value: &Scalar) -> Result<String, String> {
+pub fn set_node_field(
+    text: &str,
+    node: &str,
+    field: &str,
+    value: &Scalar,
+) -> Result<String, String> {
     let rendered = value.render()?;
     let root = yaml::parse(text)
         .map_err(|e| format!("line {}: {}", e.pos.line, e.message))?
@@ -212,8 +217,7 @@ pub fn set_node_field(text: &str, node: &str, field: &str, value: &Scalar) -> Re
     let Some((first_key, _)) = entries.first() else {
         return Err("the node is an empty mapping".into());
     };
-    if text[item.pos.offset..].starts_with('{') || text[first_key.pos.offset..].starts_with('{')
-    {
+    if text[item.pos.offset..].starts_with('{') || text[first_key.pos.offset..].starts_with('{') {
         return Err("the node is written as a flow mapping (`{ … }`)".into());
     }
     let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
@@ -348,9 +352,13 @@ pub fn set_host_key(dir: &Path, node: &str, key: &str) -> Result<(Edited, Fleet)
 
 /// Sets `tailscale_ip` of `node` in `<dir>/nodes.yml`.
 pub fn set_tailscale_ip(dir: &Path, node: &str, ip: IpAddr) -> Result<(Edited, Fleet), EditError> {
-    update_node_field(dir, node, "tailscale_ip", &Scalar::Plain(ip.to_string()), |n| {
-        n.tailscale_ip = ip
-    })
+    update_node_field(
+        dir,
+        node,
+        "tailscale_ip",
+        &Scalar::Plain(ip.to_string()),
+        |n| n.tailscale_ip = ip,
+    )
 }
 
 #[cfg(test)]
@@ -385,22 +393,40 @@ mod tests {
             out,
             TEXT.replace("\"ssh-ed25519 OLD\"  # old key", "\"new\"  # old key")
         );
-        let out = set_node_field(TEXT, "a", "tailscale_ip", &Scalar::Plain("100.64.0.9".into()))
-            .unwrap();
-        assert_eq!(out, TEXT.replace("100.64.0.1 # pinned", "100.64.0.9 # pinned"));
+        let out = set_node_field(
+            TEXT,
+            "a",
+            "tailscale_ip",
+            &Scalar::Plain("100.64.0.9".into()),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            TEXT.replace("100.64.0.1 # pinned", "100.64.0.9 # pinned")
+        );
     }
 
     #[test]
     fn same_value_is_no_change() {
-        let out = set_node_field(TEXT, "b", "host_key", &Scalar::Quoted("ssh-ed25519 OLD".into()))
-            .unwrap();
+        let out = set_node_field(
+            TEXT,
+            "b",
+            "host_key",
+            &Scalar::Quoted("ssh-ed25519 OLD".into()),
+        )
+        .unwrap();
         assert_eq!(out, TEXT);
     }
 
     #[test]
     fn no_trailing_newline_and_crlf() {
-        let out = set_node_field("nodes:\n  - name: a", "a", "os", &Scalar::Plain("nixos".into()))
-            .unwrap();
+        let out = set_node_field(
+            "nodes:\n  - name: a",
+            "a",
+            "os",
+            &Scalar::Plain("nixos".into()),
+        )
+        .unwrap();
         assert_eq!(out, "nodes:\n  - name: a\n    os: nixos\n");
         let out = set_node_field(
             "nodes:\r\n  - name: a\r\n    os: linux\r\n",
@@ -409,18 +435,25 @@ mod tests {
             &Scalar::Quoted("k".into()),
         )
         .unwrap();
-        assert_eq!(out, "nodes:\r\n  - name: a\r\n    os: linux\r\n    host_key: \"k\"\r\n");
+        assert_eq!(
+            out,
+            "nodes:\r\n  - name: a\r\n    os: linux\r\n    host_key: \"k\"\r\n"
+        );
     }
 
     #[test]
     fn refuses_what_it_cannot_edit_safely() {
         let flow = "nodes:\n  - {name: a, os: linux}\n";
-        assert!(set_node_field(flow, "a", "os", &Scalar::Plain("auto".into()))
-            .unwrap_err()
-            .contains("flow"));
-        assert!(set_node_field(TEXT, "zz", "os", &Scalar::Plain("auto".into()))
-            .unwrap_err()
-            .contains("no node"));
+        assert!(
+            set_node_field(flow, "a", "os", &Scalar::Plain("auto".into()))
+                .unwrap_err()
+                .contains("flow")
+        );
+        assert!(
+            set_node_field(TEXT, "zz", "os", &Scalar::Plain("auto".into()))
+                .unwrap_err()
+                .contains("no node")
+        );
         let block = "nodes:\n  - name: a\n    host_key: |\n      ssh-ed25519 X\n";
         assert!(set_node_field(block, "a", "host_key", &Scalar::Quoted("k".into())).is_err());
         assert!(Scalar::Plain("a b".into()).render().is_err());

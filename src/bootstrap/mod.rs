@@ -206,7 +206,8 @@ impl std::str::FromStr for SshDest {
             && bare
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
-            && !bare.starts_with('-');
+            && !bare.starts_with('-')
+            && (!bare.contains(':') || bare.parse::<std::net::Ipv6Addr>().is_ok());
         if !host_ok {
             return Err(format!(
                 "{host:?} is not a host name or IP address (a port is not accepted: use port 22)"
@@ -463,6 +464,10 @@ pub async fn bootstrap(
     })?;
     let already = joined(&status, name.as_str()).cloned();
     let resume = run.resume_cmd(name.as_str());
+    let resume_fp = format!(
+        "re-run `fleetnix bootstrap {name} --ssh {} --host-key-fingerprint SHA256:…`",
+        ssh_target(&opts.ssh_user, &opts.address)
+    );
 
     // 1. host-key
     run.start(Step::HostKey);
@@ -544,7 +549,7 @@ pub async fn bootstrap(
                             hostkey::describe(&keys)
                         ),
                         format!(
-                            "read the fingerprint on the VM's console (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`) and {resume} with --host-key-fingerprint"
+                            "read the fingerprint on the VM's console (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`) and {resume_fp}"
                         ),
                     )
                 })?,
@@ -557,7 +562,7 @@ pub async fn bootstrap(
                                 hostkey::describe(&keys)
                             ),
                             format!(
-                                "read the fingerprint on the VM's console (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`) and {resume} with --host-key-fingerprint SHA256:…"
+                                "read the fingerprint on the VM's console (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`) and {resume_fp}"
                             ),
                         )
                     };
@@ -579,7 +584,7 @@ pub async fn bootstrap(
                         chosen.kind(),
                         chosen.fingerprint
                     ),
-                    format!("{resume} with the fingerprint of the VM's ssh-ed25519 key"),
+                    format!("{resume_fp}, giving the fingerprint of the VM's ssh-ed25519 key"),
                 ));
             }
             run.finish(
@@ -1017,5 +1022,30 @@ async fn address_step(
             );
             Ok(got)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_destinations() {
+        let d: SshDest = "root@203.0.113.7".parse().unwrap();
+        assert_eq!((d.user.as_str(), d.host.as_str()), ("root", "203.0.113.7"));
+        let d: SshDest = "admin@[2001:db8::1]".parse().unwrap();
+        assert_eq!(d.host, "2001:db8::1");
+        assert!("vm.example.com".parse::<SshDest>().is_err());
+        assert!("-oProxyCommand=x@h".parse::<SshDest>().is_err());
+        assert!("root@-oProxyCommand=x".parse::<SshDest>().is_err());
+        assert!("root@h:2222".parse::<SshDest>().is_err());
+        assert!("root@h;id".parse::<SshDest>().is_err());
+        assert!("ro ot@h".parse::<SshDest>().is_err());
+    }
+
+    #[test]
+    fn targets_bracket_ipv6() {
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(ssh_target("root", &v6), "root@[2001:db8::1]");
     }
 }

@@ -371,6 +371,32 @@ impl Client {
         Ok(RemotePolicy { text: body, etag })
     }
 
+    /// `POST /device/{id}/ip` with `{"ipv4": …}`: gives a device a specific Tailscale IPv4 address
+    /// (inside 100.64.0.0/10 and not used by another device). `id` is the `nodeId` (`n…CNTRL`).
+    pub async fn set_device_ipv4(
+        &self,
+        device_id: &str,
+        ip: std::net::Ipv4Addr,
+    ) -> Result<(), ApiError> {
+        let mut url = self.base.clone();
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.pop_if_empty()
+                .push("device")
+                .push(device_id)
+                .push("ip");
+        }
+        let body = serde_json::json!({ "ipv4": ip.to_string() });
+        let r = self
+            .request(reqwest::Method::POST, url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        let (status, _, text) = self.send(r, &url).await?;
+        if !(200..300).contains(&status) {
+            return Err(Self::rejected(status, &text));
+        }
+        Ok(())
+    }
+
     /// `POST /tailnet/{t}/keys`: creates an auth key. The key is returned once, as a secret.
     pub async fn create_auth_key(&self, req: &AuthKeyRequest) -> Result<AuthKey, ApiError> {
         let url = self.url(&["keys"]);

@@ -3,11 +3,45 @@
 use super::Ctx;
 use std::process::ExitCode;
 
-/// Arguments of `bootstrap`.
+/// Arguments of `bootstrap`. The auth key comes from `--authkey-file`, `TAILSCALE_AUTHKEY`,
+/// the node's `.age` file (with `--identity`), or is minted when `TS_API_KEY`/`--token-file` is given.
 #[derive(Debug, clap::Args)]
 pub struct BootstrapArgs {
-    /// The node.
+    /// The node (declared in nodes.yml, not yet in the tailnet).
     pub node: String,
+    /// The VM's public SSH login [default: <ssh_user>@<public_address> from nodes.yml].
+    #[arg(long, value_name = "USER@HOST")]
+    pub ssh: Option<String>,
+    /// The VM's host key fingerprint, read on its console (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`).
+    #[arg(long, value_name = "SHA256:…")]
+    pub host_key_fingerprint: Option<String>,
+    /// SSH identity file (default: ssh's own keys and agent).
+    #[arg(long, value_name = "FILE")]
+    pub ssh_identity: Option<std::path::PathBuf>,
+    /// Read the Tailscale auth key from FILE.
+    #[arg(long, value_name = "FILE")]
+    pub authkey_file: Option<std::path::PathBuf>,
+    /// Identity that decrypts the node's existing `.age` auth key (operator SSH or age key).
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<std::path::PathBuf>,
+    /// Tailscale API token file (else `TS_API_KEY`): mints the auth key, sets the node's address.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Tailscale install script URL for non-NixOS VMs [env: FLEETNIX_TAILSCALE_INSTALL_URL].
+    #[arg(long)]
+    pub install_url: Option<String>,
+    /// Seconds to wait for the node to appear in `tailscale status`.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub wait_timeout: u64,
+    /// Do not arm the rollback guard for the first NixOS switch.
+    #[arg(long)]
+    pub no_rollback: bool,
+    /// Seconds a NixOS VM waits for the post-activation confirmation before rolling back.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(5..))]
+    pub rollback_grace: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `cloud-init`. The auth key comes from `TAILSCALE_AUTHKEY`, else from stdin.
@@ -29,9 +63,196 @@ pub struct CloudInitArgs {
     pub agent_bin: String,
 }
 
-/// `fleetnix bootstrap`.
-pub fn bootstrap(_ctx: &Ctx, _a: BootstrapArgs) -> ExitCode {
-    super::not_yet("bootstrap")
+/// `fleetnix bootstrap NODE --ssh USER@HOST`: progress on stderr, the report on stdout.
+pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
+    use fleetnix::bootstrap::{self as bs, authkey::KeySources, hostkey, Event, SshDest};
+    use std::io::IsTerminal;
+    /// Shows the VM's host keys on the terminal and asks whether to trust the first one.
+    struct TerminalPrompt;
+
+    impl fleetnix::bootstrap::HostKeyPrompt for TerminalPrompt {
+        fn accept(
+            &self,
+            node: &str,
+            address: &std::net::IpAddr,
+            keys: &[fleetnix::bootstrap::hostkey::ScannedKey],
+        ) -> Option<usize> {
+            let i = keys.iter().position(|k| k.recordable())?;
+            eprintln!("{address} offers these SSH host keys for {node}:");
+            for k in keys {
+                eprintln!("  {} {}", k.kind(), k.fingerprint);
+            }
+            eprintln!(
+                "Compare with the VM's console (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`)."
+            );
+            eprint!(
+                "Type `yes` to trust {} {} for {node}: ",
+                keys[i].kind(),
+                keys[i].fingerprint
+            );
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).ok()?;
+            (line.trim() == "yes").then_some(i)
+        }
+    }
+    let fail = |msg: &dyn std::fmt::Display| {
+        eprintln!("error: {msg}");
+        ExitCode::from(1)
+    };
+    let fleet = match ctx.fleet() {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
+    let Some(node) = fleet.node(&a.node) else {
+        let names: Vec<&str> = fleet.nodes.iter().map(|n| n.name.as_str()).collect();
+        return fail(&format_args!(
+            "no node `{}` in {} (nodes: {})",
+            a.node,
+            fleet.sources.nodes.display(),
+            names.join(", ")
+        ));
+    };
+    let dest = match (&a.ssh, &node.public_address) {
+        (Some(s), _) => s.parse::<SshDest>(),
+        (None, Some(p)) => format!("{}@{p}", node.ssh_user).parse::<SshDest>(),
+        (None, None) => Err(format!(
+            "--ssh USER@HOST is needed: {} has no public_address in {}",
+            node.name,
+            fleet.sources.nodes.display()
+        )),
+    };
+    let dest = match dest {
+        Ok(d) => d,
+        Err(e) => return fail(&e),
+    };
+    let fingerprint = match a
+        .host_key_fingerprint
+        .as_deref()
+        .map(str::parse::<hostkey::Fingerprint>)
+    {
+        Some(Err(e)) => return fail(&format_args!("--host-key-fingerprint: {e}")),
+        Some(Ok(f)) => Some(f),
+        None => None,
+    };
+    let root = match std::fs::canonicalize(&ctx.root) {
+        Ok(r) => r,
+        Err(e) => return fail(&format_args!("repository root {}: {e}", ctx.root.display())),
+    };
+    let tailscale = match fleetnix::tailscale::Tailscale::locate() {
+        Ok(t) => t,
+        Err(e) => {
+            return fail(&format_args!(
+                "{e}: bootstrap waits for the node in this machine's `tailscale status`"
+            ))
+        }
+    };
+    let api = match fleetnix::tsapi::token_from(a.token_file.as_deref()) {
+        Ok(token) => match fleetnix::tsapi::Client::new(
+            &fleetnix::tsapi::base_url_from_env(),
+            &fleet.settings.tailnet,
+            token,
+        ) {
+            Ok(c) => Some(c),
+            Err(e) => return fail(&e),
+        },
+        Err(fleetnix::tsapi::ApiError::NoToken) => None,
+        Err(e) => return fail(&e),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format_args!("cannot start the async runtime: {e}")),
+    };
+    let address = match rt.block_on(dest.resolve()) {
+        Ok(ip) => ip,
+        Err(e) => return fail(&e),
+    };
+    let mut opts = bs::BootstrapOptions::new(
+        &root,
+        &ctx.fleet_dir,
+        &fleet,
+        &dest.user,
+        address,
+        tailscale,
+    );
+    opts.sources_label = ctx.sources_label(&fleet);
+    opts.fingerprint = fingerprint;
+    opts.deploy.ssh.identity = a.ssh_identity.clone();
+    opts.deploy.rollback = !a.no_rollback;
+    opts.deploy.rollback_grace = std::time::Duration::from_secs(a.rollback_grace);
+    if let Some(u) = &a.install_url {
+        opts.deploy.install_url = u.clone();
+    }
+    opts.keys = KeySources {
+        file: a.authkey_file.clone(),
+        env: true,
+        identity: a.identity.clone(),
+    };
+    opts.api = api;
+    opts.wait_timeout = std::time::Duration::from_secs(a.wait_timeout);
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let prompt = TerminalPrompt;
+    let verbose = ctx.verbose;
+    let node_name = node.name.to_string();
+    let result = rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let printer = tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                match e {
+                    Event::Started(s) if verbose > 0 => {
+                        eprintln!("step {} {}: …", s.number(), s.as_str())
+                    }
+                    Event::Started(_) => {}
+                    Event::Finished(r) => eprintln!(
+                        "step {} {}: {}: {}",
+                        r.step.number(),
+                        r.step.as_str(),
+                        r.status.as_str(),
+                        r.detail
+                    ),
+                    Event::Deploy(fleetnix::deploy::runner::Event::Step { step, .. })
+                        if verbose > 0 =>
+                    {
+                        eprintln!("  install: {}", step.as_str())
+                    }
+                    Event::Deploy(fleetnix::deploy::runner::Event::Warning(w)) => {
+                        eprintln!("warning: {w}")
+                    }
+                    Event::Deploy(_) => {}
+                    Event::Note(n) => eprintln!("note: {n}"),
+                }
+            }
+        });
+        let p: Option<&dyn bs::HostKeyPrompt> = if interactive { Some(&prompt) } else { None };
+        let r = bs::bootstrap(&node_name, &opts, p, Some(tx)).await;
+        let _ = printer.await;
+        r
+    });
+    match result {
+        Ok(report) => {
+            if a.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => return fail(&e),
+                }
+            } else if report.changed() {
+                println!(
+                    "{} bootstrapped: in the tailnet at {}",
+                    report.node, report.tailscale_ip
+                );
+            } else {
+                println!(
+                    "{} was already bootstrapped (in the tailnet at {}): nothing to do",
+                    report.node, report.tailscale_ip
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 /// `fleetnix cloud-init NODE [-o FILE]`: user-data on stdout or in FILE; notes on stderr.

@@ -3,6 +3,7 @@
 //! Nothing after this module sees YAML.
 
 pub mod diag;
+pub mod edit;
 pub mod yaml;
 
 pub use diag::Problem;

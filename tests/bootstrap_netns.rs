@@ -1,0 +1,541 @@
+//! `fleetnix bootstrap` end to end: a namespace test host with the real sshd plays the fresh
+//! cloud VM (Debian without Tailscale, or NixOS with a fake system profile); the fake Tailscale
+//! install script and CLI run on it, and the operator's fake `tailscale status`
+//! (tests/fakes/bootstrap/tailscale) shows the node once the VM's `tailscale up` (or first
+//! activation) happened. fleetnix runs inside the hub namespace.
+
+mod common;
+
+use common::netns::{Host, HostOptions, Net};
+use common::*;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+const NODES_YML: &str = "\
+# Test fleet: every comment here must survive bootstrap.
+nodes:
+  # the control plane
+  - name: control-01
+    tailscale_ip: 100.90.0.1   # fixed
+    os: nixos
+    roles: [glm-worker, control-plane, litellm-proxy, temporal, langfuse]
+    resources: { cpu: 2, ram_gb: 4 }
+
+  # the fresh VM
+  - name: vm-01
+    tailscale_ip: 100.90.0.7 # wanted address
+    os: OS
+    roles: [glm-worker]
+    resources:
+      cpu: 2   # small
+      ram_gb: 4
+# end of nodes
+";
+
+/// A fleet repository whose nodes.yml is [`NODES_YML`] with the VM's `os`.
+fn fleet_repo(os: &str) -> (tempfile::TempDir, String) {
+    let root = tempfile::tempdir().expect("root");
+    let spec = |name: &str, addr: &str| NodeSpec {
+        name: name.into(),
+        addr: addr.into(),
+        os: "nixos",
+        host_key: None,
+        roles: vec!["glm-worker"],
+    };
+    write_fleet(
+        root.path(),
+        &[
+            spec("control-01", "100.90.0.1"),
+            spec("vm-01", "100.90.0.7"),
+        ],
+        5,
+        false,
+    );
+    let text = NODES_YML.replace("os: OS", &format!("os: {os}"));
+    std::fs::write(root.path().join("fleet/nodes.yml"), &text).expect("nodes.yml");
+    (root, text)
+}
+
+/// A fresh Debian VM: no tailscale; the install script puts the fake CLI into its state dir.
+fn debian_vm(net: &mut Net) -> (Host, PathBuf) {
+    let state = net.dir().join("state-vm");
+    std::fs::create_dir_all(state.join("bin")).expect("state");
+    let host = net.add_host(
+        "vm-01",
+        HostOptions {
+            path_prefix: vec![state.join("bin"), fakes().join("host-bin")],
+            env: vec![
+                ("FAKE_HOST_DIR".into(), state.display().to_string()),
+                (
+                    "FAKE_TAILSCALE_SRC".into(),
+                    fakes().join("tailscale").display().to_string(),
+                ),
+            ],
+            etc_dirs: vec!["systemd/system".into()],
+            ..Default::default()
+        },
+    );
+    (host, state)
+}
+
+/// `ssh-keygen -lf`'s fingerprint of a public key file.
+fn fingerprint(pub_file: &Path) -> String {
+    let out = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(pub_file)
+        .output()
+        .expect("ssh-keygen");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .expect("fingerprint field")
+        .to_string()
+}
+
+/// Operator-side state of one test: the fake `tailscale status` inputs.
+struct Operator {
+    dir: tempfile::TempDir,
+}
+
+impl Operator {
+    fn new(assigned_ip: &str) -> Self {
+        let dir = tempfile::tempdir().expect("operator dir");
+        std::fs::write(dir.path().join("node-ip"), assigned_ip).expect("ip file");
+        Operator { dir }
+    }
+    fn ip_file(&self) -> PathBuf {
+        self.dir.path().join("node-ip")
+    }
+}
+
+/// `fleetnix --root <root> bootstrap vm-01 --ssh root@<vm> …` inside the hub.
+fn bootstrap_cmd(
+    net: &Net,
+    root: &Path,
+    vm: &Host,
+    state: &Path,
+    joined_when: &Path,
+    op: &Operator,
+    extra: &[&str],
+) -> Command {
+    let mut c = net.command(fleetnix_bin());
+    c.arg("--root")
+        .arg(root)
+        .args(["bootstrap", "vm-01", "--ssh", &format!("root@{}", vm.addr)])
+        .arg("--ssh-identity")
+        .arg(net.client_key())
+        .args(["--rollback-grace", "10"])
+        .arg("--install-url")
+        .arg(format!(
+            "file://{}",
+            fakes().join("tailscale-install.sh").display()
+        ))
+        .args(extra)
+        .env("FLEETNIX_TAILSCALE", fakes().join("bootstrap/tailscale"))
+        .env("FAKE_OP_DIR", op.dir.path())
+        .env("FAKE_NODE_STATE", joined_when)
+        .env("FAKE_NODE_NAME", "vm-01")
+        .env("FAKE_NODE_IP_FILE", op.ip_file())
+        .env("FAKE_NODE_KEY", &vm.host_key)
+        .env("FLEETNIX_NIXOS_REBUILD", fakes().join("nixos-rebuild"))
+        .env("FAKE_RECORD_DIR", state)
+        .env_remove("TAILSCALE_AUTHKEY")
+        .env_remove("TS_API_KEY")
+        .env_remove("FLEETNIX_TS_API_URL")
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// SSH logins the VM's sshd accepted so far.
+fn logins(vm: &Host) -> usize {
+    std::fs::read_to_string(vm.dir.join("sshd.log"))
+        .unwrap_or_default()
+        .matches("Accepted publickey")
+        .count()
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn fresh_debian_vm_joins_and_a_rerun_is_a_no_op() {
+    let Some(mut net) = Net::new() else { return };
+    let (vm, state) = debian_vm(&mut net);
+    let (root, original) = fleet_repo("auto");
+    let root = root.path();
+    let op = Operator::new("100.90.0.42");
+    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    let key = fake_authkey();
+    let joined_when = state.join("ts-state.json");
+
+    let out = bootstrap_cmd(
+        &net,
+        root,
+        &vm,
+        &state,
+        &joined_when,
+        &op,
+        &["--host-key-fingerprint", &fp, "--wait-timeout", "20"],
+    )
+    .env("TAILSCALE_AUTHKEY", &key)
+    .output()
+    .expect("fleetnix runs");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("vm-01 bootstrapped"), "{stdout}");
+
+    // nodes.yml gained the host key at the end of vm-01's block and the assigned address
+    // (no API token), with every comment, blank line and the key order kept.
+    let expected = original
+        .replace(
+            "      ram_gb: 4\n# end",
+            &format!("      ram_gb: 4\n    host_key: \"{}\"\n# end", vm.host_key),
+        )
+        .replace(
+            "100.90.0.7 # wanted address",
+            "100.90.0.42 # wanted address",
+        );
+    let nodes_yml = root.join("fleet/nodes.yml");
+    assert_eq!(
+        std::fs::read_to_string(&nodes_yml).expect("nodes.yml"),
+        expected
+    );
+    assert!(
+        stderr.contains("tailscale_ip in nodes.yml is now 100.90.0.42"),
+        "{stderr}"
+    );
+
+    // The auth key is encrypted to the VM's host key: the VM's private key decrypts it.
+    let node = fleetnix::model::NodeName::parse("vm-01").expect("name");
+    let decrypted =
+        fleetnix::secrets::decrypt_authkey(root, &node, &vm.dir.join("ssh_host_ed25519_key"))
+            .expect("the VM's host key decrypts its secret");
+    assert_eq!(secrecy::ExposeSecret::expose_secret(&decrypted), key);
+
+    // Deploy's fallback installer ran over the public address, once, with the key on stdin.
+    assert_eq!(lines(&state.join("install.runs")).len(), 1);
+    assert_eq!(lines(&state.join("ts-up.calls")).len(), 1);
+    assert!(lines(&state.join("ts-up.argv")).contains(&"--hostname=vm-01".to_string()));
+    assert_eq!(
+        std::fs::read_to_string(state.join("ts-key.content")).expect("key content"),
+        key
+    );
+    assert!(vm.etc.join("systemd/system/omp-agent.service").is_file());
+    // Handover: the public-address pin is gone; nothing logged the key.
+    assert!(!root.join(".fleetnix/bootstrap/known_hosts/vm-01").exists());
+    for log in [
+        root.join(".fleetnix/bootstrap/vm-01.log"),
+        root.join(".fleetnix/bootstrap/logs/vm-01.log"),
+    ] {
+        let l = std::fs::read_to_string(&log).expect("log");
+        assert!(!l.contains(&key), "key in {}", log.display());
+    }
+    assert!(!stdout.contains(&key) && !stderr.contains(&key));
+
+    // A re-run changes nothing and does not even connect to the public address.
+    let before_logins = logins(&vm);
+    assert!(before_logins > 0);
+    let files = [
+        nodes_yml.clone(),
+        root.join("secrets/vm-01/tailscale-authkey.age"),
+        root.join("secrets/secrets.nix"),
+        root.join("secrets/recipients.json"),
+    ];
+    let before: Vec<Vec<u8>> = files.iter().map(|f| read(f)).collect();
+    let out = bootstrap_cmd(
+        &net,
+        root,
+        &vm,
+        &state,
+        &joined_when,
+        &op,
+        &["--host-key-fingerprint", &fp, "--wait-timeout", "20"],
+    )
+    .env("TAILSCALE_AUTHKEY", &key)
+    .output()
+    .expect("fleetnix runs");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("already bootstrapped"), "{stdout}");
+    assert!(!stderr.contains(": done:"), "{stderr}");
+    let after: Vec<Vec<u8>> = files.iter().map(|f| read(f)).collect();
+    assert!(before == after, "a re-run rewrote a file");
+    assert_eq!(lines(&state.join("install.runs")).len(), 1);
+    assert_eq!(lines(&state.join("ts-up.calls")).len(), 1);
+    assert_eq!(logins(&vm), before_logins, "the re-run logged in to the VM");
+}
+
+#[test]
+fn a_wrong_or_missing_fingerprint_sends_nothing() {
+    let Some(mut net) = Net::new() else { return };
+    let (vm, state) = debian_vm(&mut net);
+    let (root, original) = fleet_repo("auto");
+    let root = root.path();
+    let op = Operator::new("100.90.0.7");
+    // The fingerprint of another key (the test client's).
+    let wrong = fingerprint(&net.client_key().with_extension("pub"));
+    let joined_when = state.join("ts-state.json");
+
+    let out = bootstrap_cmd(
+        &net,
+        root,
+        &vm,
+        &state,
+        &joined_when,
+        &op,
+        &["--host-key-fingerprint", &wrong, "--wait-timeout", "20"],
+    )
+    .env("TAILSCALE_AUTHKEY", fake_authkey())
+    .output()
+    .expect("fleetnix runs");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("step 1 (host-key) failed"), "{stderr}");
+    assert!(
+        stderr.contains(&wrong) && stderr.contains("nothing was sent"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("to resume:"), "{stderr}");
+
+    // Not interactive and no fingerprint: refused too.
+    let out = bootstrap_cmd(&net, root, &vm, &state, &joined_when, &op, &[])
+        .env("TAILSCALE_AUTHKEY", fake_authkey())
+        .output()
+        .expect("fleetnix runs");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("not interactive"), "{stderr}");
+
+    // Nothing reached the host: no login, no fake called; nothing written here either.
+    assert_eq!(logins(&vm), 0, "sshd accepted a login");
+    let host_files: Vec<_> = std::fs::read_dir(&state)
+        .expect("state dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(host_files, vec![std::ffi::OsString::from("bin")]);
+    assert!(!state.join("bin/tailscale").exists());
+    assert_eq!(
+        std::fs::read_to_string(root.join("fleet/nodes.yml")).expect("nodes.yml"),
+        original
+    );
+    assert!(!root.join("secrets").exists());
+}
+
+/// A fake Tailscale API (bearer token; `POST /tailnet/-/keys`, `POST /device/{id}/ip`) listening
+/// on 127.0.0.1 *inside the hub namespace*, where fleetnix runs.
+struct FakeApi {
+    base: String,
+    seen: Arc<Mutex<Vec<(String, String, String)>>>,
+    server: Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl FakeApi {
+    fn start(hub: &str, token: String, minted: String, ip_file: PathBuf) -> FakeApi {
+        let ns = format!("/run/netns/{hub}");
+        // A socket belongs to the namespace of the thread that creates it.
+        let server = std::thread::spawn(move || {
+            let f = std::fs::File::open(&ns).expect("hub namespace");
+            // SAFETY: setns only changes this short-lived thread's network namespace.
+            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns into the hub");
+            tiny_http::Server::http("127.0.0.1:0").expect("bind in the hub")
+        })
+        .join()
+        .expect("bind thread");
+        let server = Arc::new(server);
+        let port = server.server_addr().to_ip().expect("ip listener").port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (s, log) = (server.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            while let Ok(mut rq) = s.recv() {
+                let mut body = String::new();
+                let _ = rq.as_reader().read_to_string(&mut body);
+                let path = rq.url().to_string();
+                let method = rq.method().to_string();
+                let auth = rq
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("Authorization"))
+                    .map(|h| h.value.to_string());
+                log.lock()
+                    .expect("lock")
+                    .push((method.clone(), path.clone(), body.clone()));
+                let (status, reply) = if auth.as_deref() != Some(&format!("Bearer {token}")) {
+                    (401, r#"{"message":"API token invalid"}"#.to_string())
+                } else if method == "POST" && path == "/api/v2/tailnet/-/keys" {
+                    (
+                        200,
+                        serde_json::json!({"id": "kFAKE1CNTRL", "key": minted, "expires": "2030-01-01T00:00:00Z"})
+                            .to_string(),
+                    )
+                } else if method == "POST" && path == "/api/v2/device/nFAKE1CNTRL/ip" {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    let ip = v["ipv4"].as_str().unwrap_or_default().to_string();
+                    std::fs::write(&ip_file, ip).expect("ip file");
+                    (200, "{}".to_string())
+                } else {
+                    (404, r#"{"message":"not found"}"#.to_string())
+                };
+                let _ =
+                    rq.respond(tiny_http::Response::from_string(reply).with_status_code(status));
+            }
+        });
+        FakeApi {
+            base: format!("http://127.0.0.1:{port}/api/v2/"),
+            seen,
+            server,
+            thread: Some(thread),
+        }
+    }
+}
+
+#[test]
+fn nixos_vm_first_rebuild_with_a_minted_key_and_the_address_set_through_the_api() {
+    let Some(mut net) = Net::new() else { return };
+    let vm = nixos_host(&mut net, "vm-01");
+    let state = state_dir(&net, "vm-01");
+    let (root, original) = fleet_repo("nixos");
+    let root = root.path();
+    let op = Operator::new("100.90.0.42");
+    let token = format!("tskey-api-{}", "FAKEtoken");
+    let minted = format!("tskey-auth-{}-{}", "kFAKE1CNTRL", "FAKEminted");
+    let api = FakeApi::start(net.hub(), token.clone(), minted.clone(), op.ip_file());
+    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+
+    let out = bootstrap_cmd(
+        &net,
+        root,
+        &vm,
+        &state,
+        &state.join("activations"),
+        &op,
+        &["--host-key-fingerprint", &fp, "--wait-timeout", "20"],
+    )
+    .env("TS_API_KEY", &token)
+    .env("FLEETNIX_TS_API_URL", &api.base)
+    .output()
+    .expect("fleetnix runs");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+
+    // Only host_key was added: the address was fixed through the API, not in the manifest.
+    let expected = original.replace(
+        "      ram_gb: 4\n# end",
+        &format!("      ram_gb: 4\n    host_key: \"{}\"\n# end", vm.host_key),
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("fleet/nodes.yml")).expect("nodes.yml"),
+        expected
+    );
+    assert!(stderr.contains("through the Tailscale API"), "{stderr}");
+    let seen = api.seen.lock().expect("lock").clone();
+    let paths: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|(m, p, _)| (m.as_str(), p.as_str()))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("POST", "/api/v2/tailnet/-/keys"),
+            ("POST", "/api/v2/device/nFAKE1CNTRL/ip")
+        ]
+    );
+    let key_req: serde_json::Value = serde_json::from_str(&seen[0].2).expect("json");
+    assert_eq!(
+        key_req["capabilities"]["devices"]["create"]["tags"],
+        serde_json::json!(["tag:worker"])
+    );
+    assert_eq!(seen[1].2, r#"{"ipv4":"100.90.0.7"}"#);
+
+    // The minted key is what the node's secret holds.
+    let node = fleetnix::model::NodeName::parse("vm-01").expect("name");
+    let decrypted =
+        fleetnix::secrets::decrypt_authkey(root, &node, &vm.dir.join("ssh_host_ed25519_key"))
+            .expect("decrypts");
+    assert_eq!(secrecy::ExposeSecret::expose_secret(&decrypted), minted);
+
+    // deploy's NixOS path ran against the public address: guarded switch = boot + activate.
+    let argv = lines(&state.join("nixos-rebuild.vm-01.argv"));
+    assert_eq!(argv[0], "boot", "{argv:?}");
+    assert!(argv.contains(&format!("root@{}", vm.addr)), "{argv:?}");
+    assert!(argv.contains(&format!(
+        "{}#vm-01",
+        std::fs::canonicalize(root).expect("root").display()
+    )));
+    assert_eq!(lines(&state.join("activations")), ["2 boot", "2 switch"]);
+    assert!(root.join("nix/nodes/vm-01.nix").is_file());
+    assert!(!stdout.contains(&minted) && !stderr.contains(&minted));
+}
+
+#[test]
+fn a_node_that_does_not_join_fails_at_step_4_and_a_rerun_resumes() {
+    let Some(mut net) = Net::new() else { return };
+    let (vm, state) = debian_vm(&mut net);
+    let (root, _) = fleet_repo("linux");
+    let root = root.path();
+    let op = Operator::new("100.90.0.7");
+    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    // The operator's tailnet only sees the node once this file exists.
+    let joined_when = op.dir.path().join("joined");
+    let args = ["--host-key-fingerprint", fp.as_str(), "--wait-timeout", "1"];
+
+    let out = bootstrap_cmd(&net, root, &vm, &state, &joined_when, &op, &args)
+        .env("TAILSCALE_AUTHKEY", fake_authkey())
+        .output()
+        .expect("fleetnix runs");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(
+            "step 4 (join) failed: vm-01 did not show up online in `tailscale status` within 1s"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("to resume: look at the VM"), "{stderr}");
+    // Steps 1-3 are done: host key recorded, installer ran.
+    let nodes = std::fs::read_to_string(root.join("fleet/nodes.yml")).expect("nodes.yml");
+    assert!(nodes.contains(&vm.host_key));
+    assert_eq!(lines(&state.join("ts-up.calls")).len(), 1);
+
+    // The node shows up later; the re-run picks up from there.
+    std::fs::copy(state.join("ts-state.json"), &joined_when).expect("joined");
+    let out = bootstrap_cmd(&net, root, &vm, &state, &joined_when, &op, &args)
+        .output()
+        .expect("fleetnix runs");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    for line in [
+        "step 1 host-key: unchanged",
+        "step 2 record: unchanged",
+        "step 2 secret: unchanged",
+        "step 3 install: skipped",
+        "step 4 join: unchanged",
+        "step 4 address: unchanged",
+        "step 5 handover: done",
+    ] {
+        assert!(stderr.contains(line), "{line:?} missing in\n{stderr}");
+    }
+    assert_eq!(lines(&state.join("ts-up.calls")).len(), 1);
+    assert_eq!(lines(&state.join("install.runs")).len(), 1);
+}

@@ -851,8 +851,8 @@ async fn install_step(
     let opts = run.opts;
     let root = &opts.deploy.root;
     let plans = plan::plan(fleet);
-    let rendered =
-        ensure_rendered(root, &plans, &opts.sources_label, RenderMode::Write).map_err(|e| {
+    let rendered = ensure_rendered(fleet, root, &plans, &opts.sources_label, RenderMode::Write)
+        .map_err(|e| {
             fail(
                 Step::Install,
                 e.to_string(),

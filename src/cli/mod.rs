@@ -169,10 +169,3 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Dispatch(a) => health::dispatch(&ctx, a),
     }
 }
-
-/// Exit code and message for a command that is not built yet.
-#[allow(dead_code)] // every command is built now; kept for new ones
-pub fn not_yet(what: &str) -> ExitCode {
-    eprintln!("error: `fleetnix {what}` is not implemented yet");
-    ExitCode::from(2)
-}

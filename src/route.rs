@@ -196,6 +196,20 @@ impl Router {
     /// Orders the healthy nodes with `role` for the next task and records the pick
     /// (round robin advances). Fails when no node has the role or none is healthy.
     pub fn route(&self, role: &str, health: &HealthReport) -> Result<Route, RouteError> {
+        self.route_with(role, |node| match health.state_of(node) {
+            Some(crate::health::NodeState::Healthy) => None,
+            Some(s) => Some(s.to_string()),
+            None => Some("not probed".to_string()),
+        })
+    }
+
+    /// Like [`Router::route`], with each node's health given by `unhealthy`: `None` for a
+    /// healthy node, else why it is skipped. `dispatch` uses it to order its failover candidates.
+    pub fn route_with(
+        &self,
+        role: &str,
+        unhealthy: impl Fn(&str) -> Option<String>,
+    ) -> Result<Route, RouteError> {
         let with_role: Vec<&Node> = self
             .nodes
             .iter()
@@ -220,10 +234,9 @@ impl Router {
         let mut healthy: Vec<&Node> = Vec::new();
         let mut skipped = Vec::new();
         for n in with_role {
-            match health.state_of(n.name.as_str()) {
-                Some(crate::health::NodeState::Healthy) => healthy.push(n),
-                Some(s) => skipped.push((n.name.clone(), s.to_string())),
-                None => skipped.push((n.name.clone(), "not probed".to_string())),
+            match unhealthy(n.name.as_str()) {
+                None => healthy.push(n),
+                Some(why) => skipped.push((n.name.clone(), why)),
             }
         }
         if healthy.is_empty() {

@@ -348,3 +348,20 @@ fn cli_route_rotates_and_skips_offline_nodes() {
         "{err}"
     );
 }
+
+#[test]
+fn route_with_takes_health_from_a_predicate_and_keeps_the_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fleet(dir.path(), "round_robin");
+    let router = Router::new(&f).with_state_dir(dir.path().join(".fleetnix"));
+    let down = |n: &str| (n == "gone" || n == "sick").then(|| "down".to_string());
+    let first = router.route_with("glm-worker", down).unwrap();
+    assert_eq!(first.order, [name("big"), name("mid"), name("small")]);
+    assert_eq!(first.skipped.len(), 2);
+    let second = router.route_with("glm-worker", down).unwrap();
+    assert_eq!(second.order, [name("mid"), name("small"), name("big")]);
+    let err = router
+        .route_with("glm-worker", |_| Some("down".into()))
+        .unwrap_err();
+    assert!(matches!(err, RouteError::NoHealthyNode { .. }), "{err:?}");
+}

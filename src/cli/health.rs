@@ -473,8 +473,14 @@ pub fn dispatch(ctx: &Ctx, a: DispatchArgs) -> ExitCode {
         Ok(f) => f,
         Err(code) => return code,
     };
-    let (role, candidates) = match bus::role_nodes(&fleet, &a.role) {
+    let (role, _) = match bus::role_nodes(&fleet, &a.role) {
         Ok(x) => x,
+        Err(e) => return fail(&e),
+    };
+    // Failover order under the fleet's strategy (round robin continues where `route` left off).
+    let router = Router::new(&fleet).with_state_dir(ctx.root.join(".fleetnix"));
+    let candidates = match router.route_with(role.as_str(), |_| None) {
+        Ok(r) => r.order,
         Err(e) => return fail(&e),
     };
     let payload = match d::parse_payload(&a.payload) {

@@ -136,13 +136,17 @@ pub enum SecretsError {
         /// The command that writes it.
         fix: String,
     },
-    /// The control plane has no host key, so the bus's passwords cannot be kept.
-    #[error("the control plane {node} has no host_key in {}: its nats-server environment file, which keeps every node's NATS password, cannot be encrypted to it; nothing was written; fix: {fix}", nodes_file.display())]
-    ControlPlaneNoHostKey {
-        /// The control plane.
+    /// A secret cannot be written because its node has no host key.
+    #[error("{node} has no host_key in {}, so {file} cannot be encrypted to it{because}; nothing was written; fix: {fix}", nodes_file.display())]
+    NoHostKey {
+        /// The node.
         node: String,
+        /// The secret's file, relative to the root.
+        file: String,
         /// nodes.yml.
         nodes_file: PathBuf,
+        /// Why this one matters, if it needs saying (starts with "; ").
+        because: String,
         /// The command that fetches the key.
         fix: String,
     },
@@ -390,6 +394,29 @@ pub fn write_secrets(
     }
     commit(fleet, root, &mut records, sealed, &mut report)?;
     Ok(report)
+}
+
+/// Checks, without writing anything, that `id` could be written now: its node is in the manifest
+/// and has a host key, every key of the manifest parses and `recipients.json` is readable. For
+/// callers that must not obtain a secret they cannot store (`fleetnix authkey mint`).
+pub fn check_writable(fleet: &Fleet, root: &Path, id: &SecretId) -> Result<(), SecretsError> {
+    let node = find_node(fleet, &id.node)?;
+    render_secrets_nix(fleet)?;
+    Records::load(root)?;
+    match desired_recipients(fleet, node)? {
+        Some(_) => Ok(()),
+        None => Err(no_host_key_error(fleet, node, id, String::new())),
+    }
+}
+
+fn no_host_key_error(fleet: &Fleet, node: &Node, id: &SecretId, because: String) -> SecretsError {
+    SecretsError::NoHostKey {
+        node: node.name.to_string(),
+        file: id.file(),
+        nodes_file: fleet.sources.nodes.clone(),
+        because,
+        fix: keyscan_hint(node),
+    }
 }
 
 /// Encrypts `key` for each of `nodes` to `secrets/<node>/tailscale-authkey.age` under `root`

@@ -6,10 +6,10 @@
 //! content or recipients would change is written through [`super::write_secrets`]; the others
 //! keep their exact bytes, so re-running changes nothing.
 
-use super::keys::{desired_recipients, keyscan_hint, Identities};
+use super::keys::{desired_recipients, Identities};
 use super::kinds::{SecretId, SecretKind};
 use super::store::{read_optional, render_secrets_nix, status, State};
-use super::{decrypt_with, find_node, write_secrets, Report, SecretsError};
+use super::{decrypt_with, find_node, no_host_key_error, write_secrets, Report, SecretsError};
 use crate::bus::creds::{BusCredentials, PASSWORD_SECRET, SERVER_ENV_SECRET};
 use crate::bus::server_plan;
 use crate::model::Fleet;
@@ -62,12 +62,14 @@ pub fn set_nats(fleet: &Fleet, root: &Path, identity: &Path) -> Result<NatsRepor
     let plan = server_plan(fleet)?;
     render_secrets_nix(fleet)?;
     let cp = find_node(fleet, &plan.server_name)?;
+    let env_id = SecretId::new(plan.server_name.clone(), SecretKind::NatsServerEnv);
     if desired_recipients(fleet, cp)?.is_none() {
-        return Err(SecretsError::ControlPlaneNoHostKey {
-            node: cp.name.to_string(),
-            nodes_file: fleet.sources.nodes.clone(),
-            fix: keyscan_hint(cp),
-        });
+        return Err(no_host_key_error(
+            fleet,
+            cp,
+            &env_id,
+            "; it is the control plane, and its nats-server environment file keeps every node's NATS password".into(),
+        ));
     }
     let states: BTreeMap<String, State> = status(fleet, root)?
         .into_iter()
@@ -78,7 +80,6 @@ pub fn set_nats(fleet: &Fleet, root: &Path, identity: &Path) -> Result<NatsRepor
         read: None,
     };
 
-    let env_id = SecretId::new(plan.server_name.clone(), SecretKind::NatsServerEnv);
     let old_env: Option<Zeroizing<Vec<u8>>> = match read_optional(&root.join(env_id.file()))? {
         Some(_) => Some(decrypt_with(ids.get()?, root, &env_id, identity)?),
         None => None,

@@ -94,14 +94,16 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+/// A single-threaded runtime for one API call; prints the error.
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| fail(format!("cannot start the async runtime: {e}")))
 }
 
-fn client(fleet: &Fleet, api: &ApiArgs) -> Result<Client, ExitCode> {
+/// The API client from `--token-file` or `TS_API_KEY`; prints the error.
+pub(super) fn client(fleet: &Fleet, api: &ApiArgs) -> Result<Client, ExitCode> {
     let token = tsapi::token_from(api.token_file.as_deref()).map_err(fail)?;
     Client::new(&tsapi::base_url_from_env(), &fleet.settings.tailnet, token).map_err(fail)
 }

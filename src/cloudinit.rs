@@ -15,6 +15,7 @@
 use crate::plan::NodePlan;
 use serde::Serialize;
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 /// Tailscale's install script.
 pub const DEFAULT_INSTALL_URL: &str = "https://tailscale.com/install.sh";
@@ -49,6 +50,14 @@ pub enum CloudInitError {
     /// The agent binary path is not absolute.
     #[error("agent binary {0:?}: expected an absolute path")]
     BadAgentBin(String),
+    /// No source of the auth key applies.
+    #[error("no Tailscale auth key for {node}: set TAILSCALE_AUTHKEY, pipe the key on stdin, pass --identity FILE to decrypt {file} (written by `fleetnix secrets set-authkey {node}` or `fleetnix authkey mint {node}`), or --mint with TS_API_KEY set")]
+    NoAuthKey {
+        /// The node.
+        node: String,
+        /// Its auth-key secret, relative to the repository root.
+        file: String,
+    },
     /// The YAML emitter failed (a bug).
     #[error("cannot write YAML: {0}")]
     Yaml(#[from] serde_yaml::Error),
@@ -97,6 +106,65 @@ impl AuthKey {
 impl fmt::Debug for AuthKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AuthKey(<redacted>)")
+    }
+}
+
+/// Where `fleetnix cloud-init` takes the node's auth key from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A one-off key minted through the Tailscale API for this user-data (`--mint`).
+    Mint,
+    /// The node's `secrets/<node>/tailscale-authkey.age`, decrypted with this identity file.
+    Secret(PathBuf),
+    /// The `TAILSCALE_AUTHKEY` environment variable.
+    Env,
+    /// Standard input (piped).
+    Stdin,
+}
+
+/// What [`key_source`] decides from.
+#[derive(Debug, Clone, Default)]
+pub struct KeyInputs<'a> {
+    /// The node (for the error message).
+    pub node: &'a str,
+    /// `--mint` was given.
+    pub mint: bool,
+    /// `--identity FILE`, if given.
+    pub identity: Option<&'a Path>,
+    /// The identity used when none is given (`~/.ssh/id_ed25519`), if known.
+    pub default_identity: Option<&'a Path>,
+    /// `TAILSCALE_AUTHKEY` is set.
+    pub env_set: bool,
+    /// Standard input is a terminal (nothing piped).
+    pub stdin_is_terminal: bool,
+    /// The node's auth-key secret, relative to the repository root.
+    pub secret_file: &'a str,
+    /// That file exists.
+    pub secret_exists: bool,
+}
+
+/// Picks the auth key's source. Explicit choices first: `--mint`, then `--identity` (the
+/// `.age` file); then `TAILSCALE_AUTHKEY`; then piped stdin; then, on a terminal, the node's
+/// `.age` file with the default identity if the file exists.
+pub fn key_source(i: &KeyInputs<'_>) -> Result<KeySource, CloudInitError> {
+    if i.mint {
+        return Ok(KeySource::Mint);
+    }
+    if let Some(id) = i.identity {
+        return Ok(KeySource::Secret(id.to_path_buf()));
+    }
+    if i.env_set {
+        return Ok(KeySource::Env);
+    }
+    if !i.stdin_is_terminal {
+        return Ok(KeySource::Stdin);
+    }
+    match i.default_identity {
+        Some(id) if i.secret_exists => Ok(KeySource::Secret(id.to_path_buf())),
+        _ => Err(CloudInitError::NoAuthKey {
+            node: i.node.to_string(),
+            file: i.secret_file.to_string(),
+        }),
     }
 }
 
@@ -304,6 +372,66 @@ pub fn user_data(plan: &NodePlan, key: &AuthKey, opts: &Options) -> Result<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_source_prefers_explicit_choices() {
+        let id = Path::new("/k/op");
+        let def = Path::new("/home/.ssh/id_ed25519");
+        let base = KeyInputs {
+            node: "worker-03",
+            default_identity: Some(def),
+            secret_file: "secrets/worker-03/tailscale-authkey.age",
+            stdin_is_terminal: true,
+            ..Default::default()
+        };
+        let with = |f: &dyn Fn(&mut KeyInputs)| {
+            let mut i = base.clone();
+            f(&mut i);
+            key_source(&i)
+        };
+        assert_eq!(
+            with(&|i| {
+                i.mint = true;
+                i.env_set = true;
+                i.identity = Some(id);
+            })
+            .unwrap(),
+            KeySource::Mint
+        );
+        assert_eq!(
+            with(&|i| {
+                i.identity = Some(id);
+                i.env_set = true;
+            })
+            .unwrap(),
+            KeySource::Secret(id.into())
+        );
+        assert_eq!(
+            with(&|i| {
+                i.env_set = true;
+                i.secret_exists = true;
+            })
+            .unwrap(),
+            KeySource::Env
+        );
+        assert_eq!(
+            with(&|i| {
+                i.stdin_is_terminal = false;
+                i.secret_exists = true;
+            })
+            .unwrap(),
+            KeySource::Stdin
+        );
+        assert_eq!(
+            with(&|i| i.secret_exists = true).unwrap(),
+            KeySource::Secret(def.into())
+        );
+        let e = with(&|_| {}).unwrap_err().to_string();
+        assert!(
+            e.contains("worker-03") && e.contains("--identity") && e.contains("--mint"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn auth_keys_are_checked_without_echoing_them() {

@@ -6,6 +6,7 @@
 
 pub mod acl;
 pub mod alert;
+pub mod authkey;
 pub mod bootstrap;
 pub mod bus;
 pub mod cloudinit;

@@ -457,7 +457,8 @@ fn cli_get_diff_set_keep_the_token_out_of_argv_output_and_files() {
 }
 
 #[test]
-fn cli_authkey_mint_never_prints_and_needs_the_secrets_module() {
+fn cli_authkey_mint_refuses_before_minting_a_key_it_cannot_store() {
+    // The example fleet has no host keys: the key could not be encrypted to worker-01.
     let fake = FakeApi::start(&token(), OLD);
     let fleet = fleet_copy();
     let out = cli(&fake, fleet.path())
@@ -468,7 +469,10 @@ fn cli_authkey_mint_never_prints_and_needs_the_secrets_module() {
     assert_eq!(out.status.code(), Some(1));
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(text.contains("secrets module not available"), "{text}");
+    assert!(
+        text.contains("worker-01 has no host_key") && text.contains("no auth key was minted"),
+        "{text}"
+    );
     assert!(!text.contains("tskey-auth"));
     assert!(
         fake.state().key_requests.is_empty(),

@@ -156,3 +156,62 @@ fn a_selector_matching_nothing_fails() {
     assert_eq!(code, 1);
     assert!(err.contains("no target"), "{err}");
 }
+
+#[test]
+fn fallback_dry_run_without_the_environment_names_the_age_file_or_says_there_is_none() {
+    let root = tempfile::tempdir().expect("root");
+    let specs = [common::NodeSpec {
+        name: "ubuntu-01".into(),
+        addr: "100.64.0.9".into(),
+        os: "linux",
+        host_key: Some(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS/vcGfRqtpcVld33fFR5cjD2Ai9gXARYCEHEn"
+                .into(),
+        ),
+        roles: vec!["glm-worker"],
+    }];
+    common::write_fleet(root.path(), &specs, 7, true);
+    let r = recorder(root.path());
+    let identity = root.path().join("no-such-identity");
+    let run = || {
+        let out = Command::new(fleetnix_bin())
+            .arg("--root")
+            .arg(root.path())
+            .args(["deploy", "ubuntu-01", "--dry-run", "--identity"])
+            .arg(&identity)
+            .env("FLEETNIX_SSH", &r)
+            .env("FLEETNIX_NIXOS_REBUILD", &r)
+            .env("FLEETNIX_TAILSCALE", &r)
+            .env_remove("TAILSCALE_AUTHKEY")
+            .output()
+            .expect("fleetnix runs");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = run();
+    assert!(
+        out.contains("the auth key from nowhere: $TAILSCALE_AUTHKEY is not set and secrets/ubuntu-01/tailscale-authkey.age does not exist"),
+        "{out}"
+    );
+    // With the file (encrypted to the node's host key), the dry run names it and the identity,
+    // without reading the identity (it does not exist).
+    let fleet = fleetnix::manifest::load(&root.path().join("fleet")).expect("fleet");
+    let key = secrecy::SecretString::from(fake_authkey());
+    fleetnix::secrets::set_authkey(
+        &fleet,
+        root.path(),
+        &[fleetnix::model::NodeName::parse("ubuntu-01").expect("name")],
+        &key,
+    )
+    .expect("set-authkey");
+    let out = run();
+    assert!(
+        out.contains(&format!(
+            "stdin: the auth key from secrets/ubuntu-01/tailscale-authkey.age decrypted with {} (redacted)",
+            identity.display()
+        )),
+        "{out}"
+    );
+    assert!(!out.contains(&fake_authkey()));
+    assert!(!root.path().join("called").exists());
+}

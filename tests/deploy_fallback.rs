@@ -158,3 +158,126 @@ fn net_nft(h: &Host) -> String {
         .expect("nft");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Replaces `keys: []` in fleet.yml with one operator key.
+fn add_operator(root: &std::path::Path, key: &str) {
+    let path = root.join("fleet/fleet.yml");
+    let text = std::fs::read_to_string(&path).expect("fleet.yml");
+    assert!(text.contains("  keys: []\n"), "{text}");
+    let text = text.replace(
+        "  keys: []\n",
+        &format!("  keys:\n    - name: ops\n      key: \"{key}\"\n"),
+    );
+    std::fs::write(&path, text).expect("fleet.yml");
+}
+
+/// An age identity made by the real `age-keygen`: (file, age1… recipient).
+fn age_identity(dir: &std::path::Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let out = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&path)
+        .output()
+        .expect("age-keygen");
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&path).expect("identity");
+    let public = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("public key line")
+        .trim()
+        .to_string();
+    (path, public)
+}
+
+#[test]
+fn auth_key_from_the_nodes_age_file_when_the_environment_has_none() {
+    let Some(mut net) = Net::new() else { return };
+    let (ubuntu, st) = ubuntu_host(&mut net, "ubuntu-02");
+    let root = tempfile::tempdir().expect("root");
+    let mut u = NodeSpec::for_host(&ubuntu);
+    u.os = "linux";
+    write_fleet(root.path(), &[u], 5, false);
+    let keys = tempfile::tempdir().expect("keys");
+    let (op, op_pub) = age_identity(keys.path(), "ops.age");
+    let (stranger, _) = age_identity(keys.path(), "stranger.age");
+    add_operator(root.path(), &op_pub);
+    // Store the key as the operator would (`fleetnix secrets set-authkey ubuntu-02`), from stdin.
+    let key = fake_authkey();
+    let mut child = std::process::Command::new(fleetnix_bin())
+        .arg("--root")
+        .arg(root.path())
+        .args(["secrets", "set-authkey", "ubuntu-02"])
+        .env_remove("TAILSCALE_AUTHKEY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("fleetnix runs");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), key.as_bytes())
+        .expect("write key");
+    let out = child.wait_with_output().expect("set-authkey");
+    assert!(out.status.success(), "{out:?}");
+    let url = format!("file://{}", fakes().join("tailscale-install.sh").display());
+
+    // Dry run: names the file and the identity, decrypts nothing (the identity does not exist).
+    let missing = keys.path().join("not-there");
+    let id_arg = format!("--identity={}", missing.display());
+    let out = deploy_cmd(&net, root.path(), &["--all", "--dry-run", &id_arg])
+        .output()
+        .expect("fleetnix runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout.contains(&format!(
+            "stdin: the auth key from secrets/ubuntu-02/tailscale-authkey.age decrypted with {} (redacted)",
+            missing.display()
+        )),
+        "{stdout}"
+    );
+
+    // An identity that is no recipient: the node fails at `tailscale up`, which never ran.
+    let id_arg = format!("--identity={}", stranger.display());
+    let out = deploy_cmd(
+        &net,
+        root.path(),
+        &["--all", "--install-url", &url, &id_arg],
+    )
+    .output()
+    .expect("fleetnix runs");
+    let all =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("cannot decrypt secrets/ubuntu-02/tailscale-authkey.age"),
+        "{all}"
+    );
+    assert!(
+        lines(&st.join("ts-up.calls")).is_empty(),
+        "tailscale up ran"
+    );
+
+    // The operator's identity: the key reaches `tailscale up` through the 0600 file only.
+    let id_arg = format!("--identity={}", op.display());
+    let out = deploy_cmd(
+        &net,
+        root.path(),
+        &["--all", "--install-url", &url, &id_arg],
+    )
+    .output()
+    .expect("fleetnix runs");
+    let all =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert_eq!(
+        std::fs::read_to_string(st.join("ts-key.content")).expect("content"),
+        key
+    );
+    assert_eq!(lines(&st.join("ts-up.calls")).len(), 1);
+    let cmdline = std::fs::read_to_string(st.join("ts-up.cmdline")).expect("cmdline");
+    assert!(!cmdline.contains(&key), "auth key in tailscale's argv");
+    let log =
+        std::fs::read_to_string(root.path().join(".fleetnix/logs/ubuntu-02.log")).expect("log");
+    assert!(!log.contains(&key), "auth key in the log");
+    assert!(!all.contains(&key), "auth key in the output");
+}

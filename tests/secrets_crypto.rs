@@ -168,15 +168,23 @@ fn secrets_nix_is_agenix_rules_and_deterministic() {
     let rules: std::collections::BTreeMap<String, Vec<String>> =
         serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<&str> = rules.keys().map(String::as_str).collect();
+    // Every secret the rendered modules reference, of every node with a host key (the NATS
+    // passwords are not written yet: `set-nats` does that).
     assert_eq!(
         names,
         [
+            "worker-01/nats-password.age",
             "worker-01/tailscale-authkey.age",
+            "worker-02/nats-password.age",
             "worker-02/tailscale-authkey.age"
         ]
     );
     for (file, keys) in &rules {
-        assert!(s.t.root.join("secrets").join(file).is_file(), "{file}");
+        assert_eq!(
+            s.t.root.join("secrets").join(file).is_file(),
+            file.ends_with("/tailscale-authkey.age"),
+            "{file}"
+        );
         let node = fleet.node(file.split('/').next().unwrap()).unwrap();
         let desired = secrets::desired_recipients(&fleet, node).unwrap().unwrap();
         let want: Vec<String> = desired.iter().map(|r| r.key.clone()).collect();
@@ -442,15 +450,36 @@ fn orphans_and_missing_secrets_are_listed() {
     std::fs::create_dir_all(s.t.root.join("secrets/old-node")).unwrap();
     std::fs::copy(s.t.secret("worker-01"), s.t.secret("old-node")).unwrap();
     let st = secrets::status(&fleet, &s.t.root).unwrap();
-    let got: Vec<(&str, State)> = st.iter().map(|x| (x.node.as_str(), x.state)).collect();
+    let got: Vec<(&str, &str, State)> = st
+        .iter()
+        .map(|x| (x.node.as_str(), x.secret.as_str(), x.state))
+        .collect();
     assert_eq!(
         got,
         [
-            ("control-01", State::NoHostKey),
-            ("old-node", State::Orphan),
-            ("worker-01", State::UpToDate),
-            ("worker-02", State::Missing),
+            ("control-01", "tailscale-authkey", State::NoHostKey),
+            ("control-01", "nats-password", State::NoHostKey),
+            ("control-01", "nats-server-env", State::NoHostKey),
+            ("old-node", "tailscale-authkey", State::Orphan),
+            ("worker-01", "tailscale-authkey", State::UpToDate),
+            ("worker-01", "nats-password", State::Missing),
+            ("worker-02", "tailscale-authkey", State::Missing),
+            ("worker-02", "nats-password", State::Missing),
         ]
+    );
+    let hint = |n: &str, secret: &str| {
+        st.iter()
+            .find(|x| x.node == n && x.secret == secret)
+            .and_then(|x| x.hint.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        hint("worker-02", "tailscale-authkey"),
+        "fleetnix secrets set-authkey worker-02"
+    );
+    assert_eq!(
+        hint("worker-01", "nats-password"),
+        "fleetnix secrets set-nats"
     );
     // rekey leaves the orphan alone and reports the missing one.
     let r = secrets::rekey(&fleet, &s.t.root, &s.op_age, &RekeyOptions::default()).unwrap();

@@ -94,14 +94,16 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+/// A single-threaded runtime for one API call; prints the error.
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| fail(format!("cannot start the async runtime: {e}")))
 }
 
-fn client(fleet: &Fleet, api: &ApiArgs) -> Result<Client, ExitCode> {
+/// The API client from `--token-file` or `TS_API_KEY`; prints the error.
+pub(super) fn client(fleet: &Fleet, api: &ApiArgs) -> Result<Client, ExitCode> {
     let token = tsapi::token_from(api.token_file.as_deref()).map_err(fail)?;
     Client::new(&tsapi::base_url_from_env(), &fleet.settings.tailnet, token).map_err(fail)
 }
@@ -297,20 +299,48 @@ fn cmd_set(
 
 /// `fleetnix authkey …`.
 pub fn authkey(ctx: &Ctx, cmd: AuthkeyCommand) -> ExitCode {
-    let AuthkeyCommand::Mint { node, .. } = cmd;
+    let AuthkeyCommand::Mint {
+        node,
+        api,
+        expiry_seconds,
+    } = cmd;
     let fleet = match ctx.fleet() {
         Ok(f) => f,
         Err(code) => return code,
     };
-    if fleet.node(&node).is_none() {
-        let names: Vec<&str> = fleet.nodes.iter().map(|n| n.name.as_str()).collect();
-        return fail(format!(
-            "no node `{node}` in the manifest (nodes: {})",
-            names.join(", ")
-        ));
-    }
-    // The key may only go straight into the encrypted secrets; without that module, mint nothing.
-    fail(format!(
-        "secrets module not available: cannot store an auth key for {node}, so none was minted"
-    ))
+    let node = match fleetnix::secrets::select_nodes(&fleet, std::slice::from_ref(&node)) {
+        Ok(mut n) if n.len() == 1 => n.remove(0),
+        Ok(_) => return fail("expected one node"),
+        Err(e) => return fail(e),
+    };
+    let run = || -> Result<ExitCode, ExitCode> {
+        let c = client(&fleet, &api)?;
+        let minted = runtime()?
+            .block_on(fleetnix::authkey::mint_and_store(
+                &c,
+                &fleet,
+                &ctx.root,
+                &node,
+                expiry_seconds,
+            ))
+            .map_err(fail)?;
+        println!(
+            "minted auth key {} for {node} (one-off, pre-authorised, tags {}, expires {}); not shown",
+            minted.id,
+            minted.tags.join(","),
+            minted.expires.as_deref().unwrap_or("as requested")
+        );
+        for w in &minted.report.written {
+            let who: Vec<String> = w.recipients.iter().map(|r| r.owner.to_string()).collect();
+            println!("wrote {} (recipients: {})", w.file, who.join(", "));
+        }
+        if minted.report.secrets_nix_changed {
+            println!("updated {}", fleetnix::secrets::SECRETS_NIX);
+        }
+        for w in &minted.report.warnings {
+            eprintln!("warning: {w}");
+        }
+        Ok(ExitCode::SUCCESS)
+    };
+    run().unwrap_or_else(|code| code)
 }

@@ -44,11 +44,27 @@ pub struct BootstrapArgs {
     pub json: bool,
 }
 
-/// Arguments of `cloud-init`. The auth key comes from `TAILSCALE_AUTHKEY`, else from stdin.
+/// Arguments of `cloud-init`. The auth key comes from `--mint`, `--identity` (the node's `.age`
+/// file), `TAILSCALE_AUTHKEY`, piped stdin, or on a terminal the node's `.age` file with
+/// `~/.ssh/id_ed25519` — never from an argument.
 #[derive(Debug, clap::Args)]
 pub struct CloudInitArgs {
     /// The node.
     pub node: String,
+    /// Decrypt the auth key from secrets/<node>/tailscale-authkey.age with this private key (an
+    /// operator's SSH or age identity).
+    #[arg(long, short, value_name = "FILE", conflicts_with = "mint")]
+    pub identity: Option<std::path::PathBuf>,
+    /// Mint a one-off, pre-authorised, tagged key through the Tailscale API for this user-data
+    /// (API token from TS_API_KEY or --token-file); it is not stored.
+    #[arg(long)]
+    pub mint: bool,
+    /// API access for --mint.
+    #[command(flatten)]
+    pub api: super::acl::ApiArgs,
+    /// Lifetime of a minted key in seconds.
+    #[arg(long, default_value_t = fleetnix::acl::apply::AUTHKEY_EXPIRY_SECONDS, requires = "mint")]
+    pub expiry_seconds: u64,
     /// Write the user-data to FILE (mode 0600, atomically) instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
@@ -277,23 +293,80 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
         ));
     };
     let plan = fleetnix::plan::plan_node(&fleet, node);
-    let raw = match std::env::var("TAILSCALE_AUTHKEY") {
-        Ok(k) => k,
-        Err(_) if std::io::stdin().is_terminal() => {
-            return fail(&"no auth key: set TAILSCALE_AUTHKEY or pipe the key on stdin");
+    let secret_file = fleetnix::secrets::SecretId::new(
+        node.name.clone(),
+        fleetnix::secrets::SecretKind::TailscaleAuthkey,
+    )
+    .file();
+    let default_identity = super::secrets::identity_or_default(None).ok();
+    let source = ci::key_source(&ci::KeyInputs {
+        node: node.name.as_str(),
+        mint: a.mint,
+        identity: a.identity.as_deref(),
+        default_identity: default_identity.as_deref(),
+        env_set: std::env::var_os("TAILSCALE_AUTHKEY").is_some(),
+        stdin_is_terminal: std::io::stdin().is_terminal(),
+        secret_file: &secret_file,
+        secret_exists: ctx.root.join(&secret_file).is_file(),
+    });
+    let raw: secrecy::SecretString = match source {
+        Err(e) => return fail(&e),
+        Ok(ci::KeySource::Mint) => {
+            let minted = super::acl::client(&fleet, &a.api).and_then(|c| {
+                super::acl::runtime()?
+                    .block_on(fleetnix::acl::apply::mint_authkey(
+                        &c,
+                        &fleet,
+                        node,
+                        a.expiry_seconds,
+                    ))
+                    .map_err(|e| fail(&e))
+            });
+            match minted {
+                Ok(k) => {
+                    eprintln!(
+                        "note: minted auth key {} for {} (one-off, pre-authorised, expires {}); it is only in this user-data",
+                        k.id,
+                        plan.name,
+                        k.expires.as_deref().unwrap_or("as requested")
+                    );
+                    k.key
+                }
+                Err(code) => return code,
+            }
         }
-        Err(_) => {
+        Ok(ci::KeySource::Secret(identity)) => {
+            match fleetnix::secrets::decrypt_authkey(&ctx.root, &node.name, &identity) {
+                Ok(k) => {
+                    eprintln!(
+                        "note: auth key from {secret_file} (decrypted with {})",
+                        identity.display()
+                    );
+                    k
+                }
+                Err(e) => return fail(&e),
+            }
+        }
+        Ok(ci::KeySource::Env) => match std::env::var("TAILSCALE_AUTHKEY") {
+            Ok(k) => k.into(),
+            Err(_) => return fail(&"TAILSCALE_AUTHKEY is not valid UTF-8"),
+        },
+        Ok(ci::KeySource::Stdin) => {
             let mut k = String::new();
             if let Err(e) = std::io::stdin().read_to_string(&mut k) {
                 return fail(&format_args!("reading the auth key from stdin: {e}"));
             }
-            k
+            k.into()
         }
     };
-    let key = match AuthKey::parse(&raw) {
-        Ok(k) => k,
-        Err(e) => return fail(&e),
+    let key = {
+        use secrecy::ExposeSecret;
+        match AuthKey::parse(raw.expose_secret()) {
+            Ok(k) => k,
+            Err(e) => return fail(&e),
+        }
     };
+    drop(raw);
     let opts = ci::Options {
         install_url: a.install_url.clone(),
         with_agent: a.with_agent,

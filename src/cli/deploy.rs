@@ -5,8 +5,8 @@ use fleetnix::deploy::runner::{self, Cancel, Event, Outcome};
 use fleetnix::deploy::selector::Selector;
 use fleetnix::deploy::transport::SshTransport;
 use fleetnix::deploy::{
-    dryrun, ensure_rendered, Action, BuildOn, DeployOptions, EnvAuthKey, RenderMode, RenderState,
-    DEFAULT_PARALLEL,
+    dryrun, ensure_rendered, Action, BuildOn, DeployOptions, RenderMode, RenderState,
+    SecretsAuthKey, DEFAULT_PARALLEL,
 };
 use fleetnix::plan;
 use std::path::PathBuf;
@@ -69,6 +69,10 @@ pub struct DeployArgs {
     /// SSH identity file (default: ssh's own keys and agent).
     #[arg(long)]
     pub ssh_identity: Option<PathBuf>,
+    /// Private key that decrypts non-NixOS nodes' auth keys (secrets/<node>/tailscale-authkey.age)
+    /// when TAILSCALE_AUTHKEY is not set: an operator's SSH or age identity [default: ~/.ssh/id_ed25519].
+    #[arg(long, short, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
     /// Tailscale install script URL for non-NixOS nodes [env: FLEETNIX_TAILSCALE_INSTALL_URL].
     #[arg(long)]
     pub install_url: Option<String>,
@@ -137,7 +141,10 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
     if let Err(e) = opts.check() {
         return fail(e.to_string());
     }
-    let authkeys = Arc::new(EnvAuthKey);
+    // Only read if a node needs `tailscale up` and TAILSCALE_AUTHKEY is not set.
+    let identity = super::secrets::identity_or_default(args.identity)
+        .unwrap_or_else(|_| PathBuf::from("~/.ssh/id_ed25519"));
+    let authkeys = Arc::new(SecretsAuthKey::new(&root, &identity));
     if args.dry_run {
         print!(
             "{}",

@@ -46,7 +46,7 @@ pub enum Command {
     Bootstrap(bootstrap::BootstrapArgs),
     /// Print cloud-init user-data for a node.
     CloudInit(bootstrap::CloudInitArgs),
-    /// Age-encrypted secrets (Tailscale auth keys).
+    /// Age-encrypted secrets (Tailscale auth keys, NATS passwords).
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
     /// The Tailscale policy file: render, check, matrix, get, diff, set.

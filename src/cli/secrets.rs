@@ -1,5 +1,5 @@
-//! `secrets set-authkey | rekey | list`: argument parsing and printing; the logic is in
-//! [`fleetnix::secrets`]. The auth key is never an argument.
+//! `secrets set-authkey | set-nats | rekey | list`: argument parsing and printing; the logic is
+//! in [`fleetnix::secrets`]. No secret is ever an argument or printed.
 
 use super::Ctx;
 use fleetnix::model::NodeName;
@@ -17,6 +17,9 @@ pub enum SecretsCommand {
     /// The key is read from --from-file, else from $TAILSCALE_AUTHKEY, else from standard input
     /// (prompted without echo on a terminal). It is never taken as an argument.
     SetAuthkey(SetAuthkeyArgs),
+    /// Generate NATS passwords for nodes that have none and encrypt every node's password and
+    /// the control plane's nats-server environment file (existing passwords are kept).
+    SetNats(SetNatsArgs),
     /// Re-encrypt secrets whose recipients changed (nodes or operator keys edited).
     Rekey(RekeyArgs),
     /// List secrets, their recipients, and whether they are up to date with the manifest.
@@ -35,6 +38,15 @@ pub struct SetAuthkeyArgs {
     /// Read the key from this file instead of $TAILSCALE_AUTHKEY or standard input.
     #[arg(long, value_name = "FILE")]
     pub from_file: Option<PathBuf>,
+}
+
+/// Arguments of `secrets set-nats`.
+#[derive(Debug, clap::Args)]
+pub struct SetNatsArgs {
+    /// Private key that decrypts the existing nats-server environment file, to keep the
+    /// passwords in it: an operator's SSH or age identity [default: ~/.ssh/id_ed25519].
+    #[arg(long, short, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
 }
 
 /// Arguments of `secrets rekey`.
@@ -64,6 +76,7 @@ pub fn run(ctx: &Ctx, cmd: SecretsCommand) -> ExitCode {
     };
     let result = match cmd {
         SecretsCommand::SetAuthkey(a) => set_authkey(ctx, &fleet, a),
+        SecretsCommand::SetNats(a) => set_nats(ctx, &fleet, a),
         SecretsCommand::Rekey(a) => rekey(ctx, &fleet, a),
         SecretsCommand::List(a) => list(ctx, &fleet, a),
     };
@@ -122,7 +135,11 @@ fn set_authkey(
     }
 }
 
-fn default_identity() -> Result<PathBuf, SecretsError> {
+/// `--identity`, or `~/.ssh/id_ed25519`.
+pub fn identity_or_default(identity: Option<PathBuf>) -> Result<PathBuf, SecretsError> {
+    if let Some(p) = identity {
+        return Ok(p);
+    }
     match std::env::var_os("HOME") {
         Some(home) if !home.is_empty() => Ok(PathBuf::from(home).join(".ssh/id_ed25519")),
         _ => Err(SecretsError::IdentityInvalid {
@@ -132,15 +149,48 @@ fn default_identity() -> Result<PathBuf, SecretsError> {
     }
 }
 
+fn set_nats(
+    ctx: &Ctx,
+    fleet: &fleetnix::model::Fleet,
+    args: SetNatsArgs,
+) -> Result<ExitCode, SecretsError> {
+    let identity = identity_or_default(args.identity)?;
+    let out = secrets::set_nats(fleet, &ctx.root, &identity)?;
+    print_report(ctx, &out.report);
+    if ctx.verbose > 0 {
+        for f in &out.report.unchanged {
+            println!("up to date {f}");
+        }
+    }
+    println!(
+        "NATS passwords: {} new ({}), {} kept; {} file(s) written, {} already up to date",
+        out.generated.len(),
+        if out.generated.is_empty() {
+            "-".to_string()
+        } else {
+            out.generated.join(", ")
+        },
+        out.kept.len(),
+        out.report.written.len(),
+        out.report.unchanged.len()
+    );
+    if out.report.skipped.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "error: {} node(s) skipped; their NATS password is kept in the server environment and written once they have a host key",
+            out.report.skipped.len()
+        );
+        Ok(ExitCode::from(1))
+    }
+}
+
 fn rekey(
     ctx: &Ctx,
     fleet: &fleetnix::model::Fleet,
     args: RekeyArgs,
 ) -> Result<ExitCode, SecretsError> {
-    let identity = match args.identity {
-        Some(p) => p,
-        None => default_identity()?,
-    };
+    let identity = identity_or_default(args.identity)?;
     let report = secrets::rekey(
         fleet,
         &ctx.root,

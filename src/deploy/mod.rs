@@ -190,13 +190,21 @@ impl DeployOptions {
     }
 }
 
-/// Where non-NixOS nodes get their Tailscale auth key. The default reads `TAILSCALE_AUTHKEY`;
-/// the secrets module provides one that decrypts the node's `.age` file.
+/// Where non-NixOS nodes get their Tailscale auth key: [`EnvAuthKey`] (`TAILSCALE_AUTHKEY`) or
+/// [`SecretsAuthKey`] (that, else the node's `.age` file).
 pub trait AuthKeySource: Send + Sync {
     /// The auth key for `node`, or why there is none.
     fn authkey(&self, node: &NodeName) -> Result<Secret, String>;
-    /// Where the key comes from, for dry runs (never the key).
+    /// Where the key would come from, for dry runs (never the key; nothing is decrypted).
     fn describe(&self, node: &NodeName) -> String;
+}
+
+/// The key in `TAILSCALE_AUTHKEY`, if it is set and not blank.
+fn env_authkey() -> Option<Secret> {
+    match std::env::var(env::AUTHKEY) {
+        Ok(k) if !k.trim().is_empty() => Some(Secret::new(&k)),
+        _ => None,
+    }
 }
 
 /// Auth key from `TAILSCALE_AUTHKEY`.
@@ -205,16 +213,72 @@ pub struct EnvAuthKey;
 
 impl AuthKeySource for EnvAuthKey {
     fn authkey(&self, _node: &NodeName) -> Result<Secret, String> {
-        match std::env::var(env::AUTHKEY) {
-            Ok(k) if !k.trim().is_empty() => Ok(Secret::new(&k)),
-            _ => Err(format!(
+        env_authkey().ok_or_else(|| {
+            format!(
                 "no Tailscale auth key: set {} (or store one with `fleetnix secrets set-authkey`)",
                 env::AUTHKEY
-            )),
-        }
+            )
+        })
     }
     fn describe(&self, _node: &NodeName) -> String {
         format!("${}", env::AUTHKEY)
+    }
+}
+
+/// Auth key from `TAILSCALE_AUTHKEY` if it is set, else from the node's
+/// `secrets/<node>/tailscale-authkey.age`, decrypted in memory with the operator's identity
+/// ([`crate::secrets::decrypt_authkey`]) only when the node needs `tailscale up`.
+#[derive(Debug)]
+pub struct SecretsAuthKey {
+    root: PathBuf,
+    identity: PathBuf,
+    /// One decryption at a time, so passphrase prompts of parallel nodes do not interleave.
+    lock: std::sync::Mutex<()>,
+}
+
+impl SecretsAuthKey {
+    /// Secrets under `root/secrets/`, decrypted with the identity file `identity` (an
+    /// operator's SSH or age private key).
+    pub fn new(root: &Path, identity: &Path) -> Self {
+        SecretsAuthKey {
+            root: root.to_path_buf(),
+            identity: identity.to_path_buf(),
+            lock: std::sync::Mutex::new(()),
+        }
+    }
+
+    fn file(node: &NodeName) -> String {
+        crate::secrets::SecretId::new(node.clone(), crate::secrets::SecretKind::TailscaleAuthkey)
+            .file()
+    }
+}
+
+impl AuthKeySource for SecretsAuthKey {
+    fn authkey(&self, node: &NodeName) -> Result<Secret, String> {
+        if let Some(k) = env_authkey() {
+            return Ok(k);
+        }
+        // A poisoned lock only means another node's decryption panicked; the guard holds no data.
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let key = crate::secrets::decrypt_authkey(&self.root, node, &self.identity)
+            .map_err(|e| format!("no Tailscale auth key (${} is not set): {e}", env::AUTHKEY))?;
+        use secrecy::ExposeSecret;
+        Ok(Secret::new(key.expose_secret()))
+    }
+
+    fn describe(&self, node: &NodeName) -> String {
+        if env_authkey().is_some() {
+            return format!("${}", env::AUTHKEY);
+        }
+        let file = Self::file(node);
+        if self.root.join(&file).is_file() {
+            format!("{file} decrypted with {}", self.identity.display())
+        } else {
+            format!(
+                "nowhere: ${} is not set and {file} does not exist (`fleetnix secrets set-authkey {node}` or `fleetnix authkey mint {node}`)",
+                env::AUTHKEY
+            )
+        }
     }
 }
 

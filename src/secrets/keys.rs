@@ -197,24 +197,27 @@ impl Identities {
         Ok(Identities(ids))
     }
 
-    /// Decrypts an age file (binary or armored) into zeroized memory.
-    pub(super) fn decrypt(&self, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
+    /// Decrypts an age file (binary or armored) into zeroized memory; a plaintext longer than
+    /// `max` bytes is refused (the buffer is allocated once, so no copy is left behind).
+    pub(super) fn decrypt(
+        &self,
+        ciphertext: &[u8],
+        max: usize,
+    ) -> Result<Zeroizing<Vec<u8>>, String> {
         let reader = age::armor::ArmoredReader::new(ciphertext);
         let decryptor = age::Decryptor::new_buffered(reader).map_err(|e| e.to_string())?;
         let mut stream = decryptor
             .decrypt(self.0.iter().map(|i| i.as_ref()))
             .map_err(|e| e.to_string())?;
-        let mut out = Zeroizing::new(Vec::with_capacity(MAX_AUTHKEY_BYTES + 1));
+        let mut out = Zeroizing::new(Vec::with_capacity(max + 1));
         let mut chunk = Zeroizing::new([0u8; 1024]);
         loop {
             let n = stream.read(&mut chunk[..]).map_err(|e| e.to_string())?;
             if n == 0 {
                 break;
             }
-            if out.len() + n > MAX_AUTHKEY_BYTES {
-                return Err(format!(
-                    "the plaintext is longer than {MAX_AUTHKEY_BYTES} bytes"
-                ));
+            if out.len() + n > max {
+                return Err(format!("the plaintext is longer than {max} bytes"));
             }
             out.extend_from_slice(&chunk[..n]);
         }

@@ -1,22 +1,31 @@
-//! Age-encrypted Tailscale auth keys, one per node, in agenix's layout.
+//! Age-encrypted per-node secrets in agenix's layout: each node's Tailscale auth key and NATS
+//! password, and the control plane's nats-server environment file (see [`kinds`]).
 //!
-//! `secrets/<node>/tailscale-authkey.age` is encrypted to the node's SSH host key (`host_key` in
+//! `secrets/<node>/<secret>.age` is encrypted to the node's SSH host key (`host_key` in
 //! nodes.yml) and the operators' keys (fleet.yml), never to another node. `secrets/secrets.nix`
-//! is agenix's rules file for the same files, regenerated from the manifest, so `agenix -e` and
-//! `agenix -r` keep working. `secrets/recipients.json` records, for each `.age` file fleetnix
+//! is agenix's rules file for every wanted secret, regenerated from the manifest, so `agenix -e`
+//! and `agenix -r` keep working. `secrets/recipients.json` records, for each `.age` file fleetnix
 //! wrote, its SHA-256 and the public keys it was encrypted to; `rekey` rewrites exactly the files
 //! whose recorded recipients differ from the manifest (or that another tool changed).
 //!
-//! The auth key lives in a [`SecretString`] (zeroized on drop) and is never written anywhere but
-//! into age ciphertext: no temporary plaintext files, no argv, no logs, no error messages.
+//! One path serves every kind: [`write_secrets`] encrypts and records, [`rekey`] re-encrypts,
+//! [`status`] reports, [`decrypt_secret`] reads back, all keyed by [`SecretId`] (node, kind).
+//! [`set_authkey`] and [`set_nats`] only decide what to write.
+//!
+//! Plaintexts live in [`SecretString`]s or [`Zeroizing`] buffers and are never written anywhere
+//! but into age ciphertext: no temporary plaintext files, no argv, no logs, no error messages.
 
 mod keys;
+pub mod kinds;
+mod nats;
 mod store;
 
 pub use keys::{
     authkey_from_env, authkey_from_file, desired_recipients, keyscan_hint, operator_recipients,
     parse_authkey, parse_recipient, read_authkey, Identities, Owner, Recipient, MAX_AUTHKEY_BYTES,
 };
+pub use kinds::{wanted, SecretId, SecretKind};
+pub use nats::{set_nats, NatsReport};
 pub use store::{
     render_secrets_nix, rules_key, sha256_hex, status, NamedKey, Record, Records, SecretStatus,
     State, RECIPIENTS_FILE, RECORDS_VERSION, SECRETS_DIR, SECRETS_NIX,
@@ -24,9 +33,9 @@ pub use store::{
 
 use crate::fsutil::write_atomic;
 use crate::model::{Fleet, Node, NodeName};
-use crate::plan::authkey_file;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -118,13 +127,40 @@ pub enum SecretsError {
         reason: String,
     },
     /// A secret that should exist does not.
-    #[error("{file} does not exist; write it with `fleetnix secrets set-authkey {node}`")]
+    #[error("{file} does not exist; write it with `{fix}`")]
     NoSecret {
         /// The node.
         node: String,
         /// The file, relative to the root.
         file: String,
+        /// The command that writes it.
+        fix: String,
     },
+    /// A secret cannot be written because its node has no host key.
+    #[error("{node} has no host_key in {}, so {file} cannot be encrypted to it{because}; nothing was written; fix: {fix}", nodes_file.display())]
+    NoHostKey {
+        /// The node.
+        node: String,
+        /// The secret's file, relative to the root.
+        file: String,
+        /// nodes.yml.
+        nodes_file: PathBuf,
+        /// Why this one matters, if it needs saying (starts with "; ").
+        because: String,
+        /// The command that fetches the key.
+        fix: String,
+    },
+    /// The decrypted nats-server environment file is not what `set-nats` writes.
+    #[error("{file}: {reason} (values are not shown); nothing was written. Fix the file with `agenix -e`, or delete it to generate new passwords for every node")]
+    ServerEnv {
+        /// The file, relative to the root.
+        file: String,
+        /// What is wrong (never a password).
+        reason: String,
+    },
+    /// The bus cannot be planned (no `nats` service, …).
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
     /// Encryption failed.
     #[error("encrypting {file} failed: {reason}; nothing was written")]
     Encrypt {
@@ -175,18 +211,21 @@ pub struct Skipped {
 pub struct Written {
     /// The node.
     pub node: String,
+    /// The secret's name (`tailscale-authkey`, `nats-password`, `nats-server-env`).
+    pub secret: String,
     /// Path relative to the repository root.
     pub file: String,
     /// Who can decrypt it.
     pub recipients: Vec<Recipient>,
 }
 
-/// What `set_authkey` or `rekey` did.
+/// What `set_authkey`, `set_nats`, `write_secrets` or `rekey` did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Report {
     /// Files written, sorted.
     pub written: Vec<Written>,
-    /// Secrets already encrypted to the right recipients (rekey), sorted.
+    /// Secrets already encrypted to the right recipients (and, for `set-nats`, holding the
+    /// right content), left untouched, sorted.
     pub unchanged: Vec<String>,
     /// Nodes skipped (no host key, no secret yet).
     pub skipped: Vec<Skipped>,
@@ -242,10 +281,18 @@ fn find_node<'a>(fleet: &'a Fleet, name: &NodeName) -> Result<&'a Node, SecretsE
 fn no_operator_warning(fleet: &Fleet) -> Option<String> {
     fleet.settings.operators.keys.is_empty().then(|| {
         format!(
-            "no operator keys in {} (operators.keys): only each node can decrypt its own secret, and `secrets rekey` needs that node's host key",
+            "no operator keys in {} (operators.keys): only each node can decrypt its own secrets, and `secrets rekey` needs that node's host key",
             fleet.sources.fleet.display()
         )
     })
+}
+
+fn no_host_key(fleet: &Fleet, node: &Node) -> Skipped {
+    Skipped {
+        node: node.name.to_string(),
+        reason: format!("no host_key in {}", fleet.sources.nodes.display()),
+        fix: keyscan_hint(node),
+    }
 }
 
 /// Writes `secrets.nix` and `recipients.json` if their text changed; says whether secrets.nix did.
@@ -264,9 +311,116 @@ fn write_indexes(fleet: &Fleet, root: &Path, records: &Records) -> Result<bool, 
     Ok(nix_changed)
 }
 
+/// A secret encrypted in memory, not yet written.
+struct Sealed {
+    id: SecretId,
+    bytes: Vec<u8>,
+    recipients: Vec<Recipient>,
+}
+
+fn seal(
+    id: &SecretId,
+    recipients: Vec<Recipient>,
+    plaintext: &[u8],
+) -> Result<Sealed, SecretsError> {
+    let bytes = keys::encrypt(&recipients, plaintext).map_err(|reason| SecretsError::Encrypt {
+        file: id.file(),
+        reason,
+    })?;
+    Ok(Sealed {
+        id: id.clone(),
+        bytes,
+        recipients,
+    })
+}
+
+/// Writes sealed secrets (each atomically), records them, and regenerates the indexes.
+fn commit(
+    fleet: &Fleet,
+    root: &Path,
+    records: &mut Records,
+    sealed: Vec<Sealed>,
+    report: &mut Report,
+) -> Result<(), SecretsError> {
+    for s in sealed {
+        let file = s.id.file();
+        let path = root.join(&file);
+        write_atomic(&path, &s.bytes, FILE_MODE).map_err(io_err(path))?;
+        records.set(s.id.rules_key(), &s.bytes, &s.recipients);
+        report.written.push(Written {
+            node: s.id.node.to_string(),
+            secret: s.id.kind.name().to_string(),
+            file,
+            recipients: s.recipients,
+        });
+    }
+    report.written.sort_by(|a, b| a.file.cmp(&b.file));
+    report.secrets_nix_changed = write_indexes(fleet, root, records)?;
+    Ok(())
+}
+
+/// Encrypts each plaintext to its secret's file under `root` (recipients: the node's host key
+/// and the operators' keys), then regenerates `secrets/secrets.nix` and
+/// `secrets/recipients.json`. The one write path of every kind of secret.
+///
+/// Secrets of nodes without a `host_key` are skipped and reported with the command that fetches
+/// it; a secret given twice is written once (the first). Everything is checked (node names,
+/// every key of the manifest) and encrypted in memory before the first file is written; each
+/// file is written atomically.
+pub fn write_secrets(
+    fleet: &Fleet,
+    root: &Path,
+    items: &[(SecretId, &[u8])],
+) -> Result<Report, SecretsError> {
+    // Every key of the manifest must parse, since secrets.nix lists them all.
+    render_secrets_nix(fleet)?;
+    let mut records = Records::load(root)?;
+    let mut report = Report::default();
+    report.warnings.extend(no_operator_warning(fleet));
+    let mut sealed = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (id, plaintext) in items {
+        let node = find_node(fleet, &id.node)?;
+        if !seen.insert(id) {
+            continue;
+        }
+        let Some(recipients) = desired_recipients(fleet, node)? else {
+            if !report.skipped.iter().any(|s| s.node == node.name.as_str()) {
+                report.skipped.push(no_host_key(fleet, node));
+            }
+            continue;
+        };
+        sealed.push(seal(id, recipients, plaintext)?);
+    }
+    commit(fleet, root, &mut records, sealed, &mut report)?;
+    Ok(report)
+}
+
+/// Checks, without writing anything, that `id` could be written now: its node is in the manifest
+/// and has a host key, every key of the manifest parses and `recipients.json` is readable. For
+/// callers that must not obtain a secret they cannot store (`fleetnix authkey mint`).
+pub fn check_writable(fleet: &Fleet, root: &Path, id: &SecretId) -> Result<(), SecretsError> {
+    let node = find_node(fleet, &id.node)?;
+    render_secrets_nix(fleet)?;
+    Records::load(root)?;
+    match desired_recipients(fleet, node)? {
+        Some(_) => Ok(()),
+        None => Err(no_host_key_error(fleet, node, id, String::new())),
+    }
+}
+
+fn no_host_key_error(fleet: &Fleet, node: &Node, id: &SecretId, because: String) -> SecretsError {
+    SecretsError::NoHostKey {
+        node: node.name.to_string(),
+        file: id.file(),
+        nodes_file: fleet.sources.nodes.clone(),
+        because,
+        fix: keyscan_hint(node),
+    }
+}
+
 /// Encrypts `key` for each of `nodes` to `secrets/<node>/tailscale-authkey.age` under `root`
-/// (recipients: the node's host key and the operators' keys), then regenerates
-/// `secrets/secrets.nix` and `secrets/recipients.json`.
+/// (see [`write_secrets`]).
 ///
 /// Nodes without a `host_key` are skipped and reported with the command that fetches it.
 /// Everything is checked (node names, every key of the manifest, the auth key) and encrypted in
@@ -277,54 +431,21 @@ pub fn set_authkey(
     nodes: &[NodeName],
     key: &SecretString,
 ) -> Result<Report, SecretsError> {
-    let selected = nodes
-        .iter()
-        .map(|n| find_node(fleet, n))
-        .collect::<Result<Vec<_>, _>>()?;
+    for n in nodes {
+        find_node(fleet, n)?;
+    }
     // Re-check the key: library callers may build a SecretString by hand.
     let key = parse_authkey(key.expose_secret().as_bytes(), "the caller")?;
-    // Every key of the manifest must parse, since secrets.nix lists them all.
-    render_secrets_nix(fleet)?;
-    let mut records = Records::load(root)?;
-    let mut report = Report::default();
-    report.warnings.extend(no_operator_warning(fleet));
-    let mut pending = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for node in selected {
-        if !seen.insert(&node.name) {
-            continue;
-        }
-        let Some(recipients) = desired_recipients(fleet, node)? else {
-            report.skipped.push(Skipped {
-                node: node.name.to_string(),
-                reason: format!("no host_key in {}", fleet.sources.nodes.display()),
-                fix: keyscan_hint(node),
-            });
-            continue;
-        };
-        let file = authkey_file(&node.name);
-        let bytes =
-            keys::encrypt(&recipients, key.expose_secret().as_bytes()).map_err(|reason| {
-                SecretsError::Encrypt {
-                    file: file.clone(),
-                    reason,
-                }
-            })?;
-        pending.push((node, file, bytes, recipients));
-    }
-    for (node, file, bytes, recipients) in pending {
-        let path = root.join(&file);
-        write_atomic(&path, &bytes, FILE_MODE).map_err(io_err(path))?;
-        records.set(rules_key(&node.name), &bytes, &recipients);
-        report.written.push(Written {
-            node: node.name.to_string(),
-            file,
-            recipients,
-        });
-    }
-    report.written.sort_by(|a, b| a.file.cmp(&b.file));
-    report.secrets_nix_changed = write_indexes(fleet, root, &records)?;
-    Ok(report)
+    let items: Vec<(SecretId, &[u8])> = nodes
+        .iter()
+        .map(|n| {
+            (
+                SecretId::new(n.clone(), SecretKind::TailscaleAuthkey),
+                key.expose_secret().as_bytes(),
+            )
+        })
+        .collect();
+    write_secrets(fleet, root, &items)
 }
 
 /// Options of [`rekey`].
@@ -334,8 +455,8 @@ pub struct RekeyOptions {
     pub force: bool,
 }
 
-/// Re-encrypts every existing secret whose recipients differ from the manifest (or whose
-/// recipients are unknown because another tool wrote it), decrypting with `identity`.
+/// Re-encrypts every existing secret, of every kind, whose recipients differ from the manifest
+/// (or whose recipients are unknown because another tool wrote it), decrypting with `identity`.
 ///
 /// All those files are decrypted in memory first: if the identity cannot decrypt one of them,
 /// the error names it and nothing is written. Untouched files keep their exact bytes.
@@ -359,7 +480,7 @@ pub fn rekey(
             State::Missing => report.skipped.push(Skipped {
                 node: st.node.clone(),
                 reason: format!("{} does not exist", st.file),
-                fix: format!("fleetnix secrets set-authkey {}", st.node),
+                fix: st.hint.clone().unwrap_or_default(),
             }),
             State::NoHostKey => {
                 if st.exists {
@@ -384,54 +505,75 @@ pub fn rekey(
     // Decrypt everything first: a wrong identity fails before anything is touched.
     let mut plain = Vec::new();
     for st in todo {
-        let path = root.join(&st.file);
-        let bytes = std::fs::read(&path).map_err(io_err(path))?;
-        let text = identities
-            .decrypt(&bytes)
-            .map_err(|reason| SecretsError::Decrypt {
-                file: st.file.clone(),
-                identity: identity.to_path_buf(),
-                reason,
-            })?;
-        // Invariant: status() gives a file only for nodes of the manifest.
-        let node = fleet
-            .node(&st.node)
-            .ok_or_else(|| SecretsError::UnknownNode {
-                name: st.node.clone(),
-                suggestion: None,
-            })?;
-        let recipients =
-            desired_recipients(fleet, node)?.ok_or_else(|| SecretsError::NoSecret {
-                node: st.node.clone(),
-                file: st.file.clone(),
-            })?;
-        plain.push((node, st.file.clone(), text, recipients));
-    }
-    let mut encrypted = Vec::new();
-    for (node, file, text, recipients) in plain {
-        let bytes = keys::encrypt(&recipients, &text).map_err(|reason| SecretsError::Encrypt {
-            file: file.clone(),
-            reason,
+        // Invariant: status() gives these states only for wanted secrets of manifest nodes.
+        let id = st.id().ok_or_else(|| SecretsError::UnknownNode {
+            name: st.node.clone(),
+            suggestion: None,
         })?;
-        drop(text);
-        encrypted.push((node, file, bytes, recipients));
+        let text = decrypt_with(&identities, root, &id, identity)?;
+        let recipients =
+            desired_recipients(fleet, find_node(fleet, &id.node)?)?.ok_or_else(|| {
+                SecretsError::NoSecret {
+                    node: st.node.clone(),
+                    file: st.file.clone(),
+                    fix: id.kind.set_command(&id.node),
+                }
+            })?;
+        plain.push((id, text, recipients));
     }
-    for (node, file, bytes, recipients) in encrypted {
-        let path = root.join(&file);
-        write_atomic(&path, &bytes, FILE_MODE).map_err(io_err(path))?;
-        records.set(rules_key(&node.name), &bytes, &recipients);
-        report.written.push(Written {
-            node: node.name.to_string(),
-            file,
-            recipients,
-        });
+    let mut sealed = Vec::new();
+    for (id, text, recipients) in plain {
+        sealed.push(seal(&id, recipients, &text)?);
     }
     // Forget records of files that no longer exist.
     records
         .files
         .retain(|k, _| root.join(SECRETS_DIR).join(k).is_file());
-    report.secrets_nix_changed = write_indexes(fleet, root, &records)?;
+    commit(fleet, root, &mut records, sealed, &mut report)?;
     Ok(report)
+}
+
+/// Decrypts `id`'s file under `root` with already-read identities.
+fn decrypt_with(
+    identities: &Identities,
+    root: &Path,
+    id: &SecretId,
+    identity: &Path,
+) -> Result<Zeroizing<Vec<u8>>, SecretsError> {
+    let file = id.file();
+    let Some(bytes) = store::read_optional(&root.join(&file))? else {
+        return Err(SecretsError::NoSecret {
+            node: id.node.to_string(),
+            fix: id.kind.set_command(&id.node),
+            file,
+        });
+    };
+    identities
+        .decrypt(&bytes, id.kind.max_bytes())
+        .map_err(|reason| SecretsError::Decrypt {
+            file,
+            identity: identity.to_path_buf(),
+            reason,
+        })
+}
+
+/// Decrypts the secret `id` under `root` with the identity file `identity` (an operator's age
+/// or SSH private key, or the node's host key), into zeroized memory.
+pub fn decrypt_secret(
+    root: &Path,
+    id: &SecretId,
+    identity: &Path,
+) -> Result<Zeroizing<Vec<u8>>, SecretsError> {
+    let file = id.file();
+    if store::read_optional(&root.join(&file))?.is_none() {
+        // Say the file is missing before asking for a passphrase.
+        return Err(SecretsError::NoSecret {
+            node: id.node.to_string(),
+            fix: id.kind.set_command(&id.node),
+            file,
+        });
+    }
+    decrypt_with(&Identities::read(identity)?, root, id, identity)
 }
 
 /// Decrypts `secrets/<node>/tailscale-authkey.age` under `root` with the identity file
@@ -441,25 +583,7 @@ pub fn decrypt_authkey(
     node: &NodeName,
     identity: &Path,
 ) -> Result<SecretString, SecretsError> {
-    let file = authkey_file(node);
-    let path = root.join(&file);
-    let bytes = match store::read_optional(&path)? {
-        Some(b) => b,
-        None => {
-            return Err(SecretsError::NoSecret {
-                node: node.to_string(),
-                file,
-            })
-        }
-    };
-    let identities = Identities::read(identity)?;
-    let text: Zeroizing<Vec<u8>> =
-        identities
-            .decrypt(&bytes)
-            .map_err(|reason| SecretsError::Decrypt {
-                file: file.clone(),
-                identity: identity.to_path_buf(),
-                reason,
-            })?;
-    parse_authkey(&text, &file)
+    let id = SecretId::new(node.clone(), SecretKind::TailscaleAuthkey);
+    let text = decrypt_secret(root, &id, identity)?;
+    parse_authkey(&text, &id.file())
 }

@@ -23,12 +23,7 @@ pub const DEFAULT_INSTALL_URL: &str = "https://tailscale.com/install.sh";
 pub const AUTHKEY_PATH: &str = "/run/fleetnix/tailscale-authkey";
 /// Where the install script is downloaded to.
 pub const INSTALLER_PATH: &str = "/run/fleetnix/install-tailscale.sh";
-/// The agent's unit file.
-pub const AGENT_UNIT_PATH: &str = "/etc/systemd/system/omp-agent.service";
-/// The agent's NATS password on the VM, delivered later by a deploy; the unit waits for it.
-pub const AGENT_NATS_PASSWORD_PATH: &str = "/etc/fleetnix/nats-password";
-/// Default path of the agent binary on non-NixOS hosts.
-pub const DEFAULT_AGENT_BIN: &str = "/usr/local/bin/omp";
+pub use crate::agent::{DEFAULT_AGENT_BIN, UNIT_PATH as AGENT_UNIT_PATH};
 
 /// Errors of building user-data. None of them contains the auth key.
 #[derive(Debug, thiserror::Error)]
@@ -39,17 +34,9 @@ pub enum CloudInitError {
     /// The install script URL is not an https URL.
     #[error("install URL {0:?}: expected an https:// URL without spaces or quotes")]
     BadInstallUrl(String),
-    /// A value cannot be written safely into a systemd unit.
-    #[error("{what} {value:?} cannot go into a systemd unit (control characters)")]
-    UnsafeUnitValue {
-        /// Which value.
-        what: &'static str,
-        /// The value.
-        value: String,
-    },
-    /// The agent binary path is not absolute.
-    #[error("agent binary {0:?}: expected an absolute path")]
-    BadAgentBin(String),
+    /// The agent's unit cannot be written.
+    #[error(transparent)]
+    Unit(#[from] crate::agent::UnitError),
     /// No source of the auth key applies.
     #[error("no Tailscale auth key for {node}: set TAILSCALE_AUTHKEY, pipe the key on stdin, pass --identity FILE to decrypt {file} (written by `fleetnix secrets set-authkey {node}` or `fleetnix authkey mint {node}`), or --mint with TS_API_KEY set")]
     NoAuthKey {
@@ -218,69 +205,6 @@ struct WriteFile {
     permissions: &'static str,
 }
 
-/// Quotes one word for a systemd `ExecStart=` line: double quotes, `\` and `"` escaped, `%`
-/// doubled (specifiers) and `$` doubled (variable expansion); control characters are refused.
-pub fn systemd_quote(what: &'static str, word: &str) -> Result<String, CloudInitError> {
-    if word.chars().any(|c| c.is_control()) {
-        return Err(CloudInitError::UnsafeUnitValue {
-            what,
-            value: word.to_string(),
-        });
-    }
-    let mut out = String::from("\"");
-    for c in word.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '%' => out.push_str("%%"),
-            '$' => out.push_str("$$"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    Ok(out)
-}
-
-/// The agent's systemd unit for a non-NixOS VM, like `services.omp-agent` on NixOS.
-pub fn agent_unit(plan: &NodePlan, agent_bin: &str) -> Result<String, CloudInitError> {
-    if !agent_bin.starts_with('/') {
-        return Err(CloudInitError::BadAgentBin(agent_bin.to_string()));
-    }
-    let mut words = vec![systemd_quote("agent binary", agent_bin)?];
-    for arg in plan.agent.argv() {
-        words.push(systemd_quote("agent argument", &arg)?);
-    }
-    Ok(format!(
-        "# Installed by fleetnix cloud-init for {node}.\n\
-         [Unit]\n\
-         Description=OMP agent ({node})\n\
-         Wants=network-online.target tailscaled.service\n\
-         After=network-online.target tailscaled.service\n\
-         # The NATS password arrives with the first deploy; until then the agent is not started.\n\
-         ConditionPathExists={pw}\n\
-         \n\
-         [Service]\n\
-         ExecStart={exec}\n\
-         LoadCredential=nats-creds:{pw}\n\
-         Environment=NATS_CREDS_FILE=%d/nats-creds\n\
-         Restart=on-failure\n\
-         RestartSec=5s\n\
-         DynamicUser=yes\n\
-         StateDirectory=omp-agent\n\
-         NoNewPrivileges=yes\n\
-         ProtectSystem=strict\n\
-         ProtectHome=yes\n\
-         PrivateTmp=yes\n\
-         UMask=0077\n\
-         \n\
-         [Install]\n\
-         WantedBy=multi-user.target\n",
-        node = plan.name,
-        pw = AGENT_NATS_PASSWORD_PATH,
-        exec = words.join(" "),
-    ))
-}
-
 fn check_url(url: &str) -> Result<(), CloudInitError> {
     let ok = url.starts_with("https://")
         && url.len() > "https://".len()
@@ -333,7 +257,7 @@ pub fn user_data(plan: &NodePlan, key: &AuthKey, opts: &Options) -> Result<Strin
     if opts.with_agent {
         write_files.push(WriteFile {
             path: AGENT_UNIT_PATH,
-            content: agent_unit(plan, &opts.agent_bin)?,
+            content: crate::agent::unit(plan, &opts.agent_bin, "fleetnix cloud-init")?,
             owner: "root:root",
             permissions: "0644",
         });
@@ -453,16 +377,6 @@ mod tests {
             assert!(bad.len() < 8 || !e.contains(&bad), "{e}");
         }
         assert!(!format!("{:?}", AuthKey::parse(&good).unwrap()).contains(&good));
-    }
-
-    #[test]
-    fn systemd_words_are_quoted() {
-        assert_eq!(systemd_quote("x", "a b").unwrap(), "\"a b\"");
-        assert_eq!(
-            systemd_quote("x", "100%$HOME\"\\").unwrap(),
-            "\"100%%$$HOME\\\"\\\\\""
-        );
-        assert!(systemd_quote("x", "a\nExecStartPre=/bin/evil").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! are pure functions of the plan; executors have the side effects.
 
 pub mod acl;
+pub mod agent;
 pub mod alert;
 pub mod authkey;
 pub mod bootstrap;

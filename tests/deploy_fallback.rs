@@ -107,7 +107,7 @@ fn install_up_agent_firewall_once_then_nothing() {
         std::fs::read_to_string(ubuntu.etc.join("systemd/system/omp-agent.service")).expect("unit");
     assert!(
         unit.contains(&format!(
-            "ExecStart=omp \"agent\" \"start\" \"--node-name\" \"ubuntu-01\" \"--control-plane\" \"{}:4000\"",
+            "ExecStart=\"/usr/local/bin/omp\" \"agent\" \"start\" \"--node-name\" \"ubuntu-01\" \"--control-plane\" \"{}:4000\"",
             ubuntu.addr
         )),
         "{unit}"

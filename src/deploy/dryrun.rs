@@ -171,8 +171,8 @@ fn node(plan: &NodePlan, opts: &DeployOptions, authkeys: &dyn AuthKeySource) -> 
                 &fallback::agent_script(),
                 Some("the unit file below"),
             );
-            l.out
-                .push_str(&indent(&fallback::agent_unit(plan), "       | "));
+            let unit = fallback::agent_unit(plan).unwrap_or_else(|e| format!("error: {e}\n"));
+            l.out.push_str(&indent(&unit, "       | "));
             l.remote(
                 &format!(
                     "install {} if it differs, load its rules",

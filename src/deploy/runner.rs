@@ -562,12 +562,14 @@ impl<T: Transport> Ctx<T> {
             changed.push("tailscale up");
         }
         self.step(plan, Step::Agent, log);
+        let unit =
+            fallback::agent_unit(plan).map_err(|e| Failure::new(Step::Agent, e.to_string()))?;
         let out = self
             .remote(
                 Step::Agent,
                 target,
                 &fallback::agent_script(),
-                Some(fallback::agent_unit(plan).as_bytes()),
+                Some(unit.as_bytes()),
                 quick,
                 log,
             )

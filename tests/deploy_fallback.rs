@@ -8,6 +8,9 @@ use common::*;
 use std::path::PathBuf;
 
 fn ubuntu_host(net: &mut Net, name: &str) -> (Host, PathBuf) {
+    // `ip netns exec` bind-mounts /etc/netns/<ns>/fleetnix over /etc/fleetnix only where that
+    // mount point exists: an empty one keeps the host's writes in its own overlay.
+    std::fs::create_dir_all("/etc/fleetnix").expect("/etc/fleetnix mount point");
     let state = net.dir().join(format!("state-{name}"));
     std::fs::create_dir_all(state.join("bin")).expect("state");
     let host = net.add_host(
@@ -21,7 +24,7 @@ fn ubuntu_host(net: &mut Net, name: &str) -> (Host, PathBuf) {
                 ("FAKE_HOST_DIR".into(), state.display().to_string()),
                 ("FAKE_TAILSCALE_SRC".into(), fakes().join("tailscale").display().to_string()),
             ],
-            etc_dirs: vec!["systemd/system".into()],
+            etc_dirs: vec!["systemd/system".into(), "fleetnix".into()],
             ..Default::default()
         },
     );
@@ -280,4 +283,47 @@ fn auth_key_from_the_nodes_age_file_when_the_environment_has_none() {
         std::fs::read_to_string(root.path().join(".fleetnix/logs/ubuntu-02.log")).expect("log");
     assert!(!log.contains(&key), "auth key in the log");
     assert!(!all.contains(&key), "auth key in the output");
+
+    // A stored NATS password reaches the agent through stdin into a 0600 file, once.
+    let password = format!("natsPw{}", std::process::id());
+    let pw_file = root.path().join("secrets/ubuntu-02/nats-password.age");
+    let mut age = std::process::Command::new("age")
+        .args(["-r", &op_pub, "-o"])
+        .arg(&pw_file)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("age");
+    std::io::Write::write_all(&mut age.stdin.take().expect("stdin"), password.as_bytes())
+        .expect("write password");
+    assert!(age.wait().expect("age").success());
+    let deploy = || {
+        let out = deploy_cmd(
+            &net,
+            root.path(),
+            &["--all", "--install-url", &url, &id_arg],
+        )
+        .output()
+        .expect("fleetnix runs");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let all = deploy();
+    assert!(all.contains("agent NATS password"), "{all}");
+    let installed = ubuntu.etc.join("fleetnix/nats-password");
+    assert_eq!(
+        std::fs::read_to_string(&installed).expect("password"),
+        password
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&installed)
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "password file mode {mode:o}");
+    assert!(!all.contains(&password), "password in the output");
+    let log =
+        std::fs::read_to_string(root.path().join(".fleetnix/logs/ubuntu-02.log")).expect("log");
+    assert!(!log.contains(&password), "password in the log");
+    let again = deploy();
+    assert!(again.contains("nothing changed"), "{again}");
 }

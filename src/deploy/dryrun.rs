@@ -173,6 +173,19 @@ fn node(plan: &NodePlan, opts: &DeployOptions, authkeys: &dyn AuthKeySource) -> 
             );
             let unit = fallback::agent_unit(plan).unwrap_or_else(|e| format!("error: {e}\n"));
             l.out.push_str(&indent(&unit, "       | "));
+            let pw = crate::secrets::SecretId::new(
+                plan.name.clone(),
+                crate::secrets::SecretKind::NatsPassword,
+            )
+            .file();
+            l.remote(
+                &format!(
+                    "install the agent's NATS password as {} if {pw} exists",
+                    crate::agent::NATS_PASSWORD_PATH
+                ),
+                &fallback::nats_password_script(),
+                Some("the password, decrypted in memory (redacted)"),
+            );
             l.remote(
                 &format!(
                     "install {} if it differs, load its rules",

@@ -194,6 +194,26 @@ pub fn agent_script() -> String {
     unit_script(AGENT_UNIT, &format!("systemctl restart {AGENT_UNIT}"), "")
 }
 
+/// Script installing the agent's NATS password (stdin) as [`crate::agent::NATS_PASSWORD_PATH`]
+/// (mode 0600) and restarting the agent when it changed; prints `unchanged` otherwise.
+pub fn nats_password_script() -> String {
+    format!(
+        "set -eu\n\
+         f={f}\n\
+         d=$(dirname \"$f\")\n\
+         umask 077\n\
+         mkdir -p \"$d\"\n\
+         t=$(mktemp \"$d/.nats-password.XXXXXX\")\n\
+         cat > \"$t\"\n\
+         if [ -f \"$f\" ] && cmp -s \"$t\" \"$f\"; then rm -f \"$t\"; echo unchanged; exit 0; fi\n\
+         mv -f \"$t\" \"$f\"\n\
+         systemctl restart {unit}\n\
+         echo changed\n",
+        f = sh_quote(crate::agent::NATS_PASSWORD_PATH),
+        unit = AGENT_UNIT,
+    )
+}
+
 /// Script installing the firewall unit (stdin: [`firewall_unit`]) and loading its ruleset when the
 /// unit changed or the table is missing.
 pub fn firewall_script() -> String {
@@ -225,6 +245,7 @@ mod tests {
             probe_script(),
             install_script("file:///x y"),
             agent_script(),
+            nats_password_script(),
             firewall_script(),
         ] {
             let st = std::process::Command::new("sh")

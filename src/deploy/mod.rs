@@ -197,6 +197,10 @@ pub trait AuthKeySource: Send + Sync {
     fn authkey(&self, node: &NodeName) -> Result<Secret, String>;
     /// Where the key would come from, for dry runs (never the key; nothing is decrypted).
     fn describe(&self, node: &NodeName) -> String;
+    /// The node's NATS password for its agent, if one is stored (`fleetnix secrets set-nats`).
+    fn nats_password(&self, _node: &NodeName) -> Result<Option<Secret>, String> {
+        Ok(None)
+    }
 }
 
 /// The key in `TAILSCALE_AUTHKEY`, if it is set and not blank.
@@ -264,6 +268,20 @@ impl AuthKeySource for SecretsAuthKey {
             .map_err(|e| format!("no Tailscale auth key (${} is not set): {e}", env::AUTHKEY))?;
         use secrecy::ExposeSecret;
         Ok(Secret::new(key.expose_secret()))
+    }
+
+    fn nats_password(&self, node: &NodeName) -> Result<Option<Secret>, String> {
+        use crate::secrets::{decrypt_secret, SecretId, SecretKind};
+        let id = SecretId::new(node.clone(), SecretKind::NatsPassword);
+        if !self.root.join(id.file()).is_file() {
+            return Ok(None);
+        }
+        // A poisoned lock only means another node's decryption panicked; the guard holds no data.
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = decrypt_secret(&self.root, &id, &self.identity).map_err(|e| e.to_string())?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| format!("{} does not hold a text password", id.file()))?;
+        Ok(Some(Secret::new(text)))
     }
 
     fn describe(&self, node: &NodeName) -> String {

@@ -577,6 +577,25 @@ impl<T: Transport> Ctx<T> {
         if !out.stdout.trim_end().ends_with("unchanged") {
             changed.push("agent unit");
         }
+        let password = self
+            .authkeys
+            .nats_password(&plan.name)
+            .map_err(|e| Failure::new(Step::Agent, e))?;
+        if let Some(password) = password {
+            let out = self
+                .remote(
+                    Step::Agent,
+                    target,
+                    &fallback::nats_password_script(),
+                    Some(password.expose().as_bytes()),
+                    quick,
+                    log,
+                )
+                .await?;
+            if !out.stdout.trim_end().ends_with("unchanged") {
+                changed.push("agent NATS password");
+            }
+        }
         self.step(plan, Step::Firewall, log);
         let out = self
             .remote(

@@ -74,6 +74,56 @@ async fn dispatch_prints_the_reply_of_a_node_of_the_role() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(worker.count(), 2);
+
+    // The same, decrypted in memory from secrets/control-01/nats-password.age with --identity.
+    let root = tempfile::tempdir().unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(root.path().join("fleet")).unwrap();
+    for f in ["nodes.yml", "fleet.yml", "services.yml"] {
+        std::fs::copy(
+            repo.join("fleet").join(f),
+            root.path().join("fleet").join(f),
+        )
+        .unwrap();
+    }
+    let identity = dir.path().join("ops.age");
+    let keygen = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&identity)
+        .output()
+        .expect("age-keygen");
+    assert!(keygen.status.success());
+    let text = std::fs::read_to_string(&identity).unwrap();
+    let recipient = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("public key line")
+        .to_string();
+    let secret = root.path().join("secrets/control-01/nats-password.age");
+    std::fs::create_dir_all(secret.parent().unwrap()).unwrap();
+    let mut age = std::process::Command::new("age")
+        .args(["-r", &recipient, "-o"])
+        .arg(&secret)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("age");
+    std::io::Write::write_all(&mut age.stdin.take().unwrap(), password.as_bytes()).unwrap();
+    assert!(age.wait().unwrap().success());
+    let mut with_identity = args.to_vec();
+    with_identity.extend(["--identity", identity.to_str().unwrap()]);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetnix"))
+        .arg("--root")
+        .arg(root.path())
+        .args(&with_identity)
+        .env_remove("FLEETNIX_NATS_PASSWORD")
+        .env_remove("FLEETNIX_NATS_URL")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains(&password));
+    assert_eq!(worker.count(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,10 +64,13 @@ pub struct DispatchArgs {
     /// NATS user (a node name) [default: the control plane, the only user allowed to dispatch].
     #[arg(long)]
     pub user: Option<String>,
-    /// File holding the user's password (e.g. decrypted secrets/<node>/nats-password.age);
-    /// otherwise the password is read from FLEETNIX_NATS_PASSWORD.
+    /// File holding the user's password; otherwise it is read from FLEETNIX_NATS_PASSWORD, else
+    /// decrypted in memory from secrets/<user>/nats-password.age with --identity.
     #[arg(long)]
     pub password_file: Option<std::path::PathBuf>,
+    /// Operator identity that decrypts the user's nats-password.age [default: ~/.ssh/id_ed25519].
+    #[arg(long)]
+    pub identity: Option<std::path::PathBuf>,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -502,10 +505,22 @@ pub fn dispatch(ctx: &Ctx, a: DispatchArgs) -> ExitCode {
         None => match std::env::var("FLEETNIX_NATS_PASSWORD") {
             Ok(s) => Secret::new(s),
             Err(_) => {
-                return fail(&format_args!(
-                    "no NATS password for {user}: set FLEETNIX_NATS_PASSWORD or pass --password-file (the decrypted {})",
-                    bus::creds::password_file(&user)
-                ))
+                use fleetnix::secrets::{decrypt_secret, SecretId, SecretKind};
+                let id = SecretId::new(user.clone(), SecretKind::NatsPassword);
+                let decrypted = super::secrets::identity_or_default(a.identity.clone())
+                    .and_then(|identity| decrypt_secret(&ctx.root, &id, &identity));
+                match decrypted {
+                    Ok(bytes) => match String::from_utf8(bytes.to_vec()) {
+                        Ok(s) => Secret::new(s.trim_end_matches(['\n', '\r']).to_string()),
+                        Err(_) => return fail(&format_args!("{} does not hold a text password", id.file())),
+                    },
+                    Err(e) => {
+                        return fail(&format_args!(
+                            "no NATS password for {user}: set FLEETNIX_NATS_PASSWORD, pass --password-file, or let --identity decrypt {} ({e})",
+                            id.file()
+                        ))
+                    }
+                }
             }
         },
     };

@@ -52,7 +52,7 @@ pub enum CloudInitError {
 
 /// A Tailscale auth key, checked; `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct AuthKey(String);
+pub struct AuthKey(crate::secret::Secret);
 
 impl AuthKey {
     /// Checks a key as read from the environment, a file or stdin (surrounding whitespace is
@@ -81,12 +81,12 @@ impl AuthKey {
                 "it contains characters other than letters, digits and -_?=&.:/",
             ));
         }
-        Ok(AuthKey(key.to_string()))
+        Ok(AuthKey(crate::secret::Secret::new(key)))
     }
 
     /// The key itself: only for the file content.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose()
     }
 }
 

@@ -16,7 +16,6 @@ use super::{BusError, ServerPlan};
 use crate::model::NodeName;
 use rand::Rng;
 use std::collections::BTreeMap;
-use std::fmt;
 
 /// agenix name of a node's NATS password secret.
 pub const PASSWORD_SECRET: &str = "nats-password";
@@ -45,32 +44,7 @@ pub fn server_env_file(control_plane: &NodeName) -> String {
     format!("secrets/{control_plane}/{SERVER_ENV_SECRET}.age")
 }
 
-/// A secret string: never printed by `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: String) -> Self {
-        Secret(s)
-    }
-    /// The secret itself; keep it out of argv, logs and errors.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use crate::secret::Secret;
 
 /// A fresh random password from the OS's generator.
 pub fn generate_password() -> Secret {
@@ -82,7 +56,7 @@ pub fn generate_password() -> Secret {
     for _ in 1..PASSWORD_LEN {
         s.push(ALNUM[rng.gen_range(0..ALNUM.len())] as char);
     }
-    Secret(s)
+    Secret::new(s)
 }
 
 /// Is `s` a password as [`generate_password`] makes them (safe in the env file and for nats-server)?
@@ -155,7 +129,7 @@ impl BusCredentials {
                     i + 1
                 ));
             }
-            passwords.insert(user.user.clone(), Secret(value.to_string()));
+            passwords.insert(user.user.clone(), Secret::new(value));
         }
         Ok(BusCredentials { passwords })
     }
@@ -188,7 +162,7 @@ impl BusCredentials {
             s.push_str(pw.expose());
             s.push('\n');
         }
-        Secret(s)
+        Secret::new(s)
     }
 
     /// Every file to encrypt, sorted by path: one password per node, and the server's environment file.

@@ -206,7 +206,7 @@ pub trait AuthKeySource: Send + Sync {
 /// The key in `TAILSCALE_AUTHKEY`, if it is set and not blank.
 fn env_authkey() -> Option<Secret> {
     match std::env::var(env::AUTHKEY) {
-        Ok(k) if !k.trim().is_empty() => Some(Secret::new(&k)),
+        Ok(k) if !k.trim().is_empty() => Some(Secret::new(k.trim())),
         _ => None,
     }
 }
@@ -267,7 +267,7 @@ impl AuthKeySource for SecretsAuthKey {
         let key = crate::secrets::decrypt_authkey(&self.root, node, &self.identity)
             .map_err(|e| format!("no Tailscale auth key (${} is not set): {e}", env::AUTHKEY))?;
         use secrecy::ExposeSecret;
-        Ok(Secret::new(key.expose_secret()))
+        Ok(Secret::new(key.expose_secret().trim()))
     }
 
     fn nats_password(&self, node: &NodeName) -> Result<Option<Secret>, String> {
@@ -281,7 +281,7 @@ impl AuthKeySource for SecretsAuthKey {
         let bytes = decrypt_secret(&self.root, &id, &self.identity).map_err(|e| e.to_string())?;
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| format!("{} does not hold a text password", id.file()))?;
-        Ok(Some(Secret::new(text)))
+        Ok(Some(Secret::new(text.trim_end_matches(['\n', '\r']))))
     }
 
     fn describe(&self, node: &NodeName) -> String {

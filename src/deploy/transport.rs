@@ -3,7 +3,6 @@
 //! SSH implementation, [`SshTransport`], which drives the `ssh` binary.
 
 use super::shell::sh_quote;
-use std::fmt;
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,32 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 
-/// A secret value (an auth key). Its `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret; surrounding whitespace is trimmed.
-    pub fn new(s: &str) -> Self {
-        Secret(s.trim().to_string())
-    }
-    /// The secret itself, for writing to a child's stdin.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use crate::secret::Secret;
 
 /// A node's log file (`.fleetnix/logs/<node>.log`), shared by the steps of that node.
 /// Only command lines and child output are written; secrets only ever travel on stdin.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::netns::{wait_for, Net};
+use common::netns::Net;
 use common::*;
 use std::time::Duration;
 

@@ -1,16 +1,18 @@
 //! `fleetnix dispatch` end to end against a real nats-server on loopback.
 
 mod bus_support;
+mod common;
 
-use bus_support::{example_fleet, spawn_worker, Behaviour, NatsServer};
+use bus_support::{spawn_worker, Behaviour, NatsServer};
+use common::{example_fleet, fleetnix_bin, repo};
 use std::process::Output;
 use std::time::Duration;
 
 /// Runs the fleetnix binary on the example fleet; the password only ever goes through `env`.
 async fn fleetnix(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetnix"));
+    let mut cmd = tokio::process::Command::new(fleetnix_bin());
     cmd.arg("--root")
-        .arg(env!("CARGO_MANIFEST_DIR"))
+        .arg(repo())
         .args(args)
         .env_remove("FLEETNIX_NATS_PASSWORD")
         .env_remove("FLEETNIX_NATS_URL")

@@ -2,8 +2,10 @@
 //! failover of a hung worker.
 
 mod bus_support;
+mod common;
 
-use bus_support::{example_fleet, policy, spawn_worker, Behaviour, NatsServer};
+use bus_support::{policy, spawn_worker, Behaviour, NatsServer};
+use common::example_fleet;
 use fleetnix::bus::dispatch::{self as d, Outcome, Target};
 use fleetnix::bus::BusError;
 use fleetnix::model::{NodeName, Role};

@@ -1,28 +1,20 @@
 //! The binary on the example fleet and on broken copies of it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use common::{copy_example_fleet, fleetnix_bin, repo, snapshot};
+use std::path::Path;
+use std::process::{Command, Output};
 
 /// A temp repository root holding a copy of the example fleet.
 fn fleet_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("fleet")).unwrap();
-    for f in ["nodes.yml", "fleet.yml", "services.yml"] {
-        std::fs::copy(
-            repo().join("fleet").join(f),
-            dir.path().join("fleet").join(f),
-        )
-        .unwrap();
-    }
+    copy_example_fleet(&dir.path().join("fleet"));
     dir
 }
 
 fn fleetnix(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fleetnix"))
+    Command::new(fleetnix_bin())
         .arg("--root")
         .arg(root)
         .args(args)
@@ -33,27 +25,6 @@ fn fleetnix(root: &Path, args: &[&str]) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
-}
-
-/// Every file under `dir` with its contents, sorted.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(base, &p, out);
-            } else {
-                out.push((
-                    p.strip_prefix(base).unwrap().to_path_buf(),
-                    std::fs::read(&p).unwrap(),
-                ));
-            }
-        }
-    }
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
 }
 
 #[test]

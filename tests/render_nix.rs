@@ -3,14 +3,13 @@
 //! exists in the real NixOS option declarations (`../shared/nixos/options.json`) with
 //! a value of the declared type.
 
-use fleetnix::{manifest, nix, plan, render};
+mod common;
+
+use common::{example_fleet, repo};
+use fleetnix::{nix, plan, render};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// `nix-instantiate`, or None (loud skip) outside CI; in CI its absence fails the test.
 fn nix_instantiate() -> Option<PathBuf> {
@@ -40,7 +39,7 @@ fn options_json() -> Value {
 
 /// Renders the example fleet into a temp root; returns the node modules' paths.
 fn rendered_example() -> (tempfile::TempDir, Vec<PathBuf>) {
-    let fleet = manifest::load(&repo().join("fleet")).unwrap();
+    let fleet = example_fleet();
     let files = render::render_fleet(
         &fleet,
         &plan::plan(&fleet),

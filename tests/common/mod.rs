@@ -145,8 +145,9 @@ pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Every file under `dir` (recursively) with its bytes, by path; files that vanish or cannot
-/// be read while it looks are left out (to prove nothing changed, or to scan for a secret).
+/// Every file under `dir` (recursively) with its bytes, by path relative to `dir`; files that
+/// vanish or cannot be read while it looks are left out (to prove nothing changed, or to scan
+/// for a secret).
 pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -159,7 +160,8 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             if p.is_dir() {
                 stack.push(p);
             } else if let Ok(b) = std::fs::read(&p) {
-                out.insert(p, b);
+                let rel = p.strip_prefix(dir).unwrap_or(&p).to_path_buf();
+                out.insert(rel, b);
             }
         }
     }

@@ -3,7 +3,7 @@
 mod bus_support;
 mod common;
 
-use bus_support::{spawn_worker, Behaviour, NatsServer};
+use bus_support::{Behaviour, NatsServer};
 use common::{example_fleet, fleetnix_bin, repo};
 use std::process::Output;
 use std::time::Duration;
@@ -29,14 +29,9 @@ async fn fleetnix(args: &[&str], env: &[(&str, &str)]) -> Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_prints_the_reply_of_a_node_of_the_role() {
     let server = NatsServer::start(&example_fleet());
-    let worker = spawn_worker(
-        &server,
-        server.connect("worker-01").await,
-        "worker-01",
-        "kg-writer",
-        Behaviour::Answer,
-    )
-    .await;
+    let worker = server
+        .worker("worker-01", "kg-writer", Behaviour::Answer)
+        .await;
     let password = server.password("control-01").expose().to_string();
     let args = [
         "dispatch",

@@ -5,25 +5,13 @@ mod bus_support;
 mod common;
 
 use bus_support::nats_server_bin;
-use common::{example_fleet, repo};
+use common::{example_fleet, nix_instantiate, repo};
 use fleetnix::bus::{self, creds, nix as busnix};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 const SOURCES: &str = "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml";
-
-/// nix-instantiate, or None (after saying so loudly) when it is missing outside CI.
-fn nix_instantiate() -> Option<PathBuf> {
-    match which::which("nix-instantiate") {
-        Ok(p) => Some(p),
-        Err(_) if std::env::var_os("CI").is_some() => panic!("nix-instantiate is missing in CI"),
-        Err(_) => {
-            eprintln!("SKIPPED: nix-instantiate is not installed; this test did not run");
-            None
-        }
-    }
-}
 
 fn eval(nix: &Path, expr: &str, args: &[(&str, &str)]) -> Value {
     let mut cmd = Command::new(nix);

@@ -3,20 +3,15 @@
 
 mod common;
 
-use common::{fake_tailscale, repo, status_fixture, status_fixture_text};
+use common::{fake_tailscale, shared_file, status_fixture, status_fixture_text};
 use std::path::Path;
 use std::process::{Command, Output};
 
 #[test]
 fn the_fixture_copy_is_the_reference_one() {
-    // CI lays shared/ beside the clone; sessions have it at /work/shared.
-    let candidates = [
-        repo().join("../shared/reference/fixtures/tailscale-status.json"),
-        "/work/shared/reference/fixtures/tailscale-status.json".into(),
-    ];
-    match candidates.iter().find(|p| p.exists()) {
+    match shared_file("reference/fixtures/tailscale-status.json") {
         Some(p) => assert_eq!(
-            std::fs::read_to_string(p).unwrap(),
+            std::fs::read_to_string(&p).unwrap(),
             status_fixture_text(),
             "tests/fixtures/tailscale-status.json differs from {}",
             p.display()

@@ -126,6 +126,11 @@ impl NatsServer {
         .expect("connect")
     }
 
+    /// Connects as `node` and serves `role`'s tasks as `behaviour` says ([`spawn_worker`]).
+    pub async fn worker(&self, node: &str, role: &str, behaviour: Behaviour) -> Worker {
+        spawn_worker(self, self.connect(node).await, node, role, behaviour).await
+    }
+
     /// Connects as `node`, collecting the server's error messages (permission violations).
     pub async fn connect_watching(&self, node: &str) -> (async_nats::Client, ServerErrors) {
         let errors = ServerErrors::default();

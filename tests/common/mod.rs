@@ -36,6 +36,15 @@ pub fn copy_example_fleet(dir: &Path) {
     }
 }
 
+/// `shared/<rel>` of the project: beside the clone (as CI lays it) or at `/work/shared` (as
+/// sessions have it); `None` if neither exists.
+pub fn shared_file(rel: &str) -> Option<PathBuf> {
+    [repo().join("../shared"), PathBuf::from("/work/shared")]
+        .into_iter()
+        .map(|d| d.join(rel))
+        .find(|p| p.exists())
+}
+
 /// The fleetnix binary under test.
 pub fn fleetnix_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fleetnix"))
@@ -102,6 +111,29 @@ pub fn unique_fake_authkey() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Says loudly that the test did not run because of `why` and gives `None` to return on; when
+/// `CI` is set it fails instead.
+pub fn skip<T>(why: &str) -> Option<T> {
+    if std::env::var_os("CI").is_some() {
+        panic!("{why} (CI is set: failing instead of skipping)");
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: {why}; this test did not run !!!!!!!!\n");
+    None
+}
+
+/// `tool` found on PATH, or [`skip`] when it is missing (`install` says how to get it).
+pub fn required_tool(tool: &str, install: &str) -> Option<PathBuf> {
+    match which::which(tool) {
+        Ok(p) => Some(p),
+        Err(_) => skip(&format!("{tool} is not installed ({install})")),
+    }
+}
+
+/// `nix-instantiate`, or [`skip`].
+pub fn nix_instantiate() -> Option<PathBuf> {
+    required_tool("nix-instantiate", "Debian package nix-bin")
 }
 
 /// Pause between two polls.

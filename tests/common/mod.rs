@@ -91,6 +91,53 @@ pub fn fake_tailscale_reporting(path: &Path, status: &Path) -> PathBuf {
     path.to_path_buf()
 }
 
+/// A finished command: its exit code and its output as text. `{}` shows both streams, for
+/// assertion messages.
+#[derive(Debug)]
+pub struct Ran {
+    /// Exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Ran {
+    /// Runs `cmd` to the end (no standard input).
+    pub fn of(cmd: &mut Command) -> Ran {
+        Ran::from(
+            cmd.output()
+                .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}")),
+        )
+    }
+
+    /// The summary row of `node`: the stdout line starting with `"<node> "`.
+    pub fn row(&self, node: &str) -> &str {
+        let prefix = format!("{node} ");
+        self.stdout
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no summary row for {node}:\n{self}"))
+    }
+}
+
+impl From<std::process::Output> for Ran {
+    fn from(out: std::process::Output) -> Ran {
+        Ran {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\n{}", self.stdout, self.stderr)
+    }
+}
+
 /// An obviously fake auth key, built at run time; the same for the whole test process.
 pub fn fake_authkey() -> String {
     format!("tskey-auth-{}-{}", "FAKEtestkey", std::process::id())

@@ -2,30 +2,25 @@
 
 mod common;
 
-use common::{fake_authkey, fleetnix_bin, repo};
+use common::{fake_authkey, fleetnix_bin, repo, write_script, Ran};
 use std::path::Path;
 use std::process::Command;
 
 /// A recorder standing in for ssh / nixos-rebuild / tailscale: any call leaves a file.
 fn recorder(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("recorder");
-    std::fs::write(
-        &p,
-        format!(
-            "#!/bin/sh\necho \"$0 $*\" >> {}/called\nexit 1\n",
-            dir.display()
-        ),
-    )
-    .expect("recorder");
-    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    let script = format!(
+        "#!/bin/sh\necho \"$0 $*\" >> {}/called\nexit 1\n",
+        dir.display()
+    );
+    write_script(&p, &script);
     p
 }
 
 fn dry_run(root: &Path, args: &[&str], rec: &Path) -> (i32, String, String) {
     let r = recorder(rec);
-    let out = Command::new(fleetnix_bin())
-        .arg("--root")
+    let mut cmd = Command::new(fleetnix_bin());
+    cmd.arg("--root")
         .arg(root)
         .arg("deploy")
         .args(args)
@@ -33,14 +28,9 @@ fn dry_run(root: &Path, args: &[&str], rec: &Path) -> (i32, String, String) {
         .env("FLEETNIX_SSH", &r)
         .env("FLEETNIX_NIXOS_REBUILD", &r)
         .env("FLEETNIX_TAILSCALE", &r)
-        .env("TAILSCALE_AUTHKEY", fake_authkey())
-        .output()
-        .expect("fleetnix runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .env("TAILSCALE_AUTHKEY", fake_authkey());
+    let r = Ran::of(&mut cmd);
+    (r.code.unwrap_or(-1), r.stdout, r.stderr)
 }
 
 #[test]

@@ -2,14 +2,15 @@
 
 mod common;
 
-use assert_cmd::Command;
 use common::{
-    example_fleet, fake_tailscale, fake_tailscale_reporting, repo, status_fixture,
+    example_fleet, fake_tailscale, fake_tailscale_reporting, fleetnix_bin, repo, status_fixture,
     status_fixture_text, write_script,
 };
 use fleetnix::status::{status_report, Drift};
 use fleetnix::tailscale::{Connection, Tailscale, TailscaleError, TailscaleStatus};
 use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn ip(s: &str) -> IpAddr {
@@ -227,17 +228,25 @@ async fn runs_the_cli_with_a_timeout() {
     assert!(t.elapsed() < Duration::from_secs(10));
 }
 
+/// `fleetnix status <args>` on the example fleet with the fake `tailscale` reporting `status`
+/// (`None`: tailscaled unreachable).
+fn status_cli(args: &[&str], status: Option<&Path>) -> std::process::Output {
+    let mut cmd = Command::new(fleetnix_bin());
+    cmd.arg("--root")
+        .arg(repo())
+        .arg("status")
+        .args(args)
+        .env("FLEETNIX_TAILSCALE", fake_tailscale())
+        .env_remove("FAKE_TAILSCALE_STATUS");
+    if let Some(s) = status {
+        cmd.env("FAKE_TAILSCALE_STATUS", s);
+    }
+    cmd.output().unwrap()
+}
+
 #[test]
 fn cli_status_reports_drift_and_exits_1() {
-    let out = Command::cargo_bin("fleetnix")
-        .unwrap()
-        .args(["--root"])
-        .arg(repo())
-        .args(["status"])
-        .env("FLEETNIX_TAILSCALE", fake_tailscale())
-        .env("FAKE_TAILSCALE_STATUS", status_fixture())
-        .output()
-        .unwrap();
+    let out = status_cli(&[], Some(&status_fixture()));
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("tailnet example.com (Running)"), "{text}");
@@ -249,15 +258,7 @@ fn cli_status_reports_drift_and_exits_1() {
         "worker-03: in the tailnet (100.64.0.4, fd7a:115c:a1e0::4) but not in the manifest"
     ));
 
-    let out = Command::cargo_bin("fleetnix")
-        .unwrap()
-        .args(["--root"])
-        .arg(repo())
-        .args(["status", "--json"])
-        .env("FLEETNIX_TAILSCALE", fake_tailscale())
-        .env("FAKE_TAILSCALE_STATUS", status_fixture())
-        .output()
-        .unwrap();
+    let out = status_cli(&["--json"], Some(&status_fixture()));
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["drift"][0]["kind"], "unmanaged");
@@ -265,15 +266,7 @@ fn cli_status_reports_drift_and_exits_1() {
     assert_eq!(v["nodes"][2]["connection"]["region"], "nyc");
 
     // Without tailscaled: a clear error, exit 1.
-    let out = Command::cargo_bin("fleetnix")
-        .unwrap()
-        .args(["--root"])
-        .arg(repo())
-        .args(["status"])
-        .env("FLEETNIX_TAILSCALE", fake_tailscale())
-        .env_remove("FAKE_TAILSCALE_STATUS")
-        .output()
-        .unwrap();
+    let out = status_cli(&[], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("doesn't appear to be running"));
 }

@@ -80,12 +80,13 @@ pub fn write_script(path: &Path, text: &str) {
 /// A `tailscale` at `path` that is the fake one reporting the status file `status`: for code
 /// run in the test process, which must not change the process environment.
 pub fn fake_tailscale_reporting(path: &Path, status: &Path) -> PathBuf {
+    let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
     write_script(
         path,
         &format!(
-            "#!/bin/sh\nFAKE_TAILSCALE_STATUS='{}' exec '{}' \"$@\"\n",
-            status.display(),
-            fake_tailscale().display()
+            "#!/bin/sh\nFAKE_TAILSCALE_STATUS={} exec {} \"$@\"\n",
+            quote(status),
+            quote(&fake_tailscale())
         ),
     );
     path.to_path_buf()

@@ -5,6 +5,8 @@
 //! taken: the kernel drops further SYNs, so a connect hangs until the probe's timeout,
 //! exactly like a host that stopped answering, without any packet leaving loopback.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "../tests/health_common/mod.rs"]
 mod health_common;
 

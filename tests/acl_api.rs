@@ -3,29 +3,23 @@
 //! the lock-out guard, 401, and the token never in argv, output or files.
 
 mod acl_fake_api;
+mod common;
 
 use acl_fake_api::FakeApi;
 use assert_cmd::Command;
 use fleetnix::acl::apply::{self, ApplyError, SetOptions};
 use fleetnix::acl::render;
 use fleetnix::manifest;
-use fleetnix::model::Fleet;
 use fleetnix::tsapi::{ApiError, Client};
 use secrecy::{ExposeSecret, SecretString};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// An obviously fake token, built at run time.
 fn token() -> String {
     format!("tskey-api-{}", "FAKE-k7Qm2-test-only")
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn example() -> Fleet {
-    manifest::load(&root().join("fleet")).expect("example fleet is valid")
-}
+use common::{example_fleet, repo};
 
 const OLD: &str = "// the policy before fleetnix\n{\n  \"acls\": [{\"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:*\"]}],\n  \"ssh\": [{\"action\": \"check\", \"src\": [\"autogroup:member\"], \"dst\": [\"autogroup:self\"], \"users\": [\"autogroup:nonroot\", \"root\"]}],\n}\n";
 
@@ -53,7 +47,7 @@ fn backups(dir: &Path) -> Vec<String> {
 }
 
 fn rendered() -> String {
-    render::render(&example(), "fleet/").text
+    render::render(&example_fleet(), "fleet/").text
 }
 
 #[tokio::test]
@@ -103,7 +97,7 @@ async fn set_validates_backs_up_then_posts_with_if_match() {
     let new = rendered();
     let out = apply::set(
         &client(&fake),
-        &example(),
+        &example_fleet(),
         dir.path(),
         &new,
         &SetOptions::default(),
@@ -156,7 +150,7 @@ async fn a_policy_changed_since_it_was_read_is_not_overwritten() {
     }
     let err = apply::set(
         &c,
-        &example(),
+        &example_fleet(),
         dir.path(),
         &rendered(),
         &SetOptions::default(),
@@ -179,7 +173,7 @@ async fn a_race_gives_412_and_writes_nothing() {
     fake.state().race_on_validate = Some(theirs.into());
     let err = apply::set(
         &client(&fake),
-        &example(),
+        &example_fleet(),
         dir.path(),
         &rendered(),
         &SetOptions::default(),
@@ -209,7 +203,7 @@ const NO_SSH: &str = r#"{
 async fn lock_out_is_refused_unless_forced() {
     let fake = FakeApi::start(&token(), OLD);
     let dir = tempfile::tempdir().unwrap();
-    let fleet = example();
+    let fleet = example_fleet();
     let err = apply::set(
         &client(&fake),
         &fleet,
@@ -258,7 +252,7 @@ async fn validation_errors_come_back_with_their_details() {
     );
     let err = apply::set(
         &client(&fake),
-        &example(),
+        &example_fleet(),
         dir.path(),
         &drifted,
         &SetOptions::default(),
@@ -308,7 +302,7 @@ async fn a_wrong_token_is_a_clear_401_without_the_token() {
 #[tokio::test]
 async fn authkey_mint_asks_for_a_one_off_tagged_short_key() {
     let fake = FakeApi::start(&token(), OLD);
-    let fleet = example();
+    let fleet = example_fleet();
     let node = fleet.node("worker-01").unwrap();
     let key = apply::mint_authkey(&client(&fake), &fleet, node, 3600)
         .await
@@ -334,7 +328,7 @@ async fn authkey_mint_asks_for_a_one_off_tagged_short_key() {
 fn fleet_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for f in ["nodes.yml", "fleet.yml", "services.yml"] {
-        std::fs::copy(root().join("fleet").join(f), dir.path().join(f)).unwrap();
+        std::fs::copy(repo().join("fleet").join(f), dir.path().join(f)).unwrap();
     }
     dir
 }
@@ -342,7 +336,7 @@ fn fleet_copy() -> tempfile::TempDir {
 fn cli(fake: &FakeApi, fleet_dir: &Path) -> Command {
     let mut c = Command::cargo_bin("fleetnix").unwrap();
     c.arg("--root")
-        .arg(root())
+        .arg(repo())
         .arg("--fleet-dir")
         .arg(fleet_dir)
         .env("FLEETNIX_TS_API_URL", &fake.base)
@@ -388,7 +382,7 @@ fn cli_get_diff_set_keep_the_token_out_of_argv_output_and_files() {
     let out = cli(&fake, fleet.path())
         .args(["acl", "set", "--token-file"])
         .arg(&token_file)
-        .arg(root().join("tests/fixtures/seed-acl-policy.hujson"))
+        .arg(repo().join("tests/fixtures/seed-acl-policy.hujson"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -1,23 +1,17 @@
 //! `acl check`: the seed's hand-written policy fails with the documented findings; other
 //! problems are found with their locations; the CLI exits 1 and speaks JSON.
 
+mod common;
+
 use assert_cmd::Command;
 use fleetnix::acl::check::{self, Finding, FindingKind};
 use fleetnix::acl::render;
-use fleetnix::manifest;
-use fleetnix::model::Fleet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn example() -> Fleet {
-    manifest::load(&root().join("fleet")).expect("example fleet is valid")
-}
+use common::{example_fleet, repo};
 
 fn seed() -> String {
-    std::fs::read_to_string(root().join("tests/fixtures/seed-acl-policy.hujson")).unwrap()
+    std::fs::read_to_string(repo().join("tests/fixtures/seed-acl-policy.hujson")).unwrap()
 }
 
 fn of(findings: &[Finding], kind: FindingKind) -> Vec<&Finding> {
@@ -36,7 +30,7 @@ fn ports(f: &Finding) -> Vec<u16> {
 
 #[test]
 fn seed_policy_findings() {
-    let findings = check::check(&example(), &seed()).unwrap();
+    let findings = check::check(&example_fleet(), &seed()).unwrap();
 
     // 1. workers may reach Temporal, Postgres, Redis: an over-grant at the workers' rule (line 9)
     let over = of(&findings, FindingKind::OverGrant);
@@ -100,7 +94,7 @@ fn seed_policy_findings() {
 
 #[test]
 fn format_and_reference_problems_have_locations() {
-    let fleet = example();
+    let fleet = example_fleet();
     let text = r#"{
   "groups": {"group:operators": ["ops@example.com"]},
   "tagOwners": {"tag:control-plane": ["group:operators"]},
@@ -155,7 +149,7 @@ fn format_and_reference_problems_have_locations() {
 
 #[test]
 fn syntax_errors_are_errors() {
-    let e = check::check(&example(), "{\n \"acls\": [\n  {\"src\": }\n]}").unwrap_err();
+    let e = check::check(&example_fleet(), "{\n \"acls\": [\n  {\"src\": }\n]}").unwrap_err();
     assert!(e.to_string().contains("line 3"), "{e}");
 }
 
@@ -167,14 +161,14 @@ fn cli(root: &Path) -> Command {
 
 #[test]
 fn cli_check_exit_codes_and_json() {
-    let out = cli(&root())
+    let out = cli(&repo())
         .args([
             "acl",
             "check",
             "--json",
             "tests/fixtures/seed-acl-policy.hujson",
         ])
-        .current_dir(root())
+        .current_dir(repo())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -193,7 +187,7 @@ fn cli_check_exit_codes_and_json() {
     // the rendered policy passes
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("acl-policy.hujson");
-    cli(&root())
+    cli(&repo())
         .args(["acl", "render", "-o"])
         .arg(&file)
         .assert()
@@ -202,12 +196,12 @@ fn cli_check_exit_codes_and_json() {
     assert_eq!(
         text,
         render::render(
-            &example(),
+            &example_fleet(),
             "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml"
         )
         .text
     );
-    let out = cli(&root())
+    let out = cli(&repo())
         .args(["acl", "check"])
         .arg(&file)
         .output()
@@ -222,12 +216,12 @@ fn cli_check_exit_codes_and_json() {
 
 #[test]
 fn cli_matrix_table_and_dot() {
-    let out = cli(&root()).args(["acl", "matrix"]).output().unwrap();
+    let out = cli(&repo()).args(["acl", "matrix"]).output().unwrap();
     assert!(out.status.success());
     let table = String::from_utf8(out.stdout).unwrap();
     let worker_row = table.lines().find(|l| l.starts_with("tag:worker")).unwrap();
     assert!(worker_row.contains("4000,4222,8080"), "{table}");
-    let out = cli(&root())
+    let out = cli(&repo())
         .args(["acl", "matrix", "--dot"])
         .output()
         .unwrap();

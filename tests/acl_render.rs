@@ -1,27 +1,22 @@
 //! The rendered policy for the example fleet: well-formed, deterministic, commented, passing its
 //! own tests under the evaluator, clean under `acl check`, and catching drift.
 
+mod common;
+
 use fleetnix::acl::check::{self, FindingKind};
 use fleetnix::acl::eval::{Evaluator, Principal};
 use fleetnix::acl::policy::{self, Selector, TCP};
 use fleetnix::acl::render;
 use fleetnix::manifest;
 use fleetnix::model::Fleet;
-use std::path::{Path, PathBuf};
 
-fn fleet_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet")
-}
-
-fn example() -> Fleet {
-    manifest::load(&fleet_dir()).expect("example fleet is valid")
-}
+use common::{example_fleet, example_fleet_dir};
 
 /// The example fleet with services.yml edited by `edit`.
 fn variant(edit: impl Fn(String) -> String) -> (tempfile::TempDir, Fleet) {
     let dir = tempfile::tempdir().unwrap();
     for f in ["nodes.yml", "fleet.yml", "services.yml"] {
-        let text = std::fs::read_to_string(fleet_dir().join(f)).unwrap();
+        let text = std::fs::read_to_string(example_fleet_dir().join(f)).unwrap();
         let text = if f == "services.yml" {
             edit(text)
         } else {
@@ -35,7 +30,7 @@ fn variant(edit: impl Fn(String) -> String) -> (tempfile::TempDir, Fleet) {
 
 #[test]
 fn rendered_policy_passes_its_own_tests() {
-    let fleet = example();
+    let fleet = example_fleet();
     let r = render::render(&fleet, "fleet/");
     let parsed = policy::parse(&r.text).unwrap();
     assert!(parsed.issues.is_empty(), "{:?}", parsed.issues);
@@ -68,7 +63,7 @@ fn rendered_policy_passes_its_own_tests() {
 
 #[test]
 fn rendered_policy_is_clean_and_minimal() {
-    let fleet = example();
+    let fleet = example_fleet();
     let r = render::render(&fleet, "fleet/");
     let findings = check::check(&fleet, &r.text).unwrap();
     assert!(findings.is_empty(), "{findings:#?}");
@@ -109,14 +104,14 @@ fn rendered_policy_is_clean_and_minimal() {
 
 #[test]
 fn rendering_is_deterministic() {
-    let a = render::render(&example(), "x").text;
-    let b = render::render(&example(), "x").text;
+    let a = render::render(&example_fleet(), "x").text;
+    let b = render::render(&example_fleet(), "x").text;
     assert_eq!(a, b);
 }
 
 #[test]
 fn drift_is_caught_by_tests_and_check() {
-    let fleet = example();
+    let fleet = example_fleet();
     let r = render::render(&fleet, "fleet/");
     // someone adds workers to the Postgres rule
     let drifted = r.text.replace(

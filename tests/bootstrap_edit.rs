@@ -1,6 +1,8 @@
 //! The nodes.yml editor bootstrap uses (`fleetnix::manifest::edit`) on the example fleet, and
 //! host key fingerprints against the real `ssh-keygen -l`.
 
+mod common;
+
 use fleetnix::bootstrap::hostkey::{parse_keyscan, Fingerprint};
 use fleetnix::manifest::edit::{self, EditError, Edited};
 use std::os::unix::fs::PermissionsExt;
@@ -9,10 +11,7 @@ use std::process::Command;
 
 fn example_fleet() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("dir");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet");
-    for f in ["nodes.yml", "fleet.yml", "services.yml"] {
-        std::fs::copy(src.join(f), dir.path().join(f)).expect("copy");
-    }
+    common::copy_example_fleet(dir.path());
     dir
 }
 

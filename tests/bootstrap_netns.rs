@@ -1,14 +1,13 @@
 //! `fleetnix bootstrap` end to end: a namespace test host with the real sshd plays the fresh
 //! cloud VM (Debian without Tailscale, or NixOS with a fake system profile); the fake Tailscale
-//! install script and CLI run on it, and the operator's fake `tailscale status`
-//! (tests/fakes/bootstrap/tailscale) shows the node once the VM's `tailscale up` (or first
+//! install script and CLI run on it, and the operator's `tailscale status` (the same fake, in its
+//! operator mode: FAKE_NODE_STATE) shows the node once the VM's `tailscale up` (or first
 //! activation) happened. fleetnix runs inside the hub namespace.
 
 mod common;
 
-use common::netns::{Host, HostOptions, Net};
+use common::netns::{run_in, Host, HostOptions, Net};
 use common::*;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
@@ -37,13 +36,7 @@ nodes:
 /// A fleet repository whose nodes.yml is [`NODES_YML`] with the VM's `os`.
 fn fleet_repo(os: &str) -> (tempfile::TempDir, String) {
     let root = tempfile::tempdir().expect("root");
-    let spec = |name: &str, addr: &str| NodeSpec {
-        name: name.into(),
-        addr: addr.into(),
-        os: "nixos",
-        host_key: None,
-        roles: vec!["glm-worker"],
-    };
+    let spec = |name: &str, addr: &str| NodeSpec::new(name, addr, &["glm-worker"]);
     write_fleet(
         root.path(),
         &[
@@ -70,7 +63,7 @@ fn debian_vm(net: &mut Net) -> (Host, PathBuf) {
                 ("FAKE_HOST_DIR".into(), state.display().to_string()),
                 (
                     "FAKE_TAILSCALE_SRC".into(),
-                    fakes().join("tailscale").display().to_string(),
+                    fake_tailscale().display().to_string(),
                 ),
             ],
             etc_dirs: vec!["systemd/system".into()],
@@ -134,8 +127,7 @@ fn bootstrap_cmd(
             fakes().join("tailscale-install.sh").display()
         ))
         .args(extra)
-        .env("FLEETNIX_TAILSCALE", fakes().join("bootstrap/tailscale"))
-        .env("FAKE_OP_DIR", op.dir.path())
+        .env("FLEETNIX_TAILSCALE", fake_tailscale())
         .env("FAKE_NODE_STATE", joined_when)
         .env("FAKE_NODE_NAME", "vm-01")
         .env("FAKE_NODE_IP_FILE", op.ip_file())
@@ -352,17 +344,10 @@ impl Drop for FakeApi {
 
 impl FakeApi {
     fn start(hub: &str, token: String, minted: String, ip_file: PathBuf) -> FakeApi {
-        let ns = format!("/run/netns/{hub}");
         // A socket belongs to the namespace of the thread that creates it.
-        let server = std::thread::spawn(move || {
-            let f = std::fs::File::open(&ns).expect("hub namespace");
-            // SAFETY: setns only changes this short-lived thread's network namespace.
-            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns into the hub");
+        let server = run_in(hub, || {
             tiny_http::Server::http("127.0.0.1:0").expect("bind in the hub")
-        })
-        .join()
-        .expect("bind thread");
+        });
         let server = Arc::new(server);
         let port = server.server_addr().to_ip().expect("ip listener").port();
         let seen = Arc::new(Mutex::new(Vec::new()));

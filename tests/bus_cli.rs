@@ -1,16 +1,18 @@
 //! `fleetnix dispatch` end to end against a real nats-server on loopback.
 
 mod bus_support;
+mod common;
 
-use bus_support::{example_fleet, spawn_worker, Behaviour, NatsServer};
+use bus_support::{Behaviour, NatsServer};
+use common::{example_fleet, fleetnix_bin, repo};
 use std::process::Output;
 use std::time::Duration;
 
 /// Runs the fleetnix binary on the example fleet; the password only ever goes through `env`.
 async fn fleetnix(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetnix"));
+    let mut cmd = tokio::process::Command::new(fleetnix_bin());
     cmd.arg("--root")
-        .arg(env!("CARGO_MANIFEST_DIR"))
+        .arg(repo())
         .args(args)
         .env_remove("FLEETNIX_NATS_PASSWORD")
         .env_remove("FLEETNIX_NATS_URL")
@@ -27,14 +29,9 @@ async fn fleetnix(args: &[&str], env: &[(&str, &str)]) -> Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_prints_the_reply_of_a_node_of_the_role() {
     let server = NatsServer::start(&example_fleet());
-    let worker = spawn_worker(
-        &server,
-        server.connect("worker-01").await,
-        "worker-01",
-        "kg-writer",
-        Behaviour::Answer,
-    )
-    .await;
+    let worker = server
+        .worker("worker-01", "kg-writer", Behaviour::Answer)
+        .await;
     let password = server.password("control-01").expose().to_string();
     let args = [
         "dispatch",

@@ -1,8 +1,8 @@
 //! Bus credentials: layout, environment file round trip, keeping passwords across regeneration.
 
-mod bus_support;
+mod common;
 
-use bus_support::example_fleet;
+use common::example_fleet;
 use fleetnix::bus::{self, creds::BusCredentials};
 
 #[test]

@@ -2,30 +2,16 @@
 //! exactly the configuration the server tests run.
 
 mod bus_support;
+mod common;
 
-use bus_support::{example_fleet, nats_server_bin};
+use bus_support::nats_server_bin;
+use common::{example_fleet, nix_instantiate, repo};
 use fleetnix::bus::{self, creds, nix as busnix};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 const SOURCES: &str = "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// nix-instantiate, or None (after saying so loudly) when it is missing outside CI.
-fn nix_instantiate() -> Option<PathBuf> {
-    match which::which("nix-instantiate") {
-        Ok(p) => Some(p),
-        Err(_) if std::env::var_os("CI").is_some() => panic!("nix-instantiate is missing in CI"),
-        Err(_) => {
-            eprintln!("SKIPPED: nix-instantiate is not installed; this test did not run");
-            None
-        }
-    }
-}
 
 fn eval(nix: &Path, expr: &str, args: &[(&str, &str)]) -> Value {
     let mut cmd = Command::new(nix);
@@ -49,7 +35,7 @@ fn committed_module_is_fresh_and_rendering_is_deterministic() {
     let b = busnix::render(&plan, SOURCES).unwrap();
     assert_eq!(a, b);
     assert_eq!(
-        busnix::check(&root(), &a).unwrap(),
+        busnix::check(&repo(), &a).unwrap(),
         None,
         "{} is stale: re-render it",
         busnix::NIX_PATH
@@ -108,7 +94,7 @@ fn module_runs_exactly_the_configuration_the_server_tests_run() {
     let Some(nix) = nix_instantiate() else { return };
     let fleet = example_fleet();
     let plan = bus::server_plan(&fleet).unwrap();
-    let file = root().join(busnix::NIX_PATH);
+    let file = repo().join(busnix::NIX_PATH);
     let m = eval(&nix, STUB_EVAL, &[("file", file.to_str().unwrap())]);
 
     assert_eq!(
@@ -117,7 +103,7 @@ fn module_runs_exactly_the_configuration_the_server_tests_run() {
     );
     assert_eq!(
         m["age"]["secrets"]["nats-server-env"]["file"]["__path"],
-        root()
+        repo()
             .join(creds::server_env_file(&plan.server_name))
             .to_str()
             .unwrap()

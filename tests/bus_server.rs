@@ -2,8 +2,10 @@
 //! failover of a hung worker.
 
 mod bus_support;
+mod common;
 
-use bus_support::{example_fleet, policy, spawn_worker, Behaviour, NatsServer};
+use bus_support::{policy, spawn_worker, Behaviour, NatsServer};
+use common::example_fleet;
 use fleetnix::bus::dispatch::{self as d, Outcome, Target};
 use fleetnix::bus::BusError;
 use fleetnix::model::{NodeName, Role};
@@ -132,22 +134,12 @@ async fn workers_can_neither_eavesdrop_nor_dispatch_nor_log_in_without_their_pas
 async fn two_subscribers_of_a_role_share_its_tasks_through_the_queue_group() {
     let server = NatsServer::start(&example_fleet());
     let supervisor = server.connect("control-01").await;
-    let w1 = spawn_worker(
-        &server,
-        server.connect("worker-01").await,
-        "worker-01",
-        "glm-worker",
-        Behaviour::Answer,
-    )
-    .await;
-    let w2 = spawn_worker(
-        &server,
-        server.connect("worker-02").await,
-        "worker-02",
-        "glm-worker",
-        Behaviour::Answer,
-    )
-    .await;
+    let w1 = server
+        .worker("worker-01", "glm-worker", Behaviour::Answer)
+        .await;
+    let w2 = server
+        .worker("worker-02", "glm-worker", Behaviour::Answer)
+        .await;
     let p = policy(Duration::from_secs(5), &["worker-01", "worker-02"]);
     const TASKS: usize = 60;
     let mut by_node: BTreeMap<String, usize> = BTreeMap::new();
@@ -173,22 +165,12 @@ async fn a_hung_subscriber_is_failed_over_within_the_timeout() {
     let server = NatsServer::start(&example_fleet());
     let supervisor = server.connect("control-01").await;
     let timeout = Duration::from_millis(800);
-    let hung = spawn_worker(
-        &server,
-        server.connect("worker-01").await,
-        "worker-01",
-        "glm-worker",
-        Behaviour::Hang,
-    )
-    .await;
-    let alive = spawn_worker(
-        &server,
-        server.connect("worker-02").await,
-        "worker-02",
-        "glm-worker",
-        Behaviour::Answer,
-    )
-    .await;
+    let hung = server
+        .worker("worker-01", "glm-worker", Behaviour::Hang)
+        .await;
+    let alive = server
+        .worker("worker-02", "glm-worker", Behaviour::Answer)
+        .await;
     // The hung node first in the failover order: the worst case.
     let p = policy(timeout, &["worker-01", "worker-02"]);
     // 16 tasks at once (so the test takes about two timeouts, not sixteen); the queue picks a
@@ -265,14 +247,9 @@ async fn failover_goes_down_the_candidates_and_a_down_node_costs_no_timeout() {
         .contains("fleet.tasks.kg-writer.worker-01 → no responders"));
 
     // Without retry, a hung node is given up after one timeout.
-    let _hung = spawn_worker(
-        &server,
-        server.connect("worker-01").await,
-        "worker-01",
-        "kg-writer",
-        Behaviour::Hang,
-    )
-    .await;
+    let _hung = server
+        .worker("worker-01", "kg-writer", Behaviour::Hang)
+        .await;
     let mut no_retry = policy(timeout, &["worker-01"]);
     no_retry.retry = false;
     let start = Instant::now();

@@ -2,30 +2,25 @@
 
 mod common;
 
-use common::{fake_authkey, fleetnix_bin};
+use common::{fake_authkey, fleetnix_bin, repo, write_script, Ran};
 use std::path::Path;
 use std::process::Command;
 
 /// A recorder standing in for ssh / nixos-rebuild / tailscale: any call leaves a file.
 fn recorder(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("recorder");
-    std::fs::write(
-        &p,
-        format!(
-            "#!/bin/sh\necho \"$0 $*\" >> {}/called\nexit 1\n",
-            dir.display()
-        ),
-    )
-    .expect("recorder");
-    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    let script = format!(
+        "#!/bin/sh\necho \"$0 $*\" >> {}/called\nexit 1\n",
+        dir.display()
+    );
+    write_script(&p, &script);
     p
 }
 
 fn dry_run(root: &Path, args: &[&str], rec: &Path) -> (i32, String, String) {
     let r = recorder(rec);
-    let out = Command::new(fleetnix_bin())
-        .arg("--root")
+    let mut cmd = Command::new(fleetnix_bin());
+    cmd.arg("--root")
         .arg(root)
         .arg("deploy")
         .args(args)
@@ -33,22 +28,17 @@ fn dry_run(root: &Path, args: &[&str], rec: &Path) -> (i32, String, String) {
         .env("FLEETNIX_SSH", &r)
         .env("FLEETNIX_NIXOS_REBUILD", &r)
         .env("FLEETNIX_TAILSCALE", &r)
-        .env("TAILSCALE_AUTHKEY", fake_authkey())
-        .output()
-        .expect("fleetnix runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .env("TAILSCALE_AUTHKEY", fake_authkey());
+    let r = Ran::of(&mut cmd);
+    (r.code.unwrap_or(-1), r.stdout, r.stderr)
 }
 
 #[test]
 fn readme_first_command_on_the_example_fleet() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = repo();
     let rec = tempfile::tempdir().expect("tmp");
     let before = repo.join(".fleetnix").exists();
-    let (code, out, err) = dry_run(repo, &["worker-01"], rec.path());
+    let (code, out, err) = dry_run(&repo, &["worker-01"], rec.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("worker-01 (nixos, root@100.64.0.2)"), "{out}");
     assert!(!out.contains("worker-02"), "only the selected node: {out}");
@@ -94,22 +84,14 @@ fn readme_first_command_on_the_example_fleet() {
 fn fallback_dry_run_names_the_secret_but_never_prints_it() {
     let root = tempfile::tempdir().expect("root");
     let specs = [
+        common::NodeSpec::new("cp", "100.64.0.1", &[]),
         common::NodeSpec {
-            name: "cp".into(),
-            addr: "100.64.0.1".into(),
-            os: "nixos",
-            host_key: None,
-            roles: vec![],
-        },
-        common::NodeSpec {
-            name: "ubuntu-01".into(),
-            addr: "100.64.0.9".into(),
             os: "linux",
             host_key: Some(
                 "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS/vcGfRqtpcVld33fFR5cjD2Ai9gXARYCEHEn"
                     .into(),
             ),
-            roles: vec!["glm-worker"],
+            ..common::NodeSpec::new("ubuntu-01", "100.64.0.9", &["glm-worker"])
         },
     ];
     common::write_fleet(root.path(), &specs, 7, true);
@@ -147,12 +129,12 @@ fn fallback_dry_run_names_the_secret_but_never_prints_it() {
 
 #[test]
 fn a_selector_matching_nothing_fails() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = repo();
     let rec = tempfile::tempdir().expect("tmp");
-    let (code, _, err) = dry_run(repo, &["@gpu"], rec.path());
+    let (code, _, err) = dry_run(&repo, &["@gpu"], rec.path());
     assert_eq!(code, 1);
     assert!(err.contains("`@gpu` matches no node"), "{err}");
-    let (code, _, err) = dry_run(repo, &[], rec.path());
+    let (code, _, err) = dry_run(&repo, &[], rec.path());
     assert_eq!(code, 1);
     assert!(err.contains("no target"), "{err}");
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::netns::{wait_for, Net};
+use common::netns::Net;
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -37,22 +37,15 @@ fn killed_sshd_and_dead_link_fail_alone_and_fast() {
     net.link_down(&hosts[3]);
     std::fs::write(&go, "").expect("go");
     let released = Instant::now();
-    let out = child.wait_with_output().expect("fleetnix finishes");
+    let r = Ran::from(child.wait_with_output().expect("fleetnix finishes"));
     let elapsed = released.elapsed();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert_eq!(r.code, Some(1), "{r}");
     assert!(
         elapsed <= Duration::from_secs(TIMEOUT + 2),
-        "the dead link took {elapsed:?} to fail (limit {TIMEOUT}s + 2s)\n{stdout}"
+        "the dead link took {elapsed:?} to fail (limit {TIMEOUT}s + 2s)\n{}",
+        r.stdout
     );
-    let row = |n: &str| -> String {
-        stdout
-            .lines()
-            .find(|l| l.starts_with(&format!("{n} ")))
-            .unwrap_or_else(|| panic!("no summary row for {n}:\n{stdout}"))
-            .to_string()
-    };
+    let row = |n: &str| r.row(n);
     for n in ["n1", "n3", "n5"] {
         assert!(row(n).contains(" ok "), "{}", row(n));
         let i: usize = n[1..].parse().expect("index");
@@ -72,8 +65,8 @@ fn killed_sshd_and_dead_link_fail_alone_and_fast() {
         n4.contains("FAILED") && n4.contains("[rebuild]") && n4.contains("timed out"),
         "{n4}"
     );
-    assert!(stdout.contains("3/5 node(s) succeeded"), "{stdout}");
-    eprintln!("{stdout}");
+    assert!(r.stdout.contains("3/5 node(s) succeeded"), "{r}");
+    eprintln!("{}", r.stdout);
     for n in ["n2", "n4"] {
         assert!(lines(&state_dir(&net, n).join("activations")).is_empty());
     }

@@ -22,16 +22,12 @@ fn pinned_host_key_passes_and_a_wrong_one_fails() {
         false,
     );
 
-    let out = deploy_cmd(&net, root.path(), &["--all", "--action", "test"])
-        .output()
-        .expect("fleetnix runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "one node fails:\n{stdout}\n{stderr}"
-    );
+    let r = Ran::of(&mut deploy_cmd(
+        &net,
+        root.path(),
+        &["--all", "--action", "test"],
+    ));
+    assert_eq!(r.code, Some(1), "one node fails:\n{r}");
 
     // good: the fake ran with exactly these arguments and the pinning options, and its ssh reached the host.
     let rec = root.path().join("rec");
@@ -49,7 +45,7 @@ fn pinned_host_key_passes_and_a_wrong_one_fails() {
             "--target-host",
             &format!("root@{}", good.addr)
         ],
-        "{stdout}\n{stderr}"
+        "{r}"
     );
     let opts = std::fs::read_to_string(rec.join("nixos-rebuild.good.sshopts")).expect("sshopts");
     let kh = root
@@ -77,19 +73,12 @@ fn pinned_host_key_passes_and_a_wrong_one_fails() {
     // bad: refused at the first connection, nixos-rebuild never ran, nothing activated.
     assert!(!rec.join("nixos-rebuild.bad.argv").exists());
     assert!(lines(&state_dir(&net, "bad").join("activations")).is_empty());
-    let row = stdout
-        .lines()
-        .find(|l| l.starts_with("bad "))
-        .expect("summary row for bad");
+    let row = r.row("bad");
     assert!(
         row.contains("FAILED") && row.contains("host key verification failed"),
         "{row}"
     );
-    let row = stdout
-        .lines()
-        .find(|l| l.starts_with("good "))
-        .expect("summary row for good");
-    assert!(row.contains(" ok "), "{row}");
+    assert!(r.row("good").contains(" ok "), "{r}");
     // Per-node logs.
     let log = std::fs::read_to_string(root.path().join(".fleetnix/logs/good.log")).expect("log");
     assert!(log.contains("activated generation 2"), "{log}");
@@ -113,37 +102,29 @@ fn nix_sshopts_pinning_rejects_a_wrong_key_in_nixos_rebuild_itself() {
     let run = |kh: &std::path::Path| {
         let rec = dir.join("rec-direct");
         std::fs::create_dir_all(&rec).expect("rec");
-        net.command(fakes().join("nixos-rebuild"))
-            .args([
-                "test",
-                "--flake",
-                "/x#a",
-                "--target-host",
-                &format!("root@{}", a.addr),
-            ])
-            .env(
-                "NIX_SSHOPTS",
-                fleetnix::deploy::nixos::nix_sshopts(&ssh, kh),
-            )
-            .env("FAKE_RECORD_DIR", &rec)
-            .output()
-            .expect("fake runs")
+        Ran::of(
+            net.command(fakes().join("nixos-rebuild"))
+                .args([
+                    "test",
+                    "--flake",
+                    "/x#a",
+                    "--target-host",
+                    &format!("root@{}", a.addr),
+                ])
+                .env(
+                    "NIX_SSHOPTS",
+                    fleetnix::deploy::nixos::nix_sshopts(&ssh, kh),
+                )
+                .env("FAKE_RECORD_DIR", &rec),
+        )
     };
-    let out = run(&kh);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Host key verification failed"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let r = run(&kh);
+    assert_ne!(r.code, Some(0));
+    assert!(r.stderr.contains("Host key verification failed"), "{r}");
     assert!(lines(&state_dir(&net, "a").join("activations")).is_empty());
     let good = dir.join("known_hosts_good");
     std::fs::write(&good, format!("{} {}\n", a.addr, a.host_key)).expect("kh");
-    let out = run(&good);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let r = run(&good);
+    assert_eq!(r.code, Some(0), "{r}");
     assert_eq!(lines(&state_dir(&net, "a").join("activations")), ["2 test"]);
 }

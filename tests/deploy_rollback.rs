@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::netns::{wait_for, Net};
+use common::netns::Net;
 use common::*;
 use std::time::Duration;
 
@@ -25,16 +25,13 @@ fn reconnect_failure_after_activation_rolls_back_to_the_previous_generation() {
     let root = tempfile::tempdir().expect("root");
     write_fleet(root.path(), &[NodeSpec::for_host(&host)], 2, false);
 
-    let out = deploy_cmd(&net, root.path(), &["n1", "--rollback-grace", "5"])
-        .output()
-        .expect("fleetnix runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
-    let row = stdout
-        .lines()
-        .find(|l| l.starts_with("n1 "))
-        .expect("summary row");
+    let r = Ran::of(&mut deploy_cmd(
+        &net,
+        root.path(),
+        &["n1", "--rollback-grace", "5"],
+    ));
+    assert_eq!(r.code, Some(1), "{r}");
+    let row = r.row("n1");
     assert!(
         row.contains("rolled back") && row.contains("system-1-link"),
         "{row}"
@@ -64,20 +61,13 @@ fn confirmed_switch_disarms_the_guard() {
     let root = tempfile::tempdir().expect("root");
     write_fleet(root.path(), &[NodeSpec::for_host(&host)], 2, false);
 
-    let out = deploy_cmd(&net, root.path(), &["n1", "--rollback-grace", "30"])
-        .output()
-        .expect("fleetnix runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let row = stdout
-        .lines()
-        .find(|l| l.starts_with("n1 "))
-        .expect("summary row");
+    let r = Ran::of(&mut deploy_cmd(
+        &net,
+        root.path(),
+        &["n1", "--rollback-grace", "30"],
+    ));
+    assert_eq!(r.code, Some(0), "{r}");
+    let row = r.row("n1");
     assert!(row.contains("guard disarmed"), "{row}");
     assert_eq!(lines(&state.join("activations")), ["2 boot", "2 switch"]);
     assert_eq!(profile(&net, "n1"), "system-2-link");
@@ -99,10 +89,8 @@ fn confirmed_switch_disarms_the_guard() {
     assert!(!state.join("units/fleetnix-rollback.timer").exists());
 
     // --no-rollback: plain `nixos-rebuild switch`, no guard.
-    let out = deploy_cmd(&net, root.path(), &["n1", "--no-rollback"])
-        .output()
-        .expect("fleetnix runs");
-    assert_eq!(out.status.code(), Some(0));
+    let r = Ran::of(&mut deploy_cmd(&net, root.path(), &["n1", "--no-rollback"]));
+    assert_eq!(r.code, Some(0), "{r}");
     let argv = lines(&root.path().join("rec/nixos-rebuild.n1.argv"));
     assert_eq!(argv[0], "switch");
     assert_eq!(

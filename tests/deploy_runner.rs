@@ -1,6 +1,8 @@
 //! The runner's logic against a recording transport (no network): retry, fail-fast, Ctrl-C,
 //! host keys from `tailscale status --json`.
 
+mod common;
+
 use fleetnix::deploy::runner::{deploy, Cancel, Event, Outcome, Step};
 use fleetnix::deploy::transport::{NodeLog, ProcError, ProcOutput, SshTarget, Transport};
 use fleetnix::deploy::{Action, DeployOptions, EnvAuthKey};
@@ -57,8 +59,7 @@ impl Transport for Rec {
 }
 
 fn setup(dir: &Path) -> (Vec<NodePlan>, DeployOptions) {
-    let fleet = fleetnix::manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet"))
-        .expect("fleet");
+    let fleet = common::example_fleet();
     let mut plans = fleetnix::plan::plan(&fleet);
     for p in &mut plans {
         p.access.host_key = Some(
@@ -202,13 +203,12 @@ async fn host_keys_come_from_tailscale_status_when_the_manifest_has_none() {
     for p in &mut plans {
         p.access.host_key = None;
     }
-    // A `tailscale` that prints the reference fixture.
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deploy/tailscale-status.json");
+    // A `tailscale` that reports the reference fixture.
     let ts = dir.path().join("tailscale");
-    std::fs::write(&ts, format!("#!/bin/sh\ncat '{}'\n", fixture.display())).unwrap();
-    std::fs::set_permissions(&ts, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    opts.tailscale = Some(ts);
+    opts.tailscale = Some(common::fake_tailscale_reporting(
+        &ts,
+        &common::status_fixture(),
+    ));
     let t = Arc::new(Recording::default());
     let (s, _) = run(plans, opts, t, Cancel::default()).await;
     let by: BTreeMap<_, _> = s.nodes.iter().map(|n| (n.node.as_str(), n)).collect();

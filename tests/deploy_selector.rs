@@ -1,16 +1,12 @@
 //! Target selection on the example fleet: names, @role, --all; matching nothing is an error.
 
-use fleetnix::deploy::selector::{Selector, SelectorError, Target};
-use fleetnix::manifest;
-use std::path::Path;
+mod common;
 
-fn fleet() -> fleetnix::model::Fleet {
-    manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet"))
-        .expect("example fleet loads")
-}
+use common::example_fleet;
+use fleetnix::deploy::selector::{Selector, SelectorError, Target};
 
 fn names(targets: &[&str], all: bool) -> Result<Vec<String>, SelectorError> {
-    let f = fleet();
+    let f = example_fleet();
     let s = Selector::parse(targets, all)?;
     Ok(s.select(&f)?.iter().map(|n| n.name.to_string()).collect())
 }

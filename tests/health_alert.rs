@@ -1,31 +1,17 @@
 //! ntfy alerts: one urgent notification when a node goes down, one recovery notice when it
 //! comes back, nothing in between; failures are kept and retried, never fatal.
 
+mod common;
 mod health_common;
 
+use common::{fake_tailscale, fleetnix_bin};
 use fleetnix::alert::{notification_for, Alerter, Ntfy};
-use fleetnix::health::{HealthReport, NodeHealth, NodeState, Presence, StateTracker};
+use fleetnix::health::{NodeState, StateTracker};
 use fleetnix::model::NodeName;
 use health_common::*;
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
-
-fn report(states: &[(&str, NodeState)]) -> HealthReport {
-    HealthReport {
-        nodes: states
-            .iter()
-            .map(|(n, s)| NodeHealth {
-                name: NodeName::parse(n).unwrap(),
-                address: IpAddr::from([127, 0, 0, 1]),
-                presence: Presence::Online,
-                state: *s,
-                probes: vec![],
-                reason: (*s == NodeState::Down).then(|| "offline in the tailnet".to_string()),
-            })
-            .collect(),
-    }
-}
 
 #[tokio::test]
 async fn one_alert_per_transition_with_documented_headers() {
@@ -170,18 +156,8 @@ async fn watch_sends_one_alert_per_transition() {
     let fleet = write_fleet(
         &dir.path().join("fleet"),
         &[
-            N {
-                name: "cp",
-                ip: "100.64.1.1",
-                roles: &["control-plane"],
-                cpu: 4,
-            },
-            N {
-                name: "worker-02",
-                ip: "100.64.1.3",
-                roles: &["glm-worker"],
-                cpu: 4,
-            },
+            N::new("cp", "100.64.1.1", &["control-plane"]),
+            N::new("worker-02", "100.64.1.3", &["glm-worker"]),
         ],
         &[],
         1,
@@ -199,14 +175,11 @@ async fn watch_sends_one_alert_per_transition() {
         std::fs::rename(&tmp, &status_file).unwrap();
     };
     write_status(true);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fleetnix"))
+    let mut child = std::process::Command::new(fleetnix_bin())
         .arg("--root")
         .arg(dir.path())
         .args(["health", "--watch", "--interval", "100ms", "--count", "40"])
-        .env(
-            "FLEETNIX_TAILSCALE",
-            repo().join("tests/fakes/health-tailscale"),
-        )
+        .env("FLEETNIX_TAILSCALE", fake_tailscale())
         .env("FAKE_TAILSCALE_STATUS", &status_file)
         .env("FLEETNIX_NTFY_URL", stub.url())
         .env_remove("NO_COLOR")

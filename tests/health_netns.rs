@@ -1,153 +1,53 @@
-//! Health against real hosts: one network namespace per host behind a bridge in a client
-//! namespace, the probes run from inside the client namespace (a thread that `setns`-ed
-//! into it), so nothing leaves this machine's own test namespaces. A host whose link is
-//! set down is a host that stopped answering: its connects time out.
+//! Health against real hosts: bare namespace hosts (no sshd) of the shared test network
+//! (`common::netns`) serve the service ports; the probes run inside its hub, so nothing leaves
+//! this machine's own test namespaces. A host whose link is set down is a host that stopped
+//! answering: its connects time out.
 //!
-//! Needs root and `ip`; skips loudly otherwise, but fails when `CI` is set.
+//! Needs root and `ip netns`; skips loudly otherwise, but fails when `CI` is set.
 
+mod common;
 mod health_common;
 
+use common::netns::{run_in, HostOptions, Net};
 use fleetnix::health::{sweep, NodeState, PortOutcome, Presence, ProbeOptions};
 use health_common::*;
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::time::Duration;
 
 const P1: u16 = 7101;
 const P2: u16 = 7102;
 
-fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ip = which::which("ip").is_ok();
-    if root && ip {
-        return true;
-    }
-    let why = if root { "`ip` not found" } else { "not root" };
-    if std::env::var_os("CI").is_some() {
-        panic!("health_netns needs root and `ip` in CI: {why}");
-    }
-    eprintln!("\n!!! SKIPPING health_netns: {why}; namespace hosts were NOT tested !!!\n");
-    false
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Namespaces deleted on drop, even when the test panics.
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-/// Runs `f` on a thread that entered network namespace `ns`; sockets it creates stay in `ns`.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let fd = File::open(&path).unwrap();
-        // SAFETY: a valid namespace fd; only this thread's namespace changes.
-        let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
-/// A listener that accepts and drops connections, on a thread of its own.
-fn serve(l: std::net::TcpListener) {
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            drop(s);
-        }
-    });
-}
-
 #[test]
 fn namespace_hosts_healthy_degraded_down() {
-    if !can_run() {
-        return;
-    }
-    let tag = format!("fnh{}", std::process::id());
-    let client = format!("{tag}cl");
-    let hosts = ["h0", "h1", "h2"].map(|h| format!("{tag}{h}"));
-    let _guard = Namespaces(
-        std::iter::once(client.clone())
-            .chain(hosts.iter().cloned())
-            .collect(),
-    );
-    ip(&["netns", "add", &client]);
-    ip(&["-n", &client, "link", "set", "lo", "up"]);
-    ip(&["-n", &client, "link", "add", "br0", "type", "bridge"]);
-    ip(&["-n", &client, "addr", "add", "100.64.77.1/24", "dev", "br0"]);
-    ip(&["-n", &client, "link", "set", "br0", "up"]);
-    for (i, h) in hosts.iter().enumerate() {
-        let port = format!("vh{i}");
-        let addr = format!("100.64.77.{}/24", i + 2);
-        ip(&["netns", "add", h]);
-        ip(&["-n", h, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n", &client, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-        ]);
-        ip(&["-n", &client, "link", "set", "eth0", "netns", h]);
-        ip(&["-n", &client, "link", "set", &port, "master", "br0"]);
-        ip(&["-n", &client, "link", "set", &port, "up"]);
-        ip(&["-n", h, "addr", "add", &addr, "dev", "eth0"]);
-        ip(&["-n", h, "link", "set", "eth0", "up"]);
-    }
+    let Some(mut net) = Net::new() else { return };
+    let bare = || HostOptions {
+        no_sshd: true,
+        ..Default::default()
+    };
+    let hosts = ["h0", "h1", "h2"].map(|h| net.add_host(h, bare()));
     // a: both service ports; b: only P1 (P2 refused); c: both, but its link goes down.
-    let bind = |ns: &str, ip: &'static str, ports: &'static [u16]| {
-        in_netns(ns, move || {
+    for (h, ports) in hosts.iter().zip([&[P1, P2][..], &[P1], &[P1, P2]]) {
+        let addr = h.addr;
+        let listeners = run_in(&h.ns, move || {
             ports
                 .iter()
-                .map(|p| std::net::TcpListener::bind((ip, *p)).unwrap())
+                .map(|p| std::net::TcpListener::bind((addr, *p)).unwrap())
                 .collect::<Vec<_>>()
-        })
-    };
-    for l in bind(&hosts[0], "100.64.77.2", &[P1, P2])
-        .into_iter()
-        .chain(bind(&hosts[1], "100.64.77.3", &[P1]))
-        .chain(bind(&hosts[2], "100.64.77.4", &[P1, P2]))
-    {
-        serve(l);
+        });
+        for l in listeners {
+            // Accepts and drops connections, on a thread of its own.
+            std::thread::spawn(move || l.incoming().for_each(drop));
+        }
     }
-    ip(&["-n", &hosts[2], "link", "set", "eth0", "down"]);
+    net.link_down(&hosts[2]);
+    let addr = |i: usize| hosts[i].addr.to_string();
 
     let dir = tempfile::tempdir().unwrap();
     let fleet = write_fleet(
         dir.path(),
         &[
-            N {
-                name: "cp",
-                ip: "100.64.77.2",
-                roles: &["control-plane", "svc"],
-                cpu: 4,
-            },
-            N {
-                name: "half",
-                ip: "100.64.77.3",
-                roles: &["svc"],
-                cpu: 4,
-            },
-            N {
-                name: "dead",
-                ip: "100.64.77.4",
-                roles: &["svc"],
-                cpu: 4,
-            },
+            N::new("cp", &addr(0), &["control-plane", "svc"]),
+            N::new("half", &addr(1), &["svc"]),
+            N::new("dead", &addr(2), &["svc"]),
         ],
         &[("one", P1, "svc"), ("two", P2, "svc")],
         1,
@@ -160,8 +60,8 @@ fn namespace_hosts_healthy_degraded_down() {
     let status_file = dir.path().join("status.json");
     std::fs::write(&status_file, serde_json::to_string(&ts).unwrap()).unwrap();
     let fleet_dir = dir.path().to_path_buf();
-    let report = in_netns(&client, move || {
-        // Moved in: the fleet is only used inside the client namespace.
+    let report = run_in(net.hub(), move || {
+        // Moved in: the fleet is only used inside the hub, where the hosts are reachable.
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -179,18 +79,15 @@ fn namespace_hosts_healthy_degraded_down() {
         .iter()
         .all(|p| p.outcome == PortOutcome::TimedOut));
 
-    // The same through the binary, run inside the client namespace.
-    let out = Command::new("ip")
-        .args(["netns", "exec", &client, env!("CARGO_BIN_EXE_fleetnix")])
+    // The same through the binary, run inside the hub.
+    let out = net
+        .command(common::fleetnix_bin())
         .arg("--root")
         .arg(&fleet_dir)
         .arg("--fleet-dir")
         .arg(&fleet_dir)
         .arg("health")
-        .env(
-            "FLEETNIX_TAILSCALE",
-            repo().join("tests/fakes/health-tailscale"),
-        )
+        .env("FLEETNIX_TAILSCALE", common::fake_tailscale())
         .env("FAKE_TAILSCALE_STATUS", &status_file)
         .output()
         .unwrap();

@@ -1,11 +1,10 @@
 //! Health sweeps against loopback listeners: healthy, degraded (refused / silent port),
 //! down (offline, missing, every port silent), all probes concurrent.
 
+mod common;
 mod health_common;
 
-use fleetnix::health::{
-    sweep, HealthReport, NodeState, PortOutcome, Presence, ProbeOptions, StateTracker,
-};
+use fleetnix::health::{sweep, NodeState, PortOutcome, Presence, ProbeOptions, StateTracker};
 use fleetnix::model::NodeName;
 use health_common::*;
 use std::net::IpAddr;
@@ -34,48 +33,13 @@ async fn classifies_healthy_degraded_down_in_about_one_timeout() {
     let fleet = write_fleet(
         dir.path(),
         &[
-            N {
-                name: "cp",
-                ip: "100.64.1.1",
-                roles: &["control-plane", "ra"],
-                cpu: 4,
-            },
-            N {
-                name: "degraded-refused",
-                ip: "100.64.1.2",
-                roles: &["rb"],
-                cpu: 4,
-            },
-            N {
-                name: "degraded-silent",
-                ip: "100.64.1.3",
-                roles: &["rc"],
-                cpu: 4,
-            },
-            N {
-                name: "down-silent",
-                ip: "100.64.1.4",
-                roles: &["rd"],
-                cpu: 4,
-            },
-            N {
-                name: "down-offline",
-                ip: "100.64.1.5",
-                roles: &["re"],
-                cpu: 4,
-            },
-            N {
-                name: "down-missing",
-                ip: "100.64.1.6",
-                roles: &["rf"],
-                cpu: 4,
-            },
-            N {
-                name: "worker-noports",
-                ip: "100.64.1.7",
-                roles: &["rg"],
-                cpu: 4,
-            },
+            N::new("cp", "100.64.1.1", &["control-plane", "ra"]),
+            N::new("degraded-refused", "100.64.1.2", &["rb"]),
+            N::new("degraded-silent", "100.64.1.3", &["rc"]),
+            N::new("down-silent", "100.64.1.4", &["rd"]),
+            N::new("down-offline", "100.64.1.5", &["re"]),
+            N::new("down-missing", "100.64.1.6", &["rf"]),
+            N::new("worker-noports", "100.64.1.7", &["rg"]),
         ],
         &[
             ("sa1", a1.port(), "ra"),
@@ -169,18 +133,8 @@ async fn without_tailnet_state_ports_decide() {
     let fleet = write_fleet(
         dir.path(),
         &[
-            N {
-                name: "cp",
-                ip: "100.64.1.1",
-                roles: &["control-plane", "ra"],
-                cpu: 4,
-            },
-            N {
-                name: "w",
-                ip: "100.64.1.2",
-                roles: &["rb"],
-                cpu: 4,
-            },
+            N::new("cp", "100.64.1.1", &["control-plane", "ra"]),
+            N::new("w", "100.64.1.2", &["rb"]),
         ],
         &[("sa", a1.port(), "ra"), ("sb", s.addr.port(), "rb")],
         1,
@@ -195,22 +149,6 @@ async fn without_tailnet_state_ports_decide() {
     assert_eq!(r.state_of("w"), Some(NodeState::Down));
     assert_eq!(r.nodes[0].presence, Presence::Unknown);
     assert_eq!(r.nodes[0].address, LO);
-}
-
-fn report(states: &[(&str, NodeState)]) -> HealthReport {
-    HealthReport {
-        nodes: states
-            .iter()
-            .map(|(n, s)| fleetnix::health::NodeHealth {
-                name: name(n),
-                address: LO,
-                presence: Presence::Online,
-                state: *s,
-                probes: vec![],
-                reason: None,
-            })
-            .collect(),
-    }
 }
 
 #[test]

@@ -1,9 +1,11 @@
 //! Routing: fairness of each strategy, healthy nodes only, failover on a failed node,
 //! round-robin state shared between runs through `.fleetnix/`.
 
+mod common;
 mod health_common;
 
 use assert_cmd::Command;
+use common::{example_fleet_dir, fake_tailscale, status_fixture};
 use fleetnix::health::{HealthReport, NodeHealth, NodeState, Presence};
 use fleetnix::model::{FailoverStrategy, Fleet, NodeName};
 use fleetnix::route::{RouteError, Router};
@@ -19,42 +21,12 @@ fn fleet(dir: &std::path::Path, strategy: &str) -> Fleet {
     write_fleet(
         dir,
         &[
-            N {
-                name: "cp",
-                ip: "100.64.1.1",
-                roles: &["control-plane"],
-                cpu: 8,
-            },
-            N {
-                name: "big",
-                ip: "100.64.1.2",
-                roles: &["glm-worker"],
-                cpu: 8,
-            },
-            N {
-                name: "mid",
-                ip: "100.64.1.3",
-                roles: &["glm-worker", "kg-writer"],
-                cpu: 4,
-            },
-            N {
-                name: "small",
-                ip: "100.64.1.4",
-                roles: &["glm-worker"],
-                cpu: 4,
-            },
-            N {
-                name: "sick",
-                ip: "100.64.1.5",
-                roles: &["glm-worker"],
-                cpu: 16,
-            },
-            N {
-                name: "gone",
-                ip: "100.64.1.6",
-                roles: &["glm-worker"],
-                cpu: 16,
-            },
+            N::new("cp", "100.64.1.1", &["control-plane"]).cpu(8),
+            N::new("big", "100.64.1.2", &["glm-worker"]).cpu(8),
+            N::new("mid", "100.64.1.3", &["glm-worker", "kg-writer"]),
+            N::new("small", "100.64.1.4", &["glm-worker"]),
+            N::new("sick", "100.64.1.5", &["glm-worker"]).cpu(16),
+            N::new("gone", "100.64.1.6", &["glm-worker"]).cpu(16),
         ],
         &[],
         1,
@@ -296,19 +268,16 @@ fn no_healthy_node_and_unknown_role_are_errors() {
 #[test]
 fn cli_route_rotates_and_skips_offline_nodes() {
     let root = tempfile::tempdir().unwrap();
-    let fixture = repo().join("tests/fakes/health-tailscale-status.json");
+    let fixture = status_fixture();
     let run = |status: &std::path::Path| {
         let out = Command::cargo_bin("fleetnix")
             .unwrap()
             .arg("--root")
             .arg(root.path())
             .arg("--fleet-dir")
-            .arg(repo().join("fleet"))
+            .arg(example_fleet_dir())
             .args(["route", "glm-worker"])
-            .env(
-                "FLEETNIX_TAILSCALE",
-                repo().join("tests/fakes/health-tailscale"),
-            )
+            .env("FLEETNIX_TAILSCALE", fake_tailscale())
             .env("FAKE_TAILSCALE_STATUS", status)
             .output()
             .unwrap();

@@ -1,38 +1,25 @@
 //! `tailscale status --json` parsing and `status` drift, against the reference fixture.
 
-mod health_common;
+mod common;
 
-use assert_cmd::Command;
+use common::{
+    example_fleet, fake_tailscale, fake_tailscale_reporting, fleetnix_bin, repo, status_fixture,
+    status_fixture_text, write_script,
+};
 use fleetnix::status::{status_report, Drift};
 use fleetnix::tailscale::{Connection, Tailscale, TailscaleError, TailscaleStatus};
-use health_common::*;
 use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn example_fleet() -> fleetnix::model::Fleet {
-    fleetnix::manifest::load(&repo().join("fleet")).unwrap()
-}
-
-#[test]
-fn shipped_fixture_is_the_reference_one() {
-    // CI lays shared/ beside the clone; sessions have it at /work/shared.
-    let candidates = [
-        repo().join("../shared/reference/fixtures/tailscale-status.json"),
-        "/work/shared/reference/fixtures/tailscale-status.json".into(),
-    ];
-    match candidates.iter().find(|p| p.exists()) {
-        Some(p) => assert_eq!(std::fs::read_to_string(p).unwrap(), fixture_text()),
-        None => eprintln!("NOTE: shared/reference not found; comparing the fixture copy skipped"),
-    }
-}
-
 #[test]
 fn parses_direct_relay_offline_and_self() {
-    let st = TailscaleStatus::parse(&fixture_text()).unwrap();
+    let st = TailscaleStatus::parse(&status_fixture_text()).unwrap();
     assert!(st.is_running());
     assert_eq!(st.current_tailnet.as_ref().unwrap().name, "example.com");
     let names: Vec<(&str, bool)> = st
@@ -87,7 +74,7 @@ fn parses_direct_relay_offline_and_self() {
 
 #[test]
 fn idle_online_peer_has_no_path() {
-    let mut v: serde_json::Value = serde_json::from_str(&fixture_text()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&status_fixture_text()).unwrap();
     for p in v["Peer"].as_object_mut().unwrap().values_mut() {
         p["Active"] = false.into();
     }
@@ -120,7 +107,7 @@ fn logged_out_shapes_parse() {
 #[test]
 fn example_fleet_drift_is_the_unmanaged_worker_03() {
     let fleet = example_fleet();
-    let st = TailscaleStatus::parse(&fixture_text()).unwrap();
+    let st = TailscaleStatus::parse(&status_fixture_text()).unwrap();
     let r = status_report(&fleet, &st);
     assert_eq!(
         r.drift,
@@ -146,7 +133,7 @@ fn example_fleet_drift_is_the_unmanaged_worker_03() {
 #[test]
 fn drift_missing_address_tags_unmanaged() {
     let fleet = example_fleet();
-    let mut v: serde_json::Value = serde_json::from_str(&fixture_text()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&status_fixture_text()).unwrap();
     // control-01 (Self) carries a tag its roles do not give; worker-02 moved; worker-01 gone.
     v["Self"]["Tags"] = serde_json::json!(["tag:worker", "tag:control-plane"]);
     let peers = v["Peer"].as_object_mut().unwrap();
@@ -196,7 +183,7 @@ fn drift_missing_address_tags_unmanaged() {
 #[test]
 fn device_matched_by_magicdns_label_when_hostname_differs() {
     let fleet = example_fleet();
-    let mut v: serde_json::Value = serde_json::from_str(&fixture_text()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&status_fixture_text()).unwrap();
     for p in v["Peer"].as_object_mut().unwrap().values_mut() {
         if p["HostName"] == "worker-01" {
             p["HostName"] = "localhost".into();
@@ -208,34 +195,19 @@ fn device_matched_by_magicdns_label_when_hostname_differs() {
     assert_eq!(r.drift.len(), 1, "{:?}", r.drift);
 }
 
-fn fake() -> std::path::PathBuf {
-    repo().join("tests/fakes/health-tailscale")
-}
-
 #[tokio::test]
 async fn runs_the_cli_with_a_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    // The fake reads $FAKE_TAILSCALE_STATUS; wrap it so this test does not touch the process env.
-    let wrapper = dir.path().join("tailscale");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nFAKE_TAILSCALE_STATUS='{}' exec '{}' \"$@\"\n",
-            fixture_path().display(),
-            fake().display()
-        ),
-    )
-    .unwrap();
-    make_exec(&wrapper);
     let ts = Tailscale {
-        bin: wrapper,
+        // The fake reads $FAKE_TAILSCALE_STATUS: a wrapper sets it, not the process env.
+        bin: fake_tailscale_reporting(&dir.path().join("tailscale"), &status_fixture()),
         timeout: Duration::from_secs(10),
     };
     let st = ts.status().await.unwrap();
     assert_eq!(st.peer.len(), 3);
 
     let broken = Tailscale {
-        bin: fake(),
+        bin: fake_tailscale(),
         timeout: Duration::from_secs(10),
     };
     let e = broken.status().await.unwrap_err();
@@ -245,8 +217,7 @@ async fn runs_the_cli_with_a_timeout() {
     );
 
     let hang = dir.path().join("hang");
-    std::fs::write(&hang, "#!/bin/sh\nexec sleep 30\n").unwrap();
-    make_exec(&hang);
+    write_script(&hang, "#!/bin/sh\nexec sleep 30\n");
     let slow = Tailscale {
         bin: hang,
         timeout: Duration::from_millis(300),
@@ -257,22 +228,25 @@ async fn runs_the_cli_with_a_timeout() {
     assert!(t.elapsed() < Duration::from_secs(10));
 }
 
-fn make_exec(p: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+/// `fleetnix status <args>` on the example fleet with the fake `tailscale` reporting `status`
+/// (`None`: tailscaled unreachable).
+fn status_cli(args: &[&str], status: Option<&Path>) -> std::process::Output {
+    let mut cmd = Command::new(fleetnix_bin());
+    cmd.arg("--root")
+        .arg(repo())
+        .arg("status")
+        .args(args)
+        .env("FLEETNIX_TAILSCALE", fake_tailscale())
+        .env_remove("FAKE_TAILSCALE_STATUS");
+    if let Some(s) = status {
+        cmd.env("FAKE_TAILSCALE_STATUS", s);
+    }
+    cmd.output().unwrap()
 }
 
 #[test]
 fn cli_status_reports_drift_and_exits_1() {
-    let out = Command::cargo_bin("fleetnix")
-        .unwrap()
-        .args(["--root"])
-        .arg(repo())
-        .args(["status"])
-        .env("FLEETNIX_TAILSCALE", fake())
-        .env("FAKE_TAILSCALE_STATUS", fixture_path())
-        .output()
-        .unwrap();
+    let out = status_cli(&[], Some(&status_fixture()));
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("tailnet example.com (Running)"), "{text}");
@@ -284,15 +258,7 @@ fn cli_status_reports_drift_and_exits_1() {
         "worker-03: in the tailnet (100.64.0.4, fd7a:115c:a1e0::4) but not in the manifest"
     ));
 
-    let out = Command::cargo_bin("fleetnix")
-        .unwrap()
-        .args(["--root"])
-        .arg(repo())
-        .args(["status", "--json"])
-        .env("FLEETNIX_TAILSCALE", fake())
-        .env("FAKE_TAILSCALE_STATUS", fixture_path())
-        .output()
-        .unwrap();
+    let out = status_cli(&["--json"], Some(&status_fixture()));
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["drift"][0]["kind"], "unmanaged");
@@ -300,15 +266,7 @@ fn cli_status_reports_drift_and_exits_1() {
     assert_eq!(v["nodes"][2]["connection"]["region"], "nyc");
 
     // Without tailscaled: a clear error, exit 1.
-    let out = Command::cargo_bin("fleetnix")
-        .unwrap()
-        .args(["--root"])
-        .arg(repo())
-        .args(["status"])
-        .env("FLEETNIX_TAILSCALE", fake())
-        .env_remove("FAKE_TAILSCALE_STATUS")
-        .output()
-        .unwrap();
+    let out = status_cli(&[], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("doesn't appear to be running"));
 }

@@ -3,44 +3,23 @@
 //! exists in the real NixOS option declarations (`../shared/nixos/options.json`) with
 //! a value of the declared type.
 
-use fleetnix::{manifest, nix, plan, render};
+mod common;
+
+use common::{example_fleet, nix_instantiate, repo, shared_file};
+use fleetnix::{nix, plan, render};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `nix-instantiate`, or None (loud skip) outside CI; in CI its absence fails the test.
-fn nix_instantiate() -> Option<PathBuf> {
-    match which::which("nix-instantiate") {
-        Ok(p) => Some(p),
-        Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("nix-instantiate is required in CI (apt-get install nix-bin)")
-        }
-        Err(_) => {
-            eprintln!("SKIPPED: nix-instantiate not installed (apt-get install nix-bin)");
-            None
-        }
-    }
-}
-
 fn options_json() -> Value {
-    let candidates = [
-        repo().join("../shared/nixos/options.json"),
-        PathBuf::from("/work/shared/nixos/options.json"),
-    ];
-    let path = candidates
-        .iter()
-        .find(|p| p.exists())
+    let path = shared_file("nixos/options.json")
         .expect("shared/nixos/options.json next to the repository");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// Renders the example fleet into a temp root; returns the node modules' paths.
 fn rendered_example() -> (tempfile::TempDir, Vec<PathBuf>) {
-    let fleet = manifest::load(&repo().join("fleet")).unwrap();
+    let fleet = example_fleet();
     let files = render::render_fleet(
         &fleet,
         &plan::plan(&fleet),

@@ -1,6 +1,7 @@
 //! `fleetnix secrets …` as a user runs it: key sources, no leaks (argv of every process, files,
 //! output, errors), bad input (exit 1, clear message, nothing changed).
 
+mod common;
 mod secrets_util;
 
 use secrets_util::*;

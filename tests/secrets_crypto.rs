@@ -1,6 +1,7 @@
 //! Secrets through the library, checked with the real `age` CLI, `ssh-keygen`, `age-keygen`
 //! and `nix-instantiate`.
 
+mod common;
 mod secrets_util;
 
 use fleetnix::model::NodeName;

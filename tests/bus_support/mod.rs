@@ -1,23 +1,19 @@
-//! Shared by the bus tests: a real nats-server on 127.0.0.1 running the fleet's generated
-//! configuration, and workers that follow the bus contract.
+//! Shared by the bus tests (next to `common`, which each of them declares too): a real
+//! nats-server on 127.0.0.1 running the fleet's generated configuration, and workers that
+//! follow the bus contract.
 #![allow(dead_code)]
 
+use crate::common::{poll, poll_async};
 use fleetnix::bus::creds::{BusCredentials, Secret};
 use fleetnix::bus::dispatch::{self as d, Policy};
 use fleetnix::bus::{self, ServerPlan};
 use fleetnix::model::{Fleet, NodeName, Role};
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// The example fleet of the repository.
-pub fn example_fleet() -> Fleet {
-    fleetnix::manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet"))
-        .expect("example fleet is valid")
-}
+use std::time::Duration;
 
 /// nats-server: `FLEETNIX_NATS_SERVER`, else on PATH or in /usr/sbin.
 pub fn nats_server_bin() -> PathBuf {
@@ -81,9 +77,15 @@ impl NatsServer {
                 cmd.env(var, pw.expose());
             }
             let mut child = cmd.spawn().expect("spawn nats-server");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
+            let started = poll(Duration::from_secs(10), || {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Some(Ok(()));
+                }
+                child.try_wait().unwrap().map(Err)
+            })
+            .expect("nats-server did not listen within 10 s");
+            match started {
+                Ok(()) => {
                     return NatsServer {
                         child,
                         url: format!("nats://127.0.0.1:{port}"),
@@ -91,22 +93,16 @@ impl NatsServer {
                         creds,
                         conf_path,
                         _dir: dir,
-                    };
+                    }
                 }
-                if let Some(status) = child.try_wait().unwrap() {
+                Err(status) => {
                     let mut err = String::new();
                     use std::io::Read;
                     if let Some(mut e) = child.stderr.take() {
                         let _ = e.read_to_string(&mut err);
                     }
                     last_err = format!("nats-server exited with {status}: {err}");
-                    break;
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "nats-server did not listen within 10 s"
-                );
-                std::thread::sleep(Duration::from_millis(20));
             }
         }
         panic!("could not start nats-server: {last_err}");
@@ -128,6 +124,11 @@ impl NatsServer {
         )
         .await
         .expect("connect")
+    }
+
+    /// Connects as `node` and serves `role`'s tasks as `behaviour` says ([`spawn_worker`]).
+    pub async fn worker(&self, node: &str, role: &str, behaviour: Behaviour) -> Worker {
+        spawn_worker(self, self.connect(node).await, node, role, behaviour).await
     }
 
     /// Connects as `node`, collecting the server's error messages (permission violations).
@@ -168,18 +169,21 @@ pub struct ServerErrors(Arc<Mutex<Vec<String>>>);
 impl ServerErrors {
     /// Waits (polling, up to 5 s) for an error containing `needle`.
     pub async fn wait_for(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(e) = self.0.lock().unwrap().iter().find(|e| e.contains(needle)) {
-                return e.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
+        let found = poll_async(Duration::from_secs(5), || async {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|e| e.contains(needle))
+                .cloned()
+        })
+        .await;
+        found.unwrap_or_else(|| {
+            panic!(
                 "no server error containing {needle:?}; got {:?}",
                 self.0.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            )
+        })
     }
 
     /// All errors so far.
@@ -260,23 +264,21 @@ pub async fn spawn_worker(
     });
     let prober = server.connect("control-01").await;
     let subject = bus::node_task_subject(&role, &name);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    let ready = poll_async(Duration::from_secs(5), || async {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(PROBE_HEADER, "1");
         let request = async_nats::Request::new()
             .headers(headers)
             .payload("{}".into())
             .timeout(Some(Duration::from_millis(500)));
-        if prober.send_request(subject.clone(), request).await.is_ok() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{node} never became ready for {role}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        prober
+            .send_request(subject.clone(), request)
+            .await
+            .ok()
+            .map(drop)
+    })
+    .await;
+    assert!(ready.is_some(), "{node} never became ready for {role}");
     Worker { received, task }
 }
 

@@ -1,12 +1,49 @@
-//! Shared helpers of the integration tests: the namespace test hosts ([`netns`]), fleet
-//! repositories for them, and the fakes under `tests/fakes/`.
+//! Shared helpers of the integration tests: the repository and its example fleet, the fakes
+//! under `tests/fakes/` and the fixtures under `tests/fixtures/`, fake auth keys, polling with
+//! a deadline, test fleets written to a temp dir, and the namespace test hosts ([`netns`]).
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod netns;
 
 use netns::{Host, HostOptions, Net};
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The example fleet's directory, `fleet/`.
+pub fn example_fleet_dir() -> PathBuf {
+    repo().join("fleet")
+}
+
+/// The example fleet, loaded through the manifest.
+pub fn example_fleet() -> fleetnix::model::Fleet {
+    fleetnix::manifest::load(&example_fleet_dir()).expect("example fleet is valid")
+}
+
+/// Copies the example fleet's `nodes.yml`, `fleet.yml` and `services.yml` into `dir` (created).
+pub fn copy_example_fleet(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("fleet dir");
+    for f in ["nodes.yml", "fleet.yml", "services.yml"] {
+        std::fs::copy(example_fleet_dir().join(f), dir.join(f)).expect("copy of the example fleet");
+    }
+}
+
+/// `shared/<rel>` of the project: beside the clone (as CI lays it) or at `/work/shared` (as
+/// sessions have it); `None` if neither exists.
+pub fn shared_file(rel: &str) -> Option<PathBuf> {
+    [repo().join("../shared"), PathBuf::from("/work/shared")]
+        .into_iter()
+        .map(|d| d.join(rel))
+        .find(|p| p.exists())
+}
 
 /// The fleetnix binary under test.
 pub fn fleetnix_bin() -> PathBuf {
@@ -15,12 +52,246 @@ pub fn fleetnix_bin() -> PathBuf {
 
 /// `tests/fakes`.
 pub fn fakes() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes")
+    repo().join("tests/fakes")
 }
 
-/// An obviously fake auth key, built at run time.
+/// The one fake `tailscale` CLI (its header lists the environment that drives it).
+pub fn fake_tailscale() -> PathBuf {
+    fakes().join("tailscale")
+}
+
+/// Our verbatim copy of the reference fixture `shared/reference/fixtures/tailscale-status.json`.
+pub fn status_fixture() -> PathBuf {
+    repo().join("tests/fixtures/tailscale-status.json")
+}
+
+/// The fixture's text.
+pub fn status_fixture_text() -> String {
+    std::fs::read_to_string(status_fixture()).expect("tailscale status fixture")
+}
+
+/// Writes an executable script.
+pub fn write_script(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// A `tailscale` at `path` that is the fake one reporting the status file `status`: for code
+/// run in the test process, which must not change the process environment.
+pub fn fake_tailscale_reporting(path: &Path, status: &Path) -> PathBuf {
+    let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+    write_script(
+        path,
+        &format!(
+            "#!/bin/sh\nFAKE_TAILSCALE_STATUS={} exec {} \"$@\"\n",
+            quote(status),
+            quote(&fake_tailscale())
+        ),
+    );
+    path.to_path_buf()
+}
+
+/// A finished command: its exit code and its output as text. `{}` shows both streams, for
+/// assertion messages.
+#[derive(Debug)]
+pub struct Ran {
+    /// Exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Ran {
+    /// Runs `cmd` to the end (no standard input).
+    pub fn of(cmd: &mut Command) -> Ran {
+        Ran::from(
+            cmd.output()
+                .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}")),
+        )
+    }
+
+    /// The summary row of `node`: the stdout line starting with `"<node> "`.
+    pub fn row(&self, node: &str) -> &str {
+        let prefix = format!("{node} ");
+        self.stdout
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no summary row for {node}:\n{self}"))
+    }
+}
+
+impl From<std::process::Output> for Ran {
+    fn from(out: std::process::Output) -> Ran {
+        Ran {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// An obviously fake auth key, built at run time; the same for the whole test process.
 pub fn fake_authkey() -> String {
     format!("tskey-auth-{}-{}", "FAKEtestkey", std::process::id())
+}
+
+/// An obviously fake auth key, built at run time, different on every call.
+pub fn unique_fake_authkey() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "tskey-auth-{}{}-{:x}{:x}{}",
+        "FAKE",
+        "TEST",
+        nanos,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Says loudly that the test did not run because of `why` and gives `None` to return on; when
+/// `CI` is set it fails instead.
+pub fn skip<T>(why: &str) -> Option<T> {
+    if std::env::var_os("CI").is_some() {
+        panic!("{why} (CI is set: failing instead of skipping)");
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: {why}; this test did not run !!!!!!!!\n");
+    None
+}
+
+/// `tool` found on PATH, or [`skip`] when it is missing (`install` says how to get it).
+pub fn required_tool(tool: &str, install: &str) -> Option<PathBuf> {
+    match which::which(tool) {
+        Ok(p) => Some(p),
+        Err(_) => skip(&format!("{tool} is not installed ({install})")),
+    }
+}
+
+/// `nix-instantiate`, or [`skip`].
+pub fn nix_instantiate() -> Option<PathBuf> {
+    required_tool("nix-instantiate", "Debian package nix-bin")
+}
+
+/// Pause between two polls.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// Asks `probe` every 20 ms until it gives a value, for at most `limit` (`None` then).
+pub fn poll<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// [`poll`] for async probes (sleeps with tokio).
+pub async fn poll_async<T, F: Future<Output = Option<T>>>(
+    limit: Duration,
+    mut probe: impl FnMut() -> F,
+) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// Waits until `cond` holds, polling every 20 ms; panics with `what` after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    if poll(limit, || cond().then_some(())).is_none() {
+        panic!("timed out after {limit:?} waiting for {what}");
+    }
+}
+
+/// Every file under `dir` (recursively) with its bytes, by path relative to `dir`; files that
+/// vanish or cannot be read while it looks are left out (to prove nothing changed, or to scan
+/// for a secret).
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                let rel = p.strip_prefix(dir).unwrap_or(&p).to_path_buf();
+                out.insert(rel, b);
+            }
+        }
+    }
+    out
+}
+
+/// Lines of a file, or none if it does not exist.
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+/// `fleet.yml` of a test fleet (operators, ntfy and ports as in the example fleet).
+pub struct FleetSettings<'a> {
+    /// `control_plane:`.
+    pub control_plane: &'a str,
+    /// `nats_url:`, if any.
+    pub nats_url: Option<String>,
+    /// `fleet.node_timeout_seconds`.
+    pub timeout_secs: u32,
+    /// `fleet.retry_on_node_failure`.
+    pub retry: bool,
+    /// `fleet.failover_strategy`.
+    pub strategy: &'a str,
+    /// `fleet.alert_on_node_down`.
+    pub alert_on_node_down: bool,
+}
+
+impl FleetSettings<'_> {
+    /// The YAML text.
+    pub fn yaml(&self) -> String {
+        let nats = self
+            .nats_url
+            .as_ref()
+            .map(|u| format!("nats_url: {u}\n"))
+            .unwrap_or_default();
+        format!(
+            "control_plane: {cp}\n{nats}control_plane_port: 4000\ntailnet: \"-\"\n\
+             operators:\n  group: group:operators\n  members: [ops@example.com]\n  keys: []\n\
+             ntfy:\n  topic: fleet-alerts\n  port: 8090\n\
+             fleet:\n  node_timeout_seconds: {timeout}\n  retry_on_node_failure: {retry}\n  \
+             failover_strategy: {strategy}\n  alert_on_node_down: {alert}\n",
+            cp = self.control_plane,
+            timeout = self.timeout_secs,
+            retry = self.retry,
+            strategy = self.strategy,
+            alert = self.alert_on_node_down,
+        )
+    }
 }
 
 /// One node of a test fleet.
@@ -35,20 +306,54 @@ pub struct NodeSpec {
     /// `host_key:` value, if any.
     pub host_key: Option<String>,
     /// Roles.
-    pub roles: Vec<&'static str>,
+    pub roles: Vec<String>,
+    /// `resources.cpu`.
+    pub cpu: u32,
+    /// `resources.ram_gb`.
+    pub ram_gb: u32,
 }
 
 impl NodeSpec {
-    /// A NixOS node for a test host, pinned to its real key.
-    pub fn for_host(h: &Host) -> Self {
+    /// A NixOS node with `roles`, 2 CPUs and 4 GB, no host key.
+    pub fn new(name: &str, addr: &str, roles: &[&str]) -> Self {
         NodeSpec {
-            name: h.name.clone(),
-            addr: h.addr.to_string(),
+            name: name.into(),
+            addr: addr.into(),
             os: "nixos",
-            host_key: Some(h.host_key.clone()),
-            roles: vec!["glm-worker"],
+            host_key: None,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            cpu: 2,
+            ram_gb: 4,
         }
     }
+
+    /// A NixOS glm-worker for a test host, pinned to its real key.
+    pub fn for_host(h: &Host) -> Self {
+        NodeSpec {
+            host_key: Some(h.host_key.clone()),
+            ..NodeSpec::new(&h.name, &h.addr.to_string(), &["glm-worker"])
+        }
+    }
+}
+
+/// The text of a `nodes.yml` listing `nodes`.
+pub fn nodes_yaml(nodes: &[NodeSpec]) -> String {
+    let mut y = String::from("nodes:\n");
+    for n in nodes {
+        y.push_str(&format!(
+            "  - name: {}\n    tailscale_ip: {}\n    os: {}\n    roles: [{}]\n    resources: {{ cpu: {}, ram_gb: {} }}\n",
+            n.name,
+            n.addr,
+            n.os,
+            n.roles.join(", "),
+            n.cpu,
+            n.ram_gb
+        ));
+        if let Some(k) = &n.host_key {
+            y.push_str(&format!("    host_key: \"{k}\"\n"));
+        }
+    }
+    y
 }
 
 /// Writes a fleet repository (fleet/*.yml; services.yml from the example fleet) under `root`.
@@ -56,40 +361,26 @@ impl NodeSpec {
 pub fn write_fleet(root: &Path, nodes: &[NodeSpec], timeout: u32, retry: bool) {
     let fleet = root.join("fleet");
     std::fs::create_dir_all(&fleet).expect("fleet dir");
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::copy(repo.join("fleet/services.yml"), fleet.join("services.yml"))
-        .expect("services.yml");
-    let mut y = String::from("nodes:\n");
-    for (i, n) in nodes.iter().enumerate() {
-        let mut roles = n.roles.clone();
-        if i == 0 {
-            // The catalog's services need their roles hosted somewhere: on the control plane.
-            roles.extend(["control-plane", "litellm-proxy", "temporal", "langfuse"]);
-        }
-        y.push_str(&format!(
-            "  - name: {}\n    tailscale_ip: {}\n    os: {}\n    roles: [{}]\n    resources: {{ cpu: 2, ram_gb: 4 }}\n",
-            n.name,
-            n.addr,
-            n.os,
-            roles.join(", ")
-        ));
-        if let Some(k) = &n.host_key {
-            y.push_str(&format!("    host_key: \"{k}\"\n"));
-        }
-    }
-    std::fs::write(fleet.join("nodes.yml"), y).expect("nodes.yml");
-    std::fs::write(
-        fleet.join("fleet.yml"),
-        format!(
-            "control_plane: {cp}\nnats_url: nats://{ip}:4222\ncontrol_plane_port: 4000\ntailnet: \"-\"\n\
-             operators:\n  group: group:operators\n  members: [ops@example.com]\n  keys: []\n\
-             ntfy:\n  topic: fleet-alerts\n  port: 8090\n\
-             fleet:\n  node_timeout_seconds: {timeout}\n  retry_on_node_failure: {retry}\n  failover_strategy: round_robin\n  alert_on_node_down: false\n",
-            cp = nodes[0].name,
-            ip = nodes[0].addr
-        ),
+    std::fs::copy(
+        example_fleet_dir().join("services.yml"),
+        fleet.join("services.yml"),
     )
-    .expect("fleet.yml");
+    .expect("services.yml");
+    let mut nodes = nodes.to_vec();
+    // The catalog's services need their roles hosted somewhere: on the control plane.
+    nodes[0]
+        .roles
+        .extend(["control-plane", "litellm-proxy", "temporal", "langfuse"].map(String::from));
+    std::fs::write(fleet.join("nodes.yml"), nodes_yaml(&nodes)).expect("nodes.yml");
+    let settings = FleetSettings {
+        control_plane: &nodes[0].name,
+        nats_url: Some(format!("nats://{}:4222", nodes[0].addr)),
+        timeout_secs: timeout,
+        retry,
+        strategy: "round_robin",
+        alert_on_node_down: false,
+    };
+    std::fs::write(fleet.join("fleet.yml"), settings.yaml()).expect("fleet.yml");
 }
 
 /// Host options of a NixOS test host: a fake system profile (generation 1 active, whose
@@ -131,13 +422,6 @@ pub fn nixos_host(net: &mut Net, name: &str) -> Host {
 /// The state dir of a host made by [`nixos_host`] (activations, systemd.log).
 pub fn state_dir(net: &Net, name: &str) -> PathBuf {
     net.dir().join(format!("state-{name}"))
-}
-
-/// Lines of a file, or none if it does not exist.
-pub fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .map(|s| s.lines().map(String::from).collect())
-        .unwrap_or_default()
 }
 
 /// `fleetnix --root <root> deploy <args>` inside the hub, with the fake nixos-rebuild recording

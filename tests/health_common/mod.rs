@@ -1,33 +1,38 @@
-//! Shared helpers of the `health_*` tests: small fleets written to a temp dir, tailnet
-//! states built in code, loopback listeners (open, closed, silent) and a tiny ntfy stand-in.
+//! Shared helpers of the `health_*` tests (next to `common`, which each of them declares too):
+//! small fleets written to a temp dir, tailnet states and health reports built in code, loopback
+//! listeners (open, closed, silent) and a tiny ntfy stand-in.
 #![allow(dead_code)]
 
-use fleetnix::model::Fleet;
+use crate::common::{nodes_yaml, FleetSettings, NodeSpec};
+use fleetnix::health::{HealthReport, NodeHealth, NodeState, Presence};
+use fleetnix::model::{Fleet, NodeName};
 use fleetnix::tailscale::{PeerStatus, TailscaleStatus};
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// The repository root.
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Our verbatim copy of the reference fixture `shared/reference/fixtures/tailscale-status.json`.
-pub fn fixture_path() -> PathBuf {
-    repo().join("tests/fakes/health-tailscale-status.json")
-}
-
-/// The fixture's text.
-pub fn fixture_text() -> String {
-    std::fs::read_to_string(fixture_path()).expect("tailscale status fixture")
-}
-
-/// A node for [`write_fleet`].
+/// A node for [`write_fleet`] (8 GB of RAM).
 pub struct N<'a> {
     pub name: &'a str,
     pub ip: &'a str,
     pub roles: &'a [&'a str],
     pub cpu: u32,
+}
+
+impl<'a> N<'a> {
+    /// A node with 4 CPUs.
+    pub fn new(name: &'a str, ip: &'a str, roles: &'a [&'a str]) -> Self {
+        N {
+            name,
+            ip,
+            roles,
+            cpu: 4,
+        }
+    }
+
+    /// The same with `cpu` CPUs.
+    pub fn cpu(self, cpu: u32) -> Self {
+        N { cpu, ..self }
+    }
 }
 
 /// Writes nodes.yml, fleet.yml, services.yml into `dir` and loads them. The first node is
@@ -43,17 +48,15 @@ pub fn write_fleet(
     let mut roles: Vec<&str> = nodes.iter().flat_map(|n| n.roles.iter().copied()).collect();
     roles.sort_unstable();
     roles.dedup();
-    let mut y = String::from("nodes:\n");
-    for n in nodes {
-        y += &format!(
-            "  - name: {}\n    tailscale_ip: {}\n    roles: [{}]\n    resources:\n      cpu: {}\n      ram_gb: 8\n",
-            n.name,
-            n.ip,
-            n.roles.join(", "),
-            n.cpu
-        );
-    }
-    std::fs::write(dir.join("nodes.yml"), y).unwrap();
+    let specs: Vec<NodeSpec> = nodes
+        .iter()
+        .map(|n| NodeSpec {
+            cpu: n.cpu,
+            ram_gb: 8,
+            ..NodeSpec::new(n.name, n.ip, n.roles)
+        })
+        .collect();
+    std::fs::write(dir.join("nodes.yml"), nodes_yaml(&specs)).unwrap();
     let mut s = String::from("default_tag: tag:worker\nroles:\n");
     for r in &roles {
         if *r == "control-plane" {
@@ -72,14 +75,35 @@ pub fn write_fleet(
         s = s.replace("services:\n", "services: []\n");
     }
     std::fs::write(dir.join("services.yml"), s).unwrap();
-    let f = format!(
-        "control_plane: {}\ncontrol_plane_port: 4000\ntailnet: \"-\"\noperators:\n  group: group:operators\n  members: [ops@example.com]\n  keys: []\nntfy:\n  topic: fleet-alerts\n  port: 8090\nfleet:\n  node_timeout_seconds: {timeout_secs}\n  retry_on_node_failure: true\n  failover_strategy: {strategy}\n  alert_on_node_down: true\n",
-        nodes[0].name
-    );
-    std::fs::write(dir.join("fleet.yml"), f).unwrap();
+    let settings = FleetSettings {
+        control_plane: nodes[0].name,
+        nats_url: None,
+        timeout_secs,
+        retry: true,
+        strategy,
+        alert_on_node_down: true,
+    };
+    std::fs::write(dir.join("fleet.yml"), settings.yaml()).unwrap();
     match fleetnix::manifest::load(dir) {
         Ok(f) => f,
         Err(e) => panic!("test fleet invalid: {e:?}"),
+    }
+}
+
+/// A report with these node states (at 127.0.0.1, online; a down node says why).
+pub fn report(states: &[(&str, NodeState)]) -> HealthReport {
+    HealthReport {
+        nodes: states
+            .iter()
+            .map(|(n, s)| NodeHealth {
+                name: NodeName::parse(n).unwrap(),
+                address: IpAddr::from([127, 0, 0, 1]),
+                presence: Presence::Online,
+                state: *s,
+                probes: vec![],
+                reason: (*s == NodeState::Down).then(|| "offline in the tailnet".to_string()),
+            })
+            .collect(),
     }
 }
 

@@ -1,8 +1,10 @@
-//! Shared setup of the secrets tests: a temporary copy of the example fleet with real SSH host
-//! keys (ssh-keygen) and operator keys (ssh-keygen, age-keygen), and helpers to run things.
+//! Shared setup of the secrets tests (next to `common`, which each of them declares too): a
+//! temporary copy of the example fleet with real SSH host keys (ssh-keygen) and operator keys
+//! (ssh-keygen, age-keygen), and helpers to run things.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use crate::common::{copy_example_fleet, fleetnix_bin};
+pub use crate::common::{snapshot, unique_fake_authkey as fake_key};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -18,21 +20,6 @@ pub struct TestFleet {
     pub home: PathBuf,
     /// TMPDIR given to the binary.
     pub tmp: PathBuf,
-}
-
-/// An auth key that is obviously fake, unique per call, built at run time.
-pub fn fake_key() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "tskey-auth-{}{}-{:x}{:x}",
-        "FAKE",
-        "TEST",
-        nanos,
-        std::process::id()
-    )
 }
 
 /// Runs a command, panicking with its output if it cannot start.
@@ -79,13 +66,10 @@ impl TestFleet {
         let keys = dir.path().join("keys");
         let home = dir.path().join("home");
         let tmp = dir.path().join("tmp");
-        for d in [&root.join("fleet"), &keys, &home, &tmp] {
+        for d in [&keys, &home, &tmp] {
             std::fs::create_dir_all(d).unwrap();
         }
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet");
-        for f in ["nodes.yml", "fleet.yml", "services.yml"] {
-            std::fs::copy(src.join(f), root.join("fleet").join(f)).unwrap();
-        }
+        copy_example_fleet(&root.join("fleet"));
         TestFleet {
             dir,
             root,
@@ -176,7 +160,7 @@ impl TestFleet {
 
     /// The binary, run in this root with a clean environment (no TAILSCALE_AUTHKEY).
     pub fn bin(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetnix"));
+        let mut cmd = Command::new(fleetnix_bin());
         cmd.current_dir(&self.root)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -193,26 +177,6 @@ impl TestFleet {
         self.root
             .join(format!("secrets/{node}/tailscale-authkey.age"))
     }
-}
-
-/// Every file under `dir` with its bytes (to prove nothing changed).
-pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(b) = std::fs::read(&p) {
-                out.insert(p, b);
-            }
-        }
-    }
-    out
 }
 
 /// Does `haystack` contain `needle`?

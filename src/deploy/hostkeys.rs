@@ -80,7 +80,7 @@ mod tests {
 
     #[test]
     fn fixture_keys_are_found_by_address() {
-        let json = include_str!("../../tests/fixtures/deploy/tailscale-status.json");
+        let json = include_str!("../../tests/fixtures/tailscale-status.json");
         let keys = keys_from_status(json).expect("fixture parses");
         let ip: IpAddr = "100.64.0.2".parse().expect("ip");
         let k = &keys[&ip];

@@ -143,14 +143,12 @@ fn a_selector_matching_nothing_fails() {
 fn fallback_dry_run_without_the_environment_names_the_age_file_or_says_there_is_none() {
     let root = tempfile::tempdir().expect("root");
     let specs = [common::NodeSpec {
-        name: "ubuntu-01".into(),
-        addr: "100.64.0.9".into(),
         os: "linux",
         host_key: Some(
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS/vcGfRqtpcVld33fFR5cjD2Ai9gXARYCEHEn"
                 .into(),
         ),
-        roles: vec!["glm-worker"],
+        ..common::NodeSpec::new("ubuntu-01", "100.64.0.9", &["glm-worker"])
     }];
     common::write_fleet(root.path(), &specs, 7, true);
     let r = recorder(root.path());

@@ -3,6 +3,7 @@
 //! nor written in plaintext.
 
 mod acl_fake_api;
+mod common;
 mod secrets_util;
 
 use acl_fake_api::FakeApi;

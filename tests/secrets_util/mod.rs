@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use crate::common::{copy_example_fleet, fleetnix_bin};
+#[allow(unused_imports)] // each test binary uses a different part of this module
 pub use crate::common::{snapshot, unique_fake_authkey as fake_key};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

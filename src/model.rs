@@ -336,6 +336,16 @@ impl Fleet {
         tags
     }
 
+    /// Every role some node has, sorted and unique (for "known roles" in error messages).
+    pub fn roles_in_use(&self) -> Vec<String> {
+        let roles: std::collections::BTreeSet<&str> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.roles.iter().map(Role::as_str))
+            .collect();
+        roles.into_iter().map(str::to_string).collect()
+    }
+
     /// Services hosted by a node (those whose role it has), in catalog order.
     pub fn services_of<'a>(&'a self, node: &'a Node) -> impl Iterator<Item = &'a Service> + 'a {
         self.catalog

@@ -311,19 +311,10 @@ pub fn role_nodes(fleet: &Fleet, role: &str) -> Result<(Role, Vec<NodeName>), Bu
         .collect();
     match (Role::parse(role), nodes.is_empty()) {
         (Ok(r), false) => Ok((r, nodes)),
-        _ => {
-            let mut known: Vec<String> = fleet
-                .nodes
-                .iter()
-                .flat_map(|n| n.roles.iter().map(|r| r.to_string()))
-                .collect();
-            known.sort();
-            known.dedup();
-            Err(BusError::UnknownRole {
-                role: role.to_string(),
-                known,
-            })
-        }
+        _ => Err(BusError::UnknownRole {
+            role: role.to_string(),
+            known: fleet.roles_in_use(),
+        }),
     }
 }
 

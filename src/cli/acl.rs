@@ -1,7 +1,7 @@
 //! `acl` and `authkey`: argument parsing and printing; the logic is in `fleetnix::acl` and
 //! `fleetnix::tsapi`.
 
-use super::Ctx;
+use super::{fail, Ctx};
 use fleetnix::acl::{apply, check, matrix, policy, render};
 use fleetnix::model::Fleet;
 use fleetnix::tsapi::{self, Client};
@@ -87,11 +87,6 @@ pub enum AuthkeyCommand {
         #[arg(long, default_value_t = apply::AUTHKEY_EXPIRY_SECONDS)]
         expiry_seconds: u64,
     },
-}
-
-fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {msg}");
-    ExitCode::from(1)
 }
 
 /// A single-threaded runtime for one API call; prints the error.

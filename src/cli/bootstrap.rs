@@ -1,6 +1,6 @@
 //! `bootstrap` and `cloud-init`.
 
-use super::Ctx;
+use super::{fail, Ctx};
 use std::process::ExitCode;
 
 /// Arguments of `bootstrap`. The auth key comes from `--authkey-file`, `TAILSCALE_AUTHKEY`,
@@ -111,22 +111,13 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
             (line.trim() == "yes").then_some(i)
         }
     }
-    let fail = |msg: &dyn std::fmt::Display| {
-        eprintln!("error: {msg}");
-        ExitCode::from(1)
-    };
     let fleet = match ctx.fleet() {
         Ok(f) => f,
         Err(code) => return code,
     };
-    let Some(node) = fleet.node(&a.node) else {
-        let names: Vec<&str> = fleet.nodes.iter().map(|n| n.name.as_str()).collect();
-        return fail(&format_args!(
-            "no node `{}` in {} (nodes: {})",
-            a.node,
-            fleet.sources.nodes.display(),
-            names.join(", ")
-        ));
+    let node = match super::node(&fleet, &a.node) {
+        Ok(n) => n,
+        Err(code) => return code,
     };
     let dest = match (&a.ssh, &node.public_address) {
         (Some(s), _) => s.parse::<SshDest>(),
@@ -139,25 +130,25 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
     };
     let dest = match dest {
         Ok(d) => d,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(e),
     };
     let fingerprint = match a
         .host_key_fingerprint
         .as_deref()
         .map(str::parse::<hostkey::Fingerprint>)
     {
-        Some(Err(e)) => return fail(&format_args!("--host-key-fingerprint: {e}")),
+        Some(Err(e)) => return fail(format_args!("--host-key-fingerprint: {e}")),
         Some(Ok(f)) => Some(f),
         None => None,
     };
     let root = match std::fs::canonicalize(&ctx.root) {
         Ok(r) => r,
-        Err(e) => return fail(&format_args!("repository root {}: {e}", ctx.root.display())),
+        Err(e) => return fail(format_args!("repository root {}: {e}", ctx.root.display())),
     };
     let tailscale = match fleetnix::tailscale::Tailscale::locate() {
         Ok(t) => t,
         Err(e) => {
-            return fail(&format_args!(
+            return fail(format_args!(
                 "{e}: bootstrap waits for the node in this machine's `tailscale status`"
             ))
         }
@@ -169,10 +160,10 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
             token,
         ) {
             Ok(c) => Some(c),
-            Err(e) => return fail(&e),
+            Err(e) => return fail(e),
         },
         Err(fleetnix::tsapi::ApiError::NoToken) => None,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(e),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -180,11 +171,11 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return fail(&format_args!("cannot start the async runtime: {e}")),
+        Err(e) => return fail(format_args!("cannot start the async runtime: {e}")),
     };
     let address = match rt.block_on(dest.resolve()) {
         Ok(ip) => ip,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(e),
     };
     let mut opts = bs::BootstrapOptions::new(
         &root,
@@ -252,7 +243,7 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
             if a.json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(s) => println!("{s}"),
-                    Err(e) => return fail(&e),
+                    Err(e) => return fail(e),
                 }
             } else if report.changed() {
                 println!(
@@ -267,7 +258,7 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&e),
+        Err(e) => fail(e),
     }
 }
 
@@ -275,22 +266,13 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
 pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
     use fleetnix::cloudinit::{self as ci, AuthKey};
     use std::io::{IsTerminal, Read, Write};
-    let fail = |msg: &dyn std::fmt::Display| {
-        eprintln!("error: {msg}");
-        ExitCode::from(1)
-    };
     let fleet = match ctx.fleet() {
         Ok(f) => f,
         Err(code) => return code,
     };
-    let Some(node) = fleet.node(&a.node) else {
-        let names: Vec<&str> = fleet.nodes.iter().map(|n| n.name.as_str()).collect();
-        return fail(&format_args!(
-            "no node `{}` in {} (nodes: {})",
-            a.node,
-            fleet.sources.nodes.display(),
-            names.join(", ")
-        ));
+    let node = match super::node(&fleet, &a.node) {
+        Ok(n) => n,
+        Err(code) => return code,
     };
     let plan = fleetnix::plan::plan_node(&fleet, node);
     let secret_file = fleetnix::secrets::SecretId::new(
@@ -310,7 +292,7 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
         secret_exists: ctx.root.join(&secret_file).is_file(),
     });
     let raw: secrecy::SecretString = match source {
-        Err(e) => return fail(&e),
+        Err(e) => return fail(e),
         Ok(ci::KeySource::Mint) => {
             let minted = super::acl::client(&fleet, &a.api).and_then(|c| {
                 super::acl::runtime()?
@@ -320,7 +302,7 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
                         node,
                         a.expiry_seconds,
                     ))
-                    .map_err(|e| fail(&e))
+                    .map_err(fail)
             });
             match minted {
                 Ok(k) => {
@@ -344,17 +326,17 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
                     );
                     k
                 }
-                Err(e) => return fail(&e),
+                Err(e) => return fail(e),
             }
         }
         Ok(ci::KeySource::Env) => match std::env::var("TAILSCALE_AUTHKEY") {
             Ok(k) => k.into(),
-            Err(_) => return fail(&"TAILSCALE_AUTHKEY is not valid UTF-8"),
+            Err(_) => return fail("TAILSCALE_AUTHKEY is not valid UTF-8"),
         },
         Ok(ci::KeySource::Stdin) => {
             let mut k = String::new();
             if let Err(e) = std::io::stdin().read_to_string(&mut k) {
-                return fail(&format_args!("reading the auth key from stdin: {e}"));
+                return fail(format_args!("reading the auth key from stdin: {e}"));
             }
             k.into()
         }
@@ -363,7 +345,7 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
         use secrecy::ExposeSecret;
         match AuthKey::parse(raw.expose_secret()) {
             Ok(k) => k,
-            Err(e) => return fail(&e),
+            Err(e) => return fail(e),
         }
     };
     drop(raw);
@@ -374,7 +356,7 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
     };
     let text = match ci::user_data(&plan, &key, &opts) {
         Ok(t) => t,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(e),
     };
     let written = match &a.output {
         Some(path) => fleetnix::fsutil::write_atomic(path, text.as_bytes(), 0o600)
@@ -385,7 +367,7 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
             .map_err(|e| e.to_string()),
     };
     if let Err(e) = written {
-        return fail(&e);
+        return fail(e);
     }
     eprintln!(
         "note: this user-data contains {}'s Tailscale auth key, its only secret{}; the VM deletes the key file after `tailscale up`, but the provider keeps the user-data: prefer a single-use key with a short expiry",

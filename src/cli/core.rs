@@ -106,14 +106,9 @@ pub fn show(ctx: &Ctx, args: ShowArgs) -> ExitCode {
         Ok(f) => f,
         Err(code) => return code,
     };
-    let Some(node) = fleet.node(&args.node) else {
-        let names: Vec<&str> = fleet.nodes.iter().map(|n| n.name.as_str()).collect();
-        eprintln!(
-            "error: no node `{}` in the manifest (nodes: {})",
-            args.node,
-            names.join(", ")
-        );
-        return ExitCode::from(1);
+    let node = match super::node(&fleet, &args.node) {
+        Ok(n) => n,
+        Err(code) => return code,
     };
     let p = plan::plan_node(&fleet, node);
     if args.json {

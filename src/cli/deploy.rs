@@ -1,6 +1,6 @@
 //! `deploy`: parses arguments, prints progress and the summary. The work is in `fleetnix::deploy`.
 
-use super::Ctx;
+use super::{fail, Ctx};
 use fleetnix::deploy::runner::{self, Cancel, Event, Outcome};
 use fleetnix::deploy::selector::Selector;
 use fleetnix::deploy::transport::SshTransport;
@@ -86,10 +86,6 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
     let fleet = match ctx.fleet() {
         Ok(f) => f,
         Err(code) => return code,
-    };
-    let fail = |msg: String| {
-        eprintln!("error: {msg}");
-        ExitCode::from(1)
     };
     let nodes = match Selector::parse(&args.targets, args.all).and_then(|s| s.select(&fleet)) {
         Ok(n) => n,

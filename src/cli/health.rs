@@ -1,6 +1,6 @@
 //! `status`, `health`, `route`, `dispatch`.
 
-use super::Ctx;
+use super::{fail, Ctx};
 use fleetnix::alert::{Alerter, Ntfy};
 use fleetnix::health::{self, HealthReport, NodeState, ProbeOptions, StateTracker};
 use fleetnix::model::{Fleet, Node};
@@ -468,39 +468,35 @@ pub fn route(ctx: &Ctx, a: RouteArgs) -> ExitCode {
 /// `fleetnix dispatch`: prints the reply on stdout, attempts and the responder on stderr.
 pub fn dispatch(ctx: &Ctx, a: DispatchArgs) -> ExitCode {
     use fleetnix::bus::{self, creds::Secret, dispatch as d};
-    let fail = |msg: &dyn std::fmt::Display| {
-        eprintln!("error: {msg}");
-        ExitCode::from(1)
-    };
     let fleet = match ctx.fleet() {
         Ok(f) => f,
         Err(code) => return code,
     };
     let (role, _) = match bus::role_nodes(&fleet, &a.role) {
         Ok(x) => x,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(e),
     };
     // Failover order under the fleet's strategy (round robin continues where `route` left off).
     let router = Router::new(&fleet).with_state_dir(ctx.root.join(".fleetnix"));
     let candidates = match router.route_with(role.as_str(), |_| None) {
         Ok(r) => r.order,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(e),
     };
     let payload = match d::parse_payload(&a.payload) {
         Ok(p) => p,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(e),
     };
     let user_name = a
         .user
         .clone()
         .unwrap_or_else(|| fleet.settings.control_plane.to_string());
     let Some(user) = fleet.node(&user_name).map(|n| n.name.clone()) else {
-        return fail(&bus::BusError::UnknownNode(user_name));
+        return fail(bus::BusError::UnknownNode(user_name));
     };
     let password = match &a.password_file {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(s) => Secret::new(s.trim_end_matches(['\n', '\r']).to_string()),
-            Err(e) => return fail(&format_args!("{}: {e}", path.display())),
+            Err(e) => return fail(format_args!("{}: {e}", path.display())),
         },
         None => match std::env::var("FLEETNIX_NATS_PASSWORD") {
             Ok(s) => Secret::new(s),
@@ -512,10 +508,10 @@ pub fn dispatch(ctx: &Ctx, a: DispatchArgs) -> ExitCode {
                 match decrypted {
                     Ok(bytes) => match String::from_utf8(bytes.to_vec()) {
                         Ok(s) => Secret::new(s.trim_end_matches(['\n', '\r']).to_string()),
-                        Err(_) => return fail(&format_args!("{} does not hold a text password", id.file())),
+                        Err(_) => return fail(format_args!("{} does not hold a text password", id.file())),
                     },
                     Err(e) => {
-                        return fail(&format_args!(
+                        return fail(format_args!(
                             "no NATS password for {user}: set FLEETNIX_NATS_PASSWORD, pass --password-file, or let --identity decrypt {} ({e})",
                             id.file()
                         ))
@@ -542,7 +538,7 @@ pub fn dispatch(ctx: &Ctx, a: DispatchArgs) -> ExitCode {
         .build()
     {
         Ok(r) => r,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(e),
     };
     let result = runtime.block_on(async {
         let client = d::connect(&url, &user, &password, policy.attempt_timeout).await?;
@@ -572,9 +568,9 @@ pub fn dispatch(ctx: &Ctx, a: DispatchArgs) -> ExitCode {
             });
             match ok {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&e),
+                Err(e) => fail(e),
             }
         }
-        Err(e) => fail(&e),
+        Err(e) => fail(e),
     }
 }

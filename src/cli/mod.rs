@@ -114,6 +114,24 @@ impl Ctx {
     }
 }
 
+/// Prints `error: <msg>` on stderr; exit code 1.
+pub fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(1)
+}
+
+/// The node called `name`, or an error naming the known nodes (exit code 1).
+pub fn node<'f>(fleet: &'f Fleet, name: &str) -> Result<&'f fleetnix::model::Node, ExitCode> {
+    fleet.node(name).ok_or_else(|| {
+        let names: Vec<&str> = fleet.nodes.iter().map(|n| n.name.as_str()).collect();
+        fail(format_args!(
+            "no node `{name}` in {} (nodes: {})",
+            fleet.sources.nodes.display(),
+            names.join(", ")
+        ))
+    })
+}
+
 /// Prints a manifest error with miette: one diagnostic per problem, each with its source line.
 pub fn report_manifest_error(e: &ManifestError) {
     match e {

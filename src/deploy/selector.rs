@@ -140,19 +140,10 @@ impl Selector {
                             known,
                         }
                     }
-                    Target::Role(role) => {
-                        let mut known: Vec<String> = fleet
-                            .nodes
-                            .iter()
-                            .flat_map(|n| n.roles.iter().map(|r| r.to_string()))
-                            .collect();
-                        known.sort();
-                        known.dedup();
-                        SelectorError::NoNodeWithRole {
-                            role: role.clone(),
-                            known,
-                        }
-                    }
+                    Target::Role(role) => SelectorError::NoNodeWithRole {
+                        role: role.clone(),
+                        known: fleet.roles_in_use(),
+                    },
                     // A fleet always has nodes (validation), so --all always matches.
                     Target::All => SelectorError::Empty,
                 });

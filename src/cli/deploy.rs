@@ -171,8 +171,14 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
         });
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let printer = tokio::spawn(async move {
+            // A live line per node on a terminal; plain lines otherwise (logs, CI, -v).
+            let mut bars = (verbose == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .then(Bars::default);
             while let Some(e) = rx.recv().await {
-                print_event(&e, verbose);
+                match bars.as_mut() {
+                    Some(b) => b.show(&e),
+                    None => print_event(&e, verbose),
+                }
             }
         });
         let s = runner::deploy(plans, opts, transport, authkeys, Some(tx), cancel).await;
@@ -191,6 +197,54 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// One spinner line per node (indicatif), updated from the runner's events.
+#[derive(Default)]
+struct Bars {
+    multi: indicatif::MultiProgress,
+    lines: std::collections::HashMap<String, indicatif::ProgressBar>,
+}
+
+impl Bars {
+    fn line(&mut self, node: &str) -> &indicatif::ProgressBar {
+        let multi = &self.multi;
+        self.lines.entry(node.to_string()).or_insert_with(|| {
+            let bar = multi.add(indicatif::ProgressBar::new_spinner());
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{spinner} {prefix:<16} {elapsed:>4} {msg}")
+            {
+                bar.set_style(style);
+            }
+            bar.set_prefix(node.to_string());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        })
+    }
+
+    fn show(&mut self, e: &Event) {
+        match e {
+            Event::Started { node } => self.line(node).set_message("started"),
+            Event::Step { node, step } => self.line(node).set_message(step.as_str()),
+            Event::Retrying { node, reason } => self
+                .line(node)
+                .set_message(format!("{reason}; retrying once")),
+            Event::Finished(r) => {
+                let msg = match r.outcome {
+                    Outcome::Failed => format!(
+                        "FAILED at {}: {}",
+                        r.step.map(|s| s.as_str()).unwrap_or("-"),
+                        r.detail
+                    ),
+                    o => format!("{} {}", o.as_str(), r.detail),
+                };
+                self.line(&r.node).finish_with_message(msg);
+            }
+            Event::Warning(w) => {
+                let _ = self.multi.println(format!("warning: {w}"));
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Deploy parallelism: 20 namespace hosts, a fake nixos-rebuild that takes 2 s per node.
 //! Prints wall times and their ratios to deploying one node. Target: ≤ 1.3× one node when every
 //! node can run at once. Needs root (network namespaces); run with `cargo bench --bench deploy`.
+//! The last rows repeat the runs with `--ssh-multiplex` (one shared SSH connection per node).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -54,6 +55,18 @@ fn main() {
     let default = timed(&net, r, &["--all", "--action", "test"]);
     let all_at_once = timed(&net, r, &["--all", "--action", "test", "--parallel", "20"]);
     let serial = timed(&net, r, &["--all", "--action", "test", "--parallel", "1"]);
+    const MUX: &str = "--ssh-multiplex";
+    let one_mux = timed(&net, r, &["n01", "--action", "test", MUX]);
+    let all_mux = timed(
+        &net,
+        r,
+        &["--all", "--action", "test", "--parallel", "20", MUX],
+    );
+    let serial_mux = timed(
+        &net,
+        r,
+        &["--all", "--action", "test", "--parallel", "1", MUX],
+    );
     let ratio = |d: (Duration, f64)| d.0.as_secs_f64() / one.0.as_secs_f64();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
@@ -72,6 +85,9 @@ fn main() {
         ("--all (default parallel)", default),
         ("--all --parallel 20", all_at_once),
         ("--all --parallel 1", serial),
+        ("one node, multiplexed", one_mux),
+        ("--all -p 20, multiplexed", all_mux),
+        ("--all -p 1, multiplexed", serial_mux),
     ] {
         println!(
             "  {name:<25} {:6.2}s  {:5.2}x  {:5.2}s",

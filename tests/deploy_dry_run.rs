@@ -195,3 +195,50 @@ fn fallback_dry_run_without_the_environment_names_the_age_file_or_says_there_is_
     assert!(!out.contains(&fake_authkey()));
     assert!(!root.path().join("called").exists());
 }
+
+#[test]
+fn multiplexed_dry_run_prints_the_shared_and_the_new_connection_options() {
+    let repo = repo();
+    let rec = tempfile::tempdir().expect("tmp");
+    // Default: a new connection per command.
+    let (code, out, err) = dry_run(&repo, &["worker-01"], rec.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!out.contains("ControlMaster=auto"), "{out}");
+    assert!(out.contains("-o ControlMaster=no -o ControlPath=none -T -- root@100.64.0.2\n"));
+
+    let (code, out, err) = dry_run(&repo, &["worker-01", "--ssh-multiplex"], rec.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let shared = "-o ControlMaster=auto -o 'ControlPath=<control-dir>/0' -o ControlPersist=60";
+    let ssh = out
+        .lines()
+        .find(|l| l.starts_with("  SSH = "))
+        .expect("SSH line");
+    assert!(
+        ssh.contains(shared) && ssh.contains("StrictHostKeyChecking=yes"),
+        "{ssh}"
+    );
+    // nixos-rebuild shares it (quoted once more inside NIX_SSHOPTS).
+    assert!(
+        out.contains(
+            "-o ControlMaster=auto -o '\\''ControlPath=<control-dir>/0'\\'' -o ControlPersist=60' "
+        ),
+        "{out}"
+    );
+    // Closed before the confirmation, which runs on a new connection.
+    let close = out.find("-O exit -- root@100.64.0.2").expect("close step");
+    let new = out.find("  SSH_NEW = ").expect("SSH_NEW line");
+    let confirm = out
+        .find("$ $SSH_NEW 'sh -c <script>'")
+        .expect("confirm via SSH_NEW");
+    assert!(close < new && new < confirm, "{out}");
+    assert!(out[new..]
+        .lines()
+        .next()
+        .unwrap_or("")
+        .contains("-o ControlMaster=no -o ControlPath=none"));
+    assert_eq!(out.matches("-O exit").count(), 1, "{out}");
+    assert!(
+        !rec.path().join("called").exists(),
+        "a tool ran during a dry run"
+    );
+}

@@ -45,13 +45,29 @@ fn install_up_agent_firewall_once_then_nothing() {
     let url = format!("file://{}", fakes().join("tailscale-install.sh").display());
     let key = fake_authkey();
 
-    let out = deploy_cmd(&net, root.path(), &["--all", "--install-url", &url])
-        .env("TAILSCALE_AUTHKEY", &key)
-        .output()
-        .expect("fleetnix runs");
+    // On one shared SSH connection per node (the second run below uses a connection per command).
+    let out = deploy_cmd(
+        &net,
+        root.path(),
+        &["--all", "--install-url", &url, "--ssh-multiplex"],
+    )
+    .env("TAILSCALE_AUTHKEY", &key)
+    .output()
+    .expect("fleetnix runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let log =
+        std::fs::read_to_string(root.path().join(".fleetnix/logs/ubuntu-01.log")).expect("log");
+    let shared = log
+        .lines()
+        .filter(|l| l.starts_with("$ ") && l.contains("-o ControlMaster=auto"))
+        .count();
+    assert!(
+        shared >= 4,
+        "probe, install, up, agent, firewall share one connection: {log}"
+    );
+    assert!(log.contains("-O exit"), "{log}");
     for (name, st, tags) in [
         ("ubuntu-01", &st_u, "tag:control-plane"),
         ("auto-01", &st_a, "tag:worker"),

@@ -99,7 +99,7 @@ fn nix_sshopts_pinning_rejects_a_wrong_key_in_nixos_rebuild_itself() {
         identity: Some(net.client_key().to_path_buf()),
         connect_timeout: 5,
     };
-    let run = |kh: &std::path::Path| {
+    let run = |kh: &std::path::Path, control: Option<std::path::PathBuf>| {
         let rec = dir.join("rec-direct");
         std::fs::create_dir_all(&rec).expect("rec");
         Ran::of(
@@ -113,18 +113,34 @@ fn nix_sshopts_pinning_rejects_a_wrong_key_in_nixos_rebuild_itself() {
                 ])
                 .env(
                     "NIX_SSHOPTS",
-                    fleetnix::deploy::nixos::nix_sshopts(&ssh, kh),
+                    fleetnix::deploy::nixos::nix_sshopts(
+                        &ssh,
+                        &fleetnix::deploy::transport::SshTarget {
+                            destination: format!("root@{}", a.addr),
+                            known_hosts: kh.to_path_buf(),
+                            sudo: false,
+                            control,
+                        },
+                    ),
                 )
                 .env("FAKE_RECORD_DIR", &rec),
         )
     };
-    let r = run(&kh);
+    // A shared connection (ControlMaster=auto) is opened with the same pinning: refused too,
+    // and no master is left listening.
+    let control = fleetnix::deploy::transport::ControlDir::new().expect("control dir");
+    let socket = control.socket(0).expect("short socket path");
+    let r = run(&kh, Some(socket.clone()));
+    assert_ne!(r.code, Some(0));
+    assert!(r.stderr.contains("Host key verification failed"), "{r}");
+    assert!(!socket.exists(), "a master was started with a wrong key");
+    let r = run(&kh, None);
     assert_ne!(r.code, Some(0));
     assert!(r.stderr.contains("Host key verification failed"), "{r}");
     assert!(lines(&state_dir(&net, "a").join("activations")).is_empty());
     let good = dir.join("known_hosts_good");
     std::fs::write(&good, format!("{} {}\n", a.addr, a.host_key)).expect("kh");
-    let r = run(&good);
+    let r = run(&good, None);
     assert_eq!(r.code, Some(0), "{r}");
     assert_eq!(lines(&state_dir(&net, "a").join("activations")), ["2 test"]);
 }

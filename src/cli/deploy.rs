@@ -63,6 +63,10 @@ pub struct DeployArgs {
     /// Do not arm the rollback guard for `switch`.
     #[arg(long)]
     pub no_rollback: bool,
+    /// Share one SSH connection per node for the steps before the guard's confirmation
+    /// (faster; an unreachable node is then detected by keep-alives, see docs/deploy.md).
+    #[arg(long)]
+    pub ssh_multiplex: bool,
     /// Seconds the node waits for the post-activation confirmation before rolling back.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(5..))]
     pub rollback_grace: u64,
@@ -129,6 +133,7 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
     opts.parallel = usize::from(args.parallel);
     opts.fail_fast = args.fail_fast;
     opts.rollback = !args.no_rollback;
+    opts.multiplex = args.ssh_multiplex;
     opts.rollback_grace = Duration::from_secs(args.rollback_grace);
     opts.ssh.identity = args.ssh_identity;
     if let Some(u) = args.install_url {

@@ -6,7 +6,7 @@ use super::fallback;
 use super::guard;
 use super::hostkeys;
 use super::nixos;
-use super::transport::{LocalCommand, SshTarget};
+use super::transport::{LocalCommand, SshTarget, CONTROL_PERSIST_SECS};
 use super::{shell, Action, AuthKeySource, DeployOptions, RenderState};
 use crate::model::Os;
 use crate::plan::NodePlan;
@@ -22,6 +22,8 @@ struct Listing<'a> {
     n: usize,
     opts: &'a DeployOptions,
     target: SshTarget,
+    /// Has the shared connection been closed already?
+    closed: bool,
 }
 
 impl Listing<'_> {
@@ -34,12 +36,17 @@ impl Listing<'_> {
 
     /// A script run on the node as `$SSH 'sh -c <script>'` (the ssh command is printed once per node).
     fn remote(&mut self, what: &str, script: &str, stdin: Option<&str>) {
+        self.remote_via("SSH", what, script, stdin);
+    }
+
+    /// A script run on the node through the ssh command printed as `<var> = …`.
+    fn remote_via(&mut self, var: &str, what: &str, script: &str, stdin: Option<&str>) {
         self.n += 1;
         let _ = writeln!(self.out, "  {}. {what}", self.n);
         let sudo = if self.target.sudo { "sudo -n " } else { "" };
         let _ = writeln!(
             self.out,
-            "     $ $SSH {}",
+            "     $ ${var} {}",
             shell::sh_quote(&format!("{sudo}sh -c <script>"))
         );
         self.out.push_str(&indent(script, "       | "));
@@ -53,6 +60,24 @@ impl Listing<'_> {
         let mut cmd = self.opts.ssh.command(&self.target, "");
         cmd.args.pop();
         let _ = writeln!(self.out, "  SSH = {}", cmd.display());
+    }
+
+    /// The guard's confirmation command: always a new connection.
+    fn ssh_new_line(&mut self) {
+        let mut cmd = self.opts.ssh.command(&self.target.fresh(), "");
+        cmd.args.pop();
+        let _ = writeln!(self.out, "  SSH_NEW = {}", cmd.display());
+    }
+
+    /// Closing the node's shared connection.
+    fn close(&mut self, when: &str) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        if let Some(cmd) = self.opts.ssh.close_command(&self.target) {
+            self.local(when, &cmd);
+        }
     }
 }
 
@@ -77,18 +102,33 @@ pub fn dry_run(
     }
     let _ = writeln!(
         out,
-        "dry run: {} node(s), {} at a time; nothing connects, nothing is written\n",
+        "dry run: {} node(s), {} at a time; nothing connects, nothing is written",
         plans.len(),
         opts.parallel
     );
-    for plan in plans {
-        out.push_str(&node(plan, opts, authkeys));
+    if opts.multiplex {
+        let _ = writeln!(
+            out,
+            "one shared SSH connection per node (closed after {CONTROL_PERSIST_SECS}s idle at the latest); {CONTROL_DIR} is a private directory made for the run and removed at its end"
+        );
+    }
+    out.push('\n');
+    for (index, plan) in plans.iter().enumerate() {
+        out.push_str(&node(index, plan, opts, authkeys));
         out.push('\n');
     }
     out
 }
 
-fn node(plan: &NodePlan, opts: &DeployOptions, authkeys: &dyn AuthKeySource) -> String {
+/// Stands for the run's control socket directory (a new temporary directory each run).
+const CONTROL_DIR: &str = "<control-dir>";
+
+fn node(
+    index: usize,
+    plan: &NodePlan,
+    opts: &DeployOptions,
+    authkeys: &dyn AuthKeySource,
+) -> String {
     let os = match plan.access.os {
         Os::Nixos => "nixos",
         Os::Linux => "linux",
@@ -103,7 +143,11 @@ fn node(plan: &NodePlan, opts: &DeployOptions, authkeys: &dyn AuthKeySource) -> 
             destination: plan.access.ssh_target.clone(),
             known_hosts: kh.clone(),
             sudo: plan.access.ssh_user != "root",
+            control: opts
+                .multiplex
+                .then(|| PathBuf::from(CONTROL_DIR).join(index.to_string())),
         },
+        closed: false,
     };
     match &plan.access.host_key {
         Some(k) => {
@@ -147,6 +191,8 @@ fn node(plan: &NodePlan, opts: &DeployOptions, authkeys: &dyn AuthKeySource) -> 
                     "  if ID=nixos: the NixOS steps below; otherwise the fallback steps:"
                 );
                 nixos_steps(&mut l, plan, opts);
+                // The other branch has its own close.
+                l.closed = false;
                 let _ = writeln!(l.out, "  otherwise:");
             }
             l.remote(
@@ -198,6 +244,7 @@ fn node(plan: &NodePlan, opts: &DeployOptions, authkeys: &dyn AuthKeySource) -> 
                 .push_str(&indent(&fallback::firewall_unit(plan), "       | "));
         }
     }
+    l.close("close the shared SSH connection");
     let _ = writeln!(l.out, "  log: {}", opts.log_path(&plan.name).display());
     l.out
 }
@@ -220,7 +267,7 @@ fn nixos_steps(l: &mut Listing, plan: &NodePlan, opts: &DeployOptions) {
         opts.build_on,
         &opts.root,
         plan,
-        nixos::nix_sshopts(&opts.ssh, &l.target.known_hosts),
+        nixos::nix_sshopts(&opts.ssh, &l.target),
     );
     let what = match (guarded, opts.nixos_rebuild.is_some()) {
         (_, false) => "nixos-rebuild (NOT FOUND on PATH: install it or set FLEETNIX_NIXOS_REBUILD)",
@@ -244,7 +291,10 @@ fn nixos_steps(l: &mut Listing, plan: &NodePlan, opts: &DeployOptions) {
             &guard::activate_script(),
             None,
         );
-        l.remote(
+        l.close("close the shared SSH connection: the confirmation must not use it");
+        l.ssh_new_line();
+        l.remote_via(
+            "SSH_NEW",
             "confirm over a NEW connection and disarm the guard (retried until the grace period ends)",
             &guard::disarm_script(),
             None,

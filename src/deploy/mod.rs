@@ -113,6 +113,11 @@ pub struct DeployOptions {
     pub install_url: String,
     /// SSH settings.
     pub ssh: SshConfig,
+    /// Share one SSH connection per node for every step before the guard's confirmation
+    /// (`ControlMaster=auto`, `--ssh-multiplex`). Off by default: with a shared connection a
+    /// link that dies mid-run is only noticed by keep-alives (15 s) plus a new connection
+    /// attempt, not within `node_timeout_seconds`.
+    pub multiplex: bool,
     /// `nixos-rebuild`, if found.
     pub nixos_rebuild: Option<PathBuf>,
     /// `tailscale` CLI for `status --json` host keys, if found.
@@ -146,6 +151,7 @@ impl DeployOptions {
                 identity: None,
                 connect_timeout: timeout,
             },
+            multiplex: false,
             nixos_rebuild: locate(env::NIXOS_REBUILD, "nixos-rebuild"),
             tailscale: locate(env::TAILSCALE, "tailscale"),
         }

@@ -1,15 +1,18 @@
 //! The NixOS path: `nixos-rebuild <action> --flake <root>#<node> --target-host <user>@<ip>`
-//! with `NIX_SSHOPTS` pinning the node's host key.
+//! with `NIX_SSHOPTS` pinning the node's host key and sharing fleetnix's connection to it.
 
 use super::shell::sh_quote;
-use super::transport::{LocalCommand, SshConfig};
+use super::transport::{LocalCommand, SshConfig, SshTarget};
 use super::{Action, BuildOn};
 use crate::plan::NodePlan;
 use std::path::Path;
 
-/// `NIX_SSHOPTS`: the pinning options, shell-quoted where needed (nixos-rebuild splits it like a shell).
-pub fn nix_sshopts(ssh: &SshConfig, known_hosts: &Path) -> String {
-    ssh.pin_options(known_hosts)
+/// `NIX_SSHOPTS`: the pinning and connection-sharing options of `target` (so nixos-rebuild's
+/// own ssh and `nix copy` reuse the node's shared connection; ssh takes the first value of an
+/// option, so these win over the `ControlPath` nixos-rebuild appends itself), shell-quoted
+/// where needed (nixos-rebuild splits it like a shell).
+pub fn nix_sshopts(ssh: &SshConfig, target: &SshTarget) -> String {
+    ssh.target_options(target)
         .iter()
         .map(|o| sh_quote(o))
         .collect::<Vec<_>>()

@@ -6,7 +6,7 @@ use super::guard::{self, Disarm};
 use super::hostkeys;
 use super::nixos;
 use super::transport::{
-    run_process, LocalCommand, NodeLog, ProcError, ProcOutput, SshTarget, Transport,
+    run_process, ControlDir, LocalCommand, NodeLog, ProcError, ProcOutput, SshTarget, Transport,
 };
 use super::{Action, AuthKeySource, DeployOptions};
 use crate::fsutil::write_atomic;
@@ -251,6 +251,8 @@ struct Ctx<T> {
     authkeys: Arc<dyn AuthKeySource>,
     tailnet_keys: BTreeMap<IpAddr, Vec<String>>,
     events: Option<mpsc::UnboundedSender<Event>>,
+    /// The run's control sockets (shared SSH connections), if multiplexing.
+    control: Option<ControlDir>,
 }
 
 impl<T: Transport> Ctx<T> {
@@ -293,8 +295,19 @@ impl<T: Transport> Ctx<T> {
         Ok(out)
     }
 
+    /// The node's SSH target: pinned known_hosts file, and its shared connection's control
+    /// socket (the `index`-th node of the run) when multiplexing.
+    fn target(&self, index: usize, plan: &NodePlan) -> SshTarget {
+        SshTarget {
+            destination: plan.access.ssh_target.clone(),
+            known_hosts: self.opts.known_hosts_path(&plan.name),
+            sudo: plan.access.ssh_user != "root",
+            control: self.control.as_ref().and_then(|c| c.socket(index)),
+        }
+    }
+
     /// Writes the node's known_hosts file from the manifest key and the tailnet's keys.
-    fn pin(&self, plan: &NodePlan) -> Result<SshTarget, Failure> {
+    fn pin(&self, index: usize, plan: &NodePlan) -> Result<SshTarget, Failure> {
         let mut keys: Vec<String> = plan.access.host_key.iter().cloned().collect();
         if let Some(k) = self.tailnet_keys.get(&plan.access.address) {
             keys.extend(k.iter().cloned());
@@ -309,19 +322,21 @@ impl<T: Transport> Ctx<T> {
                 ),
             ));
         }
-        let path = self.opts.known_hosts_path(&plan.name);
-        write_atomic(&path, text.as_bytes(), 0o644)
+        let target = self.target(index, plan);
+        let path = &target.known_hosts;
+        write_atomic(path, text.as_bytes(), 0o644)
             .map_err(|e| Failure::new(Step::HostKey, format!("{}: {e}", path.display())))?;
-        Ok(SshTarget {
-            destination: plan.access.ssh_target.clone(),
-            known_hosts: path,
-            sudo: plan.access.ssh_user != "root",
-        })
+        Ok(target)
     }
 
-    async fn attempt(&self, plan: &NodePlan, log: &NodeLog) -> Result<(Outcome, String), Failure> {
+    async fn attempt(
+        &self,
+        index: usize,
+        plan: &NodePlan,
+        log: &NodeLog,
+    ) -> Result<(Outcome, String), Failure> {
         self.step(plan, Step::HostKey, log);
-        let target = self.pin(plan)?;
+        let target = self.pin(index, plan)?;
         let quick = self.opts.node_timeout + Duration::from_secs(5);
         match plan.access.os {
             Os::Nixos => {
@@ -406,7 +421,7 @@ impl<T: Transport> Ctx<T> {
             self.opts.build_on,
             &self.opts.root,
             plan,
-            nixos::nix_sshopts(&self.opts.ssh, &target.known_hosts),
+            nixos::nix_sshopts(&self.opts.ssh, target),
         );
         match run_process(&cmd, None, self.opts.step_timeout, log).await {
             Ok(out) if out.success() => {}
@@ -477,6 +492,10 @@ impl<T: Transport> Ctx<T> {
             Err(e) => log.line(&format!("activation: {e}; confirming")),
         }
         self.step(plan, Step::Confirm, log);
+        // The confirmation proves that a NEW connection works after activation: close the
+        // shared one and never use it (ControlMaster=no, ControlPath=none).
+        self.transport.close(target, log).await;
+        let fresh = target.fresh();
         // Retry on fresh connections until shortly before the guard fires.
         let margin = Duration::from_secs(2).min(grace / 4);
         let deadline = armed_at + grace.saturating_sub(margin);
@@ -486,7 +505,7 @@ impl<T: Transport> Ctx<T> {
             let t = quick.min(left_t).max(Duration::from_secs(1));
             match self
                 .transport
-                .run(target, &guard::disarm_script(), None, t, log)
+                .run(&fresh, &guard::disarm_script(), None, t, log)
                 .await
             {
                 Ok(out) if out.success() => match guard::parse_disarm(&out.stdout) {
@@ -623,7 +642,7 @@ impl<T: Transport> Ctx<T> {
         })
     }
 
-    async fn node(&self, plan: &NodePlan) -> NodeReport {
+    async fn node(&self, index: usize, plan: &NodePlan) -> NodeReport {
         let start = Instant::now();
         let action = match plan.access.os {
             Os::Nixos => self.opts.action.as_str().to_string(),
@@ -642,7 +661,7 @@ impl<T: Transport> Ctx<T> {
         });
         log.line(&format!("# fleetnix deploy {} ({action})", plan.name));
         let mut attempts = 1;
-        let mut result = self.attempt(plan, &log).await;
+        let mut result = self.attempt(index, plan, &log).await;
         if let Err(f) = &result {
             if f.unreachable && self.opts.retry {
                 log.line(&format!("# attempt 1 failed: {}; retrying once", f.reason));
@@ -651,9 +670,11 @@ impl<T: Transport> Ctx<T> {
                     reason: f.reason.clone(),
                 });
                 attempts = 2;
-                result = self.attempt(plan, &log).await;
+                result = self.attempt(index, plan, &log).await;
             }
         }
+        // Whatever happened, the node's shared connection ends with it.
+        self.transport.close(&self.target(index, plan), &log).await;
         let (outcome, step, detail) = match result {
             Ok((o, d)) => (o, None, d),
             Err(f) => (Outcome::Failed, Some(f.step), f.reason),
@@ -716,21 +737,38 @@ pub async fn deploy<T: Transport>(
     let (tailnet_keys, warning) = tailnet_host_keys(&opts).await;
     let sem = Arc::new(Semaphore::new(opts.parallel.max(1)));
     let fail_fast = opts.fail_fast;
+    let (control, control_warning) = if opts.multiplex {
+        match ControlDir::new() {
+            Ok(d) => (Some(d), None),
+            Err(e) => (
+                None,
+                Some(format!(
+                    "cannot create a directory for shared SSH connections ({e}): one connection per command"
+                )),
+            ),
+        }
+    } else {
+        (None, None)
+    };
     let ctx = Arc::new(Ctx {
         opts,
         transport,
         authkeys,
         tailnet_keys,
         events,
+        control,
     });
     if let Some(w) = warning {
         ctx.emit(Event::Warning(format!(
             "host keys from the tailnet unavailable: {w}"
         )));
     }
+    if let Some(w) = control_warning {
+        ctx.emit(Event::Warning(w));
+    }
     let stop = Cancel::default();
     let mut set = tokio::task::JoinSet::new();
-    for plan in plans {
+    for (index, plan) in plans.into_iter().enumerate() {
         let (ctx, sem, cancel, stop) = (ctx.clone(), sem.clone(), cancel.clone(), stop.clone());
         set.spawn(async move {
             // The semaphore is never closed, so acquiring only waits.
@@ -753,7 +791,7 @@ pub async fn deploy<T: Transport>(
                 ctx.emit(Event::Finished(r.clone()));
                 return r;
             }
-            let r = ctx.node(&plan).await;
+            let r = ctx.node(index, &plan).await;
             if fail_fast && !r.outcome.is_success() {
                 stop.cancel();
             }

@@ -235,6 +235,61 @@ pub struct SshTarget {
     pub known_hosts: PathBuf,
     /// Run remote scripts through `sudo -n` (the SSH user is not root).
     pub sudo: bool,
+    /// The control socket of this node's shared (multiplexed) connection, or `None` for a
+    /// fresh connection per command (`ControlMaster=no`, `ControlPath=none`).
+    pub control: Option<PathBuf>,
+}
+
+impl SshTarget {
+    /// The same target, but every command on a brand-new connection (never a shared master):
+    /// what the rollback guard's confirmation uses.
+    pub fn fresh(&self) -> SshTarget {
+        SshTarget {
+            control: None,
+            ..self.clone()
+        }
+    }
+}
+
+/// How long an idle shared connection stays up (`ControlPersist`, seconds). fleetnix closes it
+/// itself (`ssh -O exit`) when the node is done; this only bounds a master left by a crash.
+pub const CONTROL_PERSIST_SECS: u32 = 60;
+
+/// Longest control socket path accepted. The limit of a Unix socket path is 104 bytes (with
+/// the NUL) on some systems and ssh first binds `<path>.<16 random chars>`; longer paths are
+/// not multiplexed.
+pub const MAX_CONTROL_PATH: usize = 104 - 1 - 17;
+
+/// A private directory (mode 0700) for one run's control sockets, removed when dropped.
+/// Sockets are named by the node's position in the run (`<dir>/0`, `<dir>/1`, …) to stay short.
+#[derive(Debug)]
+pub struct ControlDir {
+    dir: tempfile::TempDir,
+}
+
+impl ControlDir {
+    /// Creates it under `$TMPDIR` if that is short, else under `/tmp`.
+    pub fn new() -> std::io::Result<Self> {
+        let tmp = std::env::temp_dir();
+        let base = if tmp.as_os_str().len() <= 32 {
+            tmp
+        } else {
+            PathBuf::from("/tmp")
+        };
+        let dir = tempfile::Builder::new().prefix("fnx").tempdir_in(base)?;
+        Ok(ControlDir { dir })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The socket path of the `index`-th node, if short enough for a Unix socket.
+    pub fn socket(&self, index: usize) -> Option<PathBuf> {
+        let p = self.dir.path().join(index.to_string());
+        (p.as_os_str().len() <= MAX_CONTROL_PATH).then_some(p)
+    }
 }
 
 /// SSH settings shared by fleetnix's own connections and `NIX_SSHOPTS`.
@@ -280,19 +335,61 @@ impl SshConfig {
         o
     }
 
-    /// The full local command running `script` on `target` in a fresh connection
-    /// (never a shared master connection): `ssh <pin options> -o ControlMaster=no … -- user@ip 'sh -c …'`.
+    /// The connection-sharing options: with a control socket, `ControlMaster=auto`,
+    /// `ControlPath=<socket>`, `ControlPersist=<secs>` (the first command opens the shared
+    /// connection, later ones reuse it); without, `ControlMaster=no`, `ControlPath=none`
+    /// (a fresh connection that also ignores any `ControlPath` in the user's ssh config).
+    pub fn control_options(control: Option<&Path>) -> Vec<String> {
+        match control {
+            Some(p) => vec![
+                "-o".into(),
+                "ControlMaster=auto".into(),
+                "-o".into(),
+                format!("ControlPath={}", p.display()),
+                "-o".into(),
+                format!("ControlPersist={CONTROL_PERSIST_SECS}"),
+            ],
+            None => vec![
+                "-o".into(),
+                "ControlMaster=no".into(),
+                "-o".into(),
+                "ControlPath=none".into(),
+            ],
+        }
+    }
+
+    /// The pinning options followed by the target's connection-sharing options: what every
+    /// ssh for this target gets, including `nixos-rebuild`'s through `NIX_SSHOPTS`.
+    pub fn target_options(&self, target: &SshTarget) -> Vec<String> {
+        let mut o = self.pin_options(&target.known_hosts);
+        o.extend(Self::control_options(target.control.as_deref()));
+        o
+    }
+
+    /// `ssh -o ControlPath=<socket> -O exit -- user@ip`: asks the target's shared connection
+    /// to close. `None` without a control socket.
+    pub fn close_command(&self, target: &SshTarget) -> Option<LocalCommand> {
+        let p = target.control.as_ref()?;
+        Some(LocalCommand {
+            program: self.program.clone(),
+            args: vec![
+                "-o".into(),
+                format!("ControlPath={}", p.display()),
+                "-O".into(),
+                "exit".into(),
+                "--".into(),
+                target.destination.clone(),
+            ],
+            env: Vec::new(),
+        })
+    }
+
+    /// The full local command running `script` on `target`:
+    /// `ssh <pin options> <control options> -T -- user@ip 'sh -c …'`. On the target's shared
+    /// connection if it has a control socket, else on a fresh one (see [`SshTarget::fresh`]).
     pub fn command(&self, target: &SshTarget, script: &str) -> LocalCommand {
-        let mut args = self.pin_options(&target.known_hosts);
-        args.extend([
-            "-o".into(),
-            "ControlMaster=no".into(),
-            "-o".into(),
-            "ControlPath=none".into(),
-            "-T".into(),
-            "--".into(),
-            target.destination.clone(),
-        ]);
+        let mut args = self.target_options(target);
+        args.extend(["-T".into(), "--".into(), target.destination.clone()]);
         let remote = format!("sh -c {}", sh_quote(script));
         args.push(if target.sudo {
             format!("sudo -n {remote}")
@@ -322,6 +419,12 @@ pub trait Transport: Send + Sync + 'static {
         timeout: Duration,
         log: &NodeLog,
     ) -> impl Future<Output = Result<RemoteOutput, ProcError>> + Send;
+
+    /// Closes `target`'s shared connection, if any (the default does nothing).
+    fn close(&self, target: &SshTarget, log: &NodeLog) -> impl Future<Output = ()> + Send {
+        let _ = (target, log);
+        async {}
+    }
 }
 
 /// [`Transport`] over the `ssh` binary with pinned host keys.
@@ -341,5 +444,19 @@ impl Transport for SshTransport {
         log: &NodeLog,
     ) -> Result<RemoteOutput, ProcError> {
         run_process(&self.config.command(target, script), stdin, timeout, log).await
+    }
+
+    /// `ssh -O exit` on the control socket (if it exists), then removes a socket left behind.
+    async fn close(&self, target: &SshTarget, log: &NodeLog) {
+        let (Some(cmd), Some(sock)) = (self.config.close_command(target), &target.control) else {
+            return;
+        };
+        if !sock.exists() {
+            return;
+        }
+        // A failure only means there was no master any more; the socket is removed below and
+        // an orphaned master exits on its own after ControlPersist.
+        let _ = run_process(&cmd, None, Duration::from_secs(10), log).await;
+        let _ = std::fs::remove_file(sock);
     }
 }

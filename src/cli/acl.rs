@@ -1,7 +1,7 @@
 //! `acl` and `authkey`: argument parsing and printing; the logic is in `fleetnix::acl` and
 //! `fleetnix::tsapi`.
 
-use super::{fail, Ctx};
+use super::{fail, runtime, Ctx};
 use fleetnix::acl::{apply, check, matrix, policy, render};
 use fleetnix::model::Fleet;
 use fleetnix::tsapi::{self, Client};
@@ -87,14 +87,6 @@ pub enum AuthkeyCommand {
         #[arg(long, default_value_t = apply::AUTHKEY_EXPIRY_SECONDS)]
         expiry_seconds: u64,
     },
-}
-
-/// A single-threaded runtime for one API call; prints the error.
-pub(super) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| fail(format!("cannot start the async runtime: {e}")))
 }
 
 /// The API client from `--token-file` or `TS_API_KEY`; prints the error.

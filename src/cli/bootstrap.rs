@@ -165,13 +165,9 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
         Err(fleetnix::tsapi::ApiError::NoToken) => None,
         Err(e) => return fail(e),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => return fail(format_args!("cannot start the async runtime: {e}")),
+        Err(code) => return code,
     };
     let address = match rt.block_on(dest.resolve()) {
         Ok(ip) => ip,
@@ -295,7 +291,7 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
         Err(e) => return fail(e),
         Ok(ci::KeySource::Mint) => {
             let minted = super::acl::client(&fleet, &a.api).and_then(|c| {
-                super::acl::runtime()?
+                super::runtime()?
                     .block_on(fleetnix::acl::apply::mint_authkey(
                         &c,
                         &fleet,

@@ -153,13 +153,9 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+        Err(code) => return code,
     };
     let transport = SshTransport {
         config: opts.ssh.clone(),

@@ -1,6 +1,6 @@
 //! `status`, `health`, `route`, `dispatch`.
 
-use super::{fail, Ctx};
+use super::{fail, runtime, Ctx};
 use fleetnix::alert::{Alerter, Ntfy};
 use fleetnix::health::{self, HealthReport, NodeState, ProbeOptions, StateTracker};
 use fleetnix::model::{Fleet, Node};
@@ -79,16 +79,6 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err("must be at least 100ms".into());
     }
     Ok(d)
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("error: cannot start the async runtime: {e}");
-            ExitCode::from(1)
-        })
 }
 
 async fn tailnet_status() -> Result<TailscaleStatus, String> {
@@ -533,12 +523,9 @@ pub fn dispatch(ctx: &Ctx, a: DispatchArgs) -> ExitCode {
         retry: fleet.settings.failure.retry_on_node_failure,
         candidates,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let client = d::connect(&url, &user, &password, policy.attempt_timeout).await?;

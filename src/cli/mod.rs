@@ -120,6 +120,15 @@ pub fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// The async runtime the executors run on (two worker threads: this is an I/O-bound CLI).
+pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format_args!("cannot start the async runtime: {e}")))
+}
+
 /// The node called `name`, or an error naming the known nodes (exit code 1).
 pub fn node<'f>(fleet: &'f Fleet, name: &str) -> Result<&'f fleetnix::model::Node, ExitCode> {
     fleet.node(name).ok_or_else(|| {

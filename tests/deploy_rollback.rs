@@ -83,7 +83,7 @@ fn confirmed_switch_disarms_the_guard() {
         .expect("activated");
     let stopped = log
         .iter()
-        .position(|l| l == "systemctl stop fleetnix-rollback.timer")
+        .rposition(|l| l == "systemctl stop fleetnix-rollback.timer")
         .expect("disarmed");
     assert!(armed < activated && activated < stopped, "{log:?}");
     assert!(!state.join("units/fleetnix-rollback.timer").exists());

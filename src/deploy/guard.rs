@@ -41,21 +41,30 @@ pub fn parse_generation(out: &str) -> Result<String, String> {
     }
 }
 
-/// The command the timer runs: re-point the profile at `prev` (atomically) and activate it.
+/// Left by the rollback before it changes anything, so a late disarm can tell it fired (a fired
+/// systemd timer may still look active). Beside the profile it concerns; cleared when arming.
+pub const FIRED_MARKER: &str = "/nix/var/nix/profiles/.fleetnix-rollback-fired";
+
+/// The command the timer runs: mark that it fired, re-point the profile at `prev` (atomically)
+/// and activate it.
 pub fn rollback_script(prev: &str) -> String {
     let p = SYSTEM_PROFILE;
     format!(
-        "ln -sfn {prev} {p}.fleetnix-rollback && mv -T {p}.fleetnix-rollback {p} && exec {p}/bin/switch-to-configuration switch",
+        "touch {FIRED_MARKER} && ln -sfn {prev} {p}.fleetnix-rollback && mv -T {p}.fleetnix-rollback {p} && exec {p}/bin/switch-to-configuration switch",
         prev = sh_quote(prev)
     )
 }
 
-/// Script arming the guard: clears a stale guard, then `systemd-run --on-active=<grace>s`.
+/// Script arming the guard: refuses while an earlier rollback is still activating (stopping it
+/// would leave the node half-switched), clears a stale timer and marker, then
+/// `systemd-run --on-active=<grace>s`.
 pub fn arm_script(prev: &str, grace: Duration) -> String {
     let u = GUARD_UNIT;
     format!(
-        "systemctl stop {u}.timer {u}.service >/dev/null 2>&1 || true\n\
+        "if systemctl is-active --quiet {u}.service; then echo 'an earlier fleetnix rollback is still running on this node; deploy again once it is done' >&2; exit 1; fi\n\
+         systemctl stop {u}.timer >/dev/null 2>&1 || true\n\
          systemctl reset-failed {u}.timer {u}.service >/dev/null 2>&1 || true\n\
+         rm -f {FIRED_MARKER}\n\
          exec systemd-run --unit={u} --description={desc} --on-active={secs}s --timer-property=AccuracySec=1s /bin/sh -c {cmd}",
         desc = sh_quote(&format!("fleetnix: return to {prev} unless the deploy is confirmed")),
         secs = grace.as_secs(),
@@ -80,11 +89,14 @@ pub enum Disarm {
     Fired,
 }
 
-/// Script disarming the guard; prints `disarmed` or `fired`.
+/// Script disarming the guard; prints `disarmed` or `fired`. The timer is stopped first; then
+/// the rollback counts as fired if it left its marker or its service is running, whatever the
+/// timer's state says (a systemd timer that has elapsed can still be reported active).
 pub fn disarm_script() -> String {
     let u = GUARD_UNIT;
     format!(
-        "if systemctl is-active --quiet {u}.timer; then systemctl stop {u}.timer && echo disarmed; else echo fired; fi"
+        "systemctl stop {u}.timer >/dev/null 2>&1 || true\n\
+         if [ -e {FIRED_MARKER} ] || systemctl is-active --quiet {u}.service; then echo fired; else echo disarmed; fi"
     )
 }
 

@@ -133,6 +133,10 @@ fn install_up_agent_firewall_once_then_nothing() {
     );
     // Role ports open on tailscale0 only, in the host's real nftables.
     let nft = net_nft(&ubuntu);
+    let lo = nft
+        .find("iifname \"lo\" accept")
+        .expect("loopback accepted");
+    assert!(lo < nft.find(" drop").expect("drop rule"), "{nft}");
     assert!(nft.contains("iifname \"tailscale0\" tcp dport { 3000, 4000, 4222, 5432, 6379, 7233, 8080, 8090 } accept"), "{nft}");
     assert!(
         nft.contains("tcp dport { 3000, 4000, 4222, 5432, 6379, 7233, 8080, 8090 } drop"),

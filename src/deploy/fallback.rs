@@ -123,7 +123,9 @@ pub fn agent_unit(plan: &NodePlan) -> Result<String, crate::agent::UnitError> {
 /// other interface. Loading it replaces the `inet fleetnix` table atomically.
 pub fn ruleset(plan: &NodePlan) -> String {
     let set = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
-    let mut rules = Vec::new();
+    // The node's own processes (e.g. its agent reaching its own NATS over its tailnet address)
+    // come in on `lo`: never drop those.
+    let mut rules = vec!["iifname \"lo\" accept".to_string()];
     for (proto, ports) in [("tcp", &plan.tcp_ports), ("udp", &plan.udp_ports)] {
         if !ports.is_empty() {
             rules.push(format!(

@@ -262,7 +262,7 @@ pub fn user_data(plan: &NodePlan, key: &AuthKey, opts: &Options) -> Result<Strin
             permissions: "0644",
         });
         runcmd.push(s(&["systemctl", "daemon-reload"]));
-        runcmd.push(s(&["systemctl", "enable", "omp-agent.service"]));
+        runcmd.push(s(&["systemctl", "enable", "--now", "omp-agent.service"]));
     }
     // Tailscale SSH logs in as the node's ssh_user, which must exist.
     let users = if plan.access.ssh_user == "root" {

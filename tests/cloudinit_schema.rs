@@ -131,6 +131,7 @@ fn check_structure(plan: &NodePlan, text: &str, key: &str, with_agent: bool) {
         assert!(runcmd.contains(&vec![
             "systemctl".to_string(),
             "enable".into(),
+            "--now".into(),
             "omp-agent.service".into()
         ]));
     }

@@ -13,7 +13,8 @@
   age.identityPaths = [ "/etc/ssh/ssh_host_ed25519_key" ];
 
   networking.firewall.enable = true;
-  # Deploys that switch configurations need this for nixos-rebuild --target-host.
-  nix.settings.trusted-users = [ "root" ];
+  # nixos-rebuild --target-host copies unsigned closures as the SSH user: root, or a non-root
+  # ssh_user in wheel (which --sudo needs anyway).
+  nix.settings.trusted-users = [ "root" "@wheel" ];
   nix.settings.experimental-features = [ "nix-command" "flakes" ];
 }

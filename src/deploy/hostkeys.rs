@@ -2,7 +2,6 @@
 //! and the keys `tailscale status --json` reports for the peer (`sshHostKeys`). Never
 //! trust-on-first-use: a node with no known key is not contacted.
 
-use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -32,28 +31,15 @@ pub fn known_hosts(address: &IpAddr, keys: &[String]) -> String {
     set.iter().map(|k| format!("{address} {k}\n")).collect()
 }
 
-#[derive(Deserialize)]
-struct Status {
-    #[serde(rename = "Self")]
-    me: Option<Peer>,
-    #[serde(rename = "Peer", default)]
-    peers: BTreeMap<String, Peer>,
-}
-
-#[derive(Deserialize)]
-struct Peer {
-    #[serde(rename = "TailscaleIPs", default)]
-    ips: Vec<String>,
-    #[serde(rename = "sshHostKeys", default)]
-    ssh_host_keys: Vec<String>,
-}
-
 /// The SSH host keys `tailscale status --json` reports, by Tailscale address. Malformed keys are dropped.
-pub fn keys_from_status(json: &str) -> Result<BTreeMap<IpAddr, Vec<String>>, serde_json::Error> {
-    let status: Status = serde_json::from_str(json)?;
+pub fn keys_from_status(
+    json: &str,
+) -> Result<BTreeMap<IpAddr, Vec<String>>, crate::tailscale::TailscaleError> {
+    let status = crate::tailscale::TailscaleStatus::parse(json)?;
     let mut out: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
-    for p in status.me.iter().chain(status.peers.values()) {
-        let keys: Vec<String> = p
+    for device in status.devices() {
+        let keys: Vec<String> = device
+            .peer
             .ssh_host_keys
             .iter()
             .filter_map(|k| normalize_key(k))
@@ -61,8 +47,8 @@ pub fn keys_from_status(json: &str) -> Result<BTreeMap<IpAddr, Vec<String>>, ser
         if keys.is_empty() {
             continue;
         }
-        for ip in p.ips.iter().filter_map(|s| s.parse::<IpAddr>().ok()) {
-            out.entry(ip).or_default().extend(keys.iter().cloned());
+        for ip in &device.peer.tailscale_ips {
+            out.entry(*ip).or_default().extend(keys.iter().cloned());
         }
     }
     Ok(out)
@@ -89,6 +75,16 @@ mod tests {
         // The same keys under the IPv6 address.
         let ip6: IpAddr = "fd7a:115c:a1e0::2".parse().expect("ip");
         assert_eq!(keys[&ip6], *k);
+    }
+
+    #[test]
+    fn a_tailnet_without_peers_prints_null_and_still_parses() {
+        let json = r#"{"BackendState": "Running", "Peer": null, "User": null,
+            "Self": {"HostName": "control-01", "TailscaleIPs": ["100.64.0.1"],
+                     "sshHostKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS"]}}"#;
+        let keys = keys_from_status(json).expect("null peers parse");
+        let ip: IpAddr = "100.64.0.1".parse().expect("ip");
+        assert_eq!(keys[&ip].len(), 1);
     }
 
     #[test]

@@ -259,18 +259,24 @@ fn auth_key_from_the_nodes_age_file_when_the_environment_has_none() {
         "{stdout}"
     );
 
+    // Deploys with `identity`: exit code and stdout+stderr.
+    let deploy = |identity: &std::path::Path| {
+        let id_arg = format!("--identity={}", identity.display());
+        let out = deploy_cmd(
+            &net,
+            root.path(),
+            &["--all", "--install-url", &url, &id_arg],
+        )
+        .output()
+        .expect("fleetnix runs");
+        let all = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), all)
+    };
+
     // An identity that is no recipient: the node fails at `tailscale up`, which never ran.
-    let id_arg = format!("--identity={}", stranger.display());
-    let out = deploy_cmd(
-        &net,
-        root.path(),
-        &["--all", "--install-url", &url, &id_arg],
-    )
-    .output()
-    .expect("fleetnix runs");
-    let all =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{all}");
+    let (code, all) = deploy(&stranger);
+    assert_eq!(code, Some(1), "{all}");
     assert!(
         all.contains("cannot decrypt secrets/ubuntu-02/tailscale-authkey.age"),
         "{all}"
@@ -281,17 +287,8 @@ fn auth_key_from_the_nodes_age_file_when_the_environment_has_none() {
     );
 
     // The operator's identity: the key reaches `tailscale up` through the 0600 file only.
-    let id_arg = format!("--identity={}", op.display());
-    let out = deploy_cmd(
-        &net,
-        root.path(),
-        &["--all", "--install-url", &url, &id_arg],
-    )
-    .output()
-    .expect("fleetnix runs");
-    let all =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{all}");
+    let (code, all) = deploy(&op);
+    assert_eq!(code, Some(0), "{all}");
     assert_eq!(
         std::fs::read_to_string(st.join("ts-key.content")).expect("content"),
         key
@@ -316,17 +313,7 @@ fn auth_key_from_the_nodes_age_file_when_the_environment_has_none() {
     std::io::Write::write_all(&mut age.stdin.take().expect("stdin"), password.as_bytes())
         .expect("write password");
     assert!(age.wait().expect("age").success());
-    let deploy = || {
-        let out = deploy_cmd(
-            &net,
-            root.path(),
-            &["--all", "--install-url", &url, &id_arg],
-        )
-        .output()
-        .expect("fleetnix runs");
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-    };
-    let all = deploy();
+    let (_, all) = deploy(&op);
     assert!(all.contains("agent NATS password"), "{all}");
     let installed = ubuntu.etc.join("fleetnix/nats-password");
     assert_eq!(
@@ -344,6 +331,6 @@ fn auth_key_from_the_nodes_age_file_when_the_environment_has_none() {
     let log =
         std::fs::read_to_string(root.path().join(".fleetnix/logs/ubuntu-02.log")).expect("log");
     assert!(!log.contains(&password), "password in the log");
-    let again = deploy();
+    let (_, again) = deploy(&op);
     assert!(again.contains("nothing changed"), "{again}");
 }

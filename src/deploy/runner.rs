@@ -341,17 +341,8 @@ impl<T: Transport> Ctx<T> {
         match plan.access.os {
             Os::Nixos => {
                 self.step(plan, Step::Connect, log);
-                let out = self
-                    .remote(
-                        Step::Connect,
-                        &target,
-                        &guard::current_generation_script(),
-                        None,
-                        quick,
-                        log,
-                    )
-                    .await?;
-                self.nixos(plan, &target, &out.stdout, log).await
+                let generation = self.read_generation(&target, quick, log).await?;
+                self.nixos(plan, &target, &generation, log).await
             }
             Os::Linux | Os::Auto => {
                 self.step(plan, Step::Connect, log);
@@ -367,17 +358,8 @@ impl<T: Transport> Ctx<T> {
                     .await?;
                 let probe = fallback::parse_probe(&out.stdout, plan);
                 if plan.access.os == Os::Auto && probe.os_id == "nixos" {
-                    let out = self
-                        .remote(
-                            Step::Connect,
-                            &target,
-                            &guard::current_generation_script(),
-                            None,
-                            quick,
-                            log,
-                        )
-                        .await?;
-                    return self.nixos(plan, &target, &out.stdout, log).await;
+                    let generation = self.read_generation(&target, quick, log).await?;
+                    return self.nixos(plan, &target, &generation, log).await;
                 }
                 self.fallback(plan, &target, &probe, log).await
             }
@@ -538,6 +520,26 @@ impl<T: Transport> Ctx<T> {
                 grace.as_secs()
             ),
         ))
+    }
+
+    /// The connect step on a NixOS node: reads the current generation (the rollback target).
+    async fn read_generation(
+        &self,
+        target: &SshTarget,
+        timeout: Duration,
+        log: &NodeLog,
+    ) -> Result<String, Failure> {
+        let out = self
+            .remote(
+                Step::Connect,
+                target,
+                &guard::current_generation_script(),
+                None,
+                timeout,
+                log,
+            )
+            .await?;
+        Ok(out.stdout)
     }
 
     async fn fallback(

@@ -32,6 +32,41 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Environment variables fleetnix (or a tool it drives) reads secrets from: Tailscale auth keys
+/// (`TAILSCALE_AUTHKEY`; `TS_AUTHKEY`, which `tailscale` itself reads), the API token
+/// (`TS_API_KEY`), the NATS password (`FLEETNIX_NATS_PASSWORD`) and the ntfy token
+/// (`FLEETNIX_NTFY_TOKEN`). No child process gets them (see [`child_env_removals`]).
+pub const SECRET_ENV_VARS: &[&str] = &[
+    "TAILSCALE_AUTHKEY",
+    "TS_AUTHKEY",
+    "TS_API_KEY",
+    "FLEETNIX_NATS_PASSWORD",
+    "FLEETNIX_NTFY_TOKEN",
+];
+
+/// Prefixes of secret variables: the nats-server environment's `NATS_PASSWORD_<NODE>`.
+pub const SECRET_ENV_PREFIXES: &[&str] = &["NATS_PASSWORD_"];
+
+/// Is `name` a variable that holds a secret?
+pub fn is_secret_env(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    SECRET_ENV_VARS.contains(&name.as_ref())
+        || SECRET_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// The variables to `env_remove` from every child process: [`SECRET_ENV_VARS`] and the
+/// variables of this process matching [`SECRET_ENV_PREFIXES`]. Children keep everything else
+/// they need (`PATH`, `HOME`, `SSH_AUTH_SOCK`, `NIX_*`, …).
+pub fn child_env_removals() -> Vec<std::ffi::OsString> {
+    let mut out: Vec<std::ffi::OsString> = SECRET_ENV_VARS.iter().map(Into::into).collect();
+    out.extend(
+        std::env::vars_os()
+            .map(|(k, _)| k)
+            .filter(|k| is_secret_env(k) && !out.contains(k)),
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,5 +76,16 @@ mod tests {
         let s = Secret::new("hunter2-secret");
         assert!(!format!("{s:?} {s}").contains("hunter2"));
         assert_eq!(s.expose(), "hunter2-secret");
+    }
+
+    #[test]
+    fn secret_variables_are_recognised() {
+        for v in ["TAILSCALE_AUTHKEY", "TS_API_KEY", "NATS_PASSWORD_WORKER_01"] {
+            assert!(is_secret_env(std::ffi::OsStr::new(v)), "{v}");
+        }
+        for v in ["PATH", "HOME", "SSH_AUTH_SOCK", "NIX_SSHOPTS"] {
+            assert!(!is_secret_env(std::ffi::OsStr::new(v)), "{v}");
+        }
+        assert!(child_env_removals().contains(&"TS_API_KEY".into()));
     }
 }

@@ -337,12 +337,17 @@ impl Tailscale {
 
     /// Runs `tailscale status --json` and parses it.
     pub async fn status(&self) -> Result<TailscaleStatus, TailscaleError> {
-        let child = tokio::process::Command::new(&self.bin)
-            .args(["status", "--json"])
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.args(["status", "--json"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        // The CLI needs no secret; it gets none.
+        for var in crate::secret::child_env_removals() {
+            cmd.env_remove(var);
+        }
+        let child = cmd
             .spawn()
             .map_err(|source| TailscaleError::Spawn {
                 bin: self.bin.clone(),

@@ -460,15 +460,16 @@ fn nixos_vm_first_rebuild_with_a_minted_key_and_the_address_set_through_the_api(
             .expect("decrypts");
     assert_eq!(secrecy::ExposeSecret::expose_secret(&decrypted), minted);
 
-    // deploy's NixOS path ran against the public address: guarded switch = boot + activate.
+    // deploy's NixOS path ran against the public address: guarded switch = build + activate
+    // (`test`) + confirm + boot default.
     let argv = lines(&state.join("nixos-rebuild.vm-01.argv"));
-    assert_eq!(argv[0], "boot", "{argv:?}");
+    assert_eq!(argv[0], "build", "{argv:?}");
     assert!(argv.contains(&format!("root@{}", vm.addr)), "{argv:?}");
     assert!(argv.contains(&format!(
         "{}#vm-01",
         std::fs::canonicalize(root).expect("root").display()
     )));
-    assert_eq!(lines(&state.join("activations")), ["2 boot", "2 switch"]);
+    assert_eq!(lines(&state.join("activations")), ["2 test", "2 boot"]);
     assert!(root.join("nix/nodes/vm-01.nix").is_file());
     assert!(!stdout.contains(&minted) && !stderr.contains(&minted));
 }

@@ -51,7 +51,7 @@ fn readme_first_command_on_the_example_fleet() {
     assert!(out.contains(&expected), "{out}");
     assert!(
         out.contains(&format!(
-            " boot --flake '{}#worker-01' --target-host root@100.64.0.2\n",
+            " build --flake '{}#worker-01' --target-host root@100.64.0.2\n",
             repo.display()
         )),
         "{out}"
@@ -60,14 +60,22 @@ fn readme_first_command_on_the_example_fleet() {
     assert!(out.contains("no host_key in the manifest"), "{out}");
     assert!(out.contains("ssh-keyscan -t ed25519 100.64.0.2"), "{out}");
     // The rollback guard around switch.
+    assert!(out.contains("readlink /run/current-system"), "{out}");
     assert!(
-        out.contains("systemd-run --unit=fleetnix-rollback"),
+        out.contains("systemd-run --unit=fleetnix-rollback-ID"),
         "{out}"
     );
     assert!(
-        out.contains("/nix/var/nix/profiles/system/bin/switch-to-configuration switch"),
+        out.contains("NEW_SYSTEM/bin/switch-to-configuration test"),
         "{out}"
     );
+    // The boot default moves only in the confirmation, after the guard is disarmed.
+    let confirm = &out[out.find("SSH_NEW =").expect("confirmation")..];
+    assert!(
+        confirm.contains("--set \"$N\"") && confirm.contains("switch-to-configuration\" boot"),
+        "{out}"
+    );
+    assert!(!out[..out.find("SSH_NEW =").expect("confirmation")].contains(" boot"), "{out}");
     // Nothing ran, nothing written.
     assert!(
         !rec.path().join("called").exists(),

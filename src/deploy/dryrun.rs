@@ -7,7 +7,7 @@ use super::guard;
 use super::hostkeys;
 use super::nixos;
 use super::transport::{LocalCommand, SshTarget, CONTROL_PERSIST_SECS};
-use super::{shell, Action, AuthKeySource, DeployOptions, RenderState};
+use super::{shell, AuthKeySource, DeployOptions, RenderState};
 use crate::model::Os;
 use crate::plan::NodePlan;
 use std::fmt::Write;
@@ -249,10 +249,15 @@ fn node(
     l.out
 }
 
+/// Stands for the generation step 1 reads (dry runs connect nowhere).
+const RUNNING: &str = "RUNNING_SYSTEM";
+/// Stands for the store path `nixos-rebuild build` prints.
+const BUILT: &str = "NEW_SYSTEM";
+
 fn nixos_steps(l: &mut Listing, plan: &NodePlan, opts: &DeployOptions) {
     let guarded = opts.guarded();
     l.remote(
-        "connect (pinned key), read the current generation",
+        &format!("connect (pinned key), read the running generation ({RUNNING})"),
         &guard::current_generation_script(),
         None,
     );
@@ -260,43 +265,53 @@ fn nixos_steps(l: &mut Listing, plan: &NodePlan, opts: &DeployOptions) {
         .nixos_rebuild
         .clone()
         .unwrap_or_else(|| PathBuf::from("nixos-rebuild"));
-    let action = if guarded { Action::Boot } else { opts.action };
-    let cmd = nixos::rebuild_command(
-        &program,
-        action,
-        opts.build_on,
-        &opts.root,
-        plan,
-        nixos::nix_sshopts(&opts.ssh, &l.target),
-    );
-    let what = match (guarded, opts.nixos_rebuild.is_some()) {
-        (_, false) => "nixos-rebuild (NOT FOUND on PATH: install it or set FLEETNIX_NIXOS_REBUILD)",
-        (true, true) => {
-            "nixos-rebuild boot: build, copy, set the system profile (activation follows, guarded)"
-        }
-        (false, true) => "nixos-rebuild",
+    let sshopts = nixos::nix_sshopts(&opts.ssh, &l.target);
+    let cmd = if guarded {
+        nixos::build_command(&program, opts.build_on, &opts.root, plan, sshopts)
+    } else {
+        nixos::rebuild_command(
+            &program,
+            opts.action,
+            opts.build_on,
+            &opts.root,
+            plan,
+            sshopts,
+        )
     };
-    l.local(what, &cmd);
+    let what = match (guarded, opts.nixos_rebuild.is_some()) {
+        (_, false) => {
+            "nixos-rebuild (NOT FOUND on PATH: install it or set FLEETNIX_NIXOS_REBUILD)".to_string()
+        }
+        (true, true) => format!(
+            "nixos-rebuild build, in {}: build the system and copy it to the node, nothing activated or made the default; it prints the store path ({BUILT})",
+            nixos::build_dir(&opts.state_dir, plan).display()
+        ),
+        (false, true) => "nixos-rebuild".to_string(),
+    };
+    l.local(&what, &cmd);
     if guarded {
+        let id = guard::GuardId::placeholder();
         l.remote(
             &format!(
-                "arm the rollback guard: back to the generation read in step 1 in {}s unless confirmed",
+                "take the node's lock and arm the rollback guard {} ({} = a new id per deploy): back to {RUNNING} in {}s unless confirmed",
+                id.unit(),
+                id.as_str(),
                 opts.rollback_grace.as_secs()
             ),
-            &guard::arm_script("system-N-link", opts.rollback_grace),
+            &guard::arm_script(&id, RUNNING, opts.rollback_grace),
             None,
         );
         l.remote(
-            "activate (switch-to-configuration switch)",
-            &guard::activate_script(),
+            "activate without making it the default (switch-to-configuration test)",
+            &guard::activate_script(&id, BUILT),
             None,
         );
         l.close("close the shared SSH connection: the confirmation must not use it");
         l.ssh_new_line();
         l.remote_via(
             "SSH_NEW",
-            "confirm over a NEW connection and disarm the guard (retried until the grace period ends)",
-            &guard::disarm_script(),
+            "confirm over a NEW connection: disarm the guard, then make the new generation the profile and boot default and release the lock (retried through the grace period)",
+            &guard::confirm_script(&id, BUILT),
             None,
         );
     }

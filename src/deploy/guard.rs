@@ -1,140 +1,349 @@
 //! The rollback guard for `switch` (see `docs/deploy.md`).
 //!
-//! A guarded switch runs `nixos-rebuild boot` (build, copy, set the profile), so the guard's
-//! clock does not run during a long build. Then, before activation, fleetnix arms, on the
-//! node, a transient systemd timer (`systemd-run --on-active=<grace>`) that points the system
-//! profile back at the generation that was current before the deploy and runs its `switch-to-configuration switch`. After
-//! activation fleetnix opens a *new* SSH connection over the tailnet (retrying until the grace
-//! period ends, so a tailscaled restart is survived) and stops the timer. If it cannot reconnect,
-//! the node rolls itself back.
+//! A guarded switch never makes an unconfirmed generation the boot default:
+//!
+//! 1. *connect* reads the generation that actually runs (`/run/current-system`);
+//! 2. `nixos-rebuild build` builds the new system and copies it to the node (nothing changes
+//!    there), so the guard's clock does not run during a long build;
+//! 3. *arm* takes the node's lock (`/run/fleetnix/lock`, one deploy at a time) and starts a
+//!    transient timer with a name of its own (`fleetnix-rollback-<id>`) that re-activates the
+//!    running generation (`switch-to-configuration test`) unless the deploy is confirmed;
+//! 4. *activate* runs the new system's `switch-to-configuration test` in a transient service:
+//!    profile and boot loader are untouched, so a reboot before confirmation boots the old
+//!    generation (the timer, living in `/run`, is gone with the reboot, and so is the need for it);
+//! 5. *confirm*, over a NEW SSH connection, decides the race with the timer, and only then sets
+//!    the system profile to the new generation and makes it the boot default
+//!    (`nix-env --set` + `switch-to-configuration boot`), and releases the lock.
+//!
+//! A unit started by `systemd-run` gets the service manager's environment, whose `PATH` on
+//! NixOS holds only systemd's own `bin/`: the rollback calls every program by absolute path,
+//! from the restored generation's `sw/bin`.
 
 use super::shell::sh_quote;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// The NixOS system profile.
 pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";
 
-/// Name of the transient unit (`.timer` and `.service`).
-pub const GUARD_UNIT: &str = "fleetnix-rollback";
+/// The generation that runs (set by activation; after a boot, the boot default).
+pub const CURRENT_SYSTEM: &str = "/run/current-system";
+
+/// The guard's state on the node: lock and per-deploy markers. In `/run`, so a reboot clears it
+/// together with the transient timers it describes.
+pub const RUN_DIR: &str = "/run/fleetnix";
+
+/// The node's deploy lock (a directory; `owner` holds `<deploy id> <expiry, epoch seconds>`).
+pub const LOCK_DIR: &str = "/run/fleetnix/lock";
+
+/// Prefix of the transient units (`<prefix>-<deploy id>.timer` / `.service`).
+pub const UNIT_PREFIX: &str = "fleetnix-rollback";
 
 /// Default grace period: long enough for a tailscaled restart and re-login.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(120);
 
-/// Script printing the current generation link (e.g. `system-42-link`).
-pub fn current_generation_script() -> String {
-    format!("readlink {SYSTEM_PROFILE}")
+/// How long past its grace period a lock stays valid when its deploy vanished (fleetnix was
+/// killed between confirmation and release): another deploy may then take it over.
+pub const LOCK_SLACK: Duration = Duration::from_secs(600);
+
+/// One deploy's identity on a node: names its units, its markers and its lock. Only
+/// `[0-9a-z-]`, so it is safe in unit names, paths and scripts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardId(String);
+
+impl GuardId {
+    /// A new id, unique across processes and calls: time, process id and a counter.
+    pub fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        GuardId(format!(
+            "{:x}-{:x}-{}",
+            nanos,
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    /// A fixed id for listings (`--dry-run`), where each run makes its own.
+    pub fn placeholder() -> Self {
+        GuardId("ID".into())
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `fleetnix-rollback-<id>`: the timer (`.timer`) and the rollback (`.service`).
+    pub fn unit(&self) -> String {
+        format!("{UNIT_PREFIX}-{}", self.0)
+    }
 }
 
-/// Checks what `readlink` returned: a generation link name or a store path, nothing a shell could misread.
+impl Default for GuardId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Script printing the running generation (the target of `/run/current-system`).
+pub fn current_generation_script() -> String {
+    format!("readlink {CURRENT_SYSTEM}")
+}
+
+/// An absolute path made only of characters no shell misreads.
+fn plain_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.contains("/../")
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b'+'))
+}
+
+/// Checks what `readlink /run/current-system` returned: an absolute store path, nothing a
+/// shell could misread.
 pub fn parse_generation(out: &str) -> Result<String, String> {
     let g = out.trim();
-    let ok = !g.is_empty()
-        && !g.starts_with('-')
-        && g.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b'+'));
-    if ok {
+    if plain_path(g) {
         Ok(g.to_string())
     } else {
         Err(format!(
-            "{SYSTEM_PROFILE} does not point at a generation (readlink gave {g:?}); is this NixOS?"
+            "{CURRENT_SYSTEM} does not point at a system (readlink gave {g:?}); is this NixOS?"
         ))
     }
 }
 
-/// Left by the rollback before it changes anything, so a late disarm can tell it fired (a fired
-/// systemd timer may still look active). Beside the profile it concerns; cleared when arming.
-pub const FIRED_MARKER: &str = "/nix/var/nix/profiles/.fleetnix-rollback-fired";
-
-/// The command the timer runs: mark that it fired, re-point the profile at `prev` (atomically)
-/// and activate it.
-pub fn rollback_script(prev: &str) -> String {
-    let p = SYSTEM_PROFILE;
-    format!(
-        "touch {FIRED_MARKER} && ln -sfn {prev} {p}.fleetnix-rollback && mv -T {p}.fleetnix-rollback {p} && exec {p}/bin/switch-to-configuration switch",
-        prev = sh_quote(prev)
-    )
-}
-
-/// Script arming the guard: refuses while an earlier rollback is still activating (stopping it
-/// would leave the node half-switched), clears a stale timer and marker, then
-/// `systemd-run --on-active=<grace>s`.
-pub fn arm_script(prev: &str, grace: Duration) -> String {
-    let u = GUARD_UNIT;
-    format!(
-        "if systemctl is-active --quiet {u}.service; then echo 'an earlier fleetnix rollback is still running on this node; deploy again once it is done' >&2; exit 1; fi\n\
-         systemctl stop {u}.timer >/dev/null 2>&1 || true\n\
-         systemctl reset-failed {u}.timer {u}.service >/dev/null 2>&1 || true\n\
-         rm -f {FIRED_MARKER}\n\
-         exec systemd-run --unit={u} --description={desc} --on-active={secs}s --timer-property=AccuracySec=1s /bin/sh -c {cmd}",
-        desc = sh_quote(&format!("fleetnix: return to {prev} unless the deploy is confirmed")),
-        secs = grace.as_secs(),
-        cmd = sh_quote(&rollback_script(prev)),
-    )
-}
-
-/// Script activating the profile's generation the way nixos-rebuild does: inside a transient
-/// service (`systemd-run --wait --pipe`), so activation survives the SSH connection dropping.
-pub fn activate_script() -> String {
-    format!(
-        "exec systemd-run --unit=fleetnix-activate --collect --no-ask-password --pipe --quiet --service-type=exec --wait {SYSTEM_PROFILE}/bin/switch-to-configuration switch"
-    )
-}
-
-/// What the disarm script reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disarm {
-    /// The timer was stopped in time: the new generation stays.
-    Disarmed,
-    /// The timer had already fired: the node went back to the previous generation.
-    Fired,
-}
-
-/// Script disarming the guard; prints `disarmed` or `fired`. The timer is stopped first; then
-/// the rollback counts as fired if it left its marker or its service is running, whatever the
-/// timer's state says (a systemd timer that has elapsed can still be reported active).
-pub fn disarm_script() -> String {
-    let u = GUARD_UNIT;
-    format!(
-        "systemctl stop {u}.timer >/dev/null 2>&1 || true\n\
-         if [ -e {FIRED_MARKER} ] || systemctl is-active --quiet {u}.service; then echo fired; else echo disarmed; fi"
-    )
-}
-
-/// Reads the disarm script's answer.
-pub fn parse_disarm(stdout: &str) -> Option<Disarm> {
-    match stdout.trim() {
-        "disarmed" => Some(Disarm::Disarmed),
-        "fired" => Some(Disarm::Fired),
-        _ => None,
+/// The new system's store path from `nixos-rebuild build`'s standard output (its last line;
+/// progress goes to standard error).
+pub fn parse_built(stdout: &str) -> Result<String, String> {
+    let last = stdout.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+    let p = last.trim();
+    if plain_path(p) {
+        Ok(p.to_string())
+    } else {
+        Err(format!(
+            "nixos-rebuild build did not print the built system's store path (last line {p:?})"
+        ))
     }
+}
+
+/// The command the timer runs (as `/bin/sh -c`), in a unit whose `PATH` holds no coreutils:
+/// every program by absolute path, from `prev/sw/bin`. It first claims the deploy's decision
+/// (`mkdir <id>.decided`, atomic: a confirmation that got there first wins and the rollback
+/// does nothing), marks that it fired, re-activates `prev` with `switch-to-configuration test`
+/// (profile and boot default were never moved), marks that it is done and releases the lock.
+/// A failure leaves the service `failed` and no `done` marker.
+pub fn rollback_script(id: &GuardId, prev: &str) -> String {
+    format!(
+        "R={RUN_DIR}; I={id}; P={prev}; B=\"$P/sw/bin\"\n\
+         if ! \"$B/mkdir\" \"$R/$I.decided\"; then [ -d \"$R/$I.decided\" ] && exit 0; exit 1; fi\n\
+         : > \"$R/$I.fired\" || exit 1\n\
+         \"$P/bin/switch-to-configuration\" test || exit 1\n\
+         : > \"$R/$I.done\"\n\
+         o=; read -r o _ < {LOCK_DIR}/owner; [ \"$o\" = \"$I\" ] && \"$B/rm\" -rf {LOCK_DIR}\n\
+         exit 0",
+        id = sh_quote(id.as_str()),
+        prev = sh_quote(prev),
+    )
+}
+
+/// Script arming the guard. Takes the node's lock (refusing while another deploy holds it, or
+/// while an earlier rollback is running or has failed), checks that `prev` still runs, then
+/// starts the timer `fleetnix-rollback-<id>` (`systemd-run --on-active=<grace>s`). Any failure
+/// releases the lock and leaves the node as it was: nothing was activated and profile and boot
+/// default were never touched.
+pub fn arm_script(id: &GuardId, prev: &str, grace: Duration) -> String {
+    let expiry = (grace + LOCK_SLACK).as_secs();
+    format!(
+        "R={RUN_DIR}; L={LOCK_DIR}; I={id}; P={prev}\n\
+         mkdir -p \"$R\" || exit 1\n\
+         if ! mkdir \"$L\" 2>/dev/null; then\n\
+         \x20 o=; e=; read -r o e 2>/dev/null < \"$L/owner\"\n\
+         \x20 if [ -n \"$o\" ] && systemctl is-failed --quiet \"{UNIT_PREFIX}-$o.service\"; then\n\
+         \x20   echo \"the rollback of an earlier fleetnix deploy FAILED on this node ({UNIT_PREFIX}-$o.service; see journalctl -u {UNIT_PREFIX}-$o): once the node runs the generation it should, remove $L and deploy again\" >&2; exit 1\n\
+         \x20 fi\n\
+         \x20 case $e in ''|*[!0-9]*) e=0; o=${{o:-unknown}}; known= ;; *) known=1 ;; esac\n\
+         \x20 if [ -z \"$known\" ] || [ \"$(date +%s)\" -lt \"$e\" ] || systemctl is-active --quiet \"{UNIT_PREFIX}-$o.service\"; then\n\
+         \x20   echo \"another fleetnix deploy ($o) holds the lock $L on this node; deploy again once it is done (a lock whose deploy died expires {expiry}s after it was taken)\" >&2; exit 1\n\
+         \x20 fi\n\
+         \x20 rm -rf \"$L\" && mkdir \"$L\" || {{ echo \"cannot take the lock $L\" >&2; exit 1; }}\n\
+         fi\n\
+         echo \"$I $(( $(date +%s) + {expiry} ))\" > \"$L/owner\"\n\
+         release() {{ rm -rf \"$L\" \"$R/$I.armed\"; }}\n\
+         cur=$(readlink {CURRENT_SYSTEM})\n\
+         if [ \"$cur\" != \"$P\" ]; then release; echo \"the node now runs $cur, not $P (read when fleetnix connected): deploy again\" >&2; exit 1; fi\n\
+         : > \"$R/$I.armed\"\n\
+         if ! systemd-run --unit={unit} --description={desc} --on-active={secs}s --timer-property=AccuracySec=1s /bin/sh -c {cmd}; then\n\
+         \x20 release; echo \"arming the rollback timer failed: nothing was activated\" >&2; exit 1\n\
+         fi",
+        id = sh_quote(id.as_str()),
+        prev = sh_quote(prev),
+        unit = sh_quote(&id.unit()),
+        desc = sh_quote(&format!("fleetnix: back to {prev} unless the deploy is confirmed")),
+        secs = grace.as_secs(),
+        cmd = sh_quote(&rollback_script(id, prev)),
+    )
+}
+
+/// Script activating `new` without making it the default: its `switch-to-configuration test`
+/// inside a transient service (`systemd-run --wait --pipe`, as nixos-rebuild does), so
+/// activation survives the SSH connection dropping.
+pub fn activate_script(id: &GuardId, new: &str) -> String {
+    format!(
+        "exec systemd-run --unit=fleetnix-activate-{id} --collect --no-ask-password --pipe --quiet --service-type=exec --wait {stc} test",
+        id = id.as_str(),
+        stc = sh_quote(&format!("{new}/bin/switch-to-configuration")),
+    )
+}
+
+/// What the confirmation found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirm {
+    /// Confirmed before the timer fired; `new` is now the profile and the boot default.
+    Confirmed,
+    /// Confirmed (the guard will not fire), but setting the profile or boot default failed:
+    /// the node runs the new generation and would boot the old one.
+    BootDefaultFailed,
+    /// The timer fired and the rollback completed: the node runs the previous generation.
+    Fired,
+    /// The rollback is still running.
+    RollingBack,
+    /// The rollback started and failed (or died): the node's state is unknown.
+    RollbackFailed,
+    /// The guard's state is gone (the node restarted): it now runs this generation.
+    Gone(String),
+}
+
+/// Script confirming over a new connection; prints one line (see [`parse_confirm`]). Stops
+/// this deploy's timer, then claims the decision (`mkdir <id>.decided`, the same claim the
+/// rollback makes first, so exactly one of them acts). If it wins, it sets the profile to
+/// `new` (`nix-env --set`), makes it the boot default (`switch-to-configuration boot`) and
+/// releases the lock. Safe to repeat after a dropped connection.
+pub fn confirm_script(id: &GuardId, new: &str) -> String {
+    format!(
+        "R={RUN_DIR}; I={id}; U={unit}; N={new}\n\
+         systemctl stop \"$U.timer\" >/dev/null 2>&1\n\
+         if [ ! -e \"$R/$I.armed\" ]; then echo \"gone $(readlink {CURRENT_SYSTEM})\"; exit 0; fi\n\
+         if [ ! -e \"$R/$I.decided/confirmed\" ]; then\n\
+         \x20 if systemctl is-failed --quiet \"$U.service\"; then echo rollback-failed; exit 0; fi\n\
+         \x20 if mkdir \"$R/$I.decided\" 2>/dev/null; then : > \"$R/$I.decided/confirmed\"\n\
+         \x20 elif [ -e \"$R/$I.done\" ]; then echo fired; exit 0\n\
+         \x20 elif systemctl is-active --quiet \"$U.service\"; then echo rolling-back; exit 0\n\
+         \x20 else echo rollback-failed; exit 0; fi\n\
+         fi\n\
+         if [ ! -e \"$R/$I.default\" ]; then\n\
+         \x20 nix_env=\"$N/sw/bin/nix-env\"; [ -x \"$nix_env\" ] || nix_env=nix-env\n\
+         \x20 if ! {{ \"$nix_env\" -p {SYSTEM_PROFILE} --set \"$N\" && \"$N/bin/switch-to-configuration\" boot; }} >&2; then\n\
+         \x20   echo boot-default-failed; exit 0\n\
+         \x20 fi\n\
+         \x20 : > \"$R/$I.default\"\n\
+         fi\n\
+         o=; read -r o _ 2>/dev/null < {LOCK_DIR}/owner; [ \"$o\" = \"$I\" ] && rm -rf {LOCK_DIR}\n\
+         echo confirmed",
+        id = sh_quote(id.as_str()),
+        unit = sh_quote(&id.unit()),
+        new = sh_quote(new),
+    )
+}
+
+/// Reads the confirmation script's answer.
+pub fn parse_confirm(stdout: &str) -> Option<Confirm> {
+    let line = stdout.lines().rfind(|l| !l.trim().is_empty())?.trim();
+    Some(match line {
+        "confirmed" => Confirm::Confirmed,
+        "boot-default-failed" => Confirm::BootDefaultFailed,
+        "fired" => Confirm::Fired,
+        "rolling-back" => Confirm::RollingBack,
+        "rollback-failed" => Confirm::RollbackFailed,
+        _ => Confirm::Gone(line.strip_prefix("gone")?.trim().to_string()),
+    })
+}
+
+/// What to do after a failed rollback, for the report.
+pub fn rollback_failed_help(id: &GuardId, prev: &str) -> String {
+    format!(
+        "rollback FAILED: the node may run neither generation cleanly; on its console run `{prev}/bin/switch-to-configuration test` (and see `journalctl -u {unit}`), then remove {LOCK_DIR}",
+        unit = id.unit()
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn generations_are_checked() {
-        assert_eq!(
-            parse_generation("system-42-link\n"),
-            Ok("system-42-link".into())
-        );
-        assert!(parse_generation("/nix/store/abc-nixos-system").is_ok());
-        assert!(parse_generation("x; rm -rf /").is_err());
-        assert!(parse_generation("").is_err());
+    fn syntax_ok(script: &str) {
+        let st = std::process::Command::new("sh")
+            .args(["-n", "-c", script])
+            .status()
+            .expect("sh");
+        assert!(st.success(), "{script}");
     }
 
     #[test]
-    fn arm_script_quotes_the_nested_command() {
-        let s = arm_script("system-7-link", Duration::from_secs(90));
-        assert!(s.contains("--on-active=90s"));
-        assert!(s.contains("--unit=fleetnix-rollback"));
-        assert!(s.contains("system-7-link"));
-        // Runs in sh: syntax check the whole script.
-        let st = std::process::Command::new("sh")
-            .args(["-n", "-c", &s])
-            .status()
-            .expect("sh");
-        assert!(st.success());
+    fn generations_are_checked() {
+        assert_eq!(
+            parse_generation("/nix/store/abc-nixos-system-x\n"),
+            Ok("/nix/store/abc-nixos-system-x".into())
+        );
+        assert!(parse_generation("system-42-link").is_err(), "not absolute");
+        assert!(parse_generation("/x; rm -rf /").is_err());
+        assert!(parse_generation("/nix/store/../etc").is_err());
+        assert!(parse_generation("").is_err());
+        assert_eq!(
+            parse_built("/nix/store/abc-nixos-system\n"),
+            Ok("/nix/store/abc-nixos-system".into())
+        );
+        assert!(parse_built("Done.\n").is_err());
+    }
+
+    #[test]
+    fn ids_are_unique_and_plain() {
+        let (a, b) = (GuardId::new(), GuardId::new());
+        assert_ne!(a, b);
+        assert!(a
+            .as_str()
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'));
+        assert_eq!(a.unit(), format!("fleetnix-rollback-{}", a.as_str()));
+    }
+
+    #[test]
+    fn scripts_parse_and_name_this_deploy() {
+        let id = GuardId::new();
+        let prev = "/nix/store/aaa-nixos-system-1";
+        let new = "/nix/store/bbb-nixos-system-2";
+        let arm = arm_script(&id, prev, Duration::from_secs(90));
+        assert!(arm.contains("--on-active=90s"));
+        assert!(arm.contains(&format!("--unit={}", id.unit())));
+        // The rollback calls no program by name: only its generation's sw/bin and switch-to-configuration.
+        let rb = rollback_script(&id, prev);
+        for tool in ["mkdir", "rm"] {
+            assert!(rb.contains(&format!("\"$B/{tool}\"")), "{rb}");
+        }
+        assert!(!rb.contains("touch") && !rb.contains("ln ") && !rb.contains("mv "));
+        for s in [
+            arm,
+            rb,
+            activate_script(&id, new),
+            confirm_script(&id, new),
+        ] {
+            syntax_ok(&s);
+        }
+        assert!(activate_script(&id, new).ends_with("/bin/switch-to-configuration test"));
+    }
+
+    #[test]
+    fn confirm_answers() {
+        assert_eq!(parse_confirm("confirmed\n"), Some(Confirm::Confirmed));
+        assert_eq!(parse_confirm("fired"), Some(Confirm::Fired));
+        assert_eq!(parse_confirm("rollback-failed"), Some(Confirm::RollbackFailed));
+        assert_eq!(
+            parse_confirm("gone /nix/store/x"),
+            Some(Confirm::Gone("/nix/store/x".into()))
+        );
+        assert_eq!(parse_confirm("disarmed"), None);
+        assert_eq!(parse_confirm(""), None);
     }
 }

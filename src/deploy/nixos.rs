@@ -29,8 +29,39 @@ pub fn rebuild_command(
     plan: &NodePlan,
     nix_sshopts: String,
 ) -> LocalCommand {
+    command(program, action.as_str(), build_on, root, plan, nix_sshopts)
+}
+
+/// `nixos-rebuild build` for the guarded switch: builds the system and copies its closure to
+/// the node (nixos-rebuild copies to `--target-host` for `build` too), activating nothing and
+/// touching neither profile nor boot loader; the store path is the last line of its stdout.
+/// It leaves a `result` link in its working directory (see [`build_dir`]).
+pub fn build_command(
+    program: &Path,
+    build_on: BuildOn,
+    root: &Path,
+    plan: &NodePlan,
+    nix_sshopts: String,
+) -> LocalCommand {
+    command(program, "build", build_on, root, plan, nix_sshopts)
+}
+
+/// Where `nixos-rebuild build` runs for a node: `<state dir>/build/<node>`, whose `result`
+/// link then keeps the node's last built system from the local garbage collector.
+pub fn build_dir(state_dir: &Path, plan: &NodePlan) -> std::path::PathBuf {
+    state_dir.join("build").join(plan.name.as_str())
+}
+
+fn command(
+    program: &Path,
+    verb: &str,
+    build_on: BuildOn,
+    root: &Path,
+    plan: &NodePlan,
+    nix_sshopts: String,
+) -> LocalCommand {
     let mut args = vec![
-        action.as_str().to_string(),
+        verb.to_string(),
         "--flake".to_string(),
         format!("{}#{}", root.display(), plan.name),
         "--target-host".to_string(),

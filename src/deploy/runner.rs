@@ -2,11 +2,12 @@
 //! progress, and a [`Summary`] with one [`NodeReport`] per node.
 
 use super::fallback::{self, Probe};
-use super::guard::{self, Disarm};
+use super::guard;
 use super::hostkeys;
 use super::nixos;
 use super::transport::{
-    run_process, ControlDir, LocalCommand, NodeLog, ProcError, ProcOutput, SshTarget, Transport,
+    run_process, run_process_in, ControlDir, LocalCommand, NodeLog, ProcError, ProcOutput,
+    SshTarget, Transport,
 };
 use super::{Action, AuthKeySource, DeployOptions};
 use crate::fsutil::write_atomic;
@@ -44,6 +45,8 @@ pub enum Step {
     Activate,
     /// The post-activation confirmation over a new connection.
     Confirm,
+    /// Making the confirmed generation the system profile and boot default.
+    BootDefault,
 }
 
 impl Step {
@@ -60,6 +63,7 @@ impl Step {
             Step::ArmGuard => "arm-guard",
             Step::Activate => "activate",
             Step::Confirm => "confirm",
+            Step::BootDefault => "boot-default",
         }
     }
 }
@@ -72,8 +76,11 @@ pub enum Outcome {
     Succeeded,
     /// Already as planned; nothing changed.
     Unchanged,
-    /// Activated, but not confirmed: the guard returned the node to its previous generation.
+    /// Activated, but not confirmed: the guard returned the node to its previous generation
+    /// (seen done on the node).
     RolledBack,
+    /// The guard fired and its rollback failed: the node needs a hand.
+    RollbackFailed,
     /// Failed (see step and detail).
     Failed,
     /// Not started (Ctrl-C or `--fail-fast`).
@@ -87,6 +94,7 @@ impl Outcome {
             Outcome::Succeeded => "ok",
             Outcome::Unchanged => "unchanged",
             Outcome::RolledBack => "rolled back",
+            Outcome::RollbackFailed => "rollback FAILED",
             Outcome::Failed => "FAILED",
             Outcome::Skipped => "skipped",
         }
@@ -373,7 +381,6 @@ impl<T: Transport> Ctx<T> {
         generation: &str,
         log: &NodeLog,
     ) -> Result<(Outcome, String), Failure> {
-        let quick = self.opts.node_timeout + Duration::from_secs(5);
         let Some(program) = &self.opts.nixos_rebuild else {
             return Err(Failure::new(
                 Step::Rebuild,
@@ -383,66 +390,103 @@ impl<T: Transport> Ctx<T> {
                 ),
             ));
         };
-        let guarded = self.opts.guarded();
-        // Guarded switch = `nixos-rebuild boot` (build, copy, set the profile) + arm + activate:
-        // the guard's clock must not run during a long build.
-        let prev = if guarded {
-            Some(guard::parse_generation(generation).map_err(|e| Failure::new(Step::Connect, e))?)
-        } else {
-            None
-        };
-        let action = if guarded {
-            Action::Boot
-        } else {
-            self.opts.action
-        };
+        let sshopts = nixos::nix_sshopts(&self.opts.ssh, target);
         self.step(plan, Step::Rebuild, log);
-        let cmd = nixos::rebuild_command(
+        if !self.opts.guarded() {
+            let action = self.opts.action;
+            let cmd = nixos::rebuild_command(
+                program,
+                action,
+                self.opts.build_on,
+                &self.opts.root,
+                plan,
+                sshopts,
+            );
+            self.rebuild(&cmd, None, action.as_str(), log).await?;
+            return Ok((Outcome::Succeeded, format!("{} done", action.as_str())));
+        }
+        // Guarded switch: build and copy (nothing changes on the node), so the guard's clock
+        // does not run during a long build; then arm, activate with `test`, confirm, and only
+        // then make the new generation the profile and boot default.
+        let prev = guard::parse_generation(generation).map_err(|e| Failure::new(Step::Connect, e))?;
+        let cmd = nixos::build_command(
             program,
-            action,
             self.opts.build_on,
             &self.opts.root,
             plan,
-            nixos::nix_sshopts(&self.opts.ssh, target),
+            sshopts,
         );
-        match run_process(&cmd, None, self.opts.step_timeout, log).await {
-            Ok(out) if out.success() => {}
+        let dir = nixos::build_dir(&self.opts.state_dir, plan);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Failure::new(Step::Rebuild, format!("{}: {e}", dir.display())))?;
+        let out = self.rebuild(&cmd, Some(&dir), "build", log).await?;
+        let new = guard::parse_built(&out.stdout).map_err(|e| Failure::new(Step::Rebuild, e))?;
+        self.guarded_switch(plan, target, &prev, &new, log).await
+    }
+
+    /// Runs nixos-rebuild, classifying its failures.
+    async fn rebuild(
+        &self,
+        cmd: &LocalCommand,
+        dir: Option<&std::path::Path>,
+        verb: &str,
+        log: &NodeLog,
+    ) -> Result<ProcOutput, Failure> {
+        match run_process_in(cmd, dir, None, self.opts.step_timeout, log).await {
+            Ok(out) if out.success() => Ok(out),
             Ok(out)
                 if out
                     .stderr
                     .to_ascii_lowercase()
                     .contains("host key verification failed") =>
             {
-                return Err(ssh_failure(Step::Rebuild, &out))
+                Err(ssh_failure(Step::Rebuild, &out))
             }
             Ok(out) => {
                 let mut f = ssh_failure(Step::Rebuild, &out);
                 if !f.unreachable {
-                    f.reason = format!(
-                        "nixos-rebuild {} failed: {}",
-                        action.as_str(),
-                        out.last_line()
-                    );
+                    f.reason = format!("nixos-rebuild {verb} failed: {}", out.last_line());
                 }
-                return Err(f);
+                Err(f)
             }
-            Err(e) => return Err(proc_failure(Step::Rebuild, e)),
+            Err(e) => Err(proc_failure(Step::Rebuild, e)),
         }
-        let Some(prev) = prev else {
-            return Ok((Outcome::Succeeded, format!("{} done", action.as_str())));
-        };
+    }
+
+    /// Arm, activate (`test`), confirm over a new connection (which also makes `new` the
+    /// boot default). `prev` runs now; `new` is built and copied.
+    async fn guarded_switch(
+        &self,
+        plan: &NodePlan,
+        target: &SshTarget,
+        prev: &str,
+        new: &str,
+        log: &NodeLog,
+    ) -> Result<(Outcome, String), Failure> {
+        let quick = self.opts.node_timeout + Duration::from_secs(5);
+        let id = guard::GuardId::new();
+        log.line(&format!(
+            "# guard {}: running {prev}, activating {new}",
+            id.unit()
+        ));
         self.step(plan, Step::ArmGuard, log);
         let grace = self.opts.rollback_grace;
         let armed_at = Instant::now();
+        // A failure here leaves the node as it was: nothing activated, profile and boot
+        // default untouched, the lock released.
         self.remote(
             Step::ArmGuard,
             target,
-            &guard::arm_script(&prev, grace),
+            &guard::arm_script(&id, prev, grace),
             None,
             quick,
             log,
         )
-        .await?;
+        .await
+        .map_err(|mut f| {
+            f.reason = format!("{}; nothing was activated", f.reason);
+            f
+        })?;
         self.step(plan, Step::Activate, log);
         let left = format!(
             "the rollback guard returns the node to {prev} within {}s",
@@ -452,7 +496,7 @@ impl<T: Transport> Ctx<T> {
             .transport
             .run(
                 target,
-                &guard::activate_script(),
+                &guard::activate_script(&id, new),
                 None,
                 self.opts.step_timeout,
                 log,
@@ -478,51 +522,99 @@ impl<T: Transport> Ctx<T> {
         // shared one and never use it (ControlMaster=no, ControlPath=none).
         self.transport.close(target, log).await;
         let fresh = target.fresh();
-        // Retry on fresh connections until shortly before the guard fires.
-        let margin = Duration::from_secs(2).min(grace / 4);
-        let deadline = armed_at + grace.saturating_sub(margin);
+        // Retry on fresh connections through the grace period and, once the guard has fired,
+        // long enough to see how its rollback ended. Which of confirmation and rollback wins
+        // is decided on the node, so a late confirmation cannot undo a rollback.
+        let verify = Duration::from_secs(60).max(quick * 2);
+        let deadline = armed_at + grace + verify;
         let mut last = String::from("no attempt");
         while Instant::now() < deadline {
             let left_t = deadline.saturating_duration_since(Instant::now());
             let t = quick.min(left_t).max(Duration::from_secs(1));
             match self
                 .transport
-                .run(&fresh, &guard::disarm_script(), None, t, log)
+                .run(&fresh, &guard::confirm_script(&id, new), None, t, log)
                 .await
             {
-                Ok(out) if out.success() => match guard::parse_disarm(&out.stdout) {
-                    Some(Disarm::Disarmed) => {
-                        return Ok((
-                            Outcome::Succeeded,
-                            "switched; confirmed over a new connection, guard disarmed".into(),
-                        ))
-                    }
-                    Some(Disarm::Fired) => {
-                        return Ok((
-                            Outcome::RolledBack,
-                            format!("the guard fired before the confirmation: back on {prev}"),
-                        ))
+                Ok(out) if out.success() => match guard::parse_confirm(&out.stdout) {
+                    Some(answer) => {
+                        if let Some(done) = self.confirmed(answer, &id, prev, new, out)? {
+                            return Ok(done);
+                        }
+                        last = "the rollback is still running".into();
                     }
                     None => last = format!("unexpected answer {:?}", out.stdout.trim()),
                 },
                 Ok(out) => last = out.last_line(),
                 Err(e) => last = e.to_string(),
             }
-            log.line(&format!("confirmation failed: {last}; retrying"));
+            log.line(&format!("confirmation: {last}; retrying"));
             let pause =
                 Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
         }
-        Ok((
-            Outcome::RolledBack,
+        Err(Failure::new(
+            Step::Confirm,
             format!(
-                "no new connection within {}s of activation ({last}): {left}",
-                grace.as_secs()
+                "not confirmed: no answer over a new connection within {}s of arming ({last}); {left}, but fleetnix could not reach the node to see it done: check it (journalctl -u {})",
+                (grace + verify).as_secs(),
+                id.unit()
             ),
         ))
     }
 
-    /// The connect step on a NixOS node: reads the current generation (the rollback target).
+    /// The report for a confirmation answer; `None`: ask again (the rollback is running).
+    fn confirmed(
+        &self,
+        answer: guard::Confirm,
+        id: &guard::GuardId,
+        prev: &str,
+        new: &str,
+        out: ProcOutput,
+    ) -> Result<Option<(Outcome, String)>, Failure> {
+        use guard::Confirm;
+        Ok(Some(match answer {
+            Confirm::Confirmed => (
+                Outcome::Succeeded,
+                "switched; confirmed over a new connection, guard disarmed, now the boot default"
+                    .into(),
+            ),
+            Confirm::BootDefaultFailed => {
+                return Err(Failure::new(
+                    Step::BootDefault,
+                    format!(
+                        "confirmed and running {new}, but making it the profile and boot default failed ({}): a reboot would return to {prev}; deploy again",
+                        out.last_line()
+                    ),
+                ))
+            }
+            Confirm::Fired => (
+                Outcome::RolledBack,
+                format!("the guard fired before the confirmation: back on {prev}"),
+            ),
+            Confirm::RollingBack => return Ok(None),
+            Confirm::RollbackFailed => (
+                Outcome::RollbackFailed,
+                guard::rollback_failed_help(id, prev),
+            ),
+            Confirm::Gone(now) if now == prev => (
+                Outcome::RolledBack,
+                format!(
+                    "the node restarted before the confirmation and booted {prev}, its boot default; the new generation was never made the default"
+                ),
+            ),
+            Confirm::Gone(now) => {
+                return Err(Failure::new(
+                    Step::Confirm,
+                    format!(
+                        "the guard's state is gone (the node restarted?) and it runs {now}, neither {prev} nor the deployed {new}: check it"
+                    ),
+                ))
+            }
+        }))
+    }
+
+    /// The connect step on a NixOS node: reads the running generation (the rollback target).
     async fn read_generation(
         &self,
         target: &SshTarget,

@@ -156,9 +156,21 @@ async fn pump<R: AsyncRead + Unpin>(
 }
 
 /// Runs `cmd` in its own process group with `stdin` fed in, streaming its output into `log`,
-/// and kills the whole group if it runs longer than `timeout`.
+/// and kills the whole group if it runs longer than `timeout`. The child gets this process's
+/// environment plus `cmd.env`, minus every secret variable ([`crate::secret::child_env_removals`]).
 pub async fn run_process(
     cmd: &LocalCommand,
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+    log: &NodeLog,
+) -> Result<ProcOutput, ProcError> {
+    run_process_in(cmd, None, stdin, timeout, log).await
+}
+
+/// [`run_process`] in the working directory `dir` (this process's if `None`).
+pub async fn run_process_in(
+    cmd: &LocalCommand,
+    dir: Option<&Path>,
     stdin: Option<&[u8]>,
     timeout: Duration,
     log: &NodeLog,
@@ -166,6 +178,9 @@ pub async fn run_process(
     let program = cmd.program.to_string_lossy().into_owned();
     log.line(&format!("$ {}", cmd.display()));
     let mut c = tokio::process::Command::new(&cmd.program);
+    if let Some(dir) = dir {
+        c.current_dir(dir);
+    }
     c.args(&cmd.args)
         .envs(cmd.env.iter().map(|(k, v)| (k, v)))
         .stdin(if stdin.is_some() {
@@ -179,6 +194,9 @@ pub async fn run_process(
         // timeout can stop it with everything it started.
         .process_group(0)
         .kill_on_drop(true);
+    for var in crate::secret::child_env_removals() {
+        c.env_remove(var);
+    }
     let mut child = c.spawn().map_err(|source| ProcError::Spawn {
         program: program.clone(),
         source,

@@ -383,21 +383,36 @@ pub fn write_fleet(root: &Path, nodes: &[NodeSpec], timeout: u32, retry: bool) {
     std::fs::write(fleet.join("fleet.yml"), settings.yaml()).expect("fleet.yml");
 }
 
-/// Host options of a NixOS test host: a fake system profile (generation 1 active, whose
-/// `switch-to-configuration` records calls) bound over `/nix/var/nix/profiles`, and the fake
-/// `systemd-run`/`systemctl` first on PATH. Call before [`Net::add_host`] with the host's future dir.
+/// Host options of a NixOS test host. Its state dir (see [`state_dir`]) holds fake generations
+/// `gens/<n>` (`bin/switch-to-configuration` records calls, `sw/bin` holds the coreutils the
+/// guard uses and the `nix-env` stand-in), `boot-default` and, bound over `/run` in sshd's mount
+/// namespace, `run/` (`current-system`, `sshd/`); generation 1 runs and is the profile
+/// (`profiles-<name>/`, bound over `/nix/var/nix/profiles`) and the boot default. The fake
+/// `systemd-run`/`systemctl` come first on PATH.
 pub fn nixos_host(net: &mut Net, name: &str) -> Host {
     let profiles = net.dir().join(format!("profiles-{name}"));
     let state = net.dir().join(format!("state-{name}"));
-    std::fs::create_dir_all(state.join("gens/1/bin")).expect("gens");
+    let run = state.join("run");
+    let gen1 = state.join("gens/1");
+    for d in ["bin", "sw/bin"] {
+        std::fs::create_dir_all(gen1.join(d)).expect("gens");
+    }
     std::fs::create_dir_all(&profiles).expect("profiles");
+    std::fs::create_dir_all(run.join("sshd")).expect("run/sshd");
     std::fs::copy(
         fakes().join("switch-to-configuration"),
-        state.join("gens/1/bin/switch-to-configuration"),
+        gen1.join("bin/switch-to-configuration"),
     )
     .expect("fake switch-to-configuration");
-    std::os::unix::fs::symlink(state.join("gens/1"), profiles.join("system-1-link")).expect("link");
+    std::fs::copy(fakes().join("nix-env"), gen1.join("sw/bin/nix-env")).expect("fake nix-env");
+    for tool in ["mkdir", "rm", "touch", "ln", "mv", "cat", "readlink"] {
+        let real = which::which(tool).expect("coreutils");
+        std::os::unix::fs::symlink(real, gen1.join("sw/bin").join(tool)).expect("sw/bin");
+    }
+    std::os::unix::fs::symlink(&gen1, profiles.join("system-1-link")).expect("link");
     std::os::unix::fs::symlink("system-1-link", profiles.join("system")).expect("link");
+    std::os::unix::fs::symlink(&gen1, run.join("current-system")).expect("link");
+    std::fs::write(state.join("boot-default"), "1\n").expect("boot-default");
     std::fs::write(
         profiles.join(".fleetnix-test-host"),
         state.display().to_string(),
@@ -409,7 +424,10 @@ pub fn nixos_host(net: &mut Net, name: &str) -> Host {
             os_release: Some("NAME=NixOS\nID=nixos\n".into()),
             path_prefix: vec![fakes().join("host-bin")],
             env: vec![("FAKE_HOST_DIR".into(), state.display().to_string())],
-            binds: vec![(profiles, PathBuf::from("/nix/var/nix/profiles"))],
+            binds: vec![
+                (profiles, PathBuf::from("/nix/var/nix/profiles")),
+                (run, PathBuf::from("/run")),
+            ],
             ..Default::default()
         },
     );
@@ -417,6 +435,26 @@ pub fn nixos_host(net: &mut Net, name: &str) -> Host {
     std::os::unix::fs::symlink(host.dir.join("sshd.pid"), state.join("sshd.pid"))
         .expect("pid link");
     host
+}
+
+/// The generation a host made by [`nixos_host`] runs (`/run/current-system`), its profile
+/// (`/nix/var/nix/profiles/system`) and its boot default, each as the generation number.
+pub fn generations(net: &Net, name: &str) -> (String, String, String) {
+    let state = state_dir(net, name);
+    let number = |p: PathBuf| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let running = number(std::fs::read_link(state.join("run/current-system")).expect("current-system"));
+    let profiles = net.dir().join(format!("profiles-{name}"));
+    let link = std::fs::read_link(profiles.join("system")).expect("profile");
+    let profile = number(std::fs::read_link(profiles.join(link)).expect("profile generation"));
+    let boot = std::fs::read_to_string(state.join("boot-default"))
+        .expect("boot-default")
+        .trim()
+        .to_string();
+    (running, profile, boot)
 }
 
 /// The state dir of a host made by [`nixos_host`] (activations, systemd.log).

@@ -70,6 +70,7 @@ pub struct Host {
 struct Running {
     host: Host,
     sshd: Option<Child>,
+    binds: Vec<(PathBuf, PathBuf)>,
 }
 
 /// A hub namespace with test hosts. See the module docs.
@@ -263,6 +264,7 @@ impl Net {
         self.hosts.push(Running {
             host: host.clone(),
             sshd: None,
+            binds: opts.binds.clone(),
         });
         let veth = format!("v{i}");
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
@@ -391,6 +393,25 @@ impl Net {
                 let _ = c.wait();
             }
         }
+    }
+
+    /// Fault: the host loses power. Every process in its namespace (sshd, sessions and all they
+    /// started, e.g. fake timers) is killed. Files stay as they are: the test clears what a
+    /// reboot would clear, then calls [`Net::power_on`].
+    pub fn power_off(&mut self, host: &Host) {
+        self.kill_sshd(host);
+        kill_all_in(&host.ns);
+    }
+
+    /// Starts the host's sshd again (with its bind mounts), as after a boot.
+    pub fn power_on(&mut self, host: &Host) {
+        let binds = self
+            .hosts
+            .iter()
+            .find(|r| r.host.ns == host.ns)
+            .map(|r| r.binds.clone())
+            .unwrap_or_default();
+        self.start_sshd(host, &binds);
     }
 
     /// Fault: sets the host's link down (packets to it are lost; connections time out).

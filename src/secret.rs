@@ -59,11 +59,11 @@ pub fn is_secret_env(name: &std::ffi::OsStr) -> bool {
 /// they need (`PATH`, `HOME`, `SSH_AUTH_SOCK`, `NIX_*`, …).
 pub fn child_env_removals() -> Vec<std::ffi::OsString> {
     let mut out: Vec<std::ffi::OsString> = SECRET_ENV_VARS.iter().map(Into::into).collect();
-    out.extend(
-        std::env::vars_os()
-            .map(|(k, _)| k)
-            .filter(|k| is_secret_env(k) && !out.contains(k)),
-    );
+    for (k, _) in std::env::vars_os() {
+        if is_secret_env(&k) && !out.contains(&k) {
+            out.push(k);
+        }
+    }
     out
 }
 

@@ -347,12 +347,10 @@ impl Tailscale {
         for var in crate::secret::child_env_removals() {
             cmd.env_remove(var);
         }
-        let child = cmd
-            .spawn()
-            .map_err(|source| TailscaleError::Spawn {
-                bin: self.bin.clone(),
-                source,
-            })?;
+        let child = cmd.spawn().map_err(|source| TailscaleError::Spawn {
+            bin: self.bin.clone(),
+            source,
+        })?;
         let out = tokio::time::timeout(self.timeout, child.wait_with_output())
             .await
             .map_err(|_| TailscaleError::Timeout {

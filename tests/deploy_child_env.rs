@@ -79,7 +79,7 @@ fn no_child_of_deploy_sees_a_secret_variable() {
                         continue;
                     }
                     let Some(env) = environ(&pid) else { continue };
-                    if !env.iter().any(|v| *v == marker) {
+                    if !env.contains(&marker) {
                         continue;
                     }
                     let cmd = cmdline(&pid);
@@ -112,7 +112,8 @@ fn no_child_of_deploy_sees_a_secret_variable() {
         "nixos-rebuild never seen: {seen:?}"
     );
     assert!(
-        seen.iter().any(|c| c.contains("ssh") && c.contains(&host.addr.to_string())),
+        seen.iter()
+            .any(|c| c.contains("ssh") && c.contains(&host.addr.to_string())),
         "no ssh to the node seen: {seen:?}"
     );
     let leaks = leaks.lock().unwrap();

@@ -75,7 +75,10 @@ fn readme_first_command_on_the_example_fleet() {
         confirm.contains("--set \"$N\"") && confirm.contains("switch-to-configuration\" boot"),
         "{out}"
     );
-    assert!(!out[..out.find("SSH_NEW =").expect("confirmation")].contains(" boot"), "{out}");
+    assert!(
+        !out[..out.find("SSH_NEW =").expect("confirmation")].contains(" boot"),
+        "{out}"
+    );
     // Nothing ran, nothing written.
     assert!(
         !rec.path().join("called").exists(),

@@ -96,7 +96,10 @@ fn confirmed_switch_disarms_the_guard_and_only_then_sets_the_boot_default() {
         .find_map(|w| w.strip_prefix("unit="))
         .expect("unit")
         .to_string();
-    assert!(unit.starts_with("fleetnix-rollback-") && unit.len() > 20, "{unit}");
+    assert!(
+        unit.starts_with("fleetnix-rollback-") && unit.len() > 20,
+        "{unit}"
+    );
     let activated = log
         .iter()
         .position(|l| l.contains("unit=fleetnix-activate-"))
@@ -107,9 +110,15 @@ fn confirmed_switch_disarms_the_guard_and_only_then_sets_the_boot_default() {
         .expect("disarmed");
     assert!(armed < activated && activated < stopped, "{log:?}");
     assert!(!state.join(format!("units/{unit}.timer")).exists());
-    assert!(!lock(&net, "n1").exists(), "the confirmation releases the lock");
+    assert!(
+        !lock(&net, "n1").exists(),
+        "the confirmation releases the lock"
+    );
     // The node's /run holds what the guard left: this deploy's markers only.
-    assert!(state.join("run/fleetnix").join(format!("{}.default", &unit["fleetnix-rollback-".len()..])).exists());
+    assert!(state
+        .join("run/fleetnix")
+        .join(format!("{}.default", &unit["fleetnix-rollback-".len()..]))
+        .exists());
 
     // --no-rollback: plain `nixos-rebuild switch`, no guard.
     let r = Ran::of(&mut deploy_cmd(&net, root.path(), &["n1", "--no-rollback"]));
@@ -183,7 +192,11 @@ fn reboot_before_confirmation_boots_the_old_generation() {
         "{row}"
     );
     assert_eq!(generations(&net, "n1"), all_on("1"));
-    assert_eq!(lines(&state.join("activations")), ["2 test"], "no rollback was needed");
+    assert_eq!(
+        lines(&state.join("activations")),
+        ["2 test"],
+        "no rollback was needed"
+    );
 }
 
 /// What a reboot does to a test host's files: `/run` emptied (but for sshd's directory), and
@@ -226,7 +239,9 @@ fn arm_failure_leaves_profile_and_boot_default_on_the_running_generation() {
     assert_eq!(r.code, Some(1), "{r}");
     let row = r.row("n1");
     assert!(
-        row.contains("FAILED") && row.contains("[arm-guard]") && row.contains("nothing was activated"),
+        row.contains("FAILED")
+            && row.contains("[arm-guard]")
+            && row.contains("nothing was activated"),
         "{row}"
     );
     assert!(lines(&state.join("activations")).is_empty());
@@ -279,7 +294,9 @@ fn two_concurrent_deploys_to_one_node_do_not_disarm_each_other() {
     assert_eq!(rb.code, Some(1), "{rb}");
     let row = rb.row("n1");
     assert!(
-        row.contains("[arm-guard]") && row.contains("another fleetnix deploy") && row.contains("holds the lock"),
+        row.contains("[arm-guard]")
+            && row.contains("another fleetnix deploy")
+            && row.contains("holds the lock"),
         "{row}"
     );
     assert_eq!(ra.code, Some(0), "{ra}");
@@ -289,8 +306,14 @@ fn two_concurrent_deploys_to_one_node_do_not_disarm_each_other() {
     assert_eq!(generations(&net, "n1"), all_on("2"));
     // One timer was armed (A's) and only A's confirmation stopped it.
     let log = lines(&state.join("systemd.log"));
-    let armed: Vec<_> = log.iter().filter(|l| l.contains("unit=fleetnix-rollback-")).collect();
-    let stops: Vec<_> = log.iter().filter(|l| l.starts_with("systemctl stop")).collect();
+    let armed: Vec<_> = log
+        .iter()
+        .filter(|l| l.contains("unit=fleetnix-rollback-"))
+        .collect();
+    let stops: Vec<_> = log
+        .iter()
+        .filter(|l| l.starts_with("systemctl stop"))
+        .collect();
     assert_eq!(armed.len(), 1, "{log:?}");
     assert_eq!(stops.len(), 1, "{log:?}");
     assert!(!lock(&net, "n1").exists());
@@ -315,8 +338,15 @@ fn a_failed_rollback_is_reported_as_such_and_blocks_the_next_deploy() {
     assert_eq!(r.code, Some(1), "{r}");
     let row = r.row("n1");
     assert!(row.contains("rollback FAILED"), "{row}");
-    assert!(row.contains("switch-to-configuration test") && row.contains("journalctl -u fleetnix-rollback-"), "{row}");
-    assert!(!row.contains("rolled back") && !row.contains("disarmed"), "{row}");
+    assert!(
+        row.contains("switch-to-configuration test")
+            && row.contains("journalctl -u fleetnix-rollback-"),
+        "{row}"
+    );
+    assert!(
+        !row.contains("rolled back") && !row.contains("disarmed"),
+        "{row}"
+    );
     assert_eq!(lines(&state.join("activations")), ["2 test", "1 test"]);
 
     // The lock stays: nobody deploys over a node in an unknown state.
@@ -330,7 +360,10 @@ fn a_failed_rollback_is_reported_as_such_and_blocks_the_next_deploy() {
     ));
     assert_eq!(r.code, Some(1), "{r}");
     let row = r.row("n1");
-    assert!(row.contains("[arm-guard]") && row.contains("FAILED on this node"), "{row}");
+    assert!(
+        row.contains("[arm-guard]") && row.contains("FAILED on this node"),
+        "{row}"
+    );
 }
 
 /// The `$ …` command lines a node's log holds under each `## <step>` header.

@@ -323,12 +323,7 @@ mod tests {
             assert!(rb.contains(&format!("\"$B/{tool}\"")), "{rb}");
         }
         assert!(!rb.contains("touch") && !rb.contains("ln ") && !rb.contains("mv "));
-        for s in [
-            arm,
-            rb,
-            activate_script(&id, new),
-            confirm_script(&id, new),
-        ] {
+        for s in [arm, rb, activate_script(&id, new), confirm_script(&id, new)] {
             syntax_ok(&s);
         }
         assert!(activate_script(&id, new).ends_with("/bin/switch-to-configuration test"));
@@ -338,7 +333,10 @@ mod tests {
     fn confirm_answers() {
         assert_eq!(parse_confirm("confirmed\n"), Some(Confirm::Confirmed));
         assert_eq!(parse_confirm("fired"), Some(Confirm::Fired));
-        assert_eq!(parse_confirm("rollback-failed"), Some(Confirm::RollbackFailed));
+        assert_eq!(
+            parse_confirm("rollback-failed"),
+            Some(Confirm::RollbackFailed)
+        );
         assert_eq!(
             parse_confirm("gone /nix/store/x"),
             Some(Confirm::Gone("/nix/store/x".into()))

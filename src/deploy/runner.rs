@@ -9,7 +9,7 @@ use super::transport::{
     run_process, run_process_in, ControlDir, LocalCommand, NodeLog, ProcError, ProcOutput,
     SshTarget, Transport,
 };
-use super::{Action, AuthKeySource, DeployOptions};
+use super::{AuthKeySource, DeployOptions};
 use crate::fsutil::write_atomic;
 use crate::model::Os;
 use crate::plan::NodePlan;
@@ -408,14 +408,9 @@ impl<T: Transport> Ctx<T> {
         // Guarded switch: build and copy (nothing changes on the node), so the guard's clock
         // does not run during a long build; then arm, activate with `test`, confirm, and only
         // then make the new generation the profile and boot default.
-        let prev = guard::parse_generation(generation).map_err(|e| Failure::new(Step::Connect, e))?;
-        let cmd = nixos::build_command(
-            program,
-            self.opts.build_on,
-            &self.opts.root,
-            plan,
-            sshopts,
-        );
+        let prev =
+            guard::parse_generation(generation).map_err(|e| Failure::new(Step::Connect, e))?;
+        let cmd = nixos::build_command(program, self.opts.build_on, &self.opts.root, plan, sshopts);
         let dir = nixos::build_dir(&self.opts.state_dir, plan);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Failure::new(Step::Rebuild, format!("{}: {e}", dir.display())))?;

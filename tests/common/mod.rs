@@ -446,7 +446,8 @@ pub fn generations(net: &Net, name: &str) -> (String, String, String) {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
-    let running = number(std::fs::read_link(state.join("run/current-system")).expect("current-system"));
+    let running =
+        number(std::fs::read_link(state.join("run/current-system")).expect("current-system"));
     let profiles = net.dir().join(format!("profiles-{name}"));
     let link = std::fs::read_link(profiles.join("system")).expect("profile");
     let profile = number(std::fs::read_link(profiles.join(link)).expect("profile generation"));

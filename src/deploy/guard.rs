@@ -264,7 +264,7 @@ pub fn parse_confirm(stdout: &str) -> Option<Confirm> {
 /// What to do after a failed rollback, for the report.
 pub fn rollback_failed_help(id: &GuardId, prev: &str) -> String {
     format!(
-        "rollback FAILED: the node may run neither generation cleanly; on its console run `{prev}/bin/switch-to-configuration test` (and see `journalctl -u {unit}`), then remove {LOCK_DIR}",
+        "the guard fired and its rollback failed: the node may run neither generation cleanly; on its console run `{prev}/bin/switch-to-configuration test` (see `journalctl -u {unit}`), then remove {LOCK_DIR}",
         unit = id.unit()
     )
 }

@@ -176,7 +176,7 @@ fn reboot_before_confirmation_boots_the_old_generation() {
         .spawn()
         .expect("fleetnix starts");
     wait_for("activation", Duration::from_secs(30), || {
-        lines(&state.join("activations")).contains(&"2 test".to_string())
+        generations(&net, "n1").0 == "2"
     });
     // The reboot: every process dies (transient timers with them), /run is empty again, and
     // the boot loader starts its default generation, which brings sshd back.
@@ -364,6 +364,37 @@ fn a_failed_rollback_is_reported_as_such_and_blocks_the_next_deploy() {
         row.contains("[arm-guard]") && row.contains("FAILED on this node"),
         "{row}"
     );
+}
+
+#[test]
+fn a_failed_boot_default_after_confirmation_is_reported_with_what_runs_and_what_boots() {
+    let Some(mut net) = Net::new() else { return };
+    let host = nixos_host(&mut net, "n1");
+    let state = state_dir(&net, "n1");
+    // Installing the boot entry of generation 2 fails (e.g. a full /boot).
+    std::fs::write(state.join("fail-2-boot"), "").expect("knob");
+    let root = tempfile::tempdir().expect("root");
+    write_fleet(root.path(), &[NodeSpec::for_host(&host)], 2, false);
+
+    let r = Ran::of(&mut deploy_cmd(
+        &net,
+        root.path(),
+        &["n1", "--rollback-grace", "30"],
+    ));
+    assert_eq!(r.code, Some(1), "{r}");
+    let row = r.row("n1");
+    assert!(
+        row.contains("FAILED")
+            && row.contains("[boot-default]")
+            && row.contains("a reboot would return to")
+            && row.contains(&gen_path(&net, "n1", 1)),
+        "{row}"
+    );
+    // Confirmed (no rollback), running 2, still booting 1.
+    assert_eq!(lines(&state.join("activations")), ["2 test", "2 boot"]);
+    let (running, _, boot) = generations(&net, "n1");
+    assert_eq!((running.as_str(), boot.as_str()), ("2", "1"));
+    assert!(!lock(&net, "n1").exists());
 }
 
 /// The `$ …` command lines a node's log holds under each `## <step>` header.

@@ -220,10 +220,12 @@ pub enum Confirm {
 /// this deploy's timer, then claims the decision (`mkdir <id>.decided`, the same claim the
 /// rollback makes first, so exactly one of them acts). If it wins, it sets the profile to
 /// `new` (`nix-env --set`), makes it the boot default (`switch-to-configuration boot`) and
-/// releases the lock. Safe to repeat after a dropped connection.
+/// releases the lock (also when that fails: the guard is done either way). Safe to repeat
+/// after a dropped connection.
 pub fn confirm_script(id: &GuardId, new: &str) -> String {
     format!(
         "R={RUN_DIR}; I={id}; U={unit}; N={new}\n\
+         release() {{ o=; read -r o _ 2>/dev/null < {LOCK_DIR}/owner; if [ \"$o\" = \"$I\" ]; then rm -rf {LOCK_DIR}; fi; }}\n\
          systemctl stop \"$U.timer\" >/dev/null 2>&1\n\
          if [ ! -e \"$R/$I.armed\" ]; then echo \"gone $(readlink {CURRENT_SYSTEM})\"; exit 0; fi\n\
          if [ ! -e \"$R/$I.decided/confirmed\" ]; then\n\
@@ -236,11 +238,11 @@ pub fn confirm_script(id: &GuardId, new: &str) -> String {
          if [ ! -e \"$R/$I.default\" ]; then\n\
          \x20 nix_env=\"$N/sw/bin/nix-env\"; [ -x \"$nix_env\" ] || nix_env=nix-env\n\
          \x20 if ! {{ \"$nix_env\" -p {SYSTEM_PROFILE} --set \"$N\" && \"$N/bin/switch-to-configuration\" boot; }} >&2; then\n\
-         \x20   echo boot-default-failed; exit 0\n\
+         \x20   release; echo boot-default-failed; exit 0\n\
          \x20 fi\n\
          \x20 : > \"$R/$I.default\"\n\
          fi\n\
-         o=; read -r o _ 2>/dev/null < {LOCK_DIR}/owner; [ \"$o\" = \"$I\" ] && rm -rf {LOCK_DIR}\n\
+         release\n\
          echo confirmed",
         id = sh_quote(id.as_str()),
         unit = sh_quote(&id.unit()),

@@ -37,11 +37,11 @@ pub enum Step {
     Agent,
     /// The nftables rules.
     Firewall,
-    /// `nixos-rebuild` (`boot` when guarded: build, copy, set the profile).
+    /// `nixos-rebuild` (`build` when guarded: build and copy; nothing changes on the node).
     Rebuild,
-    /// Arming the rollback guard.
+    /// Taking the node's lock and arming the rollback guard.
     ArmGuard,
-    /// Activating the new generation (guarded `switch`).
+    /// Activating the new generation with `test` (guarded `switch`).
     Activate,
     /// The post-activation confirmation over a new connection.
     Confirm,

@@ -397,6 +397,58 @@ fn a_failed_boot_default_after_confirmation_is_reported_with_what_runs_and_what_
     assert!(!lock(&net, "n1").exists());
 }
 
+#[test]
+fn a_failed_activation_rolls_back_at_once_and_says_how_that_ended() {
+    let Some(mut net) = Net::new() else { return };
+    let host = nixos_host(&mut net, "n1");
+    let state = state_dir(&net, "n1");
+    std::fs::write(state.join("fail-2-test"), "").expect("knob");
+    let root = tempfile::tempdir().expect("root");
+    write_fleet(root.path(), &[NodeSpec::for_host(&host)], 2, false);
+
+    let r = Ran::of(&mut deploy_cmd(
+        &net,
+        root.path(),
+        &["n1", "--rollback-grace", "60"],
+    ));
+    assert_eq!(r.code, Some(1), "{r}");
+    let row = r.row("n1");
+    assert!(
+        row.contains("FAILED")
+            && row.contains("[activate]")
+            && row.contains("activating generation 2 failed")
+            && row.contains("rolled back to")
+            && row.contains("seen done"),
+        "{row}"
+    );
+    // Well within the grace period: the timer was not waited for.
+    assert_eq!(lines(&state.join("activations")), ["2 test", "1 test"]);
+    assert_eq!(generations(&net, "n1"), all_on("1"));
+    assert!(!lock(&net, "n1").exists());
+    assert!(lines(&state.join("systemd.log"))
+        .iter()
+        .all(|l| !l.starts_with("fired ")));
+
+    // The same with an old generation that cannot be re-activated: rollback FAILED.
+    std::fs::write(state.join("fail-3-test"), "").expect("knob");
+    std::fs::write(state.join("fail-1"), "").expect("knob");
+    let r = Ran::of(&mut deploy_cmd(
+        &net,
+        root.path(),
+        &["n1", "--rollback-grace", "60"],
+    ));
+    assert_eq!(r.code, Some(1), "{r}");
+    let row = r.row("n1");
+    assert!(
+        row.contains("rollback FAILED") && row.contains("activating generation 3 failed"),
+        "{row}"
+    );
+    assert!(!row.contains("rolled back"), "{row}");
+    // And the node stays locked for the next deploy, whatever the time.
+    let r = Ran::of(&mut deploy_cmd(&net, root.path(), &["n1"]));
+    assert!(r.row("n1").contains("FAILED on this node"), "{r}");
+}
+
 /// The `$ …` command lines a node's log holds under each `## <step>` header.
 fn commands_by_step(log: &str) -> Vec<(String, String)> {
     let mut step = String::new();

@@ -134,13 +134,14 @@ pub fn parse_built(stdout: &str) -> Result<String, String> {
 /// (`mkdir <id>.decided`, atomic: a confirmation that got there first wins and the rollback
 /// does nothing), marks that it fired, re-activates `prev` with `switch-to-configuration test`
 /// (profile and boot default were never moved), marks that it is done and releases the lock.
-/// A failure leaves the service `failed` and no `done` marker.
+/// A failure leaves the service `failed`, a `failed` marker and no `done` marker (and the lock
+/// held: nobody deploys over a node in an unknown state).
 pub fn rollback_script(id: &GuardId, prev: &str) -> String {
     format!(
         "R={RUN_DIR}; I={id}; P={prev}; B=\"$P/sw/bin\"\n\
-         if ! \"$B/mkdir\" \"$R/$I.decided\"; then [ -d \"$R/$I.decided\" ] && exit 0; exit 1; fi\n\
+         if ! \"$B/mkdir\" \"$R/$I.decided\"; then [ -d \"$R/$I.decided\" ] && exit 0; : > \"$R/$I.failed\"; exit 1; fi\n\
          : > \"$R/$I.fired\" || exit 1\n\
-         \"$P/bin/switch-to-configuration\" test || exit 1\n\
+         \"$P/bin/switch-to-configuration\" test || {{ : > \"$R/$I.failed\"; exit 1; }}\n\
          : > \"$R/$I.done\"\n\
          o=; read -r o _ < {LOCK_DIR}/owner; [ \"$o\" = \"$I\" ] && \"$B/rm\" -rf {LOCK_DIR}\n\
          exit 0",
@@ -161,7 +162,7 @@ pub fn arm_script(id: &GuardId, prev: &str, grace: Duration) -> String {
          mkdir -p \"$R\" || exit 1\n\
          if ! mkdir \"$L\" 2>/dev/null; then\n\
          \x20 o=; e=; read -r o e 2>/dev/null < \"$L/owner\"\n\
-         \x20 if [ -n \"$o\" ] && systemctl is-failed --quiet \"{UNIT_PREFIX}-$o.service\"; then\n\
+         \x20 if [ -n \"$o\" ] && {{ [ -e \"$R/$o.failed\" ] || systemctl is-failed --quiet \"{UNIT_PREFIX}-$o.service\"; }}; then\n\
          \x20   echo \"the rollback of an earlier fleetnix deploy FAILED on this node ({UNIT_PREFIX}-$o.service; see journalctl -u {UNIT_PREFIX}-$o): once the node runs the generation it should, remove $L and deploy again\" >&2; exit 1\n\
          \x20 fi\n\
          \x20 case $e in ''|*[!0-9]*) e=0; o=${{o:-unknown}}; known= ;; *) known=1 ;; esac\n\
@@ -195,6 +196,24 @@ pub fn activate_script(id: &GuardId, new: &str) -> String {
         "exec systemd-run --unit=fleetnix-activate-{id} --collect --no-ask-password --pipe --quiet --service-type=exec --wait {stc} test",
         id = id.as_str(),
         stc = sh_quote(&format!("{new}/bin/switch-to-configuration")),
+    )
+}
+
+/// Script rolling back at once, over the deploy's connection, after activation failed: stops
+/// this deploy's timer and runs the rollback ([`rollback_script`]) right away; prints `fired`
+/// when it is done, `rolling-back` while the timer's own rollback still runs, else
+/// `rollback-failed` (see [`parse_confirm`]). Safe to repeat.
+pub fn rollback_now_script(id: &GuardId, prev: &str) -> String {
+    format!(
+        "R={RUN_DIR}; I={id}; U={unit}\n\
+         systemctl stop \"$U.timer\" >/dev/null 2>&1\n\
+         /bin/sh -c {cmd} >&2\n\
+         if [ -e \"$R/$I.done\" ]; then echo fired\n\
+         elif systemctl is-active --quiet \"$U.service\"; then echo rolling-back\n\
+         else echo rollback-failed; fi",
+        id = sh_quote(id.as_str()),
+        unit = sh_quote(&id.unit()),
+        cmd = sh_quote(&rollback_script(id, prev)),
     )
 }
 

@@ -504,10 +504,8 @@ impl<T: Transport> Ctx<T> {
                 out.last_line()
             )),
             Ok(out) if !out.success() => {
-                return Err(Failure::new(
-                    Step::Activate,
-                    format!("activation failed: {}; {left}", out.last_line()),
-                ))
+                let why = format!("activation failed: {}", out.last_line());
+                return self.roll_back_now(target, &id, prev, &why, log).await;
             }
             Ok(_) => {}
             Err(e) => log.line(&format!("activation: {e}; confirming")),
@@ -554,6 +552,72 @@ impl<T: Transport> Ctx<T> {
                 "not confirmed: no answer over a new connection within {}s of arming ({last}); {left}, but fleetnix could not reach the node to see it done: check it (journalctl -u {})",
                 (grace + verify).as_secs(),
                 id.unit()
+            ),
+        ))
+    }
+
+    /// After a failed activation (the connection works): roll back at once instead of waiting
+    /// for the timer, and report what the node says, retrying while a rollback runs.
+    async fn roll_back_now(
+        &self,
+        target: &SshTarget,
+        id: &guard::GuardId,
+        prev: &str,
+        why: &str,
+        log: &NodeLog,
+    ) -> Result<(Outcome, String), Failure> {
+        let quick = self.opts.node_timeout + Duration::from_secs(5);
+        let deadline = Instant::now() + self.opts.rollback_grace + Duration::from_secs(60);
+        let mut last = String::from("no attempt");
+        while Instant::now() < deadline {
+            let t = self
+                .opts
+                .step_timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
+            match self
+                .transport
+                .run(
+                    target,
+                    &guard::rollback_now_script(id, prev),
+                    None,
+                    t.max(quick),
+                    log,
+                )
+                .await
+            {
+                Ok(out) if out.success() => match guard::parse_confirm(&out.stdout) {
+                    Some(guard::Confirm::Fired) => {
+                        return Err(Failure::new(
+                            Step::Activate,
+                            format!("{why}; rolled back to {prev} at once (seen done)"),
+                        ))
+                    }
+                    Some(guard::Confirm::RollbackFailed) => {
+                        return Ok((
+                            Outcome::RollbackFailed,
+                            format!("{why}; {}", guard::rollback_failed_help(id, prev)),
+                        ))
+                    }
+                    Some(guard::Confirm::RollingBack) => {
+                        last = "the rollback is still running".into()
+                    }
+                    _ => last = format!("unexpected answer {:?}", out.stdout.trim()),
+                },
+                Ok(out) => last = out.last_line(),
+                Err(e) => last = e.to_string(),
+            }
+            log.line(&format!(
+                "rollback after the failed activation: {last}; retrying"
+            ));
+            let pause =
+                Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+        }
+        Err(Failure::new(
+            Step::Activate,
+            format!(
+                "{why}; rolling back at once did not answer ({last}): the rollback guard returns the node to {prev} within {}s",
+                self.opts.rollback_grace.as_secs()
             ),
         ))
     }

@@ -23,10 +23,15 @@ pub struct ShowArgs {
     pub json: bool,
 }
 
-/// `fleetnix validate`.
+/// `fleetnix validate`: the fleet files, and each NixOS node's hardware configuration and state
+/// version.
 pub fn validate(ctx: &Ctx) -> ExitCode {
     match ctx.fleet() {
         Ok(fleet) => {
+            if let Err(e) = fleetnix::hosts::validate(&ctx.root, &fleet) {
+                super::report_manifest_error(&e);
+                return ExitCode::from(1);
+            }
             println!(
                 "ok: {} nodes, {} roles, {} services",
                 fleet.nodes.len(),

@@ -36,10 +36,7 @@ pub fn pinned() -> Option<Pinned> {
     };
     for f in ["nixpkgs.tar.xz", "agenix/flake.nix"] {
         if !dir.join(f).is_file() {
-            return skip(&format!(
-                "{PINNED_ENV}={} has no {f}",
-                dir.display()
-            ));
+            return skip(&format!("{PINNED_ENV}={} has no {f}", dir.display()));
         }
     }
     let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
@@ -98,7 +95,12 @@ impl Pinned {
         let t = Instant::now();
         let ran = Ran::of(&mut c);
         let took = t.elapsed();
-        assert_eq!(ran.code, Some(0), "nix eval of {} failed:\n{ran}", dir.display());
+        assert_eq!(
+            ran.code,
+            Some(0),
+            "nix eval of {} failed:\n{ran}",
+            dir.display()
+        );
         let values = serde_json::from_str(&ran.stdout)
             .unwrap_or_else(|e| panic!("nix eval output: {e}\n{ran}"));
         (values, took)
@@ -252,7 +254,11 @@ pub fn assert_follows_plan(v: &NodeValues, p: &fleetnix::plan::NodePlan) {
     );
     assert_eq!(v.auth_key_file, "/run/agenix/tailscale-authkey", "{node}");
     // Nothing on every interface but Tailscale's WireGuard port; role ports on tailscale0 only.
-    assert_eq!(v.tcp, Vec::<u16>::new(), "{node}: TCP open on every interface");
+    assert_eq!(
+        v.tcp,
+        Vec::<u16>::new(),
+        "{node}: TCP open on every interface"
+    );
     assert_eq!(v.tcp_ranges, 0, "{node}");
     assert_eq!(v.udp, [fleetnix::plan::TAILSCALE_UDP_PORT], "{node}");
     let mut want = BTreeMap::new();
@@ -293,7 +299,13 @@ pub fn copy_repo(dest: &Path) {
     let out = Command::new("git")
         .arg("-C")
         .arg(repo())
-        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
         .output()
         .expect("git runs");
     assert!(out.status.success(), "git ls-files: {out:?}");

@@ -97,7 +97,7 @@ pub fn validate(root: &Path, fleet: &Fleet) -> Result<(), ManifestError> {
     Err(ManifestError::Invalid { problems, sources })
 }
 
-/// The node entries of a nodes.yml text: (index, name, the entry's YAML node).
+/// The node entries of a nodes.yml text: (index, name, the YAML node of the name's value).
 fn node_items(text: &str) -> Vec<(usize, String, Y)> {
     let Ok(Some(root)) = yaml::parse(text) else {
         return Vec::new();
@@ -116,15 +116,13 @@ fn node_items(text: &str) -> Vec<(usize, String, Y)> {
         .into_iter()
         .enumerate()
         .filter_map(|(i, item)| {
-            let name = match &item.value {
-                Value::Map(e) => e
-                    .iter()
-                    .find(|(k, _)| k.as_str() == Some("name"))
-                    .and_then(|(_, v)| v.as_str())
-                    .map(str::to_string),
-                _ => None,
-            }?;
-            Some((i, name, item))
+            let Value::Map(entries) = item.value else {
+                return None;
+            };
+            let (_, value) = entries
+                .into_iter()
+                .find(|(k, _)| k.as_str() == Some("name"))?;
+            Some((i, value.as_str()?.to_string(), value))
         })
         .collect()
 }

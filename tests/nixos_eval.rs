@@ -169,7 +169,8 @@ fn template_fleet(
     fleetnix(&root, &["secrets", "set-authkey", "--all"]);
     fleetnix(&root, &["secrets", "set-nats"]);
     fleetnix(&root, &["render"]);
-    fleetnix(&root, &["acl", "render", "-o", "fleet/acl-policy.hujson"]);
+    let policy = root.join("fleet/acl-policy.hujson");
+    fleetnix(&root, &["acl", "render", "-o", policy.to_str().unwrap()]);
     // What the fleet-files check derivation runs (evaluated, not built, by --no-build).
     for args in [&["validate"][..], &["render", "--check"], &["acl", "check"]] {
         fleetnix(&root, args);

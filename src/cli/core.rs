@@ -152,6 +152,14 @@ pub fn show(ctx: &Ctx, args: ShowArgs) -> ExitCode {
             .as_deref()
             .unwrap_or("unknown (run: ssh-keyscan -t ed25519 <address>)")
     );
+    println!(
+        "nixos       {}",
+        match (&p.state_version, p.access.os) {
+            (_, fleetnix::model::Os::Linux) => "none (os: linux)".to_string(),
+            (Some(v), _) => format!("system.stateVersion {v}"),
+            (None, _) => "no state_version (fleetnix validate says where to set it)".to_string(),
+        }
+    );
     println!("tailscale   tailscale up {}", p.up_flags.join(" "));
     println!("tcp ports   {} (on tailscale0)", ports(&p.tcp_ports));
     println!("udp ports   {} (on tailscale0)", ports(&p.udp_ports));

@@ -83,7 +83,7 @@ pub fn render(ctx: &Ctx, args: RenderArgs) -> ExitCode {
             Change::Orphan => {
                 stale += 1;
                 println!(
-                    "{} {p} (node no longer in the manifest)",
+                    "{} {p} (no NixOS node of that name in the manifest)",
                     if args.check { "orphaned" } else { "removed" }
                 );
             }

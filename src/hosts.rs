@@ -126,3 +126,26 @@ fn node_items(text: &str) -> Vec<(usize, String, Y)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn state_versions_are_yy_mm() {
+        use crate::model::StateVersion;
+        for ok in ["25.11", "24.05", "00.01"] {
+            assert_eq!(StateVersion::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in [
+            "25.13",
+            "25.00",
+            "2511",
+            "25.1",
+            "25.110",
+            "unstable",
+            "",
+            "２５.11",
+        ] {
+            assert!(StateVersion::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1224,6 +1224,28 @@ mod tests {
     }
 
     #[test]
+    fn boot_loader_modules_are_nix_and_refuse_odd_disks() {
+        let n = NodeName::parse("vm-01").unwrap();
+        let efi = boot_module(&n, "efi").unwrap();
+        assert!(efi.contains("boot.loader.systemd-boot.enable = true;"));
+        let bios = boot_module(&n, "bios /dev/vda").unwrap();
+        assert!(bios.contains("boot.loader.grub.device = \"/dev/vda\";"));
+        for text in [&efi, &bios] {
+            crate::nix::check_syntax(text).unwrap();
+        }
+        for odd in [
+            "bios /dev/$(id)",
+            "bios /etc/passwd",
+            "bios",
+            "uefi",
+            "bios /dev/vda x",
+            "",
+        ] {
+            assert_eq!(boot_module(&n, odd), None, "{odd}");
+        }
+    }
+
+    #[test]
     fn targets_bracket_ipv6() {
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
         assert_eq!(ssh_target("root", &v6), "root@[2001:db8::1]");

@@ -34,8 +34,11 @@ fn the_example_secrets_are_current_and_open_with_the_demo_host_keys() {
     let ran = fleetnix(&repo(), &["secrets", "list", "--json"]);
     assert_eq!(ran.code, Some(0), "{ran}");
     let list: Vec<serde_json::Value> = serde_json::from_str(&ran.stdout).unwrap();
-    // Each node's auth key and NATS password, and the control plane's server environment.
-    assert_eq!(list.len(), 7, "{ran}");
+    // Every secret the manifest wants (each node's auth key and NATS password, the control
+    // plane's server environment, …), and nothing else.
+    let wanted = fleetnix::secrets::wanted(&common::example_fleet());
+    assert!(wanted.len() >= 7, "{wanted:?}");
+    assert_eq!(list.len(), wanted.len(), "{ran}");
     for s in &list {
         assert_eq!(
             s["state"], "up-to-date",

@@ -14,50 +14,32 @@
       lib = nixpkgs.lib;
       systems = [ "x86_64-linux" "aarch64-linux" ];
       forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+      fleetLib = import ./nix/lib.nix { fleetnixModule = self.nixosModules.default; };
 
-      # Every rendered node module in nix/nodes/ becomes a nixosConfiguration.
-      nodeFiles = lib.filterAttrs (name: type: type == "regular" && lib.hasSuffix ".nix" name)
-        (if builtins.pathExists ./nix/nodes then builtins.readDir ./nix/nodes else { });
-      nodeNames = map (lib.removeSuffix ".nix") (builtins.attrNames nodeFiles);
-
-      # Optional hand-written hardware configuration: hosts/<node>/*.nix.
-      hostModules = name:
-        let dir = ./hosts + "/${name}";
-        in if builtins.pathExists dir then
-          map (f: dir + "/${f}") (builtins.filter (lib.hasSuffix ".nix") (builtins.attrNames (builtins.readDir dir)))
-        else [ ];
-
-      mkNode = name: lib.nixosSystem {
-        modules = [
-          agenix.nixosModules.default
-          self.nixosModules.default
-          (./nix/nodes + "/${name}.nix")
-        ] ++ hostModules name;
+      # The example fleet of this repository (fleet/, nix/nodes/, hosts/, secrets/).
+      fleet = fleetLib.mkFleet {
+        inherit self nixpkgs agenix systems;
+        dir = ./.;
       };
     in
     {
+      lib = { inherit (fleetLib) mkFleet; };
+
+      # Attribute sets, not bare paths: Nix 2.8's `flake check` accepts nothing else.
       nixosModules = {
-        omp-agent = ./nix/modules/omp-agent.nix;
-        fleet-node = ./nix/modules/fleet-node.nix;
+        omp-agent = { imports = [ ./nix/modules/omp-agent.nix ]; };
+        fleet-node = { imports = [ ./nix/modules/fleet-node.nix ]; };
         default = { imports = [ ./nix/modules/omp-agent.nix ./nix/modules/fleet-node.nix ]; };
       };
 
-      nixosConfigurations = lib.genAttrs nodeNames mkNode;
+      inherit (fleet) nixosConfigurations;
 
-      # `nix flake check` evaluates and builds every node of the matching system.
-      checks = forAllSystems (pkgs:
-        lib.mapAttrs' (name: node: lib.nameValuePair "node-${name}" node.config.system.build.toplevel)
-          (lib.filterAttrs (_: node: node.pkgs.stdenv.hostPlatform.system == pkgs.stdenv.hostPlatform.system)
-            self.nixosConfigurations));
+      # `nix flake check`: every node's system (of the matching platform) and fleet-files
+      # (`fleetnix validate`, `render --check`, `acl check`).
+      checks = fleet.checks;
 
       packages = forAllSystems (pkgs: rec {
-        fleetnix = pkgs.rustPlatform.buildRustPackage {
-          pname = "fleetnix";
-          version = "0.1.0";
-          src = lib.cleanSource ./.;
-          cargoLock.lockFile = ./Cargo.lock;
-          doCheck = false; # the test suite needs root, network namespaces and sshd
-        };
+        fleetnix = pkgs.callPackage ./nix/package.nix { };
         default = fleetnix;
       });
 

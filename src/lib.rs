@@ -14,6 +14,7 @@ pub mod cloudinit;
 pub mod deploy;
 pub mod fsutil;
 pub mod health;
+pub mod hosts;
 pub mod http;
 pub mod manifest;
 pub mod model;

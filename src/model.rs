@@ -78,6 +78,39 @@ pub fn is_tailnet_addr(ip: &IpAddr) -> bool {
     }
 }
 
+/// A NixOS state version (`system.stateVersion`): `"YY.MM"`, the release a node was first
+/// installed with. It must not change after installation.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct StateVersion(String);
+
+impl StateVersion {
+    /// Validates `s` as `YY.MM`: two digits, a dot, a month 01–12.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let b = s.as_bytes();
+        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+        if b.len() != 5 || b[2] != b'.' || !digits(0..2) || !digits(3..5) {
+            return Err("it is not of the form YY.MM (e.g. 25.11)".into());
+        }
+        let month = (b[3] - b'0') * 10 + (b[4] - b'0');
+        if !(1..=12).contains(&month) {
+            return Err(format!("month {month:02} does not exist"));
+        }
+        Ok(StateVersion(s.to_string()))
+    }
+
+    /// The version, e.g. `25.11`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StateVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Operating system of a node, which decides how it is deployed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -281,6 +314,12 @@ pub struct Settings {
     pub failure: FailureSettings,
     /// Alerts.
     pub ntfy: NtfySettings,
+    /// The fleet's default `system.stateVersion` (`state_version` in fleet.yml), if given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_version: Option<StateVersion>,
+    /// Per-node overrides of it (`state_version` of a node in nodes.yml).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_state_versions: BTreeMap<NodeName, StateVersion>,
 }
 
 /// Where the fleet was read from.
@@ -334,6 +373,14 @@ impl Fleet {
         tags.sort();
         tags.dedup();
         tags
+    }
+
+    /// The `system.stateVersion` of a node: its own `state_version`, else the fleet's.
+    pub fn state_version_of(&self, node: &Node) -> Option<&StateVersion> {
+        self.settings
+            .node_state_versions
+            .get(&node.name)
+            .or(self.settings.state_version.as_ref())
     }
 
     /// Every role some node has, sorted and unique (for "known roles" in error messages).

@@ -106,6 +106,9 @@ pub struct NodePlan {
     pub access: Access,
     /// Is it the control plane?
     pub is_control_plane: bool,
+    /// `system.stateVersion` (the node's `state_version`, else the fleet's), if given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_version: Option<String>,
 }
 
 /// Path of a node's encrypted auth key, relative to the repository root.
@@ -179,6 +182,7 @@ pub fn plan_node(fleet: &Fleet, node: &Node) -> NodePlan {
             public_address: node.public_address.clone(),
         },
         is_control_plane: node.name == fleet.settings.control_plane,
+        state_version: fleet.state_version_of(node).map(|v| v.to_string()),
         tags,
     }
 }

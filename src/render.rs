@@ -3,7 +3,7 @@
 
 use crate::bus;
 use crate::fsutil::write_atomic;
-use crate::model::Fleet;
+use crate::model::{Fleet, Os};
 use crate::nix;
 use crate::plan::{NodePlan, AUTHKEY_SECRET};
 use std::collections::{BTreeMap, HashMap};
@@ -115,6 +115,7 @@ pub fn render_node(
         },
     );
     cx.insert("agent", &plan.agent);
+    cx.insert("state_version", &plan.state_version);
     let text = engine
         .render("node.nix", &cx)
         .map_err(|source| RenderError::Template {
@@ -131,11 +132,13 @@ pub fn node_path(node: &str) -> PathBuf {
     Path::new(NODES_DIR).join(format!("{node}.nix"))
 }
 
-/// Renders every node's module. Pure: nothing is written.
+/// Renders the module of every node that may run NixOS (not `os: linux`, which gets no NixOS
+/// configuration). Pure: nothing is written.
 pub fn render_all(plans: &[NodePlan], sources: &str) -> Result<Rendered, RenderError> {
     let engine = engine()?;
     plans
         .iter()
+        .filter(|p| p.access.os != Os::Linux)
         .map(|p| {
             Ok((
                 node_path(p.name.as_str()),

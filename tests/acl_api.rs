@@ -327,9 +327,7 @@ async fn authkey_mint_asks_for_a_one_off_tagged_short_key() {
 /// A copy of the example fleet, so the CLI can write backups next to it.
 fn fleet_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for f in ["nodes.yml", "fleet.yml", "services.yml"] {
-        std::fs::copy(repo().join("fleet").join(f), dir.path().join(f)).unwrap();
-    }
+    common::copy_example_fleet(dir.path());
     dir
 }
 

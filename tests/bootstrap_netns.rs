@@ -234,6 +234,12 @@ fn fresh_debian_vm_joins_and_a_rerun_is_a_no_op() {
         assert!(!l.contains(&key), "key in {}", log.display());
     }
     assert!(!stdout.contains(&key) && !stderr.contains(&key));
+    // Not NixOS: no hardware configuration is read or written.
+    assert!(
+        stderr.contains("step 2 hardware: skipped: the VM is not NixOS"),
+        "{stderr}"
+    );
+    assert!(!root.join("hosts").exists());
 
     // A re-run changes nothing and does not even connect to the public address.
     let before_logins = logins(&vm);
@@ -472,6 +478,35 @@ fn nixos_vm_first_rebuild_with_a_minted_key_and_the_address_set_through_the_api(
     assert_eq!(lines(&state.join("activations")), ["2 test", "2 boot"]);
     assert!(root.join("nix/nodes/vm-01.nix").is_file());
     assert!(!stdout.contains(&minted) && !stderr.contains(&minted));
+
+    // The VM runs NixOS: its hardware configuration and boot loader were written from it
+    // before the first rebuild, and they are what `validate` asks for.
+    assert_eq!(
+        lines(&state.join("nixos-generate-config.calls")),
+        ["nixos-generate-config --show-hardware-config"]
+    );
+    assert!(stderr.contains("step 2 hardware: done"), "{stderr}");
+    let hw = std::fs::read_to_string(root.join("hosts/vm-01/hardware-configuration.nix"))
+        .expect("hardware configuration written");
+    assert!(hw.contains("fileSystems.\"/\""), "{hw}");
+    assert!(!hw.contains("fleetnix boot loader"), "{hw}");
+    let boot = std::fs::read_to_string(root.join("hosts/vm-01/boot.nix")).expect("boot.nix");
+    assert!(
+        boot.contains("boot.loader.systemd-boot.enable = true;")
+            || boot.contains("boot.loader.grub.device = \"/dev/"),
+        "{boot}"
+    );
+    fleetnix::nix::check_syntax(&boot).expect("boot.nix is Nix");
+    let problems = fleetnix::hosts::check(
+        root,
+        &fleetnix::manifest::load(&root.join("fleet")).expect("fleet"),
+    );
+    assert!(
+        problems
+            .iter()
+            .all(|p| p.node.as_deref() != Some("vm-01") || !p.message.contains("hardware")),
+        "{problems:?}"
+    );
 }
 
 #[test]

@@ -56,9 +56,14 @@ fn readme_first_command_on_the_example_fleet() {
         )),
         "{out}"
     );
-    // No host_key in the example fleet: flagged with the command that fetches it.
-    assert!(out.contains("no host_key in the manifest"), "{out}");
-    assert!(out.contains("ssh-keyscan -t ed25519 100.64.0.2"), "{out}");
+    // The example's (demo) host_key is the pin.
+    let key = common::example_fleet()
+        .node("worker-01")
+        .and_then(|n| n.host_key.clone())
+        .expect("the example pins worker-01's host key");
+    let pinned = key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    assert!(out.contains(&format!("    100.64.0.2 {pinned}\n")), "{out}");
+    assert!(!out.contains("no host_key in the manifest"), "{out}");
     // The rollback guard around switch.
     assert!(out.contains("readlink /run/current-system"), "{out}");
     assert!(

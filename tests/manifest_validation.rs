@@ -38,10 +38,9 @@ fn only(nodes: &str, fleet: &str, services: &str) -> Problem {
 
 /// A nodes.yml with the worker-01 entry replaced by `entry` (indented list item).
 fn with_worker(entry: &str) -> String {
-    NODES.replace(
-        "  - name: worker-01\n    tailscale_ip: 100.64.0.2\n    roles: [glm-worker, kg-writer]\n    resources:\n      cpu: 4\n      ram_gb: 8\n",
-        entry,
-    )
+    let start = NODES.find("  - name: worker-01\n").expect("worker-01");
+    let end = NODES.find("  - name: worker-02\n").expect("worker-02");
+    format!("{}{entry}{}", &NODES[..start], &NODES[end..])
 }
 
 fn line_of(text: &str, needle: &str) -> usize {
@@ -354,10 +353,13 @@ fn catalog_allow_selectors_are_checked() {
 
 #[test]
 fn malformed_host_key_is_rejected() {
-    let nodes = NODES.replace(
-        "    roles: [glm-worker, mnemopi-replica]\n",
-        "    roles: [glm-worker, mnemopi-replica]\n    host_key: ssh-dss AAAAB3NzaC1kc3MAAACBAP\n",
-    );
+    // worker-02's demo host key replaced.
+    let at = NODES.find("  - name: worker-02\n").expect("worker-02");
+    let line = NODES[at..]
+        .lines()
+        .find(|l| l.trim_start().starts_with("host_key:"))
+        .expect("worker-02 has a host key");
+    let nodes = NODES.replace(line, "    host_key: ssh-dss AAAAB3NzaC1kc3MAAACBAP");
     let p = only(&nodes, FLEET, SERVICES);
     assert_eq!(p.field, "nodes[2].host_key");
     assert!(p.message.contains("ssh-dss"), "{p}");

@@ -10,13 +10,15 @@ in
     enable = mkEnableOption "the OMP agent runtime";
 
     package = mkOption {
-      type = types.package;
-      default = pkgs.omp or (pkgs.writeShellScriptBin "omp" ''
-        echo "omp is not packaged for this system: set services.omp-agent.package" >&2
-        exit 1
-      '');
-      defaultText = lib.literalExpression "pkgs.omp";
-      description = "Package providing the `omp` executable.";
+      type = types.nullOr types.package;
+      default = pkgs.omp or null;
+      defaultText = lib.literalExpression "pkgs.omp or null";
+      description = ''
+        Package providing the `omp` executable. nixpkgs has none: set it from a flake input
+        providing omp (a module in `fleetnix.lib.mkFleet { modules = [ … ]; }`) or in
+        `hosts/<node>/*.nix`. While it is null the agent's unit is not installed and evaluation
+        prints a warning.
+      '';
     };
 
     nodeName = mkOption {
@@ -55,7 +57,13 @@ in
   };
 
   config = mkIf cfg.enable {
-    systemd.services.omp-agent = {
+    warnings = lib.optional (cfg.package == null) ''
+      services.omp-agent.package is not set (and nixpkgs has no `omp`), so the OMP agent of ${cfg.nodeName} is not installed.
+      Set it to a package providing bin/omp: from a flake input providing omp, in a module given to
+      fleetnix.lib.mkFleet { modules = [ ({ pkgs, ... }: { services.omp-agent.package = omp.packages.''${pkgs.stdenv.hostPlatform.system}.default; }) ]; },
+      or in hosts/${cfg.nodeName}/*.nix (services.omp-agent.package = …;).'';
+
+    systemd.services.omp-agent = mkIf (cfg.package != null) {
       description = "OMP agent (${cfg.nodeName})";
       wantedBy = [ "multi-user.target" ];
       # The agent reaches the control plane over the tailnet: start once Tailscale is up.

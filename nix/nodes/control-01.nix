@@ -6,6 +6,8 @@
   imports = [ ../../nix/services/nats.nix ];
 
   networking.hostName = "control-01";
+  # The NixOS release this node was first installed with (state_version): never change it later.
+  system.stateVersion = "25.11";
 
   services.tailscale = {
     enable = true;

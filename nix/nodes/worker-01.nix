@@ -3,6 +3,8 @@
 { config, ... }:
 {
   networking.hostName = "worker-01";
+  # The NixOS release this node was first installed with (state_version): never change it later.
+  system.stateVersion = "25.11";
 
   services.tailscale = {
     enable = true;

@@ -7,25 +7,16 @@
     agenix.inputs.nixpkgs.follows = "nixpkgs";
     fleetnix.url = "github:fleetnix/fleetnix";
     fleetnix.inputs.nixpkgs.follows = "nixpkgs";
+    fleetnix.inputs.agenix.follows = "agenix";
   };
 
-  # Edit fleet/*.yml, run `fleetnix render`, commit nix/nodes/, then `nix flake check`.
+  # Edit fleet/*.yml, add hosts/<node>/hardware-configuration.nix, run `fleetnix render`, commit,
+  # then `nix flake check`.
   outputs = { self, nixpkgs, agenix, fleetnix, ... }:
-    let
-      lib = nixpkgs.lib;
-      nodeFiles = lib.filterAttrs (n: t: t == "regular" && lib.hasSuffix ".nix" n)
-        (if builtins.pathExists ./nix/nodes then builtins.readDir ./nix/nodes else { });
-      mkNode = name: lib.nixosSystem {
-        modules = [
-          agenix.nixosModules.default
-          fleetnix.nixosModules.default
-          (./nix/nodes + "/${name}.nix")
-        ] ++ lib.optional (builtins.pathExists (./hosts + "/${name}/default.nix")) (./hosts + "/${name}/default.nix");
-      };
-    in
-    {
-      nixosConfigurations = lib.genAttrs (map (lib.removeSuffix ".nix") (builtins.attrNames nodeFiles)) mkNode;
-      checks.x86_64-linux = lib.mapAttrs' (n: c: lib.nameValuePair "node-${n}" c.config.system.build.toplevel)
-        self.nixosConfigurations;
+    fleetnix.lib.mkFleet {
+      inherit self nixpkgs agenix;
+      dir = ./.;
+      # Extra modules for every node, e.g. the agent's package from a flake input providing omp:
+      # modules = [ ({ pkgs, ... }: { services.omp-agent.package = omp.packages.${pkgs.stdenv.hostPlatform.system}.default; }) ];
     };
 }

@@ -6,6 +6,7 @@
 //! | 1 | `host-key` | pin the VM's SSH host key by its fingerprint (`ssh-keyscan`, nothing else is sent) | nodes.yml has `host_key` |
 //! | 2 | `record` | write `host_key` into nodes.yml (comments and order kept) | same |
 //! | 2 | `secret` | encrypt the node's auth key to it (`secrets/<node>/tailscale-authkey.age`) | the secret is up to date |
+//! | 2 | `hardware` | when the VM runs NixOS: write `hosts/<node>/hardware-configuration.nix` (its `nixos-generate-config --show-hardware-config`) and `hosts/<node>/boot.nix` (its boot loader) | the hardware configuration exists |
 //! | 3 | `install` | deploy's own runner over the public address: the non-NixOS installer, or a first `nixos-rebuild` | the node is in the tailnet |
 //! | 4 | `join` | wait until `tailscale status` shows the node (bounded) | it does |
 //! | 4 | `address` | its address vs. `tailscale_ip`: set it through the API, or record the assigned one | they agree |
@@ -46,6 +47,8 @@ pub enum Step {
     Record,
     /// Encrypt the auth key to it.
     Secret,
+    /// Write the node's hardware configuration from the VM (when it runs NixOS).
+    Hardware,
     /// Install Tailscale (non-NixOS) or the first `nixos-rebuild`, over the public address.
     Install,
     /// Wait for the node in `tailscale status`.
@@ -63,6 +66,7 @@ impl Step {
             Step::HostKey => "host-key",
             Step::Record => "record",
             Step::Secret => "secret",
+            Step::Hardware => "hardware",
             Step::Install => "install",
             Step::Join => "join",
             Step::Address => "address",
@@ -74,7 +78,7 @@ impl Step {
     pub fn number(self) -> u8 {
         match self {
             Step::HostKey => 1,
-            Step::Record | Step::Secret => 2,
+            Step::Record | Step::Secret | Step::Hardware => 2,
             Step::Install => 3,
             Step::Join | Step::Address => 4,
             Step::Handover => 5,
@@ -637,6 +641,10 @@ pub async fn bootstrap(
     let held: Option<SecretString> =
         secret_step(&mut run, &fleet, &name, already.is_some(), &resume).await?;
 
+    // 2. hardware
+    run.start(Step::Hardware);
+    hardware_step(&mut run, &fleet, &name, &pinned, already.is_some(), &resume).await?;
+
     // 3. install
     run.start(Step::Install);
     if let Some(p) = &already {
@@ -836,6 +844,178 @@ async fn secret_step(
         format!("{origin} encrypted to {file}"),
     );
     Ok(Some(key))
+}
+
+/// What the VM prints for the hardware step: `nixos-generate-config --show-hardware-config`, a
+/// separator line, then its boot loader (`efi`, or `bios <disk>`). Exit 3: not NixOS.
+const HARDWARE_SCRIPT: &str = r#"set -eu
+. /etc/os-release 2>/dev/null || true
+if [ "${ID:-}" != nixos ]; then echo "not NixOS (ID=${ID:-unknown})"; exit 3; fi
+nixos-generate-config --show-hardware-config
+echo '#### fleetnix boot loader'
+if [ -d /sys/firmware/efi ]; then echo efi; else
+  disk=$(lsblk -no pkname "$(findmnt -no SOURCE /)" 2>/dev/null | head -n 1 || true)
+  echo "bios /dev/${disk:-vda}"
+fi
+"#;
+
+/// The separator line of [`HARDWARE_SCRIPT`]'s output.
+const BOOT_MARKER: &str = "#### fleetnix boot loader";
+
+/// `hosts/<node>/boot.nix` for the boot loader the VM reported (`efi` or `bios /dev/<disk>`).
+fn boot_module(node: &NodeName, reported: &str) -> Option<String> {
+    let head = format!(
+        "# Boot loader of {node}, as fleetnix bootstrap found it on the VM ({reported}); `nixos-generate-config`\n# leaves it to configuration.nix, so it lives here, next to hardware-configuration.nix.\n"
+    );
+    let body = match reported.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["efi"] => "{\n  boot.loader.systemd-boot.enable = true;\n  boot.loader.efi.canTouchEfiVariables = true;\n}\n".to_string(),
+        ["bios", disk]
+            if disk.starts_with("/dev/")
+                && disk[5..]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_/".contains(c)) =>
+        {
+            format!(
+                "{{\n  boot.loader.grub.enable = true;\n  boot.loader.grub.device = {};\n}}\n",
+                crate::nix::string(disk)
+            )
+        }
+        _ => return None,
+    };
+    Some(head + &body)
+}
+
+/// Step 2c: the node's hardware configuration, read from the VM when it runs NixOS (over the
+/// public address, with the pinned key) and written to `hosts/<node>/`.
+async fn hardware_step(
+    run: &mut Run<'_>,
+    fleet: &Fleet,
+    name: &NodeName,
+    pinned: &str,
+    in_tailnet: bool,
+    resume: &str,
+) -> Result<(), BootstrapError> {
+    let opts = run.opts;
+    let root = &opts.deploy.root;
+    let rel = crate::hosts::hardware_path(name);
+    let node = fleet
+        .node(name.as_str())
+        .ok_or_else(|| BootstrapError::Setup("node vanished".into()))?;
+    if !crate::hosts::may_run_nixos(node) {
+        run.finish(
+            Step::Hardware,
+            Status::Skipped,
+            "os: linux: no NixOS configuration".to_string(),
+        );
+        return Ok(());
+    }
+    if root.join(&rel).is_file() {
+        run.finish(
+            Step::Hardware,
+            Status::Unchanged,
+            format!("{} exists", rel.display()),
+        );
+        return Ok(());
+    }
+    if in_tailnet {
+        run.finish(
+            Step::Hardware,
+            Status::Skipped,
+            format!(
+                "the node is already in the tailnet, so it is not contacted over its public address: write {} with `{}`",
+                rel.display(),
+                crate::hosts::generate_command(node)
+            ),
+        );
+        return Ok(());
+    }
+    let err = |e: String| fail(Step::Hardware, e, format!("fix the cause, then {resume}"));
+    let pin = opts.public_pin(name);
+    if let Some(dir) = pin.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+    }
+    let known = crate::deploy::hostkeys::known_hosts(&opts.address, &[pinned.to_string()]);
+    crate::fsutil::write_atomic(&pin, known.as_bytes(), 0o644)
+        .map_err(|e| err(format!("{}: {e}", pin.display())))?;
+    let target = crate::deploy::transport::SshTarget {
+        destination: ssh_target(&opts.ssh_user, &opts.address),
+        known_hosts: pin,
+        sudo: opts.ssh_user != "root",
+        control: None,
+    };
+    let transport = SshTransport {
+        config: opts.deploy.ssh.clone(),
+    };
+    let timeout = Duration::from_secs(u64::from(opts.deploy.ssh.connect_timeout) + 60);
+    let out = crate::deploy::transport::Transport::run(
+        &transport,
+        &target,
+        HARDWARE_SCRIPT,
+        None,
+        timeout,
+        &run.log,
+    )
+    .await
+    .map_err(|e| err(e.to_string()))?;
+    if out.code == Some(3) {
+        run.finish(
+            Step::Hardware,
+            Status::Skipped,
+            format!(
+                "the VM is {}: once it runs NixOS, write {} with `{}`",
+                out.stdout.trim(),
+                rel.display(),
+                crate::hosts::generate_command(node)
+            ),
+        );
+        return Ok(());
+    }
+    if !out.success() {
+        return Err(err(format!(
+            "`nixos-generate-config --show-hardware-config` on {} failed: {}",
+            opts.address,
+            out.last_line()
+        )));
+    }
+    let (hardware, boot) = out
+        .stdout
+        .split_once(&format!("{BOOT_MARKER}\n"))
+        .ok_or_else(|| err("the VM's answer has no boot loader line".into()))?;
+    crate::nix::check_syntax(hardware).map_err(|e| {
+        err(format!(
+            "the VM's hardware configuration is not valid Nix ({}); nothing was written",
+            e.join("; ")
+        ))
+    })?;
+    let boot = boot_module(name, boot.trim()).ok_or_else(|| {
+        err(format!(
+            "the VM reported an unknown boot loader `{}`; nothing was written",
+            boot.trim().escape_debug()
+        ))
+    })?;
+    let boot_rel = rel.with_file_name("boot.nix");
+    for (path, text) in [(&boot_rel, boot.as_str()), (&rel, hardware)] {
+        // boot.nix is only written along a new hardware configuration; an existing one is kept.
+        if path == &boot_rel && root.join(path).exists() {
+            continue;
+        }
+        let full = root.join(path);
+        if let Some(dir) = full.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        }
+        crate::fsutil::write_atomic(&full, text.as_bytes(), 0o644)
+            .map_err(|e| err(format!("{}: {e}", full.display())))?;
+    }
+    run.finish(
+        Step::Hardware,
+        Status::Done,
+        format!(
+            "{} and {} written from the VM (`nixos-generate-config --show-hardware-config`); commit them",
+            rel.display(),
+            boot_rel.display()
+        ),
+    );
+    Ok(())
 }
 
 /// Step 3: deploy's runner (the same code path as `fleetnix deploy`) on a plan whose access is
@@ -1043,6 +1223,28 @@ mod tests {
         assert!("root@h:2222".parse::<SshDest>().is_err());
         assert!("root@h;id".parse::<SshDest>().is_err());
         assert!("ro ot@h".parse::<SshDest>().is_err());
+    }
+
+    #[test]
+    fn boot_loader_modules_are_nix_and_refuse_odd_disks() {
+        let n = NodeName::parse("vm-01").unwrap();
+        let efi = boot_module(&n, "efi").unwrap();
+        assert!(efi.contains("boot.loader.systemd-boot.enable = true;"));
+        let bios = boot_module(&n, "bios /dev/vda").unwrap();
+        assert!(bios.contains("boot.loader.grub.device = \"/dev/vda\";"));
+        for text in [&efi, &bios] {
+            crate::nix::check_syntax(text).unwrap();
+        }
+        for odd in [
+            "bios /dev/$(id)",
+            "bios /etc/passwd",
+            "bios",
+            "uefi",
+            "bios /dev/vda x",
+            "",
+        ] {
+            assert_eq!(boot_module(&n, odd), None, "{odd}");
+        }
     }
 
     #[test]

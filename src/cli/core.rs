@@ -23,10 +23,15 @@ pub struct ShowArgs {
     pub json: bool,
 }
 
-/// `fleetnix validate`.
+/// `fleetnix validate`: the fleet files, and each NixOS node's hardware configuration and state
+/// version.
 pub fn validate(ctx: &Ctx) -> ExitCode {
     match ctx.fleet() {
         Ok(fleet) => {
+            if let Err(e) = fleetnix::hosts::validate(&ctx.root, &fleet) {
+                super::report_manifest_error(&e);
+                return ExitCode::from(1);
+            }
             println!(
                 "ok: {} nodes, {} roles, {} services",
                 fleet.nodes.len(),
@@ -78,7 +83,7 @@ pub fn render(ctx: &Ctx, args: RenderArgs) -> ExitCode {
             Change::Orphan => {
                 stale += 1;
                 println!(
-                    "{} {p} (node no longer in the manifest)",
+                    "{} {p} (no NixOS node of that name in the manifest)",
                     if args.check { "orphaned" } else { "removed" }
                 );
             }
@@ -146,6 +151,14 @@ pub fn show(ctx: &Ctx, args: ShowArgs) -> ExitCode {
             .host_key
             .as_deref()
             .unwrap_or("unknown (run: ssh-keyscan -t ed25519 <address>)")
+    );
+    println!(
+        "nixos       {}",
+        match (&p.state_version, p.access.os) {
+            (_, fleetnix::model::Os::Linux) => "none (os: linux)".to_string(),
+            (Some(v), _) => format!("system.stateVersion {v}"),
+            (None, _) => "no state_version (fleetnix validate says where to set it)".to_string(),
+        }
     );
     println!("tailscale   tailscale up {}", p.up_flags.join(" "));
     println!("tcp ports   {} (on tailscale0)", ports(&p.tcp_ports));

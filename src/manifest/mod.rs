@@ -762,9 +762,19 @@ fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSettings<'y>> {
             "operators",
             "ntfy",
             "fleet",
+            "state_version",
         ],
     )?;
     let mut ok = true;
+    let state_version = f.get("state_version").and_then(|v| {
+        cx.checked(
+            v,
+            "state_version",
+            STATE_VERSION_EXPECTED,
+            StateVersion::parse,
+        )
+    });
+    ok &= f.get("state_version").is_none() || state_version.is_some();
     let cp_node = cx.required(&f, "control_plane", "the name of the control-plane node");
     let control_plane =
         cp_node.and_then(|v| cx.checked(v, "control_plane", "a node name", NodeName::parse));
@@ -982,18 +992,24 @@ fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSettings<'y>> {
             operators,
             failure,
             ntfy,
+            state_version,
+            node_state_versions: BTreeMap::new(),
         },
         control_plane: cp_node,
         nats_url_given,
     })
 }
 
-/// A node plus the positions needed for cross checks.
+/// A node plus the positions needed for cross checks, and its `state_version`.
 struct NodeSpans<'y> {
     item: &'y Y,
     name: Option<&'y Y>,
     ip: Option<&'y Y>,
+    state_version: Option<StateVersion>,
 }
+
+/// What `state_version` must look like.
+const STATE_VERSION_EXPECTED: &str = "the NixOS release the node was first installed with, as a quoted \"YY.MM\" like \"25.11\" (never changed after installation)";
 
 fn decode_nodes<'y>(
     cx: &mut Cx,
@@ -1005,7 +1021,7 @@ fn decode_nodes<'y>(
     let items = cx.list(list, "nodes", "nodes")?;
     let mut out = Vec::new();
     let mut ok = true;
-    const FIELDS: [&str; 8] = [
+    const FIELDS: [&str; 9] = [
         "name",
         "tailscale_ip",
         "roles",
@@ -1014,6 +1030,7 @@ fn decode_nodes<'y>(
         "ssh_user",
         "host_key",
         "public_address",
+        "state_version",
     ];
     for (i, item) in items.iter().enumerate() {
         let path = format!("nodes[{i}]");
@@ -1179,6 +1196,17 @@ fn decode_nodes<'y>(
                 )
                 .map(Some),
         };
+        let state_version = match nf.get("state_version") {
+            None => Some(None),
+            Some(v) => cx
+                .checked(
+                    v,
+                    &join(&path, "state_version"),
+                    STATE_VERSION_EXPECTED,
+                    StateVersion::parse,
+                )
+                .map(Some),
+        };
         let public_address = match nf.get("public_address") {
             None => Some(None),
             Some(v) => cx
@@ -1198,6 +1226,7 @@ fn decode_nodes<'y>(
             ssh_user,
             host_key,
             public_address,
+            state_version,
         ) {
             (
                 Some(name),
@@ -1207,6 +1236,7 @@ fn decode_nodes<'y>(
                 Some(ssh_user),
                 Some(host_key),
                 Some(public_address),
+                Some(state_version),
             ) if roles_ok => {
                 out.push((
                     Node {
@@ -1223,6 +1253,7 @@ fn decode_nodes<'y>(
                         item,
                         name: name_node,
                         ip: ip_node,
+                        state_version,
                     },
                 ));
             }
@@ -1380,6 +1411,10 @@ fn cross_check<'t>(
     if !ok {
         return None;
     }
+    settings.node_state_versions = nodes
+        .iter()
+        .filter_map(|(n, s)| Some((n.name.clone(), s.state_version.clone()?)))
+        .collect();
     let mut nodes: Vec<Node> = nodes.into_iter().map(|(n, _)| n).collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     Some(Fleet {

@@ -28,21 +28,25 @@ pub fn example_fleet() -> fleetnix::model::Fleet {
     fleetnix::manifest::load(&example_fleet_dir()).expect("example fleet is valid")
 }
 
-/// Copies the example fleet's `nodes.yml`, `fleet.yml` and `services.yml` into `dir` (created).
+/// Copies the example fleet's `nodes.yml`, `fleet.yml` and `services.yml` into `dir` (created),
+/// without the demo `host_key`s (tests that need host keys give nodes keys of their own).
 pub fn copy_example_fleet(dir: &Path) {
     std::fs::create_dir_all(dir).expect("fleet dir");
     for f in ["nodes.yml", "fleet.yml", "services.yml"] {
         std::fs::copy(example_fleet_dir().join(f), dir.join(f)).expect("copy of the example fleet");
     }
+    strip_host_keys(&dir.join("nodes.yml"));
 }
 
-/// `shared/<rel>` of the project: beside the clone (as CI lays it) or at `/work/shared` (as
-/// sessions have it); `None` if neither exists.
-pub fn shared_file(rel: &str) -> Option<PathBuf> {
-    [repo().join("../shared"), PathBuf::from("/work/shared")]
-        .into_iter()
-        .map(|d| d.join(rel))
-        .find(|p| p.exists())
+/// Removes every `host_key:` line of a nodes.yml.
+pub fn strip_host_keys(nodes_yml: &Path) {
+    let text = std::fs::read_to_string(nodes_yml).expect("nodes.yml");
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("host_key:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(nodes_yml, kept).expect("nodes.yml");
 }
 
 /// The fleetnix binary under test.

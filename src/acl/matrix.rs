@@ -1,7 +1,7 @@
 //! Who can reach what: every tag and group of the fleet against every node, evaluated on a policy.
 
 use super::check::node_principals;
-use super::eval::{Evaluator, Principal, SshDecision};
+use super::eval::{entry_text, Evaluator, Principal, SshDecision};
 use super::policy::Policy;
 use super::ports::PortSet;
 use super::render;
@@ -15,18 +15,24 @@ pub const NONROOT_PROBE: &str = "nonroot";
 /// What one source may do on one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Cell {
-    /// Ports reachable (any protocol).
+    /// Ports reachable over TCP, UDP or SCTP.
     pub ports: PortSet,
+    /// What is reachable per protocol, as the rules write it: `22,4000/tcp`, `53/udp`, `icmp`.
+    pub protocols: Vec<String>,
     /// Tailscale SSH: `root` and/or `nonroot` when accepted (`…(check)` when a check rule applies).
     pub ssh: Vec<String>,
 }
 
 impl Cell {
-    /// `22,4000 ssh:root,nonroot`, or `-` when nothing is allowed.
+    /// `22,4000 ssh:root,nonroot` (TCP only), `22/tcp 53/udp icmp` (several protocols), or `-`
+    /// when nothing is allowed.
     pub fn text(&self) -> String {
         let mut parts = Vec::new();
-        if !self.ports.is_empty() {
+        let tcp_only = self.protocols.len() == 1 && self.protocols[0].ends_with("/tcp");
+        if tcp_only {
             parts.push(self.ports.to_string());
+        } else {
+            parts.extend(self.protocols.iter().cloned());
         }
         if !self.ssh.is_empty() {
             parts.push(format!("ssh:{}", self.ssh.join(",")));
@@ -80,8 +86,14 @@ pub fn matrix(fleet: &Fleet, policy: &Policy) -> Matrix {
                             SshDecision::Deny => None,
                         })
                         .collect();
+                    let access = ev.access(s, d);
                     Cell {
-                        ports: ev.ports(s, d, None),
+                        ports: access.port_union(),
+                        protocols: access
+                            .entries()
+                            .into_iter()
+                            .map(|(k, p)| entry_text(k, &p))
+                            .collect(),
                         ssh,
                     }
                 })
@@ -137,7 +149,7 @@ impl Matrix {
         }
         for (s, cells) in self.sources.iter().zip(&self.cells) {
             for (n, c) in self.nodes.iter().zip(cells) {
-                if c.ports.is_empty() && c.ssh.is_empty() {
+                if c.protocols.is_empty() && c.ssh.is_empty() {
                     continue;
                 }
                 out.push_str(&format!(

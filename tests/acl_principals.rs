@@ -568,3 +568,61 @@ fn json_names_kind_line_source_and_protocol() {
     assert_eq!(f["proto"], "tcp");
     assert_eq!(f["ports"], "22");
 }
+
+#[test]
+fn the_matrix_has_a_row_per_named_principal() {
+    let fleet = example_fleet();
+    let (text, _) = with_rule(
+        &rendered(),
+        "",
+        r#"{"action": "accept", "src": ["alice@example.com", "autogroup:admin"], "proto": "tcp", "dst": ["tag:control-plane:5432"]}"#,
+    );
+    let m = matrix::matrix(&fleet, &policy::parse(&text).unwrap().policy);
+    let table = m.table();
+    for (who, cell) in [
+        ("alice@example.com", "5432"),
+        ("autogroup:admin", "5432"),
+        // the operator keeps the operators' access
+        ("ops@example.com", "22,3000 ssh:root,nonroot"),
+    ] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(who))
+            .unwrap_or_else(|| panic!("no row {who}:\n{table}"));
+        assert!(row.contains(cell), "{row}");
+    }
+}
+
+#[test]
+fn ssh_rules_are_checked_for_every_principal() {
+    let fleet = example_fleet();
+    let base = rendered();
+    for (rule, source, nodes, users) in [
+        (
+            r#"{"action": "accept", "src": ["autogroup:admin"], "dst": ["tag:control-plane"], "users": ["root"]}"#,
+            "autogroup:admin",
+            vec!["control-01"],
+            "as root",
+        ),
+        (
+            r#"{"action": "check", "src": ["alice@example.com"], "dst": ["tag:worker"], "users": ["ubuntu"]}"#,
+            "alice@example.com",
+            vec!["worker-01", "worker-02"],
+            "as ubuntu",
+        ),
+        (
+            r#"{"action": "accept", "src": ["tag:worker"], "dst": ["tag:control-plane"], "users": ["autogroup:nonroot"]}"#,
+            "tag:worker",
+            vec!["control-01"],
+            "as any non-root user",
+        ),
+    ] {
+        let text = base.replacen("  \"ssh\": [\n", &format!("  \"ssh\": [\n    {rule},\n"), 1);
+        let line = text.lines().position(|l| l.contains(rule)).unwrap() + 1;
+        let f = findings(&fleet, &text);
+        let o = find(&f, FindingKind::SshOverGrant, line, source);
+        assert_eq!(o.nodes, nodes, "{o:#?}");
+        assert!(o.message.contains(users), "{}", o.message);
+        cli_reports(&text, line, source);
+    }
+}

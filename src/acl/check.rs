@@ -56,6 +56,8 @@ pub enum FindingKind {
     OverGrant,
     /// Something the catalog or the rendered configuration needs is not allowed.
     MissingGrant,
+    /// An `ssh` rule lets a source in as a user the fleet does not allow it.
+    SshOverGrant,
     /// No `ssh` section: Tailscale SSH is denied to everyone.
     NoSsh,
     /// The control plane cannot deploy to a node over Tailscale SSH.
@@ -319,10 +321,18 @@ fn identities(intents: &Intents, policy: &Policy, rendered: &Policy) -> Vec<Prin
     let groups: BTreeSet<&String> = intents.groups.iter().chain(policy.groups.keys()).collect();
     out.extend(groups.into_iter().map(|g| Principal::group(g)));
     out.push(Principal::any_member());
+    out.extend(named_principals(&[policy, rendered]));
+    out
+}
+
+/// One principal per login the policies name, a user of each `user:*@domain`, each role
+/// autogroup and `autogroup:shared` they name.
+pub fn named_principals(policies: &[&Policy]) -> Vec<Principal> {
     let mut named = Named::default();
-    named.policy(policy);
-    named.policy(rendered);
-    out.extend(named.logins.iter().map(|l| Principal::login(l)));
+    for p in policies {
+        named.policy(p);
+    }
+    let mut out: Vec<Principal> = named.logins.iter().map(|l| Principal::login(l)).collect();
     out.extend(named.domains.iter().map(|d| Principal::domain_user(d)));
     out.extend(named.roles.iter().map(|r| Principal::role(r)));
     if named.shared {
@@ -865,6 +875,75 @@ fn tag_owners(
     }
 }
 
+/// SSH over-grants: per `ssh` rule and source, the local users and nodes it lets in that the
+/// rendered policy does not (users probed: `root`, any non-root user, and the names the rule lists).
+fn ssh_over_grants(
+    fleet: &Fleet,
+    policy: &Policy,
+    have: &Evaluator,
+    want: &Evaluator,
+    idents: &[Principal],
+    nodes: &[Principal],
+    out: &mut Vec<Finding>,
+) {
+    for r in policy.ssh.iter().flatten() {
+        let mut users: Vec<&str> = vec!["root", NONROOT_PROBE];
+        for u in &r.users {
+            if !u.value.contains(':') && !users.contains(&u.value.as_str()) {
+                users.push(&u.value);
+            }
+        }
+        let srcs = idents
+            .iter()
+            .filter(|p| r.src.iter().any(|s| have.src_matches(&s.value, p)));
+        for src in srcs {
+            let mut groups: BTreeMap<Vec<&str>, Vec<String>> = BTreeMap::new();
+            for (n, d) in fleet.nodes.iter().zip(nodes) {
+                let over: Vec<&str> = users
+                    .iter()
+                    .copied()
+                    .filter(|u| {
+                        have.ssh_rule_applies(r, src, d, u)
+                            && want.ssh(src, d, u) == SshDecision::Deny
+                    })
+                    .collect();
+                if !over.is_empty() {
+                    groups.entry(over).or_default().push(n.name.to_string());
+                }
+            }
+            for (over, names) in groups {
+                let as_users: Vec<String> = over
+                    .iter()
+                    .map(|u| {
+                        if *u == NONROOT_PROBE {
+                            "any non-root user".to_string()
+                        } else {
+                            (*u).to_string()
+                        }
+                    })
+                    .collect();
+                let mut f = Finding::at(
+                    FindingKind::SshOverGrant,
+                    r.loc,
+                    format!(
+                        "ssh[{}]: {src} may Tailscale-SSH to {} as {}, which the fleet does not allow",
+                        r.index,
+                        join_nodes(&names),
+                        as_users.join(", ")
+                    ),
+                )
+                .hint(format!(
+                    "the fleet allows Tailscale SSH from the control plane's tags (deploys, as each node's ssh_user) and from {} (root and non-root users) only",
+                    fleet.settings.operators.group
+                ));
+                f.source = Some(src.name.clone());
+                f.nodes = names;
+                out.push(f);
+            }
+        }
+    }
+}
+
 /// Checks `text` (a policy file) against `fleet`. Findings are sorted by position.
 pub fn check(fleet: &Fleet, text: &str) -> Result<Vec<Finding>, PolicyError> {
     let parsed = policy::parse(text)?;
@@ -918,6 +997,7 @@ pub fn check(fleet: &Fleet, text: &str) -> Result<Vec<Finding>, PolicyError> {
     missing_grants(
         fleet, policy, &rendered, &intents, &have, &mut want, &idents, &nodes, &mut out,
     );
+    ssh_over_grants(fleet, policy, &have, &want_ev, &idents, &nodes, &mut out);
 
     // SSH for deploys and operators.
     let cp = fleet.control_plane();

@@ -587,7 +587,14 @@ impl<'p> Evaluator<'p> {
         pattern == user
     }
 
-    fn ssh_rule_applies(&self, r: &SshRule, src: &Principal, dst: &Principal, user: &str) -> bool {
+    /// Does `ssh` rule `r` (accept or check) let `src` in to `dst` as local user `user`?
+    pub fn ssh_rule_applies(
+        &self,
+        r: &SshRule,
+        src: &Principal,
+        dst: &Principal,
+        user: &str,
+    ) -> bool {
         r.src.iter().any(|s| self.src_matches(&s.value, src))
             && r.dst
                 .iter()

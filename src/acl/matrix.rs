@@ -48,7 +48,8 @@ impl Cell {
 /// Sources × nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Matrix {
-    /// Row names: tags and groups, sorted (tags first).
+    /// Row names: tags, groups, then the logins, `user:*@domain`s, role autogroups and
+    /// `autogroup:shared` the policy names, each sorted.
     pub sources: Vec<String>,
     /// Column names: nodes.
     pub nodes: Vec<String>,
@@ -56,7 +57,8 @@ pub struct Matrix {
     pub cells: Vec<Vec<Cell>>,
 }
 
-/// Evaluates `policy` for every tag and group of the fleet (and of the policy) against every node.
+/// Evaluates `policy` for every tag and group of the fleet (and of the policy), and every
+/// principal the policy names ([`super::check::named_principals`]), against every node.
 pub fn matrix(fleet: &Fleet, policy: &Policy) -> Matrix {
     let intents = render::intents(fleet);
     let tags: BTreeSet<&String> = intents
@@ -69,6 +71,7 @@ pub fn matrix(fleet: &Fleet, policy: &Policy) -> Matrix {
         .into_iter()
         .map(|t| Principal::tag(t))
         .chain(groups.into_iter().map(|g| Principal::group(g)))
+        .chain(super::check::named_principals(&[policy]))
         .collect();
     let nodes = node_principals(fleet);
     let ev = Evaluator::new(policy).with_nodes(nodes.clone());

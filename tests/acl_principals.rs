@@ -42,7 +42,10 @@ fn with_rule(base: &str, top: &str, rule: &str) -> (String, usize) {
     }
     let line = text
         .lines()
-        .position(|l| l.trim_start().starts_with(rule))
+        .position(|l| {
+            l.trim_start()
+                .starts_with(rule.lines().next().unwrap_or(rule))
+        })
         .expect("inserted rule")
         + 1;
     (text, line)
@@ -625,4 +628,21 @@ fn ssh_rules_are_checked_for_every_principal() {
         assert!(o.message.contains(users), "{}", o.message);
         cli_reports(&text, line, source);
     }
+}
+
+#[test]
+fn a_host_alias_named_like_a_node_is_not_that_node() {
+    // rule 0 makes worker-01 (by its address) a source; rule 1 names a `hosts` alias
+    // "worker-01" at another address: that device is not worker-01 and may reach nothing
+    let by_node = r#"{"action": "accept", "src": ["100.64.0.2"], "proto": "tcp", "dst": ["tag:control-plane:4000"]}"#;
+    let by_alias = r#"{"action": "accept", "src": ["worker-01"], "proto": "tcp", "dst": ["tag:control-plane:4000"]}"#;
+    let (text, line) = with_rule(
+        &rendered(),
+        r#""hosts": {"worker-01": "100.64.9.9"}"#,
+        &format!("{by_node},\n    {by_alias}"),
+    );
+    let f = findings(&example_fleet(), &text);
+    assert!(!f.iter().any(|x| x.line == line), "{f:#?}");
+    let o = find(&f, FindingKind::OverGrant, line + 1, "worker-01");
+    assert_eq!(o.ports.as_deref(), Some("4000"));
 }

@@ -418,13 +418,14 @@ struct WantRow {
 struct WantCache<'a, 'p> {
     ev: &'a Evaluator<'p>,
     nodes: &'a [Principal],
-    rows: HashMap<String, WantRow>,
+    /// Keyed by the whole principal: a `hosts` alias may share a node's name.
+    rows: HashMap<Principal, WantRow>,
 }
 
 impl<'a, 'p> WantCache<'a, 'p> {
     fn row(&mut self, src: &Principal) -> &WantRow {
         let (ev, nodes) = (self.ev, self.nodes);
-        self.rows.entry(src.name.clone()).or_insert_with(|| {
+        self.rows.entry(src.clone()).or_insert_with(|| {
             let written: Vec<Access> = nodes.iter().map(|d| ev.access(src, d)).collect();
             let implied = written
                 .iter()

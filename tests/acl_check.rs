@@ -32,12 +32,15 @@ fn ports(f: &Finding) -> Vec<u16> {
 fn seed_policy_findings() {
     let findings = check::check(&example_fleet(), &seed()).unwrap();
 
-    // 1. workers may reach Temporal, Postgres, Redis: an over-grant at the workers' rule (line 9)
+    // 1. workers may reach Temporal, Postgres, Redis over TCP: an over-grant at the workers' rule
+    //    (line 9); the rule has no "proto", so it opens UDP too, which the catalog never allows
     let over = of(&findings, FindingKind::OverGrant);
-    let workers = over
-        .iter()
-        .find(|f| f.source.as_deref() == Some("tag:worker"))
-        .expect("over-grant for tag:worker");
+    let by = |source: &str, proto: &str| {
+        over.iter()
+            .find(|f| f.source.as_deref() == Some(source) && f.proto.as_deref() == Some(proto))
+            .unwrap_or_else(|| panic!("no {proto} over-grant for {source}: {over:#?}"))
+    };
+    let workers = by("tag:worker", "tcp");
     assert_eq!(ports(workers), [5432, 6379, 7233]);
     assert_eq!(workers.nodes, ["control-01"]);
     assert_eq!((workers.line, workers.column), (9, 1));
@@ -48,14 +51,20 @@ fn seed_policy_findings() {
         "{}",
         workers.message
     );
+    let udp = by("tag:worker", "udp");
+    assert_eq!(ports(udp), [4000, 5432, 6379, 7233]);
+    assert_eq!(udp.line, 9);
     // the control plane's `tag:worker:*` is an over-grant too (only SSH is needed)
-    let cp = over
-        .iter()
-        .find(|f| f.source.as_deref() == Some("tag:control-plane"))
-        .expect("over-grant for tag:control-plane");
+    let cp = by("tag:control-plane", "tcp");
     assert_eq!(cp.ports.as_deref(), Some("1-21,23-65535"));
     assert_eq!(cp.nodes, ["worker-01", "worker-02"]);
-    assert_eq!(over.len(), 2, "{over:#?}");
+    assert!(cp.message.contains("every tcp port"), "{}", cp.message);
+    assert_eq!(by("tag:control-plane", "udp").ports.as_deref(), Some("*"));
+    // the operators' `*:22` opens UDP 22 as well
+    let ops = by("group:operators", "udp");
+    assert_eq!(ops.ports.as_deref(), Some("22"));
+    assert_eq!(ops.nodes, ["control-01", "worker-01", "worker-02"]);
+    assert_eq!(over.len(), 5, "{over:#?}");
 
     // 2. workers may not reach NATS 4222 though their agents must
     let missing = of(&findings, FindingKind::MissingGrant);

@@ -1,8 +1,9 @@
 //! The policy evaluator against hand-computed answers: tags, groups, users, autogroups,
 //! `*` hosts and ports, port ranges, protocols, addresses, host aliases, and SSH users.
 
+use fleetnix::acl::addrs::Covers;
 use fleetnix::acl::eval::{Evaluator, Principal, SshDecision};
-use fleetnix::acl::policy::{self, Policy, TCP, UDP};
+use fleetnix::acl::policy::{self, Policy, Selector, TCP, UDP};
 use std::net::IpAddr;
 
 const POLICY: &str = r#"{
@@ -210,4 +211,118 @@ fn grants_are_network_rules_too() {
     assert!(ev.reach(&a, &b, 443, UDP).is_none());
     assert!(ev.reach(&a, &b, 53, UDP).is_some());
     assert_eq!(ev.ports(&a, &b, None).to_string(), "53,443");
+}
+
+#[test]
+fn roles_shared_users_and_domains() {
+    let text = r#"{
+      "groups": {"group:ops": ["ops@example.com"]},
+      "acls": [
+        {"action": "accept", "src": ["autogroup:admin"], "proto": "tcp", "dst": ["tag:cp:22"]},
+        {"action": "accept", "src": ["autogroup:shared"], "proto": "tcp", "dst": ["tag:cp:80"]},
+        {"action": "accept", "src": ["user:*@example.com"], "proto": "tcp", "dst": ["tag:cp:443"]},
+        {"action": "accept", "src": ["autogroup:member"], "proto": "tcp", "dst": ["tag:cp:8080"]},
+      ],
+    }"#;
+    let p = policy::parse(text).unwrap().policy;
+    let ev = Evaluator::new(&p);
+    let cp = Principal::tag("tag:cp");
+    let (admin, shared) = (Principal::role("admin"), Principal::shared());
+    let (alice, anyone) = (
+        Principal::login("alice@example.com"),
+        Principal::domain_user("example.com"),
+    );
+    let other = Principal::login("bob@elsewhere.org");
+    let port = |p: &Principal| ev.ports(p, &cp, Some(TCP)).to_string();
+    // an admin is a member with a role: 22 as admin, 8080 as a member
+    assert_eq!(port(&admin), "22,8080");
+    assert_eq!(port(&Principal::role("network-admin")), "8080");
+    // a shared-in user is not a member of this tailnet
+    assert_eq!(port(&shared), "80");
+    // user:*@example.com: every login of the domain, and "some user of it"
+    assert_eq!(port(&alice), "443,8080");
+    assert_eq!(port(&anyone), "443,8080");
+    assert_eq!(port(&other), "8080");
+    // a tagged device is none of these
+    assert_eq!(
+        ev.ports(&Principal::tag("tag:w"), &cp, Some(TCP))
+            .to_string(),
+        "none"
+    );
+}
+
+#[test]
+fn ipsets_and_unknown_ipv6_addresses() {
+    let text = r#"{
+      "hosts": {"db": "100.64.0.9"},
+      "ipsets": {
+        "ipset:lab": ["add 100.64.1.0/24", "remove 100.64.1.7", "add db"],
+        "ipset:v6": ["fd7a:115c:a1e0::/48"],
+        "ipset:bad": ["add tag:cp"],
+      },
+      "acls": [
+        {"action": "accept", "src": ["ipset:lab"], "proto": "tcp", "dst": ["ipset:v6:22"]},
+        {"action": "accept", "src": ["ipset:bad"], "proto": "tcp", "dst": ["*:80"]},
+      ],
+    }"#;
+    let parsed = policy::parse(text).unwrap();
+    assert!(parsed.issues.is_empty(), "{:?}", parsed.issues);
+    let p = parsed.policy;
+    let ev = Evaluator::new(&p);
+    let node = |name: &str, addr: &str| Principal::node(name, ip(addr), &["tag:n".to_string()]);
+    let (a, removed, db, outside) = (
+        node("a", "100.64.1.5"),
+        node("b", "100.64.1.7"),
+        node("db", "100.64.0.9"),
+        node("c", "100.64.2.5"),
+    );
+    // every node has an IPv6 address in fd7a:115c:a1e0::/48, unknown here but covered whole
+    assert!(ev.reach(&a, &outside, 22, TCP).is_some());
+    assert!(ev.reach(&db, &a, 22, TCP).is_some());
+    assert!(ev.reach(&removed, &a, 22, TCP).is_none());
+    assert!(ev.reach(&outside, &a, 22, TCP).is_none());
+    // an ipset the evaluator cannot read matches nothing, and says it cannot tell
+    assert!(ev.reach(&a, &outside, 80, TCP).is_none());
+    let bad = Selector::IpSet("ipset:bad".into());
+    assert_eq!(ev.covers(&bad, &a), Some(Covers::Unknown));
+    assert!(ev.ipset("ipset:bad").unwrap().is_err());
+    // one IPv6 address: it may or may not be a node's
+    let one = Selector::Ip(ip("fd7a:115c:a1e0::5"));
+    assert_eq!(ev.covers(&one, &a), Some(Covers::Unknown));
+    let v6 = Principal::node("v6", ip("fd7a:115c:a1e0::5"), &[]);
+    assert_eq!(ev.covers(&one, &v6), Some(Covers::Yes));
+    assert_eq!(ev.covers(&Selector::Tag("tag:n".into()), &a), None);
+}
+
+#[test]
+fn access_per_protocol() {
+    let text = r#"{
+      "acls": [
+        {"action": "accept", "src": ["tag:a"], "dst": ["tag:b:53"]},
+        {"action": "accept", "src": ["tag:a"], "proto": "icmp", "dst": ["tag:c:*"]},
+        {"action": "accept", "src": ["tag:a"], "proto": "47", "dst": ["tag:c:*"]},
+      ],
+      "grants": [{"src": ["tag:a"], "dst": ["tag:d"], "ip": ["*"]}],
+    }"#;
+    let p = policy::parse(text).unwrap().policy;
+    let ev = Evaluator::new(&p);
+    let t = |s: &str| Principal::tag(s);
+    let (a, b, c, d) = (t("tag:a"), t("tag:b"), t("tag:c"), t("tag:d"));
+    // no proto: TCP and UDP; ICMP goes along
+    assert_eq!(ev.access(&a, &b).text(), "53/tcp 53/udp");
+    assert_eq!(
+        ev.access(&a, &b).with_implied_icmp().text(),
+        "53/tcp 53/udp icmp ipv6-icmp"
+    );
+    assert!(ev.reach(&a, &b, 0, policy::ICMP).is_some());
+    // ICMP and GRE have no ports: never "every port"
+    assert_eq!(ev.access(&a, &c).text(), "icmp gre");
+    assert!(ev.ports(&a, &c, None).is_empty());
+    // `*`: every protocol
+    assert_eq!(
+        ev.access(&a, &d).text(),
+        "*/tcp */udp */sctp icmp ipv6-icmp every other IP protocol"
+    );
+    assert!(ev.reach(&a, &d, 1, 47).is_some());
+    assert!(ev.reach(&b, &a, 53, UDP).is_none());
 }

@@ -1,22 +1,36 @@
 //! A small policy evaluator: can a source reach a destination on a port, and may it SSH as a user?
 //!
-//! Identities are [`Principal`]s: a tagged node, a user, "some member of a group", or a node of the
-//! fleet (its tags and address). Semantics follow the policy reference: deny by default; a rule
-//! applies when one of its sources matches the source and one of its destinations matches the
-//! destination, port and protocol; tagged devices are never a user's devices (`autogroup:self`,
-//! users and groups as destinations only match untagged devices); SSH `check` wins over `accept`.
-//! Autogroups that depend on admin-console roles (`autogroup:admin`, …) and `ipset:`s match nothing
-//! here: the evaluator cannot know them, so it never claims access through them.
+//! Identities are [`Principal`]s: a tagged node, a user, "some member of a group", a user with an
+//! admin-console role, a user of another tailnet (`autogroup:shared`), a device at an address, or a
+//! node of the fleet (its tags and address). Semantics follow the policy reference: deny by default;
+//! a rule applies when one of its sources matches the source and one of its destinations matches
+//! the destination, port and protocol; a rule without `proto` allows TCP and UDP, and ICMP goes
+//! wherever any traffic goes; tagged devices are never a user's devices (`autogroup:self`, users
+//! and groups as destinations only match untagged devices); SSH `check` wins over `accept`.
+//! Address selectors (IPs, CIDRs, `hosts`, `ipsets`) match a device when they cover its known
+//! address, or the whole range of the address the fleet files do not give ([`super::addrs`]);
+//! where that cannot be told they match nothing here, and [`Evaluator::covers`] says so.
 
+use super::addrs::{self, AddrSet, Covers};
 use super::policy::{
-    parse_test_dst, AclTest, Loc, NetRule, Policy, Proto, Selector, SshAction, SshRule, SshTest,
-    TCP, UDP,
+    parse_test_dst, proto_has_ports, proto_name, AclTest, Loc, NetRule, Policy, Proto, Selector,
+    SshAction, SshRule, SshTest, ICMP, ICMPV6, SCTP, TCP, UDP,
 };
 use super::ports::PortSet;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+
+/// Autogroups of admin-console roles.
+pub const ROLE_AUTOGROUPS: &[&str] = &[
+    "admin",
+    "owner",
+    "network-admin",
+    "it-admin",
+    "billing-admin",
+    "auditor",
+];
 
 /// An identity on the tailnet: the source or destination of a connection.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -31,73 +45,118 @@ pub struct Principal {
     pub groups: BTreeSet<String>,
     /// A human member of the tailnet (untagged).
     pub member: bool,
+    /// Role autogroups of its user (`admin`, `network-admin`, …), or `shared` for a user of another tailnet.
+    pub autogroups: BTreeSet<String>,
     /// Its Tailscale address, if known.
     pub ip: Option<IpAddr>,
+    /// A tailnet device whose address of the other family (IPv6 in `fd7a:115c:a1e0::/48` when `ip`
+    /// is IPv4, and the reverse) exists but is not known.
+    pub other_ip_unknown: bool,
 }
 
 impl Principal {
-    /// A device carrying exactly the tag `tag`.
-    pub fn tag(tag: &str) -> Self {
+    fn blank(name: &str) -> Self {
         Principal {
-            name: tag.to_string(),
-            tags: BTreeSet::from([tag.to_string()]),
+            name: name.to_string(),
+            tags: BTreeSet::new(),
             user: None,
             groups: BTreeSet::new(),
             member: false,
+            autogroups: BTreeSet::new(),
             ip: None,
+            other_ip_unknown: false,
         }
     }
 
-    /// A node: its name, address and tags.
+    /// A device carrying exactly the tag `tag`.
+    pub fn tag(tag: &str) -> Self {
+        Principal {
+            tags: BTreeSet::from([tag.to_string()]),
+            ..Self::blank(tag)
+        }
+    }
+
+    /// A node: its name, address and tags (its address of the other family is unknown).
     pub fn node(name: &str, ip: IpAddr, tags: &[String]) -> Self {
         Principal {
-            name: name.to_string(),
             tags: tags.iter().cloned().collect(),
-            user: None,
-            groups: BTreeSet::new(),
             member: tags.is_empty(),
             ip: Some(ip),
+            other_ip_unknown: true,
+            ..Self::blank(name)
         }
     }
 
     /// Some member of group `group` (or one of their devices).
     pub fn group(group: &str) -> Self {
         Principal {
-            name: group.to_string(),
-            tags: BTreeSet::new(),
-            user: None,
             groups: BTreeSet::from([group.to_string()]),
             member: true,
-            ip: None,
+            ..Self::blank(group)
         }
     }
 
     /// Some member of the tailnet in no particular group.
     pub fn any_member() -> Self {
         Principal {
-            name: "autogroup:member".to_string(),
-            tags: BTreeSet::new(),
-            user: None,
-            groups: BTreeSet::new(),
             member: true,
-            ip: None,
+            ..Self::blank("autogroup:member")
         }
     }
 
     /// The user `login` (or one of their devices); groups come from the policy.
     pub fn user(login: &str, policy: &Policy) -> Self {
         Principal {
-            name: login.to_string(),
-            tags: BTreeSet::new(),
-            user: Some(login.to_string()),
             groups: policy
                 .groups
                 .iter()
                 .filter(|(_, m)| m.value.iter().any(|x| x == login))
                 .map(|(g, _)| g.clone())
                 .collect(),
+            ..Self::login(login)
+        }
+    }
+
+    /// The user `login` (or one of their devices), in the groups each evaluated policy puts them in.
+    pub fn login(login: &str) -> Self {
+        Principal {
+            user: Some(login.to_string()),
             member: true,
-            ip: None,
+            ..Self::blank(login)
+        }
+    }
+
+    /// Some user of `domain` (`user:*@domain`) whom no policy names: in no group.
+    pub fn domain_user(domain: &str) -> Self {
+        Principal {
+            user: Some(format!("*@{domain}")),
+            member: true,
+            ..Self::blank(&format!("user:*@{domain}"))
+        }
+    }
+
+    /// A member with admin-console role `role` (`admin`, `network-admin`, …), in no group.
+    pub fn role(role: &str) -> Self {
+        Principal {
+            member: true,
+            autogroups: BTreeSet::from([role.to_string()]),
+            ..Self::blank(&format!("autogroup:{role}"))
+        }
+    }
+
+    /// A user of another tailnet a device was shared with (`autogroup:shared`): not a member.
+    pub fn shared() -> Self {
+        Principal {
+            autogroups: BTreeSet::from(["shared".to_string()]),
+            ..Self::blank("autogroup:shared")
+        }
+    }
+
+    /// A device at `ip` about which nothing else is known, shown as `name`.
+    pub fn address(name: &str, ip: IpAddr) -> Self {
+        Principal {
+            ip: Some(ip),
+            ..Self::blank(name)
         }
     }
 
@@ -109,6 +168,165 @@ impl Principal {
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name)
+    }
+}
+
+/// A protocol of an [`Access`]: one IANA number, or every protocol not named otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum ProtoKey {
+    /// One IANA protocol number.
+    Number(u8),
+    /// Every protocol without an entry of its own.
+    Other,
+}
+
+impl ProtoKey {
+    /// Does this protocol have ports (TCP, UDP, SCTP)?
+    pub fn has_ports(&self) -> bool {
+        matches!(self, ProtoKey::Number(n) if proto_has_ports(*n))
+    }
+}
+
+impl fmt::Display for ProtoKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtoKey::Number(n) => f.write_str(&proto_name(*n)),
+            ProtoKey::Other => f.write_str("every other IP protocol"),
+        }
+    }
+}
+
+/// Protocols an [`Access`] always lists on their own, in this order.
+const LISTED: [u8; 5] = [TCP, UDP, SCTP, ICMP, ICMPV6];
+
+/// What a source may reach on a destination, per IP protocol: the ports (for protocols without
+/// ports, the set of every port means "allowed").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    named: BTreeMap<u8, PortSet>,
+    other: PortSet,
+}
+
+impl Access {
+    /// Nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The ports allowed for protocol `n`.
+    pub fn get(&self, n: u8) -> &PortSet {
+        self.named.get(&n).unwrap_or(&self.other)
+    }
+
+    fn entry(&mut self, n: u8) -> &mut PortSet {
+        let other = &self.other;
+        self.named.entry(n).or_insert_with(|| other.clone())
+    }
+
+    /// Allows `ports` for the protocols of `proto`.
+    pub fn add(&mut self, proto: Proto, ports: &PortSet) {
+        match proto {
+            Proto::Number(n) => self.entry(n).insert_set(ports),
+            Proto::Default => {
+                for n in [TCP, UDP] {
+                    self.entry(n).insert_set(ports);
+                }
+            }
+            Proto::Any => {
+                self.other.insert_set(ports);
+                for v in self.named.values_mut() {
+                    v.insert_set(ports);
+                }
+            }
+        }
+    }
+
+    fn combine(&self, o: &Access, f: impl Fn(&PortSet, &PortSet) -> PortSet) -> Access {
+        let keys: BTreeSet<u8> = self.named.keys().chain(o.named.keys()).copied().collect();
+        Access {
+            named: keys
+                .into_iter()
+                .map(|k| (k, f(self.get(k), o.get(k))))
+                .collect(),
+            other: f(&self.other, &o.other),
+        }
+    }
+
+    /// Everything either allows.
+    pub fn union(&self, o: &Access) -> Access {
+        self.combine(o, PortSet::union)
+    }
+
+    /// What `self` allows and `o` does not.
+    pub fn minus(&self, o: &Access) -> Access {
+        self.combine(o, PortSet::minus)
+    }
+
+    /// Adds everything `o` allows.
+    pub fn insert(&mut self, o: &Access) {
+        if o.is_empty() {
+            return;
+        }
+        *self = self.union(o);
+    }
+
+    /// Nothing allowed?
+    pub fn is_empty(&self) -> bool {
+        self.other.is_empty() && self.named.values().all(PortSet::is_empty)
+    }
+
+    /// With ICMP (and ICMPv6) allowed if anything is: "ICMP is allowed whenever any traffic is allowed".
+    pub fn with_implied_icmp(mut self) -> Access {
+        if !self.is_empty() {
+            for n in [ICMP, ICMPV6] {
+                *self.entry(n) = PortSet::all();
+            }
+        }
+        self
+    }
+
+    /// The ports of the protocols that have ports (TCP, UDP, SCTP), together.
+    pub fn port_union(&self) -> PortSet {
+        self.get(TCP).union(self.get(UDP)).union(self.get(SCTP))
+    }
+
+    /// What is allowed, per protocol: TCP, UDP, SCTP, ICMP, ICMPv6, other named protocols, then
+    /// every other protocol; empty entries left out.
+    pub fn entries(&self) -> Vec<(ProtoKey, PortSet)> {
+        let mut keys: Vec<u8> = LISTED.to_vec();
+        keys.extend(self.named.keys().filter(|k| !LISTED.contains(k)));
+        let mut out: Vec<(ProtoKey, PortSet)> = keys
+            .into_iter()
+            .map(|k| (ProtoKey::Number(k), self.get(k).clone()))
+            .filter(|(_, p)| !p.is_empty())
+            .collect();
+        if !self.other.is_empty() {
+            out.push((ProtoKey::Other, self.other.clone()));
+        }
+        out
+    }
+
+    /// `22,4000/tcp 53/udp icmp`; `-` when empty.
+    pub fn text(&self) -> String {
+        let parts: Vec<String> = self
+            .entries()
+            .iter()
+            .map(|(k, p)| entry_text(*k, p))
+            .collect();
+        if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+/// `22,80/tcp`, `icmp`, `every other IP protocol`.
+pub fn entry_text(k: ProtoKey, ports: &PortSet) -> String {
+    if k.has_ports() {
+        format!("{ports}/{k}")
+    } else {
+        k.to_string()
     }
 }
 
@@ -150,6 +368,7 @@ pub struct TestFailure {
 pub struct Evaluator<'p> {
     policy: &'p Policy,
     nodes: Vec<Principal>,
+    ipsets: BTreeMap<String, Result<AddrSet, String>>,
 }
 
 impl<'p> Evaluator<'p> {
@@ -158,6 +377,7 @@ impl<'p> Evaluator<'p> {
         Evaluator {
             policy,
             nodes: Vec::new(),
+            ipsets: addrs::resolve_ipsets(policy),
         }
     }
 
@@ -172,8 +392,9 @@ impl<'p> Evaluator<'p> {
         self.policy
     }
 
-    fn host_net(&self, alias: &str) -> Option<ipnet::IpNet> {
-        self.policy.hosts.get(alias).map(|h| h.value)
+    /// The addresses of `ipset`, or why they cannot be verified; `None` if it is not defined.
+    pub fn ipset(&self, ipset: &str) -> Option<&Result<AddrSet, String>> {
+        self.ipsets.get(ipset)
     }
 
     fn in_group(&self, p: &Principal, group: &str) -> bool {
@@ -186,12 +407,41 @@ impl<'p> Evaluator<'p> {
             })
     }
 
-    fn ip_matches(&self, sel: &Selector, p: &Principal) -> bool {
-        let Some(ip) = p.ip else { return false };
-        match sel {
-            Selector::Ip(x) => *x == ip,
-            Selector::Cidr(n) => n.contains(&ip),
-            Selector::Host(h) => self.host_net(h).is_some_and(|n| n.contains(&ip)),
+    /// Does address selector `sel` (IP, CIDR, `hosts` alias, `ipset:`) cover device `p`?
+    /// `None` when `sel` is not an address selector; undefined aliases and ipsets cover nothing.
+    pub fn covers(&self, sel: &Selector, p: &Principal) -> Option<Covers> {
+        let net = match sel {
+            Selector::Ip(ip) => ipnet::IpNet::from(*ip),
+            Selector::Cidr(n) => *n,
+            Selector::Host(h) => match self.policy.hosts.get(h) {
+                Some(n) => n.value,
+                None => return Some(Covers::No),
+            },
+            Selector::IpSet(name) => {
+                return Some(match self.ipsets.get(name) {
+                    Some(Ok(set)) => set.covers_device(p.ip, p.other_ip_unknown),
+                    Some(Err(_)) => Covers::Unknown,
+                    None => Covers::No,
+                })
+            }
+            _ => return None,
+        };
+        Some(AddrSet::net(net).covers_device(p.ip, p.other_ip_unknown))
+    }
+
+    fn addr_matches(&self, sel: &Selector, p: &Principal) -> bool {
+        self.covers(sel, p) == Some(Covers::Yes)
+    }
+
+    fn autogroup_src(&self, a: &str, p: &Principal) -> bool {
+        match a {
+            "member" | "members" => p.member && !p.is_tagged(),
+            "tagged" => p.is_tagged(),
+            "danger-all" => true,
+            "shared" => p.autogroups.contains("shared"),
+            role if ROLE_AUTOGROUPS.contains(&role) => {
+                !p.is_tagged() && p.autogroups.contains(role)
+            }
             _ => false,
         }
     }
@@ -209,14 +459,11 @@ impl<'p> Evaluator<'p> {
                         .as_deref()
                         .is_some_and(|u| u.ends_with(&format!("@{d}")))
             }
-            Selector::Autogroup(a) => match a.as_str() {
-                "member" | "members" => p.member && !p.is_tagged(),
-                "tagged" => p.is_tagged(),
-                "danger-all" => true,
-                _ => false,
-            },
-            Selector::Ip(_) | Selector::Cidr(_) | Selector::Host(_) => self.ip_matches(sel, p),
-            Selector::IpSet(_) | Selector::LocalPart(_) => false,
+            Selector::Autogroup(a) => self.autogroup_src(a, p),
+            Selector::Ip(_) | Selector::Cidr(_) | Selector::Host(_) | Selector::IpSet(_) => {
+                self.addr_matches(sel, p)
+            }
+            Selector::LocalPart(_) => false,
         }
     }
 
@@ -235,55 +482,58 @@ impl<'p> Evaluator<'p> {
                         && src.user.is_some()
                         && src.user == dst.user
                 }
-                "member" | "members" => dst.member && !dst.is_tagged(),
-                "tagged" => dst.is_tagged(),
-                "danger-all" => true,
-                _ => false,
+                "shared" => false,
+                other => self.autogroup_src(other, dst),
             },
-            Selector::Ip(_) | Selector::Cidr(_) | Selector::Host(_) => self.ip_matches(sel, dst),
-            Selector::IpSet(_) | Selector::LocalPart(_) => false,
+            Selector::Ip(_) | Selector::Cidr(_) | Selector::Host(_) | Selector::IpSet(_) => {
+                self.addr_matches(sel, dst)
+            }
+            Selector::LocalPart(_) => false,
         }
     }
 
-    fn rule_ports(
-        &self,
-        rule: &NetRule,
-        src: &Principal,
-        dst: &Principal,
-        proto: Option<u8>,
-    ) -> PortSet {
-        let mut set = PortSet::new();
+    /// What `rule` alone lets `src` reach on `dst`, per protocol (no implied ICMP).
+    pub fn access_by_rule(&self, rule: &NetRule, src: &Principal, dst: &Principal) -> Access {
+        let mut acc = Access::new();
         if !rule.src.iter().any(|s| self.src_matches(&s.value, src)) {
-            return set;
+            return acc;
         }
         for t in &rule.dst {
             let t = &t.value;
-            let proto_ok = match proto {
-                None => true,
-                Some(n) => t.proto.matches(n),
-            };
-            if proto_ok && self.dst_matches(&t.host, src, dst) {
-                set.insert_set(&t.ports);
+            if self.dst_matches(&t.host, src, dst) {
+                acc.add(t.proto, &t.ports);
             }
         }
-        set
+        acc
     }
 
-    /// The ports of `dst` that `rule` opens to `src` (any protocol).
-    pub fn ports_by_rule(&self, rule: &NetRule, src: &Principal, dst: &Principal) -> PortSet {
-        self.rule_ports(rule, src, dst, None)
-    }
-
-    /// Every port of `dst` that `src` may reach, for protocol `proto` (IANA number), or for any protocol if `None`.
-    pub fn ports(&self, src: &Principal, dst: &Principal, proto: Option<u8>) -> PortSet {
-        let mut set = PortSet::new();
+    /// What the policy lets `src` reach on `dst`, per protocol, as the rules write it (ICMP
+    /// following other traffic is not added: see [`Access::with_implied_icmp`]).
+    pub fn access(&self, src: &Principal, dst: &Principal) -> Access {
+        let mut acc = Access::new();
         for r in &self.policy.rules {
-            set.insert_set(&self.rule_ports(r, src, dst, proto));
+            acc.insert(&self.access_by_rule(r, src, dst));
         }
-        set
+        acc
     }
 
-    /// The first rule letting `src` reach `dst` on `port` with protocol `proto` (IANA number), if any.
+    /// The ports of `dst` that `rule` opens to `src` (TCP, UDP and SCTP together).
+    pub fn ports_by_rule(&self, rule: &NetRule, src: &Principal, dst: &Principal) -> PortSet {
+        self.access_by_rule(rule, src, dst).port_union()
+    }
+
+    /// Every port of `dst` that `src` may reach, for protocol `proto` (IANA number), or for TCP,
+    /// UDP and SCTP together if `None`.
+    pub fn ports(&self, src: &Principal, dst: &Principal, proto: Option<u8>) -> PortSet {
+        let acc = self.access(src, dst);
+        match proto {
+            Some(n) => acc.with_implied_icmp().get(n).clone(),
+            None => acc.port_union(),
+        }
+    }
+
+    /// The first rule letting `src` reach `dst` on `port` with protocol `proto` (IANA number), if
+    /// any; for ICMP, the first rule allowing any traffic.
     pub fn reach(
         &self,
         src: &Principal,
@@ -291,10 +541,27 @@ impl<'p> Evaluator<'p> {
         port: u16,
         proto: u8,
     ) -> Option<&'p NetRule> {
-        self.policy
-            .rules
+        let hit = |a: &Access| {
+            let ps = a.get(proto);
+            if proto_has_ports(proto) {
+                ps.contains(port)
+            } else {
+                !ps.is_empty()
+            }
+        };
+        let rules = &self.policy.rules;
+        rules
             .iter()
-            .find(|r| self.rule_ports(r, src, dst, Some(proto)).contains(port))
+            .find(|r| hit(&self.access_by_rule(r, src, dst)))
+            .or_else(|| {
+                if matches!(proto, ICMP | ICMPV6) {
+                    rules
+                        .iter()
+                        .find(|r| !self.access_by_rule(r, src, dst).is_empty())
+                } else {
+                    None
+                }
+            })
     }
 
     fn ssh_dst_matches(&self, sel: &Selector, src: &Principal, dst: &Principal) -> bool {
@@ -320,7 +587,14 @@ impl<'p> Evaluator<'p> {
         pattern == user
     }
 
-    fn ssh_rule_applies(&self, r: &SshRule, src: &Principal, dst: &Principal, user: &str) -> bool {
+    /// Does `ssh` rule `r` (accept or check) let `src` in to `dst` as local user `user`?
+    pub fn ssh_rule_applies(
+        &self,
+        r: &SshRule,
+        src: &Principal,
+        dst: &Principal,
+        user: &str,
+    ) -> bool {
         r.src.iter().any(|s| self.src_matches(&s.value, src))
             && r.dst
                 .iter()
@@ -364,21 +638,14 @@ impl<'p> Evaluator<'p> {
                 .iter()
                 .find(|n| n.ip == Some(ip))
                 .cloned()
-                .unwrap_or_else(|| Principal {
-                    name: ip.to_string(),
-                    tags: BTreeSet::new(),
-                    user: None,
-                    groups: BTreeSet::new(),
-                    member: false,
-                    ip: Some(ip),
-                })
+                .unwrap_or_else(|| Principal::address(&ip.to_string(), ip))
         };
         match sel {
             Selector::Tag(t) => Ok(Principal::tag(t)),
             Selector::Group(g) => Ok(Principal::group(g)),
             Selector::User(u) => Ok(Principal::user(u, self.policy)),
             Selector::Ip(ip) => Ok(by_ip(*ip)),
-            Selector::Host(h) => match self.host_net(h) {
+            Selector::Host(h) => match self.policy.hosts.get(h).map(|n| n.value) {
                 Some(n) if n.prefix_len() == n.max_prefix_len() => Ok(by_ip(n.addr())),
                 Some(_) => Err(format!("host {h:?} is a range, not one device")),
                 None => Err(format!("unknown host {h:?}")),
@@ -430,14 +697,9 @@ impl<'p> Evaluator<'p> {
                         continue;
                     }
                 };
-                let got = protos.iter().any(|&p| {
-                    if p == 1 || p == 58 {
-                        // ICMP goes wherever any traffic is allowed.
-                        !self.ports(&src, &dst, None).is_empty()
-                    } else {
-                        self.reach(&src, &dst, port, p).is_some()
-                    }
-                });
+                let got = protos
+                    .iter()
+                    .any(|&p| self.reach(&src, &dst, port, p).is_some());
                 if got != want_accept {
                     let w = |b: bool| if b { "Accept" } else { "Drop" };
                     out.push(TestFailure {

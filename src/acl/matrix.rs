@@ -1,7 +1,7 @@
 //! Who can reach what: every tag and group of the fleet against every node, evaluated on a policy.
 
 use super::check::node_principals;
-use super::eval::{Evaluator, Principal, SshDecision};
+use super::eval::{entry_text, Evaluator, Principal, SshDecision};
 use super::policy::Policy;
 use super::ports::PortSet;
 use super::render;
@@ -15,18 +15,24 @@ pub const NONROOT_PROBE: &str = "nonroot";
 /// What one source may do on one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Cell {
-    /// Ports reachable (any protocol).
+    /// Ports reachable over TCP, UDP or SCTP.
     pub ports: PortSet,
+    /// What is reachable per protocol, as the rules write it: `22,4000/tcp`, `53/udp`, `icmp`.
+    pub protocols: Vec<String>,
     /// Tailscale SSH: `root` and/or `nonroot` when accepted (`…(check)` when a check rule applies).
     pub ssh: Vec<String>,
 }
 
 impl Cell {
-    /// `22,4000 ssh:root,nonroot`, or `-` when nothing is allowed.
+    /// `22,4000 ssh:root,nonroot` (TCP only), `22/tcp 53/udp icmp` (several protocols), or `-`
+    /// when nothing is allowed.
     pub fn text(&self) -> String {
         let mut parts = Vec::new();
-        if !self.ports.is_empty() {
+        let tcp_only = self.protocols.len() == 1 && self.protocols[0].ends_with("/tcp");
+        if tcp_only {
             parts.push(self.ports.to_string());
+        } else {
+            parts.extend(self.protocols.iter().cloned());
         }
         if !self.ssh.is_empty() {
             parts.push(format!("ssh:{}", self.ssh.join(",")));
@@ -42,7 +48,8 @@ impl Cell {
 /// Sources × nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Matrix {
-    /// Row names: tags and groups, sorted (tags first).
+    /// Row names: tags, groups, then the logins, `user:*@domain`s, role autogroups and
+    /// `autogroup:shared` the policy names, each sorted.
     pub sources: Vec<String>,
     /// Column names: nodes.
     pub nodes: Vec<String>,
@@ -50,7 +57,8 @@ pub struct Matrix {
     pub cells: Vec<Vec<Cell>>,
 }
 
-/// Evaluates `policy` for every tag and group of the fleet (and of the policy) against every node.
+/// Evaluates `policy` for every tag and group of the fleet (and of the policy), and every
+/// principal the policy names ([`super::check::named_principals`]), against every node.
 pub fn matrix(fleet: &Fleet, policy: &Policy) -> Matrix {
     let intents = render::intents(fleet);
     let tags: BTreeSet<&String> = intents
@@ -63,6 +71,7 @@ pub fn matrix(fleet: &Fleet, policy: &Policy) -> Matrix {
         .into_iter()
         .map(|t| Principal::tag(t))
         .chain(groups.into_iter().map(|g| Principal::group(g)))
+        .chain(super::check::named_principals(&[policy]))
         .collect();
     let nodes = node_principals(fleet);
     let ev = Evaluator::new(policy).with_nodes(nodes.clone());
@@ -80,8 +89,14 @@ pub fn matrix(fleet: &Fleet, policy: &Policy) -> Matrix {
                             SshDecision::Deny => None,
                         })
                         .collect();
+                    let access = ev.access(s, d);
                     Cell {
-                        ports: ev.ports(s, d, None),
+                        ports: access.port_union(),
+                        protocols: access
+                            .entries()
+                            .into_iter()
+                            .map(|(k, p)| entry_text(k, &p))
+                            .collect(),
                         ssh,
                     }
                 })
@@ -137,7 +152,7 @@ impl Matrix {
         }
         for (s, cells) in self.sources.iter().zip(&self.cells) {
             for (n, c) in self.nodes.iter().zip(cells) {
-                if c.ports.is_empty() && c.ssh.is_empty() {
+                if c.protocols.is_empty() && c.ssh.is_empty() {
                     continue;
                 }
                 out.push_str(&format!(

@@ -197,7 +197,7 @@ impl fmt::Display for Selector {
 /// IP protocol a rule applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Proto {
-    /// No `proto`: TCP, UDP and ICMP.
+    /// No `proto`: TCP and UDP (ICMP goes wherever any traffic is allowed).
     Default,
     /// Every protocol (a grant's `ip: ["*"]`).
     Any,
@@ -209,25 +209,51 @@ pub enum Proto {
 pub const TCP: u8 = 6;
 /// IANA number of UDP.
 pub const UDP: u8 = 17;
-const SCTP: u8 = 132;
+/// IANA number of ICMP.
+pub const ICMP: u8 = 1;
+/// IANA number of ICMP for IPv6.
+pub const ICMPV6: u8 = 58;
+/// IANA number of SCTP.
+pub const SCTP: u8 = 132;
+
+/// Protocol names the policy format accepts, with their IANA numbers.
+const PROTO_NAMES: &[(&str, u8)] = &[
+    ("icmp", ICMP),
+    ("igmp", 2),
+    ("ipv4", 4),
+    ("ip-in-ip", 4),
+    ("tcp", TCP),
+    ("egp", 8),
+    ("igp", 9),
+    ("udp", UDP),
+    ("gre", 47),
+    ("esp", 50),
+    ("ah", 51),
+    ("ipv6-icmp", ICMPV6),
+    ("sctp", SCTP),
+];
+
+/// The name of IANA protocol `n` (`tcp`, `icmp`, …), or `proto N`.
+pub fn proto_name(n: u8) -> String {
+    PROTO_NAMES
+        .iter()
+        .find(|(_, k)| *k == n)
+        .map(|(name, _)| name.to_string())
+        .unwrap_or_else(|| format!("proto {n}"))
+}
+
+/// Can protocol `n` name ports (TCP, UDP, SCTP)?
+pub fn proto_has_ports(n: u8) -> bool {
+    matches!(n, TCP | UDP | SCTP)
+}
 
 impl Proto {
     /// Parses a `proto` value: a name or a number 1–255.
     pub fn parse(s: &str) -> Result<Proto, String> {
-        let n = match s {
-            "tcp" => TCP,
-            "udp" => UDP,
-            "icmp" => 1,
-            "igmp" => 2,
-            "ipv4" | "ip-in-ip" => 4,
-            "egp" => 8,
-            "igp" => 9,
-            "gre" => 47,
-            "esp" => 50,
-            "ah" => 51,
-            "ipv6-icmp" => 58,
-            "sctp" => SCTP,
-            _ => match s.parse::<u8>() {
+        let named = PROTO_NAMES.iter().find(|(name, _)| *name == s);
+        let n = match named {
+            Some((_, n)) => *n,
+            None => match s.parse::<u8>() {
                 Ok(n) if n > 0 => n,
                 _ => {
                     return Err(format!(
@@ -243,7 +269,7 @@ impl Proto {
     pub fn matches(&self, n: u8) -> bool {
         match self {
             Proto::Any => true,
-            Proto::Default => matches!(n, TCP | UDP | 1 | 58),
+            Proto::Default => matches!(n, TCP | UDP | ICMP | ICMPV6),
             Proto::Number(p) => *p == n,
         }
     }
@@ -252,7 +278,7 @@ impl Proto {
     pub fn has_ports(&self) -> bool {
         match self {
             Proto::Any | Proto::Default => true,
-            Proto::Number(p) => matches!(*p, TCP | UDP | SCTP),
+            Proto::Number(p) => proto_has_ports(*p),
         }
     }
 }
@@ -466,6 +492,8 @@ pub struct Policy {
     pub tag_owners: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
     /// `hosts`: alias → IP or CIDR.
     pub hosts: BTreeMap<String, Spanned<IpNet>>,
+    /// `ipsets`: `ipset:name` → its operations (`add …` / `remove …`), as written.
+    pub ipsets: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
     /// Network rules from `acls` then `grants`.
     pub rules: Vec<NetRule>,
     /// `ssh` rules; `None` when the section is absent.
@@ -1159,6 +1187,26 @@ pub fn parse(text: &str) -> Result<Parsed, PolicyError> {
                     }
                 }
                 other => cx.wrong_type(other, "tagOwners", "an object"),
+            },
+            "ipsets" => match v {
+                Value::Object(o) => {
+                    for p in &o.properties {
+                        let name = p.name.as_str().to_string();
+                        let loc = cx.lines.loc(p.range.start);
+                        if !name.starts_with("ipset:") || Selector::parse(&name).is_err() {
+                            cx.issue(
+                                loc,
+                                IssueKind::InvalidValue,
+                                format!("ipsets: {name:?} is not an ipset name (\"ipset:name\")"),
+                                None,
+                            );
+                            continue;
+                        }
+                        let items = cx.strings(&p.value, &format!("ipsets.{name}"));
+                        policy.ipsets.insert(name, Spanned { value: items, loc });
+                    }
+                }
+                other => cx.wrong_type(other, "ipsets", "an object"),
             },
             "hosts" => match v {
                 Value::Object(o) => {

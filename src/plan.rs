@@ -106,6 +106,9 @@ pub struct NodePlan {
     pub access: Access,
     /// Is it the control plane?
     pub is_control_plane: bool,
+    /// Models it serves (`models:` in nodes.yml).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
 }
 
 /// Path of a node's encrypted auth key, relative to the repository root.
@@ -179,6 +182,7 @@ pub fn plan_node(fleet: &Fleet, node: &Node) -> NodePlan {
             public_address: node.public_address.clone(),
         },
         is_control_plane: node.name == fleet.settings.control_plane,
+        models: node.models.clone(),
         tags,
     }
 }

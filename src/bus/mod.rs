@@ -252,7 +252,6 @@ pub fn kv_read_subjects(bucket: &str) -> Vec<String> {
 /// Publish subjects that let a user create and write key-value `bucket` (on top of reading it).
 pub fn kv_write_subjects(bucket: &str) -> Vec<String> {
     let mut v = kv_read_subjects(bucket);
-    v.push("$JS.API.INFO".into());
     v.push(format!("$JS.API.STREAM.CREATE.KV_{bucket}"));
     v.push(format!("$KV.{bucket}.>"));
     v

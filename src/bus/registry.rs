@@ -169,8 +169,30 @@ fn kv_err<'a>(bucket: &'a str, op: &'static str) -> impl FnOnce(String) -> BusEr
     }
 }
 
-/// Opens key-value `bucket`; with `create`, creates it (history 1, file storage) if it does not
-/// exist. A user without the permissions gets the server's refusal.
+/// The stream behind key-value `bucket`, as the client libraries create it (history 1, file
+/// storage, direct gets, rollups, no deletes of messages).
+///
+/// fleetnix creates it itself rather than through `create_key_value`: that asks for the
+/// account's JetStream information first and cannot read the answer of a nats-server 2.9
+/// (Debian 12's), which lacks the `reserved_*` fields. The result is the same bucket.
+pub fn bucket_stream_config(bucket: &str) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    }
+}
+
+/// Opens key-value `bucket`; with `create`, creates it ([`bucket_stream_config`]) if it does
+/// not exist. A user without the permissions gets the server's refusal.
 pub async fn open_bucket(
     js: &jetstream::Context,
     bucket: &str,
@@ -179,14 +201,14 @@ pub async fn open_bucket(
     match js.get_key_value(bucket).await {
         Ok(store) => Ok(store),
         Err(e) if !create => Err(kv_err(bucket, "open")(e.to_string())),
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: bucket.to_string(),
-                history: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| kv_err(bucket, "create")(e.to_string())),
+        Err(_) => {
+            js.create_stream(bucket_stream_config(bucket))
+                .await
+                .map_err(|e| kv_err(bucket, "create")(e.to_string()))?;
+            js.get_key_value(bucket)
+                .await
+                .map_err(|e| kv_err(bucket, "open")(e.to_string()))
+        }
     }
 }
 

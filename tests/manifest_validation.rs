@@ -39,7 +39,7 @@ fn only(nodes: &str, fleet: &str, services: &str) -> Problem {
 /// A nodes.yml with the worker-01 entry replaced by `entry` (indented list item).
 fn with_worker(entry: &str) -> String {
     NODES.replace(
-        "  - name: worker-01\n    tailscale_ip: 100.64.0.2\n    roles: [glm-worker, kg-writer]\n    resources:\n      cpu: 4\n      ram_gb: 8\n",
+        "  - name: worker-01\n    tailscale_ip: 100.64.0.2\n    roles: [glm-worker, kg-writer]\n    models: [glm-4.5-air]\n    resources:\n      cpu: 4\n      ram_gb: 8\n",
         entry,
     )
 }
@@ -376,4 +376,27 @@ fn display_names_file_line_column_node_and_expectation() {
         "{text}"
     );
     assert!(text.contains("expected a Tailscale address"), "{text}");
+}
+
+#[test]
+fn models_are_optional_checked_and_listed_once() {
+    let fleet = manifest::parse(&texts(NODES, FLEET, SERVICES)).unwrap();
+    assert_eq!(fleet.node("worker-01").unwrap().models, ["glm-4.5-air"]);
+    assert!(fleet.node("worker-02").unwrap().models.is_empty());
+
+    let nodes = NODES.replace("models: [glm-4.5-air]", "models: [glm-4.5-air, \"bad model\"]");
+    let p = only(&nodes, FLEET, SERVICES);
+    assert_eq!(p.field, "nodes[1].models[1]");
+    assert_eq!(p.line, line_of(&nodes, "bad model"));
+    assert!(p.message.contains("' '"), "{p}");
+    assert!(p.expected.as_deref().unwrap().contains("glm-4.5-air"), "{p}");
+
+    let nodes = NODES.replace("models: [glm-4.5-air]", "models: [llama3:8b, llama3:8b]");
+    let p = only(&nodes, FLEET, SERVICES);
+    assert_eq!(p.field, "nodes[1].models[1]");
+    assert!(p.message.contains("listed twice"), "{p}");
+
+    let nodes = NODES.replace("models: [glm-4.5-air]", "models: glm-4.5-air");
+    let p = only(&nodes, FLEET, SERVICES);
+    assert_eq!(p.field, "nodes[1].models");
 }

@@ -117,6 +117,10 @@ fn module_runs_exactly_the_configuration_the_server_tests_run() {
         })
     );
     assert_eq!(
+        m["systemd"]["services"]["fleet-router"]["restartTriggers"],
+        serde_json::json!(["@router-secret"])
+    );
+    assert_eq!(
         m["age"]["secrets"]["nats-router-password"]["file"]["__path"],
         repo()
             .join(creds::router_password_file(&plan.server_name))

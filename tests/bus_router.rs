@@ -483,3 +483,20 @@ async fn least_loaded_follows_reported_in_flight_and_a_lying_worker_is_named_as_
     }
     beats.abort();
 }
+
+#[test]
+fn show_lists_a_nodes_models() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(fleetnix_bin())
+            .args(["--root", env!("CARGO_MANIFEST_DIR"), "show"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(run(&["worker-01"]).contains("models      glm-4.5-air\n"));
+    assert!(!run(&["worker-02"]).contains("models"));
+    let v: serde_json::Value = serde_json::from_str(&run(&["worker-01", "--json"])).unwrap();
+    assert_eq!(v["models"], serde_json::json!(["glm-4.5-air"]));
+}

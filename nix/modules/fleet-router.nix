@@ -46,8 +46,6 @@ in
       # It talks to the local nats-server over the tailnet address.
       wants = [ "nats.service" "tailscaled.service" ];
       after = [ "nats.service" "tailscaled.service" "tailscaled-autoconnect.service" ];
-      # A new password means a new credential: restart.
-      restartTriggers = [ cfg.passwordFile ];
       serviceConfig = {
         ExecStart = lib.escapeShellArgs [
           "${cfg.package}/bin/fleetnix"

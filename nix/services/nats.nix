@@ -187,6 +187,8 @@ in
     natsUrl = "nats://100.64.0.1:4222";
     passwordFile = config.age.secrets."nats-router-password".path;
   };
+  # A new router password (a new age file) restarts the router.
+  systemd.services.fleet-router.restartTriggers = [ config.age.secrets."nats-router-password".file ];
 
   systemd.services.nats = {
     # It listens on the tailnet address, which exists once Tailscale is up; until then it fails and restarts.

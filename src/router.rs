@@ -318,6 +318,7 @@ impl LiveView {
                     .is_some_and(|v| self.models_of(v).iter().any(|m| m == model))
             };
             if r.order.iter().any(has) {
+                // Invariant: route_with never returns an empty order (it errors instead).
                 let first = r.order[0].clone();
                 let (mut with, without): (Vec<NodeName>, Vec<NodeName>) =
                     r.order.into_iter().partition(has);

@@ -285,6 +285,7 @@ pub async fn dispatch(
                         .take(64)
                         .collect::<String>()
                 });
+            // Invariant: this attempt was pushed just above.
             let responder = match (&attempts[attempts.len() - 1].target, claimed) {
                 (Target::Node(n), _) => Responder::Verified(n.clone()),
                 (Target::Queue, Some(c)) => Responder::Claimed(c),

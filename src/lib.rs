@@ -22,6 +22,7 @@ pub mod nix;
 pub mod plan;
 pub mod render;
 pub mod route;
+pub mod router;
 pub mod secret;
 pub mod secrets;
 pub mod status;

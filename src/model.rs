@@ -111,6 +111,30 @@ impl fmt::Display for StateVersion {
     }
 }
 
+/// Checks a model name: 1–128 characters of ASCII letters, digits and `.` `_` `-` `:` `/` `+`
+/// `@`, starting with a letter or digit (`glm-4.5-air`, `llama3:8b`, `Qwen/Qwen2.5-7B`).
+/// Nothing in such a name needs escaping in a NATS header, JSON or a Nix string.
+pub fn check_model(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("it is empty".into());
+    }
+    if s.len() > 128 {
+        return Err(format!("it is {} characters long (at most 128)", s.len()));
+    }
+    if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err("it does not start with a letter or digit".into());
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-:/+@".contains(*c)))
+    {
+        return Err(format!(
+            "it contains {c:?} (only letters, digits and . _ - : / + @ are allowed)"
+        ));
+    }
+    Ok(())
+}
+
 /// Operating system of a node, which decides how it is deployed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -125,7 +149,7 @@ pub enum Os {
 }
 
 /// Declared resources of a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Resources {
     /// CPU cores (> 0).
     pub cpu: u32,
@@ -157,6 +181,10 @@ pub struct Node {
     /// A public address for bootstrapping, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_address: Option<String>,
+    /// Models the node serves (`models:` in nodes.yml), in manifest order, each once; checked
+    /// by [`check_model`]. The router prefers these nodes for a request's `preferred_model`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
 }
 
 impl Node {

@@ -109,6 +109,9 @@ pub struct NodePlan {
     /// `system.stateVersion` (the node's `state_version`, else the fleet's), if given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_version: Option<String>,
+    /// Models it serves (`models:` in nodes.yml).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
 }
 
 /// Path of a node's encrypted auth key, relative to the repository root.
@@ -183,6 +186,7 @@ pub fn plan_node(fleet: &Fleet, node: &Node) -> NodePlan {
         },
         is_control_plane: node.name == fleet.settings.control_plane,
         state_version: fleet.state_version_of(node).map(|v| v.to_string()),
+        models: node.models.clone(),
         tags,
     }
 }

@@ -145,6 +145,24 @@ impl Router {
         }
     }
 
+    /// A router over `nodes` (not a manifest: e.g. the registry the router service reads).
+    pub fn from_nodes(nodes: Vec<Node>, strategy: FailoverStrategy, retry: bool) -> Self {
+        Router {
+            nodes,
+            strategy,
+            retry,
+            state_dir: None,
+            last: Mutex::new(BTreeMap::new()),
+            in_flight: Arc::new(Mutex::new(BTreeMap::new())),
+            rng: Mutex::new(fastrand::Rng::new()),
+        }
+    }
+
+    /// Replaces the nodes (the registry changed); the rotation and in-flight counts are kept.
+    pub fn set_nodes(&mut self, nodes: Vec<Node>) {
+        self.nodes = nodes;
+    }
+
     /// Keeps round-robin state in `dir/route-state.json` (e.g. `<root>/.fleetnix`).
     pub fn with_state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.state_dir = Some(dir.into());

@@ -35,6 +35,7 @@ async fn dispatch_prints_the_reply_of_a_node_of_the_role() {
     let password = server.password("control-01").expose().to_string();
     let args = [
         "dispatch",
+        "--direct",
         "--role",
         "kg-writer",
         "--payload",
@@ -51,8 +52,11 @@ async fn dispatch_prints_the_reply_of_a_node_of_the_role() {
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reply["node"], "worker-01");
     assert_eq!(reply["task"]["doc"], "a.md");
+    // Straight to the queue group, the name is only what the worker says.
     assert!(
-        stderr.contains("answered by worker-01 (1 attempt(s))"),
+        stderr.contains(
+            "answered by worker-01 (as claimed by the worker, unverified) (1 attempt(s))"
+        ),
         "{stderr}"
     );
     assert!(!stderr.contains(&password));
@@ -168,9 +172,22 @@ async fn dispatch_fails_clearly_and_never_echoes_secrets() {
     assert!(stderr.contains("cannot connect"), "{stderr}");
     assert!(!stderr.contains(&wrong));
 
-    // Nobody serves the role: exit 1 quickly, naming each attempt.
+    // No router runs: exit 1 at once, saying so.
     let out = run(
-        url_args(&["--nats-url", &url, "--timeout", "500ms"]),
+        url_args(&["--nats-url", &url]),
+        vec![("FLEETNIX_NATS_PASSWORD", password.clone())],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no router answers on fleet.dispatch.kg-writer"),
+        "{stderr}"
+    );
+
+    // Nobody serves the role (without the router): exit 1 quickly, naming each attempt.
+    let out = run(
+        url_args(&["--direct", "--nats-url", &url, "--timeout", "500ms"]),
         vec![("FLEETNIX_NATS_PASSWORD", password.clone())],
     )
     .await;
@@ -208,4 +225,100 @@ async fn dispatch_fails_clearly_and_never_echoes_secrets() {
     .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_goes_through_a_running_fleetnix_router() {
+    let server = NatsServer::start(&example_fleet());
+    let cp = server.connect("control-01").await;
+    fleetnix::bus::registry::sync(&async_nats::jetstream::new(cp), &example_fleet())
+        .await
+        .unwrap();
+    // The router binary, its password only in its environment.
+    let router_pw = server.creds.router_password().unwrap().expose().to_string();
+    // ntfy on loopback: the nodes that never heart-beat go down after three timeouts and the
+    // router alerts (never the example fleet's own ntfy address).
+    let ntfy = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let ntfy_url = format!("http://{}", ntfy.server_addr().to_ip().unwrap());
+    let mut router = tokio::process::Command::new(fleetnix_bin())
+        .arg("--root")
+        .arg(repo())
+        .args(["router", "--node-timeout", "1s", "--nats-url", &server.url])
+        .env("FLEETNIX_NATS_PASSWORD", &router_pw)
+        .env("FLEETNIX_NTFY_URL", &ntfy_url)
+        .env_remove("FLEETNIX_NATS_URL")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut worker = server
+        .worker("worker-01", "kg-writer", Behaviour::Answer)
+        .await;
+    worker.heartbeat("worker-01", Duration::from_millis(100), &[]);
+    let password = server.password("control-01").expose().to_string();
+    let args = [
+        "dispatch",
+        "--role",
+        "kg-writer",
+        "--payload",
+        r#"{"doc": "b.md"}"#,
+        "--nats-url",
+        &server.url,
+        "--timeout",
+        "3s",
+    ];
+    // Until the router has started and heard a heartbeat it answers an error: poll, bounded.
+    let out = common::poll_async(Duration::from_secs(15), || async {
+        let out = fleetnix(&args, &[("FLEETNIX_NATS_PASSWORD", &password)]).await;
+        out.status.success().then_some(out)
+    })
+    .await
+    .expect("dispatch through the router succeeded within 15 s");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["task"]["doc"], "b.md");
+    assert!(
+        stderr.contains("answered by worker-01 (1 attempt(s), through the router)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&password));
+    assert!(worker.count() >= 1);
+    // control-01 never sends a heartbeat: down after 3 s, one urgent alert.
+    let alert = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(mut req)) = ntfy.recv_timeout(Duration::from_millis(200)) {
+                let title = req
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("X-Title"))
+                    .map(|h| h.value.to_string())
+                    .unwrap_or_default();
+                let mut body = String::new();
+                let _ = req.as_reader().read_to_string(&mut body);
+                let _ = req.respond(tiny_http::Response::from_string("{}"));
+                if title.contains("control-01") {
+                    return Some((title, body));
+                }
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    let (title, body) = alert.expect("an ntfy alert for control-01 within 15 s");
+    assert_eq!(title, "fleetnix: control-01 is down");
+    assert!(body.contains("no heartbeat"), "{body}");
+    router.kill().await.unwrap();
+    let mut log = String::new();
+    use tokio::io::AsyncReadExt;
+    router
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .await
+        .unwrap();
+    assert!(log.contains("router: serving fleet.dispatch.>"), "{log}");
+    assert!(!log.contains(&router_pw));
 }

@@ -18,6 +18,7 @@ fn files_follow_the_layout_and_the_env_file_round_trips() {
         layout,
         [
             ("secrets/control-01/nats-password.age", "control-01"),
+            ("secrets/control-01/nats-router-password.age", "control-01"),
             ("secrets/control-01/nats-server-env.age", "control-01"),
             ("secrets/worker-01/nats-password.age", "worker-01"),
             ("secrets/worker-02/nats-password.age", "worker-02"),
@@ -30,7 +31,17 @@ fn files_follow_the_layout_and_the_env_file_round_trips() {
         }
     }
     let env = creds.server_env();
-    assert_eq!(env.expose().lines().count(), 3);
+    // One line per node, and the router's.
+    assert_eq!(env.expose().lines().count(), 4);
+    assert!(env
+        .expose()
+        .lines()
+        .any(|l| l.starts_with("NATS_ROUTER_PASSWORD=")));
+    let router = files
+        .iter()
+        .find(|f| f.secret == "nats-router-password")
+        .unwrap();
+    assert_eq!(&router.plaintext, creds.router_password().unwrap());
     assert!(env.expose().starts_with("NATS_PASSWORD_CONTROL_01="));
     let back = BusCredentials::parse_server_env(&plan, env.expose()).unwrap();
     assert_eq!(back, creds);
@@ -56,6 +67,9 @@ fn regenerating_keeps_existing_passwords_and_drops_departed_nodes() {
         .collect();
     let mut creds = BusCredentials::parse_server_env(&plan, &env).unwrap();
     let added = creds.fill(&plan);
+    // The router's password is read back and kept too.
+    assert!(!creds.fill_router());
+    assert_eq!(creds.router_password(), full.router_password());
     assert_eq!(
         added.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
         ["worker-02"]

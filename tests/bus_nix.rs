@@ -72,6 +72,7 @@ const STUB_EVAL: &str = r#"
 let
   module = import file {
     config.age.secrets."nats-server-env" = { path = "/run/agenix/nats-server-env"; file = "@env-secret"; };
+    config.age.secrets."nats-router-password" = { path = "/run/agenix/nats-router-password"; file = "@router-secret"; };
     lib.mkForce = v: { __force = v; };
     pkgs = {
       nats-server = { outPath = "@nats-server"; };
@@ -99,7 +100,32 @@ fn module_runs_exactly_the_configuration_the_server_tests_run() {
 
     assert_eq!(
         m["services"]["nats"],
-        serde_json::json!({"enable": true, "serverName": "control-01", "port": 4222, "validateConfig": false})
+        serde_json::json!({"enable": true, "serverName": "control-01", "port": 4222, "validateConfig": false, "jetstream": true})
+    );
+    // The router runs beside the server, as its own user, with its password as a credential.
+    assert_eq!(
+        m["imports"],
+        serde_json::json!([{"__path": repo().join("nix/modules/fleet-router.nix").to_str().unwrap()}])
+    );
+    assert_eq!(
+        m["services"]["fleet-router"],
+        serde_json::json!({
+            "enable": true,
+            "fleetDir": {"__path": repo().join("fleet").to_str().unwrap()},
+            "natsUrl": "nats://100.64.0.1:4222",
+            "passwordFile": "/run/agenix/nats-router-password",
+        })
+    );
+    assert_eq!(
+        m["systemd"]["services"]["fleet-router"]["restartTriggers"],
+        serde_json::json!(["@router-secret"])
+    );
+    assert_eq!(
+        m["age"]["secrets"]["nats-router-password"]["file"]["__path"],
+        repo()
+            .join(creds::router_password_file(&plan.server_name))
+            .to_str()
+            .unwrap()
     );
     assert_eq!(
         m["age"]["secrets"]["nats-server-env"]["file"]["__path"],
@@ -193,5 +219,89 @@ fn indented_strings_evaluate_to_their_text() {
         let expr = format!("let s = {lit}; in s");
         assert!(fleetnix::nix::check_syntax(&expr).is_ok(), "{lit}");
         assert_eq!(eval(&nix, &expr, &[]), Value::String(text.into()), "{lit}");
+    }
+}
+
+/// Evaluates a hand-written service module with a stub `lib` (mkOption returns its argument,
+/// mkIf its value) and the given `services.<name>` values; prints its `config`.
+const MODULE_EVAL: &str = r#"
+{ file, name }:
+let
+  lib = {
+    mkOption = o: o;
+    mkEnableOption = d: { description = d; };
+    mkIf = c: v: if c then v else { };
+    literalExpression = e: e;
+    optional = c: v: if c then [ v ] else [ ];
+    optionalAttrs = c: v: if c then v else { };
+    concatStringsSep = builtins.concatStringsSep;
+    escapeShellArgs = args: builtins.concatStringsSep " " (map (a: "'" + a + "'") args);
+    types = {
+      package = "package"; path = "path"; str = "str"; nullOr = t: "null or ${t}";
+      listOf = t: "list of ${t}"; nonEmptyListOf = t: "non-empty list of ${t}"; strMatching = r: "str matching";
+    };
+  };
+  values = {
+    fleet-router = {
+      enable = true; package = "@fleetnix"; fleetDir = "/fleet"; natsUrl = "nats://100.64.0.1:4222";
+      passwordFile = "/run/agenix/nats-router-password";
+    };
+    omp-agent = {
+      enable = true; package = "@omp"; nodeName = "w"; controlPlane = "c:1"; roles = [ "r" ];
+      natsUrl = "nats://100.64.0.1:4222"; natsCredentialsFile = "/run/agenix/nats-password"; extraArgs = [ ];
+    };
+  };
+  module = import file { inherit lib; pkgs = { }; config.services = values; };
+in { options = builtins.attrNames module.options.services.${name}; config = module.config; }
+"#;
+
+#[test]
+fn router_module_is_hardened_like_the_agent_and_takes_its_password_as_a_credential() {
+    let Some(nix) = nix_instantiate() else { return };
+    let eval_module = |file: &str, name: &str| {
+        let path = repo().join(file);
+        let mut cmd = Command::new(&nix);
+        cmd.args(["--eval", "--strict", "--json", "--expr", MODULE_EVAL])
+            .args(["--argstr", "file", path.to_str().unwrap()])
+            .args(["--argstr", "name", name]);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let router = eval_module("nix/modules/fleet-router.nix", "fleet-router");
+    let agent = eval_module("nix/modules/omp-agent.nix", "omp-agent");
+    assert_eq!(
+        router["options"],
+        serde_json::json!(["enable", "fleetDir", "natsUrl", "package", "passwordFile"])
+    );
+    let unit = &router["config"]["systemd"]["services"]["fleet-router"];
+    let sc = &unit["serviceConfig"];
+    assert_eq!(
+        sc["ExecStart"],
+        "'@fleetnix/bin/fleetnix' '--fleet-dir' '/fleet' 'router' '--nats-url' 'nats://100.64.0.1:4222' --password-file %d/nats-password"
+    );
+    assert_eq!(
+        sc["LoadCredential"],
+        serde_json::json!(["nats-password:/run/agenix/nats-router-password"])
+    );
+    assert_eq!(sc["Restart"], "on-failure");
+    assert!(unit["after"]
+        .as_array()
+        .unwrap()
+        .contains(&"nats.service".into()));
+    assert_eq!(unit["wantedBy"], serde_json::json!(["multi-user.target"]));
+    // Every hardening setting of the agent's unit, with the same value.
+    let agent_sc = agent["config"]["systemd"]["services"]["omp-agent"]["serviceConfig"]
+        .as_object()
+        .unwrap();
+    for (k, v) in agent_sc {
+        if ["ExecStart", "LoadCredential", "StateDirectory"].contains(&k.as_str()) {
+            continue;
+        }
+        assert_eq!(&sc[k], v, "{k}");
     }
 }

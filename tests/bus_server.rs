@@ -6,7 +6,7 @@ mod common;
 
 use bus_support::{policy, spawn_worker, Behaviour, NatsServer};
 use common::example_fleet;
-use fleetnix::bus::dispatch::{self as d, Outcome, Target};
+use fleetnix::bus::dispatch::{self as d, Outcome, Responder, Target};
 use fleetnix::bus::BusError;
 use fleetnix::model::{NodeName, Role};
 use std::collections::BTreeMap;
@@ -56,7 +56,8 @@ async fn worker_02_cannot_take_kg_writer_tasks_worker_01_can() {
         let done = d::dispatch(&supervisor, &role("kg-writer"), payload, &p)
             .await
             .unwrap();
-        assert_eq!(done.responder.as_deref(), Some("worker-01"));
+        // Through the queue group the name is only the worker's claim.
+        assert_eq!(done.responder, Responder::Claimed("worker-01".into()));
         assert_eq!(done.attempts.len(), 1, "{:?}", done.attempts);
         let reply: serde_json::Value = serde_json::from_slice(&done.reply).unwrap();
         assert_eq!(reply["task"]["n"], i);
@@ -150,7 +151,9 @@ async fn two_subscribers_of_a_role_share_its_tasks_through_the_queue_group() {
             .unwrap();
         assert_eq!(done.attempts.len(), 1);
         assert_eq!(done.attempts[0].target, Target::Queue);
-        *by_node.entry(done.responder.unwrap()).or_default() += 1;
+        *by_node
+            .entry(done.responder.name().unwrap().to_string())
+            .or_default() += 1;
     }
     // Each task went to exactly one member, and both members took some (all 60 on one side
     // would happen with probability 2^-59 under random selection).
@@ -189,7 +192,9 @@ async fn a_hung_subscriber_is_failed_over_within_the_timeout() {
     let mut failovers = 0;
     for (done, took) in results {
         let done = done.unwrap();
-        assert_eq!(done.responder.as_deref(), Some("worker-02"));
+        assert_eq!(done.responder.name(), Some("worker-02"));
+        // A failed-over task went to worker-02's own subject: the server vouches for the name.
+        assert_eq!(done.responder.verified(), done.attempts.len() > 1);
         // One timeout per hung attempt: the queue (it hit the hung node), worker-01, then
         // worker-02 answers: two timeouts, under three.
         assert!(took < timeout * 3, "{took:?} {:?}", done.attempts);

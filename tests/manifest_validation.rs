@@ -379,3 +379,32 @@ fn display_names_file_line_column_node_and_expectation() {
     );
     assert!(text.contains("expected a Tailscale address"), "{text}");
 }
+
+#[test]
+fn models_are_optional_checked_and_listed_once() {
+    let fleet = manifest::parse(&texts(NODES, FLEET, SERVICES)).unwrap();
+    assert_eq!(fleet.node("worker-01").unwrap().models, ["glm-4.5-air"]);
+    assert!(fleet.node("worker-02").unwrap().models.is_empty());
+
+    let nodes = NODES.replace(
+        "models: [glm-4.5-air]",
+        "models: [glm-4.5-air, \"bad model\"]",
+    );
+    let p = only(&nodes, FLEET, SERVICES);
+    assert_eq!(p.field, "nodes[1].models[1]");
+    assert_eq!(p.line, line_of(&nodes, "bad model"));
+    assert!(p.message.contains("' '"), "{p}");
+    assert!(
+        p.expected.as_deref().unwrap().contains("glm-4.5-air"),
+        "{p}"
+    );
+
+    let nodes = NODES.replace("models: [glm-4.5-air]", "models: [llama3:8b, llama3:8b]");
+    let p = only(&nodes, FLEET, SERVICES);
+    assert_eq!(p.field, "nodes[1].models[1]");
+    assert!(p.message.contains("listed twice"), "{p}");
+
+    let nodes = NODES.replace("models: [glm-4.5-air]", "models: glm-4.5-air");
+    let p = only(&nodes, FLEET, SERVICES);
+    assert_eq!(p.field, "nodes[1].models");
+}

@@ -81,6 +81,7 @@ fn each_node_reads_its_own_password_and_the_control_plane_reads_the_environment(
     let fleet = s.t.fleet();
     let out = secrets::set_nats(&fleet, &s.t.root, &s.op_age).unwrap();
     assert_eq!(out.generated, ["control-01", "worker-01", "worker-02"]);
+    assert!(out.router_generated);
     assert!(out.kept.is_empty());
     assert!(out.report.skipped.is_empty());
     let written: Vec<&str> = out.report.written.iter().map(|w| w.file.as_str()).collect();
@@ -88,6 +89,7 @@ fn each_node_reads_its_own_password_and_the_control_plane_reads_the_environment(
         written,
         [
             "secrets/control-01/nats-password.age",
+            "secrets/control-01/nats-router-password.age",
             "secrets/control-01/nats-server-env.age",
             "secrets/worker-01/nats-password.age",
             "secrets/worker-02/nats-password.age",
@@ -95,7 +97,12 @@ fn each_node_reads_its_own_password_and_the_control_plane_reads_the_environment(
     );
 
     let env = env_map(&age_decrypt(&s.hosts["control-01"], &env_file(&s.t)).unwrap());
-    assert_eq!(env.len(), 3);
+    // One password per node, and the router's, which only the control plane reads.
+    assert_eq!(env.len(), 4);
+    let router_file = s.t.root.join("secrets/control-01/nats-router-password.age");
+    let router_pw = age_decrypt(&s.hosts["control-01"], &router_file).unwrap();
+    assert_eq!(env.get("NATS_ROUTER_PASSWORD"), Some(&router_pw));
+    assert!(age_decrypt(&s.hosts["worker-01"], &router_file).is_err());
     let mut passwords = Vec::new();
     for (node, host) in &s.hosts {
         let pw = age_decrypt(host, &password_file(&s.t, node)).unwrap();
@@ -140,7 +147,7 @@ fn each_node_reads_its_own_password_and_the_control_plane_reads_the_environment(
         assert!(nix.contains(f), "{f} in {nix}");
     }
     let records = secrets::Records::load(&s.t.root).unwrap();
-    assert_eq!(records.files.len(), 4);
+    assert_eq!(records.files.len(), 5);
     let st = secrets::status(&fleet, &s.t.root).unwrap();
     for x in &st {
         let want = if x.secret == "tailscale-authkey" {
@@ -150,7 +157,7 @@ fn each_node_reads_its_own_password_and_the_control_plane_reads_the_environment(
         };
         assert_eq!(x.state, want, "{}", x.file);
     }
-    assert_eq!(st.len(), 7);
+    assert_eq!(st.len(), 8);
 }
 
 #[test]
@@ -162,7 +169,8 @@ fn rerun_keeps_every_byte_and_a_new_node_only_adds_its_password() {
     assert!(again.generated.is_empty());
     assert_eq!(again.kept, ["control-01", "worker-01", "worker-02"]);
     assert!(again.report.written.is_empty());
-    assert_eq!(again.report.unchanged.len(), 4);
+    assert!(!again.router_generated);
+    assert_eq!(again.report.unchanged.len(), 5);
     assert_eq!(snapshot(&s.t.root), before, "a re-run changes nothing");
 
     let old_env = env_map(&age_decrypt(&s.op_age, &env_file(&s.t)).unwrap());
@@ -186,7 +194,7 @@ fn rerun_keeps_every_byte_and_a_new_node_only_adds_its_password() {
         );
     }
     let env = env_map(&age_decrypt(&s.hosts["control-01"], &env_file(&s.t)).unwrap());
-    assert_eq!(env.len(), 4);
+    assert_eq!(env.len(), 5);
     for (k, v) in &old_env {
         assert_eq!(env.get(k), Some(v), "{k} kept");
     }
@@ -302,15 +310,15 @@ fn rekey_and_list_cover_every_kind() {
     let env = age_decrypt(&s.op_age, &env_file(&s.t)).unwrap();
     let w1_pw = age_decrypt(&s.op_age, &password_file(&s.t, "worker-01")).unwrap();
 
-    // bob leaves: every one of the 7 files is stale, rekey rewrites them all.
+    // bob leaves: every one of the 8 files is stale, rekey rewrites them all.
     let alice = std::fs::read_to_string(format!("{}.pub", s.op_ssh.display())).unwrap();
     s.t.set_operators(&[("alice", alice.trim())]);
     let fleet = s.t.fleet();
     let st = secrets::status(&fleet, &s.t.root).unwrap();
-    assert_eq!(st.len(), 7);
+    assert_eq!(st.len(), 8);
     assert!(st.iter().all(|x| x.state == State::Stale), "{st:#?}");
     let r = secrets::rekey(&fleet, &s.t.root, &s.op_ssh, &RekeyOptions::default()).unwrap();
-    assert_eq!(r.written.len(), 7);
+    assert_eq!(r.written.len(), 8);
     assert!(age_decrypt(&s.op_age, &env_file(&s.t)).is_err());
     assert!(age_decrypt(&s.op_age, &password_file(&s.t, "worker-01")).is_err());
     assert_eq!(
@@ -355,7 +363,8 @@ fn cli_set_nats_prints_no_password_and_list_shows_every_kind() {
     );
     let env = env_map(&age_decrypt(&s.op_age, &env_file(t)).unwrap());
     let passwords: Vec<String> = env.values().cloned().collect();
-    assert_eq!(passwords.len(), 3);
+    assert_eq!(passwords.len(), 4);
+    assert!(stdout.contains("router password: new"), "{stdout}");
 
     // Second run, with the default identity (~/.ssh/id_ed25519 = alice's key).
     std::fs::create_dir_all(t.home.join(".ssh")).unwrap();

@@ -3,6 +3,8 @@
 # (control-01, worker-01, worker-02). Import this module from control-01's configuration.
 # No secret is in this file: passwords are `$NATS_PASSWORD_<NODE>` references, resolved by nats-server from
 # its environment, which systemd loads from the age secret nats-server-env.
+# JetStream stores the fleet-nodes and fleet-health buckets under /var/lib/nats; the task router
+# (services.fleet-router) runs beside the server as NATS user _router.
 { config, lib, pkgs, ... }:
 let
   # nats-server's own syntax: JSON with unquoted $VARIABLE references. It is not written through
@@ -18,6 +20,25 @@ let
               "allow_responses": true,
               "publish": {
                 "allow": [
+                  "$JS.API.CONSUMER.CREATE.KV_fleet-health",
+                  "$JS.API.CONSUMER.CREATE.KV_fleet-health.>",
+                  "$JS.API.CONSUMER.CREATE.KV_fleet-nodes",
+                  "$JS.API.CONSUMER.CREATE.KV_fleet-nodes.>",
+                  "$JS.API.CONSUMER.DELETE.KV_fleet-health.>",
+                  "$JS.API.CONSUMER.DELETE.KV_fleet-nodes.>",
+                  "$JS.API.DIRECT.GET.KV_fleet-health",
+                  "$JS.API.DIRECT.GET.KV_fleet-health.>",
+                  "$JS.API.DIRECT.GET.KV_fleet-nodes",
+                  "$JS.API.DIRECT.GET.KV_fleet-nodes.>",
+                  "$JS.API.STREAM.CREATE.KV_fleet-nodes",
+                  "$JS.API.STREAM.INFO.KV_fleet-health",
+                  "$JS.API.STREAM.INFO.KV_fleet-nodes",
+                  "$JS.API.STREAM.MSG.GET.KV_fleet-health",
+                  "$JS.API.STREAM.MSG.GET.KV_fleet-nodes",
+                  "$JS.FC.KV_fleet-health.>",
+                  "$JS.FC.KV_fleet-nodes.>",
+                  "$KV.fleet-nodes.>",
+                  "fleet.dispatch.>",
                   "fleet.heartbeat.control-01",
                   "fleet.results.control-01",
                   "fleet.results.control-01.>",
@@ -85,10 +106,50 @@ let
               }
             },
             "user": "worker-02"
+          },
+          {
+            "password": $NATS_ROUTER_PASSWORD,
+            "permissions": {
+              "allow_responses": true,
+              "publish": {
+                "allow": [
+                  "$JS.API.CONSUMER.CREATE.KV_fleet-health",
+                  "$JS.API.CONSUMER.CREATE.KV_fleet-health.>",
+                  "$JS.API.CONSUMER.CREATE.KV_fleet-nodes",
+                  "$JS.API.CONSUMER.CREATE.KV_fleet-nodes.>",
+                  "$JS.API.CONSUMER.DELETE.KV_fleet-health.>",
+                  "$JS.API.CONSUMER.DELETE.KV_fleet-nodes.>",
+                  "$JS.API.DIRECT.GET.KV_fleet-health",
+                  "$JS.API.DIRECT.GET.KV_fleet-health.>",
+                  "$JS.API.DIRECT.GET.KV_fleet-nodes",
+                  "$JS.API.DIRECT.GET.KV_fleet-nodes.>",
+                  "$JS.API.STREAM.CREATE.KV_fleet-health",
+                  "$JS.API.STREAM.INFO.KV_fleet-health",
+                  "$JS.API.STREAM.INFO.KV_fleet-nodes",
+                  "$JS.API.STREAM.MSG.GET.KV_fleet-health",
+                  "$JS.API.STREAM.MSG.GET.KV_fleet-nodes",
+                  "$JS.FC.KV_fleet-health.>",
+                  "$JS.FC.KV_fleet-nodes.>",
+                  "$KV.fleet-health.>",
+                  "fleet.tasks.>"
+                ]
+              },
+              "subscribe": {
+                "allow": [
+                  "_INBOX._router.>",
+                  "fleet.dispatch.> router",
+                  "fleet.heartbeat.>"
+                ]
+              }
+            },
+            "user": "_router"
           }
         ]
       },
       "host": "100.64.0.1",
+      "jetstream": {
+        "store_dir": "/var/lib/nats"
+      },
       "port": 4222,
       "server_name": "control-01"
     }
@@ -98,20 +159,36 @@ let
     export NATS_PASSWORD_CONTROL_01=placeholder
     export NATS_PASSWORD_WORKER_01=placeholder
     export NATS_PASSWORD_WORKER_02=placeholder
+    export NATS_ROUTER_PASSWORD=placeholder
     nats-server --config ${conf} -t
     ln -s ${conf} $out
   '';
 in
 {
+  imports = [ ../modules/fleet-router.nix ];
+
   services.nats = {
     enable = true;
     serverName = "control-01";
     port = 4222;
+    # The configuration below enables JetStream itself; this keeps the module's state directory.
+    jetstream = true;
     # The module's generated settings file is not used (ExecStart below runs checkedConf).
     validateConfig = false;
   };
 
   age.secrets."nats-server-env".file = ../../secrets + "/control-01/nats-server-env.age";
+  # The router's NATS password, handed to it as a systemd credential.
+  age.secrets."nats-router-password".file = ../../secrets + "/control-01/nats-router-password.age";
+
+  services.fleet-router = {
+    enable = true;
+    fleetDir = ../../fleet;
+    natsUrl = "nats://100.64.0.1:4222";
+    passwordFile = config.age.secrets."nats-router-password".path;
+  };
+  # A new router password (a new age file) restarts the router.
+  systemd.services.fleet-router.restartTriggers = [ config.age.secrets."nats-router-password".file ];
 
   systemd.services.nats = {
     # It listens on the tailnet address, which exists once Tailscale is up; until then it fails and restarts.

@@ -129,35 +129,43 @@ fn quote(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// The server configuration of a plan.
+fn user_conf(user: &str, password_var: &str, p: &super::Permissions) -> Conf {
+    Conf::map([
+        ("user", Conf::str(user)),
+        ("password", Conf::Var(password_var.to_string())),
+        (
+            "permissions",
+            Conf::map([
+                ("publish", Conf::map([("allow", Conf::strs(&p.publish))])),
+                (
+                    "subscribe",
+                    Conf::map([("allow", Conf::strs(&p.subscribe))]),
+                ),
+                ("allow_responses", Conf::Bool(p.allow_responses)),
+            ]),
+        ),
+    ])
+}
+
+/// The server configuration of a plan: the node users (sorted by name), then the router's;
+/// JetStream on, storing in the plan's `store_dir`.
 pub fn server_conf(plan: &ServerPlan) -> Conf {
-    let users: Vec<Conf> = plan
+    let mut users: Vec<Conf> = plan
         .users
         .iter()
-        .map(|u| {
-            let p = &u.permissions;
-            Conf::map([
-                ("user", Conf::str(u.user.as_str())),
-                ("password", Conf::Var(u.password_var.clone())),
-                (
-                    "permissions",
-                    Conf::map([
-                        ("publish", Conf::map([("allow", Conf::strs(&p.publish))])),
-                        (
-                            "subscribe",
-                            Conf::map([("allow", Conf::strs(&p.subscribe))]),
-                        ),
-                        ("allow_responses", Conf::Bool(p.allow_responses)),
-                    ]),
-                ),
-            ])
-        })
+        .map(|u| user_conf(u.user.as_str(), &u.password_var, &u.permissions))
         .collect();
+    let r = &plan.router;
+    users.push(user_conf(&r.user, &r.password_var, &r.permissions));
     Conf::map([
         ("server_name", Conf::str(plan.server_name.as_str())),
         ("host", Conf::str(plan.host.to_string())),
         ("port", Conf::Int(i64::from(plan.port))),
         ("authorization", Conf::map([("users", Conf::List(users))])),
+        (
+            "jetstream",
+            Conf::map([("store_dir", Conf::str(plan.store_dir.clone()))]),
+        ),
     ])
 }
 

@@ -6,13 +6,17 @@
 //! - `secrets/<control-plane>/nats-server-env.age`: a systemd environment file with one
 //!   `NATS_PASSWORD_<NODE>=<password>` line per node, which the control plane's nats-server unit
 //!   loads (`EnvironmentFile=`) so the configuration can say `password: $NATS_PASSWORD_<NODE>`.
-//!   Readers: the control plane and the operators.
+//!   Readers: the control plane and the operators. It also holds `NATS_ROUTER_PASSWORD=…`, the
+//!   router's password.
+//! - `secrets/<control-plane>/nats-router-password.age`: the router's password (user `_router`),
+//!   which the router service on the control plane gets as a systemd credential. Readers: the
+//!   control plane and the operators.
 //!
 //! Passwords are 40 characters of `[A-Za-z0-9]` starting with a letter (about 238 bits): nothing to
 //! escape in an environment file, and nats-server — which parses a variable's value as a config
 //! value — reads them as plain strings (a leading digit could make one a number).
 
-use super::{BusError, ServerPlan};
+use super::{BusError, ServerPlan, ROUTER_PASSWORD_VAR, ROUTER_USER};
 use crate::model::NodeName;
 use rand::Rng;
 use std::collections::BTreeMap;
@@ -21,6 +25,9 @@ use std::collections::BTreeMap;
 pub const PASSWORD_SECRET: &str = "nats-password";
 /// agenix name of the control plane's nats-server environment file secret.
 pub const SERVER_ENV_SECRET: &str = "nats-server-env";
+
+/// agenix name of the router's NATS password secret (on the control plane).
+pub const ROUTER_SECRET: &str = "nats-router-password";
 
 /// Length of a generated password.
 pub const PASSWORD_LEN: usize = 40;
@@ -42,6 +49,11 @@ pub fn password_file(node: &NodeName) -> String {
 /// `secrets/<control-plane>/nats-server-env.age`.
 pub fn server_env_file(control_plane: &NodeName) -> String {
     format!("secrets/{control_plane}/{SERVER_ENV_SECRET}.age")
+}
+
+/// `secrets/<control-plane>/nats-router-password.age`.
+pub fn router_password_file(control_plane: &NodeName) -> String {
+    format!("secrets/{control_plane}/{ROUTER_SECRET}.age")
 }
 
 pub use crate::secret::Secret;
@@ -79,18 +91,34 @@ pub struct CredentialFile {
     pub reader: NodeName,
 }
 
-/// The passwords of every node.
+/// The passwords of every node, and the router's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BusCredentials {
     passwords: BTreeMap<NodeName, Secret>,
+    router: Option<Secret>,
 }
 
 impl BusCredentials {
-    /// Fresh passwords for every user of the plan.
+    /// Fresh passwords for every user of the plan, the router's included.
     pub fn generate(plan: &ServerPlan) -> Self {
         let mut c = Self::default();
         c.fill(plan);
+        c.fill_router();
         c
+    }
+
+    /// Generates the router's password if there is none; says whether it did.
+    pub fn fill_router(&mut self) -> bool {
+        if self.router.is_some() {
+            return false;
+        }
+        self.router = Some(generate_password());
+        true
+    }
+
+    /// The router's password.
+    pub fn router_password(&self) -> Option<&Secret> {
+        self.router.as_ref()
     }
 
     /// Adds passwords for users that have none; drops nodes no longer in the plan. Returns the
@@ -111,6 +139,7 @@ impl BusCredentials {
     /// Reads the decrypted server environment file back (to keep existing passwords).
     pub fn parse_server_env(plan: &ServerPlan, text: &str) -> Result<Self, String> {
         let mut passwords = BTreeMap::new();
+        let mut router = None;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -119,9 +148,10 @@ impl BusCredentials {
             let (var, value) = line
                 .split_once('=')
                 .ok_or_else(|| format!("line {}: expected NAME=VALUE", i + 1))?;
-            let Some(user) = plan.users.iter().find(|u| u.password_var == var) else {
+            let user = plan.users.iter().find(|u| u.password_var == var);
+            if user.is_none() && var != ROUTER_PASSWORD_VAR {
                 continue; // a node that left the fleet
-            };
+            }
             if !is_valid_password(value) {
                 // Never echo the value: it is a secret.
                 return Err(format!(
@@ -129,9 +159,14 @@ impl BusCredentials {
                     i + 1
                 ));
             }
-            passwords.insert(user.user.clone(), Secret::new(value));
+            match user {
+                Some(u) => {
+                    passwords.insert(u.user.clone(), Secret::new(value));
+                }
+                None => router = Some(Secret::new(value)),
+            }
         }
-        Ok(BusCredentials { passwords })
+        Ok(BusCredentials { passwords, router })
     }
 
     /// The password of `node`.
@@ -142,13 +177,17 @@ impl BusCredentials {
             .map(|(_, s)| s)
     }
 
-    /// `(variable, password)` pairs for the server's environment, sorted by variable.
+    /// `(variable, password)` pairs for the server's environment (the router's included),
+    /// sorted by variable.
     pub fn env_pairs(&self) -> Vec<(String, &Secret)> {
         let mut v: Vec<(String, &Secret)> = self
             .passwords
             .iter()
             .map(|(n, s)| (password_var(n), s))
             .collect();
+        if let Some(r) = &self.router {
+            v.push((ROUTER_PASSWORD_VAR.to_string(), r));
+        }
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -165,7 +204,8 @@ impl BusCredentials {
         Secret::new(s)
     }
 
-    /// Every file to encrypt, sorted by path: one password per node, and the server's environment file.
+    /// Every file to encrypt, sorted by path: one password per node, the server's environment
+    /// file and the router's password (both on the control plane).
     pub fn files(&self, plan: &ServerPlan) -> Result<Vec<CredentialFile>, BusError> {
         let mut out = Vec::new();
         for u in &plan.users {
@@ -180,6 +220,16 @@ impl BusCredentials {
                 reader: u.user.clone(),
             });
         }
+        let router = self
+            .router
+            .as_ref()
+            .ok_or_else(|| BusError::UnknownNode(ROUTER_USER.to_string()))?;
+        out.push(CredentialFile {
+            file: router_password_file(&plan.server_name),
+            secret: ROUTER_SECRET,
+            plaintext: router.clone(),
+            reader: plan.server_name.clone(),
+        });
         out.push(CredentialFile {
             file: server_env_file(&plan.server_name),
             secret: SERVER_ENV_SECRET,

@@ -9,8 +9,8 @@
 
 use super::creds::Secret;
 use super::{
-    inbox_prefix, node_task_subject, queue_group, task_subject, BusError, ATTEMPT_HEADER,
-    NODE_HEADER, TASK_ID_HEADER,
+    node_task_subject, queue_group, task_subject, BusError, ATTEMPT_HEADER, NODE_HEADER,
+    TASK_ID_HEADER,
 };
 use crate::model::{NodeName, Role};
 use async_nats::{Client, ConnectOptions, HeaderMap, Message, Request, RequestErrorKind};
@@ -96,13 +96,52 @@ impl Default for Policy {
     }
 }
 
+/// Who answered a task, and how far that can be trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Responder {
+    /// The task went to `fleet.tasks.<role>.<node>`, which only that node's user may subscribe
+    /// to, and only a user that received a request may answer it: the server vouches for it.
+    Verified(NodeName),
+    /// The task went to the role's queue group; the name is the worker's own `Fleet-Node`
+    /// header, which any worker may set to any name.
+    Claimed(String),
+    /// Through the queue group, and the worker named nobody.
+    Unnamed,
+}
+
+impl Responder {
+    /// The node's name, verified or claimed.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Responder::Verified(n) => Some(n.as_str()),
+            Responder::Claimed(n) => Some(n),
+            Responder::Unnamed => None,
+        }
+    }
+
+    /// Is the name vouched for by the server's permissions?
+    pub fn verified(&self) -> bool {
+        matches!(self, Responder::Verified(_))
+    }
+}
+
+impl fmt::Display for Responder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Responder::Verified(n) => write!(f, "{n}"),
+            Responder::Claimed(n) => write!(f, "{n} (as claimed by the worker, unverified)"),
+            Responder::Unnamed => f.write_str("an unnamed node"),
+        }
+    }
+}
+
 /// A successful dispatch.
 #[derive(Debug, Clone)]
 pub struct Dispatched {
     /// The reply's payload.
     pub reply: Bytes,
-    /// Who answered, from the reply's `Fleet-Node` header.
-    pub responder: Option<String>,
+    /// Who answered.
+    pub responder: Responder,
     /// The task id sent with every attempt.
     pub task_id: String,
     /// Every attempt, the last one the reply.
@@ -160,9 +199,20 @@ pub async fn connect(
     password: &Secret,
     timeout: Duration,
 ) -> Result<Client, BusError> {
+    connect_as(url, user.as_str(), password, timeout).await
+}
+
+/// Connects as NATS user `user` (a node name, or the router's user), with the inbox
+/// `_INBOX.<user>` its permissions allow.
+pub async fn connect_as(
+    url: &str,
+    user: &str,
+    password: &Secret,
+    timeout: Duration,
+) -> Result<Client, BusError> {
     check_url(url)?;
     ConnectOptions::with_user_and_password(user.to_string(), password.expose().to_string())
-        .custom_inbox_prefix(inbox_prefix(user))
+        .custom_inbox_prefix(format!("_INBOX.{user}"))
         .connection_timeout(timeout)
         .connect(url)
         .await
@@ -224,11 +274,23 @@ pub async fn dispatch(
             elapsed,
         });
         if let Ok(msg) = result {
-            let responder = msg
+            let claimed = msg
                 .headers
                 .as_ref()
                 .and_then(|h| h.get(NODE_HEADER))
-                .map(|v| v.to_string());
+                .map(|v| {
+                    v.as_str()
+                        .chars()
+                        .filter(|c| c.is_ascii_graphic())
+                        .take(64)
+                        .collect::<String>()
+                });
+            // Invariant: this attempt was pushed just above.
+            let responder = match (&attempts[attempts.len() - 1].target, claimed) {
+                (Target::Node(n), _) => Responder::Verified(n.clone()),
+                (Target::Queue, Some(c)) => Responder::Claimed(c),
+                (Target::Queue, None) => Responder::Unnamed,
+            };
             return Ok(Dispatched {
                 reply: msg.payload,
                 responder,

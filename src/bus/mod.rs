@@ -8,18 +8,26 @@
 //!   ([`nix`]) and by the tests that run a real `nats-server`;
 //! - [`creds`]: per-node passwords, referenced from the config as `$NATS_PASSWORD_<NODE>` and never
 //!   written into a rendered file;
-//! - [`dispatch`]: `fleetnix dispatch`, request/reply with failover.
+//! - [`dispatch`]: request/reply with failover, and the worker side of the contract;
+//! - [`heartbeat`]: the agents' heartbeats on `fleet.heartbeat.<node>`;
+//! - [`registry`]: `fleetnix node sync`, the fleet's nodes in the JetStream bucket `fleet-nodes`.
+//!
+//! The router on the control plane (`crate::router`) connects as its own user
+//! ([`ROUTER_USER`]), answers `fleet.dispatch.<role>` and publishes `fleet-health`.
 //!
 //! Subjects (see `docs/bus.md`):
 //! - `fleet.tasks.<role>`: tasks for any node of the role, subscribed in queue group `<role>`;
 //! - `fleet.tasks.<role>.<node>`: tasks for one node (failover targets a node directly);
 //! - `fleet.results.<node>[.…]`, `fleet.heartbeat.<node>`: what a node may publish;
-//! - `_INBOX.<node>.>`: the reply inbox of a node that sends requests (the control plane).
+//! - `_INBOX.<node>.>`: the reply inbox of a node that sends requests (the control plane);
+//! - `fleet.dispatch.<role>`: requests to the router (from the control plane's user).
 
 pub mod conf;
 pub mod creds;
 pub mod dispatch;
+pub mod heartbeat;
 pub mod nix;
+pub mod registry;
 
 use crate::model::{Fleet, Node, NodeName, Role};
 use serde::Serialize;
@@ -60,8 +68,43 @@ pub fn inbox_prefix(node: &NodeName) -> String {
     format!("_INBOX.{node}")
 }
 
-/// Header a worker sets on its reply to say who answered.
+/// `fleet.dispatch.<role>`: where a supervisor asks the router to run a task of `role`.
+pub fn dispatch_subject(role: &str) -> String {
+    format!("fleet.dispatch.{role}")
+}
+
+/// The queue group routers share on `fleet.dispatch.>` (one answers each request).
+pub const ROUTER_QUEUE: &str = "router";
+
+/// The router's NATS user. A node name is an RFC 1123 label, which cannot contain `_`, so no
+/// node can have this user name.
+pub const ROUTER_USER: &str = "_router";
+
+/// The server-side variable holding the router's password. Node variables all start with
+/// `NATS_PASSWORD_`, so no node's variable can be this one.
+pub const ROUTER_PASSWORD_VAR: &str = "NATS_ROUTER_PASSWORD";
+
+/// The JetStream key-value bucket of registered nodes (`fleetnix node sync`).
+pub const NODES_BUCKET: &str = "fleet-nodes";
+/// The JetStream key-value bucket of the router's live view of node health.
+pub const HEALTH_BUCKET: &str = "fleet-health";
+
+/// Where nats-server keeps JetStream data on the control plane (the NixOS module's state
+/// directory).
+pub const JETSTREAM_STORE_DIR: &str = "/var/lib/nats";
+
+/// Header a worker sets on its reply to say who answered. The router sets it on its replies to
+/// the node it sent the task to (which the server's permissions vouch for).
 pub const NODE_HEADER: &str = "Fleet-Node";
+/// Header of a router reply: `ok`, or an error code (see `docs/bus.md`).
+pub const STATUS_HEADER: &str = "Fleet-Status";
+/// Header of a router request: prefer nodes that list this model.
+pub const MODEL_HEADER: &str = "Fleet-Preferred-Model";
+/// Header of a router reply: how many attempts the task took.
+pub const ATTEMPTS_HEADER: &str = "Fleet-Attempts";
+/// Header of a router reply: the node named in the worker's own `Fleet-Node` header, when it
+/// differs from the node the task was sent to (a worker claiming to be another node).
+pub const CLAIMED_HEADER: &str = "Fleet-Claimed-Node";
 /// Header carrying a task id, the same on every attempt, so workers can de-duplicate.
 pub const TASK_ID_HEADER: &str = "Fleet-Task-Id";
 /// Header carrying the attempt number (1-based).
@@ -148,6 +191,16 @@ pub enum BusError {
         /// What each attempt did.
         attempts: Vec<dispatch::Attempt>,
     },
+    /// A key-value bucket operation failed (the server refused it, or JetStream is off).
+    #[error("key-value bucket {bucket}: {op} failed: {reason}")]
+    Kv {
+        /// The bucket.
+        bucket: String,
+        /// What was being done (open, create, list, get, put, delete, watch).
+        op: &'static str,
+        /// The client's message (never holds a password).
+        reason: String,
+    },
     /// Rendering the NixOS module failed (a bug in fleetnix's template).
     #[error("template nats.nix failed: {0}")]
     Template(#[source] tera::Error),
@@ -181,6 +234,29 @@ pub struct Permissions {
     pub allow_responses: bool,
 }
 
+/// Publish subjects that let a user read key-value `bucket` (look up, list and watch keys).
+pub fn kv_read_subjects(bucket: &str) -> Vec<String> {
+    let stream = format!("KV_{bucket}");
+    vec![
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}.>"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+        format!("$JS.FC.{stream}.>"),
+    ]
+}
+
+/// Publish subjects that let a user create and write key-value `bucket` (on top of reading it).
+pub fn kv_write_subjects(bucket: &str) -> Vec<String> {
+    let mut v = kv_read_subjects(bucket);
+    v.push(format!("$JS.API.STREAM.CREATE.KV_{bucket}"));
+    v.push(format!("$KV.{bucket}.>"));
+    v
+}
+
 /// One NATS user: a node of the fleet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BusUser {
@@ -210,6 +286,10 @@ impl BusUser {
         ];
         if supervisor {
             publish.push("fleet.tasks.>".into());
+            // Asks the router; registers the fleet (`node sync`); reads the router's health view.
+            publish.push("fleet.dispatch.>".into());
+            publish.extend(kv_write_subjects(NODES_BUCKET));
+            publish.extend(kv_read_subjects(HEALTH_BUCKET));
             subscribe.push("fleet.results.>".into());
             subscribe.push("fleet.heartbeat.>".into());
             subscribe.push(format!("{}.>", inbox_prefix(name)));
@@ -231,6 +311,51 @@ impl BusUser {
     }
 }
 
+/// The router's NATS user ([`ROUTER_USER`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouterUser {
+    /// User name: [`ROUTER_USER`].
+    pub user: String,
+    /// Environment variable holding its password on the server: [`ROUTER_PASSWORD_VAR`].
+    pub password_var: String,
+    /// What it may do: answer `fleet.dispatch.<role>` (in queue group `router`), send tasks to
+    /// `fleet.tasks.>`, hear heartbeats, read `fleet-nodes`, write `fleet-health`.
+    pub permissions: Permissions,
+}
+
+impl RouterUser {
+    /// The router's user and permissions.
+    pub fn new() -> Self {
+        let mut publish = vec!["fleet.tasks.>".to_string()];
+        publish.extend(kv_read_subjects(NODES_BUCKET));
+        publish.extend(kv_write_subjects(HEALTH_BUCKET));
+        let mut subscribe = vec![
+            format!("fleet.dispatch.> {ROUTER_QUEUE}"),
+            "fleet.heartbeat.>".to_string(),
+            format!("_INBOX.{ROUTER_USER}.>"),
+        ];
+        publish.sort();
+        publish.dedup();
+        subscribe.sort();
+        subscribe.dedup();
+        RouterUser {
+            user: ROUTER_USER.to_string(),
+            password_var: ROUTER_PASSWORD_VAR.to_string(),
+            permissions: Permissions {
+                publish,
+                subscribe,
+                allow_responses: true,
+            },
+        }
+    }
+}
+
+impl Default for RouterUser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The control plane's nats-server: where it listens and who may do what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServerPlan {
@@ -242,6 +367,10 @@ pub struct ServerPlan {
     pub port: u16,
     /// One user per node, sorted by name.
     pub users: Vec<BusUser>,
+    /// The router's user.
+    pub router: RouterUser,
+    /// JetStream's store directory ([`JETSTREAM_STORE_DIR`]).
+    pub store_dir: String,
 }
 
 impl ServerPlan {
@@ -249,6 +378,12 @@ impl ServerPlan {
     pub fn with_listen(mut self, host: IpAddr, port: u16) -> Self {
         self.host = host;
         self.port = port;
+        self
+    }
+
+    /// The same plan with JetStream storing elsewhere (tests use a temporary directory).
+    pub fn with_store_dir(mut self, dir: impl Into<String>) -> Self {
+        self.store_dir = dir.into();
         self
     }
 
@@ -260,6 +395,7 @@ impl ServerPlan {
     /// The names of the environment variables the server needs, sorted.
     pub fn password_vars(&self) -> Vec<String> {
         let mut v: Vec<String> = self.users.iter().map(|u| u.password_var.clone()).collect();
+        v.push(self.router.password_var.clone());
         v.sort();
         v
     }
@@ -298,6 +434,8 @@ pub fn server_plan(fleet: &Fleet) -> Result<ServerPlan, BusError> {
         host: cp.tailscale_ip,
         port: service.port,
         users,
+        router: RouterUser::new(),
+        store_dir: JETSTREAM_STORE_DIR.to_string(),
     })
 }
 
@@ -336,6 +474,7 @@ mod tests {
             ssh_user: "root".into(),
             host_key: None,
             public_address: None,
+            models: Vec::new(),
         }
     }
 
@@ -376,5 +515,37 @@ mod tests {
         ] {
             assert!(u.permissions.subscribe.contains(&s.to_string()), "{s}");
         }
+        for p in ["fleet.dispatch.>", "$KV.fleet-nodes.>"] {
+            assert!(u.permissions.publish.contains(&p.to_string()), "{p}");
+        }
+        // It reads the router's health view but does not write it.
+        assert!(!u
+            .permissions
+            .publish
+            .iter()
+            .any(|p| p.starts_with("$KV.fleet-health")));
+    }
+
+    #[test]
+    fn workers_get_no_jetstream_and_the_router_no_registry_writes() {
+        let w = BusUser::for_node(&node("worker-01", &["glm-worker"]), false);
+        assert!(!w
+            .permissions
+            .publish
+            .iter()
+            .chain(&w.permissions.subscribe)
+            .any(|p| p.starts_with('$') || p.contains("dispatch")));
+        let r = RouterUser::new();
+        assert!(r.permissions.publish.contains(&"$KV.fleet-health.>".into()));
+        assert!(!r
+            .permissions
+            .publish
+            .iter()
+            .any(|p| p.starts_with("$KV.fleet-nodes")));
+        assert!(r
+            .permissions
+            .subscribe
+            .contains(&"fleet.dispatch.> router".into()));
+        assert!(NodeName::parse(ROUTER_USER).is_err());
     }
 }

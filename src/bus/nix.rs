@@ -2,10 +2,12 @@
 //!
 //! It enables `services.nats` and runs nats-server on [`ServerPlan::to_conf`] — the very text the
 //! tests start a real nats-server with — with the passwords in the unit's environment, loaded from
-//! the age secret `secrets/<control-plane>/nats-server-env.age`.
+//! the age secret `secrets/<control-plane>/nats-server-env.age`. It also imports
+//! `nix/modules/fleet-router.nix` and enables the router, with its password from
+//! `secrets/<control-plane>/nats-router-password.age` and the fleet settings from `fleet/`.
 
 use super::conf::is_var_name;
-use super::creds::{server_env_file, SERVER_ENV_SECRET};
+use super::creds::{router_password_file, server_env_file, ROUTER_SECRET, SERVER_ENV_SECRET};
 use super::{BusError, ServerPlan};
 use crate::fsutil::write_atomic;
 use crate::plan::host_port;
@@ -101,6 +103,19 @@ pub fn render(plan: &ServerPlan, sources: &str) -> Result<String, BusError> {
     cx.insert(
         "env_secret_file",
         &env_file.trim_start_matches("secrets").to_string(),
+    );
+    cx.insert("store_dir", &one_line(&plan.store_dir));
+    cx.insert("router_user", &plan.router.user);
+    cx.insert("router_secret", ROUTER_SECRET);
+    cx.insert(
+        "router_secret_file",
+        &router_password_file(&plan.server_name)
+            .trim_start_matches("secrets")
+            .to_string(),
+    );
+    cx.insert(
+        "nats_url",
+        &format!("nats://{}", host_port(&plan.host, plan.port)),
     );
     let text = t.render("nats.nix", &cx).map_err(BusError::Template)?;
     crate::nix::check_syntax(&text).map_err(|errors| BusError::Syntax {

@@ -143,6 +143,9 @@ pub fn show(ctx: &Ctx, args: ShowArgs) -> ExitCode {
             .join(", ")
     );
     println!("tags        {}", p.tags.join(", "));
+    if !p.models.is_empty() {
+        println!("models      {}", p.models.join(", "));
+    }
     println!("address     {}", p.access.address);
     println!("ssh         {} ({:?})", p.access.ssh_target, p.access.os);
     println!(

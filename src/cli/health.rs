@@ -1,6 +1,6 @@
-//! `status`, `health`, `route`, `dispatch`.
+//! `status`, `health`, `route`.
 
-use super::{fail, runtime, Ctx};
+use super::{runtime, Ctx};
 use fleetnix::alert::{Alerter, Ntfy};
 use fleetnix::health::{self, HealthReport, NodeState, ProbeOptions, StateTracker};
 use fleetnix::model::{Fleet, Node};
@@ -44,33 +44,6 @@ pub struct RouteArgs {
     /// JSON output.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Arguments of `dispatch`.
-#[derive(Debug, clap::Args)]
-pub struct DispatchArgs {
-    /// The role whose nodes should run the task.
-    #[arg(long)]
-    pub role: String,
-    /// The task, as JSON (sent unchanged).
-    #[arg(long)]
-    pub payload: String,
-    /// How long one node gets to answer before failover, e.g. 5s or 500ms [default: node_timeout_seconds].
-    #[arg(long, value_parser = fleetnix::bus::dispatch::parse_timeout)]
-    pub timeout: Option<std::time::Duration>,
-    /// NATS server URL [default: nats_url from fleet.yml]. Must not carry credentials.
-    #[arg(long, env = "FLEETNIX_NATS_URL")]
-    pub nats_url: Option<String>,
-    /// NATS user (a node name) [default: the control plane, the only user allowed to dispatch].
-    #[arg(long)]
-    pub user: Option<String>,
-    /// File holding the user's password; otherwise it is read from FLEETNIX_NATS_PASSWORD, else
-    /// decrypted in memory from secrets/<user>/nats-password.age with --identity.
-    #[arg(long)]
-    pub password_file: Option<std::path::PathBuf>,
-    /// Operator identity that decrypts the user's nats-password.age [default: ~/.ssh/id_ed25519].
-    #[arg(long)]
-    pub identity: Option<std::path::PathBuf>,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -452,112 +425,5 @@ pub fn route(ctx: &Ctx, a: RouteArgs) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(1)
         }
-    }
-}
-
-/// `fleetnix dispatch`: prints the reply on stdout, attempts and the responder on stderr.
-pub fn dispatch(ctx: &Ctx, a: DispatchArgs) -> ExitCode {
-    use fleetnix::bus::{self, creds::Secret, dispatch as d};
-    let fleet = match ctx.fleet() {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    let (role, _) = match bus::role_nodes(&fleet, &a.role) {
-        Ok(x) => x,
-        Err(e) => return fail(e),
-    };
-    // Failover order under the fleet's strategy (round robin continues where `route` left off).
-    let router = Router::new(&fleet).with_state_dir(ctx.root.join(".fleetnix"));
-    let candidates = match router.route_with(role.as_str(), |_| None) {
-        Ok(r) => r.order,
-        Err(e) => return fail(e),
-    };
-    let payload = match d::parse_payload(&a.payload) {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
-    let user_name = a
-        .user
-        .clone()
-        .unwrap_or_else(|| fleet.settings.control_plane.to_string());
-    let Some(user) = fleet.node(&user_name).map(|n| n.name.clone()) else {
-        return fail(bus::BusError::UnknownNode(user_name));
-    };
-    let password = match &a.password_file {
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(s) => Secret::new(s.trim_end_matches(['\n', '\r']).to_string()),
-            Err(e) => return fail(format_args!("{}: {e}", path.display())),
-        },
-        None => match std::env::var("FLEETNIX_NATS_PASSWORD") {
-            Ok(s) => Secret::new(s),
-            Err(_) => {
-                use fleetnix::secrets::{decrypt_secret, SecretId, SecretKind};
-                let id = SecretId::new(user.clone(), SecretKind::NatsPassword);
-                let decrypted = super::secrets::identity_or_default(a.identity.clone())
-                    .and_then(|identity| decrypt_secret(&ctx.root, &id, &identity));
-                match decrypted {
-                    Ok(bytes) => match String::from_utf8(bytes.to_vec()) {
-                        Ok(s) => Secret::new(s.trim_end_matches(['\n', '\r']).to_string()),
-                        Err(_) => return fail(format_args!("{} does not hold a text password", id.file())),
-                    },
-                    Err(e) => {
-                        return fail(format_args!(
-                            "no NATS password for {user}: set FLEETNIX_NATS_PASSWORD, pass --password-file, or let --identity decrypt {} ({e})",
-                            id.file()
-                        ))
-                    }
-                }
-            }
-        },
-    };
-    let url = a
-        .nats_url
-        .clone()
-        .unwrap_or_else(|| fleet.settings.nats_url.clone());
-    let policy = d::Policy {
-        attempt_timeout: a
-            .timeout
-            .unwrap_or(std::time::Duration::from_secs(u64::from(
-                fleet.settings.failure.node_timeout_seconds,
-            ))),
-        retry: fleet.settings.failure.retry_on_node_failure,
-        candidates,
-    };
-    let runtime = match runtime() {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let result = runtime.block_on(async {
-        let client = d::connect(&url, &user, &password, policy.attempt_timeout).await?;
-        d::dispatch(&client, &role, payload, &policy).await
-    });
-    match result {
-        Ok(done) => {
-            if ctx.verbose > 0 || done.attempts.len() > 1 {
-                for at in &done.attempts {
-                    eprintln!("attempt: {at}");
-                }
-            }
-            eprintln!(
-                "task {} answered by {} ({} attempt(s))",
-                done.task_id,
-                done.responder.as_deref().unwrap_or("an unnamed node"),
-                done.attempts.len()
-            );
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            let ok = out.write_all(&done.reply).and_then(|()| {
-                if done.reply.ends_with(b"\n") {
-                    Ok(())
-                } else {
-                    out.write_all(b"\n")
-                }
-            });
-            match ok {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(e),
-            }
-        }
-        Err(e) => fail(e),
     }
 }

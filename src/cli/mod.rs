@@ -2,6 +2,7 @@
 
 pub mod acl;
 pub mod bootstrap;
+pub mod bus;
 pub mod core;
 pub mod deploy;
 pub mod health;
@@ -61,8 +62,15 @@ pub enum Command {
     Health(health::HealthArgs),
     /// Pick the node for the next task of a role.
     Route(health::RouteArgs),
-    /// Send a task to a role over NATS.
-    Dispatch(health::DispatchArgs),
+    /// Send a task to a role over NATS, through the control plane's router.
+    Dispatch(bus::DispatchArgs),
+    /// Register the fleet with the control plane (the `fleet-nodes` bucket).
+    #[command(subcommand)]
+    Node(bus::NodeCommand),
+    /// The control plane's task router: answers fleet.dispatch.<role> (a long-running service).
+    Router(bus::RouterArgs),
+    /// Print the control plane's nats-server configuration (no secret in it).
+    NatsConf(bus::NatsConfArgs),
 }
 
 /// What every command gets: where the repository and fleet files are.
@@ -193,6 +201,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status(a) => health::status(&ctx, a),
         Command::Health(a) => health::health(&ctx, a),
         Command::Route(a) => health::route(&ctx, a),
-        Command::Dispatch(a) => health::dispatch(&ctx, a),
+        Command::Dispatch(a) => bus::dispatch(&ctx, a),
+        Command::Node(c) => bus::node(&ctx, c),
+        Command::Router(a) => bus::router(&ctx, a),
+        Command::NatsConf(a) => bus::nats_conf(&ctx, a),
     }
 }

@@ -18,7 +18,8 @@ pub enum SecretsCommand {
     /// (prompted without echo on a terminal). It is never taken as an argument.
     SetAuthkey(SetAuthkeyArgs),
     /// Generate NATS passwords for nodes that have none and encrypt every node's password and
-    /// the control plane's nats-server environment file (existing passwords are kept).
+    /// the control plane's nats-server environment file and router password (existing passwords
+    /// are kept).
     SetNats(SetNatsArgs),
     /// Re-encrypt secrets whose recipients changed (nodes or operator keys edited).
     Rekey(RekeyArgs),
@@ -174,6 +175,9 @@ fn set_nats(
         out.report.written.len(),
         out.report.unchanged.len()
     );
+    if out.router_generated {
+        println!("router password: new");
+    }
     if out.report.skipped.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {

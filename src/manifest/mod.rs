@@ -1021,7 +1021,7 @@ fn decode_nodes<'y>(
     let items = cx.list(list, "nodes", "nodes")?;
     let mut out = Vec::new();
     let mut ok = true;
-    const FIELDS: [&str; 9] = [
+    const FIELDS: [&str; 10] = [
         "name",
         "tailscale_ip",
         "roles",
@@ -1031,6 +1031,7 @@ fn decode_nodes<'y>(
         "host_key",
         "public_address",
         "state_version",
+        "models",
     ];
     for (i, item) in items.iter().enumerate() {
         let path = format!("nodes[{i}]");
@@ -1218,6 +1219,36 @@ fn decode_nodes<'y>(
                 )
                 .map(Some),
         };
+        let mut models: Vec<String> = Vec::new();
+        let mut models_ok = true;
+        if let Some(v) = nf.get("models") {
+            let field = join(&path, "models");
+            let items = cx.list(v, &field, "a list of model names");
+            models_ok &= items.is_some();
+            for (j, m) in items.unwrap_or(&[]).iter().enumerate() {
+                let field = format!("{field}[{j}]");
+                let Some(model) = cx.checked(
+                    m,
+                    &field,
+                    "a model name like glm-4.5-air (letters, digits and . _ - : / + @)",
+                    |s| check_model(s).map(|()| s.to_string()),
+                ) else {
+                    models_ok = false;
+                    continue;
+                };
+                if models.contains(&model) {
+                    cx.err(
+                        m,
+                        &field,
+                        format!("model `{model}` is listed twice"),
+                        Some("each model once".into()),
+                    );
+                    models_ok = false;
+                    continue;
+                }
+                models.push(model);
+            }
+        }
         match (
             name,
             tailscale_ip,
@@ -1237,7 +1268,7 @@ fn decode_nodes<'y>(
                 Some(host_key),
                 Some(public_address),
                 Some(state_version),
-            ) if roles_ok => {
+            ) if roles_ok && models_ok => {
                 out.push((
                     Node {
                         name,
@@ -1248,6 +1279,7 @@ fn decode_nodes<'y>(
                         ssh_user,
                         host_key,
                         public_address,
+                        models,
                     },
                     NodeSpans {
                         item,

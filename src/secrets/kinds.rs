@@ -6,8 +6,12 @@
 //! | `tailscale-authkey` | `secrets/<node>/tailscale-authkey.age` | the node's Tailscale auth key | every node |
 //! | `nats-password` | `secrets/<node>/nats-password.age` | the node's NATS password | every node |
 //! | `nats-server-env` | `secrets/<cp>/nats-server-env.age` | `NATS_PASSWORD_<NODE>=…` lines | the control plane |
+//! | `nats-router-password` | `secrets/<cp>/nats-router-password.age` | the router's NATS password | the control plane |
 
-use crate::bus::creds::{password_file, server_env_file, PASSWORD_SECRET, SERVER_ENV_SECRET};
+use crate::bus::creds::{
+    password_file, router_password_file, server_env_file, PASSWORD_SECRET, ROUTER_SECRET,
+    SERVER_ENV_SECRET,
+};
 use crate::model::{Fleet, NodeName};
 use crate::plan::{authkey_file, AUTHKEY_SECRET};
 use serde::Serialize;
@@ -23,15 +27,26 @@ pub enum SecretKind {
     NatsPassword,
     /// The control plane's nats-server environment file (`fleetnix secrets set-nats`).
     NatsServerEnv,
+    /// The router's NATS password, on the control plane (`fleetnix secrets set-nats`).
+    NatsRouterPassword,
 }
 
 impl SecretKind {
     /// Every kind, in listing order.
-    pub const ALL: [SecretKind; 3] = [
+    pub const ALL: [SecretKind; 4] = [
         SecretKind::TailscaleAuthkey,
         SecretKind::NatsPassword,
         SecretKind::NatsServerEnv,
+        SecretKind::NatsRouterPassword,
     ];
+
+    /// Is it a secret of the control plane only?
+    pub fn control_plane_only(self) -> bool {
+        matches!(
+            self,
+            SecretKind::NatsServerEnv | SecretKind::NatsRouterPassword
+        )
+    }
 
     /// The agenix name (`age.secrets.<name>`), also the file's stem.
     pub fn name(self) -> &'static str {
@@ -39,6 +54,7 @@ impl SecretKind {
             SecretKind::TailscaleAuthkey => AUTHKEY_SECRET,
             SecretKind::NatsPassword => PASSWORD_SECRET,
             SecretKind::NatsServerEnv => SERVER_ENV_SECRET,
+            SecretKind::NatsRouterPassword => ROUTER_SECRET,
         }
     }
 
@@ -54,6 +70,7 @@ impl SecretKind {
             SecretKind::TailscaleAuthkey => authkey_file(node),
             SecretKind::NatsPassword => password_file(node),
             SecretKind::NatsServerEnv => server_env_file(node),
+            SecretKind::NatsRouterPassword => router_password_file(node),
         }
     }
 
@@ -63,6 +80,7 @@ impl SecretKind {
             SecretKind::TailscaleAuthkey => "Tailscale auth key",
             SecretKind::NatsPassword => "NATS password",
             SecretKind::NatsServerEnv => "nats-server environment file",
+            SecretKind::NatsRouterPassword => "router's NATS password",
         }
     }
 
@@ -70,7 +88,9 @@ impl SecretKind {
     /// server environment has a line of about 60 bytes per node).
     pub fn max_bytes(self) -> usize {
         match self {
-            SecretKind::TailscaleAuthkey | SecretKind::NatsPassword => super::MAX_AUTHKEY_BYTES,
+            SecretKind::TailscaleAuthkey
+            | SecretKind::NatsPassword
+            | SecretKind::NatsRouterPassword => super::MAX_AUTHKEY_BYTES,
             SecretKind::NatsServerEnv => 256 * 1024,
         }
     }
@@ -79,9 +99,9 @@ impl SecretKind {
     pub fn set_command(self, node: &NodeName) -> String {
         match self {
             SecretKind::TailscaleAuthkey => format!("fleetnix secrets set-authkey {node}"),
-            SecretKind::NatsPassword | SecretKind::NatsServerEnv => {
-                "fleetnix secrets set-nats".to_string()
-            }
+            SecretKind::NatsPassword
+            | SecretKind::NatsServerEnv
+            | SecretKind::NatsRouterPassword => "fleetnix secrets set-nats".to_string(),
         }
     }
 }
@@ -127,12 +147,13 @@ impl fmt::Display for SecretId {
 
 /// Every secret the manifest wants, by node in manifest order, then by kind: each node's auth
 /// key and NATS password (its rendered module references both), and the control plane's
-/// nats-server environment file (the bus module references it).
+/// nats-server environment file (the bus module references it) and router password (the
+/// router module references it).
 pub fn wanted(fleet: &Fleet) -> Vec<SecretId> {
     let mut out = Vec::new();
     for node in &fleet.nodes {
         for kind in SecretKind::ALL {
-            if kind != SecretKind::NatsServerEnv || node.name == fleet.settings.control_plane {
+            if !kind.control_plane_only() || node.name == fleet.settings.control_plane {
                 out.push(SecretId::new(node.name.clone(), kind));
             }
         }

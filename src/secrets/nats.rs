@@ -10,7 +10,7 @@ use super::keys::{desired_recipients, Identities};
 use super::kinds::{SecretId, SecretKind};
 use super::store::{read_optional, render_secrets_nix, status, State};
 use super::{decrypt_with, find_node, no_host_key_error, write_secrets, Report, SecretsError};
-use crate::bus::creds::{BusCredentials, PASSWORD_SECRET, SERVER_ENV_SECRET};
+use crate::bus::creds::{BusCredentials, PASSWORD_SECRET, ROUTER_SECRET, SERVER_ENV_SECRET};
 use crate::bus::server_plan;
 use crate::model::Fleet;
 use serde::Serialize;
@@ -27,6 +27,8 @@ pub struct NatsReport {
     pub generated: Vec<String>,
     /// Nodes whose password was kept, sorted.
     pub kept: Vec<String>,
+    /// Did the router get a new password (none was in the server environment file)?
+    pub router_generated: bool,
 }
 
 /// The identity file, read the first time it is needed (a first `set-nats` needs none).
@@ -97,6 +99,7 @@ pub fn set_nats(fleet: &Fleet, root: &Path, identity: &Path) -> Result<NatsRepor
         None => BusCredentials::default(),
     };
     let generated = creds.fill(&plan);
+    let router_generated = creds.fill_router();
     let files = creds.files(&plan)?;
 
     let mut items = Vec::new();
@@ -105,8 +108,9 @@ pub fn set_nats(fleet: &Fleet, root: &Path, identity: &Path) -> Result<NatsRepor
         let kind = match f.secret {
             PASSWORD_SECRET => SecretKind::NatsPassword,
             SERVER_ENV_SECRET => SecretKind::NatsServerEnv,
+            ROUTER_SECRET => SecretKind::NatsRouterPassword,
             other => {
-                // Invariant: BusCredentials::files only makes these two.
+                // Invariant: BusCredentials::files only makes these three.
                 return Err(SecretsError::ServerEnv {
                     file: f.file.clone(),
                     reason: format!("unexpected secret `{other}` (a fleetnix bug)"),
@@ -118,7 +122,8 @@ pub fn set_nats(fleet: &Fleet, root: &Path, identity: &Path) -> Result<NatsRepor
         let same = states.get(&id.file()) == Some(&State::UpToDate)
             && match kind {
                 SecretKind::NatsServerEnv => old_env.as_deref().map(Vec::as_slice) == Some(want),
-                _ if generated.contains(&f.reader) => false,
+                SecretKind::NatsRouterPassword if router_generated => false,
+                SecretKind::NatsPassword if generated.contains(&f.reader) => false,
                 _ => decrypt_with(ids.get()?, root, &id, identity)?.as_slice() == want,
             };
         if same {
@@ -143,5 +148,6 @@ pub fn set_nats(fleet: &Fleet, root: &Path, identity: &Path) -> Result<NatsRepor
         report,
         generated,
         kept,
+        router_generated,
     })
 }

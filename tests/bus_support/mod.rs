@@ -64,7 +64,8 @@ impl NatsServer {
             let port = free_port();
             let plan = base
                 .clone()
-                .with_listen(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+                .with_listen(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+                .with_store_dir(dir.path().join("jetstream").display().to_string());
             std::fs::write(&conf_path, plan.to_conf()).unwrap();
             let mut cmd = Command::new(nats_server_bin());
             cmd.arg("-c")
@@ -124,6 +125,18 @@ impl NatsServer {
         )
         .await
         .expect("connect")
+    }
+
+    /// Connects as the router's user.
+    pub async fn connect_router(&self) -> async_nats::Client {
+        d::connect_as(
+            &self.url,
+            bus::ROUTER_USER,
+            self.creds.router_password().expect("router password"),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("connect as the router")
     }
 
     /// Connects as `node` and serves `role`'s tasks as `behaviour` says ([`spawn_worker`]).
@@ -199,6 +212,8 @@ pub enum Behaviour {
     Answer,
     /// Takes tasks and never answers (a hung agent).
     Hang,
+    /// Answers, claiming in its `Fleet-Node` header to be this other node.
+    Impersonate(&'static str),
 }
 
 /// A test worker: counts the tasks it received.
@@ -206,6 +221,8 @@ pub struct Worker {
     /// Tasks received.
     pub received: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+    client: async_nats::Client,
+    heartbeats: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Worker {
@@ -213,11 +230,41 @@ impl Worker {
     pub fn count(&self) -> usize {
         self.received.load(Ordering::SeqCst)
     }
+
+    /// Starts heart-beating as the bus contract says (the reference agent side), every `every`.
+    pub fn heartbeat(&mut self, node: &str, every: Duration, models: &[&str]) {
+        let beat = fleetnix::bus::heartbeat::Beat::new(
+            NodeName::parse(node).unwrap(),
+            4,
+            models.iter().map(|m| m.to_string()).collect(),
+        );
+        self.heartbeats = Some(fleetnix::bus::heartbeat::spawn_heartbeats(
+            self.client.clone(),
+            beat,
+            every,
+        ));
+    }
+
+    /// Stops heart-beating (the agent's heartbeat loop died) but keeps serving tasks.
+    pub fn stop_heartbeats(&mut self) {
+        if let Some(h) = self.heartbeats.take() {
+            h.abort();
+        }
+    }
+
+    /// Kills the worker: stops serving and heart-beating and closes its connection.
+    pub async fn kill(mut self) -> usize {
+        self.stop_heartbeats();
+        self.task.abort();
+        let _ = self.client.drain().await;
+        self.count()
+    }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
         self.task.abort();
+        self.stop_heartbeats();
     }
 }
 
@@ -242,6 +289,7 @@ pub async fn spawn_worker(
     let received = Arc::new(AtomicUsize::new(0));
     let counter = received.clone();
     let worker_name = name.clone();
+    let worker_client = client.clone();
     let task = tokio::spawn(async move {
         let name = worker_name;
         while let Some(msg) = subs.next().await {
@@ -252,11 +300,15 @@ pub async fn spawn_worker(
             if !probe {
                 counter.fetch_add(1, Ordering::SeqCst);
             }
-            if probe || behaviour == Behaviour::Answer {
+            let claim = match behaviour {
+                Behaviour::Impersonate(other) => NodeName::parse(other).unwrap(),
+                _ => name.clone(),
+            };
+            if probe || behaviour != Behaviour::Hang {
                 let task: serde_json::Value =
                     serde_json::from_slice(&msg.payload).unwrap_or(serde_json::Value::Null);
                 let body = serde_json::json!({"node": name.as_str(), "task": task});
-                d::reply(&client, &msg, &name, body.to_string().into())
+                d::reply(&client, &msg, &claim, body.to_string().into())
                     .await
                     .unwrap();
             }
@@ -279,7 +331,12 @@ pub async fn spawn_worker(
     })
     .await;
     assert!(ready.is_some(), "{node} never became ready for {role}");
-    Worker { received, task }
+    Worker {
+        received,
+        task,
+        client: worker_client,
+        heartbeats: None,
+    }
 }
 
 /// A dispatch policy for tests.

@@ -1,0 +1,987 @@
+//! `fleetnix router`: the control plane's task router (seed sections 5 and 6), a long-running
+//! service on the fleet's NATS.
+//!
+//! - It reads the registry (`fleet-nodes`, written by `fleetnix node sync`) and follows its
+//!   changes; it hears every node's heartbeat on `fleet.heartbeat.<node>`.
+//! - It answers requests on `fleet.dispatch.<role>` (queue group `router`): it orders the
+//!   healthy nodes with the role by the fleet's `failover_strategy` ([`crate::route::Router`]),
+//!   those listing the request's `Fleet-Preferred-Model` first, and forwards the task to
+//!   `fleet.tasks.<role>.<node>` with the task id headers. On a timeout (`node_timeout_seconds`
+//!   per attempt) or a node with no agent subscribed, it moves to the next node when
+//!   `retry_on_node_failure` is set. It replies with the worker's answer and the node that
+//!   answered, or with an error (see `docs/bus.md`).
+//! - A node is `healthy` while its heartbeats are fresh and its last task did not fail;
+//!   `degraded` when its heartbeats stopped for `node_timeout_seconds` (its agent is dead even
+//!   if its ports answer), when none came yet, or when a task sent to it failed since its last
+//!   heartbeat; `down` when silent for three timeouts. Only healthy nodes get tasks.
+//! - It publishes that view to the key-value bucket `fleet-health` (one key per node) and sends
+//!   ntfy alerts on transitions to and from `down` when `alert_on_node_down` is set.
+//!
+//! The node in a reply is the node the task was sent to: only that node's NATS user may
+//! subscribe to `fleet.tasks.<role>.<node>`, and only a user that received a request may answer
+//! it, so the server vouches for it. A worker's own `Fleet-Node` header is only a claim; when it
+//! names another node the reply says so (`Fleet-Claimed-Node`).
+
+use crate::alert::Alerter;
+use crate::bus::heartbeat::{self, Heartbeat};
+use crate::bus::registry::{self, NodeRecord};
+use crate::bus::{
+    node_task_subject, BusError, ATTEMPTS_HEADER, ATTEMPT_HEADER, CLAIMED_HEADER, HEALTH_BUCKET,
+    MODEL_HEADER, NODES_BUCKET, NODE_HEADER, ROUTER_QUEUE, STATUS_HEADER, TASK_ID_HEADER,
+};
+use crate::health::{NodeState, Transition};
+use crate::model::{FailoverStrategy, Fleet, NodeName, Role};
+use crate::route::{self, RouteError};
+use async_nats::jetstream::{self, kv};
+use async_nats::{Client, HeaderMap, Message, Request, RequestErrorKind};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How the router behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterConfig {
+    /// `failover_strategy`.
+    pub strategy: FailoverStrategy,
+    /// `retry_on_node_failure`: try the next node after a failed attempt.
+    pub retry: bool,
+    /// `node_timeout_seconds`: the bound of one attempt, and the heartbeat silence after which
+    /// a node is degraded.
+    pub node_timeout: Duration,
+    /// Silence after which a node is down (three node timeouts).
+    pub down_after: Duration,
+    /// How often states are re-evaluated and `fleet-health` refreshed.
+    pub tick: Duration,
+    /// Requests handled at once; more wait.
+    pub max_concurrent: usize,
+}
+
+impl RouterConfig {
+    /// The fleet's `fleet:` settings.
+    pub fn for_fleet(fleet: &Fleet) -> Self {
+        let f = &fleet.settings.failure;
+        Self::new(
+            f.failover_strategy,
+            f.retry_on_node_failure,
+            Duration::from_secs(u64::from(f.node_timeout_seconds)),
+        )
+    }
+
+    /// A configuration with `node_timeout`; the other bounds derive from it.
+    pub fn new(strategy: FailoverStrategy, retry: bool, node_timeout: Duration) -> Self {
+        RouterConfig {
+            strategy,
+            retry,
+            node_timeout,
+            down_after: node_timeout * 3,
+            tick: (node_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+            max_concurrent: 1024,
+        }
+    }
+}
+
+/// Errors of the router service.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// A bus operation failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// Nobody answers on `fleet.dispatch.<role>`.
+    #[error("no router answers on {subject} (no responders): is `fleetnix router` running on the control plane?")]
+    NoRouter {
+        /// The subject.
+        subject: String,
+    },
+    /// The router did not answer in time.
+    #[error("the router did not answer {subject} within {:.1}s", timeout.as_secs_f64())]
+    RouterTimeout {
+        /// The subject.
+        subject: String,
+        /// How long the caller waited.
+        timeout: Duration,
+    },
+    /// The request could not be sent.
+    #[error("request to {subject} failed: {reason}")]
+    Request {
+        /// The subject.
+        subject: String,
+        /// The client's message.
+        reason: String,
+    },
+    /// The registry bucket does not exist yet.
+    #[error("the registry bucket `{NODES_BUCKET}` does not exist or cannot be read ({0}); run `fleetnix node sync` first")]
+    NoRegistry(String),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded values are plain maps and counters, usable after a panic elsewhere.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug, Clone)]
+struct NodeView {
+    record: NodeRecord,
+    heartbeat: Option<(Instant, SystemTime, Heartbeat)>,
+    /// Why the last task sent to it failed, if no heartbeat came since.
+    suspect: Option<String>,
+    /// Published state and when it began.
+    state: Option<(NodeState, SystemTime)>,
+}
+
+/// One node in `fleet-health` (the value is this as JSON; the key is the node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct HealthEntry {
+    /// The node.
+    pub node: String,
+    /// `healthy`, `degraded` or `down`.
+    pub state: String,
+    /// Why, when not healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Since when (RFC 3339).
+    pub since: String,
+    /// The last heartbeat's arrival (RFC 3339), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<String>,
+    /// In-flight tasks the agent reported.
+    pub in_flight: u32,
+    /// Capacity the agent reported (0 before a heartbeat).
+    pub capacity: u32,
+    /// Models: the manifest's and those the agent reported.
+    pub models: Vec<String>,
+}
+
+/// The router's live view: registry, heartbeats, failed attempts. Pure logic (the clock is
+/// passed in), shared by the service's tasks.
+#[derive(Debug)]
+pub struct LiveView {
+    config: RouterConfig,
+    started: Instant,
+    nodes: BTreeMap<NodeName, NodeView>,
+    router: route::Router,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl LiveView {
+    /// An empty view, started at `now`.
+    pub fn new(config: RouterConfig, now: Instant) -> Self {
+        LiveView {
+            router: route::Router::from_nodes(Vec::new(), config.strategy, config.retry),
+            config,
+            started: now,
+            nodes: BTreeMap::new(),
+        }
+    }
+
+    fn refresh_router(&mut self) {
+        let nodes = self
+            .nodes
+            .values()
+            .filter_map(|v| v.record.to_node().ok())
+            .collect();
+        self.router.set_nodes(nodes);
+    }
+
+    /// Adds or replaces a registered node.
+    pub fn register(&mut self, record: NodeRecord) {
+        let Ok(name) = NodeName::parse(&record.name) else {
+            return;
+        };
+        match self.nodes.get_mut(&name) {
+            Some(v) => v.record = record,
+            None => {
+                self.nodes.insert(
+                    name,
+                    NodeView {
+                        record,
+                        heartbeat: None,
+                        suspect: None,
+                        state: None,
+                    },
+                );
+            }
+        }
+        self.refresh_router();
+    }
+
+    /// Forgets a node that left the registry.
+    pub fn unregister(&mut self, node: &str) {
+        self.nodes.retain(|n, _| n.as_str() != node);
+        self.refresh_router();
+    }
+
+    /// The registered nodes.
+    pub fn nodes(&self) -> Vec<NodeName> {
+        self.nodes.keys().cloned().collect()
+    }
+
+    /// Records a heartbeat of `node` received at `now`: clears a failed attempt, updates the
+    /// in-flight count `least_loaded` uses. Heartbeats of unregistered nodes are ignored.
+    pub fn heartbeat(&mut self, node: &NodeName, hb: Heartbeat, now: Instant, wall: SystemTime) {
+        if let Some(v) = self.nodes.get_mut(node) {
+            self.router.set_in_flight(node, hb.in_flight);
+            v.suspect = None;
+            v.heartbeat = Some((now, wall, hb));
+        }
+    }
+
+    /// Records that a task sent to `node` failed (`why`); it gets no task until its next heartbeat.
+    pub fn attempt_failed(&mut self, node: &NodeName, why: String) {
+        if let Some(v) = self.nodes.get_mut(node) {
+            v.suspect = Some(why);
+        }
+    }
+
+    /// The state of `node` at `now`, with the reason when not healthy.
+    pub fn state_of(&self, node: &NodeName, now: Instant) -> Option<(NodeState, Option<String>)> {
+        let v = self.nodes.get(node)?;
+        let secs = |d: Duration| format!("{:.1}s", d.as_secs_f64());
+        Some(match &v.heartbeat {
+            None => {
+                let waited = now.saturating_duration_since(self.started);
+                if waited >= self.config.down_after {
+                    (
+                        NodeState::Down,
+                        Some(format!(
+                            "no heartbeat in {} since the router started",
+                            secs(waited)
+                        )),
+                    )
+                } else {
+                    (NodeState::Degraded, Some("no heartbeat yet".into()))
+                }
+            }
+            Some((at, _, _)) => {
+                let silent = now.saturating_duration_since(*at);
+                if silent >= self.config.down_after {
+                    (
+                        NodeState::Down,
+                        Some(format!("no heartbeat for {}", secs(silent))),
+                    )
+                } else if silent >= self.config.node_timeout {
+                    (
+                        NodeState::Degraded,
+                        Some(format!(
+                            "no heartbeat for {} (agent silent; node timeout {})",
+                            secs(silent),
+                            secs(self.config.node_timeout)
+                        )),
+                    )
+                } else if let Some(why) = &v.suspect {
+                    (NodeState::Degraded, Some(format!("last task {why}")))
+                } else {
+                    (NodeState::Healthy, None)
+                }
+            }
+        })
+    }
+
+    /// Models of `node`: the manifest's and those its agent reports.
+    fn models_of(&self, v: &NodeView) -> Vec<String> {
+        let mut m: BTreeSet<String> = v.record.models.iter().cloned().collect();
+        if let Some((_, _, hb)) = &v.heartbeat {
+            m.extend(hb.models.iter().cloned());
+        }
+        m.into_iter().collect()
+    }
+
+    /// The nodes to try for a task of `role`, in order: healthy nodes by the strategy, those
+    /// listing `model` first (when any does).
+    pub fn route(
+        &self,
+        role: &str,
+        model: Option<&str>,
+        now: Instant,
+    ) -> Result<route::Route, RouteError> {
+        let mut r = self.router.route_with(role, |n| {
+            let name = NodeName::parse(n).ok()?;
+            match self.state_of(&name, now) {
+                Some((NodeState::Healthy, _)) => None,
+                Some((s, why)) => Some(match why {
+                    Some(w) => format!("{s}: {w}"),
+                    None => s.to_string(),
+                }),
+                None => Some("not registered".into()),
+            }
+        })?;
+        if let Some(model) = model {
+            let has = |n: &NodeName| {
+                self.nodes
+                    .get(n)
+                    .is_some_and(|v| self.models_of(v).iter().any(|m| m == model))
+            };
+            if r.order.iter().any(has) {
+                // Invariant: route_with never returns an empty order (it errors instead).
+                let first = r.order[0].clone();
+                let (mut with, without): (Vec<NodeName>, Vec<NodeName>) =
+                    r.order.into_iter().partition(has);
+                with.extend(without);
+                r.order = with;
+                if r.order[0] != first && self.config.strategy == FailoverStrategy::RoundRobin {
+                    // The rotation continues after the node that took the task.
+                    let _ = self.router.record(role, &r.order[0]);
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// Counts a task as running on `node` while the lease lives (for `least_loaded`).
+    pub fn lease(&self, node: &NodeName) -> route::Lease {
+        self.router.lease(node)
+    }
+
+    /// The `fleet-health` entry of `node` at `now` (its state's start time kept from the
+    /// last [`LiveView::evaluate`]).
+    pub fn entry(&self, node: &NodeName, now: Instant, wall: SystemTime) -> Option<HealthEntry> {
+        let v = self.nodes.get(node)?;
+        let (state, reason) = self.state_of(node, now)?;
+        let since = match v.state {
+            Some((s, t)) if s == state => t,
+            _ => wall,
+        };
+        let (in_flight, capacity, last) = match &v.heartbeat {
+            Some((_, at, hb)) => (hb.in_flight, hb.capacity, Some(rfc3339(*at))),
+            None => (0, 0, None),
+        };
+        Some(HealthEntry {
+            node: node.to_string(),
+            state: state.to_string(),
+            reason,
+            since: rfc3339(since),
+            last_heartbeat: last,
+            in_flight,
+            capacity,
+            models: self.models_of(v),
+        })
+    }
+
+    /// Re-evaluates every node at `now`; returns the state changes (the first evaluation of a
+    /// node reports it with `from: None`).
+    pub fn evaluate(&mut self, now: Instant, wall: SystemTime) -> Vec<Transition> {
+        let mut out = Vec::new();
+        let names: Vec<NodeName> = self.nodes.keys().cloned().collect();
+        for name in names {
+            let Some((state, reason)) = self.state_of(&name, now) else {
+                continue;
+            };
+            let Some(v) = self.nodes.get_mut(&name) else {
+                continue;
+            };
+            let prev = v.state.map(|(s, _)| s);
+            if prev != Some(state) {
+                v.state = Some((state, wall));
+                out.push(Transition {
+                    node: name,
+                    from: prev,
+                    to: state,
+                    reason,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// What one forwarding attempt did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptReport {
+    /// The node it went to.
+    pub node: String,
+    /// `replied`, `timed out`, `no responders` or `failed: …`.
+    pub outcome: String,
+    /// How long it took, in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+/// A router error reply's body (`Fleet-Status` holds `code`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ErrorReply {
+    /// `bad-request`, `no-such-role`, `no-healthy-node` or `all-failed`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub error: String,
+    /// The role asked for.
+    pub role: String,
+    /// The attempts made, if any.
+    #[serde(default)]
+    pub attempts: Vec<serde_json::Value>,
+}
+
+struct Shared {
+    client: Client,
+    view: Mutex<LiveView>,
+    config: RouterConfig,
+}
+
+fn task_id() -> String {
+    use rand::Rng;
+    let mut rng = rand::rngs::OsRng;
+    (0..16)
+        .map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap_or('0'))
+        .collect()
+}
+
+fn header<'m>(msg: &'m Message, name: &str) -> Option<&'m str> {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str())
+}
+
+async fn respond_error(client: &Client, reply: async_nats::Subject, task: &str, e: ErrorReply) {
+    let mut h = HeaderMap::new();
+    h.insert(STATUS_HEADER, e.code.as_str());
+    h.insert(TASK_ID_HEADER, task);
+    // Invariant: a struct of strings and JSON values always serialises.
+    let body = serde_json::to_vec(&e).unwrap_or_default();
+    let _ = client.publish_with_headers(reply, h, body.into()).await;
+}
+
+/// Handles one `fleet.dispatch.<role>` request.
+async fn handle(shared: Arc<Shared>, msg: Message) {
+    let Some(reply) = msg.reply.clone() else {
+        return; // nobody waits for an answer
+    };
+    let client = &shared.client;
+    let task = header(&msg, TASK_ID_HEADER)
+        .filter(|t| !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(task_id);
+    let role_str = msg
+        .subject
+        .as_str()
+        .strip_prefix("fleet.dispatch.")
+        .unwrap_or("");
+    let err = |code: &str, error: String, attempts: Vec<serde_json::Value>| ErrorReply {
+        code: code.into(),
+        error,
+        role: role_str.chars().take(64).collect(),
+        attempts,
+    };
+    let Ok(role) = Role::parse(role_str) else {
+        let e = err(
+            "bad-request",
+            format!(
+                "{:?} is not a role (lowercase letters, digits, '-')",
+                role_str.chars().take(64).collect::<String>()
+            ),
+            vec![],
+        );
+        return respond_error(client, reply, &task, e).await;
+    };
+    let model = header(&msg, MODEL_HEADER).map(str::to_string);
+    let order = {
+        let view = lock(&shared.view);
+        view.route(role.as_str(), model.as_deref(), Instant::now())
+    };
+    let order = match order {
+        Ok(r) => r.order,
+        Err(e @ RouteError::UnknownRole { .. }) => {
+            return respond_error(
+                client,
+                reply,
+                &task,
+                err("no-such-role", e.to_string(), vec![]),
+            )
+            .await
+        }
+        Err(e) => {
+            return respond_error(
+                client,
+                reply,
+                &task,
+                err("no-healthy-node", e.to_string(), vec![]),
+            )
+            .await
+        }
+    };
+    let tries = if shared.config.retry { order.len() } else { 1 };
+    let mut attempts: Vec<AttemptReport> = Vec::new();
+    for (i, node) in order.into_iter().take(tries).enumerate() {
+        let subject = node_task_subject(&role, &node);
+        let mut h = HeaderMap::new();
+        h.insert(TASK_ID_HEADER, task.as_str());
+        h.insert(ATTEMPT_HEADER, (i + 1).to_string().as_str());
+        if let Some(m) = &model {
+            h.insert(MODEL_HEADER, m.as_str());
+        }
+        let request = Request::new()
+            .headers(h)
+            .payload(msg.payload.clone())
+            .timeout(Some(shared.config.node_timeout));
+        let lease = lock(&shared.view).lease(&node);
+        let start = Instant::now();
+        let result = client.send_request(subject, request).await;
+        let elapsed = start.elapsed();
+        drop(lease);
+        let outcome = match result {
+            Ok(answer) => {
+                attempts.push(AttemptReport {
+                    node: node.to_string(),
+                    outcome: "replied".into(),
+                    elapsed_ms: elapsed.as_millis() as u64,
+                });
+                let mut h = HeaderMap::new();
+                h.insert(STATUS_HEADER, "ok");
+                h.insert(NODE_HEADER, node.as_str());
+                h.insert(TASK_ID_HEADER, task.as_str());
+                h.insert(ATTEMPTS_HEADER, attempts.len().to_string().as_str());
+                if let Some(claimed) = header(&answer, NODE_HEADER) {
+                    if claimed != node.as_str() {
+                        let shown: String = claimed
+                            .chars()
+                            .filter(|c| c.is_ascii_graphic())
+                            .take(64)
+                            .collect();
+                        eprintln!(
+                            "router: task {task}: {node} answered claiming to be {shown:?}; reported as {node}"
+                        );
+                        h.insert(CLAIMED_HEADER, shown.as_str());
+                    }
+                }
+                let _ = client.publish_with_headers(reply, h, answer.payload).await;
+                return;
+            }
+            Err(e) => match e.kind() {
+                RequestErrorKind::TimedOut => format!(
+                    "got no reply within {:.1}s",
+                    shared.config.node_timeout.as_secs_f64()
+                ),
+                RequestErrorKind::NoResponders => {
+                    "found no agent subscribed (no responders)".to_string()
+                }
+                RequestErrorKind::Other => format!("failed: {e}"),
+            },
+        };
+        lock(&shared.view).attempt_failed(&node, outcome.clone());
+        attempts.push(AttemptReport {
+            node: node.to_string(),
+            outcome,
+            elapsed_ms: elapsed.as_millis() as u64,
+        });
+    }
+    let described: Vec<String> = attempts
+        .iter()
+        .map(|a| format!("{} {}", a.node, a.outcome))
+        .collect();
+    let e = err(
+        "all-failed",
+        format!(
+            "no node answered the `{role}` task after {} attempt(s): {}",
+            attempts.len(),
+            described.join("; ")
+        ),
+        attempts
+            .iter()
+            .filter_map(|a| serde_json::to_value(a).ok())
+            .collect(),
+    );
+    respond_error(client, reply, &task, e).await;
+}
+
+/// A running router; dropping it stops it.
+#[derive(Debug)]
+pub struct RouterHandle {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RouterHandle {
+    /// Waits until any of the router's tasks ends (a subscription closed: the connection is
+    /// gone for good).
+    pub async fn closed(&mut self) {
+        if self.tasks.is_empty() {
+            return;
+        }
+        let _ = futures_util::future::select_all(self.tasks.iter_mut()).await;
+    }
+}
+
+impl Drop for RouterHandle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn log(msg: impl std::fmt::Display) {
+    eprintln!("router: {msg}");
+}
+
+/// Starts the router on `client` (connected as the router's user): loads the registry, opens
+/// or creates `fleet-health`, subscribes to heartbeats and dispatch requests, and returns once
+/// they are in place. Transitions are alerted through `alerter` when given.
+pub async fn start(
+    client: Client,
+    config: RouterConfig,
+    alerter: Option<Alerter>,
+) -> Result<RouterHandle, RouterError> {
+    let js = jetstream::new(client.clone());
+    let nodes_kv = registry::open_bucket(&js, NODES_BUCKET, false)
+        .await
+        .map_err(|e| RouterError::NoRegistry(e.to_string()))?;
+    let health_kv = registry::open_bucket(&js, HEALTH_BUCKET, true).await?;
+    let (records, bad) = registry::load(&nodes_kv).await?;
+    for b in bad {
+        log(format!("ignoring {b}"));
+    }
+    let mut view = LiveView::new(config.clone(), Instant::now());
+    for r in records.into_values() {
+        view.register(r);
+    }
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        view: Mutex::new(view),
+        config: config.clone(),
+    });
+    let kv_err = |op: &'static str| {
+        move |e: String| BusError::Kv {
+            bucket: NODES_BUCKET.into(),
+            op,
+            reason: e,
+        }
+    };
+    let mut watch = nodes_kv
+        .watch_with_history(">")
+        .await
+        .map_err(|e| kv_err("watch")(e.to_string()))?;
+    let sub_err = |subject: &str| {
+        let subject = subject.to_string();
+        move |source| BusError::Subscribe { subject, source }
+    };
+    let mut heartbeats = client
+        .subscribe("fleet.heartbeat.>")
+        .await
+        .map_err(sub_err("fleet.heartbeat.>"))?;
+    let mut requests = client
+        .queue_subscribe("fleet.dispatch.>", ROUTER_QUEUE.to_string())
+        .await
+        .map_err(sub_err("fleet.dispatch.>"))?;
+    client.flush().await.map_err(|e| BusError::Kv {
+        bucket: HEALTH_BUCKET.into(),
+        op: "flush",
+        reason: e.to_string(),
+    })?;
+
+    let mut tasks = Vec::new();
+    // The registry's changes.
+    let s = Arc::clone(&shared);
+    tasks.push(tokio::spawn(async move {
+        while let Some(entry) = watch.next().await {
+            let Ok(entry) = entry else { continue };
+            let mut view = lock(&s.view);
+            match entry.operation {
+                kv::Operation::Put => match NodeRecord::from_bytes(&entry.key, &entry.value) {
+                    Ok(r) => view.register(r),
+                    Err(e) => log(format!("ignoring {NODES_BUCKET}/{}: {e}", entry.key)),
+                },
+                kv::Operation::Delete | kv::Operation::Purge => view.unregister(&entry.key),
+            }
+        }
+    }));
+    // Heartbeats.
+    let s = Arc::clone(&shared);
+    tasks.push(tokio::spawn(async move {
+        while let Some(msg) = heartbeats.next().await {
+            match heartbeat::parse(msg.subject.as_str(), &msg.payload) {
+                Ok((node, hb)) => {
+                    lock(&s.view).heartbeat(&node, hb, Instant::now(), SystemTime::now())
+                }
+                Err(e) => log(e),
+            }
+        }
+    }));
+    // Requests.
+    let s = Arc::clone(&shared);
+    let permits = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.max(1)));
+    tasks.push(tokio::spawn(async move {
+        while let Some(msg) = requests.next().await {
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                break;
+            };
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                handle(s, msg).await;
+                drop(permit);
+            });
+        }
+    }));
+    // Alerts, off the tick's path (ntfy may be slow or down).
+    let (alert_tx, mut alert_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Transition>>();
+    if let Some(mut alerter) = alerter {
+        tasks.push(tokio::spawn(async move {
+            while let Some(ts) = alert_rx.recv().await {
+                alerter.observe(&ts);
+                let (_, err) = alerter.flush().await;
+                if let Some(e) = err {
+                    log(format!(
+                        "{e}; {} alert(s) queued for retry",
+                        alerter.pending()
+                    ));
+                }
+            }
+        }));
+    }
+    // States, fleet-health and alerts.
+    let s = Arc::clone(&shared);
+    let tick = config.tick;
+    tasks.push(tokio::spawn(async move {
+        let mut published: BTreeMap<NodeName, Vec<u8>> = BTreeMap::new();
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let (now, wall) = (Instant::now(), SystemTime::now());
+            let (transitions, entries, names) = {
+                let mut view = lock(&s.view);
+                let t = view.evaluate(now, wall);
+                let names = view.nodes();
+                let entries: Vec<HealthEntry> = names
+                    .iter()
+                    .filter_map(|n| view.entry(n, now, wall))
+                    .collect();
+                (t, entries, names)
+            };
+            for t in &transitions {
+                log(format!(
+                    "{} {} -> {}{}",
+                    t.node,
+                    t.from.map_or("new".to_string(), |s| s.to_string()),
+                    t.to,
+                    t.reason
+                        .as_ref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                ));
+            }
+            if !transitions.is_empty() {
+                let _ = alert_tx.send(transitions);
+            }
+            for e in entries {
+                // Only what changed, without the heartbeat's arrival time (it changes every beat).
+                let mut key_view = e.clone();
+                key_view.last_heartbeat = None;
+                let fingerprint = serde_json::to_vec(&key_view).unwrap_or_default();
+                let Ok(name) = NodeName::parse(&e.node) else {
+                    continue;
+                };
+                if published.get(&name) == Some(&fingerprint) {
+                    continue;
+                }
+                let body = serde_json::to_vec(&e).unwrap_or_default();
+                match health_kv.put(name.as_str(), body.into()).await {
+                    Ok(_) => {
+                        published.insert(name, fingerprint);
+                    }
+                    Err(err) => log(format!("{HEALTH_BUCKET}/{name}: put failed: {err}")),
+                }
+            }
+            let gone: Vec<NodeName> = published
+                .keys()
+                .filter(|n| !names.contains(n))
+                .cloned()
+                .collect();
+            for n in gone {
+                if health_kv.delete(n.as_str()).await.is_ok() {
+                    published.remove(&n);
+                }
+            }
+        }
+    }));
+    Ok(RouterHandle { tasks })
+}
+
+/// Runs the router until `shutdown` completes or its connection is gone for good.
+pub async fn run(
+    client: Client,
+    config: RouterConfig,
+    alerter: Option<Alerter>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RouterError> {
+    let mut handle = start(client, config, alerter).await?;
+    tokio::select! {
+        _ = shutdown => {}
+        _ = handle.closed() => {}
+    }
+    Ok(())
+}
+
+/// Asks the router to run `payload` on a node with `role` (the client side of
+/// `fleet.dispatch.<role>`), preferring nodes that list `model`; waits up to `timeout`.
+pub async fn ask(
+    client: &Client,
+    role: &Role,
+    payload: Bytes,
+    model: Option<&str>,
+    timeout: Duration,
+) -> Result<Answer, RouterError> {
+    let subject = crate::bus::dispatch_subject(role.as_str());
+    let mut h = HeaderMap::new();
+    h.insert(TASK_ID_HEADER, task_id().as_str());
+    if let Some(m) = model {
+        h.insert(MODEL_HEADER, m);
+    }
+    let request = Request::new()
+        .headers(h)
+        .payload(payload)
+        .timeout(Some(timeout));
+    match client.send_request(subject.clone(), request).await {
+        Ok(msg) => Ok(read_answer(&msg)),
+        Err(e) => Err(match e.kind() {
+            RequestErrorKind::NoResponders => RouterError::NoRouter { subject },
+            RequestErrorKind::TimedOut => RouterError::RouterTimeout { subject, timeout },
+            RequestErrorKind::Other => RouterError::Request {
+                subject,
+                reason: e.to_string(),
+            },
+        }),
+    }
+}
+
+/// A router reply, as a client reads it.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// The worker's answer.
+    Done {
+        /// The worker's payload, unchanged.
+        payload: Bytes,
+        /// The node the router sent the task to (vouched for by the server's permissions).
+        node: String,
+        /// What the worker claimed, when it named another node.
+        claimed: Option<String>,
+        /// Attempts it took.
+        attempts: u32,
+        /// The task id.
+        task_id: String,
+    },
+    /// The router's error.
+    Failed(ErrorReply),
+}
+
+/// Reads a router reply.
+pub fn read_answer(msg: &Message) -> Answer {
+    let h = |n: &str| header(msg, n).map(str::to_string);
+    match h(STATUS_HEADER).as_deref() {
+        Some("ok") => Answer::Done {
+            payload: msg.payload.clone(),
+            node: h(NODE_HEADER).unwrap_or_default(),
+            claimed: h(CLAIMED_HEADER),
+            attempts: h(ATTEMPTS_HEADER).and_then(|a| a.parse().ok()).unwrap_or(1),
+            task_id: h(TASK_ID_HEADER).unwrap_or_default(),
+        },
+        status => {
+            Answer::Failed(
+                serde_json::from_slice(&msg.payload).unwrap_or_else(|_| ErrorReply {
+                    code: status.unwrap_or("invalid-reply").to_string(),
+                    error: "the router's reply could not be read".into(),
+                    role: String::new(),
+                    attempts: vec![],
+                }),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Resources;
+
+    fn record(name: &str, roles: &[&str], models: &[&str]) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            address: "100.64.0.9".parse().unwrap(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            resources: Resources {
+                cpu: 4,
+                ram_gb: 8,
+                gpu: None,
+            },
+            tags: vec!["tag:worker".into()],
+            models: models.iter().map(|m| m.to_string()).collect(),
+            revision: String::new(),
+        }
+    }
+
+    fn hb(node: &str, in_flight: u32) -> Heartbeat {
+        Heartbeat {
+            node: node.into(),
+            in_flight,
+            capacity: 4,
+            models: vec![],
+            version: String::new(),
+            time: String::new(),
+        }
+    }
+
+    fn n(s: &str) -> NodeName {
+        NodeName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn heartbeats_decide_health_and_failures_suspend_until_the_next_one() {
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let cfg = RouterConfig::new(FailoverStrategy::RoundRobin, true, Duration::from_secs(10));
+        let mut v = LiveView::new(cfg, t0);
+        v.register(record("w1", &["r"], &[]));
+        assert_eq!(v.state_of(&n("w1"), t0).unwrap().0, NodeState::Degraded);
+        assert!(v.route("r", None, t0).is_err());
+        v.heartbeat(&n("w1"), hb("w1", 0), t0, wall);
+        assert_eq!(v.state_of(&n("w1"), t0).unwrap().0, NodeState::Healthy);
+        assert_eq!(v.route("r", None, t0).unwrap().order, [n("w1")]);
+        let t = t0 + Duration::from_secs(10);
+        let (s, why) = v.state_of(&n("w1"), t).unwrap();
+        assert_eq!(s, NodeState::Degraded);
+        assert!(why.unwrap().contains("no heartbeat for 10.0s"));
+        assert_eq!(
+            v.state_of(&n("w1"), t0 + Duration::from_secs(30))
+                .unwrap()
+                .0,
+            NodeState::Down
+        );
+        v.attempt_failed(&n("w1"), "timed out".into());
+        assert_eq!(v.state_of(&n("w1"), t0).unwrap().0, NodeState::Degraded);
+        v.heartbeat(&n("w1"), hb("w1", 0), t0, wall);
+        assert_eq!(v.state_of(&n("w1"), t0).unwrap().0, NodeState::Healthy);
+        // Transitions are reported once.
+        assert_eq!(v.evaluate(t0, wall).len(), 1);
+        assert!(v.evaluate(t0, wall).is_empty());
+        v.unregister("w1");
+        assert!(matches!(
+            v.route("r", None, t0),
+            Err(RouteError::UnknownRole { .. })
+        ));
+    }
+
+    #[test]
+    fn preferred_model_goes_first_when_some_node_has_it_and_least_loaded_reads_heartbeats() {
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let cfg = RouterConfig::new(FailoverStrategy::LeastLoaded, true, Duration::from_secs(10));
+        let mut v = LiveView::new(cfg, t0);
+        v.register(record("w1", &["r"], &[]));
+        v.register(record("w2", &["r"], &["big"]));
+        v.heartbeat(&n("w1"), hb("w1", 0), t0, wall);
+        v.heartbeat(&n("w2"), hb("w2", 3), t0, wall);
+        assert_eq!(v.route("r", None, t0).unwrap().order, [n("w1"), n("w2")]);
+        assert_eq!(
+            v.route("r", Some("big"), t0).unwrap().order,
+            [n("w2"), n("w1")]
+        );
+        assert_eq!(
+            v.route("r", Some("nobody-has-it"), t0).unwrap().order,
+            [n("w1"), n("w2")]
+        );
+        v.heartbeat(&n("w1"), hb("w1", 9), t0, wall);
+        assert_eq!(v.route("r", None, t0).unwrap().order, [n("w2"), n("w1")]);
+    }
+}

@@ -29,7 +29,10 @@
       nixosModules = {
         omp-agent = { imports = [ ./nix/modules/omp-agent.nix ]; };
         fleet-node = { imports = [ ./nix/modules/fleet-node.nix ]; };
-        default = { imports = [ ./nix/modules/omp-agent.nix ./nix/modules/fleet-node.nix ]; };
+        fleet-router = { imports = [ ./nix/modules/fleet-router.nix ]; };
+        default = {
+          imports = [ ./nix/modules/omp-agent.nix ./nix/modules/fleet-node.nix ./nix/modules/fleet-router.nix ];
+        };
       };
 
       inherit (fleet) nixosConfigurations;

@@ -34,6 +34,9 @@
           agenix.nixosModules.default
           fleetnixModule
           (dir + "/nix/nodes/${name}.nix")
+          # The router (enabled on the control plane by nix/services/nats.nix) runs this
+          # fleetnix unless the fleet sets services.fleet-router.package itself.
+          ({ pkgs, ... }: { services.fleet-router.package = lib.mkDefault (pkgs.callPackage ./package.nix { }); })
         ] ++ hostModules name ++ modules;
       };
       nodeChecks = system:

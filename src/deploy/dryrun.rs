@@ -268,6 +268,7 @@ fn nixos_steps(l: &mut Listing, plan: &NodePlan, opts: &DeployOptions) {
         &opts.root,
         plan,
         nixos::nix_sshopts(&opts.ssh, &l.target),
+        &opts.override_inputs,
     );
     let what = match (guarded, opts.nixos_rebuild.is_some()) {
         (_, false) => "nixos-rebuild (NOT FOUND on PATH: install it or set FLEETNIX_NIXOS_REBUILD)",

@@ -5,13 +5,17 @@
 //! - [`guard`]: the rollback guard that keeps `switch` from locking the operator out;
 //! - [`fallback`]: non-NixOS hosts (install script, `tailscale up`, agent unit, nftables);
 //! - [`runner`]: many nodes concurrently, per-node logs, the summary;
+//! - [`changes`]: `fleetnix plan` (what a deploy would change) and deploy's skipping of unchanged nodes;
+//! - [`flake`]: `--override-input` and the one `nix eval` of every node's system;
 //! - [`dryrun`]: what `--dry-run` prints, built from the same command builders;
 //! - [`transport`]: processes and the SSH [`transport::Transport`].
 //!
 //! Executors read only the [`crate::plan::NodePlan`]s; nothing here parses YAML.
 
+pub mod changes;
 pub mod dryrun;
 pub mod fallback;
+pub mod flake;
 pub mod guard;
 pub mod hostkeys;
 pub mod nixos;
@@ -122,6 +126,8 @@ pub struct DeployOptions {
     pub nixos_rebuild: Option<PathBuf>,
     /// `tailscale` CLI for `status --json` host keys, if found.
     pub tailscale: Option<PathBuf>,
+    /// `--override-input INPUT URL` pairs, passed to every Nix evaluation and to `nixos-rebuild`.
+    pub override_inputs: Vec<flake::OverrideInput>,
 }
 
 /// Default `--parallel`.
@@ -154,6 +160,7 @@ impl DeployOptions {
             multiplex: false,
             nixos_rebuild: locate(env::NIXOS_REBUILD, "nixos-rebuild"),
             tailscale: locate(env::TAILSCALE, "tailscale"),
+            override_inputs: Vec::new(),
         }
     }
 

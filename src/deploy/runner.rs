@@ -404,6 +404,7 @@ impl<T: Transport> Ctx<T> {
             &self.opts.root,
             plan,
             nixos::nix_sshopts(&self.opts.ssh, target),
+            &self.opts.override_inputs,
         );
         match run_process(&cmd, None, self.opts.step_timeout, log).await {
             Ok(out) if out.success() => {}

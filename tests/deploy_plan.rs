@@ -386,3 +386,98 @@ fn a_host_without_current_system_is_an_error_that_suggests_os_auto() {
         .as_str()
         .is_some_and(|b| b.starts_with("no git")));
 }
+
+/// An Ubuntu test host with the fake Tailscale install script and CLI (as in `deploy_fallback`).
+fn ubuntu_host(net: &mut Net, name: &str) -> Host {
+    // `ip netns exec` bind-mounts /etc/netns/<ns>/fleetnix over /etc/fleetnix only where that
+    // mount point exists: an empty one keeps the host's writes in its own overlay.
+    std::fs::create_dir_all("/etc/fleetnix").expect("/etc/fleetnix mount point");
+    let state = net.dir().join(format!("state-{name}"));
+    std::fs::create_dir_all(state.join("bin")).expect("state");
+    net.add_host(
+        name,
+        HostOptions {
+            os_release: Some("NAME=\"Ubuntu\"\nID=ubuntu\nID_LIKE=debian\n".into()),
+            path_prefix: vec![state.join("bin"), fakes().join("host-bin")],
+            env: vec![
+                ("FAKE_HOST_DIR".into(), state.display().to_string()),
+                (
+                    "FAKE_TAILSCALE_SRC".into(),
+                    fakes().join("tailscale").display().to_string(),
+                ),
+            ],
+            etc_dirs: vec!["systemd/system".into(), "fleetnix".into()],
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn a_linux_node_is_planned_by_what_the_installer_would_change() {
+    let Some(mut net) = Net::new() else { return };
+    let u = ubuntu_host(&mut net, "u");
+    let tmp = tempfile::tempdir().expect("root");
+    let root = tmp.path().canonicalize().expect("abs");
+    let mut spec = NodeSpec::for_host(&u);
+    spec.os = "auto";
+    write_fleet(&root, &[spec], 3, false);
+
+    let r = Ran::of(&mut fleetnix(&net, &root, &["plan", "u", "--json"], &[]));
+    assert_eq!(r.code, Some(2), "{r}");
+    let v = json(&r);
+    let n = node(&v, "u");
+    assert_eq!(n["state"], "changed", "{v:#}");
+    assert_eq!(
+        n["os"], "linux",
+        "os: auto resolved from /etc/os-release: {v:#}"
+    );
+    let installer: Vec<&str> = n["installer"]
+        .as_array()
+        .expect("installer")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(installer.len(), 4, "{installer:?}");
+    assert!(
+        installer[0].starts_with("install Tailscale"),
+        "{installer:?}"
+    );
+    assert!(installer[1].starts_with("tailscale up"), "{installer:?}");
+    assert!(
+        installer[2].contains("install omp-agent.service"),
+        "{installer:?}"
+    );
+    assert!(
+        installer[3].contains("install fleetnix-firewall.service"),
+        "{installer:?}"
+    );
+    // plan changed nothing on the host.
+    assert!(!state_dir(&net, "u").join("install.runs").exists());
+
+    let url = format!("file://{}", fakes().join("tailscale-install.sh").display());
+    let r = Ran::of(
+        fleetnix(&net, &root, &["deploy", "u", "--install-url", &url], &[])
+            .env("TAILSCALE_AUTHKEY", fake_authkey()),
+    );
+    assert_eq!(r.code, Some(0), "{r}");
+
+    // Installed as planned: nothing left to change.
+    let r = Ran::of(&mut fleetnix(&net, &root, &["plan", "u", "--json"], &[]));
+    assert_eq!(r.code, Some(0), "{r}");
+    let v = json(&r);
+    assert_eq!(node(&v, "u")["state"], "unchanged", "{v:#}");
+    assert!(node(&v, "u").get("installer").is_none(), "{v:#}");
+
+    // A changed unit on the node is seen.
+    let unit = Path::new("/etc/netns")
+        .join(&u.ns)
+        .join("systemd/system/omp-agent.service");
+    let text = std::fs::read_to_string(&unit).expect("agent unit installed");
+    std::fs::write(&unit, format!("{text}# edited by hand\n")).expect("edit");
+    let r = Ran::of(&mut fleetnix(&net, &root, &["plan", "u", "--json"], &[]));
+    assert_eq!(r.code, Some(2), "{r}");
+    assert_eq!(
+        node(&json(&r), "u")["installer"][0],
+        "agent: update omp-agent.service"
+    );
+}

@@ -247,14 +247,14 @@ pub fn probe_script(os: Os) -> String {
     s
 }
 
-/// The sections of [`probe_script`]'s output by name (each without the blank line before the
-/// next marker).
+/// The sections of [`probe_script`]'s output by name, each exactly as its command printed it.
 pub fn probe_sections(out: &str) -> BTreeMap<String, String> {
     let text = format!("\n{out}");
     let mut sections = BTreeMap::new();
     for piece in text.split(&format!("\n{MARK}")).skip(1) {
+        // The `echo` before each marker ends the previous section's last line, and the split
+        // consumes exactly that newline: `body` is the output as it was.
         let (name, body) = piece.split_once('\n').unwrap_or((piece, ""));
-        let body = body.strip_suffix('\n').unwrap_or(body);
         sections.insert(name.trim().to_string(), body.to_string());
     }
     sections
@@ -974,6 +974,53 @@ mod tests {
         assert_eq!(
             tags.into_iter().collect::<Vec<_>>(),
             ["tag:control-plane", "tag:worker"]
+        );
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_node_with_short_systems_and_what_else() {
+        let name = NodeName::parse("worker-01").expect("name");
+        let r = PlanReport {
+            nodes: vec![NodeChange {
+                system: SystemState {
+                    name,
+                    os: "nixos".into(),
+                    state: State::Changed,
+                    reason: None,
+                    current_system: Some("/nix/store/aaaaaaaaaaaa-nixos-system-worker-01".into()),
+                    target_system: Some("/nix/store/bbbbbbbbbbbb-nixos-system-worker-01".into()),
+                    installer: Vec::new(),
+                },
+                rendered: Vec::new(),
+                committed: Committed {
+                    baseline: "HEAD".into(),
+                    ports_added: vec!["tcp/8080".into()],
+                    tags_removed: vec!["tag:old".into()],
+                    ..Default::default()
+                },
+                secrets: Vec::new(),
+                closure: Some(Closure::NotBuilt),
+            }],
+            rendered: Vec::new(),
+            summary: Counts {
+                changed: 1,
+                ..Default::default()
+            },
+            warnings: Vec::new(),
+        };
+        let t = table(&r);
+        let row = t.lines().nth(1).expect("row");
+        assert!(
+            row.starts_with("worker-01  nixos  changed  aaaaaaaa  bbbbbbbb  "),
+            "{t}"
+        );
+        assert!(
+            row.ends_with("vs HEAD: +tcp/8080 -tag:old; closure: not built"),
+            "{t}"
+        );
+        assert!(
+            t.ends_with("1 node(s): 1 changed, 0 unchanged, 0 unreachable, 0 error\n"),
+            "{t}"
         );
     }
 

@@ -481,3 +481,87 @@ fn a_linux_node_is_planned_by_what_the_installer_would_change() {
         "agent: update omp-agent.service"
     );
 }
+
+/// Complete NixOS systems from the pinned nixpkgs: `good` has a root file system, a boot loader
+/// and a state version; `broken` lacks the file system and boot loader, so NixOS's own
+/// assertions fail.
+const NIXOS_FLAKE: &str = r#"{
+  inputs.nixpkgs.url = "path:/nonexistent-overridden-by-the-tests";
+  outputs = { self, nixpkgs }:
+    let
+      base = name: { networking.hostName = name; system.stateVersion = "25.05"; };
+      complete = {
+        fileSystems."/" = { device = "/dev/vda1"; fsType = "ext4"; };
+        boot.loader.grub.device = "/dev/vda";
+      };
+    in {
+      nixosConfigurations.good = nixpkgs.lib.nixosSystem {
+        system = "x86_64-linux";
+        modules = [ (base "good") complete ];
+      };
+      nixosConfigurations.broken = nixpkgs.lib.nixosSystem {
+        system = "x86_64-linux";
+        modules = [ (base "broken") ];
+      };
+    };
+}
+"#;
+
+#[test]
+fn complete_nixos_systems_are_evaluated_in_one_process_and_assertion_failures_are_named() {
+    let Some(pinned) = pinned() else { return };
+    if required_tool("nix", "Debian package nix-bin").is_none() {
+        return;
+    }
+    let Some(mut net) = Net::new() else { return };
+    let (good, run_good) = nixos_host_with_run(&mut net, "good");
+    let (broken, run_broken) = nixos_host_with_run(&mut net, "broken");
+    let tmp = tempfile::tempdir().expect("root");
+    let root = tmp.path().canonicalize().expect("abs");
+    write_fleet(
+        &root,
+        &[NodeSpec::for_host(&good), NodeSpec::for_host(&broken)],
+        3,
+        false,
+    );
+    std::fs::write(root.join("flake.nix"), NIXOS_FLAKE).expect("flake.nix");
+    let old = "/nix/store/00000000000000000000000000000000-nixos-system-old";
+    set_current(&run_good, old);
+    set_current(&run_broken, old);
+
+    let r = Ran::of(&mut fleetnix(
+        &net,
+        &root,
+        &["plan", "--all", "--json"],
+        &override_args(&pinned),
+    ));
+    assert_eq!(r.code, Some(1), "broken is an error:\n{r}");
+    let v = json(&r);
+    let g = node(&v, "good");
+    assert_eq!(g["state"], "changed", "{v:#}");
+    assert_eq!(g["current_system"], old);
+    let target = g["target_system"].as_str().expect("target");
+    assert!(
+        target.starts_with("/nix/store/") && target.contains("-nixos-system-good-"),
+        "{target}"
+    );
+    assert!(
+        !Path::new(target).exists(),
+        "evaluated, not built: {target}"
+    );
+    let b = node(&v, "broken");
+    assert_eq!(b["state"], "error", "{v:#}");
+    let reason = b["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("fileSystems") || reason.contains("boot.loader"),
+        "NixOS's failed assertion, from evaluating broken alone: {reason}"
+    );
+    // One evaluation of both, then broken alone for its message.
+    let evals = lines(&root.join("rec/nix-evals"));
+    assert_eq!(evals.len(), 2, "{evals:?}");
+    assert!(evals[0].contains("--apply"), "{evals:?}");
+    assert!(
+        evals[1].contains("nixosConfigurations.broken.config.system.build.toplevel"),
+        "{evals:?}"
+    );
+}

@@ -923,7 +923,7 @@ async fn install_step(
             run.finish(Step::Install, Status::Unchanged, r.detail.clone());
             Ok(())
         }
-        Outcome::RolledBack | Outcome::Failed | Outcome::Skipped => Err(fail(
+        Outcome::RolledBack | Outcome::Failed | Outcome::Skipped | Outcome::Halted => Err(fail(
             Step::Install,
             format!(
                 "{}{}: {} (log: {})",

@@ -2,6 +2,7 @@
 
 use super::{fail, Ctx};
 use fleetnix::deploy::changes::{self, PlanTools};
+use fleetnix::deploy::rollout::{self, Batch, Rollout};
 use fleetnix::deploy::runner::{self, Cancel, Event, Outcome};
 use fleetnix::deploy::selector::Selector;
 use fleetnix::deploy::transport::SshTransport;
@@ -81,6 +82,16 @@ pub struct DeployArgs {
     /// Tailscale install script URL for non-NixOS nodes [env: FLEETNIX_TAILSCALE_INSTALL_URL].
     #[arg(long)]
     pub install_url: Option<String>,
+    /// Deploy the first N selected nodes alone first; the rest only if all of them succeed.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub canary: usize,
+    /// After the canaries, deploy in waves of at most N nodes (or P% of the selected nodes),
+    /// each wave finishing before the next starts.
+    #[arg(long, value_name = "N|P%")]
+    pub batch: Option<Batch>,
+    /// Start no more nodes once more than K have failed (the rest: `skipped (halted)`).
+    #[arg(long, value_name = "K")]
+    pub max_failures: Option<usize>,
     /// Deploy nodes that already run their target system too (by default they are skipped
     /// and reported `unchanged`, see `fleetnix plan`).
     #[arg(long)]
@@ -174,6 +185,11 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
     };
     let verbose = ctx.verbose;
     let force = args.force;
+    let rollout_plan = Rollout {
+        canary: args.canary,
+        batch: args.batch,
+        max_failures: args.max_failures,
+    };
     let summary = rt.block_on(async move {
         // Nodes already running their target system are left out (same code as `plan`).
         let (plans, unchanged) = if force {
@@ -210,7 +226,16 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
                 }
             }
         });
-        let s = runner::deploy(plans, opts, transport, authkeys, Some(tx), cancel).await;
+        let s = rollout::deploy(
+            plans,
+            opts,
+            rollout_plan,
+            transport,
+            authkeys,
+            Some(tx),
+            cancel,
+        )
+        .await;
         let _ = printer.await;
         (s, unchanged)
     });

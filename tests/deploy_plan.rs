@@ -565,3 +565,53 @@ fn complete_nixos_systems_are_evaluated_in_one_process_and_assertion_failures_ar
         "{evals:?}"
     );
 }
+
+#[test]
+fn override_inputs_reach_the_dry_run_rebuild_command_and_bad_ones_are_refused() {
+    let tmp = tempfile::tempdir().expect("root");
+    let root = tmp.path().canonicalize().expect("abs");
+    write_fleet(
+        &root,
+        &[NodeSpec::new("w", "100.64.0.2", &["glm-worker"])],
+        5,
+        false,
+    );
+    let run = |extra: &[&str]| {
+        Ran::of(
+            Command::new(fleetnix_bin())
+                .arg("--root")
+                .arg(&root)
+                .args(["deploy", "w", "--dry-run"])
+                .args(extra)
+                .env("FLEETNIX_NIXOS_REBUILD", fakes().join("nixos-rebuild"))
+                .env("FLEETNIX_TAILSCALE", ""),
+        )
+    };
+    let r = run(&[
+        "--override-input",
+        "nixpkgs",
+        "path:/src/nixpkgs",
+        "--override-input",
+        "agenix/nixpkgs",
+        "path:/src/nixpkgs",
+    ]);
+    assert_eq!(r.code, Some(0), "{r}");
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("nixos-rebuild") && l.contains("--flake"))
+        .unwrap_or_else(|| panic!("no rebuild command:\n{r}"));
+    assert!(
+        line.ends_with(" --override-input nixpkgs path:/src/nixpkgs --override-input agenix/nixpkgs path:/src/nixpkgs"),
+        "{line}"
+    );
+    for bad in [
+        &["--override-input", "nixpkgs", "path:/My Fleet"][..],
+        &["--override-input", "nix;pkgs", "path:/y"][..],
+    ] {
+        let r = run(bad);
+        assert_eq!(r.code, Some(1), "{r}");
+        assert!(r.stderr.contains("--override-input"), "{r}");
+        assert!(r.stdout.is_empty(), "{r}");
+    }
+}

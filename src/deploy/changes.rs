@@ -705,11 +705,18 @@ pub async fn plan<T: Transport + Clone>(
         }
         Err(e) => warnings.push(format!("cannot read the secrets' recipients: {e}")),
     }
-    let (states, w) = systems(selected, opts, tools, transport).await;
+    // The committed renders are read while the nodes are probed and evaluated.
+    let baselines = futures_util::future::join_all(
+        selected
+            .iter()
+            .map(|p| committed(tools.git.as_deref(), root, p)),
+    );
+    let ((states, w), baselines) =
+        tokio::join!(systems(selected, opts, tools, transport), baselines);
     warnings.extend(w);
     let bus = PathBuf::from(crate::bus::nix::NIX_PATH);
     let mut nodes = Vec::new();
-    for (plan, system) in selected.iter().zip(states) {
+    for ((plan, system), committed) in selected.iter().zip(states).zip(baselines) {
         let mut rendered = Vec::new();
         let own = render::node_path(plan.name.as_str());
         if let Some(what) = stale.get(&own) {
@@ -728,7 +735,6 @@ pub async fn plan<T: Transport + Clone>(
                 own.display()
             ));
         }
-        let committed = committed(tools.git.as_deref(), root, plan).await;
         let closure = match (&system.state, &system.current_system, &system.target_system) {
             (State::Changed, Some(c), Some(t)) => Some(closure(tools.nix.as_deref(), c, t).await),
             _ => None,

@@ -1103,21 +1103,23 @@ async fn install_step(
             run.finish(Step::Install, Status::Unchanged, r.detail.clone());
             Ok(())
         }
-        Outcome::RolledBack | Outcome::RollbackFailed | Outcome::Failed | Outcome::Skipped => {
-            Err(fail(
-                Step::Install,
-                format!(
-                    "{}{}: {} (log: {})",
-                    r.outcome.as_str(),
-                    r.step
-                        .map(|s| format!(" at {}", s.as_str()))
-                        .unwrap_or_default(),
-                    r.detail,
-                    log_path.display()
-                ),
-                format!("fix the cause, then {resume}"),
-            ))
-        }
+        Outcome::RolledBack
+        | Outcome::RollbackFailed
+        | Outcome::Failed
+        | Outcome::Skipped
+        | Outcome::Halted => Err(fail(
+            Step::Install,
+            format!(
+                "{}{}: {} (log: {})",
+                r.outcome.as_str(),
+                r.step
+                    .map(|s| format!(" at {}", s.as_str()))
+                    .unwrap_or_default(),
+                r.detail,
+                log_path.display()
+            ),
+            format!("fix the cause, then {resume}"),
+        )),
     }
 }
 

@@ -39,6 +39,9 @@ pub struct BootstrapArgs {
     /// Seconds a NixOS VM waits for the post-activation confirmation before rolling back.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(5..))]
     pub rollback_grace: u64,
+    /// Flake inputs (for the first nixos-rebuild of a NixOS VM).
+    #[command(flatten)]
+    pub flake: super::plan::FlakeArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -189,6 +192,10 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
     if let Some(u) = &a.install_url {
         opts.deploy.install_url = u.clone();
     }
+    opts.deploy.override_inputs = match a.flake.inputs() {
+        Ok(i) => i,
+        Err(e) => return fail(e),
+    };
     opts.keys = KeySources {
         file: a.authkey_file.clone(),
         env: true,

@@ -1,6 +1,8 @@
 //! `deploy`: parses arguments, prints progress and the summary. The work is in `fleetnix::deploy`.
 
 use super::{fail, Ctx};
+use fleetnix::deploy::changes::{self, PlanTools};
+use fleetnix::deploy::rollout::{self, Batch, Rollout};
 use fleetnix::deploy::runner::{self, Cancel, Event, Outcome};
 use fleetnix::deploy::selector::Selector;
 use fleetnix::deploy::transport::SshTransport;
@@ -80,6 +82,23 @@ pub struct DeployArgs {
     /// Tailscale install script URL for non-NixOS nodes [env: FLEETNIX_TAILSCALE_INSTALL_URL].
     #[arg(long)]
     pub install_url: Option<String>,
+    /// Deploy the first N selected nodes alone first; the rest only if all of them succeed.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub canary: usize,
+    /// After the canaries, deploy in waves of at most N nodes (or P% of the selected nodes),
+    /// each wave finishing before the next starts.
+    #[arg(long, value_name = "N|P%")]
+    pub batch: Option<Batch>,
+    /// Start no more nodes once more than K have failed (the rest: `skipped (halted)`).
+    #[arg(long, value_name = "K")]
+    pub max_failures: Option<usize>,
+    /// Deploy nodes that already run their target system too (by default they are skipped
+    /// and reported `unchanged`, see `fleetnix plan`).
+    #[arg(long)]
+    pub force: bool,
+    /// Flake inputs.
+    #[command(flatten)]
+    pub flake: super::plan::FlakeArgs,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -139,6 +158,10 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
     if let Some(u) = args.install_url {
         opts.install_url = u;
     }
+    opts.override_inputs = match args.flake.inputs() {
+        Ok(i) => i,
+        Err(e) => return fail(e),
+    };
     if let Err(e) = opts.check() {
         return fail(e.to_string());
     }
@@ -161,7 +184,28 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
         config: opts.ssh.clone(),
     };
     let verbose = ctx.verbose;
+    let force = args.force;
+    let rollout_plan = Rollout {
+        canary: args.canary,
+        batch: args.batch,
+        max_failures: args.max_failures,
+    };
     let summary = rt.block_on(async move {
+        // Nodes already running their target system are left out (same code as `plan`).
+        let (plans, unchanged) = if force {
+            (plans, Vec::new())
+        } else {
+            let tools = PlanTools::locate(opts.step_timeout);
+            let (plans, unchanged, warnings) =
+                changes::skip_unchanged(plans, &opts, &tools, transport.clone()).await;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            for r in &unchanged {
+                print_event(&Event::Finished(r.clone()), verbose);
+            }
+            (plans, unchanged)
+        };
         let cancel = Cancel::default();
         let c = cancel.clone();
         tokio::spawn(async move {
@@ -182,10 +226,21 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
                 }
             }
         });
-        let s = runner::deploy(plans, opts, transport, authkeys, Some(tx), cancel).await;
+        let s = rollout::deploy(
+            plans,
+            opts,
+            rollout_plan,
+            transport,
+            authkeys,
+            Some(tx),
+            cancel,
+        )
+        .await;
         let _ = printer.await;
-        s
+        (s, unchanged)
     });
+    let (mut summary, unchanged) = summary;
+    changes::merge_skipped(&mut summary, unchanged);
     if args.json {
         match serde_json::to_string_pretty(&summary) {
             Ok(s) => println!("{s}"),

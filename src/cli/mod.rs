@@ -6,6 +6,7 @@ pub mod bus;
 pub mod core;
 pub mod deploy;
 pub mod health;
+pub mod plan;
 pub mod secrets;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +42,8 @@ pub enum Command {
     Render(core::RenderArgs),
     /// Show one node's plan: tags, ports, agent arguments, secrets, access.
     Show(core::ShowArgs),
+    /// What a deploy would change, node by node (exit 0: nothing, 2: something, 1: error).
+    Plan(plan::PlanArgs),
     /// Deploy nodes (nixos-rebuild over Tailscale SSH, or the non-NixOS installer).
     Deploy(deploy::DeployArgs),
     /// Bring a fresh VM into the fleet over its public address.
@@ -192,6 +195,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Validate => core::validate(&ctx),
         Command::Render(a) => core::render(&ctx, a),
         Command::Show(a) => core::show(&ctx, a),
+        Command::Plan(a) => plan::run(&ctx, a),
         Command::Deploy(a) => deploy::run(&ctx, a),
         Command::Bootstrap(a) => bootstrap::bootstrap(&ctx, a),
         Command::CloudInit(a) => bootstrap::cloud_init(&ctx, a),

@@ -267,7 +267,14 @@ fn nixos_steps(l: &mut Listing, plan: &NodePlan, opts: &DeployOptions) {
         .unwrap_or_else(|| PathBuf::from("nixos-rebuild"));
     let sshopts = nixos::nix_sshopts(&opts.ssh, &l.target);
     let cmd = if guarded {
-        nixos::build_command(&program, opts.build_on, &opts.root, plan, sshopts)
+        nixos::build_command(
+            &program,
+            opts.build_on,
+            &opts.root,
+            plan,
+            sshopts,
+            &opts.override_inputs,
+        )
     } else {
         nixos::rebuild_command(
             &program,
@@ -276,6 +283,7 @@ fn nixos_steps(l: &mut Listing, plan: &NodePlan, opts: &DeployOptions) {
             &opts.root,
             plan,
             sshopts,
+            &opts.override_inputs,
         )
     };
     let what = match (guarded, opts.nixos_rebuild.is_some()) {

@@ -4,17 +4,23 @@
 //! - [`nixos`]: `nixos-rebuild` over SSH with pinned host keys ([`hostkeys`]);
 //! - [`guard`]: the rollback guard that keeps `switch` from locking the operator out;
 //! - [`fallback`]: non-NixOS hosts (install script, `tailscale up`, agent unit, nftables);
+//! - [`rollout`]: `--canary`, `--batch`, `--max-failures` (waves of the runner);
 //! - [`runner`]: many nodes concurrently, per-node logs, the summary;
+//! - [`changes`]: `fleetnix plan` (what a deploy would change) and deploy's skipping of unchanged nodes;
+//! - [`flake`]: `--override-input` and the one `nix eval` of every node's system;
 //! - [`dryrun`]: what `--dry-run` prints, built from the same command builders;
 //! - [`transport`]: processes and the SSH [`transport::Transport`].
 //!
 //! Executors read only the [`crate::plan::NodePlan`]s; nothing here parses YAML.
 
+pub mod changes;
 pub mod dryrun;
 pub mod fallback;
+pub mod flake;
 pub mod guard;
 pub mod hostkeys;
 pub mod nixos;
+pub mod rollout;
 pub mod runner;
 pub mod selector;
 pub mod shell;
@@ -95,6 +101,8 @@ pub struct DeployOptions {
     pub parallel: usize,
     /// Stop starting nodes after the first failure.
     pub fail_fast: bool,
+    /// Stop starting nodes once more than this many failed (`--max-failures`); `None`: never.
+    pub max_failures: Option<usize>,
     /// Arm the rollback guard for `switch`.
     pub rollback: bool,
     /// How long the node waits for the post-activation confirmation before rolling back.
@@ -122,6 +130,8 @@ pub struct DeployOptions {
     pub nixos_rebuild: Option<PathBuf>,
     /// `tailscale` CLI for `status --json` host keys, if found.
     pub tailscale: Option<PathBuf>,
+    /// `--override-input INPUT URL` pairs, passed to every Nix evaluation and to `nixos-rebuild`.
+    pub override_inputs: Vec<flake::OverrideInput>,
 }
 
 /// Default `--parallel`.
@@ -137,6 +147,7 @@ impl DeployOptions {
             build_on: BuildOn::Local,
             parallel: usize::from(DEFAULT_PARALLEL),
             fail_fast: false,
+            max_failures: None,
             rollback: true,
             rollback_grace: guard::DEFAULT_GRACE,
             node_timeout: Duration::from_secs(u64::from(timeout)),
@@ -154,6 +165,7 @@ impl DeployOptions {
             multiplex: false,
             nixos_rebuild: locate(env::NIXOS_REBUILD, "nixos-rebuild"),
             tailscale: locate(env::TAILSCALE, "tailscale"),
+            override_inputs: Vec::new(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The NixOS path: `nixos-rebuild <action> --flake <root>#<node> --target-host <user>@<ip>`
 //! with `NIX_SSHOPTS` pinning the node's host key and sharing fleetnix's connection to it.
 
+use super::flake::{override_args, OverrideInput};
 use super::shell::sh_quote;
 use super::transport::{LocalCommand, SshConfig, SshTarget};
 use super::{Action, BuildOn};
@@ -20,7 +21,8 @@ pub fn nix_sshopts(ssh: &SshConfig, target: &SshTarget) -> String {
 }
 
 /// The `nixos-rebuild` invocation for one node. `--sudo` when the SSH user is not root;
-/// `--build-host` = the target with `--build-on target`.
+/// `--build-host` = the target with `--build-on target`; `--override-input INPUT URL` per
+/// override (nixos-rebuild passes it on to every `nix` it runs).
 pub fn rebuild_command(
     program: &Path,
     action: Action,
@@ -28,8 +30,17 @@ pub fn rebuild_command(
     root: &Path,
     plan: &NodePlan,
     nix_sshopts: String,
+    override_inputs: &[OverrideInput],
 ) -> LocalCommand {
-    command(program, action.as_str(), build_on, root, plan, nix_sshopts)
+    command(
+        program,
+        action.as_str(),
+        build_on,
+        root,
+        plan,
+        nix_sshopts,
+        override_inputs,
+    )
 }
 
 /// `nixos-rebuild build` for the guarded switch: builds the system and copies its closure to
@@ -42,8 +53,17 @@ pub fn build_command(
     root: &Path,
     plan: &NodePlan,
     nix_sshopts: String,
+    override_inputs: &[OverrideInput],
 ) -> LocalCommand {
-    command(program, "build", build_on, root, plan, nix_sshopts)
+    command(
+        program,
+        "build",
+        build_on,
+        root,
+        plan,
+        nix_sshopts,
+        override_inputs,
+    )
 }
 
 /// Where `nixos-rebuild build` runs for a node: `<state dir>/build/<node>`, whose `result`
@@ -59,6 +79,7 @@ fn command(
     root: &Path,
     plan: &NodePlan,
     nix_sshopts: String,
+    override_inputs: &[OverrideInput],
 ) -> LocalCommand {
     let mut args = vec![
         verb.to_string(),
@@ -73,6 +94,7 @@ fn command(
     if plan.access.ssh_user != "root" {
         args.push("--sudo".to_string());
     }
+    args.extend(override_args(override_inputs));
     LocalCommand {
         program: program.to_path_buf(),
         args,

@@ -85,6 +85,8 @@ pub enum Outcome {
     Failed,
     /// Not started (Ctrl-C or `--fail-fast`).
     Skipped,
+    /// Not started: the rollout halted (a canary failed, or more than `--max-failures`).
+    Halted,
 }
 
 impl Outcome {
@@ -97,6 +99,7 @@ impl Outcome {
             Outcome::RollbackFailed => "rollback FAILED",
             Outcome::Failed => "FAILED",
             Outcome::Skipped => "skipped",
+            Outcome::Halted => "skipped (halted)",
         }
     }
 
@@ -401,6 +404,7 @@ impl<T: Transport> Ctx<T> {
                 &self.opts.root,
                 plan,
                 sshopts,
+                &self.opts.override_inputs,
             );
             self.rebuild(&cmd, None, action.as_str(), log).await?;
             return Ok((Outcome::Succeeded, format!("{} done", action.as_str())));
@@ -410,7 +414,14 @@ impl<T: Transport> Ctx<T> {
         // then make the new generation the profile and boot default.
         let prev =
             guard::parse_generation(generation).map_err(|e| Failure::new(Step::Connect, e))?;
-        let cmd = nixos::build_command(program, self.opts.build_on, &self.opts.root, plan, sshopts);
+        let cmd = nixos::build_command(
+            program,
+            self.opts.build_on,
+            &self.opts.root,
+            plan,
+            sshopts,
+            &self.opts.override_inputs,
+        );
         let dir = nixos::build_dir(&self.opts.state_dir, plan);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Failure::new(Step::Rebuild, format!("{}: {e}", dir.display())))?;
@@ -890,6 +901,8 @@ pub async fn deploy<T: Transport>(
     let (tailnet_keys, warning) = tailnet_host_keys(&opts).await;
     let sem = Arc::new(Semaphore::new(opts.parallel.max(1)));
     let fail_fast = opts.fail_fast;
+    let max_failures = opts.max_failures;
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (control, control_warning) = if opts.multiplex {
         match ControlDir::new() {
             Ok(d) => (Some(d), None),
@@ -923,21 +936,36 @@ pub async fn deploy<T: Transport>(
     let mut set = tokio::task::JoinSet::new();
     for (index, plan) in plans.into_iter().enumerate() {
         let (ctx, sem, cancel, stop) = (ctx.clone(), sem.clone(), cancel.clone(), stop.clone());
+        let failures = failures.clone();
         set.spawn(async move {
             // The semaphore is never closed, so acquiring only waits.
             let _permit = sem.acquire_owned().await.ok();
             if cancel.is_cancelled() || stop.is_cancelled() {
-                let why = if cancel.is_cancelled() {
-                    "interrupted before it started"
+                let (why, outcome) = if cancel.is_cancelled() {
+                    (
+                        "interrupted before it started".to_string(),
+                        Outcome::Skipped,
+                    )
+                } else if fail_fast {
+                    (
+                        "not started: an earlier node failed (--fail-fast)".to_string(),
+                        Outcome::Skipped,
+                    )
                 } else {
-                    "not started: an earlier node failed (--fail-fast)"
+                    (
+                        format!(
+                            "not started: more than {} node(s) failed (--max-failures)",
+                            max_failures.unwrap_or(0)
+                        ),
+                        Outcome::Halted,
+                    )
                 };
                 let r = NodeReport {
                     node: plan.name.to_string(),
                     action: "-".into(),
-                    outcome: Outcome::Skipped,
+                    outcome,
                     step: None,
-                    detail: why.into(),
+                    detail: why,
                     duration: Duration::ZERO,
                     attempts: 0,
                 };
@@ -945,8 +973,11 @@ pub async fn deploy<T: Transport>(
                 return r;
             }
             let r = ctx.node(index, &plan).await;
-            if fail_fast && !r.outcome.is_success() {
-                stop.cancel();
+            if !r.outcome.is_success() {
+                let failed = failures.fetch_add(1, Ordering::SeqCst) + 1;
+                if fail_fast || max_failures.is_some_and(|k| failed > k) {
+                    stop.cancel();
+                }
             }
             ctx.emit(Event::Finished(r.clone()));
             r

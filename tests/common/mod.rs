@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod netns;
+pub mod plan;
 
 use netns::{Host, HostOptions, Net};
 use std::collections::BTreeMap;

@@ -1,0 +1,98 @@
+//! `plan`: parses arguments, prints the table or JSON. The work is in `fleetnix::deploy::changes`.
+
+use super::{fail, Ctx};
+use fleetnix::deploy::changes::{self, PlanTools};
+use fleetnix::deploy::flake::OverrideInput;
+use fleetnix::deploy::selector::Selector;
+use fleetnix::deploy::transport::SshTransport;
+use fleetnix::deploy::DeployOptions;
+use fleetnix::plan;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// `--override-input INPUT URL` (repeatable), shared by `plan`, `deploy` and `bootstrap`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FlakeArgs {
+    /// Take the flake input INPUT from URL instead of flake.lock, in every Nix evaluation and in
+    /// nixos-rebuild (repeatable; e.g. `--override-input nixpkgs path:/src/nixpkgs`).
+    #[arg(long = "override-input", num_args = 2, value_names = ["INPUT", "URL"], action = clap::ArgAction::Append)]
+    pub override_input: Vec<String>,
+}
+
+impl FlakeArgs {
+    /// The checked pairs.
+    pub fn inputs(&self) -> Result<Vec<OverrideInput>, String> {
+        OverrideInput::pairs(&self.override_input)
+    }
+}
+
+/// Arguments of `plan`.
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// Node names or `@role` (e.g. `worker-01 @glm-worker`).
+    pub targets: Vec<String>,
+    /// Every node.
+    #[arg(long)]
+    pub all: bool,
+    /// JSON (`nodes[].name`, `.state`, `.current_system`, `.target_system`, …) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// SSH identity file (default: ssh's own keys and agent).
+    #[arg(long)]
+    pub ssh_identity: Option<PathBuf>,
+    /// Flake inputs.
+    #[command(flatten)]
+    pub flake: FlakeArgs,
+}
+
+/// `fleetnix plan`: exit 0 when nothing would change, 2 when something would, 1 on error.
+pub fn run(ctx: &Ctx, args: PlanArgs) -> ExitCode {
+    let fleet = match ctx.fleet() {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
+    let nodes = match Selector::parse(&args.targets, args.all).and_then(|s| s.select(&fleet)) {
+        Ok(n) => n,
+        Err(e) => return fail(e.to_string()),
+    };
+    let root = match std::fs::canonicalize(&ctx.root) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("repository root {}: {e}", ctx.root.display())),
+    };
+    let all_plans = plan::plan(&fleet);
+    let selected: Vec<_> = all_plans
+        .iter()
+        .filter(|p| nodes.iter().any(|n| n.name == p.name))
+        .cloned()
+        .collect();
+    let mut opts = DeployOptions::new(&root, &fleet.settings);
+    opts.ssh.identity = args.ssh_identity;
+    opts.override_inputs = match args.flake.inputs() {
+        Ok(i) => i,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = opts.check() {
+        return fail(e.to_string());
+    }
+    let tools = PlanTools::locate(opts.step_timeout);
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let transport = SshTransport {
+        config: opts.ssh.clone(),
+    };
+    let sources = ctx.sources_label(&fleet);
+    let report = rt.block_on(changes::plan(
+        &fleet, &all_plans, &selected, &sources, &opts, &tools, transport,
+    ));
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return fail(e.to_string()),
+        }
+    } else {
+        print!("{}", changes::table(&report));
+    }
+    ExitCode::from(report.exit_code())
+}

@@ -1,0 +1,348 @@
+//! The fleet's flake as Nix sees it: `--override-input INPUT URL` pairs (passed to every Nix
+//! evaluation and to `nixos-rebuild`), and the evaluation of every selected node's
+//! `config.system.build.toplevel` store path in ONE `nix eval` process (nothing is built).
+
+use super::transport::{run_process, LocalCommand, NodeLog};
+use crate::model::NodeName;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// One `--override-input INPUT URL`: the flake input `INPUT` (e.g. `nixpkgs`, or a nested
+/// `agenix/nixpkgs`) taken from `URL` instead of the lock file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OverrideInput {
+    /// The input's path (`nixpkgs`, `agenix/nixpkgs`).
+    pub input: String,
+    /// The flake reference replacing it (`path:/…`, `file:///…/nixpkgs.tar.xz`, `github:…`).
+    pub url: String,
+}
+
+impl OverrideInput {
+    /// Checks `input` (letters, digits, `-`, `_`, `/`-separated, not starting with `-`) and
+    /// `url` (non-empty, no whitespace or control characters, not starting with `-`).
+    pub fn new(input: &str, url: &str) -> Result<Self, String> {
+        let segment_ok = |s: &str| {
+            !s.is_empty()
+                && !s.starts_with('-')
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        };
+        if !input.split('/').all(segment_ok) {
+            return Err(format!(
+                "--override-input: invalid input name `{}`: expected a flake input such as `nixpkgs` or `agenix/nixpkgs`",
+                input.escape_debug()
+            ));
+        }
+        if url.is_empty()
+            || url.starts_with('-')
+            || url.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "--override-input {input}: invalid flake reference `{}`: expected a URL such as `path:/abs/dir` or `file:///abs/nixpkgs.tar.xz` (no spaces)",
+                url.escape_debug()
+            ));
+        }
+        Ok(OverrideInput {
+            input: input.to_string(),
+            url: url.to_string(),
+        })
+    }
+
+    /// Pairs from a flat list `[INPUT, URL, INPUT, URL, …]` (what clap collects from a
+    /// repeated two-value option).
+    pub fn pairs(flat: &[String]) -> Result<Vec<Self>, String> {
+        if flat.len() % 2 != 0 {
+            return Err("--override-input takes two values: INPUT URL".into());
+        }
+        flat.chunks(2).map(|c| Self::new(&c[0], &c[1])).collect()
+    }
+}
+
+/// `--override-input INPUT URL …`, as both `nix` and `nixos-rebuild` spell it.
+pub fn override_args(inputs: &[OverrideInput]) -> Vec<String> {
+    inputs
+        .iter()
+        .flat_map(|o| {
+            [
+                "--override-input".to_string(),
+                o.input.clone(),
+                o.url.clone(),
+            ]
+        })
+        .collect()
+}
+
+/// The experimental features `nix eval` of a flake needs on Nix 2.8 (harmless on newer Nix).
+pub const NIX_FEATURES: [&str; 2] = ["--extra-experimental-features", "nix-command flakes"];
+
+/// The `--apply` function: for each selected node, `{ path = <toplevel outPath>; }`,
+/// `{ failed = true; }` (a `throw` or failed assertion, caught with `tryEval`) or
+/// `{ missing = true; }` (no such `nixosConfigurations` attribute).
+pub fn apply_expr(nodes: &[NodeName]) -> String {
+    let list: Vec<String> = nodes
+        .iter()
+        .map(|n| crate::nix::string(n.as_str()))
+        .collect();
+    format!(
+        "cs: builtins.listToAttrs (map (n: {{ name = n; value = if cs ? ${{n}} then \
+         (let r = builtins.tryEval cs.${{n}}.config.system.build.toplevel.outPath; in \
+         if r.success then {{ path = r.value; }} else {{ failed = true; }}) \
+         else {{ missing = true; }}; }}) [ {} ])",
+        list.join(" ")
+    )
+}
+
+/// `nix eval --json <root>#nixosConfigurations --apply <apply_expr>`: every node of `nodes`
+/// in one evaluator (nixpkgs is imported once). Writes no lock file.
+pub fn eval_command(
+    nix: &Path,
+    root: &Path,
+    nodes: &[NodeName],
+    inputs: &[OverrideInput],
+) -> LocalCommand {
+    let mut args: Vec<String> = NIX_FEATURES.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "eval".to_string(),
+        "--json".to_string(),
+        "--no-write-lock-file".to_string(),
+        format!("{}#nixosConfigurations", root.display()),
+        "--apply".to_string(),
+        apply_expr(nodes),
+    ]);
+    args.extend(override_args(inputs));
+    LocalCommand {
+        program: nix.to_path_buf(),
+        args,
+        env: Vec::new(),
+    }
+}
+
+/// `nix eval --raw <root>#nixosConfigurations.<node>.config.system.build.toplevel.outPath`:
+/// one node alone, to get the evaluator's own error message for it.
+pub fn eval_one_command(
+    nix: &Path,
+    root: &Path,
+    node: &NodeName,
+    inputs: &[OverrideInput],
+) -> LocalCommand {
+    let mut args: Vec<String> = NIX_FEATURES.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "eval".to_string(),
+        "--raw".to_string(),
+        "--no-write-lock-file".to_string(),
+        format!(
+            "{}#nixosConfigurations.{}.config.system.build.toplevel.outPath",
+            root.display(),
+            // An RFC 1123 label: an attribute path element as it is (nixos-rebuild writes it so too).
+            node
+        ),
+    ]);
+    args.extend(override_args(inputs));
+    LocalCommand {
+        program: nix.to_path_buf(),
+        args,
+        env: Vec::new(),
+    }
+}
+
+/// A node's evaluated system: its store path, or why there is none.
+pub type Evaluated = Result<String, String>;
+
+/// Parses [`eval_command`]'s output. Nodes absent from the answer or with a malformed entry
+/// get an error; `failed` entries are returned in the second list (to evaluate alone).
+pub fn parse_eval(
+    json: &str,
+    nodes: &[NodeName],
+) -> Result<(BTreeMap<NodeName, Evaluated>, Vec<NodeName>), String> {
+    let v: serde_json::Value = serde_json::from_str(json.trim())
+        .map_err(|e| format!("nix eval printed no JSON object ({e})"))?;
+    let mut out = BTreeMap::new();
+    let mut failed = Vec::new();
+    for n in nodes {
+        let e = &v[n.as_str()];
+        let r = if let Some(p) = e["path"].as_str() {
+            check_store_path(p)
+        } else if e["missing"] == true {
+            Err(format!(
+                "the flake has no nixosConfigurations.{n} (is nix/nodes/{n}.nix rendered and, in a git repository, added?)"
+            ))
+        } else if e["failed"] == true {
+            failed.push(n.clone());
+            continue;
+        } else {
+            Err(format!("nix eval gave no answer for {n}"))
+        };
+        out.insert(n.clone(), r);
+    }
+    Ok((out, failed))
+}
+
+/// A store path as evaluation gives it: absolute, one component under the store, nothing odd.
+pub fn check_store_path(p: &str) -> Evaluated {
+    let p = p.trim();
+    let ok = p.starts_with('/')
+        && !p.contains("/../")
+        && p.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'+' | b'=' | b'?')
+        });
+    if ok {
+        Ok(p.to_string())
+    } else {
+        Err(format!("not a store path: {:?}", p))
+    }
+}
+
+/// The evaluator's error for a one-line report: from the first `error:` line on, traces and
+/// blank lines dropped, at most 400 characters.
+pub fn nix_error(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with("error:"))
+        .filter(|l| !l.is_empty() && !l.starts_with("…") && !l.starts_with("at "))
+        .collect();
+    let text = if lines.is_empty() {
+        stderr
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or("nix eval failed")
+            .trim()
+            .to_string()
+    } else {
+        lines.join(" ")
+    };
+    let mut t: String = text.chars().take(400).collect();
+    if t.len() < text.len() {
+        t.push('…');
+    }
+    t
+}
+
+/// Evaluates the toplevel of every node of `nodes` in one `nix eval` process (within
+/// `timeout`). A node whose evaluation fails is evaluated again alone, to report its own error;
+/// when the whole evaluation fails without naming any node (no flake, a syntax error in
+/// `flake.nix`), every node gets that error.
+pub async fn eval_targets(
+    nix: Option<&Path>,
+    root: &Path,
+    nodes: &[NodeName],
+    inputs: &[OverrideInput],
+    timeout: Duration,
+) -> BTreeMap<NodeName, Evaluated> {
+    let all = |why: String| {
+        nodes
+            .iter()
+            .map(|n| (n.clone(), Err(why.clone())))
+            .collect()
+    };
+    if nodes.is_empty() {
+        return BTreeMap::new();
+    }
+    let Some(nix) = nix else {
+        return all(format!(
+            "nix not found on PATH (or set {}): cannot evaluate the target system",
+            super::changes::env::NIX
+        ));
+    };
+    let log = NodeLog::discard();
+    let cmd = eval_command(nix, root, nodes, inputs);
+    let (mut out, alone) = match run_process(&cmd, None, timeout, &log).await {
+        Err(e) => return all(e.to_string()),
+        Ok(o) if o.success() => match parse_eval(&o.stdout, nodes) {
+            Ok(x) => x,
+            Err(e) => return all(e),
+        },
+        Ok(o) => {
+            let err = nix_error(&o.stderr);
+            if !nodes.iter().any(|n| o.stderr.contains(n.as_str())) || nodes.len() == 1 {
+                return all(err);
+            }
+            (BTreeMap::new(), nodes.to_vec())
+        }
+    };
+    for n in alone {
+        let cmd = eval_one_command(nix, root, &n, inputs);
+        let r = match run_process(&cmd, None, timeout, &log).await {
+            Ok(o) if o.success() => check_store_path(&o.stdout),
+            Ok(o) => Err(nix_error(&o.stderr)),
+            Err(e) => Err(e.to_string()),
+        };
+        out.insert(n, r);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> NodeName {
+        NodeName::parse(s).expect("valid name")
+    }
+
+    #[test]
+    fn override_inputs_are_checked_and_spelled_like_nix() {
+        let o = OverrideInput::pairs(&[
+            "nixpkgs".into(),
+            "file:///x/nixpkgs.tar.xz".into(),
+            "agenix/nixpkgs".into(),
+            "path:/y".into(),
+        ])
+        .expect("valid");
+        assert_eq!(
+            override_args(&o),
+            [
+                "--override-input",
+                "nixpkgs",
+                "file:///x/nixpkgs.tar.xz",
+                "--override-input",
+                "agenix/nixpkgs",
+                "path:/y"
+            ]
+        );
+        for (i, u) in [
+            ("", "path:/x"),
+            ("-f", "path:/x"),
+            ("a b", "path:/x"),
+            ("nixpkgs", ""),
+            ("nixpkgs", "--impure"),
+            ("nixpkgs", "path:/My Fleet"),
+            ("nixpkgs", "path:/x\n"),
+            ("a//b", "path:/x"),
+        ] {
+            assert!(OverrideInput::new(i, u).is_err(), "{i:?} {u:?}");
+        }
+        assert!(OverrideInput::pairs(&["nixpkgs".into()]).is_err());
+    }
+
+    #[test]
+    fn eval_answers_are_sorted_into_paths_missing_and_failed() {
+        let json = r#"{"a":{"path":"/nix/store/abc-nixos-system-a"},"b":{"missing":true},"c":{"failed":true},"d":{"path":"/nix/store/x y"}}"#;
+        let (out, failed) =
+            parse_eval(json, &[n("a"), n("b"), n("c"), n("d"), n("e")]).expect("json");
+        assert_eq!(out[&n("a")], Ok("/nix/store/abc-nixos-system-a".into()));
+        assert!(out[&n("b")]
+            .as_ref()
+            .expect_err("missing")
+            .contains("no nixosConfigurations.b"));
+        assert_eq!(failed, [n("c")]);
+        assert!(out[&n("d")].is_err());
+        assert!(out[&n("e")].is_err());
+        assert!(parse_eval("warning: x", &[n("a")]).is_err());
+    }
+
+    #[test]
+    fn the_apply_function_is_valid_nix_and_quotes_names() {
+        let e = apply_expr(&[n("worker-01"), n("b")]);
+        assert!(crate::nix::check_syntax(&e).is_ok(), "{e}");
+        assert!(e.contains(r#"[ "worker-01" "b" ]"#), "{e}");
+    }
+
+    #[test]
+    fn nix_errors_are_one_line() {
+        let s = "warning: Git tree is dirty\nerror: attribute 'x' missing\n\n       at /a/flake.nix:3:5:\n       … while evaluating\n       more detail\n";
+        assert_eq!(nix_error(s), "error: attribute 'x' missing more detail");
+        assert_eq!(nix_error("boom\n"), "boom");
+    }
+}

@@ -15,6 +15,7 @@ pub mod deploy;
 pub mod fsutil;
 pub mod health;
 pub mod http;
+pub mod lock;
 pub mod manifest;
 pub mod model;
 pub mod nix;

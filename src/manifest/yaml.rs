@@ -18,6 +18,15 @@ pub struct Pos {
     pub col: usize,
 }
 
+impl Pos {
+    /// The start of a file: offset 0, line 1, column 1 (for problems of the whole file).
+    pub const START: Pos = Pos {
+        offset: 0,
+        line: 1,
+        col: 1,
+    };
+}
+
 /// Converts yaml-rust2's character offsets into byte offsets in O(1) amortised time
 /// (events arrive in file order, so a forward cursor suffices).
 struct OffsetMap<'t> {

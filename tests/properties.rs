@@ -54,7 +54,13 @@ fn comment_text() -> impl Strategy<Value = String> {
 
 fn gen_node(i: usize, control: bool) -> impl Strategy<Value = GenNode> {
     let roles = if control {
-        Just(vec!["control-plane", "litellm-proxy"]).boxed()
+        Just(vec![
+            "control-plane",
+            "litellm-proxy",
+            "temporal",
+            "langfuse",
+        ])
+        .boxed()
     } else {
         proptest::sample::subsequence(WORKER_ROLES.to_vec(), 1..=3).boxed()
     };

@@ -351,12 +351,13 @@ fn set_nats_killed_at_every_write_never_gives_a_node_a_password_the_server_lacks
         .args(["secrets", "rekey", "-i"])
         .arg(&b.alice));
     assert!(out.status.success(), "{out:?}");
-    // A new node: set-nats writes its password file and the server environment.
+    // A new node, named to sort before the control plane (files are otherwise written in path
+    // order): set-nats writes its password file and the server environment.
     let nodes_yml = root0.join("fleet/nodes.yml");
     let mut text = std::fs::read_to_string(&nodes_yml).unwrap();
-    let (w3, w3_pub) = ssh_keygen(&b.t.keys, "host-worker-03", "ed25519");
+    let (w3, w3_pub) = ssh_keygen(&b.t.keys, "host-aa-03", "ed25519");
     text.push_str(&format!(
-        "  - name: worker-03\n    tailscale_ip: 100.64.0.9\n    roles: [glm-worker]\n    resources:\n      cpu: 2\n      ram_gb: 4\n    host_key: \"{w3_pub}\"\n"
+        "  - name: aa-03\n    tailscale_ip: 100.64.0.9\n    roles: [glm-worker]\n    resources:\n      cpu: 2\n      ram_gb: 4\n    host_key: \"{w3_pub}\"\n"
     ));
     std::fs::write(&nodes_yml, text).unwrap();
     let env_file = "secrets/control-01/nats-server-env.age";
@@ -389,11 +390,11 @@ fn set_nats_killed_at_every_write_never_gives_a_node_a_password_the_server_lacks
                 "{what}: {node}"
             );
         }
-        // worker-03's file, if written, holds the password the server has.
-        let w3_file = root.join("secrets/worker-03/nats-password.age");
+        // aa-03's file, if written, holds the password the server has.
+        let w3_file = root.join("secrets/aa-03/nats-password.age");
         if w3_file.exists() {
             let pw = age_decrypt(&w3, &w3_file).unwrap();
-            assert_eq!(Some(pw), pw_of(&env, "worker-03"), "{what}");
+            assert_eq!(Some(pw), pw_of(&env, "aa-03"), "{what}");
         }
         let out = run(bin_in(&b, &root)
             .args(["secrets", "set-nats", "-i"])
@@ -401,7 +402,7 @@ fn set_nats_killed_at_every_write_never_gives_a_node_a_password_the_server_lacks
         assert!(out.status.success(), "{what}: repair: {out:?}");
         let env = age_decrypt(&b.alice, &root.join(env_file)).unwrap();
         let pw = age_decrypt(&w3, &w3_file).unwrap();
-        assert_eq!(Some(pw), pw_of(&env, "worker-03"), "{what}: after repair");
+        assert_eq!(Some(pw), pw_of(&env, "aa-03"), "{what}: after repair");
         assert!(!root.join(PENDING_FILE).exists());
     }
     assert!(crashed >= 4, "only {crashed} crash points");

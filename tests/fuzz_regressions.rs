@@ -53,3 +53,42 @@ fn an_empty_node_list_is_reported_at_a_real_line() {
         assert!(p.line >= 1 && p.col >= 1, "{p}");
     }
 }
+
+/// fuzz/edit: a NUL byte in nodes.yml silently ended the file for the YAML reader: `validate`
+/// said "ok: 1 nodes" for a file of three, with the rest hidden after the NUL (and the editor's
+/// line numbers no longer matched the text). Characters YAML does not allow in a stream (C0
+/// and C1 controls but tab, LF, CR and NEL; DEL; U+FFFE/U+FFFF) are refused, naming where.
+#[test]
+fn a_nul_byte_does_not_hide_the_rest_of_the_file() {
+    let nodes = example("nodes.yml").replacen("ram_gb: 16", "ram_gb: 1\u{0}6", 1);
+    let line = nodes[..nodes.find('\u{0}').unwrap()].matches('\n').count() + 1;
+    let ps = problems(&nodes);
+    assert!(
+        ps.iter().any(|p| p.line == line
+            && p.message.contains("U+0000")
+            && p.to_string().starts_with(&format!("fleet/nodes.yml:{line}:"))),
+        "{ps:?}"
+    );
+    for bad in ['\u{1}', '\u{1b}', '\u{7f}', '\u{9b}', '\u{fffe}'] {
+        let text = example("nodes.yml").replacen("worker-02", &format!("worker{bad}02"), 1);
+        assert!(!problems(&text).is_empty(), "{bad:?}");
+    }
+    // What YAML allows stays allowed: tab, CRLF line ends, NEL and other text in comments.
+    let fine = example("nodes.yml")
+        .replace('\n', "\r\n")
+        .replacen("# fleet", "#\tfleet \u{85} é \u{feff}", 1);
+    assert!(manifest::parse(&texts(&fine)).is_ok());
+}
+
+/// fuzz/edit: the editor, given such a file, must refuse rather than edit what it cannot see.
+#[test]
+fn the_editor_refuses_a_file_with_a_nul_byte() {
+    let nodes = example("nodes.yml").replacen("ram_gb: 16", "ram_gb: 1\u{0}6", 1);
+    let r = manifest::edit::set_node_field(
+        &nodes,
+        "control-01",
+        "ssh_user",
+        &manifest::edit::Scalar::Quoted("deploy".into()),
+    );
+    assert!(r.is_err(), "{r:?}");
+}

@@ -66,7 +66,8 @@ fn a_nul_byte_does_not_hide_the_rest_of_the_file() {
     assert!(
         ps.iter().any(|p| p.line == line
             && p.message.contains("U+0000")
-            && p.to_string().starts_with(&format!("fleet/nodes.yml:{line}:"))),
+            && p.to_string()
+                .starts_with(&format!("fleet/nodes.yml:{line}:"))),
         "{ps:?}"
     );
     for bad in ['\u{1}', '\u{1b}', '\u{7f}', '\u{9b}', '\u{fffe}'] {
@@ -74,9 +75,11 @@ fn a_nul_byte_does_not_hide_the_rest_of_the_file() {
         assert!(!problems(&text).is_empty(), "{bad:?}");
     }
     // What YAML allows stays allowed: tab, CRLF line ends, NEL and other text in comments.
-    let fine = example("nodes.yml")
-        .replace('\n', "\r\n")
-        .replacen("# fleet", "#\tfleet \u{85} é \u{feff}", 1);
+    let fine = example("nodes.yml").replace('\n', "\r\n").replacen(
+        "# fleet",
+        "#\tfleet \u{85} é \u{feff}",
+        1,
+    );
     assert!(manifest::parse(&texts(&fine)).is_ok());
 }
 

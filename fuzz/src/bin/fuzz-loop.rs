@@ -329,7 +329,7 @@ fn main() {
             mutate(&mut rng, &mut input, &seeds);
             slowest = slowest.max(run_one(name, *t, &input));
             runs += 1;
-            if runs % 100_000 == 0 {
+            if runs.is_multiple_of(100_000) {
                 println!(
                     "fuzz-loop: {name}: {runs} inputs so far ({:.0} s), slowest {slowest:?} CPU",
                     start.elapsed().as_secs_f64()

@@ -95,3 +95,30 @@ fn the_editor_refuses_a_file_with_a_nul_byte() {
     );
     assert!(r.is_err(), "{r:?}");
 }
+
+/// AFL++ on fuzz/edit: a bare carriage return (a CR not followed by LF) is a line break to YAML
+/// but not to the editor's line count, so `host_key` was inserted one line off (into the wrong
+/// place; the validation after the edit refused it). The editor refuses such a file, naming the
+/// line.
+#[test]
+fn the_editor_refuses_a_bare_carriage_return() {
+    let nodes = example("nodes.yml").replacen("\nnodes:", "\rnodes:", 1);
+    assert!(manifest::parse(&texts(&nodes)).is_ok(), "valid YAML");
+    let r = manifest::edit::set_node_field(
+        &nodes,
+        "control-01",
+        "host_key",
+        &manifest::edit::Scalar::Quoted("ssh-ed25519 AAAA".into()),
+    );
+    let e = r.expect_err("a bare CR must be refused");
+    assert!(e.contains("carriage return"), "{e}");
+    // CRLF files stay editable.
+    let crlf = example("nodes.yml").replace('\n', "\r\n");
+    assert!(manifest::edit::set_node_field(
+        &crlf,
+        "control-01",
+        "ssh_user",
+        &manifest::edit::Scalar::Quoted("deploy".into()),
+    )
+    .is_ok());
+}

@@ -213,7 +213,10 @@ mod tests {
             "{msg}"
         );
         drop(first);
-        let again = RepoLock::acquire_for(dir.path(), "fleetnix secrets rekey", Duration::ZERO);
+        // A little wait: a process forked by a concurrent test holds a copy of the descriptor
+        // (and so the lock) until it execs (descriptors are close-on-exec).
+        let again =
+            RepoLock::acquire_for(dir.path(), "fleetnix secrets rekey", Duration::from_secs(5));
         assert!(again.is_ok(), "released on drop");
     }
 

@@ -87,7 +87,9 @@ fn a_writer_fails_with_the_holders_pid_and_command_and_writes_nothing() {
     }
     assert_eq!(files(&t.root), before);
     drop(held);
-    let out = run(t.bin().env("FLEETNIX_LOCK_WAIT", "0s").arg("render"));
+    // (A little wait: a child forked meanwhile by another test thread holds a copy of the
+    // descriptor, and so the lock, until it execs.)
+    let out = run(t.bin().env("FLEETNIX_LOCK_WAIT", "5s").arg("render"));
     assert!(out.status.success(), "{out:?}");
 }
 

@@ -16,6 +16,7 @@ pub mod fsutil;
 pub mod health;
 pub mod hosts;
 pub mod http;
+pub mod lock;
 pub mod manifest;
 pub mod model;
 pub mod nix;

@@ -275,25 +275,13 @@ impl Client {
         let headers = resp.headers().clone();
         let body = resp.text().await.map_err(transport)?;
         if status == 401 || status == 403 {
-            let b: ErrorBody = serde_json::from_str(&body).unwrap_or_default();
-            return Err(ApiError::Unauthorized {
-                status,
-                message: b.message,
-            });
+            return Err(decode_unauthorized(status, &body));
         }
         Ok((status, headers, body))
     }
 
     fn rejected(status: u16, body: &str) -> ApiError {
-        let b: ErrorBody = serde_json::from_str(body).unwrap_or_default();
-        let details = b.details();
-        ApiError::Rejected {
-            status,
-            message: b
-                .message
-                .unwrap_or_else(|| body.trim().chars().take(500).collect()),
-            details,
-        }
+        decode_rejection(status, body)
     }
 
     /// `GET /tailnet/{t}/acl` as HuJSON, with its ETag.
@@ -330,19 +318,7 @@ impl Client {
         if status != 200 {
             return Err(Self::rejected(status, &body));
         }
-        // 200 even on failure: success is an empty body or one without a message.
-        if body.trim().is_empty() {
-            return Ok(());
-        }
-        let b: ErrorBody = serde_json::from_str(&body).map_err(|e| ApiError::Unexpected {
-            status,
-            url: url.to_string(),
-            message: format!("validation answer is not JSON: {e}"),
-        })?;
-        match b.message.as_deref() {
-            None | Some("") => Ok(()),
-            Some(_) => Err(Self::rejected(status, &body)),
-        }
+        decode_validation(status, url.as_str(), &body)
     }
 
     /// `POST /tailnet/{t}/acl` with `If-Match: etag`; returns the stored policy and its new ETag.
@@ -418,23 +394,68 @@ impl Client {
         if status != 200 {
             return Err(Self::rejected(status, &text));
         }
-        #[derive(Deserialize)]
-        struct Created {
-            id: String,
-            key: SecretString,
-            #[serde(default)]
-            expires: Option<String>,
-        }
-        let c: Created = serde_json::from_str(&text).map_err(|_| ApiError::Unexpected {
-            status,
-            url: url.to_string(),
-            // serde's message could quote the key; say only what is missing.
-            message: "the answer lacks the expected \"id\" and \"key\" strings".into(),
-        })?;
-        Ok(AuthKey {
-            id: c.id,
-            key: c.key,
-            expires: c.expires,
-        })
+        decode_created_key(status, url.as_str(), &text)
     }
+}
+
+/// Decodes a 401/403 answer's body (any body: the message is taken if it is there).
+pub fn decode_unauthorized(status: u16, body: &str) -> ApiError {
+    let b: ErrorBody = serde_json::from_str(body).unwrap_or_default();
+    ApiError::Unauthorized {
+        status,
+        message: b.message,
+    }
+}
+
+/// Decodes a rejection (`{"message": …, "data": [{"user": …, "errors": […]}]}`); a body that
+/// is not that JSON becomes the message, cut to 500 characters.
+pub fn decode_rejection(status: u16, body: &str) -> ApiError {
+    let b: ErrorBody = serde_json::from_str(body).unwrap_or_default();
+    let details = b.details();
+    ApiError::Rejected {
+        status,
+        message: b
+            .message
+            .unwrap_or_else(|| body.trim().chars().take(500).collect()),
+        details,
+    }
+}
+
+/// Decodes the 200 answer of `POST …/acl/validate` to `url`: success is an empty body or one
+/// without a message; a message is a rejection.
+pub fn decode_validation(status: u16, url: &str, body: &str) -> Result<(), ApiError> {
+    if body.trim().is_empty() {
+        return Ok(());
+    }
+    let b: ErrorBody = serde_json::from_str(body).map_err(|e| ApiError::Unexpected {
+        status,
+        url: url.to_string(),
+        message: format!("validation answer is not JSON: {e}"),
+    })?;
+    match b.message.as_deref() {
+        None | Some("") => Ok(()),
+        Some(_) => Err(decode_rejection(status, body)),
+    }
+}
+
+/// Decodes the 200 answer of `POST …/keys` to `url`: the new key's id, key and expiry.
+pub fn decode_created_key(status: u16, url: &str, text: &str) -> Result<AuthKey, ApiError> {
+    #[derive(Deserialize)]
+    struct Created {
+        id: String,
+        key: SecretString,
+        #[serde(default)]
+        expires: Option<String>,
+    }
+    let c: Created = serde_json::from_str(text).map_err(|_| ApiError::Unexpected {
+        status,
+        url: url.to_string(),
+        // serde's message could quote the key; say only what is missing.
+        message: "the answer lacks the expected \"id\" and \"key\" strings".into(),
+    })?;
+    Ok(AuthKey {
+        id: c.id,
+        key: c.key,
+        expires: c.expires,
+    })
 }

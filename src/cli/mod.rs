@@ -188,9 +188,53 @@ pub fn report_manifest_error(e: &ManifestError) {
     }
 }
 
+/// The command's name for the repository lock if it writes to the repository (`None` for
+/// read-only commands, which never take the lock). Never includes arguments.
+pub fn writer_name(command: &Command) -> Option<&'static str> {
+    use acl::AclCommand as A;
+    use secrets::SecretsCommand as S;
+    match command {
+        Command::Render(a) if !a.check => Some("render"),
+        Command::Deploy(a) if !a.dry_run => Some("deploy"),
+        Command::Bootstrap(_) => Some("bootstrap"),
+        Command::Secrets(S::SetAuthkey(_)) => Some("secrets set-authkey"),
+        Command::Secrets(S::SetNats(_)) => Some("secrets set-nats"),
+        Command::Secrets(S::Rekey(_)) => Some("secrets rekey"),
+        Command::Acl(A::Get(_)) => Some("acl get"),
+        Command::Acl(A::Set { .. }) => Some("acl set"),
+        Command::Acl(A::Render {
+            output: Some(_), ..
+        }) => Some("acl render -o"),
+        Command::Authkey(_) => Some("authkey mint"),
+        // The registry is written from the manifest of this repository: one sync at a time.
+        Command::Node(bus::NodeCommand::Sync(_)) => Some("node sync"),
+        _ => None,
+    }
+}
+
+/// Takes the repository lock for `name` (`fleetnix <name>` is shown to a second fleetnix);
+/// on failure prints why (exit code 1). Hold the result until the command is done.
+pub fn lock(ctx: &Ctx, name: &str) -> Result<fleetnix::lock::RepoLock, ExitCode> {
+    use fleetnix::lock::{wait_from_env, RepoLock};
+    let wait = wait_from_env().map_err(fail)?;
+    RepoLock::acquire_with(&ctx.root, &format!("fleetnix {name}"), wait, |holder| {
+        eprintln!(
+            "waiting for another fleetnix ({holder}) to finish (up to {})",
+            humantime::format_duration(wait)
+        )
+    })
+    .map_err(fail)
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> ExitCode {
     let ctx = Ctx::new(&cli);
+    // Writers hold the repository lock until they are done; the kernel frees it at exit.
+    let _lock = match writer_name(&cli.command).map(|name| lock(&ctx, name)) {
+        Some(Err(code)) => return code,
+        Some(Ok(l)) => Some(l),
+        None => None,
+    };
     match cli.command {
         Command::Validate => core::validate(&ctx),
         Command::Render(a) => core::render(&ctx, a),

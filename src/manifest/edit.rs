@@ -188,6 +188,17 @@ pub fn set_node_field(
     value: &Scalar,
 ) -> Result<String, String> {
     let rendered = value.render()?;
+    // A CR not followed by LF ends a line for YAML but not for the line arithmetic below.
+    if let Some(i) = text
+        .match_indices('\r')
+        .map(|(i, _)| i)
+        .find(|&i| !text[i + 1..].starts_with('\n'))
+    {
+        return Err(format!(
+            "line {} has a bare carriage return (a CR without LF); use \\n or \\r\\n line ends",
+            text[..i].matches('\n').count() + 1
+        ));
+    }
     let root = yaml::parse(text)
         .map_err(|e| format!("line {}: {}", e.pos.line, e.message))?
         .ok_or("the file is empty")?;

@@ -139,7 +139,7 @@ fn parse_yaml(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Option<Y>
             problems.push(
                 Problem::at(
                     path,
-                    Default::default(),
+                    yaml::Pos::START,
                     1,
                     "(file)",
                     "the file is empty".into(),
@@ -1357,7 +1357,7 @@ fn cross_check<'t>(
             cx.problems.push(
                 Problem::at(
                     &texts.paths.nodes,
-                    Default::default(),
+                    yaml::Pos::START,
                     1,
                     "nodes",
                     "there are no nodes".into(),

@@ -18,6 +18,15 @@ pub struct Pos {
     pub col: usize,
 }
 
+impl Pos {
+    /// The start of a file: offset 0, line 1, column 1 (for problems of the whole file).
+    pub const START: Pos = Pos {
+        offset: 0,
+        line: 1,
+        col: 1,
+    };
+}
+
 /// Converts yaml-rust2's character offsets into byte offsets in O(1) amortised time
 /// (events arrive in file order, so a forward cursor suffices).
 struct OffsetMap<'t> {
@@ -206,6 +215,23 @@ impl MarkedEventReceiver for Builder<'_> {
 
 /// Parses `text` into a marked tree. An empty document gives `None`.
 pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
+    // yaml-rust2 stops at a NUL as if the file ended there (the rest would be silently
+    // ignored), so characters YAML does not allow are refused first.
+    if let Some((offset, c)) = text.char_indices().find(|&(_, c)| !is_yaml_printable(c)) {
+        let before = &text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        return Err(SyntaxError {
+            pos: Pos {
+                offset,
+                line: before.matches('\n').count() + 1,
+                col: before[line_start..].chars().count() + 1,
+            },
+            message: format!(
+                "character U+{:04X} is not allowed in a YAML file (a control character); remove it",
+                u32::from(c)
+            ),
+        });
+    }
     let mut builder = Builder {
         offsets: OffsetMap::new(text),
         stack: Vec::new(),
@@ -218,6 +244,13 @@ pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
         message: e.info().to_string(),
     })?;
     Ok(builder.root)
+}
+
+/// YAML 1.2's `c-printable`: tab, LF, CR, printable ASCII, NEL and the rest of Unicode but the
+/// C1 controls, U+FFFE and U+FFFF (Rust strings hold no surrogates).
+fn is_yaml_printable(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | ' '..='~' | '\u{85}')
+        || (c >= '\u{a0}' && c != '\u{fffe}' && c != '\u{ffff}')
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub use kinds::{wanted, SecretId, SecretKind};
 pub use nats::{set_nats, NatsReport};
 pub use store::{
     render_secrets_nix, rules_key, sha256_hex, status, NamedKey, Record, Records, SecretStatus,
-    State, RECIPIENTS_FILE, RECORDS_VERSION, SECRETS_DIR, SECRETS_NIX,
+    State, PENDING_FILE, RECIPIENTS_FILE, RECORDS_VERSION, SECRETS_DIR, SECRETS_NIX,
 };
 
 use crate::fsutil::write_atomic;
@@ -342,6 +342,16 @@ fn commit(
     sealed: Vec<Sealed>,
     report: &mut Report,
 ) -> Result<(), SecretsError> {
+    // Until recipients.json records them, the files about to be written are listed in
+    // secrets/.pending: a run killed half-way leaves each one old or new (atomic writes), and
+    // `secrets list` names the ones an interrupted run may have rewritten.
+    let pending_path = root.join(PENDING_FILE);
+    if !sealed.is_empty() {
+        let mut list: Vec<String> = sealed.iter().map(|s| s.id.file()).collect();
+        list.push(String::new());
+        write_atomic(&pending_path, list.join("\n").as_bytes(), FILE_MODE)
+            .map_err(io_err(pending_path.clone()))?;
+    }
     for s in sealed {
         let file = s.id.file();
         let path = root.join(&file);
@@ -356,7 +366,14 @@ fn commit(
     }
     report.written.sort_by(|a, b| a.file.cmp(&b.file));
     report.secrets_nix_changed = write_indexes(fleet, root, records)?;
-    Ok(())
+    match std::fs::remove_file(&pending_path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(SecretsError::Io {
+            path: pending_path,
+            source,
+        }),
+    }
 }
 
 /// Encrypts each plaintext to its secret's file under `root` (recipients: the node's host key

@@ -132,6 +132,10 @@ pub fn set_nats(fleet: &Fleet, root: &Path, identity: &Path) -> Result<NatsRepor
             items.push((id, want));
         }
     }
+    // The server environment first: it is the record of every password, so a run killed
+    // half-way leaves no node file holding a password the server does not know (a re-run keeps
+    // the recorded ones and writes the missing node files).
+    items.sort_by_key(|(id, _)| id.kind != SecretKind::NatsServerEnv);
     let mut report = write_secrets(fleet, root, &items)?;
     unchanged.sort();
     report.unchanged = unchanged;

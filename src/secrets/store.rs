@@ -18,6 +18,12 @@ pub const SECRETS_DIR: &str = "secrets";
 pub const SECRETS_NIX: &str = "secrets/secrets.nix";
 /// fleetnix's record of the recipients each `.age` file was encrypted to.
 pub const RECIPIENTS_FILE: &str = "secrets/recipients.json";
+/// The files a fleetnix run is writing, one per line, until `recipients.json` records them: if
+/// it is there, a run was interrupted (killed) and those files may be unrecorded.
+pub const PENDING_FILE: &str = "secrets/.pending";
+
+/// What an interrupted run left to repair, for [`status`]'s hints.
+const INTERRUPTED_HINT: &str = "an interrupted fleetnix run was writing it (secrets/.pending), so it holds the old or the new value: run that command again, or `fleetnix secrets rekey` to re-record it as it is";
 
 /// A node's auth key as agenix names it in `secrets.nix` (`worker-01/tailscale-authkey.age`);
 /// [`SecretId::rules_key`] for any secret.
@@ -120,23 +126,25 @@ impl Records {
     pub fn load(root: &Path) -> Result<Self, SecretsError> {
         let path = root.join(RECIPIENTS_FILE);
         match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let r: Records =
-                    serde_json::from_str(&text).map_err(|e| SecretsError::Records {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                if r.version != RECORDS_VERSION {
-                    return Err(SecretsError::Records {
-                        path,
-                        reason: format!("format version {} is not {RECORDS_VERSION}", r.version),
-                    });
-                }
-                Ok(r)
-            }
+            Ok(text) => Self::parse(&text, &path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(source) => Err(SecretsError::Io { path, source }),
         }
+    }
+
+    /// Parses the text of a record file read from `path` (named in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, SecretsError> {
+        let r: Records = serde_json::from_str(text).map_err(|e| SecretsError::Records {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        if r.version != RECORDS_VERSION {
+            return Err(SecretsError::Records {
+                path: path.to_path_buf(),
+                reason: format!("format version {} is not {RECORDS_VERSION}", r.version),
+            });
+        }
+        Ok(r)
     }
 
     /// The JSON text, with a trailing newline.
@@ -271,6 +279,14 @@ fn recorded<'a>(records: &'a Records, key: &str, bytes: Option<&[u8]>) -> Option
 /// environment), then file.
 pub fn status(fleet: &Fleet, root: &Path) -> Result<Vec<SecretStatus>, SecretsError> {
     let records = Records::load(root)?;
+    let pending: BTreeSet<String> = read_optional(&root.join(PENDING_FILE))?
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
     let ids = wanted(fleet);
     let mut out = Vec::new();
     let mut desired_of: BTreeMap<NodeName, Option<Vec<Recipient>>> = BTreeMap::new();
@@ -296,6 +312,9 @@ pub fn status(fleet: &Fleet, root: &Path) -> Result<Vec<SecretStatus>, SecretsEr
                 )),
             ),
             (Some(_), None, _) => (State::Missing, Some(id.kind.set_command(&id.node))),
+            (Some(_), Some(_), None) if pending.contains(&file) => {
+                (State::Unrecorded, Some(INTERRUPTED_HINT.into()))
+            }
             (Some(_), Some(_), None) => (State::Unrecorded, Some("fleetnix secrets rekey".into())),
             (Some(d), Some(_), Some(r)) => {
                 if r.keys() == key_set(d) {

@@ -232,7 +232,7 @@ pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 
 /// Every file under `dir` (recursively) with its bytes, by path relative to `dir`; files that
 /// vanish or cannot be read while it looks are left out (to prove nothing changed, or to scan
-/// for a secret).
+/// for a secret), and so is the repository lock file (`.fleetnix/lock`: a pid and a command).
 pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -246,7 +246,10 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
                 stack.push(p);
             } else if let Ok(b) = std::fs::read(&p) {
                 let rel = p.strip_prefix(dir).unwrap_or(&p).to_path_buf();
-                out.insert(rel, b);
+                // The repository lock every writing command takes (even one that then fails).
+                if rel != Path::new(fleetnix::lock::LOCK_FILE) {
+                    out.insert(rel, b);
+                }
             }
         }
     }

@@ -165,8 +165,8 @@ let
   '';
 in
 {
-  imports = [ ../modules/fleet-router.nix ];
-
+  # services.fleet-router's options come from fleetnix's nixosModules.default (lib.mkFleet
+  # gives it to every node), so this file also works in a fleet made from the template.
   services.nats = {
     enable = true;
     serverName = "control-01";

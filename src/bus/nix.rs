@@ -2,8 +2,8 @@
 //!
 //! It enables `services.nats` and runs nats-server on [`ServerPlan::to_conf`] — the very text the
 //! tests start a real nats-server with — with the passwords in the unit's environment, loaded from
-//! the age secret `secrets/<control-plane>/nats-server-env.age`. It also imports
-//! `nix/modules/fleet-router.nix` and enables the router, with its password from
+//! the age secret `secrets/<control-plane>/nats-server-env.age`. It also enables the
+//! router (`nix/modules/fleet-router.nix`, part of fleetnix's `nixosModules.default`), with its password from
 //! `secrets/<control-plane>/nats-router-password.age` and the fleet settings from `fleet/`.
 
 use super::conf::is_var_name;

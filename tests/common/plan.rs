@@ -44,42 +44,11 @@ pub const FLAKE: &str = r#"{
 }
 "#;
 
-/// A NixOS-looking host: the fake system profile of [`nixos_host`]'s kind plus a `/run` of its
-/// own holding `current-system` (a symlink the test points where it wants).
+/// A NixOS-looking host ([`super::nixos_host`]) and its own `/run` (holding `current-system`,
+/// a symlink the test points where it wants with [`set_current`]).
 pub fn nixos_host_with_run(net: &mut Net, name: &str) -> (Host, PathBuf) {
-    let profiles = net.dir().join(format!("profiles-{name}"));
-    let state = net.dir().join(format!("state-{name}"));
-    let run = net.dir().join(format!("run-{name}"));
-    std::fs::create_dir_all(state.join("gens/1/bin")).expect("gens");
-    std::fs::create_dir_all(&profiles).expect("profiles");
-    std::fs::create_dir_all(run.join("sshd")).expect("run/sshd");
-    std::fs::copy(
-        fakes().join("switch-to-configuration"),
-        state.join("gens/1/bin/switch-to-configuration"),
-    )
-    .expect("fake switch-to-configuration");
-    std::os::unix::fs::symlink(state.join("gens/1"), profiles.join("system-1-link")).expect("link");
-    std::os::unix::fs::symlink("system-1-link", profiles.join("system")).expect("link");
-    std::fs::write(
-        profiles.join(".fleetnix-test-host"),
-        state.display().to_string(),
-    )
-    .expect("marker");
-    let host = net.add_host(
-        name,
-        HostOptions {
-            os_release: Some("NAME=NixOS\nID=nixos\n".into()),
-            path_prefix: vec![fakes().join("host-bin")],
-            env: vec![("FAKE_HOST_DIR".into(), state.display().to_string())],
-            binds: vec![
-                (profiles, PathBuf::from("/nix/var/nix/profiles")),
-                (run.clone(), PathBuf::from("/run")),
-            ],
-            ..Default::default()
-        },
-    );
-    std::os::unix::fs::symlink(host.dir.join("sshd.pid"), state.join("sshd.pid"))
-        .expect("pid link");
+    let host = super::nixos_host(net, name);
+    let run = super::state_dir(net, name).join("run");
     (host, run)
 }
 

@@ -1,8 +1,8 @@
 //! Helpers of the `plan` tests and bench: the pinned nixpkgs, a light test flake, and test
 //! hosts that look like NixOS down to `/run/current-system`.
 
-use super::netns::{Host, HostOptions, Net};
-use super::{fakes, skip};
+use super::netns::{Host, Net};
+use super::skip;
 use std::path::{Path, PathBuf};
 
 /// The pinned nixpkgs folder (`FLEETNIX_TEST_NIXPKGS`, set by `.ci/run`), or a loud skip.

@@ -62,8 +62,8 @@ fn base() -> Base {
     }
     assert_eq!(
         plain.len(),
-        7,
-        "3 auth keys, 3 NATS passwords, 1 server environment"
+        8,
+        "3 auth keys, 3 NATS passwords, the router's password, 1 server environment"
     );
     t.set_operators(&[("alice", &alice_pub), ("carol", &carol_pub)]);
     Base {
@@ -390,6 +390,17 @@ fn set_nats_killed_at_every_write_never_gives_a_node_a_password_the_server_lacks
                 "{what}: {node}"
             );
         }
+        // The router's password file holds what the server has for it.
+        let router = age_decrypt(
+            &b.alice,
+            &root.join("secrets/control-01/nats-router-password.age"),
+        )
+        .unwrap();
+        assert!(
+            env.lines()
+                .any(|l| l == format!("NATS_ROUTER_PASSWORD={}", router.trim_end())),
+            "{what}: the router's password is not the server's"
+        );
         // aa-03's file, if written, holds the password the server has.
         let w3_file = root.join("secrets/aa-03/nats-password.age");
         if w3_file.exists() {

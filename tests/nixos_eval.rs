@@ -26,7 +26,7 @@ fn fleetnix(root: &Path, args: &[&str]) -> Ran {
             .arg(root)
             .args(args)
             .env("HOME", &home)
-            .env("TAILSCALE_AUTHKEY", nixos_support::DEMO_AUTHKEY)
+            .env("TAILSCALE_AUTHKEY", nixos_support::demo_authkey())
             .env_remove("FLEETNIX_FLEET_DIR")
             .env_remove("FLEETNIX_ROOT"),
     );

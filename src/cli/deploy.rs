@@ -104,26 +104,51 @@ pub struct DeployArgs {
     pub json: bool,
 }
 
-/// `fleetnix deploy`.
-pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
-    let fleet = match ctx.fleet() {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    let nodes = match Selector::parse(&args.targets, args.all).and_then(|s| s.select(&fleet)) {
-        Ok(n) => n,
-        Err(e) => return fail(e.to_string()),
-    };
-    let root = match std::fs::canonicalize(&ctx.root) {
-        Ok(r) => r,
-        Err(e) => return fail(format!("repository root {}: {e}", ctx.root.display())),
-    };
+/// What `deploy` and `plan` start from.
+pub struct Selected {
+    /// The fleet.
+    pub fleet: fleetnix::model::Fleet,
+    /// The repository root, absolute.
+    pub root: PathBuf,
+    /// Every node's plan.
+    pub all_plans: Vec<plan::NodePlan>,
+    /// The plans of the nodes the targets select.
+    pub plans: Vec<plan::NodePlan>,
+}
+
+/// Loads the fleet and selects `targets`/`all` (errors already printed).
+pub fn selected_plans(ctx: &Ctx, targets: &[String], all: bool) -> Result<Selected, ExitCode> {
+    let fleet = ctx.fleet()?;
+    let nodes = Selector::parse(targets, all)
+        .and_then(|s| s.select(&fleet))
+        .map_err(|e| fail(e.to_string()))?;
+    let root = std::fs::canonicalize(&ctx.root)
+        .map_err(|e| fail(format!("repository root {}: {e}", ctx.root.display())))?;
     let all_plans = plan::plan(&fleet);
-    let plans: Vec<_> = all_plans
+    let plans = all_plans
         .iter()
         .filter(|p| nodes.iter().any(|n| n.name == p.name))
         .cloned()
         .collect();
+    Ok(Selected {
+        fleet,
+        root,
+        all_plans,
+        plans,
+    })
+}
+
+/// `fleetnix deploy`.
+pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
+    let Selected {
+        fleet,
+        root,
+        all_plans,
+        plans,
+    } = match selected_plans(ctx, &args.targets, args.all) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     let mode = if args.dry_run {
         RenderMode::Report
     } else if args.no_render {

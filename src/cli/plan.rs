@@ -3,10 +3,8 @@
 use super::{fail, Ctx};
 use fleetnix::deploy::changes::{self, PlanTools};
 use fleetnix::deploy::flake::OverrideInput;
-use fleetnix::deploy::selector::Selector;
 use fleetnix::deploy::transport::SshTransport;
 use fleetnix::deploy::DeployOptions;
-use fleetnix::plan;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -47,24 +45,15 @@ pub struct PlanArgs {
 
 /// `fleetnix plan`: exit 0 when nothing would change, 2 when something would, 1 on error.
 pub fn run(ctx: &Ctx, args: PlanArgs) -> ExitCode {
-    let fleet = match ctx.fleet() {
-        Ok(f) => f,
+    let super::deploy::Selected {
+        fleet,
+        root,
+        all_plans,
+        plans: selected,
+    } = match super::deploy::selected_plans(ctx, &args.targets, args.all) {
+        Ok(s) => s,
         Err(code) => return code,
     };
-    let nodes = match Selector::parse(&args.targets, args.all).and_then(|s| s.select(&fleet)) {
-        Ok(n) => n,
-        Err(e) => return fail(e.to_string()),
-    };
-    let root = match std::fs::canonicalize(&ctx.root) {
-        Ok(r) => r,
-        Err(e) => return fail(format!("repository root {}: {e}", ctx.root.display())),
-    };
-    let all_plans = plan::plan(&fleet);
-    let selected: Vec<_> = all_plans
-        .iter()
-        .filter(|p| nodes.iter().any(|n| n.name == p.name))
-        .cloned()
-        .collect();
     let mut opts = DeployOptions::new(&root, &fleet.settings);
     opts.ssh.identity = args.ssh_identity;
     opts.override_inputs = match args.flake.inputs() {

@@ -489,3 +489,9 @@ pub fn deploy_cmd(net: &Net, root: &Path, args: &[&str]) -> Command {
         .env_remove("TAILSCALE_AUTHKEY");
     c
 }
+
+/// The example fleet's committed auth key, an obviously fake one: built at run time, so no
+/// key-shaped literal sits in the source.
+pub fn demo_authkey() -> String {
+    format!("{}-{}-DEMO-not-a-real-key", "tskey", "auth")
+}

@@ -1,4 +1,4 @@
-//! Test hosts in network namespaces (see `/work/shared/design.md`, "Test hosts").
+//! Test hosts in network namespaces (see the project's shared `design.md`, "Test hosts").
 //!
 //! ```no_run
 //! let Some(mut net) = common::netns::Net::new() else { return }; // skipped loudly (fails under CI)

@@ -1,9 +1,8 @@
 //! `validate`, `render`, `show`.
 
-use super::Ctx;
+use super::{CliError, CmdResult, Ctx, Outcome};
 use fleetnix::plan;
 use fleetnix::render::{self, Change};
-use std::process::ExitCode;
 
 /// Arguments of `render`.
 #[derive(Debug, clap::Args)]
@@ -25,41 +24,25 @@ pub struct ShowArgs {
 
 /// `fleetnix validate`: the fleet files, and each NixOS node's hardware configuration and state
 /// version.
-pub fn validate(ctx: &Ctx) -> ExitCode {
-    match ctx.fleet() {
-        Ok(fleet) => {
-            if let Err(e) = fleetnix::hosts::validate(&ctx.root, &fleet) {
-                super::report_manifest_error(&e);
-                return ExitCode::from(1);
-            }
-            println!(
-                "ok: {} nodes, {} roles, {} services",
-                fleet.nodes.len(),
-                fleet.catalog.roles.len(),
-                fleet.catalog.services.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
-    }
+pub fn validate(ctx: &Ctx) -> CmdResult {
+    let fleet = ctx.fleet()?;
+    fleetnix::hosts::validate(&ctx.root, &fleet)?;
+    println!(
+        "ok: {} nodes, {} roles, {} services",
+        fleet.nodes.len(),
+        fleet.catalog.roles.len(),
+        fleet.catalog.services.len()
+    );
+    Ok(Outcome::Ok)
 }
 
 /// `fleetnix render [--check]`.
-pub fn render(ctx: &Ctx, args: RenderArgs) -> ExitCode {
-    let fleet = match ctx.fleet() {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
+pub fn render(ctx: &Ctx, args: RenderArgs) -> CmdResult {
+    let fleet = ctx.fleet()?;
     let plans = plan::plan(&fleet);
-    let result = render::render_fleet(&fleet, &plans, &ctx.sources_label(&fleet))
-        .and_then(|rendered| Ok((render::compare(&ctx.root, &rendered)?, rendered)));
-    let (changes, rendered) = match result {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let (changes, rendered) = render::render_fleet(&fleet, &plans, &ctx.sources_label(&fleet))
+        .and_then(|rendered| Ok((render::compare(&ctx.root, &rendered)?, rendered)))
+        .map_err(CliError::msg)?;
     let mut stale = 0;
     for (path, change) in &changes {
         let p = path.display();
@@ -92,39 +75,27 @@ pub fn render(ctx: &Ctx, args: RenderArgs) -> ExitCode {
     if args.check {
         if stale > 0 {
             eprintln!("{stale} file(s) out of date: run `fleetnix render`");
-            return ExitCode::from(1);
+            return Ok(Outcome::Problem);
         }
         println!("up to date: {} file(s)", rendered.len());
-        return ExitCode::SUCCESS;
+        return Ok(Outcome::Ok);
     }
-    if let Err(e) = render::apply(&ctx.root, &rendered, &changes) {
-        eprintln!("error: {e}");
-        return ExitCode::from(1);
-    }
+    render::apply(&ctx.root, &rendered, &changes).map_err(CliError::msg)?;
     println!("rendered {} file(s), {stale} changed", rendered.len());
-    ExitCode::SUCCESS
+    Ok(Outcome::Ok)
 }
 
 /// `fleetnix show NODE [--json]`.
-pub fn show(ctx: &Ctx, args: ShowArgs) -> ExitCode {
-    let fleet = match ctx.fleet() {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    let node = match super::node(&fleet, &args.node) {
-        Ok(n) => n,
-        Err(code) => return code,
-    };
+pub fn show(ctx: &Ctx, args: ShowArgs) -> CmdResult {
+    let fleet = ctx.fleet()?;
+    let node = super::node(&fleet, &args.node)?;
     let p = plan::plan_node(&fleet, node);
     if args.json {
-        match serde_json::to_string_pretty(&p) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
-        }
-        return ExitCode::SUCCESS;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&p).map_err(CliError::msg)?
+        );
+        return Ok(Outcome::Ok);
     }
     let ports = |v: &[u16]| {
         if v.is_empty() {
@@ -173,5 +144,5 @@ pub fn show(ctx: &Ctx, args: ShowArgs) -> ExitCode {
     for s in &p.secrets {
         println!("secret      {} <- {}", s.name, s.file);
     }
-    ExitCode::SUCCESS
+    Ok(Outcome::Ok)
 }

@@ -3,11 +3,16 @@
 pub mod acl;
 pub mod bootstrap;
 pub mod bus;
+pub mod completions;
 pub mod core;
 pub mod deploy;
+pub mod dispatch;
 pub mod health;
 pub mod plan;
+pub mod route;
 pub mod secrets;
+pub mod status;
+pub mod table;
 
 use clap::{Parser, Subcommand};
 use fleetnix::manifest::{self, ManifestError};
@@ -60,13 +65,13 @@ pub enum Command {
     #[command(subcommand)]
     Authkey(acl::AuthkeyCommand),
     /// Fleet nodes as the tailnet sees them, and drift from the manifest.
-    Status(health::StatusArgs),
+    Status(status::StatusArgs),
     /// Probe every node and its services.
     Health(health::HealthArgs),
     /// Pick the node for the next task of a role.
-    Route(health::RouteArgs),
+    Route(route::RouteArgs),
     /// Send a task to a role over NATS, through the control plane's router.
-    Dispatch(bus::DispatchArgs),
+    Dispatch(dispatch::DispatchArgs),
     /// Register the fleet with the control plane (the `fleet-nodes` bucket).
     #[command(subcommand)]
     Node(bus::NodeCommand),
@@ -74,6 +79,10 @@ pub enum Command {
     Router(bus::RouterArgs),
     /// Print the control plane's nats-server configuration (no secret in it).
     NatsConf(bus::NatsConfArgs),
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    Completions(completions::CompletionsArgs),
+    /// Print fleetnix's man page (roff) on stdout, or write one page per command into a directory.
+    Man(completions::ManArgs),
 }
 
 /// What every command gets: where the repository and fleet files are.
@@ -100,12 +109,9 @@ impl Ctx {
         }
     }
 
-    /// Loads and validates the fleet; on failure prints every problem with its source and returns exit code 1.
-    pub fn fleet(&self) -> Result<Fleet, ExitCode> {
-        manifest::load(&self.fleet_dir).map_err(|e| {
-            report_manifest_error(&e);
-            ExitCode::from(1)
-        })
+    /// Loads and validates the fleet (the reporter prints every problem with its source).
+    pub fn fleet(&self) -> Result<Fleet, CliError> {
+        Ok(manifest::load(&self.fleet_dir)?)
     }
 
     /// The manifest files relative to the root, for generated-file headers.
@@ -125,31 +131,121 @@ impl Ctx {
     }
 }
 
-/// Prints `error: <msg>` on stderr; exit code 1.
-pub fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {msg}");
-    ExitCode::from(1)
+/// What a command found when it ran to the end; the exit code says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to report (exit 0).
+    Ok,
+    /// A problem was found: drift, a failed check, a failed or unhealthy node (exit 1).
+    Problem,
+    /// `plan`: a deploy would change something (exit 2).
+    WouldChange,
 }
 
+impl Outcome {
+    /// The exit code.
+    pub fn code(self) -> ExitCode {
+        ExitCode::from(match self {
+            Outcome::Ok => 0,
+            Outcome::Problem => 1,
+            Outcome::WouldChange => 2,
+        })
+    }
+
+    /// `Ok` if `ok`, else `Problem`.
+    pub fn ok_if(ok: bool) -> Self {
+        if ok {
+            Outcome::Ok
+        } else {
+            Outcome::Problem
+        }
+    }
+}
+
+/// Exit code of "could not run" (tailscaled unreachable, …).
+pub const EXIT_COULD_NOT_RUN: u8 = 3;
+
+/// Why a command stopped. [`run`] prints it (`error: …` on stderr; manifest problems with
+/// their source lines) and picks the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The fleet files could not be read or are invalid (exit 1).
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The command failed (exit 1).
+    #[error("{0}")]
+    Failed(String),
+    /// The command could not run: what it needs (tailscaled, …) is not there (exit 3).
+    #[error("{0}")]
+    CouldNotRun(String),
+}
+
+impl CliError {
+    /// A failure (exit 1) with this message.
+    pub fn msg(m: impl std::fmt::Display) -> Self {
+        CliError::Failed(m.to_string())
+    }
+
+    /// A "could not run" (exit 3) with this message.
+    pub fn could_not_run(m: impl std::fmt::Display) -> Self {
+        CliError::CouldNotRun(m.to_string())
+    }
+
+    /// The exit code.
+    pub fn code(&self) -> ExitCode {
+        match self {
+            CliError::Manifest(_) | CliError::Failed(_) => ExitCode::from(1),
+            CliError::CouldNotRun(_) => ExitCode::from(EXIT_COULD_NOT_RUN),
+        }
+    }
+
+    /// Prints the error on stderr.
+    pub fn report(&self) {
+        match self {
+            CliError::Manifest(e) => report_manifest_error(e),
+            CliError::Failed(m) | CliError::CouldNotRun(m) => eprintln!("error: {m}"),
+        }
+    }
+}
+
+impl From<fleetnix::secrets::SecretsError> for CliError {
+    fn from(e: fleetnix::secrets::SecretsError) -> Self {
+        CliError::msg(e)
+    }
+}
+
+/// What a command handler returns.
+pub type CmdResult = Result<Outcome, CliError>;
+
 /// The async runtime the executors run on (two worker threads: this is an I/O-bound CLI).
-pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| fail(format_args!("cannot start the async runtime: {e}")))
+        .map_err(|e| CliError::msg(format_args!("cannot start the async runtime: {e}")))
 }
 
-/// The node called `name`, or an error naming the known nodes (exit code 1).
-pub fn node<'f>(fleet: &'f Fleet, name: &str) -> Result<&'f fleetnix::model::Node, ExitCode> {
+/// The node called `name`, or an error naming the known nodes.
+pub fn node<'f>(fleet: &'f Fleet, name: &str) -> Result<&'f fleetnix::model::Node, CliError> {
     fleet.node(name).ok_or_else(|| {
         let names: Vec<&str> = fleet.nodes.iter().map(|n| n.name.as_str()).collect();
-        fail(format_args!(
+        CliError::msg(format_args!(
             "no node `{name}` in {} (nodes: {})",
             fleet.sources.nodes.display(),
             names.join(", ")
         ))
     })
+}
+
+/// Pretty (or one-line) JSON of `v`.
+pub fn to_json<T: serde::Serialize>(v: &T, pretty: bool) -> Result<String, CliError> {
+    let r = if pretty {
+        serde_json::to_string_pretty(v)
+    } else {
+        serde_json::to_string(v)
+    };
+    r.map_err(|e| CliError::msg(format_args!("cannot encode JSON: {e}")))
 }
 
 /// Prints a manifest error with miette: one diagnostic per problem, each with its source line.
@@ -212,29 +308,37 @@ pub fn writer_name(command: &Command) -> Option<&'static str> {
     }
 }
 
-/// Takes the repository lock for `name` (`fleetnix <name>` is shown to a second fleetnix);
-/// on failure prints why (exit code 1). Hold the result until the command is done.
-pub fn lock(ctx: &Ctx, name: &str) -> Result<fleetnix::lock::RepoLock, ExitCode> {
+/// Takes the repository lock for `name` (`fleetnix <name>` is shown to a second fleetnix).
+/// Hold the result until the command is done.
+pub fn lock(ctx: &Ctx, name: &str) -> Result<fleetnix::lock::RepoLock, CliError> {
     use fleetnix::lock::{wait_from_env, RepoLock};
-    let wait = wait_from_env().map_err(fail)?;
+    let wait = wait_from_env().map_err(CliError::msg)?;
     RepoLock::acquire_with(&ctx.root, &format!("fleetnix {name}"), wait, |holder| {
         eprintln!(
             "waiting for another fleetnix ({holder}) to finish (up to {})",
             humantime::format_duration(wait)
         )
     })
-    .map_err(fail)
+    .map_err(CliError::msg)
 }
 
-/// Runs the parsed command.
+/// Runs the parsed command; the one place that prints a command's error and picks the exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    match dispatch_command(cli) {
+        Ok(outcome) => outcome.code(),
+        Err(e) => {
+            e.report();
+            e.code()
+        }
+    }
+}
+
+fn dispatch_command(cli: Cli) -> CmdResult {
     let ctx = Ctx::new(&cli);
     // Writers hold the repository lock until they are done; the kernel frees it at exit.
-    let _lock = match writer_name(&cli.command).map(|name| lock(&ctx, name)) {
-        Some(Err(code)) => return code,
-        Some(Ok(l)) => Some(l),
-        None => None,
-    };
+    let _lock = writer_name(&cli.command)
+        .map(|name| lock(&ctx, name))
+        .transpose()?;
     match cli.command {
         Command::Validate => core::validate(&ctx),
         Command::Render(a) => core::render(&ctx, a),
@@ -246,12 +350,14 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Secrets(c) => secrets::run(&ctx, c),
         Command::Acl(c) => acl::run(&ctx, c),
         Command::Authkey(c) => acl::authkey(&ctx, c),
-        Command::Status(a) => health::status(&ctx, a),
-        Command::Health(a) => health::health(&ctx, a),
-        Command::Route(a) => health::route(&ctx, a),
-        Command::Dispatch(a) => bus::dispatch(&ctx, a),
+        Command::Status(a) => status::run(&ctx, a),
+        Command::Health(a) => health::run(&ctx, a),
+        Command::Route(a) => route::run(&ctx, a),
+        Command::Dispatch(a) => dispatch::run(&ctx, a),
         Command::Node(c) => bus::node(&ctx, c),
         Command::Router(a) => bus::router(&ctx, a),
         Command::NatsConf(a) => bus::nats_conf(&ctx, a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Man(a) => completions::man(a),
     }
 }

@@ -1,5 +1,4 @@
-//! `acl` and `authkey`: argument parsing and printing; the logic is in `fleetnix::acl` and
-//! `fleetnix::tsapi`.
+//! `acl`: argument parsing and printing; the logic is in `fleetnix::acl` and `fleetnix::tsapi`.
 
 use super::{runtime, CliError, CmdResult, Ctx, Outcome};
 use fleetnix::acl::{apply, check, matrix, policy, render};
@@ -69,22 +68,6 @@ pub enum AclCommand {
         /// Apply even if the policy cuts the deploy or operator SSH.
         #[arg(long)]
         force: bool,
-    },
-}
-
-/// `authkey` subcommands.
-#[derive(Debug, clap::Subcommand)]
-pub enum AuthkeyCommand {
-    /// Mint a one-off, pre-authorised, tagged auth key for a node and store it encrypted (never printed).
-    Mint {
-        /// The node.
-        node: String,
-        /// API access.
-        #[command(flatten)]
-        api: ApiArgs,
-        /// Lifetime of the key in seconds.
-        #[arg(long, default_value_t = apply::AUTHKEY_EXPIRY_SECONDS)]
-        expiry_seconds: u64,
     },
 }
 
@@ -271,48 +254,4 @@ fn cmd_set(
         println!("set the tailnet policy ({name}); new ETag {}", out.etag);
     }
     Ok(Outcome::Ok)
-}
-
-/// `fleetnix authkey …`.
-pub fn authkey(ctx: &Ctx, cmd: AuthkeyCommand) -> CmdResult {
-    let AuthkeyCommand::Mint {
-        node,
-        api,
-        expiry_seconds,
-    } = cmd;
-    let fleet = ctx.fleet()?;
-    let node = match fleetnix::secrets::select_nodes(&fleet, std::slice::from_ref(&node)) {
-        Ok(mut n) if n.len() == 1 => n.remove(0),
-        Ok(_) => return Err(CliError::msg("expected one node")),
-        Err(e) => return Err(CliError::msg(e)),
-    };
-    {
-        let c = client(&fleet, &api)?;
-        let minted = runtime()?
-            .block_on(fleetnix::authkey::mint_and_store(
-                &c,
-                &fleet,
-                &ctx.root,
-                &node,
-                expiry_seconds,
-            ))
-            .map_err(CliError::msg)?;
-        println!(
-            "minted auth key {} for {node} (one-off, pre-authorised, tags {}, expires {}); not shown",
-            minted.id,
-            minted.tags.join(","),
-            minted.expires.as_deref().unwrap_or("as requested")
-        );
-        for w in &minted.report.written {
-            let who: Vec<String> = w.recipients.iter().map(|r| r.owner.to_string()).collect();
-            println!("wrote {} (recipients: {})", w.file, who.join(", "));
-        }
-        if minted.report.secrets_nix_changed {
-            println!("updated {}", fleetnix::secrets::SECRETS_NIX);
-        }
-        for w in &minted.report.warnings {
-            eprintln!("warning: {w}");
-        }
-        Ok(Outcome::Ok)
-    }
 }

@@ -1,22 +1,30 @@
 //! Command-line layer: argument types and printing. Logic lives in the library.
 
 pub mod acl;
+pub mod authkey;
 pub mod bootstrap;
 pub mod bus;
 pub mod completions;
-pub mod core;
 pub mod deploy;
 pub mod dispatch;
 pub mod health;
+pub mod nats_conf;
+pub mod node;
 pub mod plan;
+pub mod render;
+pub mod report;
 pub mod route;
+pub mod router;
 pub mod secrets;
+pub mod show;
 pub mod status;
 pub mod table;
+pub mod validate;
 
 use clap::{Parser, Subcommand};
-use fleetnix::manifest::{self, ManifestError};
+use fleetnix::manifest;
 use fleetnix::model::Fleet;
+pub use report::{CliError, CmdResult, Outcome};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -44,9 +52,9 @@ pub enum Command {
     /// Check nodes.yml, fleet.yml and services.yml.
     Validate,
     /// Write nix/nodes/<node>.nix for every node.
-    Render(core::RenderArgs),
+    Render(render::RenderArgs),
     /// Show one node's plan: tags, ports, agent arguments, secrets, access.
-    Show(core::ShowArgs),
+    Show(show::ShowArgs),
     /// What a deploy would change, node by node (exit 0: nothing, 2: something, 1: error).
     Plan(plan::PlanArgs),
     /// Deploy nodes (nixos-rebuild over Tailscale SSH, or the non-NixOS installer).
@@ -63,7 +71,7 @@ pub enum Command {
     Acl(acl::AclCommand),
     /// Tailscale auth keys through the API.
     #[command(subcommand)]
-    Authkey(acl::AuthkeyCommand),
+    Authkey(authkey::AuthkeyCommand),
     /// Fleet nodes as the tailnet sees them, and drift from the manifest.
     Status(status::StatusArgs),
     /// Probe every node and its services.
@@ -74,11 +82,11 @@ pub enum Command {
     Dispatch(dispatch::DispatchArgs),
     /// Register the fleet with the control plane (the `fleet-nodes` bucket).
     #[command(subcommand)]
-    Node(bus::NodeCommand),
+    Node(node::NodeCommand),
     /// The control plane's task router: answers fleet.dispatch.<role> (a long-running service).
-    Router(bus::RouterArgs),
+    Router(router::RouterArgs),
     /// Print the control plane's nats-server configuration (no secret in it).
-    NatsConf(bus::NatsConfArgs),
+    NatsConf(nats_conf::NatsConfArgs),
     /// Print a shell completion script (bash, zsh or fish) on stdout.
     Completions(completions::CompletionsArgs),
     /// Print fleetnix's man page (roff) on stdout, or write one page per command into a directory.
@@ -131,92 +139,6 @@ impl Ctx {
     }
 }
 
-/// What a command found when it ran to the end; the exit code says which.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Nothing to report (exit 0).
-    Ok,
-    /// A problem was found: drift, a failed check, a failed or unhealthy node (exit 1).
-    Problem,
-    /// `plan`: a deploy would change something (exit 2).
-    WouldChange,
-}
-
-impl Outcome {
-    /// The exit code.
-    pub fn code(self) -> ExitCode {
-        ExitCode::from(match self {
-            Outcome::Ok => 0,
-            Outcome::Problem => 1,
-            Outcome::WouldChange => 2,
-        })
-    }
-
-    /// `Ok` if `ok`, else `Problem`.
-    pub fn ok_if(ok: bool) -> Self {
-        if ok {
-            Outcome::Ok
-        } else {
-            Outcome::Problem
-        }
-    }
-}
-
-/// Exit code of "could not run" (tailscaled unreachable, …).
-pub const EXIT_COULD_NOT_RUN: u8 = 3;
-
-/// Why a command stopped. [`run`] prints it (`error: …` on stderr; manifest problems with
-/// their source lines) and picks the exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// The fleet files could not be read or are invalid (exit 1).
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
-    /// The command failed (exit 1).
-    #[error("{0}")]
-    Failed(String),
-    /// The command could not run: what it needs (tailscaled, …) is not there (exit 3).
-    #[error("{0}")]
-    CouldNotRun(String),
-}
-
-impl CliError {
-    /// A failure (exit 1) with this message.
-    pub fn msg(m: impl std::fmt::Display) -> Self {
-        CliError::Failed(m.to_string())
-    }
-
-    /// A "could not run" (exit 3) with this message.
-    pub fn could_not_run(m: impl std::fmt::Display) -> Self {
-        CliError::CouldNotRun(m.to_string())
-    }
-
-    /// The exit code.
-    pub fn code(&self) -> ExitCode {
-        match self {
-            CliError::Manifest(_) | CliError::Failed(_) => ExitCode::from(1),
-            CliError::CouldNotRun(_) => ExitCode::from(EXIT_COULD_NOT_RUN),
-        }
-    }
-
-    /// Prints the error on stderr.
-    pub fn report(&self) {
-        match self {
-            CliError::Manifest(e) => report_manifest_error(e),
-            CliError::Failed(m) | CliError::CouldNotRun(m) => eprintln!("error: {m}"),
-        }
-    }
-}
-
-impl From<fleetnix::secrets::SecretsError> for CliError {
-    fn from(e: fleetnix::secrets::SecretsError) -> Self {
-        CliError::msg(e)
-    }
-}
-
-/// What a command handler returns.
-pub type CmdResult = Result<Outcome, CliError>;
-
 /// The async runtime the executors run on (two worker threads: this is an I/O-bound CLI).
 pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
@@ -248,42 +170,6 @@ pub fn to_json<T: serde::Serialize>(v: &T, pretty: bool) -> Result<String, CliEr
     r.map_err(|e| CliError::msg(format_args!("cannot encode JSON: {e}")))
 }
 
-/// Prints a manifest error with miette: one diagnostic per problem, each with its source line.
-pub fn report_manifest_error(e: &ManifestError) {
-    match e {
-        ManifestError::Invalid { problems, sources } => {
-            for p in problems {
-                let text = sources
-                    .iter()
-                    .find(|(path, _)| *path == p.file)
-                    .map(|(_, t)| t.clone())
-                    .unwrap_or_default();
-                let offset = p.offset.min(text.len());
-                let len = p.len.min(text.len() - offset);
-                // One grep-friendly line, then the source snippet.
-                eprintln!("error: {p}");
-                let diag = miette::MietteDiagnostic::new(p.message.clone())
-                    .with_code("fleetnix::manifest")
-                    .with_label(miette::LabeledSpan::at(
-                        offset..offset + len,
-                        p.expected
-                            .clone()
-                            .map(|e| format!("expected {e}"))
-                            .unwrap_or_else(|| p.message.clone()),
-                    ));
-                let report = miette::Report::new(diag)
-                    .with_source_code(miette::NamedSource::new(p.file.display().to_string(), text));
-                eprintln!("{report:?}");
-            }
-            eprintln!(
-                "error: {} problem(s) in the fleet files; nothing was written",
-                problems.len()
-            );
-        }
-        other => eprintln!("error: {other}"),
-    }
-}
-
 /// The command's name for the repository lock if it writes to the repository (`None` for
 /// read-only commands, which never take the lock). Never includes arguments.
 pub fn writer_name(command: &Command) -> Option<&'static str> {
@@ -303,7 +189,7 @@ pub fn writer_name(command: &Command) -> Option<&'static str> {
         }) => Some("acl render -o"),
         Command::Authkey(_) => Some("authkey mint"),
         // The registry is written from the manifest of this repository: one sync at a time.
-        Command::Node(bus::NodeCommand::Sync(_)) => Some("node sync"),
+        Command::Node(node::NodeCommand::Sync(_)) => Some("node sync"),
         _ => None,
     }
 }
@@ -340,23 +226,23 @@ fn dispatch_command(cli: Cli) -> CmdResult {
         .map(|name| lock(&ctx, name))
         .transpose()?;
     match cli.command {
-        Command::Validate => core::validate(&ctx),
-        Command::Render(a) => core::render(&ctx, a),
-        Command::Show(a) => core::show(&ctx, a),
+        Command::Validate => validate::run(&ctx),
+        Command::Render(a) => render::run(&ctx, a),
+        Command::Show(a) => show::run(&ctx, a),
         Command::Plan(a) => plan::run(&ctx, a),
         Command::Deploy(a) => deploy::run(&ctx, a),
         Command::Bootstrap(a) => bootstrap::bootstrap(&ctx, a),
         Command::CloudInit(a) => bootstrap::cloud_init(&ctx, a),
         Command::Secrets(c) => secrets::run(&ctx, c),
         Command::Acl(c) => acl::run(&ctx, c),
-        Command::Authkey(c) => acl::authkey(&ctx, c),
+        Command::Authkey(c) => authkey::run(&ctx, c),
         Command::Status(a) => status::run(&ctx, a),
         Command::Health(a) => health::run(&ctx, a),
         Command::Route(a) => route::run(&ctx, a),
         Command::Dispatch(a) => dispatch::run(&ctx, a),
-        Command::Node(c) => bus::node(&ctx, c),
-        Command::Router(a) => bus::router(&ctx, a),
-        Command::NatsConf(a) => bus::nats_conf(&ctx, a),
+        Command::Node(c) => node::run(&ctx, c),
+        Command::Router(a) => router::run(&ctx, a),
+        Command::NatsConf(a) => nats_conf::run(&ctx, a),
         Command::Completions(a) => completions::completions(a),
         Command::Man(a) => completions::man(a),
     }

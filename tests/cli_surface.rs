@@ -88,14 +88,14 @@ fn man_page_is_roff_that_groff_reads() {
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("fleetnix.1");
     std::fs::write(&page, &roff).unwrap();
-    let out = Command::new(groff)
+    let out = Command::new(&groff)
         .args(["-man", "-Tutf8", "-ww", "-z"])
         .arg(&page)
         .output()
         .unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
-    let out = Command::new("groff")
+    let out = Command::new(&groff)
         .args(["-man", "-Tascii"])
         .arg(&page)
         .output()

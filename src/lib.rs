@@ -2,7 +2,7 @@
 //!
 //! Data flows one way: [`manifest`] reads and validates the fleet files into a
 //! [`model::Fleet`]; [`plan`] derives what each node gets; every rendered output ([`outputs`])
-//! are pure functions of the plan; executors have the side effects.
+//! is a pure function of the plan; executors have the side effects.
 
 pub mod acl;
 pub mod agent;

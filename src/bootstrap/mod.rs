@@ -22,7 +22,9 @@ mod report;
 mod run;
 mod steps;
 
-pub use options::{BootstrapOptions, HostKeyPrompt, SshDest, DEFAULT_WAIT, KEYSCAN_ENV};
+pub use options::{
+    BootstrapOptions, HostKeyPrompt, SshDest, SshDestError, DEFAULT_WAIT, KEYSCAN_ENV,
+};
 pub use report::{BootstrapError, Event, Report, Status, Step, StepReport};
 
 use run::Run;

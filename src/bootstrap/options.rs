@@ -20,13 +20,37 @@ pub struct SshDest {
     pub host: String,
 }
 
+/// A bad `--ssh USER@HOST`, or a host name that does not resolve.
+#[derive(Debug, thiserror::Error)]
+pub enum SshDestError {
+    /// No `@`.
+    #[error("--ssh takes USER@HOST, e.g. root@203.0.113.7")]
+    NoAt,
+    /// The login is not a user name.
+    #[error("{0:?} is not a login name (lowercase letters, digits, `_`, `-`, `.`)")]
+    BadUser(String),
+    /// The host is neither a host name nor an IP address.
+    #[error("{0:?} is not a host name or IP address (a port is not accepted: use port 22)")]
+    BadHost(String),
+    /// The name lookup failed.
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        /// The host name.
+        host: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The name has no address.
+    #[error("{0} has no address")]
+    NoAddress(String),
+}
+
 impl std::str::FromStr for SshDest {
-    type Err = String;
+    type Err = SshDestError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (user, host) = s
-            .rsplit_once('@')
-            .ok_or("--ssh takes USER@HOST, e.g. root@203.0.113.7")?;
+        let (user, host) = s.rsplit_once('@').ok_or(SshDestError::NoAt)?;
         let user_ok = !user.is_empty()
             && user.len() <= 32
             && user
@@ -34,9 +58,7 @@ impl std::str::FromStr for SshDest {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c))
             && !user.starts_with(['-', '.']);
         if !user_ok {
-            return Err(format!(
-                "{user:?} is not a login name (lowercase letters, digits, `_`, `-`, `.`)"
-            ));
+            return Err(SshDestError::BadUser(user.to_string()));
         }
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let host_ok = !bare.is_empty()
@@ -47,9 +69,7 @@ impl std::str::FromStr for SshDest {
             && !bare.starts_with('-')
             && (!bare.contains(':') || bare.parse::<std::net::Ipv6Addr>().is_ok());
         if !host_ok {
-            return Err(format!(
-                "{host:?} is not a host name or IP address (a port is not accepted: use port 22)"
-            ));
+            return Err(SshDestError::BadHost(host.to_string()));
         }
         Ok(SshDest {
             user: user.to_string(),
@@ -61,17 +81,20 @@ impl std::str::FromStr for SshDest {
 impl SshDest {
     /// The address to connect to: the host if it is an IP, else its first DNS answer (resolved
     /// once; every later connection uses that address, so the pinned key stays tied to it).
-    pub async fn resolve(&self) -> Result<IpAddr, String> {
+    pub async fn resolve(&self) -> Result<IpAddr, SshDestError> {
         if let Ok(ip) = self.host.parse::<IpAddr>() {
             return Ok(ip);
         }
         let mut addrs = tokio::net::lookup_host((self.host.as_str(), 22))
             .await
-            .map_err(|e| format!("cannot resolve {}: {e}", self.host))?;
+            .map_err(|source| SshDestError::Resolve {
+                host: self.host.clone(),
+                source,
+            })?;
         addrs
             .next()
             .map(|a| a.ip())
-            .ok_or_else(|| format!("{} has no address", self.host))
+            .ok_or_else(|| SshDestError::NoAddress(self.host.clone()))
     }
 }
 

@@ -93,7 +93,7 @@ pub(crate) async fn run(
                     .map_err(|e| {
                         fail(
                             Step::HostKey,
-                            e,
+                            e.to_string(),
                             format!("check that the VM is up and {} is its public address, then {resume}", opts.address),
                         )
                     })?;

@@ -19,8 +19,9 @@ pub mod authkey;
 pub mod hostkey;
 
 use crate::deploy::runner::{self, Cancel, Outcome};
-use crate::deploy::transport::{NodeLog, SshTransport};
 use crate::deploy::{ensure_rendered, DeployOptions, RenderMode};
+use crate::exec::process::NodeLog;
+use crate::exec::ssh::SshTransport;
 use crate::manifest::{self, edit};
 use crate::model::{Fleet, NodeName};
 use crate::plan::{self, authkey_file};
@@ -937,17 +938,17 @@ async fn hardware_step(
     let known = crate::deploy::hostkeys::known_hosts(&opts.address, &[pinned.to_string()]);
     crate::fsutil::write_atomic(&pin, known.as_bytes(), 0o644)
         .map_err(|e| err(format!("{}: {e}", pin.display())))?;
-    let target = crate::deploy::transport::SshTarget {
+    let target = crate::exec::ssh::SshTarget {
         destination: ssh_target(&opts.ssh_user, &opts.address),
         known_hosts: pin,
-        sudo: opts.ssh_user != "root",
+        sudo: crate::plan::needs_sudo(&opts.ssh_user),
         control: None,
     };
     let transport = SshTransport {
         config: opts.deploy.ssh.clone(),
     };
     let timeout = Duration::from_secs(u64::from(opts.deploy.ssh.connect_timeout) + 60);
-    let out = crate::deploy::transport::Transport::run(
+    let out = crate::exec::ssh::Transport::run(
         &transport,
         &target,
         HARDWARE_SCRIPT,

@@ -142,7 +142,7 @@ fn node(
         target: SshTarget {
             destination: plan.access.ssh_target.clone(),
             known_hosts: kh.clone(),
-            sudo: plan.access.ssh_user != "root",
+            sudo: plan.access.needs_sudo(),
             control: opts
                 .multiplex
                 .then(|| PathBuf::from(CONTROL_DIR).join(index.to_string())),

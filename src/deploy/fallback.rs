@@ -3,7 +3,7 @@
 //! the same arguments the NixOS module uses, and the role ports opened on `tailscale0` only
 //! (nftables). Every step checks first and reports whether it changed anything.
 
-use super::shell::sh_quote;
+use crate::exec::quote::sh_quote;
 use crate::plan::NodePlan;
 
 /// Tailscale's install script.

@@ -19,7 +19,7 @@
 //! NixOS holds only systemd's own `bin/`: the rollback calls every program by absolute path,
 //! from the restored generation's `sw/bin`.
 
-use super::shell::sh_quote;
+use crate::exec::quote::sh_quote;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 

@@ -81,14 +81,7 @@ pub mod env {
     pub const INSTALL_URL: &str = "FLEETNIX_TAILSCALE_INSTALL_URL";
 }
 
-/// A tool from its override variable, else `which`. `None`: not found (or disabled with an empty override).
-pub fn locate(var: &str, name: &str) -> Option<PathBuf> {
-    match std::env::var_os(var) {
-        Some(v) if v.is_empty() => None,
-        Some(v) => Some(PathBuf::from(v)),
-        None => which::which(name).ok(),
-    }
-}
+pub use crate::exec::process::locate;
 
 /// Everything a deploy needs besides the plans. Built with [`DeployOptions::new`], then adjusted.
 #[derive(Debug, Clone)]
@@ -172,22 +165,22 @@ impl DeployOptions {
     /// Rejects values that cannot be passed on safely (paths with NUL/newlines, `#`/`?` in
     /// the flake root, a zero parallelism).
     pub fn check(&self) -> Result<(), DeployError> {
-        let bad = |m: String| Err(DeployError::Options(m));
+        let bad = |e: crate::exec::quote::UnsafeValue| DeployError::Options(e.to_string());
         if self.parallel == 0 {
-            return bad("--parallel must be at least 1".into());
+            return Err(DeployError::Options("--parallel must be at least 1".into()));
         }
         let root = self.root.to_string_lossy();
-        shell::check_no_nul("the repository root", &root).or_else(bad)?;
+        shell::check_no_nul("the repository root", &root).map_err(bad)?;
         if root.contains(['#', '?']) {
-            return bad(format!(
+            return Err(DeployError::Options(format!(
                 "the repository root {root} contains `#` or `?`, which a flake reference cannot hold"
-            ));
+            )));
         }
         shell::check_no_nul("the state directory", &self.state_dir.to_string_lossy())
-            .or_else(bad)?;
-        shell::check_no_nul("the install script URL", &self.install_url).or_else(bad)?;
+            .map_err(bad)?;
+        shell::check_no_nul("the install script URL", &self.install_url).map_err(bad)?;
         if let Some(id) = &self.ssh.identity {
-            shell::check_no_nul("the SSH identity", &id.to_string_lossy()).or_else(bad)?;
+            shell::check_no_nul("the SSH identity", &id.to_string_lossy()).map_err(bad)?;
         }
         Ok(())
     }

@@ -2,9 +2,10 @@
 //! with `NIX_SSHOPTS` pinning the node's host key and sharing fleetnix's connection to it.
 
 use super::flake::{override_args, OverrideInput};
-use super::shell::sh_quote;
-use super::transport::{LocalCommand, SshConfig, SshTarget};
 use super::{Action, BuildOn};
+use crate::exec::process::LocalCommand;
+use crate::exec::quote::sh_quote;
+use crate::exec::ssh::{SshConfig, SshTarget};
 use crate::plan::NodePlan;
 use std::path::Path;
 
@@ -91,7 +92,7 @@ fn command(
     if build_on == BuildOn::Target {
         args.extend(["--build-host".to_string(), plan.access.ssh_target.clone()]);
     }
-    if plan.access.ssh_user != "root" {
+    if plan.access.needs_sudo() {
         args.push("--sudo".to_string());
     }
     args.extend(override_args(override_inputs));

@@ -312,7 +312,7 @@ impl<T: Transport> Ctx<T> {
         SshTarget {
             destination: plan.access.ssh_target.clone(),
             known_hosts: self.opts.known_hosts_path(&plan.name),
-            sudo: plan.access.ssh_user != "root",
+            sudo: plan.access.needs_sudo(),
             control: self.control.as_ref().and_then(|c| c.socket(index)),
         }
     }

@@ -1,0 +1,67 @@
+//! Failure classification: which step failed, why in one line, and whether the node was
+//! unreachable (worth one retry).
+
+use super::report::Step;
+use crate::exec::process::{ProcError, ProcOutput};
+
+/// A failed step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub(crate) step: Step,
+    pub(crate) reason: String,
+    /// The node could not be reached: worth one retry.
+    pub(crate) unreachable: bool,
+}
+
+impl Failure {
+    pub(crate) fn new(step: Step, reason: impl Into<String>) -> Self {
+        Failure {
+            step,
+            reason: reason.into(),
+            unreachable: false,
+        }
+    }
+}
+
+/// Classifies an SSH-level failure from ssh's stderr.
+pub(crate) fn ssh_failure(step: Step, out: &ProcOutput) -> Failure {
+    let err = out.stderr.to_ascii_lowercase();
+    let last = out.last_line();
+    if err.contains("host key verification failed")
+        || err.contains("remote host identification has changed")
+    {
+        return Failure::new(
+            step,
+            format!("host key verification failed: the node's key does not match the pinned host_key ({last})"),
+        );
+    }
+    if err.contains("permission denied") {
+        return Failure::new(step, format!("SSH login refused ({last})"));
+    }
+    let unreachable = [
+        "timed out",
+        "connection refused",
+        "no route to host",
+        "network is unreachable",
+        "could not resolve",
+        "connection closed",
+        "connection reset",
+    ]
+    .iter()
+    .any(|p| err.contains(p))
+        || out.code == Some(255);
+    Failure {
+        step,
+        reason: format!("unreachable: {last}"),
+        unreachable,
+    }
+}
+
+pub(crate) fn proc_failure(step: Step, e: ProcError) -> Failure {
+    let unreachable = matches!(e, ProcError::Timeout { .. });
+    Failure {
+        step,
+        reason: e.to_string(),
+        unreachable,
+    }
+}

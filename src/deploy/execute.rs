@@ -239,7 +239,7 @@ impl<T: Transport> Ctx<T> {
                         // Guarded switch: build and copy (nothing changes on the node), so the
                         // guard's clock does not run during a long build.
                         let prev = guard::parse_generation(run.generation.as_deref().unwrap_or(""))
-                            .map_err(|e| Failure::new(Step::Connect, e))?;
+                            .map_err(|e| Failure::new(Step::Connect, e.to_string()))?;
                         run.vars.running = prev;
                         self.trace(run, op.id, true);
                         std::fs::create_dir_all(dir).map_err(|e| {
@@ -247,7 +247,7 @@ impl<T: Transport> Ctx<T> {
                         })?;
                         let out = self.rebuild(&l.cmd, Some(dir), "build", run.log).await?;
                         run.vars.built = guard::parse_built(&out.stdout)
-                            .map_err(|e| Failure::new(Step::Rebuild, e))?;
+                            .map_err(|e| Failure::new(Step::Rebuild, e.to_string()))?;
                         Ok(Flow::Next)
                     }
                 }

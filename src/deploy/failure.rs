@@ -65,3 +65,64 @@ pub(crate) fn proc_failure(step: Step, e: ProcError) -> Failure {
         unreachable,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(code: i32, stderr: &str) -> ProcOutput {
+        ProcOutput {
+            code: Some(code),
+            stdout: String::new(),
+            stderr: stderr.into(),
+        }
+    }
+
+    #[test]
+    fn ssh_failures_are_classified() {
+        let f = ssh_failure(Step::Connect, &out(255, "Host key verification failed.\n"));
+        assert!(!f.unreachable && f.reason.starts_with("host key verification failed"));
+        let f = ssh_failure(
+            Step::Connect,
+            &out(255, "root@x: Permission denied (publickey).\n"),
+        );
+        assert!(
+            !f.unreachable && f.reason.starts_with("SSH login refused"),
+            "{f:?}"
+        );
+        let f = ssh_failure(
+            Step::Rebuild,
+            &out(
+                1,
+                "ssh: connect to host 100.64.0.2 port 22: Connection refused\n",
+            ),
+        );
+        assert!(
+            f.unreachable && f.reason.starts_with("unreachable: "),
+            "{f:?}"
+        );
+        assert_eq!(f.step, Step::Rebuild);
+        let f = ssh_failure(Step::Connect, &out(1, "something else\n"));
+        assert!(!f.unreachable, "{f:?}");
+    }
+
+    #[test]
+    fn only_timeouts_of_processes_are_worth_a_retry() {
+        let t = proc_failure(
+            Step::Install,
+            ProcError::Timeout {
+                program: "ssh".into(),
+                after: std::time::Duration::from_secs(3),
+            },
+        );
+        assert!(t.unreachable && t.reason.contains("did not finish within 3s"));
+        let s = proc_failure(
+            Step::Install,
+            ProcError::Spawn {
+                program: "ssh".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            },
+        );
+        assert!(!s.unreachable && s.reason.starts_with("cannot run ssh"));
+    }
+}

@@ -251,3 +251,47 @@ pub async fn run_process_in(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that outlives its limit is stopped with everything it started: its process
+    /// group gets SIGKILL (through rustix, no `unsafe`).
+    #[tokio::test]
+    async fn a_timeout_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pidfile = dir.path().join("pid");
+        let cmd = LocalCommand {
+            program: PathBuf::from("sh"),
+            args: vec![
+                "-c".into(),
+                format!(
+                    "sleep 300 & echo $! > {}; wait",
+                    crate::exec::quote::sh_quote(&pidfile.to_string_lossy())
+                ),
+            ],
+            env: Vec::new(),
+        };
+        let r = run_process(&cmd, None, Duration::from_millis(500), &NodeLog::discard()).await;
+        assert!(matches!(r, Err(ProcError::Timeout { .. })), "{r:?}");
+        let pid = std::fs::read_to_string(&pidfile).expect("the grandchild started");
+        let stat = format!("/proc/{}/stat", pid.trim());
+        // SIGKILL is delivered asynchronously: the grandchild is gone or a zombie soon after.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = std::fs::read_to_string(&stat)
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.chars().next()))
+                .flatten();
+            if matches!(state, None | Some('Z') | Some('X')) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the grandchild {pid} still runs ({state:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -273,7 +273,7 @@ mod tests {
             ],
             env: Vec::new(),
         };
-        let r = run_process(&cmd, None, Duration::from_millis(500), &NodeLog::discard()).await;
+        let r = run_process(&cmd, None, Duration::from_secs(2), &NodeLog::discard()).await;
         assert!(matches!(r, Err(ProcError::Timeout { .. })), "{r:?}");
         let pid = std::fs::read_to_string(&pidfile).expect("the grandchild started");
         let stat = format!("/proc/{}/stat", pid.trim());

@@ -279,14 +279,14 @@ impl<T: Transport> Ctx<T> {
                         secret = Some(
                             self.authkeys
                                 .authkey(&run.plan.name)
-                                .map_err(|e| Failure::new(r.step, e))?,
+                                .map_err(|e| Failure::new(r.step, e.to_string()))?,
                         );
                     }
                     Input::NatsPassword => {
                         match self
                             .authkeys
                             .nats_password(&run.plan.name)
-                            .map_err(|e| Failure::new(r.step, e))?
+                            .map_err(|e| Failure::new(r.step, e.to_string()))?
                         {
                             Some(p) => secret = Some(p),
                             None => {

@@ -17,6 +17,7 @@ pub mod changes;
 pub mod dryrun;
 pub mod fallback;
 pub mod flake;
+pub mod gate;
 pub mod guard;
 pub mod hostkeys;
 pub mod nixos;
@@ -132,6 +133,9 @@ pub struct DeployOptions {
     pub tailscale: Option<PathBuf>,
     /// `--override-input INPUT URL` pairs, passed to every Nix evaluation and to `nixos-rebuild`.
     pub override_inputs: Vec<flake::OverrideInput>,
+    /// A guarded `switch` checks the node's health after activation, before the guard is
+    /// disarmed ([`gate`]); `--no-health-gate` turns it off.
+    pub health_gate: bool,
 }
 
 /// Default `--parallel`.
@@ -166,6 +170,7 @@ impl DeployOptions {
             nixos_rebuild: locate(env::NIXOS_REBUILD, "nixos-rebuild"),
             tailscale: locate(env::TAILSCALE, "tailscale"),
             override_inputs: Vec::new(),
+            health_gate: true,
         }
     }
 

@@ -43,6 +43,8 @@ pub enum Step {
     ArmGuard,
     /// Activating the new generation with `test` (guarded `switch`).
     Activate,
+    /// After activation: tailscaled, the agent and the hosted services up ([`super::gate`]).
+    HealthGate,
     /// The post-activation confirmation over a new connection.
     Confirm,
     /// Making the confirmed generation the system profile and boot default.
@@ -62,6 +64,7 @@ impl Step {
             Step::Rebuild => "rebuild",
             Step::ArmGuard => "arm-guard",
             Step::Activate => "activate",
+            Step::HealthGate => "health-gate",
             Step::Confirm => "confirm",
             Step::BootDefault => "boot-default",
         }
@@ -521,6 +524,14 @@ impl<T: Transport> Ctx<T> {
             Ok(_) => {}
             Err(e) => log.line(&format!("activation: {e}; confirming")),
         }
+        // The health gate must pass before the confirmation is even tried (super::gate).
+        let mut gate = self
+            .opts
+            .health_gate
+            .then(|| super::gate::Gate::new(self.opts.node_timeout));
+        if gate.is_some() {
+            self.step(plan, Step::HealthGate, log);
+        }
         self.step(plan, Step::Confirm, log);
         // The confirmation proves that a NEW connection works after activation: close the
         // shared one and never use it (ControlMaster=no, ControlPath=none).
@@ -535,12 +546,27 @@ impl<T: Transport> Ctx<T> {
         while Instant::now() < deadline {
             let left_t = deadline.saturating_duration_since(Instant::now());
             let t = quick.min(left_t).max(Duration::from_secs(1));
-            match self
-                .transport
-                .run(&fresh, &guard::confirm_script(&id, new), None, t, log)
-                .await
-            {
-                Ok(out) if out.success() => match guard::parse_confirm(&out.stdout) {
+            let mut healthy = true;
+            if let Some(g) = gate.as_mut() {
+                match g.check(&self.transport, &fresh, plan, t, log).await {
+                    super::gate::Check::Passed(passed) => log.line(&passed),
+                    super::gate::Check::Wait(why) => (healthy, last) = (false, why),
+                    super::gate::Check::Failed(why) => {
+                        let failed = self.roll_back_now(&fresh, &id, prev, &why, log).await;
+                        return failed.map_err(|f| Failure::new(Step::HealthGate, f.reason));
+                    }
+                }
+            }
+            let answer = if healthy {
+                gate = None;
+                let script = guard::confirm_script(&id, new);
+                Some(self.transport.run(&fresh, &script, None, t, log).await)
+            } else {
+                None
+            };
+            match answer {
+                None => {}
+                Some(Ok(out)) if out.success() => match guard::parse_confirm(&out.stdout) {
                     Some(answer) => {
                         if let Some(done) = self.confirmed(answer, &id, prev, new, out)? {
                             return Ok(done);
@@ -549,8 +575,8 @@ impl<T: Transport> Ctx<T> {
                     }
                     None => last = format!("unexpected answer {:?}", out.stdout.trim()),
                 },
-                Ok(out) => last = out.last_line(),
-                Err(e) => last = e.to_string(),
+                Some(Ok(out)) => last = out.last_line(),
+                Some(Err(e)) => last = e.to_string(),
             }
             log.line(&format!("confirmation: {last}; retrying"));
             let pause =

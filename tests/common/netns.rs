@@ -71,6 +71,9 @@ struct Running {
     host: Host,
     sshd: Option<Child>,
     binds: Vec<(PathBuf, PathBuf)>,
+    /// TCP listeners in the host's namespace, by port (held by the test process; connections
+    /// complete in the kernel's backlog, so nothing needs to accept them).
+    listeners: Vec<(u16, std::net::TcpListener)>,
 }
 
 /// A hub namespace with test hosts. See the module docs.
@@ -265,6 +268,7 @@ impl Net {
             host: host.clone(),
             sshd: None,
             binds: opts.binds.clone(),
+            listeners: Vec::new(),
         });
         let veth = format!("v{i}");
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
@@ -412,6 +416,33 @@ impl Net {
             .map(|r| r.binds.clone())
             .unwrap_or_default();
         self.start_sshd(host, &binds);
+    }
+
+    /// Makes the host accept TCP connections on `ports` (its services, as a health probe sees
+    /// them) until [`Net::stop_listening`] or the end of the test.
+    pub fn listen(&mut self, host: &Host, ports: &[u16]) {
+        let addr = host.addr;
+        let ports = ports.to_vec();
+        let bound = run_in(&host.ns, move || {
+            ports
+                .into_iter()
+                .map(|p| {
+                    let l = std::net::TcpListener::bind((addr, p))
+                        .unwrap_or_else(|e| panic!("listen on {addr}:{p}: {e}"));
+                    (p, l)
+                })
+                .collect::<Vec<_>>()
+        });
+        if let Some(r) = self.hosts.iter_mut().find(|r| r.host.ns == host.ns) {
+            r.listeners.extend(bound);
+        }
+    }
+
+    /// Fault: the host's service on `port` stops listening (connections are refused).
+    pub fn stop_listening(&mut self, host: &Host, port: u16) {
+        if let Some(r) = self.hosts.iter_mut().find(|r| r.host.ns == host.ns) {
+            r.listeners.retain(|(p, _)| *p != port);
+        }
     }
 
     /// Fault: sets the host's link down (packets to it are lost; connections time out).

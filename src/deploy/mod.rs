@@ -194,12 +194,45 @@ impl DeployOptions {
         if let Some(id) = &self.ssh.identity {
             shell::check_no_nul("the SSH identity", &id.to_string_lossy()).or_else(bad)?;
         }
+        self.check_ssh_paths().or_else(bad)
+    }
+
+    /// The paths that go into SSH options (and so into `NIX_SSHOPTS`, which Nix 2.8 splits on
+    /// whitespace with no quote removal) must hold no whitespace: the known_hosts files move
+    /// to the XDG state directory when the repository path has some; anything else is refused.
+    fn check_ssh_paths(&self) -> Result<(), String> {
+        let local = self.state_dir.join("known_hosts");
+        if hostkeys::has_whitespace(&local.to_string_lossy()) {
+            hostkeys::state_known_hosts_dir().map_err(|e| {
+                format!(
+                    "the repository path {} holds whitespace, which ssh and NIX_SSHOPTS cannot carry, so the pinned known_hosts files go to the XDG state directory instead, but {e}",
+                    self.root.display()
+                )
+            })?;
+        }
+        if let Some(id) = &self.ssh.identity {
+            if hostkeys::has_whitespace(&id.to_string_lossy()) {
+                return Err(format!(
+                    "--ssh-identity {} holds whitespace: it goes into NIX_SSHOPTS, which Nix splits on whitespace without removing quotes; use a path without whitespace (e.g. a symlink)",
+                    id.display()
+                ));
+            }
+        }
         Ok(())
     }
 
-    /// The pinned known_hosts file of a node.
+    /// The pinned known_hosts file of a node: `<state dir>/known_hosts/<node>`, or, when that
+    /// path holds whitespace (a repository under `~/My Fleet`), under the XDG state directory
+    /// ([`hostkeys::state_known_hosts_dir`]; [`DeployOptions::check`] refuses the deploy when
+    /// that is unusable too).
     pub fn known_hosts_path(&self, node: &NodeName) -> PathBuf {
-        self.state_dir.join("known_hosts").join(node.as_str())
+        let local = self.state_dir.join("known_hosts");
+        if !hostkeys::has_whitespace(&local.to_string_lossy()) {
+            return local.join(node.as_str());
+        }
+        hostkeys::state_known_hosts_dir()
+            .unwrap_or(local)
+            .join(node.as_str())
     }
 
     /// The log file of a node.

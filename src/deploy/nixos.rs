@@ -20,6 +20,22 @@ pub fn nix_sshopts(ssh: &SshConfig, target: &SshTarget) -> String {
         .join(" ")
 }
 
+/// Refuses SSH options that `NIX_SSHOPTS` cannot carry: Nix 2.8 splits it on whitespace with
+/// no quote removal (and ssh splits a `UserKnownHostsFile` value on whitespace), so a value
+/// with whitespace would silently become other options.
+pub fn check_sshopts(ssh: &SshConfig, target: &SshTarget) -> Result<(), String> {
+    match ssh
+        .target_options(target)
+        .into_iter()
+        .find(|o| super::hostkeys::has_whitespace(o))
+    {
+        Some(o) => Err(format!(
+            "the SSH option {o:?} holds whitespace, which NIX_SSHOPTS cannot carry (Nix splits it on whitespace without removing quotes): use paths without whitespace (for the repository, the known_hosts files move to $XDG_STATE_HOME/fleetnix/known_hosts)"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The `nixos-rebuild` invocation for one node. `--sudo` when the SSH user is not root;
 /// `--build-host` = the target with `--build-on target`; `--override-input INPUT URL` per
 /// override (nixos-rebuild passes it on to every `nix` it runs).

@@ -355,7 +355,15 @@ impl<T: Transport> Ctx<T> {
         match plan.access.os {
             Os::Nixos => {
                 self.step(plan, Step::Connect, log);
-                let generation = self.read_generation(&target, quick, log).await?;
+                let generation =
+                    self.read_generation(&target, quick, log)
+                        .await
+                        .map_err(|mut f| {
+                            if f.reason.starts_with(guard::NOT_NIXOS_PREFIX) {
+                                f.reason = guard::not_nixos_help(plan.name.as_str(), &f.reason);
+                            }
+                            f
+                        })?;
                 self.nixos(plan, &target, &generation, log).await
             }
             Os::Linux | Os::Auto => {
@@ -396,6 +404,7 @@ impl<T: Transport> Ctx<T> {
                 ),
             ));
         };
+        nixos::check_sshopts(&self.opts.ssh, target).map_err(|e| Failure::new(Step::Rebuild, e))?;
         let sshopts = nixos::nix_sshopts(&self.opts.ssh, target);
         self.step(plan, Step::Rebuild, log);
         if !self.opts.guarded() {

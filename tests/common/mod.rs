@@ -5,6 +5,7 @@
 
 pub mod netns;
 pub mod plan;
+pub mod rebuild_ng;
 
 use netns::{Host, HostOptions, Net};
 use std::collections::BTreeMap;
@@ -400,6 +401,11 @@ pub fn write_fleet(root: &Path, nodes: &[NodeSpec], timeout: u32, retry: bool) {
 /// `active/tailscaled.service` and `active/omp-agent.service` exist (the fake `systemctl
 /// is-active` says so) and the catalog's TCP ports listen on its address ([`Net::listen`]).
 pub fn nixos_host(net: &mut Net, name: &str) -> Host {
+    nixos_host_with(net, name, Vec::new())
+}
+
+/// [`nixos_host`] with more `(source, target)` bind mounts in sshd's mount namespace.
+pub fn nixos_host_with(net: &mut Net, name: &str, binds: Vec<(PathBuf, PathBuf)>) -> Host {
     let profiles = net.dir().join(format!("profiles-{name}"));
     let state = net.dir().join(format!("state-{name}"));
     let run = state.join("run");
@@ -434,10 +440,13 @@ pub fn nixos_host(net: &mut Net, name: &str) -> Host {
             os_release: Some("NAME=NixOS\nID=nixos\n".into()),
             path_prefix: vec![fakes().join("host-bin")],
             env: vec![("FAKE_HOST_DIR".into(), state.display().to_string())],
-            binds: vec![
+            binds: [
                 (profiles, PathBuf::from("/nix/var/nix/profiles")),
                 (run, PathBuf::from("/run")),
-            ],
+            ]
+            .into_iter()
+            .chain(binds)
+            .collect(),
             ..Default::default()
         },
     );

@@ -380,7 +380,7 @@ fn real_nixos_rebuild_rollout_halts_after_a_failed_canary() {
         return;
     };
     // Activating system 1 fails on the canary.
-    std::fs::write(state_dir(&net, "n1").join("fail-1"), "").expect("knob");
+    std::fs::write(state_dir(&net, "n1").join("fail-v1"), "").expect("knob");
     let r = real_deploy(
         &net,
         root.path(),

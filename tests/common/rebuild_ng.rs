@@ -135,7 +135,7 @@ pub fn real_nixos_rebuild(dir: &Path) -> Option<PathBuf> {
 }
 
 /// The `switch-to-configuration` of the flake's systems: records `<store path> <action>` in the
-/// host's `activations`, fails when `<host>/fail-<nixos-version>` exists, and moves
+/// host's `activations`, fails when `<host>/fail-v<nixos-version>` exists, and moves
 /// `/run/current-system` (switch/test) and the boot default (switch/boot) like the real one.
 const STC: &str = r#"#!/bin/sh
 set -eu
@@ -143,7 +143,7 @@ PATH=/usr/sbin:/usr/bin:/sbin:/bin
 self=$(dirname "$(dirname "$(readlink -f "$0")")")
 hostdir=$(cat /nix/var/nix/profiles/.fleetnix-test-host)
 echo "$self $1" >> "$hostdir/activations"
-if [ -e "$hostdir/fail-$(cat "$self/nixos-version")" ]; then
+if [ -e "$hostdir/fail-v$(cat "$self/nixos-version")" ]; then
   echo "switch-to-configuration: activating $self failed" >&2
   exit 1
 fi

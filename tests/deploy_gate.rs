@@ -156,3 +156,52 @@ fn no_health_gate_deploys_what_the_gate_would_have_stopped() {
         ("2".into(), "2".into(), "2".into())
     );
 }
+
+#[test]
+fn the_dry_run_lists_the_gate_before_the_confirmation() {
+    let root = tempfile::tempdir().expect("root");
+    let specs = [
+        NodeSpec {
+            host_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS".into()),
+            ..NodeSpec::new("cp", "100.64.0.1", &[])
+        },
+        NodeSpec {
+            host_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbT".into()),
+            ..NodeSpec::new("w", "100.64.0.2", &["glm-worker"])
+        },
+    ];
+    write_fleet(root.path(), &specs, 4, false);
+    let dry = |args: &[&str]| {
+        Ran::of(
+            std::process::Command::new(fleetnix_bin())
+                .arg("--root")
+                .arg(root.path())
+                .args(["deploy", "--dry-run"])
+                .args(args)
+                .env("FLEETNIX_TAILSCALE", ""),
+        )
+    };
+    let r = dry(&["cp"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    let gate = r
+        .stdout
+        .find("health gate (before the confirmation, within 4s): tailscaled.service and omp-agent.service active, and TCP connects to ")
+        .expect("gate listed");
+    assert!(r.stdout[gate..].contains("postgres 100.64.0.1:5432"), "{r}");
+    let confirm = r
+        .stdout
+        .find("confirm over a NEW connection")
+        .expect("confirm");
+    assert!(gate < confirm, "{r}");
+    // A worker hosts no service: only the units.
+    let r = dry(&["w"]);
+    assert!(
+        r.stdout
+            .contains("tailscaled.service and omp-agent.service active; else roll back"),
+        "{r}"
+    );
+    // Off with --no-health-gate.
+    let r = dry(&["cp", "--no-health-gate"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(!r.stdout.contains("health gate"), "{r}");
+}

@@ -316,6 +316,10 @@ fn nixos_steps(l: &mut Listing, plan: &NodePlan, opts: &DeployOptions) {
         );
         l.close("close the shared SSH connection: the confirmation must not use it");
         l.ssh_new_line();
+        if opts.health_gate {
+            let what = super::gate::describe(plan, opts.node_timeout);
+            l.remote_via("SSH_NEW", &what, &super::gate::units_script(), None);
+        }
         l.remote_via(
             "SSH_NEW",
             "confirm over a NEW connection: disarm the guard, then make the new generation the profile and boot default and release the lock (retried through the grace period)",

@@ -41,6 +41,24 @@ pub fn units_script() -> String {
     )
 }
 
+/// What the gate checks on `plan`'s node, for `--dry-run`.
+pub fn describe(plan: &NodePlan, limit: Duration) -> String {
+    let ports: Vec<String> = tcp_services(plan)
+        .iter()
+        .map(|(name, port)| format!("{name} {}:{port}", plan.access.address))
+        .collect();
+    format!(
+        "health gate (before the confirmation, within {}s): {} active{}; else roll back at once",
+        limit.as_secs(),
+        UNITS.join(" and "),
+        if ports.is_empty() {
+            String::new()
+        } else {
+            format!(", and TCP connects to {}", ports.join(", "))
+        }
+    )
+}
+
 /// The units the script reported as not active: `(unit, state)` pairs.
 pub fn parse_units(stdout: &str) -> Vec<(String, String)> {
     stdout

@@ -30,17 +30,34 @@ const SOURCE: &str = "pkgs/by-name/ni/nixos-rebuild-ng/src/nixos_rebuild";
 /// `NIX_CONFIG` for builds here: no binary cache to wait for, no build users, no sandbox.
 pub const NIX_CONFIG: &str = "substituters =\nbuild-users-group =\nsandbox = false\n";
 
-/// The store path of the pinned nixpkgs (unpacked on first use, about 30 s).
+/// The store path of the pinned nixpkgs: unpacked on first use (about 30 s), then taken from
+/// Nix's cache whatever its age (`tarball-ttl`: the file is pinned, it never changes), once per
+/// test process (parallel tests wait for the one unpacking).
 fn nixpkgs_source(pinned: &Path) -> Option<PathBuf> {
+    static SOURCE: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut known = SOURCE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = known.as_ref() {
+        return Some(p.clone());
+    }
     let expr = format!(
         "builtins.fetchTarball \"file://{}/nixpkgs.tar.xz\"",
         pinned.display()
     );
     let out = Command::new("nix-instantiate")
-        .args(["--eval", "-E", &expr])
+        .args([
+            "--eval",
+            "--option",
+            "tarball-ttl",
+            "2147483647",
+            "-E",
+            &expr,
+        ])
         .env("NIX_CONFIG", NIX_CONFIG)
-        .output()
-        .ok()?;
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => return skip(&format!("cannot run nix-instantiate: {e}")),
+    };
     if !out.status.success() {
         return skip(&format!(
             "cannot unpack the pinned nixpkgs: {}",
@@ -48,7 +65,9 @@ fn nixpkgs_source(pinned: &Path) -> Option<PathBuf> {
         ));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    Some(PathBuf::from(text.trim().trim_matches('"')))
+    let path = PathBuf::from(text.trim().trim_matches('"'));
+    *known = Some(path.clone());
+    Some(path)
 }
 
 /// One source line, made to run on Python 3.11.

@@ -346,28 +346,31 @@ impl Net {
             "exec /usr/sbin/sshd -D -e -f {}",
             host.dir.join("sshd_config").display()
         );
-        if binds.is_empty() {
-            c.args(["sh", "-c", &sshd]);
-        } else {
-            let mut script = String::from("set -e\n");
-            for (src, dst) in binds {
-                script.push_str(&format!(
-                    "mount --bind '{}' '{}'\n",
-                    src.display(),
-                    dst.display()
-                ));
-            }
-            script.push_str(&sshd);
-            c.args([
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                &script,
-            ]);
+        // sshd gets a mount namespace of its own: the host's bind mounts, and an empty
+        // `/root/.bashrc`, so sessions (bash runs ~/.bashrc for ssh commands) do not run the
+        // machine's shell setup, whose side effects on shared files (e.g. a pyenv rehash lock
+        // left behind when a session is killed with its host) would leak between tests.
+        let mut script = String::from("set -e\n");
+        for (src, dst) in binds {
+            script.push_str(&format!(
+                "mount --bind '{}' '{}'\n",
+                src.display(),
+                dst.display()
+            ));
         }
+        if Path::new("/root/.bashrc").is_file() {
+            script.push_str("mount --bind /dev/null /root/.bashrc\n");
+        }
+        script.push_str(&sshd);
+        c.args([
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ]);
         let child = c
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))

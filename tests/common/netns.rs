@@ -358,9 +358,8 @@ impl Net {
                 dst.display()
             ));
         }
-        if Path::new("/root/.bashrc").is_file() {
-            script.push_str("mount --bind /dev/null /root/.bashrc\n");
-        }
+        // (Checked after the binds: one of them may cover /root.)
+        script.push_str("if [ -f /root/.bashrc ]; then mount --bind /dev/null /root/.bashrc; fi\n");
         script.push_str(&sshd);
         c.args([
             "unshare",

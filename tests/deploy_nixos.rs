@@ -144,3 +144,260 @@ fn nix_sshopts_pinning_rejects_a_wrong_key_in_nixos_rebuild_itself() {
     assert_eq!(r.code, Some(0), "{r}");
     assert_eq!(lines(&state_dir(&net, "a").join("activations")), ["2 test"]);
 }
+
+#[test]
+fn a_repository_path_with_a_space_keeps_known_hosts_in_the_xdg_state_dir() {
+    let Some(mut net) = Net::new() else { return };
+    let host = nixos_host(&mut net, "n1");
+    let base = tempfile::tempdir().expect("base");
+    let root = base.path().join("My Fleet");
+    write_fleet(&root, &[NodeSpec::for_host(&host)], 5, false);
+    let xdg = tempfile::tempdir().expect("xdg state");
+    // A guarded switch: fleetnix's own ssh (arm, activate, gate, confirm) and nixos-rebuild's
+    // NIX_SSHOPTS both carry the known_hosts path.
+    let r = Ran::of(deploy_cmd(&net, &root, &["n1", "--force"]).env("XDG_STATE_HOME", xdg.path()));
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(r.row("n1").contains("confirmed"), "{r}");
+    let kh = xdg.path().join("fleetnix/known_hosts/n1");
+    assert_eq!(
+        std::fs::read_to_string(&kh).expect("known_hosts in the state dir"),
+        format!("{} {}\n", host.addr, host.host_key)
+    );
+    assert!(!root.join(".fleetnix/known_hosts").exists());
+    let opts = std::fs::read_to_string(root.join("rec/nixos-rebuild.n1.sshopts")).expect("sshopts");
+    assert!(
+        opts.contains(&format!("-o UserKnownHostsFile={}", kh.display())),
+        "{opts}"
+    );
+    assert!(!opts.contains("My Fleet"), "{opts}");
+    assert_eq!(
+        generations(&net, "n1"),
+        ("2".into(), "2".into(), "2".into())
+    );
+}
+
+#[test]
+fn whitespace_that_cannot_move_is_refused_before_anything_runs() {
+    let Some(mut net) = Net::new() else { return };
+    let host = nixos_host(&mut net, "n1");
+    let root = tempfile::tempdir().expect("root");
+    write_fleet(root.path(), &[NodeSpec::for_host(&host)], 5, false);
+    let keys = tempfile::tempdir().expect("keys");
+    let spaced = keys.path().join("my keys");
+    std::fs::create_dir_all(&spaced).expect("dir");
+    let key = spaced.join("id");
+    std::fs::copy(net.client_key(), &key).expect("key");
+    std::fs::create_dir_all(root.path().join("rec")).expect("rec");
+    let r = Ran::of(
+        net.command(fleetnix_bin())
+            .arg("--root")
+            .arg(root.path())
+            .args(["deploy", "n1", "--force", "--ssh-identity"])
+            .arg(&key)
+            .env("FLEETNIX_NIXOS_REBUILD", fakes().join("nixos-rebuild"))
+            .env("FLEETNIX_TAILSCALE", "")
+            .env("FAKE_RECORD_DIR", root.path().join("rec")),
+    );
+    assert_ne!(r.code, Some(0), "{r}");
+    assert!(
+        r.stderr.contains("holds whitespace") && r.stderr.contains("NIX_SSHOPTS"),
+        "{r}"
+    );
+    assert!(!root.path().join("rec/nixos-rebuild.n1.argv").exists());
+    assert!(lines(&state_dir(&net, "n1").join("activations")).is_empty());
+    // A repository with a space and no usable state directory: refused, saying why.
+    let spaced_root = keys.path().join("My Fleet");
+    write_fleet(&spaced_root, &[NodeSpec::for_host(&host)], 5, false);
+    let r = Ran::of(
+        deploy_cmd(&net, &spaced_root, &["n1", "--force"])
+            .env_remove("XDG_STATE_HOME")
+            .env("HOME", keys.path().join("my home")),
+    );
+    assert_ne!(r.code, Some(0), "{r}");
+    assert!(
+        r.stderr.contains("holds whitespace") && r.stderr.contains("XDG_STATE_HOME"),
+        "{r}"
+    );
+    assert!(lines(&state_dir(&net, "n1").join("activations")).is_empty());
+}
+
+#[test]
+fn a_host_that_is_not_nixos_is_named_as_such_at_connect() {
+    let Some(mut net) = Net::new() else { return };
+    // A Debian host (no /run/current-system, no system profile) listed as `os: nixos`.
+    let host = net.add_host("deb", common::netns::HostOptions::default());
+    let root = tempfile::tempdir().expect("root");
+    write_fleet(root.path(), &[NodeSpec::for_host(&host)], 5, false);
+    let r = Ran::of(&mut deploy_cmd(&net, root.path(), &["deb", "--force"]));
+    assert_eq!(r.code, Some(1), "{r}");
+    let row = r.row("deb");
+    for part in [
+        "[connect]",
+        "this host does not look like NixOS",
+        "no /run/current-system",
+        "no /nix/var/nix/profiles/system",
+        "`os: auto`",
+        "`os: linux`",
+        "for deb in nodes.yml",
+    ] {
+        assert!(row.contains(part), "{part}: {row}");
+    }
+    assert!(!root.path().join("rec/nixos-rebuild.deb.argv").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real nixos-rebuild-ng of the pinned nixpkgs (tests/common/rebuild_ng.rs) against
+// namespace hosts: real `nix build`, real `nix-copy-closure` over ssh with fleetnix's
+// NIX_SSHOPTS, real `nix-env --set` on the target, and the flake's own switch-to-configuration.
+
+use common::rebuild_ng::{self, activations, real_nixos_host, systems};
+
+/// `(running, profile, boot default)` as [`systems`] names them.
+fn on(running: &str, profile: &str, boot: &str) -> (String, String, String) {
+    (running.into(), profile.into(), boot.into())
+}
+
+/// A fleet of `hosts` under `root` with the test flake; the real nixos-rebuild (or a skip).
+fn real_fleet(net: &Net, root: &std::path::Path, specs: &[NodeSpec]) -> Option<std::path::PathBuf> {
+    let rebuild = rebuild_ng::real_nixos_rebuild(&net.dir().join("nixos-rebuild-ng"))?;
+    write_fleet(root, specs, 5, false);
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    rebuild_ng::write_flake(root, &names);
+    Some(rebuild)
+}
+
+/// `deploy` as [`deploy_cmd`], with the real nixos-rebuild.
+fn real_deploy(net: &Net, root: &std::path::Path, rebuild: &std::path::Path, args: &[&str]) -> Ran {
+    Ran::of(deploy_cmd(net, root, args).env("FLEETNIX_NIXOS_REBUILD", rebuild))
+}
+
+#[test]
+fn real_nixos_rebuild_passes_a_pinned_key_and_a_wrong_one_changes_nothing() {
+    let Some(mut net) = Net::new() else { return };
+    let good = real_nixos_host(&mut net, "good");
+    let bad = real_nixos_host(&mut net, "bad");
+    let root = tempfile::tempdir().expect("root");
+    let mut bad_spec = NodeSpec::for_host(&bad);
+    bad_spec.host_key = Some(good.host_key.clone());
+    let specs = [NodeSpec::for_host(&good), bad_spec];
+    let Some(rebuild) = real_fleet(&net, root.path(), &specs) else {
+        return;
+    };
+    let r = real_deploy(
+        &net,
+        root.path(),
+        &rebuild,
+        &["--all", "--force", "--action", "test"],
+    );
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(r.row("good").contains(" ok "), "{r}");
+    assert_eq!(activations(&net, "good"), ["v1 test"]);
+    assert_eq!(systems(&net, "good"), on("v1", "gen1", "gen1"));
+    let row = r.row("bad");
+    assert!(row.contains("host key verification failed"), "{row}");
+    assert!(activations(&net, "bad").is_empty());
+    assert_eq!(systems(&net, "bad"), on("gen1", "gen1", "gen1"));
+    // The real tool itself, given fleetnix's NIX_SSHOPTS pinning the wrong key, refuses at
+    // its copy (before anything changes on the host).
+    let kh = net.dir().join("known_hosts_wrong");
+    std::fs::write(&kh, format!("{} {}\n", bad.addr, good.host_key)).expect("kh");
+    let ssh = fleetnix::deploy::transport::SshConfig {
+        program: "ssh".into(),
+        identity: Some(net.client_key().to_path_buf()),
+        connect_timeout: 5,
+    };
+    let target = fleetnix::deploy::transport::SshTarget {
+        destination: format!("root@{}", bad.addr),
+        known_hosts: kh,
+        sudo: false,
+        control: None,
+    };
+    let r = Ran::of(
+        net.command(&rebuild)
+            .args(["switch", "--flake"])
+            .arg(format!("{}#bad", root.path().display()))
+            .args(["--target-host", &target.destination])
+            .env(
+                "NIX_SSHOPTS",
+                fleetnix::deploy::nixos::nix_sshopts(&ssh, &target),
+            ),
+    );
+    assert_ne!(r.code, Some(0), "{r}");
+    assert!(r.stderr.contains("Host key verification failed"), "{r}");
+    assert!(activations(&net, "bad").is_empty());
+    assert_eq!(systems(&net, "bad"), on("gen1", "gen1", "gen1"));
+}
+
+#[test]
+fn real_nixos_rebuild_boot_and_guarded_switch() {
+    let Some(mut net) = Net::new() else { return };
+    let a = real_nixos_host(&mut net, "a");
+    let b = real_nixos_host(&mut net, "b");
+    let root = tempfile::tempdir().expect("root");
+    let specs = [NodeSpec::for_host(&a), NodeSpec::for_host(&b)];
+    let Some(rebuild) = real_fleet(&net, root.path(), &specs) else {
+        return;
+    };
+    // boot: profile and boot default move, the running system does not.
+    let r = real_deploy(
+        &net,
+        root.path(),
+        &rebuild,
+        &["a", "--force", "--action", "boot"],
+    );
+    assert_eq!(r.code, Some(0), "{r}");
+    assert_eq!(activations(&net, "a"), ["v1 boot"]);
+    assert_eq!(systems(&net, "a"), on("gen1", "v1", "v1"));
+    // A guarded switch: built and copied by the real tool (`build`), activated with `test`,
+    // health-gated, confirmed over a new connection, then profile and boot default.
+    rebuild_ng::set_generation(root.path(), "2");
+    let r = real_deploy(&net, root.path(), &rebuild, &["b", "--force"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(r.row("b").contains("confirmed"), "{r}");
+    assert_eq!(activations(&net, "b"), ["v2 test", "v2 boot"]);
+    assert_eq!(systems(&net, "b"), on("v2", "v2", "v2"));
+    // The built system is kept from the local garbage collector.
+    let result = root.path().join(".fleetnix/build/b/result");
+    assert_eq!(
+        rebuild_ng::system_name(
+            &std::fs::read_link(&result)
+                .expect("result link")
+                .to_string_lossy()
+        ),
+        "v2"
+    );
+}
+
+#[test]
+fn real_nixos_rebuild_rollout_halts_after_a_failed_canary() {
+    let Some(mut net) = Net::new() else { return };
+    let hosts: Vec<_> = (1..=5)
+        .map(|i| real_nixos_host(&mut net, &format!("n{i}")))
+        .collect();
+    let root = tempfile::tempdir().expect("root");
+    let specs: Vec<NodeSpec> = hosts.iter().map(NodeSpec::for_host).collect();
+    let Some(rebuild) = real_fleet(&net, root.path(), &specs) else {
+        return;
+    };
+    // Activating system 1 fails on the canary.
+    std::fs::write(state_dir(&net, "n1").join("fail-v1"), "").expect("knob");
+    let r = real_deploy(
+        &net,
+        root.path(),
+        &rebuild,
+        &["--all", "--force", "--canary", "1"],
+    );
+    assert_eq!(r.code, Some(1), "{r}");
+    let row = r.row("n1");
+    assert!(
+        row.contains("[activate]") && row.contains("rolled back"),
+        "{row}"
+    );
+    assert_eq!(activations(&net, "n1"), ["v1 test", "gen1 test"]);
+    assert_eq!(systems(&net, "n1"), on("gen1", "gen1", "gen1"));
+    for n in ["n2", "n3", "n4", "n5"] {
+        assert!(r.row(n).contains("skipped (halted)"), "{r}");
+        assert!(activations(&net, n).is_empty(), "{n} was touched");
+        assert_eq!(systems(&net, n), on("gen1", "gen1", "gen1"));
+    }
+}

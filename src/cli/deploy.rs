@@ -64,6 +64,10 @@ pub struct DeployArgs {
     /// Do not arm the rollback guard for `switch`.
     #[arg(long)]
     pub no_rollback: bool,
+    /// Do not check tailscaled, the agent and the hosted services after a guarded switch's
+    /// activation (the health gate, see docs/deploy.md).
+    #[arg(long)]
+    pub no_health_gate: bool,
     /// Share one SSH connection per node for the steps before the guard's confirmation
     /// (faster; an unreachable node is then detected by keep-alives, see docs/deploy.md).
     #[arg(long)]
@@ -170,6 +174,7 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
     opts.parallel = usize::from(args.parallel);
     opts.fail_fast = args.fail_fast;
     opts.rollback = !args.no_rollback;
+    opts.health_gate = !args.no_health_gate;
     opts.multiplex = args.ssh_multiplex;
     opts.rollback_grace = Duration::from_secs(args.rollback_grace);
     opts.ssh.identity = args.ssh_identity;

@@ -228,6 +228,8 @@ impl<T: Transport> Ctx<T> {
                 if let Some(m) = &l.missing {
                     return Err(Failure::new(l.step, m.clone()));
                 }
+                super::nixos::check_sshopts(&self.opts.ssh, target)
+                    .map_err(|e| Failure::new(Step::Rebuild, e))?;
                 self.enter(run, l.step);
                 match &l.effect {
                     LocalEffect::Rebuilt { verb } => {
@@ -312,6 +314,7 @@ impl<T: Transport> Ctx<T> {
                 match r.effect {
                     Effect::Activate => return self.activate(run, &script).await,
                     Effect::Confirm => return self.confirm(run, &script).await.map(Flow::Done),
+                    Effect::HealthGate => return self.health_gate(run, &script).await,
                     Effect::Arm => {
                         run.armed_at = Some(Instant::now());
                         // A failure here leaves the node as it was: nothing activated, profile
@@ -328,7 +331,16 @@ impl<T: Transport> Ctx<T> {
                 }
                 let out = self
                     .remote(r.step, target, &script, stdin, timeout, run.log)
-                    .await?;
+                    .await
+                    .map_err(|mut f| {
+                        // A host without /run/current-system: say it is not NixOS, and what to set.
+                        if r.effect == Effect::Generation
+                            && f.reason.starts_with(guard::NOT_NIXOS_PREFIX)
+                        {
+                            f.reason = guard::not_nixos_help(run.plan.name.as_str(), &f.reason);
+                        }
+                        f
+                    })?;
                 match r.effect {
                     Effect::Generation => run.generation = Some(out.stdout),
                     Effect::Probe => run.probe = Some(linux::parse_probe(&out.stdout, run.plan)),
@@ -361,13 +373,71 @@ impl<T: Transport> Ctx<T> {
             Ok(out) if !out.success() => {
                 let why = format!("activation failed: {}", out.last_line());
                 return self
-                    .roll_back_now(target, &run.vars.guard, &run.vars.running, &why, run.log)
+                    .roll_back_now(
+                        Step::Activate,
+                        target,
+                        &run.vars.guard,
+                        &run.vars.running,
+                        &why,
+                        run.log,
+                    )
                     .await
                     .map(Flow::Done);
             }
             Ok(_) => {}
             Err(e) => run.log.line(&format!("activation: {e}; confirming")),
         }
+        Ok(Flow::Next)
+    }
+
+    /// Until when the confirmation is asked (the guard's arming + grace + time to see the
+    /// rollback done), and that time to see it done.
+    fn confirm_deadline(&self, run: &Run<'_>) -> (Instant, Duration) {
+        let verify = Duration::from_secs(60).max(self.quick() * 2);
+        let armed_at = run.armed_at.unwrap_or_else(Instant::now);
+        (armed_at + self.opts.rollback_grace + verify, verify)
+    }
+
+    /// The health gate over a new connection ([`super::gate`]), asked every 0.5 s: passed, go
+    /// on to the confirmation; failed, roll back at once; no verdict by the confirmation's
+    /// deadline, go on to the confirmation, which sees what the guard did.
+    async fn health_gate(&self, run: &mut Run<'_>, _script: &str) -> Result<Flow, Failure> {
+        let quick = self.quick();
+        let fresh = run.program.target.fresh();
+        let (deadline, _) = self.confirm_deadline(run);
+        let mut gate = super::gate::Gate::new(self.opts.node_timeout);
+        while Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let t = quick.min(left).max(Duration::from_secs(1));
+            match gate
+                .check(&self.transport, &fresh, run.plan, t, run.log)
+                .await
+            {
+                super::gate::Check::Passed(passed) => {
+                    run.log.line(&passed);
+                    return Ok(Flow::Next);
+                }
+                super::gate::Check::Wait(why) => run.log.line(&format!("{why}; retrying")),
+                super::gate::Check::Failed(why) => {
+                    return self
+                        .roll_back_now(
+                            Step::HealthGate,
+                            &fresh,
+                            &run.vars.guard,
+                            &run.vars.running,
+                            &why,
+                            run.log,
+                        )
+                        .await
+                        .map(Flow::Done);
+                }
+            }
+            let pause =
+                Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+        }
+        run.log
+            .line("health gate: no verdict by the confirmation's deadline; confirming");
         Ok(Flow::Next)
     }
 
@@ -384,9 +454,7 @@ impl<T: Transport> Ctx<T> {
             grace.as_secs()
         );
         let fresh = run.program.target.fresh();
-        let verify = Duration::from_secs(60).max(quick * 2);
-        let armed_at = run.armed_at.unwrap_or_else(Instant::now);
-        let deadline = armed_at + grace + verify;
+        let (deadline, verify) = self.confirm_deadline(run);
         let mut last = String::from("no attempt");
         while Instant::now() < deadline {
             let left_t = deadline.saturating_duration_since(Instant::now());
@@ -448,10 +516,12 @@ impl<T: Transport> Ctx<T> {
         }
     }
 
-    /// After a failed activation (the connection works): roll back at once instead of waiting
-    /// for the timer, and report what the node says, retrying while a rollback runs.
+    /// After a failed activation or health gate (`step`, named in the failure; the connection
+    /// works): roll back at once instead of waiting for the timer, and report what the node
+    /// says, retrying while a rollback runs.
     async fn roll_back_now(
         &self,
+        step: Step,
         target: &SshTarget,
         id: &guard::GuardId,
         prev: &str,
@@ -480,7 +550,7 @@ impl<T: Transport> Ctx<T> {
                 Ok(out) if out.success() => match guard::parse_confirm(&out.stdout) {
                     Some(guard::Confirm::Fired) => {
                         return Err(Failure::new(
-                            Step::Activate,
+                            step,
                             format!("{why}; rolled back to {prev} at once (seen done)"),
                         ))
                     }
@@ -506,7 +576,7 @@ impl<T: Transport> Ctx<T> {
             tokio::time::sleep(pause).await;
         }
         Err(Failure::new(
-            Step::Activate,
+            step,
             format!(
                 "{why}; rolling back at once did not answer ({last}): the rollback guard returns the node to {prev} within {}s",
                 self.opts.rollback_grace.as_secs()

@@ -89,9 +89,25 @@ impl Default for GuardId {
     }
 }
 
-/// Script printing the running generation (the target of `/run/current-system`).
+/// Script printing the running generation (the target of `/run/current-system`). On a host
+/// without it or without the system profile it fails saying the host does not look like
+/// NixOS (and what to set instead), not with a bare exit code.
 pub fn current_generation_script() -> String {
-    format!("readlink {CURRENT_SYSTEM}")
+    format!(
+        "if [ -e {SYSTEM_PROFILE} ] && readlink {CURRENT_SYSTEM}; then exit 0; fi\n\
+         m=; [ -e {CURRENT_SYSTEM} ] || m=\" no {CURRENT_SYSTEM}\"; [ -e {SYSTEM_PROFILE} ] || m=\"$m, no {SYSTEM_PROFILE}\"\n\
+         echo \"{NOT_NIXOS_PREFIX}:${{m#,}}\" >&2\nexit 1"
+    )
+}
+
+/// How [`current_generation_script`] starts its answer on a host that is not NixOS.
+pub const NOT_NIXOS_PREFIX: &str = "this host does not look like NixOS";
+
+/// The connect step's reason for a host that is not NixOS: what is missing and what to set.
+pub fn not_nixos_help(node: &str, answer: &str) -> String {
+    format!(
+        "{answer}; if it is not NixOS, set `os: auto` (detect it) or `os: linux` (install Tailscale and the agent without Nix) for {node} in nodes.yml"
+    )
 }
 
 /// An absolute path made only of characters no shell misreads.
@@ -351,7 +367,13 @@ mod tests {
             assert!(rb.contains(&format!("\"$B/{tool}\"")), "{rb}");
         }
         assert!(!rb.contains("touch") && !rb.contains("ln ") && !rb.contains("mv "));
-        for s in [arm, rb, activate_script(&id, new), confirm_script(&id, new)] {
+        for s in [
+            arm,
+            rb,
+            activate_script(&id, new),
+            confirm_script(&id, new),
+            current_generation_script(),
+        ] {
             syntax_ok(&s);
         }
         assert!(activate_script(&id, new).ends_with("/bin/switch-to-configuration test"));

@@ -54,6 +54,39 @@ pub fn keys_from_status(
     Ok(out)
 }
 
+/// Does `s` hold whitespace? ssh splits a `UserKnownHostsFile` value on it, and Nix 2.8 splits
+/// `NIX_SSHOPTS` on it with no quote removal, so no SSH option value may hold any.
+pub fn has_whitespace(s: &str) -> bool {
+    s.chars().any(char::is_whitespace)
+}
+
+/// Where the per-node known_hosts files go when the repository's state directory
+/// (`<root>/.fleetnix`) holds whitespace: `$XDG_STATE_HOME/fleetnix/known_hosts` (an absolute
+/// `XDG_STATE_HOME`), else `~/.local/state/fleetnix/known_hosts`. `Err`: why neither can be
+/// used (no home, or whitespace there too).
+pub fn state_known_hosts_dir() -> Result<std::path::PathBuf, String> {
+    use std::path::PathBuf;
+    let xdg = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let base = match xdg {
+        Some(p) => p,
+        None => match std::env::var_os("HOME").map(PathBuf::from) {
+            Some(h) if h.is_absolute() => h.join(".local/state"),
+            _ => return Err("neither XDG_STATE_HOME nor HOME is set to an absolute path".into()),
+        },
+    };
+    let dir = base.join("fleetnix").join("known_hosts");
+    let text = dir.to_string_lossy();
+    if has_whitespace(&text) || text.contains(['\0', '"', '\'']) {
+        return Err(format!(
+            "{} holds whitespace or quotes too; set XDG_STATE_HOME to a directory without",
+            dir.display()
+        ));
+    }
+    Ok(dir)
+}
+
 /// The command an operator runs to learn a node's host key (to check it out of band and put it
 /// in `nodes.yml` as `host_key`).
 pub fn keyscan_hint(address: &IpAddr) -> String {

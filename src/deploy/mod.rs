@@ -21,6 +21,7 @@ pub(crate) mod execute;
 pub(crate) mod failure;
 pub mod fallback;
 pub mod flake;
+pub mod gate;
 pub mod guard;
 pub mod hostkeys;
 pub mod linux;
@@ -133,6 +134,9 @@ pub struct DeployOptions {
     pub tailscale: Option<PathBuf>,
     /// `--override-input INPUT URL` pairs, passed to every Nix evaluation and to `nixos-rebuild`.
     pub override_inputs: Vec<flake::OverrideInput>,
+    /// A guarded `switch` checks the node's health after activation, before the guard is
+    /// disarmed ([`gate`]); `--no-health-gate` turns it off.
+    pub health_gate: bool,
 }
 
 /// Default `--parallel`.
@@ -167,6 +171,7 @@ impl DeployOptions {
             nixos_rebuild: locate(env::NIXOS_REBUILD, "nixos-rebuild"),
             tailscale: locate(env::TAILSCALE, "tailscale"),
             override_inputs: Vec::new(),
+            health_gate: true,
         }
     }
 
@@ -190,12 +195,45 @@ impl DeployOptions {
         if let Some(id) = &self.ssh.identity {
             shell::check_no_nul("the SSH identity", &id.to_string_lossy()).map_err(bad)?;
         }
+        self.check_ssh_paths().map_err(DeployError::Options)
+    }
+
+    /// The paths that go into SSH options (and so into `NIX_SSHOPTS`, which Nix 2.8 splits on
+    /// whitespace with no quote removal) must hold no whitespace: the known_hosts files move
+    /// to the XDG state directory when the repository path has some; anything else is refused.
+    fn check_ssh_paths(&self) -> Result<(), String> {
+        let local = self.state_dir.join("known_hosts");
+        if hostkeys::has_whitespace(&local.to_string_lossy()) {
+            hostkeys::state_known_hosts_dir().map_err(|e| {
+                format!(
+                    "the repository path {} holds whitespace, which ssh and NIX_SSHOPTS cannot carry, so the pinned known_hosts files go to the XDG state directory instead, but {e}",
+                    self.root.display()
+                )
+            })?;
+        }
+        if let Some(id) = &self.ssh.identity {
+            if hostkeys::has_whitespace(&id.to_string_lossy()) {
+                return Err(format!(
+                    "--ssh-identity {} holds whitespace: it goes into NIX_SSHOPTS, which Nix splits on whitespace without removing quotes; use a path without whitespace (e.g. a symlink)",
+                    id.display()
+                ));
+            }
+        }
         Ok(())
     }
 
-    /// The pinned known_hosts file of a node.
+    /// The pinned known_hosts file of a node: `<state dir>/known_hosts/<node>`, or, when that
+    /// path holds whitespace (a repository under `~/My Fleet`), under the XDG state directory
+    /// ([`hostkeys::state_known_hosts_dir`]; [`DeployOptions::check`] refuses the deploy when
+    /// that is unusable too).
     pub fn known_hosts_path(&self, node: &NodeName) -> PathBuf {
-        self.state_dir.join("known_hosts").join(node.as_str())
+        let local = self.state_dir.join("known_hosts");
+        if !hostkeys::has_whitespace(&local.to_string_lossy()) {
+            return local.join(node.as_str());
+        }
+        hostkeys::state_known_hosts_dir()
+            .unwrap_or(local)
+            .join(node.as_str())
     }
 
     /// The log file of a node.

@@ -31,7 +31,8 @@ pub fn program(plan: &NodePlan, opts: &DeployOptions, target: SshTarget) -> Prog
 
 /// The NixOS steps: read the running generation, then `nixos-rebuild <action>`; or, for a
 /// guarded `switch`, `nixos-rebuild build`, arm the guard, activate with `test`, close the
-/// shared connection and confirm over a new one.
+/// shared connection, pass the health gate (unless `--no-health-gate`) and confirm over a
+/// new connection.
 pub fn ops(b: &mut Builder, plan: &NodePlan, opts: &DeployOptions, target: &SshTarget) -> Vec<Op> {
     let guarded = opts.guarded();
     let mut ops = vec![b.op(OpKind::Remote(Remote {
@@ -125,6 +126,17 @@ pub fn ops(b: &mut Builder, plan: &NodePlan, opts: &DeployOptions, target: &SshT
         step: Some(Step::Confirm),
         what: "close the shared SSH connection: the confirmation must not use it",
     }));
+    if opts.health_gate {
+        ops.push(b.op(OpKind::Remote(Remote {
+            fresh: true,
+            effect: Effect::HealthGate,
+            ..Remote::new(
+                Step::HealthGate,
+                super::gate::describe(plan, opts.node_timeout),
+                Script::Fixed(super::gate::units_script()),
+            )
+        })));
+    }
     ops.push(b.op(OpKind::Remote(Remote {
         fresh: true,
         effect: Effect::Confirm,
@@ -147,6 +159,22 @@ pub fn nix_sshopts(ssh: &SshConfig, target: &SshTarget) -> String {
         .map(|o| sh_quote(o))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Refuses SSH options that `NIX_SSHOPTS` cannot carry: Nix 2.8 splits it on whitespace with
+/// no quote removal (and ssh splits a `UserKnownHostsFile` value on whitespace), so a value
+/// with whitespace would silently become other options.
+pub fn check_sshopts(ssh: &SshConfig, target: &SshTarget) -> Result<(), String> {
+    match ssh
+        .target_options(target)
+        .into_iter()
+        .find(|o| super::hostkeys::has_whitespace(o))
+    {
+        Some(o) => Err(format!(
+            "the SSH option {o:?} holds whitespace, which NIX_SSHOPTS cannot carry (Nix splits it on whitespace without removing quotes): use paths without whitespace (for the repository, the known_hosts files move to $XDG_STATE_HOME/fleetnix/known_hosts)"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The `nixos-rebuild` invocation for one node. `--sudo` when the SSH user is not root;

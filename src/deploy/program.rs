@@ -123,6 +123,9 @@ pub enum Effect {
     Arm,
     /// Activation: a lost connection is left to the confirmation, a failure rolls back at once.
     Activate,
+    /// The health gate over a new connection ([`super::gate`]), asked until it passes, fails
+    /// (roll back at once) or the confirmation's deadline comes.
+    HealthGate,
     /// The confirmation over a new connection, retried through the grace period.
     Confirm,
 }
@@ -282,6 +285,8 @@ struct Lister<'a> {
     vars: &'a Vars,
     n: usize,
     closed: bool,
+    /// The `SSH_NEW = …` line has been printed (once, before the first fresh step).
+    fresh_shown: bool,
     out: Vec<Entry>,
 }
 
@@ -321,9 +326,12 @@ impl Lister<'_> {
                 let mut text = String::new();
                 let var = if r.fresh {
                     // The confirmation's connection: always a new one, printed once.
-                    let mut cmd = self.ssh.command(&self.target.fresh(), "");
-                    cmd.args.pop();
-                    let _ = writeln!(text, "  SSH_NEW = {}", cmd.display());
+                    if !self.fresh_shown {
+                        self.fresh_shown = true;
+                        let mut cmd = self.ssh.command(&self.target.fresh(), "");
+                        cmd.args.pop();
+                        let _ = writeln!(text, "  SSH_NEW = {}", cmd.display());
+                    }
                     "SSH_NEW"
                 } else {
                     "SSH"
@@ -382,6 +390,7 @@ impl Program {
             vars,
             n: 0,
             closed: false,
+            fresh_shown: false,
             out: Vec::new(),
         };
         l.ops(&self.ops);

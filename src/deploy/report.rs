@@ -28,6 +28,8 @@ pub enum Step {
     ArmGuard,
     /// Activating the new generation with `test` (guarded `switch`).
     Activate,
+    /// After activation: tailscaled, the agent and the hosted services up ([`super::gate`]).
+    HealthGate,
     /// The post-activation confirmation over a new connection.
     Confirm,
     /// Making the confirmed generation the system profile and boot default.
@@ -47,6 +49,7 @@ impl Step {
             Step::Rebuild => "rebuild",
             Step::ArmGuard => "arm-guard",
             Step::Activate => "activate",
+            Step::HealthGate => "health-gate",
             Step::Confirm => "confirm",
             Step::BootDefault => "boot-default",
         }

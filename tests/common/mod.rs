@@ -5,6 +5,7 @@
 
 pub mod netns;
 pub mod plan;
+pub mod rebuild_ng;
 
 use netns::{Host, HostOptions, Net};
 use std::collections::BTreeMap;
@@ -396,8 +397,15 @@ pub fn write_fleet(root: &Path, nodes: &[NodeSpec], timeout: u32, retry: bool) {
 /// guard uses and the `nix-env` stand-in), `boot-default` and, bound over `/run` in sshd's mount
 /// namespace, `run/` (`current-system`, `sshd/`); generation 1 runs and is the profile
 /// (`profiles-<name>/`, bound over `/nix/var/nix/profiles`) and the boot default. The fake
-/// `systemd-run`/`systemctl` come first on PATH.
+/// `systemd-run`/`systemctl` come first on PATH. It is healthy for the deploy's health gate:
+/// `active/tailscaled.service` and `active/omp-agent.service` exist (the fake `systemctl
+/// is-active` says so) and the catalog's TCP ports listen on its address ([`Net::listen`]).
 pub fn nixos_host(net: &mut Net, name: &str) -> Host {
+    nixos_host_with(net, name, Vec::new())
+}
+
+/// [`nixos_host`] with more `(source, target)` bind mounts in sshd's mount namespace.
+pub fn nixos_host_with(net: &mut Net, name: &str, binds: Vec<(PathBuf, PathBuf)>) -> Host {
     let profiles = net.dir().join(format!("profiles-{name}"));
     let state = net.dir().join(format!("state-{name}"));
     let run = state.join("run");
@@ -432,17 +440,41 @@ pub fn nixos_host(net: &mut Net, name: &str) -> Host {
             os_release: Some("NAME=NixOS\nID=nixos\n".into()),
             path_prefix: vec![fakes().join("host-bin")],
             env: vec![("FAKE_HOST_DIR".into(), state.display().to_string())],
-            binds: vec![
+            binds: [
                 (profiles, PathBuf::from("/nix/var/nix/profiles")),
                 (run, PathBuf::from("/run")),
-            ],
+            ]
+            .into_iter()
+            .chain(binds)
+            .collect(),
             ..Default::default()
         },
     );
     // The fake nixos-rebuild finds sshd's pid file through the state dir.
     std::os::unix::fs::symlink(host.dir.join("sshd.pid"), state.join("sshd.pid"))
         .expect("pid link");
+    // A healthy host, as the deploy's health gate sees it: tailscaled and the agent active
+    // (the fake systemctl's `active/` markers) and every TCP service of the catalog listening.
+    std::fs::create_dir_all(state.join("active")).expect("active units");
+    for unit in fleetnix::deploy::gate::UNITS {
+        std::fs::write(state.join("active").join(unit), "").expect("active unit");
+    }
+    net.listen(&host, &catalog_tcp_ports());
     host
+}
+
+/// Every TCP port of the example catalog (`fleet/services.yml`), sorted.
+pub fn catalog_tcp_ports() -> Vec<u16> {
+    let mut ports: Vec<u16> = example_fleet()
+        .catalog
+        .services
+        .iter()
+        .filter(|s| s.protocol == fleetnix::model::Protocol::Tcp)
+        .map(|s| s.port)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// The generation a host made by [`nixos_host`] runs (`/run/current-system`), its profile

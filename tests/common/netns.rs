@@ -71,6 +71,9 @@ struct Running {
     host: Host,
     sshd: Option<Child>,
     binds: Vec<(PathBuf, PathBuf)>,
+    /// TCP listeners in the host's namespace, by port (held by the test process; connections
+    /// complete in the kernel's backlog, so nothing needs to accept them).
+    listeners: Vec<(u16, std::net::TcpListener)>,
 }
 
 /// A hub namespace with test hosts. See the module docs.
@@ -265,6 +268,7 @@ impl Net {
             host: host.clone(),
             sshd: None,
             binds: opts.binds.clone(),
+            listeners: Vec::new(),
         });
         let veth = format!("v{i}");
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
@@ -342,28 +346,30 @@ impl Net {
             "exec /usr/sbin/sshd -D -e -f {}",
             host.dir.join("sshd_config").display()
         );
-        if binds.is_empty() {
-            c.args(["sh", "-c", &sshd]);
-        } else {
-            let mut script = String::from("set -e\n");
-            for (src, dst) in binds {
-                script.push_str(&format!(
-                    "mount --bind '{}' '{}'\n",
-                    src.display(),
-                    dst.display()
-                ));
-            }
-            script.push_str(&sshd);
-            c.args([
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                &script,
-            ]);
+        // sshd gets a mount namespace of its own: the host's bind mounts, and an empty
+        // `/root/.bashrc`, so sessions (bash runs ~/.bashrc for ssh commands) do not run the
+        // machine's shell setup, whose side effects on shared files (e.g. a pyenv rehash lock
+        // left behind when a session is killed with its host) would leak between tests.
+        let mut script = String::from("set -e\n");
+        for (src, dst) in binds {
+            script.push_str(&format!(
+                "mount --bind '{}' '{}'\n",
+                src.display(),
+                dst.display()
+            ));
         }
+        // (Checked after the binds: one of them may cover /root.)
+        script.push_str("if [ -f /root/.bashrc ]; then mount --bind /dev/null /root/.bashrc; fi\n");
+        script.push_str(&sshd);
+        c.args([
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ]);
         let child = c
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -412,6 +418,33 @@ impl Net {
             .map(|r| r.binds.clone())
             .unwrap_or_default();
         self.start_sshd(host, &binds);
+    }
+
+    /// Makes the host accept TCP connections on `ports` (its services, as a health probe sees
+    /// them) until [`Net::stop_listening`] or the end of the test.
+    pub fn listen(&mut self, host: &Host, ports: &[u16]) {
+        let addr = host.addr;
+        let ports = ports.to_vec();
+        let bound = run_in(&host.ns, move || {
+            ports
+                .into_iter()
+                .map(|p| {
+                    let l = std::net::TcpListener::bind((addr, p))
+                        .unwrap_or_else(|e| panic!("listen on {addr}:{p}: {e}"));
+                    (p, l)
+                })
+                .collect::<Vec<_>>()
+        });
+        if let Some(r) = self.hosts.iter_mut().find(|r| r.host.ns == host.ns) {
+            r.listeners.extend(bound);
+        }
+    }
+
+    /// Fault: the host's service on `port` stops listening (connections are refused).
+    pub fn stop_listening(&mut self, host: &Host, port: u16) {
+        if let Some(r) = self.hosts.iter_mut().find(|r| r.host.ns == host.ns) {
+            r.listeners.retain(|(p, _)| *p != port);
+        }
     }
 
     /// Fault: sets the host's link down (packets to it are lost; connections time out).

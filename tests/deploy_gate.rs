@@ -1,0 +1,207 @@
+//! The post-activation health gate of a guarded `switch`, end to end: NixOS-like namespace
+//! hosts behind real sshd (the fake systemd's `systemctl is-active` for tailscaled and the
+//! agent, real TCP listeners in the hosts' namespaces for their services), the fake
+//! nixos-rebuild, and the guard rolling a node back when its gate fails.
+
+mod common;
+
+use common::netns::{Host, Net};
+use common::*;
+use std::path::Path;
+
+/// Five NixOS-like hosts `n1`…`n5` in a fleet under `root` (node timeout 3 s); `n1` is the
+/// control plane (it hosts the catalog's TCP services).
+fn five(net: &mut Net, root: &Path) -> Vec<Host> {
+    let hosts: Vec<Host> = (1..=5).map(|i| nixos_host(net, &format!("n{i}"))).collect();
+    let specs: Vec<NodeSpec> = hosts.iter().map(NodeSpec::for_host).collect();
+    write_fleet(root, &specs, 3, false);
+    hosts
+}
+
+/// `(running, profile, boot default)` all on generation 1.
+fn untouched() -> (String, String, String) {
+    ("1".into(), "1".into(), "1".into())
+}
+
+#[test]
+fn a_canary_whose_agent_fails_its_gate_is_rolled_back_and_halts_the_rollout() {
+    let Some(mut net) = Net::new() else { return };
+    let root = tempfile::tempdir().expect("root");
+    five(&mut net, root.path());
+    let n1 = state_dir(&net, "n1");
+    // The new generation stops the agent; generation 1 starts it again.
+    std::fs::write(n1.join("breaks-agent"), "").expect("knob");
+    let r = Ran::of(&mut deploy_cmd(
+        &net,
+        root.path(),
+        &[
+            "--all",
+            "--force",
+            "--canary",
+            "1",
+            "--rollback-grace",
+            "60",
+        ],
+    ));
+    assert_eq!(r.code, Some(1), "{r}");
+    let row = r.row("n1");
+    assert!(
+        row.contains("FAILED")
+            && row.contains("[health-gate]")
+            && row.contains("omp-agent.service is inactive")
+            && row.contains("rolled back to"),
+        "{row}"
+    );
+    // Activated with `test`, then rolled back at once (not after the 60 s grace), and the
+    // new generation never became the profile or the boot default.
+    assert_eq!(lines(&n1.join("activations")), ["2 test", "1 test"]);
+    assert_eq!(generations(&net, "n1"), untouched());
+    assert!(n1.join("active/omp-agent.service").exists(), "agent back");
+    assert!(
+        !n1.join("run/fleetnix/lock").exists(),
+        "the rollback released the lock"
+    );
+    let rec = root.path().join("rec");
+    for n in ["n2", "n3", "n4", "n5"] {
+        let row = r.row(n);
+        assert!(
+            row.contains("skipped (halted)") && row.contains("canary"),
+            "{row}"
+        );
+        assert!(
+            !rec.join(format!("nixos-rebuild.{n}.argv")).exists(),
+            "{n} was touched"
+        );
+        assert!(lines(&state_dir(&net, n).join("activations")).is_empty());
+        assert_eq!(generations(&net, n), untouched());
+    }
+}
+
+#[test]
+fn a_hosted_service_that_does_not_listen_fails_the_gate_naming_it() {
+    let Some(mut net) = Net::new() else { return };
+    let host = nixos_host(&mut net, "n1");
+    let root = tempfile::tempdir().expect("root");
+    write_fleet(root.path(), &[NodeSpec::for_host(&host)], 2, false);
+    // n1 is the control plane: postgres (5432) is one of its services.
+    net.stop_listening(&host, 5432);
+    let r = Ran::of(&mut deploy_cmd(
+        &net,
+        root.path(),
+        &["n1", "--force", "--json", "--rollback-grace", "60"],
+    ));
+    assert_eq!(r.code, Some(1), "{r}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    let node = &v["nodes"][0];
+    assert_eq!(node["outcome"], "failed", "{r}");
+    assert_eq!(node["step"], "health-gate", "{r}");
+    let detail = node["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains(&format!("postgres ({}:5432) refused", host.addr)),
+        "{detail}"
+    );
+    // Only the missing service is named: the others answered.
+    assert!(!detail.contains("4222"), "{detail}");
+    assert_eq!(generations(&net, "n1"), untouched());
+}
+
+#[test]
+fn a_healthy_node_passes_its_gate_and_is_confirmed_as_before() {
+    let Some(mut net) = Net::new() else { return };
+    let host = nixos_host(&mut net, "n1");
+    let root = tempfile::tempdir().expect("root");
+    write_fleet(root.path(), &[NodeSpec::for_host(&host)], 2, false);
+    let r = Ran::of(&mut deploy_cmd(&net, root.path(), &["n1", "--force"]));
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(r.row("n1").contains("confirmed"), "{r}");
+    assert_eq!(
+        generations(&net, "n1"),
+        ("2".into(), "2".into(), "2".into())
+    );
+    // The gate asked systemd for both units, and passed before the confirmation.
+    let systemd =
+        std::fs::read_to_string(state_dir(&net, "n1").join("systemd.log")).expect("systemd log");
+    assert!(
+        systemd.contains("systemctl is-active tailscaled.service")
+            && systemd.contains("systemctl is-active omp-agent.service"),
+        "{systemd}"
+    );
+    let log = std::fs::read_to_string(root.path().join(".fleetnix/logs/n1.log")).expect("log");
+    let passed = log
+        .find("health gate passed")
+        .expect("gate passed in the log");
+    let confirmed = log.rfind("confirmed").expect("confirmation in the log");
+    assert!(passed < confirmed, "{log}");
+    assert!(log.contains("8 service port(s) open"), "{log}");
+}
+
+#[test]
+fn no_health_gate_deploys_what_the_gate_would_have_stopped() {
+    let Some(mut net) = Net::new() else { return };
+    let host = nixos_host(&mut net, "n1");
+    let root = tempfile::tempdir().expect("root");
+    write_fleet(root.path(), &[NodeSpec::for_host(&host)], 2, false);
+    std::fs::write(state_dir(&net, "n1").join("breaks-agent"), "").expect("knob");
+    let r = Ran::of(&mut deploy_cmd(
+        &net,
+        root.path(),
+        &["n1", "--force", "--no-health-gate"],
+    ));
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(!state_dir(&net, "n1")
+        .join("active/omp-agent.service")
+        .exists());
+    assert_eq!(
+        generations(&net, "n1"),
+        ("2".into(), "2".into(), "2".into())
+    );
+}
+
+#[test]
+fn the_dry_run_lists_the_gate_before_the_confirmation() {
+    let root = tempfile::tempdir().expect("root");
+    let specs = [
+        NodeSpec {
+            host_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS".into()),
+            ..NodeSpec::new("cp", "100.64.0.1", &[])
+        },
+        NodeSpec {
+            host_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbT".into()),
+            ..NodeSpec::new("w", "100.64.0.2", &["glm-worker"])
+        },
+    ];
+    write_fleet(root.path(), &specs, 4, false);
+    let dry = |args: &[&str]| {
+        Ran::of(
+            std::process::Command::new(fleetnix_bin())
+                .arg("--root")
+                .arg(root.path())
+                .args(["deploy", "--dry-run"])
+                .args(args)
+                .env("FLEETNIX_TAILSCALE", ""),
+        )
+    };
+    let r = dry(&["cp"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    let gate = r
+        .stdout
+        .find("health gate (before the confirmation, within 4s): tailscaled.service and omp-agent.service active, and TCP connects to ")
+        .expect("gate listed");
+    assert!(r.stdout[gate..].contains("postgres 100.64.0.1:5432"), "{r}");
+    let confirm = r
+        .stdout
+        .find("confirm over a NEW connection")
+        .expect("confirm");
+    assert!(gate < confirm, "{r}");
+    // A worker hosts no service: only the units.
+    let r = dry(&["w"]);
+    assert!(
+        r.stdout
+            .contains("tailscaled.service and omp-agent.service active; else roll back"),
+        "{r}"
+    );
+    // Off with --no-health-gate.
+    let r = dry(&["cp", "--no-health-gate"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(!r.stdout.contains("health gate"), "{r}");
+}

@@ -122,7 +122,8 @@ fn the_runner_executes_exactly_the_steps_the_dry_run_prints() {
         "  2. nixos-rebuild build",
         "  3. take the node's lock",
         "  4. activate",
-        "  5. confirm over a NEW connection",
+        "  5. health gate (before the confirmation",
+        "  6. confirm over a NEW connection",
     ] {
         assert!(ran.contains(step), "{step} missing:\n{ran}");
     }

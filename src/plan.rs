@@ -6,7 +6,7 @@ use serde::Serialize;
 use std::net::IpAddr;
 
 /// Name of the Tailscale auth-key secret, as agenix sees it.
-pub const AUTHKEY_SECRET: &str = "tailscale-authkey";
+pub use crate::secrets::kinds::AUTHKEY_SECRET;
 
 /// Tailscale's default WireGuard UDP port, the only port opened outside `tailscale0`.
 pub const TAILSCALE_UDP_PORT: u16 = 41641;
@@ -116,7 +116,8 @@ pub struct NodePlan {
 
 /// Path of a node's encrypted auth key, relative to the repository root.
 pub fn authkey_file(node: &NodeName) -> String {
-    format!("secrets/{node}/{AUTHKEY_SECRET}.age")
+    crate::secrets::SecretId::new(node.clone(), crate::secrets::SecretKind::TailscaleAuthkey)
+        .age_path()
 }
 
 /// `ip:port`, with brackets for IPv6.

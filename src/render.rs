@@ -6,6 +6,7 @@ use crate::fsutil::write_atomic;
 use crate::model::{Fleet, Os};
 use crate::nix;
 use crate::plan::{NodePlan, AUTHKEY_SECRET};
+use crate::secrets::{SecretId, SecretKind};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -93,11 +94,11 @@ pub fn render_node(
     cx.insert("nats_secret", bus::creds::PASSWORD_SECRET);
     cx.insert(
         "nats_secret_file",
-        &format!("/{}/{}.age", plan.name, bus::creds::PASSWORD_SECRET),
+        &SecretId::new(plan.name.clone(), SecretKind::NatsPassword).secrets_path(),
     );
     cx.insert(
         "secret_file",
-        &format!("/{}/{AUTHKEY_SECRET}.age", plan.name),
+        &SecretId::new(plan.name.clone(), SecretKind::TailscaleAuthkey).secrets_path(),
     );
     cx.insert("tcp_ports", &plan.tcp_ports);
     cx.insert("udp_ports", &plan.udp_ports);

@@ -24,12 +24,12 @@ use crate::deploy::{ensure_rendered, DeployOptions, RenderMode};
 use crate::manifest::{self, edit};
 use crate::model::{Fleet, NodeName};
 use crate::plan::{self, authkey_file};
+use crate::secret::Secret;
 use crate::secrets::{self, State};
 use crate::tailscale::{Tailscale, TailscaleStatus};
 use crate::tsapi;
 use authkey::{BootstrapKey, KeySources};
 use hostkey::{Fingerprint, ScannedKey};
-use secrecy::SecretString;
 use serde::Serialize;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -638,7 +638,7 @@ pub async fn bootstrap(
 
     // 2. secret
     run.start(Step::Secret);
-    let held: Option<SecretString> =
+    let held: Option<Secret> =
         secret_step(&mut run, &fleet, &name, already.is_some(), &resume).await?;
 
     // 2. hardware
@@ -753,7 +753,7 @@ async fn secret_step(
     name: &NodeName,
     in_tailnet: bool,
     resume: &str,
-) -> Result<Option<SecretString>, BootstrapError> {
+) -> Result<Option<Secret>, BootstrapError> {
     let opts = run.opts;
     let root = &opts.deploy.root;
     let file = authkey_file(name);
@@ -764,7 +764,7 @@ async fn secret_step(
         .find(|s| s.node == name.as_str())
         .map(|s| s.state)
         .unwrap_or(State::Missing);
-    let supplied = opts.keys.supplied().map_err(err)?;
+    let supplied = opts.keys.supplied(name).map_err(|e| err(e.to_string()))?;
     let reencryptable = matches!(state, State::Stale | State::Unrecorded);
 
     // Which key, if any, is to be written, and where it came from.
@@ -786,7 +786,7 @@ async fn secret_step(
         return Ok(None);
     } else if let Some(r) = opts.keys.decrypt(root, name).filter(|_| reencryptable) {
         (
-            r.map_err(err)?,
+            r.map_err(|e| err(e.to_string()))?,
             format!("the key in {file} (decrypted with --identity)"),
         )
     } else if let (Some(api), false) = (&opts.api, in_tailnet) {
@@ -1025,7 +1025,7 @@ async fn install_step(
     fleet: &Fleet,
     name: &NodeName,
     pinned: &str,
-    held: Option<SecretString>,
+    held: Option<Secret>,
     resume: &str,
 ) -> Result<(), BootstrapError> {
     let opts = run.opts;

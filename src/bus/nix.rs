@@ -7,10 +7,11 @@
 //! `secrets/<control-plane>/nats-router-password.age` and the fleet settings from `fleet/`.
 
 use super::conf::is_var_name;
-use super::creds::{router_password_file, server_env_file, ROUTER_SECRET, SERVER_ENV_SECRET};
+use super::creds::{ROUTER_SECRET, SERVER_ENV_SECRET};
 use super::{BusError, ServerPlan};
 use crate::fsutil::write_atomic;
 use crate::plan::host_port;
+use crate::secrets::{SecretId, SecretKind};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -98,21 +99,14 @@ pub fn render(plan: &ServerPlan, sources: &str) -> Result<String, BusError> {
     cx.insert("conf", &indented_string(&plan.to_conf(), 4));
     cx.insert("vars", &vars);
     cx.insert("env_secret", SERVER_ENV_SECRET);
-    let env_file = server_env_file(&plan.server_name);
     // `../../secrets + "/<cp>/nats-server-env.age"`: the path below secrets/.
-    cx.insert(
-        "env_secret_file",
-        &env_file.trim_start_matches("secrets").to_string(),
-    );
+    let env_id = SecretId::new(plan.server_name.clone(), SecretKind::NatsServerEnv);
+    cx.insert("env_secret_file", &env_id.secrets_path());
     cx.insert("store_dir", &one_line(&plan.store_dir));
     cx.insert("router_user", &plan.router.user);
     cx.insert("router_secret", ROUTER_SECRET);
-    cx.insert(
-        "router_secret_file",
-        &router_password_file(&plan.server_name)
-            .trim_start_matches("secrets")
-            .to_string(),
-    );
+    let router_id = SecretId::new(plan.server_name.clone(), SecretKind::NatsRouterPassword);
+    cx.insert("router_secret_file", &router_id.secrets_path());
     cx.insert(
         "nats_url",
         &format!("nats://{}", host_port(&plan.host, plan.port)),

@@ -191,9 +191,7 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
         return fail(e.to_string());
     }
     // Only read if a node needs `tailscale up` and TAILSCALE_AUTHKEY is not set.
-    let identity = super::secrets::identity_or_default(args.identity)
-        .unwrap_or_else(|_| PathBuf::from("~/.ssh/id_ed25519"));
-    let authkeys = Arc::new(SecretsAuthKey::new(&root, &identity));
+    let authkeys = Arc::new(SecretsAuthKey::with_identity(&root, args.identity));
     if args.dry_run {
         print!(
             "{}",

@@ -7,7 +7,7 @@ use crate::plan::NodePlan;
 /// Where the agent's unit is installed.
 pub const UNIT_PATH: &str = "/etc/systemd/system/omp-agent.service";
 /// The node's NATS password on non-NixOS hosts; the unit hands it to the agent as a credential.
-pub const NATS_PASSWORD_PATH: &str = "/etc/fleetnix/nats-password";
+pub const NATS_PASSWORD_PATH: &str = crate::secrets::kinds::FALLBACK_NATS_PASSWORD_PATH;
 /// Default agent binary on non-NixOS hosts.
 pub const DEFAULT_AGENT_BIN: &str = "/usr/local/bin/omp";
 

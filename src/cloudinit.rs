@@ -20,7 +20,7 @@ use std::path::Path;
 /// Tailscale's install script.
 pub const DEFAULT_INSTALL_URL: &str = "https://tailscale.com/install.sh";
 /// Where the auth key is written on the VM (tmpfs; deleted after `tailscale up`).
-pub const AUTHKEY_PATH: &str = "/run/fleetnix/tailscale-authkey";
+pub const AUTHKEY_PATH: &str = crate::secrets::kinds::FALLBACK_AUTHKEY_PATH;
 /// Where the install script is downloaded to.
 pub const INSTALLER_PATH: &str = "/run/fleetnix/install-tailscale.sh";
 pub use crate::agent::{DEFAULT_AGENT_BIN, UNIT_PATH as AGENT_UNIT_PATH};

@@ -282,7 +282,7 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
     let plan = fleetnix::plan::plan_node(&fleet, node);
     let id = SecretId::new(node.name.clone(), SecretKind::TailscaleAuthkey);
     let secret_file = id.age_path();
-    let default_identity = fleetnix::secrets::default_identity().ok();
+    let default_identity = fleetnix::secret::default_identity();
     let source = ci::key_source(&ci::KeyInputs {
         node: node.name.as_str(),
         mint: a.mint,

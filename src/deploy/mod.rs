@@ -279,7 +279,7 @@ impl SecretsAuthKey {
         }
     }
 
-    /// `--identity` if given, else [`crate::secrets::default_identity`] (`~/.ssh/id_ed25519`,
+    /// `--identity` if given, else [`crate::secret::default_identity`] (`~/.ssh/id_ed25519`,
     /// `~` expanded). Without `$HOME` only a node that needs the `.age` file fails.
     pub fn with_identity(root: &Path, identity: Option<PathBuf>) -> Self {
         SecretsAuthKey {
@@ -293,7 +293,7 @@ impl SecretsAuthKey {
     fn identity(&self) -> Result<PathBuf, KeyError> {
         match &self.identity {
             Some(p) => Ok(p.clone()),
-            None => Ok(crate::secrets::default_identity()?),
+            None => Ok(crate::secrets::identity_or_default(None)?),
         }
     }
 

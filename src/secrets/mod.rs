@@ -27,7 +27,7 @@ pub use keys::{
 };
 pub use kinds::{wanted, SecretId, SecretKind};
 pub use nats::{set_nats, NatsReport};
-pub use source::{default_identity, identity_or_default, KeySource};
+pub use source::{identity_or_default, KeySource};
 pub use store::{
     render_secrets_nix, rules_key, sha256_hex, status, NamedKey, Record, Records, SecretStatus,
     State, PENDING_FILE, RECIPIENTS_FILE, RECORDS_VERSION, SECRETS_DIR, SECRETS_NIX,

@@ -1,7 +1,7 @@
 //! The secret strings fleetnix hands around (auth keys, API tokens, NATS passwords): one
 //! [`Secret`] type, zeroized on drop and never shown by `Debug` or `Display`, so they cannot end
 //! up in logs or error messages. The environment variables secrets are read from are named
-//! once, in [`env`].
+//! once, in [`env`](mod@env).
 
 use std::fmt;
 use zeroize::Zeroizing;
@@ -75,7 +75,7 @@ pub mod env {
 }
 
 /// Environment variables fleetnix (or a tool it drives) reads secrets from: every name in
-/// [`env`]. No child process gets them (see [`child_env_removals`]).
+/// [`env`](mod@env). No child process gets them (see [`child_env_removals`]).
 pub const SECRET_ENV_VARS: &[&str] = &[
     env::AUTHKEY,
     env::TS_AUTHKEY,

@@ -3,7 +3,7 @@
 //! (`fleetnix authkey mint NODE`, [`mint_and_store`]). Where a key comes from is
 //! [`KeySource`] (re-exported from [`crate::secrets::source`]).
 //!
-//! The key stays a [`Secret`] in memory: it only ever leaves as age ciphertext, on a child's
+//! The key stays a [`Secret`](crate::secret::Secret) in memory: it only ever leaves as age ciphertext, on a child's
 //! stdin or in the user-data the operator asked for; never in argv, logs or errors.
 
 use crate::model::{Fleet, Node, NodeName};
@@ -35,7 +35,7 @@ pub fn authkey_request(fleet: &Fleet, node: &Node, expiry_seconds: u64) -> AuthK
     }
 }
 
-/// Mints a one-off auth key for `node`. The key is returned as a [`Secret`], to be handed to
+/// Mints a one-off auth key for `node`. The key is returned as a [`Secret`](crate::secret::Secret), to be handed to
 /// the secrets module or a child's stdin; it is never printed.
 pub async fn mint_authkey(
     client: &Client,

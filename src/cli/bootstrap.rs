@@ -1,7 +1,6 @@
 //! `bootstrap` and `cloud-init`.
 
-use super::{fail, Ctx};
-use std::process::ExitCode;
+use super::{CliError, CmdResult, Ctx, Outcome};
 
 /// Arguments of `bootstrap`. The auth key comes from `--authkey-file`, `TAILSCALE_AUTHKEY`,
 /// the node's `.age` file (with `--identity`), or is minted when `TS_API_KEY`/`--token-file` is given.
@@ -83,7 +82,7 @@ pub struct CloudInitArgs {
 }
 
 /// `fleetnix bootstrap NODE --ssh USER@HOST`: progress on stderr, the report on stdout.
-pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
+pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> CmdResult {
     use fleetnix::bootstrap::{self as bs, authkey::KeySources, hostkey, Event, SshDest};
     use std::io::IsTerminal;
     /// Shows the VM's host keys on the terminal and asks whether to trust the first one.
@@ -114,14 +113,8 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
             (line.trim() == "yes").then_some(i)
         }
     }
-    let fleet = match ctx.fleet() {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    let node = match super::node(&fleet, &a.node) {
-        Ok(n) => n,
-        Err(code) => return code,
-    };
+    let fleet = ctx.fleet()?;
+    let node = super::node(&fleet, &a.node)?;
     let dest = match (&a.ssh, &node.public_address) {
         (Some(s), _) => s.parse::<SshDest>(),
         (None, Some(p)) => format!("{}@{p}", node.ssh_user).parse::<SshDest>(),
@@ -133,27 +126,32 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
     };
     let dest = match dest {
         Ok(d) => d,
-        Err(e) => return fail(e),
+        Err(e) => return Err(CliError::msg(e)),
     };
     let fingerprint = match a
         .host_key_fingerprint
         .as_deref()
         .map(str::parse::<hostkey::Fingerprint>)
     {
-        Some(Err(e)) => return fail(format_args!("--host-key-fingerprint: {e}")),
+        Some(Err(e)) => return Err(CliError::msg(format_args!("--host-key-fingerprint: {e}"))),
         Some(Ok(f)) => Some(f),
         None => None,
     };
     let root = match std::fs::canonicalize(&ctx.root) {
         Ok(r) => r,
-        Err(e) => return fail(format_args!("repository root {}: {e}", ctx.root.display())),
+        Err(e) => {
+            return Err(CliError::msg(format_args!(
+                "repository root {}: {e}",
+                ctx.root.display()
+            )))
+        }
     };
     let tailscale = match fleetnix::tailscale::Tailscale::locate() {
         Ok(t) => t,
         Err(e) => {
-            return fail(format_args!(
+            return Err(CliError::msg(format_args!(
                 "{e}: bootstrap waits for the node in this machine's `tailscale status`"
-            ))
+            )))
         }
     };
     let api = match fleetnix::tsapi::token_from(a.token_file.as_deref()) {
@@ -163,18 +161,15 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
             token,
         ) {
             Ok(c) => Some(c),
-            Err(e) => return fail(e),
+            Err(e) => return Err(CliError::msg(e)),
         },
         Err(fleetnix::tsapi::ApiError::NoToken) => None,
-        Err(e) => return fail(e),
+        Err(e) => return Err(CliError::msg(e)),
     };
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
+    let rt = super::runtime()?;
     let address = match rt.block_on(dest.resolve()) {
         Ok(ip) => ip,
-        Err(e) => return fail(e),
+        Err(e) => return Err(CliError::msg(e)),
     };
     let mut opts = bs::BootstrapOptions::new(
         &root,
@@ -192,10 +187,7 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
     if let Some(u) = &a.install_url {
         opts.deploy.install_url = u.clone();
     }
-    opts.deploy.override_inputs = match a.flake.inputs() {
-        Ok(i) => i,
-        Err(e) => return fail(e),
-    };
+    opts.deploy.override_inputs = a.flake.inputs()?;
     opts.keys = KeySources {
         file: a.authkey_file.clone(),
         env: true,
@@ -246,7 +238,7 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
             if a.json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(s) => println!("{s}"),
-                    Err(e) => return fail(e),
+                    Err(e) => return Err(CliError::msg(e)),
                 }
             } else if report.changed() {
                 println!(
@@ -259,26 +251,20 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
                     report.node, report.tailscale_ip
                 );
             }
-            ExitCode::SUCCESS
+            Ok(Outcome::Ok)
         }
-        Err(e) => fail(e),
+        Err(e) => Err(CliError::msg(e)),
     }
 }
 
 /// `fleetnix cloud-init NODE [-o FILE]`: user-data on stdout or in FILE; notes on stderr.
-pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
+pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> CmdResult {
     use fleetnix::cloudinit::{self as ci, AuthKey};
     use fleetnix::secrets::source::{KeyContext, KeySource, Minter};
     use fleetnix::secrets::{SecretId, SecretKind};
     use std::io::{IsTerminal, Write};
-    let fleet = match ctx.fleet() {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    let node = match super::node(&fleet, &a.node) {
-        Ok(n) => n,
-        Err(code) => return code,
-    };
+    let fleet = ctx.fleet()?;
+    let node = super::node(&fleet, &a.node)?;
     let plan = fleetnix::plan::plan_node(&fleet, node);
     let id = SecretId::new(node.name.clone(), SecretKind::TailscaleAuthkey);
     let secret_file = id.age_path();
@@ -292,20 +278,10 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
         stdin_is_terminal: std::io::stdin().is_terminal(),
         secret_file: &secret_file,
         secret_exists: ctx.root.join(&secret_file).is_file(),
-    });
-    let source = match source {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
+    })
+    .map_err(CliError::msg)?;
     let resolved = if source == KeySource::Mint {
-        let client = match super::acl::client(&fleet, &a.api) {
-            Ok(c) => c,
-            Err(code) => return code,
-        };
-        let rt = match super::runtime() {
-            Ok(rt) => rt,
-            Err(code) => return code,
-        };
+        let client = super::acl::client(&fleet, &a.api)?;
         let cx = KeyContext {
             mint: Some(Minter {
                 client: &client,
@@ -314,14 +290,11 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
             }),
             ..KeyContext::new(&id, &ctx.root)
         };
-        rt.block_on(source.resolve(&cx))
+        super::runtime()?.block_on(source.resolve(&cx))
     } else {
         source.resolve_local(&KeyContext::new(&id, &ctx.root))
-    };
-    let resolved = match resolved {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
+    }
+    .map_err(CliError::msg)?;
     match (&source, &resolved.minted) {
         (_, Some(k)) => eprintln!(
             "note: minted auth key {} for {} (one-off, pre-authorised, expires {}); it is only in this user-data",
@@ -339,7 +312,7 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
     let key = {
         match AuthKey::parse(raw.expose()) {
             Ok(k) => k,
-            Err(e) => return fail(e),
+            Err(e) => return Err(CliError::msg(e)),
         }
     };
     drop(raw);
@@ -350,7 +323,7 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
     };
     let text = match ci::user_data(&plan, &key, &opts) {
         Ok(t) => t,
-        Err(e) => return fail(e),
+        Err(e) => return Err(CliError::msg(e)),
     };
     let written = match &a.output {
         Some(path) => fleetnix::fsutil::write_atomic(path, text.as_bytes(), 0o600)
@@ -361,7 +334,7 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
             .map_err(|e| e.to_string()),
     };
     if let Err(e) = written {
-        return fail(e);
+        return Err(CliError::msg(e));
     }
     eprintln!(
         "note: this user-data contains {}'s Tailscale auth key, its only secret{}; the VM deletes the key file after `tailscale up`, but the provider keeps the user-data: prefer a single-use key with a short expiry",
@@ -377,5 +350,5 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
             plan.name
         );
     }
-    ExitCode::SUCCESS
+    Ok(Outcome::Ok)
 }

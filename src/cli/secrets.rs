@@ -1,13 +1,12 @@
 //! `secrets set-authkey | set-nats | rekey | list`: argument parsing and printing; the logic is
 //! in [`fleetnix::secrets`]. No secret is ever an argument or printed.
 
-use super::Ctx;
+use super::{CliError, CmdResult, Ctx, Outcome};
 use fleetnix::model::NodeName;
 use fleetnix::secret::Secret;
 use fleetnix::secrets::source::{KeyContext, KeyError, KeySource};
 use fleetnix::secrets::{self, Report, SecretsError};
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 /// `secrets` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -70,21 +69,14 @@ pub struct ListArgs {
 }
 
 /// `fleetnix secrets …`.
-pub fn run(ctx: &Ctx, cmd: SecretsCommand) -> ExitCode {
-    let fleet = match ctx.fleet() {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    let result = match cmd {
+pub fn run(ctx: &Ctx, cmd: SecretsCommand) -> CmdResult {
+    let fleet = ctx.fleet()?;
+    match cmd {
         SecretsCommand::SetAuthkey(a) => set_authkey(ctx, &fleet, a),
         SecretsCommand::SetNats(a) => set_nats(ctx, &fleet, a),
         SecretsCommand::Rekey(a) => rekey(ctx, &fleet, a),
         SecretsCommand::List(a) => list(ctx, &fleet, a),
-    };
-    result.unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(1)
-    })
+    }
 }
 
 /// The key from --from-file, $TAILSCALE_AUTHKEY or standard input, in that order, resolved
@@ -111,11 +103,7 @@ fn read_key(
     }
 }
 
-fn set_authkey(
-    ctx: &Ctx,
-    fleet: &fleetnix::model::Fleet,
-    args: SetAuthkeyArgs,
-) -> Result<ExitCode, SecretsError> {
+fn set_authkey(ctx: &Ctx, fleet: &fleetnix::model::Fleet, args: SetAuthkeyArgs) -> CmdResult {
     // Node names first, so a typo fails before the key is asked for.
     let nodes: Vec<NodeName> = if args.all {
         fleet.nodes.iter().map(|n| n.name.clone()).collect()
@@ -124,31 +112,26 @@ fn set_authkey(
     };
     let Some(first) = nodes.first() else {
         // `--all` on a fleet without nodes (the manifest requires one): nothing to write.
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Outcome::Ok);
     };
     let key = read_key(ctx, first, args.from_file.as_ref())?;
     let report = secrets::set_authkey(fleet, &ctx.root, &nodes, &key)?;
     drop(key);
     print_report(ctx, &report);
     if report.skipped.is_empty() {
-        Ok(ExitCode::SUCCESS)
+        Ok(Outcome::Ok)
     } else {
-        eprintln!(
-            "error: {} node(s) skipped; nothing was encrypted for them",
+        Err(CliError::msg(format_args!(
+            "{} node(s) skipped; nothing was encrypted for them",
             report.skipped.len()
-        );
-        Ok(ExitCode::from(1))
+        )))
     }
 }
 
 /// `--identity`, or `~/.ssh/id_ed25519` with `~` expanded.
 pub use fleetnix::secrets::identity_or_default;
 
-fn set_nats(
-    ctx: &Ctx,
-    fleet: &fleetnix::model::Fleet,
-    args: SetNatsArgs,
-) -> Result<ExitCode, SecretsError> {
+fn set_nats(ctx: &Ctx, fleet: &fleetnix::model::Fleet, args: SetNatsArgs) -> CmdResult {
     let identity = identity_or_default(args.identity)?;
     let out = secrets::set_nats(fleet, &ctx.root, &identity)?;
     print_report(ctx, &out.report);
@@ -173,21 +156,16 @@ fn set_nats(
         println!("router password: new");
     }
     if out.report.skipped.is_empty() {
-        Ok(ExitCode::SUCCESS)
+        Ok(Outcome::Ok)
     } else {
-        eprintln!(
-            "error: {} node(s) skipped; their NATS password is kept in the server environment and written once they have a host key",
+        Err(CliError::msg(format_args!(
+            "{} node(s) skipped; their NATS password is kept in the server environment and written once they have a host key",
             out.report.skipped.len()
-        );
-        Ok(ExitCode::from(1))
+        )))
     }
 }
 
-fn rekey(
-    ctx: &Ctx,
-    fleet: &fleetnix::model::Fleet,
-    args: RekeyArgs,
-) -> Result<ExitCode, SecretsError> {
+fn rekey(ctx: &Ctx, fleet: &fleetnix::model::Fleet, args: RekeyArgs) -> CmdResult {
     let identity = identity_or_default(args.identity)?;
     let report = secrets::rekey(
         fleet,
@@ -205,15 +183,14 @@ fn rekey(
         println!("{} secret(s) already up to date", report.unchanged.len());
     }
     // A secret that exists but cannot be brought up to date is a failure.
-    Ok(if report.stuck.is_empty() {
-        ExitCode::SUCCESS
+    if report.stuck.is_empty() {
+        Ok(Outcome::Ok)
     } else {
-        eprintln!(
-            "error: {} secret(s) could not be rekeyed",
+        Err(CliError::msg(format_args!(
+            "{} secret(s) could not be rekeyed",
             report.stuck.len()
-        );
-        ExitCode::from(1)
-    })
+        )))
+    }
 }
 
 fn print_report(ctx: &Ctx, report: &Report) {
@@ -237,11 +214,7 @@ fn print_report(ctx: &Ctx, report: &Report) {
     }
 }
 
-fn list(
-    ctx: &Ctx,
-    fleet: &fleetnix::model::Fleet,
-    args: ListArgs,
-) -> Result<ExitCode, SecretsError> {
+fn list(ctx: &Ctx, fleet: &fleetnix::model::Fleet, args: ListArgs) -> CmdResult {
     let statuses = secrets::status(fleet, &ctx.root)?;
     if args.json {
         // Invariant: these types always serialize.
@@ -249,7 +222,7 @@ fn list(
             "{}",
             serde_json::to_string_pretty(&statuses).unwrap_or_default()
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Outcome::Ok);
     }
     let width = statuses
         .iter()
@@ -280,5 +253,5 @@ fn list(
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Outcome::Ok)
 }

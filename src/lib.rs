@@ -27,5 +27,6 @@ pub mod router;
 pub mod secret;
 pub mod secrets;
 pub mod status;
+pub mod suggest;
 pub mod tailscale;
 pub mod tsapi;

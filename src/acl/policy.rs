@@ -668,7 +668,7 @@ impl<'t> Cx<'t> {
             }
             seen.insert(name.clone(), loc);
             if !known.contains(&name.as_str()) {
-                let hint = closest(&name, known)
+                let hint = crate::suggest::closest(&name, known)
                     .map(|c| format!("did you mean {c:?}? Fields of {what}: {}", known.join(", ")))
                     .or_else(|| Some(format!("fields of {what}: {}", known.join(", "))));
                 self.issue(
@@ -1043,21 +1043,6 @@ impl<'t> Cx<'t> {
             loc,
         })
     }
-}
-
-/// The known name closest to `name`, if close enough to be a likely typo.
-fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
-    known
-        .iter()
-        .map(|k| {
-            (
-                strsim::jaro_winkler(&name.to_lowercase(), &k.to_lowercase()),
-                *k,
-            )
-        })
-        .filter(|(score, _)| *score > 0.85)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| k)
 }
 
 /// HuJSON options: JSON plus comments and trailing commas, nothing else of JSON5.

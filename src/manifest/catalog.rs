@@ -15,8 +15,9 @@ pub(super) struct CatalogSpans<'y> {
 pub(super) fn decode_catalog<'y>(cx: &mut Cx, root: &'y Y) -> Option<(Catalog, CatalogSpans<'y>)> {
     let f = cx.fields(root, "", &["default_tag", "roles", "services"])?;
     let default_tag = match f.get("default_tag") {
-        Some(v) => cx.checked(v, "default_tag", "a tag like `tag:worker`", check_tag),
-        None => Some("tag:worker".to_string()),
+        Some(v) => cx.checked(v, "default_tag", "a tag like `tag:worker`", Tag::parse),
+        // A valid literal: never None.
+        None => Tag::parse("tag:worker").ok(),
     };
     let mut roles = BTreeMap::new();
     let mut ok = default_tag.is_some();
@@ -49,7 +50,7 @@ pub(super) fn decode_catalog<'y>(cx: &mut Cx, root: &'y Y) -> Option<(Catalog, C
                                 t,
                                 &join(&field, "tag"),
                                 "a tag like `tag:control-plane`",
-                                check_tag,
+                                Tag::parse,
                             );
                             ok &= spec.tag.is_some();
                         }
@@ -73,8 +74,8 @@ pub(super) fn decode_catalog<'y>(cx: &mut Cx, root: &'y Y) -> Option<(Catalog, C
     }
     let known_tags: BTreeSet<String> = roles
         .values()
-        .filter_map(|r: &RoleSpec| r.tag.clone())
-        .chain(default_tag.clone())
+        .filter_map(|r: &RoleSpec| r.tag.as_ref().map(Tag::to_string))
+        .chain(default_tag.as_ref().map(Tag::to_string))
         .collect();
 
     let mut services = Vec::new();
@@ -130,7 +131,7 @@ pub(super) fn decode_catalog<'y>(cx: &mut Cx, root: &'y Y) -> Option<(Catalog, C
                 Some(v) => cx.checked(v, &join(&path, "protocol"), "tcp or udp", |s| match s {
                     "tcp" => Ok(Protocol::Tcp),
                     "udp" => Ok(Protocol::Udp),
-                    _ => Err("unknown protocol".into()),
+                    _ => Err(InvalidValue::from("unknown protocol")),
                 }),
             };
             let role_node = cx.required(&sf, "role", "the role whose nodes host the service");
@@ -170,9 +171,9 @@ pub(super) fn decode_catalog<'y>(cx: &mut Cx, root: &'y Y) -> Option<(Catalog, C
                         continue;
                     };
                     let valid = if s.starts_with("tag:") {
-                        check_tag(&s).and_then(|t| {
-                            if known_tags.contains(&t) {
-                                Ok(t)
+                        Tag::parse(&s).map_err(String::from).and_then(|t| {
+                            if known_tags.contains(t.as_str()) {
+                                Ok(t.to_string())
                             } else {
                                 Err(format!(
                                     "no role carries tag `{t}` (known: {})",
@@ -181,7 +182,7 @@ pub(super) fn decode_catalog<'y>(cx: &mut Cx, root: &'y Y) -> Option<(Catalog, C
                             }
                         })
                     } else if s.starts_with("group:") {
-                        check_group(&s)
+                        check_group(&s).map_err(String::from)
                     } else if SOURCE_AUTOGROUPS.contains(&s.as_str()) || s == "*" {
                         Ok(s.clone())
                     } else {

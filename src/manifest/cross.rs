@@ -8,7 +8,6 @@ use super::settings::RawSettings;
 use super::{yaml, FleetTexts, Problem, CONTROL_PLANE_ROLE};
 use crate::model::*;
 use crate::suggest::closest;
-use std::net::IpAddr;
 
 pub(super) fn cross_check<'t>(
     cx: &mut Cx<'t>,
@@ -83,10 +82,7 @@ pub(super) fn cross_check<'t>(
                     .iter()
                     .find(|s| s.name.as_str() == "nats")
                     .map_or(4222, |s| s.port);
-                settings.nats_url = match cp.tailscale_ip {
-                    IpAddr::V4(ip) => format!("nats://{ip}:{port}"),
-                    IpAddr::V6(ip) => format!("nats://[{ip}]:{port}"),
-                };
+                settings.nats_url = NatsUrl::at(cp.tailscale_ip, port);
             }
         }
     }

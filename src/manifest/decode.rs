@@ -216,12 +216,12 @@ impl Cx<'_> {
     }
 
     /// A string checked by `check`, which explains what is wrong.
-    pub(super) fn checked<T>(
+    pub(super) fn checked<T, E: std::fmt::Display>(
         &mut self,
         v: &Y,
         field: &str,
         expected: &str,
-        check: impl FnOnce(&str) -> Result<T, String>,
+        check: impl FnOnce(&str) -> Result<T, E>,
     ) -> Option<T> {
         let s = self.string(v, field, expected)?;
         match check(&s) {

@@ -355,9 +355,10 @@ pub fn update_node_field(
 /// Records `node`'s SSH host public key (`ssh-ed25519 AAAA…`) as `host_key` in `<dir>/nodes.yml`.
 pub fn set_host_key(dir: &Path, node: &str, key: &str) -> Result<(Edited, Fleet), EditError> {
     let key = key.trim().to_string();
-    let k = key.clone();
+    // An invalid key is reported by validating the edited file, with its line.
+    let k = crate::model::HostKey::parse(&key).ok();
     update_node_field(dir, node, "host_key", &Scalar::Quoted(key), |n| {
-        n.host_key = Some(k)
+        n.host_key = k
     })
 }
 

@@ -23,9 +23,10 @@ mod settings;
 mod validate;
 pub mod yaml;
 
+pub use crate::model::check_public_key;
 pub use diag::Problem;
 pub use error::ManifestError;
-pub use validate::{check_public_key, SOURCE_AUTOGROUPS};
+pub use validate::SOURCE_AUTOGROUPS;
 
 use crate::model::*;
 use catalog::decode_catalog;

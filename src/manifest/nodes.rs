@@ -1,7 +1,6 @@
 //! `nodes.yml`: the machines, and the duplicate checks between them.
 
 use super::decode::{join, Cx};
-use super::validate::*;
 use super::yaml::{Node as Y, Value};
 use crate::model::*;
 use crate::suggest::closest;
@@ -80,11 +79,11 @@ pub(super) fn decode_nodes<'y>(
                 &join(&path, "tailscale_ip"),
                 "a Tailscale address in 100.64.0.0/10 or fd7a:115c:a1e0::/48",
                 |s| {
-                    let ip: IpAddr = s.parse().map_err(|_| "not an IP address".to_string())?;
+                    let ip: IpAddr = s.parse().map_err(|_| "not an IP address")?;
                     if is_tailnet_addr(&ip) {
                         Ok(ip)
                     } else {
-                        Err("outside Tailscale's address ranges".into())
+                        Err("outside Tailscale's address ranges")
                     }
                 },
             )
@@ -187,12 +186,17 @@ pub(super) fn decode_nodes<'y>(
                 "nixos" => Ok(Os::Nixos),
                 "linux" => Ok(Os::Linux),
                 "auto" => Ok(Os::Auto),
-                _ => Err("unknown OS".into()),
+                _ => Err(InvalidValue::from("unknown OS")),
             }),
         };
         let ssh_user = match nf.get("ssh_user") {
-            None => Some("root".to_string()),
-            Some(v) => cx.checked(v, &join(&path, "ssh_user"), "a Unix user name", check_user),
+            None => Some(SshLogin::root()),
+            Some(v) => cx.checked(
+                v,
+                &join(&path, "ssh_user"),
+                "a Unix user name",
+                SshLogin::parse,
+            ),
         };
         let host_key = match nf.get("host_key") {
             None => Some(None),
@@ -201,7 +205,7 @@ pub(super) fn decode_nodes<'y>(
                     v,
                     &join(&path, "host_key"),
                     "an SSH host public key (ssh-ed25519 AAAA… or ssh-rsa AAAA…)",
-                    |s| check_public_key(s, false),
+                    HostKey::parse,
                 )
                 .map(Some),
         };
@@ -223,7 +227,7 @@ pub(super) fn decode_nodes<'y>(
                     v,
                     &join(&path, "public_address"),
                     "a host name or IP address",
-                    check_host,
+                    |s| check_host(s).map(|()| s.to_string()),
                 )
                 .map(Some),
         };

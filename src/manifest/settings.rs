@@ -48,7 +48,7 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
             v,
             "nats_url",
             "a URL like nats://100.64.0.1:4222",
-            check_nats_url,
+            NatsUrl::parse,
         )
     });
     ok &= f.get("nats_url").is_none() || nats_url.is_some();
@@ -68,7 +68,7 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
                 {
                     Ok(s.to_string())
                 } else {
-                    Err("letters, digits and `-._@` only".into())
+                    Err(InvalidValue::from("letters, digits and `-._@` only"))
                 }
             },
         ),
@@ -168,7 +168,9 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
                         {
                             Ok(s.to_string())
                         } else {
-                            Err("letters, digits, `-` and `_` only, at most 64".into())
+                            Err(InvalidValue::from(
+                                "letters, digits, `-` and `_` only, at most 64",
+                            ))
                         }
                     },
                 ) {
@@ -251,7 +253,9 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
     Some(RawSettings {
         settings: Settings {
             control_plane,
-            nats_url: nats_url.unwrap_or_default(),
+            // Without `nats_url`, `cross_check` sets the control plane's address (a placeholder until then).
+            nats_url: nats_url
+                .unwrap_or_else(|| NatsUrl::at(std::net::Ipv4Addr::UNSPECIFIED.into(), 4222)),
             control_plane_port,
             tailnet,
             operators,

@@ -46,7 +46,7 @@ in
       # It talks to the local nats-server over the tailnet address.
       wants = [ "nats.service" "tailscaled.service" ];
       after = [ "nats.service" "tailscaled.service" "tailscaled-autoconnect.service" ];
-      serviceConfig = {
+      serviceConfig = import ./hardening.nix // {
         ExecStart = lib.escapeShellArgs [
           "${cfg.package}/bin/fleetnix"
           "--fleet-dir" "${cfg.fleetDir}"
@@ -56,28 +56,6 @@ in
         LoadCredential = [ "nats-password:${toString cfg.passwordFile}" ];
         Restart = "on-failure";
         RestartSec = "5s";
-        DynamicUser = true;
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
-        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [ "@system-service" "~@privileged" ];
-        CapabilityBoundingSet = "";
-        UMask = "0077";
       };
     };
   };

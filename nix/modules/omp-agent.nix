@@ -72,7 +72,7 @@ in
       environment = lib.optionalAttrs (cfg.natsCredentialsFile != null) {
         NATS_CREDS_FILE = "%d/nats-creds";
       };
-      serviceConfig = {
+      serviceConfig = import ./hardening.nix // {
         ExecStart = lib.escapeShellArgs ([
           "${cfg.package}/bin/omp" "agent" "start"
           "--node-name" cfg.nodeName
@@ -83,29 +83,7 @@ in
         LoadCredential = lib.optional (cfg.natsCredentialsFile != null) "nats-creds:${toString cfg.natsCredentialsFile}";
         Restart = "on-failure";
         RestartSec = "5s";
-        DynamicUser = true;
         StateDirectory = "omp-agent";
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
-        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [ "@system-service" "~@privileged" ];
-        CapabilityBoundingSet = "";
-        UMask = "0077";
       };
     };
   };

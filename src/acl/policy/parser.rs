@@ -760,12 +760,15 @@ mod tests {
         assert_eq!(t.ports.to_string(), "80-90");
         assert!(parse_acl_dst("100.64.0.1", Proto::Default)
             .unwrap_err()
+            .0
             .contains("must contain a colon"));
         assert!(parse_acl_dst("100.64.0.1:0", Proto::Default)
             .unwrap_err()
+            .0
             .contains("first port must be >0"));
         assert!(parse_acl_dst("tag:worker", Proto::Default)
             .unwrap_err()
+            .0
             .contains("missing ports"));
         assert!(parse_acl_dst("tag:worker:22", Proto::parse("icmp").unwrap()).is_err());
         assert!(parse_acl_dst("*:22", Proto::Default).is_ok());

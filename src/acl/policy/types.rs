@@ -2,6 +2,7 @@
 //! small parsers of single values (`tag:x`, `host:ports`, `tcp`).
 
 use crate::acl::ports::PortSet;
+use crate::model::InvalidValue;
 use ipnet::IpNet;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -125,7 +126,11 @@ pub enum Selector {
 
 impl Selector {
     /// Parses one selector.
-    pub fn parse(s: &str) -> Result<Selector, String> {
+    pub fn parse(s: &str) -> Result<Selector, InvalidValue> {
+        Self::parse_text(s).map_err(InvalidValue)
+    }
+
+    fn parse_text(s: &str) -> Result<Selector, String> {
         let named = |prefix: &str| -> Result<String, String> {
             let name = &s[prefix.len()..];
             if name.is_empty() {
@@ -244,7 +249,11 @@ pub fn proto_has_ports(n: u8) -> bool {
 
 impl Proto {
     /// Parses a `proto` value: a name or a number 1–255.
-    pub fn parse(s: &str) -> Result<Proto, String> {
+    pub fn parse(s: &str) -> Result<Proto, InvalidValue> {
+        Self::parse_text(s).map_err(InvalidValue)
+    }
+
+    fn parse_text(s: &str) -> Result<Proto, String> {
         let named = PROTO_NAMES.iter().find(|(name, _)| *name == s);
         let n = match named {
             Some((_, n)) => *n,
@@ -290,7 +299,11 @@ pub struct Target {
 }
 
 /// Parses a port list: `*`, `22`, `80,443`, `1000-2000`.
-pub fn parse_ports(s: &str) -> Result<PortSet, String> {
+pub fn parse_ports(s: &str) -> Result<PortSet, InvalidValue> {
+    parse_ports_text(s).map_err(InvalidValue)
+}
+
+fn parse_ports_text(s: &str) -> Result<PortSet, String> {
     if s == "*" {
         return Ok(PortSet::all());
     }
@@ -316,7 +329,11 @@ pub fn parse_ports(s: &str) -> Result<PortSet, String> {
 }
 
 /// Splits `host:ports` (IPv6 literals in brackets) into its two parts.
-pub fn split_host_port(s: &str) -> Result<(&str, &str), String> {
+pub fn split_host_port(s: &str) -> Result<(&str, &str), InvalidValue> {
+    split_host_port_text(s).map_err(InvalidValue)
+}
+
+fn split_host_port_text(s: &str) -> Result<(&str, &str), String> {
     if let Some(rest) = s.strip_prefix('[') {
         let (ip, after) = rest
             .split_once(']')
@@ -338,10 +355,14 @@ pub fn split_host_port(s: &str) -> Result<(&str, &str), String> {
 }
 
 /// Parses an ACL destination `host:ports` under a rule's protocol.
-pub fn parse_acl_dst(s: &str, proto: Proto) -> Result<Target, String> {
-    let (host, ports) = split_host_port(s)?;
-    let host = Selector::parse(host)?;
-    let ports = parse_ports(ports).map_err(|e| format!("dst={s:?}: {e}"))?;
+pub fn parse_acl_dst(s: &str, proto: Proto) -> Result<Target, InvalidValue> {
+    parse_acl_dst_text(s, proto).map_err(InvalidValue)
+}
+
+fn parse_acl_dst_text(s: &str, proto: Proto) -> Result<Target, String> {
+    let (host, ports) = split_host_port_text(s)?;
+    let host = Selector::parse_text(host)?;
+    let ports = parse_ports_text(ports).map_err(|e| format!("dst={s:?}: {e}"))?;
     if !proto.has_ports() && !ports.is_all() {
         return Err(format!(
             "dst={s:?}: only tcp, udp and sctp can name ports; use '*' with this protocol"
@@ -351,23 +372,31 @@ pub fn parse_acl_dst(s: &str, proto: Proto) -> Result<Target, String> {
 }
 
 /// Parses a grant's `ip` item: `*`, `22`, `tcp:22`, `udp:53`, `tcp:80-90`.
-pub fn parse_grant_ip(s: &str) -> Result<(Proto, PortSet), String> {
+pub fn parse_grant_ip(s: &str) -> Result<(Proto, PortSet), InvalidValue> {
+    parse_grant_ip_text(s).map_err(InvalidValue)
+}
+
+fn parse_grant_ip_text(s: &str) -> Result<(Proto, PortSet), String> {
     if s == "*" {
         return Ok((Proto::Any, PortSet::all()));
     }
     match s.split_once(':') {
         Some((proto, ports)) => {
-            let proto = Proto::parse(proto)?;
-            Ok((proto, parse_ports(ports)?))
+            let proto = Proto::parse_text(proto)?;
+            Ok((proto, parse_ports_text(ports)?))
         }
-        None => Ok((Proto::Default, parse_ports(s)?)),
+        None => Ok((Proto::Default, parse_ports_text(s)?)),
     }
 }
 
 /// A test destination `host:port`: one numeric port.
-pub fn parse_test_dst(s: &str) -> Result<(Selector, u16), String> {
-    let (host, port) = split_host_port(s)?;
-    let sel = Selector::parse(host)?;
+pub fn parse_test_dst(s: &str) -> Result<(Selector, u16), InvalidValue> {
+    parse_test_dst_text(s).map_err(InvalidValue)
+}
+
+fn parse_test_dst_text(s: &str) -> Result<(Selector, u16), String> {
+    let (host, port) = split_host_port_text(s)?;
+    let sel = Selector::parse_text(host)?;
     if matches!(sel, Selector::Any | Selector::Cidr(_)) {
         return Err(format!(
             "test destination {s:?}: no '*' or CIDR, name one host"

@@ -5,7 +5,9 @@
 //!
 //! Latency: median (and p99) of 10,000 tasks one after another. Throughput: 10,000 tasks with
 //! 64 in flight. Targets: the router adds at most 1 ms to the median and keeps at least half the
-//! direct throughput.
+//! direct throughput. Also printed: CPU microseconds per task (this process, which holds the
+//! client, the router and both workers, plus nats-server) for each path, whose ratio does not
+//! depend on what else the machine is running.
 
 #[path = "../tests/bus_support/mod.rs"]
 mod bus_support;
@@ -65,12 +67,41 @@ async fn latency(client: &async_nats::Client, mode: Mode) -> (Duration, Duration
     (v[TASKS / 2], v[TASKS * 99 / 100])
 }
 
-async fn throughput(client: &async_nats::Client, mode: Mode) -> f64 {
+/// CPU seconds (user + system) this process has used so far.
+fn own_cpu() -> f64 {
+    // SAFETY: getrusage only writes into the zeroed struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU seconds (user + system) process `pid` has used so far, from /proc/<pid>/stat.
+fn proc_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (11 and 12 here); the clock runs at 100 Hz on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Tasks per second with 64 in flight, and CPU microseconds per task: (this process: clients,
+/// workers and router; nats-server).
+async fn throughput(client: &async_nats::Client, mode: Mode, server: u32) -> (f64, f64, f64) {
+    let (c0, s0) = (own_cpu(), proc_cpu(server));
     let t = Instant::now();
     futures_util::stream::iter(0..TASKS)
         .for_each_concurrent(IN_FLIGHT, |i| async move { one(client, mode, i).await })
         .await;
-    TASKS as f64 / t.elapsed().as_secs_f64()
+    let wall = t.elapsed().as_secs_f64();
+    let per = |cpu: f64| cpu * 1e6 / TASKS as f64;
+    (
+        TASKS as f64 / wall,
+        per(own_cpu() - c0),
+        per(proc_cpu(server) - s0),
+    )
 }
 
 fn main() {
@@ -116,13 +147,29 @@ fn main() {
         }
         let (d_med, d_p99) = latency(&supervisor, Mode::Direct).await;
         let (r_med, r_p99) = latency(&supervisor, Mode::Router).await;
-        let d_thr = throughput(&supervisor, Mode::Direct).await;
-        let r_thr = throughput(&supervisor, Mode::Router).await;
+        let (d_thr, d_cpu, d_srv) = throughput(&supervisor, Mode::Direct, server.pid()).await;
+        let (r_thr, r_cpu, r_srv) = throughput(&supervisor, Mode::Router, server.pid()).await;
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!("router bench: {TASKS} tasks, 2 workers, loopback nats-server");
-        println!("{:<8} {:>12} {:>10} {:>16}", "path", "median ms", "p99 ms", "tasks/s (64 in flight)");
-        println!("{:<8} {:>12.3} {:>10.3} {:>16.0}", "direct", ms(d_med), ms(d_p99), d_thr);
-        println!("{:<8} {:>12.3} {:>10.3} {:>16.0}", "router", ms(r_med), ms(r_p99), r_thr);
+        println!(
+            "{:<8} {:>10} {:>8} {:>24} {:>30}",
+            "path", "median ms", "p99 ms", "tasks/s (64 in flight)", "CPU us/task (bench, server)"
+        );
+        for (name, med, p99, thr, cpu, srv) in [
+            ("direct", d_med, d_p99, d_thr, d_cpu, d_srv),
+            ("router", r_med, r_p99, r_thr, r_cpu, r_srv),
+        ] {
+            println!(
+                "{name:<8} {:>10.3} {:>8.3} {thr:>24.0} {:>20.0} ({cpu:.0}, {srv:.0})",
+                ms(med),
+                ms(p99),
+                cpu + srv
+            );
+        }
+        println!(
+            "CPU per task, router / direct: {:.2} (a load-independent view of the throughput ratio)",
+            (r_cpu + r_srv) / (d_cpu + d_srv)
+        );
         let added = ms(r_med) - ms(d_med);
         println!(
             "added median latency {added:.3} ms (target <= 1 ms: {:.2} of target); throughput ratio {:.2} (target >= 0.5: {:.2} of target)",

@@ -23,6 +23,7 @@
 //! names another node the reply says so (`Fleet-Claimed-Node`).
 
 use crate::alert::Alerter;
+use crate::bus::dispatch::task_id;
 use crate::bus::heartbeat::{self, Heartbeat};
 use crate::bus::registry::{self, NodeRecord};
 use crate::bus::{
@@ -419,14 +420,6 @@ struct Shared {
     client: Client,
     view: Mutex<LiveView>,
     config: RouterConfig,
-}
-
-fn task_id() -> String {
-    use rand::Rng;
-    let mut rng = rand::rngs::OsRng;
-    (0..16)
-        .map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap_or('0'))
-        .collect()
 }
 
 fn header<'m>(msg: &'m Message, name: &str) -> Option<&'m str> {

@@ -67,6 +67,18 @@ pub fn child_env_removals() -> Vec<std::ffi::OsString> {
     out
 }
 
+/// The operator identity used when none is given: `~/.ssh/id_ed25519` with `~` expanded from
+/// `$HOME` (`None` when `$HOME` is unset or empty: there is nothing to expand it to).
+pub fn default_identity() -> Option<std::path::PathBuf> {
+    default_identity_in(std::env::var_os("HOME"))
+}
+
+/// [`default_identity`] for a given `$HOME`.
+fn default_identity_in(home: Option<std::ffi::OsString>) -> Option<std::path::PathBuf> {
+    home.filter(|h| !h.is_empty())
+        .map(|h| std::path::PathBuf::from(h).join(".ssh/id_ed25519"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +99,15 @@ mod tests {
             assert!(!is_secret_env(std::ffi::OsStr::new(v)), "{v}");
         }
         assert!(child_env_removals().contains(&"TS_API_KEY".into()));
+    }
+
+    #[test]
+    fn default_identity_expands_home() {
+        assert_eq!(
+            default_identity_in(Some("/home/op".into())),
+            Some(std::path::PathBuf::from("/home/op/.ssh/id_ed25519"))
+        );
+        assert_eq!(default_identity_in(Some("".into())), None);
+        assert_eq!(default_identity_in(None), None);
     }
 }

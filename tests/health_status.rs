@@ -265,8 +265,8 @@ fn cli_status_reports_drift_and_exits_1() {
     assert_eq!(v["nodes"][1]["connection"]["kind"], "direct");
     assert_eq!(v["nodes"][2]["connection"]["region"], "nyc");
 
-    // Without tailscaled: a clear error, exit 1.
+    // Without tailscaled: a clear error, exit 3 ("could not run"), not drift's 1.
     let out = status_cli(&[], None);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("doesn't appear to be running"));
 }

@@ -15,8 +15,8 @@ use super::{
 use crate::model::{NodeName, Role};
 use async_nats::{Client, ConnectOptions, HeaderMap, Message, Request, RequestErrorKind};
 use bytes::Bytes;
-use rand::Rng;
-use std::fmt;
+use rand::RngCore;
+use std::fmt::{self, Write as _};
 use std::time::{Duration, Instant};
 
 /// Where an attempt sent the task.
@@ -223,11 +223,14 @@ pub async fn connect_as(
         })
 }
 
-fn task_id() -> String {
-    let mut rng = rand::rngs::OsRng;
-    (0..16)
-        .map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap_or('0'))
-        .collect()
+/// A fresh task id: 16 lowercase hex digits from the OS's random source (one read, 64 bits).
+pub fn task_id() -> String {
+    let mut bytes = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().fold(String::with_capacity(16), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// Sends a task for `role` and waits for the reply, failing over under `policy`.

@@ -1,12 +1,10 @@
-//! `acl` and `authkey`: argument parsing and printing; the logic is in `fleetnix::acl` and
-//! `fleetnix::tsapi`.
+//! `acl`: argument parsing and printing; the logic is in `fleetnix::acl` and `fleetnix::tsapi`.
 
-use super::{fail, runtime, Ctx};
+use super::{runtime, CliError, CmdResult, Ctx, Outcome};
 use fleetnix::acl::{apply, check, matrix, policy, render};
 use fleetnix::model::Fleet;
 use fleetnix::tsapi::{self, Client};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 /// Default policy file, relative to the fleet directory.
 const POLICY_FILE: &str = "acl-policy.hujson";
@@ -73,30 +71,15 @@ pub enum AclCommand {
     },
 }
 
-/// `authkey` subcommands.
-#[derive(Debug, clap::Subcommand)]
-pub enum AuthkeyCommand {
-    /// Mint a one-off, pre-authorised, tagged auth key for a node and store it encrypted (never printed).
-    Mint {
-        /// The node.
-        node: String,
-        /// API access.
-        #[command(flatten)]
-        api: ApiArgs,
-        /// Lifetime of the key in seconds.
-        #[arg(long, default_value_t = apply::AUTHKEY_EXPIRY_SECONDS)]
-        expiry_seconds: u64,
-    },
+/// The API client from `--token-file` or `TS_API_KEY`.
+pub(super) fn client(fleet: &Fleet, api: &ApiArgs) -> Result<Client, CliError> {
+    let token = tsapi::token_from(api.token_file.as_deref()).map_err(CliError::msg)?;
+    Client::new(&tsapi::base_url_from_env(), &fleet.settings.tailnet, token).map_err(CliError::msg)
 }
 
-/// The API client from `--token-file` or `TS_API_KEY`; prints the error.
-pub(super) fn client(fleet: &Fleet, api: &ApiArgs) -> Result<Client, ExitCode> {
-    let token = tsapi::token_from(api.token_file.as_deref()).map_err(fail)?;
-    Client::new(&tsapi::base_url_from_env(), &fleet.settings.tailnet, token).map_err(fail)
-}
-
-fn read(path: &Path) -> Result<String, ExitCode> {
-    std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))
+fn read(path: &Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| CliError::msg(format!("cannot read {}: {e}", path.display())))
 }
 
 /// The policy to diff/set: a file, or the one rendered from the fleet.
@@ -104,7 +87,7 @@ fn policy_text(
     ctx: &Ctx,
     fleet: &Fleet,
     file: Option<&Path>,
-) -> Result<(String, String), ExitCode> {
+) -> Result<(String, String), CliError> {
     match file {
         Some(p) => Ok((read(p)?, p.display().to_string())),
         None => Ok((
@@ -115,13 +98,10 @@ fn policy_text(
 }
 
 /// `fleetnix acl …`.
-pub fn run(ctx: &Ctx, cmd: AclCommand) -> ExitCode {
-    let fleet = match ctx.fleet() {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
+pub fn run(ctx: &Ctx, cmd: AclCommand) -> CmdResult {
+    let fleet = ctx.fleet()?;
     let backups = ctx.fleet_dir.join(BACKUP_DIR);
-    let result = match cmd {
+    match cmd {
         AclCommand::Render { output } => cmd_render(ctx, &fleet, output.as_deref()),
         AclCommand::Check { policy, json } => cmd_check(ctx, &fleet, policy, json),
         AclCommand::Matrix { policy, dot, json } => {
@@ -134,47 +114,44 @@ pub fn run(ctx: &Ctx, cmd: AclCommand) -> ExitCode {
         AclCommand::Set { api, policy, force } => {
             cmd_set(ctx, &fleet, &api, policy.as_deref(), force, &backups)
         }
-    };
-    result.unwrap_or_else(|code| code)
+    }
 }
 
-fn cmd_render(ctx: &Ctx, fleet: &Fleet, output: Option<&Path>) -> Result<ExitCode, ExitCode> {
+fn cmd_render(ctx: &Ctx, fleet: &Fleet, output: Option<&Path>) -> CmdResult {
     let r = render::render(fleet, &ctx.sources_label(fleet));
     match output {
         None => print!("{}", r.text),
         Some(p) => {
             fleetnix::fsutil::write_atomic(p, r.text.as_bytes(), 0o644)
-                .map_err(|e| fail(format!("cannot write {}: {e}", p.display())))?;
+                .map_err(|e| CliError::msg(format!("cannot write {}: {e}", p.display())))?;
             println!("wrote {}", p.display());
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Outcome::Ok)
 }
 
-fn cmd_check(
-    ctx: &Ctx,
-    fleet: &Fleet,
-    file: Option<PathBuf>,
-    json: bool,
-) -> Result<ExitCode, ExitCode> {
+fn cmd_check(ctx: &Ctx, fleet: &Fleet, file: Option<PathBuf>, json: bool) -> CmdResult {
     let path = file.unwrap_or_else(|| ctx.fleet_dir.join(POLICY_FILE));
     if !path.exists() {
-        return Err(fail(format!(
+        return Err(CliError::msg(format!(
             "no policy file {}: pass one (`fleetnix acl check FILE`) or write the rendered one with `fleetnix acl render -o {}`",
             path.display(),
             path.display()
         )));
     }
     let text = read(&path)?;
-    let findings =
-        check::check(fleet, &text).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    let findings = check::check(fleet, &text)
+        .map_err(|e| CliError::msg(format!("{}: {e}", path.display())))?;
     if json {
         let doc = serde_json::json!({
             "policy": path.display().to_string(),
             "ok": findings.is_empty(),
             "findings": findings,
         });
-        println!("{}", serde_json::to_string_pretty(&doc).map_err(fail)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(CliError::msg)?
+        );
     } else {
         for f in &findings {
             let kind = serde_json::to_value(f.kind)
@@ -198,43 +175,38 @@ fn cmd_check(
             eprintln!("{} finding(s) in {}", findings.len(), path.display());
         }
     }
-    Ok(if findings.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(Outcome::ok_if(findings.is_empty()))
 }
 
-fn cmd_matrix(
-    ctx: &Ctx,
-    fleet: &Fleet,
-    file: Option<&Path>,
-    dot: bool,
-    json: bool,
-) -> Result<ExitCode, ExitCode> {
+fn cmd_matrix(ctx: &Ctx, fleet: &Fleet, file: Option<&Path>, dot: bool, json: bool) -> CmdResult {
     let (text, name) = policy_text(ctx, fleet, file)?;
-    let parsed = policy::parse(&text).map_err(|e| fail(format!("{name}: {e}")))?;
+    let parsed = policy::parse(&text).map_err(|e| CliError::msg(format!("{name}: {e}")))?;
     let m = matrix::matrix(fleet, &parsed.policy);
     if dot {
         print!("{}", m.dot());
     } else if json {
-        println!("{}", serde_json::to_string_pretty(&m).map_err(fail)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&m).map_err(CliError::msg)?
+        );
     } else {
         print!("{}", m.table());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Outcome::Ok)
 }
 
-fn cmd_get(fleet: &Fleet, api: &ApiArgs, backups: &Path) -> Result<ExitCode, ExitCode> {
+fn cmd_get(fleet: &Fleet, api: &ApiArgs, backups: &Path) -> CmdResult {
     let c = client(fleet, api)?;
-    let got = runtime()?.block_on(apply::get(&c, backups)).map_err(fail)?;
+    let got = runtime()?
+        .block_on(apply::get(&c, backups))
+        .map_err(CliError::msg)?;
     print!("{}", got.remote.text);
     eprintln!(
         "backed up to {} (ETag {})",
         got.backup.display(),
         got.remote.etag
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Outcome::Ok)
 }
 
 fn cmd_diff(
@@ -243,18 +215,18 @@ fn cmd_diff(
     api: &ApiArgs,
     file: Option<&Path>,
     backups: &Path,
-) -> Result<ExitCode, ExitCode> {
+) -> CmdResult {
     let (text, name) = policy_text(ctx, fleet, file)?;
     let c = client(fleet, api)?;
     let d = runtime()?
         .block_on(apply::diff(&c, backups, &text, &name))
-        .map_err(fail)?;
+        .map_err(CliError::msg)?;
     if d.is_empty() {
         println!("no difference: the tailnet policy is the {name} one");
-        Ok(ExitCode::SUCCESS)
+        Ok(Outcome::Ok)
     } else {
         print!("{d}");
-        Ok(ExitCode::from(1))
+        Ok(Outcome::Problem)
     }
 }
 
@@ -265,13 +237,13 @@ fn cmd_set(
     file: Option<&Path>,
     force: bool,
     backups: &Path,
-) -> Result<ExitCode, ExitCode> {
+) -> CmdResult {
     let (text, name) = policy_text(ctx, fleet, file)?;
     let c = client(fleet, api)?;
     let opts = apply::SetOptions { force };
     let out = runtime()?
         .block_on(apply::set(&c, fleet, backups, &text, &opts))
-        .map_err(fail)?;
+        .map_err(CliError::msg)?;
     for f in &out.forced {
         eprintln!("warning: --force: applied although it cuts {f}");
     }
@@ -281,53 +253,5 @@ fn cmd_set(
     } else {
         println!("set the tailnet policy ({name}); new ETag {}", out.etag);
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `fleetnix authkey …`.
-pub fn authkey(ctx: &Ctx, cmd: AuthkeyCommand) -> ExitCode {
-    let AuthkeyCommand::Mint {
-        node,
-        api,
-        expiry_seconds,
-    } = cmd;
-    let fleet = match ctx.fleet() {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    let node = match fleetnix::secrets::select_nodes(&fleet, std::slice::from_ref(&node)) {
-        Ok(mut n) if n.len() == 1 => n.remove(0),
-        Ok(_) => return fail("expected one node"),
-        Err(e) => return fail(e),
-    };
-    let run = || -> Result<ExitCode, ExitCode> {
-        let c = client(&fleet, &api)?;
-        let minted = runtime()?
-            .block_on(fleetnix::authkey::mint_and_store(
-                &c,
-                &fleet,
-                &ctx.root,
-                &node,
-                expiry_seconds,
-            ))
-            .map_err(fail)?;
-        println!(
-            "minted auth key {} for {node} (one-off, pre-authorised, tags {}, expires {}); not shown",
-            minted.id,
-            minted.tags.join(","),
-            minted.expires.as_deref().unwrap_or("as requested")
-        );
-        for w in &minted.report.written {
-            let who: Vec<String> = w.recipients.iter().map(|r| r.owner.to_string()).collect();
-            println!("wrote {} (recipients: {})", w.file, who.join(", "));
-        }
-        if minted.report.secrets_nix_changed {
-            println!("updated {}", fleetnix::secrets::SECRETS_NIX);
-        }
-        for w in &minted.report.warnings {
-            eprintln!("warning: {w}");
-        }
-        Ok(ExitCode::SUCCESS)
-    };
-    run().unwrap_or_else(|code| code)
+    Ok(Outcome::Ok)
 }

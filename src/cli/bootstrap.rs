@@ -1,7 +1,6 @@
 //! `bootstrap` and `cloud-init`.
 
-use super::{fail, Ctx};
-use std::process::ExitCode;
+use super::{CliError, CmdResult, Ctx, Outcome};
 
 /// Arguments of `bootstrap`. The auth key comes from `--authkey-file`, `TAILSCALE_AUTHKEY`,
 /// the node's `.age` file (with `--identity`), or is minted when `TS_API_KEY`/`--token-file` is given.
@@ -83,7 +82,7 @@ pub struct CloudInitArgs {
 }
 
 /// `fleetnix bootstrap NODE --ssh USER@HOST`: progress on stderr, the report on stdout.
-pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
+pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> CmdResult {
     use fleetnix::bootstrap::{self as bs, authkey::KeySources, hostkey, Event, SshDest};
     use std::io::IsTerminal;
     /// Shows the VM's host keys on the terminal and asks whether to trust the first one.
@@ -114,14 +113,8 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
             (line.trim() == "yes").then_some(i)
         }
     }
-    let fleet = match ctx.fleet() {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    let node = match super::node(&fleet, &a.node) {
-        Ok(n) => n,
-        Err(code) => return code,
-    };
+    let fleet = ctx.fleet()?;
+    let node = super::node(&fleet, &a.node)?;
     let dest = match (&a.ssh, &node.public_address) {
         (Some(s), _) => s.parse::<SshDest>(),
         (None, Some(p)) => format!("{}@{p}", node.ssh_user).parse::<SshDest>(),
@@ -133,27 +126,32 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
     };
     let dest = match dest {
         Ok(d) => d,
-        Err(e) => return fail(e),
+        Err(e) => return Err(CliError::msg(e)),
     };
     let fingerprint = match a
         .host_key_fingerprint
         .as_deref()
         .map(str::parse::<hostkey::Fingerprint>)
     {
-        Some(Err(e)) => return fail(format_args!("--host-key-fingerprint: {e}")),
+        Some(Err(e)) => return Err(CliError::msg(format_args!("--host-key-fingerprint: {e}"))),
         Some(Ok(f)) => Some(f),
         None => None,
     };
     let root = match std::fs::canonicalize(&ctx.root) {
         Ok(r) => r,
-        Err(e) => return fail(format_args!("repository root {}: {e}", ctx.root.display())),
+        Err(e) => {
+            return Err(CliError::msg(format_args!(
+                "repository root {}: {e}",
+                ctx.root.display()
+            )))
+        }
     };
     let tailscale = match fleetnix::tailscale::Tailscale::locate() {
         Ok(t) => t,
         Err(e) => {
-            return fail(format_args!(
+            return Err(CliError::msg(format_args!(
                 "{e}: bootstrap waits for the node in this machine's `tailscale status`"
-            ))
+            )))
         }
     };
     let api = match fleetnix::tsapi::token_from(a.token_file.as_deref()) {
@@ -163,18 +161,15 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
             token,
         ) {
             Ok(c) => Some(c),
-            Err(e) => return fail(e),
+            Err(e) => return Err(CliError::msg(e)),
         },
         Err(fleetnix::tsapi::ApiError::NoToken) => None,
-        Err(e) => return fail(e),
+        Err(e) => return Err(CliError::msg(e)),
     };
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
+    let rt = super::runtime()?;
     let address = match rt.block_on(dest.resolve()) {
         Ok(ip) => ip,
-        Err(e) => return fail(e),
+        Err(e) => return Err(CliError::msg(e)),
     };
     let mut opts = bs::BootstrapOptions::new(
         &root,
@@ -192,10 +187,7 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
     if let Some(u) = &a.install_url {
         opts.deploy.install_url = u.clone();
     }
-    opts.deploy.override_inputs = match a.flake.inputs() {
-        Ok(i) => i,
-        Err(e) => return fail(e),
-    };
+    opts.deploy.override_inputs = a.flake.inputs()?;
     opts.keys = KeySources {
         file: a.authkey_file.clone(),
         env: true,
@@ -246,7 +238,7 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
             if a.json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(s) => println!("{s}"),
-                    Err(e) => return fail(e),
+                    Err(e) => return Err(CliError::msg(e)),
                 }
             } else if report.changed() {
                 println!(
@@ -259,24 +251,18 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> ExitCode {
                     report.node, report.tailscale_ip
                 );
             }
-            ExitCode::SUCCESS
+            Ok(Outcome::Ok)
         }
-        Err(e) => fail(e),
+        Err(e) => Err(CliError::msg(e)),
     }
 }
 
 /// `fleetnix cloud-init NODE [-o FILE]`: user-data on stdout or in FILE; notes on stderr.
-pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
+pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> CmdResult {
     use fleetnix::cloudinit::{self as ci, AuthKey};
     use std::io::{IsTerminal, Read, Write};
-    let fleet = match ctx.fleet() {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    let node = match super::node(&fleet, &a.node) {
-        Ok(n) => n,
-        Err(code) => return code,
-    };
+    let fleet = ctx.fleet()?;
+    let node = super::node(&fleet, &a.node)?;
     let plan = fleetnix::plan::plan_node(&fleet, node);
     let secret_file = fleetnix::secrets::SecretId::new(
         node.name.clone(),
@@ -295,7 +281,7 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
         secret_exists: ctx.root.join(&secret_file).is_file(),
     });
     let raw: secrecy::SecretString = match source {
-        Err(e) => return fail(e),
+        Err(e) => return Err(CliError::msg(e)),
         Ok(ci::KeySource::Mint) => {
             let minted = super::acl::client(&fleet, &a.api).and_then(|c| {
                 super::runtime()?
@@ -305,7 +291,7 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
                         node,
                         a.expiry_seconds,
                     ))
-                    .map_err(fail)
+                    .map_err(CliError::msg)
             });
             match minted {
                 Ok(k) => {
@@ -317,7 +303,7 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
                     );
                     k.key
                 }
-                Err(code) => return code,
+                Err(e) => return Err(e),
             }
         }
         Ok(ci::KeySource::Secret(identity)) => {
@@ -329,17 +315,19 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
                     );
                     k
                 }
-                Err(e) => return fail(e),
+                Err(e) => return Err(CliError::msg(e)),
             }
         }
         Ok(ci::KeySource::Env) => match std::env::var("TAILSCALE_AUTHKEY") {
             Ok(k) => k.into(),
-            Err(_) => return fail("TAILSCALE_AUTHKEY is not valid UTF-8"),
+            Err(_) => return Err(CliError::msg("TAILSCALE_AUTHKEY is not valid UTF-8")),
         },
         Ok(ci::KeySource::Stdin) => {
             let mut k = String::new();
             if let Err(e) = std::io::stdin().read_to_string(&mut k) {
-                return fail(format_args!("reading the auth key from stdin: {e}"));
+                return Err(CliError::msg(format_args!(
+                    "reading the auth key from stdin: {e}"
+                )));
             }
             k.into()
         }
@@ -348,7 +336,7 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
         use secrecy::ExposeSecret;
         match AuthKey::parse(raw.expose_secret()) {
             Ok(k) => k,
-            Err(e) => return fail(e),
+            Err(e) => return Err(CliError::msg(e)),
         }
     };
     drop(raw);
@@ -359,7 +347,7 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
     };
     let text = match ci::user_data(&plan, &key, &opts) {
         Ok(t) => t,
-        Err(e) => return fail(e),
+        Err(e) => return Err(CliError::msg(e)),
     };
     let written = match &a.output {
         Some(path) => fleetnix::fsutil::write_atomic(path, text.as_bytes(), 0o600)
@@ -370,7 +358,7 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
             .map_err(|e| e.to_string()),
     };
     if let Err(e) = written {
-        return fail(e);
+        return Err(CliError::msg(e));
     }
     eprintln!(
         "note: this user-data contains {}'s Tailscale auth key, its only secret{}; the VM deletes the key file after `tailscale up`, but the provider keeps the user-data: prefer a single-use key with a short expiry",
@@ -386,5 +374,5 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> ExitCode {
             plan.name
         );
     }
-    ExitCode::SUCCESS
+    Ok(Outcome::Ok)
 }

@@ -1,6 +1,6 @@
 //! `deploy`: parses arguments, prints progress and the summary. The work is in `fleetnix::deploy`.
 
-use super::{fail, Ctx};
+use super::{CliError, CmdResult, Ctx};
 use fleetnix::deploy::changes::{self, PlanTools};
 use fleetnix::deploy::rollout::{self, Batch, Rollout};
 use fleetnix::deploy::runner::{self, Cancel, Event, Outcome};
@@ -12,7 +12,6 @@ use fleetnix::deploy::{
 };
 use fleetnix::plan;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,14 +115,14 @@ pub struct Selected {
     pub plans: Vec<plan::NodePlan>,
 }
 
-/// Loads the fleet and selects `targets`/`all` (errors already printed).
-pub fn selected_plans(ctx: &Ctx, targets: &[String], all: bool) -> Result<Selected, ExitCode> {
+/// Loads the fleet and selects `targets`/`all`.
+pub fn selected_plans(ctx: &Ctx, targets: &[String], all: bool) -> Result<Selected, CliError> {
     let fleet = ctx.fleet()?;
     let nodes = Selector::parse(targets, all)
         .and_then(|s| s.select(&fleet))
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(CliError::msg)?;
     let root = std::fs::canonicalize(&ctx.root)
-        .map_err(|e| fail(format!("repository root {}: {e}", ctx.root.display())))?;
+        .map_err(|e| CliError::msg(format!("repository root {}: {e}", ctx.root.display())))?;
     let all_plans = plan::plan(&fleet);
     let plans = all_plans
         .iter()
@@ -139,16 +138,13 @@ pub fn selected_plans(ctx: &Ctx, targets: &[String], all: bool) -> Result<Select
 }
 
 /// `fleetnix deploy`.
-pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
+pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
     let Selected {
         fleet,
         root,
         all_plans,
         plans,
-    } = match selected_plans(ctx, &args.targets, args.all) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+    } = selected_plans(ctx, &args.targets, args.all)?;
     let mode = if args.dry_run {
         RenderMode::Report
     } else if args.no_render {
@@ -156,11 +152,8 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
     } else {
         RenderMode::Write
     };
-    let render = match ensure_rendered(&fleet, &root, &all_plans, &ctx.sources_label(&fleet), mode)
-    {
-        Ok(r) => r,
-        Err(e) => return fail(e.to_string()),
-    };
+    let render = ensure_rendered(&fleet, &root, &all_plans, &ctx.sources_label(&fleet), mode)
+        .map_err(CliError::msg)?;
     if let RenderState::Rendered(files) = &render {
         eprintln!("rendered {} stale file(s) before deploying", files.len());
     }
@@ -183,28 +176,19 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
     if let Some(u) = args.install_url {
         opts.install_url = u;
     }
-    opts.override_inputs = match args.flake.inputs() {
-        Ok(i) => i,
-        Err(e) => return fail(e),
-    };
-    if let Err(e) = opts.check() {
-        return fail(e.to_string());
-    }
+    opts.override_inputs = args.flake.inputs()?;
+    opts.check().map_err(CliError::msg)?;
     // Only read if a node needs `tailscale up` and TAILSCALE_AUTHKEY is not set.
-    let identity = super::secrets::identity_or_default(args.identity)
-        .unwrap_or_else(|_| PathBuf::from("~/.ssh/id_ed25519"));
+    let identity = identity_for(args.identity, &plans)?;
     let authkeys = Arc::new(SecretsAuthKey::new(&root, &identity));
     if args.dry_run {
         print!(
             "{}",
             dryrun::dry_run(&plans, &opts, authkeys.as_ref(), &render)
         );
-        return ExitCode::SUCCESS;
+        return Ok(super::Outcome::Ok);
     }
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
+    let rt = super::runtime()?;
     let transport = SshTransport {
         config: opts.ssh.clone(),
     };
@@ -267,18 +251,33 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> ExitCode {
     let (mut summary, unchanged) = summary;
     changes::merge_skipped(&mut summary, unchanged);
     if args.json {
-        match serde_json::to_string_pretty(&summary) {
-            Ok(s) => println!("{s}"),
-            Err(e) => return fail(e.to_string()),
-        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).map_err(CliError::msg)?
+        );
     } else {
         print!("\n{}", runner::summary_table(&summary));
     }
-    if summary.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+    Ok(super::Outcome::ok_if(summary.success()))
+}
+
+/// `--identity`, else [`fleetnix::secret::default_identity`]. Without `$HOME` there is no
+/// default: an error if a selected node may need its auth key decrypted (not declared NixOS
+/// and `TAILSCALE_AUTHKEY` unset), else a path that is never read.
+fn identity_for(identity: Option<PathBuf>, plans: &[plan::NodePlan]) -> Result<PathBuf, CliError> {
+    if let Some(p) = identity.or_else(fleetnix::secret::default_identity) {
+        return Ok(p);
     }
+    let needs_key = std::env::var_os(fleetnix::deploy::env::AUTHKEY).is_none()
+        && plans
+            .iter()
+            .any(|p| p.access.os != fleetnix::model::Os::Nixos);
+    if needs_key {
+        return Err(CliError::msg(
+            "$HOME is not set, so there is no default identity (~/.ssh/id_ed25519) to decrypt auth keys with: pass --identity or set TAILSCALE_AUTHKEY",
+        ));
+    }
+    Ok(PathBuf::new())
 }
 
 /// One spinner line per node (indicatif), updated from the runner's events.

@@ -1,23 +1,14 @@
-//! `status`, `health`, `route`.
+//! `health`: one sweep (a table or JSON), or `--watch`: [`fleetnix::health::watch`] printed
+//! as it goes (refreshed in place on a terminal; one block, or one JSON line, per sweep
+//! otherwise). The probing, tracking and alerting are in `fleetnix::health` and `fleetnix::alert`.
 
-use super::{runtime, Ctx};
+use super::table::table;
+use super::{runtime, to_json, CliError, CmdResult, Ctx, Outcome};
 use fleetnix::alert::{Alerter, Ntfy};
-use fleetnix::health::{self, HealthReport, NodeState, ProbeOptions, StateTracker};
-use fleetnix::model::{Fleet, Node};
-use fleetnix::route::Router;
-use fleetnix::status::{self, StatusReport};
-use fleetnix::tailscale::{Tailscale, TailscaleStatus};
+use fleetnix::health::{self, HealthReport, NodeState, ProbeOptions, WatchEvent, WatchOptions};
 use std::io::{IsTerminal, Write};
-use std::process::ExitCode;
-use std::time::{Duration, Instant};
-
-/// Arguments of `status`.
-#[derive(Debug, clap::Args)]
-pub struct StatusArgs {
-    /// JSON output.
-    #[arg(long)]
-    pub json: bool,
-}
+use std::ops::ControlFlow;
+use std::time::Duration;
 
 /// Arguments of `health`.
 #[derive(Debug, clap::Args)]
@@ -36,156 +27,12 @@ pub struct HealthArgs {
     pub json: bool,
 }
 
-/// Arguments of `route`.
-#[derive(Debug, clap::Args)]
-pub struct RouteArgs {
-    /// The role.
-    pub role: String,
-    /// JSON output.
-    #[arg(long)]
-    pub json: bool,
-}
-
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 5s, 500ms)"))?;
     if d < Duration::from_millis(100) {
         return Err("must be at least 100ms".into());
     }
     Ok(d)
-}
-
-async fn tailnet_status() -> Result<TailscaleStatus, String> {
-    let ts = Tailscale::locate().map_err(|e| e.to_string())?;
-    let st = ts.status().await.map_err(|e| e.to_string())?;
-    if !st.is_running() {
-        return Err(format!(
-            "tailscale is not running here (backend state {:?})",
-            st.backend_state
-        ));
-    }
-    Ok(st)
-}
-
-fn json_line<T: serde::Serialize>(v: &T, pretty: bool) -> Result<String, ExitCode> {
-    let r = if pretty {
-        serde_json::to_string_pretty(v)
-    } else {
-        serde_json::to_string(v)
-    };
-    r.map_err(|e| {
-        eprintln!("error: cannot encode JSON: {e}");
-        ExitCode::from(1)
-    })
-}
-
-/// Columns padded to the widest cell, two spaces apart, like `tailscale status`.
-fn table(rows: &[Vec<String>]) -> Vec<String> {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    rows.iter()
-        .map(|r| {
-            let mut line = String::new();
-            for (c, cell) in r.iter().enumerate() {
-                if c + 1 == r.len() {
-                    line.push_str(cell);
-                } else {
-                    line.push_str(cell);
-                    line.push_str(&" ".repeat(widths[c] - cell.chars().count() + 2));
-                }
-            }
-            line.trim_end().to_string()
-        })
-        .collect()
-}
-
-fn print_status(r: &StatusReport) {
-    println!(
-        "tailnet {} ({})",
-        r.tailnet.as_deref().unwrap_or("-"),
-        r.backend_state
-    );
-    let mut rows = vec![vec![
-        "NODE".to_string(),
-        "ADDRESS".into(),
-        "ONLINE".into(),
-        "CONNECTION".into(),
-        "LAST SEEN".into(),
-        "ROLES".into(),
-    ]];
-    for n in &r.nodes {
-        rows.push(vec![
-            n.name.to_string(),
-            n.address.to_string(),
-            if !n.present {
-                "absent".into()
-            } else if n.online {
-                "yes".into()
-            } else {
-                "no".into()
-            },
-            n.connection.as_ref().map_or("-".into(), |c| c.to_string()),
-            n.last_seen.clone().unwrap_or_else(|| "-".into()),
-            n.roles
-                .iter()
-                .map(|r| r.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-        ]);
-    }
-    for line in table(&rows) {
-        println!("{line}");
-    }
-    if r.drift.is_empty() {
-        println!("drift: none");
-    } else {
-        println!("drift ({}):", r.drift.len());
-        for d in &r.drift {
-            println!("  {d}");
-        }
-    }
-}
-
-/// `fleetnix status`.
-pub fn status(ctx: &Ctx, a: StatusArgs) -> ExitCode {
-    let fleet = match ctx.fleet() {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let st = match rt.block_on(async {
-        let ts = Tailscale::locate().map_err(|e| e.to_string())?;
-        ts.status().await.map_err(|e| e.to_string())
-    }) {
-        Ok(st) => st,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let report = status::status_report(&fleet, &st);
-    if a.json {
-        match json_line(&report, true) {
-            Ok(s) => println!("{s}"),
-            Err(code) => return code,
-        }
-    } else {
-        print_status(&report);
-    }
-    if report.drift.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
 }
 
 /// Colour only on a terminal and never with `NO_COLOR`.
@@ -237,104 +84,77 @@ fn health_lines(r: &HealthReport, colour: bool) -> Vec<String> {
         .collect()
 }
 
-/// `fleetnix health`.
-pub fn health(ctx: &Ctx, a: HealthArgs) -> ExitCode {
-    let fleet = match ctx.fleet() {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
+/// `fleetnix health`: exit 0 when every node is healthy, 1 otherwise, 3 without the
+/// tailnet's view; `--watch` exits 0 when it ends.
+pub fn run(ctx: &Ctx, a: HealthArgs) -> CmdResult {
+    let fleet = ctx.fleet()?;
+    let rt = runtime()?;
     if a.watch {
         return rt.block_on(watch(&fleet, &a));
     }
-    let report = rt.block_on(async {
-        let st = tailnet_status().await?;
-        Ok::<_, String>(health::sweep(&fleet, Some(&st), &ProbeOptions::for_fleet(&fleet)).await)
-    });
-    let report = match report {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let report = rt
+        .block_on(async {
+            let st = health::tailnet_view(None).await?;
+            Ok::<_, health::TailnetError>(
+                health::sweep(&fleet, Some(&st), &ProbeOptions::for_fleet(&fleet)).await,
+            )
+        })
+        .map_err(CliError::could_not_run)?;
     if a.json {
-        match json_line(&report, true) {
-            Ok(s) => println!("{s}"),
-            Err(code) => return code,
-        }
+        println!("{}", to_json(&report, true)?);
     } else {
         for line in health_lines(&report, use_colour()) {
             println!("{line}");
         }
     }
-    if report.all_healthy() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    Ok(Outcome::ok_if(report.all_healthy()))
 }
 
-async fn watch(fleet: &Fleet, a: &HealthArgs) -> ExitCode {
-    let opts = ProbeOptions::for_fleet(fleet);
-    let tty = std::io::stdout().is_terminal();
-    let colour = use_colour();
-    let mut alerter = None;
-    if fleet.settings.failure.alert_on_node_down {
-        match Ntfy::for_fleet(fleet, Duration::from_secs(10)) {
-            Ok(n) => alerter = Some(Alerter::new(n)),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
-        }
-    }
-    let mut tracker = StateTracker::new();
-    let mut sweeps = 0u64;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    loop {
-        let started = Instant::now();
+/// Prints a watch's events on stdout (warnings on stderr).
+struct Printer<'a> {
+    args: &'a HealthArgs,
+    tty: bool,
+    colour: bool,
+    /// A JSON encoding error that stopped the watch.
+    failed: Option<CliError>,
+}
+
+impl health::WatchSink for Printer<'_> {
+    fn event(&mut self, event: WatchEvent<'_>) -> ControlFlow<()> {
         let mut out: Vec<String> = Vec::new();
-        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
-        match tailnet_status().await {
-            Err(e) => {
-                // Without the tailnet's view no verdict is fair: keep the last states, alert nothing.
+        match event {
+            WatchEvent::AlertFailed { error, pending } => {
+                eprintln!("warning: {error}; {pending} alert(s) queued for retry");
+                return ControlFlow::Continue(());
+            }
+            WatchEvent::NoTailnet { at, error } => {
                 out.push(format!(
-                    "{stamp}  warning: {e}; retrying in {:?}",
-                    a.interval
+                    "{}  warning: {error}; retrying in {:?}",
+                    humantime::format_rfc3339_seconds(at),
+                    self.args.interval
                 ));
             }
-            Ok(st) => {
-                let report = health::sweep(fleet, Some(&st), &opts).await;
-                let transitions = tracker.update(&report);
-                if let Some(al) = alerter.as_mut() {
-                    al.observe(&transitions);
-                    let (_sent, err) = al.flush().await;
-                    if let Some(e) = err {
-                        eprintln!("warning: {e}; {} alert(s) queued for retry", al.pending());
-                    }
-                }
-                if a.json {
-                    match json_line(&report, false) {
+            WatchEvent::Sweep { at, report, .. } => {
+                if self.args.json {
+                    match to_json(report, false) {
                         Ok(s) => out.push(s),
-                        Err(code) => return code,
+                        Err(e) => {
+                            self.failed = Some(e);
+                            return ControlFlow::Break(());
+                        }
                     }
                 } else {
                     out.push(format!(
-                        "fleetnix health  {stamp}  every {}",
-                        humantime::format_duration(a.interval)
+                        "fleetnix health  {}  every {}",
+                        humantime::format_rfc3339_seconds(at),
+                        humantime::format_duration(self.args.interval)
                     ));
-                    out.extend(health_lines(&report, colour));
+                    out.extend(health_lines(report, self.colour));
                 }
             }
         }
-        let mut stdout = std::io::stdout().lock();
         let mut text = String::new();
-        if tty && !a.json {
+        if self.tty && !self.args.json {
             // Home the cursor and clear the screen: refresh in place.
             text.push_str("\x1b[H\x1b[2J");
         }
@@ -342,88 +162,44 @@ async fn watch(fleet: &Fleet, a: &HealthArgs) -> ExitCode {
             text.push_str(l);
             text.push('\n');
         }
-        if !tty && !a.json {
+        if !self.tty && !self.args.json {
             // Plain output: one block per sweep, separated by a blank line.
             text.push('\n');
         }
-        if stdout
+        let mut stdout = std::io::stdout().lock();
+        match stdout
             .write_all(text.as_bytes())
             .and_then(|()| stdout.flush())
-            .is_err()
         {
+            Ok(()) => ControlFlow::Continue(()),
             // stdout closed (e.g. piped into `head`): stop quietly.
-            return ExitCode::SUCCESS;
-        }
-        drop(stdout);
-        sweeps += 1;
-        if a.count.is_some_and(|c| sweeps >= c) {
-            return ExitCode::SUCCESS;
-        }
-        let wait = a.interval.saturating_sub(started.elapsed());
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = &mut ctrl_c => return ExitCode::SUCCESS,
+            Err(_) => ControlFlow::Break(()),
         }
     }
 }
 
-/// `fleetnix route`.
-pub fn route(ctx: &Ctx, a: RouteArgs) -> ExitCode {
-    let fleet = match ctx.fleet() {
-        Ok(f) => f,
-        Err(code) => return code,
+async fn watch(fleet: &fleetnix::model::Fleet, a: &HealthArgs) -> CmdResult {
+    let mut opts = WatchOptions::new(fleet, a.interval);
+    opts.count = a.count;
+    if fleet.settings.failure.alert_on_node_down {
+        let ntfy = Ntfy::for_fleet(fleet, Duration::from_secs(10)).map_err(CliError::msg)?;
+        opts.alerter = Some(Alerter::new(ntfy));
+    }
+    let mut printer = Printer {
+        args: a,
+        tty: std::io::stdout().is_terminal(),
+        colour: use_colour(),
+        failed: None,
     };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let with_role: Vec<&Node> = fleet
-        .nodes
-        .iter()
-        .filter(|n| n.roles.iter().any(|r| r.as_str() == a.role))
-        .collect();
-    let report = rt.block_on(async {
-        let st = tailnet_status().await?;
-        Ok::<_, String>(
-            health::sweep_nodes(
-                &fleet,
-                &with_role,
-                Some(&st),
-                &ProbeOptions::for_fleet(&fleet),
-            )
-            .await,
-        )
-    });
-    let report = match report {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
+    let stop = async {
+        // No handler: the watch runs until the other branches end it.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
         }
     };
-    let router = Router::new(&fleet).with_state_dir(ctx.root.join(".fleetnix"));
-    match router.route(&a.role, &report) {
-        Ok(r) => {
-            if a.json {
-                match json_line(&r, true) {
-                    Ok(s) => println!("{s}"),
-                    Err(code) => return code,
-                }
-            } else {
-                println!("{}", r.node());
-                if ctx.verbose > 0 {
-                    let order: Vec<&str> = r.order.iter().map(|n| n.as_str()).collect();
-                    eprintln!("order: {}", order.join(", "));
-                    for (n, s) in &r.skipped {
-                        eprintln!("skipped {n}: {s}");
-                    }
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
+    health::watch(fleet, opts, &mut printer, stop).await;
+    match printer.failed {
+        Some(e) => Err(e),
+        None => Ok(Outcome::Ok),
     }
 }

@@ -1,17 +1,30 @@
 //! Command-line layer: argument types and printing. Logic lives in the library.
 
 pub mod acl;
+pub mod authkey;
 pub mod bootstrap;
 pub mod bus;
-pub mod core;
+pub mod completions;
 pub mod deploy;
+pub mod dispatch;
 pub mod health;
+pub mod nats_conf;
+pub mod node;
 pub mod plan;
+pub mod render;
+pub mod report;
+pub mod route;
+pub mod router;
 pub mod secrets;
+pub mod show;
+pub mod status;
+pub mod table;
+pub mod validate;
 
 use clap::{Parser, Subcommand};
-use fleetnix::manifest::{self, ManifestError};
+use fleetnix::manifest;
 use fleetnix::model::Fleet;
+pub use report::{CliError, CmdResult, Outcome};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -39,9 +52,9 @@ pub enum Command {
     /// Check nodes.yml, fleet.yml and services.yml.
     Validate,
     /// Write nix/nodes/<node>.nix for every node.
-    Render(core::RenderArgs),
+    Render(render::RenderArgs),
     /// Show one node's plan: tags, ports, agent arguments, secrets, access.
-    Show(core::ShowArgs),
+    Show(show::ShowArgs),
     /// What a deploy would change, node by node (exit 0: nothing, 2: something, 1: error).
     Plan(plan::PlanArgs),
     /// Deploy nodes (nixos-rebuild over Tailscale SSH, or the non-NixOS installer).
@@ -58,22 +71,26 @@ pub enum Command {
     Acl(acl::AclCommand),
     /// Tailscale auth keys through the API.
     #[command(subcommand)]
-    Authkey(acl::AuthkeyCommand),
+    Authkey(authkey::AuthkeyCommand),
     /// Fleet nodes as the tailnet sees them, and drift from the manifest.
-    Status(health::StatusArgs),
+    Status(status::StatusArgs),
     /// Probe every node and its services.
     Health(health::HealthArgs),
     /// Pick the node for the next task of a role.
-    Route(health::RouteArgs),
+    Route(route::RouteArgs),
     /// Send a task to a role over NATS, through the control plane's router.
-    Dispatch(bus::DispatchArgs),
+    Dispatch(dispatch::DispatchArgs),
     /// Register the fleet with the control plane (the `fleet-nodes` bucket).
     #[command(subcommand)]
-    Node(bus::NodeCommand),
+    Node(node::NodeCommand),
     /// The control plane's task router: answers fleet.dispatch.<role> (a long-running service).
-    Router(bus::RouterArgs),
+    Router(router::RouterArgs),
     /// Print the control plane's nats-server configuration (no secret in it).
-    NatsConf(bus::NatsConfArgs),
+    NatsConf(nats_conf::NatsConfArgs),
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    Completions(completions::CompletionsArgs),
+    /// Print fleetnix's man page (roff) on stdout, or write one page per command into a directory.
+    Man(completions::ManArgs),
 }
 
 /// What every command gets: where the repository and fleet files are.
@@ -100,12 +117,9 @@ impl Ctx {
         }
     }
 
-    /// Loads and validates the fleet; on failure prints every problem with its source and returns exit code 1.
-    pub fn fleet(&self) -> Result<Fleet, ExitCode> {
-        manifest::load(&self.fleet_dir).map_err(|e| {
-            report_manifest_error(&e);
-            ExitCode::from(1)
-        })
+    /// Loads and validates the fleet (the reporter prints every problem with its source).
+    pub fn fleet(&self) -> Result<Fleet, CliError> {
+        Ok(manifest::load(&self.fleet_dir)?)
     }
 
     /// The manifest files relative to the root, for generated-file headers.
@@ -125,26 +139,20 @@ impl Ctx {
     }
 }
 
-/// Prints `error: <msg>` on stderr; exit code 1.
-pub fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {msg}");
-    ExitCode::from(1)
-}
-
 /// The async runtime the executors run on (two worker threads: this is an I/O-bound CLI).
-pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| fail(format_args!("cannot start the async runtime: {e}")))
+        .map_err(|e| CliError::msg(format_args!("cannot start the async runtime: {e}")))
 }
 
-/// The node called `name`, or an error naming the known nodes (exit code 1).
-pub fn node<'f>(fleet: &'f Fleet, name: &str) -> Result<&'f fleetnix::model::Node, ExitCode> {
+/// The node called `name`, or an error naming the known nodes.
+pub fn node<'f>(fleet: &'f Fleet, name: &str) -> Result<&'f fleetnix::model::Node, CliError> {
     fleet.node(name).ok_or_else(|| {
         let names: Vec<&str> = fleet.nodes.iter().map(|n| n.name.as_str()).collect();
-        fail(format_args!(
+        CliError::msg(format_args!(
             "no node `{name}` in {} (nodes: {})",
             fleet.sources.nodes.display(),
             names.join(", ")
@@ -152,40 +160,14 @@ pub fn node<'f>(fleet: &'f Fleet, name: &str) -> Result<&'f fleetnix::model::Nod
     })
 }
 
-/// Prints a manifest error with miette: one diagnostic per problem, each with its source line.
-pub fn report_manifest_error(e: &ManifestError) {
-    match e {
-        ManifestError::Invalid { problems, sources } => {
-            for p in problems {
-                let text = sources
-                    .iter()
-                    .find(|(path, _)| *path == p.file)
-                    .map(|(_, t)| t.clone())
-                    .unwrap_or_default();
-                let offset = p.offset.min(text.len());
-                let len = p.len.min(text.len() - offset);
-                // One grep-friendly line, then the source snippet.
-                eprintln!("error: {p}");
-                let diag = miette::MietteDiagnostic::new(p.message.clone())
-                    .with_code("fleetnix::manifest")
-                    .with_label(miette::LabeledSpan::at(
-                        offset..offset + len,
-                        p.expected
-                            .clone()
-                            .map(|e| format!("expected {e}"))
-                            .unwrap_or_else(|| p.message.clone()),
-                    ));
-                let report = miette::Report::new(diag)
-                    .with_source_code(miette::NamedSource::new(p.file.display().to_string(), text));
-                eprintln!("{report:?}");
-            }
-            eprintln!(
-                "error: {} problem(s) in the fleet files; nothing was written",
-                problems.len()
-            );
-        }
-        other => eprintln!("error: {other}"),
-    }
+/// Pretty (or one-line) JSON of `v`.
+pub fn to_json<T: serde::Serialize>(v: &T, pretty: bool) -> Result<String, CliError> {
+    let r = if pretty {
+        serde_json::to_string_pretty(v)
+    } else {
+        serde_json::to_string(v)
+    };
+    r.map_err(|e| CliError::msg(format_args!("cannot encode JSON: {e}")))
 }
 
 /// The command's name for the repository lock if it writes to the repository (`None` for
@@ -207,51 +189,61 @@ pub fn writer_name(command: &Command) -> Option<&'static str> {
         }) => Some("acl render -o"),
         Command::Authkey(_) => Some("authkey mint"),
         // The registry is written from the manifest of this repository: one sync at a time.
-        Command::Node(bus::NodeCommand::Sync(_)) => Some("node sync"),
+        Command::Node(node::NodeCommand::Sync(_)) => Some("node sync"),
         _ => None,
     }
 }
 
-/// Takes the repository lock for `name` (`fleetnix <name>` is shown to a second fleetnix);
-/// on failure prints why (exit code 1). Hold the result until the command is done.
-pub fn lock(ctx: &Ctx, name: &str) -> Result<fleetnix::lock::RepoLock, ExitCode> {
+/// Takes the repository lock for `name` (`fleetnix <name>` is shown to a second fleetnix).
+/// Hold the result until the command is done.
+pub fn lock(ctx: &Ctx, name: &str) -> Result<fleetnix::lock::RepoLock, CliError> {
     use fleetnix::lock::{wait_from_env, RepoLock};
-    let wait = wait_from_env().map_err(fail)?;
+    let wait = wait_from_env().map_err(CliError::msg)?;
     RepoLock::acquire_with(&ctx.root, &format!("fleetnix {name}"), wait, |holder| {
         eprintln!(
             "waiting for another fleetnix ({holder}) to finish (up to {})",
             humantime::format_duration(wait)
         )
     })
-    .map_err(fail)
+    .map_err(CliError::msg)
 }
 
-/// Runs the parsed command.
+/// Runs the parsed command; the one place that prints a command's error and picks the exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    match dispatch_command(cli) {
+        Ok(outcome) => outcome.code(),
+        Err(e) => {
+            e.report();
+            e.code()
+        }
+    }
+}
+
+fn dispatch_command(cli: Cli) -> CmdResult {
     let ctx = Ctx::new(&cli);
     // Writers hold the repository lock until they are done; the kernel frees it at exit.
-    let _lock = match writer_name(&cli.command).map(|name| lock(&ctx, name)) {
-        Some(Err(code)) => return code,
-        Some(Ok(l)) => Some(l),
-        None => None,
-    };
+    let _lock = writer_name(&cli.command)
+        .map(|name| lock(&ctx, name))
+        .transpose()?;
     match cli.command {
-        Command::Validate => core::validate(&ctx),
-        Command::Render(a) => core::render(&ctx, a),
-        Command::Show(a) => core::show(&ctx, a),
+        Command::Validate => validate::run(&ctx),
+        Command::Render(a) => render::run(&ctx, a),
+        Command::Show(a) => show::run(&ctx, a),
         Command::Plan(a) => plan::run(&ctx, a),
         Command::Deploy(a) => deploy::run(&ctx, a),
         Command::Bootstrap(a) => bootstrap::bootstrap(&ctx, a),
         Command::CloudInit(a) => bootstrap::cloud_init(&ctx, a),
         Command::Secrets(c) => secrets::run(&ctx, c),
         Command::Acl(c) => acl::run(&ctx, c),
-        Command::Authkey(c) => acl::authkey(&ctx, c),
-        Command::Status(a) => health::status(&ctx, a),
-        Command::Health(a) => health::health(&ctx, a),
-        Command::Route(a) => health::route(&ctx, a),
-        Command::Dispatch(a) => bus::dispatch(&ctx, a),
-        Command::Node(c) => bus::node(&ctx, c),
-        Command::Router(a) => bus::router(&ctx, a),
-        Command::NatsConf(a) => bus::nats_conf(&ctx, a),
+        Command::Authkey(c) => authkey::run(&ctx, c),
+        Command::Status(a) => status::run(&ctx, a),
+        Command::Health(a) => health::run(&ctx, a),
+        Command::Route(a) => route::run(&ctx, a),
+        Command::Dispatch(a) => dispatch::run(&ctx, a),
+        Command::Node(c) => node::run(&ctx, c),
+        Command::Router(a) => router::run(&ctx, a),
+        Command::NatsConf(a) => nats_conf::run(&ctx, a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Man(a) => completions::man(a),
     }
 }

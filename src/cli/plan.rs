@@ -1,12 +1,11 @@
 //! `plan`: parses arguments, prints the table or JSON. The work is in `fleetnix::deploy::changes`.
 
-use super::{fail, Ctx};
+use super::{CliError, CmdResult, Ctx, Outcome};
 use fleetnix::deploy::changes::{self, PlanTools};
 use fleetnix::deploy::flake::OverrideInput;
 use fleetnix::deploy::transport::SshTransport;
 use fleetnix::deploy::DeployOptions;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 /// `--override-input INPUT URL` (repeatable), shared by `plan`, `deploy` and `bootstrap`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -19,8 +18,8 @@ pub struct FlakeArgs {
 
 impl FlakeArgs {
     /// The checked pairs.
-    pub fn inputs(&self) -> Result<Vec<OverrideInput>, String> {
-        OverrideInput::pairs(&self.override_input)
+    pub fn inputs(&self) -> Result<Vec<OverrideInput>, CliError> {
+        OverrideInput::pairs(&self.override_input).map_err(CliError::msg)
     }
 }
 
@@ -44,30 +43,19 @@ pub struct PlanArgs {
 }
 
 /// `fleetnix plan`: exit 0 when nothing would change, 2 when something would, 1 on error.
-pub fn run(ctx: &Ctx, args: PlanArgs) -> ExitCode {
+pub fn run(ctx: &Ctx, args: PlanArgs) -> CmdResult {
     let super::deploy::Selected {
         fleet,
         root,
         all_plans,
         plans: selected,
-    } = match super::deploy::selected_plans(ctx, &args.targets, args.all) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+    } = super::deploy::selected_plans(ctx, &args.targets, args.all)?;
     let mut opts = DeployOptions::new(&root, &fleet.settings);
     opts.ssh.identity = args.ssh_identity;
-    opts.override_inputs = match args.flake.inputs() {
-        Ok(i) => i,
-        Err(e) => return fail(e),
-    };
-    if let Err(e) = opts.check() {
-        return fail(e.to_string());
-    }
+    opts.override_inputs = args.flake.inputs()?;
+    opts.check().map_err(CliError::msg)?;
     let tools = PlanTools::locate(opts.step_timeout);
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
+    let rt = super::runtime()?;
     let transport = SshTransport {
         config: opts.ssh.clone(),
     };
@@ -76,12 +64,16 @@ pub fn run(ctx: &Ctx, args: PlanArgs) -> ExitCode {
         &fleet, &all_plans, &selected, &sources, &opts, &tools, transport,
     ));
     if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
-            Err(e) => return fail(e.to_string()),
-        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(CliError::msg)?
+        );
     } else {
         print!("{}", changes::table(&report));
     }
-    ExitCode::from(report.exit_code())
+    Ok(match report.exit_code() {
+        0 => Outcome::Ok,
+        2 => Outcome::WouldChange,
+        _ => Outcome::Problem,
+    })
 }

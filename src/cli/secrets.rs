@@ -1,13 +1,12 @@
 //! `secrets set-authkey | set-nats | rekey | list`: argument parsing and printing; the logic is
 //! in [`fleetnix::secrets`]. No secret is ever an argument or printed.
 
-use super::Ctx;
+use super::{CliError, CmdResult, Ctx, Outcome};
 use fleetnix::model::NodeName;
 use fleetnix::secrets::{self, Report, SecretsError};
 use secrecy::SecretString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 /// `secrets` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -70,21 +69,14 @@ pub struct ListArgs {
 }
 
 /// `fleetnix secrets …`.
-pub fn run(ctx: &Ctx, cmd: SecretsCommand) -> ExitCode {
-    let fleet = match ctx.fleet() {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    let result = match cmd {
+pub fn run(ctx: &Ctx, cmd: SecretsCommand) -> CmdResult {
+    let fleet = ctx.fleet()?;
+    match cmd {
         SecretsCommand::SetAuthkey(a) => set_authkey(ctx, &fleet, a),
         SecretsCommand::SetNats(a) => set_nats(ctx, &fleet, a),
         SecretsCommand::Rekey(a) => rekey(ctx, &fleet, a),
         SecretsCommand::List(a) => list(ctx, &fleet, a),
-    };
-    result.unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(1)
-    })
+    }
 }
 
 /// The key from --from-file, $TAILSCALE_AUTHKEY or standard input, in that order.
@@ -110,11 +102,7 @@ fn read_key(from_file: Option<&PathBuf>) -> Result<SecretString, SecretsError> {
     secrets::read_authkey(std::io::stdin().lock(), "standard input")
 }
 
-fn set_authkey(
-    ctx: &Ctx,
-    fleet: &fleetnix::model::Fleet,
-    args: SetAuthkeyArgs,
-) -> Result<ExitCode, SecretsError> {
+fn set_authkey(ctx: &Ctx, fleet: &fleetnix::model::Fleet, args: SetAuthkeyArgs) -> CmdResult {
     // Node names first, so a typo fails before the key is asked for.
     let nodes: Vec<NodeName> = if args.all {
         fleet.nodes.iter().map(|n| n.name.clone()).collect()
@@ -126,35 +114,26 @@ fn set_authkey(
     drop(key);
     print_report(ctx, &report);
     if report.skipped.is_empty() {
-        Ok(ExitCode::SUCCESS)
+        Ok(Outcome::Ok)
     } else {
-        eprintln!(
-            "error: {} node(s) skipped; nothing was encrypted for them",
+        Err(CliError::msg(format_args!(
+            "{} node(s) skipped; nothing was encrypted for them",
             report.skipped.len()
-        );
-        Ok(ExitCode::from(1))
+        )))
     }
 }
 
 /// `--identity`, or `~/.ssh/id_ed25519`.
 pub fn identity_or_default(identity: Option<PathBuf>) -> Result<PathBuf, SecretsError> {
-    if let Some(p) = identity {
-        return Ok(p);
-    }
-    match std::env::var_os("HOME") {
-        Some(home) if !home.is_empty() => Ok(PathBuf::from(home).join(".ssh/id_ed25519")),
-        _ => Err(SecretsError::IdentityInvalid {
+    identity
+        .or_else(fleetnix::secret::default_identity)
+        .ok_or_else(|| SecretsError::IdentityInvalid {
             path: PathBuf::from("~/.ssh/id_ed25519"),
             reason: "$HOME is not set; pass --identity".into(),
-        }),
-    }
+        })
 }
 
-fn set_nats(
-    ctx: &Ctx,
-    fleet: &fleetnix::model::Fleet,
-    args: SetNatsArgs,
-) -> Result<ExitCode, SecretsError> {
+fn set_nats(ctx: &Ctx, fleet: &fleetnix::model::Fleet, args: SetNatsArgs) -> CmdResult {
     let identity = identity_or_default(args.identity)?;
     let out = secrets::set_nats(fleet, &ctx.root, &identity)?;
     print_report(ctx, &out.report);
@@ -179,21 +158,16 @@ fn set_nats(
         println!("router password: new");
     }
     if out.report.skipped.is_empty() {
-        Ok(ExitCode::SUCCESS)
+        Ok(Outcome::Ok)
     } else {
-        eprintln!(
-            "error: {} node(s) skipped; their NATS password is kept in the server environment and written once they have a host key",
+        Err(CliError::msg(format_args!(
+            "{} node(s) skipped; their NATS password is kept in the server environment and written once they have a host key",
             out.report.skipped.len()
-        );
-        Ok(ExitCode::from(1))
+        )))
     }
 }
 
-fn rekey(
-    ctx: &Ctx,
-    fleet: &fleetnix::model::Fleet,
-    args: RekeyArgs,
-) -> Result<ExitCode, SecretsError> {
+fn rekey(ctx: &Ctx, fleet: &fleetnix::model::Fleet, args: RekeyArgs) -> CmdResult {
     let identity = identity_or_default(args.identity)?;
     let report = secrets::rekey(
         fleet,
@@ -211,15 +185,14 @@ fn rekey(
         println!("{} secret(s) already up to date", report.unchanged.len());
     }
     // A secret that exists but cannot be brought up to date is a failure.
-    Ok(if report.stuck.is_empty() {
-        ExitCode::SUCCESS
+    if report.stuck.is_empty() {
+        Ok(Outcome::Ok)
     } else {
-        eprintln!(
-            "error: {} secret(s) could not be rekeyed",
+        Err(CliError::msg(format_args!(
+            "{} secret(s) could not be rekeyed",
             report.stuck.len()
-        );
-        ExitCode::from(1)
-    })
+        )))
+    }
 }
 
 fn print_report(ctx: &Ctx, report: &Report) {
@@ -243,11 +216,7 @@ fn print_report(ctx: &Ctx, report: &Report) {
     }
 }
 
-fn list(
-    ctx: &Ctx,
-    fleet: &fleetnix::model::Fleet,
-    args: ListArgs,
-) -> Result<ExitCode, SecretsError> {
+fn list(ctx: &Ctx, fleet: &fleetnix::model::Fleet, args: ListArgs) -> CmdResult {
     let statuses = secrets::status(fleet, &ctx.root)?;
     if args.json {
         // Invariant: these types always serialize.
@@ -255,7 +224,7 @@ fn list(
             "{}",
             serde_json::to_string_pretty(&statuses).unwrap_or_default()
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Outcome::Ok);
     }
     let width = statuses
         .iter()
@@ -286,5 +255,5 @@ fn list(
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Outcome::Ok)
 }

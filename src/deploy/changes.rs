@@ -316,7 +316,12 @@ pub fn pin(
         ));
     }
     let path = opts.known_hosts_path(&plan.name);
-    write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| format!("{}: {e}", path.display()))?;
+    // The same pin as last time is left alone: an atomic write costs two fsyncs per node, on the
+    // runtime's threads, and the file would come out byte-identical.
+    if std::fs::read(&path).ok().as_deref() != Some(text.as_bytes()) {
+        write_atomic(&path, text.as_bytes(), 0o644)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     Ok(SshTarget {
         destination: plan.access.ssh_target.clone(),
         known_hosts: path,
@@ -466,15 +471,13 @@ pub async fn systems<T: Transport + Clone>(
     transport: T,
 ) -> (Vec<SystemState>, Vec<String>) {
     let mut warnings = Vec::new();
-    let (tailnet_keys, w) = tailnet_host_keys(opts).await;
-    if let Some(w) = w {
-        warnings.push(format!("host keys from the tailnet unavailable: {w}"));
-    }
     let to_eval: Vec<NodeName> = plans
         .iter()
         .filter(|p| p.access.os != Os::Linux)
         .map(|p| p.name.clone())
         .collect();
+    // The evaluation starts at once, while the tailnet's host keys are read and the probes
+    // that need them run.
     let eval = flake::eval_targets(
         tools.nix.as_deref(),
         &opts.root,
@@ -482,24 +485,28 @@ pub async fn systems<T: Transport + Clone>(
         &opts.override_inputs,
         tools.eval_timeout,
     );
-    let keys = Arc::new(tailnet_keys);
-    let sem = Arc::new(tokio::sync::Semaphore::new(MAX_PROBES));
-    let mut set = tokio::task::JoinSet::new();
-    for (i, plan) in plans.iter().enumerate() {
-        let (t, o, p, k, sem) = (
-            transport.clone(),
-            opts.clone(),
-            plan.clone(),
-            keys.clone(),
-            sem.clone(),
-        );
-        set.spawn(async move {
-            // The semaphore is never closed, so acquiring only waits.
-            let _permit = sem.acquire_owned().await.ok();
-            (i, probe(&t, &o, &p, &k).await)
-        });
-    }
     let probes = async {
+        let (tailnet_keys, w) = tailnet_host_keys(opts).await;
+        if let Some(w) = w {
+            warnings.push(format!("host keys from the tailnet unavailable: {w}"));
+        }
+        let keys = Arc::new(tailnet_keys);
+        let sem = Arc::new(tokio::sync::Semaphore::new(MAX_PROBES));
+        let mut set = tokio::task::JoinSet::new();
+        for (i, plan) in plans.iter().enumerate() {
+            let (t, o, p, k, sem) = (
+                transport.clone(),
+                opts.clone(),
+                plan.clone(),
+                keys.clone(),
+                sem.clone(),
+            );
+            set.spawn(async move {
+                // The semaphore is never closed, so acquiring only waits.
+                let _permit = sem.acquire_owned().await.ok();
+                (i, probe(&t, &o, &p, &k).await)
+            });
+        }
         let mut out: BTreeMap<usize, _> = BTreeMap::new();
         while let Some(r) = set.join_next().await {
             match r {
@@ -582,40 +589,169 @@ pub fn committed_diff(plan: &NodePlan, baseline: &str, old: Option<&str>) -> Com
     }
 }
 
-/// The node's module as committed: `git -C <root> show HEAD:nix/nodes/<node>.nix`.
-async fn committed(git: Option<&Path>, root: &Path, plan: &NodePlan) -> Committed {
-    let Some(git) = git else {
-        return committed_diff(plan, "no git", None);
-    };
-    let rel = render::node_path(plan.name.as_str());
-    let cmd = LocalCommand {
-        program: git.to_path_buf(),
-        args: vec![
-            "-C".into(),
-            root.display().to_string(),
-            "show".into(),
-            format!("HEAD:{}", rel.display()),
-        ],
-        env: Vec::new(),
-    };
-    match run_process(&cmd, None, Duration::from_secs(30), &NodeLog::discard()).await {
-        Ok(o) if o.success() => committed_diff(plan, "HEAD", Some(&o.stdout)),
-        Ok(o) => {
-            let err = o.stderr.to_ascii_lowercase();
-            let baseline = if err.contains("not a git repository") {
-                "no git"
-            } else if err.contains("invalid object name 'head'")
-                || err.contains("unknown revision")
-                || err.contains("bad revision")
-            {
-                "no git (no commit yet)"
-            } else {
-                "not in HEAD"
-            };
-            committed_diff(plan, baseline, None)
-        }
-        Err(e) => committed_diff(plan, &format!("no git ({e})"), None),
+/// The baseline named by a failed git's stderr.
+fn git_baseline(stderr: &str) -> &'static str {
+    let err = stderr.to_ascii_lowercase();
+    if err.contains("not a git repository") {
+        "no git"
+    } else if err.contains("invalid object name 'head'")
+        || err.contains("unknown revision")
+        || err.contains("bad revision")
+    {
+        "no git (no commit yet)"
+    } else {
+        "not in HEAD"
     }
+}
+
+/// Runs `git` with `args` in its own process group, feeding `stdin`, within `timeout`: exit
+/// code, stdout as bytes (`cat-file --batch` counts bytes), stderr. Secret variables are not
+/// passed on, as in [`run_process`].
+async fn git_bytes(
+    git: &Path,
+    args: &[String],
+    stdin: &[u8],
+    timeout: Duration,
+) -> Result<(Option<i32>, Vec<u8>, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::process::Command::new(git);
+    c.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for var in crate::secret::child_env_removals() {
+        c.env_remove(var);
+    }
+    let mut child = c
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", git.display()))?;
+    let (mut w, mut out, mut err) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let work = async {
+        let feed = async {
+            if let Some(w) = w.as_mut() {
+                // A git that exits early is reported by its status.
+                let _ = w.write_all(stdin).await;
+                let _ = w.shutdown().await;
+            }
+            drop(w.take());
+        };
+        let read = |r: Option<tokio::process::ChildStdout>| async move {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                r.read_to_end(&mut buf).await?;
+            }
+            Ok::<_, std::io::Error>(buf)
+        };
+        let read_err = async {
+            let mut buf = Vec::new();
+            if let Some(r) = err.as_mut() {
+                r.read_to_end(&mut buf).await?;
+            }
+            Ok::<_, std::io::Error>(buf)
+        };
+        let ((), o, e) = tokio::join!(feed, read(out.take()), read_err);
+        let status = child.wait().await?;
+        Ok::<_, std::io::Error>((status.code(), o?, String::from_utf8_lossy(&e?).into_owned()))
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(format!("reading the output of {}: {e}", git.display())),
+        // The child is killed when dropped (kill_on_drop).
+        Err(_) => Err(format!(
+            "{} did not finish within {}s and was stopped",
+            git.display(),
+            timeout.as_secs()
+        )),
+    }
+}
+
+/// One object `git cat-file --batch` printed: its type (`blob`, `commit`, …) and content.
+pub type CatFileEntry = Option<(String, Vec<u8>)>;
+
+/// Splits `git cat-file --batch` output into one entry per request: the object's type and
+/// content, or `None` (missing, ambiguous). `None` overall when the output is cut short.
+pub fn cat_file_batch(out: &[u8], requests: usize) -> Option<Vec<CatFileEntry>> {
+    let mut rest = out;
+    let mut entries = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let nl = rest.iter().position(|&b| b == b'\n')?;
+        let header = String::from_utf8_lossy(&rest[..nl]).into_owned();
+        rest = &rest[nl + 1..];
+        let fields: Vec<&str> = header.split(' ').collect();
+        match fields.as_slice() {
+            [_, kind, size] if size.parse::<usize>().is_ok() => {
+                let size: usize = size.parse().ok()?;
+                // The content, then one newline.
+                if rest.len() < size + 1 {
+                    return None;
+                }
+                let content = rest[..size].to_vec();
+                rest = &rest[size + 1..];
+                entries.push(Some((kind.to_string(), content)));
+            }
+            _ => entries.push(None),
+        }
+    }
+    Some(entries)
+}
+
+/// The selected nodes' modules as committed (`HEAD:nix/nodes/<node>.nix`), read by ONE
+/// `git -C <root> cat-file --batch` for all of them (not a `git show` per node).
+async fn committed_all(git: Option<&Path>, root: &Path, plans: &[NodePlan]) -> Vec<Committed> {
+    let all = |baseline: &str| {
+        plans
+            .iter()
+            .map(|p| committed_diff(p, baseline, None))
+            .collect::<Vec<_>>()
+    };
+    let Some(git) = git else {
+        return all("no git");
+    };
+    if plans.is_empty() {
+        return Vec::new();
+    }
+    // First `HEAD` itself (missing: no commit yet), then each node's module. Node names are
+    // RFC 1123 labels, so every request is one plain line.
+    let mut requests = String::from("HEAD\n");
+    for p in plans {
+        let _ = writeln!(
+            requests,
+            "HEAD:{}",
+            render::node_path(p.name.as_str()).display()
+        );
+    }
+    let args = vec![
+        "-C".to_string(),
+        root.display().to_string(),
+        "cat-file".into(),
+        "--batch".into(),
+    ];
+    let (code, out, err) =
+        match git_bytes(git, &args, requests.as_bytes(), Duration::from_secs(30)).await {
+            Ok(r) => r,
+            Err(e) => return all(&format!("no git ({e})")),
+        };
+    if code != Some(0) {
+        return all(git_baseline(&err));
+    }
+    let Some(entries) = cat_file_batch(&out, plans.len() + 1) else {
+        return all("not in HEAD");
+    };
+    if entries[0].is_none() {
+        return all("no git (no commit yet)");
+    }
+    plans
+        .iter()
+        .zip(&entries[1..])
+        .map(|(p, e)| match e {
+            Some((kind, text)) if kind == "blob" => {
+                committed_diff(p, "HEAD", Some(&String::from_utf8_lossy(text)))
+            }
+            _ => committed_diff(p, "not in HEAD", None),
+        })
+        .collect()
 }
 
 /// `nix store diff-closures current target` when both are in the local store.
@@ -706,11 +842,7 @@ pub async fn plan<T: Transport + Clone>(
         Err(e) => warnings.push(format!("cannot read the secrets' recipients: {e}")),
     }
     // The committed renders are read while the nodes are probed and evaluated.
-    let baselines = futures_util::future::join_all(
-        selected
-            .iter()
-            .map(|p| committed(tools.git.as_deref(), root, p)),
-    );
+    let baselines = committed_all(tools.git.as_deref(), root, selected);
     let ((states, w), baselines) =
         tokio::join!(systems(selected, opts, tools, transport), baselines);
     warnings.extend(w);
@@ -953,6 +1085,23 @@ mod tests {
         assert_eq!(s["omp-agent.service"], "[Unit]\nX=1");
         assert_eq!(s["omp-agent.service-enabled"], "yes\n");
         assert_eq!(s["end"], "");
+    }
+
+    #[test]
+    fn cat_file_batch_output_is_split_by_byte_counts() {
+        // Content with a newline inside, invalid UTF-8, a missing object, an empty blob.
+        let mut out = b"0123abcd commit 5\ntree\n\n".to_vec();
+        out.extend_from_slice(b"89ab blob 6\na\n\xff b\n\n");
+        out.extend_from_slice(b"HEAD:nix/nodes/c.nix missing\n");
+        out.extend_from_slice(b"cdef blob 0\n\n");
+        let e = cat_file_batch(&out, 4).expect("complete");
+        assert_eq!(e[0], Some(("commit".into(), b"tree\n".to_vec())));
+        assert_eq!(e[1], Some(("blob".into(), b"a\n\xff b\n".to_vec())));
+        assert_eq!(e[2], None);
+        assert_eq!(e[3], Some(("blob".into(), Vec::new())));
+        // Cut short: no answer rather than a wrong one.
+        assert!(cat_file_batch(&out[..out.len() - 1], 4).is_none());
+        assert!(cat_file_batch(&out, 5).is_none());
     }
 
     #[test]

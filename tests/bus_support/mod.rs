@@ -109,6 +109,11 @@ impl NatsServer {
         panic!("could not start nats-server: {last_err}");
     }
 
+    /// The server's process id (benchmarks read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The password of `node`.
     pub fn password(&self, node: &str) -> &Secret {
         self.creds.password(node).expect("node has a password")

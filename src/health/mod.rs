@@ -9,10 +9,16 @@
 //!   lists it, as with a DERP path to a dead host);
 //! - **degraded**: reachable, but at least one service port failed (refused, timed out);
 //! - **healthy**: online and every service port accepted.
+//!
+//! [`watch`] repeats sweeps at an interval, tracks state changes and alerts on them.
+
+pub mod watch;
+
+pub use watch::{watch, WatchEvent, WatchOptions, WatchSink};
 
 use crate::model::{Fleet, Node, NodeName, Protocol};
 use crate::plan;
-use crate::tailscale::TailscaleStatus;
+use crate::tailscale::{Tailscale, TailscaleError, TailscaleStatus};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -324,6 +330,50 @@ pub async fn sweep_nodes(
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     HealthReport { nodes: out }
+}
+
+/// Why the tailnet's view could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TailnetError {
+    /// `tailscale` is missing, failed, or timed out.
+    #[error(transparent)]
+    Tailscale(#[from] TailscaleError),
+    /// tailscaled answers, but is not connected to a tailnet.
+    #[error("tailscale is not running here (backend state {0:?})")]
+    NotRunning(String),
+}
+
+/// The tailnet as this machine's tailscaled sees it, through `tailscale` (`None`: located
+/// with [`Tailscale::locate`]); an error unless the backend is running.
+pub async fn tailnet_view(tailscale: Option<&Tailscale>) -> Result<TailscaleStatus, TailnetError> {
+    let located;
+    let ts = match tailscale {
+        Some(t) => t,
+        None => {
+            located = Tailscale::locate()?;
+            &located
+        }
+    };
+    let st = ts.status().await?;
+    if !st.is_running() {
+        return Err(TailnetError::NotRunning(st.backend_state));
+    }
+    Ok(st)
+}
+
+/// Probes the nodes that have `role` (for routing a task of that role).
+pub async fn sweep_role(
+    fleet: &Fleet,
+    role: &str,
+    tailnet: Option<&TailscaleStatus>,
+    opts: &ProbeOptions,
+) -> HealthReport {
+    let with_role: Vec<&Node> = fleet
+        .nodes
+        .iter()
+        .filter(|n| n.roles.iter().any(|r| r.as_str() == role))
+        .collect();
+    sweep_nodes(fleet, &with_role, tailnet, opts).await
 }
 
 /// A change of a node's state between sweeps.

@@ -1,0 +1,77 @@
+//! `status`: the fleet as the tailnet sees it, and drift from the manifest. The work is in
+//! `fleetnix::status`.
+
+use super::table::table;
+use super::{runtime, to_json, CliError, CmdResult, Ctx, Outcome};
+use fleetnix::status::{self, StatusReport};
+use fleetnix::tailscale::Tailscale;
+
+/// Arguments of `status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn print_status(r: &StatusReport) {
+    println!(
+        "tailnet {} ({})",
+        r.tailnet.as_deref().unwrap_or("-"),
+        r.backend_state
+    );
+    let mut rows = vec![vec![
+        "NODE".to_string(),
+        "ADDRESS".into(),
+        "ONLINE".into(),
+        "CONNECTION".into(),
+        "LAST SEEN".into(),
+        "ROLES".into(),
+    ]];
+    for n in &r.nodes {
+        rows.push(vec![
+            n.name.to_string(),
+            n.address.to_string(),
+            if !n.present {
+                "absent".into()
+            } else if n.online {
+                "yes".into()
+            } else {
+                "no".into()
+            },
+            n.connection.as_ref().map_or("-".into(), |c| c.to_string()),
+            n.last_seen.clone().unwrap_or_else(|| "-".into()),
+            n.roles
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ]);
+    }
+    for line in table(&rows) {
+        println!("{line}");
+    }
+    if r.drift.is_empty() {
+        println!("drift: none");
+    } else {
+        println!("drift ({}):", r.drift.len());
+        for d in &r.drift {
+            println!("  {d}");
+        }
+    }
+}
+
+/// `fleetnix status`: exit 0 without drift, 1 with drift, 3 when tailscaled cannot be asked.
+pub fn run(ctx: &Ctx, a: StatusArgs) -> CmdResult {
+    let fleet = ctx.fleet()?;
+    let st = runtime()?
+        .block_on(async { Tailscale::locate()?.status().await })
+        .map_err(CliError::could_not_run)?;
+    let report = status::status_report(&fleet, &st);
+    if a.json {
+        println!("{}", to_json(&report, true)?);
+    } else {
+        print_status(&report);
+    }
+    Ok(Outcome::ok_if(report.drift.is_empty()))
+}

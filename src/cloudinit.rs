@@ -9,21 +9,16 @@
 //! 4. deletes the key file (runcmd goes on after a failed step, so this always runs);
 //! 5. optionally installs and enables the agent's systemd unit.
 //!
-//! The YAML is produced by serde serialisation, so every value is escaped by the YAML emitter;
-//! commands are argv lists, which cloud-init quotes itself — no shell text is assembled here.
+//! The user-data is rendered by [`crate::outputs::cloudinit`] (re-exported here); this module holds
+//! the auth key it carries and where that key comes from.
 
-use crate::plan::NodePlan;
-use serde::Serialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// Tailscale's install script.
-pub const DEFAULT_INSTALL_URL: &str = "https://tailscale.com/install.sh";
-/// Where the auth key is written on the VM (tmpfs; deleted after `tailscale up`).
-pub const AUTHKEY_PATH: &str = "/run/fleetnix/tailscale-authkey";
-/// Where the install script is downloaded to.
-pub const INSTALLER_PATH: &str = "/run/fleetnix/install-tailscale.sh";
-pub use crate::agent::{DEFAULT_AGENT_BIN, UNIT_PATH as AGENT_UNIT_PATH};
+pub use crate::outputs::cloudinit::{
+    up_argv, user_data, Options, AGENT_UNIT_PATH, AUTHKEY_PATH, DEFAULT_AGENT_BIN,
+    DEFAULT_INSTALL_URL, INSTALLER_PATH,
+};
 
 /// Errors of building user-data. None of them contains the auth key.
 #[derive(Debug, thiserror::Error)]
@@ -155,144 +150,6 @@ pub fn key_source(i: &KeyInputs<'_>) -> Result<KeySource, CloudInitError> {
     }
 }
 
-/// Options of the user-data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Options {
-    /// Tailscale install script URL (https only).
-    pub install_url: String,
-    /// Also install and enable the agent's systemd unit.
-    pub with_agent: bool,
-    /// Path of the agent binary on the VM.
-    pub agent_bin: String,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            install_url: DEFAULT_INSTALL_URL.to_string(),
-            with_agent: false,
-            agent_bin: DEFAULT_AGENT_BIN.to_string(),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct CloudConfig {
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    users: Vec<User>,
-    write_files: Vec<WriteFile>,
-    runcmd: Vec<Vec<String>>,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum User {
-    /// The image's default user.
-    Default(&'static str),
-    Named {
-        name: String,
-        sudo: &'static str,
-        shell: &'static str,
-        lock_passwd: bool,
-    },
-}
-
-#[derive(Serialize)]
-struct WriteFile {
-    path: &'static str,
-    content: String,
-    owner: &'static str,
-    permissions: &'static str,
-}
-
-fn check_url(url: &str) -> Result<(), CloudInitError> {
-    let ok = url.starts_with("https://")
-        && url.len() > "https://".len()
-        && !url
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || "\"'`\\".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(CloudInitError::BadInstallUrl(url.to_string()))
-    }
-}
-
-/// The `tailscale up` argv: the auth key by file, then the plan's flags.
-pub fn up_argv(plan: &NodePlan) -> Vec<String> {
-    let mut argv = vec![
-        "tailscale".to_string(),
-        "up".to_string(),
-        format!("--auth-key=file:{AUTHKEY_PATH}"),
-    ];
-    argv.extend(plan.up_flags.iter().cloned());
-    argv
-}
-
-/// The user-data for `plan`'s node. The auth key is its only secret and appears exactly once.
-pub fn user_data(plan: &NodePlan, key: &AuthKey, opts: &Options) -> Result<String, CloudInitError> {
-    check_url(&opts.install_url)?;
-    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
-    let mut write_files = vec![WriteFile {
-        path: AUTHKEY_PATH,
-        content: format!("{}\n", key.expose()),
-        owner: "root:root",
-        permissions: "0600",
-    }];
-    let mut runcmd = vec![
-        s(&[
-            "curl",
-            "-fsSL",
-            "--retry",
-            "5",
-            "-o",
-            INSTALLER_PATH,
-            &opts.install_url,
-        ]),
-        s(&["sh", INSTALLER_PATH]),
-        s(&["systemctl", "enable", "--now", "tailscaled"]),
-        up_argv(plan),
-        s(&["rm", "-f", AUTHKEY_PATH, INSTALLER_PATH]),
-    ];
-    if opts.with_agent {
-        write_files.push(WriteFile {
-            path: AGENT_UNIT_PATH,
-            content: crate::agent::unit(plan, &opts.agent_bin, "fleetnix cloud-init")?,
-            owner: "root:root",
-            permissions: "0644",
-        });
-        runcmd.push(s(&["systemctl", "daemon-reload"]));
-        runcmd.push(s(&["systemctl", "enable", "--now", "omp-agent.service"]));
-    }
-    // Tailscale SSH logs in as the node's ssh_user, which must exist.
-    let users = if plan.access.ssh_user == "root" {
-        Vec::new()
-    } else {
-        vec![
-            User::Default("default"),
-            User::Named {
-                name: plan.access.ssh_user.to_string(),
-                sudo: "ALL=(ALL) NOPASSWD:ALL",
-                shell: "/bin/bash",
-                lock_passwd: true,
-            },
-        ]
-    };
-    let body = serde_yaml::to_string(&CloudConfig {
-        users,
-        write_files,
-        runcmd,
-    })?;
-    Ok(format!(
-        "#cloud-config\n\
-         # Generated by fleetnix for node {node} (tags {tags}).\n\
-         # SECRET: contains the node's Tailscale auth key (write_files, {AUTHKEY_PATH}).\n\
-         {body}",
-        node = plan.name,
-        tags = plan.tags.join(","),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,13 +234,5 @@ mod tests {
             assert!(bad.len() < 8 || !e.contains(&bad), "{e}");
         }
         assert!(!format!("{:?}", AuthKey::parse(&good).unwrap()).contains(&good));
-    }
-
-    #[test]
-    fn install_urls_are_https() {
-        assert!(check_url(DEFAULT_INSTALL_URL).is_ok());
-        assert!(check_url("http://example.com/install.sh").is_err());
-        assert!(check_url("https://x/ y").is_err());
-        assert!(check_url("https://").is_err());
     }
 }

@@ -1,8 +1,8 @@
 //! fleetnix: provision a fleet of NixOS machines on a Tailscale mesh.
 //!
 //! Data flows one way: [`manifest`] reads and validates the fleet files into a
-//! [`model::Fleet`]; [`plan`] derives what each node gets; outputs such as [`render`]
-//! are pure functions of the plan; executors have the side effects.
+//! [`model::Fleet`]; [`plan`] derives what each node gets; every rendered output ([`outputs`])
+//! is a pure function of the plan; executors have the side effects.
 
 pub mod acl;
 pub mod agent;
@@ -20,6 +20,7 @@ pub mod lock;
 pub mod manifest;
 pub mod model;
 pub mod nix;
+pub mod outputs;
 pub mod plan;
 pub mod render;
 pub mod route;

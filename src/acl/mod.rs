@@ -4,7 +4,8 @@
 //! - [`policy`]: typed policy file parsed from HuJSON, every value with its line and column;
 //! - [`addrs`]: what IPs, CIDRs, `hosts` and `ipsets` cover of devices whose addresses are partly known;
 //! - [`eval`]: a small evaluator (can S reach node D on port P, may S SSH as user U);
-//! - [`render`]: the policy the fleet needs, as deterministic commented HuJSON;
+//! - [`intents`]: the accesses the fleet needs; [`render`] re-exports them with the policy text
+//!   ([`crate::outputs::acl`], deterministic commented HuJSON);
 //! - [`check`]: compares any policy with the fleet (over-grants, missing grants, format problems);
 //! - [`matrix`]: who can reach what, as a table or a Graphviz graph;
 //! - [`apply`]: `get` / `diff` / `set` through [`crate::tsapi`], with backups and a lock-out guard.
@@ -13,6 +14,7 @@ pub mod addrs;
 pub mod apply;
 pub mod check;
 pub mod eval;
+pub mod intents;
 pub mod matrix;
 pub mod policy;
 pub mod ports;

@@ -41,8 +41,32 @@ impl fmt::Display for Fingerprint {
     }
 }
 
+/// A bad fingerprint, or a host that offered no key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostKeyError {
+    /// Not `SHA256:…`.
+    #[error("a host key fingerprint looks like SHA256:… (from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`); MD5 fingerprints are not accepted")]
+    NotSha256,
+    /// `SHA256:` and not a SHA-256 digest.
+    #[error("the part after SHA256: must be 43 base64 characters (a SHA-256 digest)")]
+    BadDigest,
+    /// `ssh-keyscan` could not be run.
+    #[error("{0}")]
+    Keyscan(String),
+    /// The host offered no key.
+    #[error(
+        "{address} offered no SSH host key (ssh-keyscan: {last}): is sshd listening on port 22?"
+    )]
+    NoKeys {
+        /// The address scanned.
+        address: IpAddr,
+        /// ssh-keyscan's last line of output.
+        last: String,
+    },
+}
+
 impl std::str::FromStr for Fingerprint {
-    type Err = String;
+    type Err = HostKeyError;
 
     /// Accepts `SHA256:` followed by 43 base64 characters (as `ssh-keygen -l` prints it; a
     /// trailing `=` is tolerated).
@@ -51,14 +75,12 @@ impl std::str::FromStr for Fingerprint {
         let body = s
             .strip_prefix("SHA256:")
             .or_else(|| s.strip_prefix("sha256:"))
-            .ok_or("a host key fingerprint looks like SHA256:… (from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`); MD5 fingerprints are not accepted")?
+            .ok_or(HostKeyError::NotSha256)?
             .trim_end_matches('=');
         let decoded = base64::engine::general_purpose::STANDARD_NO_PAD.decode(body);
         match decoded {
             Ok(d) if d.len() == 32 => Ok(Fingerprint(format!("SHA256:{body}"))),
-            _ => {
-                Err("the part after SHA256: must be 43 base64 characters (a SHA-256 digest)".into())
-            }
+            _ => Err(HostKeyError::BadDigest),
         }
     }
 }
@@ -128,18 +150,18 @@ pub async fn scan(
     address: &IpAddr,
     timeout_secs: u32,
     log: &NodeLog,
-) -> Result<Vec<ScannedKey>, String> {
+) -> Result<Vec<ScannedKey>, HostKeyError> {
     let cmd = keyscan_command(program, address, timeout_secs);
     let limit = Duration::from_secs(u64::from(timeout_secs.max(1)) + 10);
     let out = run_process(&cmd, None, limit, log)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| HostKeyError::Keyscan(e.to_string()))?;
     let keys = parse_keyscan(&out.stdout);
     if keys.is_empty() {
-        return Err(format!(
-            "{address} offered no SSH host key (ssh-keyscan: {}): is sshd listening on port 22?",
-            out.last_line()
-        ));
+        return Err(HostKeyError::NoKeys {
+            address: *address,
+            last: out.last_line(),
+        });
     }
     Ok(keys)
 }

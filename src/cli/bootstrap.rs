@@ -116,8 +116,10 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> CmdResult {
     let fleet = ctx.fleet()?;
     let node = super::node(&fleet, &a.node)?;
     let dest = match (&a.ssh, &node.public_address) {
-        (Some(s), _) => s.parse::<SshDest>(),
-        (None, Some(p)) => format!("{}@{p}", node.ssh_user).parse::<SshDest>(),
+        (Some(s), _) => s.parse::<SshDest>().map_err(|e| e.to_string()),
+        (None, Some(p)) => format!("{}@{p}", node.ssh_user)
+            .parse::<SshDest>()
+            .map_err(|e| e.to_string()),
         (None, None) => Err(format!(
             "--ssh USER@HOST is needed: {} has no public_address in {}",
             node.name,

@@ -1,0 +1,79 @@
+//! Per-node NixOS modules (`nix/nodes/<node>.nix`), rendered from the plan with the shared engine
+//! ([`super::engine`]) and checked with `rnix`.
+
+use super::{render_nix, RenderError, Rendered};
+use crate::bus;
+use crate::model::Os;
+use crate::plan::{NodePlan, AUTHKEY_SECRET};
+use std::path::{Path, PathBuf};
+
+/// Where node modules go, relative to the repository root.
+pub const NODES_DIR: &str = "nix/nodes";
+
+/// Renders the module of one node. `sources` names the manifest files for the header.
+pub fn render_node(
+    engine: &tera::Tera,
+    plan: &NodePlan,
+    sources: &str,
+) -> Result<String, RenderError> {
+    let mut cx = tera::Context::new();
+    cx.insert("sources", sources);
+    cx.insert("name", plan.name.as_str());
+    cx.insert("roles", &plan.roles);
+    cx.insert("tags", &plan.tags);
+    cx.insert("up_flags", &plan.up_flags);
+    cx.insert("secret", AUTHKEY_SECRET);
+    cx.insert("is_control_plane", &plan.is_control_plane);
+    cx.insert("bus_module", &format!("../../{}", super::nats::NIX_PATH));
+    cx.insert("nats_secret", bus::creds::PASSWORD_SECRET);
+    cx.insert(
+        "nats_secret_file",
+        &format!("/{}/{}.age", plan.name, bus::creds::PASSWORD_SECRET),
+    );
+    cx.insert(
+        "secret_file",
+        &format!("/{}/{AUTHKEY_SECRET}.age", plan.name),
+    );
+    cx.insert("tcp_ports", &plan.tcp_ports);
+    cx.insert("udp_ports", &plan.udp_ports);
+    let summary: Vec<String> = plan
+        .services
+        .iter()
+        .map(|s| format!("{} {}/{}", s.name, s.port, s.protocol))
+        .collect();
+    cx.insert(
+        "services_summary",
+        &if summary.is_empty() {
+            "none".to_string()
+        } else {
+            summary.join(", ")
+        },
+    );
+    cx.insert("agent", &plan.agent);
+    cx.insert("state_version", &plan.state_version);
+    render_nix(engine, "node.nix", &cx, node_path(plan.name.as_str()))
+}
+
+/// `nix/nodes/<node>.nix`.
+pub fn node_path(node: &str) -> PathBuf {
+    Path::new(NODES_DIR).join(format!("{node}.nix"))
+}
+
+/// Renders the module of every node that may run NixOS (not `os: linux`, which gets no NixOS
+/// configuration). Pure: nothing is written.
+pub fn render_all(plans: &[NodePlan], sources: &str) -> Result<Rendered, RenderError> {
+    render_all_with(&super::engine()?, plans, sources)
+}
+
+/// [`render_all`] with a given engine.
+pub(crate) fn render_all_with(
+    engine: &tera::Tera,
+    plans: &[NodePlan],
+    sources: &str,
+) -> Result<Rendered, RenderError> {
+    plans
+        .iter()
+        .filter(|p| p.access.os != Os::Linux)
+        .map(|p| Ok((node_path(p.name.as_str()), render_node(engine, p, sources)?)))
+        .collect()
+}

@@ -12,6 +12,7 @@ pub mod bootstrap;
 pub mod bus;
 pub mod cloudinit;
 pub mod deploy;
+pub mod exec;
 pub mod fsutil;
 pub mod health;
 pub mod hosts;

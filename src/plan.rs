@@ -81,6 +81,19 @@ pub struct Access {
     pub public_address: Option<String>,
 }
 
+/// Does a login as `ssh_user` need `sudo` for root's work (remote scripts through `sudo -n`,
+/// `nixos-rebuild --sudo`)? The one statement of that rule: every user but `root`.
+pub fn needs_sudo(ssh_user: &str) -> bool {
+    ssh_user != "root"
+}
+
+impl Access {
+    /// Does this login need `sudo` ([`needs_sudo`])?
+    pub fn needs_sudo(&self) -> bool {
+        needs_sudo(&self.ssh_user)
+    }
+}
+
 /// Everything one node gets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodePlan {

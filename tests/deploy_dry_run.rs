@@ -258,3 +258,123 @@ fn multiplexed_dry_run_prints_the_shared_and_the_new_connection_options() {
         "a tool ran during a dry run"
     );
 }
+
+/// The golden dry runs: the example fleet plus an `os: linux` node (reached as a non-root user,
+/// so through `sudo -n`) and an `os: auto` node without a host key, rendered first so the header
+/// says "up to date". Each case's stdout, with the temporary root written as `<root>`, must equal
+/// `tests/golden/dry-run-<case>.txt` byte for byte. `FLEETNIX_UPDATE_GOLDEN=1` rewrites the files
+/// (only ever on purpose: they pin what the operator sees).
+#[test]
+fn dry_run_output_matches_the_golden_files() {
+    let root = tempfile::tempdir().expect("root");
+    let root_path = std::fs::canonicalize(root.path()).expect("canonical root");
+    let fleet = root_path.join("fleet");
+    std::fs::create_dir_all(&fleet).expect("fleet dir");
+    for f in ["nodes.yml", "fleet.yml", "services.yml"] {
+        std::fs::copy(common::example_fleet_dir().join(f), fleet.join(f)).expect("copy");
+    }
+    let mut nodes = std::fs::read_to_string(fleet.join("nodes.yml")).expect("nodes.yml");
+    nodes.push_str(
+        "  - name: ubuntu-01\n    os: linux\n    ssh_user: admin\n    host_key: \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS/vcGfRqtpcVld33fFR5cjD2Ai9gXARYCEHEn\"\n    tailscale_ip: 100.64.0.9\n    roles: [glm-worker]\n    resources: { cpu: 2, ram_gb: 4 }\n\
+         \x20 - name: edge-01\n    os: auto\n    ssh_user: deploy\n    tailscale_ip: 100.64.0.10\n    roles: [kg-writer]\n    resources: { cpu: 2, ram_gb: 4 }\n",
+    );
+    std::fs::write(fleet.join("nodes.yml"), nodes).expect("nodes.yml");
+    let rendered = Ran::of(
+        Command::new(fleetnix_bin())
+            .arg("--root")
+            .arg(&root_path)
+            .arg("render"),
+    );
+    assert_eq!(rendered.code, Some(0), "{}", rendered.stderr);
+    let rec = tempfile::tempdir().expect("rec");
+    let r = recorder(rec.path());
+    // The tools named below resolve, through PATH, to the recorder: any call would leave a file.
+    for tool in ["ssh", "nixos-rebuild", "tailscale"] {
+        std::os::unix::fs::symlink(&r, rec.path().join(tool)).expect("symlink");
+    }
+    let cases: [(&str, &[&str], bool); 6] = [
+        ("nixos-guarded", &["worker-01"], true),
+        (
+            "nixos-unguarded",
+            &["worker-01", "--no-rollback", "--build-on", "target"],
+            true,
+        ),
+        (
+            "linux",
+            &[
+                "ubuntu-01",
+                "--install-url",
+                "https://mirror.example/install.sh",
+            ],
+            true,
+        ),
+        (
+            "role-multiplexed",
+            &["@glm-worker", "--ssh-multiplex"],
+            true,
+        ),
+        (
+            "all-test-no-tailscale",
+            &["--all", "--action", "test", "--parallel", "3"],
+            false,
+        ),
+        ("all-boot", &["--all", "--action", "boot"], true),
+    ];
+    let golden = common::repo().join("tests/golden");
+    let update = std::env::var_os("FLEETNIX_UPDATE_GOLDEN").is_some();
+    let mut mismatches = Vec::new();
+    for (name, args, tailscale) in cases {
+        // Fixed tool names (never run: a dry run connects nowhere), so the text is the same on every machine.
+        let mut cmd = Command::new(fleetnix_bin());
+        cmd.arg("--root")
+            .arg(&root_path)
+            .arg("deploy")
+            .args(args)
+            .arg("--dry-run")
+            .env("FLEETNIX_SSH", "ssh")
+            .env("FLEETNIX_NIXOS_REBUILD", "nixos-rebuild")
+            .env(
+                "FLEETNIX_TAILSCALE",
+                if tailscale { "tailscale" } else { "" },
+            )
+            .env("PATH", rec.path())
+            .env("TAILSCALE_AUTHKEY", fake_authkey());
+        let ran = Ran::of(&mut cmd);
+        assert_eq!(ran.code, Some(0), "{name}: {}\n{}", ran.stdout, ran.stderr);
+        assert!(!ran.stdout.contains(&fake_authkey()), "{name}");
+        let text = ran
+            .stdout
+            .replace(&root_path.display().to_string(), "<root>");
+        let file = golden.join(format!("dry-run-{name}.txt"));
+        if update {
+            std::fs::create_dir_all(&golden).expect("golden dir");
+            std::fs::write(&file, &text).expect("golden file");
+            continue;
+        }
+        let want = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (FLEETNIX_UPDATE_GOLDEN=1 writes it)",
+                file.display()
+            )
+        });
+        if text != want {
+            let line = text
+                .lines()
+                .zip(want.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(text.lines().count().min(want.lines().count()));
+            mismatches.push(format!(
+                "{}: first difference at line {}:\n  got:  {:?}\n  want: {:?}",
+                file.display(),
+                line + 1,
+                text.lines().nth(line),
+                want.lines().nth(line)
+            ));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    assert!(
+        !rec.path().join("called").exists(),
+        "a tool ran during a dry run"
+    );
+}

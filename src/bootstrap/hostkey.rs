@@ -4,7 +4,7 @@
 //! or the VM's boot log).
 
 use crate::deploy::hostkeys::normalize_key;
-use crate::deploy::transport::{run_process, LocalCommand, NodeLog};
+use crate::exec::process::{run_process, LocalCommand, NodeLog};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use std::fmt;

@@ -3,7 +3,7 @@
 use super::{CliError, CmdResult, Ctx};
 use fleetnix::deploy::changes::{self, PlanTools};
 use fleetnix::deploy::rollout::{self, Batch, Rollout};
-use fleetnix::deploy::runner::{self, Cancel, Event, Outcome};
+use fleetnix::deploy::runner::{Cancel, Event, Outcome};
 use fleetnix::deploy::selector::Selector;
 use fleetnix::deploy::transport::SshTransport;
 use fleetnix::deploy::{
@@ -256,7 +256,7 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
             serde_json::to_string_pretty(&summary).map_err(CliError::msg)?
         );
     } else {
-        print!("\n{}", runner::summary_table(&summary));
+        print!("\n{}", summary_table(&summary));
     }
     Ok(super::Outcome::ok_if(summary.success()))
 }
@@ -348,4 +348,61 @@ fn print_event(e: &Event, verbose: u8) {
         }
         Event::Warning(w) => eprintln!("warning: {w}"),
     }
+}
+
+/// The summary as a table: node, action, result, duration, detail.
+pub fn summary_table(s: &fleetnix::deploy::runner::Summary) -> String {
+    let mut rows = vec![[
+        "NODE".to_string(),
+        "ACTION".to_string(),
+        "RESULT".to_string(),
+        "DURATION".to_string(),
+        "DETAIL".to_string(),
+    ]];
+    for n in &s.nodes {
+        let detail = match n.step {
+            Some(step) => format!("[{}] {}", step.as_str(), n.detail),
+            None => n.detail.clone(),
+        };
+        let detail = if n.attempts > 1 {
+            format!("{detail} (after {} attempts)", n.attempts)
+        } else {
+            detail
+        };
+        rows.push([
+            n.node.clone(),
+            n.action.clone(),
+            n.outcome.as_str().to_string(),
+            format!("{:.1}s", n.duration.as_secs_f64()),
+            detail,
+        ]);
+    }
+    let mut w = [0usize; 4];
+    for r in &rows {
+        for i in 0..4 {
+            w[i] = w[i].max(r[i].chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        out.push_str(&format!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {}\n",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
+        ));
+    }
+    let ok = s.nodes.iter().filter(|n| n.outcome.is_success()).count();
+    out.push_str(&format!("{ok}/{} node(s) succeeded", s.nodes.len()));
+    if s.interrupted {
+        out.push_str(" (interrupted)");
+    }
+    out.push('\n');
+    out
 }

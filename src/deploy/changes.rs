@@ -325,7 +325,7 @@ pub fn pin(
     Ok(SshTarget {
         destination: plan.access.ssh_target.clone(),
         known_hosts: path,
-        sudo: plan.access.ssh_user != "root",
+        sudo: plan.access.needs_sudo(),
         control: None,
     })
 }

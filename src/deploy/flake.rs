@@ -2,7 +2,7 @@
 //! evaluation and to `nixos-rebuild`), and the evaluation of every selected node's
 //! `config.system.build.toplevel` store path in ONE `nix eval` process (nothing is built).
 
-use super::transport::{run_process, LocalCommand, NodeLog};
+use crate::exec::process::{run_process, LocalCommand, NodeLog};
 use crate::model::NodeName;
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -19,7 +19,7 @@
 //! NixOS holds only systemd's own `bin/`: the rollback calls every program by absolute path,
 //! from the restored generation's `sw/bin`.
 
-use super::shell::sh_quote;
+use crate::exec::quote::sh_quote;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -102,30 +102,37 @@ fn plain_path(p: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b'+'))
 }
 
+/// A node answered something that is not a system's store path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuardError {
+    /// `readlink /run/current-system` gave no plain absolute path.
+    #[error("{CURRENT_SYSTEM} does not point at a system (readlink gave {0:?}); is this NixOS?")]
+    NotASystem(String),
+    /// `nixos-rebuild build` did not end its stdout with a plain absolute path.
+    #[error("nixos-rebuild build did not print the built system's store path (last line {0:?})")]
+    NoBuiltPath(String),
+}
+
 /// Checks what `readlink /run/current-system` returned: an absolute store path, nothing a
 /// shell could misread.
-pub fn parse_generation(out: &str) -> Result<String, String> {
+pub fn parse_generation(out: &str) -> Result<String, GuardError> {
     let g = out.trim();
     if plain_path(g) {
         Ok(g.to_string())
     } else {
-        Err(format!(
-            "{CURRENT_SYSTEM} does not point at a system (readlink gave {g:?}); is this NixOS?"
-        ))
+        Err(GuardError::NotASystem(g.to_string()))
     }
 }
 
 /// The new system's store path from `nixos-rebuild build`'s standard output (its last line;
 /// progress goes to standard error).
-pub fn parse_built(stdout: &str) -> Result<String, String> {
+pub fn parse_built(stdout: &str) -> Result<String, GuardError> {
     let last = stdout.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
     let p = last.trim();
     if plain_path(p) {
         Ok(p.to_string())
     } else {
-        Err(format!(
-            "nixos-rebuild build did not print the built system's store path (last line {p:?})"
-        ))
+        Err(GuardError::NoBuiltPath(p.to_string()))
     }
 }
 

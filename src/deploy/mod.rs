@@ -1,27 +1,35 @@
 //! `fleetnix deploy`: put the planned configuration on nodes.
 //!
 //! - [`selector`]: which nodes (`worker-01`, `@role`, `--all`);
-//! - [`nixos`]: `nixos-rebuild` over SSH with pinned host keys ([`hostkeys`]);
-//! - [`guard`]: the rollback guard that keeps `switch` from locking the operator out;
-//! - [`fallback`]: non-NixOS hosts (install script, `tailscale up`, agent unit, nftables);
-//! - [`rollout`]: `--canary`, `--batch`, `--max-failures` (waves of the runner);
-//! - [`runner`]: many nodes concurrently, per-node logs, the summary;
+//! - [`program`]: a node's deploy as data, an ordered list of steps, built by
+//!   [`nixos`] (`nixos-rebuild` over SSH with pinned host keys ([`hostkeys`]) and the
+//!   rollback guard ([`guard`]) that keeps `switch` from locking the operator out) and
+//!   [`linux`] (plain Linux: install script, `tailscale up`, agent unit, nftables);
+//! - [`execute`]: runs a node's program; [`dryrun`]: prints the same program (`--dry-run`);
+//! - [`schedule`]: many nodes concurrently; [`report`]: steps, outcomes, events, the summary;
+//! - [`rollout`]: `--canary`, `--batch`, `--max-failures` (waves of the scheduler);
 //! - [`changes`]: `fleetnix plan` (what a deploy would change) and deploy's skipping of unchanged nodes;
 //! - [`flake`]: `--override-input` and the one `nix eval` of every node's system;
-//! - [`dryrun`]: what `--dry-run` prints, built from the same command builders;
-//! - [`transport`]: processes and the SSH [`transport::Transport`].
+//! - [`runner`], [`fallback`], [`transport`], [`shell`]: the old paths, re-exporting the
+//!   new homes (processes, SSH and quoting live in [`crate::exec`]).
 //!
 //! Executors read only the [`crate::plan::NodePlan`]s; nothing here parses YAML.
 
 pub mod changes;
 pub mod dryrun;
+pub(crate) mod execute;
+pub(crate) mod failure;
 pub mod fallback;
 pub mod flake;
 pub mod guard;
 pub mod hostkeys;
+pub mod linux;
 pub mod nixos;
+pub mod program;
+pub mod report;
 pub mod rollout;
 pub mod runner;
+pub mod schedule;
 pub mod selector;
 pub mod shell;
 pub mod transport;
@@ -81,14 +89,7 @@ pub mod env {
     pub const INSTALL_URL: &str = "FLEETNIX_TAILSCALE_INSTALL_URL";
 }
 
-/// A tool from its override variable, else `which`. `None`: not found (or disabled with an empty override).
-pub fn locate(var: &str, name: &str) -> Option<PathBuf> {
-    match std::env::var_os(var) {
-        Some(v) if v.is_empty() => None,
-        Some(v) => Some(PathBuf::from(v)),
-        None => which::which(name).ok(),
-    }
-}
+pub use crate::exec::process::locate;
 
 /// Everything a deploy needs besides the plans. Built with [`DeployOptions::new`], then adjusted.
 #[derive(Debug, Clone)]
@@ -156,7 +157,7 @@ impl DeployOptions {
             root: root.to_path_buf(),
             state_dir: root.join(".fleetnix"),
             install_url: std::env::var(env::INSTALL_URL)
-                .unwrap_or_else(|_| fallback::DEFAULT_INSTALL_URL.to_string()),
+                .unwrap_or_else(|_| linux::DEFAULT_INSTALL_URL.to_string()),
             ssh: SshConfig {
                 program: locate(env::SSH, "ssh").unwrap_or_else(|| PathBuf::from("ssh")),
                 identity: None,
@@ -172,22 +173,22 @@ impl DeployOptions {
     /// Rejects values that cannot be passed on safely (paths with NUL/newlines, `#`/`?` in
     /// the flake root, a zero parallelism).
     pub fn check(&self) -> Result<(), DeployError> {
-        let bad = |m: String| Err(DeployError::Options(m));
+        let bad = |e: crate::exec::quote::UnsafeValue| DeployError::Options(e.to_string());
         if self.parallel == 0 {
-            return bad("--parallel must be at least 1".into());
+            return Err(DeployError::Options("--parallel must be at least 1".into()));
         }
         let root = self.root.to_string_lossy();
-        shell::check_no_nul("the repository root", &root).or_else(bad)?;
+        shell::check_no_nul("the repository root", &root).map_err(bad)?;
         if root.contains(['#', '?']) {
-            return bad(format!(
+            return Err(DeployError::Options(format!(
                 "the repository root {root} contains `#` or `?`, which a flake reference cannot hold"
-            ));
+            )));
         }
         shell::check_no_nul("the state directory", &self.state_dir.to_string_lossy())
-            .or_else(bad)?;
-        shell::check_no_nul("the install script URL", &self.install_url).or_else(bad)?;
+            .map_err(bad)?;
+        shell::check_no_nul("the install script URL", &self.install_url).map_err(bad)?;
         if let Some(id) = &self.ssh.identity {
-            shell::check_no_nul("the SSH identity", &id.to_string_lossy()).or_else(bad)?;
+            shell::check_no_nul("the SSH identity", &id.to_string_lossy()).map_err(bad)?;
         }
         Ok(())
     }

@@ -1,12 +1,141 @@
 //! The NixOS path: `nixos-rebuild <action> --flake <root>#<node> --target-host <user>@<ip>`
-//! with `NIX_SSHOPTS` pinning the node's host key and sharing fleetnix's connection to it.
+//! with `NIX_SSHOPTS` pinning the node's host key and sharing fleetnix's connection to it, and
+//! for a guarded `switch` the rollback guard's steps around it ([`program`], [`ops`]).
 
 use super::flake::{override_args, OverrideInput};
-use super::shell::sh_quote;
-use super::transport::{LocalCommand, SshConfig, SshTarget};
-use super::{Action, BuildOn};
+use super::program::{
+    Builder, Effect, Limit, Local, LocalEffect, Op, OpKind, Program, Remote, Script, BUILT, RUNNING,
+};
+use super::report::Step;
+use super::{guard, Action, BuildOn, DeployOptions};
+use crate::exec::process::LocalCommand;
+use crate::exec::quote::sh_quote;
+use crate::exec::ssh::{SshConfig, SshTarget};
 use crate::plan::NodePlan;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The program of a node of `os: nixos`.
+pub fn program(plan: &NodePlan, opts: &DeployOptions, target: SshTarget) -> Program {
+    let mut b = Builder::default();
+    let ops = ops(&mut b, plan, opts, &target);
+    let finally = vec![b.op(OpKind::Close {
+        step: None,
+        what: "close the shared SSH connection",
+    })];
+    Program {
+        target,
+        ops,
+        finally,
+    }
+}
+
+/// The NixOS steps: read the running generation, then `nixos-rebuild <action>`; or, for a
+/// guarded `switch`, `nixos-rebuild build`, arm the guard, activate with `test`, close the
+/// shared connection and confirm over a new one.
+pub fn ops(b: &mut Builder, plan: &NodePlan, opts: &DeployOptions, target: &SshTarget) -> Vec<Op> {
+    let guarded = opts.guarded();
+    let mut ops = vec![b.op(OpKind::Remote(Remote {
+        effect: Effect::Generation,
+        ..Remote::new(
+            Step::Connect,
+            format!("connect (pinned key), read the running generation ({RUNNING})"),
+            Script::Fixed(guard::current_generation_script()),
+        )
+    }))];
+    let program = opts
+        .nixos_rebuild
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("nixos-rebuild"));
+    let sshopts = nix_sshopts(&opts.ssh, target);
+    let dir = build_dir(&opts.state_dir, plan);
+    let (cmd, effect) = if guarded {
+        let cmd = build_command(
+            &program,
+            opts.build_on,
+            &opts.root,
+            plan,
+            sshopts,
+            &opts.override_inputs,
+        );
+        (cmd, LocalEffect::Built { dir: dir.clone() })
+    } else {
+        let cmd = rebuild_command(
+            &program,
+            opts.action,
+            opts.build_on,
+            &opts.root,
+            plan,
+            sshopts,
+            &opts.override_inputs,
+        );
+        let verb = opts.action.as_str();
+        (cmd, LocalEffect::Rebuilt { verb })
+    };
+    let what = match (guarded, opts.nixos_rebuild.is_some()) {
+        (_, false) => {
+            "nixos-rebuild (NOT FOUND on PATH: install it or set FLEETNIX_NIXOS_REBUILD)".to_string()
+        }
+        (true, true) => format!(
+            "nixos-rebuild build, in {}: build the system and copy it to the node, nothing activated or made the default; it prints the store path ({BUILT})",
+            dir.display()
+        ),
+        (false, true) => "nixos-rebuild".to_string(),
+    };
+    let missing = opts.nixos_rebuild.is_none().then(|| {
+        format!(
+            "nixos-rebuild not found on PATH (or set {})",
+            super::env::NIXOS_REBUILD
+        )
+    });
+    ops.push(b.op(OpKind::Local(Local {
+        step: Step::Rebuild,
+        what,
+        cmd,
+        missing,
+        effect,
+    })));
+    if !guarded {
+        return ops;
+    }
+    let id = guard::GuardId::placeholder();
+    let grace = opts.rollback_grace;
+    ops.push(b.op(OpKind::Remote(Remote {
+        effect: Effect::Arm,
+        ..Remote::new(
+            Step::ArmGuard,
+            format!(
+                "take the node's lock and arm the rollback guard {} ({} = a new id per deploy): back to {RUNNING} in {}s unless confirmed",
+                id.unit(),
+                id.as_str(),
+                grace.as_secs()
+            ),
+            Script::Arm { grace },
+        )
+    })));
+    ops.push(b.op(OpKind::Remote(Remote {
+        limit: Limit::Long,
+        effect: Effect::Activate,
+        ..Remote::new(
+            Step::Activate,
+            "activate without making it the default (switch-to-configuration test)",
+            Script::Activate,
+        )
+    })));
+    ops.push(b.op(OpKind::Close {
+        step: Some(Step::Confirm),
+        what: "close the shared SSH connection: the confirmation must not use it",
+    }));
+    ops.push(b.op(OpKind::Remote(Remote {
+        fresh: true,
+        effect: Effect::Confirm,
+        ..Remote::new(
+            Step::Confirm,
+            "confirm over a NEW connection: disarm the guard, then make the new generation the profile and boot default and release the lock (retried through the grace period)",
+            Script::Confirm,
+        )
+    })));
+    ops
+}
 
 /// `NIX_SSHOPTS`: the pinning and connection-sharing options of `target` (so nixos-rebuild's
 /// own ssh and `nix copy` reuse the node's shared connection; ssh takes the first value of an
@@ -68,7 +197,7 @@ pub fn build_command(
 
 /// Where `nixos-rebuild build` runs for a node: `<state dir>/build/<node>`, whose `result`
 /// link then keeps the node's last built system from the local garbage collector.
-pub fn build_dir(state_dir: &Path, plan: &NodePlan) -> std::path::PathBuf {
+pub fn build_dir(state_dir: &Path, plan: &NodePlan) -> PathBuf {
     state_dir.join("build").join(plan.name.as_str())
 }
 
@@ -91,7 +220,7 @@ fn command(
     if build_on == BuildOn::Target {
         args.extend(["--build-host".to_string(), plan.access.ssh_target.clone()]);
     }
-    if plan.access.ssh_user != "root" {
+    if plan.access.needs_sudo() {
         args.push("--sudo".to_string());
     }
     args.extend(override_args(override_inputs));

@@ -102,7 +102,7 @@ pub(crate) async fn run(
     let target = crate::deploy::transport::SshTarget {
         destination: ssh_target(&opts.ssh_user, &opts.address),
         known_hosts: pin,
-        sudo: opts.ssh_user != "root",
+        sudo: crate::plan::needs_sudo(&opts.ssh_user),
         control: None,
     };
     let transport = SshTransport {

@@ -1,0 +1,622 @@
+//! Running a node's [`Program`]: pin its host keys, execute the ops in order (skipping those
+//! whose condition the probe rules out), classify failures, retry an unreachable node once.
+//! Every op that runs is written to the node's log as `#> ` lines holding exactly its
+//! `--dry-run` listing (with the run's values filled in); an op skipped is written as `#- `.
+
+use super::failure::{proc_failure, ssh_failure, Failure};
+use super::guard;
+use super::hostkeys;
+use super::linux::{self, Probe};
+use super::program::{self, Effect, Input, Limit, LocalEffect, Op, OpKind, Program, Vars, When};
+use super::report::{Event, NodeReport, Outcome, Step};
+use super::{AuthKeySource, DeployOptions};
+use crate::exec::process::{run_process_in, LocalCommand, NodeLog, ProcOutput};
+use crate::exec::ssh::{ControlDir, SshTarget, Transport};
+use crate::fsutil::write_atomic;
+use crate::model::Os;
+use crate::plan::NodePlan;
+use crate::secret::Secret;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Shared state of one deploy run.
+pub(crate) struct Ctx<T> {
+    pub(crate) opts: DeployOptions,
+    pub(crate) transport: T,
+    pub(crate) authkeys: Arc<dyn AuthKeySource>,
+    pub(crate) tailnet_keys: BTreeMap<IpAddr, Vec<String>>,
+    pub(crate) events: Option<mpsc::UnboundedSender<Event>>,
+    /// The run's control sockets (shared SSH connections), if multiplexing.
+    pub(crate) control: Option<ControlDir>,
+}
+
+/// What one attempt at a program has learnt so far.
+struct Run<'a> {
+    plan: &'a NodePlan,
+    program: &'a Program,
+    log: &'a NodeLog,
+    vars: Vars,
+    /// What the connect step read (`readlink /run/current-system`).
+    generation: Option<String>,
+    /// What the plain Linux probe found.
+    probe: Option<Probe>,
+    /// Changes made on a plain Linux node.
+    changed: Vec<&'static str>,
+    /// When the guard was armed.
+    armed_at: Option<Instant>,
+    /// The step last announced.
+    step: Step,
+}
+
+/// Go on, or the node's result is known.
+enum Flow {
+    Next,
+    Done((Outcome, String)),
+}
+
+impl<T: Transport> Ctx<T> {
+    pub(crate) fn emit(&self, e: Event) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+
+    fn step(&self, plan: &NodePlan, step: Step, log: &NodeLog) {
+        log.line(&format!("## {}", step.as_str()));
+        self.emit(Event::Step {
+            node: plan.name.to_string(),
+            step,
+        });
+    }
+
+    /// Runs a remote script; ssh failures (exit 255) become classified failures,
+    /// a failing script becomes `step` failing with its last output line.
+    async fn remote(
+        &self,
+        step: Step,
+        target: &SshTarget,
+        script: &str,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+        log: &NodeLog,
+    ) -> Result<ProcOutput, Failure> {
+        let out = self
+            .transport
+            .run(target, script, stdin, timeout, log)
+            .await
+            .map_err(|e| proc_failure(step, e))?;
+        if out.code == Some(255) {
+            return Err(ssh_failure(step, &out));
+        }
+        if !out.success() {
+            return Err(Failure::new(step, out.last_line()));
+        }
+        Ok(out)
+    }
+
+    /// The node's SSH target: pinned known_hosts file, and its shared connection's control
+    /// socket (the `index`-th node of the run) when multiplexing.
+    fn target(&self, index: usize, plan: &NodePlan) -> SshTarget {
+        program::node_target(
+            &self.opts,
+            plan,
+            self.control.as_ref().and_then(|c| c.socket(index)),
+        )
+    }
+
+    /// Writes the node's known_hosts file from the manifest key and the tailnet's keys.
+    fn pin(&self, plan: &NodePlan, target: &SshTarget) -> Result<(), Failure> {
+        let mut keys: Vec<String> = plan.access.host_key.iter().map(|k| k.to_string()).collect();
+        if let Some(k) = self.tailnet_keys.get(&plan.access.address) {
+            keys.extend(k.iter().cloned());
+        }
+        let text = hostkeys::known_hosts(&plan.access.address, &keys);
+        if text.is_empty() {
+            return Err(Failure::new(
+                Step::HostKey,
+                format!(
+                    "no pinned host key (not in the manifest, not reported by tailscale status): check the key out of band, e.g. `{}`, and set host_key in nodes.yml",
+                    hostkeys::keyscan_hint(&plan.access.address)
+                ),
+            ));
+        }
+        let path = &target.known_hosts;
+        write_atomic(path, text.as_bytes(), 0o644)
+            .map_err(|e| Failure::new(Step::HostKey, format!("{}: {e}", path.display())))
+    }
+
+    fn quick(&self) -> Duration {
+        self.opts.node_timeout + Duration::from_secs(5)
+    }
+
+    /// Announces `step` unless it is the one running already.
+    fn enter(&self, run: &mut Run<'_>, step: Step) {
+        if run.step != step {
+            run.step = step;
+            self.step(run.plan, step, run.log);
+        }
+    }
+
+    /// Writes op `id`'s listing into the log: `#> ` when it runs, `#- ` when it is skipped.
+    fn trace(&self, run: &Run<'_>, id: usize, ran: bool) {
+        if let Some(text) = run.program.entry(&self.opts.ssh, &run.vars, id) {
+            let mark = if ran { "#> " } else { "#- " };
+            for line in text.lines() {
+                run.log.line(&format!("{mark}{line}"));
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        plan: &NodePlan,
+        program: &Program,
+        log: &NodeLog,
+    ) -> Result<(Outcome, String), Failure> {
+        self.step(plan, Step::HostKey, log);
+        self.pin(plan, &program.target)?;
+        let mut run = Run {
+            plan,
+            program,
+            log,
+            vars: Vars::fresh(),
+            generation: None,
+            probe: None,
+            changed: Vec::new(),
+            armed_at: None,
+            step: Step::HostKey,
+        };
+        let mut queue: VecDeque<&Op> = program.ops.iter().collect();
+        while let Some(op) = queue.pop_front() {
+            if let OpKind::IfNixos { nixos, otherwise } = &op.kind {
+                let is_nixos = run.probe.as_ref().is_some_and(|p| p.os_id == "nixos");
+                let branch = if is_nixos { nixos } else { otherwise };
+                for o in branch.iter().rev() {
+                    queue.push_front(o);
+                }
+                continue;
+            }
+            if let Flow::Done(done) = self.op(&mut run, op).await? {
+                return Ok(done);
+            }
+        }
+        Ok(if run.changed.is_empty() {
+            (
+                Outcome::Unchanged,
+                "already as planned; nothing changed".into(),
+            )
+        } else {
+            (
+                Outcome::Succeeded,
+                format!("changed: {}", run.changed.join(", ")),
+            )
+        })
+    }
+
+    /// The ops that run whatever happened (closing the shared connection).
+    async fn finally(&self, program: &Program, log: &NodeLog) {
+        let vars = Vars::placeholders();
+        for op in &program.finally {
+            if let OpKind::Close { .. } = op.kind {
+                if let Some(text) = program.entry(&self.opts.ssh, &vars, op.id) {
+                    for line in text.lines() {
+                        log.line(&format!("#> {line}"));
+                    }
+                }
+                self.transport.close(&program.target, log).await;
+            }
+        }
+    }
+
+    /// Runs one op (not a branch).
+    async fn op(&self, run: &mut Run<'_>, op: &Op) -> Result<Flow, Failure> {
+        let target = &run.program.target;
+        match &op.kind {
+            OpKind::IfNixos { .. } => Ok(Flow::Next),
+            OpKind::Close { step, .. } => {
+                if let Some(s) = step {
+                    self.enter(run, *s);
+                }
+                self.trace(run, op.id, true);
+                self.transport.close(target, run.log).await;
+                Ok(Flow::Next)
+            }
+            OpKind::Local(l) => {
+                if let Some(m) = &l.missing {
+                    return Err(Failure::new(l.step, m.clone()));
+                }
+                self.enter(run, l.step);
+                match &l.effect {
+                    LocalEffect::Rebuilt { verb } => {
+                        self.trace(run, op.id, true);
+                        self.rebuild(&l.cmd, None, verb, run.log).await?;
+                        Ok(Flow::Done((Outcome::Succeeded, format!("{verb} done"))))
+                    }
+                    LocalEffect::Built { dir } => {
+                        // Guarded switch: build and copy (nothing changes on the node), so the
+                        // guard's clock does not run during a long build.
+                        let prev = guard::parse_generation(run.generation.as_deref().unwrap_or(""))
+                            .map_err(|e| Failure::new(Step::Connect, e.to_string()))?;
+                        run.vars.running = prev;
+                        self.trace(run, op.id, true);
+                        std::fs::create_dir_all(dir).map_err(|e| {
+                            Failure::new(Step::Rebuild, format!("{}: {e}", dir.display()))
+                        })?;
+                        let out = self.rebuild(&l.cmd, Some(dir), "build", run.log).await?;
+                        run.vars.built = guard::parse_built(&out.stdout)
+                            .map_err(|e| Failure::new(Step::Rebuild, e.to_string()))?;
+                        Ok(Flow::Next)
+                    }
+                }
+            }
+            OpKind::Remote(r) => {
+                let runs = match r.when {
+                    When::Always => true,
+                    When::TailscaleMissing => run.probe.as_ref().is_none_or(|p| !p.has_tailscale),
+                    When::NotUpAsPlanned => run.probe.as_ref().is_none_or(|p| !p.up_as_planned),
+                };
+                if !runs {
+                    self.trace(run, op.id, false);
+                    return Ok(Flow::Next);
+                }
+                if r.effect == Effect::Arm {
+                    run.log.line(&format!(
+                        "# guard {}: running {}, activating {}",
+                        run.vars.guard.unit(),
+                        run.vars.running,
+                        run.vars.built
+                    ));
+                }
+                self.enter(run, r.step);
+                let mut secret: Option<Secret> = None;
+                let mut text: Option<String> = None;
+                match &r.input {
+                    Input::Nothing => {}
+                    Input::AuthKey { .. } => {
+                        secret = Some(
+                            self.authkeys
+                                .authkey(&run.plan.name)
+                                .map_err(|e| Failure::new(r.step, e.to_string()))?,
+                        );
+                    }
+                    Input::NatsPassword => {
+                        match self
+                            .authkeys
+                            .nats_password(&run.plan.name)
+                            .map_err(|e| Failure::new(r.step, e.to_string()))?
+                        {
+                            Some(p) => secret = Some(p),
+                            None => {
+                                self.trace(run, op.id, false);
+                                return Ok(Flow::Next);
+                            }
+                        }
+                    }
+                    Input::Unit(Ok(u)) => text = Some(u.clone()),
+                    Input::Unit(Err(e)) => return Err(Failure::new(r.step, e.to_string())),
+                }
+                let stdin: Option<&[u8]> = match (&secret, &text) {
+                    (Some(s), _) => Some(s.expose().as_bytes()),
+                    (None, Some(t)) => Some(t.as_bytes()),
+                    (None, None) => None,
+                };
+                self.trace(run, op.id, true);
+                let script = r.script.render(&run.vars);
+                let timeout = match r.limit {
+                    Limit::Short => self.quick(),
+                    Limit::Long => self.opts.step_timeout,
+                };
+                match r.effect {
+                    Effect::Activate => return self.activate(run, &script).await,
+                    Effect::Confirm => return self.confirm(run, &script).await.map(Flow::Done),
+                    Effect::Arm => {
+                        run.armed_at = Some(Instant::now());
+                        // A failure here leaves the node as it was: nothing activated, profile
+                        // and boot default untouched, the lock released.
+                        self.remote(r.step, target, &script, stdin, timeout, run.log)
+                            .await
+                            .map_err(|mut f| {
+                                f.reason = format!("{}; nothing was activated", f.reason);
+                                f
+                            })?;
+                        return Ok(Flow::Next);
+                    }
+                    _ => {}
+                }
+                let out = self
+                    .remote(r.step, target, &script, stdin, timeout, run.log)
+                    .await?;
+                match r.effect {
+                    Effect::Generation => run.generation = Some(out.stdout),
+                    Effect::Probe => run.probe = Some(linux::parse_probe(&out.stdout, run.plan)),
+                    Effect::Changed(what) => run.changed.push(what),
+                    Effect::ChangedUnlessSaid(what)
+                        if !out.stdout.trim_end().ends_with("unchanged") =>
+                    {
+                        run.changed.push(what)
+                    }
+                    _ => {}
+                }
+                Ok(Flow::Next)
+            }
+        }
+    }
+
+    /// Activation with `test`: a lost connection (e.g. tailscaled restarting) is left to the
+    /// confirmation; a failing activation rolls back at once.
+    async fn activate(&self, run: &mut Run<'_>, script: &str) -> Result<Flow, Failure> {
+        let target = &run.program.target;
+        match self
+            .transport
+            .run(target, script, None, self.opts.step_timeout, run.log)
+            .await
+        {
+            Ok(out) if out.code == Some(255) => run.log.line(&format!(
+                "connection lost during activation ({}); confirming",
+                out.last_line()
+            )),
+            Ok(out) if !out.success() => {
+                let why = format!("activation failed: {}", out.last_line());
+                return self
+                    .roll_back_now(target, &run.vars.guard, &run.vars.running, &why, run.log)
+                    .await
+                    .map(Flow::Done);
+            }
+            Ok(_) => {}
+            Err(e) => run.log.line(&format!("activation: {e}; confirming")),
+        }
+        Ok(Flow::Next)
+    }
+
+    /// The confirmation over a new connection (which also makes the new system the boot
+    /// default), retried through the grace period and, once the guard has fired, long enough
+    /// to see how its rollback ended. Which of confirmation and rollback wins is decided on
+    /// the node, so a late confirmation cannot undo a rollback.
+    async fn confirm(&self, run: &mut Run<'_>, script: &str) -> Result<(Outcome, String), Failure> {
+        let quick = self.quick();
+        let grace = self.opts.rollback_grace;
+        let (id, prev, new) = (&run.vars.guard, &run.vars.running, &run.vars.built);
+        let left = format!(
+            "the rollback guard returns the node to {prev} within {}s",
+            grace.as_secs()
+        );
+        let fresh = run.program.target.fresh();
+        let verify = Duration::from_secs(60).max(quick * 2);
+        let armed_at = run.armed_at.unwrap_or_else(Instant::now);
+        let deadline = armed_at + grace + verify;
+        let mut last = String::from("no attempt");
+        while Instant::now() < deadline {
+            let left_t = deadline.saturating_duration_since(Instant::now());
+            let t = quick.min(left_t).max(Duration::from_secs(1));
+            match self.transport.run(&fresh, script, None, t, run.log).await {
+                Ok(out) if out.success() => match guard::parse_confirm(&out.stdout) {
+                    Some(answer) => {
+                        if let Some(done) = self.confirmed(answer, id, prev, new, out)? {
+                            return Ok(done);
+                        }
+                        last = "the rollback is still running".into();
+                    }
+                    None => last = format!("unexpected answer {:?}", out.stdout.trim()),
+                },
+                Ok(out) => last = out.last_line(),
+                Err(e) => last = e.to_string(),
+            }
+            run.log.line(&format!("confirmation: {last}; retrying"));
+            let pause =
+                Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+        }
+        Err(Failure::new(
+            Step::Confirm,
+            format!(
+                "not confirmed: no answer over a new connection within {}s of arming ({last}); {left}, but fleetnix could not reach the node to see it done: check it (journalctl -u {})",
+                (grace + verify).as_secs(),
+                id.unit()
+            ),
+        ))
+    }
+
+    /// Runs nixos-rebuild, classifying its failures.
+    async fn rebuild(
+        &self,
+        cmd: &LocalCommand,
+        dir: Option<&std::path::Path>,
+        verb: &str,
+        log: &NodeLog,
+    ) -> Result<ProcOutput, Failure> {
+        match run_process_in(cmd, dir, None, self.opts.step_timeout, log).await {
+            Ok(out) if out.success() => Ok(out),
+            Ok(out)
+                if out
+                    .stderr
+                    .to_ascii_lowercase()
+                    .contains("host key verification failed") =>
+            {
+                Err(ssh_failure(Step::Rebuild, &out))
+            }
+            Ok(out) => {
+                let mut f = ssh_failure(Step::Rebuild, &out);
+                if !f.unreachable {
+                    f.reason = format!("nixos-rebuild {verb} failed: {}", out.last_line());
+                }
+                Err(f)
+            }
+            Err(e) => Err(proc_failure(Step::Rebuild, e)),
+        }
+    }
+
+    /// After a failed activation (the connection works): roll back at once instead of waiting
+    /// for the timer, and report what the node says, retrying while a rollback runs.
+    async fn roll_back_now(
+        &self,
+        target: &SshTarget,
+        id: &guard::GuardId,
+        prev: &str,
+        why: &str,
+        log: &NodeLog,
+    ) -> Result<(Outcome, String), Failure> {
+        let quick = self.opts.node_timeout + Duration::from_secs(5);
+        let deadline = Instant::now() + self.opts.rollback_grace + Duration::from_secs(60);
+        let mut last = String::from("no attempt");
+        while Instant::now() < deadline {
+            let t = self
+                .opts
+                .step_timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
+            match self
+                .transport
+                .run(
+                    target,
+                    &guard::rollback_now_script(id, prev),
+                    None,
+                    t.max(quick),
+                    log,
+                )
+                .await
+            {
+                Ok(out) if out.success() => match guard::parse_confirm(&out.stdout) {
+                    Some(guard::Confirm::Fired) => {
+                        return Err(Failure::new(
+                            Step::Activate,
+                            format!("{why}; rolled back to {prev} at once (seen done)"),
+                        ))
+                    }
+                    Some(guard::Confirm::RollbackFailed) => {
+                        return Ok((
+                            Outcome::RollbackFailed,
+                            format!("{why}; {}", guard::rollback_failed_help(id, prev)),
+                        ))
+                    }
+                    Some(guard::Confirm::RollingBack) => {
+                        last = "the rollback is still running".into()
+                    }
+                    _ => last = format!("unexpected answer {:?}", out.stdout.trim()),
+                },
+                Ok(out) => last = out.last_line(),
+                Err(e) => last = e.to_string(),
+            }
+            log.line(&format!(
+                "rollback after the failed activation: {last}; retrying"
+            ));
+            let pause =
+                Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+        }
+        Err(Failure::new(
+            Step::Activate,
+            format!(
+                "{why}; rolling back at once did not answer ({last}): the rollback guard returns the node to {prev} within {}s",
+                self.opts.rollback_grace.as_secs()
+            ),
+        ))
+    }
+
+    /// The report for a confirmation answer; `None`: ask again (the rollback is running).
+    fn confirmed(
+        &self,
+        answer: guard::Confirm,
+        id: &guard::GuardId,
+        prev: &str,
+        new: &str,
+        out: ProcOutput,
+    ) -> Result<Option<(Outcome, String)>, Failure> {
+        use guard::Confirm;
+        Ok(Some(match answer {
+            Confirm::Confirmed => (
+                Outcome::Succeeded,
+                "switched; confirmed over a new connection, guard disarmed, now the boot default"
+                    .into(),
+            ),
+            Confirm::BootDefaultFailed => {
+                return Err(Failure::new(
+                    Step::BootDefault,
+                    format!(
+                        "confirmed and running {new}, but making it the profile and boot default failed ({}): a reboot would return to {prev}; deploy again",
+                        out.last_line()
+                    ),
+                ))
+            }
+            Confirm::Fired => (
+                Outcome::RolledBack,
+                format!("the guard fired before the confirmation: back on {prev}"),
+            ),
+            Confirm::RollingBack => return Ok(None),
+            Confirm::RollbackFailed => (
+                Outcome::RollbackFailed,
+                guard::rollback_failed_help(id, prev),
+            ),
+            Confirm::Gone(now) if now == prev => (
+                Outcome::RolledBack,
+                format!(
+                    "the node restarted before the confirmation and booted {prev}, its boot default; the new generation was never made the default"
+                ),
+            ),
+            Confirm::Gone(now) => {
+                return Err(Failure::new(
+                    Step::Confirm,
+                    format!(
+                        "the guard's state is gone (the node restarted?) and it runs {now}, neither {prev} nor the deployed {new}: check it"
+                    ),
+                ))
+            }
+        }))
+    }
+
+    pub(crate) async fn node(&self, index: usize, plan: &NodePlan) -> NodeReport {
+        let start = Instant::now();
+        let action = match plan.access.os {
+            Os::Nixos => self.opts.action.as_str().to_string(),
+            Os::Linux => "install".to_string(),
+            Os::Auto => "auto".to_string(),
+        };
+        self.emit(Event::Started {
+            node: plan.name.to_string(),
+        });
+        let log = NodeLog::create(&self.opts.log_path(&plan.name)).unwrap_or_else(|e| {
+            self.emit(Event::Warning(format!(
+                "{}: cannot write its log: {e}",
+                plan.name
+            )));
+            NodeLog::discard()
+        });
+        log.line(&format!("# fleetnix deploy {} ({action})", plan.name));
+        let program = program::build(
+            plan,
+            &self.opts,
+            self.target(index, plan),
+            self.authkeys.as_ref(),
+        );
+        let mut attempts = 1;
+        let mut result = self.attempt(plan, &program, &log).await;
+        if let Err(f) = &result {
+            if f.unreachable && self.opts.retry {
+                log.line(&format!("# attempt 1 failed: {}; retrying once", f.reason));
+                self.emit(Event::Retrying {
+                    node: plan.name.to_string(),
+                    reason: f.reason.clone(),
+                });
+                attempts = 2;
+                result = self.attempt(plan, &program, &log).await;
+            }
+        }
+        // Whatever happened, the node's shared connection ends with it.
+        self.finally(&program, &log).await;
+        let (outcome, step, detail) = match result {
+            Ok((o, d)) => (o, None, d),
+            Err(f) => (Outcome::Failed, Some(f.step), f.reason),
+        };
+        log.line(&format!("# result: {} {detail}", outcome.as_str()));
+        NodeReport {
+            node: plan.name.to_string(),
+            action,
+            outcome,
+            step,
+            detail,
+            duration: start.elapsed(),
+            attempts,
+        }
+    }
+}

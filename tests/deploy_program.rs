@@ -1,0 +1,175 @@
+//! The dry run and the runner share one program: against namespace test hosts (a NixOS host
+//! with the rollback guard, a plain Linux host with the fake install script and CLI), the steps
+//! the runner executed (written to each node's log as `#> ` lines holding the step's listing,
+//! `#- ` for a step whose condition ruled it out) equal the steps `--dry-run` printed, once the
+//! run's values (guard id, running and built generations) are written as the dry run's
+//! placeholders.
+
+mod common;
+
+use common::netns::{Host, HostOptions, Net};
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn ubuntu_host(net: &mut Net, name: &str) -> Host {
+    // As in deploy_fallback.rs: an empty /etc/fleetnix mount point keeps the host's writes in its own overlay.
+    std::fs::create_dir_all("/etc/fleetnix").expect("/etc/fleetnix mount point");
+    let state = net.dir().join(format!("state-{name}"));
+    std::fs::create_dir_all(state.join("bin")).expect("state");
+    net.add_host(
+        name,
+        HostOptions {
+            os_release: Some("NAME=\"Ubuntu\"\nID=ubuntu\nID_LIKE=debian\n".into()),
+            path_prefix: vec![state.join("bin"), fakes().join("host-bin")],
+            env: vec![
+                ("FAKE_HOST_DIR".into(), state.display().to_string()),
+                (
+                    "FAKE_TAILSCALE_SRC".into(),
+                    fakes().join("tailscale").display().to_string(),
+                ),
+            ],
+            etc_dirs: vec!["systemd/system".into(), "fleetnix".into()],
+            ..Default::default()
+        },
+    )
+}
+
+/// The numbered steps of `node`'s section of a dry run: every line after its `SSH = ` line up
+/// to its `log:` line.
+fn printed_steps(dry: &str, node: &str) -> String {
+    let start = dry
+        .find(&format!("\n{node} ("))
+        .unwrap_or_else(|| panic!("{node} in the dry run:\n{dry}"));
+    let section = &dry[start + 1..];
+    let mut out = String::new();
+    let mut inside = false;
+    for line in section.lines() {
+        if line.starts_with("  log: ") {
+            break;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+        if line.starts_with("  SSH = ") {
+            inside = true;
+        }
+    }
+    assert!(!out.is_empty(), "no steps for {node}:\n{section}");
+    out
+}
+
+/// The steps the runner wrote into `node`'s log: (executed and skipped in order, skipped only).
+fn logged_steps(root: &Path, node: &str) -> (String, String, String) {
+    let log = std::fs::read_to_string(root.join(format!(".fleetnix/logs/{node}.log")))
+        .unwrap_or_else(|e| panic!("{node}'s log: {e}"));
+    let mut all = String::new();
+    let mut skipped = String::new();
+    for line in log.lines() {
+        if let Some(l) = line.strip_prefix("#> ") {
+            all.push_str(l);
+            all.push('\n');
+        } else if let Some(l) = line.strip_prefix("#- ") {
+            all.push_str(l);
+            all.push('\n');
+            skipped.push_str(l);
+            skipped.push('\n');
+        }
+    }
+    (all, skipped, log)
+}
+
+#[test]
+fn the_runner_executes_exactly_the_steps_the_dry_run_prints() {
+    let Some(mut net) = Net::new() else { return };
+    let nixos = nixos_host(&mut net, "n1");
+    let ubuntu = ubuntu_host(&mut net, "ubuntu-01");
+    let root = tempfile::tempdir().expect("root");
+    let mut u = NodeSpec::for_host(&ubuntu);
+    u.os = "linux";
+    write_fleet(root.path(), &[NodeSpec::for_host(&nixos), u], 5, false);
+    let url = format!("file://{}", fakes().join("tailscale-install.sh").display());
+    let key = fake_authkey();
+    let args = ["--all", "--force", "--install-url", url.as_str()];
+
+    let deployed = Ran::of(deploy_cmd(&net, root.path(), &args).env("TAILSCALE_AUTHKEY", &key));
+    assert_eq!(deployed.code, Some(0), "{deployed}");
+    let mut dry_args = args.to_vec();
+    dry_args.push("--dry-run");
+    let dry = Ran::of(deploy_cmd(&net, root.path(), &dry_args).env("TAILSCALE_AUTHKEY", &key));
+    assert_eq!(dry.code, Some(0), "{dry}");
+
+    // NixOS, guarded switch: every printed step ran, in order, with the run's values in place
+    // of the placeholders.
+    let (ran, skipped, log) = logged_steps(root.path(), "n1");
+    assert!(skipped.is_empty(), "{log}");
+    let guard = log
+        .lines()
+        .find_map(|l| l.strip_prefix("# guard "))
+        .unwrap_or_else(|| panic!("no guard line:\n{log}"));
+    let (unit, rest) = guard.split_once(": running ").expect("guard line");
+    let (running, built) = rest.split_once(", activating ").expect("guard line");
+    let id = unit.strip_prefix("fleetnix-rollback-").expect("guard unit");
+    assert!(!running.is_empty() && !built.is_empty() && running != built);
+    let ran = ran
+        .replace(id, "ID")
+        .replace(built, "NEW_SYSTEM")
+        .replace(running, "RUNNING_SYSTEM");
+    let printed = printed_steps(&dry.stdout, "n1");
+    assert_eq!(ran, printed);
+    for step in [
+        "  1. connect",
+        "  2. nixos-rebuild build",
+        "  3. take the node's lock",
+        "  4. activate",
+        "  5. confirm over a NEW connection",
+    ] {
+        assert!(ran.contains(step), "{step} missing:\n{ran}");
+    }
+    assert_eq!(
+        generations(&net, "n1"),
+        ("2".into(), "2".into(), "2".into())
+    );
+
+    // Plain Linux: probe, install, tailscale up, agent, firewall ran; the NATS password step
+    // was skipped (none stored); together they are the printed steps, in order.
+    let (ran, skipped, log) = logged_steps(root.path(), "ubuntu-01");
+    let printed = printed_steps(&dry.stdout, "ubuntu-01");
+    assert_eq!(ran, printed);
+    assert!(
+        skipped.starts_with("  5. install the agent's NATS password"),
+        "{skipped}"
+    );
+    let numbered = |text: &str| {
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix("  ")
+                    .and_then(|r| r.split_once(". "))
+                    .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+            })
+            .count()
+    };
+    assert_eq!(numbered(&skipped), 1, "one skipped step: {skipped}");
+    assert_eq!(numbered(&printed), 6, "{printed}");
+    for step in [
+        "  1. probe",
+        "  2. if tailscale is missing",
+        "  3. if not up as this node",
+        "  4. install omp-agent.service",
+        "  6. install fleetnix-firewall.service",
+    ] {
+        let executed: String = log
+            .lines()
+            .filter_map(|l| l.strip_prefix("#> "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(executed.contains(step), "{step} did not run:\n{log}");
+    }
+    assert!(!log.contains(&key), "auth key in the log");
+    let state: PathBuf = net.dir().join("state-ubuntu-01");
+    assert_eq!(
+        lines(&state.join("ts-up.calls")).len(),
+        1,
+        "tailscale up ran once"
+    );
+}

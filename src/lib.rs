@@ -28,6 +28,7 @@ pub mod router;
 pub mod secret;
 pub mod secrets;
 pub mod status;
+pub mod suggest;
 pub mod tailscale;
 /// The Tailscale API client, at its old path ([`tailscale::api`]).
 pub use tailscale::api as tsapi;

@@ -27,7 +27,7 @@ pub struct Conn {
 pub(super) fn url(fleet: &Fleet, conn: &Conn) -> String {
     conn.nats_url
         .clone()
-        .unwrap_or_else(|| fleet.settings.nats_url.clone())
+        .unwrap_or_else(|| fleet.settings.nats_url.to_string())
 }
 
 /// The password of `who` (a node's, or the router's when `kind` says so): --password-file,

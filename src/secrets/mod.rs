@@ -263,13 +263,8 @@ pub fn select_nodes(fleet: &Fleet, names: &[String]) -> Result<Vec<NodeName>, Se
 }
 
 fn suggest(fleet: &Fleet, name: &str) -> Option<String> {
-    fleet
-        .nodes
-        .iter()
-        .map(|n| (strsim::jaro_winkler(n.name.as_str(), name), n))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, n)| n.name.to_string())
+    crate::suggest::closest_in(name, fleet.nodes.iter().map(|n| n.name.as_str()))
+        .map(str::to_string)
 }
 
 /// The node called `name`, or an error with the closest name.

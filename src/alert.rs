@@ -16,7 +16,7 @@ use std::time::Duration;
 /// Env var overriding the ntfy base URL (default `http://<control plane>:<ntfy port>`).
 pub const NTFY_URL_ENV: &str = "FLEETNIX_NTFY_URL";
 /// Env var holding an ntfy access token (sent as `Authorization: Bearer …`, never logged).
-pub const NTFY_TOKEN_ENV: &str = "FLEETNIX_NTFY_TOKEN";
+pub const NTFY_TOKEN_ENV: &str = crate::secret::env::NTFY_TOKEN;
 
 /// At most this many notifications wait for a retry; older ones are dropped first.
 pub const MAX_PENDING: usize = 100;

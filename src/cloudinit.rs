@@ -13,7 +13,7 @@
 //! the auth key it carries and where that key comes from.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use crate::outputs::cloudinit::{
     up_argv, user_data, Options, AGENT_UNIT_PATH, AUTHKEY_PATH, DEFAULT_AGENT_BIN,
@@ -91,18 +91,8 @@ impl fmt::Debug for AuthKey {
     }
 }
 
-/// Where `fleetnix cloud-init` takes the node's auth key from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// A one-off key minted through the Tailscale API for this user-data (`--mint`).
-    Mint,
-    /// The node's `secrets/<node>/tailscale-authkey.age`, decrypted with this identity file.
-    Secret(PathBuf),
-    /// The `TAILSCALE_AUTHKEY` environment variable.
-    Env,
-    /// Standard input (piped).
-    Stdin,
-}
+/// Where `fleetnix cloud-init` takes the node's auth key from: the one key-source type.
+pub use crate::secrets::source::KeySource;
 
 /// What [`key_source`] decides from.
 #[derive(Debug, Clone, Default)]
@@ -129,25 +119,19 @@ pub struct KeyInputs<'a> {
 /// `.age` file); then `TAILSCALE_AUTHKEY`; then piped stdin; then, on a terminal, the node's
 /// `.age` file with the default identity if the file exists.
 pub fn key_source(i: &KeyInputs<'_>) -> Result<KeySource, CloudInitError> {
-    if i.mint {
-        return Ok(KeySource::Mint);
+    crate::secrets::source::KeyChoice {
+        mint: i.mint,
+        identity: i.identity,
+        default_identity: i.default_identity,
+        env_set: i.env_set,
+        stdin_is_terminal: i.stdin_is_terminal,
+        secret_exists: i.secret_exists,
     }
-    if let Some(id) = i.identity {
-        return Ok(KeySource::Secret(id.to_path_buf()));
-    }
-    if i.env_set {
-        return Ok(KeySource::Env);
-    }
-    if !i.stdin_is_terminal {
-        return Ok(KeySource::Stdin);
-    }
-    match i.default_identity {
-        Some(id) if i.secret_exists => Ok(KeySource::Secret(id.to_path_buf())),
-        _ => Err(CloudInitError::NoAuthKey {
-            node: i.node.to_string(),
-            file: i.secret_file.to_string(),
-        }),
-    }
+    .pick()
+    .ok_or_else(|| CloudInitError::NoAuthKey {
+        node: i.node.to_string(),
+        file: i.secret_file.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -185,7 +169,7 @@ mod tests {
                 i.env_set = true;
             })
             .unwrap(),
-            KeySource::Secret(id.into())
+            KeySource::Decrypt(id.into())
         );
         assert_eq!(
             with(&|i| {
@@ -205,7 +189,7 @@ mod tests {
         );
         assert_eq!(
             with(&|i| i.secret_exists = true).unwrap(),
-            KeySource::Secret(def.into())
+            KeySource::Decrypt(def.into())
         );
         let e = with(&|_| {}).unwrap_err().to_string();
         assert!(

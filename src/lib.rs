@@ -7,7 +7,6 @@
 pub mod acl;
 pub mod agent;
 pub mod alert;
-pub mod authkey;
 pub mod bootstrap;
 pub mod bus;
 pub mod cloudinit;
@@ -29,5 +28,9 @@ pub mod router;
 pub mod secret;
 pub mod secrets;
 pub mod status;
+pub mod suggest;
 pub mod tailscale;
-pub mod tsapi;
+/// The Tailscale API client, at its old path ([`tailscale::api`]).
+pub use tailscale::api as tsapi;
+/// Minting and storing auth keys, at its old path ([`tailscale::authkey`]).
+pub use tailscale::authkey;

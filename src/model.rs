@@ -7,13 +7,16 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+mod values;
+pub use values::*;
+
 /// Checks an RFC 1123 hostname label: 1–63 chars of `a-z`, `0-9`, `-`, not starting or ending with `-`.
-pub fn check_label(s: &str) -> Result<(), String> {
+pub fn check_label(s: &str) -> Result<(), InvalidValue> {
     if s.is_empty() {
         return Err("it is empty".into());
     }
     if s.len() > 63 {
-        return Err(format!("it is {} characters long (at most 63)", s.len()));
+        return Err(format!("it is {} characters long (at most 63)", s.len()).into());
     }
     if let Some(c) = s
         .chars()
@@ -21,7 +24,8 @@ pub fn check_label(s: &str) -> Result<(), String> {
     {
         return Err(format!(
             "it contains {c:?} (only lowercase letters, digits and '-' are allowed)"
-        ));
+        )
+        .into());
     }
     if s.starts_with('-') || s.ends_with('-') {
         return Err("it starts or ends with '-'".into());
@@ -38,7 +42,7 @@ macro_rules! label_type {
 
         impl $name {
             /// Validates `s` as a hostname label.
-            pub fn parse(s: &str) -> Result<Self, String> {
+            pub fn parse(s: &str) -> Result<Self, InvalidValue> {
                 check_label(s).map(|()| Self(s.to_string()))
             }
             /// The label.
@@ -86,7 +90,7 @@ pub struct StateVersion(String);
 
 impl StateVersion {
     /// Validates `s` as `YY.MM`: two digits, a dot, a month 01–12.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         let b = s.as_bytes();
         let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
         if b.len() != 5 || b[2] != b'.' || !digits(0..2) || !digits(3..5) {
@@ -94,7 +98,7 @@ impl StateVersion {
         }
         let month = (b[3] - b'0') * 10 + (b[4] - b'0');
         if !(1..=12).contains(&month) {
-            return Err(format!("month {month:02} does not exist"));
+            return Err(format!("month {month:02} does not exist").into());
         }
         Ok(StateVersion(s.to_string()))
     }
@@ -114,12 +118,12 @@ impl fmt::Display for StateVersion {
 /// Checks a model name: 1–128 characters of ASCII letters, digits and `.` `_` `-` `:` `/` `+`
 /// `@`, starting with a letter or digit (`glm-4.5-air`, `llama3:8b`, `Qwen/Qwen2.5-7B`).
 /// Nothing in such a name needs escaping in a NATS header, JSON or a Nix string.
-pub fn check_model(s: &str) -> Result<(), String> {
+pub fn check_model(s: &str) -> Result<(), InvalidValue> {
     if s.is_empty() {
         return Err("it is empty".into());
     }
     if s.len() > 128 {
-        return Err(format!("it is {} characters long (at most 128)", s.len()));
+        return Err(format!("it is {} characters long (at most 128)", s.len()).into());
     }
     if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return Err("it does not start with a letter or digit".into());
@@ -130,7 +134,8 @@ pub fn check_model(s: &str) -> Result<(), String> {
     {
         return Err(format!(
             "it contains {c:?} (only letters, digits and . _ - : / + @ are allowed)"
-        ));
+        )
+        .into());
     }
     Ok(())
 }
@@ -174,10 +179,10 @@ pub struct Node {
     /// Operating system.
     pub os: Os,
     /// SSH user for deploys.
-    pub ssh_user: String,
+    pub ssh_user: SshLogin,
     /// The node's SSH host public key (`ssh-ed25519 AAAA…`), if known.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_key: Option<String>,
+    pub host_key: Option<HostKey>,
     /// A public address for bootstrapping, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_address: Option<String>,
@@ -220,7 +225,7 @@ pub struct RoleSpec {
     pub name: Role,
     /// The Tailscale tag nodes with this role carry, if the role sets one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tag: Option<String>,
+    pub tag: Option<Tag>,
     /// Free text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -250,7 +255,7 @@ pub struct Catalog {
     /// Known roles by name.
     pub roles: BTreeMap<Role, RoleSpec>,
     /// Tag for nodes none of whose roles sets one.
-    pub default_tag: String,
+    pub default_tag: Tag,
     /// Services in file order.
     pub services: Vec<Service>,
 }
@@ -331,7 +336,7 @@ pub struct Settings {
     /// The control-plane node.
     pub control_plane: NodeName,
     /// NATS URL agents connect to.
-    pub nats_url: String,
+    pub nats_url: NatsUrl,
     /// Port of the control plane's LiteLLM endpoint agents are given.
     pub control_plane_port: u16,
     /// Tailnet name for the API (`-` = the token's default tailnet).
@@ -393,10 +398,11 @@ impl Fleet {
         let mut tags: Vec<String> = node
             .roles
             .iter()
-            .filter_map(|r| self.catalog.roles.get(r).and_then(|s| s.tag.clone()))
+            .filter_map(|r| self.catalog.roles.get(r).and_then(|s| s.tag.as_ref()))
+            .map(Tag::to_string)
             .collect();
         if tags.is_empty() {
-            tags.push(self.catalog.default_tag.clone());
+            tags.push(self.catalog.default_tag.to_string());
         }
         tags.sort();
         tags.dedup();

@@ -1,12 +1,12 @@
 //! The plan: for each node, everything it gets. Every output (NixOS module, ACL,
 //! secrets, cloud-init, deploy commands) is a pure function of this.
 
-use crate::model::{Fleet, Node, NodeName, Os, Protocol, Role};
+use crate::model::{Fleet, HostKey, Node, NodeName, Os, Protocol, Role, SshLogin};
 use serde::Serialize;
 use std::net::IpAddr;
 
 /// Name of the Tailscale auth-key secret, as agenix sees it.
-pub const AUTHKEY_SECRET: &str = "tailscale-authkey";
+pub use crate::secrets::kinds::AUTHKEY_SECRET;
 
 /// Tailscale's default WireGuard UDP port, the only port opened outside `tailscale0`.
 pub const TAILSCALE_UDP_PORT: u16 = 41641;
@@ -68,14 +68,14 @@ pub struct Access {
     /// Tailnet address.
     pub address: IpAddr,
     /// SSH user.
-    pub ssh_user: String,
+    pub ssh_user: SshLogin,
     /// `user@address` for ssh / `--target-host` (IPv6 in brackets).
     pub ssh_target: String,
     /// OS, which picks the deploy path.
     pub os: Os,
     /// Pinned SSH host key, if known.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_key: Option<String>,
+    pub host_key: Option<HostKey>,
     /// Public address for bootstrap, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_address: Option<String>,
@@ -129,7 +129,8 @@ pub struct NodePlan {
 
 /// Path of a node's encrypted auth key, relative to the repository root.
 pub fn authkey_file(node: &NodeName) -> String {
-    format!("secrets/{node}/{AUTHKEY_SECRET}.age")
+    crate::secrets::SecretId::new(node.clone(), crate::secrets::SecretKind::TailscaleAuthkey)
+        .age_path()
 }
 
 /// `ip:port`, with brackets for IPv6.
@@ -183,7 +184,7 @@ pub fn plan_node(fleet: &Fleet, node: &Node) -> NodePlan {
             node_name: node.name.to_string(),
             control_plane: host_port(&cp.tailscale_ip, fleet.settings.control_plane_port),
             roles: node.roles.iter().map(|r| r.to_string()).collect(),
-            nats_url: fleet.settings.nats_url.clone(),
+            nats_url: fleet.settings.nats_url.to_string(),
         },
         secrets: vec![SecretRef {
             name: AUTHKEY_SECRET.to_string(),

@@ -1,5 +1,7 @@
-//! The secret strings fleetnix hands around (auth keys, NATS passwords): zeroized on drop and
-//! never shown by `Debug` or `Display`, so they cannot end up in logs or error messages.
+//! The secret strings fleetnix hands around (auth keys, API tokens, NATS passwords): one
+//! [`Secret`] type, zeroized on drop and never shown by `Debug` or `Display`, so they cannot end
+//! up in logs or error messages. The environment variables secrets are read from are named
+//! once, in [`env`](mod@env).
 
 use std::fmt;
 use zeroize::Zeroizing;
@@ -20,6 +22,32 @@ impl Secret {
     }
 }
 
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret::new(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret::new(s)
+    }
+}
+
+/// For code written against `secrecy`: `expose_secret()` is [`Secret::expose`].
+impl secrecy::ExposeSecret<str> for Secret {
+    fn expose_secret(&self) -> &str {
+        self.expose()
+    }
+}
+
+/// Deserialized from a JSON string (an API's answer); never serialized.
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
@@ -32,16 +60,28 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Environment variables fleetnix (or a tool it drives) reads secrets from: Tailscale auth keys
-/// (`TAILSCALE_AUTHKEY`; `TS_AUTHKEY`, which `tailscale` itself reads), the API token
-/// (`TS_API_KEY`), the NATS password (`FLEETNIX_NATS_PASSWORD`) and the ntfy token
-/// (`FLEETNIX_NTFY_TOKEN`). No child process gets them (see [`child_env_removals`]).
+/// The environment variables secrets come from, each named here once.
+pub mod env {
+    /// A node's Tailscale auth key (deploy, bootstrap, cloud-init, `secrets set-authkey`).
+    pub const AUTHKEY: &str = "TAILSCALE_AUTHKEY";
+    /// The auth key variable `tailscale` itself reads.
+    pub const TS_AUTHKEY: &str = "TS_AUTHKEY";
+    /// The Tailscale API token.
+    pub const API_KEY: &str = "TS_API_KEY";
+    /// A NATS password (`node sync`, `dispatch`, the router).
+    pub const NATS_PASSWORD: &str = "FLEETNIX_NATS_PASSWORD";
+    /// The ntfy access token of alerts.
+    pub const NTFY_TOKEN: &str = "FLEETNIX_NTFY_TOKEN";
+}
+
+/// Environment variables fleetnix (or a tool it drives) reads secrets from: every name in
+/// [`env`](mod@env). No child process gets them (see [`child_env_removals`]).
 pub const SECRET_ENV_VARS: &[&str] = &[
-    "TAILSCALE_AUTHKEY",
-    "TS_AUTHKEY",
-    "TS_API_KEY",
-    "FLEETNIX_NATS_PASSWORD",
-    "FLEETNIX_NTFY_TOKEN",
+    env::AUTHKEY,
+    env::TS_AUTHKEY,
+    env::API_KEY,
+    env::NATS_PASSWORD,
+    env::NTFY_TOKEN,
 ];
 
 /// Prefixes of secret variables: the nats-server environment's `NATS_PASSWORD_<NODE>`.

@@ -10,8 +10,9 @@ use assert_cmd::Command;
 use fleetnix::acl::apply::{self, ApplyError, SetOptions};
 use fleetnix::acl::render;
 use fleetnix::manifest;
+use fleetnix::secret::Secret;
 use fleetnix::tsapi::{ApiError, Client};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use std::path::Path;
 
 /// An obviously fake token, built at run time.
@@ -24,7 +25,7 @@ use common::{example_fleet, repo};
 const OLD: &str = "// the policy before fleetnix\n{\n  \"acls\": [{\"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:*\"]}],\n  \"ssh\": [{\"action\": \"check\", \"src\": [\"autogroup:member\"], \"dst\": [\"autogroup:self\"], \"users\": [\"autogroup:nonroot\", \"root\"]}],\n}\n";
 
 fn client(fake: &FakeApi) -> Client {
-    Client::new(&fake.base, "-", SecretString::from(token())).unwrap()
+    Client::new(&fake.base, "-", Secret::from(token())).unwrap()
 }
 
 fn files(dir: &Path) -> Vec<String> {
@@ -285,7 +286,7 @@ async fn validation_errors_come_back_with_their_details() {
 async fn a_wrong_token_is_a_clear_401_without_the_token() {
     let fake = FakeApi::start(&token(), OLD);
     let wrong = format!("{}-wrong", token());
-    let c = Client::new(&fake.base, "-", SecretString::from(wrong.clone())).unwrap();
+    let c = Client::new(&fake.base, "-", Secret::from(wrong.clone())).unwrap();
     let err = c.get_policy().await.unwrap_err();
     assert!(
         matches!(err, ApiError::Unauthorized { status: 401, .. }),

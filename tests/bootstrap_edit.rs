@@ -48,7 +48,9 @@ fn host_key_is_added_with_comments_kept_then_unchanged() {
     let (e, fleet) = edit::set_host_key(dir.path(), "worker-01", &key).expect("edit");
     assert_eq!(e, Edited::Changed);
     assert_eq!(
-        fleet.node("worker-01").and_then(|n| n.host_key.clone()),
+        fleet
+            .node("worker-01")
+            .and_then(|n| n.host_key.as_ref().map(|k| k.to_string())),
         Some(key.clone())
     );
     let after = std::fs::read_to_string(&nodes).expect("read");

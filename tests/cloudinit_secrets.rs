@@ -8,7 +8,7 @@ mod secrets_util;
 
 use acl_fake_api::FakeApi;
 use fleetnix::model::NodeName;
-use secrecy::SecretString;
+use fleetnix::secret::Secret;
 use secrets_util::*;
 
 fn token() -> String {
@@ -26,7 +26,7 @@ fn setup() -> (TestFleet, std::path::PathBuf, String) {
         &t.fleet(),
         &t.root,
         &[NodeName::parse("worker-01").unwrap()],
-        &SecretString::from(key.clone()),
+        &Secret::from(key.clone()),
     )
     .unwrap();
     (t, op, key)

@@ -192,7 +192,7 @@ fn fallback_dry_run_without_the_environment_names_the_age_file_or_says_there_is_
     // With the file (encrypted to the node's host key), the dry run names it and the identity,
     // without reading the identity (it does not exist).
     let fleet = fleetnix::manifest::load(&root.path().join("fleet")).expect("fleet");
-    let key = secrecy::SecretString::from(fake_authkey());
+    let key = fleetnix::secret::Secret::from(fake_authkey());
     fleetnix::secrets::set_authkey(
         &fleet,
         root.path(),

@@ -64,7 +64,8 @@ fn setup(dir: &Path) -> (Vec<NodePlan>, DeployOptions) {
     for p in &mut plans {
         p.access.host_key = Some(
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS/vcGfRqtpcVld33fFR5cjD2Ai9gXARYCEHEn"
-                .into(),
+                .parse()
+                .unwrap(),
         );
     }
     let mut opts = DeployOptions::new(dir, &fleet.settings);

@@ -111,7 +111,7 @@ fn the_editor_refuses_a_bare_carriage_return() {
         &manifest::edit::Scalar::Quoted("ssh-ed25519 AAAA".into()),
     );
     let e = r.expect_err("a bare CR must be refused");
-    assert!(e.contains("carriage return"), "{e}");
+    assert!(e.0.contains("carriage return"), "{e}");
     // CRLF files stay editable.
     let crlf = example("nodes.yml").replace('\n', "\r\n");
     assert!(manifest::edit::set_node_field(

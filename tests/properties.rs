@@ -320,7 +320,7 @@ fn editing_any_valid_nodes_file_keeps_comments_and_changes_exactly_one_field() {
             let result = match what {
                 0 => {
                     let key = HOST_KEYS[usize::from(low) % 2];
-                    target.host_key = Some(key.to_string());
+                    target.host_key = Some(key.parse().unwrap());
                     edit::set_host_key(&fleet_dir, &node.name, key)
                 }
                 1 => {
@@ -330,13 +330,13 @@ fn editing_any_valid_nodes_file_keeps_comments_and_changes_exactly_one_field() {
                     edit::set_tailscale_ip(&fleet_dir, &node.name, ip)
                 }
                 _ => {
-                    target.ssh_user = "deploy".into();
+                    target.ssh_user = "deploy".parse().unwrap();
                     edit::update_node_field(
                         &fleet_dir,
                         &node.name,
                         "ssh_user",
                         &edit::Scalar::Quoted("deploy".into()),
-                        |n| n.ssh_user = "deploy".into(),
+                        |n| n.ssh_user = "deploy".parse().unwrap(),
                     )
                 }
             };

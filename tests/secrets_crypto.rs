@@ -5,8 +5,9 @@ mod common;
 mod secrets_util;
 
 use fleetnix::model::NodeName;
+use fleetnix::secret::Secret;
 use fleetnix::secrets::{self, RekeyOptions, SecretsError, State};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use secrets_util::*;
 use std::process::Command;
 
@@ -14,8 +15,8 @@ fn nodes(names: &[&str]) -> Vec<NodeName> {
     names.iter().map(|n| NodeName::parse(n).unwrap()).collect()
 }
 
-fn secret(s: &str) -> SecretString {
-    SecretString::from(s.to_string())
+fn secret(s: &str) -> Secret {
+    Secret::from(s.to_string())
 }
 
 /// worker-01 and worker-02 with host keys, one SSH and one age operator.

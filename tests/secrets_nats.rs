@@ -303,7 +303,7 @@ fn rekey_and_list_cover_every_kind() {
         &fleet,
         &s.t.root,
         &all,
-        &secrecy::SecretString::from(key.clone()),
+        &fleetnix::secret::Secret::from(key.clone()),
     )
     .unwrap();
     secrets::set_nats(&fleet, &s.t.root, &s.op_age).unwrap();

@@ -264,9 +264,9 @@ pub fn edit(data: &[u8]) {
         .find(|n| n.name.as_str() == node)
         .expect("the edited node is in the fleet");
     match field {
-        "host_key" => n.host_key = Some(HOST_KEY.to_string()),
+        "host_key" => n.host_key = Some(HOST_KEY.parse().expect("a host key")),
         "tailscale_ip" => n.tailscale_ip = value.text().parse().expect("an address"),
-        "ssh_user" => n.ssh_user = value.text().to_string(),
+        "ssh_user" => n.ssh_user = value.text().parse().expect("a login"),
         _ => n.public_address = Some(value.text().to_string()),
     }
     assert!(

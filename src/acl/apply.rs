@@ -1,20 +1,19 @@
 //! Applying the policy through the API: `get` (backup + remembered ETag), `diff`, `set`
-//! (local parse → lock-out guard → API validation → backup → POST with `If-Match`), and
-//! minting auth keys for a node.
+//! (local parse → lock-out guard → API validation → backup → POST with `If-Match`). Minting
+//! auth keys moved to [`crate::tailscale::authkey`].
 
 use super::check::node_principals;
 use super::eval::Evaluator;
 use super::policy::{self, PolicyError};
-use crate::model::{Fleet, Node};
-use crate::tsapi::{ApiError, AuthKey, AuthKeyRequest, Client, RemotePolicy};
+use crate::model::Fleet;
+use crate::tailscale::api::{ApiError, Client, RemotePolicy};
+/// Minting auth keys lives in [`crate::tailscale::authkey`]; re-exported at its old path.
+pub use crate::tailscale::authkey::{authkey_request, mint_authkey, AUTHKEY_EXPIRY_SECONDS};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Name of the file (in the backup directory) remembering the ETag of the last policy read.
 pub const ETAG_FILE: &str = "last-etag";
-
-/// Default lifetime of a minted auth key: one hour.
-pub const AUTHKEY_EXPIRY_SECONDS: u64 = 3600;
 
 /// Errors of get/diff/set.
 #[derive(Debug, thiserror::Error)]
@@ -268,33 +267,4 @@ pub async fn set(
             Err(e.into())
         }
     }
-}
-
-/// The auth-key request for `node`: one-off, pre-authorised, not ephemeral, tagged with the
-/// node's tags, expiring after `expiry_seconds`.
-pub fn authkey_request(fleet: &Fleet, node: &Node, expiry_seconds: u64) -> AuthKeyRequest {
-    // Node names are hostname labels: letters, digits and hyphens, as descriptions allow.
-    let mut description = format!("fleetnix {}", node.name);
-    description.truncate(50);
-    AuthKeyRequest {
-        reusable: false,
-        ephemeral: false,
-        preauthorized: true,
-        tags: fleet.tags_of(node),
-        expiry_seconds,
-        description,
-    }
-}
-
-/// Mints a one-off auth key for `node`. The key is returned as a secret, to be handed to the
-/// secrets module; it is never printed.
-pub async fn mint_authkey(
-    client: &Client,
-    fleet: &Fleet,
-    node: &Node,
-    expiry_seconds: u64,
-) -> Result<AuthKey, ApiError> {
-    client
-        .create_auth_key(&authkey_request(fleet, node, expiry_seconds))
-        .await
 }

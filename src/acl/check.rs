@@ -193,12 +193,8 @@ fn references(policy: &Policy, out: &mut Vec<Finding>) {
         if defined || !seen.insert((name.clone(), loc)) {
             return;
         }
-        let close = known
-            .iter()
-            .map(|k| (strsim::jaro_winkler(name, k), *k))
-            .filter(|(s, _)| *s > 0.85)
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, k)| format!("did you mean {k:?}? "))
+        let close = crate::suggest::closest_in(name, known.iter().map(|k| k.as_str()))
+            .map(|k| format!("did you mean {k:?}? "))
             .unwrap_or_default();
         out.push(
             Finding::at(kind, loc, format!("{name:?} is not defined in {section:?}"))

@@ -681,7 +681,7 @@ impl<'p> Evaluator<'p> {
                         out.push(TestFailure {
                             loc: d.loc,
                             test: label.clone(),
-                            message: e,
+                            message: e.into(),
                         });
                         continue;
                     }

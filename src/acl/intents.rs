@@ -230,7 +230,7 @@ pub fn intents(fleet: &Fleet) -> Intents {
         ports: vec![22],
         protocol: Protocol::Tcp,
     });
-    let deploy_users = sorted(fleet.nodes.iter().map(|n| n.ssh_user.clone()));
+    let deploy_users = sorted(fleet.nodes.iter().map(|n| n.ssh_user.to_string()));
     let ssh = vec![
         SshIntent {
             purpose: Purpose::Deploy,

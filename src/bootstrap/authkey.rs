@@ -1,14 +1,13 @@
 //! Where bootstrap gets the node's Tailscale auth key: `--authkey-file`, `TAILSCALE_AUTHKEY`,
 //! the node's existing `.age` file (decrypted with `--identity`), or a key minted through the
-//! Tailscale API. The key stays in memory ([`SecretString`]) and only ever leaves it as age
-//! ciphertext or on SSH's stdin.
+//! Tailscale API — each a [`KeySource`] resolved the one way every command resolves it. The key
+//! stays in memory ([`Secret`]) and only ever leaves it as age ciphertext or on SSH's stdin.
 
-use crate::deploy::transport::Secret;
 use crate::deploy::AuthKeySource;
 use crate::model::NodeName;
-use crate::plan::authkey_file;
-use crate::secrets;
-use secrecy::{ExposeSecret, SecretString};
+use crate::secret::{env, Secret};
+use crate::secrets::source::{KeyContext, KeyError, KeySource};
+use crate::secrets::{SecretId, SecretKind};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -23,27 +22,40 @@ pub struct KeySources {
     pub identity: Option<PathBuf>,
 }
 
+fn authkey_id(node: &NodeName) -> SecretId {
+    SecretId::new(node.clone(), SecretKind::TailscaleAuthkey)
+}
+
 impl KeySources {
+    /// The sources of a supplied key, in order: `--authkey-file`, then `TAILSCALE_AUTHKEY` if
+    /// it is set.
+    pub fn supplied_sources(&self) -> Vec<KeySource> {
+        let mut out: Vec<KeySource> = self.file.iter().cloned().map(KeySource::File).collect();
+        if self.env && std::env::var_os(env::AUTHKEY).is_some() {
+            out.push(KeySource::Env);
+        }
+        out
+    }
+
     /// The key from `--authkey-file` or `TAILSCALE_AUTHKEY`, with where it came from.
-    pub fn supplied(&self) -> Result<Option<(SecretString, String)>, String> {
-        if let Some(f) = &self.file {
-            let k = secrets::authkey_from_file(f).map_err(|e| e.to_string())?;
-            return Ok(Some((k, f.display().to_string())));
-        }
-        if self.env {
-            if let Some(k) =
-                secrets::authkey_from_env(secrets::AUTHKEY_ENV).map_err(|e| e.to_string())?
-            {
-                return Ok(Some((k, format!("${}", secrets::AUTHKEY_ENV))));
-            }
-        }
-        Ok(None)
+    pub fn supplied(&self, node: &NodeName) -> Result<Option<(Secret, String)>, KeyError> {
+        let Some(source) = self.supplied_sources().into_iter().next() else {
+            return Ok(None);
+        };
+        let id = authkey_id(node);
+        let r = source.resolve_local(&KeyContext::new(&id, Path::new(".")))?;
+        Ok(Some((r.key, r.origin)))
     }
 
     /// The node's `.age` file decrypted with `--identity`, if one is given.
-    pub fn decrypt(&self, root: &Path, node: &NodeName) -> Option<Result<SecretString, String>> {
-        let id = self.identity.as_ref()?;
-        Some(secrets::decrypt_authkey(root, node, id).map_err(|e| e.to_string()))
+    pub fn decrypt(&self, root: &Path, node: &NodeName) -> Option<Result<Secret, KeyError>> {
+        let identity = self.identity.clone()?;
+        let id = authkey_id(node);
+        Some(
+            KeySource::Decrypt(identity)
+                .resolve_local(&KeyContext::new(&id, root))
+                .map(|r| r.key),
+        )
     }
 }
 
@@ -51,7 +63,7 @@ impl KeySources {
 /// (supplied, decrypted or minted), else the `.age` file decrypted with `--identity`.
 pub struct BootstrapKey {
     /// The key resolved earlier in this run, if any.
-    pub key: Mutex<Option<SecretString>>,
+    pub key: Mutex<Option<Secret>>,
     /// Repository root (for the `.age` file).
     pub root: PathBuf,
     /// Key sources for the fallback.
@@ -59,20 +71,17 @@ pub struct BootstrapKey {
 }
 
 impl AuthKeySource for BootstrapKey {
-    fn authkey(&self, node: &NodeName) -> Result<Secret, String> {
+    fn authkey(&self, node: &NodeName) -> Result<Secret, KeyError> {
         // A poisoned lock only means another thread panicked while holding it; the value is intact.
         let held = self.key.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = held.as_ref() {
-            return Ok(Secret::new(k.expose_secret()));
+            return Ok(k.clone());
         }
         match self.sources.decrypt(&self.root, node) {
-            Some(Ok(k)) => Ok(Secret::new(k.expose_secret())),
-            Some(Err(e)) => Err(e),
-            None => Err(format!(
-                "no Tailscale auth key for `tailscale up`: {} exists, but bootstrap needs the key itself: pass --identity FILE (an operator key that can decrypt it), --authkey-file FILE or set {}",
-                authkey_file(node),
-                secrets::AUTHKEY_ENV
-            )),
+            Some(r) => r,
+            None => Err(KeyError::NeedsIdentity {
+                file: authkey_id(node).age_path(),
+            }),
         }
     }
 

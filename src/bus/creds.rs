@@ -18,16 +18,17 @@
 
 use super::{BusError, ServerPlan, ROUTER_PASSWORD_VAR, ROUTER_USER};
 use crate::model::NodeName;
+use crate::secrets::{SecretId, SecretKind};
 use rand::Rng;
 use std::collections::BTreeMap;
 
 /// agenix name of a node's NATS password secret.
-pub const PASSWORD_SECRET: &str = "nats-password";
+pub use crate::secrets::kinds::PASSWORD_SECRET;
 /// agenix name of the control plane's nats-server environment file secret.
-pub const SERVER_ENV_SECRET: &str = "nats-server-env";
+pub use crate::secrets::kinds::SERVER_ENV_SECRET;
 
 /// agenix name of the router's NATS password secret (on the control plane).
-pub const ROUTER_SECRET: &str = "nats-router-password";
+pub use crate::secrets::kinds::ROUTER_SECRET;
 
 /// Length of a generated password.
 pub const PASSWORD_LEN: usize = 40;
@@ -43,17 +44,17 @@ pub fn password_var(node: &NodeName) -> String {
 
 /// `secrets/<node>/nats-password.age`.
 pub fn password_file(node: &NodeName) -> String {
-    format!("secrets/{node}/{PASSWORD_SECRET}.age")
+    SecretId::new(node.clone(), SecretKind::NatsPassword).age_path()
 }
 
 /// `secrets/<control-plane>/nats-server-env.age`.
 pub fn server_env_file(control_plane: &NodeName) -> String {
-    format!("secrets/{control_plane}/{SERVER_ENV_SECRET}.age")
+    SecretId::new(control_plane.clone(), SecretKind::NatsServerEnv).age_path()
 }
 
 /// `secrets/<control-plane>/nats-router-password.age`.
 pub fn router_password_file(control_plane: &NodeName) -> String {
-    format!("secrets/{control_plane}/{ROUTER_SECRET}.age")
+    SecretId::new(control_plane.clone(), SecretKind::NatsRouterPassword).age_path()
 }
 
 pub use crate::secret::Secret;

@@ -471,7 +471,7 @@ mod tests {
                 gpu: None,
             },
             os: crate::model::Os::Nixos,
-            ssh_user: "root".into(),
+            ssh_user: crate::model::SshLogin::root(),
             host_key: None,
             public_address: None,
             models: Vec::new(),

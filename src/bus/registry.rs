@@ -101,7 +101,7 @@ impl NodeRecord {
                 .collect::<Result<_, _>>()?,
             resources: self.resources.clone(),
             os: Os::default(),
-            ssh_user: "root".into(),
+            ssh_user: crate::model::SshLogin::root(),
             host_key: None,
             public_address: None,
             models: self.models.clone(),

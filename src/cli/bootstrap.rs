@@ -262,81 +262,57 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> CmdResult {
 /// `fleetnix cloud-init NODE [-o FILE]`: user-data on stdout or in FILE; notes on stderr.
 pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> CmdResult {
     use fleetnix::cloudinit::{self as ci, AuthKey};
-    use std::io::{IsTerminal, Read, Write};
+    use fleetnix::secrets::source::{KeyContext, KeySource, Minter};
+    use fleetnix::secrets::{SecretId, SecretKind};
+    use std::io::{IsTerminal, Write};
     let fleet = ctx.fleet()?;
     let node = super::node(&fleet, &a.node)?;
     let plan = fleetnix::plan::plan_node(&fleet, node);
-    let secret_file = fleetnix::secrets::SecretId::new(
-        node.name.clone(),
-        fleetnix::secrets::SecretKind::TailscaleAuthkey,
-    )
-    .file();
-    let default_identity = super::secrets::identity_or_default(None).ok();
+    let id = SecretId::new(node.name.clone(), SecretKind::TailscaleAuthkey);
+    let secret_file = id.age_path();
+    let default_identity = fleetnix::secret::default_identity();
     let source = ci::key_source(&ci::KeyInputs {
         node: node.name.as_str(),
         mint: a.mint,
         identity: a.identity.as_deref(),
         default_identity: default_identity.as_deref(),
-        env_set: std::env::var_os("TAILSCALE_AUTHKEY").is_some(),
+        env_set: std::env::var_os(fleetnix::secret::env::AUTHKEY).is_some(),
         stdin_is_terminal: std::io::stdin().is_terminal(),
         secret_file: &secret_file,
         secret_exists: ctx.root.join(&secret_file).is_file(),
-    });
-    let raw: secrecy::SecretString = match source {
-        Err(e) => return Err(CliError::msg(e)),
-        Ok(ci::KeySource::Mint) => {
-            let minted = super::acl::client(&fleet, &a.api).and_then(|c| {
-                super::runtime()?
-                    .block_on(fleetnix::acl::apply::mint_authkey(
-                        &c,
-                        &fleet,
-                        node,
-                        a.expiry_seconds,
-                    ))
-                    .map_err(CliError::msg)
-            });
-            match minted {
-                Ok(k) => {
-                    eprintln!(
-                        "note: minted auth key {} for {} (one-off, pre-authorised, expires {}); it is only in this user-data",
-                        k.id,
-                        plan.name,
-                        k.expires.as_deref().unwrap_or("as requested")
-                    );
-                    k.key
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(ci::KeySource::Secret(identity)) => {
-            match fleetnix::secrets::decrypt_authkey(&ctx.root, &node.name, &identity) {
-                Ok(k) => {
-                    eprintln!(
-                        "note: auth key from {secret_file} (decrypted with {})",
-                        identity.display()
-                    );
-                    k
-                }
-                Err(e) => return Err(CliError::msg(e)),
-            }
-        }
-        Ok(ci::KeySource::Env) => match std::env::var("TAILSCALE_AUTHKEY") {
-            Ok(k) => k.into(),
-            Err(_) => return Err(CliError::msg("TAILSCALE_AUTHKEY is not valid UTF-8")),
-        },
-        Ok(ci::KeySource::Stdin) => {
-            let mut k = String::new();
-            if let Err(e) = std::io::stdin().read_to_string(&mut k) {
-                return Err(CliError::msg(format_args!(
-                    "reading the auth key from stdin: {e}"
-                )));
-            }
-            k.into()
-        }
-    };
+    })
+    .map_err(CliError::msg)?;
+    let resolved = if source == KeySource::Mint {
+        let client = super::acl::client(&fleet, &a.api)?;
+        let cx = KeyContext {
+            mint: Some(Minter {
+                client: &client,
+                fleet: &fleet,
+                expiry_seconds: a.expiry_seconds,
+            }),
+            ..KeyContext::new(&id, &ctx.root)
+        };
+        super::runtime()?.block_on(source.resolve(&cx))
+    } else {
+        source.resolve_local(&KeyContext::new(&id, &ctx.root))
+    }
+    .map_err(CliError::msg)?;
+    match (&source, &resolved.minted) {
+        (_, Some(k)) => eprintln!(
+            "note: minted auth key {} for {} (one-off, pre-authorised, expires {}); it is only in this user-data",
+            k.id,
+            plan.name,
+            k.expires.as_deref().unwrap_or("as requested")
+        ),
+        (KeySource::Decrypt(identity), None) => eprintln!(
+            "note: auth key from {secret_file} (decrypted with {})",
+            identity.display()
+        ),
+        _ => {}
+    }
+    let raw = resolved.key;
     let key = {
-        use secrecy::ExposeSecret;
-        match AuthKey::parse(raw.expose_secret()) {
+        match AuthKey::parse(raw.expose()) {
             Ok(k) => k,
             Err(e) => return Err(CliError::msg(e)),
         }

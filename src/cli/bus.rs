@@ -4,7 +4,8 @@
 use super::{CliError, Ctx};
 use fleetnix::bus::creds::Secret;
 use fleetnix::model::Fleet;
-use fleetnix::secrets::{decrypt_secret, SecretId};
+use fleetnix::secrets::source::{KeyContext, KeyError, KeySource};
+use fleetnix::secrets::SecretId;
 use std::path::PathBuf;
 
 /// How to reach the fleet's NATS and which password to use.
@@ -26,35 +27,39 @@ pub struct Conn {
 pub(super) fn url(fleet: &Fleet, conn: &Conn) -> String {
     conn.nats_url
         .clone()
-        .unwrap_or_else(|| fleet.settings.nats_url.clone())
+        .unwrap_or_else(|| fleet.settings.nats_url.to_string())
 }
 
-/// The password of `who` (a node's, or the router's when `kind` says so).
+/// The password of `who` (a node's, or the router's when `kind` says so): --password-file,
+/// else `FLEETNIX_NATS_PASSWORD`, else the `.age` file decrypted with --identity.
 pub(super) fn password(
     ctx: &Ctx,
     conn: &Conn,
     id: &SecretId,
     who: &str,
 ) -> Result<Secret, CliError> {
-    if let Some(path) = &conn.password_file {
-        return match std::fs::read_to_string(path) {
-            Ok(s) => Ok(Secret::new(s.trim_end_matches(['\n', '\r']).to_string())),
-            Err(e) => Err(CliError::msg(format_args!("{}: {e}", path.display()))),
-        };
-    }
-    if let Ok(s) = std::env::var("FLEETNIX_NATS_PASSWORD") {
-        return Ok(Secret::new(s));
-    }
-    let decrypted = super::secrets::identity_or_default(conn.identity.clone())
-        .and_then(|identity| decrypt_secret(&ctx.root, id, &identity));
-    match decrypted {
-        Ok(bytes) => match String::from_utf8(bytes.to_vec()) {
-            Ok(s) => Ok(Secret::new(s.trim_end_matches(['\n', '\r']).to_string())),
-            Err(_) => Err(CliError::msg(format_args!("{} does not hold a text password", id.file()))),
-        },
-        Err(e) => Err(CliError::msg(format_args!(
-            "no NATS password for {who}: set FLEETNIX_NATS_PASSWORD, pass --password-file, or let --identity decrypt {} ({e})",
+    let no_password = |e: &dyn std::fmt::Display| {
+        CliError::msg(format_args!(
+            "no NATS password for {who}: set {}, pass --password-file, or let --identity decrypt {} ({e})",
+            fleetnix::secret::env::NATS_PASSWORD,
             id.file()
-        ))),
+        ))
+    };
+    let source = if let Some(path) = &conn.password_file {
+        KeySource::File(path.clone())
+    } else if std::env::var(fleetnix::secret::env::NATS_PASSWORD).is_ok() {
+        KeySource::Env
+    } else {
+        match fleetnix::secrets::identity_or_default(conn.identity.clone()) {
+            Ok(identity) => KeySource::Decrypt(identity),
+            Err(e) => return Err(no_password(&e)),
+        }
+    };
+    match source.resolve_local(&KeyContext::new(id, &ctx.root)) {
+        Ok(r) => Ok(r.key),
+        Err(KeyError::Secrets(e)) if matches!(source, KeySource::Decrypt(_)) => {
+            Err(no_password(&e))
+        }
+        Err(e) => Err(CliError::msg(e)),
     }
 }

@@ -3,9 +3,9 @@
 
 use super::{CliError, CmdResult, Ctx, Outcome};
 use fleetnix::model::NodeName;
+use fleetnix::secret::Secret;
+use fleetnix::secrets::source::{KeyContext, KeyError, KeySource};
 use fleetnix::secrets::{self, Report, SecretsError};
-use secrecy::SecretString;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 /// `secrets` subcommands.
@@ -79,27 +79,28 @@ pub fn run(ctx: &Ctx, cmd: SecretsCommand) -> CmdResult {
     }
 }
 
-/// The key from --from-file, $TAILSCALE_AUTHKEY or standard input, in that order.
-fn read_key(from_file: Option<&PathBuf>) -> Result<SecretString, SecretsError> {
-    if let Some(path) = from_file {
-        return secrets::authkey_from_file(path);
+/// The key from --from-file, $TAILSCALE_AUTHKEY or standard input, in that order, resolved
+/// for `node` (any of the selected nodes: the source reads nothing of the node's).
+fn read_key(
+    ctx: &Ctx,
+    node: &NodeName,
+    from_file: Option<&PathBuf>,
+) -> Result<Secret, SecretsError> {
+    let source = match from_file {
+        Some(path) => KeySource::File(path.clone()),
+        None if std::env::var_os(fleetnix::secret::env::AUTHKEY).is_some() => KeySource::Env,
+        None => KeySource::Stdin,
+    };
+    let id = secrets::SecretId::new(node.clone(), secrets::SecretKind::TailscaleAuthkey);
+    match source.resolve_local(&KeyContext::new(&id, &ctx.root)) {
+        Ok(r) => Ok(r.key),
+        Err(KeyError::Secrets(e)) => Err(e),
+        // File, environment and stdin fail only with `Secrets` for an auth key.
+        Err(e) => Err(SecretsError::ReadKey {
+            origin: "the key source".into(),
+            error: std::io::Error::other(e.to_string()),
+        }),
     }
-    if let Some(key) = secrets::authkey_from_env(secrets::AUTHKEY_ENV)? {
-        return Ok(key);
-    }
-    if std::io::stdin().is_terminal() {
-        let key =
-            age::cli_common::read_secret("Tailscale auth key", "Auth key", None).map_err(|e| {
-                SecretsError::ReadKey {
-                    origin: "the terminal".into(),
-                    error: std::io::Error::other(e.to_string()),
-                }
-            })?;
-        // Re-check (trim, non-empty, one line) like every other source.
-        use secrecy::ExposeSecret;
-        return secrets::parse_authkey(key.expose_secret().as_bytes(), "the terminal");
-    }
-    secrets::read_authkey(std::io::stdin().lock(), "standard input")
 }
 
 fn set_authkey(ctx: &Ctx, fleet: &fleetnix::model::Fleet, args: SetAuthkeyArgs) -> CmdResult {
@@ -109,7 +110,11 @@ fn set_authkey(ctx: &Ctx, fleet: &fleetnix::model::Fleet, args: SetAuthkeyArgs) 
     } else {
         secrets::select_nodes(fleet, &args.nodes)?
     };
-    let key = read_key(args.from_file.as_ref())?;
+    let Some(first) = nodes.first() else {
+        // `--all` on a fleet without nodes (the manifest requires one): nothing to write.
+        return Ok(Outcome::Ok);
+    };
+    let key = read_key(ctx, first, args.from_file.as_ref())?;
     let report = secrets::set_authkey(fleet, &ctx.root, &nodes, &key)?;
     drop(key);
     print_report(ctx, &report);
@@ -123,15 +128,8 @@ fn set_authkey(ctx: &Ctx, fleet: &fleetnix::model::Fleet, args: SetAuthkeyArgs) 
     }
 }
 
-/// `--identity`, or `~/.ssh/id_ed25519`.
-pub fn identity_or_default(identity: Option<PathBuf>) -> Result<PathBuf, SecretsError> {
-    identity
-        .or_else(fleetnix::secret::default_identity)
-        .ok_or_else(|| SecretsError::IdentityInvalid {
-            path: PathBuf::from("~/.ssh/id_ed25519"),
-            reason: "$HOME is not set; pass --identity".into(),
-        })
-}
+/// `--identity`, or `~/.ssh/id_ed25519` with `~` expanded.
+pub use fleetnix::secrets::identity_or_default;
 
 fn set_nats(ctx: &Ctx, fleet: &fleetnix::model::Fleet, args: SetNatsArgs) -> CmdResult {
     let identity = identity_or_default(args.identity)?;

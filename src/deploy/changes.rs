@@ -304,7 +304,7 @@ pub fn pin(
     plan: &NodePlan,
     tailnet_keys: &BTreeMap<IpAddr, Vec<String>>,
 ) -> Result<SshTarget, String> {
-    let mut keys: Vec<String> = plan.access.host_key.iter().cloned().collect();
+    let mut keys: Vec<String> = plan.access.host_key.iter().map(|k| k.to_string()).collect();
     if let Some(k) = tailnet_keys.get(&plan.access.address) {
         keys.extend(k.iter().cloned());
     }

@@ -74,7 +74,7 @@ fn node(
         Some(k) => {
             let _ = writeln!(out, "  known_hosts {} pins:", kh.display());
             out.push_str(&indent(
-                &hostkeys::known_hosts(&plan.access.address, std::slice::from_ref(k)),
+                &hostkeys::known_hosts(&plan.access.address, &[k.to_string()]),
                 "    ",
             ));
             if opts.tailscale.is_some() {

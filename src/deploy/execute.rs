@@ -109,7 +109,7 @@ impl<T: Transport> Ctx<T> {
 
     /// Writes the node's known_hosts file from the manifest key and the tailnet's keys.
     fn pin(&self, plan: &NodePlan, target: &SshTarget) -> Result<(), Failure> {
-        let mut keys: Vec<String> = plan.access.host_key.iter().cloned().collect();
+        let mut keys: Vec<String> = plan.access.host_key.iter().map(|k| k.to_string()).collect();
         if let Some(k) = self.tailnet_keys.get(&plan.access.address) {
             keys.extend(k.iter().cloned());
         }

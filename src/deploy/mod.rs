@@ -38,9 +38,12 @@ pub mod transport;
 use crate::model::{Fleet, NodeName, Settings};
 use crate::plan::NodePlan;
 use crate::render::{self, Change, RenderError};
+use crate::secret::Secret;
+use crate::secrets::source::{KeyContext, KeyError, KeySource};
+use crate::secrets::{SecretId, SecretKind};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use transport::{Secret, SshConfig};
+use transport::SshConfig;
 
 /// What `nixos-rebuild` does with the new configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -85,7 +88,7 @@ pub mod env {
     /// The `tailscale` CLI (set it empty to not consult `tailscale status`).
     pub const TAILSCALE: &str = "FLEETNIX_TAILSCALE";
     /// The auth key for non-NixOS nodes.
-    pub const AUTHKEY: &str = "TAILSCALE_AUTHKEY";
+    pub const AUTHKEY: &str = crate::secret::env::AUTHKEY;
     /// Tailscale's install script URL (mirrors, tests).
     pub const INSTALL_URL: &str = "FLEETNIX_TAILSCALE_INSTALL_URL";
 }
@@ -248,24 +251,35 @@ impl DeployOptions {
 }
 
 /// Where non-NixOS nodes get their Tailscale auth key: [`EnvAuthKey`] (`TAILSCALE_AUTHKEY`) or
-/// [`SecretsAuthKey`] (that, else the node's `.age` file).
+/// [`SecretsAuthKey`] (that, else the node's `.age` file). Both resolve through
+/// [`KeySource::resolve_local`], the one way every command reads a key.
 pub trait AuthKeySource: Send + Sync {
     /// The auth key for `node`, or why there is none.
-    fn authkey(&self, node: &NodeName) -> Result<Secret, String>;
+    fn authkey(&self, node: &NodeName) -> Result<Secret, KeyError>;
     /// Where the key would come from, for dry runs (never the key; nothing is decrypted).
     fn describe(&self, node: &NodeName) -> String;
     /// The node's NATS password for its agent, if one is stored (`fleetnix secrets set-nats`).
-    fn nats_password(&self, _node: &NodeName) -> Result<Option<Secret>, String> {
+    fn nats_password(&self, _node: &NodeName) -> Result<Option<Secret>, KeyError> {
         Ok(None)
     }
 }
 
+/// Is `TAILSCALE_AUTHKEY` set to something other than blanks? (Blank counts as unset.)
+fn env_authkey_set() -> bool {
+    std::env::var_os(env::AUTHKEY).is_some_and(|v| !v.to_string_lossy().trim().is_empty())
+}
+
 /// The key in `TAILSCALE_AUTHKEY`, if it is set and not blank.
-fn env_authkey() -> Option<Secret> {
-    match std::env::var(env::AUTHKEY) {
-        Ok(k) if !k.trim().is_empty() => Some(Secret::new(k.trim())),
-        _ => None,
+fn env_authkey(node: &NodeName) -> Option<Result<Secret, KeyError>> {
+    if !env_authkey_set() {
+        return None;
     }
+    let id = SecretId::new(node.clone(), SecretKind::TailscaleAuthkey);
+    Some(
+        KeySource::Env
+            .resolve_local(&KeyContext::new(&id, Path::new(".")))
+            .map(|r| r.key),
+    )
 }
 
 /// Auth key from `TAILSCALE_AUTHKEY`.
@@ -273,13 +287,8 @@ fn env_authkey() -> Option<Secret> {
 pub struct EnvAuthKey;
 
 impl AuthKeySource for EnvAuthKey {
-    fn authkey(&self, _node: &NodeName) -> Result<Secret, String> {
-        env_authkey().ok_or_else(|| {
-            format!(
-                "no Tailscale auth key: set {} (or store one with `fleetnix secrets set-authkey`)",
-                env::AUTHKEY
-            )
-        })
+    fn authkey(&self, node: &NodeName) -> Result<Secret, KeyError> {
+        env_authkey(node).unwrap_or(Err(KeyError::NoEnvKey))
     }
     fn describe(&self, _node: &NodeName) -> String {
         format!("${}", env::AUTHKEY)
@@ -288,11 +297,12 @@ impl AuthKeySource for EnvAuthKey {
 
 /// Auth key from `TAILSCALE_AUTHKEY` if it is set, else from the node's
 /// `secrets/<node>/tailscale-authkey.age`, decrypted in memory with the operator's identity
-/// ([`crate::secrets::decrypt_authkey`]) only when the node needs `tailscale up`.
+/// ([`KeySource::Decrypt`]) only when the node needs `tailscale up`.
 #[derive(Debug)]
 pub struct SecretsAuthKey {
     root: PathBuf,
-    identity: PathBuf,
+    /// `None`: no `--identity` and no `$HOME` for the default (an error only if one is needed).
+    identity: Option<PathBuf>,
     /// One decryption at a time, so passphrase prompts of parallel nodes do not interleave.
     lock: std::sync::Mutex<()>,
 }
@@ -303,51 +313,70 @@ impl SecretsAuthKey {
     pub fn new(root: &Path, identity: &Path) -> Self {
         SecretsAuthKey {
             root: root.to_path_buf(),
-            identity: identity.to_path_buf(),
+            identity: Some(identity.to_path_buf()),
             lock: std::sync::Mutex::new(()),
         }
     }
 
-    fn file(node: &NodeName) -> String {
-        crate::secrets::SecretId::new(node.clone(), crate::secrets::SecretKind::TailscaleAuthkey)
-            .file()
+    /// `--identity` if given, else [`crate::secret::default_identity`] (`~/.ssh/id_ed25519`,
+    /// `~` expanded). Without `$HOME` only a node that needs the `.age` file fails.
+    pub fn with_identity(root: &Path, identity: Option<PathBuf>) -> Self {
+        SecretsAuthKey {
+            root: root.to_path_buf(),
+            identity: crate::secrets::identity_or_default(identity).ok(),
+            lock: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// The identity, or why there is none.
+    fn identity(&self) -> Result<PathBuf, KeyError> {
+        match &self.identity {
+            Some(p) => Ok(p.clone()),
+            None => Ok(crate::secrets::identity_or_default(None)?),
+        }
+    }
+
+    /// `node`'s secret of `kind` decrypted with the identity, one decryption at a time.
+    fn decrypt(&self, node: &NodeName, kind: SecretKind) -> Result<Secret, KeyError> {
+        let id = SecretId::new(node.clone(), kind);
+        // A poisoned lock only means another node's decryption panicked; the guard holds no data.
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        KeySource::Decrypt(self.identity()?)
+            .resolve_local(&KeyContext::new(&id, &self.root))
+            .map(|r| r.key)
     }
 }
 
 impl AuthKeySource for SecretsAuthKey {
-    fn authkey(&self, node: &NodeName) -> Result<Secret, String> {
-        if let Some(k) = env_authkey() {
-            return Ok(k);
+    fn authkey(&self, node: &NodeName) -> Result<Secret, KeyError> {
+        if let Some(k) = env_authkey(node) {
+            return k;
         }
-        // A poisoned lock only means another node's decryption panicked; the guard holds no data.
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let key = crate::secrets::decrypt_authkey(&self.root, node, &self.identity)
-            .map_err(|e| format!("no Tailscale auth key (${} is not set): {e}", env::AUTHKEY))?;
-        use secrecy::ExposeSecret;
-        Ok(Secret::new(key.expose_secret().trim()))
+        self.decrypt(node, SecretKind::TailscaleAuthkey)
+            .map_err(|e| match e {
+                KeyError::Secrets(source) => KeyError::NotInEnv { source },
+                e => e,
+            })
     }
 
-    fn nats_password(&self, node: &NodeName) -> Result<Option<Secret>, String> {
-        use crate::secrets::{decrypt_secret, SecretId, SecretKind};
+    fn nats_password(&self, node: &NodeName) -> Result<Option<Secret>, KeyError> {
         let id = SecretId::new(node.clone(), SecretKind::NatsPassword);
-        if !self.root.join(id.file()).is_file() {
+        if !self.root.join(id.age_path()).is_file() {
             return Ok(None);
         }
-        // A poisoned lock only means another node's decryption panicked; the guard holds no data.
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let bytes = decrypt_secret(&self.root, &id, &self.identity).map_err(|e| e.to_string())?;
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| format!("{} does not hold a text password", id.file()))?;
-        Ok(Some(Secret::new(text.trim_end_matches(['\n', '\r']))))
+        self.decrypt(node, SecretKind::NatsPassword).map(Some)
     }
 
     fn describe(&self, node: &NodeName) -> String {
-        if env_authkey().is_some() {
+        if env_authkey_set() {
             return format!("${}", env::AUTHKEY);
         }
-        let file = Self::file(node);
+        let file = SecretId::new(node.clone(), SecretKind::TailscaleAuthkey).age_path();
         if self.root.join(&file).is_file() {
-            format!("{file} decrypted with {}", self.identity.display())
+            match &self.identity {
+                Some(identity) => format!("{file} decrypted with {}", identity.display()),
+                None => format!("{file}, but $HOME is not set: pass --identity"),
+            }
         } else {
             format!(
                 "nowhere: ${} is not set and {file} does not exist (`fleetnix secrets set-authkey {node}` or `fleetnix authkey mint {node}`)",

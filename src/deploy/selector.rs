@@ -128,12 +128,9 @@ impl Selector {
                     Target::Node(name) => {
                         let known: Vec<String> =
                             fleet.nodes.iter().map(|n| n.name.to_string()).collect();
-                        let suggestion = known
-                            .iter()
-                            .map(|k| (strsim::levenshtein(k, name), k))
-                            .filter(|(d, _)| *d <= 2)
-                            .min()
-                            .map(|(_, k)| k.clone());
+                        let suggestion =
+                            crate::suggest::closest_in(name, known.iter().map(String::as_str))
+                                .map(str::to_string);
                         SelectorError::UnknownNode {
                             name: name.clone(),
                             suggestion,

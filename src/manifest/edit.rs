@@ -10,7 +10,7 @@
 use super::yaml::{self, Node as Y, Value};
 use super::{FleetTexts, ManifestError};
 use crate::fsutil::write_atomic;
-use crate::model::{Fleet, Node};
+use crate::model::{Fleet, InvalidValue, Node};
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -33,7 +33,7 @@ impl Scalar {
     }
 
     /// The YAML source text of the value.
-    pub fn render(&self) -> Result<String, String> {
+    pub fn render(&self) -> Result<String, InvalidValue> {
         match self {
             Scalar::Quoted(s) => Ok(double_quoted(s)),
             Scalar::Plain(s) => {
@@ -44,7 +44,7 @@ impl Scalar {
                 if ok {
                     Ok(s.clone())
                 } else {
-                    Err(format!("{s:?} cannot be written as a plain YAML scalar"))
+                    Err(format!("{s:?} cannot be written as a plain YAML scalar").into())
                 }
             }
         }
@@ -182,6 +182,15 @@ fn comment_start(rest: &str) -> Option<usize> {
 /// text (equal to `text` if the field already had this value), or why the edit cannot be made.
 /// The result is not validated here; [`update_node_field`] does that.
 pub fn set_node_field(
+    text: &str,
+    node: &str,
+    field: &str,
+    value: &Scalar,
+) -> Result<String, InvalidValue> {
+    set_node_field_text(text, node, field, value).map_err(InvalidValue)
+}
+
+fn set_node_field_text(
     text: &str,
     node: &str,
     field: &str,
@@ -325,7 +334,8 @@ pub fn update_node_field(
         .find(|n| n.name.as_str() == node)
         .ok_or_else(|| unsupported(format!("there is no node named `{node}`")))?;
     apply(target);
-    let new_text = set_node_field(&texts.nodes, node, field, value).map_err(unsupported)?;
+    let new_text =
+        set_node_field(&texts.nodes, node, field, value).map_err(|e| unsupported(e.0))?;
     if new_text == texts.nodes {
         if expected == before {
             return Ok((Edited::Unchanged, before));
@@ -355,9 +365,10 @@ pub fn update_node_field(
 /// Records `node`'s SSH host public key (`ssh-ed25519 AAAA…`) as `host_key` in `<dir>/nodes.yml`.
 pub fn set_host_key(dir: &Path, node: &str, key: &str) -> Result<(Edited, Fleet), EditError> {
     let key = key.trim().to_string();
-    let k = key.clone();
+    // An invalid key is reported by validating the edited file, with its line.
+    let k = crate::model::HostKey::parse(&key).ok();
     update_node_field(dir, node, "host_key", &Scalar::Quoted(key), |n| {
-        n.host_key = Some(k)
+        n.host_key = k
     })
 }
 
@@ -458,11 +469,13 @@ mod tests {
         assert!(
             set_node_field(flow, "a", "os", &Scalar::Plain("auto".into()))
                 .unwrap_err()
+                .0
                 .contains("flow")
         );
         assert!(
             set_node_field(TEXT, "zz", "os", &Scalar::Plain("auto".into()))
                 .unwrap_err()
+                .0
                 .contains("no node")
         );
         let block = "nodes:\n  - name: a\n    host_key: |\n      ssh-ed25519 X\n";

@@ -132,7 +132,7 @@ pub fn user_data(plan: &NodePlan, key: &AuthKey, opts: &Options) -> Result<Strin
         vec![
             User::Default("default"),
             User::Named {
-                name: plan.access.ssh_user.clone(),
+                name: plan.access.ssh_user.to_string(),
                 sudo: "ALL=(ALL) NOPASSWD:ALL",
                 shell: "/bin/bash",
                 lock_passwd: true,

@@ -3,7 +3,7 @@
 
 use super::SecretsError;
 use crate::model::{Fleet, Node, NodeName};
-use secrecy::SecretString;
+use crate::secret::Secret;
 use serde::Serialize;
 use std::fmt;
 use std::io::Read;
@@ -249,7 +249,7 @@ pub(super) fn encrypt(recipients: &[Recipient], plaintext: &[u8]) -> Result<Vec<
 /// Checks an auth key given as bytes and returns it as a secret: surrounding whitespace is
 /// trimmed; it must be non-empty, UTF-8, and contain no whitespace or control characters.
 /// `origin` (e.g. "standard input") names where it came from in errors; the key never appears.
-pub fn parse_authkey(bytes: &[u8], origin: &str) -> Result<SecretString, SecretsError> {
+pub fn parse_authkey(bytes: &[u8], origin: &str) -> Result<Secret, SecretsError> {
     let trimmed = bytes.trim_ascii();
     if trimmed.is_empty() {
         return Err(SecretsError::EmptyKey {
@@ -272,12 +272,12 @@ pub fn parse_authkey(bytes: &[u8], origin: &str) -> Result<SecretString, Secrets
     // Exact capacity, so turning it into a boxed str does not reallocate and leave a copy.
     let mut s = String::with_capacity(text.len());
     s.push_str(text);
-    Ok(SecretString::from(s))
+    Ok(Secret::from(s))
 }
 
 /// Reads an auth key from `reader` until end of input (at most [`MAX_AUTHKEY_BYTES`] plus
 /// surrounding whitespace) into a fixed zeroized buffer, then [`parse_authkey`].
-pub fn read_authkey(mut reader: impl Read, origin: &str) -> Result<SecretString, SecretsError> {
+pub fn read_authkey(mut reader: impl Read, origin: &str) -> Result<Secret, SecretsError> {
     let mut buf = Zeroizing::new(vec![0u8; 2 * MAX_AUTHKEY_BYTES]);
     let mut n = 0;
     loop {
@@ -304,7 +304,7 @@ pub fn read_authkey(mut reader: impl Read, origin: &str) -> Result<SecretString,
 
 /// Reads the auth key from the environment variable `var` (if set), zeroizing the copy read.
 /// `Ok(None)` if the variable is not set.
-pub fn authkey_from_env(var: &str) -> Result<Option<SecretString>, SecretsError> {
+pub fn authkey_from_env(var: &str) -> Result<Option<Secret>, SecretsError> {
     let Some(value) = std::env::var_os(var) else {
         return Ok(None);
     };
@@ -315,7 +315,7 @@ pub fn authkey_from_env(var: &str) -> Result<Option<SecretString>, SecretsError>
 }
 
 /// Reads the auth key from a file.
-pub fn authkey_from_file(path: &Path) -> Result<SecretString, SecretsError> {
+pub fn authkey_from_file(path: &Path) -> Result<Secret, SecretsError> {
     let origin = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|error| SecretsError::ReadKey {
         origin: origin.clone(),
@@ -327,13 +327,12 @@ pub fn authkey_from_file(path: &Path) -> Result<SecretString, SecretsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
 
     #[test]
     fn authkey_is_trimmed_and_checked() {
         let k = format!("tskey-auth-{}", "FAKE0123");
         let s = parse_authkey(format!("  {k}\n").as_bytes(), "test").unwrap();
-        assert_eq!(s.expose_secret(), k);
+        assert_eq!(s.expose(), k);
         let empty = parse_authkey(b" \n\t", "stdin").unwrap_err().to_string();
         assert!(
             empty.contains("stdin") && empty.contains("empty"),

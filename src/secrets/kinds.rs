@@ -7,15 +7,32 @@
 //! | `nats-password` | `secrets/<node>/nats-password.age` | the node's NATS password | every node |
 //! | `nats-server-env` | `secrets/<cp>/nats-server-env.age` | `NATS_PASSWORD_<NODE>=…` lines | the control plane |
 //! | `nats-router-password` | `secrets/<cp>/nats-router-password.age` | the router's NATS password | the control plane |
+//!
+//! [`SecretId`] owns every path of a secret: the `.age` file ([`SecretId::age_path`]), its path
+//! below `secrets/` as rendered modules reference it ([`SecretId::secrets_path`]), its agenix name
+//! ([`SecretId::nix_name`]) and where the plaintext lives on the node ([`SecretId::runtime_path`]).
+//! The plan, the bus module, the renderers and the secrets store all ask it.
 
-use crate::bus::creds::{
-    password_file, router_password_file, server_env_file, PASSWORD_SECRET, ROUTER_SECRET,
-    SERVER_ENV_SECRET,
-};
-use crate::model::{Fleet, NodeName};
-use crate::plan::{authkey_file, AUTHKEY_SECRET};
+use super::store::SECRETS_DIR;
+use crate::model::{Fleet, NodeName, Os};
 use serde::Serialize;
 use std::fmt;
+
+/// The agenix name of a node's Tailscale auth key.
+pub const AUTHKEY_SECRET: &str = "tailscale-authkey";
+/// The agenix name of a node's NATS password.
+pub const PASSWORD_SECRET: &str = "nats-password";
+/// The agenix name of the nats-server environment file (on the control plane).
+pub const SERVER_ENV_SECRET: &str = "nats-server-env";
+/// The agenix name of the router's NATS password (on the control plane).
+pub const ROUTER_SECRET: &str = "nats-router-password";
+
+/// Where agenix decrypts secrets on a NixOS node (`config.age.secrets.<name>.path`).
+pub const AGENIX_DIR: &str = "/run/agenix";
+/// Where a non-NixOS node's auth key waits for `tailscale up` (cloud-init writes it).
+pub const FALLBACK_AUTHKEY_PATH: &str = "/run/fleetnix/tailscale-authkey";
+/// Where a non-NixOS node keeps its NATS password (deploy's fallback installer writes it).
+pub const FALLBACK_NATS_PASSWORD_PATH: &str = "/etc/fleetnix/nats-password";
 
 /// A kind of per-node secret. The order is the order secrets of one node are listed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -63,15 +80,10 @@ impl SecretKind {
         Self::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// Path of `node`'s secret of this kind, relative to the repository root — the same
-    /// functions the plan and the bus module use for the paths the rendered modules reference.
+    /// Path of `node`'s secret of this kind, relative to the repository root
+    /// ([`SecretId::age_path`]).
     pub fn file(self, node: &NodeName) -> String {
-        match self {
-            SecretKind::TailscaleAuthkey => authkey_file(node),
-            SecretKind::NatsPassword => password_file(node),
-            SecretKind::NatsServerEnv => server_env_file(node),
-            SecretKind::NatsRouterPassword => router_password_file(node),
-        }
+        SecretId::new(node.clone(), self).age_path()
     }
 
     /// What it holds, for messages.
@@ -129,7 +141,37 @@ impl SecretId {
 
     /// Path relative to the repository root (`secrets/worker-01/nats-password.age`).
     pub fn file(&self) -> String {
-        self.kind.file(&self.node)
+        self.age_path()
+    }
+
+    /// Path of the `.age` file relative to the repository root
+    /// (`secrets/worker-01/nats-password.age`).
+    pub fn age_path(&self) -> String {
+        format!("{SECRETS_DIR}{}", self.secrets_path())
+    }
+
+    /// Path below `secrets/`, with its leading slash, as rendered modules append it to
+    /// `../../secrets` (`/worker-01/nats-password.age`).
+    pub fn secrets_path(&self) -> String {
+        format!("/{}", self.rules_key())
+    }
+
+    /// The agenix name (`age.secrets.<name>`).
+    pub fn nix_name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    /// Where the plaintext lives on a node running `os`: agenix's `/run/agenix/<name>` on
+    /// NixOS; on other Linux the files cloud-init and deploy's installer write. `None` when it
+    /// is not known (`os: auto` before detection) or there is none (the control plane's
+    /// secrets, which only a NixOS control plane has).
+    pub fn runtime_path(&self, os: Os) -> Option<String> {
+        match (os, self.kind) {
+            (Os::Nixos, _) => Some(format!("{AGENIX_DIR}/{}", self.nix_name())),
+            (Os::Linux, SecretKind::TailscaleAuthkey) => Some(FALLBACK_AUTHKEY_PATH.to_string()),
+            (Os::Linux, SecretKind::NatsPassword) => Some(FALLBACK_NATS_PASSWORD_PATH.to_string()),
+            _ => None,
+        }
     }
 
     /// Path relative to `secrets/`, as agenix names it in `secrets.nix`
@@ -176,7 +218,21 @@ mod tests {
                 serde_json::json!(kind.name())
             );
             assert_eq!(SecretKind::from_name(kind.name()), Some(kind));
+            assert_eq!(id.age_path(), format!("secrets{}", id.secrets_path()));
+            assert_eq!(
+                id.runtime_path(Os::Nixos),
+                Some(format!("/run/agenix/{}", id.nix_name()))
+            );
         }
         assert_eq!(SecretKind::from_name("other"), None);
+        let id = SecretId::new(n.clone(), SecretKind::NatsRouterPassword);
+        assert_eq!(id.age_path(), "secrets/worker-01/nats-router-password.age");
+        assert_eq!(id.secrets_path(), "/worker-01/nats-router-password.age");
+        assert_eq!(id.runtime_path(Os::Linux), None);
+        let id = SecretId::new(n, SecretKind::TailscaleAuthkey);
+        assert_eq!(
+            id.runtime_path(Os::Linux).as_deref(),
+            Some("/run/fleetnix/tailscale-authkey")
+        );
     }
 }

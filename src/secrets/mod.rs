@@ -12,12 +12,13 @@
 //! [`status`] reports, [`decrypt_secret`] reads back, all keyed by [`SecretId`] (node, kind).
 //! [`set_authkey`] and [`set_nats`] only decide what to write.
 //!
-//! Plaintexts live in [`SecretString`]s or [`Zeroizing`] buffers and are never written anywhere
+//! Plaintexts live in [`Secret`]s or [`Zeroizing`] buffers and are never written anywhere
 //! but into age ciphertext: no temporary plaintext files, no argv, no logs, no error messages.
 
 mod keys;
 pub mod kinds;
 mod nats;
+pub mod source;
 mod store;
 
 pub use keys::{
@@ -26,6 +27,7 @@ pub use keys::{
 };
 pub use kinds::{wanted, SecretId, SecretKind};
 pub use nats::{set_nats, NatsReport};
+pub use source::{identity_or_default, KeySource};
 pub use store::{
     render_secrets_nix, rules_key, sha256_hex, status, NamedKey, Record, Records, SecretStatus,
     State, PENDING_FILE, RECIPIENTS_FILE, RECORDS_VERSION, SECRETS_DIR, SECRETS_NIX,
@@ -33,14 +35,14 @@ pub use store::{
 
 use crate::fsutil::write_atomic;
 use crate::model::{Fleet, Node, NodeName};
-use secrecy::{ExposeSecret, SecretString};
+use crate::secret::Secret;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 /// Environment variable the CLI reads the auth key from.
-pub const AUTHKEY_ENV: &str = "TAILSCALE_AUTHKEY";
+pub const AUTHKEY_ENV: &str = crate::secret::env::AUTHKEY;
 
 /// Mode of written files: ciphertext and public keys only.
 const FILE_MODE: u32 = 0o644;
@@ -77,7 +79,9 @@ pub enum SecretsError {
         reason: String,
     },
     /// The auth key is empty.
-    #[error("the Tailscale auth key from {origin} is empty; nothing was written")]
+    #[error(
+        "the Tailscale auth key from {origin} is not usable: it is empty; nothing was written"
+    )]
     EmptyKey {
         /// Where it was read from.
         origin: String,
@@ -259,13 +263,8 @@ pub fn select_nodes(fleet: &Fleet, names: &[String]) -> Result<Vec<NodeName>, Se
 }
 
 fn suggest(fleet: &Fleet, name: &str) -> Option<String> {
-    fleet
-        .nodes
-        .iter()
-        .map(|n| (strsim::jaro_winkler(n.name.as_str(), name), n))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, n)| n.name.to_string())
+    crate::suggest::closest_in(name, fleet.nodes.iter().map(|n| n.name.as_str()))
+        .map(str::to_string)
 }
 
 /// The node called `name`, or an error with the closest name.
@@ -446,19 +445,19 @@ pub fn set_authkey(
     fleet: &Fleet,
     root: &Path,
     nodes: &[NodeName],
-    key: &SecretString,
+    key: &Secret,
 ) -> Result<Report, SecretsError> {
     for n in nodes {
         find_node(fleet, n)?;
     }
-    // Re-check the key: library callers may build a SecretString by hand.
-    let key = parse_authkey(key.expose_secret().as_bytes(), "the caller")?;
+    // Re-check the key: library callers may build a Secret by hand.
+    let key = parse_authkey(key.expose().as_bytes(), "the caller")?;
     let items: Vec<(SecretId, &[u8])> = nodes
         .iter()
         .map(|n| {
             (
                 SecretId::new(n.clone(), SecretKind::TailscaleAuthkey),
-                key.expose_secret().as_bytes(),
+                key.expose().as_bytes(),
             )
         })
         .collect();
@@ -599,7 +598,7 @@ pub fn decrypt_authkey(
     root: &Path,
     node: &NodeName,
     identity: &Path,
-) -> Result<SecretString, SecretsError> {
+) -> Result<Secret, SecretsError> {
     let id = SecretId::new(node.clone(), SecretKind::TailscaleAuthkey);
     let text = decrypt_secret(root, &id, identity)?;
     parse_authkey(&text, &id.file())

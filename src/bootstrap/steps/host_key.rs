@@ -68,7 +68,7 @@ pub(crate) async fn run(
                 Status::Unchanged,
                 format!("pinned by {} ({fp})", nodes_yml.display()),
             );
-            k.clone()
+            k.to_string()
         }
         None => {
             let (keys, from) = match already.filter(|p| !p.ssh_host_keys.is_empty()) {

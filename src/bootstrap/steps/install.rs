@@ -10,8 +10,8 @@ use crate::deploy::transport::SshTransport;
 use crate::deploy::{ensure_rendered, RenderMode};
 use crate::model::Fleet;
 use crate::plan;
+use crate::secret::Secret;
 use crate::tailscale::PeerStatus;
-use secrecy::SecretString;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
@@ -21,7 +21,7 @@ pub(crate) async fn run(
     run: &mut Run<'_>,
     fleet: &Fleet,
     pinned: &str,
-    held: Option<SecretString>,
+    held: Option<Secret>,
     already: Option<&PeerStatus>,
 ) -> Result<(), BootstrapError> {
     if let Some(p) = already {
@@ -56,9 +56,13 @@ pub(crate) async fn run(
         .find(|p| p.name == *name)
         .ok_or_else(|| BootstrapError::Setup("node vanished".into()))?;
     plan.access.address = opts.address;
-    plan.access.ssh_user = opts.ssh_user.clone();
+    plan.access.ssh_user = crate::model::SshLogin::parse(&opts.ssh_user)
+        .map_err(|e| BootstrapError::Setup(format!("the login `{}`: {e}", opts.ssh_user)))?;
     plan.access.ssh_target = ssh_target(&opts.ssh_user, &opts.address);
-    plan.access.host_key = Some(pinned.to_string());
+    plan.access.host_key = Some(
+        crate::model::HostKey::parse(pinned)
+            .map_err(|e| BootstrapError::Setup(format!("the pinned host key: {e}")))?,
+    );
     let mut dopts = opts.deploy.clone();
     dopts.state_dir = opts.state_dir();
     dopts.tailscale = None;

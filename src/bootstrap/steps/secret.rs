@@ -6,9 +6,9 @@ use crate::bootstrap::report::{fail, BootstrapError, Status, Step};
 use crate::bootstrap::run::Run;
 use crate::model::Fleet;
 use crate::plan::authkey_file;
+use crate::secret::Secret;
 use crate::secrets::{self, State};
 use crate::tsapi;
-use secrecy::SecretString;
 
 /// Returns the key when this run holds it (for the installer). `in_tailnet`: the node is in the
 /// tailnet already.
@@ -16,7 +16,7 @@ pub(crate) async fn run(
     run: &mut Run<'_>,
     fleet: &Fleet,
     in_tailnet: bool,
-) -> Result<Option<SecretString>, BootstrapError> {
+) -> Result<Option<Secret>, BootstrapError> {
     let opts = run.opts;
     let name = &run.name.clone();
     let resume = run.resume.clone();
@@ -29,7 +29,7 @@ pub(crate) async fn run(
         .find(|s| s.node == name.as_str())
         .map(|s| s.state)
         .unwrap_or(State::Missing);
-    let supplied = opts.keys.supplied().map_err(err)?;
+    let supplied = opts.keys.supplied(name).map_err(|e| err(e.to_string()))?;
     let reencryptable = matches!(state, State::Stale | State::Unrecorded);
 
     // Which key, if any, is to be written, and where it came from.
@@ -51,7 +51,7 @@ pub(crate) async fn run(
         return Ok(None);
     } else if let Some(r) = opts.keys.decrypt(root, name).filter(|_| reencryptable) {
         (
-            r.map_err(err)?,
+            r.map_err(|e| err(e.to_string()))?,
             format!("the key in {file} (decrypted with --identity)"),
         )
     } else if let (Some(api), false) = (&opts.api, in_tailnet) {

@@ -5,7 +5,7 @@
 //! header marked sensitive and never appears in errors or `Debug` output. The base URL is
 //! `https://api.tailscale.com/api/v2/` unless `FLEETNIX_TS_API_URL` says otherwise (tests).
 
-use secrecy::{ExposeSecret, SecretString};
+use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
@@ -15,7 +15,7 @@ pub const DEFAULT_BASE_URL: &str = "https://api.tailscale.com/api/v2/";
 /// Environment variable overriding the base URL.
 pub const BASE_URL_ENV: &str = "FLEETNIX_TS_API_URL";
 /// Environment variable holding the API access token.
-pub const TOKEN_ENV: &str = "TS_API_KEY";
+pub const TOKEN_ENV: &str = crate::secret::env::API_KEY;
 /// Timeout of one API request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -132,7 +132,7 @@ impl ErrorBody {
 }
 
 /// Reads the API token: from `file` if given, else from `TS_API_KEY`.
-pub fn token_from(file: Option<&Path>) -> Result<SecretString, ApiError> {
+pub fn token_from(file: Option<&Path>) -> Result<Secret, ApiError> {
     let (raw, from) = match file {
         Some(p) => (
             std::fs::read_to_string(p).map_err(|source| ApiError::TokenFile {
@@ -146,12 +146,12 @@ pub fn token_from(file: Option<&Path>) -> Result<SecretString, ApiError> {
             TOKEN_ENV.to_string(),
         ),
     };
-    let raw = SecretString::from(raw);
-    let t = raw.expose_secret().trim();
+    let raw = Secret::from(raw);
+    let t = raw.expose().trim();
     if t.is_empty() || t.contains(['\n', '\r']) {
         return Err(ApiError::BadToken { from });
     }
-    Ok(SecretString::from(t.to_string()))
+    Ok(Secret::from(t.to_string()))
 }
 
 /// The base URL: `FLEETNIX_TS_API_URL` or the public API.
@@ -191,7 +191,7 @@ pub struct AuthKey {
     /// Key id (not secret).
     pub id: String,
     /// The key itself: returned once by the server, handed on, never printed.
-    pub key: SecretString,
+    pub key: Secret,
     /// Expiry time as the server wrote it.
     pub expires: Option<String>,
 }
@@ -202,12 +202,12 @@ pub struct Client {
     http: reqwest::Client,
     base: url::Url,
     tailnet: String,
-    token: SecretString,
+    token: Secret,
 }
 
 impl Client {
     /// A client for `tailnet` (`-` = the token's tailnet) at `base` (e.g. [`DEFAULT_BASE_URL`]).
-    pub fn new(base: &str, tailnet: &str, token: SecretString) -> Result<Self, ApiError> {
+    pub fn new(base: &str, tailnet: &str, token: Secret) -> Result<Self, ApiError> {
         let mut b = base.to_string();
         if !b.ends_with('/') {
             b.push('/');
@@ -250,11 +250,9 @@ impl Client {
     }
 
     fn request(&self, method: reqwest::Method, url: url::Url) -> reqwest::RequestBuilder {
-        let mut auth = reqwest::header::HeaderValue::from_str(&format!(
-            "Bearer {}",
-            self.token.expose_secret()
-        ))
-        .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Bearer invalid"));
+        let mut auth =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.token.expose()))
+                .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Bearer invalid"));
         auth.set_sensitive(true);
         self.http
             .request(method, url)
@@ -443,7 +441,7 @@ pub fn decode_created_key(status: u16, url: &str, text: &str) -> Result<AuthKey,
     #[derive(Deserialize)]
     struct Created {
         id: String,
-        key: SecretString,
+        key: Secret,
         #[serde(default)]
         expires: Option<String>,
     }

@@ -1,12 +1,52 @@
-//! Minting a node's Tailscale auth key through the API and storing it straight into its age
-//! secret (`fleetnix authkey mint NODE`): the key goes from the API's answer into
-//! [`secrets::set_authkey`] in memory, and is never printed, logged or written in plaintext.
+//! A node's Tailscale auth key: minting a one-off key through the API ([`mint_authkey`], which
+//! [`KeySource::Mint`] resolves with), and minting straight into the node's age secret
+//! (`fleetnix authkey mint NODE`, [`mint_and_store`]). Where a key comes from is
+//! [`KeySource`] (re-exported from [`crate::secrets::source`]).
+//!
+//! The key stays a [`Secret`](crate::secret::Secret) in memory: it only ever leaves as age ciphertext, on a child's
+//! stdin or in the user-data the operator asked for; never in argv, logs or errors.
 
-use crate::acl::apply::mint_authkey;
-use crate::model::{Fleet, NodeName};
+use crate::model::{Fleet, Node, NodeName};
 use crate::secrets::{self, SecretId, SecretKind, SecretsError};
-use crate::tsapi::{ApiError, Client};
+use crate::tailscale::api::{ApiError, AuthKey, AuthKeyRequest, Client};
 use std::path::Path;
+
+pub use crate::secrets::source::{KeyContext, KeyError, KeySource, MintedKey, Minter, ResolvedKey};
+
+/// The variable holding a node's auth key (`TAILSCALE_AUTHKEY`), from [`crate::secret::env`].
+pub const AUTHKEY_ENV: &str = crate::secret::env::AUTHKEY;
+
+/// Default lifetime of a minted auth key: one hour.
+pub const AUTHKEY_EXPIRY_SECONDS: u64 = 3600;
+
+/// The auth-key request for `node`: one-off, pre-authorised, not ephemeral, tagged with the
+/// node's tags, expiring after `expiry_seconds`.
+pub fn authkey_request(fleet: &Fleet, node: &Node, expiry_seconds: u64) -> AuthKeyRequest {
+    // Node names are hostname labels: letters, digits and hyphens, as descriptions allow.
+    let mut description = format!("fleetnix {}", node.name);
+    description.truncate(50);
+    AuthKeyRequest {
+        reusable: false,
+        ephemeral: false,
+        preauthorized: true,
+        tags: fleet.tags_of(node),
+        expiry_seconds,
+        description,
+    }
+}
+
+/// Mints a one-off auth key for `node`. The key is returned as a [`Secret`](crate::secret::Secret), to be handed to
+/// the secrets module or a child's stdin; it is never printed.
+pub async fn mint_authkey(
+    client: &Client,
+    fleet: &Fleet,
+    node: &Node,
+    expiry_seconds: u64,
+) -> Result<AuthKey, ApiError> {
+    client
+        .create_auth_key(&authkey_request(fleet, node, expiry_seconds))
+        .await
+}
 
 /// Errors of [`mint_and_store`]. None contains the key.
 #[derive(Debug, thiserror::Error)]

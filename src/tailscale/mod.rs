@@ -1,0 +1,12 @@
+//! Everything fleetnix says to Tailscale, in one place:
+//!
+//! - [`cli`]: the local `tailscale` CLI (`tailscale status --json`), re-exported here;
+//! - [`api`]: the Tailscale API v2 client (policy file, auth keys);
+//! - [`authkey`]: where a node's auth key comes from ([`authkey::KeySource`]), minting one
+//!   through the API, and storing a minted key straight into its age secret.
+
+pub mod api;
+pub mod authkey;
+pub mod cli;
+
+pub use cli::*;

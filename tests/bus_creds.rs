@@ -80,5 +80,5 @@ fn regenerating_keeps_existing_passwords_and_drops_departed_nodes() {
     // A malformed value is refused without being repeated.
     let bad = "NATS_PASSWORD_WORKER_01=1secret with spaces\n";
     let e = BusCredentials::parse_server_env(&plan, bad).unwrap_err();
-    assert!(e.contains("NATS_PASSWORD_WORKER_01") && !e.contains("secret with"));
+    assert!(e.0.contains("NATS_PASSWORD_WORKER_01") && !e.0.contains("secret with"));
 }

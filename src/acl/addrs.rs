@@ -236,7 +236,9 @@ pub fn parse_net(s: &str) -> Option<IpNet> {
 }
 
 /// Every `ipsets` entry of `policy` resolved to a set, or why it cannot be verified.
-pub fn resolve_ipsets(policy: &Policy) -> BTreeMap<String, Result<AddrSet, String>> {
+pub fn resolve_ipsets(
+    policy: &Policy,
+) -> BTreeMap<String, Result<AddrSet, crate::model::InvalidValue>> {
     let mut out = BTreeMap::new();
     for name in policy.ipsets.keys() {
         let r = resolve(policy, name, &mut Vec::new());
@@ -245,15 +247,16 @@ pub fn resolve_ipsets(policy: &Policy) -> BTreeMap<String, Result<AddrSet, Strin
     out
 }
 
-fn resolve(policy: &Policy, name: &str, stack: &mut Vec<String>) -> Result<AddrSet, String> {
+fn resolve(
+    policy: &Policy,
+    name: &str,
+    stack: &mut Vec<String>,
+) -> Result<AddrSet, crate::model::InvalidValue> {
     if stack.iter().any(|s| s == name) {
-        return Err(format!(
-            "circular reference ({} -> {name})",
-            stack.join(" -> ")
-        ));
+        return Err(format!("circular reference ({} -> {name})", stack.join(" -> ")).into());
     }
     let Some(items) = policy.ipsets.get(name) else {
-        return Err(format!("{name} is not defined in \"ipsets\""));
+        return Err(format!("{name} is not defined in \"ipsets\"").into());
     };
     stack.push(name.to_string());
     let mut ops = Vec::new();
@@ -273,7 +276,7 @@ fn resolve(policy: &Policy, name: &str, stack: &mut Vec<String>) -> Result<AddrS
                 Ok(s) => Item::Set(s),
                 Err(e) => {
                     stack.pop();
-                    return Err(format!("{:?}: {e}", it.value));
+                    return Err(format!("{:?}: {e}", it.value).into());
                 }
             }
         } else if let Some(n) = parse_net(target) {
@@ -285,7 +288,7 @@ fn resolve(policy: &Policy, name: &str, stack: &mut Vec<String>) -> Result<AddrS
             return Err(format!(
                 "item {:?} (line {}) is not \"add\"/\"remove\" of an IP, a CIDR, a hosts alias, autogroup:internet or an ipset",
                 it.value, it.loc.line
-            ));
+            ).into());
         };
         ops.push((add, item));
     }

@@ -368,7 +368,7 @@ pub struct TestFailure {
 pub struct Evaluator<'p> {
     policy: &'p Policy,
     nodes: Vec<Principal>,
-    ipsets: BTreeMap<String, Result<AddrSet, String>>,
+    ipsets: BTreeMap<String, Result<AddrSet, crate::model::InvalidValue>>,
 }
 
 impl<'p> Evaluator<'p> {
@@ -393,7 +393,7 @@ impl<'p> Evaluator<'p> {
     }
 
     /// The addresses of `ipset`, or why they cannot be verified; `None` if it is not defined.
-    pub fn ipset(&self, ipset: &str) -> Option<&Result<AddrSet, String>> {
+    pub fn ipset(&self, ipset: &str) -> Option<&Result<AddrSet, crate::model::InvalidValue>> {
         self.ipsets.get(ipset)
     }
 
@@ -627,12 +627,16 @@ impl<'p> Evaluator<'p> {
     }
 
     /// The identity a test names: a tag, group, user, address or host alias.
-    pub fn principal_for(&self, text: &str) -> Result<Principal, String> {
+    pub fn principal_for(&self, text: &str) -> Result<Principal, crate::model::InvalidValue> {
         let sel = Selector::parse(text)?;
         self.principal_for_selector(&sel, text)
     }
 
-    fn principal_for_selector(&self, sel: &Selector, text: &str) -> Result<Principal, String> {
+    fn principal_for_selector(
+        &self,
+        sel: &Selector,
+        text: &str,
+    ) -> Result<Principal, crate::model::InvalidValue> {
         let by_ip = |ip: IpAddr| {
             self.nodes
                 .iter()
@@ -647,12 +651,13 @@ impl<'p> Evaluator<'p> {
             Selector::Ip(ip) => Ok(by_ip(*ip)),
             Selector::Host(h) => match self.policy.hosts.get(h).map(|n| n.value) {
                 Some(n) if n.prefix_len() == n.max_prefix_len() => Ok(by_ip(n.addr())),
-                Some(_) => Err(format!("host {h:?} is a range, not one device")),
-                None => Err(format!("unknown host {h:?}")),
+                Some(_) => Err(format!("host {h:?} is a range, not one device").into()),
+                None => Err(format!("unknown host {h:?}").into()),
             },
             _ => Err(format!(
                 "{text:?} does not name one identity (use a user, group, tag, IP or host)"
-            )),
+            )
+            .into()),
         }
     }
 
@@ -664,7 +669,7 @@ impl<'p> Evaluator<'p> {
                 out.push(TestFailure {
                     loc: t.src.loc,
                     test: label,
-                    message: e,
+                    message: e.to_string(),
                 });
                 return;
             }
@@ -692,7 +697,7 @@ impl<'p> Evaluator<'p> {
                         out.push(TestFailure {
                             loc: d.loc,
                             test: label.clone(),
-                            message: e,
+                            message: e.to_string(),
                         });
                         continue;
                     }
@@ -726,7 +731,7 @@ impl<'p> Evaluator<'p> {
                 out.push(TestFailure {
                     loc: t.src.loc,
                     test: label,
-                    message: e,
+                    message: e.to_string(),
                 });
                 return;
             }
@@ -738,7 +743,7 @@ impl<'p> Evaluator<'p> {
                     out.push(TestFailure {
                         loc: d.loc,
                         test: label.clone(),
-                        message: e,
+                        message: e.to_string(),
                     });
                     continue;
                 }

@@ -138,7 +138,10 @@ impl BusCredentials {
     }
 
     /// Reads the decrypted server environment file back (to keep existing passwords).
-    pub fn parse_server_env(plan: &ServerPlan, text: &str) -> Result<Self, String> {
+    pub fn parse_server_env(
+        plan: &ServerPlan,
+        text: &str,
+    ) -> Result<Self, crate::model::InvalidValue> {
         let mut passwords = BTreeMap::new();
         let mut router = None;
         for (i, line) in text.lines().enumerate() {
@@ -158,7 +161,7 @@ impl BusCredentials {
                 return Err(format!(
                     "line {}: the value of {var} is not a fleetnix password (16+ letters and digits, starting with a letter)",
                     i + 1
-                ));
+                ).into());
             }
             match user {
                 Some(u) => {

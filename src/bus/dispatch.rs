@@ -155,7 +155,7 @@ pub fn parse_payload(payload: &str) -> Result<Bytes, BusError> {
 }
 
 /// Parses a timeout: `500ms`, `5s`, `2m`, or plain seconds (`5`, `0.5`); must be positive.
-pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+pub fn parse_timeout(s: &str) -> Result<Duration, crate::model::InvalidValue> {
     let t = s.trim();
     let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => t.split_at(i),
@@ -165,15 +165,13 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
         "ms" => 0.001,
         "s" => 1.0,
         "m" => 60.0,
-        _ => return Err(format!("{s:?}: expected a duration like 500ms, 5s or 2m")),
+        _ => return Err(format!("{s:?}: expected a duration like 500ms, 5s or 2m").into()),
     };
     let v: f64 = num
         .parse()
         .map_err(|_| format!("{s:?}: expected a duration like 500ms, 5s or 2m"))?;
     if !(v.is_finite() && v > 0.0 && v * scale <= 86_400.0) {
-        return Err(format!(
-            "{s:?}: expected a positive duration of at most a day"
-        ));
+        return Err(format!("{s:?}: expected a positive duration of at most a day").into());
     }
     Ok(Duration::from_secs_f64(v * scale))
 }

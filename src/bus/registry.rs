@@ -71,10 +71,10 @@ impl NodeRecord {
     }
 
     /// A record read back from the bucket under `key`; the key must be its name.
-    pub fn from_bytes(key: &str, bytes: &[u8]) -> Result<Self, String> {
+    pub fn from_bytes(key: &str, bytes: &[u8]) -> Result<Self, crate::model::InvalidValue> {
         let r: NodeRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if r.name != key {
-            return Err(format!("the record under {key:?} names {:?}", r.name));
+            return Err(format!("the record under {key:?} names {:?}", r.name).into());
         }
         NodeName::parse(&r.name)?;
         for role in &r.roles {
@@ -90,7 +90,7 @@ impl NodeRecord {
     }
 
     /// The record as a model node (for routing): SSH fields take their defaults.
-    pub fn to_node(&self) -> Result<Node, String> {
+    pub fn to_node(&self) -> Result<Node, crate::model::InvalidValue> {
         Ok(Node {
             name: NodeName::parse(&self.name)?,
             tailscale_ip: self.address,

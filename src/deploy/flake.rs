@@ -21,7 +21,7 @@ pub struct OverrideInput {
 impl OverrideInput {
     /// Checks `input` (letters, digits, `-`, `_`, `/`-separated, not starting with `-`) and
     /// `url` (non-empty, no whitespace or control characters, not starting with `-`).
-    pub fn new(input: &str, url: &str) -> Result<Self, String> {
+    pub fn new(input: &str, url: &str) -> Result<Self, crate::model::InvalidValue> {
         let segment_ok = |s: &str| {
             !s.is_empty()
                 && !s.starts_with('-')
@@ -32,7 +32,7 @@ impl OverrideInput {
             return Err(format!(
                 "--override-input: invalid input name `{}`: expected a flake input such as `nixpkgs` or `agenix/nixpkgs`",
                 input.escape_debug()
-            ));
+            ).into());
         }
         if url.is_empty()
             || url.starts_with('-')
@@ -41,7 +41,7 @@ impl OverrideInput {
             return Err(format!(
                 "--override-input {input}: invalid flake reference `{}`: expected a URL such as `path:/abs/dir` or `file:///abs/nixpkgs.tar.xz` (no spaces)",
                 url.escape_debug()
-            ));
+            ).into());
         }
         Ok(OverrideInput {
             input: input.to_string(),
@@ -51,7 +51,7 @@ impl OverrideInput {
 
     /// Pairs from a flat list `[INPUT, URL, INPUT, URL, …]` (what clap collects from a
     /// repeated two-value option).
-    pub fn pairs(flat: &[String]) -> Result<Vec<Self>, String> {
+    pub fn pairs(flat: &[String]) -> Result<Vec<Self>, crate::model::InvalidValue> {
         if flat.len() % 2 != 0 {
             return Err("--override-input takes two values: INPUT URL".into());
         }

@@ -64,7 +64,7 @@ pub fn has_whitespace(s: &str) -> bool {
 /// (`<root>/.fleetnix`) holds whitespace: `$XDG_STATE_HOME/fleetnix/known_hosts` (an absolute
 /// `XDG_STATE_HOME`), else `~/.local/state/fleetnix/known_hosts`. `Err`: why neither can be
 /// used (no home, or whitespace there too).
-pub fn state_known_hosts_dir() -> Result<std::path::PathBuf, String> {
+pub fn state_known_hosts_dir() -> Result<std::path::PathBuf, crate::model::InvalidValue> {
     use std::path::PathBuf;
     let xdg = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
@@ -82,7 +82,8 @@ pub fn state_known_hosts_dir() -> Result<std::path::PathBuf, String> {
         return Err(format!(
             "{} holds whitespace or quotes too; set XDG_STATE_HOME to a directory without",
             dir.display()
-        ));
+        )
+        .into());
     }
     Ok(dir)
 }

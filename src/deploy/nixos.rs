@@ -164,7 +164,10 @@ pub fn nix_sshopts(ssh: &SshConfig, target: &SshTarget) -> String {
 /// Refuses SSH options that `NIX_SSHOPTS` cannot carry: Nix 2.8 splits it on whitespace with
 /// no quote removal (and ssh splits a `UserKnownHostsFile` value on whitespace), so a value
 /// with whitespace would silently become other options.
-pub fn check_sshopts(ssh: &SshConfig, target: &SshTarget) -> Result<(), String> {
+pub fn check_sshopts(
+    ssh: &SshConfig,
+    target: &SshTarget,
+) -> Result<(), crate::model::InvalidValue> {
     match ssh
         .target_options(target)
         .into_iter()
@@ -172,7 +175,7 @@ pub fn check_sshopts(ssh: &SshConfig, target: &SshTarget) -> Result<(), String> 
     {
         Some(o) => Err(format!(
             "the SSH option {o:?} holds whitespace, which NIX_SSHOPTS cannot carry (Nix splits it on whitespace without removing quotes): use paths without whitespace (for the repository, the known_hosts files move to $XDG_STATE_HOME/fleetnix/known_hosts)"
-        )),
+        ).into()),
         None => Ok(()),
     }
 }

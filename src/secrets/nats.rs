@@ -94,7 +94,7 @@ pub fn set_nats(fleet: &Fleet, root: &Path, identity: &Path) -> Result<NatsRepor
             };
             let text =
                 std::str::from_utf8(bytes).map_err(|_| bad("it is not UTF-8 text".into()))?;
-            BusCredentials::parse_server_env(&plan, text).map_err(bad)?
+            BusCredentials::parse_server_env(&plan, text).map_err(|e| bad(e.into()))?
         }
         None => BusCredentials::default(),
     };

@@ -16,13 +16,9 @@ use std::time::{Duration, Instant};
 
 const HOSTS: usize = 20;
 
-/// CPU seconds used by reaped children so far, from getrusage.
+/// CPU seconds used by reaped children so far.
 fn child_cpu() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    common::proc_cpu_seconds("self", true)
 }
 
 /// SSH logins so far, summed over the hosts' sshd logs.

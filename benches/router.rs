@@ -69,22 +69,12 @@ async fn latency(client: &async_nats::Client, mode: Mode) -> (Duration, Duration
 
 /// CPU seconds (user + system) this process has used so far.
 fn own_cpu() -> f64 {
-    // SAFETY: getrusage only writes into the zeroed struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    common::proc_cpu_seconds("self", false)
 }
 
-/// CPU seconds (user + system) process `pid` has used so far, from /proc/<pid>/stat.
+/// CPU seconds (user + system) process `pid` has used so far.
 fn proc_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at field 3.
-    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 (11 and 12 here); the clock runs at 100 Hz on Linux.
-    (ticks(11) + ticks(12)) / 100.0
+    common::proc_cpu_seconds(&pid.to_string(), false)
 }
 
 /// Tasks per second with 64 in flight, and CPU microseconds per task: (this process: clients,

@@ -527,3 +527,21 @@ pub fn deploy_cmd(net: &Net, root: &Path, args: &[&str]) -> Command {
 pub fn demo_authkey() -> String {
     format!("{}-{}-DEMO-not-a-real-key", "tskey", "auth")
 }
+
+/// CPU seconds (user + system) of process `pid` ("self" for this one) from `/proc/<pid>/stat`;
+/// with `children`, those of its reaped children (what `getrusage(RUSAGE_CHILDREN)` gives), all
+/// without `unsafe`.
+pub fn proc_cpu_seconds(pid: &str, children: bool) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |field: usize| {
+        f.get(field - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime, stime are fields 14 and 15; cutime, cstime 16 and 17.
+    let (a, b) = if children { (16, 17) } else { (14, 15) };
+    (ticks(a) + ticks(b)) / rustix::param::clock_ticks_per_second() as f64
+}

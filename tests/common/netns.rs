@@ -24,7 +24,6 @@
 
 use super::wait_for;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -148,9 +147,8 @@ fn kill_all_in(ns: &str) {
             .split_whitespace()
             .filter_map(|p| p.parse::<i32>().ok())
         {
-            // SAFETY: sending a signal has no memory effects.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
     }
@@ -162,15 +160,12 @@ pub fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'stati
     let path = Path::new("/run/netns").join(ns);
     std::thread::spawn(move || {
         let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        // SAFETY: setns only changes this short-lived thread's network namespace; fd is open.
-        let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "setns {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
+        // Only this short-lived thread changes its network namespace.
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&fd),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap_or_else(|e| panic!("setns {}: {e}", path.display()));
         f()
     })
     .join()
@@ -181,8 +176,7 @@ impl Net {
     /// A new hub, or `None` when this environment cannot run namespace tests (not root, no
     /// `ip netns`): the test should return early. Says so loudly; panics instead when `CI` is set.
     pub fn new() -> Option<Net> {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = rustix::process::geteuid().is_root();
         let hub = format!(
             "{PREFIX}-{}-{}",
             std::process::id(),

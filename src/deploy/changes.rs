@@ -303,7 +303,7 @@ pub fn pin(
     opts: &DeployOptions,
     plan: &NodePlan,
     tailnet_keys: &BTreeMap<IpAddr, Vec<String>>,
-) -> Result<SshTarget, String> {
+) -> Result<SshTarget, crate::model::InvalidValue> {
     let mut keys: Vec<String> = plan.access.host_key.iter().map(|k| k.to_string()).collect();
     if let Some(k) = tailnet_keys.get(&plan.access.address) {
         keys.extend(k.iter().cloned());
@@ -313,7 +313,7 @@ pub fn pin(
         return Err(format!(
             "no pinned host key (not in the manifest, not reported by tailscale status): check it out of band, e.g. `{}`, and set host_key in nodes.yml",
             hostkeys::keyscan_hint(&plan.access.address)
-        ));
+        ).into());
     }
     let path = opts.known_hosts_path(&plan.name);
     // The same pin as last time is left alone: an atomic write costs two fsyncs per node, on the
@@ -337,7 +337,7 @@ async fn probe<T: Transport>(
     plan: &NodePlan,
     tailnet_keys: &BTreeMap<IpAddr, Vec<String>>,
 ) -> Result<BTreeMap<String, String>, (State, String)> {
-    let target = pin(opts, plan, tailnet_keys).map_err(|e| (State::Error, e))?;
+    let target = pin(opts, plan, tailnet_keys).map_err(|e| (State::Error, e.to_string()))?;
     let limit = opts.node_timeout + Duration::from_secs(5);
     let log = NodeLog::discard();
     match transport

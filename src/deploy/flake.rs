@@ -146,15 +146,26 @@ pub fn eval_one_command(
     }
 }
 
+/// Why a node has no evaluated system: Nix's error, or what was wrong with its answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EvalError(pub String);
+
+impl From<String> for EvalError {
+    fn from(s: String) -> Self {
+        EvalError(s)
+    }
+}
+
 /// A node's evaluated system: its store path, or why there is none.
-pub type Evaluated = Result<String, String>;
+pub type Evaluated = Result<String, EvalError>;
 
 /// Parses [`eval_command`]'s output. Nodes absent from the answer or with a malformed entry
 /// get an error; `failed` entries are returned in the second list (to evaluate alone).
 pub fn parse_eval(
     json: &str,
     nodes: &[NodeName],
-) -> Result<(BTreeMap<NodeName, Evaluated>, Vec<NodeName>), String> {
+) -> Result<(BTreeMap<NodeName, Evaluated>, Vec<NodeName>), EvalError> {
     let v: serde_json::Value = serde_json::from_str(json.trim())
         .map_err(|e| format!("nix eval printed no JSON object ({e})"))?;
     let mut out = BTreeMap::new();
@@ -164,14 +175,14 @@ pub fn parse_eval(
         let r = if let Some(p) = e["path"].as_str() {
             check_store_path(p)
         } else if e["missing"] == true {
-            Err(format!(
+            Err(EvalError(format!(
                 "the flake has no nixosConfigurations.{n} (is nix/nodes/{n}.nix rendered and, in a git repository, added?)"
-            ))
+            )))
         } else if e["failed"] == true {
             failed.push(n.clone());
             continue;
         } else {
-            Err(format!("nix eval gave no answer for {n}"))
+            Err(EvalError(format!("nix eval gave no answer for {n}")))
         };
         out.insert(n.clone(), r);
     }
@@ -189,7 +200,7 @@ pub fn check_store_path(p: &str) -> Evaluated {
     if ok {
         Ok(p.to_string())
     } else {
-        Err(format!("not a store path: {:?}", p))
+        Err(format!("not a store path: {:?}", p).into())
     }
 }
 
@@ -233,7 +244,7 @@ pub async fn eval_targets(
     let all = |why: String| {
         nodes
             .iter()
-            .map(|n| (n.clone(), Err(why.clone())))
+            .map(|n| (n.clone(), Err(EvalError(why.clone()))))
             .collect()
     };
     if nodes.is_empty() {
@@ -251,7 +262,7 @@ pub async fn eval_targets(
         Err(e) => return all(e.to_string()),
         Ok(o) if o.success() => match parse_eval(&o.stdout, nodes) {
             Ok(x) => x,
-            Err(e) => return all(e),
+            Err(e) => return all(e.to_string()),
         },
         Ok(o) => {
             let err = nix_error(&o.stderr);
@@ -265,8 +276,8 @@ pub async fn eval_targets(
         let cmd = eval_one_command(nix, root, &n, inputs);
         let r = match run_process(&cmd, None, timeout, &log).await {
             Ok(o) if o.success() => check_store_path(&o.stdout),
-            Ok(o) => Err(nix_error(&o.stderr)),
-            Err(e) => Err(e.to_string()),
+            Ok(o) => Err(EvalError(nix_error(&o.stderr))),
+            Err(e) => Err(EvalError(e.to_string())),
         };
         out.insert(n, r);
     }
@@ -325,6 +336,7 @@ mod tests {
         assert!(out[&n("b")]
             .as_ref()
             .expect_err("missing")
+            .0
             .contains("no nixosConfigurations.b"));
         assert_eq!(failed, [n("c")]);
         assert!(out[&n("d")].is_err());

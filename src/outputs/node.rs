@@ -5,6 +5,7 @@ use super::{render_nix, RenderError, Rendered};
 use crate::bus;
 use crate::model::Os;
 use crate::plan::{NodePlan, AUTHKEY_SECRET};
+use crate::secrets::{SecretId, SecretKind};
 use std::path::{Path, PathBuf};
 
 /// Where node modules go, relative to the repository root.
@@ -28,11 +29,11 @@ pub fn render_node(
     cx.insert("nats_secret", bus::creds::PASSWORD_SECRET);
     cx.insert(
         "nats_secret_file",
-        &format!("/{}/{}.age", plan.name, bus::creds::PASSWORD_SECRET),
+        &SecretId::new(plan.name.clone(), SecretKind::NatsPassword).secrets_path(),
     );
     cx.insert(
         "secret_file",
-        &format!("/{}/{AUTHKEY_SECRET}.age", plan.name),
+        &SecretId::new(plan.name.clone(), SecretKind::TailscaleAuthkey).secrets_path(),
     );
     cx.insert("tcp_ports", &plan.tcp_ports);
     cx.insert("udp_ports", &plan.udp_ports);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::netns::{Host, HostOptions, Net};
+use common::netns::{HostOptions, Net};
 use common::plan::*;
 use common::*;
 use serde_json::Value;
@@ -301,31 +301,6 @@ fn a_host_without_current_system_is_an_error_that_suggests_os_auto() {
     assert!(n["committed"]["baseline"]
         .as_str()
         .is_some_and(|b| b.starts_with("no git")));
-}
-
-/// An Ubuntu test host with the fake Tailscale install script and CLI (as in `deploy_fallback`).
-fn ubuntu_host(net: &mut Net, name: &str) -> Host {
-    // `ip netns exec` bind-mounts /etc/netns/<ns>/fleetnix over /etc/fleetnix only where that
-    // mount point exists: an empty one keeps the host's writes in its own overlay.
-    std::fs::create_dir_all("/etc/fleetnix").expect("/etc/fleetnix mount point");
-    let state = net.dir().join(format!("state-{name}"));
-    std::fs::create_dir_all(state.join("bin")).expect("state");
-    net.add_host(
-        name,
-        HostOptions {
-            os_release: Some("NAME=\"Ubuntu\"\nID=ubuntu\nID_LIKE=debian\n".into()),
-            path_prefix: vec![state.join("bin"), fakes().join("host-bin")],
-            env: vec![
-                ("FAKE_HOST_DIR".into(), state.display().to_string()),
-                (
-                    "FAKE_TAILSCALE_SRC".into(),
-                    fakes().join("tailscale").display().to_string(),
-                ),
-            ],
-            etc_dirs: vec!["systemd/system".into(), "fleetnix".into()],
-            ..Default::default()
-        },
-    )
 }
 
 #[test]

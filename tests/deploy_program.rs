@@ -7,32 +7,9 @@
 
 mod common;
 
-use common::netns::{Host, HostOptions, Net};
+use common::netns::Net;
 use common::*;
 use std::path::{Path, PathBuf};
-
-fn ubuntu_host(net: &mut Net, name: &str) -> Host {
-    // As in deploy_fallback.rs: an empty /etc/fleetnix mount point keeps the host's writes in its own overlay.
-    std::fs::create_dir_all("/etc/fleetnix").expect("/etc/fleetnix mount point");
-    let state = net.dir().join(format!("state-{name}"));
-    std::fs::create_dir_all(state.join("bin")).expect("state");
-    net.add_host(
-        name,
-        HostOptions {
-            os_release: Some("NAME=\"Ubuntu\"\nID=ubuntu\nID_LIKE=debian\n".into()),
-            path_prefix: vec![state.join("bin"), fakes().join("host-bin")],
-            env: vec![
-                ("FAKE_HOST_DIR".into(), state.display().to_string()),
-                (
-                    "FAKE_TAILSCALE_SRC".into(),
-                    fakes().join("tailscale").display().to_string(),
-                ),
-            ],
-            etc_dirs: vec!["systemd/system".into(), "fleetnix".into()],
-            ..Default::default()
-        },
-    )
-}
 
 /// The numbered steps of `node`'s section of a dry run: every line after its `SSH = ` line up
 /// to its `log:` line.

@@ -545,3 +545,28 @@ pub fn proc_cpu_seconds(pid: &str, children: bool) -> f64 {
     let (a, b) = if children { (16, 17) } else { (14, 15) };
     (ticks(a) + ticks(b)) / rustix::param::clock_ticks_per_second() as f64
 }
+
+/// An Ubuntu test host with the fake Tailscale install script and CLI (as in `deploy_fallback`).
+pub fn ubuntu_host(net: &mut Net, name: &str) -> Host {
+    // `ip netns exec` bind-mounts /etc/netns/<ns>/fleetnix over /etc/fleetnix only where that
+    // mount point exists: an empty one keeps the host's writes in its own overlay.
+    std::fs::create_dir_all("/etc/fleetnix").expect("/etc/fleetnix mount point");
+    let state = net.dir().join(format!("state-{name}"));
+    std::fs::create_dir_all(state.join("bin")).expect("state");
+    net.add_host(
+        name,
+        HostOptions {
+            os_release: Some("NAME=\"Ubuntu\"\nID=ubuntu\nID_LIKE=debian\n".into()),
+            path_prefix: vec![state.join("bin"), fakes().join("host-bin")],
+            env: vec![
+                ("FAKE_HOST_DIR".into(), state.display().to_string()),
+                (
+                    "FAKE_TAILSCALE_SRC".into(),
+                    fakes().join("tailscale").display().to_string(),
+                ),
+            ],
+            etc_dirs: vec!["systemd/system".into(), "fleetnix".into()],
+            ..Default::default()
+        },
+    )
+}

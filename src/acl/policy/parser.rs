@@ -62,6 +62,24 @@ const TEST_FIELDS: &[&str] = &[
 ];
 const SSH_TEST_FIELDS: &[&str] = &["src", "dst", "accept", "check", "deny"];
 
+/// Reads one top-level section into the policy: `(cx, section name, its value, policy)`.
+type ReadSection = fn(&mut Cx<'_>, &str, &Value<'_>, &mut Policy);
+
+/// The sections the parser reads, one entry each: arrays of rules ([`Cx::rules`]) or objects of
+/// named entries ([`Cx::entries`]). The other top-level fields are accepted, not looked into.
+#[rustfmt::skip]
+const SECTIONS: &[(&str, ReadSection)] = &[
+    ("acls",      |cx, s, v, p| p.rules.extend(cx.rules(s, v, Cx::acl))),
+    ("grants",    |cx, s, v, p| p.rules.extend(cx.rules(s, v, Cx::grant))),
+    ("ssh",       |cx, s, v, p| p.ssh = Some(cx.rules(s, v, Cx::ssh))),
+    ("tests",     |cx, s, v, p| p.tests = cx.rules(s, v, Cx::test)),
+    ("sshTests",  |cx, s, v, p| p.ssh_tests = cx.rules(s, v, Cx::ssh_test)),
+    ("groups",    |cx, s, v, p| p.groups = cx.entries(s, v, Cx::group)),
+    ("tagOwners", |cx, s, v, p| p.tag_owners = cx.entries(s, v, Cx::tag_owner)),
+    ("ipsets",    |cx, s, v, p| p.ipsets = cx.entries(s, v, Cx::ipset)),
+    ("hosts",     |cx, s, v, p| p.hosts = cx.entries(s, v, Cx::host)),
+];
+
 /// Line and column lookup for byte offsets.
 struct Lines<'t> {
     text: &'t str,
@@ -243,7 +261,148 @@ impl<'t> Cx<'t> {
         }
     }
 
-    fn acl(&mut self, index: usize, obj: &Object) -> NetRule {
+    /// A rule's `proto` (`None` when it is not a protocol: an issue).
+    fn proto(&mut self, v: &Value, what: &str) -> Option<Proto> {
+        let p = self.string(v, &format!("{what}.proto"))?;
+        match Proto::parse(&p.value) {
+            Ok(proto) => Some(proto),
+            Err(e) => {
+                let msg = format!("{what}.proto: {e}");
+                self.issue(p.loc, IssueKind::InvalidValue, msg, None);
+                None
+            }
+        }
+    }
+
+    /// An array of rule objects: each read by `item` with its index; a rule it drops (`None`)
+    /// is left out.
+    fn rules<T>(
+        &mut self,
+        section: &str,
+        v: &Value,
+        item: fn(&mut Self, usize, &Object) -> Option<T>,
+    ) -> Vec<T> {
+        let mut out = Vec::new();
+        for (i, o) in self.objects(v, section).into_iter().enumerate() {
+            out.extend(item(self, i, o));
+        }
+        out
+    }
+
+    /// An object of named entries: each read by `entry` from its name, position and value; an
+    /// entry it refuses (`None`) is left out. A later entry of the same name replaces an earlier.
+    fn entries<T>(
+        &mut self,
+        section: &str,
+        v: &Value,
+        entry: fn(&mut Self, &str, Loc, &Value) -> Option<T>,
+    ) -> BTreeMap<String, Spanned<T>> {
+        let mut out = BTreeMap::new();
+        match v {
+            Value::Object(o) => {
+                for p in &o.properties {
+                    let name = p.name.as_str().to_string();
+                    let loc = self.lines.loc(p.range.start);
+                    if let Some(value) = entry(self, &name, loc, &p.value) {
+                        out.insert(name, Spanned { value, loc });
+                    }
+                }
+            }
+            other => self.wrong_type(other, section, "an object"),
+        }
+        out
+    }
+
+    /// A `groups` entry: its members (users, never groups).
+    fn group(&mut self, name: &str, loc: Loc, v: &Value) -> Option<Vec<String>> {
+        if !name.starts_with("group:") {
+            self.issue(
+                loc,
+                IssueKind::InvalidValue,
+                format!("groups: {name:?} must start with \"group:\""),
+                None,
+            );
+            return None;
+        }
+        let members = self.strings(v, &format!("groups.{name}"));
+        for m in &members {
+            if m.value.starts_with("group:") {
+                self.issue(
+                    m.loc,
+                    IssueKind::InvalidValue,
+                    format!(
+                        "groups.{name}: groups cannot contain groups ({:?})",
+                        m.value
+                    ),
+                    None,
+                );
+            }
+        }
+        Some(members.into_iter().map(|m| m.value).collect())
+    }
+
+    /// A `tagOwners` entry: the tag's owners.
+    fn tag_owner(&mut self, name: &str, loc: Loc, v: &Value) -> Option<Vec<Spanned<String>>> {
+        self.named_strings(("tagOwners", "tag:", "a tag (\"tag:name\")"), name, loc, v)
+    }
+
+    /// An `ipsets` entry: its operations, as written.
+    fn ipset(&mut self, name: &str, loc: Loc, v: &Value) -> Option<Vec<Spanned<String>>> {
+        self.named_strings(
+            ("ipsets", "ipset:", "an ipset name (\"ipset:name\")"),
+            name,
+            loc,
+            v,
+        )
+    }
+
+    /// An entry of `section` whose name must be a `prefix` selector (else: "is not `what`"),
+    /// and whose value is an array of strings.
+    fn named_strings(
+        &mut self,
+        (section, prefix, what): (&str, &str, &str),
+        name: &str,
+        loc: Loc,
+        v: &Value,
+    ) -> Option<Vec<Spanned<String>>> {
+        if !name.starts_with(prefix) || Selector::parse(name).is_err() {
+            let msg = format!("{section}: {name:?} is not {what}");
+            self.issue(loc, IssueKind::InvalidValue, msg, None);
+            return None;
+        }
+        Some(self.strings(v, &format!("{section}.{name}")))
+    }
+
+    /// A `hosts` entry: an IP address or CIDR, under a name without `@`.
+    fn host(&mut self, name: &str, loc: Loc, v: &Value) -> Option<IpNet> {
+        let addr = self.string(v, &format!("hosts.{name}"))?;
+        let net = addr
+            .value
+            .parse::<IpNet>()
+            .or_else(|_| addr.value.parse::<IpAddr>().map(IpNet::from));
+        match net {
+            Ok(net) if !name.contains('@') => return Some(net),
+            Ok(_) => self.issue(
+                loc,
+                IssueKind::InvalidValue,
+                format!("hosts: {name:?} may not contain '@'"),
+                None,
+            ),
+            Err(_) => self.issue(
+                addr.loc,
+                IssueKind::InvalidValue,
+                format!(
+                    "hosts.{name}: {:?} is not an IP address or CIDR",
+                    addr.value
+                ),
+                None,
+            ),
+        }
+        None
+    }
+
+    /// An `acls` entry (always kept: its problems are issues).
+    fn acl(&mut self, index: usize, obj: &Object) -> Option<NetRule> {
         let what = format!("acls[{index}]");
         let loc = self.lines.loc(obj.range.start);
         let fields = self.fields(obj, &what, ACL_FIELDS);
@@ -271,19 +430,7 @@ impl<'t> Cx<'t> {
                 }
                 "src" | "users" => src = self.selectors(v, &format!("{what}.{name}")),
                 "dst" | "ports" => dst_texts = self.strings(v, &format!("{what}.{name}")),
-                "proto" => {
-                    if let Some(p) = self.string(v, &format!("{what}.proto")) {
-                        match Proto::parse(&p.value) {
-                            Ok(p) => proto = p,
-                            Err(e) => self.issue(
-                                p.loc,
-                                IssueKind::InvalidValue,
-                                format!("{what}.proto: {e}"),
-                                None,
-                            ),
-                        }
-                    }
-                }
+                "proto" => proto = self.proto(v, &what).unwrap_or(proto),
                 _ => {
                     let _ = floc;
                 }
@@ -309,16 +456,17 @@ impl<'t> Cx<'t> {
                 ),
             }
         }
-        NetRule {
+        Some(NetRule {
             kind: RuleKind::Acl,
             index,
             src,
             dst,
             loc,
-        }
+        })
     }
 
-    fn grant(&mut self, index: usize, obj: &Object) -> NetRule {
+    /// A `grants` entry, its network part (always kept: its problems are issues).
+    fn grant(&mut self, index: usize, obj: &Object) -> Option<NetRule> {
         let what = format!("grants[{index}]");
         let loc = self.lines.loc(obj.range.start);
         let fields = self.fields(obj, &what, GRANT_FIELDS);
@@ -358,15 +506,16 @@ impl<'t> Cx<'t> {
                 });
             }
         }
-        NetRule {
+        Some(NetRule {
             kind: RuleKind::Grant,
             index,
             src,
             dst,
             loc,
-        }
+        })
     }
 
+    /// An `ssh` entry; `None` without a valid action.
     fn ssh(&mut self, index: usize, obj: &Object) -> Option<SshRule> {
         let what = format!("ssh[{index}]");
         let loc = self.lines.loc(obj.range.start);
@@ -442,6 +591,7 @@ impl<'t> Cx<'t> {
         }
     }
 
+    /// A `tests` entry; `None` without a source.
     fn test(&mut self, index: usize, obj: &Object) -> Option<AclTest> {
         let what = format!("tests[{index}]");
         let loc = self.lines.loc(obj.range.start);
@@ -452,19 +602,7 @@ impl<'t> Cx<'t> {
         for (name, _, v) in fields {
             match name.as_str() {
                 "src" | "user" => src = self.string(v, &format!("{what}.{name}")),
-                "proto" => {
-                    if let Some(p) = self.string(v, &format!("{what}.proto")) {
-                        match Proto::parse(&p.value) {
-                            Ok(p) => proto = p,
-                            Err(e) => self.issue(
-                                p.loc,
-                                IssueKind::InvalidValue,
-                                format!("{what}.proto: {e}"),
-                                None,
-                            ),
-                        }
-                    }
-                }
+                "proto" => proto = self.proto(v, &what).unwrap_or(proto),
                 "accept" | "allow" => accept = self.strings(v, &format!("{what}.{name}")),
                 "deny" => deny = self.strings(v, &format!("{what}.deny")),
                 _ => {}
@@ -499,6 +637,7 @@ impl<'t> Cx<'t> {
         })
     }
 
+    /// An `sshTests` entry; `None` without a source.
     fn ssh_test(&mut self, index: usize, obj: &Object) -> Option<SshTest> {
         let what = format!("sshTests[{index}]");
         let loc = self.lines.loc(obj.range.start);
@@ -573,160 +712,15 @@ pub fn parse(text: &str) -> Result<Parsed, PolicyError> {
         issues: Vec::new(),
     };
     let mut policy = Policy::default();
-    let fields = cx.fields(&root, "the policy", TOP_LEVEL_FIELDS);
-    let (mut acls, mut grants) = (Vec::new(), Vec::new());
-    for (name, loc, v) in fields {
-        policy.sections.insert(name.clone(), loc);
-        match name.as_str() {
-            "acls" => {
-                for (i, o) in cx.objects(v, "acls").into_iter().enumerate() {
-                    acls.push(cx.acl(i, o));
-                }
-            }
-            "grants" => {
-                for (i, o) in cx.objects(v, "grants").into_iter().enumerate() {
-                    grants.push(cx.grant(i, o));
-                }
-            }
-            "ssh" => {
-                let mut rules = Vec::new();
-                for (i, o) in cx.objects(v, "ssh").into_iter().enumerate() {
-                    rules.extend(cx.ssh(i, o));
-                }
-                policy.ssh = Some(rules);
-            }
-            "tests" => {
-                for (i, o) in cx.objects(v, "tests").into_iter().enumerate() {
-                    policy.tests.extend(cx.test(i, o));
-                }
-            }
-            "sshTests" => {
-                for (i, o) in cx.objects(v, "sshTests").into_iter().enumerate() {
-                    policy.ssh_tests.extend(cx.ssh_test(i, o));
-                }
-            }
-            "groups" => match v {
-                Value::Object(o) => {
-                    for p in &o.properties {
-                        let name = p.name.as_str().to_string();
-                        let loc = cx.lines.loc(p.range.start);
-                        if !name.starts_with("group:") {
-                            cx.issue(
-                                loc,
-                                IssueKind::InvalidValue,
-                                format!("groups: {name:?} must start with \"group:\""),
-                                None,
-                            );
-                            continue;
-                        }
-                        let members = cx.strings(&p.value, &format!("groups.{name}"));
-                        for m in &members {
-                            if m.value.starts_with("group:") {
-                                cx.issue(
-                                    m.loc,
-                                    IssueKind::InvalidValue,
-                                    format!(
-                                        "groups.{name}: groups cannot contain groups ({:?})",
-                                        m.value
-                                    ),
-                                    None,
-                                );
-                            }
-                        }
-                        policy.groups.insert(
-                            name,
-                            Spanned {
-                                value: members.into_iter().map(|m| m.value).collect(),
-                                loc,
-                            },
-                        );
-                    }
-                }
-                other => cx.wrong_type(other, "groups", "an object"),
-            },
-            "tagOwners" => match v {
-                Value::Object(o) => {
-                    for p in &o.properties {
-                        let name = p.name.as_str().to_string();
-                        let loc = cx.lines.loc(p.range.start);
-                        if !name.starts_with("tag:") || Selector::parse(&name).is_err() {
-                            cx.issue(
-                                loc,
-                                IssueKind::InvalidValue,
-                                format!("tagOwners: {name:?} is not a tag (\"tag:name\")"),
-                                None,
-                            );
-                            continue;
-                        }
-                        let owners = cx.strings(&p.value, &format!("tagOwners.{name}"));
-                        policy
-                            .tag_owners
-                            .insert(name, Spanned { value: owners, loc });
-                    }
-                }
-                other => cx.wrong_type(other, "tagOwners", "an object"),
-            },
-            "ipsets" => match v {
-                Value::Object(o) => {
-                    for p in &o.properties {
-                        let name = p.name.as_str().to_string();
-                        let loc = cx.lines.loc(p.range.start);
-                        if !name.starts_with("ipset:") || Selector::parse(&name).is_err() {
-                            cx.issue(
-                                loc,
-                                IssueKind::InvalidValue,
-                                format!("ipsets: {name:?} is not an ipset name (\"ipset:name\")"),
-                                None,
-                            );
-                            continue;
-                        }
-                        let items = cx.strings(&p.value, &format!("ipsets.{name}"));
-                        policy.ipsets.insert(name, Spanned { value: items, loc });
-                    }
-                }
-                other => cx.wrong_type(other, "ipsets", "an object"),
-            },
-            "hosts" => match v {
-                Value::Object(o) => {
-                    for p in &o.properties {
-                        let name = p.name.as_str().to_string();
-                        let loc = cx.lines.loc(p.range.start);
-                        let Some(addr) = cx.string(&p.value, &format!("hosts.{name}")) else {
-                            continue;
-                        };
-                        let net = addr
-                            .value
-                            .parse::<IpNet>()
-                            .or_else(|_| addr.value.parse::<IpAddr>().map(IpNet::from));
-                        match net {
-                            Ok(net) if !name.contains('@') => {
-                                policy.hosts.insert(name, Spanned { value: net, loc });
-                            }
-                            Ok(_) => cx.issue(
-                                loc,
-                                IssueKind::InvalidValue,
-                                format!("hosts: {name:?} may not contain '@'"),
-                                None,
-                            ),
-                            Err(_) => cx.issue(
-                                addr.loc,
-                                IssueKind::InvalidValue,
-                                format!(
-                                    "hosts.{name}: {:?} is not an IP address or CIDR",
-                                    addr.value
-                                ),
-                                None,
-                            ),
-                        }
-                    }
-                }
-                other => cx.wrong_type(other, "hosts", "an object"),
-            },
-            _ => {}
+    for (name, loc, v) in cx.fields(&root, "the policy", TOP_LEVEL_FIELDS) {
+        if let Some((section, read)) = SECTIONS.iter().find(|(s, _)| *s == name) {
+            read(&mut cx, section, v, &mut policy);
         }
+        policy.sections.insert(name, loc);
     }
-    policy.rules = acls;
-    policy.rules.extend(grants);
+    // `rules` holds the `acls` then the `grants`, whatever their order in the text (a stable
+    // sort keeps each section's own order).
+    policy.rules.sort_by_key(|r| r.kind);
     cx.issues.sort_by_key(|i| i.loc);
     Ok(Parsed {
         policy,
@@ -782,6 +776,60 @@ mod tests {
         assert_eq!(p.issues.len(), 1);
         assert_eq!(p.issues[0].kind, IssueKind::UnknownField);
         assert_eq!(p.issues[0].loc, Loc { line: 6, column: 3 });
+    }
+
+    #[test]
+    fn every_section_read_is_a_field_of_the_format_and_read_once() {
+        for (i, (name, _)) in SECTIONS.iter().enumerate() {
+            assert!(TOP_LEVEL_FIELDS.contains(name), "{name}");
+            assert!(
+                !SECTIONS[..i].iter().any(|(n, _)| n == name),
+                "{name} twice"
+            );
+        }
+    }
+
+    #[test]
+    fn sections_are_read_whatever_their_order_acls_before_grants() {
+        let text = r#"{
+  "hosts": {"lab": "100.64.0.0/24", "bad": "nope"},
+  "grants": [{"src": ["*"], "dst": ["tag:a"], "ip": ["22"]}],
+  "tagOwners": {"tag:a": ["group:ops"], "a": []},
+  "acls": [{"action": "accept", "src": ["group:ops"], "dst": ["lab:*"]}],
+  "groups": {"group:ops": ["alice@example.com", "group:x"]},
+  "ssh": [],
+  "ipsets": {"ipset:x": ["add 100.64.0.1"]},
+  "tests": [{"src": "alice@example.com", "accept": ["tag:a:22"]}],
+  "sshTests": [{"dst": ["tag:a"]}],
+}"#;
+        let p = parse(text).unwrap();
+        let kinds: Vec<RuleKind> = p.policy.rules.iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, [RuleKind::Acl, RuleKind::Grant]);
+        assert_eq!(p.policy.rules[0].loc.line, 5);
+        assert_eq!(p.policy.hosts.keys().collect::<Vec<_>>(), ["lab"]);
+        assert_eq!(p.policy.tag_owners.keys().collect::<Vec<_>>(), ["tag:a"]);
+        assert_eq!(p.policy.groups["group:ops"].value.len(), 2);
+        assert_eq!(p.policy.ssh, Some(vec![]));
+        assert_eq!(p.policy.ipsets.len(), 1);
+        assert_eq!((p.policy.tests.len(), p.policy.ssh_tests.len()), (1, 0));
+        assert_eq!(p.policy.sections.len(), 9);
+        let msgs: Vec<(usize, &str)> = p
+            .issues
+            .iter()
+            .map(|i| (i.loc.line, i.message.as_str()))
+            .collect();
+        assert_eq!(
+            msgs,
+            [
+                (2, "hosts.bad: \"nope\" is not an IP address or CIDR"),
+                (4, "tagOwners: \"a\" is not a tag (\"tag:name\")"),
+                (
+                    6,
+                    "groups.group:ops: groups cannot contain groups (\"group:x\")"
+                ),
+                (10, "sshTests[0] has no \"src\""),
+            ]
+        );
     }
 
     #[test]

@@ -531,8 +531,11 @@ fn multiplexed_switch_confirms_on_a_new_connection_and_still_rolls_back() {
             && sshopts.contains("StrictHostKeyChecking=yes"),
         "{sshopts}"
     );
-    // The confirmation: the shared connection is closed first, then only new connections.
-    let confirm: Vec<_> = cmds.iter().filter(|(s, _)| s == "confirm").collect();
+    // The gate and the confirmation: the shared connection is closed first, then only new connections.
+    let confirm: Vec<_> = cmds
+        .iter()
+        .filter(|(s, _)| s == "health-gate" || s == "confirm")
+        .collect();
     assert!(
         confirm[0].1.contains("-O exit") && confirm[0].1.contains(&socket),
         "{confirm:?}"

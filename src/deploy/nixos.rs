@@ -122,8 +122,14 @@ pub fn ops(b: &mut Builder, plan: &NodePlan, opts: &DeployOptions, target: &SshT
             Script::Activate,
         )
     })));
+    // The close is part of the first step on a new connection: the gate, when there is one.
+    let first_fresh = if opts.health_gate {
+        Step::HealthGate
+    } else {
+        Step::Confirm
+    };
     ops.push(b.op(OpKind::Close {
-        step: Some(Step::Confirm),
+        step: Some(first_fresh),
         what: "close the shared SSH connection: the confirmation must not use it",
     }));
     if opts.health_gate {

@@ -58,6 +58,17 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
+/// The Tailscale API client for `fleet`'s tailnet: the token from `token_file`, else
+/// `TS_API_KEY`; the API's address from `FLEETNIX_TS_API_URL` (tests), else Tailscale's.
+pub fn api_client(fleet: &Fleet, token_file: Option<&Path>) -> Result<Client, ApiError> {
+    let token = crate::tailscale::api::token_from(token_file)?;
+    Client::new(
+        &crate::tailscale::api::base_url_from_env(),
+        &fleet.settings.tailnet,
+        token,
+    )
+}
+
 /// Today's local date as `YYYY-MM-DD`.
 pub fn today() -> String {
     jiff::ZonedDateTime::now().date().to_string()

@@ -8,12 +8,14 @@
 //!   ([`crate::outputs::acl`], deterministic commented HuJSON);
 //! - [`check`]: compares any policy with the fleet (over-grants, missing grants, format problems);
 //! - [`matrix`]: who can reach what, as a table or a Graphviz graph;
+//! - [`files`]: the policy files of `fleetnix acl` (which policy a command works on, `acl check`'s report);
 //! - [`apply`]: `get` / `diff` / `set` through [`crate::tsapi`], with backups and a lock-out guard.
 
 pub mod addrs;
 pub mod apply;
 pub mod check;
 pub mod eval;
+pub mod files;
 pub mod intents;
 pub mod matrix;
 pub mod policy;

@@ -1,15 +1,12 @@
-//! `acl`: argument parsing and printing; the logic is in `fleetnix::acl` and `fleetnix::tsapi`.
+//! `acl`: argument parsing and printing; the logic is in `fleetnix::acl` ([`files`] for the
+//! policy files, [`apply`] for the API).
 
 use super::{runtime, CliError, CmdResult, Ctx, Outcome};
-use fleetnix::acl::{apply, check, matrix, policy, render};
+use fleetnix::acl::files::{self, PolicyText};
+use fleetnix::acl::{apply, render};
 use fleetnix::model::Fleet;
-use fleetnix::tsapi::{self, Client};
+use fleetnix::tailscale::api::Client;
 use std::path::{Path, PathBuf};
-
-/// Default policy file, relative to the fleet directory.
-const POLICY_FILE: &str = "acl-policy.hujson";
-/// Backup directory, relative to the fleet directory.
-const BACKUP_DIR: &str = "acl-backups";
 
 /// How to reach the Tailscale API. The token is never an argument.
 #[derive(Debug, Clone, clap::Args)]
@@ -73,37 +70,21 @@ pub enum AclCommand {
 
 /// The API client from `--token-file` or `TS_API_KEY`.
 pub(super) fn client(fleet: &Fleet, api: &ApiArgs) -> Result<Client, CliError> {
-    let token = tsapi::token_from(api.token_file.as_deref()).map_err(CliError::msg)?;
-    Client::new(&tsapi::base_url_from_env(), &fleet.settings.tailnet, token).map_err(CliError::msg)
+    apply::api_client(fleet, api.token_file.as_deref()).map_err(CliError::msg)
 }
 
-fn read(path: &Path) -> Result<String, CliError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| CliError::msg(format!("cannot read {}: {e}", path.display())))
-}
-
-/// The policy to diff/set: a file, or the one rendered from the fleet.
-fn policy_text(
-    ctx: &Ctx,
-    fleet: &Fleet,
-    file: Option<&Path>,
-) -> Result<(String, String), CliError> {
-    match file {
-        Some(p) => Ok((read(p)?, p.display().to_string())),
-        None => Ok((
-            render::render(fleet, &ctx.sources_label(fleet)).text,
-            "rendered from the fleet".to_string(),
-        )),
-    }
+/// The policy to work on: a file, or the one rendered from the fleet.
+fn policy_text(ctx: &Ctx, fleet: &Fleet, file: Option<&Path>) -> Result<PolicyText, CliError> {
+    files::policy_text(fleet, &ctx.sources_label(fleet), file).map_err(CliError::msg)
 }
 
 /// `fleetnix acl …`.
 pub fn run(ctx: &Ctx, cmd: AclCommand) -> CmdResult {
     let fleet = ctx.fleet()?;
-    let backups = ctx.fleet_dir.join(BACKUP_DIR);
+    let backups = files::backup_dir(&ctx.fleet_dir);
     match cmd {
         AclCommand::Render { output } => cmd_render(ctx, &fleet, output.as_deref()),
-        AclCommand::Check { policy, json } => cmd_check(ctx, &fleet, policy, json),
+        AclCommand::Check { policy, json } => cmd_check(ctx, &fleet, policy.as_deref(), json),
         AclCommand::Matrix { policy, dot, json } => {
             cmd_matrix(ctx, &fleet, policy.as_deref(), dot, json)
         }
@@ -118,70 +99,38 @@ pub fn run(ctx: &Ctx, cmd: AclCommand) -> CmdResult {
 }
 
 fn cmd_render(ctx: &Ctx, fleet: &Fleet, output: Option<&Path>) -> CmdResult {
-    let r = render::render(fleet, &ctx.sources_label(fleet));
     match output {
-        None => print!("{}", r.text),
+        None => print!("{}", render::render(fleet, &ctx.sources_label(fleet)).text),
         Some(p) => {
-            fleetnix::fsutil::write_atomic(p, r.text.as_bytes(), 0o644)
-                .map_err(|e| CliError::msg(format!("cannot write {}: {e}", p.display())))?;
+            files::write_rendered(fleet, &ctx.sources_label(fleet), p).map_err(CliError::msg)?;
             println!("wrote {}", p.display());
         }
     }
     Ok(Outcome::Ok)
 }
 
-fn cmd_check(ctx: &Ctx, fleet: &Fleet, file: Option<PathBuf>, json: bool) -> CmdResult {
-    let path = file.unwrap_or_else(|| ctx.fleet_dir.join(POLICY_FILE));
-    if !path.exists() {
-        return Err(CliError::msg(format!(
-            "no policy file {}: pass one (`fleetnix acl check FILE`) or write the rendered one with `fleetnix acl render -o {}`",
-            path.display(),
-            path.display()
-        )));
-    }
-    let text = read(&path)?;
-    let findings = check::check(fleet, &text)
-        .map_err(|e| CliError::msg(format!("{}: {e}", path.display())))?;
+fn cmd_check(ctx: &Ctx, fleet: &Fleet, file: Option<&Path>, json: bool) -> CmdResult {
+    let path = files::policy_path(&ctx.fleet_dir, file);
+    let report = files::check_file(fleet, &path).map_err(CliError::msg)?;
     if json {
-        let doc = serde_json::json!({
-            "policy": path.display().to_string(),
-            "ok": findings.is_empty(),
-            "findings": findings,
-        });
         println!(
             "{}",
-            serde_json::to_string_pretty(&doc).map_err(CliError::msg)?
+            serde_json::to_string_pretty(&report.json()).map_err(CliError::msg)?
         );
     } else {
-        for f in &findings {
-            let kind = serde_json::to_value(f.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            println!(
-                "{}:{}:{}: {kind}: {}",
-                path.display(),
-                f.line,
-                f.column,
-                f.message
-            );
-            if let Some(h) = &f.hint {
-                println!("    hint: {h}");
-            }
+        for line in report.lines() {
+            println!("{line}");
         }
-        if findings.is_empty() {
-            println!("ok: {} agrees with the fleet", path.display());
-        } else {
-            eprintln!("{} finding(s) in {}", findings.len(), path.display());
+        if let Some(summary) = report.summary() {
+            eprintln!("{summary}");
         }
     }
-    Ok(Outcome::ok_if(findings.is_empty()))
+    Ok(Outcome::ok_if(report.ok()))
 }
 
 fn cmd_matrix(ctx: &Ctx, fleet: &Fleet, file: Option<&Path>, dot: bool, json: bool) -> CmdResult {
-    let (text, name) = policy_text(ctx, fleet, file)?;
-    let parsed = policy::parse(&text).map_err(|e| CliError::msg(format!("{name}: {e}")))?;
-    let m = matrix::matrix(fleet, &parsed.policy);
+    let policy = policy_text(ctx, fleet, file)?;
+    let m = files::matrix_of(fleet, &policy).map_err(CliError::msg)?;
     if dot {
         print!("{}", m.dot());
     } else if json {
@@ -216,7 +165,7 @@ fn cmd_diff(
     file: Option<&Path>,
     backups: &Path,
 ) -> CmdResult {
-    let (text, name) = policy_text(ctx, fleet, file)?;
+    let PolicyText { text, name } = policy_text(ctx, fleet, file)?;
     let c = client(fleet, api)?;
     let d = runtime()?
         .block_on(apply::diff(&c, backups, &text, &name))
@@ -238,7 +187,7 @@ fn cmd_set(
     force: bool,
     backups: &Path,
 ) -> CmdResult {
-    let (text, name) = policy_text(ctx, fleet, file)?;
+    let PolicyText { text, name } = policy_text(ctx, fleet, file)?;
     let c = client(fleet, api)?;
     let opts = apply::SetOptions { force };
     let out = runtime()?

@@ -10,10 +10,15 @@
 //! 5. optionally installs and enables the agent's systemd unit.
 //!
 //! The user-data is rendered by [`crate::outputs::cloudinit`] (re-exported here); this module holds
-//! the auth key it carries and where that key comes from.
+//! the auth key it carries, where that key comes from, and the whole of `fleetnix cloud-init`
+//! ([`make`]).
 
+use crate::model::{Fleet, Node, Os};
+use crate::secrets::source::{KeyContext, KeyError, Minter};
+use crate::secrets::{SecretId, SecretKind};
+use crate::tailscale::api::{ApiError, Client};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use crate::outputs::cloudinit::{
     up_argv, user_data, Options, AGENT_UNIT_PATH, AUTHKEY_PATH, DEFAULT_AGENT_BIN,
@@ -43,6 +48,29 @@ pub enum CloudInitError {
     /// The YAML emitter failed (a bug).
     #[error("cannot write YAML: {0}")]
     Yaml(#[from] serde_yaml::Error),
+    /// The auth key could not be read, decrypted or minted.
+    #[error(transparent)]
+    Key(Box<KeyError>),
+    /// The Tailscale API client (for `--mint`) could not be made.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The user-data file could not be written.
+    #[error("{}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The user-data could not be written to the stream (standard output).
+    #[error(transparent)]
+    Stream(std::io::Error),
+}
+
+impl From<KeyError> for CloudInitError {
+    fn from(e: KeyError) -> Self {
+        CloudInitError::Key(Box::new(e))
+    }
 }
 
 /// A Tailscale auth key, checked; `Debug` and `Display` never show it.
@@ -132,6 +160,123 @@ pub fn key_source(i: &KeyInputs<'_>) -> Result<KeySource, CloudInitError> {
         node: i.node.to_string(),
         file: i.secret_file.to_string(),
     })
+}
+
+/// What `fleetnix cloud-init` is asked for, besides the node: where its auth key may come from
+/// (the flags and the caller's situation) and what the user-data holds.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// The repository root (the node's `.age` file is under it).
+    pub root: &'a Path,
+    /// `--mint`: a one-off key through the Tailscale API.
+    pub mint: bool,
+    /// `--identity FILE`, if given.
+    pub identity: Option<&'a Path>,
+    /// The identity tried when none is given (`~/.ssh/id_ed25519`), if known.
+    pub default_identity: Option<&'a Path>,
+    /// `TAILSCALE_AUTHKEY` is set.
+    pub env_set: bool,
+    /// Standard input is a terminal (nothing piped).
+    pub stdin_is_terminal: bool,
+    /// Lifetime of a minted key, in seconds.
+    pub expiry_seconds: u64,
+    /// The user-data's options.
+    pub options: Options,
+}
+
+/// Where the user-data goes.
+pub enum Destination<'a> {
+    /// A file, written atomically with mode 0600 (it holds the auth key).
+    File(&'a Path),
+    /// A stream, such as standard output.
+    Stream(&'a mut dyn std::io::Write),
+}
+
+/// `fleetnix cloud-init NODE`: picks where `node`'s auth key comes from ([`key_source`]), gets
+/// it (minting through the client `api` makes, which is asked for only when minting), renders
+/// the user-data and writes it to `to`. `note` hears what the operator should be told, as it
+/// happens: where the key came from (minted, decrypted), then, once written, that the user-data
+/// holds the key and, for an `os: nixos` node, that it is for a non-NixOS image. Nothing is
+/// written when anything fails.
+pub async fn make(
+    fleet: &Fleet,
+    node: &Node,
+    req: &Request<'_>,
+    api: impl FnOnce() -> Result<Client, ApiError>,
+    to: Destination<'_>,
+    note: &mut dyn FnMut(String),
+) -> Result<(), CloudInitError> {
+    let plan = crate::plan::plan_node(fleet, node);
+    let id = SecretId::new(node.name.clone(), SecretKind::TailscaleAuthkey);
+    let secret_file = id.age_path();
+    let source = key_source(&KeyInputs {
+        node: node.name.as_str(),
+        mint: req.mint,
+        identity: req.identity,
+        default_identity: req.default_identity,
+        env_set: req.env_set,
+        stdin_is_terminal: req.stdin_is_terminal,
+        secret_file: &secret_file,
+        secret_exists: req.root.join(&secret_file).is_file(),
+    })?;
+    let client = match source {
+        KeySource::Mint => Some(api()?),
+        _ => None,
+    };
+    let cx = KeyContext {
+        mint: client.as_ref().map(|client| Minter {
+            client,
+            fleet,
+            expiry_seconds: req.expiry_seconds,
+        }),
+        ..KeyContext::new(&id, req.root)
+    };
+    let resolved = source.resolve(&cx).await?;
+    match (&source, &resolved.minted) {
+        (_, Some(k)) => note(format!(
+            "minted auth key {} for {} (one-off, pre-authorised, expires {}); it is only in this user-data",
+            k.id,
+            plan.name,
+            k.expires.as_deref().unwrap_or("as requested")
+        )),
+        (KeySource::Decrypt(identity), None) => note(format!(
+            "auth key from {secret_file} (decrypted with {})",
+            identity.display()
+        )),
+        _ => {}
+    }
+    let key = AuthKey::parse(resolved.key.expose())?;
+    drop(resolved);
+    let text = user_data(&plan, &key, &req.options)?;
+    let file = match to {
+        Destination::File(path) => {
+            crate::fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(|source| {
+                CloudInitError::Write {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+            Some(path)
+        }
+        Destination::Stream(w) => {
+            w.write_all(text.as_bytes())
+                .map_err(CloudInitError::Stream)?;
+            None
+        }
+    };
+    note(format!(
+        "this user-data contains {}'s Tailscale auth key, its only secret{}; the VM deletes the key file after `tailscale up`, but the provider keeps the user-data: prefer a single-use key with a short expiry",
+        plan.name,
+        file.map(|p| format!(" ({} is mode 0600)", p.display()))
+            .unwrap_or_default()
+    ));
+    if plan.access.os == Os::Nixos {
+        note(format!(
+            "{} is declared os: nixos; this user-data is for the provider's non-NixOS image (Tailscale's install script refuses NixOS)",
+            plan.name
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -261,96 +261,34 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> CmdResult {
 
 /// `fleetnix cloud-init NODE [-o FILE]`: user-data on stdout or in FILE; notes on stderr.
 pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> CmdResult {
-    use fleetnix::cloudinit::{self as ci, AuthKey};
-    use fleetnix::secrets::source::{KeyContext, KeySource, Minter};
-    use fleetnix::secrets::{SecretId, SecretKind};
-    use std::io::{IsTerminal, Write};
+    use fleetnix::cloudinit::{self as ci, Destination};
+    use std::io::IsTerminal;
     let fleet = ctx.fleet()?;
     let node = super::node(&fleet, &a.node)?;
-    let plan = fleetnix::plan::plan_node(&fleet, node);
-    let id = SecretId::new(node.name.clone(), SecretKind::TailscaleAuthkey);
-    let secret_file = id.age_path();
     let default_identity = fleetnix::secret::default_identity();
-    let source = ci::key_source(&ci::KeyInputs {
-        node: node.name.as_str(),
+    let req = ci::Request {
+        root: &ctx.root,
         mint: a.mint,
         identity: a.identity.as_deref(),
         default_identity: default_identity.as_deref(),
         env_set: std::env::var_os(fleetnix::secret::env::AUTHKEY).is_some(),
         stdin_is_terminal: std::io::stdin().is_terminal(),
-        secret_file: &secret_file,
-        secret_exists: ctx.root.join(&secret_file).is_file(),
-    })
-    .map_err(CliError::msg)?;
-    let resolved = if source == KeySource::Mint {
-        let client = super::acl::client(&fleet, &a.api)?;
-        let cx = KeyContext {
-            mint: Some(Minter {
-                client: &client,
-                fleet: &fleet,
-                expiry_seconds: a.expiry_seconds,
-            }),
-            ..KeyContext::new(&id, &ctx.root)
-        };
-        super::runtime()?.block_on(source.resolve(&cx))
-    } else {
-        source.resolve_local(&KeyContext::new(&id, &ctx.root))
-    }
-    .map_err(CliError::msg)?;
-    match (&source, &resolved.minted) {
-        (_, Some(k)) => eprintln!(
-            "note: minted auth key {} for {} (one-off, pre-authorised, expires {}); it is only in this user-data",
-            k.id,
-            plan.name,
-            k.expires.as_deref().unwrap_or("as requested")
-        ),
-        (KeySource::Decrypt(identity), None) => eprintln!(
-            "note: auth key from {secret_file} (decrypted with {})",
-            identity.display()
-        ),
-        _ => {}
-    }
-    let raw = resolved.key;
-    let key = {
-        match AuthKey::parse(raw.expose()) {
-            Ok(k) => k,
-            Err(e) => return Err(CliError::msg(e)),
-        }
+        expiry_seconds: a.expiry_seconds,
+        options: ci::Options {
+            install_url: a.install_url,
+            with_agent: a.with_agent,
+            agent_bin: a.agent_bin,
+        },
     };
-    drop(raw);
-    let opts = ci::Options {
-        install_url: a.install_url.clone(),
-        with_agent: a.with_agent,
-        agent_bin: a.agent_bin.clone(),
+    let api = || fleetnix::acl::apply::api_client(&fleet, a.api.token_file.as_deref());
+    let mut stdout = std::io::stdout().lock();
+    let to = match &a.output {
+        Some(path) => Destination::File(path),
+        None => Destination::Stream(&mut stdout),
     };
-    let text = match ci::user_data(&plan, &key, &opts) {
-        Ok(t) => t,
-        Err(e) => return Err(CliError::msg(e)),
-    };
-    let written = match &a.output {
-        Some(path) => fleetnix::fsutil::write_atomic(path, text.as_bytes(), 0o600)
-            .map_err(|e| format!("{}: {e}", path.display())),
-        None => std::io::stdout()
-            .lock()
-            .write_all(text.as_bytes())
-            .map_err(|e| e.to_string()),
-    };
-    if let Err(e) = written {
-        return Err(CliError::msg(e));
-    }
-    eprintln!(
-        "note: this user-data contains {}'s Tailscale auth key, its only secret{}; the VM deletes the key file after `tailscale up`, but the provider keeps the user-data: prefer a single-use key with a short expiry",
-        plan.name,
-        a.output
-            .as_ref()
-            .map(|p| format!(" ({} is mode 0600)", p.display()))
-            .unwrap_or_default()
-    );
-    if plan.access.os == fleetnix::model::Os::Nixos {
-        eprintln!(
-            "note: {} is declared os: nixos; this user-data is for the provider's non-NixOS image (Tailscale's install script refuses NixOS)",
-            plan.name
-        );
-    }
+    let mut note = |n: String| eprintln!("note: {n}");
+    super::runtime()?
+        .block_on(ci::make(&fleet, node, &req, api, to, &mut note))
+        .map_err(CliError::msg)?;
     Ok(Outcome::Ok)
 }

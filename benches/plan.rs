@@ -63,6 +63,7 @@ fn eval_time(root: &Path, pinned: &Path, nodes: &[&str]) -> Duration {
         &names,
         &inputs,
         Duration::from_secs(600),
+        1,
     ));
     let took = start.elapsed();
     assert!(

@@ -51,12 +51,12 @@ struct Run<'a> {
     step: Step,
 }
 
-/// Go on, or the node's result is known.
 /// The detail of a node left as it was because it already runs its target system.
 pub fn unchanged_detail(target: &str) -> String {
     format!("already runs its target system {target}; nothing done (--force deploys it anyway)")
 }
 
+/// Go on, or the node's result is known.
 enum Flow {
     Next,
     Done((Outcome, String)),

@@ -14,6 +14,7 @@
 //! ([`make`]).
 
 use crate::model::{Fleet, Node, Os};
+use crate::outputs::cloudinit as output;
 use crate::secrets::source::{KeyContext, KeyError, Minter};
 use crate::secrets::{SecretId, SecretKind};
 use crate::tailscale::api::{ApiError, Client};
@@ -181,7 +182,7 @@ pub struct Request<'a> {
     /// Lifetime of a minted key, in seconds.
     pub expiry_seconds: u64,
     /// The user-data's options.
-    pub options: Options,
+    pub options: output::Options,
 }
 
 /// Where the user-data goes.
@@ -247,7 +248,7 @@ pub async fn make(
     }
     let key = AuthKey::parse(resolved.key.expose())?;
     drop(resolved);
-    let text = user_data(&plan, &key, &req.options)?;
+    let text = output::user_data(&plan, &key, &req.options)?;
     let file = match to {
         Destination::File(path) => {
             crate::fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(|source| {

@@ -6,7 +6,7 @@ mod common;
 
 use common::{example_fleet, example_fleet_dir, repo};
 use fleetnix::acl::files::{self, FilesError, PolicyText};
-use fleetnix::acl::render;
+use fleetnix::outputs::acl::render;
 use std::path::Path;
 
 const SOURCES: &str = "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml";
@@ -110,7 +110,7 @@ fn a_missing_or_broken_policy_file_is_named() {
 #[test]
 fn without_a_file_the_rendered_policy_is_used_and_written_as_rendered() {
     let fleet = example_fleet();
-    let rendered = render::render(&fleet, SOURCES).text;
+    let rendered = render(&fleet, SOURCES).text;
     let PolicyText { text, name } = files::policy_text(&fleet, SOURCES, None).unwrap();
     assert_eq!(name, "rendered from the fleet");
     assert_eq!(text, rendered);

@@ -8,8 +8,9 @@ mod common;
 mod secrets_util;
 
 use acl_fake_api::FakeApi;
-use fleetnix::cloudinit::{make, CloudInitError, Destination, Options, Request};
+use fleetnix::cloudinit::{make, CloudInitError, Destination, Request};
 use fleetnix::model::NodeName;
+use fleetnix::outputs::cloudinit::{Options, AGENT_UNIT_PATH};
 use fleetnix::secret::Secret;
 use fleetnix::tailscale::api::{ApiError, Client};
 use secrets_util::*;
@@ -113,10 +114,7 @@ fn decrypted_key_to_a_file_with_mode_0600_and_nothing_on_failure() {
     r.expect("user-data");
     let text = std::fs::read_to_string(&file).expect("written");
     assert_eq!(text.matches(&key).count(), 1);
-    assert!(
-        text.contains(fleetnix::cloudinit::AGENT_UNIT_PATH),
-        "{text}"
-    );
+    assert!(text.contains(AGENT_UNIT_PATH), "{text}");
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     assert!(

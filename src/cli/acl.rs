@@ -2,9 +2,10 @@
 //! policy files, [`apply`] for the API).
 
 use super::{runtime, CliError, CmdResult, Ctx, Outcome};
+use fleetnix::acl::apply;
 use fleetnix::acl::files::{self, PolicyText};
-use fleetnix::acl::{apply, render};
 use fleetnix::model::Fleet;
+use fleetnix::outputs;
 use fleetnix::tailscale::api::Client;
 use std::path::{Path, PathBuf};
 
@@ -100,7 +101,10 @@ pub fn run(ctx: &Ctx, cmd: AclCommand) -> CmdResult {
 
 fn cmd_render(ctx: &Ctx, fleet: &Fleet, output: Option<&Path>) -> CmdResult {
     match output {
-        None => print!("{}", render::render(fleet, &ctx.sources_label(fleet)).text),
+        None => print!(
+            "{}",
+            outputs::acl::render(fleet, &ctx.sources_label(fleet)).text
+        ),
         Some(p) => {
             files::write_rendered(fleet, &ctx.sources_label(fleet), p).map_err(CliError::msg)?;
             println!("wrote {}", p.display());

@@ -274,7 +274,7 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> CmdResult {
         env_set: std::env::var_os(fleetnix::secret::env::AUTHKEY).is_some(),
         stdin_is_terminal: std::io::stdin().is_terminal(),
         expiry_seconds: a.expiry_seconds,
-        options: ci::Options {
+        options: fleetnix::outputs::cloudinit::Options {
             install_url: a.install_url,
             with_agent: a.with_agent,
             agent_bin: a.agent_bin,

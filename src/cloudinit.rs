@@ -31,7 +31,7 @@ pub enum CloudInitError {
     BadInstallUrl(String),
     /// The agent's unit cannot be written.
     #[error(transparent)]
-    Unit(#[from] crate::agent::UnitError),
+    Unit(#[from] crate::outputs::agent::UnitError),
     /// No source of the auth key applies.
     #[error("no Tailscale auth key for {node}: set TAILSCALE_AUTHKEY, pipe the key on stdin, pass --identity FILE to decrypt {file} (written by `fleetnix secrets set-authkey {node}` or `fleetnix authkey mint {node}`), or --mint with TS_API_KEY set")]
     NoAuthKey {

@@ -94,7 +94,7 @@ fn nix_sshopts_pinning_rejects_a_wrong_key_in_nixos_rebuild_itself() {
     let dir = net.dir().to_path_buf();
     let kh = dir.join("known_hosts_wrong");
     std::fs::write(&kh, format!("{} {}\n", a.addr, b.host_key)).expect("kh");
-    let ssh = fleetnix::deploy::transport::SshConfig {
+    let ssh = fleetnix::exec::ssh::SshConfig {
         program: "ssh".into(),
         identity: Some(net.client_key().to_path_buf()),
         connect_timeout: 5,
@@ -115,7 +115,7 @@ fn nix_sshopts_pinning_rejects_a_wrong_key_in_nixos_rebuild_itself() {
                     "NIX_SSHOPTS",
                     fleetnix::deploy::nixos::nix_sshopts(
                         &ssh,
-                        &fleetnix::deploy::transport::SshTarget {
+                        &fleetnix::exec::ssh::SshTarget {
                             destination: format!("root@{}", a.addr),
                             known_hosts: kh.to_path_buf(),
                             sudo: false,
@@ -128,7 +128,7 @@ fn nix_sshopts_pinning_rejects_a_wrong_key_in_nixos_rebuild_itself() {
     };
     // A shared connection (ControlMaster=auto) is opened with the same pinning: refused too,
     // and no master is left listening.
-    let control = fleetnix::deploy::transport::ControlDir::new().expect("control dir");
+    let control = fleetnix::exec::ssh::ControlDir::new().expect("control dir");
     let socket = control.socket(0).expect("short socket path");
     let r = run(&kh, Some(socket.clone()));
     assert_ne!(r.code, Some(0));
@@ -301,12 +301,12 @@ fn real_nixos_rebuild_passes_a_pinned_key_and_a_wrong_one_changes_nothing() {
     // its copy (before anything changes on the host).
     let kh = net.dir().join("known_hosts_wrong");
     std::fs::write(&kh, format!("{} {}\n", bad.addr, good.host_key)).expect("kh");
-    let ssh = fleetnix::deploy::transport::SshConfig {
+    let ssh = fleetnix::exec::ssh::SshConfig {
         program: "ssh".into(),
         identity: Some(net.client_key().to_path_buf()),
         connect_timeout: 5,
     };
-    let target = fleetnix::deploy::transport::SshTarget {
+    let target = fleetnix::exec::ssh::SshTarget {
         destination: format!("root@{}", bad.addr),
         known_hosts: kh,
         sudo: false,

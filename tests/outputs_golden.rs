@@ -7,7 +7,8 @@
 mod common;
 
 use common::{example_fleet, repo};
-use fleetnix::{acl, agent, cloudinit, plan, render, secrets};
+use fleetnix::outputs::{self, agent};
+use fleetnix::{cloudinit, plan, secrets};
 
 const SOURCES: &str = "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml";
 /// Stands for the auth key in the cloud-init golden files (the key is built at run time).
@@ -37,7 +38,7 @@ fn golden(rel: &str, text: &str, rewritable: bool) {
 #[test]
 fn node_modules_and_nats_module_equal_the_committed_files() {
     let fleet = example_fleet();
-    let files = render::render_fleet(&fleet, &plan::plan(&fleet), SOURCES).unwrap();
+    let files = outputs::render_fleet(&fleet, &plan::plan(&fleet), SOURCES).unwrap();
     let names: Vec<String> = files.keys().map(|p| p.display().to_string()).collect();
     assert_eq!(
         names,
@@ -101,6 +102,6 @@ fn agent_unit_equals_its_golden_file() {
 #[test]
 fn acl_policy_equals_the_committed_file() {
     // fleet/acl-policy.hujson is what `fleetnix acl render` writes for the example fleet.
-    let text = acl::render::render(&example_fleet(), SOURCES).text;
+    let text = outputs::acl::render(&example_fleet(), SOURCES).text;
     golden("fleet/acl-policy.hujson", &text, false);
 }

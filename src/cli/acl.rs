@@ -1,9 +1,11 @@
-//! `acl`: argument parsing and printing; the logic is in `fleetnix::acl` and `fleetnix::tsapi`.
+//! `acl`: argument parsing and printing; the logic is in `fleetnix::acl` and
+//! `fleetnix::tailscale::api`.
 
 use super::{runtime, CliError, CmdResult, Ctx, Outcome};
-use fleetnix::acl::{apply, check, matrix, policy, render};
+use fleetnix::acl::{apply, check, matrix, policy};
 use fleetnix::model::Fleet;
-use fleetnix::tsapi::{self, Client};
+use fleetnix::outputs;
+use fleetnix::tailscale::api::{base_url_from_env, token_from, Client};
 use std::path::{Path, PathBuf};
 
 /// Default policy file, relative to the fleet directory.
@@ -73,8 +75,8 @@ pub enum AclCommand {
 
 /// The API client from `--token-file` or `TS_API_KEY`.
 pub(super) fn client(fleet: &Fleet, api: &ApiArgs) -> Result<Client, CliError> {
-    let token = tsapi::token_from(api.token_file.as_deref()).map_err(CliError::msg)?;
-    Client::new(&tsapi::base_url_from_env(), &fleet.settings.tailnet, token).map_err(CliError::msg)
+    let token = token_from(api.token_file.as_deref()).map_err(CliError::msg)?;
+    Client::new(&base_url_from_env(), &fleet.settings.tailnet, token).map_err(CliError::msg)
 }
 
 fn read(path: &Path) -> Result<String, CliError> {
@@ -91,7 +93,7 @@ fn policy_text(
     match file {
         Some(p) => Ok((read(p)?, p.display().to_string())),
         None => Ok((
-            render::render(fleet, &ctx.sources_label(fleet)).text,
+            outputs::acl::render(fleet, &ctx.sources_label(fleet)).text,
             "rendered from the fleet".to_string(),
         )),
     }
@@ -118,7 +120,7 @@ pub fn run(ctx: &Ctx, cmd: AclCommand) -> CmdResult {
 }
 
 fn cmd_render(ctx: &Ctx, fleet: &Fleet, output: Option<&Path>) -> CmdResult {
-    let r = render::render(fleet, &ctx.sources_label(fleet));
+    let r = outputs::acl::render(fleet, &ctx.sources_label(fleet));
     match output {
         None => print!("{}", r.text),
         Some(p) => {

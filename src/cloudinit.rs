@@ -1,7 +1,7 @@
 //! `#cloud-config` user-data that makes a fresh cloud VM a fleet node on first boot.
 //!
 //! The VM, on first boot:
-//! 1. writes the node's Tailscale auth key to [`AUTHKEY_PATH`] (tmpfs, mode 0600);
+//! 1. writes the node's Tailscale auth key to [`AUTHKEY_PATH`](crate::outputs::cloudinit::AUTHKEY_PATH) (tmpfs, mode 0600);
 //! 2. downloads Tailscale's install script to a file and runs it (no `curl | sh`: a failed
 //!    download must not run half a script);
 //! 3. runs `tailscale up --auth-key=file:<path>` with the node's flags from the plan, so the
@@ -9,16 +9,13 @@
 //! 4. deletes the key file (runcmd goes on after a failed step, so this always runs);
 //! 5. optionally installs and enables the agent's systemd unit.
 //!
-//! The user-data is rendered by [`crate::outputs::cloudinit`] (re-exported here); this module holds
-//! the auth key it carries and where that key comes from.
+//! The user-data is rendered by [`crate::outputs::cloudinit`]; this module holds the auth key it
+//! carries and where that key comes from.
 
 use std::fmt;
 use std::path::Path;
 
-pub use crate::outputs::cloudinit::{
-    up_argv, user_data, Options, AGENT_UNIT_PATH, AUTHKEY_PATH, DEFAULT_AGENT_BIN,
-    DEFAULT_INSTALL_URL, INSTALLER_PATH,
-};
+use crate::secrets::source::KeySource;
 
 /// Errors of building user-data. None of them contains the auth key.
 #[derive(Debug, thiserror::Error)]
@@ -90,9 +87,6 @@ impl fmt::Debug for AuthKey {
         f.write_str("AuthKey(<redacted>)")
     }
 }
-
-/// Where `fleetnix cloud-init` takes the node's auth key from: the one key-source type.
-pub use crate::secrets::source::KeySource;
 
 /// What [`key_source`] decides from.
 #[derive(Debug, Clone, Default)]

@@ -305,7 +305,7 @@ async fn authkey_mint_asks_for_a_one_off_tagged_short_key() {
     let fake = FakeApi::start(&token(), OLD);
     let fleet = example_fleet();
     let node = fleet.node("worker-01").unwrap();
-    let key = apply::mint_authkey(&client(&fake), &fleet, node, 3600)
+    let key = fleetnix::tailscale::authkey::mint_authkey(&client(&fake), &fleet, node, 3600)
         .await
         .unwrap();
     let st = fake.state();

@@ -270,10 +270,10 @@ fn every_valid_manifest_renders_to_nix_nats_and_cloud_init_that_their_tools_acce
                 let node = fleet.nodes.last().unwrap();
                 let plan = fleetnix::plan::plan_node(&fleet, node);
                 let key = fleetnix::cloudinit::AuthKey::parse(&common::fake_authkey()).unwrap();
-                let text = fleetnix::cloudinit::user_data(
+                let text = fleetnix::outputs::cloudinit::user_data(
                     &plan,
                     &key,
-                    &fleetnix::cloudinit::Options {
+                    &fleetnix::outputs::cloudinit::Options {
                         with_agent: true,
                         ..Default::default()
                     },

@@ -260,7 +260,7 @@ fn rendered_module_points_at_the_written_file() {
     let expr = format!(
         "toString (import {} {{ config = {{}}; }}).age.secrets.{}.file",
         fleetnix::nix::string(&module.display().to_string()).trim_matches('"'),
-        fleetnix::nix::string(fleetnix::plan::AUTHKEY_SECRET)
+        fleetnix::nix::string(fleetnix::secrets::kinds::AUTHKEY_SECRET)
     );
     let out =
         run(Command::new("nix-instantiate").args(["--eval", "--strict", "--json", "-E", &expr]));

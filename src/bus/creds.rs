@@ -18,17 +18,10 @@
 
 use super::{BusError, ServerPlan, ROUTER_PASSWORD_VAR, ROUTER_USER};
 use crate::model::NodeName;
+use crate::secrets::kinds::{PASSWORD_SECRET, ROUTER_SECRET, SERVER_ENV_SECRET};
 use crate::secrets::{SecretId, SecretKind};
 use rand::Rng;
 use std::collections::BTreeMap;
-
-/// agenix name of a node's NATS password secret.
-pub use crate::secrets::kinds::PASSWORD_SECRET;
-/// agenix name of the control plane's nats-server environment file secret.
-pub use crate::secrets::kinds::SERVER_ENV_SECRET;
-
-/// agenix name of the router's NATS password secret (on the control plane).
-pub use crate::secrets::kinds::ROUTER_SECRET;
 
 /// Length of a generated password.
 pub const PASSWORD_LEN: usize = 40;

@@ -74,10 +74,10 @@ pub struct CloudInitArgs {
     #[arg(long)]
     pub with_agent: bool,
     /// Tailscale install script URL (https).
-    #[arg(long, default_value = fleetnix::cloudinit::DEFAULT_INSTALL_URL)]
+    #[arg(long, default_value = fleetnix::outputs::cloudinit::DEFAULT_INSTALL_URL)]
     pub install_url: String,
     /// Path of the agent binary on the VM (with --with-agent).
-    #[arg(long, default_value = fleetnix::cloudinit::DEFAULT_AGENT_BIN)]
+    #[arg(long, default_value = fleetnix::outputs::agent::DEFAULT_AGENT_BIN)]
     pub agent_bin: String,
 }
 
@@ -262,6 +262,7 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> CmdResult {
 /// `fleetnix cloud-init NODE [-o FILE]`: user-data on stdout or in FILE; notes on stderr.
 pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> CmdResult {
     use fleetnix::cloudinit::{self as ci, AuthKey};
+    use fleetnix::outputs::cloudinit::{user_data, Options};
     use fleetnix::secrets::source::{KeyContext, KeySource, Minter};
     use fleetnix::secrets::{SecretId, SecretKind};
     use std::io::{IsTerminal, Write};
@@ -318,12 +319,12 @@ pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> CmdResult {
         }
     };
     drop(raw);
-    let opts = ci::Options {
+    let opts = Options {
         install_url: a.install_url.clone(),
         with_agent: a.with_agent,
         agent_bin: a.agent_bin.clone(),
     };
-    let text = match ci::user_data(&plan, &key, &opts) {
+    let text = match user_data(&plan, &key, &opts) {
         Ok(t) => t,
         Err(e) => return Err(CliError::msg(e)),
     };

@@ -849,7 +849,7 @@ pub async fn plan<T: Transport + Clone>(
     let ((states, w), baselines) =
         tokio::join!(systems(selected, opts, tools, transport), baselines);
     warnings.extend(w);
-    let bus = PathBuf::from(crate::bus::nix::NIX_PATH);
+    let bus = PathBuf::from(crate::outputs::nats::NIX_PATH);
     let mut nodes = Vec::new();
     for ((plan, system), committed) in selected.iter().zip(states).zip(baselines) {
         let mut rendered = Vec::new();

@@ -2,7 +2,7 @@
 //!
 //! - [`cli`]: the local `tailscale` CLI (`tailscale status --json`), re-exported here;
 //! - [`api`]: the Tailscale API v2 client (policy file, auth keys);
-//! - [`authkey`]: where a node's auth key comes from ([`authkey::KeySource`]), minting one
+//! - [`authkey`]: where a node's auth key comes from ([`crate::secrets::source::KeySource`]), minting one
 //!   through the API, and storing a minted key straight into its age secret.
 
 pub mod api;

@@ -174,6 +174,34 @@ fn plan_sees_unchanged_changed_and_unreachable_nodes_and_deploy_skips_the_unchan
         evals[0].contains("--override-input nixpkgs file://"),
         "{evals:?}"
     );
+    // `--eval-jobs 2`: the same targets from two evaluator processes, a and b apart from c.
+    let r = Ran::of(&mut fleetnix(
+        &net,
+        &root,
+        &["plan", "--all", "--json", "--eval-jobs", "2"],
+        &ovr,
+    ));
+    assert_eq!(r.code, Some(1), "{r}");
+    let split = json(&r);
+    for n in ["a", "b", "c"] {
+        assert_eq!(
+            node(&split, n)["target_system"],
+            node(&v, n)["target_system"],
+            "{split:#}"
+        );
+    }
+    let evals = lines(&root.join("rec/nix-evals"));
+    assert_eq!(
+        evals.len(),
+        3,
+        "one more run, two more evaluators: {evals:?}"
+    );
+    let named = |line: &String, n: &str| line.contains(&format!("\"{n}\""));
+    assert!(
+        named(&evals[1], "a") != named(&evals[1], "c")
+            && named(&evals[2], "a") != named(&evals[2], "c"),
+        "a and c in different evaluators: {evals:?}"
+    );
     // Nothing was deployed by plan.
     assert!(lines(&state_dir(&net, "a").join("activations")).is_empty());
     assert!(lines(&state_dir(&net, "b").join("activations")).is_empty());

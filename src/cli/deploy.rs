@@ -102,6 +102,9 @@ pub struct DeployArgs {
     /// Flake inputs.
     #[command(flatten)]
     pub flake: super::plan::FlakeArgs,
+    /// Evaluator processes (for skipping unchanged nodes).
+    #[command(flatten)]
+    pub eval: super::plan::EvalArgs,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -199,6 +202,7 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
     };
     let verbose = ctx.verbose;
     let force = args.force;
+    let eval_jobs = args.eval.jobs;
     let rollout_plan = Rollout {
         canary: args.canary,
         batch: args.batch,
@@ -209,7 +213,8 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
         let (plans, unchanged) = if force {
             (plans, Vec::new())
         } else {
-            let tools = PlanTools::locate(opts.step_timeout);
+            let mut tools = PlanTools::locate(opts.step_timeout);
+            tools.eval_jobs = usize::from(eval_jobs);
             let (plans, unchanged, warnings) =
                 changes::skip_unchanged(plans, &opts, &tools, transport.clone()).await;
             for w in warnings {

@@ -53,6 +53,8 @@ pub struct PlanTools {
     pub git: Option<PathBuf>,
     /// Limit of the one evaluation of all nodes.
     pub eval_timeout: Duration,
+    /// Concurrent `nix eval` processes (1: all nodes in one; see [`flake::eval_targets`]).
+    pub eval_jobs: usize,
 }
 
 impl PlanTools {
@@ -62,6 +64,7 @@ impl PlanTools {
             nix: locate(env::NIX, "nix"),
             git: locate(env::GIT, "git"),
             eval_timeout,
+            eval_jobs: 1,
         }
     }
 }
@@ -486,6 +489,7 @@ pub async fn systems<T: Transport + Clone>(
         &to_eval,
         &opts.override_inputs,
         tools.eval_timeout,
+        tools.eval_jobs,
     );
     let probes = async {
         let (tailnet_keys, w) = tailnet_host_keys(opts).await;

@@ -1,7 +1,8 @@
 //! `#cloud-config` user-data that makes a fresh cloud VM a fleet node on first boot.
 //!
 //! The VM, on first boot:
-//! 1. writes the node's Tailscale auth key to [`AUTHKEY_PATH`](crate::outputs::cloudinit::AUTHKEY_PATH) (tmpfs, mode 0600);
+//! 1. writes the node's Tailscale auth key to
+//!    [`AUTHKEY_PATH`](crate::outputs::cloudinit::AUTHKEY_PATH) (tmpfs, mode 0600);
 //! 2. downloads Tailscale's install script to a file and runs it (no `curl | sh`: a failed
 //!    download must not run half a script);
 //! 3. runs `tailscale up --auth-key=file:<path>` with the node's flags from the plan, so the

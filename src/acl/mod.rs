@@ -8,7 +8,8 @@
 //!   [`crate::outputs::acl`], deterministic commented HuJSON);
 //! - [`check`]: compares any policy with the fleet (over-grants, missing grants, format problems);
 //! - [`matrix`]: who can reach what, as a table or a Graphviz graph;
-//! - [`apply`]: `get` / `diff` / `set` through [`crate::tailscale::api`], with backups and a lock-out guard.
+//! - [`apply`]: `get` / `diff` / `set` through [`crate::tailscale::api`], with backups and a
+//!   lock-out guard.
 
 pub mod addrs;
 pub mod apply;

@@ -207,8 +207,9 @@ pub fn agent_script() -> String {
     unit_script(AGENT_UNIT, &format!("systemctl restart {AGENT_UNIT}"), "")
 }
 
-/// Script installing the agent's NATS password (stdin) as [`crate::outputs::agent::NATS_PASSWORD_PATH`]
-/// (mode 0600) and restarting the agent when it changed; prints `unchanged` otherwise.
+/// Script installing the agent's NATS password (stdin) as
+/// [`crate::outputs::agent::NATS_PASSWORD_PATH`] (mode 0600) and restarting the agent when it
+/// changed; prints `unchanged` otherwise.
 pub fn nats_password_script() -> String {
     format!(
         "set -eu\n\

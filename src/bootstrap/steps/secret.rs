@@ -9,6 +9,7 @@ use crate::plan::authkey_file;
 use crate::secret::Secret;
 use crate::secrets::{self, State};
 use crate::tailscale::api::TOKEN_ENV;
+use crate::tailscale::authkey::mint_authkey;
 
 /// Returns the key when this run holds it (for the installer). `in_tailnet`: the node is in the
 /// tailnet already.
@@ -58,7 +59,7 @@ pub(crate) async fn run(
         let n = fleet
             .node(name.as_str())
             .ok_or_else(|| err("node vanished".into()))?;
-        let minted = crate::tailscale::authkey::mint_authkey(api, fleet, n, opts.mint_expiry.as_secs())
+        let minted = mint_authkey(api, fleet, n, opts.mint_expiry.as_secs())
             .await
             .map_err(|e| {
                 fail(

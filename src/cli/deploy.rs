@@ -209,8 +209,15 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
         max_failures: args.max_failures,
     };
     let summary = rt.block_on(async move {
+        let mut opts = opts;
         // Nodes already running their target system are left out (same code as `plan`).
         let (plans, unchanged) = if force {
+            (plans, Vec::new())
+        } else if rollout_plan == Rollout::default() {
+            // No rollout: each node's connect step compares its running system with the target.
+            let mut tools = PlanTools::locate(opts.step_timeout);
+            tools.eval_jobs = usize::from(eval_jobs);
+            opts.skip_if_running = Arc::new(changes::targets_to_skip(&plans, &opts, &tools).await);
             (plans, Vec::new())
         } else {
             let mut tools = PlanTools::locate(opts.step_timeout);

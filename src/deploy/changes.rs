@@ -1058,10 +1058,7 @@ pub async fn skip_unchanged<T: Transport + Clone>(
                 action: opts.action.as_str().to_string(),
                 outcome: Outcome::Unchanged,
                 step: None,
-                detail: format!(
-                    "already runs its target system {}; nothing done (--force deploys it anyway)",
-                    s.target_system.as_deref().unwrap_or("-")
-                ),
+                detail: super::execute::unchanged_detail(s.target_system.as_deref().unwrap_or("-")),
                 duration: start.elapsed(),
                 attempts: 1,
             });
@@ -1070,6 +1067,36 @@ pub async fn skip_unchanged<T: Transport + Clone>(
         }
     }
     (deploy, skipped, warnings)
+}
+
+/// `deploy`'s cheaper pre-step when no rollout is planned: the target systems of the nodes that
+/// may be NixOS, from one evaluation and no connection. Each node's connect step, which reads the
+/// running system anyway, compares it with its target ([`super::DeployOptions::skip_if_running`]),
+/// so an unchanged node costs one SSH connection and a changed one no extra. (A rollout keeps
+/// [`skip_unchanged`]: its canary and batches must be drawn from the nodes that change.) Nodes
+/// whose evaluation fails are left out: nixos-rebuild reports their error.
+pub async fn targets_to_skip(
+    plans: &[NodePlan],
+    opts: &DeployOptions,
+    tools: &PlanTools,
+) -> BTreeMap<NodeName, String> {
+    let nodes: Vec<NodeName> = plans
+        .iter()
+        .filter(|p| p.access.os != Os::Linux)
+        .map(|p| p.name.clone())
+        .collect();
+    flake::eval_targets(
+        tools.nix.as_deref(),
+        &opts.root,
+        &nodes,
+        &opts.override_inputs,
+        tools.eval_timeout,
+        tools.eval_jobs,
+    )
+    .await
+    .into_iter()
+    .filter_map(|(n, r)| r.ok().map(|t| (n, t)))
+    .collect()
 }
 
 /// Adds the reports of nodes [`skip_unchanged`] left out to the runner's summary (node-name order).

@@ -240,6 +240,8 @@ pub struct Worker {
     task: tokio::task::JoinHandle<()>,
     client: async_nats::Client,
     heartbeats: Option<tokio::task::JoinHandle<()>>,
+    /// The control plane's connection that probed the worker ready, and the subject it probed.
+    prober: (async_nats::Client, String),
 }
 
 impl Worker {
@@ -269,11 +271,25 @@ impl Worker {
         }
     }
 
-    /// Kills the worker: stops serving and heart-beating and closes its connection.
+    /// Kills the worker: stops serving and heart-beating and closes its connection. Returns
+    /// once the server has dropped its subscriptions (a request to its own task subject gets
+    /// "no responders": `drain` only queues the unsubscriptions).
     pub async fn kill(mut self) -> usize {
         self.stop_heartbeats();
         self.task.abort();
         let _ = self.client.drain().await;
+        let (prober, subject) = &self.prober;
+        let gone = poll_async(Duration::from_secs(5), || async {
+            let request = async_nats::Request::new()
+                .payload("{}".into())
+                .timeout(Some(Duration::from_millis(200)));
+            match prober.send_request(subject.clone(), request).await {
+                Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Some(()),
+                _ => None,
+            }
+        })
+        .await;
+        assert!(gone.is_some(), "the killed worker is still subscribed");
         self.count()
     }
 }
@@ -353,6 +369,7 @@ pub async fn spawn_worker(
         task,
         client: worker_client,
         heartbeats: None,
+        prober: (prober, subject),
     }
 }
 

@@ -6,8 +6,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::netns::Net;
+use common::netns::{Host, Net};
 use common::*;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const HOSTS: usize = 20;
@@ -18,10 +19,33 @@ fn child_cpu() -> f64 {
     common::proc_cpu_seconds("self", true)
 }
 
-fn timed(net: &Net, root: &std::path::Path, args: &[&str]) -> (Duration, f64) {
-    let cpu = child_cpu();
+/// SSH logins so far, summed over the hosts' sshd logs.
+fn logins(hosts: &[Host]) -> usize {
+    hosts
+        .iter()
+        .map(|h| {
+            std::fs::read_to_string(h.dir.join("sshd.log"))
+                .unwrap_or_default()
+                .matches("Accepted publickey")
+                .count()
+        })
+        .sum()
+}
+
+/// One timed deploy: wall time, client CPU and SSH logins. `ssh` replaces the ssh binary (the
+/// fast key-exchange wrapper) when given.
+fn timed(
+    (net, hosts, ssh): (&Net, &[Host], Option<&Path>),
+    root: &Path,
+    args: &[&str],
+) -> (Duration, f64, usize) {
+    let (cpu, logged_in) = (child_cpu(), logins(hosts));
     let start = Instant::now();
-    let out = deploy_cmd(net, root, args)
+    let mut cmd = deploy_cmd(net, root, args);
+    if let Some(ssh) = ssh {
+        cmd.env("FLEETNIX_SSH", ssh);
+    }
+    let out = cmd
         .env("FAKE_REBUILD_DELAY", DELAY)
         .output()
         .expect("fleetnix runs");
@@ -33,7 +57,7 @@ fn timed(net: &Net, root: &std::path::Path, args: &[&str]) -> (Duration, f64) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (t, cpu)
+    (t, cpu, logins(hosts) - logged_in)
 }
 
 fn main() {
@@ -45,25 +69,59 @@ fn main() {
     let specs: Vec<_> = hosts.iter().map(NodeSpec::for_host).collect();
     write_fleet(root.path(), &specs, 10, false);
     let r = root.path();
-    // Warm-up (renders the node modules once).
-    let _ = timed(&net, r, &["n01", "--action", "test"]);
-    let one = timed(&net, r, &["n01", "--action", "test"]);
-    let default = timed(&net, r, &["--all", "--action", "test"]);
-    let all_at_once = timed(&net, r, &["--all", "--action", "test", "--parallel", "20"]);
-    let serial = timed(&net, r, &["--all", "--action", "test", "--parallel", "1"]);
+    let wrappers = tempfile::tempdir().expect("wrapper dir");
+    let fast = fast_kex_ssh(wrappers.path());
+    let plain = (&net, hosts.as_slice(), None);
+    let quick = (&net, hosts.as_slice(), Some(fast.as_path()));
     const MUX: &str = "--ssh-multiplex";
-    let one_mux = timed(&net, r, &["n01", "--action", "test", MUX]);
-    let all_mux = timed(
-        &net,
-        r,
-        &["--all", "--action", "test", "--parallel", "20", MUX],
-    );
-    let serial_mux = timed(
-        &net,
-        r,
-        &["--all", "--action", "test", "--parallel", "1", MUX],
-    );
-    let ratio = |d: (Duration, f64)| d.0.as_secs_f64() / one.0.as_secs_f64();
+    const ALL20: [&str; 5] = ["--all", "--action", "test", "--parallel", "20"];
+    // Warm-up (renders the node modules once).
+    let _ = timed(plain, r, &["n01", "--action", "test"]);
+    let one = timed(plain, r, &["n01", "--action", "test"]);
+    let runs = [
+        ("one node", 1, one),
+        (
+            "--all (default parallel)",
+            HOSTS,
+            timed(plain, r, &["--all", "--action", "test"]),
+        ),
+        ("--all --parallel 20", HOSTS, timed(plain, r, &ALL20)),
+        (
+            "--all --parallel 1",
+            HOSTS,
+            timed(plain, r, &["--all", "--action", "test", "--parallel", "1"]),
+        ),
+        (
+            "one node, multiplexed",
+            1,
+            timed(plain, r, &["n01", "--action", "test", MUX]),
+        ),
+        (
+            "--all -p 20, multiplexed",
+            HOSTS,
+            timed(plain, r, &[&ALL20[..], &[MUX]].concat()),
+        ),
+        (
+            "--all -p 1, multiplexed",
+            HOSTS,
+            timed(
+                plain,
+                r,
+                &["--all", "--action", "test", "--parallel", "1", MUX],
+            ),
+        ),
+        (
+            "fast kex: one node",
+            1,
+            timed(quick, r, &["n01", "--action", "test"]),
+        ),
+        ("fast kex: --all -p 20", HOSTS, timed(quick, r, &ALL20)),
+        (
+            "fast kex: -p 20, mux",
+            HOSTS,
+            timed(quick, r, &[&ALL20[..], &[MUX]].concat()),
+        ),
+    ];
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "deploy bench: {HOSTS} hosts, fake nixos-rebuild {DELAY}s per node, {} CPUs, load {}",
@@ -75,21 +133,21 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    println!("  run                        wall   ratio  client CPU (fleetnix+ssh+fake)");
-    for (name, r) in [
-        ("one node", one),
-        ("--all (default parallel)", default),
-        ("--all --parallel 20", all_at_once),
-        ("--all --parallel 1", serial),
-        ("one node, multiplexed", one_mux),
-        ("--all -p 20, multiplexed", all_mux),
-        ("--all -p 1, multiplexed", serial_mux),
-    ] {
+    println!("  (fast kex: ssh offers only curve25519-sha256, as cheap as the mlkem768x25519 of OpenSSH >= 9.9; the default here is OpenSSH 9.2's sntrup761x25519; ratios of fast-kex rows are to the fast-kex one node)");
+    println!("  run                        wall   ratio  client CPU (fleetnix+ssh+fake)  per node  SSH logins/node");
+    let fast_one = runs[7].2 .0.as_secs_f64();
+    for (name, nodes, (wall, cpu, ssh)) in runs {
+        let base = if name.starts_with("fast") {
+            fast_one
+        } else {
+            one.0.as_secs_f64()
+        };
         println!(
-            "  {name:<25} {:6.2}s  {:5.2}x  {:5.2}s",
-            r.0.as_secs_f64(),
-            ratio(r),
-            r.1
+            "  {name:<25} {:6.2}s  {:5.2}x  {cpu:5.2}s  {:8.3}s  {:5.2}",
+            wall.as_secs_f64(),
+            wall.as_secs_f64() / base,
+            cpu / nodes as f64,
+            ssh as f64 / nodes as f64
         );
     }
     println!("  target: --all <= 1.3x one node when all {HOSTS} run at once (--parallel >= {HOSTS}; the default is 10)");

@@ -174,6 +174,34 @@ fn plan_sees_unchanged_changed_and_unreachable_nodes_and_deploy_skips_the_unchan
         evals[0].contains("--override-input nixpkgs file://"),
         "{evals:?}"
     );
+    // `--eval-jobs 2`: the same targets from two evaluator processes, a and b apart from c.
+    let r = Ran::of(&mut fleetnix(
+        &net,
+        &root,
+        &["plan", "--all", "--json", "--eval-jobs", "2"],
+        &ovr,
+    ));
+    assert_eq!(r.code, Some(1), "{r}");
+    let split = json(&r);
+    for n in ["a", "b", "c"] {
+        assert_eq!(
+            node(&split, n)["target_system"],
+            node(&v, n)["target_system"],
+            "{split:#}"
+        );
+    }
+    let evals = lines(&root.join("rec/nix-evals"));
+    assert_eq!(
+        evals.len(),
+        3,
+        "one more run, two more evaluators: {evals:?}"
+    );
+    let named = |line: &String, n: &str| line.contains(&format!("\"{n}\""));
+    assert!(
+        named(&evals[1], "a") != named(&evals[1], "c")
+            && named(&evals[2], "a") != named(&evals[2], "c"),
+        "a and c in different evaluators: {evals:?}"
+    );
     // Nothing was deployed by plan.
     assert!(lines(&state_dir(&net, "a").join("activations")).is_empty());
     assert!(lines(&state_dir(&net, "b").join("activations")).is_empty());
@@ -186,6 +214,14 @@ fn plan_sees_unchanged_changed_and_unreachable_nodes_and_deploy_skips_the_unchan
     assert_eq!(r.code, Some(0), "{r}");
 
     // deploy: a is skipped (no nixos-rebuild, no activation), b is rebuilt with the overrides.
+    // Without a rollout, a's own connect step finds it unchanged: one SSH login, no probe before.
+    let logins = |h: &common::netns::Host| {
+        std::fs::read_to_string(h.dir.join("sshd.log"))
+            .unwrap_or_default()
+            .matches("Accepted publickey")
+            .count()
+    };
+    let (a_before, b_before) = (logins(&a), logins(&b));
     let r = Ran::of(&mut fleetnix(
         &net,
         &root,
@@ -206,6 +242,22 @@ fn plan_sees_unchanged_changed_and_unreachable_nodes_and_deploy_skips_the_unchan
         "{argv:?}"
     );
     assert_eq!(lines(&state_dir(&net, "b").join("activations")), ["2 test"]);
+    assert_eq!(logins(&a) - a_before, 1, "{r}");
+    // b: its connect step and nixos-rebuild's activation, no probe before.
+    assert_eq!(logins(&b) - b_before, 2, "{r}");
+
+    // A rollout finds the unchanged nodes before it starts (its batches hold changed nodes).
+    let a_before = logins(&a);
+    let r = Ran::of(&mut fleetnix(
+        &net,
+        &root,
+        &["deploy", "a", "--action", "test", "--batch", "1"],
+        &ovr,
+    ));
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(r.row("a").contains("unchanged"), "{r}");
+    assert!(!rec.join("nixos-rebuild.a.argv").exists(), "{r}");
+    assert_eq!(logins(&a) - a_before, 1, "the probe only: {r}");
 
     // --force rebuilds the unchanged node.
     let r = Ran::of(&mut fleetnix(

@@ -102,6 +102,9 @@ pub struct DeployArgs {
     /// Flake inputs.
     #[command(flatten)]
     pub flake: super::plan::FlakeArgs,
+    /// Evaluator processes (for skipping unchanged nodes).
+    #[command(flatten)]
+    pub eval: super::plan::EvalArgs,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -199,17 +202,26 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
     };
     let verbose = ctx.verbose;
     let force = args.force;
+    let eval_jobs = args.eval.jobs;
     let rollout_plan = Rollout {
         canary: args.canary,
         batch: args.batch,
         max_failures: args.max_failures,
     };
     let summary = rt.block_on(async move {
+        let mut opts = opts;
         // Nodes already running their target system are left out (same code as `plan`).
         let (plans, unchanged) = if force {
             (plans, Vec::new())
+        } else if rollout_plan == Rollout::default() {
+            // No rollout: each node's connect step compares its running system with the target.
+            let mut tools = PlanTools::locate(opts.step_timeout);
+            tools.eval_jobs = usize::from(eval_jobs);
+            opts.skip_if_running = Arc::new(changes::targets_to_skip(&plans, &opts, &tools).await);
+            (plans, Vec::new())
         } else {
-            let tools = PlanTools::locate(opts.step_timeout);
+            let mut tools = PlanTools::locate(opts.step_timeout);
+            tools.eval_jobs = usize::from(eval_jobs);
             let (plans, unchanged, warnings) =
                 changes::skip_unchanged(plans, &opts, &tools, transport.clone()).await;
             for w in warnings {

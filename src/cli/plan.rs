@@ -23,6 +23,16 @@ impl FlakeArgs {
     }
 }
 
+/// `--eval-jobs N`, shared by `plan` and `deploy`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    /// Evaluate the nodes' target systems in N concurrent `nix eval` processes (default: one
+    /// process for all; a full NixOS system costs seconds of CPU and about 1 GB per process).
+    #[arg(long = "eval-jobs", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=fleetnix::deploy::flake::MAX_EVAL_JOBS as i64))]
+    pub jobs: u16,
+}
+
 /// Arguments of `plan`.
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
@@ -40,6 +50,9 @@ pub struct PlanArgs {
     /// Flake inputs.
     #[command(flatten)]
     pub flake: FlakeArgs,
+    /// Evaluator processes.
+    #[command(flatten)]
+    pub eval: EvalArgs,
 }
 
 /// `fleetnix plan`: exit 0 when nothing would change, 2 when something would, 1 on error.
@@ -54,7 +67,8 @@ pub fn run(ctx: &Ctx, args: PlanArgs) -> CmdResult {
     opts.ssh.identity = args.ssh_identity;
     opts.override_inputs = args.flake.inputs()?;
     opts.check().map_err(CliError::msg)?;
-    let tools = PlanTools::locate(opts.step_timeout);
+    let mut tools = PlanTools::locate(opts.step_timeout);
+    tools.eval_jobs = usize::from(args.eval.jobs);
     let rt = super::runtime()?;
     let transport = SshTransport {
         config: opts.ssh.clone(),

@@ -51,6 +51,8 @@ pub struct PlanTools {
     pub git: Option<PathBuf>,
     /// Limit of the one evaluation of all nodes.
     pub eval_timeout: Duration,
+    /// Concurrent `nix eval` processes (1: all nodes in one; see [`flake::eval_targets`]).
+    pub eval_jobs: usize,
 }
 
 impl PlanTools {
@@ -60,6 +62,7 @@ impl PlanTools {
             nix: locate(env::NIX, "nix"),
             git: locate(env::GIT, "git"),
             eval_timeout,
+            eval_jobs: 1,
         }
     }
 }
@@ -484,6 +487,7 @@ pub async fn systems<T: Transport + Clone>(
         &to_eval,
         &opts.override_inputs,
         tools.eval_timeout,
+        tools.eval_jobs,
     );
     let probes = async {
         let (tailnet_keys, w) = tailnet_host_keys(opts).await;
@@ -1051,10 +1055,7 @@ pub async fn skip_unchanged<T: Transport + Clone>(
                 action: opts.action.as_str().to_string(),
                 outcome: Outcome::Unchanged,
                 step: None,
-                detail: format!(
-                    "already runs its target system {}; nothing done (--force deploys it anyway)",
-                    s.target_system.as_deref().unwrap_or("-")
-                ),
+                detail: super::execute::unchanged_detail(s.target_system.as_deref().unwrap_or("-")),
                 duration: start.elapsed(),
                 attempts: 1,
             });
@@ -1063,6 +1064,36 @@ pub async fn skip_unchanged<T: Transport + Clone>(
         }
     }
     (deploy, skipped, warnings)
+}
+
+/// `deploy`'s cheaper pre-step when no rollout is planned: the target systems of the nodes that
+/// may be NixOS, from one evaluation and no connection. Each node's connect step, which reads the
+/// running system anyway, compares it with its target ([`super::DeployOptions::skip_if_running`]),
+/// so an unchanged node costs one SSH connection and a changed one no extra. (A rollout keeps
+/// [`skip_unchanged`]: its canary and batches must be drawn from the nodes that change.) Nodes
+/// whose evaluation fails are left out: nixos-rebuild reports their error.
+pub async fn targets_to_skip(
+    plans: &[NodePlan],
+    opts: &DeployOptions,
+    tools: &PlanTools,
+) -> BTreeMap<NodeName, String> {
+    let nodes: Vec<NodeName> = plans
+        .iter()
+        .filter(|p| p.access.os != Os::Linux)
+        .map(|p| p.name.clone())
+        .collect();
+    flake::eval_targets(
+        tools.nix.as_deref(),
+        &opts.root,
+        &nodes,
+        &opts.override_inputs,
+        tools.eval_timeout,
+        tools.eval_jobs,
+    )
+    .await
+    .into_iter()
+    .filter_map(|(n, r)| r.ok().map(|t| (n, t)))
+    .collect()
 }
 
 /// Adds the reports of nodes [`skip_unchanged`] left out to the runner's summary (node-name order).

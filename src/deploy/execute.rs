@@ -52,6 +52,11 @@ struct Run<'a> {
 }
 
 /// Go on, or the node's result is known.
+/// The detail of a node left as it was because it already runs its target system.
+pub fn unchanged_detail(target: &str) -> String {
+    format!("already runs its target system {target}; nothing done (--force deploys it anyway)")
+}
+
 enum Flow {
     Next,
     Done((Outcome, String)),
@@ -342,7 +347,18 @@ impl<T: Transport> Ctx<T> {
                         f
                     })?;
                 match r.effect {
-                    Effect::Generation => run.generation = Some(out.stdout),
+                    Effect::Generation => {
+                        let running = out.stdout.trim();
+                        if let Some(target) = self.opts.skip_if_running.get(&run.plan.name) {
+                            if running == target.as_str() {
+                                return Ok(Flow::Done((
+                                    Outcome::Unchanged,
+                                    unchanged_detail(target),
+                                )));
+                            }
+                        }
+                        run.generation = Some(out.stdout)
+                    }
                     Effect::Probe => run.probe = Some(linux::parse_probe(&out.stdout, run.plan)),
                     Effect::Changed(what) => run.changed.push(what),
                     Effect::ChangedUnlessSaid(what)

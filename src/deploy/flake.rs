@@ -230,11 +230,52 @@ pub fn nix_error(stderr: &str) -> String {
     t
 }
 
-/// Evaluates the toplevel of every node of `nodes` in one `nix eval` process (within
-/// `timeout`). A node whose evaluation fails is evaluated again alone, to report its own error;
-/// when the whole evaluation fails without naming any node (no flake, a syntax error in
-/// `flake.nix`), every node gets that error.
+/// The largest `--eval-jobs`: each evaluator of a full NixOS system holds about 1 GB.
+pub const MAX_EVAL_JOBS: usize = 16;
+
+/// `nodes` split into at most `jobs` contiguous runs of nearly equal length (the first ones one
+/// longer), none empty; order kept.
+pub fn eval_chunks(nodes: &[NodeName], jobs: usize) -> Vec<&[NodeName]> {
+    let jobs = jobs.clamp(1, MAX_EVAL_JOBS).min(nodes.len().max(1));
+    let (base, extra) = (nodes.len() / jobs, nodes.len() % jobs);
+    let mut out = Vec::with_capacity(jobs);
+    let mut start = 0;
+    for i in 0..jobs {
+        let len = base + usize::from(i < extra);
+        if len > 0 {
+            out.push(&nodes[start..start + len]);
+        }
+        start += len;
+    }
+    out
+}
+
+/// Evaluates the toplevel of every node of `nodes` in `jobs` concurrent `nix eval` processes
+/// (one with `jobs` = 1, the default: nixpkgs is imported once; a full NixOS system's own module
+/// evaluation costs seconds per node, which more processes spread over more cores), each within
+/// `timeout`. A node whose evaluation fails is evaluated again alone, to report its own error;
+/// when an evaluation fails without naming any node (no flake, a syntax error in `flake.nix`),
+/// every node of it gets that error.
 pub async fn eval_targets(
+    nix: Option<&Path>,
+    root: &Path,
+    nodes: &[NodeName],
+    inputs: &[OverrideInput],
+    timeout: Duration,
+    jobs: usize,
+) -> BTreeMap<NodeName, Evaluated> {
+    let runs = eval_chunks(nodes, jobs)
+        .into_iter()
+        .map(|chunk| eval_together(nix, root, chunk, inputs, timeout));
+    futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// [`eval_targets`] of one run of nodes, in one process.
+async fn eval_together(
     nix: Option<&Path>,
     root: &Path,
     nodes: &[NodeName],
@@ -287,6 +328,23 @@ pub async fn eval_targets(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eval_chunks_split_evenly_in_order_and_never_empty() {
+        let nodes: Vec<NodeName> = (1..=7).map(|i| n(&format!("n{i}"))).collect();
+        let sizes = |j| {
+            eval_chunks(&nodes, j)
+                .iter()
+                .map(|c| c.len())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sizes(1), [7]);
+        assert_eq!(sizes(3), [3, 2, 2]);
+        assert_eq!(sizes(0), [7]);
+        assert_eq!(sizes(20), [1; 7]);
+        assert_eq!(eval_chunks(&nodes, 3).concat(), nodes);
+        assert!(eval_chunks(&[], 4).is_empty());
+    }
 
     fn n(s: &str) -> NodeName {
         NodeName::parse(s).expect("valid name")

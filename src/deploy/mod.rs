@@ -140,6 +140,9 @@ pub struct DeployOptions {
     /// A guarded `switch` checks the node's health after activation, before the guard is
     /// disarmed ([`gate`]); `--no-health-gate` turns it off.
     pub health_gate: bool,
+    /// Target systems evaluated before the run ([`changes::targets_to_skip`]): a NixOS node
+    /// whose connect step reads one of these as its running system stops there, `unchanged`.
+    pub skip_if_running: std::sync::Arc<std::collections::BTreeMap<crate::model::NodeName, String>>,
 }
 
 /// Default `--parallel`.
@@ -175,6 +178,7 @@ impl DeployOptions {
             tailscale: locate(env::TAILSCALE, "tailscale"),
             override_inputs: Vec::new(),
             health_gate: true,
+            skip_if_running: Default::default(),
         }
     }
 

@@ -570,3 +570,24 @@ pub fn ubuntu_host(net: &mut Net, name: &str) -> Host {
         },
     )
 }
+
+/// An `ssh` wrapper (for `FLEETNIX_SSH`) that offers only the classical `curve25519-sha256` key
+/// exchange. The benches run each figure with the machine's default ssh and with this one: this
+/// machine's OpenSSH 9.2 negotiates `sntrup761x25519-sha512`, whose key generation costs the
+/// client about 130 ms of CPU per connection, while `mlkem768x25519-sha256` (the default of
+/// OpenSSH 9.9 and later, and of current NixOS and macOS) costs about as little as curve25519.
+pub fn fast_kex_ssh(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let ssh = which::which("ssh").expect("ssh on PATH");
+    let path = dir.join("ssh-fast-kex");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nexec '{}' -o KexAlgorithms=curve25519-sha256 \"$@\"\n",
+            ssh.display()
+        ),
+    )
+    .expect("ssh wrapper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}

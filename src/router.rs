@@ -26,7 +26,6 @@
 //! names another node the reply says so (`Fleet-Claimed-Node`).
 
 use crate::alert::Alerter;
-use crate::bus::creds::Secret;
 use crate::bus::dispatch::{connect_as, task_id};
 use crate::bus::heartbeat::{self, Heartbeat};
 use crate::bus::registry::{self, NodeRecord};
@@ -38,6 +37,7 @@ use crate::bus::{
 use crate::health::{NodeState, Transition};
 use crate::model::{FailoverStrategy, Fleet, NodeName, Role};
 use crate::route::{self, RouteError};
+use crate::secret::Secret;
 use async_nats::jetstream::{self, kv};
 use async_nats::{Client, HeaderMap, Message, Request, RequestErrorKind};
 use bytes::Bytes;

@@ -18,6 +18,7 @@
 
 use super::{BusError, ServerPlan, ROUTER_PASSWORD_VAR, ROUTER_USER};
 use crate::model::NodeName;
+use crate::secret::Secret;
 use crate::secrets::kinds::{PASSWORD_SECRET, ROUTER_SECRET, SERVER_ENV_SECRET};
 use crate::secrets::{SecretId, SecretKind};
 use rand::Rng;
@@ -49,8 +50,6 @@ pub fn server_env_file(control_plane: &NodeName) -> String {
 pub fn router_password_file(control_plane: &NodeName) -> String {
     SecretId::new(control_plane.clone(), SecretKind::NatsRouterPassword).age_path()
 }
-
-pub use crate::secret::Secret;
 
 /// A fresh random password from the OS's generator.
 pub fn generate_password() -> Secret {

@@ -7,12 +7,12 @@
 //! responders" at once, so only hung nodes cost a timeout. Every attempt carries the same
 //! `Fleet-Task-Id` header, so a slow node that answers late can be recognised as a duplicate.
 
-use super::creds::Secret;
 use super::{
     node_task_subject, queue_group, task_subject, BusError, ATTEMPT_HEADER, NODE_HEADER,
     TASK_ID_HEADER,
 };
 use crate::model::{NodeName, Role};
+use crate::secret::Secret;
 use async_nats::{Client, ConnectOptions, HeaderMap, Message, Request, RequestErrorKind};
 use bytes::Bytes;
 use rand::RngCore;

@@ -26,7 +26,6 @@ pub mod conf;
 pub mod creds;
 pub mod dispatch;
 pub mod heartbeat;
-pub mod nix;
 pub mod registry;
 
 use crate::model::{Fleet, Node, NodeName, Role};

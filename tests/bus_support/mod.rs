@@ -4,10 +4,11 @@
 #![allow(dead_code)]
 
 use crate::common::{poll, poll_async};
-use fleetnix::bus::creds::{BusCredentials, Secret};
+use fleetnix::bus::creds::BusCredentials;
 use fleetnix::bus::dispatch::{self as d, Policy};
 use fleetnix::bus::{self, ServerPlan};
 use fleetnix::model::{Fleet, NodeName, Role};
+use fleetnix::secret::Secret;
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -1,8 +1,9 @@
 //! Render and check the policy for fleets of growing size; prints timings and the ratio between sizes.
 
-use fleetnix::acl::{check, render};
+use fleetnix::acl::check;
 use fleetnix::manifest::{self, FleetTexts};
 use fleetnix::model::SourceFiles;
+use fleetnix::outputs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -43,7 +44,7 @@ fn main() {
         let t = Instant::now();
         let mut text = String::new();
         for _ in 0..reps {
-            text = render::render(&fleet, "bench").text;
+            text = outputs::acl::render(&fleet, "bench").text;
         }
         let render_ms = t.elapsed().as_secs_f64() * 1000.0 / reps as f64;
         let t = Instant::now();

@@ -3,7 +3,7 @@
 
 use fleetnix::manifest::{self, FleetTexts};
 use fleetnix::model::SourceFiles;
-use fleetnix::{plan, render};
+use fleetnix::{outputs, plan};
 use std::fmt::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -62,7 +62,7 @@ fn main() {
     let fleet = manifest::parse(&texts).expect("generated fleet is valid");
     let validated = start.elapsed();
     let plans = plan::plan(&fleet);
-    let files = render::render_fleet(&fleet, &plans, "fleet/nodes.yml").unwrap();
+    let files = outputs::render_fleet(&fleet, &plans, "fleet/nodes.yml").unwrap();
     let total = start.elapsed();
     assert_eq!(files.len(), n + 1);
     println!("render bench: {n} nodes");

@@ -8,6 +8,13 @@
 //! direct throughput. Also printed: CPU microseconds per task (this process, which holds the
 //! client, the router and both workers, plus nats-server) for each path, whose ratio does not
 //! depend on what else the machine is running.
+//!
+//! The router runs `RouterConfig`'s default number of lanes (connections);
+//! `FLEETNIX_BENCH_ROUTER_LANES=N` runs N instead (to compare).
+//!
+//! `router*`: the same router tasks once more through `fleetnix router` in a process of its own,
+//! as on the control plane, where it does not share this process's two runtime threads with the
+//! client and the workers; its CPU is counted too.
 
 #[path = "../tests/bus_support/mod.rs"]
 mod bus_support;
@@ -18,7 +25,7 @@ use bus_support::{Behaviour, NatsServer};
 use common::{example_fleet, poll_async};
 use fleetnix::bus::{self, registry};
 use fleetnix::model::{FailoverStrategy, Role};
-use fleetnix::router::{self, Answer, RouterConfig};
+use fleetnix::router::{self, Answer, Lanes, RouterConfig};
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 
@@ -78,9 +85,16 @@ fn proc_cpu(pid: u32) -> f64 {
 }
 
 /// Tasks per second with 64 in flight, and CPU microseconds per task: (this process: clients,
-/// workers and router; nats-server).
-async fn throughput(client: &async_nats::Client, mode: Mode, server: u32) -> (f64, f64, f64) {
-    let (c0, s0) = (own_cpu(), proc_cpu(server));
+/// workers and the in-process router; nats-server; the router's own process, when `router` is
+/// given).
+async fn throughput(
+    client: &async_nats::Client,
+    mode: Mode,
+    server: u32,
+    router: Option<u32>,
+) -> (f64, f64, f64, f64) {
+    let other = || router.map_or(0.0, proc_cpu);
+    let (c0, s0, o0) = (own_cpu(), proc_cpu(server), other());
     let t = Instant::now();
     futures_util::stream::iter(0..TASKS)
         .for_each_concurrent(IN_FLIGHT, |i| async move { one(client, mode, i).await })
@@ -91,7 +105,61 @@ async fn throughput(client: &async_nats::Client, mode: Mode, server: u32) -> (f6
         TASKS as f64 / wall,
         per(own_cpu() - c0),
         per(proc_cpu(server) - s0),
+        per(other() - o0),
     )
+}
+
+/// Waits until a router answers `supervisor` with a node.
+async fn wait_ready(supervisor: &async_nats::Client) {
+    let ready = poll_async(Duration::from_secs(10), || async {
+        let a = router::ask(
+            supervisor,
+            &Role::parse(ROLE).unwrap(),
+            "{}".into(),
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .ok()?;
+        matches!(a, Answer::Done { .. }).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "the router never answered");
+}
+
+/// `fleetnix router` in a process of its own, as on the control plane (default lanes, node
+/// timeout 5 s, alerts to a closed loopback port); killed on drop.
+struct RouterProcess(std::process::Child);
+
+impl RouterProcess {
+    fn spawn(server: &NatsServer) -> Self {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new(common::fleetnix_bin())
+            .args(["--root", env!("CARGO_MANIFEST_DIR"), "router"])
+            .args(["--node-timeout", "5s", "--nats-url", &server.url])
+            .env_clear()
+            .env(
+                "FLEETNIX_NATS_PASSWORD",
+                server.creds.router_password().expect("router").expose(),
+            )
+            .env("FLEETNIX_NTFY_URL", format!("http://127.0.0.1:{closed}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn fleetnix router");
+        RouterProcess(child)
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn main() {
@@ -107,29 +175,35 @@ fn main() {
         registry::sync(&async_nats::jetstream::new(supervisor.clone()), &fleet)
             .await
             .expect("node sync");
-        let config = RouterConfig::new(FailoverStrategy::RoundRobin, true, Duration::from_secs(5));
-        let _router = router::start(server.connect_router().await, config, None)
-            .await
-            .expect("router");
+        let mut config =
+            RouterConfig::new(FailoverStrategy::RoundRobin, true, Duration::from_secs(5));
+        if let Some(n) = std::env::var("FLEETNIX_BENCH_ROUTER_LANES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config.lanes = n;
+        }
+        let lanes = config.lanes.max(1);
+        let mut lane_clients = Vec::with_capacity(lanes);
+        for _ in 0..lanes {
+            lane_clients.push(server.connect_router().await);
+        }
+        let router = router::start(
+            lane_clients[1..]
+                .iter()
+                .fold(Lanes::new(lane_clients[0].clone()), |l, c| {
+                    l.with_lane(c.clone())
+                }),
+            config,
+            None,
+        )
+        .await
+        .expect("router");
         let mut w1 = server.worker("worker-01", ROLE, Behaviour::Answer).await;
         let mut w2 = server.worker("worker-02", ROLE, Behaviour::Answer).await;
         w1.heartbeat("worker-01", Duration::from_millis(500), &[]);
         w2.heartbeat("worker-02", Duration::from_millis(500), &[]);
-        // Ready: the router answers with a node.
-        let ready = poll_async(Duration::from_secs(10), || async {
-            let a = router::ask(
-                &supervisor,
-                &Role::parse(ROLE).unwrap(),
-                "{}".into(),
-                None,
-                Duration::from_secs(2),
-            )
-            .await
-            .ok()?;
-            matches!(a, Answer::Done { .. }).then_some(())
-        })
-        .await;
-        assert!(ready.is_some(), "the router never answered");
+        wait_ready(&supervisor).await;
         // Warm-up.
         for i in 0..500 {
             one(&supervisor, Mode::Direct, i).await;
@@ -137,28 +211,60 @@ fn main() {
         }
         let (d_med, d_p99) = latency(&supervisor, Mode::Direct).await;
         let (r_med, r_p99) = latency(&supervisor, Mode::Router).await;
-        let (d_thr, d_cpu, d_srv) = throughput(&supervisor, Mode::Direct, server.pid()).await;
-        let (r_thr, r_cpu, r_srv) = throughput(&supervisor, Mode::Router, server.pid()).await;
+        let (d_thr, d_cpu, d_srv, _) =
+            throughput(&supervisor, Mode::Direct, server.pid(), None).await;
+        let (r_thr, r_cpu, r_srv, _) =
+            throughput(&supervisor, Mode::Router, server.pid(), None).await;
+        let per_lane: Vec<u64> = router.lane_stats().iter().map(|l| l.requests).collect();
+
+        // The same through `fleetnix router` in its own process, as in production: the
+        // in-process router leaves first (its lanes drained: the server dropped their
+        // subscriptions), so the process's lanes take every request.
+        drop(router);
+        for c in lane_clients {
+            let _ = c.drain().await;
+        }
+        let process = RouterProcess::spawn(&server);
+        let router_pid = process.0.id();
+        wait_ready(&supervisor).await;
+        for i in 0..500 {
+            one(&supervisor, Mode::Router, i).await;
+        }
+        let (p_med, p_p99) = latency(&supervisor, Mode::Router).await;
+        let (p_thr, p_cpu, p_srv, p_rtr) =
+            throughput(&supervisor, Mode::Router, server.pid(), Some(router_pid)).await;
+        drop(process);
+
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        println!("router bench: {TASKS} tasks, 2 workers, loopback nats-server");
         println!(
-            "{:<8} {:>10} {:>8} {:>24} {:>30}",
-            "path", "median ms", "p99 ms", "tasks/s (64 in flight)", "CPU us/task (bench, server)"
+            "router bench: {TASKS} tasks, 2 workers, loopback nats-server, router with {lanes} lane(s)"
         );
-        for (name, med, p99, thr, cpu, srv) in [
-            ("direct", d_med, d_p99, d_thr, d_cpu, d_srv),
-            ("router", r_med, r_p99, r_thr, r_cpu, r_srv),
+        println!(
+            "{:<8} {:>10} {:>8} {:>24} {:>34}",
+            "path",
+            "median ms",
+            "p99 ms",
+            "tasks/s (64 in flight)",
+            "CPU us/task (bench, server[, router])"
+        );
+        for (name, med, p99, thr, cpu, srv, rtr) in [
+            ("direct", d_med, d_p99, d_thr, d_cpu, d_srv, None),
+            ("router", r_med, r_p99, r_thr, r_cpu, r_srv, None),
+            ("router*", p_med, p_p99, p_thr, p_cpu, p_srv, Some(p_rtr)),
         ] {
+            let extra = rtr.map(|r| format!(", {r:.0}")).unwrap_or_default();
             println!(
-                "{name:<8} {:>10.3} {:>8.3} {thr:>24.0} {:>20.0} ({cpu:.0}, {srv:.0})",
+                "{name:<8} {:>10.3} {:>8.3} {thr:>24.0} {:>20.0} ({cpu:.0}, {srv:.0}{extra})",
                 ms(med),
                 ms(p99),
-                cpu + srv
+                cpu + srv + rtr.unwrap_or(0.0)
             );
         }
+        println!("router*: `fleetnix router` in its own process (default lanes), as on the control plane");
         println!(
-            "CPU per task, router / direct: {:.2} (a load-independent view of the throughput ratio)",
-            (r_cpu + r_srv) / (d_cpu + d_srv)
+            "CPU per task, router / direct: {:.2}; router* / direct: {:.2} (a load-independent view of the throughput ratio)",
+            (r_cpu + r_srv) / (d_cpu + d_srv),
+            (p_cpu + p_srv + p_rtr) / (d_cpu + d_srv)
         );
         let added = ms(r_med) - ms(d_med);
         println!(
@@ -168,9 +274,14 @@ fn main() {
             (r_thr / d_thr) / 0.5
         );
         println!(
-            "worker share: worker-01 {} / worker-02 {}",
+            "router*: added median latency {:.3} ms; throughput ratio {:.2}",
+            ms(p_med) - ms(d_med),
+            p_thr / d_thr
+        );
+        println!(
+            "worker share: worker-01 {} / worker-02 {}; requests per router lane: {per_lane:?}",
             w1.count(),
-            w2.count()
+            w2.count(),
         );
     });
 }

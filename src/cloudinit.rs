@@ -1,7 +1,8 @@
 //! `#cloud-config` user-data that makes a fresh cloud VM a fleet node on first boot.
 //!
 //! The VM, on first boot:
-//! 1. writes the node's Tailscale auth key to [`AUTHKEY_PATH`] (tmpfs, mode 0600);
+//! 1. writes the node's Tailscale auth key to
+//!    [`AUTHKEY_PATH`](crate::outputs::cloudinit::AUTHKEY_PATH) (tmpfs, mode 0600);
 //! 2. downloads Tailscale's install script to a file and runs it (no `curl | sh`: a failed
 //!    download must not run half a script);
 //! 3. runs `tailscale up --auth-key=file:<path>` with the node's flags from the plan, so the
@@ -9,22 +10,16 @@
 //! 4. deletes the key file (runcmd goes on after a failed step, so this always runs);
 //! 5. optionally installs and enables the agent's systemd unit.
 //!
-//! The user-data is rendered by [`crate::outputs::cloudinit`] (re-exported here); this module holds
-//! the auth key it carries, where that key comes from, and the whole of `fleetnix cloud-init`
-//! ([`make`]).
+//! The user-data is rendered by [`crate::outputs::cloudinit`]; this module holds the auth key it
+//! carries, where that key comes from, and the whole of `fleetnix cloud-init` ([`make`]).
 
 use crate::model::{Fleet, Node, Os};
 use crate::outputs::cloudinit as output;
-use crate::secrets::source::{KeyContext, KeyError, Minter};
+use crate::secrets::source::{KeyContext, KeyError, KeySource, Minter};
 use crate::secrets::{SecretId, SecretKind};
 use crate::tailscale::api::{ApiError, Client};
 use std::fmt;
 use std::path::{Path, PathBuf};
-
-pub use crate::outputs::cloudinit::{
-    up_argv, user_data, Options, AGENT_UNIT_PATH, AUTHKEY_PATH, DEFAULT_AGENT_BIN,
-    DEFAULT_INSTALL_URL, INSTALLER_PATH,
-};
 
 /// Errors of building user-data. None of them contains the auth key.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +32,7 @@ pub enum CloudInitError {
     BadInstallUrl(String),
     /// The agent's unit cannot be written.
     #[error(transparent)]
-    Unit(#[from] crate::agent::UnitError),
+    Unit(#[from] crate::outputs::agent::UnitError),
     /// No source of the auth key applies.
     #[error("no Tailscale auth key for {node}: set TAILSCALE_AUTHKEY, pipe the key on stdin, pass --identity FILE to decrypt {file} (written by `fleetnix secrets set-authkey {node}` or `fleetnix authkey mint {node}`), or --mint with TS_API_KEY set")]
     NoAuthKey {
@@ -119,9 +114,6 @@ impl fmt::Debug for AuthKey {
         f.write_str("AuthKey(<redacted>)")
     }
 }
-
-/// Where `fleetnix cloud-init` takes the node's auth key from: the one key-source type.
-pub use crate::secrets::source::KeySource;
 
 /// What [`key_source`] decides from.
 #[derive(Debug, Clone, Default)]

@@ -5,7 +5,6 @@
 //! is a pure function of the plan; executors have the side effects.
 
 pub mod acl;
-pub mod agent;
 pub mod alert;
 pub mod bootstrap;
 pub mod bus;
@@ -22,7 +21,6 @@ pub mod model;
 pub mod nix;
 pub mod outputs;
 pub mod plan;
-pub mod render;
 pub mod route;
 pub mod router;
 pub mod secret;
@@ -30,7 +28,3 @@ pub mod secrets;
 pub mod status;
 pub mod suggest;
 pub mod tailscale;
-/// The Tailscale API client, at its old path ([`tailscale::api`]).
-pub use tailscale::api as tsapi;
-/// Minting and storing auth keys, at its old path ([`tailscale::authkey`]).
-pub use tailscale::authkey;

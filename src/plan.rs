@@ -2,11 +2,9 @@
 //! secrets, cloud-init, deploy commands) is a pure function of this.
 
 use crate::model::{Fleet, HostKey, Node, NodeName, Os, Protocol, Role, SshLogin};
+use crate::secrets::kinds::AUTHKEY_SECRET;
 use serde::Serialize;
 use std::net::IpAddr;
-
-/// Name of the Tailscale auth-key secret, as agenix sees it.
-pub use crate::secrets::kinds::AUTHKEY_SECRET;
 
 /// Tailscale's default WireGuard UDP port, the only port opened outside `tailscale0`.
 pub const TAILSCALE_UDP_PORT: u16 = 41641;

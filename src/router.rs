@@ -14,6 +14,9 @@
 //!   `degraded` when its heartbeats stopped for `node_timeout_seconds` (its agent is dead even
 //!   if its ports answer), when none came yet, or when a task sent to it failed since its last
 //!   heartbeat; `down` when silent for three timeouts. Only healthy nodes get tasks.
+//! - It serves requests on several connections, [`Lanes`] (`RouterConfig::lanes`): each takes
+//!   its share of `fleet.dispatch.>` from the queue group and handles its requests in one task,
+//!   forwarding and answering on its own connection; all share one live view.
 //! - It publishes that view to the key-value bucket `fleet-health` (one key per node) and sends
 //!   ntfy alerts on transitions to and from `down` when `alert_on_node_down` is set.
 //!
@@ -23,23 +26,27 @@
 //! names another node the reply says so (`Fleet-Claimed-Node`).
 
 use crate::alert::Alerter;
-use crate::bus::dispatch::task_id;
+use crate::bus::dispatch::{connect_as, task_id};
 use crate::bus::heartbeat::{self, Heartbeat};
 use crate::bus::registry::{self, NodeRecord};
 use crate::bus::{
     node_task_subject, BusError, ATTEMPTS_HEADER, ATTEMPT_HEADER, CLAIMED_HEADER, HEALTH_BUCKET,
-    MODEL_HEADER, NODES_BUCKET, NODE_HEADER, ROUTER_QUEUE, STATUS_HEADER, TASK_ID_HEADER,
+    MODEL_HEADER, NODES_BUCKET, NODE_HEADER, ROUTER_QUEUE, ROUTER_USER, STATUS_HEADER,
+    TASK_ID_HEADER,
 };
 use crate::health::{NodeState, Transition};
 use crate::model::{FailoverStrategy, Fleet, NodeName, Role};
 use crate::route::{self, RouteError};
+use crate::secret::Secret;
 use async_nats::jetstream::{self, kv};
 use async_nats::{Client, HeaderMap, Message, Request, RequestErrorKind};
 use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -57,8 +64,20 @@ pub struct RouterConfig {
     pub down_after: Duration,
     /// How often states are re-evaluated and `fleet-health` refreshed.
     pub tick: Duration,
-    /// Requests handled at once; more wait.
+    /// Requests handled at once per lane; more wait.
     pub max_concurrent: usize,
+    /// NATS connections the router serves requests on ([`Lanes`]): [`default_lanes`].
+    pub lanes: usize,
+}
+
+/// The most lanes the router opens by default.
+pub const MAX_LANES: usize = 4;
+
+/// Lanes by default: the CPU count, at least 2 and at most [`MAX_LANES`].
+pub fn default_lanes() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, MAX_LANES)
 }
 
 impl RouterConfig {
@@ -81,6 +100,7 @@ impl RouterConfig {
             down_after: node_timeout * 3,
             tick: (node_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
             max_concurrent: 1024,
+            lanes: default_lanes(),
         }
     }
 }
@@ -417,7 +437,6 @@ pub struct ErrorReply {
 }
 
 struct Shared {
-    client: Client,
     view: Mutex<LiveView>,
     config: RouterConfig,
 }
@@ -438,16 +457,21 @@ async fn respond_error(client: &Client, reply: async_nats::Subject, task: &str, 
     let _ = client.publish_with_headers(reply, h, body.into()).await;
 }
 
-/// Handles one `fleet.dispatch.<role>` request.
-async fn handle(shared: Arc<Shared>, msg: Message) {
+/// Is `t` acceptable as a caller's task id (1 to 64 printable ASCII characters)?
+fn valid_task_id(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Handles one `fleet.dispatch.<role>` request that arrived on `client` (its lane), forwarding
+/// and answering on the same connection.
+async fn handle(shared: &Shared, client: &Client, counters: &LaneCounters, msg: Message) {
     let Some(reply) = msg.reply.clone() else {
         return; // nobody waits for an answer
     };
-    let client = &shared.client;
-    let task = header(&msg, TASK_ID_HEADER)
-        .filter(|t| !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(task_id);
+    let task = match header(&msg, TASK_ID_HEADER) {
+        Some(t) if valid_task_id(t) => t.to_string(),
+        _ => task_id(),
+    };
     let role_str = msg
         .subject
         .as_str()
@@ -470,13 +494,17 @@ async fn handle(shared: Arc<Shared>, msg: Message) {
         );
         return respond_error(client, reply, &task, e).await;
     };
-    let model = header(&msg, MODEL_HEADER).map(str::to_string);
-    let order = {
+    let model = header(&msg, MODEL_HEADER);
+    // One lock: the order, and the first node's lease (for `least_loaded`).
+    let routed = {
         let view = lock(&shared.view);
-        view.route(role.as_str(), model.as_deref(), Instant::now())
+        view.route(role.as_str(), model, Instant::now()).map(|r| {
+            let lease = r.order.first().map(|n| view.lease(n));
+            (r.order, lease)
+        })
     };
-    let order = match order {
-        Ok(r) => r.order,
+    let (order, mut first_lease) = match routed {
+        Ok(r) => r,
         Err(e @ RouteError::UnknownRole { .. }) => {
             return respond_error(
                 client,
@@ -497,36 +525,38 @@ async fn handle(shared: Arc<Shared>, msg: Message) {
         }
     };
     let tries = if shared.config.retry { order.len() } else { 1 };
-    let mut attempts: Vec<AttemptReport> = Vec::new();
+    // Failed attempts only: a task that is answered needs no report.
+    let mut failed: Vec<AttemptReport> = Vec::new();
     for (i, node) in order.into_iter().take(tries).enumerate() {
+        if i > 0 {
+            counters.retries.fetch_add(1, Ordering::Relaxed);
+        }
         let subject = node_task_subject(&role, &node);
         let mut h = HeaderMap::new();
         h.insert(TASK_ID_HEADER, task.as_str());
         h.insert(ATTEMPT_HEADER, (i + 1).to_string().as_str());
-        if let Some(m) = &model {
-            h.insert(MODEL_HEADER, m.as_str());
+        if let Some(m) = model {
+            h.insert(MODEL_HEADER, m);
         }
         let request = Request::new()
             .headers(h)
             .payload(msg.payload.clone())
             .timeout(Some(shared.config.node_timeout));
-        let lease = lock(&shared.view).lease(&node);
+        let lease = match first_lease.take() {
+            Some(l) => l,
+            None => lock(&shared.view).lease(&node),
+        };
         let start = Instant::now();
         let result = client.send_request(subject, request).await;
         let elapsed = start.elapsed();
         drop(lease);
         let outcome = match result {
             Ok(answer) => {
-                attempts.push(AttemptReport {
-                    node: node.to_string(),
-                    outcome: "replied".into(),
-                    elapsed_ms: elapsed.as_millis() as u64,
-                });
                 let mut h = HeaderMap::new();
                 h.insert(STATUS_HEADER, "ok");
                 h.insert(NODE_HEADER, node.as_str());
                 h.insert(TASK_ID_HEADER, task.as_str());
-                h.insert(ATTEMPTS_HEADER, attempts.len().to_string().as_str());
+                h.insert(ATTEMPTS_HEADER, (failed.len() + 1).to_string().as_str());
                 if let Some(claimed) = header(&answer, NODE_HEADER) {
                     if claimed != node.as_str() {
                         let shown: String = claimed
@@ -555,13 +585,13 @@ async fn handle(shared: Arc<Shared>, msg: Message) {
             },
         };
         lock(&shared.view).attempt_failed(&node, outcome.clone());
-        attempts.push(AttemptReport {
+        failed.push(AttemptReport {
             node: node.to_string(),
             outcome,
             elapsed_ms: elapsed.as_millis() as u64,
         });
     }
-    let described: Vec<String> = attempts
+    let described: Vec<String> = failed
         .iter()
         .map(|a| format!("{} {}", a.node, a.outcome))
         .collect();
@@ -569,10 +599,10 @@ async fn handle(shared: Arc<Shared>, msg: Message) {
         "all-failed",
         format!(
             "no node answered the `{role}` task after {} attempt(s): {}",
-            attempts.len(),
+            failed.len(),
             described.join("; ")
         ),
-        attempts
+        failed
             .iter()
             .filter_map(|a| serde_json::to_value(a).ok())
             .collect(),
@@ -580,13 +610,67 @@ async fn handle(shared: Arc<Shared>, msg: Message) {
     respond_error(client, reply, &task, e).await;
 }
 
+/// Serves one lane: takes requests from `requests` and handles up to `max` of them at once,
+/// all in this one task (no task spawned per request), counting them in `counters`.
+async fn serve_lane(
+    shared: Arc<Shared>,
+    client: Client,
+    mut requests: async_nats::Subscriber,
+    max: usize,
+    counters: Arc<LaneCounters>,
+) {
+    let mut running = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            Some(()) = running.next(), if !running.is_empty() => {}
+            msg = requests.next(), if running.len() < max => match msg {
+                Some(msg) => {
+                    counters.requests.fetch_add(1, Ordering::Relaxed);
+                    running.push(handle(&shared, &client, &counters, msg));
+                }
+                // The subscription is closed: the connection is gone for good.
+                None => break,
+            },
+            else => break,
+        }
+    }
+}
+
 /// A running router; dropping it stops it.
 #[derive(Debug)]
 pub struct RouterHandle {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    lanes: Vec<Arc<LaneCounters>>,
+}
+
+/// What one lane has done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LaneStats {
+    /// Requests it took.
+    pub requests: u64,
+    /// Attempts after a request's first (failing over to the next node).
+    pub retries: u64,
+}
+
+#[derive(Debug, Default)]
+struct LaneCounters {
+    requests: AtomicU64,
+    retries: AtomicU64,
 }
 
 impl RouterHandle {
+    /// Each lane's counts so far, in lane order.
+    pub fn lane_stats(&self) -> Vec<LaneStats> {
+        self.lanes
+            .iter()
+            .map(|c| LaneStats {
+                requests: c.requests.load(Ordering::Relaxed),
+                retries: c.retries.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
     /// Waits until any of the router's tasks ends (a subscription closed: the connection is
     /// gone for good).
     pub async fn closed(&mut self) {
@@ -609,14 +693,71 @@ fn log(msg: impl std::fmt::Display) {
     eprintln!("router: {msg}");
 }
 
-/// Starts the router on `client` (connected as the router's user): loads the registry, opens
-/// or creates `fleet-health`, subscribes to heartbeats and dispatch requests, and returns once
-/// they are in place. Transitions are alerted through `alerter` when given.
+/// The router's NATS connections ("lanes"), all as the router's user ([`ROUTER_USER`]). Each
+/// lane subscribes to `fleet.dispatch.>` in queue group `router`, so the server spreads requests
+/// over them, and forwards and answers its requests on its own connection; the first also
+/// carries the registry, heartbeats and `fleet-health`. All lanes share one live view. A single
+/// connection is handled by one task in the client and one reader in the server, so several
+/// lanes let both work on requests in parallel.
+#[derive(Debug, Clone)]
+pub struct Lanes {
+    /// Never empty: built from a first connection.
+    clients: Vec<Client>,
+}
+
+impl Lanes {
+    /// One lane: `first`.
+    pub fn new(first: Client) -> Self {
+        Lanes {
+            clients: vec![first],
+        }
+    }
+
+    /// Adds a lane.
+    pub fn with_lane(mut self, client: Client) -> Self {
+        self.clients.push(client);
+        self
+    }
+
+    /// How many lanes.
+    pub fn count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Opens `n` lanes (at least one) to `url` as the router's user with `password`, each
+    /// connection bounded by `timeout`.
+    pub async fn connect(
+        url: &str,
+        password: &Secret,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Self, BusError> {
+        let mut lanes = Lanes::new(connect_as(url, ROUTER_USER, password, timeout).await?);
+        for _ in 1..n {
+            lanes = lanes.with_lane(connect_as(url, ROUTER_USER, password, timeout).await?);
+        }
+        Ok(lanes)
+    }
+}
+
+impl From<Client> for Lanes {
+    fn from(client: Client) -> Self {
+        Lanes::new(client)
+    }
+}
+
+/// Starts the router on `lanes` (connected as the router's user; one [`Client`] is one lane):
+/// loads the registry, opens or creates `fleet-health`, subscribes to heartbeats (first lane) and
+/// dispatch requests (every lane), and returns once they are in place. Transitions are alerted
+/// through `alerter` when given.
 pub async fn start(
-    client: Client,
+    lanes: impl Into<Lanes>,
     config: RouterConfig,
     alerter: Option<Alerter>,
 ) -> Result<RouterHandle, RouterError> {
+    let lanes = lanes.into();
+    // Invariant: `Lanes` is never empty.
+    let client = lanes.clients[0].clone();
     let js = jetstream::new(client.clone());
     let nodes_kv = registry::open_bucket(&js, NODES_BUCKET, false)
         .await
@@ -631,7 +772,6 @@ pub async fn start(
         view.register(r);
     }
     let shared = Arc::new(Shared {
-        client: client.clone(),
         view: Mutex::new(view),
         config: config.clone(),
     });
@@ -654,15 +794,21 @@ pub async fn start(
         .subscribe("fleet.heartbeat.>")
         .await
         .map_err(sub_err("fleet.heartbeat.>"))?;
-    let mut requests = client
-        .queue_subscribe("fleet.dispatch.>", ROUTER_QUEUE.to_string())
-        .await
-        .map_err(sub_err("fleet.dispatch.>"))?;
-    client.flush().await.map_err(|e| BusError::Kv {
-        bucket: HEALTH_BUCKET.into(),
-        op: "flush",
-        reason: e.to_string(),
-    })?;
+    let mut requests = Vec::with_capacity(lanes.count());
+    for lane in &lanes.clients {
+        let sub = lane
+            .queue_subscribe("fleet.dispatch.>", ROUTER_QUEUE.to_string())
+            .await
+            .map_err(sub_err("fleet.dispatch.>"))?;
+        requests.push((lane.clone(), sub));
+    }
+    for lane in &lanes.clients {
+        lane.flush().await.map_err(|e| BusError::Kv {
+            bucket: HEALTH_BUCKET.into(),
+            op: "flush",
+            reason: e.to_string(),
+        })?;
+    }
 
     let mut tasks = Vec::new();
     // The registry's changes.
@@ -692,21 +838,19 @@ pub async fn start(
             }
         }
     }));
-    // Requests.
-    let s = Arc::clone(&shared);
-    let permits = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.max(1)));
-    tasks.push(tokio::spawn(async move {
-        while let Some(msg) = requests.next().await {
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                break;
-            };
-            let s = Arc::clone(&s);
-            tokio::spawn(async move {
-                handle(s, msg).await;
-                drop(permit);
-            });
-        }
-    }));
+    // Requests, one task per lane.
+    let mut lane_counters = Vec::with_capacity(requests.len());
+    for (lane, sub) in requests {
+        let counters = Arc::new(LaneCounters::default());
+        lane_counters.push(Arc::clone(&counters));
+        tasks.push(tokio::spawn(serve_lane(
+            Arc::clone(&shared),
+            lane,
+            sub,
+            config.max_concurrent.max(1),
+            counters,
+        )));
+    }
     // Alerts, off the tick's path (ntfy may be slow or down).
     let (alert_tx, mut alert_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Transition>>();
     if let Some(mut alerter) = alerter {
@@ -789,17 +933,20 @@ pub async fn start(
             }
         }
     }));
-    Ok(RouterHandle { tasks })
+    Ok(RouterHandle {
+        tasks,
+        lanes: lane_counters,
+    })
 }
 
-/// Runs the router until `shutdown` completes or its connection is gone for good.
+/// Runs the router on `lanes` until `shutdown` completes or a connection is gone for good.
 pub async fn run(
-    client: Client,
+    lanes: impl Into<Lanes>,
     config: RouterConfig,
     alerter: Option<Alerter>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RouterError> {
-    let mut handle = start(client, config, alerter).await?;
+    let mut handle = start(lanes, config, alerter).await?;
     tokio::select! {
         _ = shutdown => {}
         _ = handle.closed() => {}

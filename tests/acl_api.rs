@@ -8,10 +8,10 @@ mod common;
 use acl_fake_api::FakeApi;
 use assert_cmd::Command;
 use fleetnix::acl::apply::{self, ApplyError, SetOptions};
-use fleetnix::acl::render;
 use fleetnix::manifest;
+use fleetnix::outputs;
 use fleetnix::secret::Secret;
-use fleetnix::tsapi::{ApiError, Client};
+use fleetnix::tailscale::api::{ApiError, Client};
 use secrecy::ExposeSecret;
 use std::path::Path;
 
@@ -48,7 +48,7 @@ fn backups(dir: &Path) -> Vec<String> {
 }
 
 fn rendered() -> String {
-    render::render(&example_fleet(), "fleet/").text
+    outputs::acl::render(&example_fleet(), "fleet/").text
 }
 
 #[tokio::test]
@@ -305,7 +305,7 @@ async fn authkey_mint_asks_for_a_one_off_tagged_short_key() {
     let fake = FakeApi::start(&token(), OLD);
     let fleet = example_fleet();
     let node = fleet.node("worker-01").unwrap();
-    let key = apply::mint_authkey(&client(&fake), &fleet, node, 3600)
+    let key = fleetnix::tailscale::authkey::mint_authkey(&client(&fake), &fleet, node, 3600)
         .await
         .unwrap();
     let st = fake.state();
@@ -403,7 +403,7 @@ fn cli_get_diff_set_keep_the_token_out_of_argv_output_and_files() {
     );
     assert_eq!(
         fake.state().policy,
-        render::render(
+        outputs::acl::render(
             &manifest::load(fleet.path()).unwrap(),
             &format!(
                 "{}, {}, {}",

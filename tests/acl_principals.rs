@@ -8,9 +8,10 @@ mod common;
 
 use assert_cmd::Command;
 use fleetnix::acl::check::{self, Finding, FindingKind};
-use fleetnix::acl::{matrix, policy, render};
+use fleetnix::acl::{matrix, policy};
 use fleetnix::manifest;
 use fleetnix::model::Fleet;
+use fleetnix::outputs;
 
 use common::{example_fleet, example_fleet_dir, repo};
 
@@ -20,7 +21,7 @@ fn rendered() -> String {
     // the committed file is the current rendering (byte for byte)
     assert_eq!(
         text,
-        render::render(
+        outputs::acl::render(
             &example_fleet(),
             "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml"
         )
@@ -344,7 +345,7 @@ fn v6_fleet() -> (tempfile::TempDir, Fleet) {
 #[test]
 fn a_node_on_ipv6_is_matched_by_its_address() {
     let (_d, fleet) = v6_fleet();
-    let base = render::render(&fleet, "x").text;
+    let base = outputs::acl::render(&fleet, "x").text;
     assert!(findings(&fleet, &base).is_empty());
     let (text, line) = with_rule(
         &base,

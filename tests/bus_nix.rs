@@ -6,7 +6,8 @@ mod common;
 
 use bus_support::nats_server_bin;
 use common::{example_fleet, nix_instantiate, repo};
-use fleetnix::bus::{self, creds, nix as busnix};
+use fleetnix::bus::{self, creds};
+use fleetnix::outputs::nats as busnix;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;

@@ -5,12 +5,12 @@
 mod bus_support;
 mod common;
 
-use bus_support::{Behaviour, NatsServer, Worker};
+use bus_support::{node_of, Behaviour, NatsServer, RouterFixture, Worker};
 use common::{copy_example_fleet, example_fleet, fleetnix_bin, poll_async};
+use fleetnix::bus;
 use fleetnix::bus::registry::{self, SyncAction};
-use fleetnix::bus::{self, dispatch as d};
-use fleetnix::model::{FailoverStrategy, Role};
-use fleetnix::router::{self, Answer, HealthEntry, RouterConfig, RouterHandle};
+use fleetnix::model::FailoverStrategy;
+use fleetnix::router::{self, Answer, RouterConfig};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -19,87 +19,25 @@ const BEAT: Duration = Duration::from_millis(100);
 /// The router's node timeout in these tests.
 const TIMEOUT: Duration = Duration::from_millis(800);
 
-fn role(r: &str) -> Role {
-    Role::parse(r).unwrap()
-}
-
-/// A server with the example fleet registered and a router running as its own user.
-struct Bench {
-    server: NatsServer,
-    supervisor: async_nats::Client,
-    _router: RouterHandle,
-}
-
-async fn setup(strategy: FailoverStrategy, retry: bool) -> Bench {
-    let fleet = example_fleet();
-    let server = NatsServer::start(&fleet);
-    let supervisor = server.connect("control-01").await;
-    let report = registry::sync(&async_nats::jetstream::new(supervisor.clone()), &fleet)
-        .await
-        .unwrap();
-    assert!(report
-        .lines
-        .iter()
-        .all(|l| l.action == SyncAction::Registered));
-    let config = RouterConfig::new(strategy, retry, TIMEOUT);
-    let router = router::start(server.connect_router().await, config, None)
-        .await
-        .unwrap();
-    Bench {
-        server,
-        supervisor,
-        _router: router,
-    }
-}
-
-impl Bench {
-    async fn worker(&self, node: &str, r: &str, behaviour: Behaviour, models: &[&str]) -> Worker {
-        let mut w = self.server.worker(node, r, behaviour).await;
-        w.heartbeat(node, BEAT, models);
-        w
-    }
-
-    /// The router's `fleet-health` entry of `node`, read as the control plane.
-    async fn health(&self, node: &str) -> Option<HealthEntry> {
-        let js = async_nats::jetstream::new(self.supervisor.clone());
-        let kv = js.get_key_value(bus::HEALTH_BUCKET).await.ok()?;
-        let v = kv.get(node).await.ok()??;
-        serde_json::from_slice(&v).ok()
-    }
-
-    /// Waits until `node` is `state` in `fleet-health`.
-    async fn wait_state(&self, node: &str, state: &str, limit: Duration) -> HealthEntry {
-        let got = poll_async(limit, || async {
-            self.health(node).await.filter(|e| e.state == state)
-        })
+/// Two heart-beating workers of `glm-worker`, healthy in `fleet-health`: worker-01 behaving as
+/// `first`, worker-02 answering.
+async fn two_workers(b: &RouterFixture, first: Behaviour) -> [Worker; 2] {
+    let w = b
+        .healthy_workers(
+            "glm-worker",
+            &[
+                ("worker-01", first, &[]),
+                ("worker-02", Behaviour::Answer, &[]),
+            ],
+        )
         .await;
-        match got {
-            Some(e) => e,
-            None => {
-                let last = self.health(node).await;
-                panic!("{node} was not {state} within {limit:?}; last entry: {last:?}")
-            }
-        }
-    }
-
-    async fn ask(&self, r: &str, model: Option<&str>) -> Answer {
-        let payload = d::parse_payload(r#"{"task":"summarize"}"#).unwrap();
-        router::ask(&self.supervisor, &role(r), payload, model, TIMEOUT * 4)
-            .await
-            .unwrap()
-    }
+    // Invariant of the helper: one worker per spec, in order.
+    w.try_into().unwrap_or_else(|_| unreachable!())
 }
 
-fn node_of(a: &Answer) -> String {
-    match a {
-        Answer::Done { node, payload, .. } => {
-            // The worker's own body names the node that ran it: the router's node agrees.
-            let body: serde_json::Value = serde_json::from_slice(payload).unwrap();
-            assert_eq!(body["node"], node.as_str());
-            node.clone()
-        }
-        Answer::Failed(e) => panic!("router error: {e:?}"),
-    }
+/// The example fleet registered and a router (default lanes) with `strategy` and `retry`.
+async fn setup(strategy: FailoverStrategy, retry: bool) -> RouterFixture {
+    RouterFixture::start(RouterConfig::new(strategy, retry, TIMEOUT), BEAT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,16 +162,7 @@ async fn node_sync_is_idempotent_removes_departed_nodes_and_workers_cannot_touch
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_tasks_and_a_killed_worker_loses_its_share_at_once() {
     let b = setup(FailoverStrategy::RoundRobin, true).await;
-    let w1 = b
-        .worker("worker-01", "glm-worker", Behaviour::Answer, &[])
-        .await;
-    let w2 = b
-        .worker("worker-02", "glm-worker", Behaviour::Answer, &[])
-        .await;
-    b.wait_state("worker-01", "healthy", Duration::from_secs(5))
-        .await;
-    b.wait_state("worker-02", "healthy", Duration::from_secs(5))
-        .await;
+    let [w1, w2] = two_workers(&b, Behaviour::Answer).await;
 
     let mut by_node: BTreeMap<String, usize> = BTreeMap::new();
     let mut order = Vec::new();
@@ -271,18 +200,64 @@ async fn round_robin_spreads_tasks_and_a_killed_worker_loses_its_share_at_once()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_lanes_share_one_rotation_and_each_fails_over() {
+    let two_lanes = || {
+        let mut config = RouterConfig::new(FailoverStrategy::RoundRobin, true, TIMEOUT);
+        config.lanes = 2;
+        config
+    };
+    let b = RouterFixture::start(two_lanes(), BEAT).await;
+    let [w1, w2] = two_workers(&b, Behaviour::Answer).await;
+    // One after another: the server spreads the requests over both lanes (queue group), and
+    // the rotation is still strict, because the lanes share one view.
+    let mut order = Vec::new();
+    for _ in 0..40 {
+        order.push(node_of(&b.ask("glm-worker", None).await));
+    }
+    assert!(order.windows(2).all(|w| w[0] != w[1]), "{order:?}");
+    assert_eq!((w1.count(), w2.count()), (20, 20));
+    let lanes = b.router.lane_stats();
+    assert_eq!(lanes.len(), 2);
+    assert!(lanes.iter().all(|l| l.requests > 0), "{lanes:?}");
+    assert_eq!(lanes.iter().map(|l| l.requests).sum::<u64>(), 40);
+    assert!(lanes.iter().all(|l| l.retries == 0), "{lanes:?}");
+    drop((w1, w2, b));
+
+    // worker-01 takes tasks and hangs: 64 tasks at once, spread over both lanes. Round robin
+    // sends every other one to worker-01 first (it is marked failed only after its timeout);
+    // each of those is retried on worker-02 by the lane that took it, within one timeout.
+    let b = RouterFixture::start(two_lanes(), BEAT).await;
+    let [hung, ok] = two_workers(&b, Behaviour::Hang).await;
+    let started = Instant::now();
+    let answers = futures_util::future::join_all((0..64).map(|_| b.ask("glm-worker", None))).await;
+    let took = started.elapsed();
+    let mut failed_over = 0;
+    for a in &answers {
+        assert_eq!(node_of(a), "worker-02");
+        if let Answer::Done { attempts, .. } = a {
+            assert!(*attempts == 1 || *attempts == 2, "{a:?}");
+            failed_over += u64::from(*attempts == 2);
+        }
+    }
+    assert!(
+        failed_over >= 16,
+        "only {failed_over} of 64 went to worker-01 first"
+    );
+    assert_eq!(hung.count() as u64, failed_over);
+    assert_eq!(ok.count(), 64);
+    assert!(took >= TIMEOUT && took < TIMEOUT * 3, "{took:?}");
+    let lanes = b.router.lane_stats();
+    assert_eq!(lanes.iter().map(|l| l.retries).sum::<u64>(), failed_over);
+    assert!(
+        lanes.iter().all(|l| l.requests > 0 && l.retries > 0),
+        "{lanes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_stops_heartbeating_is_degraded_and_gets_no_new_task() {
     let b = setup(FailoverStrategy::RoundRobin, true).await;
-    let mut w1 = b
-        .worker("worker-01", "glm-worker", Behaviour::Answer, &[])
-        .await;
-    let w2 = b
-        .worker("worker-02", "glm-worker", Behaviour::Answer, &[])
-        .await;
-    b.wait_state("worker-01", "healthy", Duration::from_secs(5))
-        .await;
-    b.wait_state("worker-02", "healthy", Duration::from_secs(5))
-        .await;
+    let [mut w1, w2] = two_workers(&b, Behaviour::Answer).await;
     // Its agent's heartbeat stops; it still answers tasks (its ports and subscription are fine).
     w1.stop_heartbeats();
     let stopped = Instant::now();
@@ -348,16 +323,7 @@ async fn errors_are_clear_and_a_hung_worker_is_failed_over_within_one_timeout() 
 
     // worker-01 hangs, worker-02 answers: every task is answered by worker-02, a task that went
     // to worker-01 first within one timeout plus the answer.
-    let hung = b
-        .worker("worker-01", "glm-worker", Behaviour::Hang, &[])
-        .await;
-    let _ok = b
-        .worker("worker-02", "glm-worker", Behaviour::Answer, &[])
-        .await;
-    b.wait_state("worker-01", "healthy", Duration::from_secs(5))
-        .await;
-    b.wait_state("worker-02", "healthy", Duration::from_secs(5))
-        .await;
+    let [hung, _ok] = two_workers(&b, Behaviour::Hang).await;
     let mut failed_over = 0;
     for _ in 0..4 {
         let start = Instant::now();
@@ -378,9 +344,7 @@ async fn errors_are_clear_and_a_hung_worker_is_failed_over_within_one_timeout() 
     // Without retry, a hung node's task fails after one timeout, naming the attempt.
     let b = setup(FailoverStrategy::RoundRobin, false).await;
     let _hung = b
-        .worker("worker-01", "kg-writer", Behaviour::Hang, &[])
-        .await;
-    b.wait_state("worker-01", "healthy", Duration::from_secs(5))
+        .healthy_workers("kg-writer", &[("worker-01", Behaviour::Hang, &[])])
         .await;
     match b.ask("kg-writer", None).await {
         Answer::Failed(e) => {
@@ -399,17 +363,16 @@ async fn errors_are_clear_and_a_hung_worker_is_failed_over_within_one_timeout() 
 async fn preferred_model_is_honoured_when_a_node_has_it_and_ignored_otherwise() {
     let b = setup(FailoverStrategy::RoundRobin, true).await;
     // worker-01 lists glm-4.5-air in nodes.yml; worker-02 reports another model in heartbeats.
-    let _w1 = b
-        .worker("worker-01", "glm-worker", Behaviour::Answer, &[])
+    let _workers = b
+        .healthy_workers(
+            "glm-worker",
+            &[
+                ("worker-01", Behaviour::Answer, &[]),
+                ("worker-02", Behaviour::Answer, &["qwen3-8b"]),
+            ],
+        )
         .await;
-    let _w2 = b
-        .worker("worker-02", "glm-worker", Behaviour::Answer, &["qwen3-8b"])
-        .await;
-    b.wait_state("worker-01", "healthy", Duration::from_secs(5))
-        .await;
-    let e2 = b
-        .wait_state("worker-02", "healthy", Duration::from_secs(5))
-        .await;
+    let e2 = b.health("worker-02").await.unwrap();
     assert_eq!(e2.models, ["qwen3-8b"]);
     for _ in 0..6 {
         assert_eq!(

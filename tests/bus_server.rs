@@ -116,7 +116,7 @@ async fn workers_can_neither_eavesdrop_nor_dispatch_nor_log_in_without_their_pas
     let w1 = NodeName::parse("worker-01").unwrap();
     for wrong in [
         server.password("worker-02").clone(),
-        fleetnix::bus::creds::Secret::new("$NATS_PASSWORD_WORKER_01"),
+        fleetnix::secret::Secret::new("$NATS_PASSWORD_WORKER_01"),
     ] {
         let err = d::connect(&url, &w1, &wrong, Duration::from_secs(5))
             .await

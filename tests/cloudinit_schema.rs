@@ -1,8 +1,10 @@
 //! cloud-init user-data: valid for the real schema checker, the auth key exactly once and never in
 //! a command line, the command's file handling.
 
-use fleetnix::cloudinit::{self as ci, AuthKey, Options};
+use fleetnix::cloudinit::AuthKey;
 use fleetnix::model::Fleet;
+use fleetnix::outputs::agent;
+use fleetnix::outputs::cloudinit::{self as ci, Options};
 use fleetnix::plan::{plan_node, NodePlan};
 use serde_yaml::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -117,7 +119,7 @@ fn check_structure(plan: &NodePlan, text: &str, key: &str, with_agent: bool) {
 
     let unit = files
         .iter()
-        .find(|f| f["path"].as_str() == Some(ci::AGENT_UNIT_PATH));
+        .find(|f| f["path"].as_str() == Some(agent::UNIT_PATH));
     assert_eq!(unit.is_some(), with_agent);
     if let Some(unit) = unit {
         let content = unit["content"].as_str().unwrap();
@@ -125,7 +127,7 @@ fn check_structure(plan: &NodePlan, text: &str, key: &str, with_agent: bool) {
             .lines()
             .find_map(|l| l.strip_prefix("ExecStart="))
             .unwrap();
-        let mut expected = vec![format!("\"{}\"", ci::DEFAULT_AGENT_BIN)];
+        let mut expected = vec![format!("\"{}\"", agent::DEFAULT_AGENT_BIN)];
         expected.extend(plan.agent.argv().iter().map(|a| format!("\"{a}\"")));
         assert_eq!(exec, expected.join(" "));
         assert!(runcmd.contains(&vec![

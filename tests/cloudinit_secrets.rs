@@ -56,7 +56,7 @@ fn key_from_the_age_file_with_identity() {
     let files = doc["write_files"].as_sequence().unwrap();
     let key_file = files
         .iter()
-        .find(|f| f["path"] == fleetnix::cloudinit::AUTHKEY_PATH)
+        .find(|f| f["path"] == fleetnix::outputs::cloudinit::AUTHKEY_PATH)
         .expect("the key file");
     assert_eq!(
         key_file["content"].as_str().map(str::trim),

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::deploy::nixos_fleet;
 use common::netns::Net;
 use common::*;
 use std::time::{Duration, Instant};
@@ -13,12 +14,8 @@ const TIMEOUT: u64 = 3;
 #[test]
 fn killed_sshd_and_dead_link_fail_alone_and_fast() {
     let Some(mut net) = Net::new() else { return };
-    let hosts: Vec<_> = (1..=5)
-        .map(|i| nixos_host(&mut net, &format!("n{i}")))
-        .collect();
     let root = tempfile::tempdir().expect("root");
-    let specs: Vec<_> = hosts.iter().map(NodeSpec::for_host).collect();
-    write_fleet(root.path(), &specs, TIMEOUT as u32, false);
+    let hosts = nixos_fleet(&mut net, root.path(), 5, TIMEOUT as u32);
     let go = root.path().join("go");
     let child = deploy_cmd(&net, root.path(), &["--all", "--action", "test"])
         .env("FAKE_REBUILD_WAIT_FOR", &go)

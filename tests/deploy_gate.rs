@@ -5,18 +5,9 @@
 
 mod common;
 
-use common::netns::{Host, Net};
+use common::deploy::{assert_halted, nixos_fleet};
+use common::netns::Net;
 use common::*;
-use std::path::Path;
-
-/// Five NixOS-like hosts `n1`…`n5` in a fleet under `root` (node timeout 3 s); `n1` is the
-/// control plane (it hosts the catalog's TCP services).
-fn five(net: &mut Net, root: &Path) -> Vec<Host> {
-    let hosts: Vec<Host> = (1..=5).map(|i| nixos_host(net, &format!("n{i}"))).collect();
-    let specs: Vec<NodeSpec> = hosts.iter().map(NodeSpec::for_host).collect();
-    write_fleet(root, &specs, 3, false);
-    hosts
-}
 
 /// `(running, profile, boot default)` all on generation 1.
 fn untouched() -> (String, String, String) {
@@ -27,7 +18,8 @@ fn untouched() -> (String, String, String) {
 fn a_canary_whose_agent_fails_its_gate_is_rolled_back_and_halts_the_rollout() {
     let Some(mut net) = Net::new() else { return };
     let root = tempfile::tempdir().expect("root");
-    five(&mut net, root.path());
+    // Five hosts, node timeout 3 s; n1 is the control plane (it hosts the catalog's TCP services).
+    nixos_fleet(&mut net, root.path(), 5, 3);
     let n1 = state_dir(&net, "n1");
     // The new generation stops the agent; generation 1 starts it again.
     std::fs::write(n1.join("breaks-agent"), "").expect("knob");
@@ -61,18 +53,9 @@ fn a_canary_whose_agent_fails_its_gate_is_rolled_back_and_halts_the_rollout() {
         !n1.join("run/fleetnix/lock").exists(),
         "the rollback released the lock"
     );
-    let rec = root.path().join("rec");
-    for n in ["n2", "n3", "n4", "n5"] {
-        let row = r.row(n);
-        assert!(
-            row.contains("skipped (halted)") && row.contains("canary"),
-            "{row}"
-        );
-        assert!(
-            !rec.join(format!("nixos-rebuild.{n}.argv")).exists(),
-            "{n} was touched"
-        );
-        assert!(lines(&state_dir(&net, n).join("activations")).is_empty());
+    let others = ["n2", "n3", "n4", "n5"];
+    assert_halted(&r, &net, root.path(), &others, "canary");
+    for n in others {
         assert_eq!(generations(&net, n), untouched());
     }
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::deploy::{pinned_sshopts, RealFleet};
 use common::netns::Net;
 use common::*;
 
@@ -94,11 +95,6 @@ fn nix_sshopts_pinning_rejects_a_wrong_key_in_nixos_rebuild_itself() {
     let dir = net.dir().to_path_buf();
     let kh = dir.join("known_hosts_wrong");
     std::fs::write(&kh, format!("{} {}\n", a.addr, b.host_key)).expect("kh");
-    let ssh = fleetnix::deploy::transport::SshConfig {
-        program: "ssh".into(),
-        identity: Some(net.client_key().to_path_buf()),
-        connect_timeout: 5,
-    };
     let run = |kh: &std::path::Path, control: Option<std::path::PathBuf>| {
         let rec = dir.join("rec-direct");
         std::fs::create_dir_all(&rec).expect("rec");
@@ -113,22 +109,14 @@ fn nix_sshopts_pinning_rejects_a_wrong_key_in_nixos_rebuild_itself() {
                 ])
                 .env(
                     "NIX_SSHOPTS",
-                    fleetnix::deploy::nixos::nix_sshopts(
-                        &ssh,
-                        &fleetnix::deploy::transport::SshTarget {
-                            destination: format!("root@{}", a.addr),
-                            known_hosts: kh.to_path_buf(),
-                            sudo: false,
-                            control,
-                        },
-                    ),
+                    pinned_sshopts(&net, &format!("root@{}", a.addr), kh, control),
                 )
                 .env("FAKE_RECORD_DIR", &rec),
         )
     };
     // A shared connection (ControlMaster=auto) is opened with the same pinning: refused too,
     // and no master is left listening.
-    let control = fleetnix::deploy::transport::ControlDir::new().expect("control dir");
+    let control = fleetnix::exec::ssh::ControlDir::new().expect("control dir");
     let socket = control.socket(0).expect("short socket path");
     let r = run(&kh, Some(socket.clone()));
     assert_ne!(r.code, Some(0));
@@ -250,114 +238,70 @@ fn a_host_that_is_not_nixos_is_named_as_such_at_connect() {
 // namespace hosts: real `nix build`, real `nix-copy-closure` over ssh with fleetnix's
 // NIX_SSHOPTS, real `nix-env --set` on the target, and the flake's own switch-to-configuration.
 
-use common::rebuild_ng::{self, activations, real_nixos_host, systems};
+use common::rebuild_ng::{self, activations, systems};
 
 /// `(running, profile, boot default)` as [`systems`] names them.
 fn on(running: &str, profile: &str, boot: &str) -> (String, String, String) {
     (running.into(), profile.into(), boot.into())
 }
 
-/// A fleet of `hosts` under `root` with the test flake; the real nixos-rebuild (or a skip).
-fn real_fleet(net: &Net, root: &std::path::Path, specs: &[NodeSpec]) -> Option<std::path::PathBuf> {
-    let rebuild = rebuild_ng::real_nixos_rebuild(&net.dir().join("nixos-rebuild-ng"))?;
-    write_fleet(root, specs, 5, false);
-    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-    rebuild_ng::write_flake(root, &names);
-    Some(rebuild)
-}
-
-/// `deploy` as [`deploy_cmd`], with the real nixos-rebuild.
-fn real_deploy(net: &Net, root: &std::path::Path, rebuild: &std::path::Path, args: &[&str]) -> Ran {
-    Ran::of(deploy_cmd(net, root, args).env("FLEETNIX_NIXOS_REBUILD", rebuild))
-}
-
 #[test]
 fn real_nixos_rebuild_passes_a_pinned_key_and_a_wrong_one_changes_nothing() {
-    let Some(mut net) = Net::new() else { return };
-    let good = real_nixos_host(&mut net, "good");
-    let bad = real_nixos_host(&mut net, "bad");
-    let root = tempfile::tempdir().expect("root");
-    let mut bad_spec = NodeSpec::for_host(&bad);
-    bad_spec.host_key = Some(good.host_key.clone());
-    let specs = [NodeSpec::for_host(&good), bad_spec];
-    let Some(rebuild) = real_fleet(&net, root.path(), &specs) else {
+    // bad is pinned to good's key.
+    let Some(f) = RealFleet::with(&["good", "bad"], |hosts, specs| {
+        specs[1].host_key = Some(hosts[0].host_key.clone())
+    }) else {
         return;
     };
-    let r = real_deploy(
-        &net,
-        root.path(),
-        &rebuild,
-        &["--all", "--force", "--action", "test"],
-    );
+    let (net, good, bad) = (&f.net, &f.hosts[0], &f.hosts[1]);
+    let r = f.deploy(&["--all", "--force", "--action", "test"]);
     assert_eq!(r.code, Some(1), "{r}");
     assert!(r.row("good").contains(" ok "), "{r}");
-    assert_eq!(activations(&net, "good"), ["v1 test"]);
-    assert_eq!(systems(&net, "good"), on("v1", "gen1", "gen1"));
+    assert_eq!(activations(net, "good"), ["v1 test"]);
+    assert_eq!(systems(net, "good"), on("v1", "gen1", "gen1"));
     let row = r.row("bad");
     assert!(row.contains("host key verification failed"), "{row}");
-    assert!(activations(&net, "bad").is_empty());
-    assert_eq!(systems(&net, "bad"), on("gen1", "gen1", "gen1"));
+    assert!(activations(net, "bad").is_empty());
+    assert_eq!(systems(net, "bad"), on("gen1", "gen1", "gen1"));
     // The real tool itself, given fleetnix's NIX_SSHOPTS pinning the wrong key, refuses at
     // its copy (before anything changes on the host).
     let kh = net.dir().join("known_hosts_wrong");
     std::fs::write(&kh, format!("{} {}\n", bad.addr, good.host_key)).expect("kh");
-    let ssh = fleetnix::deploy::transport::SshConfig {
-        program: "ssh".into(),
-        identity: Some(net.client_key().to_path_buf()),
-        connect_timeout: 5,
-    };
-    let target = fleetnix::deploy::transport::SshTarget {
-        destination: format!("root@{}", bad.addr),
-        known_hosts: kh,
-        sudo: false,
-        control: None,
-    };
+    let destination = format!("root@{}", bad.addr);
     let r = Ran::of(
-        net.command(&rebuild)
+        net.command(&f.rebuild)
             .args(["switch", "--flake"])
-            .arg(format!("{}#bad", root.path().display()))
-            .args(["--target-host", &target.destination])
-            .env(
-                "NIX_SSHOPTS",
-                fleetnix::deploy::nixos::nix_sshopts(&ssh, &target),
-            ),
+            .arg(format!("{}#bad", f.root().display()))
+            .args(["--target-host", &destination])
+            .env("NIX_SSHOPTS", pinned_sshopts(net, &destination, &kh, None)),
     );
     assert_ne!(r.code, Some(0), "{r}");
     assert!(r.stderr.contains("Host key verification failed"), "{r}");
-    assert!(activations(&net, "bad").is_empty());
-    assert_eq!(systems(&net, "bad"), on("gen1", "gen1", "gen1"));
+    assert!(activations(net, "bad").is_empty());
+    assert_eq!(systems(net, "bad"), on("gen1", "gen1", "gen1"));
 }
 
 #[test]
 fn real_nixos_rebuild_boot_and_guarded_switch() {
-    let Some(mut net) = Net::new() else { return };
-    let a = real_nixos_host(&mut net, "a");
-    let b = real_nixos_host(&mut net, "b");
-    let root = tempfile::tempdir().expect("root");
-    let specs = [NodeSpec::for_host(&a), NodeSpec::for_host(&b)];
-    let Some(rebuild) = real_fleet(&net, root.path(), &specs) else {
+    let Some(f) = RealFleet::new(&["a", "b"]) else {
         return;
     };
+    let net = &f.net;
     // boot: profile and boot default move, the running system does not.
-    let r = real_deploy(
-        &net,
-        root.path(),
-        &rebuild,
-        &["a", "--force", "--action", "boot"],
-    );
+    let r = f.deploy(&["a", "--force", "--action", "boot"]);
     assert_eq!(r.code, Some(0), "{r}");
-    assert_eq!(activations(&net, "a"), ["v1 boot"]);
-    assert_eq!(systems(&net, "a"), on("gen1", "v1", "v1"));
+    assert_eq!(activations(net, "a"), ["v1 boot"]);
+    assert_eq!(systems(net, "a"), on("gen1", "v1", "v1"));
     // A guarded switch: built and copied by the real tool (`build`), activated with `test`,
     // health-gated, confirmed over a new connection, then profile and boot default.
-    rebuild_ng::set_generation(root.path(), "2");
-    let r = real_deploy(&net, root.path(), &rebuild, &["b", "--force"]);
+    rebuild_ng::set_generation(f.root(), "2");
+    let r = f.deploy(&["b", "--force"]);
     assert_eq!(r.code, Some(0), "{r}");
     assert!(r.row("b").contains("confirmed"), "{r}");
-    assert_eq!(activations(&net, "b"), ["v2 test", "v2 boot"]);
-    assert_eq!(systems(&net, "b"), on("v2", "v2", "v2"));
+    assert_eq!(activations(net, "b"), ["v2 test", "v2 boot"]);
+    assert_eq!(systems(net, "b"), on("v2", "v2", "v2"));
     // The built system is kept from the local garbage collector.
-    let result = root.path().join(".fleetnix/build/b/result");
+    let result = f.root().join(".fleetnix/build/b/result");
     assert_eq!(
         rebuild_ng::system_name(
             &std::fs::read_link(&result)
@@ -370,34 +314,24 @@ fn real_nixos_rebuild_boot_and_guarded_switch() {
 
 #[test]
 fn real_nixos_rebuild_rollout_halts_after_a_failed_canary() {
-    let Some(mut net) = Net::new() else { return };
-    let hosts: Vec<_> = (1..=5)
-        .map(|i| real_nixos_host(&mut net, &format!("n{i}")))
-        .collect();
-    let root = tempfile::tempdir().expect("root");
-    let specs: Vec<NodeSpec> = hosts.iter().map(NodeSpec::for_host).collect();
-    let Some(rebuild) = real_fleet(&net, root.path(), &specs) else {
+    let Some(f) = RealFleet::new(&["n1", "n2", "n3", "n4", "n5"]) else {
         return;
     };
+    let net = &f.net;
     // Activating system 1 fails on the canary.
-    std::fs::write(state_dir(&net, "n1").join("fail-v1"), "").expect("knob");
-    let r = real_deploy(
-        &net,
-        root.path(),
-        &rebuild,
-        &["--all", "--force", "--canary", "1"],
-    );
+    std::fs::write(state_dir(net, "n1").join("fail-v1"), "").expect("knob");
+    let r = f.deploy(&["--all", "--force", "--canary", "1"]);
     assert_eq!(r.code, Some(1), "{r}");
     let row = r.row("n1");
     assert!(
         row.contains("[activate]") && row.contains("rolled back"),
         "{row}"
     );
-    assert_eq!(activations(&net, "n1"), ["v1 test", "gen1 test"]);
-    assert_eq!(systems(&net, "n1"), on("gen1", "gen1", "gen1"));
+    assert_eq!(activations(net, "n1"), ["v1 test", "gen1 test"]);
+    assert_eq!(systems(net, "n1"), on("gen1", "gen1", "gen1"));
     for n in ["n2", "n3", "n4", "n5"] {
         assert!(r.row(n).contains("skipped (halted)"), "{r}");
-        assert!(activations(&net, n).is_empty(), "{n} was touched");
-        assert_eq!(systems(&net, n), on("gen1", "gen1", "gen1"));
+        assert!(activations(net, n).is_empty(), "{n} was touched");
+        assert_eq!(systems(net, n), on("gen1", "gen1", "gen1"));
     }
 }

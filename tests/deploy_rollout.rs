@@ -3,17 +3,13 @@
 
 mod common;
 
-use common::netns::{Host, Net};
+use common::deploy::{assert_halted, nixos_fleet};
+use common::netns::Net;
 use common::*;
-use std::path::Path;
 
-/// Five NixOS-like hosts `n1`…`n5` in a fleet under `root` (node timeout 5 s).
-fn five(net: &mut Net, root: &Path) -> Vec<Host> {
-    let hosts: Vec<Host> = (1..=5).map(|i| nixos_host(net, &format!("n{i}"))).collect();
-    let specs: Vec<NodeSpec> = hosts.iter().map(NodeSpec::for_host).collect();
-    write_fleet(root, &specs, 5, false);
-    hosts
-}
+/// Five NixOS-like hosts `n1`…`n5` (node timeout 5 s).
+const HOSTS: usize = 5;
+const TIMEOUT: u32 = 5;
 
 /// Replaces host `name`'s `switch-to-configuration` (new generations copy it) with `script`.
 fn activation(net: &Net, name: &str, script: &str) {
@@ -30,7 +26,7 @@ const FAILING: &str =
 fn a_failed_canary_halts_the_rollout_before_any_other_node_is_touched() {
     let Some(mut net) = Net::new() else { return };
     let root = tempfile::tempdir().expect("root");
-    five(&mut net, root.path());
+    nixos_fleet(&mut net, root.path(), HOSTS, TIMEOUT);
     activation(&net, "n1", FAILING);
     let r = Ran::of(&mut deploy_cmd(
         &net,
@@ -39,20 +35,8 @@ fn a_failed_canary_halts_the_rollout_before_any_other_node_is_touched() {
     ));
     assert_eq!(r.code, Some(1), "{r}");
     assert!(r.row("n1").contains("FAILED"), "{r}");
-    let rec = root.path().join("rec");
-    assert!(rec.join("nixos-rebuild.n1.argv").exists());
-    for n in ["n2", "n3", "n4", "n5"] {
-        let row = r.row(n);
-        assert!(
-            row.contains("skipped (halted)") && row.contains("canary"),
-            "{row}"
-        );
-        assert!(
-            !rec.join(format!("nixos-rebuild.{n}.argv")).exists(),
-            "{n} was touched"
-        );
-        assert!(lines(&state_dir(&net, n).join("activations")).is_empty());
-    }
+    assert!(root.path().join("rec/nixos-rebuild.n1.argv").exists());
+    assert_halted(&r, &net, root.path(), &["n2", "n3", "n4", "n5"], "canary");
     // --json says the same.
     let r = Ran::of(&mut deploy_cmd(
         &net,
@@ -76,7 +60,7 @@ fn a_failed_canary_halts_the_rollout_before_any_other_node_is_touched() {
 fn max_failures_stops_starting_nodes_once_exceeded() {
     let Some(mut net) = Net::new() else { return };
     let root = tempfile::tempdir().expect("root");
-    five(&mut net, root.path());
+    nixos_fleet(&mut net, root.path(), HOSTS, TIMEOUT);
     activation(&net, "n1", FAILING);
     activation(&net, "n2", FAILING);
     let r = Ran::of(&mut deploy_cmd(
@@ -107,7 +91,7 @@ fn max_failures_stops_starting_nodes_once_exceeded() {
 fn batch_bounds_the_nodes_activating_at_once_as_seen_on_the_hosts() {
     let Some(mut net) = Net::new() else { return };
     let root = tempfile::tempdir().expect("root");
-    five(&mut net, root.path());
+    nixos_fleet(&mut net, root.path(), HOSTS, TIMEOUT);
     let shared = net.dir().join("activating");
     std::fs::create_dir_all(&shared).expect("dir");
     let seen = net.dir().join("concurrency");

@@ -3,9 +3,11 @@
 
 mod common;
 
-use fleetnix::deploy::runner::{deploy, Cancel, Event, Outcome, Step};
-use fleetnix::deploy::transport::{NodeLog, ProcError, ProcOutput, SshTarget, Transport};
+use fleetnix::deploy::report::{Cancel, Event, Outcome, Step, Summary};
+use fleetnix::deploy::schedule::deploy;
 use fleetnix::deploy::{Action, DeployOptions, EnvAuthKey};
+use fleetnix::exec::process::{NodeLog, ProcError, ProcOutput};
+use fleetnix::exec::ssh::{SshTarget, Transport};
 use fleetnix::plan::NodePlan;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -81,7 +83,7 @@ async fn run(
     opts: DeployOptions,
     t: Arc<Recording>,
     cancel: Cancel,
-) -> (fleetnix::deploy::runner::Summary, Vec<Event>) {
+) -> (Summary, Vec<Event>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let s = deploy(plans, opts, Rec(t), Arc::new(EnvAuthKey), Some(tx), cancel).await;
     let mut events = Vec::new();

@@ -7,7 +7,8 @@
 mod common;
 
 use common::{example_fleet, repo};
-use fleetnix::{acl, agent, cloudinit, plan, render, secrets};
+use fleetnix::outputs::{self, agent};
+use fleetnix::{cloudinit, plan};
 
 const SOURCES: &str = "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml";
 /// Stands for the auth key in the cloud-init golden files (the key is built at run time).
@@ -37,7 +38,7 @@ fn golden(rel: &str, text: &str, rewritable: bool) {
 #[test]
 fn node_modules_and_nats_module_equal_the_committed_files() {
     let fleet = example_fleet();
-    let files = render::render_fleet(&fleet, &plan::plan(&fleet), SOURCES).unwrap();
+    let files = outputs::render_fleet(&fleet, &plan::plan(&fleet), SOURCES).unwrap();
     let names: Vec<String> = files.keys().map(|p| p.display().to_string()).collect();
     assert_eq!(
         names,
@@ -55,7 +56,7 @@ fn node_modules_and_nats_module_equal_the_committed_files() {
 
 #[test]
 fn secrets_nix_equals_the_committed_file() {
-    let text = secrets::render_secrets_nix(&example_fleet()).unwrap();
+    let text = outputs::secrets_nix::render_secrets_nix(&example_fleet()).unwrap();
     golden("secrets/secrets.nix", &text, false);
 }
 
@@ -67,11 +68,12 @@ fn cloud_init_user_data_equals_its_golden_files() {
     let auth = cloudinit::AuthKey::parse(&key).unwrap();
     for (node, with_agent) in [("worker-01", false), ("control-01", true)] {
         let n = fleet.node(node).unwrap();
-        let opts = cloudinit::Options {
+        let opts = outputs::cloudinit::Options {
             with_agent,
             ..Default::default()
         };
-        let text = cloudinit::user_data(&plan::plan_node(&fleet, n), &auth, &opts).unwrap();
+        let text =
+            outputs::cloudinit::user_data(&plan::plan_node(&fleet, n), &auth, &opts).unwrap();
         assert_eq!(text.matches(&key).count(), 1);
         golden(
             &format!("tests/fixtures/golden/cloud-init-{node}.yaml"),
@@ -101,6 +103,6 @@ fn agent_unit_equals_its_golden_file() {
 #[test]
 fn acl_policy_equals_the_committed_file() {
     // fleet/acl-policy.hujson is what `fleetnix acl render` writes for the example fleet.
-    let text = acl::render::render(&example_fleet(), SOURCES).text;
+    let text = outputs::acl::render(&example_fleet(), SOURCES).text;
     golden("fleet/acl-policy.hujson", &text, false);
 }

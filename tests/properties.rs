@@ -217,7 +217,7 @@ fn every_valid_manifest_renders_to_nix_nats_and_cloud_init_that_their_tools_acce
             let dir = tempfile::tempdir().unwrap();
             let fleet = load(&write_fleet(dir.path(), &nodes))?;
             let plans = fleetnix::plan::plan(&fleet);
-            let files = fleetnix::render::render_fleet(&fleet, &plans, "generated")
+            let files = fleetnix::outputs::render_fleet(&fleet, &plans, "generated")
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let out = dir.path().join("out");
             let mut paths = Vec::new();
@@ -234,7 +234,7 @@ fn every_valid_manifest_renders_to_nix_nats_and_cloud_init_that_their_tools_acce
                 paths.push(p);
             }
             // Byte-identical re-render.
-            let again = fleetnix::render::render_fleet(&fleet, &plans, "generated").unwrap();
+            let again = fleetnix::outputs::render_fleet(&fleet, &plans, "generated").unwrap();
             prop_assert_eq!(&again, &files);
             if let Some(nix) = &nix {
                 for p in &paths {
@@ -270,10 +270,10 @@ fn every_valid_manifest_renders_to_nix_nats_and_cloud_init_that_their_tools_acce
                 let node = fleet.nodes.last().unwrap();
                 let plan = fleetnix::plan::plan_node(&fleet, node);
                 let key = fleetnix::cloudinit::AuthKey::parse(&common::fake_authkey()).unwrap();
-                let text = fleetnix::cloudinit::user_data(
+                let text = fleetnix::outputs::cloudinit::user_data(
                     &plan,
                     &key,
-                    &fleetnix::cloudinit::Options {
+                    &fleetnix::outputs::cloudinit::Options {
                         with_agent: true,
                         ..Default::default()
                     },
@@ -380,7 +380,7 @@ fn the_rendered_policy_of_any_valid_fleet_passes_its_tests_and_its_check() {
         .run(&gen_nodes(), |nodes| {
             let dir = tempfile::tempdir().unwrap();
             let fleet = load(&write_fleet(dir.path(), &nodes))?;
-            let rendered = fleetnix::acl::render::render(&fleet, "generated");
+            let rendered = fleetnix::outputs::acl::render(&fleet, "generated");
             let parsed = policy::parse(&rendered.text)
                 .map_err(|e| TestCaseError::fail(format!("{e}\n{}", rendered.text)))?;
             prop_assert!(parsed.issues.is_empty(), "{:?}", parsed.issues);

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{example_fleet, nix_instantiate, repo};
-use fleetnix::{nix, plan, render};
+use fleetnix::{nix, outputs, plan};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,15 +14,15 @@ use std::process::Command;
 /// Renders the example fleet into a temp root; returns the node modules' paths.
 fn rendered_example() -> (tempfile::TempDir, Vec<PathBuf>) {
     let fleet = example_fleet();
-    let files = render::render_fleet(
+    let files = outputs::render_fleet(
         &fleet,
         &plan::plan(&fleet),
         "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml",
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let changes = render::compare(dir.path(), &files).unwrap();
-    render::apply(dir.path(), &files, &changes).unwrap();
+    let changes = outputs::compare(dir.path(), &files).unwrap();
+    outputs::apply(dir.path(), &files, &changes).unwrap();
     assert!(files.contains_key(Path::new("nix/services/nats.nix")));
     let paths = files
         .keys()
@@ -89,8 +89,8 @@ fn rendered_module_snapshot() {
     std::fs::write(fleet_dir.join("services.yml"), services).unwrap();
     let fleet = fleetnix::manifest::load(&fleet_dir).unwrap();
     let node = fleet.node("edge-7").unwrap();
-    let text = render::render_node(
-        &render::engine().unwrap(),
+    let text = outputs::render_node(
+        &outputs::engine().unwrap(),
         &plan::plan_node(&fleet, node),
         "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml",
     )

@@ -252,15 +252,15 @@ fn rendered_module_points_at_the_written_file() {
     let key = fake_key();
     secrets::set_authkey(&fleet, &s.t.root, &nodes(&["worker-01"]), &secret(&key)).unwrap();
     let plan = fleetnix::plan::plan_node(&fleet, fleet.node("worker-01").unwrap());
-    let text =
-        fleetnix::render::render_node(&fleetnix::render::engine().unwrap(), &plan, "test").unwrap();
-    let module = s.t.root.join(fleetnix::render::node_path("worker-01"));
+    let text = fleetnix::outputs::render_node(&fleetnix::outputs::engine().unwrap(), &plan, "test")
+        .unwrap();
+    let module = s.t.root.join(fleetnix::outputs::node_path("worker-01"));
     std::fs::create_dir_all(module.parent().unwrap()).unwrap();
     std::fs::write(&module, text).unwrap();
     let expr = format!(
         "toString (import {} {{ config = {{}}; }}).age.secrets.{}.file",
         fleetnix::nix::string(&module.display().to_string()).trim_matches('"'),
-        fleetnix::nix::string(fleetnix::plan::AUTHKEY_SECRET)
+        fleetnix::nix::string(fleetnix::secrets::kinds::AUTHKEY_SECRET)
     );
     let out =
         run(Command::new("nix-instantiate").args(["--eval", "--strict", "--json", "-E", &expr]));

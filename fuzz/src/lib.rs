@@ -112,7 +112,7 @@ pub fn manifest(data: &[u8]) {
         Ok(fleet) => {
             let plans = fleetnix::plan::plan(&fleet);
             assert_eq!(plans.len(), fleet.nodes.len());
-            let r = fleetnix::acl::render::render(&fleet, "fuzz");
+            let r = fleetnix::outputs::acl::render(&fleet, "fuzz");
             // The rendered policy is fleetnix's own output: it must parse.
             if let Err(e) = policy::parse(&r.text) {
                 panic!("rendered policy does not parse: {e}\n{}", r.text);
@@ -179,18 +179,18 @@ pub fn tsapi(data: &[u8]) {
     let url = "http://127.0.0.1/api/v2/tailnet/-/keys";
     match sel % 4 {
         0 => {
-            let _ = fleetnix::tsapi::decode_unauthorized(403, &body).to_string();
+            let _ = fleetnix::tailscale::api::decode_unauthorized(403, &body).to_string();
         }
         1 => {
-            let e = fleetnix::tsapi::decode_rejection(400, &body);
+            let e = fleetnix::tailscale::api::decode_rejection(400, &body);
             let _ = e.to_string();
         }
         2 => {
-            if let Err(e) = fleetnix::tsapi::decode_validation(200, url, &body) {
+            if let Err(e) = fleetnix::tailscale::api::decode_validation(200, url, &body) {
                 let _ = e.to_string();
             }
         }
-        _ => match fleetnix::tsapi::decode_created_key(200, url, &body) {
+        _ => match fleetnix::tailscale::api::decode_created_key(200, url, &body) {
             Ok(k) => {
                 // The key is never shown by Debug.
                 use secrecy::ExposeSecret;

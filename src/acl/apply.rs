@@ -7,8 +7,6 @@ use super::eval::Evaluator;
 use super::policy::{self, PolicyError};
 use crate::model::Fleet;
 use crate::tailscale::api::{ApiError, Client, RemotePolicy};
-/// Minting auth keys lives in [`crate::tailscale::authkey`]; re-exported at its old path.
-pub use crate::tailscale::authkey::{authkey_request, mint_authkey, AUTHKEY_EXPIRY_SECONDS};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,7 @@
 //! Compares any policy file with the fleet: over-grants, missing grants, format problems,
 //! unknown tags, groups, hosts and ipsets, tag ownership, SSH that deploys need, failing tests.
 //!
-//! "Allowed" is what the rendered policy ([`super::render`]) allows, evaluated with the same
+//! "Allowed" is what the rendered policy ([`crate::outputs::acl`]) allows, evaluated with the same
 //! [`Evaluator`]: an over-grant is access the checked policy gives and the rendered one does not;
 //! a missing grant is the reverse, explained by the catalog row or configuration need behind it.
 //! Both are compared per IP protocol. The identities compared are every tag and group, any member,
@@ -15,11 +15,12 @@ use super::addrs::{AddrSet, Covers, TAILNET_V4, TAILNET_V6};
 use super::eval::{
     entry_text, Access, Evaluator, Principal, ProtoKey, SshDecision, ROLE_AUTOGROUPS,
 };
+use super::intents::{Intent, Intents};
 use super::matrix::NONROOT_PROBE;
 use super::policy::{self, IssueKind, Loc, NetRule, Policy, PolicyError, Selector, TCP, UDP};
 use super::ports::PortSet;
-use super::render::{self, Intent, Intents};
 use crate::model::{Fleet, Node, Protocol};
+use crate::outputs;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -143,7 +144,7 @@ pub fn node_principals(fleet: &Fleet) -> Vec<Principal> {
 
 /// Parses and evaluates the policy rendered for `fleet`.
 pub fn rendered_policy(fleet: &Fleet) -> Result<(Policy, Intents), PolicyError> {
-    let r = render::render(fleet, "the fleet");
+    let r = outputs::acl::render(fleet, "the fleet");
     let parsed = policy::parse(&r.text)?;
     Ok((parsed.policy, r.intents))
 }

@@ -2,9 +2,9 @@
 
 use super::check::node_principals;
 use super::eval::{entry_text, Evaluator, Principal, SshDecision};
+use super::intents;
 use super::policy::Policy;
 use super::ports::PortSet;
-use super::render;
 use crate::model::Fleet;
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -60,7 +60,7 @@ pub struct Matrix {
 /// Evaluates `policy` for every tag and group of the fleet (and of the policy), and every
 /// principal the policy names ([`super::check::named_principals`]), against every node.
 pub fn matrix(fleet: &Fleet, policy: &Policy) -> Matrix {
-    let intents = render::intents(fleet);
+    let intents = intents::intents(fleet);
     let tags: BTreeSet<&String> = intents
         .all_tags
         .iter()

@@ -4,12 +4,13 @@
 //! - [`policy`]: typed policy file parsed from HuJSON, every value with its line and column;
 //! - [`addrs`]: what IPs, CIDRs, `hosts` and `ipsets` cover of devices whose addresses are partly known;
 //! - [`eval`]: a small evaluator (can S reach node D on port P, may S SSH as user U);
-//! - [`intents`]: the accesses the fleet needs; [`render`] re-exports them with the policy text
-//!   ([`crate::outputs::acl`], deterministic commented HuJSON);
+//! - [`intents`]: the accesses the fleet needs (the policy text is rendered by
+//!   [`crate::outputs::acl`], deterministic commented HuJSON);
 //! - [`check`]: compares any policy with the fleet (over-grants, missing grants, format problems);
 //! - [`matrix`]: who can reach what, as a table or a Graphviz graph;
 //! - [`files`]: the policy files of `fleetnix acl` (which policy a command works on, `acl check`'s report);
-//! - [`apply`]: `get` / `diff` / `set` through [`crate::tsapi`], with backups and a lock-out guard.
+//! - [`apply`]: `get` / `diff` / `set` through [`crate::tailscale::api`], with backups and a
+//!   lock-out guard.
 
 pub mod addrs;
 pub mod apply;
@@ -20,4 +21,3 @@ pub mod intents;
 pub mod matrix;
 pub mod policy;
 pub mod ports;
-pub mod render;

@@ -5,8 +5,8 @@ use super::authkey::KeySources;
 use super::hostkey::{Fingerprint, ScannedKey};
 use crate::deploy::DeployOptions;
 use crate::model::{Fleet, NodeName};
+use crate::tailscale::api::Client;
 use crate::tailscale::Tailscale;
-use crate::tsapi;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -127,7 +127,7 @@ pub struct BootstrapOptions {
     /// Operator-supplied auth key sources.
     pub keys: KeySources,
     /// The Tailscale API (mints auth keys, sets the device's address), if a token was given.
-    pub api: Option<tsapi::Client>,
+    pub api: Option<Client>,
     /// Expiry of a minted auth key.
     pub mint_expiry: Duration,
     /// How long to wait for the node in `tailscale status` (and for an address change).
@@ -161,12 +161,12 @@ impl BootstrapOptions {
             ssh_user: ssh_user.to_string(),
             address,
             fingerprint: None,
-            keyscan: crate::deploy::locate(KEYSCAN_ENV, "ssh-keyscan")
+            keyscan: crate::exec::process::locate(KEYSCAN_ENV, "ssh-keyscan")
                 .unwrap_or_else(|| PathBuf::from("ssh-keyscan")),
             tailscale,
             keys: KeySources::default(),
             api: None,
-            mint_expiry: Duration::from_secs(crate::acl::apply::AUTHKEY_EXPIRY_SECONDS),
+            mint_expiry: Duration::from_secs(crate::tailscale::authkey::AUTHKEY_EXPIRY_SECONDS),
             wait_timeout: DEFAULT_WAIT,
             poll_interval: Duration::from_secs(1),
         }

@@ -1,6 +1,5 @@
 //! What a bootstrap reports: its steps, what each did, progress events and why it stopped.
 
-use crate::deploy::runner;
 use serde::Serialize;
 use std::net::IpAddr;
 
@@ -113,7 +112,7 @@ pub enum Event {
     /// A step finished.
     Finished(StepReport),
     /// Progress of deploy's runner during [`Step::Install`].
-    Deploy(runner::Event),
+    Deploy(crate::deploy::report::Event),
     /// Something worth telling.
     Note(String),
 }

@@ -3,7 +3,7 @@
 
 use super::options::BootstrapOptions;
 use super::report::{BootstrapError, Event, Report, Status, Step, StepReport};
-use crate::deploy::transport::NodeLog;
+use crate::exec::process::NodeLog;
 use crate::manifest;
 use crate::model::{Fleet, NodeName};
 use crate::tailscale::{PeerStatus, TailscaleStatus};

@@ -18,17 +18,11 @@
 
 use super::{BusError, ServerPlan, ROUTER_PASSWORD_VAR, ROUTER_USER};
 use crate::model::NodeName;
+use crate::secret::Secret;
+use crate::secrets::kinds::{PASSWORD_SECRET, ROUTER_SECRET, SERVER_ENV_SECRET};
 use crate::secrets::{SecretId, SecretKind};
 use rand::Rng;
 use std::collections::BTreeMap;
-
-/// agenix name of a node's NATS password secret.
-pub use crate::secrets::kinds::PASSWORD_SECRET;
-/// agenix name of the control plane's nats-server environment file secret.
-pub use crate::secrets::kinds::SERVER_ENV_SECRET;
-
-/// agenix name of the router's NATS password secret (on the control plane).
-pub use crate::secrets::kinds::ROUTER_SECRET;
 
 /// Length of a generated password.
 pub const PASSWORD_LEN: usize = 40;
@@ -56,8 +50,6 @@ pub fn server_env_file(control_plane: &NodeName) -> String {
 pub fn router_password_file(control_plane: &NodeName) -> String {
     SecretId::new(control_plane.clone(), SecretKind::NatsRouterPassword).age_path()
 }
-
-pub use crate::secret::Secret;
 
 /// A fresh random password from the OS's generator.
 pub fn generate_password() -> Secret {

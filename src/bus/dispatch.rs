@@ -7,12 +7,12 @@
 //! responders" at once, so only hung nodes cost a timeout. Every attempt carries the same
 //! `Fleet-Task-Id` header, so a slow node that answers late can be recognised as a duplicate.
 
-use super::creds::Secret;
 use super::{
     node_task_subject, queue_group, task_subject, BusError, ATTEMPT_HEADER, NODE_HEADER,
     TASK_ID_HEADER,
 };
 use crate::model::{NodeName, Role};
+use crate::secret::Secret;
 use async_nats::{Client, ConnectOptions, HeaderMap, Message, Request, RequestErrorKind};
 use bytes::Bytes;
 use rand::RngCore;
@@ -221,10 +221,11 @@ pub async fn connect_as(
         })
 }
 
-/// A fresh task id: 16 lowercase hex digits from the OS's random source (one read, 64 bits).
+/// A fresh task id: 16 lowercase hex digits (64 bits) from the thread's CSPRNG, which the OS's
+/// random source seeds (no system call per id).
 pub fn task_id() -> String {
     let mut bytes = [0u8; 8];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    rand::thread_rng().fill_bytes(&mut bytes);
     bytes.iter().fold(String::with_capacity(16), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s

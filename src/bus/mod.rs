@@ -5,7 +5,7 @@
 //! - [`ServerPlan`]: the nats-server configuration — listen address (the control plane's tailnet
 //!   address, the catalog's `nats` port) and one user per node whose permissions follow its roles;
 //! - [`conf`]: that plan in nats-server's config syntax, used verbatim by the rendered NixOS module
-//!   ([`nix`]) and by the tests that run a real `nats-server`;
+//!   ([`crate::outputs::nats`]) and by the tests that run a real `nats-server`;
 //! - [`creds`]: per-node passwords, referenced from the config as `$NATS_PASSWORD_<NODE>` and never
 //!   written into a rendered file;
 //! - [`dispatch`]: request/reply with failover, and the worker side of the contract;
@@ -26,7 +26,6 @@ pub mod conf;
 pub mod creds;
 pub mod dispatch;
 pub mod heartbeat;
-pub mod nix;
 pub mod registry;
 
 use crate::model::{Fleet, Node, NodeName, Role};

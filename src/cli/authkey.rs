@@ -1,9 +1,9 @@
 //! `authkey mint`: a one-off tagged auth key, straight into the node's encrypted secret. The
-//! logic is in `fleetnix::authkey`.
+//! logic is in `fleetnix::tailscale::authkey`.
 
 use super::acl::{client, ApiArgs};
 use super::{runtime, CliError, CmdResult, Ctx, Outcome};
-use fleetnix::acl::apply;
+use fleetnix::tailscale::authkey;
 
 /// `authkey` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -16,7 +16,7 @@ pub enum AuthkeyCommand {
         #[command(flatten)]
         api: ApiArgs,
         /// Lifetime of the key in seconds.
-        #[arg(long, default_value_t = apply::AUTHKEY_EXPIRY_SECONDS)]
+        #[arg(long, default_value_t = authkey::AUTHKEY_EXPIRY_SECONDS)]
         expiry_seconds: u64,
     },
 }
@@ -37,7 +37,7 @@ pub fn run(ctx: &Ctx, cmd: AuthkeyCommand) -> CmdResult {
     {
         let c = client(&fleet, &api)?;
         let minted = runtime()?
-            .block_on(fleetnix::authkey::mint_and_store(
+            .block_on(authkey::mint_and_store(
                 &c,
                 &fleet,
                 &ctx.root,

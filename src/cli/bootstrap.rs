@@ -65,7 +65,7 @@ pub struct CloudInitArgs {
     #[command(flatten)]
     pub api: super::acl::ApiArgs,
     /// Lifetime of a minted key in seconds.
-    #[arg(long, default_value_t = fleetnix::acl::apply::AUTHKEY_EXPIRY_SECONDS, requires = "mint")]
+    #[arg(long, default_value_t = fleetnix::tailscale::authkey::AUTHKEY_EXPIRY_SECONDS, requires = "mint")]
     pub expiry_seconds: u64,
     /// Write the user-data to FILE (mode 0600, atomically) instead of stdout.
     #[arg(short, long, value_name = "FILE")]
@@ -74,10 +74,10 @@ pub struct CloudInitArgs {
     #[arg(long)]
     pub with_agent: bool,
     /// Tailscale install script URL (https).
-    #[arg(long, default_value = fleetnix::cloudinit::DEFAULT_INSTALL_URL)]
+    #[arg(long, default_value = fleetnix::outputs::cloudinit::DEFAULT_INSTALL_URL)]
     pub install_url: String,
     /// Path of the agent binary on the VM (with --with-agent).
-    #[arg(long, default_value = fleetnix::cloudinit::DEFAULT_AGENT_BIN)]
+    #[arg(long, default_value = fleetnix::outputs::agent::DEFAULT_AGENT_BIN)]
     pub agent_bin: String,
 }
 
@@ -156,16 +156,16 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> CmdResult {
             )))
         }
     };
-    let api = match fleetnix::tsapi::token_from(a.token_file.as_deref()) {
-        Ok(token) => match fleetnix::tsapi::Client::new(
-            &fleetnix::tsapi::base_url_from_env(),
+    let api = match fleetnix::tailscale::api::token_from(a.token_file.as_deref()) {
+        Ok(token) => match fleetnix::tailscale::api::Client::new(
+            &fleetnix::tailscale::api::base_url_from_env(),
             &fleet.settings.tailnet,
             token,
         ) {
             Ok(c) => Some(c),
             Err(e) => return Err(CliError::msg(e)),
         },
-        Err(fleetnix::tsapi::ApiError::NoToken) => None,
+        Err(fleetnix::tailscale::api::ApiError::NoToken) => None,
         Err(e) => return Err(CliError::msg(e)),
     };
     let rt = super::runtime()?;
@@ -217,12 +217,12 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> CmdResult {
                         r.status.as_str(),
                         r.detail
                     ),
-                    Event::Deploy(fleetnix::deploy::runner::Event::Step { step, .. })
+                    Event::Deploy(fleetnix::deploy::report::Event::Step { step, .. })
                         if verbose > 0 =>
                     {
                         eprintln!("  install: {}", step.as_str())
                     }
-                    Event::Deploy(fleetnix::deploy::runner::Event::Warning(w)) => {
+                    Event::Deploy(fleetnix::deploy::report::Event::Warning(w)) => {
                         eprintln!("warning: {w}")
                     }
                     Event::Deploy(_) => {}

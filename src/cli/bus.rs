@@ -2,8 +2,8 @@
 //! the URL and the password lookup.
 
 use super::{CliError, Ctx};
-use fleetnix::bus::creds::Secret;
 use fleetnix::model::Fleet;
+use fleetnix::secret::Secret;
 use fleetnix::secrets::source::{KeyContext, KeyError, KeySource};
 use fleetnix::secrets::SecretId;
 use std::path::PathBuf;

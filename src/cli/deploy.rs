@@ -2,14 +2,14 @@
 
 use super::{CliError, CmdResult, Ctx};
 use fleetnix::deploy::changes::{self, PlanTools};
+use fleetnix::deploy::report::{Cancel, Event, Outcome, Summary};
 use fleetnix::deploy::rollout::{self, Batch, Rollout};
-use fleetnix::deploy::runner::{Cancel, Event, Outcome};
 use fleetnix::deploy::selector::Selector;
-use fleetnix::deploy::transport::SshTransport;
 use fleetnix::deploy::{
     dryrun, ensure_rendered, Action, BuildOn, DeployOptions, RenderMode, RenderState,
     SecretsAuthKey, DEFAULT_PARALLEL,
 };
+use fleetnix::exec::ssh::SshTransport;
 use fleetnix::plan;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -368,7 +368,7 @@ fn print_event(e: &Event, verbose: u8) {
 }
 
 /// The summary as a table: node, action, result, duration, detail.
-pub fn summary_table(s: &fleetnix::deploy::runner::Summary) -> String {
+pub fn summary_table(s: &Summary) -> String {
     let mut rows = vec![[
         "NODE".to_string(),
         "ACTION".to_string(),

@@ -3,8 +3,8 @@
 use super::{CliError, CmdResult, Ctx, Outcome};
 use fleetnix::deploy::changes::{self, PlanTools};
 use fleetnix::deploy::flake::OverrideInput;
-use fleetnix::deploy::transport::SshTransport;
 use fleetnix::deploy::DeployOptions;
+use fleetnix::exec::ssh::SshTransport;
 use std::path::PathBuf;
 
 /// `--override-input INPUT URL` (repeatable), shared by `plan`, `deploy` and `bootstrap`.

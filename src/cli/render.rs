@@ -1,8 +1,8 @@
-//! `render [--check]`: writes (or checks) nix/nodes/<node>.nix. The work is in `fleetnix::render`.
+//! `render [--check]`: writes (or checks) nix/nodes/<node>.nix. The work is in `fleetnix::outputs`.
 
 use super::{CliError, CmdResult, Ctx, Outcome};
+use fleetnix::outputs::{self, Change};
 use fleetnix::plan;
-use fleetnix::render::{self, Change};
 
 /// Arguments of `render`.
 #[derive(Debug, clap::Args)]
@@ -16,8 +16,8 @@ pub struct RenderArgs {
 pub fn run(ctx: &Ctx, args: RenderArgs) -> CmdResult {
     let fleet = ctx.fleet()?;
     let plans = plan::plan(&fleet);
-    let (changes, rendered) = render::render_fleet(&fleet, &plans, &ctx.sources_label(&fleet))
-        .and_then(|rendered| Ok((render::compare(&ctx.root, &rendered)?, rendered)))
+    let (changes, rendered) = outputs::render_fleet(&fleet, &plans, &ctx.sources_label(&fleet))
+        .and_then(|rendered| Ok((outputs::compare(&ctx.root, &rendered)?, rendered)))
         .map_err(CliError::msg)?;
     let mut stale = 0;
     for (path, change) in &changes {
@@ -56,7 +56,7 @@ pub fn run(ctx: &Ctx, args: RenderArgs) -> CmdResult {
         println!("up to date: {} file(s)", rendered.len());
         return Ok(Outcome::Ok);
     }
-    render::apply(&ctx.root, &rendered, &changes).map_err(CliError::msg)?;
+    outputs::apply(&ctx.root, &rendered, &changes).map_err(CliError::msg)?;
     println!("rendered {} file(s), {stale} changed", rendered.len());
     Ok(Outcome::Ok)
 }

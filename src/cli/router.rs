@@ -5,7 +5,7 @@ use super::bus::{password, url, Conn};
 use super::{runtime, CliError, CmdResult, Ctx, Outcome};
 use fleetnix::alert::{Alerter, Ntfy};
 use fleetnix::bus::{self, dispatch as d};
-use fleetnix::router::{self, RouterConfig};
+use fleetnix::router::{self, Lanes, RouterConfig};
 use fleetnix::secrets::{SecretId, SecretKind};
 use std::time::Duration;
 
@@ -46,14 +46,15 @@ pub fn run(ctx: &Ctx, a: RouterArgs) -> CmdResult {
     let url = url(&fleet, &a.conn);
     let rt = runtime()?;
     let result = rt.block_on(async {
-        let client = d::connect_as(&url, bus::ROUTER_USER, &pw, config.node_timeout)
+        let lanes = Lanes::connect(&url, &pw, config.lanes, config.node_timeout)
             .await
             .map_err(router::RouterError::from)?;
         eprintln!(
-            "router: serving fleet.dispatch.> on {url} ({:?}, retry {}, node timeout {:.1}s)",
+            "router: serving fleet.dispatch.> on {url} ({:?}, retry {}, node timeout {:.1}s, {} lanes)",
             config.strategy,
             config.retry,
-            config.node_timeout.as_secs_f64()
+            config.node_timeout.as_secs_f64(),
+            lanes.count()
         );
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -62,7 +63,7 @@ pub fn run(ctx: &Ctx, a: RouterArgs) -> CmdResult {
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
-        router::run(client, config, alerter, shutdown).await
+        router::run(lanes, config, alerter, shutdown).await
     });
     result.map_err(CliError::msg)?;
     Ok(Outcome::Ok)

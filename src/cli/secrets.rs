@@ -5,7 +5,7 @@ use super::{CliError, CmdResult, Ctx, Outcome};
 use fleetnix::model::NodeName;
 use fleetnix::secret::Secret;
 use fleetnix::secrets::source::{KeyContext, KeyError, KeySource};
-use fleetnix::secrets::{self, Report, SecretsError};
+use fleetnix::secrets::{self, identity_or_default, Report, SecretsError};
 use std::path::PathBuf;
 
 /// `secrets` subcommands.
@@ -127,9 +127,6 @@ fn set_authkey(ctx: &Ctx, fleet: &fleetnix::model::Fleet, args: SetAuthkeyArgs) 
         )))
     }
 }
-
-/// `--identity`, or `~/.ssh/id_ed25519` with `~` expanded.
-pub use fleetnix::secrets::identity_or_default;
 
 fn set_nats(ctx: &Ctx, fleet: &fleetnix::model::Fleet, args: SetNatsArgs) -> CmdResult {
     let identity = identity_or_default(args.identity)?;

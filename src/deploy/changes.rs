@@ -13,16 +13,18 @@
 //! `deploy` uses [`skip_unchanged`] (the same code) to leave out nodes that already run their
 //! target system.
 
-use super::fallback::{self, Probe};
 use super::flake::{self, Evaluated, NIX_FEATURES};
 use super::hostkeys;
-use super::runner::{tailnet_host_keys, NodeReport, Outcome};
-use super::transport::{run_process, LocalCommand, NodeLog, ProcError, SshTarget, Transport};
-use super::{locate, DeployOptions};
+use super::linux::{self, Probe};
+use super::report::{NodeReport, Outcome, Summary};
+use super::schedule::tailnet_host_keys;
+use super::DeployOptions;
+use crate::exec::process::{locate, run_process, LocalCommand, NodeLog, ProcError};
+use crate::exec::ssh::{SshTarget, Transport};
 use crate::fsutil::write_atomic;
 use crate::model::{Fleet, NodeName, Os};
+use crate::outputs::{self, Change};
 use crate::plan::NodePlan;
-use crate::render::{self, Change};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -232,16 +234,16 @@ pub fn probe_script(os: Os) -> String {
                 "echo\necho {MARK}{name}\ncat {dir}/{name} 2>/dev/null || true\n\
                  echo\necho {MARK}{name}-enabled\n\
                  if systemctl is-enabled --quiet {name} 2>/dev/null{extra}; then echo yes; else echo no; fi\n",
-                dir = fallback::UNIT_DIR
+                dir = linux::UNIT_DIR
             )
         };
         let _ = write!(
             s,
             "echo\necho {MARK}probe\n{}\n{}{}",
-            fallback::probe_script(),
-            unit(fallback::AGENT_UNIT, ""),
+            linux::probe_script(),
+            unit(linux::AGENT_UNIT, ""),
             unit(
-                fallback::FIREWALL_UNIT,
+                linux::FIREWALL_UNIT,
                 " && nft list table inet fleetnix >/dev/null 2>&1"
             ),
         );
@@ -289,13 +291,13 @@ pub fn installer_changes(
     };
     unit(
         "agent",
-        fallback::AGENT_UNIT,
-        fallback::agent_unit(plan).map_err(|e| e.to_string()),
+        linux::AGENT_UNIT,
+        linux::agent_unit(plan).map_err(|e| e.to_string()),
     );
     unit(
         "firewall",
-        fallback::FIREWALL_UNIT,
-        Ok(fallback::firewall_unit(plan)),
+        linux::FIREWALL_UNIT,
+        Ok(linux::firewall_unit(plan)),
     );
     out
 }
@@ -413,7 +415,7 @@ fn node_state(
         Os::Nixos => true,
         Os::Linux => false,
         Os::Auto => {
-            let probe = fallback::parse_probe(
+            let probe = linux::parse_probe(
                 sections.get("probe").map(String::as_str).unwrap_or(""),
                 plan,
             );
@@ -422,7 +424,7 @@ fn node_state(
     };
     if !nixos {
         s.os = "linux".into();
-        let probe = fallback::parse_probe(
+        let probe = linux::parse_probe(
             sections.get("probe").map(String::as_str).unwrap_or(""),
             plan,
         );
@@ -723,7 +725,7 @@ async fn committed_all(git: Option<&Path>, root: &Path, plans: &[NodePlan]) -> V
         let _ = writeln!(
             requests,
             "HEAD:{}",
-            render::node_path(p.name.as_str()).display()
+            outputs::node_path(p.name.as_str()).display()
         );
     }
     let args = vec![
@@ -807,7 +809,8 @@ pub async fn plan<T: Transport + Clone>(
     let mut warnings = Vec::new();
     // Rendered files (render --check semantics).
     let mut stale: BTreeMap<PathBuf, &'static str> = BTreeMap::new();
-    match render::render_fleet(fleet, all_plans, sources).and_then(|r| render::compare(root, &r)) {
+    match outputs::render_fleet(fleet, all_plans, sources).and_then(|r| outputs::compare(root, &r))
+    {
         Ok(changes) => {
             for (path, c) in changes {
                 let what = match c {
@@ -850,11 +853,11 @@ pub async fn plan<T: Transport + Clone>(
     let ((states, w), baselines) =
         tokio::join!(systems(selected, opts, tools, transport), baselines);
     warnings.extend(w);
-    let bus = PathBuf::from(crate::bus::nix::NIX_PATH);
+    let bus = PathBuf::from(crate::outputs::nats::NIX_PATH);
     let mut nodes = Vec::new();
     for ((plan, system), committed) in selected.iter().zip(states).zip(baselines) {
         let mut rendered = Vec::new();
-        let own = render::node_path(plan.name.as_str());
+        let own = outputs::node_path(plan.name.as_str());
         if let Some(what) = stale.get(&own) {
             rendered.push(format!("{}: {what}", own.display()));
         }
@@ -1097,7 +1100,7 @@ pub async fn targets_to_skip(
 }
 
 /// Adds the reports of nodes [`skip_unchanged`] left out to the runner's summary (node-name order).
-pub fn merge_skipped(summary: &mut super::runner::Summary, skipped: Vec<NodeReport>) {
+pub fn merge_skipped(summary: &mut Summary, skipped: Vec<NodeReport>) {
     summary.nodes.extend(skipped);
     summary.nodes.sort_by(|a, b| a.node.cmp(&b.node));
 }

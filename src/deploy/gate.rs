@@ -14,8 +14,9 @@
 //! does not get through at all (tailscaled restarting), the gate waits like the confirmation:
 //! the guard's deadline bounds it, and the confirmation is never tried before the gate passed.
 
-use super::shell::sh_quote;
-use super::transport::{NodeLog, SshTarget, Transport};
+use crate::exec::process::NodeLog;
+use crate::exec::quote::sh_quote;
+use crate::exec::ssh::{SshTarget, Transport};
 use crate::health::{probe_port, PortOutcome};
 use crate::model::Protocol;
 use crate::plan::NodePlan;
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 pub const TAILSCALED_UNIT: &str = "tailscaled.service";
 
 /// The units that must be active after activation, in the order they are reported.
-pub const UNITS: [&str; 2] = [TAILSCALED_UNIT, super::fallback::AGENT_UNIT];
+pub const UNITS: [&str; 2] = [TAILSCALED_UNIT, super::linux::AGENT_UNIT];
 
 /// Pause between two looks at a node that has not passed yet.
 const RETRY_EVERY: Duration = Duration::from_millis(500);

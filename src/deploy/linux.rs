@@ -121,9 +121,13 @@ pub fn up_script(plan: &NodePlan) -> String {
     )
 }
 
-/// The agent's unit file (see [`crate::agent::unit`]): the same unit cloud-init installs.
-pub fn agent_unit(plan: &NodePlan) -> Result<String, crate::agent::UnitError> {
-    crate::agent::unit(plan, crate::agent::DEFAULT_AGENT_BIN, "fleetnix deploy")
+/// The agent's unit file (see [`crate::outputs::agent::unit`]): the same unit cloud-init installs.
+pub fn agent_unit(plan: &NodePlan) -> Result<String, crate::outputs::agent::UnitError> {
+    crate::outputs::agent::unit(
+        plan,
+        crate::outputs::agent::DEFAULT_AGENT_BIN,
+        "fleetnix deploy",
+    )
 }
 
 /// The nftables ruleset: the node's role ports accepted on `tailscale0` and dropped on every
@@ -203,8 +207,9 @@ pub fn agent_script() -> String {
     unit_script(AGENT_UNIT, &format!("systemctl restart {AGENT_UNIT}"), "")
 }
 
-/// Script installing the agent's NATS password (stdin) as [`crate::agent::NATS_PASSWORD_PATH`]
-/// (mode 0600) and restarting the agent when it changed; prints `unchanged` otherwise.
+/// Script installing the agent's NATS password (stdin) as
+/// [`crate::outputs::agent::NATS_PASSWORD_PATH`] (mode 0600) and restarting the agent when it
+/// changed; prints `unchanged` otherwise.
 pub fn nats_password_script() -> String {
     format!(
         "set -eu\n\
@@ -218,7 +223,7 @@ pub fn nats_password_script() -> String {
          mv -f \"$t\" \"$f\"\n\
          systemctl restart {unit}\n\
          echo changed\n",
-        f = sh_quote(crate::agent::NATS_PASSWORD_PATH),
+        f = sh_quote(crate::outputs::agent::NATS_PASSWORD_PATH),
         unit = AGENT_UNIT,
     )
 }
@@ -319,7 +324,7 @@ fn ops_after_probe(
                 Step::Agent,
                 format!(
                     "install the agent's NATS password as {} if {pw} exists",
-                    crate::agent::NATS_PASSWORD_PATH
+                    crate::outputs::agent::NATS_PASSWORD_PATH
                 ),
                 Script::Fixed(nats_password_script()),
             )

@@ -9,9 +9,9 @@
 //! - [`schedule`]: many nodes concurrently; [`report`]: steps, outcomes, events, the summary;
 //! - [`rollout`]: `--canary`, `--batch`, `--max-failures` (waves of the scheduler);
 //! - [`changes`]: `fleetnix plan` (what a deploy would change) and deploy's skipping of unchanged nodes;
-//! - [`flake`]: `--override-input` and the one `nix eval` of every node's system;
-//! - [`runner`], [`fallback`], [`transport`], [`shell`]: the old paths, re-exporting the
-//!   new homes (processes, SSH and quoting live in [`crate::exec`]).
+//! - [`flake`]: `--override-input` and the one `nix eval` of every node's system.
+//!
+//! Processes, SSH and quoting live in [`crate::exec`].
 //!
 //! Executors read only the [`crate::plan::NodePlan`]s; nothing here parses YAML.
 
@@ -19,7 +19,6 @@ pub mod changes;
 pub mod dryrun;
 pub(crate) mod execute;
 pub(crate) mod failure;
-pub mod fallback;
 pub mod flake;
 pub mod gate;
 pub mod guard;
@@ -29,21 +28,20 @@ pub mod nixos;
 pub mod program;
 pub mod report;
 pub mod rollout;
-pub mod runner;
 pub mod schedule;
 pub mod selector;
-pub mod shell;
-pub mod transport;
 
+use crate::exec::process::locate;
+use crate::exec::quote;
+use crate::exec::ssh::SshConfig;
 use crate::model::{Fleet, NodeName, Settings};
+use crate::outputs::{self, Change, RenderError};
 use crate::plan::NodePlan;
-use crate::render::{self, Change, RenderError};
 use crate::secret::Secret;
 use crate::secrets::source::{KeyContext, KeyError, KeySource};
 use crate::secrets::{SecretId, SecretKind};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use transport::SshConfig;
 
 /// What `nixos-rebuild` does with the new configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -92,8 +90,6 @@ pub mod env {
     /// Tailscale's install script URL (mirrors, tests).
     pub const INSTALL_URL: &str = "FLEETNIX_TAILSCALE_INSTALL_URL";
 }
-
-pub use crate::exec::process::locate;
 
 /// Everything a deploy needs besides the plans. Built with [`DeployOptions::new`], then adjusted.
 #[derive(Debug, Clone)]
@@ -190,17 +186,17 @@ impl DeployOptions {
             return Err(DeployError::Options("--parallel must be at least 1".into()));
         }
         let root = self.root.to_string_lossy();
-        shell::check_no_nul("the repository root", &root).map_err(bad)?;
+        quote::check_no_nul("the repository root", &root).map_err(bad)?;
         if root.contains(['#', '?']) {
             return Err(DeployError::Options(format!(
                 "the repository root {root} contains `#` or `?`, which a flake reference cannot hold"
             )));
         }
-        shell::check_no_nul("the state directory", &self.state_dir.to_string_lossy())
+        quote::check_no_nul("the state directory", &self.state_dir.to_string_lossy())
             .map_err(bad)?;
-        shell::check_no_nul("the install script URL", &self.install_url).map_err(bad)?;
+        quote::check_no_nul("the install script URL", &self.install_url).map_err(bad)?;
         if let Some(id) = &self.ssh.identity {
-            shell::check_no_nul("the SSH identity", &id.to_string_lossy()).map_err(bad)?;
+            quote::check_no_nul("the SSH identity", &id.to_string_lossy()).map_err(bad)?;
         }
         self.check_ssh_paths().map_err(DeployError::Options)
     }
@@ -441,8 +437,8 @@ pub fn ensure_rendered(
     sources: &str,
     mode: RenderMode,
 ) -> Result<RenderState, DeployError> {
-    let rendered = render::render_fleet(fleet, plans, sources)?;
-    let changes = render::compare(root, &rendered)?;
+    let rendered = outputs::render_fleet(fleet, plans, sources)?;
+    let changes = outputs::compare(root, &rendered)?;
     let stale: Vec<PathBuf> = changes
         .iter()
         .filter(|(_, c)| *c != Change::Unchanged)
@@ -455,7 +451,7 @@ pub fn ensure_rendered(
         RenderMode::Refuse => Err(DeployError::Stale { files: stale }),
         RenderMode::Report => Ok(RenderState::WouldRender(stale)),
         RenderMode::Write => {
-            render::apply(root, &rendered, &changes)?;
+            outputs::apply(root, &rendered, &changes)?;
             Ok(RenderState::Rendered(stale))
         }
     }

@@ -92,7 +92,7 @@ pub enum Input {
     /// The agent's NATS password, if one is stored (the step is skipped otherwise).
     NatsPassword,
     /// A unit file, shown in listings below the step (or why it cannot be made).
-    Unit(Result<String, crate::agent::UnitError>),
+    Unit(Result<String, crate::outputs::agent::UnitError>),
 }
 
 /// When a step runs, decided from the probe of a plain Linux node.

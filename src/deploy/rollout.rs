@@ -2,14 +2,15 @@
 //! `--batch N|P%` (the rest in waves of at most that many nodes, each wave finishing before the
 //! next starts) and `--max-failures K` (no node starts once more than K failed). Nodes never
 //! started because the rollout halted are reported `skipped (halted)`. Each wave is one run of
-//! [`runner::deploy`]; the defaults (no canary, one wave, no limit) are a plain deploy.
+//! [`schedule::deploy`]; the defaults (no canary, one wave, no limit) are a plain deploy.
 //!
 //! Not here yet: the post-activation health gate (it builds on the rollback guard), so a node
 //! "passes" when its deploy succeeded.
 
-use super::runner::{self, Cancel, Event, NodeReport, Outcome, Summary};
-use super::transport::Transport;
+use super::report::{Cancel, Event, NodeReport, Outcome, Summary};
+use super::schedule;
 use super::{AuthKeySource, DeployOptions};
+use crate::exec::ssh::Transport;
 use crate::plan::NodePlan;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -109,7 +110,7 @@ fn halted(plan: &NodePlan, why: &str) -> NodeReport {
 }
 
 /// Deploys `plans` in the waves of `rollout` (see the module docs); events and cancellation as
-/// in [`runner::deploy`]. Within a wave at most `min(--parallel, wave size)` nodes run at once.
+/// in [`schedule::deploy`]. Within a wave at most `min(--parallel, wave size)` nodes run at once.
 pub async fn deploy<T: Transport + Clone>(
     plans: Vec<NodePlan>,
     opts: DeployOptions,
@@ -139,7 +140,7 @@ pub async fn deploy<T: Transport + Clone>(
         let mut o = opts.clone();
         o.parallel = o.parallel.min(wave.size).max(1);
         o.max_failures = rollout.max_failures.map(|k| k.saturating_sub(failed));
-        let s = runner::deploy(
+        let s = schedule::deploy(
             plans,
             o,
             transport.clone(),

@@ -1,9 +1,11 @@
-//! Quoting for the POSIX shell (systemd unit files: [`crate::agent::systemd_quote`]): the one
-//! home of shell quoting for deploy, bootstrap and health.
+//! Quoting for the POSIX shell (systemd unit files:
+//! [`systemd_quote`](crate::outputs::agent::systemd_quote)): the one home of shell quoting for
+//! deploy, bootstrap and health.
 //!
 //! Every value that reaches a remote shell goes through [`sh_quote`]; values that reach a
-//! unit file's `ExecStart=` go through [`crate::agent::systemd_quote`]. Strings containing NUL cannot be
-//! passed to a process at all: [`check_no_nul`] rejects them at the edges (options, data read from a node).
+//! unit file's `ExecStart=` go through [`crate::outputs::agent::systemd_quote`]. Strings
+//! containing NUL cannot be passed to a process at all: [`check_no_nul`] rejects them at the edges
+//! (options, data read from a node).
 
 /// Quotes `s` as one word for a POSIX shell. Words made only of safe characters are left bare;
 /// everything else is single-quoted, with `'` written as `'\''`.

@@ -23,7 +23,6 @@ mod settings;
 mod validate;
 pub mod yaml;
 
-pub use crate::model::check_public_key;
 pub use diag::Problem;
 pub use error::ManifestError;
 pub use validate::SOURCE_AUTOGROUPS;

@@ -4,6 +4,7 @@
 //! The YAML is produced by serde serialisation, so every value is escaped by the YAML emitter;
 //! commands are argv lists, which cloud-init quotes itself — no shell text is assembled here.
 
+use super::agent::{DEFAULT_AGENT_BIN, UNIT_PATH as AGENT_UNIT_PATH};
 use crate::cloudinit::{AuthKey, CloudInitError};
 use crate::plan::NodePlan;
 use serde::Serialize;
@@ -14,7 +15,6 @@ pub const DEFAULT_INSTALL_URL: &str = "https://tailscale.com/install.sh";
 pub const AUTHKEY_PATH: &str = "/run/fleetnix/tailscale-authkey";
 /// Where the install script is downloaded to.
 pub const INSTALLER_PATH: &str = "/run/fleetnix/install-tailscale.sh";
-pub use super::agent::{DEFAULT_AGENT_BIN, UNIT_PATH as AGENT_UNIT_PATH};
 
 /// Options of the user-data.
 #[derive(Debug, Clone, PartialEq, Eq)]

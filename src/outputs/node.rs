@@ -2,9 +2,9 @@
 //! ([`super::engine`]) and checked with `rnix`.
 
 use super::{render_nix, RenderError, Rendered};
-use crate::bus;
 use crate::model::Os;
-use crate::plan::{NodePlan, AUTHKEY_SECRET};
+use crate::plan::NodePlan;
+use crate::secrets::kinds::{AUTHKEY_SECRET, PASSWORD_SECRET};
 use crate::secrets::{SecretId, SecretKind};
 use std::path::{Path, PathBuf};
 
@@ -26,7 +26,7 @@ pub fn render_node(
     cx.insert("secret", AUTHKEY_SECRET);
     cx.insert("is_control_plane", &plan.is_control_plane);
     cx.insert("bus_module", &format!("../../{}", super::nats::NIX_PATH));
-    cx.insert("nats_secret", bus::creds::PASSWORD_SECRET);
+    cx.insert("nats_secret", PASSWORD_SECRET);
     cx.insert(
         "nats_secret_file",
         &SecretId::new(plan.name.clone(), SecretKind::NatsPassword).secrets_path(),

@@ -27,14 +27,15 @@ pub use keys::{
 };
 pub use kinds::{wanted, SecretId, SecretKind};
 pub use nats::{set_nats, NatsReport};
-pub use source::{identity_or_default, KeySource};
+pub use source::identity_or_default;
 pub use store::{
-    render_secrets_nix, rules_key, sha256_hex, status, NamedKey, Record, Records, SecretStatus,
-    State, PENDING_FILE, RECIPIENTS_FILE, RECORDS_VERSION, SECRETS_DIR, SECRETS_NIX,
+    rules_key, sha256_hex, status, NamedKey, Record, Records, SecretStatus, State, PENDING_FILE,
+    RECIPIENTS_FILE, RECORDS_VERSION, SECRETS_DIR, SECRETS_NIX,
 };
 
 use crate::fsutil::write_atomic;
 use crate::model::{Fleet, Node, NodeName};
+use crate::outputs::secrets_nix::render_secrets_nix;
 use crate::secret::Secret;
 use serde::Serialize;
 use std::collections::BTreeSet;

@@ -30,8 +30,6 @@ pub fn rules_key(node: &NodeName) -> String {
     SecretId::new(node.clone(), SecretKind::TailscaleAuthkey).rules_key()
 }
 
-pub use crate::outputs::secrets_nix::render_secrets_nix;
-
 /// `wanted` only names nodes of the manifest; this error would be a bug.
 fn unknown(node: &NodeName) -> SecretsError {
     SecretsError::UnknownNode {

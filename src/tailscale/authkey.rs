@@ -1,7 +1,7 @@
 //! A node's Tailscale auth key: minting a one-off key through the API ([`mint_authkey`], which
-//! [`KeySource::Mint`] resolves with), and minting straight into the node's age secret
-//! (`fleetnix authkey mint NODE`, [`mint_and_store`]). Where a key comes from is
-//! [`KeySource`] (re-exported from [`crate::secrets::source`]).
+//! [`KeySource::Mint`](crate::secrets::source::KeySource::Mint) resolves with), and minting
+//! straight into the node's age secret (`fleetnix authkey mint NODE`, [`mint_and_store`]). Where
+//! a key comes from is [`crate::secrets::source::KeySource`].
 //!
 //! The key stays a [`Secret`](crate::secret::Secret) in memory: it only ever leaves as age ciphertext, on a child's
 //! stdin or in the user-data the operator asked for; never in argv, logs or errors.
@@ -10,8 +10,6 @@ use crate::model::{Fleet, Node, NodeName};
 use crate::secrets::{self, SecretId, SecretKind, SecretsError};
 use crate::tailscale::api::{ApiError, AuthKey, AuthKeyRequest, Client};
 use std::path::Path;
-
-pub use crate::secrets::source::{KeyContext, KeyError, KeySource, MintedKey, Minter, ResolvedKey};
 
 /// The variable holding a node's auth key (`TAILSCALE_AUTHKEY`), from [`crate::secret::env`].
 pub const AUTHKEY_ENV: &str = crate::secret::env::AUTHKEY;

@@ -2,8 +2,8 @@
 //!
 //! - [`cli`]: the local `tailscale` CLI (`tailscale status --json`), re-exported here;
 //! - [`api`]: the Tailscale API v2 client (policy file, auth keys);
-//! - [`authkey`]: where a node's auth key comes from ([`authkey::KeySource`]), minting one
-//!   through the API, and storing a minted key straight into its age secret.
+//! - [`authkey`]: minting a node's auth key through the API, and storing a minted key straight
+//!   into its age secret (where a key comes from is [`crate::secrets::source::KeySource`]).
 
 pub mod api;
 pub mod authkey;

@@ -4,10 +4,11 @@
 #![allow(dead_code)]
 
 use crate::common::{poll, poll_async};
-use fleetnix::bus::creds::{BusCredentials, Secret};
+use fleetnix::bus::creds::BusCredentials;
 use fleetnix::bus::dispatch::{self as d, Policy};
 use fleetnix::bus::{self, ServerPlan};
 use fleetnix::model::{Fleet, NodeName, Role};
+use fleetnix::secret::Secret;
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -144,6 +145,18 @@ impl NatsServer {
         .expect("connect as the router")
     }
 
+    /// Opens `n` router lanes (connections as the router's user).
+    pub async fn connect_router_lanes(&self, n: usize) -> fleetnix::router::Lanes {
+        fleetnix::router::Lanes::connect(
+            &self.url,
+            self.creds.router_password().expect("router password"),
+            n,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("connect the router's lanes")
+    }
+
     /// Connects as `node` and serves `role`'s tasks as `behaviour` says ([`spawn_worker`]).
     pub async fn worker(&self, node: &str, role: &str, behaviour: Behaviour) -> Worker {
         spawn_worker(self, self.connect(node).await, node, role, behaviour).await
@@ -228,6 +241,8 @@ pub struct Worker {
     task: tokio::task::JoinHandle<()>,
     client: async_nats::Client,
     heartbeats: Option<tokio::task::JoinHandle<()>>,
+    /// The control plane's connection that probed the worker ready, and the subject it probed.
+    prober: (async_nats::Client, String),
 }
 
 impl Worker {
@@ -257,11 +272,25 @@ impl Worker {
         }
     }
 
-    /// Kills the worker: stops serving and heart-beating and closes its connection.
+    /// Kills the worker: stops serving and heart-beating and closes its connection. Returns
+    /// once the server has dropped its subscriptions (a request to its own task subject gets
+    /// "no responders": `drain` only queues the unsubscriptions).
     pub async fn kill(mut self) -> usize {
         self.stop_heartbeats();
         self.task.abort();
         let _ = self.client.drain().await;
+        let (prober, subject) = &self.prober;
+        let gone = poll_async(Duration::from_secs(5), || async {
+            let request = async_nats::Request::new()
+                .payload("{}".into())
+                .timeout(Some(Duration::from_millis(200)));
+            match prober.send_request(subject.clone(), request).await {
+                Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Some(()),
+                _ => None,
+            }
+        })
+        .await;
+        assert!(gone.is_some(), "the killed worker is still subscribed");
         self.count()
     }
 }
@@ -341,6 +370,7 @@ pub async fn spawn_worker(
         task,
         client: worker_client,
         heartbeats: None,
+        prober: (prober, subject),
     }
 }
 
@@ -353,5 +383,133 @@ pub fn policy(timeout: Duration, candidates: &[&str]) -> Policy {
             .iter()
             .map(|c| NodeName::parse(c).unwrap())
             .collect(),
+    }
+}
+
+/// A worker to start with [`RouterFixture::healthy_workers`]: node, behaviour, models it reports.
+pub type WorkerSpec<'a> = (&'a str, Behaviour, &'a [&'a str]);
+
+/// The router tests' set-up: a server with the example fleet registered (`node sync`, every
+/// node `Registered`), a router running as its own user on `config.lanes` lanes, and the control
+/// plane's connection to ask it and read `fleet-health`.
+pub struct RouterFixture {
+    /// The server.
+    pub server: NatsServer,
+    /// Connected as the control plane.
+    pub supervisor: async_nats::Client,
+    /// The router.
+    pub router: fleetnix::router::RouterHandle,
+    /// The router's configuration.
+    pub config: fleetnix::router::RouterConfig,
+    /// Heartbeat period of the workers it starts.
+    pub beat: Duration,
+}
+
+impl RouterFixture {
+    /// Starts the server, registers the example fleet and starts the router with `config`;
+    /// workers started through the fixture heart-beat every `beat`.
+    pub async fn start(config: fleetnix::router::RouterConfig, beat: Duration) -> Self {
+        let fleet = crate::common::example_fleet();
+        let server = NatsServer::start(&fleet);
+        let supervisor = server.connect("control-01").await;
+        let report =
+            fleetnix::bus::registry::sync(&async_nats::jetstream::new(supervisor.clone()), &fleet)
+                .await
+                .unwrap();
+        assert!(report
+            .lines
+            .iter()
+            .all(|l| l.action == fleetnix::bus::registry::SyncAction::Registered));
+        let lanes = server.connect_router_lanes(config.lanes).await;
+        let router = fleetnix::router::start(lanes, config.clone(), None)
+            .await
+            .unwrap();
+        RouterFixture {
+            server,
+            supervisor,
+            router,
+            config,
+            beat,
+        }
+    }
+
+    /// A worker of `role` on `node` behaving as `behaviour`, heart-beating with `models`.
+    pub async fn worker(
+        &self,
+        node: &str,
+        role: &str,
+        behaviour: Behaviour,
+        models: &[&str],
+    ) -> Worker {
+        let mut w = self.server.worker(node, role, behaviour).await;
+        w.heartbeat(node, self.beat, models);
+        w
+    }
+
+    /// Workers of `role` as `specs` say, returned once the router reports each `healthy`.
+    pub async fn healthy_workers(&self, role: &str, specs: &[WorkerSpec<'_>]) -> Vec<Worker> {
+        let mut workers = Vec::with_capacity(specs.len());
+        for (node, behaviour, models) in specs {
+            workers.push(self.worker(node, role, *behaviour, models).await);
+        }
+        for (node, _, _) in specs {
+            self.wait_state(node, "healthy", Duration::from_secs(5))
+                .await;
+        }
+        workers
+    }
+
+    /// The router's `fleet-health` entry of `node`, read as the control plane.
+    pub async fn health(&self, node: &str) -> Option<fleetnix::router::HealthEntry> {
+        let js = async_nats::jetstream::new(self.supervisor.clone());
+        let kv = js.get_key_value(bus::HEALTH_BUCKET).await.ok()?;
+        let v = kv.get(node).await.ok()??;
+        serde_json::from_slice(&v).ok()
+    }
+
+    /// Waits until `node` is `state` in `fleet-health`.
+    pub async fn wait_state(
+        &self,
+        node: &str,
+        state: &str,
+        limit: Duration,
+    ) -> fleetnix::router::HealthEntry {
+        let got = poll_async(limit, || async {
+            self.health(node).await.filter(|e| e.state == state)
+        })
+        .await;
+        match got {
+            Some(e) => e,
+            None => {
+                let last = self.health(node).await;
+                panic!("{node} was not {state} within {limit:?}; last entry: {last:?}")
+            }
+        }
+    }
+
+    /// Asks the router for a `role` task (`{"task":"summarize"}`), waiting four node timeouts.
+    pub async fn ask(&self, role: &str, model: Option<&str>) -> fleetnix::router::Answer {
+        let payload = d::parse_payload(r#"{"task":"summarize"}"#).unwrap();
+        fleetnix::router::ask(
+            &self.supervisor,
+            &Role::parse(role).unwrap(),
+            payload,
+            model,
+            self.config.node_timeout * 4,
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// The node that answered `a`, checking the worker's own body names the same node.
+pub fn node_of(a: &fleetnix::router::Answer) -> String {
+    match a {
+        fleetnix::router::Answer::Done { node, payload, .. } => {
+            let body: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            assert_eq!(body["node"], node.as_str());
+            node.clone()
+        }
+        fleetnix::router::Answer::Failed(e) => panic!("router error: {e:?}"),
     }
 }

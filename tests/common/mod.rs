@@ -3,6 +3,7 @@
 //! a deadline, test fleets written to a temp dir, and the namespace test hosts ([`netns`]).
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod deploy;
 pub mod netns;
 pub mod plan;
 pub mod rebuild_ng;

@@ -4,7 +4,7 @@
 
 use crate::bootstrap::report::{fail, BootstrapError, Status, Step};
 use crate::bootstrap::run::{ssh_target, Run};
-use crate::deploy::transport::SshTransport;
+use crate::exec::ssh::{SshTarget, SshTransport, Transport};
 use crate::model::{Fleet, NodeName};
 use std::time::Duration;
 
@@ -99,7 +99,7 @@ pub(crate) async fn run(
     let known = crate::deploy::hostkeys::known_hosts(&opts.address, &[pinned.to_string()]);
     crate::fsutil::write_atomic(&pin, known.as_bytes(), 0o644)
         .map_err(|e| err(format!("{}: {e}", pin.display())))?;
-    let target = crate::deploy::transport::SshTarget {
+    let target = SshTarget {
         destination: ssh_target(&opts.ssh_user, &opts.address),
         known_hosts: pin,
         sudo: crate::plan::needs_sudo(&opts.ssh_user),
@@ -109,7 +109,7 @@ pub(crate) async fn run(
         config: opts.deploy.ssh.clone(),
     };
     let timeout = Duration::from_secs(u64::from(opts.deploy.ssh.connect_timeout) + 60);
-    let out = crate::deploy::transport::Transport::run(
+    let out = Transport::run(
         &transport,
         &target,
         HARDWARE_SCRIPT,

@@ -5,9 +5,10 @@
 use crate::bootstrap::authkey::BootstrapKey;
 use crate::bootstrap::report::{fail, BootstrapError, Event, Status, Step};
 use crate::bootstrap::run::{ips, ssh_target, Run};
-use crate::deploy::runner::{self, Cancel, Outcome};
-use crate::deploy::transport::SshTransport;
+use crate::deploy::report::{Cancel, Outcome};
+use crate::deploy::schedule;
 use crate::deploy::{ensure_rendered, RenderMode};
+use crate::exec::ssh::SshTransport;
 use crate::model::Fleet;
 use crate::plan;
 use crate::secret::Secret;
@@ -86,7 +87,7 @@ pub(crate) async fn run(
             }
         }
     });
-    let summary = runner::deploy(
+    let summary = schedule::deploy(
         vec![plan],
         dopts,
         transport,

@@ -8,7 +8,8 @@ use crate::model::Fleet;
 use crate::plan::authkey_file;
 use crate::secret::Secret;
 use crate::secrets::{self, State};
-use crate::tsapi;
+use crate::tailscale::api::TOKEN_ENV;
+use crate::tailscale::authkey::mint_authkey;
 
 /// Returns the key when this run holds it (for the installer). `in_tailnet`: the node is in the
 /// tailnet already.
@@ -58,7 +59,7 @@ pub(crate) async fn run(
         let n = fleet
             .node(name.as_str())
             .ok_or_else(|| err("node vanished".into()))?;
-        let minted = crate::acl::apply::mint_authkey(api, fleet, n, opts.mint_expiry.as_secs())
+        let minted = mint_authkey(api, fleet, n, opts.mint_expiry.as_secs())
             .await
             .map_err(|e| {
                 fail(
@@ -91,7 +92,7 @@ pub(crate) async fn run(
             format!("no Tailscale auth key for {name} ({file} is {})", state.label()),
             format!(
                 "set TAILSCALE_AUTHKEY, pass --authkey-file FILE, set {} (or --token-file) to mint one, or pass --identity FILE to re-use {file}; then {resume}",
-                tsapi::TOKEN_ENV
+                TOKEN_ENV
             ),
         ));
     };

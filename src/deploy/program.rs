@@ -199,7 +199,8 @@ pub enum OpKind {
     Local(Local),
     /// Close the node's shared connection (nothing without one).
     Close {
-        /// The step it belongs to, if any (the confirmation's close is part of it).
+        /// The step it is announced under, if any: the health gate when the gate is on, else the
+        /// confirmation (either way, the next step must not use the shared connection).
         step: Option<Step>,
         /// What it is for, in words.
         what: &'static str,

@@ -19,19 +19,6 @@ fn child_cpu() -> f64 {
     common::proc_cpu_seconds("self", true)
 }
 
-/// SSH logins so far, summed over the hosts' sshd logs.
-fn logins(hosts: &[Host]) -> usize {
-    hosts
-        .iter()
-        .map(|h| {
-            std::fs::read_to_string(h.dir.join("sshd.log"))
-                .unwrap_or_default()
-                .matches("Accepted publickey")
-                .count()
-        })
-        .sum()
-}
-
 /// One timed deploy: wall time, client CPU and SSH logins. `ssh` replaces the ssh binary (the
 /// fast key-exchange wrapper) when given.
 fn timed(
@@ -39,7 +26,7 @@ fn timed(
     root: &Path,
     args: &[&str],
 ) -> (Duration, f64, usize) {
-    let (cpu, logged_in) = (child_cpu(), logins(hosts));
+    let (cpu, logged_in) = (child_cpu(), sshd_logins(hosts));
     let start = Instant::now();
     let mut cmd = deploy_cmd(net, root, args);
     if let Some(ssh) = ssh {
@@ -57,7 +44,7 @@ fn timed(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (t, cpu, logins(hosts) - logged_in)
+    (t, cpu, sshd_logins(hosts) - logged_in)
 }
 
 fn main() {

@@ -73,19 +73,6 @@ fn eval_time(root: &Path, pinned: &Path, nodes: &[&str]) -> Duration {
     took
 }
 
-/// SSH logins so far, summed over the hosts' sshd logs.
-fn logins(hosts: &[Host]) -> usize {
-    hosts
-        .iter()
-        .map(|h| {
-            std::fs::read_to_string(h.dir.join("sshd.log"))
-                .unwrap_or_default()
-                .matches("Accepted publickey")
-                .count()
-        })
-        .sum()
-}
-
 struct Row {
     wall: Duration,
     cpu: f64,
@@ -101,7 +88,7 @@ fn run(
     args: &[&str],
     ok: &[i32],
 ) -> Row {
-    let (cpu, sshd, logged_in) = (child_cpu(), sshd_cpu(), logins(hosts));
+    let (cpu, sshd, logged_in) = (child_cpu(), sshd_cpu(), sshd_logins(hosts));
     let start = Instant::now();
     let mut cmd = net.command(fleetnix_bin());
     if let Some(ssh) = ssh {
@@ -130,7 +117,7 @@ fn run(
         wall,
         cpu: child_cpu() - cpu,
         sshd: sshd_cpu() - sshd,
-        ssh: logins(hosts) - logged_in,
+        ssh: sshd_logins(hosts) - logged_in,
     }
 }
 

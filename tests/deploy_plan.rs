@@ -215,12 +215,7 @@ fn plan_sees_unchanged_changed_and_unreachable_nodes_and_deploy_skips_the_unchan
 
     // deploy: a is skipped (no nixos-rebuild, no activation), b is rebuilt with the overrides.
     // Without a rollout, a's own connect step finds it unchanged: one SSH login, no probe before.
-    let logins = |h: &common::netns::Host| {
-        std::fs::read_to_string(h.dir.join("sshd.log"))
-            .unwrap_or_default()
-            .matches("Accepted publickey")
-            .count()
-    };
+    let logins = |h: &common::netns::Host| sshd_logins(std::slice::from_ref(h));
     let (a_before, b_before) = (logins(&a), logins(&b));
     let r = Ran::of(&mut fleetnix(
         &net,

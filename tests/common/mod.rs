@@ -592,3 +592,16 @@ pub fn fast_kex_ssh(dir: &Path) -> PathBuf {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     path
 }
+
+/// SSH logins so far, summed over the hosts' sshd logs.
+pub fn sshd_logins(hosts: &[Host]) -> usize {
+    hosts
+        .iter()
+        .map(|h| {
+            std::fs::read_to_string(h.dir.join("sshd.log"))
+                .unwrap_or_default()
+                .matches("Accepted publickey")
+                .count()
+        })
+        .sum()
+}

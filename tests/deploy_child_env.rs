@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::deploy::nixos_fleet;
 use common::netns::Net;
 use common::*;
 use std::collections::BTreeSet;
@@ -31,9 +32,8 @@ fn cmdline(pid: &str) -> String {
 #[test]
 fn no_child_of_deploy_sees_a_secret_variable() {
     let Some(mut net) = Net::new() else { return };
-    let host = nixos_host(&mut net, "n1");
     let root = tempfile::tempdir().expect("root");
-    write_fleet(root.path(), &[NodeSpec::for_host(&host)], 2, false);
+    let host = nixos_fleet(&mut net, root.path(), 1, 2).remove(0);
     let authkey = unique_fake_authkey();
     let api_key = format!("tskey-api-{}", unique_fake_authkey());
     let nats = format!("nats-{}", unique_fake_authkey());

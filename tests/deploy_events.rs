@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::deploy::nixos_fleet;
 use common::netns::Net;
 use common::*;
 
@@ -34,6 +35,12 @@ fn announced(stderr: &str, node: &str) -> Vec<String> {
         .collect()
 }
 
+/// `n1`'s `-v` lines and its log's section headers both name exactly `expected`, in order.
+fn assert_steps(r: &Ran, root: &std::path::Path, expected: &[&str]) {
+    assert_eq!(announced(&r.stderr, "n1"), expected, "{r}");
+    assert_eq!(log_steps(root, "n1"), expected);
+}
+
 /// The `## <step>` headers of a node's log, in order.
 fn log_steps(root: &std::path::Path, node: &str) -> Vec<String> {
     let log = root.join(format!(".fleetnix/logs/{node}.log"));
@@ -46,9 +53,8 @@ fn log_steps(root: &std::path::Path, node: &str) -> Vec<String> {
 #[test]
 fn a_gated_switch_announces_the_gate_then_the_confirmation_each_once() {
     let Some(mut net) = Net::new() else { return };
-    let host = nixos_host(&mut net, "n1");
     let root = tempfile::tempdir().expect("root");
-    write_fleet(root.path(), &[NodeSpec::for_host(&host)], 2, false);
+    nixos_fleet(&mut net, root.path(), 1, 2);
     let r = Ran::of(&mut deploy_cmd(&net, root.path(), &["n1", "--force", "-v"]));
     assert_eq!(r.code, Some(0), "{r}");
     let expected = [
@@ -60,17 +66,15 @@ fn a_gated_switch_announces_the_gate_then_the_confirmation_each_once() {
         "health-gate",
         "confirm",
     ];
-    assert_eq!(announced(&r.stderr, "n1"), expected, "{r}");
     // The node's log has the same sections, in the same order.
-    assert_eq!(log_steps(root.path(), "n1"), expected);
+    assert_steps(&r, root.path(), &expected);
 }
 
 #[test]
 fn without_the_gate_the_confirmation_follows_the_activation() {
     let Some(mut net) = Net::new() else { return };
-    let host = nixos_host(&mut net, "n1");
     let root = tempfile::tempdir().expect("root");
-    write_fleet(root.path(), &[NodeSpec::for_host(&host)], 2, false);
+    nixos_fleet(&mut net, root.path(), 1, 2);
     let r = Ran::of(&mut deploy_cmd(
         &net,
         root.path(),
@@ -85,16 +89,14 @@ fn without_the_gate_the_confirmation_follows_the_activation() {
         "activate",
         "confirm",
     ];
-    assert_eq!(announced(&r.stderr, "n1"), expected, "{r}");
-    assert_eq!(log_steps(root.path(), "n1"), expected);
+    assert_steps(&r, root.path(), &expected);
 }
 
 #[test]
 fn a_node_failing_its_gate_never_announces_the_confirmation() {
     let Some(mut net) = Net::new() else { return };
-    let host = nixos_host(&mut net, "n1");
     let root = tempfile::tempdir().expect("root");
-    write_fleet(root.path(), &[NodeSpec::for_host(&host)], 2, false);
+    nixos_fleet(&mut net, root.path(), 1, 2);
     // The new generation stops the agent: the gate fails and rolls the node back at once.
     std::fs::write(state_dir(&net, "n1").join("breaks-agent"), "").expect("knob");
     let r = Ran::of(&mut deploy_cmd(
@@ -112,6 +114,5 @@ fn a_node_failing_its_gate_never_announces_the_confirmation() {
         "activate",
         "health-gate",
     ];
-    assert_eq!(announced(&r.stderr, "n1"), expected, "{r}");
-    assert_eq!(log_steps(root.path(), "n1"), expected);
+    assert_steps(&r, root.path(), &expected);
 }

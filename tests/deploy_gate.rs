@@ -63,9 +63,8 @@ fn a_canary_whose_agent_fails_its_gate_is_rolled_back_and_halts_the_rollout() {
 #[test]
 fn a_hosted_service_that_does_not_listen_fails_the_gate_naming_it() {
     let Some(mut net) = Net::new() else { return };
-    let host = nixos_host(&mut net, "n1");
     let root = tempfile::tempdir().expect("root");
-    write_fleet(root.path(), &[NodeSpec::for_host(&host)], 2, false);
+    let host = nixos_fleet(&mut net, root.path(), 1, 2).remove(0);
     // n1 is the control plane: postgres (5432) is one of its services.
     net.stop_listening(&host, 5432);
     let r = Ran::of(&mut deploy_cmd(
@@ -91,9 +90,8 @@ fn a_hosted_service_that_does_not_listen_fails_the_gate_naming_it() {
 #[test]
 fn a_healthy_node_passes_its_gate_and_is_confirmed_as_before() {
     let Some(mut net) = Net::new() else { return };
-    let host = nixos_host(&mut net, "n1");
     let root = tempfile::tempdir().expect("root");
-    write_fleet(root.path(), &[NodeSpec::for_host(&host)], 2, false);
+    nixos_fleet(&mut net, root.path(), 1, 2);
     let r = Ran::of(&mut deploy_cmd(&net, root.path(), &["n1", "--force"]));
     assert_eq!(r.code, Some(0), "{r}");
     assert!(r.row("n1").contains("confirmed"), "{r}");
@@ -121,9 +119,8 @@ fn a_healthy_node_passes_its_gate_and_is_confirmed_as_before() {
 #[test]
 fn no_health_gate_deploys_what_the_gate_would_have_stopped() {
     let Some(mut net) = Net::new() else { return };
-    let host = nixos_host(&mut net, "n1");
     let root = tempfile::tempdir().expect("root");
-    write_fleet(root.path(), &[NodeSpec::for_host(&host)], 2, false);
+    nixos_fleet(&mut net, root.path(), 1, 2);
     std::fs::write(state_dir(&net, "n1").join("breaks-agent"), "").expect("knob");
     let r = Ran::of(&mut deploy_cmd(
         &net,

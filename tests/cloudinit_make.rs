@@ -9,31 +9,12 @@ mod secrets_util;
 
 use acl_fake_api::FakeApi;
 use fleetnix::cloudinit::{make, CloudInitError, Destination, Request};
-use fleetnix::model::NodeName;
 use fleetnix::outputs::agent::UNIT_PATH as AGENT_UNIT_PATH;
 use fleetnix::outputs::cloudinit::Options;
 use fleetnix::secret::Secret;
 use fleetnix::tailscale::api::{ApiError, Client};
 use secrets_util::*;
 use std::path::Path;
-
-/// The example fleet with worker-01's key stored for one age operator: (fleet, operator
-/// identity, the stored key).
-fn setup() -> (TestFleet, std::path::PathBuf, String) {
-    let t = TestFleet::new();
-    t.add_host_key("worker-01");
-    let (op, op_pub) = age_keygen(&t.keys, "op.age");
-    t.set_operators(&[("ops", &op_pub)]);
-    let key = fake_key();
-    fleetnix::secrets::set_authkey(
-        &t.fleet(),
-        &t.root,
-        &[NodeName::parse("worker-01").unwrap()],
-        &Secret::from(key.clone()),
-    )
-    .unwrap();
-    (t, op, key)
-}
 
 /// A request for the key in the `.age` file, decrypted with `identity`.
 fn decrypt<'a>(root: &'a Path, identity: &'a Path) -> Request<'a> {
@@ -72,7 +53,7 @@ fn run(
 
 #[test]
 fn decrypted_key_to_a_stream_with_its_notes_in_order() {
-    let (t, op, key) = setup();
+    let (t, op, key) = worker01_key_for_one_operator();
     let mut out = Vec::new();
     let req = decrypt(&t.root, &op);
     let (r, notes) = run(&t, "worker-01", &req, no_api, Destination::Stream(&mut out));
@@ -102,7 +83,7 @@ fn decrypted_key_to_a_stream_with_its_notes_in_order() {
 #[test]
 fn decrypted_key_to_a_file_with_mode_0600_and_nothing_on_failure() {
     use std::os::unix::fs::PermissionsExt;
-    let (t, op, key) = setup();
+    let (t, op, key) = worker01_key_for_one_operator();
     let file = t.dir.path().join("out/worker-01.yaml");
     let req = Request {
         options: Options {
@@ -160,7 +141,7 @@ fn decrypted_key_to_a_file_with_mode_0600_and_nothing_on_failure() {
 
 #[test]
 fn no_source_names_the_ways_to_give_a_key() {
-    let (t, _op, _key) = setup();
+    let (t, _op, _key) = worker01_key_for_one_operator();
     let req = Request {
         identity: None,
         ..decrypt(&t.root, Path::new("/unused"))
@@ -178,7 +159,7 @@ fn no_source_names_the_ways_to_give_a_key() {
 
 #[test]
 fn minted_key_asks_the_api_once_and_stores_nothing() {
-    let (t, _op, stored) = setup();
+    let (t, _op, stored) = worker01_key_for_one_operator();
     let token = format!("tskey-api-{}", "FAKE-cloudinit-make-only");
     let fake = FakeApi::start(&token, "{}");
     let before = snapshot(&t.root);

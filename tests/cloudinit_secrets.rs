@@ -7,34 +7,15 @@ mod common;
 mod secrets_util;
 
 use acl_fake_api::FakeApi;
-use fleetnix::model::NodeName;
-use fleetnix::secret::Secret;
 use secrets_util::*;
 
 fn token() -> String {
     format!("tskey-api-{}", "FAKE-cloudinit-test-only")
 }
 
-/// worker-01 with a host key, one age operator; worker-01's key stored with `set_authkey`.
-fn setup() -> (TestFleet, std::path::PathBuf, String) {
-    let t = TestFleet::new();
-    t.add_host_key("worker-01");
-    let (op, op_pub) = age_keygen(&t.keys, "op.age");
-    t.set_operators(&[("ops", &op_pub)]);
-    let key = fake_key();
-    fleetnix::secrets::set_authkey(
-        &t.fleet(),
-        &t.root,
-        &[NodeName::parse("worker-01").unwrap()],
-        &Secret::from(key.clone()),
-    )
-    .unwrap();
-    (t, op, key)
-}
-
 #[test]
 fn key_from_the_age_file_with_identity() {
-    let (t, op, key) = setup();
+    let (t, op, key) = worker01_key_for_one_operator();
     let out_file = t.dir.path().join("worker-01.yaml");
     let out = run(t
         .bin()
@@ -102,7 +83,7 @@ fn key_from_the_age_file_with_identity() {
 
 #[test]
 fn key_minted_for_the_user_data_only() {
-    let (t, _op, stored) = setup();
+    let (t, _op, stored) = worker01_key_for_one_operator();
     let fake = FakeApi::start(&token(), "{}");
     let before = snapshot(&t.root);
     let out = run(t

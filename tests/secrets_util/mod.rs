@@ -200,3 +200,21 @@ pub fn age_decrypt(identity: &Path, file: &Path) -> Result<String, String> {
         Err(String::from_utf8_lossy(&out.stderr).to_string())
     }
 }
+
+/// The example fleet with worker-01's host key and one age operator, and worker-01's auth key
+/// stored with `set_authkey`: (fleet, the operator's identity file, the stored key).
+pub fn worker01_key_for_one_operator() -> (TestFleet, PathBuf, String) {
+    let t = TestFleet::new();
+    t.add_host_key("worker-01");
+    let (op, op_pub) = age_keygen(&t.keys, "op.age");
+    t.set_operators(&[("ops", &op_pub)]);
+    let key = fake_key();
+    fleetnix::secrets::set_authkey(
+        &t.fleet(),
+        &t.root,
+        &[fleetnix::model::NodeName::parse("worker-01").expect("valid name")],
+        &fleetnix::secret::Secret::from(key.clone()),
+    )
+    .expect("set_authkey");
+    (t, op, key)
+}

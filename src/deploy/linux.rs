@@ -263,15 +263,7 @@ pub fn program(
     } else {
         ops.extend(ops_after_probe(&mut b, plan, opts, authkeys));
     }
-    let finally = vec![b.op(OpKind::Close {
-        step: None,
-        what: "close the shared SSH connection",
-    })];
-    Program {
-        target,
-        ops,
-        finally,
-    }
+    b.finish(target, ops)
 }
 
 /// The plain Linux steps after the probe.

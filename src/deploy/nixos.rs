@@ -18,15 +18,7 @@ use std::path::{Path, PathBuf};
 pub fn program(plan: &NodePlan, opts: &DeployOptions, target: SshTarget) -> Program {
     let mut b = Builder::default();
     let ops = ops(&mut b, plan, opts, &target);
-    let finally = vec![b.op(OpKind::Close {
-        step: None,
-        what: "close the shared SSH connection",
-    })];
-    Program {
-        target,
-        ops,
-        finally,
-    }
+    b.finish(target, ops)
 }
 
 /// The NixOS steps: read the running generation, then `nixos-rebuild <action>`; or, for a

@@ -238,6 +238,20 @@ impl Builder {
             kind,
         }
     }
+
+    /// The program of `ops` on `target`, ending (whatever happens) with closing the node's
+    /// shared connection.
+    pub fn finish(mut self, target: SshTarget, ops: Vec<Op>) -> Program {
+        let finally = vec![self.op(OpKind::Close {
+            step: None,
+            what: "close the shared SSH connection",
+        })];
+        Program {
+            target,
+            ops,
+            finally,
+        }
+    }
 }
 
 impl Remote {

@@ -3,7 +3,6 @@
 use fleetnix::acl::check;
 use fleetnix::manifest::{self, FleetTexts};
 use fleetnix::model::SourceFiles;
-use fleetnix::outputs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -44,7 +43,7 @@ fn main() {
         let t = Instant::now();
         let mut text = String::new();
         for _ in 0..reps {
-            text = outputs::acl::render(&fleet, "bench").text;
+            text = fleetnix::acl::render::render(&fleet, "bench").text;
         }
         let render_ms = t.elapsed().as_secs_f64() * 1000.0 / reps as f64;
         let t = Instant::now();

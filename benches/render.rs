@@ -3,7 +3,7 @@
 
 use fleetnix::manifest::{self, FleetTexts};
 use fleetnix::model::SourceFiles;
-use fleetnix::{outputs, plan};
+use fleetnix::{outputs, spec};
 use std::fmt::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -61,7 +61,7 @@ fn main() {
     let start = Instant::now();
     let fleet = manifest::parse(&texts).expect("generated fleet is valid");
     let validated = start.elapsed();
-    let plans = plan::plan(&fleet);
+    let plans = spec::node_specs(&fleet);
     let files = outputs::render_fleet(&fleet, &plans, "fleet/nodes.yml").unwrap();
     let total = start.elapsed();
     assert_eq!(files.len(), n + 1);

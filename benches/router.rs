@@ -23,9 +23,9 @@ mod common;
 
 use bus_support::{Behaviour, NatsServer};
 use common::{example_fleet, poll_async};
+use fleetnix::bus::router::{self, Answer, Lanes, RouterConfig};
 use fleetnix::bus::{self, registry};
 use fleetnix::model::{FailoverStrategy, Role};
-use fleetnix::router::{self, Answer, Lanes, RouterConfig};
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 

@@ -5,26 +5,20 @@
 //! is a pure function of the plan; executors have the side effects.
 
 pub mod acl;
-pub mod alert;
 pub mod bootstrap;
 pub mod bus;
-pub mod cloudinit;
 pub mod deploy;
 pub mod exec;
 pub mod fsutil;
 pub mod health;
-pub mod hosts;
 pub mod http;
 pub mod lock;
 pub mod manifest;
 pub mod model;
 pub mod nix;
 pub mod outputs;
-pub mod plan;
-pub mod route;
-pub mod router;
 pub mod secret;
 pub mod secrets;
-pub mod status;
+pub mod spec;
 pub mod suggest;
 pub mod tailscale;

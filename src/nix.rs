@@ -93,3 +93,11 @@ mod tests {
         assert!(check_syntax("{ x = ; }").is_err());
     }
 }
+
+/// Text made safe for a one-line comment: every control character (line breaks included)
+/// becomes a space.
+pub fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}

@@ -9,7 +9,6 @@ use acl_fake_api::FakeApi;
 use assert_cmd::Command;
 use fleetnix::acl::apply::{self, ApplyError, SetOptions};
 use fleetnix::manifest;
-use fleetnix::outputs;
 use fleetnix::secret::Secret;
 use fleetnix::tailscale::api::{ApiError, Client};
 use secrecy::ExposeSecret;
@@ -48,7 +47,7 @@ fn backups(dir: &Path) -> Vec<String> {
 }
 
 fn rendered() -> String {
-    outputs::acl::render(&example_fleet(), "fleet/").text
+    fleetnix::acl::render::render(&example_fleet(), "fleet/").text
 }
 
 #[tokio::test]
@@ -403,7 +402,7 @@ fn cli_get_diff_set_keep_the_token_out_of_argv_output_and_files() {
     );
     assert_eq!(
         fake.state().policy,
-        outputs::acl::render(
+        fleetnix::acl::render::render(
             &manifest::load(fleet.path()).unwrap(),
             &format!(
                 "{}, {}, {}",

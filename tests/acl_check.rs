@@ -5,7 +5,6 @@ mod common;
 
 use assert_cmd::Command;
 use fleetnix::acl::check::{self, Finding, FindingKind};
-use fleetnix::outputs;
 use std::path::Path;
 
 use common::{example_fleet, repo};
@@ -204,7 +203,7 @@ fn cli_check_exit_codes_and_json() {
     let text = std::fs::read_to_string(&file).unwrap();
     assert_eq!(
         text,
-        outputs::acl::render(
+        fleetnix::acl::render::render(
             &example_fleet(),
             "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml"
         )

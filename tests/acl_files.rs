@@ -6,7 +6,7 @@ mod common;
 
 use common::{example_fleet, example_fleet_dir, repo};
 use fleetnix::acl::files::{self, FilesError, PolicyText};
-use fleetnix::outputs::acl::render;
+use fleetnix::acl::render::render;
 use std::path::Path;
 
 const SOURCES: &str = "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml";

@@ -11,7 +11,6 @@ use fleetnix::acl::check::{self, Finding, FindingKind};
 use fleetnix::acl::{matrix, policy};
 use fleetnix::manifest;
 use fleetnix::model::Fleet;
-use fleetnix::outputs;
 
 use common::{example_fleet, example_fleet_dir, repo};
 
@@ -21,7 +20,7 @@ fn rendered() -> String {
     // the committed file is the current rendering (byte for byte)
     assert_eq!(
         text,
-        outputs::acl::render(
+        fleetnix::acl::render::render(
             &example_fleet(),
             "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml"
         )
@@ -345,7 +344,7 @@ fn v6_fleet() -> (tempfile::TempDir, Fleet) {
 #[test]
 fn a_node_on_ipv6_is_matched_by_its_address() {
     let (_d, fleet) = v6_fleet();
-    let base = outputs::acl::render(&fleet, "x").text;
+    let base = fleetnix::acl::render::render(&fleet, "x").text;
     assert!(findings(&fleet, &base).is_empty());
     let (text, line) = with_rule(
         &base,

@@ -8,7 +8,6 @@ use fleetnix::acl::eval::{Evaluator, Principal};
 use fleetnix::acl::policy::{self, Selector, TCP};
 use fleetnix::manifest;
 use fleetnix::model::Fleet;
-use fleetnix::outputs;
 
 use common::{example_fleet, example_fleet_dir};
 
@@ -31,7 +30,7 @@ fn variant(edit: impl Fn(String) -> String) -> (tempfile::TempDir, Fleet) {
 #[test]
 fn rendered_policy_passes_its_own_tests() {
     let fleet = example_fleet();
-    let r = outputs::acl::render(&fleet, "fleet/");
+    let r = fleetnix::acl::render::render(&fleet, "fleet/");
     let parsed = policy::parse(&r.text).unwrap();
     assert!(parsed.issues.is_empty(), "{:?}", parsed.issues);
     let p = &parsed.policy;
@@ -64,7 +63,7 @@ fn rendered_policy_passes_its_own_tests() {
 #[test]
 fn rendered_policy_is_clean_and_minimal() {
     let fleet = example_fleet();
-    let r = outputs::acl::render(&fleet, "fleet/");
+    let r = fleetnix::acl::render::render(&fleet, "fleet/");
     let findings = check::check(&fleet, &r.text).unwrap();
     assert!(findings.is_empty(), "{findings:#?}");
     let p = policy::parse(&r.text).unwrap().policy;
@@ -104,15 +103,15 @@ fn rendered_policy_is_clean_and_minimal() {
 
 #[test]
 fn rendering_is_deterministic() {
-    let a = outputs::acl::render(&example_fleet(), "x").text;
-    let b = outputs::acl::render(&example_fleet(), "x").text;
+    let a = fleetnix::acl::render::render(&example_fleet(), "x").text;
+    let b = fleetnix::acl::render::render(&example_fleet(), "x").text;
     assert_eq!(a, b);
 }
 
 #[test]
 fn drift_is_caught_by_tests_and_check() {
     let fleet = example_fleet();
-    let r = outputs::acl::render(&fleet, "fleet/");
+    let r = fleetnix::acl::render::render(&fleet, "fleet/");
     // someone adds workers to the Postgres rule
     let drifted = r.text.replace(
         "{\"action\": \"accept\", \"src\": [\"tag:control-plane\"], \"proto\": \"tcp\", \"dst\": [\"tag:control-plane:5432\"]}",
@@ -141,7 +140,7 @@ fn agent_needs_get_rules_when_the_catalog_lacks_them() {
         let i = s.find("  # Not in the seed's table").unwrap();
         s[..i].to_string()
     });
-    let r = outputs::acl::render(&fleet, "fleet/");
+    let r = fleetnix::acl::render::render(&fleet, "fleet/");
     assert!(r.text.contains("// agents' NATS connection"), "{}", r.text);
     let p = policy::parse(&r.text).unwrap().policy;
     let nodes = check::node_principals(&fleet);
@@ -159,7 +158,7 @@ fn services_on_workers_get_health_checks() {
     let (_d, fleet) = variant(|s| {
         s + "  - name: glm-metrics\n    port: 9100\n    role: glm-worker\n    allow: [group:operators]\n"
     });
-    let r = outputs::acl::render(&fleet, "fleet/");
+    let r = fleetnix::acl::render::render(&fleet, "fleet/");
     let p = policy::parse(&r.text).unwrap().policy;
     let ev = Evaluator::new(&p);
     let (cp, w) = (

@@ -497,7 +497,7 @@ fn nixos_vm_first_rebuild_with_a_minted_key_and_the_address_set_through_the_api(
         "{boot}"
     );
     fleetnix::nix::check_syntax(&boot).expect("boot.nix is Nix");
-    let problems = fleetnix::hosts::check(
+    let problems = fleetnix::manifest::hosts::check(
         root,
         &fleetnix::manifest::load(&root.join("fleet")).expect("fleet"),
     );

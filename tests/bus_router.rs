@@ -1,4 +1,4 @@
-//! The router (`fleetnix::router`) and the registry (`node sync`) on a real nats-server running
+//! The router (`fleetnix::bus::router`) and the registry (`node sync`) on a real nats-server running
 //! the configuration fleetnix renders (JetStream on, the router's and the nodes' users), with
 //! workers that follow the bus contract (heartbeats included).
 
@@ -9,8 +9,8 @@ use bus_support::{node_of, Behaviour, NatsServer, RouterFixture, Worker};
 use common::{copy_example_fleet, example_fleet, fleetnix_bin, poll_async};
 use fleetnix::bus;
 use fleetnix::bus::registry::{self, SyncAction};
+use fleetnix::bus::router::{self, Answer, RouterConfig};
 use fleetnix::model::FailoverStrategy;
-use fleetnix::router::{self, Answer, RouterConfig};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

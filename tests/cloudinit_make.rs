@@ -1,4 +1,4 @@
-//! `fleetnix::cloudinit::make`, the library behind `fleetnix cloud-init`, called directly: the
+//! `fleetnix::bootstrap::cloudinit::make`, the library behind `fleetnix cloud-init`, called directly: the
 //! key decrypted from the node's `.age` file (real `age`) or minted through the fake, in-process
 //! Tailscale API; the notes it tells and when; the user-data written once, with the key once,
 //! and nothing written on failure.
@@ -8,7 +8,7 @@ mod common;
 mod secrets_util;
 
 use acl_fake_api::FakeApi;
-use fleetnix::cloudinit::{make, CloudInitError, Destination, Request};
+use fleetnix::bootstrap::cloudinit::{make, CloudInitError, Destination, Request};
 use fleetnix::outputs::agent::UNIT_PATH as AGENT_UNIT_PATH;
 use fleetnix::outputs::cloudinit::Options;
 use fleetnix::secret::Secret;

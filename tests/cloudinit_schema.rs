@@ -1,11 +1,11 @@
 //! cloud-init user-data: valid for the real schema checker, the auth key exactly once and never in
 //! a command line, the command's file handling.
 
-use fleetnix::cloudinit::AuthKey;
+use fleetnix::bootstrap::cloudinit::AuthKey;
 use fleetnix::model::Fleet;
 use fleetnix::outputs::agent;
 use fleetnix::outputs::cloudinit::{self as ci, Options};
-use fleetnix::plan::{plan_node, NodePlan};
+use fleetnix::spec::{node_spec, NodeSpec};
 use serde_yaml::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -79,7 +79,7 @@ fn schema_check(bin: &Path, text: &str) -> Result<(), String> {
 }
 
 /// Structural checks every user-data must pass.
-fn check_structure(plan: &NodePlan, text: &str, key: &str, with_agent: bool) {
+fn check_structure(plan: &NodeSpec, text: &str, key: &str, with_agent: bool) {
     assert!(text.starts_with("#cloud-config\n"));
     assert_eq!(
         text.matches(key).count(),
@@ -149,7 +149,7 @@ fn example_nodes_and_a_node_with_every_optional_field_pass_the_schema() {
     for dir in [example_dir(), full.path().to_path_buf()] {
         let fleet = load(&dir);
         for node in &fleet.nodes {
-            let plan = plan_node(&fleet, node);
+            let plan = node_spec(&fleet, node);
             for with_agent in [false, true] {
                 let opts = Options {
                     with_agent,
@@ -187,7 +187,7 @@ fn example_nodes_and_a_node_with_every_optional_field_pass_the_schema() {
 fn a_node_with_a_non_root_ssh_user_gets_that_user() {
     let full = full_fleet_dir();
     let fleet = load(full.path());
-    let plan = plan_node(&fleet, fleet.node("edge-01").unwrap());
+    let plan = node_spec(&fleet, fleet.node("edge-01").unwrap());
     assert_eq!(plan.access.ssh_user, "deploy");
     let text = ci::user_data(
         &plan,
@@ -201,7 +201,7 @@ fn a_node_with_a_non_root_ssh_user_gets_that_user() {
     assert_eq!(users[1]["name"].as_str(), Some("deploy"));
     assert_eq!(users[1]["lock_passwd"].as_bool(), Some(true));
     // Root nodes leave the image's users alone.
-    let root_plan = plan_node(&fleet, fleet.node("worker-01").unwrap());
+    let root_plan = node_spec(&fleet, fleet.node("worker-01").unwrap());
     let text = ci::user_data(
         &root_plan,
         &AuthKey::parse(&fake_key()).unwrap(),
@@ -215,7 +215,7 @@ fn a_node_with_a_non_root_ssh_user_gets_that_user() {
 fn the_schema_checker_is_not_vacuous() {
     let Some(bin) = cloud_init_bin() else { return };
     let fleet = load(&example_dir());
-    let plan = plan_node(&fleet, fleet.node("worker-01").unwrap());
+    let plan = node_spec(&fleet, fleet.node("worker-01").unwrap());
     let text = ci::user_data(
         &plan,
         &AuthKey::parse(&fake_key()).unwrap(),
@@ -234,7 +234,7 @@ fn the_schema_checker_is_not_vacuous() {
 #[test]
 fn bad_inputs_are_refused_without_echoing_the_key() {
     let fleet = load(&example_dir());
-    let plan = plan_node(&fleet, fleet.node("worker-01").unwrap());
+    let plan = node_spec(&fleet, fleet.node("worker-01").unwrap());
     let key = AuthKey::parse(&fake_key()).unwrap();
     for url in [
         "http://tailscale.com/install.sh",

@@ -8,7 +8,7 @@ use fleetnix::deploy::schedule::deploy;
 use fleetnix::deploy::{Action, DeployOptions, EnvAuthKey};
 use fleetnix::exec::process::{NodeLog, ProcError, ProcOutput};
 use fleetnix::exec::ssh::{SshTarget, Transport};
-use fleetnix::plan::NodePlan;
+use fleetnix::spec::NodeSpec;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -60,9 +60,9 @@ impl Transport for Rec {
     }
 }
 
-fn setup(dir: &Path) -> (Vec<NodePlan>, DeployOptions) {
+fn setup(dir: &Path) -> (Vec<NodeSpec>, DeployOptions) {
     let fleet = common::example_fleet();
-    let mut plans = fleetnix::plan::plan(&fleet);
+    let mut plans = fleetnix::spec::node_specs(&fleet);
     for p in &mut plans {
         p.access.host_key = Some(
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS/vcGfRqtpcVld33fFR5cjD2Ai9gXARYCEHEn"
@@ -79,7 +79,7 @@ fn setup(dir: &Path) -> (Vec<NodePlan>, DeployOptions) {
 }
 
 async fn run(
-    plans: Vec<NodePlan>,
+    plans: Vec<NodeSpec>,
     opts: DeployOptions,
     t: Arc<Recording>,
     cancel: Cancel,

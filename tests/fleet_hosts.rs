@@ -84,10 +84,10 @@ fn the_example_secrets_are_current_and_open_with_the_demo_host_keys() {
 #[test]
 fn every_example_nixos_node_has_a_hardware_configuration_and_a_state_version() {
     let fleet = common::example_fleet();
-    assert!(fleetnix::hosts::check(&repo(), &fleet).is_empty());
+    assert!(fleetnix::manifest::hosts::check(&repo(), &fleet).is_empty());
     for n in &fleet.nodes {
         assert!(repo()
-            .join(fleetnix::hosts::hardware_path(&n.name))
+            .join(fleetnix::manifest::hosts::hardware_path(&n.name))
             .is_file());
         assert_eq!(fleet.state_version_of(n).unwrap().as_str(), "25.11");
     }

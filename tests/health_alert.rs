@@ -5,7 +5,7 @@ mod common;
 mod health_common;
 
 use common::{fake_tailscale, fleetnix_bin};
-use fleetnix::alert::{notification_for, Alerter, Ntfy};
+use fleetnix::health::alert::{notification_for, Alerter, Ntfy};
 use fleetnix::health::{NodeState, StateTracker};
 use fleetnix::model::NodeName;
 use health_common::*;

@@ -6,9 +6,9 @@ mod health_common;
 
 use assert_cmd::Command;
 use common::{example_fleet_dir, fake_tailscale, status_fixture};
+use fleetnix::bus::route::{RouteError, Router};
 use fleetnix::health::{HealthReport, NodeHealth, NodeState, Presence};
 use fleetnix::model::{FailoverStrategy, Fleet, NodeName};
-use fleetnix::route::{RouteError, Router};
 use health_common::*;
 use std::collections::BTreeMap;
 use std::net::IpAddr;

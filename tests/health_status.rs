@@ -6,7 +6,7 @@ use common::{
     example_fleet, fake_tailscale, fake_tailscale_reporting, fleetnix_bin, repo, status_fixture,
     status_fixture_text, write_script,
 };
-use fleetnix::status::{status_report, Drift};
+use fleetnix::health::status::{status_report, Drift};
 use fleetnix::tailscale::{Connection, Tailscale, TailscaleError, TailscaleStatus};
 use std::net::IpAddr;
 use std::path::Path;

@@ -7,7 +7,7 @@ mod common;
 mod health_common;
 
 use common::fake_tailscale_reporting;
-use fleetnix::alert::{Alerter, Ntfy};
+use fleetnix::health::alert::{Alerter, Ntfy};
 use fleetnix::health::{watch, NodeState, WatchEvent, WatchOptions};
 use fleetnix::tailscale::Tailscale;
 use health_common::*;

@@ -9,7 +9,7 @@ mod common;
 mod nixos_support;
 
 use common::{fleetnix_bin, repo, Ran};
-use fleetnix::plan;
+use fleetnix::spec;
 use nixos_support::{agent_warning, assert_follows_plan, copy_repo, pinned, vm_hardware, Pinned};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -35,9 +35,9 @@ fn fleetnix(root: &Path, args: &[&str]) -> Ran {
 }
 
 /// The plans of the fleet under `root` that get a NixOS configuration.
-fn nixos_plans(root: &Path) -> Vec<plan::NodePlan> {
+fn nixos_plans(root: &Path) -> Vec<spec::NodeSpec> {
     let fleet = fleetnix::manifest::load(&root.join("fleet")).expect("valid fleet");
-    plan::plan(&fleet)
+    spec::node_specs(&fleet)
         .into_iter()
         .filter(|p| p.access.os != fleetnix::model::Os::Linux)
         .collect()

@@ -7,8 +7,9 @@
 mod common;
 
 use common::{example_fleet, repo};
+use fleetnix::bootstrap::cloudinit;
 use fleetnix::outputs::{self, agent};
-use fleetnix::{cloudinit, plan};
+use fleetnix::spec;
 
 const SOURCES: &str = "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml";
 /// Stands for the auth key in the cloud-init golden files (the key is built at run time).
@@ -38,7 +39,7 @@ fn golden(rel: &str, text: &str, rewritable: bool) {
 #[test]
 fn node_modules_and_nats_module_equal_the_committed_files() {
     let fleet = example_fleet();
-    let files = outputs::render_fleet(&fleet, &plan::plan(&fleet), SOURCES).unwrap();
+    let files = outputs::render_fleet(&fleet, &spec::node_specs(&fleet), SOURCES).unwrap();
     let names: Vec<String> = files.keys().map(|p| p.display().to_string()).collect();
     assert_eq!(
         names,
@@ -56,7 +57,7 @@ fn node_modules_and_nats_module_equal_the_committed_files() {
 
 #[test]
 fn secrets_nix_equals_the_committed_file() {
-    let text = outputs::secrets_nix::render_secrets_nix(&example_fleet()).unwrap();
+    let text = fleetnix::secrets::secrets_nix::render_secrets_nix(&example_fleet()).unwrap();
     golden("secrets/secrets.nix", &text, false);
 }
 
@@ -73,7 +74,7 @@ fn cloud_init_user_data_equals_its_golden_files() {
             ..Default::default()
         };
         let text =
-            outputs::cloudinit::user_data(&plan::plan_node(&fleet, n), &auth, &opts).unwrap();
+            outputs::cloudinit::user_data(&spec::node_spec(&fleet, n), &auth, &opts).unwrap();
         assert_eq!(text.matches(&key).count(), 1);
         golden(
             &format!("tests/fixtures/golden/cloud-init-{node}.yaml"),
@@ -88,7 +89,7 @@ fn agent_unit_equals_its_golden_file() {
     let fleet = example_fleet();
     let n = fleet.node("worker-02").unwrap();
     let text = agent::unit(
-        &plan::plan_node(&fleet, n),
+        &spec::node_spec(&fleet, n),
         agent::DEFAULT_AGENT_BIN,
         "fleetnix deploy",
     )
@@ -103,6 +104,6 @@ fn agent_unit_equals_its_golden_file() {
 #[test]
 fn acl_policy_equals_the_committed_file() {
     // fleet/acl-policy.hujson is what `fleetnix acl render` writes for the example fleet.
-    let text = outputs::acl::render(&example_fleet(), SOURCES).text;
+    let text = fleetnix::acl::render::render(&example_fleet(), SOURCES).text;
     golden("fleet/acl-policy.hujson", &text, false);
 }

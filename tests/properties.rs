@@ -216,7 +216,7 @@ fn every_valid_manifest_renders_to_nix_nats_and_cloud_init_that_their_tools_acce
         .run(&gen_nodes(), |nodes| {
             let dir = tempfile::tempdir().unwrap();
             let fleet = load(&write_fleet(dir.path(), &nodes))?;
-            let plans = fleetnix::plan::plan(&fleet);
+            let plans = fleetnix::spec::node_specs(&fleet);
             let files = fleetnix::outputs::render_fleet(&fleet, &plans, "generated")
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let out = dir.path().join("out");
@@ -268,8 +268,9 @@ fn every_valid_manifest_renders_to_nix_nats_and_cloud_init_that_their_tools_acce
             if let (Some(ci), true) = (&cloud_init, cloud_init_samples.get() < 4) {
                 cloud_init_samples.set(cloud_init_samples.get() + 1);
                 let node = fleet.nodes.last().unwrap();
-                let plan = fleetnix::plan::plan_node(&fleet, node);
-                let key = fleetnix::cloudinit::AuthKey::parse(&common::fake_authkey()).unwrap();
+                let plan = fleetnix::spec::node_spec(&fleet, node);
+                let key = fleetnix::bootstrap::cloudinit::AuthKey::parse(&common::fake_authkey())
+                    .unwrap();
                 let text = fleetnix::outputs::cloudinit::user_data(
                     &plan,
                     &key,
@@ -380,7 +381,7 @@ fn the_rendered_policy_of_any_valid_fleet_passes_its_tests_and_its_check() {
         .run(&gen_nodes(), |nodes| {
             let dir = tempfile::tempdir().unwrap();
             let fleet = load(&write_fleet(dir.path(), &nodes))?;
-            let rendered = fleetnix::outputs::acl::render(&fleet, "generated");
+            let rendered = fleetnix::acl::render::render(&fleet, "generated");
             let parsed = policy::parse(&rendered.text)
                 .map_err(|e| TestCaseError::fail(format!("{e}\n{}", rendered.text)))?;
             prop_assert!(parsed.issues.is_empty(), "{:?}", parsed.issues);

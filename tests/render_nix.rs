@@ -6,7 +6,7 @@
 mod common;
 
 use common::{example_fleet, nix_instantiate, repo};
-use fleetnix::{nix, outputs, plan};
+use fleetnix::{nix, outputs, spec};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,7 +16,7 @@ fn rendered_example() -> (tempfile::TempDir, Vec<PathBuf>) {
     let fleet = example_fleet();
     let files = outputs::render_fleet(
         &fleet,
-        &plan::plan(&fleet),
+        &spec::node_specs(&fleet),
         "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml",
     )
     .unwrap();
@@ -91,7 +91,7 @@ fn rendered_module_snapshot() {
     let node = fleet.node("edge-7").unwrap();
     let text = outputs::render_node(
         &outputs::engine().unwrap(),
-        &plan::plan_node(&fleet, node),
+        &spec::node_spec(&fleet, node),
         "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml",
     )
     .unwrap();

@@ -251,7 +251,7 @@ fn rendered_module_points_at_the_written_file() {
     let fleet = s.t.fleet();
     let key = fake_key();
     secrets::set_authkey(&fleet, &s.t.root, &nodes(&["worker-01"]), &secret(&key)).unwrap();
-    let plan = fleetnix::plan::plan_node(&fleet, fleet.node("worker-01").unwrap());
+    let plan = fleetnix::spec::node_spec(&fleet, fleet.node("worker-01").unwrap());
     let text = fleetnix::outputs::render_node(&fleetnix::outputs::engine().unwrap(), &plan, "test")
         .unwrap();
     let module = s.t.root.join(fleetnix::outputs::node_path("worker-01"));
@@ -260,7 +260,7 @@ fn rendered_module_points_at_the_written_file() {
     let expr = format!(
         "toString (import {} {{ config = {{}}; }}).age.secrets.{}.file",
         fleetnix::nix::string(&module.display().to_string()).trim_matches('"'),
-        fleetnix::nix::string(fleetnix::secrets::kinds::AUTHKEY_SECRET)
+        fleetnix::nix::string(fleetnix::spec::secrets::AUTHKEY_SECRET)
     );
     let out =
         run(Command::new("nix-instantiate").args(["--eval", "--strict", "--json", "-E", &expr]));

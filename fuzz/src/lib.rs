@@ -110,9 +110,9 @@ pub fn manifest(data: &[u8]) {
     let t = texts(&n, &f, &s);
     match manifest::parse(&t) {
         Ok(fleet) => {
-            let plans = fleetnix::plan::plan(&fleet);
+            let plans = fleetnix::spec::node_specs(&fleet);
             assert_eq!(plans.len(), fleet.nodes.len());
-            let r = fleetnix::outputs::acl::render(&fleet, "fuzz");
+            let r = fleetnix::acl::render::render(&fleet, "fuzz");
             // The rendered policy is fleetnix's own output: it must parse.
             if let Err(e) = policy::parse(&r.text) {
                 panic!("rendered policy does not parse: {e}\n{}", r.text);
@@ -161,7 +161,7 @@ pub fn status(data: &[u8]) {
     for n in &fleet.nodes {
         let _ = st.ssh_host_keys(n.name.as_str());
     }
-    let report = fleetnix::status::status_report(fleet, &st);
+    let report = fleetnix::health::status::status_report(fleet, &st);
     assert_eq!(report.nodes.len(), fleet.nodes.len());
     // Re-serialising what was read and reading it again gives the same status.
     let json = serde_json::to_string(&st).expect("a status serialises");

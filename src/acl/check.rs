@@ -1,7 +1,7 @@
 //! Compares any policy file with the fleet: over-grants, missing grants, format problems,
 //! unknown tags, groups, hosts and ipsets, tag ownership, SSH that deploys need, failing tests.
 //!
-//! "Allowed" is what the rendered policy ([`crate::outputs::acl`]) allows, evaluated with the same
+//! "Allowed" is what the rendered policy ([`crate::acl::render`]) allows, evaluated with the same
 //! [`Evaluator`]: an over-grant is access the checked policy gives and the rendered one does not;
 //! a missing grant is the reverse, explained by the catalog row or configuration need behind it.
 //! Both are compared per IP protocol. The identities compared are every tag and group, any member,
@@ -20,7 +20,6 @@ use super::matrix::NONROOT_PROBE;
 use super::policy::{self, IssueKind, Loc, NetRule, Policy, PolicyError, Selector, TCP, UDP};
 use super::ports::PortSet;
 use crate::model::{Fleet, Node, Protocol};
-use crate::outputs;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -144,7 +143,7 @@ pub fn node_principals(fleet: &Fleet) -> Vec<Principal> {
 
 /// Parses and evaluates the policy rendered for `fleet`.
 pub fn rendered_policy(fleet: &Fleet) -> Result<(Policy, Intents), PolicyError> {
-    let r = outputs::acl::render(fleet, "the fleet");
+    let r = super::render::render(fleet, "the fleet");
     let parsed = policy::parse(&r.text)?;
     Ok((parsed.policy, r.intents))
 }

@@ -88,7 +88,7 @@ pub fn policy_text(
             name: p.display().to_string(),
         },
         None => PolicyText {
-            text: crate::outputs::acl::render(fleet, sources).text,
+            text: crate::acl::render::render(fleet, sources).text,
             name: "rendered from the fleet".to_string(),
         },
     })
@@ -105,7 +105,7 @@ pub fn matrix_of(fleet: &Fleet, policy: &PolicyText) -> Result<Matrix, FilesErro
 
 /// `acl render -o FILE`: the rendered policy written atomically (mode 0644).
 pub fn write_rendered(fleet: &Fleet, sources: &str, path: &Path) -> Result<(), FilesError> {
-    let r = crate::outputs::acl::render(fleet, sources);
+    let r = crate::acl::render::render(fleet, sources);
     crate::fsutil::write_atomic(path, r.text.as_bytes(), 0o644).map_err(|source| {
         FilesError::Write {
             path: path.to_path_buf(),

@@ -1,5 +1,5 @@
 //! The accesses the fleet needs ([`intents`]), derived from the catalog and the rendered
-//! configuration; the policy is rendered from them by [`crate::outputs::acl`] and checked against
+//! configuration; the policy is rendered from them by [`crate::acl::render`] and checked against
 //! them by [`super::check`].
 //!
 //! Access comes from [`intents`]: every catalog row (its `allow` sources → the tags of the nodes

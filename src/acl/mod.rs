@@ -5,7 +5,7 @@
 //! - [`addrs`]: what IPs, CIDRs, `hosts` and `ipsets` cover of devices whose addresses are partly known;
 //! - [`eval`]: a small evaluator (can S reach node D on port P, may S SSH as user U);
 //! - [`intents`]: the accesses the fleet needs (the policy text is rendered by
-//!   [`crate::outputs::acl`], deterministic commented HuJSON);
+//!   [`crate::acl::render`], deterministic commented HuJSON);
 //! - [`check`]: compares any policy with the fleet (over-grants, missing grants, format problems);
 //! - [`matrix`]: who can reach what, as a table or a Graphviz graph;
 //! - [`files`]: the policy files of `fleetnix acl` (which policy a command works on, `acl check`'s report);
@@ -21,3 +21,4 @@ pub mod intents;
 pub mod matrix;
 pub mod policy;
 pub mod ports;
+pub mod render;

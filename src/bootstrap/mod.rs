@@ -16,6 +16,7 @@
 //! a failure resumes; a failure names its step and how to resume ([`BootstrapError`]).
 
 pub mod authkey;
+pub mod cloudinit;
 pub mod hostkey;
 mod options;
 mod report;

@@ -12,7 +12,7 @@
 //! - [`heartbeat`]: the agents' heartbeats on `fleet.heartbeat.<node>`;
 //! - [`registry`]: `fleetnix node sync`, the fleet's nodes in the JetStream bucket `fleet-nodes`.
 //!
-//! The router on the control plane (`crate::router`) connects as its own user
+//! The router on the control plane (`crate::bus::router`) connects as its own user
 //! ([`ROUTER_USER`]), answers `fleet.dispatch.<role>` and publishes `fleet-health`.
 //!
 //! Subjects (see `docs/bus.md`):
@@ -27,6 +27,8 @@ pub mod creds;
 pub mod dispatch;
 pub mod heartbeat;
 pub mod registry;
+pub mod route;
+pub mod router;
 
 use crate::model::{Fleet, Node, NodeName, Role};
 use serde::Serialize;

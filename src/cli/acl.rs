@@ -5,7 +5,6 @@ use super::{runtime, CliError, CmdResult, Ctx, Outcome};
 use fleetnix::acl::apply;
 use fleetnix::acl::files::{self, PolicyText};
 use fleetnix::model::Fleet;
-use fleetnix::outputs;
 use fleetnix::tailscale::api::Client;
 use std::path::{Path, PathBuf};
 
@@ -103,7 +102,7 @@ fn cmd_render(ctx: &Ctx, fleet: &Fleet, output: Option<&Path>) -> CmdResult {
     match output {
         None => print!(
             "{}",
-            outputs::acl::render(fleet, &ctx.sources_label(fleet)).text
+            fleetnix::acl::render::render(fleet, &ctx.sources_label(fleet)).text
         ),
         Some(p) => {
             files::write_rendered(fleet, &ctx.sources_label(fleet), p).map_err(CliError::msg)?;

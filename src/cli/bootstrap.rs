@@ -261,7 +261,7 @@ pub fn bootstrap(ctx: &Ctx, a: BootstrapArgs) -> CmdResult {
 
 /// `fleetnix cloud-init NODE [-o FILE]`: user-data on stdout or in FILE; notes on stderr.
 pub fn cloud_init(ctx: &Ctx, a: CloudInitArgs) -> CmdResult {
-    use fleetnix::cloudinit::{self as ci, Destination};
+    use fleetnix::bootstrap::cloudinit::{self as ci, Destination};
     use std::io::IsTerminal;
     let fleet = ctx.fleet()?;
     let node = super::node(&fleet, &a.node)?;

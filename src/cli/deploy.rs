@@ -10,7 +10,7 @@ use fleetnix::deploy::{
     SecretsAuthKey, DEFAULT_PARALLEL,
 };
 use fleetnix::exec::ssh::SshTransport;
-use fleetnix::plan;
+use fleetnix::spec;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,9 +117,9 @@ pub struct Selected {
     /// The repository root, absolute.
     pub root: PathBuf,
     /// Every node's plan.
-    pub all_plans: Vec<plan::NodePlan>,
+    pub all_plans: Vec<spec::NodeSpec>,
     /// The plans of the nodes the targets select.
-    pub plans: Vec<plan::NodePlan>,
+    pub plans: Vec<spec::NodeSpec>,
 }
 
 /// Loads the fleet and selects `targets`/`all`.
@@ -130,7 +130,7 @@ pub fn selected_plans(ctx: &Ctx, targets: &[String], all: bool) -> Result<Select
         .map_err(CliError::msg)?;
     let root = std::fs::canonicalize(&ctx.root)
         .map_err(|e| CliError::msg(format!("repository root {}: {e}", ctx.root.display())))?;
-    let all_plans = plan::plan(&fleet);
+    let all_plans = spec::node_specs(&fleet);
     let plans = all_plans
         .iter()
         .filter(|p| nodes.iter().any(|n| n.name == p.name))
@@ -281,7 +281,7 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
 /// `--identity`, else [`fleetnix::secret::default_identity`]. Without `$HOME` there is no
 /// default: an error if a selected node may need its auth key decrypted (not declared NixOS
 /// and `TAILSCALE_AUTHKEY` unset), else a path that is never read.
-fn identity_for(identity: Option<PathBuf>, plans: &[plan::NodePlan]) -> Result<PathBuf, CliError> {
+fn identity_for(identity: Option<PathBuf>, plans: &[spec::NodeSpec]) -> Result<PathBuf, CliError> {
     if let Some(p) = identity.or_else(fleetnix::secret::default_identity) {
         return Ok(p);
     }

@@ -3,8 +3,8 @@
 
 use super::bus::{password, url, Conn};
 use super::{runtime, CliError, CmdResult, Ctx, Outcome};
+use fleetnix::bus::router::{self, Answer};
 use fleetnix::bus::{self, dispatch as d};
-use fleetnix::router::{self, Answer};
 use fleetnix::secrets::{SecretId, SecretKind};
 use std::io::Write;
 use std::time::Duration;
@@ -77,7 +77,7 @@ pub fn run(ctx: &Ctx, a: DispatchArgs) -> CmdResult {
     if a.direct {
         // Failover order under the fleet's strategy (round robin continues where `route` left off).
         let router =
-            fleetnix::route::Router::new(&fleet).with_state_dir(ctx.root.join(".fleetnix"));
+            fleetnix::bus::route::Router::new(&fleet).with_state_dir(ctx.root.join(".fleetnix"));
         let candidates = router
             .route_with(role.as_str(), |_| None)
             .map_err(CliError::msg)?

@@ -1,10 +1,10 @@
 //! `health`: one sweep (a table or JSON), or `--watch`: [`fleetnix::health::watch`] printed
 //! as it goes (refreshed in place on a terminal; one block, or one JSON line, per sweep
-//! otherwise). The probing, tracking and alerting are in `fleetnix::health` and `fleetnix::alert`.
+//! otherwise). The probing, tracking and alerting are in `fleetnix::health` and `fleetnix::health::alert`.
 
 use super::table::table;
 use super::{runtime, to_json, CliError, CmdResult, Ctx, Outcome};
-use fleetnix::alert::{Alerter, Ntfy};
+use fleetnix::health::alert::{Alerter, Ntfy};
 use fleetnix::health::{self, HealthReport, NodeState, ProbeOptions, WatchEvent, WatchOptions};
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;

@@ -2,7 +2,7 @@
 
 use super::{CliError, CmdResult, Ctx, Outcome};
 use fleetnix::outputs::{self, Change};
-use fleetnix::plan;
+use fleetnix::spec;
 
 /// Arguments of `render`.
 #[derive(Debug, clap::Args)]
@@ -15,7 +15,7 @@ pub struct RenderArgs {
 /// `fleetnix render [--check]`.
 pub fn run(ctx: &Ctx, args: RenderArgs) -> CmdResult {
     let fleet = ctx.fleet()?;
-    let plans = plan::plan(&fleet);
+    let plans = spec::node_specs(&fleet);
     let (changes, rendered) = outputs::render_fleet(&fleet, &plans, &ctx.sources_label(&fleet))
         .and_then(|rendered| Ok((outputs::compare(&ctx.root, &rendered)?, rendered)))
         .map_err(CliError::msg)?;

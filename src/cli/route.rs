@@ -1,8 +1,8 @@
-//! `route`: picks the node for the next task of a role. The work is in `fleetnix::route`.
+//! `route`: picks the node for the next task of a role. The work is in `fleetnix::bus::route`.
 
 use super::{runtime, to_json, CliError, CmdResult, Ctx, Outcome};
+use fleetnix::bus::route::Router;
 use fleetnix::health::{self, ProbeOptions};
-use fleetnix::route::Router;
 
 /// Arguments of `route`.
 #[derive(Debug, clap::Args)]

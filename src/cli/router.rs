@@ -1,11 +1,11 @@
 //! `router`: the control plane's task router, a long-running service. The work is in
-//! `fleetnix::router`.
+//! `fleetnix::bus::router`.
 
 use super::bus::{password, url, Conn};
 use super::{runtime, CliError, CmdResult, Ctx, Outcome};
-use fleetnix::alert::{Alerter, Ntfy};
+use fleetnix::bus::router::{self, Lanes, RouterConfig};
 use fleetnix::bus::{self, dispatch as d};
-use fleetnix::router::{self, Lanes, RouterConfig};
+use fleetnix::health::alert::{Alerter, Ntfy};
 use fleetnix::secrets::{SecretId, SecretKind};
 use std::time::Duration;
 

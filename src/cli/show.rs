@@ -1,7 +1,7 @@
 //! `show NODE [--json]`: one node's plan.
 
 use super::{CliError, CmdResult, Ctx, Outcome};
-use fleetnix::plan;
+use fleetnix::spec;
 
 /// Arguments of `show`.
 #[derive(Debug, clap::Args)]
@@ -17,7 +17,7 @@ pub struct ShowArgs {
 pub fn run(ctx: &Ctx, args: ShowArgs) -> CmdResult {
     let fleet = ctx.fleet()?;
     let node = super::node(&fleet, &args.node)?;
-    let p = plan::plan_node(&fleet, node);
+    let p = spec::node_spec(&fleet, node);
     if args.json {
         println!(
             "{}",

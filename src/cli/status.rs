@@ -1,9 +1,9 @@
 //! `status`: the fleet as the tailnet sees it, and drift from the manifest. The work is in
-//! `fleetnix::status`.
+//! `fleetnix::health::status`.
 
 use super::table::table;
 use super::{runtime, to_json, CliError, CmdResult, Ctx, Outcome};
-use fleetnix::status::{self, StatusReport};
+use fleetnix::health::status::{self, StatusReport};
 use fleetnix::tailscale::Tailscale;
 
 /// Arguments of `status`.

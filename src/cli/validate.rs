@@ -6,7 +6,7 @@ use super::{CmdResult, Ctx, Outcome};
 /// version.
 pub fn run(ctx: &Ctx) -> CmdResult {
     let fleet = ctx.fleet()?;
-    fleetnix::hosts::validate(&ctx.root, &fleet)?;
+    fleetnix::manifest::hosts::validate(&ctx.root, &fleet)?;
     println!(
         "ok: {} nodes, {} roles, {} services",
         fleet.nodes.len(),

@@ -24,7 +24,7 @@ use crate::exec::ssh::{SshTarget, Transport};
 use crate::fsutil::write_atomic;
 use crate::model::{Fleet, NodeName, Os};
 use crate::outputs::{self, Change};
-use crate::plan::NodePlan;
+use crate::spec::NodeSpec;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -267,7 +267,7 @@ pub fn probe_sections(out: &str) -> BTreeMap<String, String> {
 
 /// What the installer would change on a non-NixOS node, from the probe (empty: nothing).
 pub fn installer_changes(
-    plan: &NodePlan,
+    plan: &NodeSpec,
     probe: &Probe,
     sections: &BTreeMap<String, String>,
 ) -> Vec<String> {
@@ -306,7 +306,7 @@ pub fn installer_changes(
 /// address) and returns its SSH target (a fresh connection per command).
 pub fn pin(
     opts: &DeployOptions,
-    plan: &NodePlan,
+    plan: &NodeSpec,
     tailnet_keys: &BTreeMap<IpAddr, Vec<String>>,
 ) -> Result<SshTarget, crate::model::InvalidValue> {
     let mut keys: Vec<String> = plan.access.host_key.iter().map(|k| k.to_string()).collect();
@@ -339,7 +339,7 @@ pub fn pin(
 async fn probe<T: Transport>(
     transport: &T,
     opts: &DeployOptions,
-    plan: &NodePlan,
+    plan: &NodeSpec,
     tailnet_keys: &BTreeMap<IpAddr, Vec<String>>,
 ) -> Result<BTreeMap<String, String>, (State, String)> {
     let target = pin(opts, plan, tailnet_keys).map_err(|e| (State::Error, e.to_string()))?;
@@ -381,7 +381,7 @@ async fn probe<T: Transport>(
 
 /// The state of one node from its probe and its evaluated target.
 fn node_state(
-    plan: &NodePlan,
+    plan: &NodeSpec,
     probed: Result<BTreeMap<String, String>, (State, String)>,
     target: Option<&Evaluated>,
 ) -> SystemState {
@@ -470,7 +470,7 @@ fn node_state(
 /// are probed over SSH (at most [`MAX_PROBES`] at once). Returned in `plans` order, with
 /// warnings that concern no single node.
 pub async fn systems<T: Transport + Clone>(
-    plans: &[NodePlan],
+    plans: &[NodeSpec],
     opts: &DeployOptions,
     tools: &PlanTools,
     transport: T,
@@ -571,7 +571,7 @@ pub fn committed_ports_and_tags(text: &str) -> (BTreeSet<String>, BTreeSet<Strin
 }
 
 /// The ports and tags of `plan` against the committed text (`None`: no baseline, named by `baseline`).
-pub fn committed_diff(plan: &NodePlan, baseline: &str, old: Option<&str>) -> Committed {
+pub fn committed_diff(plan: &NodeSpec, baseline: &str, old: Option<&str>) -> Committed {
     let Some(old) = old else {
         return Committed {
             baseline: baseline.into(),
@@ -705,7 +705,7 @@ pub fn cat_file_batch(out: &[u8], requests: usize) -> Option<Vec<CatFileEntry>> 
 
 /// The selected nodes' modules as committed (`HEAD:nix/nodes/<node>.nix`), read by ONE
 /// `git -C <root> cat-file --batch` for all of them (not a `git show` per node).
-async fn committed_all(git: Option<&Path>, root: &Path, plans: &[NodePlan]) -> Vec<Committed> {
+async fn committed_all(git: Option<&Path>, root: &Path, plans: &[NodeSpec]) -> Vec<Committed> {
     let all = |baseline: &str| {
         plans
             .iter()
@@ -798,8 +798,8 @@ async fn closure(nix: Option<&Path>, current: &str, target: &str) -> Closure {
 /// known_hosts files.
 pub async fn plan<T: Transport + Clone>(
     fleet: &Fleet,
-    all_plans: &[NodePlan],
-    selected: &[NodePlan],
+    all_plans: &[NodeSpec],
+    selected: &[NodeSpec],
     sources: &str,
     opts: &DeployOptions,
     tools: &PlanTools,
@@ -1042,11 +1042,11 @@ pub fn table(r: &PlanReport) -> String {
 /// before (the runner reports its own failures; the installer is idempotent). Returns the
 /// nodes to deploy, the reports of the skipped ones, and warnings.
 pub async fn skip_unchanged<T: Transport + Clone>(
-    plans: Vec<NodePlan>,
+    plans: Vec<NodeSpec>,
     opts: &DeployOptions,
     tools: &PlanTools,
     transport: T,
-) -> (Vec<NodePlan>, Vec<NodeReport>, Vec<String>) {
+) -> (Vec<NodeSpec>, Vec<NodeReport>, Vec<String>) {
     let start = Instant::now();
     let (states, warnings) = systems(&plans, opts, tools, transport).await;
     let mut deploy = Vec::new();
@@ -1076,7 +1076,7 @@ pub async fn skip_unchanged<T: Transport + Clone>(
 /// [`skip_unchanged`]: its canary and batches must be drawn from the nodes that change.) Nodes
 /// whose evaluation fails are left out: nixos-rebuild reports their error.
 pub async fn targets_to_skip(
-    plans: &[NodePlan],
+    plans: &[NodeSpec],
     opts: &DeployOptions,
     tools: &PlanTools,
 ) -> BTreeMap<NodeName, String> {

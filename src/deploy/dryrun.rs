@@ -7,7 +7,7 @@ use super::program::{self, Vars};
 use super::{AuthKeySource, DeployOptions, RenderState};
 use crate::exec::ssh::CONTROL_PERSIST_SECS;
 use crate::model::Os;
-use crate::plan::NodePlan;
+use crate::spec::NodeSpec;
 use std::fmt::Write;
 use std::path::PathBuf;
 
@@ -17,7 +17,7 @@ fn indent(text: &str, by: &str) -> String {
 
 /// The dry-run text for `plans` (sorted by node, deterministic).
 pub fn dry_run(
-    plans: &[NodePlan],
+    plans: &[NodeSpec],
     opts: &DeployOptions,
     authkeys: &dyn AuthKeySource,
     render: &RenderState,
@@ -59,7 +59,7 @@ const CONTROL_DIR: &str = "<control-dir>";
 
 fn node(
     index: usize,
-    plan: &NodePlan,
+    plan: &NodeSpec,
     opts: &DeployOptions,
     authkeys: &dyn AuthKeySource,
 ) -> String {

@@ -14,8 +14,8 @@ use crate::exec::process::{run_process_in, LocalCommand, NodeLog, ProcOutput};
 use crate::exec::ssh::{ControlDir, SshTarget, Transport};
 use crate::fsutil::write_atomic;
 use crate::model::Os;
-use crate::plan::NodePlan;
 use crate::secret::Secret;
+use crate::spec::NodeSpec;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ pub(crate) struct Ctx<T> {
 
 /// What one attempt at a program has learnt so far.
 struct Run<'a> {
-    plan: &'a NodePlan,
+    plan: &'a NodeSpec,
     program: &'a Program,
     log: &'a NodeLog,
     vars: Vars,
@@ -69,7 +69,7 @@ impl<T: Transport> Ctx<T> {
         }
     }
 
-    fn step(&self, plan: &NodePlan, step: Step, log: &NodeLog) {
+    fn step(&self, plan: &NodeSpec, step: Step, log: &NodeLog) {
         log.line(&format!("## {}", step.as_str()));
         self.emit(Event::Step {
             node: plan.name.to_string(),
@@ -104,7 +104,7 @@ impl<T: Transport> Ctx<T> {
 
     /// The node's SSH target: pinned known_hosts file, and its shared connection's control
     /// socket (the `index`-th node of the run) when multiplexing.
-    fn target(&self, index: usize, plan: &NodePlan) -> SshTarget {
+    fn target(&self, index: usize, plan: &NodeSpec) -> SshTarget {
         program::node_target(
             &self.opts,
             plan,
@@ -113,7 +113,7 @@ impl<T: Transport> Ctx<T> {
     }
 
     /// Writes the node's known_hosts file from the manifest key and the tailnet's keys.
-    fn pin(&self, plan: &NodePlan, target: &SshTarget) -> Result<(), Failure> {
+    fn pin(&self, plan: &NodeSpec, target: &SshTarget) -> Result<(), Failure> {
         let mut keys: Vec<String> = plan.access.host_key.iter().map(|k| k.to_string()).collect();
         if let Some(k) = self.tailnet_keys.get(&plan.access.address) {
             keys.extend(k.iter().cloned());
@@ -157,7 +157,7 @@ impl<T: Transport> Ctx<T> {
 
     async fn attempt(
         &self,
-        plan: &NodePlan,
+        plan: &NodeSpec,
         program: &Program,
         log: &NodeLog,
     ) -> Result<(Outcome, String), Failure> {
@@ -651,7 +651,7 @@ impl<T: Transport> Ctx<T> {
         }))
     }
 
-    pub(crate) async fn node(&self, index: usize, plan: &NodePlan) -> NodeReport {
+    pub(crate) async fn node(&self, index: usize, plan: &NodeSpec) -> NodeReport {
         let start = Instant::now();
         let action = match plan.access.os {
             Os::Nixos => self.opts.action.as_str().to_string(),

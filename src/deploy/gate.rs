@@ -19,7 +19,7 @@ use crate::exec::quote::sh_quote;
 use crate::exec::ssh::{SshTarget, Transport};
 use crate::health::{probe_port, PortOutcome};
 use crate::model::Protocol;
-use crate::plan::NodePlan;
+use crate::spec::NodeSpec;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ pub fn units_script() -> String {
 }
 
 /// What the gate checks on `plan`'s node, for `--dry-run`.
-pub fn describe(plan: &NodePlan, limit: Duration) -> String {
+pub fn describe(plan: &NodeSpec, limit: Duration) -> String {
     let ports: Vec<String> = tcp_services(plan)
         .iter()
         .map(|(name, port)| format!("{name} {}:{port}", plan.access.address))
@@ -75,7 +75,7 @@ pub fn parse_units(stdout: &str) -> Vec<(String, String)> {
 }
 
 /// The TCP services a node hosts: `(service, port)`, in catalog order.
-pub fn tcp_services(plan: &NodePlan) -> Vec<(String, u16)> {
+pub fn tcp_services(plan: &NodeSpec) -> Vec<(String, u16)> {
     plan.services
         .iter()
         .filter(|s| s.protocol == Protocol::Tcp)
@@ -98,7 +98,7 @@ enum Look {
 async fn look<T: Transport>(
     transport: &T,
     target: &SshTarget,
-    plan: &NodePlan,
+    plan: &NodeSpec,
     timeout: Duration,
     log: &NodeLog,
 ) -> Look {
@@ -181,7 +181,7 @@ impl Gate {
         &mut self,
         transport: &T,
         target: &SshTarget,
-        plan: &NodePlan,
+        plan: &NodeSpec,
         timeout: Duration,
         log: &NodeLog,
     ) -> Check {

@@ -13,7 +13,7 @@
 //!
 //! Processes, SSH and quoting live in [`crate::exec`].
 //!
-//! Executors read only the [`crate::plan::NodePlan`]s; nothing here parses YAML.
+//! Executors read only the [`crate::spec::NodeSpec`]s; nothing here parses YAML.
 
 pub mod changes;
 pub mod dryrun;
@@ -36,10 +36,10 @@ use crate::exec::quote;
 use crate::exec::ssh::SshConfig;
 use crate::model::{Fleet, NodeName, Settings};
 use crate::outputs::{self, Change, RenderError};
-use crate::plan::NodePlan;
 use crate::secret::Secret;
 use crate::secrets::source::{KeyContext, KeyError, KeySource};
 use crate::secrets::{SecretId, SecretKind};
+use crate::spec::NodeSpec;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -433,7 +433,7 @@ pub enum RenderState {
 pub fn ensure_rendered(
     fleet: &Fleet,
     root: &Path,
-    plans: &[NodePlan],
+    plans: &[NodeSpec],
     sources: &str,
     mode: RenderMode,
 ) -> Result<RenderState, DeployError> {

@@ -11,11 +11,11 @@ use super::{guard, Action, BuildOn, DeployOptions};
 use crate::exec::process::LocalCommand;
 use crate::exec::quote::sh_quote;
 use crate::exec::ssh::{SshConfig, SshTarget};
-use crate::plan::NodePlan;
+use crate::spec::NodeSpec;
 use std::path::{Path, PathBuf};
 
 /// The program of a node of `os: nixos`.
-pub fn program(plan: &NodePlan, opts: &DeployOptions, target: SshTarget) -> Program {
+pub fn program(plan: &NodeSpec, opts: &DeployOptions, target: SshTarget) -> Program {
     let mut b = Builder::default();
     let ops = ops(&mut b, plan, opts, &target);
     b.finish(target, ops)
@@ -25,7 +25,7 @@ pub fn program(plan: &NodePlan, opts: &DeployOptions, target: SshTarget) -> Prog
 /// guarded `switch`, `nixos-rebuild build`, arm the guard, activate with `test`, close the
 /// shared connection, pass the health gate (unless `--no-health-gate`) and confirm over a
 /// new connection.
-pub fn ops(b: &mut Builder, plan: &NodePlan, opts: &DeployOptions, target: &SshTarget) -> Vec<Op> {
+pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshTarget) -> Vec<Op> {
     let guarded = opts.guarded();
     let mut ops = vec![b.op(OpKind::Remote(Remote {
         effect: Effect::Generation,
@@ -186,7 +186,7 @@ pub fn rebuild_command(
     action: Action,
     build_on: BuildOn,
     root: &Path,
-    plan: &NodePlan,
+    plan: &NodeSpec,
     nix_sshopts: String,
     override_inputs: &[OverrideInput],
 ) -> LocalCommand {
@@ -209,7 +209,7 @@ pub fn build_command(
     program: &Path,
     build_on: BuildOn,
     root: &Path,
-    plan: &NodePlan,
+    plan: &NodeSpec,
     nix_sshopts: String,
     override_inputs: &[OverrideInput],
 ) -> LocalCommand {
@@ -226,7 +226,7 @@ pub fn build_command(
 
 /// Where `nixos-rebuild build` runs for a node: `<state dir>/build/<node>`, whose `result`
 /// link then keeps the node's last built system from the local garbage collector.
-pub fn build_dir(state_dir: &Path, plan: &NodePlan) -> PathBuf {
+pub fn build_dir(state_dir: &Path, plan: &NodeSpec) -> PathBuf {
     state_dir.join("build").join(plan.name.as_str())
 }
 
@@ -235,7 +235,7 @@ fn command(
     verb: &str,
     build_on: BuildOn,
     root: &Path,
-    plan: &NodePlan,
+    plan: &NodeSpec,
     nix_sshopts: String,
     override_inputs: &[OverrideInput],
 ) -> LocalCommand {

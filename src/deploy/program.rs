@@ -426,7 +426,7 @@ impl Program {
 /// the login is root, and the shared connection's control socket, if any.
 pub fn node_target(
     opts: &super::DeployOptions,
-    plan: &crate::plan::NodePlan,
+    plan: &crate::spec::NodeSpec,
     control: Option<PathBuf>,
 ) -> SshTarget {
     SshTarget {
@@ -440,7 +440,7 @@ pub fn node_target(
 /// The program of `plan`'s node, reached through `target`: [`super::nixos::program`] for
 /// `os: nixos`, [`super::linux::program`] for `os: linux` and `os: auto`.
 pub fn build(
-    plan: &crate::plan::NodePlan,
+    plan: &crate::spec::NodeSpec,
     opts: &super::DeployOptions,
     target: SshTarget,
     authkeys: &dyn super::AuthKeySource,

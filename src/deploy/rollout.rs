@@ -11,7 +11,7 @@ use super::report::{Cancel, Event, NodeReport, Outcome, Summary};
 use super::schedule;
 use super::{AuthKeySource, DeployOptions};
 use crate::exec::ssh::Transport;
-use crate::plan::NodePlan;
+use crate::spec::NodeSpec;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,7 +97,7 @@ impl Rollout {
     }
 }
 
-fn halted(plan: &NodePlan, why: &str) -> NodeReport {
+fn halted(plan: &NodeSpec, why: &str) -> NodeReport {
     NodeReport {
         node: plan.name.to_string(),
         action: "-".into(),
@@ -112,7 +112,7 @@ fn halted(plan: &NodePlan, why: &str) -> NodeReport {
 /// Deploys `plans` in the waves of `rollout` (see the module docs); events and cancellation as
 /// in [`schedule::deploy`]. Within a wave at most `min(--parallel, wave size)` nodes run at once.
 pub async fn deploy<T: Transport + Clone>(
-    plans: Vec<NodePlan>,
+    plans: Vec<NodeSpec>,
     opts: DeployOptions,
     rollout: Rollout,
     transport: T,
@@ -126,7 +126,7 @@ pub async fn deploy<T: Transport + Clone>(
     let mut failed = 0usize;
     let mut halt: Option<String> = None;
     for wave in waves {
-        let plans: Vec<NodePlan> = rest.by_ref().take(wave.size).collect();
+        let plans: Vec<NodeSpec> = rest.by_ref().take(wave.size).collect();
         if let Some(why) = &halt {
             for p in &plans {
                 let r = halted(p, why);

@@ -8,7 +8,7 @@ use super::report::{Cancel, Event, NodeReport, Outcome, Summary};
 use super::{AuthKeySource, DeployOptions};
 use crate::exec::process::{run_process, LocalCommand, NodeLog};
 use crate::exec::ssh::{ControlDir, Transport};
-use crate::plan::NodePlan;
+use crate::spec::NodeSpec;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -51,7 +51,7 @@ pub async fn tailnet_host_keys(
 /// `.fleetnix/logs/<node>.log`. One node failing never stops the others unless `opts.fail_fast`;
 /// `cancel` stops starting new nodes.
 pub async fn deploy<T: Transport>(
-    plans: Vec<NodePlan>,
+    plans: Vec<NodeSpec>,
     opts: DeployOptions,
     transport: T,
     authkeys: Arc<dyn AuthKeySource>,

@@ -12,12 +12,14 @@
 //!
 //! [`watch`] repeats sweeps at an interval, tracks state changes and alerts on them.
 
+pub mod alert;
+pub mod status;
 pub mod watch;
 
 pub use watch::{watch, WatchEvent, WatchOptions, WatchSink};
 
 use crate::model::{Fleet, Node, NodeName, Protocol};
-use crate::plan;
+use crate::spec;
 use crate::tailscale::{Tailscale, TailscaleError, TailscaleStatus};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -284,7 +286,7 @@ pub async fn sweep_nodes(
         let (presence, last_seen) = presence_of(tailnet, node);
         let mut probes = Vec::new();
         if matches!(presence, Presence::Online | Presence::Unknown) {
-            let services = plan::plan_node(fleet, node).services;
+            let services = spec::node_spec(fleet, node).services;
             for s in services.into_iter().filter(|s| s.protocol == Protocol::Tcp) {
                 let (i, j) = (pending.len(), probes.len());
                 let addr = SocketAddr::new(address, s.port);

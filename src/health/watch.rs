@@ -6,7 +6,7 @@
 //! the last states are kept and nothing is alerted; the sink hears [`WatchEvent::NoTailnet`].
 
 use super::{sweep, tailnet_view, HealthReport, ProbeOptions, StateTracker, Transition};
-use crate::alert::{AlertError, Alerter};
+use crate::health::alert::{AlertError, Alerter};
 use crate::model::Fleet;
 use crate::tailscale::Tailscale;
 use std::future::Future;

@@ -18,6 +18,7 @@ mod decode;
 pub mod diag;
 pub mod edit;
 mod error;
+pub mod hosts;
 mod nodes;
 mod settings;
 mod validate;

@@ -1,8 +1,8 @@
 //! The agent's systemd unit for hosts that are not NixOS (deploy's fallback installer and
-//! cloud-init): the same command line ([`crate::plan::AgentArgs::argv`]), ordering and
+//! cloud-init): the same command line ([`crate::spec::AgentArgs::argv`]), ordering and
 //! hardening as `nix/modules/omp-agent.nix` produces on NixOS.
 
-use crate::plan::NodePlan;
+use crate::spec::NodeSpec;
 
 /// Where the agent's unit is installed.
 pub const UNIT_PATH: &str = "/etc/systemd/system/omp-agent.service";
@@ -53,7 +53,7 @@ pub fn systemd_quote(what: &'static str, word: &str) -> Result<String, UnitError
 
 /// The unit file. `agent_bin` is the absolute path of `omp`; `origin` names what installs it
 /// (for the header). The agent waits for its NATS password ([`NATS_PASSWORD_PATH`]).
-pub fn unit(plan: &NodePlan, agent_bin: &str, origin: &str) -> Result<String, UnitError> {
+pub fn unit(plan: &NodeSpec, agent_bin: &str, origin: &str) -> Result<String, UnitError> {
     if !agent_bin.starts_with('/') {
         return Err(UnitError::RelativeBinary(agent_bin.to_string()));
     }

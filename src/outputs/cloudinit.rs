@@ -1,12 +1,12 @@
 //! `#cloud-config` user-data that makes a fresh cloud VM a fleet node on first boot (the steps
-//! are listed in [`crate::cloudinit`]).
+//! are listed in [`crate::bootstrap::cloudinit`]).
 //!
 //! The YAML is produced by serde serialisation, so every value is escaped by the YAML emitter;
 //! commands are argv lists, which cloud-init quotes itself — no shell text is assembled here.
 
 use super::agent::{DEFAULT_AGENT_BIN, UNIT_PATH as AGENT_UNIT_PATH};
-use crate::cloudinit::{AuthKey, CloudInitError};
-use crate::plan::NodePlan;
+use crate::bootstrap::cloudinit::{AuthKey, CloudInitError};
+use crate::spec::NodeSpec;
 use serde::Serialize;
 
 /// Tailscale's install script.
@@ -80,7 +80,7 @@ fn check_url(url: &str) -> Result<(), CloudInitError> {
 }
 
 /// The `tailscale up` argv: the auth key by file, then the plan's flags.
-pub fn up_argv(plan: &NodePlan) -> Vec<String> {
+pub fn up_argv(plan: &NodeSpec) -> Vec<String> {
     let mut argv = vec![
         "tailscale".to_string(),
         "up".to_string(),
@@ -91,7 +91,7 @@ pub fn up_argv(plan: &NodePlan) -> Vec<String> {
 }
 
 /// The user-data for `plan`'s node. The auth key is its only secret and appears exactly once.
-pub fn user_data(plan: &NodePlan, key: &AuthKey, opts: &Options) -> Result<String, CloudInitError> {
+pub fn user_data(plan: &NodeSpec, key: &AuthKey, opts: &Options) -> Result<String, CloudInitError> {
     check_url(&opts.install_url)?;
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
     let mut write_files = vec![WriteFile {

@@ -11,22 +11,20 @@
 //! | the agent's systemd unit | [`agent`] | non-NixOS hosts (deploy, cloud-init) |
 //!
 //! Filters of the engine: `nix` (any value as an escaped Nix literal, [`crate::nix::literal`]) and
-//! `comment` (text made safe for a one-line `#` comment, [`one_line`]). Autoescape is off: the
+//! `comment` (text made safe for a one-line `#` comment, [`crate::nix::one_line`]). Autoescape is off: the
 //! outputs are Nix, not HTML, and every value goes through one of the filters or is a validated
 //! name. This module also holds what `fleetnix render` does with the rendered files: [`compare`]
 //! them with the disk and [`apply`] the changes atomically.
 
-pub mod acl;
 pub mod agent;
 pub mod cloudinit;
 pub mod nats;
 pub mod node;
-pub mod secrets_nix;
 
 use crate::bus;
 use crate::fsutil::write_atomic;
 use crate::model::Fleet;
-use crate::plan::NodePlan;
+use crate::spec::NodeSpec;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -75,23 +73,15 @@ pub enum RenderError {
 /// Rendered files by path relative to the repository root.
 pub type Rendered = BTreeMap<PathBuf, String>;
 
-/// Text made safe for a one-line comment: every control character (line breaks included)
-/// becomes a space.
-pub fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
 /// The `nix` filter: any value as a Nix literal (escaped).
 fn nix_filter(v: &tera::Value, _: &HashMap<String, tera::Value>) -> tera::Result<tera::Value> {
     Ok(tera::Value::String(crate::nix::literal(v)))
 }
 
-/// The `comment` filter: a string made safe for a one-line comment ([`one_line`]).
+/// The `comment` filter: a string made safe for a one-line comment ([`crate::nix::one_line`]).
 fn comment_filter(v: &tera::Value, _: &HashMap<String, tera::Value>) -> tera::Result<tera::Value> {
     match v {
-        tera::Value::String(s) => Ok(tera::Value::String(one_line(s))),
+        tera::Value::String(s) => Ok(tera::Value::String(crate::nix::one_line(s))),
         other => Err(tera::Error::msg(format!(
             "the comment filter takes a string, not {other}"
         ))),
@@ -136,7 +126,7 @@ pub(crate) fn render_nix(
 /// NATS bus module (`nix/services/nats.nix`). Pure: nothing is written.
 pub fn render_fleet(
     fleet: &Fleet,
-    plans: &[NodePlan],
+    plans: &[NodeSpec],
     sources: &str,
 ) -> Result<Rendered, RenderError> {
     let engine = engine()?;

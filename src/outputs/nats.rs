@@ -11,8 +11,8 @@ use crate::bus::conf::is_var_name;
 use crate::bus::creds::{router_password_file, server_env_file};
 use crate::bus::{BusError, ServerPlan};
 use crate::fsutil::write_atomic;
-use crate::plan::host_port;
-use crate::secrets::kinds::{ROUTER_SECRET, SERVER_ENV_SECRET};
+use crate::spec::host_port;
+use crate::spec::secrets::{ROUTER_SECRET, SERVER_ENV_SECRET};
 use std::path::{Path, PathBuf};
 
 /// Where the module goes, relative to the repository root.

@@ -3,9 +3,9 @@
 
 use super::{render_nix, RenderError, Rendered};
 use crate::model::Os;
-use crate::plan::NodePlan;
-use crate::secrets::kinds::{AUTHKEY_SECRET, PASSWORD_SECRET};
 use crate::secrets::{SecretId, SecretKind};
+use crate::spec::secrets::{AUTHKEY_SECRET, PASSWORD_SECRET};
+use crate::spec::NodeSpec;
 use std::path::{Path, PathBuf};
 
 /// Where node modules go, relative to the repository root.
@@ -14,7 +14,7 @@ pub const NODES_DIR: &str = "nix/nodes";
 /// Renders the module of one node. `sources` names the manifest files for the header.
 pub fn render_node(
     engine: &tera::Tera,
-    plan: &NodePlan,
+    plan: &NodeSpec,
     sources: &str,
 ) -> Result<String, RenderError> {
     let mut cx = tera::Context::new();
@@ -62,14 +62,14 @@ pub fn node_path(node: &str) -> PathBuf {
 
 /// Renders the module of every node that may run NixOS (not `os: linux`, which gets no NixOS
 /// configuration). Pure: nothing is written.
-pub fn render_all(plans: &[NodePlan], sources: &str) -> Result<Rendered, RenderError> {
+pub fn render_all(plans: &[NodeSpec], sources: &str) -> Result<Rendered, RenderError> {
     render_all_with(&super::engine()?, plans, sources)
 }
 
 /// [`render_all`] with a given engine.
 pub(crate) fn render_all_with(
     engine: &tera::Tera,
-    plans: &[NodePlan],
+    plans: &[NodeSpec],
     sources: &str,
 ) -> Result<Rendered, RenderError> {
     plans

@@ -11,8 +11,7 @@ use std::path::Path;
 use std::str::FromStr;
 use zeroize::{Zeroize, Zeroizing};
 
-/// Longest auth key accepted, in bytes (Tailscale's keys are under 100).
-pub const MAX_AUTHKEY_BYTES: usize = 4096;
+use crate::spec::secrets::MAX_AUTHKEY_BYTES;
 
 /// Whose key a recipient is.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

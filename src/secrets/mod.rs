@@ -16,27 +16,27 @@
 //! but into age ciphertext: no temporary plaintext files, no argv, no logs, no error messages.
 
 mod keys;
-pub mod kinds;
 mod nats;
+pub mod secrets_nix;
 pub mod source;
 mod store;
 
+pub use crate::spec::secrets::{wanted, SecretId, SecretKind, MAX_AUTHKEY_BYTES, SECRETS_DIR};
 pub use keys::{
     authkey_from_env, authkey_from_file, desired_recipients, keyscan_hint, operator_recipients,
-    parse_authkey, parse_recipient, read_authkey, Identities, Owner, Recipient, MAX_AUTHKEY_BYTES,
+    parse_authkey, parse_recipient, read_authkey, Identities, Owner, Recipient,
 };
-pub use kinds::{wanted, SecretId, SecretKind};
 pub use nats::{set_nats, NatsReport};
 pub use source::identity_or_default;
 pub use store::{
     rules_key, sha256_hex, status, NamedKey, Record, Records, SecretStatus, State, PENDING_FILE,
-    RECIPIENTS_FILE, RECORDS_VERSION, SECRETS_DIR, SECRETS_NIX,
+    RECIPIENTS_FILE, RECORDS_VERSION, SECRETS_NIX,
 };
 
 use crate::fsutil::write_atomic;
 use crate::model::{Fleet, Node, NodeName};
-use crate::outputs::secrets_nix::render_secrets_nix;
 use crate::secret::Secret;
+use crate::secrets::secrets_nix::render_secrets_nix;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

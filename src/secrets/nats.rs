@@ -7,13 +7,15 @@
 //! keep their exact bytes, so re-running changes nothing.
 
 use super::keys::{desired_recipients, Identities};
-use super::kinds::{SecretId, SecretKind, PASSWORD_SECRET, ROUTER_SECRET, SERVER_ENV_SECRET};
 use super::store::{read_optional, status, State};
 use super::{decrypt_with, find_node, no_host_key_error, write_secrets, Report, SecretsError};
 use crate::bus::creds::BusCredentials;
 use crate::bus::server_plan;
 use crate::model::Fleet;
-use crate::outputs::secrets_nix::render_secrets_nix;
+use crate::secrets::secrets_nix::render_secrets_nix;
+use crate::spec::secrets::{
+    SecretId, SecretKind, PASSWORD_SECRET, ROUTER_SECRET, SERVER_ENV_SECRET,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -3,16 +3,14 @@
 //! secret against the manifest.
 
 use super::keys::{desired_recipients, Recipient};
-use super::kinds::{wanted, SecretId, SecretKind};
 use super::SecretsError;
 use crate::model::{Fleet, NodeName};
+use crate::spec::secrets::{wanted, SecretId, SecretKind, SECRETS_DIR};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// The secrets directory, relative to the repository root.
-pub const SECRETS_DIR: &str = "secrets";
 /// agenix's rules file, relative to the repository root.
 pub const SECRETS_NIX: &str = "secrets/secrets.nix";
 /// fleetnix's record of the recipients each `.age` file was encrypted to.

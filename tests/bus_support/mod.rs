@@ -146,8 +146,8 @@ impl NatsServer {
     }
 
     /// Opens `n` router lanes (connections as the router's user).
-    pub async fn connect_router_lanes(&self, n: usize) -> fleetnix::router::Lanes {
-        fleetnix::router::Lanes::connect(
+    pub async fn connect_router_lanes(&self, n: usize) -> fleetnix::bus::router::Lanes {
+        fleetnix::bus::router::Lanes::connect(
             &self.url,
             self.creds.router_password().expect("router password"),
             n,
@@ -398,9 +398,9 @@ pub struct RouterFixture {
     /// Connected as the control plane.
     pub supervisor: async_nats::Client,
     /// The router.
-    pub router: fleetnix::router::RouterHandle,
+    pub router: fleetnix::bus::router::RouterHandle,
     /// The router's configuration.
-    pub config: fleetnix::router::RouterConfig,
+    pub config: fleetnix::bus::router::RouterConfig,
     /// Heartbeat period of the workers it starts.
     pub beat: Duration,
 }
@@ -408,7 +408,7 @@ pub struct RouterFixture {
 impl RouterFixture {
     /// Starts the server, registers the example fleet and starts the router with `config`;
     /// workers started through the fixture heart-beat every `beat`.
-    pub async fn start(config: fleetnix::router::RouterConfig, beat: Duration) -> Self {
+    pub async fn start(config: fleetnix::bus::router::RouterConfig, beat: Duration) -> Self {
         let fleet = crate::common::example_fleet();
         let server = NatsServer::start(&fleet);
         let supervisor = server.connect("control-01").await;
@@ -421,7 +421,7 @@ impl RouterFixture {
             .iter()
             .all(|l| l.action == fleetnix::bus::registry::SyncAction::Registered));
         let lanes = server.connect_router_lanes(config.lanes).await;
-        let router = fleetnix::router::start(lanes, config.clone(), None)
+        let router = fleetnix::bus::router::start(lanes, config.clone(), None)
             .await
             .unwrap();
         RouterFixture {
@@ -460,7 +460,7 @@ impl RouterFixture {
     }
 
     /// The router's `fleet-health` entry of `node`, read as the control plane.
-    pub async fn health(&self, node: &str) -> Option<fleetnix::router::HealthEntry> {
+    pub async fn health(&self, node: &str) -> Option<fleetnix::bus::router::HealthEntry> {
         let js = async_nats::jetstream::new(self.supervisor.clone());
         let kv = js.get_key_value(bus::HEALTH_BUCKET).await.ok()?;
         let v = kv.get(node).await.ok()??;
@@ -473,7 +473,7 @@ impl RouterFixture {
         node: &str,
         state: &str,
         limit: Duration,
-    ) -> fleetnix::router::HealthEntry {
+    ) -> fleetnix::bus::router::HealthEntry {
         let got = poll_async(limit, || async {
             self.health(node).await.filter(|e| e.state == state)
         })
@@ -488,9 +488,9 @@ impl RouterFixture {
     }
 
     /// Asks the router for a `role` task (`{"task":"summarize"}`), waiting four node timeouts.
-    pub async fn ask(&self, role: &str, model: Option<&str>) -> fleetnix::router::Answer {
+    pub async fn ask(&self, role: &str, model: Option<&str>) -> fleetnix::bus::router::Answer {
         let payload = d::parse_payload(r#"{"task":"summarize"}"#).unwrap();
-        fleetnix::router::ask(
+        fleetnix::bus::router::ask(
             &self.supervisor,
             &Role::parse(role).unwrap(),
             payload,
@@ -503,13 +503,13 @@ impl RouterFixture {
 }
 
 /// The node that answered `a`, checking the worker's own body names the same node.
-pub fn node_of(a: &fleetnix::router::Answer) -> String {
+pub fn node_of(a: &fleetnix::bus::router::Answer) -> String {
     match a {
-        fleetnix::router::Answer::Done { node, payload, .. } => {
+        fleetnix::bus::router::Answer::Done { node, payload, .. } => {
             let body: serde_json::Value = serde_json::from_slice(payload).unwrap();
             assert_eq!(body["node"], node.as_str());
             node.clone()
         }
-        fleetnix::router::Answer::Failed(e) => panic!("router error: {e:?}"),
+        fleetnix::bus::router::Answer::Failed(e) => panic!("router error: {e:?}"),
     }
 }

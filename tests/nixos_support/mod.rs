@@ -232,7 +232,7 @@ pub fn shell_words(s: &str) -> Vec<String> {
 /// Checks one node's evaluated values against its plan: Tailscale flags and auth key, role ports
 /// on `tailscale0` only, the agent's arguments, nats-server only on the control plane, the state
 /// version, the secrets' files.
-pub fn assert_follows_plan(v: &NodeValues, p: &fleetnix::plan::NodePlan) {
+pub fn assert_follows_plan(v: &NodeValues, p: &fleetnix::spec::NodeSpec) {
     let node = p.name.as_str();
     assert!(
         v.drv_path.starts_with("/nix/store/") && v.drv_path.ends_with(".drv"),
@@ -260,7 +260,7 @@ pub fn assert_follows_plan(v: &NodeValues, p: &fleetnix::plan::NodePlan) {
         "{node}: TCP open on every interface"
     );
     assert_eq!(v.tcp_ranges, 0, "{node}");
-    assert_eq!(v.udp, [fleetnix::plan::TAILSCALE_UDP_PORT], "{node}");
+    assert_eq!(v.udp, [fleetnix::spec::TAILSCALE_UDP_PORT], "{node}");
     let mut want = BTreeMap::new();
     want.insert(
         "tailscale0".to_string(),

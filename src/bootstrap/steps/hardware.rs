@@ -59,11 +59,11 @@ pub(crate) async fn run(
     let name = &run.name.clone();
     let resume = run.resume.clone();
     let root = &opts.deploy.root;
-    let rel = crate::hosts::hardware_path(name);
+    let rel = crate::manifest::hosts::hardware_path(name);
     let node = fleet
         .node(name.as_str())
         .ok_or_else(|| BootstrapError::Setup("node vanished".into()))?;
-    if !crate::hosts::may_run_nixos(node) {
+    if !crate::manifest::hosts::may_run_nixos(node) {
         run.finish(
             Step::Hardware,
             Status::Skipped,
@@ -86,7 +86,7 @@ pub(crate) async fn run(
             format!(
                 "the node is already in the tailnet, so it is not contacted over its public address: write {} with `{}`",
                 rel.display(),
-                crate::hosts::generate_command(node)
+                crate::manifest::hosts::generate_command(node)
             ),
         );
         return Ok(());
@@ -102,7 +102,7 @@ pub(crate) async fn run(
     let target = SshTarget {
         destination: ssh_target(&opts.ssh_user, &opts.address),
         known_hosts: pin,
-        sudo: crate::plan::needs_sudo(&opts.ssh_user),
+        sudo: crate::spec::needs_sudo(&opts.ssh_user),
         control: None,
     };
     let transport = SshTransport {
@@ -127,7 +127,7 @@ pub(crate) async fn run(
                 "the VM is {}: once it runs NixOS, write {} with `{}`",
                 out.stdout.trim(),
                 rel.display(),
-                crate::hosts::generate_command(node)
+                crate::manifest::hosts::generate_command(node)
             ),
         );
         return Ok(());

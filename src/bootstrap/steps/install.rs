@@ -10,8 +10,8 @@ use crate::deploy::schedule;
 use crate::deploy::{ensure_rendered, RenderMode};
 use crate::exec::ssh::SshTransport;
 use crate::model::Fleet;
-use crate::plan;
 use crate::secret::Secret;
+use crate::spec;
 use crate::tailscale::PeerStatus;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -40,7 +40,7 @@ pub(crate) async fn run(
     let name = &run.name.clone();
     let resume = run.resume.clone();
     let root = &opts.deploy.root;
-    let plans = plan::plan(fleet);
+    let plans = spec::node_specs(fleet);
     let rendered = ensure_rendered(fleet, root, &plans, &opts.sources_label, RenderMode::Write)
         .map_err(|e| {
             fail(

@@ -5,9 +5,9 @@
 use crate::bootstrap::report::{fail, BootstrapError, Status, Step};
 use crate::bootstrap::run::Run;
 use crate::model::Fleet;
-use crate::plan::authkey_file;
 use crate::secret::Secret;
 use crate::secrets::{self, State};
+use crate::spec::authkey_file;
 use crate::tailscale::api::TOKEN_ENV;
 use crate::tailscale::authkey::mint_authkey;
 

@@ -1,9 +1,9 @@
 //! The Tailscale policy the fleet needs, written as deterministic, commented HuJSON from the
 //! fleet's [`intents`](crate::acl::intents::intents) (`fleetnix acl render`).
 
-use super::one_line;
 use crate::acl::intents::{covers, intents, Intents, Purpose};
 use crate::model::{Fleet, Protocol};
+use crate::nix::one_line;
 use std::collections::BTreeSet;
 
 /// A JSON string literal.

@@ -1,14 +1,14 @@
 //! The agenix rules file `secrets/secrets.nix`: which keys each node's secrets are encrypted to.
 
-use super::one_line;
 use crate::model::{Fleet, NodeName};
 use crate::nix;
+use crate::nix::one_line;
 use crate::secrets::{desired_recipients, wanted, Recipient, SecretsError, SECRETS_NIX};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Renders `secrets/secrets.nix`: one entry per wanted secret (every kind, see
-/// [`crate::secrets::kinds::wanted`]) of each node with a host key, keys relative to the file, each with
+/// [`crate::spec::secrets::wanted`]) of each node with a host key, keys relative to the file, each with
 /// its `publicKeys`. Deterministic: manifest order, then kind; keys in recipient order.
 pub fn render_secrets_nix(fleet: &Fleet) -> Result<String, SecretsError> {
     let mut out = String::from(

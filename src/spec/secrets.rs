@@ -13,10 +13,15 @@
 //! ([`SecretId::nix_name`]) and where the plaintext lives on the node ([`SecretId::runtime_path`]).
 //! The plan, the bus module, the renderers and the secrets store all ask it.
 
-use super::store::SECRETS_DIR;
 use crate::model::{Fleet, NodeName, Os};
 use serde::Serialize;
 use std::fmt;
+
+/// The secrets directory, relative to the repository root.
+pub const SECRETS_DIR: &str = "secrets";
+
+/// Longest auth key accepted, in bytes (Tailscale's keys are under 100).
+pub const MAX_AUTHKEY_BYTES: usize = 4096;
 
 /// The agenix name of a node's Tailscale auth key.
 pub const AUTHKEY_SECRET: &str = "tailscale-authkey";
@@ -102,7 +107,7 @@ impl SecretKind {
         match self {
             SecretKind::TailscaleAuthkey
             | SecretKind::NatsPassword
-            | SecretKind::NatsRouterPassword => super::MAX_AUTHKEY_BYTES,
+            | SecretKind::NatsRouterPassword => MAX_AUTHKEY_BYTES,
             SecretKind::NatsServerEnv => 256 * 1024,
         }
     }

@@ -4,7 +4,7 @@
 //! - It reads the registry (`fleet-nodes`, written by `fleetnix node sync`) and follows its
 //!   changes; it hears every node's heartbeat on `fleet.heartbeat.<node>`.
 //! - It answers requests on `fleet.dispatch.<role>` (queue group `router`): it orders the
-//!   healthy nodes with the role by the fleet's `failover_strategy` ([`crate::route::Router`]),
+//!   healthy nodes with the role by the fleet's `failover_strategy` ([`crate::bus::route::Router`]),
 //!   those listing the request's `Fleet-Preferred-Model` first, and forwards the task to
 //!   `fleet.tasks.<role>.<node>` with the task id headers. On a timeout (`node_timeout_seconds`
 //!   per attempt) or a node with no agent subscribed, it moves to the next node when
@@ -25,18 +25,18 @@
 //! it, so the server vouches for it. A worker's own `Fleet-Node` header is only a claim; when it
 //! names another node the reply says so (`Fleet-Claimed-Node`).
 
-use crate::alert::Alerter;
 use crate::bus::dispatch::{connect_as, task_id};
 use crate::bus::heartbeat::{self, Heartbeat};
 use crate::bus::registry::{self, NodeRecord};
+use crate::bus::route::{self, RouteError};
 use crate::bus::{
     node_task_subject, BusError, ATTEMPTS_HEADER, ATTEMPT_HEADER, CLAIMED_HEADER, HEALTH_BUCKET,
     MODEL_HEADER, NODES_BUCKET, NODE_HEADER, ROUTER_QUEUE, ROUTER_USER, STATUS_HEADER,
     TASK_ID_HEADER,
 };
+use crate::health::alert::Alerter;
 use crate::health::{NodeState, Transition};
 use crate::model::{FailoverStrategy, Fleet, NodeName, Role};
-use crate::route::{self, RouteError};
 use crate::secret::Secret;
 use async_nats::jetstream::{self, kv};
 use async_nats::{Client, HeaderMap, Message, Request, RequestErrorKind};

@@ -8,7 +8,7 @@
 
 use crate::health::{NodeState, Transition};
 use crate::model::{Fleet, NodeName};
-use crate::plan::host_port;
+use crate::spec::host_port;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::time::Duration;

@@ -1,8 +1,10 @@
 //! The plan: for each node, everything it gets. Every output (NixOS module, ACL,
 //! secrets, cloud-init, deploy commands) is a pure function of this.
 
+pub mod secrets;
+
 use crate::model::{Fleet, HostKey, Node, NodeName, Os, Protocol, Role, SshLogin};
-use crate::secrets::kinds::AUTHKEY_SECRET;
+use secrets::{SecretId, SecretKind, AUTHKEY_SECRET};
 use serde::Serialize;
 use std::net::IpAddr;
 
@@ -94,7 +96,7 @@ impl Access {
 
 /// Everything one node gets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NodePlan {
+pub struct NodeSpec {
     /// Node name (= hostname).
     pub name: NodeName,
     /// Roles in manifest order.
@@ -127,8 +129,7 @@ pub struct NodePlan {
 
 /// Path of a node's encrypted auth key, relative to the repository root.
 pub fn authkey_file(node: &NodeName) -> String {
-    crate::secrets::SecretId::new(node.clone(), crate::secrets::SecretKind::TailscaleAuthkey)
-        .age_path()
+    SecretId::new(node.clone(), SecretKind::TailscaleAuthkey).age_path()
 }
 
 /// `ip:port`, with brackets for IPv6.
@@ -140,7 +141,7 @@ pub fn host_port(ip: &IpAddr, port: u16) -> String {
 }
 
 /// Plans one node.
-pub fn plan_node(fleet: &Fleet, node: &Node) -> NodePlan {
+pub fn node_spec(fleet: &Fleet, node: &Node) -> NodeSpec {
     let tags = fleet.tags_of(node);
     let services: Vec<HostedService> = fleet
         .services_of(node)
@@ -171,7 +172,7 @@ pub fn plan_node(fleet: &Fleet, node: &Node) -> NodePlan {
         IpAddr::V4(ip) => format!("{}@{ip}", node.ssh_user),
         IpAddr::V6(ip) => format!("{}@[{ip}]", node.ssh_user),
     };
-    NodePlan {
+    NodeSpec {
         name: node.name.clone(),
         roles: node.roles.clone(),
         up_flags,
@@ -204,6 +205,6 @@ pub fn plan_node(fleet: &Fleet, node: &Node) -> NodePlan {
 }
 
 /// Plans every node, sorted by name.
-pub fn plan(fleet: &Fleet) -> Vec<NodePlan> {
-    fleet.nodes.iter().map(|n| plan_node(fleet, n)).collect()
+pub fn node_specs(fleet: &Fleet) -> Vec<NodeSpec> {
+    fleet.nodes.iter().map(|n| node_spec(fleet, n)).collect()
 }

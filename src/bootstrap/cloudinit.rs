@@ -199,7 +199,7 @@ pub async fn make(
     to: Destination<'_>,
     note: &mut dyn FnMut(String),
 ) -> Result<(), CloudInitError> {
-    let plan = crate::plan::plan_node(fleet, node);
+    let plan = crate::spec::node_spec(fleet, node);
     let id = SecretId::new(node.name.clone(), SecretKind::TailscaleAuthkey);
     let secret_file = id.age_path();
     let source = key_source(&KeyInputs {

@@ -134,7 +134,15 @@ fn decrypted_key_to_a_file_with_mode_0600_and_nothing_on_failure() {
         ..decrypt(&t.root, &op)
     };
     let (r, notes) = run(&t, "worker-01", &req, no_api, Destination::Stream(&mut out));
-    assert!(matches!(r, Err(CloudInitError::BadInstallUrl(_))), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(CloudInitError::UserData(
+                fleetnix::outputs::cloudinit::UserDataError::BadInstallUrl(_)
+            ))
+        ),
+        "{r:?}"
+    );
     assert!(out.is_empty());
     assert_eq!(notes.len(), 1, "only the key's origin: {notes:?}");
 }

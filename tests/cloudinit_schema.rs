@@ -1,9 +1,9 @@
 //! cloud-init user-data: valid for the real schema checker, the auth key exactly once and never in
 //! a command line, the command's file handling.
 
-use fleetnix::bootstrap::cloudinit::AuthKey;
 use fleetnix::model::Fleet;
 use fleetnix::outputs::agent;
+use fleetnix::outputs::cloudinit::AuthKey;
 use fleetnix::outputs::cloudinit::{self as ci, Options};
 use fleetnix::spec::{node_spec, NodeSpec};
 use serde_yaml::Value;

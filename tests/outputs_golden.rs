@@ -7,7 +7,6 @@
 mod common;
 
 use common::{example_fleet, repo};
-use fleetnix::bootstrap::cloudinit;
 use fleetnix::outputs::{self, agent};
 use fleetnix::spec;
 
@@ -66,7 +65,7 @@ fn cloud_init_user_data_equals_its_golden_files() {
     let fleet = example_fleet();
     // Built at run time: no key-shaped literal in the repository.
     let key = format!("tskey-auth-{}-{}", "kGOLDEN1", "FAKEFAKEFAKE");
-    let auth = cloudinit::AuthKey::parse(&key).unwrap();
+    let auth = fleetnix::outputs::cloudinit::AuthKey::parse(&key).unwrap();
     for (node, with_agent) in [("worker-01", false), ("control-01", true)] {
         let n = fleet.node(node).unwrap();
         let opts = outputs::cloudinit::Options {

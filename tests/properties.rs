@@ -269,8 +269,8 @@ fn every_valid_manifest_renders_to_nix_nats_and_cloud_init_that_their_tools_acce
                 cloud_init_samples.set(cloud_init_samples.get() + 1);
                 let node = fleet.nodes.last().unwrap();
                 let plan = fleetnix::spec::node_spec(&fleet, node);
-                let key = fleetnix::bootstrap::cloudinit::AuthKey::parse(&common::fake_authkey())
-                    .unwrap();
+                let key =
+                    fleetnix::outputs::cloudinit::AuthKey::parse(&common::fake_authkey()).unwrap();
                 let text = fleetnix::outputs::cloudinit::user_data(
                     &plan,
                     &key,

@@ -14,25 +14,18 @@
 //! carries, where that key comes from, and the whole of `fleetnix cloud-init` ([`make`]).
 
 use crate::model::{Fleet, Node, Os};
-use crate::outputs::cloudinit as output;
+use crate::outputs::cloudinit::{self as output, AuthKey, UserDataError};
 use crate::secrets::source::{KeyContext, KeyError, KeySource, Minter};
 use crate::secrets::{SecretId, SecretKind};
 use crate::tailscale::api::{ApiError, Client};
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Errors of building user-data. None of them contains the auth key.
 #[derive(Debug, thiserror::Error)]
 pub enum CloudInitError {
-    /// The auth key is not a plausible Tailscale key.
-    #[error("the Tailscale auth key is not usable: {0}")]
-    BadAuthKey(&'static str),
-    /// The install script URL is not an https URL.
-    #[error("install URL {0:?}: expected an https:// URL without spaces or quotes")]
-    BadInstallUrl(String),
-    /// The agent's unit cannot be written.
+    /// The user-data could not be rendered (the key, the install URL or the agent's unit).
     #[error(transparent)]
-    Unit(#[from] crate::outputs::agent::UnitError),
+    UserData(#[from] UserDataError),
     /// No source of the auth key applies.
     #[error("no Tailscale auth key for {node}: set TAILSCALE_AUTHKEY, pipe the key on stdin, pass --identity FILE to decrypt {file} (written by `fleetnix secrets set-authkey {node}` or `fleetnix authkey mint {node}`), or --mint with TS_API_KEY set")]
     NoAuthKey {
@@ -41,9 +34,6 @@ pub enum CloudInitError {
         /// Its auth-key secret, relative to the repository root.
         file: String,
     },
-    /// The YAML emitter failed (a bug).
-    #[error("cannot write YAML: {0}")]
-    Yaml(#[from] serde_yaml::Error),
     /// The auth key could not be read, decrypted or minted.
     #[error(transparent)]
     Key(Box<KeyError>),
@@ -66,52 +56,6 @@ pub enum CloudInitError {
 impl From<KeyError> for CloudInitError {
     fn from(e: KeyError) -> Self {
         CloudInitError::Key(Box::new(e))
-    }
-}
-
-/// A Tailscale auth key, checked; `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AuthKey(crate::secret::Secret);
-
-impl AuthKey {
-    /// Checks a key as read from the environment, a file or stdin (surrounding whitespace is
-    /// dropped): `tskey-` followed by letters, digits and `-_?=&.:/` (OAuth client secrets carry
-    /// `?ephemeral=…&preauthorized=…`), one line, at most 512 characters.
-    pub fn parse(raw: &str) -> Result<Self, CloudInitError> {
-        let key = raw.trim();
-        if key.is_empty() {
-            return Err(CloudInitError::BadAuthKey("it is empty"));
-        }
-        if key.len() > 512 {
-            return Err(CloudInitError::BadAuthKey(
-                "it is longer than 512 characters",
-            ));
-        }
-        if !key.starts_with("tskey-") {
-            return Err(CloudInitError::BadAuthKey(
-                "it does not start with \"tskey-\" (expected an auth key or OAuth client secret)",
-            ));
-        }
-        if !key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_?=&.:/".contains(c))
-        {
-            return Err(CloudInitError::BadAuthKey(
-                "it contains characters other than letters, digits and -_?=&.:/",
-            ));
-        }
-        Ok(AuthKey(crate::secret::Secret::new(key)))
-    }
-
-    /// The key itself: only for the file content.
-    pub fn expose(&self) -> &str {
-        self.0.expose()
-    }
-}
-
-impl fmt::Debug for AuthKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AuthKey(<redacted>)")
     }
 }
 
@@ -334,27 +278,5 @@ mod tests {
             e.contains("worker-03") && e.contains("--identity") && e.contains("--mint"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn auth_keys_are_checked_without_echoing_them() {
-        let good = format!("tskey-auth-{}", "kFAKE1CNTRL-FAKEFAKEFAKE");
-        assert_eq!(
-            AuthKey::parse(&format!("  {good}\n")).unwrap().expose(),
-            good
-        );
-        let oauth = format!("tskey-client-{}?ephemeral=false&preauthorized=true", "FAKE");
-        assert!(AuthKey::parse(&oauth).is_ok());
-        for bad in [
-            String::new(),
-            "notakey".to_string(),
-            format!("tskey-auth-{}\ninjected: yes", "FAKE"),
-            format!("tskey-auth-{}'", "FAKE"),
-            format!("tskey-{}", "x".repeat(600)),
-        ] {
-            let e = AuthKey::parse(&bad).unwrap_err().to_string();
-            assert!(bad.len() < 8 || !e.contains(&bad), "{e}");
-        }
-        assert!(!format!("{:?}", AuthKey::parse(&good).unwrap()).contains(&good));
     }
 }

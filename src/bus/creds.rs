@@ -19,7 +19,7 @@
 use super::{BusError, ServerPlan, ROUTER_PASSWORD_VAR, ROUTER_USER};
 use crate::model::NodeName;
 use crate::secret::Secret;
-use crate::secrets::{SecretId, SecretKind};
+use crate::spec::secrets::{SecretId, SecretKind};
 use crate::spec::secrets::{PASSWORD_SECRET, ROUTER_SECRET, SERVER_ENV_SECRET};
 use rand::Rng;
 use std::collections::BTreeMap;

@@ -1,5 +1,4 @@
-//! `authkey mint`: a one-off tagged auth key, straight into the node's encrypted secret. The
-//! logic is in `fleetnix::tailscale::authkey`.
+//! `authkey mint`: a one-off tagged auth key, straight into the node's encrypted secret. The//! logic is in `fleetnix::secrets::mint` (the API call in `fleetnix::tailscale::authkey`).
 
 use super::acl::{client, ApiArgs};
 use super::{runtime, CliError, CmdResult, Ctx, Outcome};
@@ -37,7 +36,7 @@ pub fn run(ctx: &Ctx, cmd: AuthkeyCommand) -> CmdResult {
     {
         let c = client(&fleet, &api)?;
         let minted = runtime()?
-            .block_on(authkey::mint_and_store(
+            .block_on(fleetnix::secrets::mint::mint_and_store(
                 &c,
                 &fleet,
                 &ctx.root,

@@ -5,9 +5,9 @@
 //! commands are argv lists, which cloud-init quotes itself — no shell text is assembled here.
 
 use super::agent::{DEFAULT_AGENT_BIN, UNIT_PATH as AGENT_UNIT_PATH};
-use crate::bootstrap::cloudinit::{AuthKey, CloudInitError};
 use crate::spec::NodeSpec;
 use serde::Serialize;
+use std::fmt;
 
 /// Tailscale's install script.
 pub const DEFAULT_INSTALL_URL: &str = "https://tailscale.com/install.sh";
@@ -15,6 +15,69 @@ pub const DEFAULT_INSTALL_URL: &str = "https://tailscale.com/install.sh";
 pub const AUTHKEY_PATH: &str = "/run/fleetnix/tailscale-authkey";
 /// Where the install script is downloaded to.
 pub const INSTALLER_PATH: &str = "/run/fleetnix/install-tailscale.sh";
+
+/// Errors of rendering user-data. None of them contains the auth key.
+#[derive(Debug, thiserror::Error)]
+pub enum UserDataError {
+    /// The auth key is not a plausible Tailscale key.
+    #[error("the Tailscale auth key is not usable: {0}")]
+    BadAuthKey(&'static str),
+    /// The install script URL is not an https URL.
+    #[error("install URL {0:?}: expected an https:// URL without spaces or quotes")]
+    BadInstallUrl(String),
+    /// The agent's unit cannot be written.
+    #[error(transparent)]
+    Unit(#[from] super::agent::UnitError),
+    /// The YAML emitter failed (a bug).
+    #[error("cannot write YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+}
+
+/// A Tailscale auth key, checked; `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthKey(crate::secret::Secret);
+
+impl AuthKey {
+    /// Checks a key as read from the environment, a file or stdin (surrounding whitespace is
+    /// dropped): `tskey-` followed by letters, digits and `-_?=&.:/` (OAuth client secrets carry
+    /// `?ephemeral=…&preauthorized=…`), one line, at most 512 characters.
+    pub fn parse(raw: &str) -> Result<Self, UserDataError> {
+        let key = raw.trim();
+        if key.is_empty() {
+            return Err(UserDataError::BadAuthKey("it is empty"));
+        }
+        if key.len() > 512 {
+            return Err(UserDataError::BadAuthKey(
+                "it is longer than 512 characters",
+            ));
+        }
+        if !key.starts_with("tskey-") {
+            return Err(UserDataError::BadAuthKey(
+                "it does not start with \"tskey-\" (expected an auth key or OAuth client secret)",
+            ));
+        }
+        if !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_?=&.:/".contains(c))
+        {
+            return Err(UserDataError::BadAuthKey(
+                "it contains characters other than letters, digits and -_?=&.:/",
+            ));
+        }
+        Ok(AuthKey(crate::secret::Secret::new(key)))
+    }
+
+    /// The key itself: only for the file content.
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+}
+
+impl fmt::Debug for AuthKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthKey(<redacted>)")
+    }
+}
 
 /// Options of the user-data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +129,7 @@ struct WriteFile {
     permissions: &'static str,
 }
 
-fn check_url(url: &str) -> Result<(), CloudInitError> {
+fn check_url(url: &str) -> Result<(), UserDataError> {
     let ok = url.starts_with("https://")
         && url.len() > "https://".len()
         && !url
@@ -75,7 +138,7 @@ fn check_url(url: &str) -> Result<(), CloudInitError> {
     if ok {
         Ok(())
     } else {
-        Err(CloudInitError::BadInstallUrl(url.to_string()))
+        Err(UserDataError::BadInstallUrl(url.to_string()))
     }
 }
 
@@ -91,7 +154,7 @@ pub fn up_argv(plan: &NodeSpec) -> Vec<String> {
 }
 
 /// The user-data for `plan`'s node. The auth key is its only secret and appears exactly once.
-pub fn user_data(plan: &NodeSpec, key: &AuthKey, opts: &Options) -> Result<String, CloudInitError> {
+pub fn user_data(plan: &NodeSpec, key: &AuthKey, opts: &Options) -> Result<String, UserDataError> {
     check_url(&opts.install_url)?;
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
     let mut write_files = vec![WriteFile {
@@ -164,5 +227,27 @@ mod tests {
         assert!(check_url("http://example.com/install.sh").is_err());
         assert!(check_url("https://x/ y").is_err());
         assert!(check_url("https://").is_err());
+    }
+
+    #[test]
+    fn auth_keys_are_checked_without_echoing_them() {
+        let good = format!("tskey-auth-{}", "kFAKE1CNTRL-FAKEFAKEFAKE");
+        assert_eq!(
+            AuthKey::parse(&format!("  {good}\n")).unwrap().expose(),
+            good
+        );
+        let oauth = format!("tskey-client-{}?ephemeral=false&preauthorized=true", "FAKE");
+        assert!(AuthKey::parse(&oauth).is_ok());
+        for bad in [
+            String::new(),
+            "notakey".to_string(),
+            format!("tskey-auth-{}\ninjected: yes", "FAKE"),
+            format!("tskey-auth-{}'", "FAKE"),
+            format!("tskey-{}", "x".repeat(600)),
+        ] {
+            let e = AuthKey::parse(&bad).unwrap_err().to_string();
+            assert!(bad.len() < 8 || !e.contains(&bad), "{e}");
+        }
+        assert!(!format!("{:?}", AuthKey::parse(&good).unwrap()).contains(&good));
     }
 }

@@ -3,7 +3,7 @@
 
 use super::{render_nix, RenderError, Rendered};
 use crate::model::Os;
-use crate::secrets::{SecretId, SecretKind};
+use crate::spec::secrets::{SecretId, SecretKind};
 use crate::spec::secrets::{AUTHKEY_SECRET, PASSWORD_SECRET};
 use crate::spec::NodeSpec;
 use std::path::{Path, PathBuf};

@@ -16,6 +16,7 @@
 //! but into age ciphertext: no temporary plaintext files, no argv, no logs, no error messages.
 
 mod keys;
+pub mod mint;
 mod nats;
 pub mod secrets_nix;
 pub mod source;

@@ -15,7 +15,10 @@
 
 use super::flake::{self, Evaluated, NIX_FEATURES};
 use super::hostkeys;
-use super::linux::{self, Probe};
+use super::env;
+use super::linux;
+use crate::outputs::agent::AGENT_UNIT;
+use super::probe::{self, Probe};
 use super::report::{NodeReport, Outcome, Summary};
 use super::schedule::tailnet_host_keys;
 use super::DeployOptions;
@@ -34,12 +37,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Environment variables that override where `plan`'s tools are found (tests use them).
-pub mod env {
-    /// The `nix` binary (evaluation, `nix store diff-closures`).
-    pub const NIX: &str = "FLEETNIX_NIX";
-    /// The `git` binary (the last committed render).
-    pub const GIT: &str = "FLEETNIX_GIT";
-}
 
 /// Nodes probed over SSH at once.
 pub const MAX_PROBES: usize = 64;
@@ -240,8 +237,8 @@ pub fn probe_script(os: Os) -> String {
         let _ = write!(
             s,
             "echo\necho {MARK}probe\n{}\n{}{}",
-            linux::probe_script(),
-            unit(linux::AGENT_UNIT, ""),
+            probe::probe_script(),
+            unit(AGENT_UNIT, ""),
             unit(
                 linux::FIREWALL_UNIT,
                 " && nft list table inet fleetnix >/dev/null 2>&1"
@@ -291,7 +288,7 @@ pub fn installer_changes(
     };
     unit(
         "agent",
-        linux::AGENT_UNIT,
+        AGENT_UNIT,
         linux::agent_unit(plan).map_err(|e| e.to_string()),
     );
     unit(
@@ -415,7 +412,7 @@ fn node_state(
         Os::Nixos => true,
         Os::Linux => false,
         Os::Auto => {
-            let probe = linux::parse_probe(
+            let probe = probe::parse_probe(
                 sections.get("probe").map(String::as_str).unwrap_or(""),
                 plan,
             );
@@ -424,7 +421,7 @@ fn node_state(
     };
     if !nixos {
         s.os = "linux".into();
-        let probe = linux::parse_probe(
+        let probe = probe::parse_probe(
             sections.get("probe").map(String::as_str).unwrap_or(""),
             plan,
         );
@@ -1058,7 +1055,7 @@ pub async fn skip_unchanged<T: Transport + Clone>(
                 action: opts.action.as_str().to_string(),
                 outcome: Outcome::Unchanged,
                 step: None,
-                detail: super::execute::unchanged_detail(s.target_system.as_deref().unwrap_or("-")),
+                detail: super::report::unchanged_detail(s.target_system.as_deref().unwrap_or("-")),
                 duration: start.elapsed(),
                 attempts: 1,
             });

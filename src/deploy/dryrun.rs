@@ -100,7 +100,7 @@ fn node(
     let control = opts
         .multiplex
         .then(|| PathBuf::from(CONTROL_DIR).join(index.to_string()));
-    let program = program::build(
+    let program = super::build::build(
         plan,
         opts,
         program::node_target(opts, plan, control),

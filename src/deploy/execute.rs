@@ -6,9 +6,9 @@
 use super::failure::{proc_failure, ssh_failure, Failure};
 use super::guard;
 use super::hostkeys;
-use super::linux::{self, Probe};
+use super::probe::{self, Probe};
 use super::program::{self, Effect, Input, Limit, LocalEffect, Op, OpKind, Program, Vars, When};
-use super::report::{Event, NodeReport, Outcome, Step};
+use super::report::{unchanged_detail, Event, NodeReport, Outcome, Step};
 use super::{AuthKeySource, DeployOptions};
 use crate::exec::process::{run_process_in, LocalCommand, NodeLog, ProcOutput};
 use crate::exec::ssh::{ControlDir, SshTarget, Transport};
@@ -51,10 +51,6 @@ struct Run<'a> {
     step: Step,
 }
 
-/// The detail of a node left as it was because it already runs its target system.
-pub fn unchanged_detail(target: &str) -> String {
-    format!("already runs its target system {target}; nothing done (--force deploys it anyway)")
-}
 
 /// Go on, or the node's result is known.
 enum Flow {
@@ -359,7 +355,7 @@ impl<T: Transport> Ctx<T> {
                         }
                         run.generation = Some(out.stdout)
                     }
-                    Effect::Probe => run.probe = Some(linux::parse_probe(&out.stdout, run.plan)),
+                    Effect::Probe => run.probe = Some(probe::parse_probe(&out.stdout, run.plan)),
                     Effect::Changed(what) => run.changed.push(what),
                     Effect::ChangedUnlessSaid(what)
                         if !out.stdout.trim_end().ends_with("unchanged") =>
@@ -669,7 +665,7 @@ impl<T: Transport> Ctx<T> {
             NodeLog::discard()
         });
         log.line(&format!("# fleetnix deploy {} ({action})", plan.name));
-        let program = program::build(
+        let program = super::build::build(
             plan,
             &self.opts,
             self.target(index, plan),

@@ -294,7 +294,7 @@ async fn eval_together(
     let Some(nix) = nix else {
         return all(format!(
             "nix not found on PATH (or set {}): cannot evaluate the target system",
-            super::changes::env::NIX
+            super::env::NIX
         ));
     };
     let log = NodeLog::discard();

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 pub const TAILSCALED_UNIT: &str = "tailscaled.service";
 
 /// The units that must be active after activation, in the order they are reported.
-pub const UNITS: [&str; 2] = [TAILSCALED_UNIT, super::linux::AGENT_UNIT];
+pub const UNITS: [&str; 2] = [TAILSCALED_UNIT, crate::outputs::agent::AGENT_UNIT];
 
 /// Pause between two looks at a node that has not passed yet.
 const RETRY_EVERY: Duration = Duration::from_millis(500);

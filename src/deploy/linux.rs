@@ -3,88 +3,23 @@
 //! with the auth key in a 0600 file written from SSH stdin, the agent as a systemd unit with
 //! the same arguments the NixOS module uses, and the role ports opened on `tailscale0` only
 //! (nftables). Every step checks first and reports whether it changed anything.
-//! [`program`] puts these steps in order.
+//! [`ops`] puts these steps in order; [`super::build`] puts the probe before them.
 
-use super::program::{Builder, Effect, Input, Limit, Op, OpKind, Program, Remote, Script, When};
+use super::program::{Builder, Effect, Input, Limit, Op, OpKind, Remote, Script, When};
+use crate::outputs::agent::AGENT_UNIT;
 use super::report::Step;
 use super::{AuthKeySource, DeployOptions};
 use crate::exec::quote::sh_quote;
-use crate::exec::ssh::SshTarget;
-use crate::model::Os;
 use crate::spec::NodeSpec;
 
 /// Tailscale's install script.
 pub const DEFAULT_INSTALL_URL: &str = "https://tailscale.com/install.sh";
-
-/// The agent's unit name.
-pub const AGENT_UNIT: &str = "omp-agent.service";
 
 /// The firewall unit's name; it loads the ruleset at boot.
 pub const FIREWALL_UNIT: &str = "fleetnix-firewall.service";
 
 /// Where units are installed.
 pub const UNIT_DIR: &str = "/etc/systemd/system";
-
-const MARK: &str = "@@fleetnix@@";
-
-/// Script reporting `/etc/os-release`, whether `tailscale` exists, and its `status --json`.
-pub fn probe_script() -> String {
-    format!(
-        "cat /etc/os-release 2>/dev/null || true\n\
-         echo {MARK}\n\
-         if command -v tailscale >/dev/null 2>&1; then echo yes; tailscale status --json 2>/dev/null || true; else echo no; fi"
-    )
-}
-
-/// What the probe found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Probe {
-    /// `ID` from os-release (`ubuntu`, `nixos`, …), `unknown` if absent.
-    pub os_id: String,
-    /// Is `tailscale` on PATH?
-    pub has_tailscale: bool,
-    /// Is Tailscale already up as this node (Running, same hostname and tags)?
-    pub up_as_planned: bool,
-}
-
-/// The value of `key` in an os-release text (quotes removed).
-pub fn os_release_value(text: &str, key: &str) -> Option<String> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.trim().split_once('=')?;
-        (k == key).then(|| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
-    })
-}
-
-/// Parses the probe's output for `plan`'s node.
-pub fn parse_probe(out: &str, plan: &NodeSpec) -> Probe {
-    let (os, rest) = out.split_once(MARK).unwrap_or((out, ""));
-    let os_id = os_release_value(os, "ID").unwrap_or_else(|| "unknown".into());
-    let mut rest = rest.trim_start().splitn(2, '\n');
-    let has_tailscale = rest.next().map(str::trim) == Some("yes");
-    let json = rest.next().unwrap_or("");
-    let up_as_planned = serde_json::from_str::<serde_json::Value>(json)
-        .ok()
-        .is_some_and(|v| {
-            let tags: Vec<String> = v["Self"]["Tags"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|t| t.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut tags = tags;
-            tags.sort();
-            v["BackendState"] == "Running"
-                && v["Self"]["HostName"] == plan.name.as_str()
-                && tags == plan.tags
-        });
-    Probe {
-        os_id,
-        has_tailscale,
-        up_as_planned,
-    }
-}
 
 /// Script running the install script from `url` (downloaded first so a failed download is an
 /// error, not an empty script), then checking `tailscale` is there.
@@ -238,36 +173,8 @@ pub fn firewall_script() -> String {
     )
 }
 
-/// The program of a node of `os: linux` or `os: auto`: the probe, then (for `auto` on a
-/// NixOS node) the NixOS steps or the plain Linux steps.
-pub fn program(
-    plan: &NodeSpec,
-    opts: &DeployOptions,
-    target: SshTarget,
-    authkeys: &dyn AuthKeySource,
-) -> Program {
-    let mut b = Builder::default();
-    let probe = Remote {
-        effect: Effect::Probe,
-        ..Remote::new(
-            Step::Connect,
-            "probe: /etc/os-release, is tailscale installed, tailscale status",
-            Script::Fixed(probe_script()),
-        )
-    };
-    let mut ops = vec![b.op(OpKind::Remote(probe))];
-    if plan.access.os == Os::Auto {
-        let nixos = super::nixos::ops(&mut b, plan, opts, &target);
-        let otherwise = ops_after_probe(&mut b, plan, opts, authkeys);
-        ops.push(b.op(OpKind::IfNixos { nixos, otherwise }));
-    } else {
-        ops.extend(ops_after_probe(&mut b, plan, opts, authkeys));
-    }
-    b.finish(target, ops)
-}
-
-/// The plain Linux steps after the probe.
-fn ops_after_probe(
+/// The plain Linux steps after the probe ([`super::probe`]).
+pub fn ops(
     b: &mut Builder,
     plan: &NodeSpec,
     opts: &DeployOptions,
@@ -339,20 +246,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn os_release_ids() {
-        let t = "NAME=\"Ubuntu\"\nID=ubuntu\nID_LIKE=debian\n";
-        assert_eq!(os_release_value(t, "ID").as_deref(), Some("ubuntu"));
-        assert_eq!(
-            os_release_value("ID=\"nixos\"", "ID").as_deref(),
-            Some("nixos")
-        );
-        assert_eq!(os_release_value("", "ID"), None);
-    }
-
-    #[test]
     fn scripts_are_valid_sh() {
         for s in [
-            probe_script(),
+            super::super::probe::probe_script(),
             install_script("file:///x y"),
             agent_script(),
             nats_password_script(),

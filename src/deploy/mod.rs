@@ -15,6 +15,7 @@
 //!
 //! Executors read only the [`crate::spec::NodeSpec`]s; nothing here parses YAML.
 
+pub mod build;
 pub mod changes;
 pub mod dryrun;
 pub(crate) mod execute;
@@ -25,6 +26,7 @@ pub mod guard;
 pub mod hostkeys;
 pub mod linux;
 pub mod nixos;
+pub mod probe;
 pub mod program;
 pub mod report;
 pub mod rollout;
@@ -89,6 +91,10 @@ pub mod env {
     pub const AUTHKEY: &str = crate::secret::env::AUTHKEY;
     /// Tailscale's install script URL (mirrors, tests).
     pub const INSTALL_URL: &str = "FLEETNIX_TAILSCALE_INSTALL_URL";
+    /// The `nix` binary (evaluation, `nix store diff-closures`).
+    pub const NIX: &str = "FLEETNIX_NIX";
+    /// The `git` binary (the last committed render).
+    pub const GIT: &str = "FLEETNIX_GIT";
 }
 
 /// Everything a deploy needs besides the plans. Built with [`DeployOptions::new`], then adjusted.

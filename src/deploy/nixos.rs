@@ -4,7 +4,7 @@
 
 use super::flake::{override_args, OverrideInput};
 use super::program::{
-    Builder, Effect, Limit, Local, LocalEffect, Op, OpKind, Program, Remote, Script, BUILT, RUNNING,
+    Builder, Effect, Limit, Local, LocalEffect, Op, OpKind, Remote, Script, BUILT, RUNNING,
 };
 use super::report::Step;
 use super::{guard, Action, BuildOn, DeployOptions};
@@ -13,13 +13,6 @@ use crate::exec::quote::sh_quote;
 use crate::exec::ssh::{SshConfig, SshTarget};
 use crate::spec::NodeSpec;
 use std::path::{Path, PathBuf};
-
-/// The program of a node of `os: nixos`.
-pub fn program(plan: &NodeSpec, opts: &DeployOptions, target: SshTarget) -> Program {
-    let mut b = Builder::default();
-    let ops = ops(&mut b, plan, opts, &target);
-    b.finish(target, ops)
-}
 
 /// The NixOS steps: read the running generation, then `nixos-rebuild <action>`; or, for a
 /// guarded `switch`, `nixos-rebuild build`, arm the guard, activate with `test`, close the

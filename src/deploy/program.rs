@@ -1,6 +1,6 @@
 //! A node's deploy as data: a [`Program`] is the ordered list of [`Op`]s (a script run on the
 //! node with its stdin, a local command, closing the shared connection, a branch on the OS the
-//! probe found). [`super::nixos::program`] and [`super::linux::program`] build it;
+//! probe found). [`super::build::build`] builds it;
 //! [`super::execute`] runs it and `--dry-run` ([`super::dryrun`]) prints it with
 //! [`Program::listing`], so the steps shown are the steps run.
 //!
@@ -434,21 +434,5 @@ pub fn node_target(
         known_hosts: opts.known_hosts_path(&plan.name),
         sudo: plan.access.needs_sudo(),
         control,
-    }
-}
-
-/// The program of `plan`'s node, reached through `target`: [`super::nixos::program`] for
-/// `os: nixos`, [`super::linux::program`] for `os: linux` and `os: auto`.
-pub fn build(
-    plan: &crate::spec::NodeSpec,
-    opts: &super::DeployOptions,
-    target: SshTarget,
-    authkeys: &dyn super::AuthKeySource,
-) -> Program {
-    match plan.access.os {
-        crate::model::Os::Nixos => super::nixos::program(plan, opts, target),
-        crate::model::Os::Linux | crate::model::Os::Auto => {
-            super::linux::program(plan, opts, target, authkeys)
-        }
     }
 }

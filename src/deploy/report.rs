@@ -180,3 +180,8 @@ impl Cancel {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// The detail of a node left as it was because it already runs its target system.
+pub fn unchanged_detail(target: &str) -> String {
+    format!("already runs its target system {target}; nothing done (--force deploys it anyway)")
+}

@@ -5,6 +5,9 @@
 use crate::spec::NodeSpec;
 
 /// Where the agent's unit is installed.
+/// The agent's unit name.
+pub const AGENT_UNIT: &str = "omp-agent.service";
+/// Where the agent's unit is installed on a plain Linux node.
 pub const UNIT_PATH: &str = "/etc/systemd/system/omp-agent.service";
 /// The node's NATS password on non-NixOS hosts; the unit hands it to the agent as a credential.
 pub const NATS_PASSWORD_PATH: &str = "/etc/fleetnix/nats-password";

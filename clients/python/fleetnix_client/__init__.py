@@ -401,10 +401,10 @@ def tool_error_text(e: DispatchError) -> str:
     """What a tool tells the model about a failed dispatch: code, task id, reason, a hint."""
     text = f"dispatch failed: code={e.code} task_id={e.task_id}: {e}"
     hint = _HINTS.get(e.code)
-    return f"{text} ({hint})" if hint else text
+    return f"{text}. Hint: {hint}." if hint else text
 
 
-def langgraph_tool(*, timeout: float = 120.0, name: str = "dispatch_to_worker", **conn: Any):
+def langgraph_tool(*, timeout: float = 120.0, name: str = "dispatch_to_worker_tool", **conn: Any):
     """``dispatch_to_worker`` as a LangChain/LangGraph tool (needs ``langchain-core``).
 
     A failed dispatch comes back to the model as a tool error (a ``ToolMessage`` with

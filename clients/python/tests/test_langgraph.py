@@ -7,9 +7,8 @@ import asyncio
 import json
 import re
 import warnings
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
 
-import pytest
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult

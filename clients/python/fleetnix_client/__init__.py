@@ -40,6 +40,7 @@ __all__ = [
     "dispatch_to_worker",
     "dispatch_to_worker_async",
     "langgraph_tool",
+    "tool_error_text",
 ]
 
 STATUS_HEADER = "Fleet-Status"

@@ -9,6 +9,8 @@ import re
 import warnings
 from typing import Any, List, Optional
 
+import pytest
+
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
@@ -61,7 +63,8 @@ def tool_messages(out) -> dict:
     return {m.tool_call_id: m for m in out["messages"] if isinstance(m, ToolMessage)}
 
 
-def test_a_tool_call_runs_on_a_worker_and_comes_back(fleet):
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+def test_a_tool_call_runs_on_a_worker_and_comes_back(fleet, mode):
     with BackgroundWorker(fleet, "worker-01", ["kg-writer", "glm-worker"]) as worker:
         asyncio.run(first_dispatch({"warm": 1}, "glm-worker", supervisor(fleet)))
         worker.received.clear()
@@ -70,7 +73,9 @@ def test_a_tool_call_runs_on_a_worker_and_comes_back(fleet):
                                                    "glm-4.5-air")]),
             AIMessage(content="summarized"),
         ])
-        out = agent(model, fleet).invoke({"messages": [("user", "summarize the repo")]})
+        graph = agent(model, fleet)
+        question = {"messages": [("user", "summarize the repo")]}
+        out = graph.invoke(question) if mode == "invoke" else asyncio.run(graph.ainvoke(question))
     assert out["messages"][-1].content == "summarized"
     reply = tool_messages(out)["c1"]
     assert reply.status == "success"
@@ -83,7 +88,7 @@ def test_a_tool_call_runs_on_a_worker_and_comes_back(fleet):
     assert model.seen[1][-1] is not None and model.seen[1][-1].tool_call_id == "c1"
 
 
-def test_failed_dispatches_come_back_to_the_model_and_the_run_finishes(fleet):
+def test_failed_dispatches_come_back_to_the_model_and_the_run_finishes(fleet, capfd):
     """A role nobody has, an injected role (refused before sending) and a role whose only node
     (worker-02) is not running: three tool errors the model sees; its run ends normally (ainvoke:
     the tool's async path)."""
@@ -111,3 +116,4 @@ def test_failed_dispatches_come_back_to_the_model_and_the_run_finishes(fleet):
     assert {m.tool_call_id for m in model.seen[1] if isinstance(m, ToolMessage)} == {"c1", "c2"}
     assert model.seen[2][-1].tool_call_id == "c3"
     assert worker.received == []
+    assert capfd.readouterr().err == ""

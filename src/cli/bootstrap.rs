@@ -40,7 +40,7 @@ pub struct BootstrapArgs {
     pub rollback_grace: u64,
     /// Flake inputs (for the first nixos-rebuild of a NixOS VM).
     #[command(flatten)]
-    pub flake: super::plan::FlakeArgs,
+    pub flake: super::targets::FlakeArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

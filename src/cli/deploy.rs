@@ -1,10 +1,10 @@
 //! `deploy`: parses arguments, prints progress and the summary. The work is in `fleetnix::deploy`.
 
+use super::targets::{selected_plans, Selected};
 use super::{CliError, CmdResult, Ctx};
 use fleetnix::deploy::changes::{self, PlanTools};
 use fleetnix::deploy::report::{Cancel, Event, Outcome, Summary};
 use fleetnix::deploy::rollout::{self, Batch, Rollout};
-use fleetnix::deploy::selector::Selector;
 use fleetnix::deploy::{
     dryrun, ensure_rendered, Action, BuildOn, DeployOptions, RenderMode, RenderState,
     SecretsAuthKey, DEFAULT_PARALLEL,
@@ -101,47 +101,13 @@ pub struct DeployArgs {
     pub force: bool,
     /// Flake inputs.
     #[command(flatten)]
-    pub flake: super::plan::FlakeArgs,
+    pub flake: super::targets::FlakeArgs,
     /// Evaluator processes (for skipping unchanged nodes).
     #[command(flatten)]
-    pub eval: super::plan::EvalArgs,
+    pub eval: super::targets::EvalArgs,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// What `deploy` and `plan` start from.
-pub struct Selected {
-    /// The fleet.
-    pub fleet: fleetnix::model::Fleet,
-    /// The repository root, absolute.
-    pub root: PathBuf,
-    /// Every node's plan.
-    pub all_plans: Vec<spec::NodeSpec>,
-    /// The plans of the nodes the targets select.
-    pub plans: Vec<spec::NodeSpec>,
-}
-
-/// Loads the fleet and selects `targets`/`all`.
-pub fn selected_plans(ctx: &Ctx, targets: &[String], all: bool) -> Result<Selected, CliError> {
-    let fleet = ctx.fleet()?;
-    let nodes = Selector::parse(targets, all)
-        .and_then(|s| s.select(&fleet))
-        .map_err(CliError::msg)?;
-    let root = std::fs::canonicalize(&ctx.root)
-        .map_err(|e| CliError::msg(format!("repository root {}: {e}", ctx.root.display())))?;
-    let all_plans = spec::node_specs(&fleet);
-    let plans = all_plans
-        .iter()
-        .filter(|p| nodes.iter().any(|n| n.name == p.name))
-        .cloned()
-        .collect();
-    Ok(Selected {
-        fleet,
-        root,
-        all_plans,
-        plans,
-    })
 }
 
 /// `fleetnix deploy`.

@@ -19,6 +19,7 @@ pub mod secrets;
 pub mod show;
 pub mod status;
 pub mod table;
+pub mod targets;
 pub mod validate;
 
 use clap::{Parser, Subcommand};

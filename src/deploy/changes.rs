@@ -13,11 +13,10 @@
 //! `deploy` uses [`skip_unchanged`] (the same code) to leave out nodes that already run their
 //! target system.
 
+use super::env;
 use super::flake::{self, Evaluated, NIX_FEATURES};
 use super::hostkeys;
-use super::env;
 use super::linux;
-use crate::outputs::agent::AGENT_UNIT;
 use super::probe::{self, Probe};
 use super::report::{NodeReport, Outcome, Summary};
 use super::schedule::tailnet_host_keys;
@@ -26,6 +25,7 @@ use crate::exec::process::{locate, run_process, LocalCommand, NodeLog, ProcError
 use crate::exec::ssh::{SshTarget, Transport};
 use crate::fsutil::write_atomic;
 use crate::model::{Fleet, NodeName, Os};
+use crate::outputs::agent::AGENT_UNIT;
 use crate::outputs::{self, Change};
 use crate::spec::NodeSpec;
 use serde::Serialize;

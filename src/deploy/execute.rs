@@ -51,7 +51,6 @@ struct Run<'a> {
     step: Step,
 }
 
-
 /// Go on, or the node's result is known.
 enum Flow {
     Next,

@@ -6,10 +6,10 @@
 //! [`ops`] puts these steps in order; [`super::build`] puts the probe before them.
 
 use super::program::{Builder, Effect, Input, Limit, Op, OpKind, Remote, Script, When};
-use crate::outputs::agent::AGENT_UNIT;
 use super::report::Step;
 use super::{AuthKeySource, DeployOptions};
 use crate::exec::quote::sh_quote;
+use crate::outputs::agent::AGENT_UNIT;
 use crate::spec::NodeSpec;
 
 /// Tailscale's install script.

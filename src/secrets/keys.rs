@@ -1,7 +1,7 @@
 //! Keys: recipients (node host keys, operator keys), identities (to decrypt), and
 //! reading the Tailscale auth key without copies left in memory where we can help it.
 
-use super::SecretsError;
+use super::error::SecretsError;
 use crate::model::{Fleet, Node, NodeName};
 use crate::secret::Secret;
 use serde::Serialize;

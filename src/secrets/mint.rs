@@ -2,7 +2,8 @@
 //! ([`mint_authkey`]) and stored straight into the node's age secret. The key stays a
 //! [`Secret`](crate::secret::Secret) in memory and leaves only as age ciphertext.
 
-use super::{SecretId, SecretKind, SecretsError};
+use super::error::SecretsError;
+use super::{SecretId, SecretKind};
 use crate::model::{Fleet, NodeName};
 use crate::tailscale::api::{ApiError, Client};
 use crate::tailscale::authkey::mint_authkey;

@@ -6,9 +6,10 @@
 //! content or recipients would change is written through [`super::write_secrets`]; the others
 //! keep their exact bytes, so re-running changes nothing.
 
+use super::error::SecretsError;
 use super::keys::{desired_recipients, Identities};
 use super::store::{read_optional, status, State};
-use super::{decrypt_with, find_node, no_host_key_error, write_secrets, Report, SecretsError};
+use super::{decrypt_with, find_node, no_host_key_error, write_secrets, Report};
 use crate::bus::creds::BusCredentials;
 use crate::bus::server_plan;
 use crate::model::Fleet;

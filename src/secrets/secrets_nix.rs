@@ -1,9 +1,12 @@
 //! The agenix rules file `secrets/secrets.nix`: which keys each node's secrets are encrypted to.
 
+use super::error::SecretsError;
+use super::keys::{desired_recipients, Recipient};
+use super::store::SECRETS_NIX;
 use crate::model::{Fleet, NodeName};
 use crate::nix;
 use crate::nix::one_line;
-use crate::secrets::{desired_recipients, wanted, Recipient, SecretsError, SECRETS_NIX};
+use crate::spec::secrets::wanted;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

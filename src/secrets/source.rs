@@ -7,7 +7,8 @@
 //! [`super::parse_authkey`]) or a NATS password (text, trailing newline dropped). The value is a
 //! [`Secret`] from the moment it is read; errors name where it came from, never the value.
 
-use super::{SecretId, SecretKind, SecretsError};
+use super::error::SecretsError;
+use super::{SecretId, SecretKind};
 use crate::model::Fleet;
 use crate::secret::{env, Secret};
 use crate::tailscale::api::{ApiError, Client};

@@ -2,8 +2,8 @@
 //! recipients each `.age` file was encrypted to (`recipients.json`), and the status of every
 //! secret against the manifest.
 
+use super::error::SecretsError;
 use super::keys::{desired_recipients, Recipient};
-use super::SecretsError;
 use crate::model::{Fleet, NodeName};
 use crate::spec::secrets::{wanted, SecretId, SecretKind, SECRETS_DIR};
 use serde::{Deserialize, Serialize};

@@ -62,6 +62,14 @@ pub fn check_syntax(text: &str) -> Result<(), Vec<String>> {
     }
 }
 
+/// Text made safe for a one-line comment (Nix `#`, HuJSON `//`): every control character (line
+/// breaks included) becomes a space.
+pub fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,12 +100,4 @@ mod tests {
     fn syntax_errors_are_reported() {
         assert!(check_syntax("{ x = ; }").is_err());
     }
-}
-
-/// Text made safe for a one-line comment: every control character (line breaks included)
-/// becomes a space.
-pub fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }

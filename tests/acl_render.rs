@@ -36,7 +36,7 @@ fn rendered_policy_passes_its_own_tests() {
     let p = &parsed.policy;
     assert!(!p.tests.is_empty() && !p.ssh_tests.is_empty());
     let failures = Evaluator::new(p)
-        .with_nodes(check::node_principals(&fleet))
+        .with_nodes(check::principals::node_principals(&fleet))
         .run_tests();
     assert!(failures.is_empty(), "{failures:#?}");
     // every tag and group is a test source, each with both accepts and denies
@@ -143,7 +143,7 @@ fn agent_needs_get_rules_when_the_catalog_lacks_them() {
     let r = fleetnix::acl::render::render(&fleet, "fleet/");
     assert!(r.text.contains("// agents' NATS connection"), "{}", r.text);
     let p = policy::parse(&r.text).unwrap().policy;
-    let nodes = check::node_principals(&fleet);
+    let nodes = check::principals::node_principals(&fleet);
     let ev = Evaluator::new(&p).with_nodes(nodes.clone());
     let cp = nodes.iter().find(|n| n.name == "control-01").unwrap();
     let w = nodes.iter().find(|n| n.name == "worker-01").unwrap();

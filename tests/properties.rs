@@ -386,8 +386,8 @@ fn the_rendered_policy_of_any_valid_fleet_passes_its_tests_and_its_check() {
                 .map_err(|e| TestCaseError::fail(format!("{e}\n{}", rendered.text)))?;
             prop_assert!(parsed.issues.is_empty(), "{:?}", parsed.issues);
             prop_assert!(!parsed.policy.tests.is_empty(), "the policy has tests");
-            let ev =
-                eval::Evaluator::new(&parsed.policy).with_nodes(check::node_principals(&fleet));
+            let ev = eval::Evaluator::new(&parsed.policy)
+                .with_nodes(check::principals::node_principals(&fleet));
             let failures = ev.run_tests();
             prop_assert!(failures.is_empty(), "{failures:?}");
             let findings = check::check(&fleet, &rendered.text)

@@ -133,9 +133,10 @@ pub fn policy(data: &[u8]) {
         return;
     };
     let fleet = example_fleet();
-    let ev = eval::Evaluator::new(&parsed.policy).with_nodes(check::node_principals(fleet));
+    let ev =
+        eval::Evaluator::new(&parsed.policy).with_nodes(check::principals::node_principals(fleet));
     let _ = ev.run_tests();
-    let nodes = check::node_principals(fleet);
+    let nodes = check::principals::node_principals(fleet);
     if let (Some(a), Some(b)) = (nodes.first(), nodes.last()) {
         let _ = ev.ports(a, b, None);
         let _ = ev.ssh(a, b, "root");

@@ -2,7 +2,7 @@
 //! (local parse → lock-out guard → API validation → backup → POST with `If-Match`). Minting
 //! auth keys moved to [`crate::tailscale::authkey`].
 
-use super::check::node_principals;
+use super::check::principals::node_principals;
 use super::eval::Evaluator;
 use super::policy::{self, PolicyError};
 use crate::model::Fleet;

@@ -1,6 +1,6 @@
 //! Who can reach what: every tag and group of the fleet against every node, evaluated on a policy.
 
-use super::check::node_principals;
+use super::check::principals::{named_principals, node_principals, NONROOT_PROBE};
 use super::eval::{entry_text, Evaluator, Principal, SshDecision};
 use super::intents;
 use super::policy::Policy;
@@ -8,9 +8,6 @@ use super::ports::PortSet;
 use crate::model::Fleet;
 use serde::Serialize;
 use std::collections::BTreeSet;
-
-/// A user name standing for "any non-root account" when probing SSH rules.
-pub const NONROOT_PROBE: &str = "nonroot";
 
 /// What one source may do on one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -71,7 +68,7 @@ pub fn matrix(fleet: &Fleet, policy: &Policy) -> Matrix {
         .into_iter()
         .map(|t| Principal::tag(t))
         .chain(groups.into_iter().map(|g| Principal::group(g)))
-        .chain(super::check::named_principals(&[policy]))
+        .chain(named_principals(&[policy]))
         .collect();
     let nodes = node_principals(fleet);
     let ev = Evaluator::new(policy).with_nodes(nodes.clone());

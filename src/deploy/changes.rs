@@ -36,8 +36,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Environment variables that override where `plan`'s tools are found (tests use them).
-
 /// Nodes probed over SSH at once.
 pub const MAX_PROBES: usize = 64;
 

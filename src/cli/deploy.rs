@@ -2,7 +2,7 @@
 
 use super::targets::{selected_plans, Selected};
 use super::{CliError, CmdResult, Ctx};
-use fleetnix::deploy::changes::{self, PlanTools};
+use fleetnix::deploy::plan::{self as deploy_plan, PlanTools};
 use fleetnix::deploy::report::{Cancel, Event, Outcome, Summary};
 use fleetnix::deploy::rollout::{self, Batch, Rollout};
 use fleetnix::deploy::{
@@ -183,13 +183,14 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
             // No rollout: each node's connect step compares its running system with the target.
             let mut tools = PlanTools::locate(opts.step_timeout);
             tools.eval_jobs = usize::from(eval_jobs);
-            opts.skip_if_running = Arc::new(changes::targets_to_skip(&plans, &opts, &tools).await);
+            opts.skip_if_running =
+                Arc::new(deploy_plan::targets_to_skip(&plans, &opts, &tools).await);
             (plans, Vec::new())
         } else {
             let mut tools = PlanTools::locate(opts.step_timeout);
             tools.eval_jobs = usize::from(eval_jobs);
             let (plans, unchanged, warnings) =
-                changes::skip_unchanged(plans, &opts, &tools, transport.clone()).await;
+                deploy_plan::skip_unchanged(plans, &opts, &tools, transport.clone()).await;
             for w in warnings {
                 eprintln!("warning: {w}");
             }
@@ -232,7 +233,7 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
         (s, unchanged)
     });
     let (mut summary, unchanged) = summary;
-    changes::merge_skipped(&mut summary, unchanged);
+    deploy_plan::merge_skipped(&mut summary, unchanged);
     if args.json {
         println!(
             "{}",

@@ -1,8 +1,8 @@
-//! `plan`: parses arguments, prints the table or JSON. The work is in `fleetnix::deploy::changes`.
+//! `plan`: parses arguments, prints the table or JSON. The work is in `fleetnix::deploy::plan`.
 
 use super::targets::{EvalArgs, FlakeArgs};
 use super::{CliError, CmdResult, Ctx, Outcome};
-use fleetnix::deploy::changes::{self, PlanTools};
+use fleetnix::deploy::plan::{self as deploy_plan, PlanTools};
 use fleetnix::deploy::DeployOptions;
 use fleetnix::exec::ssh::SshTransport;
 use std::path::PathBuf;
@@ -48,7 +48,7 @@ pub fn run(ctx: &Ctx, args: PlanArgs) -> CmdResult {
         config: opts.ssh.clone(),
     };
     let sources = ctx.sources_label(&fleet);
-    let report = rt.block_on(changes::plan(
+    let report = rt.block_on(deploy_plan::plan(
         &fleet, &all_plans, &selected, &sources, &opts, &tools, transport,
     ));
     if args.json {
@@ -57,7 +57,7 @@ pub fn run(ctx: &Ctx, args: PlanArgs) -> CmdResult {
             serde_json::to_string_pretty(&report).map_err(CliError::msg)?
         );
     } else {
-        print!("{}", changes::table(&report));
+        print!("{}", deploy_plan::table(&report));
     }
     Ok(match report.exit_code() {
         0 => Outcome::Ok,

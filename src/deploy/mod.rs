@@ -16,7 +16,6 @@
 //! Executors read only the [`crate::spec::NodeSpec`]s; nothing here parses YAML.
 
 pub mod build;
-pub mod changes;
 pub mod dryrun;
 pub(crate) mod execute;
 pub(crate) mod failure;
@@ -26,6 +25,7 @@ pub mod guard;
 pub mod hostkeys;
 pub mod linux;
 pub mod nixos;
+pub mod plan;
 pub mod probe;
 pub mod program;
 pub mod report;

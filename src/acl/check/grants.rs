@@ -1,7 +1,6 @@
 //! Network access: over-grants (what the checked policy allows and the rendered one does not)
 //! and missing grants (the reverse, explained by the catalog row behind it).
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Explains why `over` is not allowed to a source on `node`: the catalog rows of that protocol using those ports.

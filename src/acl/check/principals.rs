@@ -1,7 +1,6 @@
 //! Who is compared: the fleet's nodes, every identity either policy names, and the
 //! sources of rules that name addresses.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// A user name standing for "any non-root account" when probing SSH rules.

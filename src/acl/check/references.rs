@@ -1,6 +1,5 @@
 //! References to what the policy does not define: unknown tags, groups, hosts and ipsets.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub(super) fn top(policy: &Policy, section: &str) -> Loc {

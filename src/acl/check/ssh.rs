@@ -1,6 +1,5 @@
 //! SSH and tag ownership: who may log in as whom, what deploys need, who may apply which tag.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// What `p` may do on each node under `ev`: access as written, and the SSH users it is accepted as.

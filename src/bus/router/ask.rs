@@ -1,6 +1,5 @@
 //! The caller's side: asking the router and reading its answer.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Asks the router to run `payload` on a node with `role` (the client side of

@@ -1,7 +1,6 @@
 //! One request on `fleet.dispatch.<role>`: order the candidates, forward to each in turn, answer
 //! the caller with the worker's reply or an error.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// What one forwarding attempt did.

@@ -1,7 +1,6 @@
 //! The router's live view of the fleet: each node's heartbeat, health state, in-flight tasks and
 //! failed attempts, and the records it writes to `fleet-health`.
 
-#[allow(unused_imports)]
 use super::*;
 
 #[derive(Debug, Clone)]

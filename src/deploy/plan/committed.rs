@@ -1,7 +1,6 @@
 //! What changed since the last commit: the rendered files, firewall ports and tags against
 //! `git show HEAD:nix/nodes/<node>.nix`, and the package-level closure difference.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Ports (`tcp/80`) and tags a committed node module opened and carried, read from the lines

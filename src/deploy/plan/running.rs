@@ -1,7 +1,6 @@
 //! What each node runs now: its current system over the pinned SSH of deploy, and for `os: linux`
 //! nodes what the installer would change (probed read-only).
 
-#[allow(unused_imports)]
 use super::*;
 
 pub(super) const MARK: &str = "@@fleetnix-plan@@";

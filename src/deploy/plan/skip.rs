@@ -1,6 +1,5 @@
 //! `deploy`'s use of the plan: leave out the nodes that already run their target system.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// `deploy`'s pre-step: the nodes that already run their target system (NixOS, state

@@ -1,6 +1,5 @@
 //! The `plan` table, one row per node.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// The first 8 characters of a store path's hash (`66c1gy7w`), for tables.

@@ -11,6 +11,9 @@
 //! - [`files`]: the policy files of `fleetnix acl` (which policy a command works on, `acl check`'s report);
 //! - [`apply`]: `get` / `diff` / `set` through [`crate::tailscale::api`], with backups and a
 //!   lock-out guard.
+//!
+//! Stage 3 (acl), with its executor `apply`. Imports: `model`, `spec`, `tailscale::api` (apply
+//! only), the foundations.
 
 pub mod addrs;
 pub mod apply;

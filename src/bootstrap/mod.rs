@@ -14,6 +14,9 @@
 //!
 //! Every step checks before it acts, so a re-run after success changes nothing and a re-run after
 //! a failure resumes; a failure names its step and how to resume ([`BootstrapError`]).
+//!
+//! Executor. Imports: everything below it, including `deploy` (its runner) and `manifest::edit`
+//! (recording the host key).
 
 pub mod authkey;
 pub mod cloudinit;

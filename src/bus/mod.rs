@@ -21,6 +21,10 @@
 //! - `fleet.results.<node>[.…]`, `fleet.heartbeat.<node>`: what a node may publish;
 //! - `_INBOX.<node>.>`: the reply inbox of a node that sends requests (the control plane);
 //! - `fleet.dispatch.<role>`: requests to the router (from the control plane's user).
+//!
+//! Executor (orchestration): permissions and credentials, dispatch, heartbeats, the registry,
+//! routing (`route`) and the router (`router`). Imports: `model`, `spec`, `health` (node states,
+//! alerts), the foundations.
 
 pub mod conf;
 pub mod creds;

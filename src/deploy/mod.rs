@@ -1,19 +1,22 @@
 //! `fleetnix deploy`: put the planned configuration on nodes.
 //!
 //! - [`selector`]: which nodes (`worker-01`, `@role`, `--all`);
-//! - [`program`]: a node's deploy as data, an ordered list of steps, built by
-//!   [`nixos`] (`nixos-rebuild` over SSH with pinned host keys ([`hostkeys`]) and the
-//!   rollback guard ([`guard`]) that keeps `switch` from locking the operator out) and
-//!   [`linux`] (plain Linux: install script, `tailscale up`, agent unit, nftables);
+//! - [`program`]: a node's deploy as data, an ordered list of steps; [`build`] chooses by the
+//!   node's OS: [`nixos`] (`nixos-rebuild` over SSH with pinned host keys ([`hostkeys`]) and the
+//!   rollback guard ([`guard`]) that keeps `switch` from locking the operator out) or [`probe`]
+//!   then [`linux`] (plain Linux: install script, `tailscale up`, agent unit, nftables);
 //! - [`execute`]: runs a node's program; [`dryrun`]: prints the same program (`--dry-run`);
 //! - [`schedule`]: many nodes concurrently; [`report`]: steps, outcomes, events, the summary;
 //! - [`rollout`]: `--canary`, `--batch`, `--max-failures` (waves of the scheduler);
-//! - [`changes`]: `fleetnix plan` (what a deploy would change) and deploy's skipping of unchanged nodes;
+//! - [`plan`]: `fleetnix plan` (what a deploy would change) and deploy's skipping of unchanged nodes;
 //! - [`flake`]: `--override-input` and the one `nix eval` of every node's system.
 //!
 //! Processes, SSH and quoting live in [`crate::exec`].
 //!
 //! Executors read only the [`crate::spec::NodeSpec`]s; nothing here parses YAML.
+//!
+//! Executor. Imports: `model`, `spec`, `outputs`, `secrets`, `tailscale`, `health` (the gate),
+//! `exec` and the foundations.
 
 pub mod build;
 pub mod dryrun;

@@ -1,5 +1,5 @@
 //! Age-encrypted per-node secrets in agenix's layout: each node's Tailscale auth key and NATS
-//! password, and the control plane's nats-server environment file (see [`kinds`]).
+//! password, and the control plane's nats-server environment file (see [`crate::spec::secrets`]).
 //!
 //! `secrets/<node>/<secret>.age` is encrypted to the node's SSH host key (`host_key` in
 //! nodes.yml) and the operators' keys (fleet.yml), never to another node. `secrets/secrets.nix`
@@ -14,6 +14,9 @@
 //!
 //! Plaintexts live in [`Secret`]s or [`Zeroizing`] buffers and are never written anywhere
 //! but into age ciphertext: no temporary plaintext files, no argv, no logs, no error messages.
+//!
+//! Stage 3 (secrets). Imports: `model`, `spec` (which secrets exist), `bus` (the NATS
+//! credentials), `tailscale` (minting a key), the foundations.
 
 mod error;
 mod keys;

@@ -1,5 +1,12 @@
-//! The plan: for each node, everything it gets. Every output (NixOS module, ACL,
-//! secrets, cloud-init, deploy commands) is a pure function of this.
+//! Each node's resolved settings, its [`NodeSpec`]: everything it gets (tags, `tailscale up`
+//! flags, ports, agent arguments, secrets, how it is reached). Every output (NixOS module, ACL,
+//! secrets, cloud-init, deploy commands) is a pure function of these. (`fleetnix plan`, what a
+//! deploy would change, is another thing: `deploy::plan`.)
+//!
+//! - [`secrets`]: which secrets exist, their files and names.
+//!
+//! Stage 2 (spec). Imports: `model`. Everything after it (outputs, acl, secrets, executors)
+//! reads [`NodeSpec`]s, never the manifest.
 
 pub mod secrets;
 

@@ -1,5 +1,7 @@
 //! The validated fleet model. Values of these types passed validation: node names
 //! and roles are safe hostname labels, addresses are inside the tailnet ranges.
+//!
+//! Stage: the validated types every stage shares. Imports nothing of the crate.
 
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -227,6 +227,9 @@ impl SystemdNet {
         write(&ssh_dir.join("authorized_keys"), &client_pub);
         chmod(&ssh_dir, 0o700);
         chmod(&ssh_dir.join("authorized_keys"), 0o600);
+        // sshd as one long-running service, as NixOS runs it (`startWhenNeeded` is off by
+        // default), not Debian's socket activation (`ssh.socket` conflicts with `ssh.service`).
+        symlink("/dev/null", &disk.join("etc/systemd/system/ssh.socket"));
         write(&disk.join("etc/hostname"), &format!("{name}\n"));
         prepare(&disk);
 
@@ -336,7 +339,10 @@ impl SystemdNet {
             if let Ok(mut f) = std::fs::File::open(&log) {
                 let _ = f.read_to_string(&mut text);
             }
-            panic!("host {} did not come up: {why}\n--- nspawn log:\n{text}", host.name);
+            panic!(
+                "host {} did not come up: {why}\n--- nspawn log:\n{text}",
+                host.name
+            );
         };
         match up {
             Some(Ok(())) => {}
@@ -437,14 +443,23 @@ impl SystemdNet {
     }
 
     /// The host's disk (the overlay's upper layer: what the host wrote, as a directory for `/`).
+    /// Only to read once the host is gone: while it runs, overlayfs does not promise that
+    /// changes made here are seen inside (it caches lookups); use [`SystemdNet::root`].
     pub fn disk(&self, host: &Host) -> PathBuf {
         self.machine(host).disk.clone()
     }
 
-    /// The test state of a host made by [`SystemdNet::nixos_host`], on its disk
-    /// ([`HOST_STATE`]: `activations`, `boot-default`, `gens/`).
+    /// The running host's `/` as this machine sees it (`/proc/<its PID 1>/root`): files written
+    /// here are written through its overlay, as a program on the host would. Valid until the
+    /// host reboots.
+    pub fn root(&self, host: &Host) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.leader(host)))
+    }
+
+    /// The test state of a running host made by [`SystemdNet::nixos_host`] ([`HOST_STATE`]:
+    /// `activations`, `boot-default`, `gens/`, the stand-ins' knobs), through [`SystemdNet::root`].
     pub fn state(&self, host: &Host) -> PathBuf {
-        self.disk(host).join(&HOST_STATE[1..])
+        self.root(host).join(&HOST_STATE[1..])
     }
 
     /// Boots so far (1 after [`SystemdNet::add_host`], one more per reboot).
@@ -487,9 +502,7 @@ impl SystemdNet {
     /// The target of a symlink inside the host (e.g. `/run/current-system`), or `None`.
     pub fn readlink(&self, host: &Host, path: &str) -> Option<String> {
         let p = PathBuf::from(format!("/proc/{}/root{path}", self.leader(host)));
-        std::fs::read_link(p)
-            .ok()
-            .map(|t| t.display().to_string())
+        std::fs::read_link(p).ok().map(|t| t.display().to_string())
     }
 
     /// Reboots the host for real (`systemctl reboot` inside) and returns once it booted again
@@ -506,11 +519,9 @@ impl SystemdNet {
     /// e.g. by a deploy) and its sshd accepts connections again.
     pub fn wait_for_reboot(&mut self, host: &Host, before: u32, since: Instant) {
         let boots = self.machine(host).boots.clone();
-        wait_for(
-            &format!("{} to boot again", host.name),
-            BOOT_LIMIT,
-            || boots.load(Ordering::SeqCst) > before,
-        );
+        wait_for(&format!("{} to boot again", host.name), BOOT_LIMIT, || {
+            boots.load(Ordering::SeqCst) > before
+        });
         self.wait_for_sshd(host, since);
     }
 
@@ -563,4 +574,94 @@ impl Drop for SystemdNet {
             );
         }
     }
+}
+
+/// The test fleet's hosts by name.
+impl SystemdNet {
+    /// The host named `name`.
+    pub fn host(&self, name: &str) -> Host {
+        self.machines
+            .iter()
+            .find(|m| m.host.name == name)
+            .map(|m| m.host.clone())
+            .unwrap_or_else(|| panic!("no systemd host {name}"))
+    }
+
+    /// Whether `path` exists inside the host (in its own `/run`, say).
+    pub fn exists(&self, host: &Host, path: &str) -> bool {
+        Path::new(&format!("/proc/{}/root{path}", self.leader(host))).exists()
+    }
+
+    /// The `activations` the `switch-to-configuration` stand-in recorded on a NixOS-like host
+    /// (`<n> <action>` lines).
+    pub fn activations(&self, host: &Host) -> Vec<String> {
+        super::lines(&self.state(host).join("activations"))
+    }
+
+    /// What a NixOS-like host runs (`/run/current-system`), its profile
+    /// (`/nix/var/nix/profiles/system`) and its boot loader's default, as generation numbers.
+    pub fn generations(&self, host: &Host) -> (String, String, String) {
+        let number = |p: &str| p.rsplit('/').next().unwrap_or_default().to_string();
+        let running = number(
+            &self
+                .readlink(host, "/run/current-system")
+                .unwrap_or_else(|| panic!("{}: no /run/current-system", host.name)),
+        );
+        let profiles = self.root(host).join("nix/var/nix/profiles");
+        let link = std::fs::read_link(profiles.join("system")).expect("profile");
+        let profile = number(
+            &std::fs::read_link(profiles.join(link))
+                .expect("profile generation")
+                .display()
+                .to_string(),
+        );
+        let boot = std::fs::read_to_string(self.state(host).join("boot-default"))
+            .expect("boot-default")
+            .trim()
+            .to_string();
+        (running, profile, boot)
+    }
+
+    /// The host's journal since its boot, messages only (`journalctl -b -o cat ARGS`).
+    pub fn journal(&self, host: &Host, args: &str) -> String {
+        self.exec_ok(host, &format!("journalctl -b --no-pager -o cat {args}"))
+    }
+
+    /// `count` NixOS-like hosts ([`SystemdNet::nixos_host`]) named `n1`…`n<count>`, pinned to
+    /// their keys, in a fleet under `root` with node timeout `timeout` seconds; `n1` is the
+    /// control plane (it hosts the catalog's services).
+    pub fn nixos_fleet(&mut self, root: &Path, count: usize, timeout: u32) -> Vec<Host> {
+        let hosts: Vec<Host> = (1..=count)
+            .map(|i| self.nixos_host(&format!("n{i}")))
+            .collect();
+        let specs: Vec<super::NodeSpec> = hosts.iter().map(super::NodeSpec::for_host).collect();
+        super::write_fleet(root, &specs, timeout, false);
+        hosts
+    }
+
+    /// Each of `nodes` was never started because the rollout halted (its row says
+    /// `skipped (halted)` and names `why`), and nothing reached it: the fake nixos-rebuild never
+    /// ran for it and its `switch-to-configuration` never ran.
+    pub fn assert_halted(&self, r: &Ran, root: &Path, nodes: &[&str], why: &str) {
+        for n in nodes {
+            let row = r.row(n);
+            assert!(
+                row.contains("skipped (halted)") && row.contains(why),
+                "{n} not halted by {why}: {row}\n{r}"
+            );
+            assert!(
+                !root.join(format!("rec/nixos-rebuild.{n}.argv")).exists(),
+                "{n} was touched"
+            );
+            assert!(
+                self.activations(&self.host(n)).is_empty(),
+                "{n} was activated"
+            );
+        }
+    }
+}
+
+/// The path of a NixOS-like host's fake generation `n`, as the host reports it.
+pub fn gen_path(n: u32) -> String {
+    format!("{HOST_STATE}/gens/{n}")
 }

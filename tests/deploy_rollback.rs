@@ -209,6 +209,10 @@ fn reboot_before_confirmation_boots_the_old_generation() {
         "booted the boot default"
     );
     assert_eq!(sys.activations(&host), ["2 test"], "no rollback was needed");
+    assert!(
+        !sys.exists(&host, LOCK),
+        "the lock was in /run: gone with the reboot"
+    );
     // The timer died with the reboot: nothing of the guard runs or fires after it.
     let units = sys.exec_ok(
         &host,

@@ -29,7 +29,6 @@ fn a_nixos_host_runs_a_real_systemd_whose_units_find_no_coreutils() {
         return;
     };
     let host = sys.nixos_host("n1");
-    eprintln!("boot of n1 until sshd listens: {:?}", sys.boot_times(&host));
     assert_eq!(
         sys.system_state(&host),
         "running",

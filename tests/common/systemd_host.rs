@@ -548,6 +548,13 @@ fn os_release(disk: &Path) {
 impl Drop for SystemdNet {
     fn drop(&mut self) {
         for m in &mut self.machines {
+            // Shown with a failing test's output (and with --nocapture): the boots' figures.
+            eprintln!(
+                "systemd host {}: {} boot(s), each until sshd listened: {:?}",
+                m.host.name,
+                m.boots.load(Ordering::SeqCst),
+                m.boot_times
+            );
             m.stop.store(true, Ordering::SeqCst);
             // Killing the container's PID 1 ends its whole pid namespace; nspawn then exits
             // and unmounts its overlay (and the supervisor, seeing `stop`, boots no more).

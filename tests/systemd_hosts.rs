@@ -165,3 +165,21 @@ fn two_hosts_boot_side_by_side_and_go_away_with_the_test() {
     }
     assert!(!disk.exists(), "{} left behind", disk.display());
 }
+
+#[test]
+fn a_power_cut_keeps_the_disk_and_loses_run() {
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
+    let host = sys.nixos_host("n1");
+    sys.exec_ok(&host, ": > /run/marker && : > /root/on-disk && sync");
+    let leader = sys.leader(&host);
+    sys.power_cycle(&host);
+    assert_eq!(sys.boots(&host), 2);
+    assert_ne!(sys.leader(&host), leader);
+    assert!(!sys.exists(&host, "/run/marker"));
+    assert!(sys.exists(&host, "/root/on-disk"));
+    assert_eq!(sys.system_state(&host), "running");
+    let r = ssh(&sys, &host, "true");
+    assert_eq!(r.code, Some(0), "SSH is back: {r}");
+}

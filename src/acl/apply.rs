@@ -2,7 +2,7 @@
 //! (local parse → lock-out guard → API validation → backup → POST with `If-Match`). Minting
 //! auth keys moved to [`crate::tailscale::authkey`].
 
-use super::check::principals::node_principals;
+use super::check::principals::{deployer_principal, node_principals, NONROOT_PROBE};
 use super::eval::Evaluator;
 use super::policy::{self, PolicyError};
 use crate::model::Fleet;
@@ -164,35 +164,38 @@ pub async fn diff(
     ))
 }
 
-/// The fleet SSH that `policy_text` would not allow: deploys from the control plane to every
-/// node as its SSH user (accept rule + port 22), and the operators' root SSH to every node
-/// (accept or check rule + port 22).
+/// The fleet SSH that `policy_text` would not allow: deploys from each deployer (fleet.yml
+/// `deployers`) to every node as its SSH user (accept rule + port 22), and the operators' SSH to
+/// every node (accept or check rule + port 22; as root when they deploy, else as a non-root user).
 pub fn lock_out(fleet: &Fleet, policy_text: &str) -> Result<Vec<String>, PolicyError> {
     let parsed = policy::parse(policy_text)?;
     let nodes = node_principals(fleet);
     let ev = Evaluator::new(&parsed.policy).with_nodes(nodes.clone());
-    let cp = fleet.control_plane();
-    let cp_p = nodes
-        .iter()
-        .find(|p| p.name == cp.name.as_str())
-        .cloned()
-        .unwrap_or_else(|| {
-            super::eval::Principal::node(cp.name.as_str(), cp.tailscale_ip, &fleet.tags_of(cp))
-        });
-    let ops = super::eval::Principal::group(&fleet.settings.operators.group);
+    let ops_group = &fleet.settings.operators.group;
+    let ops = super::eval::Principal::group(ops_group);
+    let ops_user = if fleet.settings.deployers.contains(ops_group) {
+        "root"
+    } else {
+        NONROOT_PROBE
+    };
     let mut cut = Vec::new();
     for (n, d) in fleet.nodes.iter().zip(nodes.iter()) {
-        if !ev.ssh_works(&cp_p, d, &n.ssh_user) {
-            cut.push(format!(
-                "deploys from {} to {} as {}",
-                cp.name, n.name, n.ssh_user
-            ));
+        for dep in &fleet.settings.deployers {
+            let p = deployer_principal(dep);
+            if !ev.ssh_works(&p, d, &n.ssh_user) {
+                cut.push(format!("deploys from {dep} to {} as {}", n.name, n.ssh_user));
+            }
         }
         // Operators may be asked to re-authenticate (`check`); they are cut only when denied.
-        let ops_ok = !matches!(ev.ssh(&ops, d, "root"), super::eval::SshDecision::Deny)
+        let ops_ok = !matches!(ev.ssh(&ops, d, ops_user), super::eval::SshDecision::Deny)
             && ev.reach(&ops, d, 22, policy::TCP).is_some();
         if !ops_ok {
-            cut.push(format!("{} to {} as root", ops.name, n.name));
+            let as_user = if ops_user == "root" {
+                "root"
+            } else {
+                "a non-root user"
+            };
+            cut.push(format!("{} to {} as {as_user}", ops.name, n.name));
         }
     }
     Ok(cut)

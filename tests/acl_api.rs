@@ -217,7 +217,7 @@ async fn lock_out_is_refused_unless_forced() {
         panic!("{err}")
     };
     assert!(
-        cut.contains(&"deploys from control-01 to worker-02 as root".to_string()),
+        cut.contains(&"deploys from group:operators to worker-02 as root".to_string()),
         "{cut:?}"
     );
     assert!(

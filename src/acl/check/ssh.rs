@@ -241,7 +241,11 @@ pub(super) fn ssh_needed(
                 Loc { line: 1, column: 1 },
                 format!("the policy has no \"ssh\" section, so Tailscale SSH is denied to everyone: deploys from {deployers} as root fail, and operators cannot log in"),
             )
-            .hint(format!("add ssh rules: {deployers} -> every node's tags as root; {ops} -> autogroup:nonroot (and root if they deploy)")),
+            .hint(if intents.is_deployer(ops) && intents.deploy_src.len() == 1 {
+                format!("add an ssh rule: {ops} (the deployers) -> every node's tags as root and autogroup:nonroot")
+            } else {
+                format!("add ssh rules: {deployers} -> every node's tags as root; {ops} -> autogroup:nonroot")
+            }),
         );
         return;
     };

@@ -99,7 +99,11 @@ fn check_flags_every_non_deployer_with_root_at_the_rule_line() {
         let f = check::check(&fleet, &text).unwrap();
         let o = ssh_root(&f, line, source);
         assert_eq!(o.nodes, nodes, "{o:#?}");
-        assert!(o.message.contains(&format!("(line {line})")), "{}", o.message);
+        assert!(
+            o.message.contains(&format!("(line {line})")),
+            "{}",
+            o.message
+        );
         assert!(o.message.contains("as root"), "{}", o.message);
         // the operators (the deployers) in the same rule are not reported
         assert!(
@@ -115,7 +119,8 @@ fn check_flags_every_non_deployer_with_root_at_the_rule_line() {
     );
     let f = check::check(&fleet, &text).unwrap();
     assert!(
-        !f.iter().any(|x| x.kind == FindingKind::SshRoot && x.line == line),
+        !f.iter()
+            .any(|x| x.kind == FindingKind::SshRoot && x.line == line),
         "{f:#?}"
     );
     // the control plane's old rule also fails the policy's own sshTests
@@ -174,14 +179,18 @@ fn a_deployer_tag_gets_root_and_the_operators_keep_a_non_root_login() {
         assert_eq!(ev.ssh(&ops, d, "root"), SshDecision::Deny, "{}", d.name);
         assert!(ev.ssh_works(&ops, d, "alice"), "{}", d.name);
     }
-    assert!(text.contains("\"tag:deployer\": [\"group:operators\"]"), "{text}");
+    assert!(
+        text.contains("\"tag:deployer\": [\"group:operators\"]"),
+        "{text}"
+    );
     assert!(ev.run_tests().is_empty(), "{:#?}", ev.run_tests());
     assert!(check::check(&fleet, &text).unwrap().is_empty());
     // the example policy (operators as root) is now an ssh-root finding for them
     let f = check::check(&fleet, &rendered(&example_fleet())).unwrap();
     assert!(
-        f.iter().any(|x| x.kind == FindingKind::SshRoot
-            && x.source.as_deref() == Some("group:operators")),
+        f.iter()
+            .any(|x| x.kind == FindingKind::SshRoot
+                && x.source.as_deref() == Some("group:operators")),
         "{f:#?}"
     );
     // and the lock-out guard wants the deployer tag's SSH

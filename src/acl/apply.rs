@@ -203,7 +203,10 @@ pub fn lock_out(fleet: &Fleet, policy_text: &str) -> Result<Vec<String>, PolicyE
         for dep in &fleet.settings.deployers {
             let p = deployer_principal(dep);
             if !ev.ssh_works(&p, d, &n.ssh_user) {
-                cut.push(format!("deploys from {dep} to {} as {}", n.name, n.ssh_user));
+                cut.push(format!(
+                    "deploys from {dep} to {} as {}",
+                    n.name, n.ssh_user
+                ));
             }
         }
         // Operators may be asked to re-authenticate (`check`); they are cut only when denied.

@@ -118,10 +118,7 @@ impl PolicyDiff {
     /// The diff as text: one block per principal, `-`/`+` lines for lost and gained access.
     pub fn text(&self) -> String {
         if self.is_empty() {
-            return format!(
-                "no change in access from {} to {}\n",
-                self.old, self.new
-            );
+            return format!("no change in access from {} to {}\n", self.old, self.new);
         }
         let mut o = format!("access from {} to {}:\n", self.old, self.new);
         for p in &self.principals {
@@ -130,13 +127,23 @@ impl PolicyDiff {
                 o.push_str(&format!("  - {}:{}\n", c.node, c.ports));
             }
             for c in &p.ssh_loses {
-                o.push_str(&format!("  - ssh {} as {}{}\n", c.node, c.user, check_mark(c)));
+                o.push_str(&format!(
+                    "  - ssh {} as {}{}\n",
+                    c.node,
+                    c.user,
+                    check_mark(c)
+                ));
             }
             for c in &p.gains {
                 o.push_str(&format!("  + {}:{}\n", c.node, c.ports));
             }
             for c in &p.ssh_gains {
-                o.push_str(&format!("  + ssh {} as {}{}\n", c.node, c.user, check_mark(c)));
+                o.push_str(&format!(
+                    "  + ssh {} as {}{}\n",
+                    c.node,
+                    c.user,
+                    check_mark(c)
+                ));
             }
         }
         o
@@ -198,12 +205,7 @@ fn changes(a: &Access, b: &Access, node: &str) -> Vec<PortChange> {
         .collect()
 }
 
-fn principal_diff(
-    name: &str,
-    old: &Reach,
-    new: &Reach,
-    nodes: &[Principal],
-) -> PrincipalDiff {
+fn principal_diff(name: &str, old: &Reach, new: &Reach, nodes: &[Principal]) -> PrincipalDiff {
     let mut d = PrincipalDiff {
         principal: name.to_string(),
         gains: Vec::new(),
@@ -212,8 +214,10 @@ fn principal_diff(
         ssh_loses: Vec::new(),
     };
     for (i, n) in nodes.iter().enumerate() {
-        d.gains.extend(changes(&new.access[i], &old.access[i], &n.name));
-        d.loses.extend(changes(&old.access[i], &new.access[i], &n.name));
+        d.gains
+            .extend(changes(&new.access[i], &old.access[i], &n.name));
+        d.loses
+            .extend(changes(&old.access[i], &new.access[i], &n.name));
         d.ssh_gains
             .extend(new.ssh[i].difference(&old.ssh[i]).cloned());
         d.ssh_loses
@@ -238,7 +242,13 @@ fn ssh_users(policies: &[&Policy]) -> Vec<String> {
 }
 
 /// The blast radius of replacing `old` with `new` for `fleet`'s nodes.
-pub fn diff(fleet: &Fleet, old: &Policy, new: &Policy, old_name: &str, new_name: &str) -> PolicyDiff {
+pub fn diff(
+    fleet: &Fleet,
+    old: &Policy,
+    new: &Policy,
+    old_name: &str,
+    new_name: &str,
+) -> PolicyDiff {
     let intents = intents::intents(fleet);
     let tags: BTreeSet<&String> = intents
         .all_tags

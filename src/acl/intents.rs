@@ -279,7 +279,12 @@ pub fn intents(fleet: &Fleet) -> Intents {
     let groups = sorted(
         std::iter::once(ops)
             .chain(allow_sel().filter(|a| a.starts_with("group:")).cloned())
-            .chain(deployers.iter().filter(|d| d.starts_with("group:")).cloned()),
+            .chain(
+                deployers
+                    .iter()
+                    .filter(|d| d.starts_with("group:"))
+                    .cloned(),
+            ),
     );
     Intents {
         net,

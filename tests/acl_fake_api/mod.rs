@@ -111,7 +111,10 @@ fn validate(text: &str) -> Option<(u16, serde_json::Value)> {
         .into_iter()
         .map(|(user, errors)| serde_json::json!({"user": user, "errors": errors}))
         .collect();
-    Some((200, serde_json::json!({"message": "test(s) failed", "data": data})))
+    Some((
+        200,
+        serde_json::json!({"message": "test(s) failed", "data": data}),
+    ))
 }
 
 fn handle(st: &mut State, req: &mut tiny_http::Request) -> (u16, Vec<(String, String)>, String) {

@@ -199,7 +199,9 @@ pub fn check(fleet: &Fleet, text: &str) -> Result<Vec<Finding>, PolicyError> {
         fleet, policy, &rendered, &intents, &have, &mut want, &idents, &nodes, &mut out,
     );
     ssh_over_grants(fleet, policy, &have, &want_ev, &idents, &nodes, &mut out);
-    ssh_root(fleet, policy, &have, &want_ev, &intents, &idents, &nodes, &mut out);
+    ssh_root(
+        fleet, policy, &have, &want_ev, &intents, &idents, &nodes, &mut out,
+    );
 
     // SSH for deploys and operators.
     ssh_needed(fleet, policy, &have, &intents, &nodes, &mut out);

@@ -225,3 +225,33 @@ fn deployers_are_validated() {
         assert!(all.contains(why), "{value}: {all}");
     }
 }
+
+#[test]
+fn every_kind_of_deployer_is_rendered_tested_and_clean() {
+    let (_d, fleet) =
+        with_fleet_yml(|s| s + "deployers: [group:operators, tag:deployer, alice@example.com]\n");
+    let text = rendered(&fleet);
+    let p = policy::parse(&text).unwrap().policy;
+    let nodes = node_principals(&fleet);
+    let ev = Evaluator::new(&p).with_nodes(nodes.clone());
+    for who in [
+        Principal::group("group:operators"),
+        Principal::tag("tag:deployer"),
+        Principal::user("alice@example.com", &p),
+    ] {
+        for d in &nodes {
+            assert!(ev.ssh_works(&who, d, "root"), "{} -> {}", who.name, d.name);
+        }
+    }
+    // the policy's own tests say so, for each deployer, and deny the control plane root
+    for line in [
+        r#"{"src": "alice@example.com", "dst": ["tag:control-plane", "tag:worker"], "accept": ["root"], "deny": []}"#,
+        r#"{"src": "tag:deployer", "dst": ["tag:control-plane", "tag:worker"], "accept": ["root"], "deny": []}"#,
+        r#"{"src": "tag:control-plane", "dst": ["tag:control-plane", "tag:worker"], "accept": [], "deny": ["root"]}"#,
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
+    assert!(ev.run_tests().is_empty(), "{:#?}", ev.run_tests());
+    assert!(check::check(&fleet, &text).unwrap().is_empty());
+    assert!(apply::lock_out(&fleet, &text).unwrap().is_empty());
+}

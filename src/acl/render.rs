@@ -205,7 +205,15 @@ pub fn render(fleet: &Fleet, sources: &str) -> Rendered {
         one_line(&intents.deploy_src.join(", "))
     ));
     o.push_str("  \"sshTests\": [\n");
-    for ident in intents.identities() {
+    // Every tag and group, and each login listed as a deployer.
+    let ssh_idents = intents.identities().into_iter().chain(
+        intents
+            .deploy_src
+            .iter()
+            .filter(|d| d.contains('@'))
+            .cloned(),
+    );
+    for ident in ssh_idents {
         let users: BTreeSet<&String> = intents
             .ssh
             .iter()

@@ -100,7 +100,10 @@ async fn set_validates_backs_up_then_posts_with_if_match() {
         &example_fleet(),
         dir.path(),
         &new,
-        &SetOptions::default(),
+        &SetOptions {
+            yes: true, // from allow-all: everyone loses access
+            ..SetOptions::default()
+        },
     )
     .await
     .unwrap();
@@ -176,7 +179,10 @@ async fn a_race_gives_412_and_writes_nothing() {
         &example_fleet(),
         dir.path(),
         &rendered(),
-        &SetOptions::default(),
+        &SetOptions {
+            yes: true, // from allow-all: everyone loses access
+            ..SetOptions::default()
+        },
     )
     .await
     .unwrap_err();
@@ -217,7 +223,7 @@ async fn lock_out_is_refused_unless_forced() {
         panic!("{err}")
     };
     assert!(
-        cut.contains(&"deploys from control-01 to worker-02 as root".to_string()),
+        cut.contains(&"deploys from group:operators to worker-02 as root".to_string()),
         "{cut:?}"
     );
     assert!(
@@ -233,7 +239,10 @@ async fn lock_out_is_refused_unless_forced() {
         &fleet,
         dir.path(),
         NO_SSH,
-        &SetOptions { force: true },
+        &SetOptions {
+            force: true,
+            yes: true,
+        },
     )
     .await
     .unwrap();
@@ -255,7 +264,10 @@ async fn validation_errors_come_back_with_their_details() {
         &example_fleet(),
         dir.path(),
         &drifted,
-        &SetOptions::default(),
+        &SetOptions {
+            yes: true, // from allow-all: everyone loses access
+            ..SetOptions::default()
+        },
     )
     .await
     .unwrap_err();
@@ -364,7 +376,7 @@ fn cli_get_diff_set_keep_the_token_out_of_argv_output_and_files() {
 
     // diff against the rendered policy: differs, exit 1
     let out = cli(&fake, fleet.path())
-        .args(["acl", "diff"])
+        .args(["acl", "diff", "--text"])
         .env("TS_API_KEY", token())
         .output()
         .unwrap();
@@ -389,9 +401,9 @@ fn cli_get_diff_set_keep_the_token_out_of_argv_output_and_files() {
     assert!(fake.state().seen.is_empty());
     all_output += &err;
 
-    // the rendered policy goes through
+    // the rendered policy goes through (with --yes: everyone loses the allow-all)
     let out = cli(&fake, fleet.path())
-        .args(["acl", "set", "--token-file"])
+        .args(["acl", "set", "--yes", "--token-file"])
         .arg(&token_file)
         .output()
         .unwrap();

@@ -15,6 +15,23 @@ pub(super) struct RawSettings<'y> {
     pub(super) nats_url_given: bool,
 }
 
+/// What a `deployers` entry may be.
+const DEPLOYER_EXPECTED: &str =
+    "a group like `group:operators`, a tag like `tag:deployer`, or a login like alice@example.com";
+
+/// A `deployers` entry: a group, a tag or a login (Tailscale SSH sources that name someone).
+fn check_deployer(s: &str) -> Result<String, InvalidValue> {
+    if s.starts_with("group:") {
+        check_group(s)
+    } else if s.starts_with("tag:") {
+        Tag::parse(s).map(|t| t.to_string())
+    } else if s.contains('@') {
+        check_login(s)
+    } else {
+        Err("not a group, tag or login (autogroups and `*` would give root to too many)".into())
+    }
+}
+
 pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSettings<'y>> {
     let f = cx.fields(
         root,
@@ -25,6 +42,7 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
             "control_plane_port",
             "tailnet",
             "operators",
+            "deployers",
             "ntfy",
             "fleet",
             "state_version",
@@ -149,6 +167,39 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
             ok = false;
         }
     }
+    let deployers = match f.get("deployers") {
+        None => vec![operators.group.clone()],
+        Some(v) => {
+            let mut out = std::collections::BTreeSet::new();
+            let items = cx.list(v, "deployers", DEPLOYER_EXPECTED);
+            if items.is_none() {
+                ok = false;
+            }
+            for (i, item) in items.unwrap_or(&[]).iter().enumerate() {
+                match cx.checked(
+                    item,
+                    &format!("deployers[{i}]"),
+                    DEPLOYER_EXPECTED,
+                    check_deployer,
+                ) {
+                    Some(d) => {
+                        out.insert(d);
+                    }
+                    None => ok = false,
+                }
+            }
+            if ok && out.is_empty() {
+                cx.err(
+                    v,
+                    "deployers",
+                    "empty: nobody could deploy".to_string(),
+                    Some(DEPLOYER_EXPECTED.into()),
+                );
+                ok = false;
+            }
+            out.into_iter().collect()
+        }
+    };
     let mut ntfy = NtfySettings {
         topic: "fleet-alerts".into(),
         port: 8090,
@@ -259,6 +310,7 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
             control_plane_port,
             tailnet,
             operators,
+            deployers,
             failure,
             ntfy,
             state_version,

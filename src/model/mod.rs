@@ -345,6 +345,9 @@ pub struct Settings {
     pub tailnet: String,
     /// Operators.
     pub operators: Operators,
+    /// Who may Tailscale-SSH as root to the nodes (fleet.yml `deployers`): the operators' group
+    /// by default; groups, tags (e.g. `tag:deployer` for a CI runner) or logins. Sorted.
+    pub deployers: Vec<String>,
     /// Failure handling.
     pub failure: FailureSettings,
     /// Alerts.

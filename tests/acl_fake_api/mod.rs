@@ -77,22 +77,44 @@ fn json(status: u16, body: serde_json::Value) -> (u16, Vec<(String, String)>, St
     )
 }
 
-/// Validates a policy the way the fake server does: the library's parser (unknown fields are
-/// errors, as on the real server) and the policy's own tests.
-fn validate(text: &str) -> Option<serde_json::Value> {
+/// Validates a policy the way the fake server does: the library's parser (an unknown field is
+/// HTTP 400 `json: unknown field "X"`, as the server decodes strictly; other problems 200 with a
+/// `message`) and the policy's own tests (200 with `{"message": "test(s) failed", "data":
+/// [{"user": <test src>, "errors": ["address \"…\": want: Accept, got: Drop"]}]}`).
+fn validate(text: &str) -> Option<(u16, serde_json::Value)> {
     let parsed = match policy::parse(text) {
         Ok(p) => p,
-        Err(e) => return Some(serde_json::json!({"message": e.to_string()})),
+        Err(e) => return Some((400, serde_json::json!({"message": e.to_string()}))),
     };
     if let Some(i) = parsed.issues.first() {
-        return Some(serde_json::json!({"message": i.message}));
+        if i.kind == policy::IssueKind::UnknownField {
+            // `… "name" is not a field …`
+            let field = i.message.split('"').nth(1).unwrap_or("");
+            return Some((
+                400,
+                serde_json::json!({"message": format!("json: unknown field {field:?}")}),
+            ));
+        }
+        return Some((200, serde_json::json!({"message": i.message})));
     }
     let failures = Evaluator::new(&parsed.policy).run_tests();
     if failures.is_empty() {
         return None;
     }
-    let errors: Vec<String> = failures.iter().map(|f| f.message.clone()).collect();
-    Some(serde_json::json!({"message": "test(s) failed", "data": [{"user": "", "errors": errors}]}))
+    let mut by_src: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for f in &failures {
+        let prefix = format!("{}: ", f.src);
+        let e = f.message.strip_prefix(&prefix).unwrap_or(&f.message);
+        by_src.entry(&f.src).or_default().push(e.to_string());
+    }
+    let data: Vec<serde_json::Value> = by_src
+        .into_iter()
+        .map(|(user, errors)| serde_json::json!({"user": user, "errors": errors}))
+        .collect();
+    Some((
+        200,
+        serde_json::json!({"message": "test(s) failed", "data": data}),
+    ))
 }
 
 fn handle(st: &mut State, req: &mut tiny_http::Request) -> (u16, Vec<(String, String)>, String) {
@@ -155,7 +177,7 @@ fn handle(st: &mut State, req: &mut tiny_http::Request) -> (u16, Vec<(String, St
             }
             match validate(&body) {
                 None => (200, vec![], String::new()),
-                Some(err) => json(200, err),
+                Some((status, err)) => json(status, err),
             }
         }
         ("POST", "/api/v2/tailnet/-/acl") => {
@@ -183,7 +205,7 @@ fn handle(st: &mut State, req: &mut tiny_http::Request) -> (u16, Vec<(String, St
                     );
                 }
             }
-            if let Some(err) = validate(&body) {
+            if let Some((_, err)) = validate(&body) {
                 return json(400, err);
             }
             st.policy = body;

@@ -4,15 +4,17 @@
 //! tests start a real nats-server with — with the passwords in the unit's environment, loaded from
 //! the age secret `secrets/<control-plane>/nats-server-env.age`. It also enables the
 //! router (`nix/modules/fleet-router.nix`, part of fleetnix's `nixosModules.default`), with its password from
-//! `secrets/<control-plane>/nats-router-password.age` and the fleet settings from `fleet/`.
+//! `secrets/<control-plane>/nats-router-password.age` and the fleet settings from `fleet/`, and
+//! decrypts the supervisors' password (`nats-supervisor-password.age`) for the units that run them.
 
 use super::{render_nix, RenderError};
 use crate::bus::conf::is_var_name;
-use crate::bus::creds::{router_password_file, server_env_file};
+use crate::bus::creds::{server_env_file, service_password_file};
+use crate::bus::users::Service;
 use crate::bus::{BusError, ServerPlan};
 use crate::fsutil::write_atomic;
 use crate::spec::host_port;
-use crate::spec::secrets::{ROUTER_SECRET, SERVER_ENV_SECRET};
+use crate::spec::secrets::SERVER_ENV_SECRET;
 use std::path::{Path, PathBuf};
 
 /// Where the module goes, relative to the repository root.
@@ -127,14 +129,20 @@ pub(crate) fn render_with(
         &env_file.trim_start_matches("secrets").to_string(),
     );
     cx.insert("store_dir", &plan.store_dir);
-    cx.insert("router_user", &plan.router.user);
-    cx.insert("router_secret", ROUTER_SECRET);
     cx.insert(
-        "router_secret_file",
-        &router_password_file(&plan.server_name)
-            .trim_start_matches("secrets")
-            .to_string(),
+        "services",
+        &plan.services.iter().map(|u| u.user.clone()).collect::<Vec<_>>(),
     );
+    for (prefix, service) in [("router", Service::Router), ("supervisor", Service::Supervisor)] {
+        cx.insert(format!("{prefix}_user"), service.user());
+        cx.insert(format!("{prefix}_secret"), service.secret_kind().name());
+        cx.insert(
+            format!("{prefix}_secret_file"),
+            &service_password_file(&plan.server_name, service)
+                .trim_start_matches("secrets")
+                .to_string(),
+        );
+    }
     cx.insert(
         "nats_url",
         &format!("nats://{}", host_port(&plan.host, plan.port)),

@@ -4,8 +4,8 @@ mod bus_support;
 mod common;
 
 use bus_support::{Behaviour, NatsServer};
-use fleetnix::bus::users::Service;
 use common::{example_fleet, fleetnix_bin, repo};
+use fleetnix::bus::users::Service;
 use std::process::Output;
 use std::time::Duration;
 

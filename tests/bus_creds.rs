@@ -18,10 +18,16 @@ fn files_follow_the_layout_and_the_env_file_round_trips() {
         layout,
         [
             ("secrets/control-01/nats-password.age", "control-01"),
-            ("secrets/control-01/nats-registry-password.age", "control-01"),
+            (
+                "secrets/control-01/nats-registry-password.age",
+                "control-01"
+            ),
             ("secrets/control-01/nats-router-password.age", "control-01"),
             ("secrets/control-01/nats-server-env.age", "control-01"),
-            ("secrets/control-01/nats-supervisor-password.age", "control-01"),
+            (
+                "secrets/control-01/nats-supervisor-password.age",
+                "control-01"
+            ),
             ("secrets/worker-01/nats-password.age", "worker-01"),
             ("secrets/worker-02/nats-password.age", "worker-02"),
         ]

@@ -81,7 +81,10 @@ fn each_node_reads_its_own_password_and_the_control_plane_reads_the_environment(
     let fleet = s.t.fleet();
     let out = secrets::set_nats(&fleet, &s.t.root, &s.op_age).unwrap();
     assert_eq!(out.generated, ["control-01", "worker-01", "worker-02"]);
-    assert_eq!(out.services_generated, ["_registry", "_router", "_supervisor"]);
+    assert_eq!(
+        out.services_generated,
+        ["_registry", "_router", "_supervisor"]
+    );
     assert!(out.kept.is_empty());
     assert!(out.report.skipped.is_empty());
     let written: Vec<&str> = out.report.written.iter().map(|w| w.file.as_str()).collect();
@@ -107,10 +110,9 @@ fn each_node_reads_its_own_password_and_the_control_plane_reads_the_environment(
         ("supervisor", "NATS_SUPERVISOR_PASSWORD"),
         ("registry", "NATS_REGISTRY_PASSWORD"),
     ] {
-        let file = s
-            .t
-            .root
-            .join(format!("secrets/control-01/nats-{service}-password.age"));
+        let file =
+            s.t.root
+                .join(format!("secrets/control-01/nats-{service}-password.age"));
         let pw = age_decrypt(&s.hosts["control-01"], &file).unwrap();
         assert_eq!(env.get(var), Some(&pw), "{var}");
         assert_eq!(age_decrypt(&s.op_ssh, &file).unwrap(), pw);
@@ -492,8 +494,8 @@ fn migration_from_an_old_style_secrets_dir_adds_the_service_passwords_and_keeps_
     assert_eq!(
         written,
         [
-            "secrets/control-01/nats-server-env.age",
             "secrets/control-01/nats-registry-password.age",
+            "secrets/control-01/nats-server-env.age",
             "secrets/control-01/nats-supervisor-password.age",
         ]
     );
@@ -520,10 +522,9 @@ fn migration_from_an_old_style_secrets_dir_adds_the_service_passwords_and_keeps_
         ("supervisor", "NATS_SUPERVISOR_PASSWORD"),
         ("registry", "NATS_REGISTRY_PASSWORD"),
     ] {
-        let file = s
-            .t
-            .root
-            .join(format!("secrets/control-01/nats-{service}-password.age"));
+        let file =
+            s.t.root
+                .join(format!("secrets/control-01/nats-{service}-password.age"));
         let pw = age_decrypt(&s.hosts["control-01"], &file).unwrap();
         assert!(fleetnix::bus::creds::is_valid_password(&pw));
         assert_eq!(env.get(var), Some(&pw), "{var}");

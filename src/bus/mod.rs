@@ -379,11 +379,7 @@ pub fn server_plan(fleet: &Fleet) -> Result<ServerPlan, BusError> {
             control_plane: cp.name.clone(),
         });
     }
-    let mut users: Vec<BusUser> = fleet
-        .nodes
-        .iter()
-        .map(BusUser::for_node)
-        .collect();
+    let mut users: Vec<BusUser> = fleet.nodes.iter().map(BusUser::for_node).collect();
     users.sort_by(|a, b| a.user.cmp(&b.user));
     Ok(ServerPlan {
         server_name: cp.name.clone(),

@@ -13,8 +13,8 @@
 //! (`NATS_PASSWORD_<NODE>`) either.
 
 use super::{
-    inbox_prefix_of, kv_read_subjects, kv_write_subjects, Permissions, HEALTH_BUCKET,
-    NODES_BUCKET, ROUTER_QUEUE,
+    inbox_prefix_of, kv_read_subjects, kv_write_subjects, Permissions, HEALTH_BUCKET, NODES_BUCKET,
+    ROUTER_QUEUE,
 };
 use crate::spec::secrets::SecretKind;
 use serde::Serialize;

@@ -3,8 +3,8 @@
 
 use super::bus::{password, url, Conn};
 use super::{runtime, CliError, CmdResult, Ctx, Outcome};
-use fleetnix::bus::{self, dispatch as d, registry};
 use fleetnix::bus::users::Service;
+use fleetnix::bus::{self, dispatch as d, registry};
 use fleetnix::secrets::SecretId;
 use std::time::Duration;
 

@@ -131,9 +131,16 @@ pub(crate) fn render_with(
     cx.insert("store_dir", &plan.store_dir);
     cx.insert(
         "services",
-        &plan.services.iter().map(|u| u.user.clone()).collect::<Vec<_>>(),
+        &plan
+            .services
+            .iter()
+            .map(|u| u.user.clone())
+            .collect::<Vec<_>>(),
     );
-    for (prefix, service) in [("router", Service::Router), ("supervisor", Service::Supervisor)] {
+    for (prefix, service) in [
+        ("router", Service::Router),
+        ("supervisor", Service::Supervisor),
+    ] {
         cx.insert(format!("{prefix}_user"), service.user());
         cx.insert(format!("{prefix}_secret"), service.secret_kind().name());
         cx.insert(

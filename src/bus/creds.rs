@@ -113,8 +113,8 @@ impl BusCredentials {
     pub fn fill_services(&mut self) -> Vec<Service> {
         let mut added = Vec::new();
         for s in Service::ALL {
-            if !self.services.contains_key(&s) {
-                self.services.insert(s, generate_password());
+            if let std::collections::btree_map::Entry::Vacant(e) = self.services.entry(s) {
+                e.insert(generate_password());
                 added.push(s);
             }
         }

@@ -11,7 +11,8 @@ use std::time::Duration;
 /// `fleetnix node …`.
 #[derive(Debug, clap::Subcommand)]
 pub enum NodeCommand {
-    /// Register the fleet's nodes in the control plane's `fleet-nodes` bucket (idempotent).
+    /// Register the fleet's nodes in the control plane's `fleet-nodes` bucket (idempotent), as
+    /// NATS user `_registry` (its password: secrets/<control plane>/nats-registry-password.age).
     Sync(NodeSyncArgs),
 }
 

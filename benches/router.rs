@@ -171,8 +171,11 @@ fn main() {
     rt.block_on(async {
         let fleet = example_fleet();
         let server = NatsServer::start(&fleet);
-        let supervisor = server.connect("control-01").await;
-        registry::sync(&async_nats::jetstream::new(supervisor.clone()), &fleet)
+        // Asking the router is `_supervisor`'s; sending tasks directly is the router user's
+        // (`dispatch --direct`); registering is `_registry`'s.
+        let supervisor = server.connect_supervisor().await;
+        let direct = server.connect_router().await;
+        registry::sync(&async_nats::jetstream::new(server.connect_registry().await), &fleet)
             .await
             .expect("node sync");
         let mut config =
@@ -206,13 +209,13 @@ fn main() {
         wait_ready(&supervisor).await;
         // Warm-up.
         for i in 0..500 {
-            one(&supervisor, Mode::Direct, i).await;
+            one(&direct, Mode::Direct, i).await;
             one(&supervisor, Mode::Router, i).await;
         }
-        let (d_med, d_p99) = latency(&supervisor, Mode::Direct).await;
+        let (d_med, d_p99) = latency(&direct, Mode::Direct).await;
         let (r_med, r_p99) = latency(&supervisor, Mode::Router).await;
         let (d_thr, d_cpu, d_srv, _) =
-            throughput(&supervisor, Mode::Direct, server.pid(), None).await;
+            throughput(&direct, Mode::Direct, server.pid(), None).await;
         let (r_thr, r_cpu, r_srv, _) =
             throughput(&supervisor, Mode::Router, server.pid(), None).await;
         let per_lane: Vec<u64> = router.lane_stats().iter().map(|l| l.requests).collect();

@@ -87,6 +87,14 @@ fn the_example_nodes_evaluate_to_their_plans() {
     assert!(!values["worker-01"]
         .age_secrets
         .contains_key("nats-server-env"));
+    // The supervisors' password is decrypted on the control plane for a supervisor's unit;
+    // node sync's is not decrypted on any host (the operator runs it).
+    assert!(values["control-01"]
+        .age_secrets
+        .contains_key("nats-supervisor-password"));
+    assert!(!values["control-01"]
+        .age_secrets
+        .contains_key("nats-registry-password"));
 }
 
 /// One node of a test fleet.

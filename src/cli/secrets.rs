@@ -149,8 +149,11 @@ fn set_nats(ctx: &Ctx, fleet: &fleetnix::model::Fleet, args: SetNatsArgs) -> Cmd
         out.report.written.len(),
         out.report.unchanged.len()
     );
-    if out.router_generated {
-        println!("router password: new");
+    if !out.services_generated.is_empty() {
+        println!(
+            "new service password(s): {}",
+            out.services_generated.join(", ")
+        );
     }
     if out.report.skipped.is_empty() {
         Ok(Outcome::Ok)

@@ -7,7 +7,8 @@ node by the fleet's ``failover_strategy``, health and ``preferred_model``, and f
 Connection settings come from the arguments or the environment:
 
 - ``FLEETNIX_NATS_URL`` (e.g. ``nats://100.64.0.1:4222``),
-- ``FLEETNIX_NATS_USER`` (the supervisor's NATS user),
+- ``FLEETNIX_NATS_USER`` (the NATS user; default ``_supervisor``, the supervisors' own user, which may
+  only ask the router: ``fleet.dispatch.>`` and its own inbox),
 - ``FLEETNIX_NATS_PASSWORD`` or ``FLEETNIX_NATS_PASSWORD_FILE`` (never put it in a URL).
 
 Every failure is a :class:`DispatchError` with a ``code`` and the call's ``task_id``; every wait
@@ -42,6 +43,10 @@ __all__ = [
     "langgraph_tool",
     "tool_error_text",
 ]
+
+#: The supervisors' NATS user (``fleet.dispatch.>`` and ``_INBOX._supervisor.>`` only); its password
+#: is ``secrets/<control-plane>/nats-supervisor-password.age``.
+DEFAULT_USER = "_supervisor"
 
 STATUS_HEADER = "Fleet-Status"
 NODE_HEADER = "Fleet-Node"
@@ -221,11 +226,9 @@ async def _dispatch(
         headers[MODEL_HEADER] = model
 
     url = nats_url or os.environ.get("FLEETNIX_NATS_URL")
-    user = user or os.environ.get("FLEETNIX_NATS_USER")
-    if not url or not user:
-        raise DispatchError(
-            "no NATS URL or user: pass nats_url=/user= or set FLEETNIX_NATS_URL/_USER", code="config"
-        )
+    user = user or os.environ.get("FLEETNIX_NATS_USER") or DEFAULT_USER
+    if not url:
+        raise DispatchError("no NATS URL: pass nats_url= or set FLEETNIX_NATS_URL", code="config")
     if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
         raise DispatchError("the NATS URL carries credentials; pass the password separately", code="config")
     _check_user(user)

@@ -265,3 +265,29 @@ def test_too_large_and_unanswered_requests(fleet, capfd):
 
     asyncio.run(main())
     assert capfd.readouterr().err == ""
+
+
+def test_the_default_user_is_the_supervisors_and_the_control_planes_agent_may_not_dispatch(fleet, monkeypatch):
+    """Issue 21: supervisors have their own NATS user, `_supervisor`, the client's default; the
+    control plane's node user is an ordinary agent's and the server refuses it the dispatch subject."""
+    async def main():
+        stop = asyncio.Event()
+        worker = asyncio.create_task(run_worker(fleet["url"], fleet["pw"]["worker-01"], "worker-01",
+                                                "kg-writer", stop))
+        try:
+            monkeypatch.delenv("FLEETNIX_NATS_USER", raising=False)
+            conn = {"nats_url": fleet["url"], "password": fleet["pw"]["_supervisor"]}
+            r = await first_dispatch({"n": 1}, "kg-writer", conn)
+            assert r.node == "worker-01"
+            # FLEETNIX_NATS_USER still chooses another user: here the control plane's agent.
+            monkeypatch.setenv("FLEETNIX_NATS_USER", "control-01")
+            with pytest.raises(DispatchError) as e:
+                await dispatch_to_worker_async({}, "kg-writer", timeout=10, nats_url=fleet["url"],
+                                               password=fleet["pw"]["control-01"])
+            assert e.value.code == "denied", e.value
+            assert "control-01" in str(e.value)
+        finally:
+            stop.set()
+            await worker
+
+    asyncio.run(main())

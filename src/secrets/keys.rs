@@ -246,7 +246,8 @@ pub(super) fn encrypt(recipients: &[Recipient], plaintext: &[u8]) -> Result<Vec<
 }
 
 /// Checks an auth key given as bytes and returns it as a secret: surrounding whitespace is
-/// trimmed; it must be non-empty, UTF-8, and contain no whitespace or control characters.
+/// trimmed; it must be non-empty, UTF-8, and contain no whitespace or control characters, and be
+/// a pre-auth key or an OAuth client secret ([`crate::model::enrolment_kind`]).
 /// `origin` (e.g. "standard input") names where it came from in errors; the key never appears.
 pub fn parse_authkey(bytes: &[u8], origin: &str) -> Result<Secret, SecretsError> {
     let trimmed = bytes.trim_ascii();
@@ -268,6 +269,12 @@ pub fn parse_authkey(bytes: &[u8], origin: &str) -> Result<Secret, SecretsError>
     if text.len() > MAX_AUTHKEY_BYTES {
         return Err(malformed("is too long"));
     }
+    // Only enrolment credentials: an API token (or anything unknown) is refused with what to
+    // use instead.
+    crate::model::enrolment_kind(text).map_err(|reason| SecretsError::WrongCredential {
+        origin: origin.to_string(),
+        reason,
+    })?;
     // Exact capacity, so turning it into a boxed str does not reallocate and leave a copy.
     let mut s = String::with_capacity(text.len());
     s.push_str(text);

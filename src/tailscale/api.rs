@@ -79,6 +79,10 @@ pub enum ApiError {
         /// `data[].errors`, prefixed with their `user`.
         details: Vec<String>,
     },
+    /// fleetnix refused before asking the API (e.g. minting a pre-auth key for a fleet that
+    /// enrols with an OAuth client secret).
+    #[error("{0}")]
+    NotAsked(String),
     /// An unexpected answer.
     #[error("unexpected answer from the Tailscale API ({status}) for {url}: {message}")]
     Unexpected {

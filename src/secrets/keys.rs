@@ -348,14 +348,28 @@ mod tests {
         let e = parse_authkey(two.as_bytes(), "f").unwrap_err().to_string();
         assert!(!e.contains(&k), "{e}");
         assert!(e.contains("whitespace"), "{e}");
+        let token = format!("tskey-api-{}", "FAKE0123");
+        let e = parse_authkey(token.as_bytes(), "$TAILSCALE_AUTHKEY")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("API access token") && e.contains("TS_API_KEY") && !e.contains("FAKE0123"),
+            "{e}"
+        );
+        let e = parse_authkey(b"hunter2", "f").unwrap_err().to_string();
+        assert!(e.contains("neither a pre-auth key"), "{e}");
     }
 
     #[test]
     fn read_authkey_limits_length() {
-        let long = vec![b'a'; 3 * MAX_AUTHKEY_BYTES];
-        assert!(read_authkey(&long[..], "x").is_err());
-        let ok = vec![b'a'; MAX_AUTHKEY_BYTES];
-        assert!(read_authkey(&ok[..], "x").is_ok());
+        let key = |len: usize| {
+            let mut k = b"tskey-auth-k1-".to_vec();
+            k.resize(len, b'a');
+            k
+        };
+        assert!(read_authkey(&key(3 * MAX_AUTHKEY_BYTES)[..], "x").is_err());
+        assert!(read_authkey(&key(MAX_AUTHKEY_BYTES)[..], "x").is_ok());
+        assert!(read_authkey(&key(MAX_AUTHKEY_BYTES + 1)[..], "x").is_err());
     }
 
     #[test]

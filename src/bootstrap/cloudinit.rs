@@ -191,12 +191,12 @@ pub async fn make(
         _ => {}
     }
     // The fleet's enrolment kind: a client secret gets ?ephemeral=false&preauthorized=true.
-    let up_key = plan
-        .enrolment_key(&resolved.key)
-        .map_err(|reason| CloudInitError::Credential {
-            node: plan.name.to_string(),
-            reason,
-        })?;
+    let up_key =
+        plan.enrolment_key(&resolved.key)
+            .map_err(|reason| CloudInitError::Credential {
+                node: plan.name.to_string(),
+                reason,
+            })?;
     drop(resolved);
     let key = AuthKey::parse(up_key.expose())?;
     drop(up_key);

@@ -91,7 +91,9 @@ pub enum CredentialError {
     #[error("is an API access token (tskey-api-…), not an auth key: give the token as TS_API_KEY or --token-file (then `fleetnix authkey mint NODE` stores a one-off pre-auth key), or create a pre-auth key (tskey-auth-…) in the admin console (Settings → Keys)")]
     ApiToken,
     /// Not a known kind.
-    #[error("is neither a pre-auth key (tskey-auth-…) nor an OAuth client secret (tskey-client-…)")]
+    #[error(
+        "is neither a pre-auth key (tskey-auth-…) nor an OAuth client secret (tskey-client-…)"
+    )]
     Unknown,
     /// A client secret that carries its own `?…` parameters.
     #[error("is an OAuth client secret with `?…` parameters: store the secret alone; fleetnix appends ?ephemeral=false&preauthorized=true itself")]
@@ -227,8 +229,13 @@ mod tests {
 
     #[test]
     fn api_tokens_are_refused_with_what_to_use() {
-        let e = enrolment_kind(&k(API_TOKEN_PREFIX)).unwrap_err().to_string();
-        assert!(e.contains("TS_API_KEY") && e.contains("authkey mint"), "{e}");
+        let e = enrolment_kind(&k(API_TOKEN_PREFIX))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("TS_API_KEY") && e.contains("authkey mint"),
+            "{e}"
+        );
         assert!(!e.contains("FAKEFAKE"), "{e}");
     }
 

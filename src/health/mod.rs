@@ -13,6 +13,7 @@
 //! [`watch`] repeats sweeps at an interval, tracks state changes and alerts on them.
 
 pub mod alert;
+pub mod enrolment;
 pub mod status;
 pub mod watch;
 

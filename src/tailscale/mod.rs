@@ -2,11 +2,13 @@
 //!
 //! - [`cli`]: the local `tailscale` CLI (`tailscale status --json`), re-exported here;
 //! - [`api`]: the Tailscale API v2 client (policy file, auth keys);
+//! - [`devices`]: the API's device records and auth-key metadata;
 //! - [`authkey`]: minting a node's auth key through the API, and storing a minted key straight
 //!   into its age secret (where a key comes from is [`crate::secrets::source::KeySource`]).
 
 pub mod api;
 pub mod authkey;
 pub mod cli;
+pub mod devices;
 
 pub use cli::*;

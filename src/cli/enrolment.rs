@@ -26,7 +26,8 @@ fn print(r: &EnrolmentReport) {
             n.credential.clone(),
             n.key_id.clone().unwrap_or_else(dash),
             n.key_expires.clone().unwrap_or_else(dash),
-            n.key_valid.map_or_else(dash, |v| if v { "yes" } else { "no" }.into()),
+            n.key_valid
+                .map_or_else(dash, |v| if v { "yes" } else { "no" }.into()),
             if n.joined { "yes" } else { "no" }.into(),
             n.node_key_expires.clone().unwrap_or_else(dash),
             match &n.can_log_in {

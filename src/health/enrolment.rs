@@ -22,8 +22,12 @@ use serde::Serialize;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-/// How far ahead "today" looks: a key or node key expiring within this is treated as expired.
+/// How far ahead "today" looks for node keys: one expiring within this must log in today.
 pub const HORIZON: Duration = Duration::from_secs(24 * 3600);
+
+/// A pre-auth key expiring within this is treated as expired: the margin for the deploy that
+/// brings it to the node (`fleetnix authkey mint`'s one-hour keys pass).
+pub const KEY_MARGIN: Duration = Duration::from_secs(10 * 60);
 
 /// What the node's `.age` secret holds, as far as can be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,8 +151,8 @@ pub fn fix_for(auth: TailscaleAuth, node: &NodeName) -> String {
     }
 }
 
-fn expires_within(ts: &str, now: SystemTime) -> Option<bool> {
-    parse_time(ts).map(|t| t <= now + HORIZON)
+fn expires_within(ts: &str, now: SystemTime, within: Duration) -> Option<bool> {
+    parse_time(ts).map(|t| t <= now + within)
 }
 
 fn can_log_in(auth: TailscaleAuth, f: &NodeFacts, now: SystemTime) -> CanLogIn {
@@ -172,8 +176,8 @@ fn can_log_in(auth: TailscaleAuth, f: &NodeFacts, now: SystemTime) -> CanLogIn {
                 "its pre-auth key is invalid (expired, revoked or already used; expiry {})",
                 if k.expires.is_empty() { "unknown" } else { &k.expires }
             )),
-            KeyCheck::Found(k) => match expires_within(&k.expires, now) {
-                Some(true) => CanLogIn::No(format!("its pre-auth key expires {} (within a day)", k.expires)),
+            KeyCheck::Found(k) => match expires_within(&k.expires, now, KEY_MARGIN) {
+                Some(true) => CanLogIn::No(format!("its pre-auth key expired (or expires within minutes): {}", k.expires)),
                 Some(false) => CanLogIn::Yes,
                 None => CanLogIn::Unknown("the API gave no expiry for its pre-auth key".into()),
             },
@@ -205,7 +209,7 @@ pub fn assess(fleet: &Fleet, facts: &[NodeFacts], now: SystemTime) -> EnrolmentR
         let (key_expires, key_valid) = match &f.key {
             KeyCheck::Found(k) => (
                 (!k.expires.is_empty()).then(|| k.expires.clone()),
-                Some(!k.invalid && expires_within(&k.expires, now) != Some(true)),
+                Some(!k.invalid && expires_within(&k.expires, now, KEY_MARGIN) != Some(true)),
             ),
             KeyCheck::Gone => (None, Some(false)),
             _ => (None, None),
@@ -226,7 +230,7 @@ pub fn assess(fleet: &Fleet, facts: &[NodeFacts], now: SystemTime) -> EnrolmentR
                 Some(d) if !d.key_expiry_disabled => d
                     .node_key_expires
                     .as_deref()
-                    .and_then(|t| expires_within(t, now))
+                    .and_then(|t| expires_within(t, now, HORIZON))
                     .filter(|e| *e)
                     .map(|_| "its node key expires within a day"),
                 _ => None,

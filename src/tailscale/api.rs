@@ -278,7 +278,11 @@ impl Client {
         u
     }
 
-    pub(super) fn request(&self, method: reqwest::Method, url: url::Url) -> reqwest::RequestBuilder {
+    pub(super) fn request(
+        &self,
+        method: reqwest::Method,
+        url: url::Url,
+    ) -> reqwest::RequestBuilder {
         let mut auth =
             reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.token.expose()))
                 .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Bearer invalid"));

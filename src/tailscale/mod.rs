@@ -10,5 +10,6 @@ pub mod api;
 pub mod authkey;
 pub mod cli;
 pub mod devices;
+pub mod names;
 
 pub use cli::*;

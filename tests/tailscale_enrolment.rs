@@ -235,3 +235,118 @@ fn credentials_of_the_wrong_kind_are_refused_and_not_echoed() {
     assert!(err.contains("oauth-client"), "{err}");
     assert!(fake.state().seen.is_empty(), "the API was asked");
 }
+
+/// Issue 23 item 4: a running node's tags follow its roles through the API
+/// (`POST /device/{id}/tags`); a second run changes nothing; a tag the token may not give is the
+/// API's 400, named.
+#[test]
+fn device_tags_are_reconciled_through_the_api() {
+    let (t, _op) = fleet();
+    let fleet = t.fleet();
+    let fake = FakeApi::start(&token(), "{}");
+    {
+        let mut st = fake.state();
+        let n = &mut st.tailnet;
+        n.known_tags = vec!["tag:worker".into(), "tag:control-plane".into()];
+        n.add_device(
+            "nW1OLD",
+            "worker-01",
+            "worker-01",
+            "100.64.0.2",
+            false,
+            &["tag:old"],
+        );
+        n.add_device(
+            "nW1",
+            "worker-01",
+            "worker-01-1",
+            "100.64.0.2",
+            true,
+            &["tag:old"],
+        );
+        n.add_device(
+            "nW2",
+            "worker-02",
+            "worker-02",
+            "100.64.0.3",
+            true,
+            &["tag:worker"],
+        );
+    }
+    let client = fleetnix::tailscale::api::Client::new(
+        &fake.base,
+        "-",
+        fleetnix::secret::Secret::new(token()),
+    )
+    .unwrap();
+    let nodes: Vec<fleetnix::model::NodeName> =
+        fleet.nodes.iter().map(|n| n.name.clone()).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let changes = rt
+        .block_on(fleetnix::tailscale::prefs::reconcile_tags(
+            &client, &fleet, &nodes,
+        ))
+        .unwrap();
+    // Only the online worker-01 device; control-01 has no device; worker-02 agrees.
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].device_id, "nW1");
+    assert_eq!(changes[0].to, ["tag:worker"]);
+    {
+        let st = fake.state();
+        let d = st
+            .tailnet
+            .devices
+            .iter()
+            .find(|d| d["nodeId"] == "nW1")
+            .unwrap();
+        assert_eq!(d["tags"], serde_json::json!(["tag:worker"]));
+        let old = st
+            .tailnet
+            .devices
+            .iter()
+            .find(|d| d["nodeId"] == "nW1OLD")
+            .unwrap();
+        assert_eq!(old["tags"], serde_json::json!(["tag:old"]));
+    }
+    let again = rt
+        .block_on(fleetnix::tailscale::prefs::reconcile_tags(
+            &client, &fleet, &nodes,
+        ))
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    let posts = fake
+        .state()
+        .seen
+        .iter()
+        .filter(|s| s.method == "POST")
+        .count();
+    assert_eq!(posts, 1);
+
+    // The token's owner may not give tag:worker: the API's 400 comes back named.
+    fake.state().tailnet.known_tags = vec!["tag:control-plane".into()];
+    fake.state().tailnet.devices[2]["tags"] = serde_json::json!([]);
+    let e = rt
+        .block_on(fleetnix::tailscale::prefs::reconcile_tags(
+            &client, &fleet, &nodes,
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("400") && e.contains("requested tags [tag:worker] are invalid or not permitted"),
+        "{e}"
+    );
+}
+
+/// `deploy --retag` without a token fails before anything is deployed.
+#[test]
+fn deploy_retag_without_a_token_fails_first() {
+    let (t, _op) = fleet();
+    let out = run(t.bin().args(["deploy", "--all", "--retag"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("TS_API_KEY"), "{err}");
+    assert!(
+        !err.contains("rendered") && !t.root.join("nix/nodes").exists(),
+        "something ran: {err}"
+    );
+}

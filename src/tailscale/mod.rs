@@ -11,5 +11,6 @@ pub mod authkey;
 pub mod cli;
 pub mod devices;
 pub mod names;
+pub mod prefs;
 
 pub use cli::*;

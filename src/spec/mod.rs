@@ -134,6 +134,17 @@ pub struct NodeSpec {
 }
 
 impl NodeSpec {
+    /// The flags `tailscale set` applies to a running node (`services.tailscale.extraSetFlags`):
+    /// every `up` flag but `--advertise-tags`, which `set` does not take (tags change through
+    /// the API, see `tailscale::prefs`).
+    pub fn set_flags(&self) -> Vec<String> {
+        self.up_flags
+            .iter()
+            .filter(|f| !f.starts_with("--advertise-tags"))
+            .cloned()
+            .collect()
+    }
+
     /// What `tailscale up --auth-key` gets on this node for its stored credential `key`: checked
     /// against the fleet's `tailscale_auth` (an API token, or a client secret in a `preauth`
     /// fleet, is refused), an OAuth client secret with `?ephemeral=false&preauthorized=true`

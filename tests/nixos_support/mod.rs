@@ -127,6 +127,8 @@ cs: builtins.mapAttrs (name: shipped:
     authKeyFile = cfg.services.tailscale.authKeyFile;
     authKeyParameters = cfg.services.tailscale.authKeyParameters;
     autoconnectScript = cfg.systemd.services.tailscaled-autoconnect.script;
+    setFlags = cfg.services.tailscale.extraSetFlags;
+    setScript = cfg.systemd.services.tailscaled-set.script;
     tailscaleEnabled = cfg.services.tailscale.enable;
     firewallEnabled = fw.enable;
     tcp = fw.allowedTCPPorts;
@@ -158,6 +160,10 @@ pub struct NodeValues {
     pub auth_key_parameters: AuthKeyParameters,
     /// The script of `tailscaled-autoconnect.service` (its `tailscale up` line).
     pub autoconnect_script: String,
+    /// `services.tailscale.extraSetFlags`.
+    pub set_flags: Vec<String>,
+    /// The script of `tailscaled-set.service` (`tailscale set <flags>` at every start).
+    pub set_script: String,
     /// `services.tailscale.enable`.
     pub tailscale_enabled: bool,
     /// `networking.firewall.enable`.
@@ -272,6 +278,19 @@ pub fn assert_follows_plan(v: &NodeValues, p: &fleetnix::spec::NodeSpec) {
         "{node}"
     );
     assert_eq!(v.auth_key_file, "/run/agenix/tailscale-authkey", "{node}");
+    // Prefs a running node keeps applying: every up flag but --advertise-tags.
+    assert_eq!(v.set_flags, p.set_flags(), "{node}");
+    assert_eq!(&v.up_flags[..3], &v.set_flags[..], "{node}");
+    let set_line = v
+        .set_script
+        .lines()
+        .find(|l| l.contains("/bin/tailscale set "))
+        .unwrap_or_else(|| panic!("{node}: no `tailscale set` in {}", v.set_script));
+    let words = shell_words(set_line.trim());
+    assert!(words[0].ends_with("/bin/tailscale"), "{node}: {set_line}");
+    let mut want = vec!["set".to_string()];
+    want.extend(p.set_flags());
+    assert_eq!(words[1..], want[..], "{node}: {set_line}");
     // What the autoconnect unit gives `tailscale up --auth-key`: the stored key, plus
     // ?ephemeral=false&preauthorized=true for an OAuth client secret (tailscale_auth).
     let oauth = p.tailscale_auth == fleetnix::model::TailscaleAuth::OauthClient;

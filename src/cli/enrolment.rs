@@ -4,8 +4,33 @@
 use super::status::StatusArgs;
 use super::table::table;
 use super::{runtime, to_json, CliError, CmdResult, Ctx, Outcome};
-use fleetnix::health::enrolment::{self, CanLogIn, EnrolmentReport};
+use fleetnix::health::enrolment::{self, CanLogIn, EnrolmentReport, Stored};
+use fleetnix::model::{CredentialKind, NodeName};
+use fleetnix::secrets::{SecretId, SecretKind};
 use fleetnix::tailscale::Tailscale;
+use std::path::Path;
+
+/// What the stored secret of `node` is: decrypted in memory with `identity` when given; only its
+/// kind and (for a pre-auth key) its id leave this function.
+fn stored_credential(root: &Path, node: &NodeName, identity: Option<&Path>) -> Stored {
+    let id = SecretId::new(node.clone(), SecretKind::TailscaleAuthkey);
+    if !root.join(id.age_path()).is_file() {
+        return Stored::Missing;
+    }
+    let Some(identity) = identity else {
+        return Stored::Unknown("not decrypted: no operator identity (--identity FILE)".into());
+    };
+    match fleetnix::secrets::decrypt_secret(root, &id, identity) {
+        Ok(bytes) => {
+            let text = std::str::from_utf8(&bytes).unwrap_or_default().trim();
+            Stored::Known {
+                kind: CredentialKind::of(text),
+                key_id: CredentialKind::preauth_key_id(text).map(str::to_string),
+            }
+        }
+        Err(e) => Stored::Unknown(format!("not decrypted: {e}")),
+    }
+}
 
 fn print(r: &EnrolmentReport) {
     println!("nodes enrol with: {}", r.tailscale_auth);
@@ -93,8 +118,7 @@ pub fn run(ctx: &Ctx, a: StatusArgs) -> CmdResult {
         }
         let facts = enrolment::gather(
             &fleet,
-            &ctx.root,
-            identity.as_deref(),
+            |n| stored_credential(&ctx.root, n, identity.as_deref()),
             api.as_ref(),
             ts.as_ref(),
         )

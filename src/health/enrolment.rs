@@ -14,12 +14,10 @@
 //! function of them.
 
 use crate::model::{CredentialKind, Fleet, NodeName, TailscaleAuth};
-use crate::secrets::{SecretId, SecretKind};
 use crate::tailscale::api::Client;
 use crate::tailscale::devices::{ApiDevice, KeyInfo};
 use crate::tailscale::{parse_time, TailscaleStatus};
 use serde::Serialize;
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 /// How far ahead "today" looks for node keys: one expiring within this must log in today.
@@ -278,35 +276,12 @@ pub fn records_of<'a>(devices: &'a [ApiDevice], node: &str) -> Vec<&'a ApiDevice
         .collect()
 }
 
-/// What the stored secret of `node` is: decrypted with `identity` when given.
-pub fn stored_credential(root: &Path, node: &NodeName, identity: Option<&Path>) -> Stored {
-    let id = SecretId::new(node.clone(), SecretKind::TailscaleAuthkey);
-    if !root.join(id.age_path()).is_file() {
-        return Stored::Missing;
-    }
-    let Some(identity) = identity else {
-        return Stored::Unknown("not decrypted: no operator identity (--identity FILE)".into());
-    };
-    match crate::secrets::decrypt_secret(root, &id, identity) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let text = text.trim();
-            let kind = CredentialKind::of(text);
-            Stored::Known {
-                kind,
-                key_id: CredentialKind::preauth_key_id(text).map(str::to_string),
-            }
-        }
-        Err(e) => Stored::Unknown(format!("not decrypted: {e}")),
-    }
-}
-
-/// Collects the facts of every node: its secret ([`stored_credential`]), its pre-auth key's
-/// metadata and its device through the API when `api` is given, else its device from `ts`.
+/// Collects the facts of every node: its secret (`stored`, which knows how to read it: the CLI
+/// decrypts with the operator's identity), its pre-auth key's metadata and its device through the
+/// API when `api` is given, else its device from `ts`.
 pub async fn gather(
     fleet: &Fleet,
-    root: &Path,
-    identity: Option<&Path>,
+    stored: impl Fn(&NodeName) -> Stored,
     api: Option<&Client>,
     ts: Option<&TailscaleStatus>,
 ) -> Result<Vec<NodeFacts>, crate::tailscale::api::ApiError> {
@@ -316,7 +291,7 @@ pub async fn gather(
     };
     let mut out = Vec::new();
     for node in &fleet.nodes {
-        let stored = stored_credential(root, &node.name, identity);
+        let stored = stored(&node.name);
         let key = match (&stored, api) {
             (
                 Stored::Known {

@@ -572,6 +572,67 @@ fn rebootstrapping_over_an_offline_old_record_keeps_the_manifest_name() {
     assert!(!stdout.contains(&token) && !stderr.contains(&token));
 }
 
+/// Issue 23, no stranded node: a node about to log in gets a fresh one-off key minted through the
+/// API when a token is given, not the stored key (which may be spent or expired).
+#[test]
+fn a_node_that_logs_in_gets_a_freshly_minted_key_over_the_stored_one() {
+    let Some(mut net) = Net::new() else { return };
+    let (vm, state) = debian_vm(&mut net);
+    let (root, original) = fleet_repo("auto");
+    let root = root.path();
+    std::fs::write(
+        root.join("fleet/nodes.yml"),
+        original.replace(
+            "      ram_gb: 4\n# end",
+            &format!("      ram_gb: 4\n    host_key: \"{}\"\n# end", vm.host_key),
+        ),
+    )
+    .expect("nodes.yml");
+    let old = format!("tskey-auth-{}-{}", "kOLD1CNTRL", "FAKEspent");
+    let out = Command::new(fleetnix_bin())
+        .arg("--root")
+        .arg(root)
+        .args(["secrets", "set-authkey", "vm-01"])
+        .env("TAILSCALE_AUTHKEY", &old)
+        .output()
+        .expect("fleetnix runs");
+    assert!(out.status.success(), "{out:?}");
+    let op = Operator::new("100.90.0.7");
+    let token = format!("tskey-api-{}", "FAKEtoken");
+    let minted = format!("tskey-auth-{}-{}", "kFAKE1CNTRL", "FAKEfresh");
+    let api = FakeApi::start(net.hub(), token.clone(), minted.clone(), op.ip_file());
+    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    let out = bootstrap_cmd(
+        &net,
+        root,
+        &vm,
+        &state,
+        &state.join("ts-state.json"),
+        &op,
+        &["--host-key-fingerprint", &fp, "--wait-timeout", "20"],
+    )
+    .env("TS_API_KEY", &token)
+    .env("FLEETNIX_TS_API_URL", &api.base)
+    .output()
+    .expect("fleetnix runs");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    // The VM logged in with the fresh key, which the secret now holds.
+    assert_eq!(
+        std::fs::read_to_string(state.join("ts-key.content")).expect("key content"),
+        minted
+    );
+    let node = fleetnix::model::NodeName::parse("vm-01").expect("name");
+    let decrypted =
+        fleetnix::secrets::decrypt_authkey(root, &node, &vm.dir.join("ssh_host_ed25519_key"))
+            .expect("decrypts");
+    assert_eq!(secrecy::ExposeSecret::expose_secret(&decrypted), minted);
+    assert!(stderr.contains("minted through the API"), "{stderr}");
+    for k in [&old, &minted] {
+        assert!(!stdout.contains(k.as_str()) && !stderr.contains(k.as_str()));
+    }
+}
+
 #[test]
 fn nixos_vm_first_rebuild_with_a_minted_key_and_the_address_set_through_the_api() {
     let Some(mut net) = Net::new() else { return };

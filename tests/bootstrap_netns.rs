@@ -793,3 +793,47 @@ fn a_node_that_does_not_join_fails_at_step_4_and_a_rerun_resumes() {
     assert_eq!(lines(&state.join("ts-up.calls")).len(), 1);
     assert_eq!(lines(&state.join("install.runs")).len(), 1);
 }
+
+/// Issue 23, credential kinds: an OAuth client secret given to a `preauth` fleet (it would enrol
+/// an ephemeral node) or an API token stops bootstrap at step 2, naming where it came from and
+/// what to use; nothing is installed and the value is not echoed.
+#[test]
+fn a_credential_of_the_wrong_kind_stops_bootstrap_before_the_install() {
+    let Some(mut net) = Net::new() else { return };
+    let (vm, state) = debian_vm(&mut net);
+    let (root, _) = fleet_repo("auto");
+    let root = root.path();
+    let op = Operator::new("100.90.0.7");
+    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    for (key, want) in [
+        (
+            format!("tskey-client-{}", "FAKEsecretpart"),
+            "set `tailscale_auth: oauth-client` in fleet.yml",
+        ),
+        (format!("tskey-api-{}", "FAKEsecretpart"), "TS_API_KEY"),
+    ] {
+        let out = bootstrap_cmd(
+            &net,
+            root,
+            &vm,
+            &state,
+            &state.join("ts-state.json"),
+            &op,
+            &["--host-key-fingerprint", &fp, "--wait-timeout", "5"],
+        )
+        .env("TAILSCALE_AUTHKEY", &key)
+        .output()
+        .expect("fleetnix runs");
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+        assert!(
+            stderr.contains("step 2 (secret) failed")
+                && stderr.contains("$TAILSCALE_AUTHKEY")
+                && stderr.contains(want),
+            "{stderr}"
+        );
+        assert!(!stdout.contains("FAKEsecretpart") && !stderr.contains("FAKEsecretpart"));
+        assert!(!state.join("install.runs").exists());
+        assert!(!root.join("secrets/vm-01/tailscale-authkey.age").exists());
+    }
+}

@@ -42,6 +42,12 @@ pub(crate) async fn run(
     let (key, origin) = if let Some((k, from)) =
         supplied.filter(|_| !in_tailnet || state != State::UpToDate)
     {
+        // The kind the fleet enrols with, named with where the key came from.
+        fleet
+            .settings
+            .tailscale_auth
+            .check(k.expose())
+            .map_err(|reason| err(format!("the Tailscale credential from {from} {reason}")))?;
         (k, format!("the auth key from {from}"))
     } else if state == State::UpToDate && !mint_fresh {
         let why = if in_tailnet {

@@ -59,6 +59,9 @@ pub async fn bootstrap(
     run.start(Step::Hardware);
     steps::hardware::run(&mut run, &fleet, &pinned.key, in_tailnet).await?;
     run.start(Step::Install);
+    if !in_tailnet {
+        steps::names::run(&mut run).await?;
+    }
     steps::install::run(&mut run, &fleet, &pinned.key, held, already.as_ref()).await?;
     run.start(Step::Join);
     let device = steps::join::run(&mut run, already).await?;

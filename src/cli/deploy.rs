@@ -108,6 +108,55 @@ pub struct DeployArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// After the deploy, make the tags of the deployed nodes' devices follow their roles through
+    /// the Tailscale API (`POST /device/{id}/tags`; a running node never re-reads
+    /// `--advertise-tags`). Needs TS_API_KEY or --token-file.
+    #[arg(long)]
+    pub retag: bool,
+    /// With --retag: file holding the API access token [default: TS_API_KEY].
+    #[arg(long, value_name = "FILE", requires = "retag")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+/// `--retag`: the deployed (or unchanged) nodes' device tags made to follow their roles.
+fn retag(
+    fleet: &fleetnix::model::Fleet,
+    summary: &fleetnix::deploy::report::Summary,
+    client: &fleetnix::tailscale::api::Client,
+) -> Result<bool, CliError> {
+    let nodes: Vec<fleetnix::model::NodeName> = summary
+        .nodes
+        .iter()
+        .filter(|n| n.outcome.is_success())
+        .filter_map(|n| fleetnix::model::NodeName::parse(&n.node).ok())
+        .collect();
+    match super::runtime()?.block_on(fleetnix::tailscale::prefs::reconcile_tags(
+        client, fleet, &nodes,
+    )) {
+        Ok(changes) => {
+            for c in &changes {
+                eprintln!(
+                    "retagged {} ({}): {} -> {}",
+                    c.node,
+                    c.device_id,
+                    if c.from.is_empty() {
+                        "none".to_string()
+                    } else {
+                        c.from.join(",")
+                    },
+                    c.to.join(",")
+                );
+            }
+            if changes.is_empty() {
+                eprintln!("tags: every deployed node's device already carries its roles' tags");
+            }
+            Ok(true)
+        }
+        Err(e) => {
+            eprintln!("error: retagging through the Tailscale API: {e}");
+            Ok(false)
+        }
+    }
 }
 
 /// `fleetnix deploy`.
@@ -118,6 +167,17 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
         all_plans,
         plans,
     } = selected_plans(ctx, &args.targets, args.all)?;
+    // --retag: the token is checked before anything is rendered or deployed.
+    let retag_client = if args.retag {
+        Some(super::acl::client(
+            &fleet,
+            &super::acl::ApiArgs {
+                token_file: args.token_file.clone(),
+            },
+        )?)
+    } else {
+        None
+    };
     let mode = if args.dry_run {
         RenderMode::Report
     } else if args.no_render {
@@ -234,6 +294,10 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
     });
     let (mut summary, unchanged) = summary;
     deploy_plan::merge_skipped(&mut summary, unchanged);
+    let retagged = match &retag_client {
+        Some(c) => retag(&fleet, &summary, c)?,
+        None => true,
+    };
     if args.json {
         println!(
             "{}",
@@ -242,7 +306,7 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
     } else {
         print!("\n{}", summary_table(&summary));
     }
-    Ok(super::Outcome::ok_if(summary.success()))
+    Ok(super::Outcome::ok_if(summary.success() && retagged))
 }
 
 /// `--identity`, else [`fleetnix::secret::default_identity`]. Without `$HOME` there is no

@@ -10,6 +10,7 @@ pub mod bus;
 pub mod completions;
 pub mod deploy;
 pub mod dispatch;
+pub mod enrolment;
 pub mod health;
 pub mod nats_conf;
 pub mod node;

@@ -278,11 +278,18 @@ impl<T: Transport> Ctx<T> {
                 match &r.input {
                     Input::Nothing => {}
                     Input::AuthKey { .. } => {
-                        secret = Some(
-                            self.authkeys
-                                .authkey(&run.plan.name)
-                                .map_err(|e| Failure::new(r.step, e.to_string()))?,
-                        );
+                        let stored = self
+                            .authkeys
+                            .authkey(&run.plan.name)
+                            .map_err(|e| Failure::new(r.step, e.to_string()))?;
+                        // The fleet's enrolment kind (`tailscale_auth`): an OAuth client
+                        // secret gets ?ephemeral=false&preauthorized=true.
+                        secret = Some(run.plan.enrolment_key(&stored).map_err(|e| {
+                            Failure::new(
+                                r.step,
+                                format!("the Tailscale credential for {} {e}", run.plan.name),
+                            )
+                        })?);
                     }
                     Input::NatsPassword => {
                         match self

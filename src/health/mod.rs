@@ -16,6 +16,7 @@
 //! `tailscale`, the foundations. Never `bus`: the router's view is composed in the CLI.
 
 pub mod alert;
+pub mod enrolment;
 pub mod status;
 pub mod watch;
 

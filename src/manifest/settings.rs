@@ -46,6 +46,7 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
             "ntfy",
             "fleet",
             "state_version",
+            "tailscale_auth",
         ],
     )?;
     let mut ok = true;
@@ -58,6 +59,19 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
         )
     });
     ok &= f.get("state_version").is_none() || state_version.is_some();
+    let tailscale_auth = match f.get("tailscale_auth") {
+        Some(v) => {
+            let expected = format!("one of {}", TailscaleAuth::NAMES.join(", "));
+            cx.checked(v, "tailscale_auth", &expected, |s| {
+                TailscaleAuth::parse(s).ok_or_else(|| match closest(s, &TailscaleAuth::NAMES) {
+                    Some(c) => format!("unknown enrolment kind (did you mean `{c}`?)"),
+                    None => "unknown enrolment kind".to_string(),
+                })
+            })
+        }
+        None => Some(TailscaleAuth::Preauth),
+    };
+    ok &= tailscale_auth.is_some();
     let cp_node = cx.required(&f, "control_plane", "the name of the control-plane node");
     let control_plane =
         cp_node.and_then(|v| cx.checked(v, "control_plane", "a node name", NodeName::parse));
@@ -315,6 +329,7 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
             ntfy,
             state_version,
             node_state_versions: BTreeMap::new(),
+            tailscale_auth: tailscale_auth.unwrap_or_default(),
         },
         control_plane: cp_node,
         nats_url_given,

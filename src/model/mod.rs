@@ -9,7 +9,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+mod credential;
 mod values;
+pub use credential::*;
 pub use values::*;
 
 /// Checks an RFC 1123 hostname label: 1–63 chars of `a-z`, `0-9`, `-`, not starting or ending with `-`.
@@ -358,6 +360,9 @@ pub struct Settings {
     /// Per-node overrides of it (`state_version` of a node in nodes.yml).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub node_state_versions: BTreeMap<NodeName, StateVersion>,
+    /// How nodes enrol in the tailnet (`tailscale_auth` in fleet.yml, default `preauth`).
+    #[serde(skip_serializing_if = "TailscaleAuth::is_default")]
+    pub tailscale_auth: TailscaleAuth,
 }
 
 /// Where the fleet was read from.

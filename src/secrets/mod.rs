@@ -307,6 +307,15 @@ pub fn set_authkey(
     }
     // Re-check the key: library callers may build a Secret by hand.
     let key = parse_authkey(key.expose().as_bytes(), "the caller")?;
+    // The fleet decides which kind its nodes enrol with.
+    fleet
+        .settings
+        .tailscale_auth
+        .check(key.expose())
+        .map_err(|reason| SecretsError::WrongCredential {
+            origin: "the caller".into(),
+            reason,
+        })?;
     let items: Vec<(SecretId, &[u8])> = nodes
         .iter()
         .map(|n| {

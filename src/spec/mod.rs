@@ -10,7 +10,10 @@
 
 pub mod secrets;
 
-use crate::model::{Fleet, HostKey, Node, NodeName, Os, Protocol, Role, SshLogin};
+use crate::model::{
+    CredentialError, Fleet, HostKey, Node, NodeName, Os, Protocol, Role, SshLogin, TailscaleAuth,
+};
+use crate::secret::Secret;
 use secrets::{SecretId, SecretKind, AUTHKEY_SECRET};
 use serde::Serialize;
 use std::net::IpAddr;
@@ -112,6 +115,9 @@ pub struct NodeSpec {
     pub tags: Vec<String>,
     /// `tailscale up` flags beyond the auth key.
     pub up_flags: Vec<String>,
+    /// What the node enrols with (`tailscale_auth` of fleet.yml); omitted when `preauth`.
+    #[serde(skip_serializing_if = "TailscaleAuth::is_default")]
+    pub tailscale_auth: TailscaleAuth,
     /// Services it hosts, in catalog order.
     pub services: Vec<HostedService>,
     /// TCP ports opened on `tailscale0`, sorted and unique.
@@ -132,6 +138,32 @@ pub struct NodeSpec {
     /// Models it serves (`models:` in nodes.yml).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+}
+
+impl NodeSpec {
+    /// The flags `tailscale set` applies to a running node (`services.tailscale.extraSetFlags`):
+    /// every `up` flag but `--advertise-tags`, which `set` does not take (tags change through
+    /// the API, see `tailscale::prefs`).
+    pub fn set_flags(&self) -> Vec<String> {
+        self.up_flags
+            .iter()
+            .filter(|f| !f.starts_with("--advertise-tags"))
+            .cloned()
+            .collect()
+    }
+
+    /// What `tailscale up --auth-key` gets on this node for its stored credential `key`: checked
+    /// against the fleet's `tailscale_auth` (an API token, or a client secret in a `preauth`
+    /// fleet, is refused), an OAuth client secret with `?ephemeral=false&preauthorized=true`
+    /// appended. An OAuth enrolment also needs tags (`--advertise-tags`): a node without any is
+    /// refused (the manifest gives every node at least the default tag).
+    pub fn enrolment_key(&self, key: &Secret) -> Result<Secret, CredentialError> {
+        self.tailscale_auth.check(key.expose())?;
+        if self.tailscale_auth == TailscaleAuth::OauthClient && self.tags.is_empty() {
+            return Err(CredentialError::Untagged);
+        }
+        Ok(Secret::new(self.tailscale_auth.up_key(key.expose())))
+    }
 }
 
 /// Path of a node's encrypted auth key, relative to the repository root.
@@ -183,6 +215,7 @@ pub fn node_spec(fleet: &Fleet, node: &Node) -> NodeSpec {
         name: node.name.clone(),
         roles: node.roles.clone(),
         up_flags,
+        tailscale_auth: fleet.settings.tailscale_auth,
         tcp_ports: ports(Protocol::Tcp),
         udp_ports: ports(Protocol::Udp),
         services,

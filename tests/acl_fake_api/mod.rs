@@ -2,9 +2,13 @@
 //! `shared/reference/tailscale-api.md`: bearer token (else 401 `{"message"}`), `GET /acl`
 //! with a quoted `ETag` (HuJSON unless `Accept: application/json`), `POST /acl/validate` (200 even
 //! on failure, `{"message", "data": [{"user", "errors"}]}`), `POST /acl` with `If-Match` (412 on a
-//! stale ETag) and `POST /keys` (key returned once). It listens on 127.0.0.1 only.
+//! stale ETag) and `POST /keys` (key returned once). It listens on 127.0.0.1 only. Devices and
+//! key metadata (`GET /devices`, `DELETE /device/{id}`, `POST /device/{id}/tags`,
+//! `GET /keys/{id}`) are in [`tailnet`].
 
 #![allow(dead_code)]
+
+pub mod tailnet;
 
 use fleetnix::acl::eval::Evaluator;
 use fleetnix::acl::policy;
@@ -45,6 +49,8 @@ pub struct State {
     pub key_secret: String,
     /// Bodies of `POST /keys`.
     pub key_requests: Vec<serde_json::Value>,
+    /// The tailnet's devices and auth keys (see [`tailnet`]).
+    pub tailnet: tailnet::Tailnet,
 }
 
 impl State {
@@ -232,19 +238,25 @@ fn handle(st: &mut State, req: &mut tiny_http::Request) -> (u16, Vec<(String, St
             }
             st.key_requests.push(v.clone());
             let id = format!("k{}CNTRL", st.key_requests.len());
+            // Default lifetime 90 days; the key's metadata is kept for `GET /keys/{id}`.
+            let lifetime = v["expirySeconds"].as_u64().unwrap_or(90 * 24 * 3600);
+            let meta = st.tailnet.add_key(&id, lifetime, v["capabilities"].clone());
             json(
                 200,
                 serde_json::json!({
                     "id": id,
                     "key": format!("tskey-auth-{id}-{}", st.key_secret),
-                    "created": "2026-01-01T00:00:00Z",
-                    "expires": "2026-01-01T01:00:00Z",
+                    "created": meta["created"],
+                    "expires": meta["expires"],
                     "capabilities": v["capabilities"],
                     "description": v["description"],
                 }),
             )
         }
-        _ => json(404, serde_json::json!({"message": "not found"})),
+        (method, path) => match tailnet::handle(&mut st.tailnet, method, path, &body) {
+            Some((status, value)) => json(status, value),
+            None => json(404, serde_json::json!({"message": "not found"})),
+        },
     }
 }
 
@@ -263,6 +275,7 @@ impl FakeApi {
             files_at_post: Vec::new(),
             key_secret: format!("{}{}", "FAKE", "0123456789abcdef"),
             key_requests: Vec::new(),
+            tailnet: tailnet::Tailnet::default(),
         }));
         let (srv, st) = (server.clone(), state.clone());
         let thread = std::thread::spawn(move || {

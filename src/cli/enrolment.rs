@@ -1,7 +1,6 @@
 //! `status --enrolment`: could every node log in again today? The work is in
 //! `fleetnix::health::enrolment`.
 
-use super::status::StatusArgs;
 use super::table::table;
 use super::{runtime, to_json, CliError, CmdResult, Ctx, Outcome};
 use fleetnix::health::enrolment::{self, CanLogIn, EnrolmentReport, Stored};
@@ -86,8 +85,18 @@ fn print(r: &EnrolmentReport) {
     }
 }
 
+/// What `status --enrolment` is given (its flags live on `status`).
+pub struct EnrolmentArgs {
+    /// JSON output.
+    pub json: bool,
+    /// Operator identity that decrypts the nodes' auth keys.
+    pub identity: Option<std::path::PathBuf>,
+    /// File holding the API access token.
+    pub token_file: Option<std::path::PathBuf>,
+}
+
 /// `fleetnix status --enrolment`: exit 1 when a node is stranded.
-pub fn run(ctx: &Ctx, a: StatusArgs) -> CmdResult {
+pub fn run(ctx: &Ctx, a: EnrolmentArgs) -> CmdResult {
     let fleet = ctx.fleet()?;
     let identity = a
         .identity

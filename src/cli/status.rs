@@ -76,7 +76,12 @@ fn print_status(r: &StatusReport) {
 /// `fleetnix status`: exit 0 without drift, 1 with drift, 3 when tailscaled cannot be asked.
 pub fn run(ctx: &Ctx, a: StatusArgs) -> CmdResult {
     if a.enrolment {
-        return super::enrolment::run(ctx, a);
+        let args = super::enrolment::EnrolmentArgs {
+            json: a.json,
+            identity: a.identity,
+            token_file: a.token_file,
+        };
+        return super::enrolment::run(ctx, args);
     }
     let fleet = ctx.fleet()?;
     let st = runtime()?

@@ -136,6 +136,8 @@ fn bootstrap_cmd(
         .env("FAKE_RECORD_DIR", state)
         .env_remove("TAILSCALE_AUTHKEY")
         .env_remove("TS_API_KEY")
+        // Local fakes (file:// install script, plain-http API): the test-only override.
+        .env("FLEETNIX_ALLOW_INSECURE_URLS", "1")
         .env_remove("FLEETNIX_TS_API_URL")
         .stdin(std::process::Stdio::null());
     c

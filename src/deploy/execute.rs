@@ -12,7 +12,7 @@ use super::report::{unchanged_detail, Event, NodeReport, Outcome, Step};
 use super::{AuthKeySource, DeployOptions};
 use crate::exec::process::{run_process_in, LocalCommand, NodeLog, ProcOutput};
 use crate::exec::ssh::{ControlDir, SshTarget, Transport};
-use crate::fsutil::write_atomic;
+use crate::fsutil::write_atomic_in_repo;
 use crate::model::Os;
 use crate::secret::Secret;
 use crate::spec::NodeSpec;
@@ -124,7 +124,7 @@ impl<T: Transport> Ctx<T> {
             ));
         }
         let path = &target.known_hosts;
-        write_atomic(path, text.as_bytes(), 0o644)
+        write_atomic_in_repo(&self.opts.root, path, text.as_bytes(), 0o644)
             .map_err(|e| Failure::new(Step::HostKey, format!("{}: {e}", path.display())))
     }
 

@@ -114,10 +114,34 @@ fn bootstrap_cmd(
     op: &Operator,
     extra: &[&str],
 ) -> Command {
+    bootstrap_cmd_to(
+        net,
+        root,
+        vm,
+        &vm.addr.to_string(),
+        state,
+        joined_when,
+        op,
+        extra,
+    )
+}
+
+/// [`bootstrap_cmd`] reaching the VM at `address` (e.g. its IPv6 address).
+#[allow(clippy::too_many_arguments)]
+fn bootstrap_cmd_to(
+    net: &Net,
+    root: &Path,
+    vm: &Host,
+    address: &str,
+    state: &Path,
+    joined_when: &Path,
+    op: &Operator,
+    extra: &[&str],
+) -> Command {
     let mut c = net.command(fleetnix_bin());
     c.arg("--root")
         .arg(root)
-        .args(["bootstrap", "vm-01", "--ssh", &format!("root@{}", vm.addr)])
+        .args(["bootstrap", "vm-01", "--ssh", &format!("root@{address}")])
         .arg("--ssh-identity")
         .arg(net.client_key())
         .args(["--rollback-grace", "10"])
@@ -561,4 +585,55 @@ fn a_node_that_does_not_join_fails_at_step_4_and_a_rerun_resumes() {
     }
     assert_eq!(lines(&state.join("ts-up.calls")).len(), 1);
     assert_eq!(lines(&state.join("install.runs")).len(), 1);
+}
+
+/// A VM reached over IPv6 and given an address on the tailnet's IPv6 prefix is bootstrapped:
+/// every ssh destination is `root@<v6>`, never `root@[v6]` (issue 21 finding 1).
+#[test]
+fn a_vm_reached_over_ipv6_joins_with_an_ipv6_tailnet_address() {
+    let Some(mut net) = Net::new() else { return };
+    let (vm, state) = debian_vm(&mut net);
+    let (root, original) = fleet_repo("auto");
+    let root = root.path();
+    // The fleet wants vm-01 on the tailnet's IPv6 prefix; the tailnet gives it another one.
+    let original = original.replace(
+        "100.90.0.7 # wanted address",
+        "fd7a:115c:a1e0::7 # wanted address",
+    );
+    std::fs::write(root.join("fleet/nodes.yml"), &original).expect("nodes.yml");
+    let op = Operator::new("fd7a:115c:a1e0::42");
+    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    let key = fake_authkey();
+    let joined_when = state.join("ts-state.json");
+    let out = bootstrap_cmd_to(
+        &net,
+        root,
+        &vm,
+        &vm.addr6.to_string(),
+        &state,
+        &joined_when,
+        &op,
+        &["--host-key-fingerprint", &fp, "--wait-timeout", "20"],
+    )
+    .env("TAILSCALE_AUTHKEY", &key)
+    .output()
+    .expect("fleetnix runs");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("vm-01 bootstrapped"), "{stdout}");
+    let nodes = std::fs::read_to_string(root.join("fleet/nodes.yml")).expect("nodes.yml");
+    assert!(
+        nodes.contains("tailscale_ip: fd7a:115c:a1e0::42 # wanted address"),
+        "{nodes}"
+    );
+    assert_ne!(nodes, original);
+    assert!(!stderr.contains("@["), "{stderr}");
+    // The install and `tailscale up` ran on the VM, reached over IPv6.
+    assert_eq!(lines(&state.join("install.runs")).len(), 1);
+    assert_eq!(lines(&state.join("ts-up.calls")).len(), 1);
+    let log = std::fs::read_to_string(vm.dir.join("sshd.log")).expect("sshd log");
+    assert!(
+        log.contains("Accepted publickey for root from fd7a:115c:a1e0::fe"),
+        "{log}"
+    );
 }

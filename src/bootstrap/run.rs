@@ -12,12 +12,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
-/// `user@address` for ssh (IPv6 in brackets).
+/// `user@address` for ssh's destination: an IPv6 address bare (`root@fd7a::1`), as OpenSSH
+/// takes it (brackets are for scp and URLs).
 pub(crate) fn ssh_target(user: &str, ip: &IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => format!("{user}@{v4}"),
-        IpAddr::V6(v6) => format!("{user}@[{v6}]"),
-    }
+    format!("{user}@{ip}")
 }
 
 /// The node's device, if it is in the tailnet and online (or is this machine).
@@ -206,8 +204,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn targets_bracket_ipv6() {
+    fn ipv6_targets_are_bare_as_openssh_takes_them() {
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
-        assert_eq!(ssh_target("root", &v6), "root@[2001:db8::1]");
+        assert_eq!(ssh_target("root", &v6), "root@2001:db8::1");
     }
 }

@@ -244,7 +244,7 @@ impl<T: Transport> Ctx<T> {
                             .map_err(|e| Failure::new(Step::Connect, e.to_string()))?;
                         run.vars.running = prev;
                         self.trace(run, op.id, true);
-                        std::fs::create_dir_all(dir).map_err(|e| {
+                        crate::fsutil::create_dir_in_repo(&self.opts.root, dir).map_err(|e| {
                             Failure::new(Step::Rebuild, format!("{}: {e}", dir.display()))
                         })?;
                         let out = self.rebuild(&l.cmd, Some(dir), "build", run.log).await?;

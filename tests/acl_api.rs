@@ -24,6 +24,8 @@ use common::{example_fleet, repo};
 const OLD: &str = "// the policy before fleetnix\n{\n  \"acls\": [{\"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:*\"]}],\n  \"ssh\": [{\"action\": \"check\", \"src\": [\"autogroup:member\"], \"dst\": [\"autogroup:self\"], \"users\": [\"autogroup:nonroot\", \"root\"]}],\n}\n";
 
 fn client(fake: &FakeApi) -> Client {
+    // The fake serves plain http on loopback: the test-only override lets the client use it.
+    std::env::set_var("FLEETNIX_ALLOW_INSECURE_URLS", "1");
     Client::new(&fake.base, "-", Secret::from(token())).unwrap()
 }
 
@@ -350,8 +352,30 @@ fn cli(fake: &FakeApi, fleet_dir: &Path) -> Command {
         .arg("--fleet-dir")
         .arg(fleet_dir)
         .env("FLEETNIX_TS_API_URL", &fake.base)
+        .env("FLEETNIX_ALLOW_INSECURE_URLS", "1")
         .env_remove("TS_API_KEY");
     c
+}
+
+/// The token is never sent to a plain-http API address unless the test-only override is set.
+#[test]
+fn cli_refuses_a_plain_http_api_url_without_the_test_override() {
+    let fake = FakeApi::start(&token(), OLD);
+    let fleet = fleet_copy();
+    let out = cli(&fake, fleet.path())
+        .args(["acl", "get"])
+        .env("TS_API_KEY", token())
+        .env_remove("FLEETNIX_ALLOW_INSECURE_URLS")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted {}", fake.base);
+    assert!(
+        err.contains("FLEETNIX_TS_API_URL") && err.contains("https://"),
+        "{err}"
+    );
+    assert!(!err.contains(&token()), "{err}");
+    assert!(fake.state().seen.is_empty(), "nothing was sent");
 }
 
 #[test]

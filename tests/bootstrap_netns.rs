@@ -133,10 +133,34 @@ fn bootstrap_cmd(
     op: &Operator,
     extra: &[&str],
 ) -> Command {
+    bootstrap_cmd_to(
+        net,
+        root,
+        vm,
+        &vm.addr.to_string(),
+        state,
+        joined_when,
+        op,
+        extra,
+    )
+}
+
+/// [`bootstrap_cmd`] reaching the VM at `address` (e.g. its IPv6 address).
+#[allow(clippy::too_many_arguments)]
+fn bootstrap_cmd_to(
+    net: &Net,
+    root: &Path,
+    vm: &Host,
+    address: &str,
+    state: &Path,
+    joined_when: &Path,
+    op: &Operator,
+    extra: &[&str],
+) -> Command {
     let mut c = net.command(fleetnix_bin());
     c.arg("--root")
         .arg(root)
-        .args(["bootstrap", "vm-01", "--ssh", &format!("root@{}", vm.addr)])
+        .args(["bootstrap", "vm-01", "--ssh", &format!("root@{address}")])
         .arg("--ssh-identity")
         .arg(net.client_key())
         .args(["--rollback-grace", "10"])
@@ -155,6 +179,8 @@ fn bootstrap_cmd(
         .env("FAKE_RECORD_DIR", state)
         .env_remove("TAILSCALE_AUTHKEY")
         .env_remove("TS_API_KEY")
+        // Local fakes (file:// install script, plain-http API): the test-only override.
+        .env("FLEETNIX_ALLOW_INSECURE_URLS", "1")
         .env_remove("FLEETNIX_TS_API_URL")
         .stdin(std::process::Stdio::null());
     c
@@ -836,4 +862,161 @@ fn a_credential_of_the_wrong_kind_stops_bootstrap_before_the_install() {
         assert!(!state.join("install.runs").exists());
         assert!(!root.join("secrets/vm-01/tailscale-authkey.age").exists());
     }
+}
+
+/// A VM reached over IPv6 and given an address on the tailnet's IPv6 prefix is bootstrapped:
+/// every ssh destination is `root@<v6>`, never `root@[v6]` (issue 21 finding 1).
+#[test]
+fn a_vm_reached_over_ipv6_joins_with_an_ipv6_tailnet_address() {
+    let Some(mut net) = Net::new() else { return };
+    let (vm, state) = debian_vm(&mut net);
+    let (root, original) = fleet_repo("auto");
+    let root = root.path();
+    // The fleet wants vm-01 on the tailnet's IPv6 prefix; the tailnet gives it another one.
+    let original = original.replace(
+        "100.90.0.7 # wanted address",
+        "fd7a:115c:a1e0::7 # wanted address",
+    );
+    std::fs::write(root.join("fleet/nodes.yml"), &original).expect("nodes.yml");
+    let op = Operator::new("fd7a:115c:a1e0::42");
+    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    let key = fake_authkey();
+    let joined_when = state.join("ts-state.json");
+    let out = bootstrap_cmd_to(
+        &net,
+        root,
+        &vm,
+        &vm.addr6.to_string(),
+        &state,
+        &joined_when,
+        &op,
+        &["--host-key-fingerprint", &fp, "--wait-timeout", "20"],
+    )
+    .env("TAILSCALE_AUTHKEY", &key)
+    .output()
+    .expect("fleetnix runs");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("vm-01 bootstrapped"), "{stdout}");
+    let nodes = std::fs::read_to_string(root.join("fleet/nodes.yml")).expect("nodes.yml");
+    assert!(
+        nodes.contains("tailscale_ip: fd7a:115c:a1e0::42 # wanted address"),
+        "{nodes}"
+    );
+    assert_ne!(nodes, original);
+    assert!(!stderr.contains("@["), "{stderr}");
+    // The install and `tailscale up` ran on the VM, reached over IPv6.
+    assert_eq!(lines(&state.join("install.runs")).len(), 1);
+    assert_eq!(lines(&state.join("ts-up.calls")).len(), 1);
+    let log = std::fs::read_to_string(vm.dir.join("sshd.log")).expect("sshd log");
+    assert!(
+        log.contains("Accepted publickey for root from fd7a:115c:a1e0::fe"),
+        "{log}"
+    );
+}
+
+/// Another device of the tailnet: online, tagged like a worker, with SSH host key `key`, that
+/// calls itself `host_name` (its self-reported OS host name) and that the control server named
+/// `dns_label` (its MagicDNS name), as `tailscale status --json` shows a peer.
+fn other_device(dir: &Path, host_name: &str, dns_label: &str, key: &str) -> PathBuf {
+    let file = dir.join("other-peers.json");
+    std::fs::write(
+        &file,
+        format!(
+            r#""nodekey:0bad":{{"ID":"nEVIL1CNTRL","PublicKey":"nodekey:0bad","HostName":"{host_name}","DNSName":"{dns_label}.tail0fake.ts.net.","OS":"linux","TailscaleIPs":["100.90.0.66"],"Tags":["tag:worker"],"Online":true,"sshHostKeys":["{key}"]}}"#
+        ),
+    )
+    .expect("other peers");
+    file
+}
+
+/// A key that is not the VM's.
+const OTHER_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS/vcGfRqtpcVld33fFR5cjD2Ai9gXARYCEHEn";
+
+/// A device that only calls itself `vm-01` (the control server named it otherwise) is not the
+/// node: the VM is installed and joins, and nodes.yml gets the VM's address, not the other's
+/// (issue 21 finding 4).
+#[test]
+fn a_device_that_only_calls_itself_like_the_node_is_ignored() {
+    let Some(mut net) = Net::new() else { return };
+    let (vm, state) = debian_vm(&mut net);
+    let (root, _) = fleet_repo("auto");
+    let root = root.path();
+    let op = Operator::new("100.90.0.42");
+    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    let joined_when = state.join("ts-state.json");
+    let others = other_device(net.dir(), "vm-01", "evil-box", OTHER_KEY);
+    let out = bootstrap_cmd(
+        &net,
+        root,
+        &vm,
+        &state,
+        &joined_when,
+        &op,
+        &["--host-key-fingerprint", &fp, "--wait-timeout", "20"],
+    )
+    .env("TAILSCALE_AUTHKEY", fake_authkey())
+    .env("FAKE_OTHER_PEERS", &others)
+    .output()
+    .expect("fleetnix runs");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let nodes = std::fs::read_to_string(root.join("fleet/nodes.yml")).expect("nodes.yml");
+    assert!(nodes.contains("tailscale_ip: 100.90.0.42"), "{nodes}");
+    assert!(!nodes.contains("100.90.0.66"), "{nodes}");
+    assert_eq!(
+        lines(&state.join("install.runs")).len(),
+        1,
+        "the VM was installed"
+    );
+}
+
+/// The device the control server named `vm-01` does not publish the pinned host key: the
+/// bootstrap stops before giving it anything (no address recorded, no install skipped on its
+/// account), naming the device (issue 21 finding 4).
+#[test]
+fn the_named_device_without_the_pinned_key_gets_nothing() {
+    let Some(mut net) = Net::new() else { return };
+    let (vm, state) = debian_vm(&mut net);
+    let (root, original) = fleet_repo("auto");
+    let root = root.path();
+    // A re-run: nodes.yml pins the VM's key already.
+    let pinned = original.replace(
+        "      ram_gb: 4\n# end",
+        &format!("      ram_gb: 4\n    host_key: \"{}\"\n# end", vm.host_key),
+    );
+    std::fs::write(root.join("fleet/nodes.yml"), &pinned).expect("nodes.yml");
+    let op = Operator::new("100.90.0.42");
+    let joined_when = state.join("ts-state.json");
+    let others = other_device(net.dir(), "vm-01", "vm-01", OTHER_KEY);
+    let out = bootstrap_cmd(
+        &net,
+        root,
+        &vm,
+        &state,
+        &joined_when,
+        &op,
+        &["--wait-timeout", "5"],
+    )
+    .env("TAILSCALE_AUTHKEY", fake_authkey())
+    .env("FAKE_OTHER_PEERS", &others)
+    .output()
+    .expect("fleetnix runs");
+    let (stdout, stderr) = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("nEVIL1CNTRL") && stderr.contains("does not publish the pinned host key"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("fleet/nodes.yml")).expect("nodes.yml"),
+        pinned,
+        "no address was recorded"
+    );
+    assert!(lines(&state.join("install.runs")).is_empty());
+    assert!(
+        !root.join("secrets/vm-01").exists(),
+        "no secret was written"
+    );
 }

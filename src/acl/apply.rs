@@ -262,6 +262,8 @@ pub async fn set(
     new_text: &str,
     opts: &SetOptions,
 ) -> Result<SetOutcome, ApplyError> {
+    // The API is sent the policy without an editor's byte order mark.
+    let (new_text, _) = crate::fsutil::strip_bom(new_text);
     policy::parse(new_text)?;
     let cut = lock_out(fleet, new_text)?;
     if !cut.is_empty() && !opts.force {

@@ -12,7 +12,7 @@ use super::report::{unchanged_detail, Event, NodeReport, Outcome, Step};
 use super::{AuthKeySource, DeployOptions};
 use crate::exec::process::{run_process_in, LocalCommand, NodeLog, ProcOutput};
 use crate::exec::ssh::{ControlDir, SshTarget, Transport};
-use crate::fsutil::write_atomic;
+use crate::fsutil::write_atomic_in_repo;
 use crate::model::Os;
 use crate::secret::Secret;
 use crate::spec::NodeSpec;
@@ -124,7 +124,7 @@ impl<T: Transport> Ctx<T> {
             ));
         }
         let path = &target.known_hosts;
-        write_atomic(path, text.as_bytes(), 0o644)
+        write_atomic_in_repo(&self.opts.root, path, text.as_bytes(), 0o644)
             .map_err(|e| Failure::new(Step::HostKey, format!("{}: {e}", path.display())))
     }
 
@@ -244,7 +244,7 @@ impl<T: Transport> Ctx<T> {
                             .map_err(|e| Failure::new(Step::Connect, e.to_string()))?;
                         run.vars.running = prev;
                         self.trace(run, op.id, true);
-                        std::fs::create_dir_all(dir).map_err(|e| {
+                        crate::fsutil::create_dir_in_repo(&self.opts.root, dir).map_err(|e| {
                             Failure::new(Step::Rebuild, format!("{}: {e}", dir.display()))
                         })?;
                         let out = self.rebuild(&l.cmd, Some(dir), "build", run.log).await?;

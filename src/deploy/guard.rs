@@ -173,15 +173,17 @@ pub fn rollback_script(id: &GuardId, prev: &str) -> String {
     )
 }
 
-/// Script arming the guard. Takes the node's lock (refusing while another deploy holds it, or
-/// while an earlier rollback is running or has failed), checks that `prev` still runs, then
-/// starts the timer `fleetnix-rollback-<id>` (`systemd-run --on-active=<grace>s`). Any failure
-/// releases the lock and leaves the node as it was: nothing was activated and profile and boot
-/// default were never touched.
-pub fn arm_script(id: &GuardId, prev: &str, grace: Duration) -> String {
+/// The part of [`arm_script`] that takes the node's lock `$L` for deploy `$I` (it sets `R`, `L`
+/// and `I`), or exits 1 saying who holds it. A lock whose deploy vanished (expired, its
+/// rollback not running) is taken over; of several deploys taking over the same expired lock
+/// exactly one wins: each first claims that lock's takeover with `mkdir
+/// $R/takeover-<owner>-<expiry>` (atomic), and the winner's `mkdir $L` still races a deploy that
+/// found no lock at all. The markers stay in `/run` until the next boot. The owner line is
+/// checked to be written.
+pub fn lock_script(id: &GuardId, grace: Duration) -> String {
     let expiry = (grace + LOCK_SLACK).as_secs();
     format!(
-        "R={RUN_DIR}; L={LOCK_DIR}; I={id}; P={prev}\n\
+        "R={RUN_DIR}; L={LOCK_DIR}; I={id}\n\
          mkdir -p \"$R\" || exit 1\n\
          if ! mkdir \"$L\" 2>/dev/null; then\n\
          \x20 o=; e=; read -r o e 2>/dev/null < \"$L/owner\"\n\
@@ -189,12 +191,29 @@ pub fn arm_script(id: &GuardId, prev: &str, grace: Duration) -> String {
          \x20   echo \"the rollback of an earlier fleetnix deploy FAILED on this node ({UNIT_PREFIX}-$o.service; see journalctl -u {UNIT_PREFIX}-$o): once the node runs the generation it should, remove $L and deploy again\" >&2; exit 1\n\
          \x20 fi\n\
          \x20 case $e in ''|*[!0-9]*) e=0; o=${{o:-unknown}}; known= ;; *) known=1 ;; esac\n\
+         \x20 case $o in ''|*[!0-9a-z-]*) known= ;; esac\n\
          \x20 if [ -z \"$known\" ] || [ \"$(date +%s)\" -lt \"$e\" ] || systemctl is-active --quiet \"{UNIT_PREFIX}-$o.service\"; then\n\
          \x20   echo \"another fleetnix deploy ($o) holds the lock $L on this node; deploy again once it is done (a lock whose deploy died expires {expiry}s after it was taken)\" >&2; exit 1\n\
          \x20 fi\n\
-         \x20 rm -rf \"$L\" && mkdir \"$L\" || {{ echo \"cannot take the lock $L\" >&2; exit 1; }}\n\
+         \x20 if ! mkdir \"$R/takeover-$o-$e\" 2>/dev/null; then\n\
+         \x20   echo \"another fleetnix deploy is taking over the expired lock $L of $o on this node; deploy again once it is done\" >&2; exit 1\n\
+         \x20 fi\n\
+         \x20 rm -rf \"$L\" && mkdir \"$L\" 2>/dev/null || {{ echo \"cannot take the lock $L (another fleetnix deploy took it first)\" >&2; exit 1; }}\n\
          fi\n\
-         echo \"$I $(( $(date +%s) + {expiry} ))\" > \"$L/owner\"\n\
+         echo \"$I $(( $(date +%s) + {expiry} ))\" > \"$L/owner\" || {{ rm -rf \"$L\"; echo \"cannot write the lock's owner $L/owner\" >&2; exit 1; }}",
+        id = sh_quote(id.as_str()),
+    )
+}
+
+/// Script arming the guard. Takes the node's lock ([`lock_script`]: refusing while another
+/// deploy holds it, or while an earlier rollback is running or has failed), checks that `prev`
+/// still runs, then starts the timer `fleetnix-rollback-<id>` (`systemd-run --on-active=<grace>s`).
+/// Any failure releases the lock and leaves the node as it was: nothing was activated and
+/// profile and boot default were never touched.
+pub fn arm_script(id: &GuardId, prev: &str, grace: Duration) -> String {
+    format!(
+        "{lock}\n\
+         P={prev}\n\
          release() {{ rm -rf \"$L\" \"$R/$I.armed\"; }}\n\
          cur=$(readlink {CURRENT_SYSTEM})\n\
          if [ \"$cur\" != \"$P\" ]; then release; echo \"the node now runs $cur, not $P (read when fleetnix connected): deploy again\" >&2; exit 1; fi\n\
@@ -202,7 +221,7 @@ pub fn arm_script(id: &GuardId, prev: &str, grace: Duration) -> String {
          if ! systemd-run --unit={unit} --description={desc} --on-active={secs}s --timer-property=AccuracySec=1s /bin/sh -c {cmd}; then\n\
          \x20 release; echo \"arming the rollback timer failed: nothing was activated\" >&2; exit 1\n\
          fi",
-        id = sh_quote(id.as_str()),
+        lock = lock_script(id, grace),
         prev = sh_quote(prev),
         unit = sh_quote(&id.unit()),
         desc = sh_quote(&format!("fleetnix: back to {prev} unless the deploy is confirmed")),

@@ -204,6 +204,11 @@ impl DeployOptions {
         quote::check_no_nul("the state directory", &self.state_dir.to_string_lossy())
             .map_err(bad)?;
         quote::check_no_nul("the install script URL", &self.install_url).map_err(bad)?;
+        crate::http::check_https(
+            "the install script URL (--install-url / FLEETNIX_TAILSCALE_INSTALL_URL)",
+            &self.install_url,
+        )
+        .map_err(DeployError::Options)?;
         if let Some(id) = &self.ssh.identity {
             quote::check_no_nul("the SSH identity", &id.to_string_lossy()).map_err(bad)?;
         }

@@ -25,7 +25,7 @@ pub mod nats;
 pub mod node;
 
 use crate::bus;
-use crate::fsutil::write_atomic;
+use crate::fsutil::write_atomic_in_repo;
 use crate::model::Fleet;
 use crate::spec::NodeSpec;
 use std::collections::{BTreeMap, HashMap};
@@ -211,7 +211,7 @@ pub fn apply(
             Change::Create | Change::Update(_) => {
                 // Invariant: compare() only reports Create/Update for rendered paths.
                 let text = &rendered[rel];
-                write_atomic(&path, text.as_bytes(), 0o644)
+                write_atomic_in_repo(root, &path, text.as_bytes(), 0o644)
                     .map_err(|source| RenderError::Io { path, source })?
             }
             Change::Orphan => {

@@ -39,7 +39,7 @@ pub use store::{
     RECIPIENTS_FILE, RECORDS_VERSION, SECRETS_NIX,
 };
 
-use crate::fsutil::write_atomic;
+use crate::fsutil::write_atomic_in_repo;
 use crate::model::{Fleet, Node, NodeName};
 use crate::secret::Secret;
 use crate::secrets::secrets_nix::render_secrets_nix;
@@ -157,10 +157,12 @@ fn write_indexes(fleet: &Fleet, root: &Path, records: &Records) -> Result<bool, 
     let rec_path = root.join(RECIPIENTS_FILE);
     let rec_text = records.to_text();
     if store::read_optional(&rec_path)?.as_deref() != Some(rec_text.as_bytes()) {
-        write_atomic(&rec_path, rec_text.as_bytes(), FILE_MODE).map_err(io_err(rec_path))?;
+        write_atomic_in_repo(root, &rec_path, rec_text.as_bytes(), FILE_MODE)
+            .map_err(io_err(rec_path))?;
     }
     if nix_changed {
-        write_atomic(&nix_path, nix_text.as_bytes(), FILE_MODE).map_err(io_err(nix_path))?;
+        write_atomic_in_repo(root, &nix_path, nix_text.as_bytes(), FILE_MODE)
+            .map_err(io_err(nix_path))?;
     }
     Ok(nix_changed)
 }
@@ -203,13 +205,13 @@ fn commit(
     if !sealed.is_empty() {
         let mut list: Vec<String> = sealed.iter().map(|s| s.id.file()).collect();
         list.push(String::new());
-        write_atomic(&pending_path, list.join("\n").as_bytes(), FILE_MODE)
+        write_atomic_in_repo(root, &pending_path, list.join("\n").as_bytes(), FILE_MODE)
             .map_err(io_err(pending_path.clone()))?;
     }
     for s in sealed {
         let file = s.id.file();
         let path = root.join(&file);
-        write_atomic(&path, &s.bytes, FILE_MODE).map_err(io_err(path))?;
+        write_atomic_in_repo(root, &path, &s.bytes, FILE_MODE).map_err(io_err(path))?;
         records.set(s.id.rules_key(), &s.bytes, &s.recipients);
         report.written.push(Written {
             node: s.id.node.to_string(),

@@ -207,10 +207,9 @@ pub fn node_spec(fleet: &Fleet, node: &Node) -> NodeSpec {
         format!("--hostname={}", node.name),
         format!("--advertise-tags={}", tags.join(",")),
     ];
-    let ssh_target = match node.tailscale_ip {
-        IpAddr::V4(ip) => format!("{}@{ip}", node.ssh_user),
-        IpAddr::V6(ip) => format!("{}@[{ip}]", node.ssh_user),
-    };
+    // OpenSSH's destination takes a bare IPv6 address (`user@fd7a::1`): brackets are for
+    // scp and URLs, and `ssh user@[fd7a::1]` fails to resolve `[fd7a::1]`.
+    let ssh_target = format!("{}@{}", node.ssh_user, node.tailscale_ip);
     NodeSpec {
         name: node.name.clone(),
         roles: node.roles.clone(),

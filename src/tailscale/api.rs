@@ -251,6 +251,13 @@ impl Client {
                 reason: "expected an http(s) URL".into(),
             });
         }
+        // The token goes to this address: https only, unless a test allows its local fake.
+        crate::http::check_https(BASE_URL_ENV, base.as_str()).map_err(|reason| {
+            ApiError::BadUrl {
+                url: base.to_string(),
+                reason,
+            }
+        })?;
         let http = crate::http::client_builder()
             .timeout(REQUEST_TIMEOUT)
             .build()

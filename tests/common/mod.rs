@@ -521,6 +521,8 @@ pub fn deploy_cmd(net: &Net, root: &Path, args: &[&str]) -> Command {
         .env("FLEETNIX_NIXOS_REBUILD", fakes().join("nixos-rebuild"))
         .env("FLEETNIX_TAILSCALE", "")
         .env("FAKE_RECORD_DIR", &rec)
+        // Local fakes (file:// install script, plain-http API): the test-only override.
+        .env("FLEETNIX_ALLOW_INSECURE_URLS", "1")
         .env_remove("TAILSCALE_AUTHKEY");
     c
 }

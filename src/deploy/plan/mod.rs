@@ -23,7 +23,7 @@ use super::schedule::tailnet_host_keys;
 use super::DeployOptions;
 use crate::exec::process::{locate, run_process, LocalCommand, NodeLog, ProcError};
 use crate::exec::ssh::{SshTarget, Transport};
-use crate::fsutil::write_atomic;
+use crate::fsutil::write_atomic_in_repo;
 use crate::model::{Fleet, NodeName, Os};
 use crate::outputs::agent::AGENT_UNIT;
 use crate::outputs::{self, Change};

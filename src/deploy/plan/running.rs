@@ -109,7 +109,7 @@ pub fn pin(
     // The same pin as last time is left alone: an atomic write costs two fsyncs per node, on the
     // runtime's threads, and the file would come out byte-identical.
     if std::fs::read(&path).ok().as_deref() != Some(text.as_bytes()) {
-        write_atomic(&path, text.as_bytes(), 0o644)
+        write_atomic_in_repo(&opts.root, &path, text.as_bytes(), 0o644)
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(SshTarget {

@@ -1,12 +1,12 @@
-//! The post-activation health gate of a guarded `switch`, end to end: NixOS-like namespace
-//! hosts behind real sshd (the fake systemd's `systemctl is-active` for tailscaled and the
-//! agent, real TCP listeners in the hosts' namespaces for their services), the fake
-//! nixos-rebuild, and the guard rolling a node back when its gate fails.
+//! The post-activation health gate of a guarded `switch`, end to end: NixOS-like hosts with a
+//! real systemd (`tests/common/systemd_host.rs`: `systemctl is-active` asks it about the
+//! stand-in units of tailscaled and the agent; real TCP listeners in the hosts' namespaces for
+//! their services), the fake nixos-rebuild, and the guard rolling a node back when its gate
+//! fails.
 
 mod common;
 
-use common::deploy::{assert_halted, nixos_fleet};
-use common::netns::Net;
+use common::systemd_host::SystemdNet;
 use common::*;
 
 /// `(running, profile, boot default)` all on generation 1.
@@ -16,15 +16,18 @@ fn untouched() -> (String, String, String) {
 
 #[test]
 fn a_canary_whose_agent_fails_its_gate_is_rolled_back_and_halts_the_rollout() {
-    let Some(mut net) = Net::new() else { return };
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
     let root = tempfile::tempdir().expect("root");
     // Five hosts, node timeout 3 s; n1 is the control plane (it hosts the catalog's TCP services).
-    nixos_fleet(&mut net, root.path(), 5, 3);
-    let n1 = state_dir(&net, "n1");
-    // The new generation stops the agent; generation 1 starts it again.
+    sys.nixos_fleet(root.path(), 5, 3);
+    let host = sys.host("n1");
+    let n1 = sys.state(&host);
+    // The new generation stops the agent (the real unit); generation 1 starts it again.
     std::fs::write(n1.join("breaks-agent"), "").expect("knob");
     let r = Ran::of(&mut deploy_cmd(
-        &net,
+        &sys,
         root.path(),
         &[
             "--all",
@@ -46,29 +49,32 @@ fn a_canary_whose_agent_fails_its_gate_is_rolled_back_and_halts_the_rollout() {
     );
     // Activated with `test`, then rolled back at once (not after the 60 s grace), and the
     // new generation never became the profile or the boot default.
-    assert_eq!(lines(&n1.join("activations")), ["2 test", "1 test"]);
-    assert_eq!(generations(&net, "n1"), untouched());
-    assert!(n1.join("active/omp-agent.service").exists(), "agent back");
+    assert_eq!(sys.activations(&host), ["2 test", "1 test"]);
+    assert_eq!(sys.generations(&host), untouched());
+    let agent = sys.exec(&host, "systemctl is-active omp-agent.service");
+    assert_eq!(agent.stdout.trim(), "active", "agent back: {agent}");
     assert!(
-        !n1.join("run/fleetnix/lock").exists(),
+        !sys.exists(&host, "/run/fleetnix/lock"),
         "the rollback released the lock"
     );
     let others = ["n2", "n3", "n4", "n5"];
-    assert_halted(&r, &net, root.path(), &others, "canary");
+    sys.assert_halted(&r, root.path(), &others, "canary");
     for n in others {
-        assert_eq!(generations(&net, n), untouched());
+        assert_eq!(sys.generations(&sys.host(n)), untouched());
     }
 }
 
 #[test]
 fn a_hosted_service_that_does_not_listen_fails_the_gate_naming_it() {
-    let Some(mut net) = Net::new() else { return };
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
     let root = tempfile::tempdir().expect("root");
-    let host = nixos_fleet(&mut net, root.path(), 1, 2).remove(0);
+    let host = sys.nixos_fleet(root.path(), 1, 2).remove(0);
     // n1 is the control plane: postgres (5432) is one of its services.
-    net.stop_listening(&host, 5432);
+    sys.stop_listening(&host, 5432);
     let r = Ran::of(&mut deploy_cmd(
-        &net,
+        &sys,
         root.path(),
         &["n1", "--force", "--json", "--rollback-grace", "60"],
     ));
@@ -84,29 +90,24 @@ fn a_hosted_service_that_does_not_listen_fails_the_gate_naming_it() {
     );
     // Only the missing service is named: the others answered.
     assert!(!detail.contains("4222"), "{detail}");
-    assert_eq!(generations(&net, "n1"), untouched());
+    assert_eq!(sys.generations(&sys.host("n1")), untouched());
 }
 
 #[test]
 fn a_healthy_node_passes_its_gate_and_is_confirmed_as_before() {
-    let Some(mut net) = Net::new() else { return };
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
     let root = tempfile::tempdir().expect("root");
-    nixos_fleet(&mut net, root.path(), 1, 2);
-    let r = Ran::of(&mut deploy_cmd(&net, root.path(), &["n1", "--force"]));
+    sys.nixos_fleet(root.path(), 1, 2);
+    let r = Ran::of(&mut deploy_cmd(&sys, root.path(), &["n1", "--force"]));
     assert_eq!(r.code, Some(0), "{r}");
     assert!(r.row("n1").contains("confirmed"), "{r}");
     assert_eq!(
-        generations(&net, "n1"),
+        sys.generations(&sys.host("n1")),
         ("2".into(), "2".into(), "2".into())
     );
-    // The gate asked systemd for both units, and passed before the confirmation.
-    let systemd =
-        std::fs::read_to_string(state_dir(&net, "n1").join("systemd.log")).expect("systemd log");
-    assert!(
-        systemd.contains("systemctl is-active tailscaled.service")
-            && systemd.contains("systemctl is-active omp-agent.service"),
-        "{systemd}"
-    );
+    // The gate asked the real systemd for both units, and passed before the confirmation.
     let log = std::fs::read_to_string(root.path().join(".fleetnix/logs/n1.log")).expect("log");
     let passed = log
         .find("health gate passed")
@@ -114,25 +115,33 @@ fn a_healthy_node_passes_its_gate_and_is_confirmed_as_before() {
     let confirmed = log.rfind("confirmed").expect("confirmation in the log");
     assert!(passed < confirmed, "{log}");
     assert!(log.contains("8 service port(s) open"), "{log}");
+    let gate = &log[log.find("## health-gate").expect("gate section")..passed];
+    assert!(
+        gate.contains("systemctl is-active")
+            && gate.contains("tailscaled.service")
+            && gate.contains("omp-agent.service"),
+        "{gate}"
+    );
 }
 
 #[test]
 fn no_health_gate_deploys_what_the_gate_would_have_stopped() {
-    let Some(mut net) = Net::new() else { return };
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
     let root = tempfile::tempdir().expect("root");
-    nixos_fleet(&mut net, root.path(), 1, 2);
-    std::fs::write(state_dir(&net, "n1").join("breaks-agent"), "").expect("knob");
+    sys.nixos_fleet(root.path(), 1, 2);
+    std::fs::write(sys.state(&sys.host("n1")).join("breaks-agent"), "").expect("knob");
     let r = Ran::of(&mut deploy_cmd(
-        &net,
+        &sys,
         root.path(),
         &["n1", "--force", "--no-health-gate"],
     ));
     assert_eq!(r.code, Some(0), "{r}");
-    assert!(!state_dir(&net, "n1")
-        .join("active/omp-agent.service")
-        .exists());
+    let agent = sys.exec(&sys.host("n1"), "systemctl is-active omp-agent.service");
+    assert_eq!(agent.stdout.trim(), "inactive", "{agent}");
     assert_eq!(
-        generations(&net, "n1"),
+        sys.generations(&sys.host("n1")),
         ("2".into(), "2".into(), "2".into())
     );
 }

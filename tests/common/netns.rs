@@ -138,6 +138,8 @@ fn sweep_stale() {
         kill_all_in(&name);
         let _ = sh(Command::new("ip").args(["netns", "del", &name]));
         let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&name));
+        // A real-systemd host (systemd_host.rs) of that test: nspawn's propagation dir.
+        let _ = std::fs::remove_dir_all(Path::new("/run/systemd/nspawn/propagate").join(&name));
     }
 }
 

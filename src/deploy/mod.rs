@@ -28,6 +28,7 @@ pub mod nixos;
 pub mod plan;
 pub mod probe;
 pub mod program;
+pub mod reboot;
 pub mod report;
 pub mod rollout;
 pub mod schedule;

@@ -1,0 +1,139 @@
+//! Reboots: `plan` says which nodes need one and why (`/run/booted-system` against the target),
+//! on hosts with a real systemd (`common::systemd_host`) whose generations carry `kernel` links.
+
+mod common;
+
+use common::plan::{override_args, pinned};
+use common::systemd_host::{SystemdNet, HOST_STATE};
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+/// The test flake: each node's toplevel is a tiny derivation of its rendered module, and its
+/// configuration names a kernel the way NixOS's `kernel.nix` links it into the top level
+/// (`${boot.kernelPackages.kernel}/${system.boot.loader.kernelFile}`): version 6.6, a directory
+/// on the test hosts' disks.
+const FLAKE: &str = r#"{
+  inputs.nixpkgs.url = "path:/nonexistent-overridden-by-the-tests";
+  outputs = { self, nixpkgs }:
+    let
+      lib = nixpkgs.lib;
+      names = map (lib.removeSuffix ".nix") (builtins.attrNames (builtins.readDir ./nix/nodes));
+      system = name: derivation {
+        name = "nixos-system-${name}";
+        system = "x86_64-linux";
+        builder = "/bin/sh";
+        args = [ "-c" "echo \"$module\" > $out" ];
+        module = builtins.unsafeDiscardStringContext (builtins.readFile (./nix/nodes + "/${name}.nix"));
+      };
+    in {
+      nixosConfigurations = lib.genAttrs names (name: { config = {
+        system.build.toplevel = system name;
+        boot.kernelPackages.kernel = "/var/lib/fleetnix-test/kernels/6.6";
+        system.boot.loader.kernelFile = "bzImage";
+      }; });
+    };
+}
+"#;
+
+fn git(root: &Path, args: &[&str]) {
+    let r = Ran::of(
+        Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args),
+    );
+    assert_eq!(r.code, Some(0), "git {args:?}: {r}");
+}
+
+fn fleetnix(sys: &SystemdNet, root: &Path, args: &[&str]) -> Ran {
+    let rec = root.join("rec");
+    std::fs::create_dir_all(&rec).expect("rec");
+    let mut c = sys.command(fleetnix_bin());
+    c.arg("--root")
+        .arg(root)
+        .args(args)
+        .env("FLEETNIX_NIXOS_REBUILD", fakes().join("nixos-rebuild"))
+        .env("FLEETNIX_TAILSCALE", "")
+        .env("FAKE_RECORD_DIR", &rec)
+        .env_remove("TAILSCALE_AUTHKEY");
+    if matches!(args.first(), Some(&"plan") | Some(&"deploy")) {
+        c.arg("--ssh-identity").arg(sys.client_key());
+    }
+    Ran::of(&mut c)
+}
+
+/// Gives generation `gen` of `host` the kernel `version` (`gens/<gen>/kernel ->
+/// kernels/<version>/bzImage`, an existing file), making the generation first if needed.
+fn set_kernel(sys: &SystemdNet, host: &common::netns::Host, gen: u32, version: &str) {
+    sys.exec_ok(
+        host,
+        &format!(
+            "set -e; S={HOST_STATE}; mkdir -p $S/kernels/{version} $S/gens/{gen}; : > $S/kernels/{version}/bzImage; \
+             [ -e $S/gens/{gen}/bin ] || cp -a $S/gens/1/bin $S/gens/1/sw $S/gens/{gen}/; \
+             ln -sfn $S/kernels/{version}/bzImage $S/gens/{gen}/kernel"
+        ),
+    );
+}
+
+fn node<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("no node {name} in {v:#}"))
+}
+
+#[test]
+fn plan_reports_a_reboot_where_the_booted_kernel_differs_from_the_target_and_only_there() {
+    let Some(pinned) = pinned() else { return };
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("root");
+    let root = tmp.path().canonicalize().expect("abs");
+    let hosts = sys.nixos_fleet(&root, 3, 5);
+    std::fs::write(root.join("flake.nix"), FLAKE).expect("flake.nix");
+    let r = fleetnix(&sys, &root, &["render"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    git(&root, &["init", "-q"]);
+    git(&root, &["add", "flake.nix", "fleet", "nix"]);
+    git(&root, &["commit", "-q", "-m", "fleet"]);
+    // n1 booted the target's kernel (6.6); n2 booted 6.1; n3 booted 6.6 but an earlier switch
+    // activated generation 2 with kernel 6.1 (a reboot is pending).
+    set_kernel(&sys, &hosts[0], 1, "6.6");
+    set_kernel(&sys, &hosts[1], 1, "6.1");
+    set_kernel(&sys, &hosts[2], 1, "6.6");
+    set_kernel(&sys, &hosts[2], 2, "6.1");
+    sys.exec_ok(
+        &hosts[2],
+        &format!("ln -sfn {HOST_STATE}/gens/2 /run/current-system"),
+    );
+    let mut args = vec!["plan", "--all", "--json"];
+    let ovr = override_args(&pinned);
+    args.extend(ovr.iter().map(String::as_str));
+    let r = fleetnix(&sys, &root, &args);
+    assert_eq!(r.code, Some(2), "{r}");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}\n{r}"));
+    assert_eq!(node(&v, "n1")["reboot"]["needed"], false, "{v:#}");
+    assert_eq!(node(&v, "n1")["reboot"]["reasons"], serde_json::json!([]));
+    assert_eq!(node(&v, "n2")["reboot"]["needed"], true, "{v:#}");
+    assert_eq!(
+        node(&v, "n2")["reboot"]["reasons"],
+        serde_json::json!(["kernel"])
+    );
+    assert_eq!(
+        node(&v, "n3")["reboot"]["reasons"],
+        serde_json::json!(["pending"]),
+        "{v:#}"
+    );
+    // The table says it in words.
+    args.retain(|a| *a != "--json");
+    let r = fleetnix(&sys, &root, &args);
+    assert!(r.row("n2").contains("reboot needed (kernel)"), "{r}");
+    assert!(!r.row("n1").contains("reboot needed"), "{r}");
+    assert!(r.row("n3").contains("reboot needed (pending)"), "{r}");
+}

@@ -47,6 +47,10 @@ struct Run<'a> {
     changed: Vec<&'static str>,
     /// When the guard was armed.
     armed_at: Option<Instant>,
+    /// The gate's units and ports as they were before the switch.
+    baseline: Option<super::gate::Baseline>,
+    /// What the health gate checked, once it passed.
+    gate: Option<String>,
     /// The step last announced.
     step: Step,
 }
@@ -167,6 +171,8 @@ impl<T: Transport> Ctx<T> {
             probe: None,
             changed: Vec::new(),
             armed_at: None,
+            baseline: None,
+            gate: None,
             step: Step::HostKey,
         };
         let mut queue: VecDeque<&Op> = program.ops.iter().collect();
@@ -318,13 +324,26 @@ impl<T: Transport> Ctx<T> {
                     Effect::Arm => {
                         run.armed_at = Some(Instant::now());
                         // A failure here leaves the node as it was: nothing activated, profile
-                        // and boot default untouched, the lock released.
-                        self.remote(r.step, target, &script, stdin, timeout, run.log)
-                            .await
-                            .map_err(|mut f| {
-                                f.reason = format!("{}; nothing was activated", f.reason);
-                                f
-                            })?;
+                        // and boot default untouched, the lock released. The services' ports
+                        // are probed meanwhile: with the units it reports, how the node was
+                        // before the switch.
+                        let (out, ports) = tokio::join!(
+                            self.remote(r.step, target, &script, stdin, timeout, run.log),
+                            super::gate::probe_ports(run.plan, self.quick())
+                        );
+                        let out = out.map_err(|mut f| {
+                            f.reason = format!("{}; nothing was activated", f.reason);
+                            f
+                        })?;
+                        let before = super::gate::Baseline {
+                            units: super::gate::parse_gate(&out.stdout),
+                            ports: ports
+                                .into_iter()
+                                .map(|(p, o)| (p, o == crate::health::PortOutcome::Open))
+                                .collect(),
+                        };
+                        run.log.line(&format!("before the switch: {before:?}"));
+                        run.baseline = Some(before);
                         return Ok(Flow::Next);
                     }
                     _ => {}
@@ -412,20 +431,22 @@ impl<T: Transport> Ctx<T> {
     /// The health gate over a new connection ([`super::gate`]), asked every 0.5 s: passed, go
     /// on to the confirmation; failed, roll back at once; no verdict by the confirmation's
     /// deadline, go on to the confirmation, which sees what the guard did.
-    async fn health_gate(&self, run: &mut Run<'_>, _script: &str) -> Result<Flow, Failure> {
+    async fn health_gate(&self, run: &mut Run<'_>, script: &str) -> Result<Flow, Failure> {
         let quick = self.quick();
         let fresh = run.program.target.fresh();
         let (deadline, _) = self.confirm_deadline(run);
-        let mut gate = super::gate::Gate::new(self.opts.node_timeout);
+        let mut gate = super::gate::Gate::new(self.opts.node_timeout, run.baseline.clone());
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             let t = quick.min(left).max(Duration::from_secs(1));
             match gate
-                .check(&self.transport, &fresh, run.plan, t, run.log)
+                .check(&self.transport, &fresh, run.plan, script, t, run.log)
                 .await
             {
                 super::gate::Check::Passed(passed) => {
-                    run.log.line(&passed);
+                    run.log
+                        .line(&format!("health gate passed: {}", passed.summary()));
+                    run.gate = Some(passed.summary());
                     return Ok(Flow::Next);
                 }
                 super::gate::Check::Wait(why) => run.log.line(&format!("{why}; retrying")),
@@ -473,7 +494,10 @@ impl<T: Transport> Ctx<T> {
             match self.transport.run(&fresh, script, None, t, run.log).await {
                 Ok(out) if out.success() => match guard::parse_confirm(&out.stdout) {
                     Some(answer) => {
-                        if let Some(done) = self.confirmed(answer, id, prev, new, out)? {
+                        if let Some(mut done) = self.confirmed(answer, id, prev, new, out)? {
+                            if let (Outcome::Succeeded, Some(g)) = (&done.0, &run.gate) {
+                                done.1 = format!("{}; health gate {g}", done.1);
+                            }
                             return Ok(done);
                         }
                         last = "the rollback is still running".into();

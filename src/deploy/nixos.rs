@@ -90,12 +90,15 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
         ..Remote::new(
             Step::ArmGuard,
             format!(
-                "take the node's lock and arm the rollback guard {} ({} = a new id per deploy): back to {RUNNING} in {}s unless confirmed",
+                "take the node's lock and arm the rollback guard {} ({} = a new id per deploy): back to {RUNNING} in {}s unless confirmed; then the health gate's units as they are before the switch",
                 id.unit(),
                 id.as_str(),
                 grace.as_secs()
             ),
-            Script::Arm { grace },
+            Script::Arm {
+                grace,
+                gpus: plan.gpus,
+            },
         )
     })));
     ops.push(b.op(OpKind::Remote(Remote {
@@ -124,7 +127,7 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
             ..Remote::new(
                 Step::HealthGate,
                 super::gate::describe(plan, opts.node_timeout),
-                Script::Fixed(super::gate::units_script()),
+                Script::Gate { gpus: plan.gpus },
             )
         })));
     }

@@ -56,10 +56,19 @@ impl Vars {
 pub enum Script {
     /// A script known when the program is built.
     Fixed(String),
-    /// Take the node's lock and arm the rollback guard ([`guard::arm_script`]).
+    /// Take the node's lock and arm the rollback guard ([`guard::arm_script`]), then report
+    /// the gate's units as they are before the switch ([`super::gate::gate_script`]).
     Arm {
         /// How long the node waits for the confirmation.
         grace: Duration,
+        /// GPUs the node declares (the gate asks `nvidia-smi`).
+        gpus: Option<u32>,
+    },
+    /// The health gate's look at the units (and GPUs) for the built system
+    /// ([`super::gate::gate_script`]).
+    Gate {
+        /// GPUs the node declares.
+        gpus: Option<u32>,
     },
     /// Activate the built system with `test` ([`guard::activate_script`]).
     Activate,
@@ -72,7 +81,12 @@ impl Script {
     pub fn render(&self, vars: &Vars) -> String {
         match self {
             Script::Fixed(s) => s.clone(),
-            Script::Arm { grace } => guard::arm_script(&vars.guard, &vars.running, *grace),
+            Script::Arm { grace, gpus } => format!(
+                "{}\n{}",
+                guard::arm_script(&vars.guard, &vars.running, *grace),
+                super::gate::gate_script(&vars.built, *gpus)
+            ),
+            Script::Gate { gpus } => super::gate::gate_script(&vars.built, *gpus),
             Script::Activate => guard::activate_script(&vars.guard, &vars.built),
             Script::Confirm => guard::confirm_script(&vars.guard, &vars.built),
         }

@@ -65,19 +65,33 @@ fn a_canary_whose_agent_fails_its_gate_is_rolled_back_and_halts_the_rollout() {
 }
 
 #[test]
-fn a_hosted_service_that_does_not_listen_fails_the_gate_naming_it() {
+fn a_hosted_service_the_switch_stops_fails_the_gate_naming_it() {
     let Some(mut sys) = SystemdNet::new() else {
         return;
     };
     let root = tempfile::tempdir().expect("root");
     let host = sys.nixos_fleet(root.path(), 1, 2).remove(0);
-    // n1 is the control plane: postgres (5432) is one of its services.
-    sys.stop_listening(&host, 5432);
-    let r = Ran::of(&mut deploy_cmd(
+    // n1 is the control plane: postgres (5432) is one of its services. It listens before the
+    // switch; the activation is held while the test stops it, as a bad generation would.
+    let state = sys.state(&host);
+    std::fs::write(state.join("hold-activation"), "").expect("knob");
+    let child = deploy_cmd(
         &sys,
         root.path(),
         &["n1", "--force", "--json", "--rollback-grace", "60"],
-    ));
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("deploy");
+    wait_for(
+        "the activation to be held",
+        std::time::Duration::from_secs(60),
+        || state.join("activation-held").exists(),
+    );
+    sys.stop_listening(&host, 5432);
+    std::fs::remove_file(state.join("hold-activation")).expect("release");
+    let r = Ran::from(child.wait_with_output().expect("deploy output"));
     assert_eq!(r.code, Some(1), "{r}");
     let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
     let node = &v["nodes"][0];
@@ -91,6 +105,36 @@ fn a_hosted_service_that_does_not_listen_fails_the_gate_naming_it() {
     // Only the missing service is named: the others answered.
     assert!(!detail.contains("4222"), "{detail}");
     assert_eq!(sys.generations(&sys.host("n1")), untouched());
+}
+
+#[test]
+fn a_service_already_down_before_the_switch_is_a_warning_not_a_rollback() {
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
+    let root = tempfile::tempdir().expect("root");
+    let host = sys.nixos_fleet(root.path(), 1, 2).remove(0);
+    // A fleet set up networking-first: nothing listens on postgres yet, before or after.
+    sys.stop_listening(&host, 5432);
+    let r = Ran::of(&mut deploy_cmd(
+        &sys,
+        root.path(),
+        &["n1", "--force", "--rollback-grace", "60"],
+    ));
+    assert_eq!(r.code, Some(0), "{r}");
+    let row = r.row("n1");
+    assert!(
+        row.contains("confirmed")
+            && row.contains(&format!(
+                "postgres ({}:5432) refused (already closed before the switch)",
+                host.addr
+            )),
+        "{row}"
+    );
+    assert_eq!(
+        sys.generations(&sys.host("n1")),
+        ("2".into(), "2".into(), "2".into())
+    );
 }
 
 #[test]
@@ -185,8 +229,9 @@ fn the_dry_run_lists_the_gate_before_the_confirmation() {
     // A worker hosts no service: only the units.
     let r = dry(&["w"]);
     assert!(
-        r.stdout
-            .contains("tailscaled.service and omp-agent.service active; else roll back"),
+        r.stdout.contains(
+            "tailscaled.service and omp-agent.service active, and TCP connects to no service; each as healthy as before the switch"
+        ),
         "{r}"
     );
     // Off with --no-health-gate.

@@ -362,7 +362,8 @@ impl<T: Transport> Ctx<T> {
                     })?;
                 match r.effect {
                     Effect::Generation => {
-                        let running = out.stdout.trim();
+                        // The running generation on the first line, then the space lines.
+                        let running = out.stdout.lines().next().unwrap_or("").trim();
                         if let Some(target) = self.opts.skip_if_running.get(&run.plan.name) {
                             if running == target.as_str() {
                                 return Ok(Flow::Done((
@@ -371,7 +372,13 @@ impl<T: Transport> Ctx<T> {
                                 )));
                             }
                         }
-                        run.generation = Some(out.stdout)
+                        // Room for what the deploy puts there, before anything is copied.
+                        let space = super::preflight::parse_space(&out.stdout);
+                        run.log.line(&format!("preflight: {space:?}"));
+                        let boot = self.opts.action != super::Action::Test;
+                        super::preflight::check(run.plan.name.as_str(), &space, boot, None)
+                            .map_err(|e| Failure::new(Step::Preflight, e))?;
+                        run.generation = Some(running.to_string())
                     }
                     Effect::Probe => run.probe = Some(probe::parse_probe(&out.stdout, run.plan)),
                     Effect::Changed(what) => run.changed.push(what),

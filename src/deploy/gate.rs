@@ -221,8 +221,7 @@ pub fn judge(
             continue;
         };
         if !expected {
-            v.skipped
-                .push(format!("{u} (not in the new generation)"));
+            v.skipped.push(format!("{u} (not in the new generation)"));
             continue;
         }
         if state == "active" {
@@ -238,9 +237,9 @@ pub fn judge(
     }
     if let Some(n) = plan.gpus {
         match &after.gpu {
-            Some((c, listed, _)) if c == "0" && *listed == n => v
-                .checked
-                .push(format!("GPUs: nvidia-smi lists {n} of {n}")),
+            Some((c, listed, _)) if c == "0" && *listed == n => {
+                v.checked.push(format!("GPUs: nvidia-smi lists {n} of {n}"))
+            }
             Some((c, listed, _)) if c == "0" => wrong.push(format!(
                 "GPUs: nvidia-smi lists {listed}, the node declares {n}"
             )),
@@ -418,7 +417,10 @@ mod tests {
             "systemctl",
             "#!/bin/sh\n[ \"$1\" = cat ] && exit 0\n[ \"$2\" = tailscaled.service ] && { echo active; exit 0; }\necho inactive; exit 3\n",
         );
-        write("nvidia-smi", "#!/bin/sh\necho 'NVIDIA A100'\necho 'NVIDIA A100'\n");
+        write(
+            "nvidia-smi",
+            "#!/bin/sh\necho 'NVIDIA A100'\necho 'NVIDIA A100'\n",
+        );
         let new = dir.path().join("sys");
         std::fs::create_dir_all(new.join(SYSTEM_UNITS_DIR)).expect("units");
         std::fs::write(new.join(SYSTEM_UNITS_DIR).join(TAILSCALED_UNIT), "").expect("unit");
@@ -468,7 +470,8 @@ mod tests {
     fn regressions_fail_and_what_was_already_down_warns() {
         let p = plan(None);
         let (_, port) = tcp_services(&p)[0];
-        let healthy = seen("unit tailscaled.service yes active\nunit omp-agent.service yes active\n");
+        let healthy =
+            seen("unit tailscaled.service yes active\nunit omp-agent.service yes active\n");
         let agent_down =
             seen("unit tailscaled.service yes active\nunit omp-agent.service yes inactive\n");
         let v = judge(&p, &healthy, &all_open(&p), None).expect("healthy");
@@ -493,12 +496,17 @@ mod tests {
         };
         let v = judge(&p, &agent_down, &closed, Some(&before_down)).expect("only warnings");
         assert_eq!(v.warnings.len(), 2, "{v:?}");
-        assert!(v.summary().contains("already inactive before the switch"), "{}", v.summary());
+        assert!(
+            v.summary().contains("already inactive before the switch"),
+            "{}",
+            v.summary()
+        );
         assert!(v.summary().contains("already closed before the switch"));
         // The port closed by the switch fails.
         assert!(judge(&p, &healthy, &closed, Some(&before)).is_err());
         // A unit the new generation does not have is not checked.
-        let no_agent = seen("unit tailscaled.service yes active\nunit omp-agent.service no inactive\n");
+        let no_agent =
+            seen("unit tailscaled.service yes active\nunit omp-agent.service no inactive\n");
         let v = judge(&p, &no_agent, &all_open(&p), Some(&before)).expect("not checked");
         assert_eq!(v.skipped, ["omp-agent.service (not in the new generation)"]);
     }
@@ -509,7 +517,11 @@ mod tests {
         let units = "unit tailscaled.service yes active\nunit omp-agent.service yes active\n";
         let ok = seen(&format!("{units}gpu 0 2 NVIDIA A100\n"));
         let v = judge(&p, &ok, &all_open(&p), None).expect("gpus");
-        assert!(v.summary().contains("GPUs: nvidia-smi lists 2 of 2"), "{}", v.summary());
+        assert!(
+            v.summary().contains("GPUs: nvidia-smi lists 2 of 2"),
+            "{}",
+            v.summary()
+        );
         let one = seen(&format!("{units}gpu 0 1 NVIDIA A100\n"));
         assert_eq!(
             judge(&p, &one, &all_open(&p), None).expect_err("count"),

@@ -89,14 +89,16 @@ impl Default for GuardId {
     }
 }
 
-/// Script printing the running generation (the target of `/run/current-system`). On a host
+/// Script printing the running generation (the target of `/run/current-system`) on its first
+/// line, then the preflight's space lines ([`super::preflight::space_script`]). On a host
 /// without it or without the system profile it fails saying the host does not look like
 /// NixOS (and what to set instead), not with a bare exit code.
 pub fn current_generation_script() -> String {
     format!(
-        "if [ -e {SYSTEM_PROFILE} ] && readlink {CURRENT_SYSTEM}; then exit 0; fi\n\
+        "if [ -e {SYSTEM_PROFILE} ] && readlink {CURRENT_SYSTEM}; then {space}; exit 0; fi\n\
          m=; [ -e {CURRENT_SYSTEM} ] || m=\" no {CURRENT_SYSTEM}\"; [ -e {SYSTEM_PROFILE} ] || m=\"$m, no {SYSTEM_PROFILE}\"\n\
-         echo \"{NOT_NIXOS_PREFIX}:${{m#,}}\" >&2\nexit 1"
+         echo \"{NOT_NIXOS_PREFIX}:${{m#,}}\" >&2\nexit 1",
+        space = super::preflight::space_script()
     )
 }
 
@@ -179,6 +181,24 @@ pub fn rollback_script(id: &GuardId, prev: &str) -> String {
 /// releases the lock and leaves the node as it was: nothing was activated and profile and boot
 /// default were never touched.
 pub fn arm_script(id: &GuardId, prev: &str, grace: Duration) -> String {
+    format!(
+        "{lock}\n\
+         : > \"$R/$I.armed\"\n\
+         if ! systemd-run --unit={unit} --description={desc} --on-active={secs}s --timer-property=AccuracySec=1s /bin/sh -c {cmd}; then\n\
+         \x20 release; echo \"arming the rollback timer failed: nothing was activated\" >&2; exit 1\n\
+         fi",
+        lock = lock_script(id, prev, grace),
+        unit = sh_quote(&id.unit()),
+        desc = sh_quote(&format!("fleetnix: back to {prev} unless the deploy is confirmed")),
+        secs = grace.as_secs(),
+        cmd = sh_quote(&rollback_script(id, prev)),
+    )
+}
+
+/// The first part of [`arm_script`]: takes the node's lock (refusing while another deploy holds
+/// it, or while an earlier rollback is running or has failed), defines `release`, and checks
+/// that `prev` still runs (else releases the lock and fails). Sets `R`, `L`, `I` and `P`.
+pub fn lock_script(id: &GuardId, prev: &str, grace: Duration) -> String {
     let expiry = (grace + LOCK_SLACK).as_secs();
     format!(
         "R={RUN_DIR}; L={LOCK_DIR}; I={id}; P={prev}\n\
@@ -197,17 +217,9 @@ pub fn arm_script(id: &GuardId, prev: &str, grace: Duration) -> String {
          echo \"$I $(( $(date +%s) + {expiry} ))\" > \"$L/owner\"\n\
          release() {{ rm -rf \"$L\" \"$R/$I.armed\"; }}\n\
          cur=$(readlink {CURRENT_SYSTEM})\n\
-         if [ \"$cur\" != \"$P\" ]; then release; echo \"the node now runs $cur, not $P (read when fleetnix connected): deploy again\" >&2; exit 1; fi\n\
-         : > \"$R/$I.armed\"\n\
-         if ! systemd-run --unit={unit} --description={desc} --on-active={secs}s --timer-property=AccuracySec=1s /bin/sh -c {cmd}; then\n\
-         \x20 release; echo \"arming the rollback timer failed: nothing was activated\" >&2; exit 1\n\
-         fi",
+         if [ \"$cur\" != \"$P\" ]; then release; echo \"the node now runs $cur, not $P (read when fleetnix connected): deploy again\" >&2; exit 1; fi",
         id = sh_quote(id.as_str()),
         prev = sh_quote(prev),
-        unit = sh_quote(&id.unit()),
-        desc = sh_quote(&format!("fleetnix: back to {prev} unless the deploy is confirmed")),
-        secs = grace.as_secs(),
-        cmd = sh_quote(&rollback_script(id, prev)),
     )
 }
 

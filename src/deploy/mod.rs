@@ -26,6 +26,7 @@ pub mod hostkeys;
 pub mod linux;
 pub mod nixos;
 pub mod plan;
+pub mod preflight;
 pub mod probe;
 pub mod program;
 pub mod reboot;

@@ -90,7 +90,7 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
         ..Remote::new(
             Step::ArmGuard,
             format!(
-                "take the node's lock and arm the rollback guard {} ({} = a new id per deploy): back to {RUNNING} in {}s unless confirmed; then the health gate's units as they are before the switch",
+                "take the node's lock and arm the rollback guard {} ({} = a new id per deploy): back to {RUNNING} in {}s unless confirmed; then how tailscaled and the agent are before the switch (what the gate compares with)",
                 id.unit(),
                 id.as_str(),
                 grace.as_secs()

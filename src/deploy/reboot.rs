@@ -155,6 +155,247 @@ impl RebootNeed {
     }
 }
 
+/// `deploy --reboot`: when a guarded switch reboots the node into the new generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RebootMode {
+    /// Never reboot (the default); the summary says which nodes need one.
+    #[default]
+    Never,
+    /// Reboot the nodes whose new generation needs it ([`COMPONENTS`] differ from the booted system).
+    Auto,
+    /// Reboot every node.
+    Always,
+}
+
+impl RebootMode {
+    /// `never`, `auto` or `always`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RebootMode::Never => "never",
+            RebootMode::Auto => "auto",
+            RebootMode::Always => "always",
+        }
+    }
+
+    /// Parses `never`, `auto` or `always`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "never" => Some(RebootMode::Never),
+            "auto" => Some(RebootMode::Auto),
+            "always" => Some(RebootMode::Always),
+            _ => None,
+        }
+    }
+}
+
+/// Drains a node's tasks before it reboots (the bus's part; fleetnix deploys without one until
+/// the bus can drain). `Ok` says what was drained, for the log.
+pub trait Drain: Send + Sync + std::fmt::Debug {
+    /// Stops giving `node` new tasks and waits (within `limit`) for its running ones.
+    fn drain<'a>(
+        &'a self,
+        node: &'a str,
+        limit: std::time::Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<String, String>>;
+}
+
+/// Where the node-side boot guard keeps its state: on the disk, so it survives the reboot
+/// (`id`, `prev`, `new`, `guard.sh`, and the markers `decided`, `confirmed`, `fired`,
+/// `restored`, `failed`).
+pub const BOOT_GUARD_DIR: &str = "/var/lib/fleetnix/boot-guard";
+
+/// Where its units live: systemd's persistent control directory, outside the part of `/etc`
+/// NixOS generates (`/etc/systemd/system` is a link into the store), read at every boot.
+pub const BOOT_GUARD_UNIT_DIR: &str = "/etc/systemd/system.control";
+
+/// The boot guard's units (`.timer`, `.service`).
+pub const BOOT_GUARD_UNIT: &str = "fleetnix-boot-guard";
+
+/// Script reading the booted system's and `new`'s components: `@booted` then `@new`, each
+/// followed by [`read_script`]'s lines.
+pub fn check_script(new: &str) -> String {
+    format!(
+        "N={new}\necho @booted\n{}\necho @new\n{}",
+        read_script(BOOTED_SYSTEM),
+        read_script("\"$N\""),
+        new = crate::exec::quote::sh_quote(new)
+    )
+}
+
+/// Reads [`check_script`]'s answer: what a reboot into the new system would change.
+pub fn parse_check(stdout: &str) -> RebootNeed {
+    let booted = stdout
+        .split("@new")
+        .next()
+        .unwrap_or("")
+        .split("@booted")
+        .nth(1)
+        .unwrap_or("");
+    let new = stdout.split("@new").nth(1).unwrap_or("");
+    let (booted, new) = (BootSet::parse(booted), BootSet::parse(new));
+    RebootNeed::assess(
+        &booted,
+        &BootSet::default(),
+        (!new.is_empty()).then_some(&new),
+    )
+}
+
+/// The guard's script, run by `fleetnix-boot-guard.service` `bound` after a boot unless the
+/// deploy was confirmed. Its unit gets NixOS's `PATH` (systemd's own programs only), so every
+/// other program is called by absolute path from `prev`'s `sw/bin`. It claims the decision
+/// (`mkdir decided`: exactly one of it and the confirmation acts), makes `prev` the profile and
+/// boot default again (`nix-env --set`, `switch-to-configuration boot`), removes its units and,
+/// if the machine did not boot `prev`, reboots it into `prev`.
+pub fn boot_guard_script(prev: &str) -> String {
+    format!(
+        "D={BOOT_GUARD_DIR}; U={BOOT_GUARD_UNIT_DIR}; P={prev}; B=\"$P/sw/bin\"\n\
+         \"$B/mkdir\" \"$D/decided\" 2>/dev/null || exit 0\n\
+         : > \"$D/fired\"\n\
+         if ! {{ \"$B/nix-env\" -p {profile} --set \"$P\" && \"$P/bin/switch-to-configuration\" boot; }}; then : > \"$D/failed\"; exit 1; fi\n\
+         \"$B/rm\" -f \"$U/{BOOT_GUARD_UNIT}.timer\" \"$U/{BOOT_GUARD_UNIT}.service\" \"$U/timers.target.wants/{BOOT_GUARD_UNIT}.timer\"\n\
+         : > \"$D/restored\"\n\
+         if [ \"$(\"$B/readlink\" {BOOTED_SYSTEM})\" != \"$P\" ]; then systemctl reboot; fi\n\
+         exit 0",
+        prev = crate::exec::quote::sh_quote(prev),
+        profile = super::guard::SYSTEM_PROFILE,
+    )
+}
+
+/// Script arming the boot guard and making `new` the boot default (over SSH, before the
+/// reboot). Takes the node's lock and checks that `prev` still runs
+/// ([`super::guard::lock_script`]), refuses while an earlier deploy's boot guard is armed,
+/// writes the guard's state and units ([`BOOT_GUARD_DIR`], [`BOOT_GUARD_UNIT_DIR`]: a timer
+/// `OnBootSec=<bound>` wanted by `timers.target`), then sets the profile to `new` and makes it
+/// the boot default. If that fails, the guard is removed, the profile set back, the lock
+/// released: the node is as before. Then the gate's units before the reboot.
+pub fn arm_boot_script(
+    id: &super::guard::GuardId,
+    prev: &str,
+    new: &str,
+    bound: std::time::Duration,
+    gpus: Option<u32>,
+) -> String {
+    use crate::exec::quote::sh_quote;
+    let service = format!(
+        "[Unit]\nDescription=fleetnix: {prev} as boot default again unless the deploy is confirmed\n\
+         [Service]\nType=oneshot\nExecStart=/bin/sh {BOOT_GUARD_DIR}/guard.sh\n"
+    );
+    let timer = format!(
+        "[Unit]\nDescription=fleetnix: the boot guard of deploy {id}\n\
+         [Timer]\nOnBootSec={secs}s\nAccuracySec=1s\n[Install]\nWantedBy=timers.target\n",
+        id = id.as_str(),
+        secs = bound.as_secs()
+    );
+    format!(
+        "{lock}\n\
+         N={new}; D={BOOT_GUARD_DIR}; U={BOOT_GUARD_UNIT_DIR}\n\
+         if [ -e \"$D/id\" ] && [ ! -d \"$D/decided\" ]; then release; echo \"the boot guard of an earlier deploy ($(cat \"$D/id\")) is still armed in $D: let it decide (it acts {secs}s after boot) or remove $D and its units in $U\" >&2; exit 1; fi\n\
+         unguard() {{ rm -rf \"$D\" \"$U/{BOOT_GUARD_UNIT}.timer\" \"$U/{BOOT_GUARD_UNIT}.service\" \"$U/timers.target.wants/{BOOT_GUARD_UNIT}.timer\"; systemctl daemon-reload; }}\n\
+         rm -rf \"$D\" && mkdir -p \"$D\" \"$U/timers.target.wants\" || {{ release; echo \"cannot write $D\" >&2; exit 1; }}\n\
+         printf '%s\\n' \"$I\" > \"$D/id\" && printf '%s\\n' \"$P\" > \"$D/prev\" && printf '%s\\n' \"$N\" > \"$D/new\" \\\n\
+         \x20 && printf '%s\\n' {guard} > \"$D/guard.sh\" \\\n\
+         \x20 && printf '%s' {service} > \"$U/{BOOT_GUARD_UNIT}.service\" \\\n\
+         \x20 && printf '%s' {timer} > \"$U/{BOOT_GUARD_UNIT}.timer\" \\\n\
+         \x20 && ln -sfn ../{BOOT_GUARD_UNIT}.timer \"$U/timers.target.wants/{BOOT_GUARD_UNIT}.timer\" \\\n\
+         \x20 && systemctl daemon-reload || {{ unguard; release; echo \"arming the boot guard failed: nothing changed\" >&2; exit 1; }}\n\
+         nix_env=\"$N/sw/bin/nix-env\"; [ -x \"$nix_env\" ] || nix_env=nix-env\n\
+         if ! {{ \"$nix_env\" -p {profile} --set \"$N\" && \"$N/bin/switch-to-configuration\" boot; }} >&2; then\n\
+         \x20 \"$P/sw/bin/nix-env\" -p {profile} --set \"$P\" >&2; \"$P/bin/switch-to-configuration\" boot >&2\n\
+         \x20 unguard; release; echo \"making $N the boot default failed: the boot guard was removed, $P is the boot default\" >&2; exit 1\n\
+         fi\n\
+         : > \"$R/$I.armed\"\n\
+         {gate}",
+        lock = super::guard::lock_script(id, prev, bound),
+        new = sh_quote(new),
+        secs = bound.as_secs(),
+        guard = sh_quote(&boot_guard_script(prev)),
+        service = sh_quote(&service),
+        timer = sh_quote(&timer),
+        profile = super::guard::SYSTEM_PROFILE,
+        gate = super::gate::gate_script(new, gpus),
+    )
+}
+
+/// Script starting the reboot: marks the boot in `/run` (gone once the node booted again) and
+/// asks systemd to reboot a second later, so that the SSH command returns first.
+pub fn reboot_script(id: &super::guard::GuardId) -> String {
+    format!(
+        "R={run}; I={id}\nmkdir -p \"$R\" && : > \"$R/$I.before-reboot\" || exit 1\n\
+         exec systemd-run --unit=fleetnix-reboot-{id} --collect --quiet --on-active=1 --timer-property=AccuracySec=100ms \"$(command -v systemctl)\" reboot",
+        run = super::guard::RUN_DIR,
+        id = id.as_str(),
+    )
+}
+
+/// Script asking whether the node booted again since [`reboot_script`]: prints `same` before,
+/// `booted <path>` after (the `/run` marker is gone).
+pub fn back_script(id: &super::guard::GuardId) -> String {
+    format!(
+        "if [ -e {run}/{id}.before-reboot ]; then echo same; else echo \"booted $(readlink {BOOTED_SYSTEM})\"; fi",
+        run = super::guard::RUN_DIR,
+        id = id.as_str(),
+    )
+}
+
+/// What the confirmation of a reboot found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootConfirm {
+    /// Confirmed: the node booted the new generation; the guard is removed.
+    Confirmed,
+    /// The node booted something else (the path): not confirmed; its guard decides.
+    Booted(String),
+    /// The guard already acted: the previous generation is the boot default again.
+    Fired,
+    /// The guard failed to restore the previous generation.
+    Failed,
+    /// No boot guard of this deploy on the node.
+    Gone,
+}
+
+/// Script confirming a reboot over a new connection: only if the node booted `new`, claims the
+/// decision (`mkdir decided`, as the guard does first), stops and removes the guard's units and
+/// releases the lock. Prints one line ([`parse_boot_confirm`]). Safe to repeat.
+pub fn confirm_boot_script(id: &super::guard::GuardId, new: &str) -> String {
+    format!(
+        "D={BOOT_GUARD_DIR}; U={BOOT_GUARD_UNIT_DIR}; I={id}; N={new}\n\
+         i=; read -r i 2>/dev/null < \"$D/id\"; [ \"$i\" = \"$I\" ] || {{ echo gone; exit 0; }}\n\
+         release() {{ o=; read -r o _ 2>/dev/null < {lock}/owner; if [ \"$o\" = \"$I\" ]; then rm -rf {lock}; fi; }}\n\
+         if [ ! -e \"$D/confirmed\" ]; then\n\
+         \x20 b=$(readlink {BOOTED_SYSTEM}); [ \"$b\" = \"$N\" ] || {{ echo \"booted $b\"; exit 0; }}\n\
+         \x20 if mkdir \"$D/decided\" 2>/dev/null; then : > \"$D/confirmed\"\n\
+         \x20 elif [ -e \"$D/failed\" ]; then echo failed; exit 0\n\
+         \x20 else echo fired; exit 0; fi\n\
+         fi\n\
+         systemctl stop {unit}.timer >/dev/null 2>&1\n\
+         rm -f \"$U/{unit}.timer\" \"$U/{unit}.service\" \"$U/timers.target.wants/{unit}.timer\" && systemctl daemon-reload\n\
+         release\n\
+         echo confirmed",
+        id = crate::exec::quote::sh_quote(id.as_str()),
+        new = crate::exec::quote::sh_quote(new),
+        lock = super::guard::LOCK_DIR,
+        unit = BOOT_GUARD_UNIT,
+    )
+}
+
+/// Script running the boot guard at once (after a failed gate): it makes the previous
+/// generation the boot default again and reboots into it.
+pub fn roll_back_boot_now_script() -> String {
+    format!("systemctl start --no-block {BOOT_GUARD_UNIT}.service && echo started")
+}
+
+/// Reads [`confirm_boot_script`]'s answer.
+pub fn parse_boot_confirm(stdout: &str) -> Option<BootConfirm> {
+    let line = stdout.lines().rfind(|l| !l.trim().is_empty())?.trim();
+    Some(match line {
+        "confirmed" => BootConfirm::Confirmed,
+        "fired" => BootConfirm::Fired,
+        "failed" => BootConfirm::Failed,
+        "gone" => BootConfirm::Gone,
+        _ => BootConfirm::Booted(line.strip_prefix("booted")?.trim().to_string()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +440,50 @@ mod tests {
                 .to_string()
         );
         assert_eq!(BootSet::local(&dir.path().join("absent")), None);
+    }
+
+    #[test]
+    fn reboot_scripts_parse() {
+        let id = crate::deploy::guard::GuardId::new();
+        let (p, n) = (
+            "/nix/store/aaa-nixos-system-1",
+            "/nix/store/bbb-nixos-system-2",
+        );
+        for s in [
+            check_script(n),
+            boot_guard_script(p),
+            arm_boot_script(&id, p, n, std::time::Duration::from_secs(300), Some(1)),
+            reboot_script(&id),
+            back_script(&id),
+            confirm_boot_script(&id, n),
+            roll_back_boot_now_script(),
+        ] {
+            let st = std::process::Command::new("sh")
+                .args(["-n", "-c", &s])
+                .status()
+                .expect("sh");
+            assert!(st.success(), "{s}");
+        }
+        // The guard runs under systemd's PATH only: every other program by absolute path.
+        let g = boot_guard_script(p);
+        for tool in ["mkdir", "rm", "readlink", "nix-env"] {
+            assert!(g.contains(&format!("\"$B/{tool}\"")), "{g}");
+        }
+        assert!(
+            arm_boot_script(&id, p, n, std::time::Duration::from_secs(300), None)
+                .contains("OnBootSec=300s")
+        );
+        assert_eq!(
+            parse_boot_confirm("confirmed\n"),
+            Some(BootConfirm::Confirmed)
+        );
+        assert_eq!(
+            parse_boot_confirm("booted /x"),
+            Some(BootConfirm::Booted("/x".into()))
+        );
+        let need = parse_check("@booted\nkernel /k1\n@new\nkernel /k2\n");
+        assert_eq!(need.reasons, ["kernel"]);
+        assert_eq!(RebootMode::parse("auto"), Some(RebootMode::Auto));
     }
 
     #[test]

@@ -137,3 +137,154 @@ fn plan_reports_a_reboot_where_the_booted_kernel_differs_from_the_target_and_onl
     assert!(!r.row("n1").contains("reboot needed"), "{r}");
     assert!(r.row("n3").contains("reboot needed (pending)"), "{r}");
 }
+
+/// Gives every generation `nixos-rebuild` builds next on `host` the kernel `version` (the fake
+/// rebuild copies `<state>/next-gen/` into it).
+fn next_kernel(sys: &SystemdNet, host: &common::netns::Host, version: &str) {
+    sys.exec_ok(
+        host,
+        &format!(
+            "set -e; S={HOST_STATE}; mkdir -p $S/kernels/{version} $S/next-gen; : > $S/kernels/{version}/bzImage; \
+             ln -sfn $S/kernels/{version}/bzImage $S/next-gen/kernel"
+        ),
+    );
+}
+
+/// The boot guard's units and state on a host's disk.
+fn guard_units(sys: &SystemdNet, host: &common::netns::Host) -> String {
+    sys.exec(
+        host,
+        "ls /etc/systemd/system.control /etc/systemd/system.control/timers.target.wants 2>/dev/null",
+    )
+    .stdout
+}
+
+#[test]
+fn reboot_auto_reboots_the_node_whose_kernel_changes_gates_and_confirms_and_only_that_one() {
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
+    let root = tempfile::tempdir().expect("root");
+    let hosts = sys.nixos_fleet(root.path(), 2, 3);
+    // Both booted kernel 6.1; n1's new generation has 6.6, n2's the same 6.1.
+    for h in &hosts {
+        set_kernel(&sys, h, 1, "6.1");
+    }
+    next_kernel(&sys, &hosts[0], "6.6");
+    next_kernel(&sys, &hosts[1], "6.1");
+    let boots = [sys.boots(&hosts[0]), sys.boots(&hosts[1])];
+    let r = Ran::of(&mut deploy_cmd(
+        &sys,
+        root.path(),
+        &[
+            "--all",
+            "--force",
+            "--reboot",
+            "auto",
+            "--rollback-grace",
+            "60",
+            "--reboot-timeout",
+            "60",
+        ],
+    ));
+    assert_eq!(r.code, Some(0), "{r}");
+    let row = r.row("n1");
+    assert!(
+        row.contains("rebooted into the new generation (kernel); confirmed over a new connection")
+            && row.contains("health gate checked tailscaled.service active"),
+        "{row}"
+    );
+    // n1 really rebooted, into generation 2, now its profile and boot default; no guard left.
+    assert_eq!(sys.boots(&hosts[0]), boots[0] + 1);
+    assert_eq!(
+        sys.generations(&hosts[0]),
+        ("2".into(), "2".into(), "2".into())
+    );
+    assert_eq!(
+        sys.readlink(&hosts[0], "/run/booted-system").as_deref(),
+        Some(format!("{HOST_STATE}/gens/2").as_str())
+    );
+    assert!(
+        !guard_units(&sys, &hosts[0]).contains("fleetnix-boot-guard"),
+        "{}",
+        guard_units(&sys, &hosts[0])
+    );
+    assert!(sys.exists(&hosts[0], "/var/lib/fleetnix/boot-guard/confirmed"));
+    assert!(!sys.exists(&hosts[0], "/run/fleetnix/lock"));
+    // n2 needed none: the guarded switch without a reboot.
+    assert_eq!(sys.boots(&hosts[1]), boots[1]);
+    assert!(
+        r.row("n2").contains("switched; confirmed") && !r.row("n2").contains("reboot"),
+        "{r}"
+    );
+    assert_eq!(
+        sys.generations(&hosts[1]),
+        ("2".into(), "2".into(), "2".into())
+    );
+}
+
+#[test]
+fn a_node_that_comes_back_without_network_is_restored_by_its_own_boot_guard() {
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
+    let root = tempfile::tempdir().expect("root");
+    let host = sys.nixos_fleet(root.path(), 1, 2).remove(0);
+    set_kernel(&sys, &host, 1, "6.1");
+    next_kernel(&sys, &host, "6.6");
+    // Any generation but the first boots without network (its link stays down); generation 1
+    // brings it up: a configuration that cannot reach the tailnet, which nothing on the
+    // network can fix.
+    sys.exec_ok(
+        &host,
+        &format!(
+            "set -e; cat > /etc/systemd/system/fleetnix-test-network.service <<'EOF'\n\
+             [Unit]\nDescription=test: only generation 1 has network\nBefore=ssh.service\n\
+             [Service]\nType=oneshot\nRemainAfterExit=yes\n\
+             ExecStart=/bin/sh -c 'g=$$(/usr/bin/readlink /run/booted-system); s=up; [ \"$${{g##*/}}\" = 1 ] || s=down; for l in $$(/usr/bin/ls /sys/class/net); do [ $$l = lo ] || /usr/sbin/ip link set $$l $$s; done'\n\
+             [Install]\nWantedBy=multi-user.target\nEOF\n\
+             ln -sfn ../fleetnix-test-network.service /etc/systemd/system/multi-user.target.wants/; systemctl daemon-reload; \
+             [ -e {HOST_STATE}/stage2 ]"
+        ),
+    );
+    let before = sys.boots(&host);
+    let started = std::time::Instant::now();
+    let r = Ran::of(&mut deploy_cmd(
+        &sys,
+        root.path(),
+        &[
+            "n1",
+            "--force",
+            "--reboot",
+            "auto",
+            "--rollback-grace",
+            "20",
+            "--reboot-timeout",
+            "8",
+        ],
+    ));
+    assert_eq!(r.code, Some(1), "{r}");
+    let row = r.row("n1");
+    assert!(
+        row.contains("FAILED")
+            && row.contains("[reboot]")
+            && row.contains("did not answer over SSH within 8s")
+            && row.contains(&format!(
+                "makes {HOST_STATE}/gens/1 the boot default again and reboots into it 20s after a boot of {HOST_STATE}/gens/2"
+            )),
+        "{row}"
+    );
+    // It did reboot into generation 2, which has no network; then, with nobody reaching it,
+    // its own guard made generation 1 the boot default again and rebooted into it.
+    sys.wait_for_reboot(&host, before + 1, started);
+    assert_eq!(sys.boots(&host), before + 2);
+    assert_eq!(sys.generations(&host), ("1".into(), "1".into(), "1".into()));
+    assert!(sys.exists(&host, "/var/lib/fleetnix/boot-guard/restored"));
+    assert!(
+        !guard_units(&sys, &host).contains("fleetnix-boot-guard"),
+        "the guard removed itself: {}",
+        guard_units(&sys, &host)
+    );
+    // What ran where: generation 2 was made the boot default, then generation 1 again.
+    assert_eq!(sys.activations(&host), ["2 boot", "1 boot"]);
+}

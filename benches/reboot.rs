@@ -55,7 +55,10 @@ fn main() {
     }
     let mut single = Vec::new();
     for h in &hosts {
-        single.push((h.name.clone(), timed(&sys, std::slice::from_ref(h), r, &[&h.name])));
+        single.push((
+            h.name.clone(),
+            timed(&sys, std::slice::from_ref(h), r, &[&h.name]),
+        ));
     }
     let (slowest_name, slowest) = single
         .iter()

@@ -647,14 +647,32 @@ impl<T: Transport> Ctx<T> {
         match out {
             Ok(o) if o.success() || o.code == Some(255) => {}
             Ok(o) => {
+                // Not rebooting: the guard at once makes the running generation the boot
+                // default again (it runs it, so the guard does not reboot).
+                let undo = self
+                    .transport
+                    .run(
+                        target,
+                        &super::reboot::roll_back_boot_now_script(),
+                        None,
+                        self.quick(),
+                        run.log,
+                    )
+                    .await;
+                let undone = match undo {
+                    Ok(u) if u.success() => format!(
+                        "its boot guard was started at once to make {} the boot default again",
+                        run.vars.running
+                    ),
+                    _ => self.boot_guard_will(run),
+                };
                 return Err(Failure::new(
                     Step::Reboot,
                     format!(
-                        "asking the node to reboot failed ({}); {}",
-                        o.last_line(),
-                        self.boot_guard_will(run)
+                        "asking the node to reboot failed ({}); {undone}",
+                        o.last_line()
                     ),
-                ))
+                ));
             }
             Err(e) => run.log.line(&format!("reboot: {e}; waiting for the node")),
         }

@@ -217,9 +217,12 @@ pub fn lock_script(id: &GuardId, prev: &str, grace: Duration) -> String {
          echo \"$I $(( $(date +%s) + {expiry} ))\" > \"$L/owner\"\n\
          release() {{ rm -rf \"$L\" \"$R/$I.armed\"; }}\n\
          cur=$(readlink {CURRENT_SYSTEM})\n\
-         if [ \"$cur\" != \"$P\" ]; then release; echo \"the node now runs $cur, not $P (read when fleetnix connected): deploy again\" >&2; exit 1; fi",
+         if [ \"$cur\" != \"$P\" ]; then release; echo \"the node now runs $cur, not $P (read when fleetnix connected): deploy again\" >&2; exit 1; fi\n\
+         G={boot_guard}; if [ -e \"$G/id\" ] && [ ! -d \"$G/decided\" ]; then release; echo \"the boot guard of an earlier deploy ($(cat \"$G/id\")) is still armed in $G: it was not confirmed after a reboot; let it decide (it acts at its bound after boot) or remove $G and its units in {units}\" >&2; exit 1; fi",
         id = sh_quote(id.as_str()),
         prev = sh_quote(prev),
+        boot_guard = super::reboot::BOOT_GUARD_DIR,
+        units = super::reboot::BOOT_GUARD_UNIT_DIR,
     )
 }
 

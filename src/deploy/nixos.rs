@@ -93,6 +93,14 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
     } else {
         When::Always
     };
+    // With --reboot, the listing says which steps run on which path.
+    let if_not = |what: String| {
+        if reboot {
+            format!("if it does not reboot: {what}")
+        } else {
+            what
+        }
+    };
     if reboot {
         ops.push(b.op(OpKind::Remote(Remote {
             effect: Effect::RebootCheck,
@@ -111,12 +119,12 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
         effect: Effect::Arm,
         ..Remote::new(
             Step::ArmGuard,
-            format!(
+            if_not(format!(
                 "take the node's lock and arm the rollback guard {} ({} = a new id per deploy): back to {RUNNING} in {}s unless confirmed; then how tailscaled and the agent are before the switch (what the gate compares with)",
                 id.unit(),
                 id.as_str(),
                 grace.as_secs()
-            ),
+            )),
             Script::Arm {
                 grace,
                 gpus: plan.gpus,
@@ -129,7 +137,7 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
         effect: Effect::Activate,
         ..Remote::new(
             Step::Activate,
-            "activate without making it the default (switch-to-configuration test)",
+            if_not("activate without making it the default (switch-to-configuration test)".into()),
             Script::Activate,
         )
     })));
@@ -140,7 +148,7 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
             ..Remote::new(
                 Step::ArmGuard,
                 format!(
-                    "drain the node's tasks (if the bus can), take the node's lock, arm the boot guard on the node's disk ({dir}, {unit}.timer in {units}: {secs}s after a boot without confirmation, {RUNNING} is the boot default again and the node reboots into it), make {BUILT} the profile and boot default; then how tailscaled and the agent are before the reboot",
+                    "if it reboots: drain the node's tasks (if the bus can), take the node's lock, arm the boot guard on the node's disk ({dir}, {unit}.timer in {units}: {secs}s after a boot without confirmation, {RUNNING} is the boot default again and the node reboots into it), make {BUILT} the profile and boot default; then how tailscaled and the agent are before the reboot",
                     dir = super::reboot::BOOT_GUARD_DIR,
                     unit = super::reboot::BOOT_GUARD_UNIT,
                     units = super::reboot::BOOT_GUARD_UNIT_DIR,
@@ -158,7 +166,7 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
             ..Remote::new(
                 Step::Reboot,
                 format!(
-                    "reboot into {BUILT}, then wait (new connections, within {}s) until the node answers from its new boot",
+                    "if it reboots: reboot into {BUILT}, then wait (new connections, within {}s) until the node answers from its new boot",
                     opts.reboot_timeout.as_secs()
                 ),
                 Script::Reboot,
@@ -193,7 +201,7 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
             effect: Effect::ConfirmBoot,
             ..Remote::new(
                 Step::Confirm,
-                format!("confirm the reboot over a NEW connection: only if the node booted {BUILT}, disarm and remove the boot guard and release the lock"),
+                format!("if it rebooted: confirm the reboot over a NEW connection: only if the node booted {BUILT}, disarm and remove the boot guard and release the lock"),
                 Script::ConfirmBoot,
             )
         })));
@@ -204,7 +212,7 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
         effect: Effect::Confirm,
         ..Remote::new(
             Step::Confirm,
-            "confirm over a NEW connection: disarm the guard, then make the new generation the profile and boot default and release the lock (retried through the grace period)",
+            if_not("confirm over a NEW connection: disarm the guard, then make the new generation the profile and boot default and release the lock (retried through the grace period)".into()),
             Script::Confirm,
         )
     })));

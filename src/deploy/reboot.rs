@@ -264,8 +264,8 @@ pub fn boot_guard_script(prev: &str) -> String {
 
 /// Script arming the boot guard and making `new` the boot default (over SSH, before the
 /// reboot). Takes the node's lock and checks that `prev` still runs
-/// ([`super::guard::lock_script`]), refuses while an earlier deploy's boot guard is armed,
-/// writes the guard's state and units ([`BOOT_GUARD_DIR`], [`BOOT_GUARD_UNIT_DIR`]: a timer
+/// ([`super::guard::lock_script`], which also refuses while an earlier deploy's boot guard is
+/// armed), writes the guard's state and units ([`BOOT_GUARD_DIR`], [`BOOT_GUARD_UNIT_DIR`]: a timer
 /// `OnBootSec=<bound>` wanted by `timers.target`), then sets the profile to `new` and makes it
 /// the boot default. If that fails, the guard is removed, the profile set back, the lock
 /// released: the node is as before. Then the gate's units before the reboot.
@@ -290,7 +290,6 @@ pub fn arm_boot_script(
     format!(
         "{lock}\n\
          N={new}; D={BOOT_GUARD_DIR}; U={BOOT_GUARD_UNIT_DIR}\n\
-         if [ -e \"$D/id\" ] && [ ! -d \"$D/decided\" ]; then release; echo \"the boot guard of an earlier deploy ($(cat \"$D/id\")) is still armed in $D: let it decide (it acts {secs}s after boot) or remove $D and its units in $U\" >&2; exit 1; fi\n\
          unguard() {{ rm -rf \"$D\" \"$U/{BOOT_GUARD_UNIT}.timer\" \"$U/{BOOT_GUARD_UNIT}.service\" \"$U/timers.target.wants/{BOOT_GUARD_UNIT}.timer\"; systemctl daemon-reload; }}\n\
          rm -rf \"$D\" && mkdir -p \"$D\" \"$U/timers.target.wants\" || {{ release; echo \"cannot write $D\" >&2; exit 1; }}\n\
          printf '%s\\n' \"$I\" > \"$D/id\" && printf '%s\\n' \"$P\" > \"$D/prev\" && printf '%s\\n' \"$N\" > \"$D/new\" \\\n\
@@ -308,7 +307,6 @@ pub fn arm_boot_script(
          {gate}",
         lock = super::guard::lock_script(id, prev, bound),
         new = sh_quote(new),
-        secs = bound.as_secs(),
         guard = sh_quote(&boot_guard_script(prev)),
         service = sh_quote(&service),
         timer = sh_quote(&timer),

@@ -289,3 +289,94 @@ fn a_node_that_comes_back_without_network_is_restored_by_its_own_boot_guard() {
     // What ran where: generation 2 was made the boot default, then generation 1 again.
     assert_eq!(sys.activations(&host), ["2 boot", "1 boot"]);
 }
+
+#[test]
+fn a_full_boot_is_refused_before_anything_is_copied_naming_node_file_system_and_numbers() {
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
+    let root = tempfile::tempdir().expect("root");
+    let host = sys.nixos_fleet(root.path(), 1, 2).remove(0);
+    // /boot is a 1 MiB file system; the running kernel is 2 MiB.
+    sys.exec_ok(
+        &host,
+        &format!(
+            "set -e; mount -t tmpfs -o size=1m fleetnix-test-boot /boot; S={HOST_STATE}; mkdir -p $S/kernels/6.1; \
+             head -c 2097152 /dev/zero > $S/kernels/6.1/bzImage; ln -sfn $S/kernels/6.1/bzImage $S/gens/1/kernel"
+        ),
+    );
+    let r = Ran::of(&mut deploy_cmd(&sys, root.path(), &["n1", "--force"]));
+    assert_eq!(r.code, Some(1), "{r}");
+    let row = r.row("n1");
+    assert!(
+        row.contains("[preflight]")
+            && row.contains("not enough space on n1, nothing copied")
+            && row.contains("/boot (file system mounted at /boot) has 1.0 MiB free, one more kernel+initrd needs 2.0 MiB"),
+        "{row}"
+    );
+    // Nothing was built, copied or activated.
+    assert!(!root.path().join("rec/nixos-rebuild.n1.argv").exists());
+    assert!(sys.activations(&host).is_empty());
+    // `--action test` makes no boot entry: /boot is not asked.
+    let r = Ran::of(&mut deploy_cmd(
+        &sys,
+        root.path(),
+        &["n1", "--force", "--action", "test"],
+    ));
+    assert_eq!(r.code, Some(0), "{r}");
+}
+
+#[test]
+fn the_dry_run_lists_both_paths_and_reboot_needs_the_guarded_switch() {
+    let root = tempfile::tempdir().expect("root");
+    let specs = [NodeSpec {
+        host_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS".into()),
+        ..NodeSpec::new("cp", "100.64.0.1", &[])
+    }];
+    write_fleet(root.path(), &specs, 4, false);
+    let dry = |args: &[&str]| {
+        Ran::of(
+            Command::new(fleetnix_bin())
+                .arg("--root")
+                .arg(root.path())
+                .args(["deploy", "--dry-run", "cp"])
+                .args(args)
+                .env("FLEETNIX_TAILSCALE", ""),
+        )
+    };
+    let r = dry(&["--reboot", "auto"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    let check = r
+        .stdout
+        .find("does NEW_SYSTEM need a reboot?")
+        .expect("check");
+    let arm = r
+        .stdout
+        .find("if it reboots: drain the node's tasks")
+        .expect("boot guard");
+    let reboot = r
+        .stdout
+        .find("if it reboots: reboot into NEW_SYSTEM")
+        .expect("reboot");
+    let confirm = r
+        .stdout
+        .find("if it rebooted: confirm the reboot over a NEW connection")
+        .expect("confirm");
+    assert!(check < arm && arm < reboot && reboot < confirm, "{r}");
+    assert!(r.stdout.contains("OnBootSec=120s"), "{r}");
+    assert!(
+        r.stdout.contains("if it does not reboot: activate without"),
+        "{r}"
+    );
+    // Without --reboot the steps are the guarded switch's, unlabelled.
+    let r = dry(&[]);
+    assert!(!r.stdout.contains("if it reboots"), "{r}");
+    for bad in [
+        &["--reboot", "always", "--no-rollback"][..],
+        &["--reboot", "auto", "--action", "test"],
+    ] {
+        let r = dry(bad);
+        assert_eq!(r.code, Some(1), "{bad:?}: {r}");
+        assert!(r.stderr.contains("needs the guarded switch"), "{r}");
+    }
+}

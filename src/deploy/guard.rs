@@ -218,7 +218,7 @@ pub fn lock_script(id: &GuardId, prev: &str, grace: Duration) -> String {
          release() {{ rm -rf \"$L\" \"$R/$I.armed\"; }}\n\
          cur=$(readlink {CURRENT_SYSTEM})\n\
          if [ \"$cur\" != \"$P\" ]; then release; echo \"the node now runs $cur, not $P (read when fleetnix connected): deploy again\" >&2; exit 1; fi\n\
-         G={boot_guard}; if [ -e \"$G/id\" ] && [ ! -d \"$G/decided\" ]; then release; echo \"the boot guard of an earlier deploy ($(cat \"$G/id\")) is still armed in $G: it was not confirmed after a reboot; let it decide (it acts at its bound after boot) or remove $G and its units in {units}\" >&2; exit 1; fi",
+         G={boot_guard}; if [ -e \"$G/id\" ] && [ ! -d \"$G/decided\" ]; then release; echo \"the reboot guard of an earlier deploy ($(cat \"$G/id\")) is still armed in $G: it was not confirmed after a reboot; let it decide (it acts at its bound after each start) or remove $G and its units in {units}\" >&2; exit 1; fi",
         id = sh_quote(id.as_str()),
         prev = sh_quote(prev),
         boot_guard = super::reboot::BOOT_GUARD_DIR,

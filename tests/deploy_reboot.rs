@@ -221,6 +221,20 @@ fn reboot_auto_reboots_the_node_whose_kernel_changes_gates_and_confirms_and_only
         sys.generations(&hosts[1]),
         ("2".into(), "2".into(), "2".into())
     );
+    // Without --reboot nothing reboots, and the summary says which node needs one.
+    next_kernel(&sys, &hosts[1], "6.7");
+    let r = Ran::of(&mut deploy_cmd(
+        &sys,
+        root.path(),
+        &["n2", "--force", "--rollback-grace", "60"],
+    ));
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(
+        r.row("n2").contains("switched; confirmed")
+            && r.row("n2").contains("reboot needed (kernel)"),
+        "{r}"
+    );
+    assert_eq!(sys.boots(&hosts[1]), boots[1]);
 }
 
 #[test]

@@ -165,3 +165,83 @@ fn two_hosts_boot_side_by_side_and_go_away_with_the_test() {
     }
     assert!(!disk.exists(), "{} left behind", disk.display());
 }
+
+#[test]
+fn a_power_cut_keeps_the_disk_and_loses_run() {
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
+    let host = sys.nixos_host("n1");
+    sys.exec_ok(&host, ": > /run/marker && : > /root/on-disk && sync");
+    let leader = sys.leader(&host);
+    sys.power_cycle(&host);
+    assert_eq!(sys.boots(&host), 2);
+    assert_ne!(sys.leader(&host), leader);
+    assert!(!sys.exists(&host, "/run/marker"));
+    assert!(sys.exists(&host, "/root/on-disk"));
+    assert_eq!(sys.system_state(&host), "running");
+    let r = ssh(&sys, &host, "true");
+    assert_eq!(r.code, Some(0), "SSH is back: {r}");
+}
+
+#[test]
+fn the_systemd_run_stand_in_of_the_sshd_only_hosts_behaves_as_the_real_one_on_nixos() {
+    // The deploy tests still on sshd-only namespace hosts use tests/fakes/host-bin/systemd-run:
+    // it must give units what the real one gives them under NixOS's unit PATH.
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
+    let host = sys.nixos_host("n1");
+    let dir = tempfile::tempdir().expect("dir");
+    let fake = |script: &str| {
+        Ran::of(
+            std::process::Command::new(common::fakes().join("host-bin/systemd-run"))
+                .args(["--wait", "--pipe", "/bin/sh", "-c", script])
+                .env("FAKE_HOST_DIR", dir.path()),
+        )
+    };
+    let real = |script: &str| {
+        sys.exec(
+            &host,
+            &format!(
+                "systemd-run --wait --pipe --quiet /bin/sh -c '{}'",
+                script.replace('\'', "'\\''")
+            ),
+        )
+    };
+    // A bare `touch` is not found (exit 127) in both, and nothing is made.
+    let (f, r) = (
+        fake("touch /tmp/fleetnix-made-by-touch"),
+        real("touch /root/made-by-touch"),
+    );
+    assert_eq!(f.code, Some(127), "stand-in: {f}");
+    assert_ne!(r.code, Some(0), "real: {r}");
+    assert!(!std::path::Path::new("/tmp/fleetnix-made-by-touch").exists());
+    assert!(!sys.exists(&host, "/root/made-by-touch"));
+    // Both PATHs hold systemd's programs and nothing else; the caller's PATH does not leak in.
+    let (f, r) = (fake("echo \"$PATH\""), real("echo \"$PATH\""));
+    assert_eq!(
+        f.stdout.trim(),
+        common::fakes().join("host-bin").display().to_string()
+    );
+    assert_eq!(r.stdout.trim(), SYSTEMD_ONLY_BIN);
+    for (what, out) in [("stand-in", &f), ("real", &r)] {
+        let listing = if what == "real" {
+            sys.exec_ok(&host, &format!("ls {SYSTEMD_ONLY_BIN}"))
+        } else {
+            std::fs::read_dir(common::fakes().join("host-bin"))
+                .expect("host-bin")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned() + "\n")
+                .collect()
+        };
+        for tool in ["touch", "ln", "mv", "cat", "mkdir", "rm"] {
+            assert!(
+                !listing.lines().any(|l| l == tool),
+                "{what} PATH holds {tool}: {out}"
+            );
+        }
+    }
+    // Absolute paths work in both.
+    let (f, r) = (fake("/usr/bin/true"), real("/usr/bin/true"));
+    assert_eq!((f.code, r.code), (Some(0), Some(0)), "{f}\n{r}");
+}

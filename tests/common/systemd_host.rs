@@ -18,7 +18,8 @@
 //!   host's per-test key and authorizes [`Net::client_key`].
 //! - A supervisor thread starts nspawn again when it exits with 133 (what `systemctl reboot`
 //!   inside makes it do, and what `systemd-nspawn@.service` does with `RestartForceExitStatus`):
-//!   a real reboot, with a new `/run` and `/tmp` and the same disk.
+//!   a real reboot, with a new `/run` and `/tmp` and the same disk. [`SystemdNet::power_cycle`]
+//!   is the fault of a power cut: the container is killed, then booted again.
 //! - Dropping the [`SystemdNet`] (also while a test panics) kills every container, waits for
 //!   nspawn to exit, then the [`Net`] deletes the namespaces and the temp dirs.
 
@@ -56,6 +57,8 @@ struct Machine {
     machine: String,
     /// Set before the containers are killed: the supervisor must not boot again.
     stop: Arc<AtomicBool>,
+    /// Set by [`SystemdNet::power_cycle`]: boot again whatever nspawn's exit status.
+    power_on: Arc<AtomicBool>,
     /// Boots so far (nspawn starts).
     boots: Arc<AtomicU32>,
     /// The running nspawn's pid (0 between boots).
@@ -235,6 +238,7 @@ impl SystemdNet {
 
         let machine = host.ns.clone();
         let stop = Arc::new(AtomicBool::new(false));
+        let power_on = Arc::new(AtomicBool::new(false));
         let boots = Arc::new(AtomicU32::new(0));
         let nspawn_pid = Arc::new(AtomicU32::new(0));
         let last_exit = Arc::new(Mutex::new(None));
@@ -261,8 +265,9 @@ impl SystemdNet {
             .stdin(Stdio::null());
         let log = host.dir.join("nspawn.log");
         let supervisor = {
-            let (stop, boots, nspawn_pid, last_exit) = (
+            let (stop, power_on, boots, nspawn_pid, last_exit) = (
                 stop.clone(),
+                power_on.clone(),
                 boots.clone(),
                 nspawn_pid.clone(),
                 last_exit.clone(),
@@ -294,7 +299,8 @@ impl SystemdNet {
                 let status = child.wait().ok().and_then(|s| s.code());
                 nspawn_pid.store(0, Ordering::SeqCst);
                 *last_exit.lock().expect("lock") = Some(status);
-                if stop.load(Ordering::SeqCst) || status != Some(133) {
+                let again = power_on.swap(false, Ordering::SeqCst) || status == Some(133);
+                if stop.load(Ordering::SeqCst) || !again {
                     return;
                 }
             })
@@ -304,6 +310,7 @@ impl SystemdNet {
             disk,
             machine,
             stop,
+            power_on,
             boots,
             nspawn_pid,
             last_exit,
@@ -321,11 +328,12 @@ impl SystemdNet {
         let addr = std::net::SocketAddr::from((host.addr, 22));
         let m = self.machine(host);
         let last_exit = m.last_exit.clone();
+        let power_on = m.power_on.clone();
         let log = host.dir.join("nspawn.log");
         let up = super::netns::run_in(self.net.hub(), move || {
             super::poll(BOOT_LIMIT, || {
                 if let Some(code) = *last_exit.lock().expect("lock") {
-                    if code != Some(133) {
+                    if code != Some(133) && !power_on.load(Ordering::SeqCst) {
                         return Some(Err(format!("systemd-nspawn exited ({code:?})")));
                     }
                 }
@@ -512,6 +520,18 @@ impl SystemdNet {
         let started = Instant::now();
         let r = self.exec(host, "systemctl reboot");
         assert_eq!(r.code, Some(0), "systemctl reboot on {}: {r}", host.name);
+        self.wait_for_reboot(host, before, started);
+    }
+
+    /// Fault: the host loses power (its PID 1 and with it every process of the container is
+    /// killed: no shutdown, no unit stops) and is switched on again; returns once it booted
+    /// and its sshd accepts connections. The disk keeps what was written; `/run` is new.
+    pub fn power_cycle(&mut self, host: &Host) {
+        let before = self.boots(host);
+        let leader = self.leader(host);
+        self.machine(host).power_on.store(true, Ordering::SeqCst);
+        let started = Instant::now();
+        kill(leader, rustix::process::Signal::KILL);
         self.wait_for_reboot(host, before, started);
     }
 

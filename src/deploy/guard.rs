@@ -218,11 +218,13 @@ pub fn lock_script(id: &GuardId, prev: &str, grace: Duration) -> String {
          release() {{ rm -rf \"$L\" \"$R/$I.armed\"; }}\n\
          cur=$(readlink {CURRENT_SYSTEM})\n\
          if [ \"$cur\" != \"$P\" ]; then release; echo \"the node now runs $cur, not $P (read when fleetnix connected): deploy again\" >&2; exit 1; fi\n\
-         G={boot_guard}; if [ -e \"$G/id\" ] && [ ! -d \"$G/decided\" ]; then release; echo \"the reboot guard of an earlier deploy ($(cat \"$G/id\")) is still armed in $G: it was not confirmed after a reboot; let it decide (it acts at its bound after each start) or remove $G and its units in {units}\" >&2; exit 1; fi",
+         G={boot_guard}; if [ -e \"$G/failed\" ]; then release; echo \"the reboot guard of an earlier deploy ($(cat \"$G/id\")) FAILED to restore its previous generation ($(cat \"$G/prev\")); see journalctl -u {unit}.service; once the node runs the generation it should, remove $G and deploy again\" >&2; exit 1; fi\n\
+         if [ -e \"$G/id\" ] && [ ! -d \"$G/decided\" ]; then release; echo \"the reboot guard of an earlier deploy ($(cat \"$G/id\")) is still armed in $G: it was not confirmed after a reboot; let it decide (it acts at its bound after each start) or remove $G and its units in {units}\" >&2; exit 1; fi",
         id = sh_quote(id.as_str()),
         prev = sh_quote(prev),
         boot_guard = super::reboot::BOOT_GUARD_DIR,
         units = super::reboot::BOOT_GUARD_UNIT_DIR,
+        unit = super::reboot::BOOT_GUARD_UNIT,
     )
 }
 

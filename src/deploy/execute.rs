@@ -383,8 +383,12 @@ impl<T: Transport> Ctx<T> {
                     Effect::Generation => {
                         // The running generation on the first line, then the space lines.
                         let running = out.stdout.lines().next().unwrap_or("").trim();
+                        // With --reboot, a node that runs its target but has a reboot pending
+                        // from an earlier switch is not skipped: the check reboots it.
+                        let pending = self.opts.reboot != super::reboot::RebootMode::Never
+                            && super::reboot::pending(&out.stdout);
                         if let Some(target) = self.opts.skip_if_running.get(&run.plan.name) {
-                            if running == target.as_str() {
+                            if running == target.as_str() && !pending {
                                 return Ok(Flow::Done((
                                     Outcome::Unchanged,
                                     unchanged_detail(target),

@@ -90,15 +90,18 @@ impl Default for GuardId {
 }
 
 /// Script printing the running generation (the target of `/run/current-system`) on its first
-/// line, then the preflight's space lines ([`super::preflight::space_script`]). On a host
+/// line, then the preflight's space lines ([`super::preflight::space_script`]) and the booted
+/// and running systems' boot components ([`super::reboot::pending`]). On a host
 /// without it or without the system profile it fails saying the host does not look like
 /// NixOS (and what to set instead), not with a bare exit code.
 pub fn current_generation_script() -> String {
     format!(
-        "if [ -e {SYSTEM_PROFILE} ] && readlink {CURRENT_SYSTEM}; then {space}; exit 0; fi\n\
+        "if [ -e {SYSTEM_PROFILE} ] && readlink {CURRENT_SYSTEM}; then {space}; echo @booted; {booted}; echo @running; {running}; exit 0; fi\n\
          m=; [ -e {CURRENT_SYSTEM} ] || m=\" no {CURRENT_SYSTEM}\"; [ -e {SYSTEM_PROFILE} ] || m=\"$m, no {SYSTEM_PROFILE}\"\n\
          echo \"{NOT_NIXOS_PREFIX}:${{m#,}}\" >&2\nexit 1",
-        space = super::preflight::space_script()
+        space = super::preflight::space_script(),
+        booted = super::reboot::read_script(super::reboot::BOOTED_SYSTEM),
+        running = super::reboot::read_script(CURRENT_SYSTEM),
     )
 }
 

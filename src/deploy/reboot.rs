@@ -241,6 +241,16 @@ pub fn parse_check(stdout: &str) -> RebootNeed {
     )
 }
 
+/// Does the connect step's output (`@booted` and `@running` sections of [`read_script`] lines)
+/// show a reboot pending from an earlier switch (the running system's components differ from
+/// the booted one's)? `false` when the booted system says nothing.
+pub fn pending(stdout: &str) -> bool {
+    let after = |mark: &str| stdout.split(mark).nth(1).unwrap_or("");
+    let booted = BootSet::parse(after("@booted").split("@running").next().unwrap_or(""));
+    let running = BootSet::parse(after("@running"));
+    !booted.is_empty() && !differences(&booted, &running).is_empty()
+}
+
 /// The guard's script, run by `fleetnix-boot-guard.service` `bound` after a boot unless the
 /// deploy was confirmed. Its unit gets NixOS's `PATH` (systemd's own programs only), so every
 /// other program is called by absolute path from `prev`'s `sw/bin`. It claims the decision
@@ -479,6 +489,13 @@ mod tests {
             parse_boot_confirm("booted /x"),
             Some(BootConfirm::Booted("/x".into()))
         );
+        assert!(pending(
+            "/nix/store/x\n@booted\nkernel /k1\n@running\nkernel /k2\n"
+        ));
+        assert!(!pending(
+            "/nix/store/x\n@booted\nkernel /k1\n@running\nkernel /k1\n"
+        ));
+        assert!(!pending("/nix/store/x\n@booted\n@running\nkernel /k1\n"));
         let need = parse_check("@booted\nkernel /k1\n@new\nkernel /k2\n");
         assert_eq!(need.reasons, ["kernel"]);
         assert_eq!(RebootMode::parse("auto"), Some(RebootMode::Auto));

@@ -347,6 +347,11 @@ fn the_agent_is_checked_only_where_the_new_generation_has_its_unit() {
         root.path(),
         &["n1", "--force", "--rollback-grace", "60"],
     ));
-    assert_eq!(r.code, Some(1), "{r}");
+    assert_eq!(
+        r.code,
+        Some(1),
+        "{r}\n{}",
+        sys.journal(&host, "-u omp-agent.service")
+    );
     assert!(r.row("n1").contains("omp-agent.service is inactive"), "{r}");
 }

@@ -65,19 +65,33 @@ fn a_canary_whose_agent_fails_its_gate_is_rolled_back_and_halts_the_rollout() {
 }
 
 #[test]
-fn a_hosted_service_that_does_not_listen_fails_the_gate_naming_it() {
+fn a_hosted_service_the_switch_stops_fails_the_gate_naming_it() {
     let Some(mut sys) = SystemdNet::new() else {
         return;
     };
     let root = tempfile::tempdir().expect("root");
     let host = sys.nixos_fleet(root.path(), 1, 2).remove(0);
-    // n1 is the control plane: postgres (5432) is one of its services.
-    sys.stop_listening(&host, 5432);
-    let r = Ran::of(&mut deploy_cmd(
+    // n1 is the control plane: postgres (5432) is one of its services. It listens before the
+    // switch; the activation is held while the test stops it, as a bad generation would.
+    let state = sys.state(&host);
+    std::fs::write(state.join("hold-activation"), "").expect("knob");
+    let child = deploy_cmd(
         &sys,
         root.path(),
         &["n1", "--force", "--json", "--rollback-grace", "60"],
-    ));
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("deploy");
+    wait_for(
+        "the activation to be held",
+        std::time::Duration::from_secs(60),
+        || state.join("activation-held").exists(),
+    );
+    sys.stop_listening(&host, 5432);
+    std::fs::remove_file(state.join("hold-activation")).expect("release");
+    let r = Ran::from(child.wait_with_output().expect("deploy output"));
     assert_eq!(r.code, Some(1), "{r}");
     let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
     let node = &v["nodes"][0];
@@ -91,6 +105,36 @@ fn a_hosted_service_that_does_not_listen_fails_the_gate_naming_it() {
     // Only the missing service is named: the others answered.
     assert!(!detail.contains("4222"), "{detail}");
     assert_eq!(sys.generations(&sys.host("n1")), untouched());
+}
+
+#[test]
+fn a_service_already_down_before_the_switch_is_a_warning_not_a_rollback() {
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
+    let root = tempfile::tempdir().expect("root");
+    let host = sys.nixos_fleet(root.path(), 1, 2).remove(0);
+    // A fleet set up networking-first: nothing listens on postgres yet, before or after.
+    sys.stop_listening(&host, 5432);
+    let r = Ran::of(&mut deploy_cmd(
+        &sys,
+        root.path(),
+        &["n1", "--force", "--rollback-grace", "60"],
+    ));
+    assert_eq!(r.code, Some(0), "{r}");
+    let row = r.row("n1");
+    assert!(
+        row.contains("confirmed")
+            && row.contains(&format!(
+                "postgres ({}:5432) refused (already closed before the switch)",
+                host.addr
+            )),
+        "{row}"
+    );
+    assert_eq!(
+        sys.generations(&sys.host("n1")),
+        ("2".into(), "2".into(), "2".into())
+    );
 }
 
 #[test]
@@ -185,12 +229,129 @@ fn the_dry_run_lists_the_gate_before_the_confirmation() {
     // A worker hosts no service: only the units.
     let r = dry(&["w"]);
     assert!(
-        r.stdout
-            .contains("tailscaled.service and omp-agent.service active; else roll back"),
+        r.stdout.contains(
+            "tailscaled.service and omp-agent.service active, and TCP connects to no service; each as healthy as before the switch"
+        ),
         "{r}"
     );
     // Off with --no-health-gate.
     let r = dry(&["cp", "--no-health-gate"]);
     assert_eq!(r.code, Some(0), "{r}");
     assert!(!r.stdout.contains("health gate"), "{r}");
+}
+
+/// Declares `gpus` GPUs for `node` in the fleet's nodes.yml (`resources.gpu`).
+fn declare_gpus(root: &std::path::Path, node: &str, gpus: u32) {
+    let path = root.join("fleet/nodes.yml");
+    let text = std::fs::read_to_string(&path).expect("nodes.yml");
+    let mut out = String::new();
+    let mut mine = false;
+    for l in text.lines() {
+        if l.trim_start().starts_with("- name:") {
+            mine = l.trim_end().ends_with(&format!(" {node}"));
+        }
+        if mine && l.trim_start().starts_with("resources:") {
+            out.push_str(&l.replace(" }", &format!(", gpu: {gpus} }}")));
+        } else {
+            out.push_str(l);
+        }
+        out.push('\n');
+    }
+    assert!(out.contains(&format!("gpu: {gpus}")), "{out}");
+    std::fs::write(&path, out).expect("nodes.yml");
+}
+
+#[test]
+fn a_gpu_node_passes_only_while_nvidia_smi_lists_its_gpus() {
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
+    let root = tempfile::tempdir().expect("root");
+    let host = sys.nixos_fleet(root.path(), 1, 2).remove(0);
+    declare_gpus(root.path(), "n1", 2);
+    // A fake nvidia-smi on the host's PATH: two GPUs while generation 1 runs; any other
+    // generation brings a new driver library whose kernel module is not loaded (no reboot):
+    // NVML's "Driver/library version mismatch", exit 18.
+    sys.exec_ok(
+        &host,
+        "cat > /usr/local/bin/nvidia-smi <<'EOF'\n#!/bin/sh\n\
+         case $(readlink /run/current-system) in\n\
+         */gens/1) echo 'NVIDIA A100-SXM4-80GB'; echo 'NVIDIA A100-SXM4-80GB' ;;\n\
+         *) echo 'Failed to initialize NVML: Driver/library version mismatch'; exit 18 ;;\n\
+         esac\nEOF\nchmod 755 /usr/local/bin/nvidia-smi",
+    );
+    let r = Ran::of(&mut deploy_cmd(
+        &sys,
+        root.path(),
+        &["n1", "--force", "--rollback-grace", "60"],
+    ));
+    assert_eq!(r.code, Some(1), "{r}");
+    let row = r.row("n1");
+    assert!(
+        row.contains("[health-gate]")
+            && row.contains(
+                "GPUs: nvidia-smi failed (exit 18): Failed to initialize NVML: Driver/library version mismatch"
+            )
+            && row.contains("rolled back to"),
+        "{row}"
+    );
+    assert_eq!(sys.generations(&host), untouched());
+    // With the driver and its module in step (the fake answers for every generation), the
+    // gate passes and names the check.
+    sys.exec_ok(
+        &host,
+        "sed -i 's|\\*/gens/1)|*)|' /usr/local/bin/nvidia-smi && /usr/local/bin/nvidia-smi | grep -c A100",
+    );
+    let r = Ran::of(&mut deploy_cmd(
+        &sys,
+        root.path(),
+        &["n1", "--force", "--rollback-grace", "60"],
+    ));
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(r.row("n1").contains("GPUs: nvidia-smi lists 2 of 2"), "{r}");
+}
+
+#[test]
+fn the_agent_is_checked_only_where_the_new_generation_has_its_unit() {
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
+    let root = tempfile::tempdir().expect("root");
+    let host = sys.nixos_fleet(root.path(), 1, 2).remove(0);
+    // The new generation has tailscaled's unit and no agent (the example fleet without an
+    // agent package), and activating it stops the agent that runs now.
+    let state = sys.state(&host);
+    let units = state.join("next-gen/etc/systemd/system");
+    std::fs::create_dir_all(&units).expect("units");
+    std::fs::write(units.join("tailscaled.service"), "[Service]\n").expect("unit");
+    std::fs::write(state.join("breaks-agent"), "").expect("knob");
+    let r = Ran::of(&mut deploy_cmd(
+        &sys,
+        root.path(),
+        &["n1", "--force", "--rollback-grace", "60"],
+    ));
+    assert_eq!(r.code, Some(0), "{r}");
+    let row = r.row("n1");
+    assert!(
+        row.contains("checked tailscaled.service active")
+            && row.contains("not checked: omp-agent.service (not in the new generation)"),
+        "{row}"
+    );
+    assert_eq!(sys.generations(&host), ("2".into(), "2".into(), "2".into()));
+    // With the agent's unit in the new generation, the same stop of a running agent fails
+    // the gate.
+    std::fs::write(units.join("omp-agent.service"), "[Service]\n").expect("unit");
+    sys.exec_ok(&host, "systemctl start omp-agent.service");
+    let r = Ran::of(&mut deploy_cmd(
+        &sys,
+        root.path(),
+        &["n1", "--force", "--rollback-grace", "60"],
+    ));
+    assert_eq!(
+        r.code,
+        Some(1),
+        "{r}\n{}",
+        sys.journal(&host, "-u omp-agent.service")
+    );
+    assert!(r.row("n1").contains("omp-agent.service is inactive"), "{r}");
 }

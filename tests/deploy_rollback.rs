@@ -222,18 +222,26 @@ fn reboot_before_confirmation_boots_the_old_generation() {
 }
 
 #[test]
-#[ignore = "needs the node-side boot guard of issue 24 part 2"]
 fn a_node_rebooted_into_an_unconfirmed_boot_default_is_restored_by_its_own_guard() {
     // Issue 24: with `deploy --reboot`, the new generation becomes the boot default BEFORE the
-    // reboot, so the transient timer above (gone with /run) cannot protect it; a unit at boot
-    // must, without a confirmation within its bound, make the previous generation the boot
-    // default again and reboot. Today's guard has no such unit: this host stays on generation 2.
+    // reboot, so the transient timer above (gone with /run) cannot protect it; the boot guard
+    // (a unit at boot on the node's disk) must, without a confirmation within its bound, make
+    // the previous generation the boot default again and reboot.
     let Some(mut sys) = SystemdNet::new() else {
         return;
     };
     let host = sys.nixos_host("n1");
-    let state = sys.state(&host);
-    std::fs::write(state.join("break-ssh-on-switch"), "").expect("marker");
+    // Any generation but the first comes back without SSH: its sshd does not start (a
+    // drop-in on the host's disk; the container cannot take its own link down).
+    sys.exec_ok(
+        &host,
+        &format!(
+            "mkdir -p /etc/systemd/system/ssh.service.d && printf '%s\\n' '[Service]' \
+             'ExecStartPre=/bin/sh -c \"test $$(/usr/bin/readlink /run/booted-system) = {}\"' \
+             > /etc/systemd/system/ssh.service.d/fleetnix-test.conf && systemctl daemon-reload",
+            common::systemd_host::gen_path(1)
+        ),
+    );
     let root = tempfile::tempdir().expect("root");
     write_fleet(root.path(), &[NodeSpec::for_host(&host)], 2, false);
     let before = sys.boots(&host);
@@ -241,11 +249,20 @@ fn a_node_rebooted_into_an_unconfirmed_boot_default_is_restored_by_its_own_guard
     let r = Ran::of(&mut deploy_cmd(
         &sys,
         root.path(),
-        &["n1", "--reboot", "always", "--rollback-grace", "5"],
+        &[
+            "n1",
+            "--reboot",
+            "always",
+            "--rollback-grace",
+            "5",
+            "--reboot-timeout",
+            "5",
+        ],
     ));
-    // The node came back without SSH (its new generation stops sshd): the deploy fails, and
-    // the node's own guard, within its bound, boots generation 1 again.
+    // The node came back without SSH: the deploy fails, and the node's own guard, within its
+    // bound, boots generation 1 again.
     assert_eq!(r.code, Some(1), "{r}");
+    assert!(r.row("n1").contains("[reboot]"), "{r}");
     sys.wait_for_reboot(&host, before + 1, started);
     wait_for("the node-side guard", Duration::from_secs(60), || {
         sys.generations(&host) == all_on("1")

@@ -72,9 +72,18 @@ pub struct DeployArgs {
     /// (faster; an unreachable node is then detected by keep-alives, see docs/deploy.md).
     #[arg(long)]
     pub ssh_multiplex: bool,
-    /// Seconds the node waits for the post-activation confirmation before rolling back.
+    /// Seconds the node waits for the post-activation confirmation before rolling back (with a
+    /// reboot: after it boots the new generation, before its boot guard restores the previous one).
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(5..))]
     pub rollback_grace: u64,
+    /// Reboot into the new generation: `never` (the summary says which nodes need one), `auto`
+    /// (where its kernel, initrd, modules, kernel parameters or systemd differ from the booted
+    /// system) or `always`; guarded by a boot guard on the node (see docs/deploy.md).
+    #[arg(long, default_value = "never", value_parser = ["never", "auto", "always"])]
+    pub reboot: String,
+    /// Seconds a rebooting node may take until SSH answers again.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(5..))]
+    pub reboot_timeout: u64,
     /// SSH identity file (default: ssh's own keys and agent).
     #[arg(long)]
     pub ssh_identity: Option<PathBuf>,
@@ -206,6 +215,19 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
     opts.health_gate = !args.no_health_gate;
     opts.multiplex = args.ssh_multiplex;
     opts.rollback_grace = Duration::from_secs(args.rollback_grace);
+    opts.reboot = fleetnix::deploy::reboot::RebootMode::parse(&args.reboot).ok_or_else(|| {
+        CliError::msg(format!(
+            "--reboot {}: expected never, auto or always",
+            args.reboot
+        ))
+    })?;
+    if opts.reboot != fleetnix::deploy::reboot::RebootMode::Never && !opts.guarded() {
+        return Err(CliError::msg(format!(
+            "--reboot {} needs the guarded switch: it cannot be used with --no-rollback or --action boot|test",
+            args.reboot
+        )));
+    }
+    opts.reboot_timeout = Duration::from_secs(args.reboot_timeout);
     opts.ssh.identity = args.ssh_identity;
     if let Some(u) = args.install_url {
         opts.install_url = u;

@@ -89,14 +89,19 @@ impl Default for GuardId {
     }
 }
 
-/// Script printing the running generation (the target of `/run/current-system`). On a host
+/// Script printing the running generation (the target of `/run/current-system`) on its first
+/// line, then the preflight's space lines ([`super::preflight::space_script`]) and the booted
+/// and running systems' boot components ([`super::reboot::pending`]). On a host
 /// without it or without the system profile it fails saying the host does not look like
 /// NixOS (and what to set instead), not with a bare exit code.
 pub fn current_generation_script() -> String {
     format!(
-        "if [ -e {SYSTEM_PROFILE} ] && readlink {CURRENT_SYSTEM}; then exit 0; fi\n\
+        "if [ -e {SYSTEM_PROFILE} ] && readlink {CURRENT_SYSTEM}; then {space}; echo @booted; {booted}; echo @running; {running}; exit 0; fi\n\
          m=; [ -e {CURRENT_SYSTEM} ] || m=\" no {CURRENT_SYSTEM}\"; [ -e {SYSTEM_PROFILE} ] || m=\"$m, no {SYSTEM_PROFILE}\"\n\
-         echo \"{NOT_NIXOS_PREFIX}:${{m#,}}\" >&2\nexit 1"
+         echo \"{NOT_NIXOS_PREFIX}:${{m#,}}\" >&2\nexit 1",
+        space = super::preflight::space_script(),
+        booted = super::reboot::read_script(super::reboot::BOOTED_SYSTEM),
+        running = super::reboot::read_script(CURRENT_SYSTEM),
     )
 }
 
@@ -173,6 +178,46 @@ pub fn rollback_script(id: &GuardId, prev: &str) -> String {
     )
 }
 
+/// Script arming the guard. Takes the node's lock and checks the node ([`lock_and_check_script`]),
+/// then starts the timer `fleetnix-rollback-<id>` (`systemd-run --on-active=<grace>s`). Any
+/// failure releases the lock and leaves the node as it was: nothing was activated and profile
+/// and boot default were never touched.
+pub fn arm_script(id: &GuardId, prev: &str, grace: Duration) -> String {
+    format!(
+        "{lock}\n\
+         : > \"$R/$I.armed\"\n\
+         if ! systemd-run --unit={unit} --description={desc} --on-active={secs}s --timer-property=AccuracySec=1s /bin/sh -c {cmd}; then\n\
+         \x20 release; echo \"arming the rollback timer failed: nothing was activated\" >&2; exit 1\n\
+         fi",
+        lock = lock_and_check_script(id, prev, grace),
+        unit = sh_quote(&id.unit()),
+        desc = sh_quote(&format!("fleetnix: back to {prev} unless the deploy is confirmed")),
+        secs = grace.as_secs(),
+        cmd = sh_quote(&rollback_script(id, prev)),
+    )
+}
+
+/// The first part of [`arm_script`] (and of the reboot path's arming): takes the node's lock
+/// ([`lock_script`]), defines `release`, checks that `prev` still runs, and refuses while an
+/// earlier deploy's boot guard is armed or has failed (each refusal releases the lock). Sets
+/// `R`, `L`, `I` and `P`.
+pub fn lock_and_check_script(id: &GuardId, prev: &str, grace: Duration) -> String {
+    format!(
+        "{lock}\n\
+         P={prev}\n\
+         release() {{ rm -rf \"$L\" \"$R/$I.armed\"; }}\n\
+         cur=$(readlink {CURRENT_SYSTEM})\n\
+         if [ \"$cur\" != \"$P\" ]; then release; echo \"the node now runs $cur, not $P (read when fleetnix connected): deploy again\" >&2; exit 1; fi\n\
+         G={boot_guard}; if [ -e \"$G/failed\" ]; then release; echo \"the reboot guard of an earlier deploy ($(cat \"$G/id\")) FAILED to restore its previous generation ($(cat \"$G/prev\")); see journalctl -u {unit}.service; once the node runs the generation it should, remove $G and deploy again\" >&2; exit 1; fi\n\
+         if [ -e \"$G/id\" ] && [ ! -d \"$G/decided\" ]; then release; echo \"the reboot guard of an earlier deploy ($(cat \"$G/id\")) is still armed in $G: it was not confirmed after a reboot; let it decide (it acts at its bound after each start) or remove $G and its units in {units}\" >&2; exit 1; fi",
+        lock = lock_script(id, grace),
+        prev = sh_quote(prev),
+        boot_guard = super::reboot::BOOT_GUARD_DIR,
+        units = super::reboot::BOOT_GUARD_UNIT_DIR,
+        unit = super::reboot::BOOT_GUARD_UNIT,
+    )
+}
+
 /// The part of [`arm_script`] that takes the node's lock `$L` for deploy `$I` (it sets `R`, `L`
 /// and `I`), or exits 1 saying who holds it. A lock whose deploy vanished (expired, its
 /// rollback not running) is taken over; of several deploys taking over the same expired lock
@@ -202,31 +247,6 @@ pub fn lock_script(id: &GuardId, grace: Duration) -> String {
          fi\n\
          echo \"$I $(( $(date +%s) + {expiry} ))\" > \"$L/owner\" || {{ rm -rf \"$L\"; echo \"cannot write the lock's owner $L/owner\" >&2; exit 1; }}",
         id = sh_quote(id.as_str()),
-    )
-}
-
-/// Script arming the guard. Takes the node's lock ([`lock_script`]: refusing while another
-/// deploy holds it, or while an earlier rollback is running or has failed), checks that `prev`
-/// still runs, then starts the timer `fleetnix-rollback-<id>` (`systemd-run --on-active=<grace>s`).
-/// Any failure releases the lock and leaves the node as it was: nothing was activated and
-/// profile and boot default were never touched.
-pub fn arm_script(id: &GuardId, prev: &str, grace: Duration) -> String {
-    format!(
-        "{lock}\n\
-         P={prev}\n\
-         release() {{ rm -rf \"$L\" \"$R/$I.armed\"; }}\n\
-         cur=$(readlink {CURRENT_SYSTEM})\n\
-         if [ \"$cur\" != \"$P\" ]; then release; echo \"the node now runs $cur, not $P (read when fleetnix connected): deploy again\" >&2; exit 1; fi\n\
-         : > \"$R/$I.armed\"\n\
-         if ! systemd-run --unit={unit} --description={desc} --on-active={secs}s --timer-property=AccuracySec=1s /bin/sh -c {cmd}; then\n\
-         \x20 release; echo \"arming the rollback timer failed: nothing was activated\" >&2; exit 1\n\
-         fi",
-        lock = lock_script(id, grace),
-        prev = sh_quote(prev),
-        unit = sh_quote(&id.unit()),
-        desc = sh_quote(&format!("fleetnix: back to {prev} unless the deploy is confirmed")),
-        secs = grace.as_secs(),
-        cmd = sh_quote(&rollback_script(id, prev)),
     )
 }
 

@@ -29,8 +29,10 @@ pub mod hostkeys;
 pub mod linux;
 pub mod nixos;
 pub mod plan;
+pub mod preflight;
 pub mod probe;
 pub mod program;
+pub mod reboot;
 pub mod report;
 pub mod rollout;
 pub mod schedule;
@@ -148,6 +150,12 @@ pub struct DeployOptions {
     /// Target systems evaluated before the run ([`changes::targets_to_skip`]): a NixOS node
     /// whose connect step reads one of these as its running system stops there, `unchanged`.
     pub skip_if_running: std::sync::Arc<std::collections::BTreeMap<crate::model::NodeName, String>>,
+    /// `--reboot`: whether a guarded switch reboots the node into the new generation.
+    pub reboot: reboot::RebootMode,
+    /// How long a rebooting node may take until SSH answers again (`--reboot-timeout`).
+    pub reboot_timeout: Duration,
+    /// Drains a node's tasks before it reboots, if the bus can.
+    pub drain: Option<std::sync::Arc<dyn reboot::Drain>>,
 }
 
 /// Default `--parallel`.
@@ -184,6 +192,9 @@ impl DeployOptions {
             override_inputs: Vec::new(),
             health_gate: true,
             skip_if_running: Default::default(),
+            reboot: reboot::RebootMode::Never,
+            reboot_timeout: Duration::from_secs(600),
+            drain: None,
         }
     }
 

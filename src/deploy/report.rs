@@ -34,6 +34,10 @@ pub enum Step {
     Confirm,
     /// Making the confirmed generation the system profile and boot default.
     BootDefault,
+    /// Room on `/boot` and in the Nix store, before anything is copied ([`super::preflight`]).
+    Preflight,
+    /// Rebooting into the new generation and waiting for the node ([`super::reboot`]).
+    Reboot,
 }
 
 impl Step {
@@ -52,6 +56,8 @@ impl Step {
             Step::HealthGate => "health-gate",
             Step::Confirm => "confirm",
             Step::BootDefault => "boot-default",
+            Step::Preflight => "preflight",
+            Step::Reboot => "reboot",
         }
     }
 }

@@ -138,6 +138,9 @@ pub struct NodeSpec {
     /// Models it serves (`models:` in nodes.yml).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    /// GPUs its `resources` declare (more than 0), which the deploy's health gate checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
 }
 
 impl NodeSpec {
@@ -239,6 +242,7 @@ pub fn node_spec(fleet: &Fleet, node: &Node) -> NodeSpec {
         is_control_plane: node.name == fleet.settings.control_plane,
         state_version: fleet.state_version_of(node).map(|v| v.to_string()),
         models: node.models.clone(),
+        gpus: node.resources.gpu.filter(|g| *g > 0),
         tags,
     }
 }

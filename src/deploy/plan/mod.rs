@@ -118,6 +118,9 @@ pub struct SystemState {
     /// What the installer would do (linux).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub installer: Vec<String>,
+    /// Whether the target needs a reboot to take full effect, and why (NixOS nodes reached).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reboot: Option<super::reboot::RebootNeed>,
 }
 
 /// Ports and tags against the last committed render of the node's module.
@@ -410,6 +413,11 @@ mod tests {
                     current_system: Some("/nix/store/aaaaaaaaaaaa-nixos-system-worker-01".into()),
                     target_system: Some("/nix/store/bbbbbbbbbbbb-nixos-system-worker-01".into()),
                     installer: Vec::new(),
+                    reboot: Some(crate::deploy::reboot::RebootNeed {
+                        needed: true,
+                        reasons: vec!["kernel".into()],
+                        unknown: None,
+                    }),
                 },
                 rendered: Vec::new(),
                 committed: Committed {
@@ -435,7 +443,9 @@ mod tests {
             "{t}"
         );
         assert!(
-            row.ends_with("vs HEAD: +tcp/8080 -tag:old; closure: not built"),
+            row.ends_with(
+                "reboot needed (kernel); vs HEAD: +tcp/8080 -tag:old; closure: not built"
+            ),
             "{t}"
         );
         assert!(

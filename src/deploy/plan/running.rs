@@ -2,6 +2,7 @@
 //! nodes what the installer would change (probed read-only).
 
 use super::*;
+use crate::deploy::reboot::{BootSet, RebootNeed};
 
 pub(super) const MARK: &str = "@@fleetnix-plan@@";
 
@@ -13,6 +14,19 @@ pub fn probe_script(os: Os) -> String {
         "echo\necho {MARK}current\nreadlink /run/current-system 2>/dev/null || true\n\
          echo\necho {MARK}profile\n[ -e /nix/var/nix/profiles/system ] && echo yes || echo no\n"
     );
+    if os != Os::Linux {
+        // What only a reboot brings into effect, for the booted and the running system.
+        for (name, root) in [
+            ("booted", super::super::reboot::BOOTED_SYSTEM),
+            ("running", "/run/current-system"),
+        ] {
+            let _ = write!(
+                s,
+                "echo\necho {MARK}boot-{name}\n{}\n",
+                super::super::reboot::read_script(root)
+            );
+        }
+    }
     if os != Os::Nixos {
         let unit = |name: &str, extra: &str| {
             format!(
@@ -169,6 +183,7 @@ pub(super) fn node_state(
     plan: &NodeSpec,
     probed: Result<BTreeMap<String, String>, (State, String)>,
     target: Option<&Evaluated>,
+    target_boot: Option<&BootSet>,
 ) -> SystemState {
     let target_system = target.and_then(|t| t.as_ref().ok().cloned());
     let mut s = SystemState {
@@ -184,6 +199,7 @@ pub(super) fn node_state(
         current_system: None,
         target_system: None,
         installer: Vec::new(),
+        reboot: None,
     };
     let sections = match probed {
         Ok(s) => s,
@@ -246,6 +262,16 @@ pub(super) fn node_state(
                 Some(Ok(t)) if *t == cur => s.state = State::Unchanged,
                 Some(Ok(_)) => s.state = State::Changed,
             }
+            // The target's components: read here if it is built here (exact), else as evaluated.
+            let local = s
+                .target_system
+                .as_deref()
+                .and_then(|t| BootSet::local(Path::new(t)))
+                .filter(|b| !b.is_empty());
+            let target = local.as_ref().or(target_boot.filter(|b| !b.is_empty()));
+            let booted = BootSet::parse(sections.get("boot-booted").map_or("", |v| v.as_str()));
+            let running = BootSet::parse(sections.get("boot-running").map_or("", |v| v.as_str()));
+            s.reboot = Some(RebootNeed::assess(&booted, &running, target));
         }
     }
     s
@@ -268,7 +294,7 @@ pub async fn systems<T: Transport + Clone>(
         .collect();
     // The evaluation starts at once, while the tailnet's host keys are read and the probes
     // that need them run.
-    let eval = flake::eval_targets(
+    let eval = flake::eval_targets_with_boot(
         tools.nix.as_deref(),
         &opts.root,
         &to_eval,
@@ -309,7 +335,7 @@ pub async fn systems<T: Transport + Clone>(
         }
         out
     };
-    let (targets, mut probed) = tokio::join!(eval, probes);
+    let ((targets, boot), mut probed) = tokio::join!(eval, probes);
     let states = plans
         .iter()
         .enumerate()
@@ -317,7 +343,7 @@ pub async fn systems<T: Transport + Clone>(
             let r = probed
                 .remove(&i)
                 .unwrap_or_else(|| Err((State::Error, "the probe did not finish".into())));
-            node_state(p, r, targets.get(&p.name))
+            node_state(p, r, targets.get(&p.name), boot.get(&p.name))
         })
         .collect();
     (states, warnings)

@@ -380,9 +380,10 @@ impl<T: Transport> Ctx<T> {
                     .map_err(|mut f| {
                         // A host without /run/current-system: say it is not NixOS, and what to set.
                         if r.effect == Effect::Generation
-                            && f.reason.starts_with(guard::NOT_NIXOS_PREFIX)
+                            && f.reason.starts_with(super::preflight::NOT_NIXOS_PREFIX)
                         {
-                            f.reason = guard::not_nixos_help(run.plan.name.as_str(), &f.reason);
+                            f.reason =
+                                super::preflight::not_nixos_help(run.plan.name.as_str(), &f.reason);
                         }
                         f
                     })?;
@@ -592,7 +593,7 @@ impl<T: Transport> Ctx<T> {
     fn boot_guard_will(&self, run: &Run<'_>) -> String {
         format!(
             "its boot guard ({unit}.timer, armed on the node) makes {prev} the boot default again and reboots into it {secs}s after a boot of {new} without a confirmation",
-            unit = super::reboot::BOOT_GUARD_UNIT,
+            unit = super::guard::BOOT_GUARD_UNIT,
             prev = run.vars.running,
             new = run.vars.built,
             secs = self.opts.rollback_grace.as_secs()
@@ -815,7 +816,7 @@ impl<T: Transport> Ctx<T> {
                     Some(BootConfirm::Failed) => {
                         return Ok((
                             Outcome::RollbackFailed,
-                            format!("the boot guard fired and failed to make {prev} the boot default again: on the node's console run `{prev}/bin/switch-to-configuration boot` and reboot (see `journalctl -u {}.service`)", super::reboot::BOOT_GUARD_UNIT),
+                            format!("the boot guard fired and failed to make {prev} the boot default again: on the node's console run `{prev}/bin/switch-to-configuration boot` and reboot (see `journalctl -u {}.service`)", super::guard::BOOT_GUARD_UNIT),
                         ))
                     }
                     Some(BootConfirm::Gone) => {

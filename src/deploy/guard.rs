@@ -89,32 +89,6 @@ impl Default for GuardId {
     }
 }
 
-/// Script printing the running generation (the target of `/run/current-system`) on its first
-/// line, then the preflight's space lines ([`super::preflight::space_script`]) and the booted
-/// and running systems' boot components ([`super::reboot::pending`]). On a host
-/// without it or without the system profile it fails saying the host does not look like
-/// NixOS (and what to set instead), not with a bare exit code.
-pub fn current_generation_script() -> String {
-    format!(
-        "if [ -e {SYSTEM_PROFILE} ] && readlink {CURRENT_SYSTEM}; then {space}; echo @booted; {booted}; echo @running; {running}; exit 0; fi\n\
-         m=; [ -e {CURRENT_SYSTEM} ] || m=\" no {CURRENT_SYSTEM}\"; [ -e {SYSTEM_PROFILE} ] || m=\"$m, no {SYSTEM_PROFILE}\"\n\
-         echo \"{NOT_NIXOS_PREFIX}:${{m#,}}\" >&2\nexit 1",
-        space = super::preflight::space_script(),
-        booted = super::reboot::read_script(super::reboot::BOOTED_SYSTEM),
-        running = super::reboot::read_script(CURRENT_SYSTEM),
-    )
-}
-
-/// How [`current_generation_script`] starts its answer on a host that is not NixOS.
-pub const NOT_NIXOS_PREFIX: &str = "this host does not look like NixOS";
-
-/// The connect step's reason for a host that is not NixOS: what is missing and what to set.
-pub fn not_nixos_help(node: &str, answer: &str) -> String {
-    format!(
-        "{answer}; if it is not NixOS, set `os: auto` (detect it) or `os: linux` (install Tailscale and the agent without Nix) for {node} in nodes.yml"
-    )
-}
-
 /// An absolute path made only of characters no shell misreads.
 fn plain_path(p: &str) -> bool {
     p.starts_with('/')
@@ -178,6 +152,18 @@ pub fn rollback_script(id: &GuardId, prev: &str) -> String {
     )
 }
 
+/// Where the node-side boot guard keeps its state: on the disk, so it survives the reboot
+/// (`id`, `prev`, `new`, `guard.sh`, and the markers `decided`, `confirmed`, `fired`,
+/// `restored`, `failed`).
+pub const BOOT_GUARD_DIR: &str = "/var/lib/fleetnix/boot-guard";
+
+/// Where its units live: systemd's persistent control directory, outside the part of `/etc`
+/// NixOS generates (`/etc/systemd/system` is a link into the store), read at every boot.
+pub const BOOT_GUARD_UNIT_DIR: &str = "/etc/systemd/system.control";
+
+/// The boot guard's units (`.timer`, `.service`).
+pub const BOOT_GUARD_UNIT: &str = "fleetnix-boot-guard";
+
 /// Script arming the guard. Takes the node's lock and checks the node ([`lock_and_check_script`]),
 /// then starts the timer `fleetnix-rollback-<id>` (`systemd-run --on-active=<grace>s`). Any
 /// failure releases the lock and leaves the node as it was: nothing was activated and profile
@@ -212,9 +198,9 @@ pub fn lock_and_check_script(id: &GuardId, prev: &str, grace: Duration) -> Strin
          if [ -e \"$G/id\" ] && [ ! -d \"$G/decided\" ]; then release; echo \"the reboot guard of an earlier deploy ($(cat \"$G/id\")) is still armed in $G: it was not confirmed after a reboot; let it decide (it acts at its bound after each start) or remove $G and its units in {units}\" >&2; exit 1; fi",
         lock = lock_script(id, grace),
         prev = sh_quote(prev),
-        boot_guard = super::reboot::BOOT_GUARD_DIR,
-        units = super::reboot::BOOT_GUARD_UNIT_DIR,
-        unit = super::reboot::BOOT_GUARD_UNIT,
+        boot_guard = BOOT_GUARD_DIR,
+        units = BOOT_GUARD_UNIT_DIR,
+        unit = BOOT_GUARD_UNIT,
     )
 }
 
@@ -411,7 +397,7 @@ mod tests {
             rb,
             activate_script(&id, new),
             confirm_script(&id, new),
-            current_generation_script(),
+            super::super::preflight::current_generation_script(),
         ] {
             syntax_ok(&s);
         }

@@ -25,7 +25,7 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
         ..Remote::new(
             Step::Connect,
             format!("connect (pinned key), read the running generation ({RUNNING})"),
-            Script::Fixed(guard::current_generation_script()),
+            Script::Fixed(super::preflight::current_generation_script()),
         )
     }))];
     let program = opts
@@ -149,9 +149,9 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
                 Step::ArmGuard,
                 format!(
                     "if it reboots: drain the node's tasks (if the bus can), take the node's lock, arm the boot guard on the node's disk ({dir}, {unit}.timer in {units}: {secs}s after a boot without confirmation, {RUNNING} is the boot default again and the node reboots into it), make {BUILT} the profile and boot default; then how tailscaled and the agent are before the reboot",
-                    dir = super::reboot::BOOT_GUARD_DIR,
-                    unit = super::reboot::BOOT_GUARD_UNIT,
-                    units = super::reboot::BOOT_GUARD_UNIT_DIR,
+                    dir = super::guard::BOOT_GUARD_DIR,
+                    unit = super::guard::BOOT_GUARD_UNIT,
+                    units = super::guard::BOOT_GUARD_UNIT_DIR,
                     secs = grace.as_secs(),
                 ),
                 Script::ArmBoot {

@@ -8,6 +8,8 @@
 //! before `nixos-rebuild` runs, naming the node, the file system and the numbers. The store is
 //! checked against the closure's size when that is known.
 
+use super::guard::{CURRENT_SYSTEM, SYSTEM_PROFILE};
+
 /// The shell fragment printing the space lines (`space <path> <free bytes> <mount point>` for
 /// `/boot` and `/nix/store`, and `need-boot <bytes>`); missing paths print nothing.
 pub fn space_script() -> String {
@@ -82,6 +84,34 @@ pub fn check(node: &str, space: &Space, boot: bool, closure: Option<u64>) -> Res
             wrong.join("; ")
         ))
     }
+}
+
+/// Script printing the running generation (the target of `/run/current-system`) on its first
+/// line, then the preflight's space lines ([`super::preflight::space_script`]) and the booted
+/// and running systems' boot components ([`super::reboot::pending`]). On a host
+/// without it or without the system profile it fails saying the host does not look like
+/// NixOS (and what to set instead), not with a bare exit code.
+pub fn current_generation_script() -> String {
+    format!(
+        "if [ -e {profile} ] && readlink {current}; then {space}; echo @booted; {booted}; echo @running; {running}; exit 0; fi\n\
+         m=; [ -e {current} ] || m=\" no {current}\"; [ -e {profile} ] || m=\"$m, no {profile}\"\n\
+         echo \"{NOT_NIXOS_PREFIX}:${{m#,}}\" >&2\nexit 1",
+        space = space_script(),
+        booted = super::reboot::read_script(super::reboot::BOOTED_SYSTEM),
+        running = super::reboot::read_script(CURRENT_SYSTEM),
+        current = CURRENT_SYSTEM,
+        profile = SYSTEM_PROFILE,
+    )
+}
+
+/// How [`current_generation_script`] starts its answer on a host that is not NixOS.
+pub const NOT_NIXOS_PREFIX: &str = "this host does not look like NixOS";
+
+/// The connect step's reason for a host that is not NixOS: what is missing and what to set.
+pub fn not_nixos_help(node: &str, answer: &str) -> String {
+    format!(
+        "{answer}; if it is not NixOS, set `os: auto` (detect it) or `os: linux` (install Tailscale and the agent without Nix) for {node} in nodes.yml"
+    )
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! running system (`/run/current-system`) already differs from the booted one in these has a
 //! reboot *pending* from an earlier switch.
 
+use super::guard::{BOOT_GUARD_DIR, BOOT_GUARD_UNIT, BOOT_GUARD_UNIT_DIR};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -199,18 +200,6 @@ pub trait Drain: Send + Sync + std::fmt::Debug {
         limit: std::time::Duration,
     ) -> futures_util::future::BoxFuture<'a, Result<String, String>>;
 }
-
-/// Where the node-side boot guard keeps its state: on the disk, so it survives the reboot
-/// (`id`, `prev`, `new`, `guard.sh`, and the markers `decided`, `confirmed`, `fired`,
-/// `restored`, `failed`).
-pub const BOOT_GUARD_DIR: &str = "/var/lib/fleetnix/boot-guard";
-
-/// Where its units live: systemd's persistent control directory, outside the part of `/etc`
-/// NixOS generates (`/etc/systemd/system` is a link into the store), read at every boot.
-pub const BOOT_GUARD_UNIT_DIR: &str = "/etc/systemd/system.control";
-
-/// The boot guard's units (`.timer`, `.service`).
-pub const BOOT_GUARD_UNIT: &str = "fleetnix-boot-guard";
 
 /// Script reading the booted system's and `new`'s components: `@booted` then `@new`, each
 /// followed by [`read_script`]'s lines.

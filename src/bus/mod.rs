@@ -29,6 +29,7 @@ pub mod heartbeat;
 pub mod registry;
 pub mod route;
 pub mod router;
+pub mod worker;
 
 use crate::model::{Fleet, Node, NodeName, Role};
 use serde::Serialize;
@@ -63,6 +64,16 @@ pub fn heartbeat_subject(node: &NodeName) -> String {
     format!("fleet.heartbeat.{node}")
 }
 
+/// `fleet.results.<node>.ack`: where a node acknowledges a task it took (header
+/// [`TASK_ID_HEADER`]). Only that node's user may publish there, so the server vouches for who
+/// acknowledged; the router hears every node's acknowledgements on `fleet.results.*.ack`.
+pub fn ack_subject(node: &NodeName) -> String {
+    format!("fleet.results.{node}.ack")
+}
+
+/// The subject the router hears acknowledgements on.
+pub const ACKS_SUBJECT: &str = "fleet.results.*.ack";
+
 /// `_INBOX.<node>`: the inbox prefix a node uses for its own requests, so it can only ever
 /// receive replies addressed to itself.
 pub fn inbox_prefix(node: &NodeName) -> String {
@@ -90,6 +101,11 @@ pub const NODES_BUCKET: &str = "fleet-nodes";
 /// The JetStream key-value bucket of the router's live view of node health.
 pub const HEALTH_BUCKET: &str = "fleet-health";
 
+/// The JetStream key-value bucket of tasks taken by a node (the router writes it when a node
+/// acknowledges a task): task id → `{node, role}`, so a router that restarted, or another
+/// router, sends a caller's retry to the node that has the task.
+pub const TASKS_BUCKET: &str = "fleet-tasks";
+
 /// Where nats-server keeps JetStream data on the control plane (the NixOS module's state
 /// directory).
 pub const JETSTREAM_STORE_DIR: &str = "/var/lib/nats";
@@ -110,6 +126,12 @@ pub const CLAIMED_HEADER: &str = "Fleet-Claimed-Node";
 pub const TASK_ID_HEADER: &str = "Fleet-Task-Id";
 /// Header carrying the attempt number (1-based).
 pub const ATTEMPT_HEADER: &str = "Fleet-Attempt";
+/// Header of a request (caller → router, router → worker): the task's time left, in whole
+/// milliseconds (relative, so clocks need not agree).
+pub const DEADLINE_HEADER: &str = "Fleet-Deadline-Ms";
+/// Header of a caller's request: how many times it asked before for this task id (a retry after
+/// a lost router); the router then looks the task up instead of starting it afresh.
+pub const REASK_HEADER: &str = "Fleet-Reask";
 
 /// Errors of the bus.
 #[derive(Debug, thiserror::Error)]
@@ -330,9 +352,12 @@ impl RouterUser {
         let mut publish = vec!["fleet.tasks.>".to_string()];
         publish.extend(kv_read_subjects(NODES_BUCKET));
         publish.extend(kv_write_subjects(HEALTH_BUCKET));
+        // The task table (`fleet-tasks`): which node took which task.
+        publish.extend(kv_write_subjects(TASKS_BUCKET));
         let mut subscribe = vec![
             format!("fleet.dispatch.> {ROUTER_QUEUE}"),
             "fleet.heartbeat.>".to_string(),
+            ACKS_SUBJECT.to_string(),
             format!("_INBOX.{ROUTER_USER}.>"),
         ];
         publish.sort();

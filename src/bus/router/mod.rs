@@ -30,9 +30,9 @@ use crate::bus::heartbeat::{self, Heartbeat};
 use crate::bus::registry::{self, NodeRecord};
 use crate::bus::route::{self, RouteError};
 use crate::bus::{
-    node_task_subject, BusError, ATTEMPTS_HEADER, ATTEMPT_HEADER, CLAIMED_HEADER, HEALTH_BUCKET,
-    MODEL_HEADER, NODES_BUCKET, NODE_HEADER, ROUTER_QUEUE, ROUTER_USER, STATUS_HEADER,
-    TASK_ID_HEADER,
+    node_task_subject, BusError, ATTEMPTS_HEADER, ATTEMPT_HEADER, CLAIMED_HEADER, DEADLINE_HEADER,
+    HEALTH_BUCKET, MODEL_HEADER, NODES_BUCKET, NODE_HEADER, REASK_HEADER, ROUTER_QUEUE,
+    ROUTER_USER, STATUS_HEADER, TASK_ID_HEADER,
 };
 use crate::health::alert::Alerter;
 use crate::health::{NodeState, Transition};
@@ -44,7 +44,7 @@ use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,9 +52,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 mod ask;
 mod handle;
+mod tasks;
 mod view;
 pub use ask::*;
 pub use handle::*;
+use tasks::Flights;
 pub use view::*;
 
 /// How the router behaves.
@@ -64,9 +66,11 @@ pub struct RouterConfig {
     pub strategy: FailoverStrategy,
     /// `retry_on_node_failure`: try the next node after a failed attempt.
     pub retry: bool,
-    /// `node_timeout_seconds`: the bound of one attempt, and the heartbeat silence after which
-    /// a node is degraded.
+    /// `node_timeout_seconds`: how long a node has to acknowledge a task, and the heartbeat
+    /// silence after which a node is degraded (and its running tasks failed over).
     pub node_timeout: Duration,
+    /// `task_timeout_seconds`: a task's deadline when its request names none.
+    pub task_timeout: Duration,
     /// Silence after which a node is down (three node timeouts).
     pub down_after: Duration,
     /// How often states are re-evaluated and `fleet-health` refreshed.
@@ -91,11 +95,13 @@ impl RouterConfig {
     /// The fleet's `fleet:` settings.
     pub fn for_fleet(fleet: &Fleet) -> Self {
         let f = &fleet.settings.failure;
-        Self::new(
+        let mut c = Self::new(
             f.failover_strategy,
             f.retry_on_node_failure,
             Duration::from_secs(u64::from(f.node_timeout_seconds)),
-        )
+        );
+        c.task_timeout = Duration::from_secs(u64::from(f.task_timeout_seconds));
+        c
     }
 
     /// A configuration with `node_timeout`; the other bounds derive from it.
@@ -104,6 +110,7 @@ impl RouterConfig {
             strategy,
             retry,
             node_timeout,
+            task_timeout: Duration::from_secs(300),
             down_after: node_timeout * 3,
             tick: (node_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
             max_concurrent: 1024,
@@ -119,18 +126,22 @@ pub enum RouterError {
     #[error(transparent)]
     Bus(#[from] BusError),
     /// Nobody answers on `fleet.dispatch.<role>`.
-    #[error("no router answers on {subject} (no responders): is `fleetnix router` running on the control plane?")]
+    #[error("no router answers on {subject} (no responders) for task {task_id}: is `fleetnix router` running on the control plane? (retry with the same task id)")]
     NoRouter {
         /// The subject.
         subject: String,
+        /// The task's id.
+        task_id: String,
     },
     /// The router did not answer in time.
-    #[error("the router did not answer {subject} within {:.1}s", timeout.as_secs_f64())]
+    #[error("the router did not answer {subject} within {:.1}s for task {task_id} (retry with the same task id to get its answer)", timeout.as_secs_f64())]
     RouterTimeout {
         /// The subject.
         subject: String,
         /// How long the caller waited.
         timeout: Duration,
+        /// The task's id.
+        task_id: String,
     },
     /// The request could not be sent.
     #[error("request to {subject} failed: {reason}")]
@@ -140,6 +151,10 @@ pub enum RouterError {
         /// The client's message.
         reason: String,
     },
+    /// One of the router's tasks ended (its connection is gone for good): the router stops with
+    /// an error, so its unit restarts it.
+    #[error("the router stopped: {0}")]
+    Stopped(String),
     /// The registry bucket does not exist yet.
     #[error("the registry bucket `{NODES_BUCKET}` does not exist or cannot be read ({0}); run `fleetnix node sync` first")]
     NoRegistry(String),
@@ -276,6 +291,7 @@ pub async fn start(
         .await
         .map_err(|e| RouterError::NoRegistry(e.to_string()))?;
     let health_kv = registry::open_bucket(&js, HEALTH_BUCKET, true).await?;
+    let tasks_kv = tasks::open_bucket(&js).await?;
     let (records, bad) = registry::load(&nodes_kv).await?;
     for b in bad {
         log(format!("ignoring {b}"));
@@ -287,6 +303,8 @@ pub async fn start(
     let shared = Arc::new(Shared {
         view: Mutex::new(view),
         config: config.clone(),
+        flights: Flights::default(),
+        tasks_kv,
     });
     let kv_err = |op: &'static str| {
         move |e: String| BusError::Kv {
@@ -307,6 +325,10 @@ pub async fn start(
         .subscribe("fleet.heartbeat.>")
         .await
         .map_err(sub_err("fleet.heartbeat.>"))?;
+    let mut acks = client
+        .subscribe(crate::bus::ACKS_SUBJECT)
+        .await
+        .map_err(sub_err(crate::bus::ACKS_SUBJECT))?;
     let mut requests = Vec::with_capacity(lanes.count());
     for lane in &lanes.clients {
         let sub = lane
@@ -348,6 +370,21 @@ pub async fn start(
                     lock(&s.view).heartbeat(&node, hb, Instant::now(), SystemTime::now())
                 }
                 Err(e) => log(e),
+            }
+        }
+    }));
+    // Acknowledgements: `fleet.results.<node>.ack`, the node vouched for by the subject.
+    let s = Arc::clone(&shared);
+    tasks.push(tokio::spawn(async move {
+        while let Some(msg) = acks.next().await {
+            let node = msg
+                .subject
+                .as_str()
+                .strip_prefix("fleet.results.")
+                .and_then(|r| r.strip_suffix(".ack"))
+                .and_then(|n| NodeName::parse(n).ok());
+            if let (Some(node), Some(id)) = (node, header(&msg, TASK_ID_HEADER)) {
+                s.flights.acked(id, &node);
             }
         }
     }));
@@ -452,7 +489,9 @@ pub async fn start(
     })
 }
 
-/// Runs the router on `lanes` until `shutdown` completes or a connection is gone for good.
+/// Runs the router on `lanes` until `shutdown` completes (`Ok`) or a connection is gone for
+/// good ([`RouterError::Stopped`]: the router never ends on its own, so an end that was not asked
+/// for is an error and its unit restarts it).
 pub async fn run(
     lanes: impl Into<Lanes>,
     config: RouterConfig,
@@ -461,10 +500,15 @@ pub async fn run(
 ) -> Result<(), RouterError> {
     let mut handle = start(lanes, config, alerter).await?;
     tokio::select! {
-        _ = shutdown => {}
-        _ = handle.closed() => {}
+        _ = shutdown => Ok(()),
+        _ = handle.closed() => {
+            let e = RouterError::Stopped(
+                "a subscription closed (the NATS connection is gone for good)".into(),
+            );
+            log(&e);
+            Err(e)
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -496,6 +540,8 @@ mod tests {
             models: vec![],
             version: String::new(),
             time: String::new(),
+            tasks: vec![],
+            draining: false,
         }
     }
 

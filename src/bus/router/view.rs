@@ -113,6 +113,41 @@ impl LiveView {
         }
     }
 
+    /// How long ago `node`'s last heartbeat arrived (`None`: none yet, or not registered).
+    pub fn heartbeat_age(&self, node: &NodeName, now: Instant) -> Option<Duration> {
+        let (at, _, _) = self.nodes.get(node)?.heartbeat.as_ref()?;
+        Some(now.saturating_duration_since(*at))
+    }
+
+    /// Is `node` known dead at `now`: registered, and silent for `node_timeout_seconds` (or
+    /// never heard from since the router started that long ago)?
+    pub fn silent(&self, node: &NodeName, now: Instant) -> bool {
+        match self.heartbeat_age(node, now) {
+            Some(age) => age >= self.config.node_timeout,
+            None => now.saturating_duration_since(self.started) >= self.config.node_timeout,
+        }
+    }
+
+    /// The node whose last heartbeat lists task `id` as running, if any.
+    pub fn running(&self, id: &str) -> Option<NodeName> {
+        self.nodes.iter().find_map(|(n, v)| {
+            let (_, _, hb) = v.heartbeat.as_ref()?;
+            hb.tasks.iter().any(|t| t == id).then(|| n.clone())
+        })
+    }
+
+    /// Has any heartbeat arrived since `t`?
+    pub fn heard_since(&self, t: Instant) -> bool {
+        self.nodes
+            .values()
+            .any(|v| v.heartbeat.as_ref().is_some_and(|(at, _, _)| *at >= t))
+    }
+
+    /// When the router started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Records that a task sent to `node` failed (`why`); it gets no task until its next heartbeat.
     pub fn attempt_failed(&mut self, node: &NodeName, why: String) {
         if let Some(v) = self.nodes.get_mut(node) {
@@ -183,7 +218,13 @@ impl LiveView {
     ) -> Result<route::Route, RouteError> {
         let mut r = self.router.route_with(role, |n| {
             let name = NodeName::parse(n).ok()?;
+            let draining = self
+                .nodes
+                .get(&name)
+                .and_then(|v| v.heartbeat.as_ref())
+                .is_some_and(|(_, _, hb)| hb.draining);
             match self.state_of(&name, now) {
+                Some((NodeState::Healthy, _)) if draining => Some("draining".into()),
                 Some((NodeState::Healthy, _)) => None,
                 Some((s, why)) => Some(match why {
                     Some(w) => format!("{s}: {w}"),

@@ -1,0 +1,389 @@
+//! Long tasks on the bus (issue 22): acknowledgement and progress, per-task deadlines, the task id
+//! as idempotency key, failover only from a dead node, a router that restarts. Real nats-server
+//! with the rendered configuration, the real router, the reference worker
+//! (`fleetnix::bus::worker`), and a ledger of every execution.
+
+mod bus_support;
+mod common;
+
+use bus_support::RouterFixture;
+use bytes::Bytes;
+use fleetnix::bus::router::{self, Answer, AskOptions, RouterConfig};
+use fleetnix::bus::worker::{self, TaskOutcome, WorkerHandle, WorkerOptions};
+use fleetnix::model::{FailoverStrategy, NodeName, Role};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One execution of a task on a worker.
+#[derive(Debug, Clone)]
+struct Run {
+    node: String,
+    task: String,
+    finished: bool,
+}
+
+/// Every execution on every worker of a test.
+#[derive(Debug, Clone, Default)]
+struct Ledger(Arc<Mutex<Vec<Run>>>);
+
+impl Ledger {
+    fn runs_of(&self, task: &str) -> Vec<Run> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.task == task)
+            .cloned()
+            .collect()
+    }
+}
+
+/// A reference worker on `node` for `glm-worker` whose tasks are `{"sleep_ms": N}`: sleeps N ms
+/// and answers `{"node", "slept_ms"}`; a task `{"fail": "why"}` fails. Every run goes in `ledger`.
+async fn worker(b: &RouterFixture, node: &'static str, ledger: &Ledger) -> WorkerHandle {
+    let client = b.server.connect(node).await;
+    let mut options = WorkerOptions::new(
+        NodeName::parse(node).unwrap(),
+        vec![Role::parse("glm-worker").unwrap()],
+    );
+    options.beat = b.beat;
+    let ledger = ledger.clone();
+    let h = worker::start(client, options, move |task| {
+        let ledger = ledger.clone();
+        async move {
+            let i = {
+                let mut l = ledger.0.lock().unwrap();
+                l.push(Run {
+                    node: node.into(),
+                    task: task.id.clone(),
+                    finished: false,
+                });
+                l.len() - 1
+            };
+            let v: serde_json::Value = serde_json::from_slice(&task.payload).unwrap();
+            if let Some(why) = v["fail"].as_str() {
+                return TaskOutcome::Failed(why.to_string());
+            }
+            let ms = v["sleep_ms"].as_u64().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            ledger.0.lock().unwrap()[i].finished = true;
+            TaskOutcome::Done(Bytes::from(
+                serde_json::json!({"node": node, "slept_ms": ms}).to_string(),
+            ))
+        }
+    })
+    .await
+    .unwrap();
+    b.wait_state(node, "healthy", Duration::from_secs(10)).await;
+    h
+}
+
+fn role() -> Role {
+    Role::parse("glm-worker").unwrap()
+}
+
+fn opts(timeout: Duration, id: &str) -> AskOptions {
+    let mut o = AskOptions::new(timeout, Duration::from_secs(4));
+    o.task_id = Some(id.to_string());
+    o
+}
+
+async fn ask(b: &RouterFixture, payload: &str, o: &AskOptions) -> Answer {
+    router::ask_with(&b.supervisor, &role(), Bytes::from(payload.to_string()), o)
+        .await
+        .unwrap()
+}
+
+fn done(a: &Answer) -> (String, serde_json::Value, u32) {
+    match a {
+        Answer::Done {
+            node,
+            payload,
+            attempts,
+            ..
+        } => (
+            node.clone(),
+            serde_json::from_slice(payload).unwrap(),
+            *attempts,
+        ),
+        Answer::Failed(e) => panic!("router error: {e:?}"),
+    }
+}
+
+async fn fixture(node_timeout: Duration) -> RouterFixture {
+    RouterFixture::start(
+        RouterConfig::new(FailoverStrategy::RoundRobin, true, node_timeout),
+        node_timeout / 6,
+    )
+    .await
+}
+
+/// Issue 22's "done when": with a node timeout of 3 s, a task of 10 s completes once, on one
+/// worker, and its caller gets the result. (Before: failed over after 3 s, ran on both
+/// workers, the caller got `all-failed`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_longer_than_the_node_timeout_completes_once_on_one_worker() {
+    let b = fixture(Duration::from_secs(3)).await;
+    let ledger = Ledger::default();
+    let _w1 = worker(&b, "worker-01", &ledger).await;
+    let _w2 = worker(&b, "worker-02", &ledger).await;
+    let start = Instant::now();
+    let a = ask(
+        &b,
+        r#"{"sleep_ms": 10000}"#,
+        &opts(Duration::from_secs(30), "long-task-1"),
+    )
+    .await;
+    let (node, body, attempts) = done(&a);
+    assert!(start.elapsed() >= Duration::from_secs(10));
+    assert_eq!(body["slept_ms"], 10000);
+    assert_eq!(attempts, 1);
+    let runs = b_runs(&ledger, "long-task-1");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].node, node);
+    assert!(runs[0].finished);
+}
+
+fn b_runs(ledger: &Ledger, task: &str) -> Vec<Run> {
+    ledger.runs_of(task)
+}
+
+/// The task id is the idempotency key: concurrent requests of one id run it once and all get
+/// its answer; asking again later gets the same answer without a second run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_id_is_the_idempotency_key() {
+    let b = fixture(Duration::from_millis(900)).await;
+    let ledger = Ledger::default();
+    let _w1 = worker(&b, "worker-01", &ledger).await;
+    let _w2 = worker(&b, "worker-02", &ledger).await;
+    let o = opts(Duration::from_secs(10), "same-id");
+    let (x, y) = tokio::join!(
+        ask(&b, r#"{"sleep_ms": 1500}"#, &o),
+        ask(&b, r#"{"sleep_ms": 1500}"#, &o)
+    );
+    let (nx, bx, _) = done(&x);
+    let (ny, by, _) = done(&y);
+    assert_eq!((nx.as_str(), &bx), (ny.as_str(), &by));
+    assert_eq!(ledger.runs_of("same-id").len(), 1);
+    // Again, after it finished: the same answer, from the node's record, no second run.
+    let z = ask(&b, r#"{"sleep_ms": 1500}"#, &o).await;
+    let (nz, bz, _) = done(&z);
+    assert_eq!((nz, bz), (nx, bx));
+    assert_eq!(ledger.runs_of("same-id").len(), 1);
+    // A failed task is a result (the worker's reason, the task id), not a node failure.
+    match ask(
+        &b,
+        r#"{"fail": "model overloaded"}"#,
+        &opts(Duration::from_secs(5), "fails"),
+    )
+    .await
+    {
+        Answer::Failed(e) => {
+            assert_eq!(e.code, "task-failed");
+            assert_eq!(e.task_id, "fails");
+            assert!(e.error.contains("model overloaded"), "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ledger.runs_of("fails").len(), 1);
+}
+
+/// A node that dies while running a task (its heartbeats stop) has the task failed over after
+/// one node timeout of silence; the caller gets the second node's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_is_failed_over_only_when_its_node_goes_silent() {
+    let b = fixture(Duration::from_millis(900)).await;
+    let ledger = Ledger::default();
+    let w1 = worker(&b, "worker-01", &ledger).await;
+    let w2 = worker(&b, "worker-02", &ledger).await;
+    let o = opts(Duration::from_secs(20), "dies-midway");
+    let asked = tokio::spawn({
+        let supervisor = b.supervisor.clone();
+        async move {
+            router::ask_with(
+                &supervisor,
+                &role(),
+                Bytes::from_static(br#"{"sleep_ms": 2500}"#),
+                &o,
+            )
+            .await
+            .unwrap()
+        }
+    });
+    // Wait until a node took it, then kill that node's worker.
+    let first = common::poll_async(Duration::from_secs(5), || async {
+        ledger
+            .runs_of("dies-midway")
+            .first()
+            .map(|r| r.node.clone())
+    })
+    .await
+    .expect("a worker took the task");
+    let killed_at = Instant::now();
+    let survivor = if first == "worker-01" {
+        drop(w1);
+        w2
+    } else {
+        drop(w2);
+        w1
+    };
+    let a = asked.await.unwrap();
+    let (node, _, attempts) = done(&a);
+    assert_ne!(node, first);
+    assert_eq!(attempts, 2);
+    // Failed over after the silence, not before.
+    assert!(killed_at.elapsed() >= Duration::from_millis(3000));
+    let runs = ledger.runs_of("dies-midway");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(!runs[0].finished && runs[1].finished);
+    drop(survivor);
+}
+
+/// Each task has its own deadline: the caller hears `deadline`, naming the task and where it
+/// runs, before its own timeout; asking again with the id later gets the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_caller_hears_a_deadline_error_in_time_and_can_collect_the_result_later() {
+    let b = fixture(Duration::from_millis(900)).await;
+    let ledger = Ledger::default();
+    let _w1 = worker(&b, "worker-01", &ledger).await;
+    let start = Instant::now();
+    let a = ask(
+        &b,
+        r#"{"sleep_ms": 3000}"#,
+        &opts(Duration::from_millis(1500), "slow-one"),
+    )
+    .await;
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    match a {
+        Answer::Failed(e) => {
+            assert_eq!(e.code, "deadline");
+            assert_eq!(e.task_id, "slow-one");
+            assert!(e.error.contains("still running on worker-01"), "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The worker's deadline came too: the task ended as failed on the worker; asking again
+    // gets that record, and the task never ran twice.
+    let again = ask(
+        &b,
+        r#"{"sleep_ms": 3000}"#,
+        &opts(Duration::from_secs(5), "slow-one"),
+    )
+    .await;
+    match again {
+        Answer::Failed(e) => assert_eq!(e.code, "task-failed", "{e:?}"),
+        Answer::Done { .. } => {}
+    }
+    assert_eq!(ledger.runs_of("slow-one").len(), 1);
+}
+
+/// Bad requests are refused where they enter: not JSON, over the size the router can forward,
+/// a task id that cannot be a key, a deadline that is not a number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_at_the_router() {
+    let b = fixture(Duration::from_millis(900)).await;
+    let ledger = Ledger::default();
+    let _w1 = worker(&b, "worker-01", &ledger).await;
+    let code = |a: Answer| match a {
+        Answer::Failed(e) => (e.code, e.error),
+        other => panic!("{other:?}"),
+    };
+    let (c, e) = code(ask(&b, "not json", &opts(Duration::from_secs(5), "t1")).await);
+    assert_eq!(c, "bad-request");
+    assert!(e.contains("not JSON"), "{e}");
+    let max = b.supervisor.server_info().max_payload;
+    let big = format!("\"{}\"", "x".repeat(max - 600));
+    let (c, e) = code(ask(&b, &big, &opts(Duration::from_secs(5), "t2")).await);
+    assert_eq!(c, "bad-request");
+    assert!(e.contains("at most"), "{e}");
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(fleetnix::bus::TASK_ID_HEADER, "a.b");
+    let reply = b
+        .supervisor
+        .request_with_headers("fleet.dispatch.glm-worker", h, "{}".into())
+        .await
+        .unwrap();
+    let (c, e) = code(router::read_answer(&reply));
+    assert_eq!(c, "bad-request");
+    assert!(e.contains("task id"), "{e}");
+    assert!(ledger.0.lock().unwrap().is_empty());
+}
+
+/// Issue 21, finding 7: the router's end is an error (its unit restarts it), not `Ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_ending_on_its_own_is_an_error() {
+    let RouterFixture {
+        server,
+        supervisor,
+        router: fixture_router,
+        config,
+        ..
+    } = fixture(Duration::from_millis(900)).await;
+    drop(fixture_router);
+    let lane = server.connect_router().await;
+    let closer = lane.clone();
+    let run = tokio::spawn(router::run(lane, config, None, std::future::pending()));
+    // Once it serves (it is the only router), close its connection for good.
+    let served = common::poll_async(Duration::from_secs(5), || async {
+        let probe = supervisor
+            .request("fleet.dispatch.Bad_Role", "{}".into())
+            .await
+            .ok();
+        probe.map(drop)
+    })
+    .await;
+    assert!(served.is_some());
+    closer.drain().await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the router ended")
+        .unwrap();
+    assert!(
+        matches!(ended, Err(router::RouterError::Stopped(_))),
+        "{ended:?}"
+    );
+}
+
+/// A router that dies with a task in flight loses nothing: the caller asks again with the same
+/// id, a new router sends it to the node that has the task, which answers once it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_router_picks_up_a_task_in_flight() {
+    let mut b = fixture(Duration::from_millis(900)).await;
+    let ledger = Ledger::default();
+    let _w1 = worker(&b, "worker-01", &ledger).await;
+    let _w2 = worker(&b, "worker-02", &ledger).await;
+    let mut o = opts(Duration::from_secs(20), "survives-router");
+    o.reask = Duration::from_millis(1500);
+    let asked = tokio::spawn({
+        let supervisor = b.supervisor.clone();
+        async move {
+            router::ask_with(
+                &supervisor,
+                &role(),
+                Bytes::from_static(br#"{"sleep_ms": 3000}"#),
+                &o,
+            )
+            .await
+            .unwrap()
+        }
+    });
+    let first = common::poll_async(Duration::from_secs(5), || async {
+        ledger
+            .runs_of("survives-router")
+            .first()
+            .map(|r| r.node.clone())
+    })
+    .await
+    .expect("a worker took the task");
+    // The router dies (its tasks end, its subscriptions go) and another starts.
+    let lanes = b.server.connect_router_lanes(2).await;
+    let second = router::start(lanes, b.config.clone(), None).await.unwrap();
+    b.router = second;
+    let a = asked.await.unwrap();
+    let (node, body, _) = done(&a);
+    assert_eq!(node, first);
+    assert_eq!(body["slept_ms"], 3000);
+    let runs = ledger.runs_of("survives-router");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+}

@@ -115,15 +115,18 @@ pub struct Beat {
     capacity: u32,
     models: Vec<String>,
     in_flight: Arc<AtomicU32>,
-    tasks: Arc<Mutex<BTreeMap<String, usize>>>,
+    tasks: TaskIds,
     draining: Arc<AtomicBool>,
 }
+
+/// The ids of the running tasks, each with how many guards hold it.
+type TaskIds = Arc<Mutex<BTreeMap<String, usize>>>;
 
 /// Counts one running task (and lists its id, if it has one) until dropped.
 #[derive(Debug)]
 pub struct TaskGuard {
     in_flight: Arc<AtomicU32>,
-    id: Option<(String, Arc<Mutex<BTreeMap<String, usize>>>)>,
+    id: Option<(String, TaskIds)>,
 }
 
 impl Drop for TaskGuard {

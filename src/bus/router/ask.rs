@@ -100,24 +100,21 @@ pub async fn ask_with(
             .await
             .map_err(|e| request_err(e.to_string()))?;
         let wait_until = deadline.min(now + options.reask);
-        loop {
-            match tokio::time::timeout_at(wait_until.into(), answers.next()).await {
-                Err(_) => break, // ask again
-                Ok(None) => return Err(request_err("the connection closed".into())),
-                Ok(Some(msg)) if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) => {
-                    let since = *no_router_since.get_or_insert(now);
-                    if Instant::now().duration_since(since) >= options.no_router_wait {
-                        return Err(RouterError::NoRouter {
-                            subject,
-                            task_id: id,
-                        });
-                    }
-                    let pause = deadline.min(Instant::now() + Duration::from_millis(100));
-                    tokio::time::sleep_until(pause.into()).await;
-                    break;
+        match tokio::time::timeout_at(wait_until.into(), answers.next()).await {
+            Err(_) => {} // no answer yet: ask again
+            Ok(None) => return Err(request_err("the connection closed".into())),
+            Ok(Some(msg)) if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) => {
+                let since = *no_router_since.get_or_insert(now);
+                if Instant::now().duration_since(since) >= options.no_router_wait {
+                    return Err(RouterError::NoRouter {
+                        subject,
+                        task_id: id,
+                    });
                 }
-                Ok(Some(msg)) => return Ok(read_answer(&msg)),
+                let pause = deadline.min(Instant::now() + Duration::from_millis(100));
+                tokio::time::sleep_until(pause.into()).await;
             }
+            Ok(Some(msg)) => return Ok(read_answer(&msg)),
         }
     }
     Err(match no_router_since {

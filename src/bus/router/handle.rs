@@ -174,7 +174,7 @@ pub(super) async fn handle(
         ));
         return respond_error(client, reply, &task, e).await;
     }
-    let limit = usize::try_from(client.server_info().max_payload).unwrap_or(usize::MAX);
+    let limit = client.server_info().max_payload;
     if msg.payload.len().saturating_add(FORWARD_HEADROOM) > limit {
         let e = bad(format!(
             "the payload is {} bytes; the server takes at most {limit} bytes per message, {FORWARD_HEADROOM} of which the router keeps for its headers",

@@ -216,7 +216,8 @@ async def _dispatch(
         payload = json.dumps(task, allow_nan=False).encode()
     except (TypeError, ValueError, RecursionError) as e:
         raise DispatchError(f"the task is not JSON-serialisable: {e}", code="bad-request") from None
-    headers = {TASK_ID_HEADER: task_id}
+    # The task's deadline: the router answers (result, failure or `deadline`) before it.
+    headers = {TASK_ID_HEADER: task_id, "Fleet-Deadline-Ms": str(max(int(timeout * 1000) - 100, 1))}
     if model is not None:
         headers[MODEL_HEADER] = model
 

@@ -117,20 +117,30 @@ let
                   "$JS.API.CONSUMER.CREATE.KV_fleet-health.>",
                   "$JS.API.CONSUMER.CREATE.KV_fleet-nodes",
                   "$JS.API.CONSUMER.CREATE.KV_fleet-nodes.>",
+                  "$JS.API.CONSUMER.CREATE.KV_fleet-tasks",
+                  "$JS.API.CONSUMER.CREATE.KV_fleet-tasks.>",
                   "$JS.API.CONSUMER.DELETE.KV_fleet-health.>",
                   "$JS.API.CONSUMER.DELETE.KV_fleet-nodes.>",
+                  "$JS.API.CONSUMER.DELETE.KV_fleet-tasks.>",
                   "$JS.API.DIRECT.GET.KV_fleet-health",
                   "$JS.API.DIRECT.GET.KV_fleet-health.>",
                   "$JS.API.DIRECT.GET.KV_fleet-nodes",
                   "$JS.API.DIRECT.GET.KV_fleet-nodes.>",
+                  "$JS.API.DIRECT.GET.KV_fleet-tasks",
+                  "$JS.API.DIRECT.GET.KV_fleet-tasks.>",
                   "$JS.API.STREAM.CREATE.KV_fleet-health",
+                  "$JS.API.STREAM.CREATE.KV_fleet-tasks",
                   "$JS.API.STREAM.INFO.KV_fleet-health",
                   "$JS.API.STREAM.INFO.KV_fleet-nodes",
+                  "$JS.API.STREAM.INFO.KV_fleet-tasks",
                   "$JS.API.STREAM.MSG.GET.KV_fleet-health",
                   "$JS.API.STREAM.MSG.GET.KV_fleet-nodes",
+                  "$JS.API.STREAM.MSG.GET.KV_fleet-tasks",
                   "$JS.FC.KV_fleet-health.>",
                   "$JS.FC.KV_fleet-nodes.>",
+                  "$JS.FC.KV_fleet-tasks.>",
                   "$KV.fleet-health.>",
+                  "$KV.fleet-tasks.>",
                   "fleet.tasks.>"
                 ]
               },
@@ -138,7 +148,8 @@ let
                 "allow": [
                   "_INBOX._router.>",
                   "fleet.dispatch.> router",
-                  "fleet.heartbeat.>"
+                  "fleet.heartbeat.>",
+                  "fleet.results.*.ack"
                 ]
               }
             },

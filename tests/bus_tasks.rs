@@ -387,3 +387,45 @@ async fn a_restarted_router_picks_up_a_task_in_flight() {
     let runs = ledger.runs_of("survives-router");
     assert_eq!(runs.len(), 1, "{runs:?}");
 }
+
+/// nats-server restarts with tasks in flight (it forgets which replies each client may send):
+/// every caller still gets its task's result, and no task runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_restart_loses_no_task() {
+    let mut b = fixture(Duration::from_millis(900)).await;
+    let ledger = Ledger::default();
+    let _w1 = worker(&b, "worker-01", &ledger).await;
+    let _w2 = worker(&b, "worker-02", &ledger).await;
+    let ids = ["restart-a", "restart-b", "restart-c"];
+    let mut callers = Vec::new();
+    for id in ids {
+        let supervisor = b.supervisor.clone();
+        let mut o = opts(Duration::from_secs(25), id);
+        o.reask = Duration::from_millis(1500);
+        callers.push(tokio::spawn(async move {
+            router::ask_with(
+                &supervisor,
+                &role(),
+                Bytes::from_static(br#"{"sleep_ms": 2500}"#),
+                &o,
+            )
+            .await
+        }));
+    }
+    let taken = common::poll_async(Duration::from_secs(5), || async {
+        ids.iter()
+            .all(|id| !ledger.runs_of(id).is_empty())
+            .then_some(())
+    })
+    .await;
+    assert!(taken.is_some(), "the workers took the tasks");
+    b.server.restart();
+    for (id, c) in ids.iter().zip(callers) {
+        let a = c.await.unwrap().unwrap_or_else(|e| panic!("{id}: {e}"));
+        let (node, body, _) = done(&a);
+        assert_eq!(body["slept_ms"], 2500);
+        let runs = ledger.runs_of(id);
+        assert_eq!(runs.len(), 1, "{id}: {runs:?}");
+        assert_eq!(runs[0].node, node);
+    }
+}

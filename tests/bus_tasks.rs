@@ -41,14 +41,26 @@ impl Ledger {
 /// A reference worker on `node` for `glm-worker` whose tasks are `{"sleep_ms": N}`: sleeps N ms
 /// and answers `{"node", "slept_ms"}`; a task `{"fail": "why"}` fails. Every run goes in `ledger`.
 async fn worker(b: &RouterFixture, node: &'static str, ledger: &Ledger) -> WorkerHandle {
-    let client = b.server.connect(node).await;
+    let h = worker_on(&b.server, b.beat, node, ledger).await;
+    b.wait_state(node, "healthy", Duration::from_secs(10)).await;
+    h
+}
+
+/// [`worker`] without waiting for a router to call it healthy.
+async fn worker_on(
+    server: &bus_support::NatsServer,
+    beat: Duration,
+    node: &'static str,
+    ledger: &Ledger,
+) -> WorkerHandle {
+    let client = server.connect(node).await;
     let mut options = WorkerOptions::new(
         NodeName::parse(node).unwrap(),
         vec![Role::parse("glm-worker").unwrap()],
     );
-    options.beat = b.beat;
+    options.beat = beat;
     let ledger = ledger.clone();
-    let h = worker::start(client, options, move |task| {
+    worker::start(client, options, move |task| {
         let ledger = ledger.clone();
         async move {
             let i = {
@@ -73,9 +85,7 @@ async fn worker(b: &RouterFixture, node: &'static str, ledger: &Ledger) -> Worke
         }
     })
     .await
-    .unwrap();
-    b.wait_state(node, "healthy", Duration::from_secs(10)).await;
-    h
+    .unwrap()
 }
 
 fn role() -> Role {
@@ -428,4 +438,88 @@ async fn a_nats_server_restart_loses_no_task() {
         assert_eq!(runs.len(), 1, "{id}: {runs:?}");
         assert_eq!(runs[0].node, node);
     }
+}
+
+/// Two `fleetnix router` processes; the one that took the tasks is SIGKILLed while they run:
+/// every caller gets its result through the other, and no task runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_router_process_loses_no_task_with_two_routers() {
+    let fleet = common::example_fleet();
+    let server = bus_support::NatsServer::start(&fleet);
+    let supervisor = server.connect("control-01").await;
+    fleetnix::bus::registry::sync(&async_nats::jetstream::new(supervisor.clone()), &fleet)
+        .await
+        .unwrap();
+    let ledger = Ledger::default();
+    let beat = Duration::from_millis(150);
+    let _w1 = worker_on(&server, beat, "worker-01", &ledger).await;
+    let _w2 = worker_on(&server, beat, "worker-02", &ledger).await;
+    let mut first = router_process(&server);
+    // Until the router runs and has heard both workers, a quick task may fail: poll, bounded.
+    let served = common::poll_async(Duration::from_secs(15), || async {
+        let mut o = opts(Duration::from_secs(2), &fleetnix::bus::dispatch::task_id());
+        o.reask = Duration::from_secs(2);
+        match router::ask_with(&supervisor, &role(), Bytes::from_static(b"{}"), &o).await {
+            Ok(Answer::Done { .. }) => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(served.is_some(), "the router process never served");
+    let ids = ["kill-a", "kill-b", "kill-c", "kill-d"];
+    let mut callers = Vec::new();
+    for id in ids {
+        let supervisor = supervisor.clone();
+        let mut o = opts(Duration::from_secs(25), id);
+        o.reask = Duration::from_millis(1500);
+        callers.push(tokio::spawn(async move {
+            router::ask_with(
+                &supervisor,
+                &role(),
+                Bytes::from_static(br#"{"sleep_ms": 3000}"#),
+                &o,
+            )
+            .await
+        }));
+    }
+    let taken = common::poll_async(Duration::from_secs(5), || async {
+        ids.iter()
+            .all(|id| !ledger.runs_of(id).is_empty())
+            .then_some(())
+    })
+    .await;
+    assert!(taken.is_some(), "the workers took the tasks");
+    // A second router, then SIGKILL of the first (which took every task).
+    let _second = router_process(&server);
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    for (id, c) in ids.iter().zip(callers) {
+        let a = c.await.unwrap().unwrap_or_else(|e| panic!("{id}: {e}"));
+        let (node, body, _) = done(&a);
+        assert_eq!(body["slept_ms"], 3000);
+        let runs = ledger.runs_of(id);
+        assert_eq!(runs.len(), 1, "{id}: {runs:?}");
+        assert_eq!(runs[0].node, node);
+    }
+}
+
+/// `fleetnix router` as a process of its own (alerts to a closed loopback port).
+fn router_process(server: &bus_support::NatsServer) -> tokio::process::Child {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ntfy = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    tokio::process::Command::new(common::fleetnix_bin())
+        .arg("--root")
+        .arg(env!("CARGO_MANIFEST_DIR"))
+        .args(["router", "--node-timeout", "1s", "--nats-url", &server.url])
+        .env(
+            "FLEETNIX_NATS_PASSWORD",
+            server.creds.router_password().unwrap().expose(),
+        )
+        .env("FLEETNIX_NTFY_URL", ntfy)
+        .env_remove("FLEETNIX_NATS_URL")
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
 }

@@ -523,3 +523,104 @@ fn router_process(server: &bus_support::NatsServer) -> tokio::process::Child {
         .spawn()
         .unwrap()
 }
+
+/// `fleetnix node drain`: the router sends the drained node no new task and reports it draining
+/// with its in-flight count; `node undrain` gives it tasks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_gets_no_new_task_until_undrained() {
+    let b = fixture(Duration::from_millis(900)).await;
+    let ledger = Ledger::default();
+    let _w1 = worker(&b, "worker-01", &ledger).await;
+    let _w2 = worker(&b, "worker-02", &ledger).await;
+    let fleetnix = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(common::fleetnix_bin());
+        cmd.arg("--root")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .args(["--nats-url", &b.server.url])
+            .env(
+                "FLEETNIX_NATS_PASSWORD",
+                b.server.password("control-01").expose(),
+            )
+            .env_remove("FLEETNIX_NATS_URL");
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // A task runs on worker-01 while it is drained: it finishes, and nothing new goes there.
+    let o = opts(Duration::from_secs(10), "before-drain");
+    let first = loop {
+        let a = ask(
+            &b,
+            r#"{"sleep_ms": 0}"#,
+            &opts(Duration::from_secs(5), &fleetnix::bus::dispatch::task_id()),
+        )
+        .await;
+        if done(&a).0 == "worker-02" {
+            break tokio::spawn({
+                let s = b.supervisor.clone();
+                async move {
+                    router::ask_with(
+                        &s,
+                        &role(),
+                        Bytes::from_static(br#"{"sleep_ms": 1500}"#),
+                        &o,
+                    )
+                    .await
+                    .unwrap()
+                }
+            });
+        }
+    };
+    let running = common::poll_async(Duration::from_secs(5), || async {
+        ledger
+            .runs_of("before-drain")
+            .first()
+            .map(|r| r.node.clone())
+    })
+    .await;
+    assert_eq!(running.as_deref(), Some("worker-01"));
+    let out = fleetnix(&["node", "drain", "worker-01"]);
+    assert!(out.starts_with("worker-01: drained ("), "{out}");
+    let e = b
+        .wait_state("worker-01", "healthy", Duration::from_secs(5))
+        .await;
+    let e = if e.draining {
+        e
+    } else {
+        common::poll_async(Duration::from_secs(5), || async {
+            b.health("worker-01").await.filter(|e| e.draining)
+        })
+        .await
+        .expect("fleet-health says worker-01 is draining")
+    };
+    assert!(e.draining);
+    for _ in 0..6 {
+        let a = ask(
+            &b,
+            r#"{"sleep_ms": 0}"#,
+            &opts(Duration::from_secs(5), &fleetnix::bus::dispatch::task_id()),
+        )
+        .await;
+        assert_eq!(done(&a).0, "worker-02");
+    }
+    let (node, _, _) = done(&first.await.unwrap());
+    assert_eq!(node, "worker-01");
+    let out = fleetnix(&["node", "undrain", "worker-01"]);
+    assert!(out.starts_with("worker-01: undrained ("), "{out}");
+    let back = common::poll_async(Duration::from_secs(5), || async {
+        let a = ask(
+            &b,
+            r#"{"sleep_ms": 0}"#,
+            &opts(Duration::from_secs(5), &fleetnix::bus::dispatch::task_id()),
+        )
+        .await;
+        (done(&a).0 == "worker-01").then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "worker-01 got no task after undrain");
+}

@@ -25,6 +25,7 @@
 pub mod conf;
 pub mod creds;
 pub mod dispatch;
+pub mod drain;
 pub mod heartbeat;
 pub mod registry;
 pub mod route;
@@ -105,6 +106,10 @@ pub const HEALTH_BUCKET: &str = "fleet-health";
 /// acknowledges a task): task id → `{node, role}`, so a router that restarted, or another
 /// router, sends a caller's retry to the node that has the task.
 pub const TASKS_BUCKET: &str = "fleet-tasks";
+
+/// The JetStream key-value bucket of drained nodes (`fleetnix node drain`): node name → when
+/// and why. The router sends a drained node no new task.
+pub const DRAIN_BUCKET: &str = "fleet-drain";
 
 /// Where nats-server keeps JetStream data on the control plane (the NixOS module's state
 /// directory).
@@ -313,6 +318,8 @@ impl BusUser {
             publish.push("fleet.dispatch.>".into());
             publish.extend(kv_write_subjects(NODES_BUCKET));
             publish.extend(kv_read_subjects(HEALTH_BUCKET));
+            // Drains and undrains nodes (`fleetnix node drain`).
+            publish.extend(kv_write_subjects(DRAIN_BUCKET));
             subscribe.push("fleet.results.>".into());
             subscribe.push("fleet.heartbeat.>".into());
             subscribe.push(format!("{}.>", inbox_prefix(name)));
@@ -354,6 +361,9 @@ impl RouterUser {
         publish.extend(kv_write_subjects(HEALTH_BUCKET));
         // The task table (`fleet-tasks`): which node took which task.
         publish.extend(kv_write_subjects(TASKS_BUCKET));
+        // Follows the drained nodes; may create the bucket, not write it.
+        publish.extend(kv_read_subjects(DRAIN_BUCKET));
+        publish.push(format!("$JS.API.STREAM.CREATE.KV_{DRAIN_BUCKET}"));
         let mut subscribe = vec![
             format!("fleet.dispatch.> {ROUTER_QUEUE}"),
             "fleet.heartbeat.>".to_string(),

@@ -292,6 +292,7 @@ pub async fn start(
         .map_err(|e| RouterError::NoRegistry(e.to_string()))?;
     let health_kv = registry::open_bucket(&js, HEALTH_BUCKET, true).await?;
     let tasks_kv = tasks::open_bucket(&js).await?;
+    let drain_kv = registry::open_bucket(&js, crate::bus::DRAIN_BUCKET, true).await?;
     let (records, bad) = registry::load(&nodes_kv).await?;
     for b in bad {
         log(format!("ignoring {b}"));
@@ -317,6 +318,14 @@ pub async fn start(
         .watch_with_history(">")
         .await
         .map_err(|e| kv_err("watch")(e.to_string()))?;
+    let mut drains = drain_kv
+        .watch_with_history(">")
+        .await
+        .map_err(|e| BusError::Kv {
+            bucket: crate::bus::DRAIN_BUCKET.into(),
+            op: "watch",
+            reason: e.to_string(),
+        })?;
     let sub_err = |subject: &str| {
         let subject = subject.to_string();
         move |source| BusError::Subscribe { subject, source }
@@ -359,6 +368,20 @@ pub async fn start(
                 },
                 kv::Operation::Delete | kv::Operation::Purge => view.unregister(&entry.key),
             }
+        }
+    }));
+    // Drained nodes.
+    let s = Arc::clone(&shared);
+    tasks.push(tokio::spawn(async move {
+        while let Some(entry) = drains.next().await {
+            let Ok(entry) = entry else { continue };
+            let drained = matches!(entry.operation, kv::Operation::Put);
+            log(format!(
+                "{} {}",
+                entry.key,
+                if drained { "drained" } else { "undrained" }
+            ));
+            lock(&s.view).set_drained(&entry.key, drained);
         }
     }));
     // Heartbeats.

@@ -34,6 +34,9 @@ pub struct HealthEntry {
     pub capacity: u32,
     /// Models: the manifest's and those the agent reported.
     pub models: Vec<String>,
+    /// It gets no new task: drained (`fleetnix node drain`) or its agent says it is draining.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// The router's live view: registry, heartbeats, failed attempts. Pure logic (the clock is
@@ -44,6 +47,7 @@ pub struct LiveView {
     pub(super) started: Instant,
     pub(super) nodes: BTreeMap<NodeName, NodeView>,
     pub(super) router: route::Router,
+    pub(super) drained: BTreeSet<NodeName>,
 }
 
 pub(super) fn rfc3339(t: SystemTime) -> String {
@@ -58,6 +62,7 @@ impl LiveView {
             config,
             started: now,
             nodes: BTreeMap::new(),
+            drained: BTreeSet::new(),
         }
     }
 
@@ -111,6 +116,28 @@ impl LiveView {
             v.suspect = None;
             v.heartbeat = Some((now, wall, hb));
         }
+    }
+
+    /// Drains (`true`) or undrains `node` (`fleetnix node drain`).
+    pub fn set_drained(&mut self, node: &str, drained: bool) {
+        let Ok(name) = NodeName::parse(node) else {
+            return;
+        };
+        if drained {
+            self.drained.insert(name);
+        } else {
+            self.drained.remove(&name);
+        }
+    }
+
+    /// Does `node` take no new task (drained, or its agent says it is draining)?
+    pub fn draining(&self, node: &NodeName) -> bool {
+        self.drained.contains(node)
+            || self
+                .nodes
+                .get(node)
+                .and_then(|v| v.heartbeat.as_ref())
+                .is_some_and(|(_, _, hb)| hb.draining)
     }
 
     /// How long ago `node`'s last heartbeat arrived (`None`: none yet, or not registered).
@@ -218,11 +245,7 @@ impl LiveView {
     ) -> Result<route::Route, RouteError> {
         let mut r = self.router.route_with(role, |n| {
             let name = NodeName::parse(n).ok()?;
-            let draining = self
-                .nodes
-                .get(&name)
-                .and_then(|v| v.heartbeat.as_ref())
-                .is_some_and(|(_, _, hb)| hb.draining);
+            let draining = self.draining(&name);
             match self.state_of(&name, now) {
                 Some((NodeState::Healthy, _)) if draining => Some("draining".into()),
                 Some((NodeState::Healthy, _)) => None,
@@ -282,6 +305,7 @@ impl LiveView {
             in_flight,
             capacity,
             models: self.models_of(v),
+            draining: self.draining(node),
         })
     }
 

@@ -624,3 +624,77 @@ async fn a_drained_node_gets_no_new_task_until_undrained() {
     .await;
     assert!(back.is_some(), "worker-01 got no task after undrain");
 }
+
+/// `fleetnix router` says at start-up where its alerts go; `fleetnix dispatch --payload-file -`
+/// sends a payload larger than argv allows (issue 22, smaller defects).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_names_its_alert_target_and_dispatch_reads_a_large_payload_from_stdin() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let fleet = common::example_fleet();
+    let server = bus_support::NatsServer::start(&fleet);
+    let supervisor = server.connect("control-01").await;
+    fleetnix::bus::registry::sync(&async_nats::jetstream::new(supervisor.clone()), &fleet)
+        .await
+        .unwrap();
+    let ledger = Ledger::default();
+    let _w1 = worker_on(&server, Duration::from_millis(150), "worker-01", &ledger).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ntfy = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut router = tokio::process::Command::new(common::fleetnix_bin())
+        .arg("--root")
+        .arg(env!("CARGO_MANIFEST_DIR"))
+        .args(["router", "--node-timeout", "1s", "--nats-url", &server.url])
+        .env(
+            "FLEETNIX_NATS_PASSWORD",
+            server.creds.router_password().unwrap().expose(),
+        )
+        .env("FLEETNIX_NTFY_URL", &ntfy)
+        .env_remove("FLEETNIX_NATS_URL")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(router.stderr.take().unwrap()).lines();
+    let said = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.contains("alerts") {
+                return l;
+            }
+        }
+        String::new()
+    })
+    .await
+    .unwrap();
+    assert!(said.contains(&format!("go to ntfy at {ntfy}")), "{said}");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let big = serde_json::json!({"sleep_ms": 0, "doc": "x".repeat(300 * 1024)}).to_string();
+    let out = common::poll_async(Duration::from_secs(15), || async {
+        let mut child = tokio::process::Command::new(common::fleetnix_bin())
+            .arg("--root")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(["dispatch", "--role", "glm-worker", "--payload-file", "-"])
+            .args(["--nats-url", &server.url, "--timeout", "5s"])
+            .env(
+                "FLEETNIX_NATS_PASSWORD",
+                server.password("control-01").expose(),
+            )
+            .env_remove("FLEETNIX_NATS_URL")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(big.as_bytes()).await.unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().await.unwrap();
+        out.status.success().then_some(out)
+    })
+    .await
+    .expect("dispatch with --payload-file - succeeded");
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["node"], "worker-01");
+    assert_eq!(ledger.0.lock().unwrap().len(), 1);
+}

@@ -25,7 +25,7 @@
 //! it, so the server vouches for it. A worker's own `Fleet-Node` header is only a claim; when it
 //! names another node the reply says so (`Fleet-Claimed-Node`).
 
-use crate::bus::dispatch::{connect_as, task_id};
+use crate::bus::dispatch::task_id;
 use crate::bus::heartbeat::{self, Heartbeat};
 use crate::bus::registry::{self, NodeRecord};
 use crate::bus::route::{self, RouteError};
@@ -260,12 +260,39 @@ impl Lanes {
         n: usize,
         timeout: Duration,
     ) -> Result<Self, BusError> {
-        let mut lanes = Lanes::new(connect_as(url, ROUTER_USER, password, timeout).await?);
-        for _ in 1..n {
-            lanes = lanes.with_lane(connect_as(url, ROUTER_USER, password, timeout).await?);
+        let mut lanes = Lanes::new(connect_logged(url, password, timeout, 0).await?);
+        for i in 1..n {
+            lanes = lanes.with_lane(connect_logged(url, password, timeout, i).await?);
         }
         Ok(lanes)
     }
+}
+
+/// Connects lane `lane` as the router's user, logging its connection events (disconnected,
+/// reconnected, the server's errors such as a refused publish, slow consumers).
+async fn connect_logged(
+    url: &str,
+    password: &Secret,
+    timeout: Duration,
+    lane: usize,
+) -> Result<Client, BusError> {
+    crate::bus::dispatch::check_url(url)?;
+    async_nats::ConnectOptions::with_user_and_password(
+        ROUTER_USER.to_string(),
+        password.expose().to_string(),
+    )
+    .custom_inbox_prefix(format!("_INBOX.{ROUTER_USER}"))
+    .connection_timeout(timeout)
+    .event_callback(move |event| async move {
+        log(format!("lane {lane}: NATS {event}"));
+    })
+    .connect(url)
+    .await
+    .map_err(|source| BusError::Connect {
+        url: url.to_string(),
+        user: ROUTER_USER.to_string(),
+        source,
+    })
 }
 
 impl From<Client> for Lanes {
@@ -444,7 +471,9 @@ pub async fn start(
     let s = Arc::clone(&shared);
     let tick = config.tick;
     tasks.push(tokio::spawn(async move {
-        let mut published: BTreeMap<NodeName, Vec<u8>> = BTreeMap::new();
+        // Per node: what was written, its heartbeat time, and when.
+        let mut published: BTreeMap<NodeName, (Vec<u8>, Option<String>, Instant)> = BTreeMap::new();
+        let refresh = s.config.node_timeout;
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -476,20 +505,27 @@ pub async fn start(
                 let _ = alert_tx.send(transitions);
             }
             for e in entries {
-                // Only what changed, without the heartbeat's arrival time (it changes every beat).
+                // Written when the state changes (not its reason's growing silence count, not
+                // every heartbeat), and at most every node timeout to refresh `last_heartbeat`
+                // while heartbeats arrive.
                 let mut key_view = e.clone();
                 key_view.last_heartbeat = None;
+                key_view.reason = None;
                 let fingerprint = serde_json::to_vec(&key_view).unwrap_or_default();
                 let Ok(name) = NodeName::parse(&e.node) else {
                     continue;
                 };
-                if published.get(&name) == Some(&fingerprint) {
-                    continue;
+                let now = Instant::now();
+                if let Some((fp, beat, at)) = published.get(&name) {
+                    let stale = *beat != e.last_heartbeat && now.duration_since(*at) >= refresh;
+                    if *fp == fingerprint && !stale {
+                        continue;
+                    }
                 }
                 let body = serde_json::to_vec(&e).unwrap_or_default();
                 match health_kv.put(name.as_str(), body.into()).await {
                     Ok(_) => {
-                        published.insert(name, fingerprint);
+                        published.insert(name, (fingerprint, e.last_heartbeat.clone(), now));
                     }
                     Err(err) => log(format!("{HEALTH_BUCKET}/{name}: put failed: {err}")),
                 }

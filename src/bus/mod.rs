@@ -273,6 +273,8 @@ pub fn kv_read_subjects(bucket: &str) -> Vec<String> {
         format!("$JS.API.CONSUMER.CREATE.{stream}"),
         format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
         format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+        // nats-py's keys() and watch() look their consumer up.
+        format!("$JS.API.CONSUMER.INFO.{stream}.>"),
         format!("$JS.FC.{stream}.>"),
     ]
 }

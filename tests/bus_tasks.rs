@@ -698,3 +698,45 @@ async fn router_names_its_alert_target_and_dispatch_reads_a_large_payload_from_s
     assert_eq!(reply["node"], "worker-01");
     assert_eq!(ledger.0.lock().unwrap().len(), 1);
 }
+
+/// `fleet-health` is written when a node's state changes, not as a down node's silence grows,
+/// and a healthy node's `last_heartbeat` is kept fresh (issue 22).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_health_is_written_on_change_with_a_fresh_last_heartbeat() {
+    let b = fixture(Duration::from_millis(600)).await;
+    let ledger = Ledger::default();
+    let _w1 = worker(&b, "worker-01", &ledger).await;
+    // control-01 never heart-beats: down after three timeouts.
+    b.wait_state("control-01", "down", Duration::from_secs(10))
+        .await;
+    let js = async_nats::jetstream::new(b.supervisor.clone());
+    let kv = js
+        .get_key_value(fleetnix::bus::HEALTH_BUCKET)
+        .await
+        .unwrap();
+    let revision = || async {
+        kv.entry("control-01")
+            .await
+            .unwrap()
+            .map(|e| e.revision)
+            .unwrap()
+    };
+    let down_rev = revision().await;
+    // worker-01's last_heartbeat moves on twice (at least two node timeouts pass) ...
+    let seen = Mutex::new(Vec::new());
+    let refreshed = common::poll_async(Duration::from_secs(10), || async {
+        let beat = b.health("worker-01").await.and_then(|e| e.last_heartbeat)?;
+        let mut seen = seen.lock().unwrap();
+        if seen.last() != Some(&beat) {
+            seen.push(beat);
+        }
+        (seen.len() >= 3).then_some(())
+    })
+    .await;
+    assert!(
+        refreshed.is_some(),
+        "last_heartbeat was not refreshed: {seen:?}"
+    );
+    // ... while the down node's record was not rewritten.
+    assert_eq!(revision().await, down_rev);
+}

@@ -233,6 +233,37 @@ fn main() {
         let (p_med, p_p99) = latency(&supervisor, Mode::Router).await;
         let (p_thr, p_cpu, p_srv, p_rtr) =
             throughput(&supervisor, Mode::Router, server.pid(), Some(router_pid)).await;
+
+        // The same router process, with reference workers (`fleetnix::bus::worker`): each task
+        // acknowledged, listed in heartbeats and kept for duplicates (issue 22's contract).
+        drop(w1);
+        drop(w2);
+        let mut refs = Vec::new();
+        for node in ["worker-01", "worker-02"] {
+            let mut o = fleetnix::bus::worker::WorkerOptions::new(
+                fleetnix::model::NodeName::parse(node).unwrap(),
+                vec![Role::parse(ROLE).unwrap()],
+            );
+            o.beat = Duration::from_millis(500);
+            o.capacity = 64;
+            let n = node.to_string();
+            refs.push(
+                fleetnix::bus::worker::start(server.connect(node).await, o, move |t| {
+                    let body = format!(r#"{{"node":"{n}","n":{}}}"#, t.payload.len());
+                    async move { fleetnix::bus::worker::TaskOutcome::Done(body.into()) }
+                })
+                .await
+                .expect("reference worker"),
+            );
+        }
+        // The test workers' subscriptions are gone once only reference workers answer.
+        for i in 0..500 {
+            one(&supervisor, Mode::Router, i).await;
+        }
+        let (a_med, a_p99) = latency(&supervisor, Mode::Router).await;
+        let (a_thr, a_cpu, a_srv, a_rtr) =
+            throughput(&supervisor, Mode::Router, server.pid(), Some(router_pid)).await;
+        drop(refs);
         drop(process);
 
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -251,6 +282,7 @@ fn main() {
             ("direct", d_med, d_p99, d_thr, d_cpu, d_srv, None),
             ("router", r_med, r_p99, r_thr, r_cpu, r_srv, None),
             ("router*", p_med, p_p99, p_thr, p_cpu, p_srv, Some(p_rtr)),
+            ("ack*", a_med, a_p99, a_thr, a_cpu, a_srv, Some(a_rtr)),
         ] {
             let extra = rtr.map(|r| format!(", {r:.0}")).unwrap_or_default();
             println!(
@@ -279,9 +311,11 @@ fn main() {
             p_thr / d_thr
         );
         println!(
-            "worker share: worker-01 {} / worker-02 {}; requests per router lane: {per_lane:?}",
-            w1.count(),
-            w2.count(),
+            "ack*: router* with reference workers (acknowledgement, heartbeats listing tasks, duplicate records): added median {:.3} ms over router*, CPU per task ack* / router* {:.2}, throughput ack* / router* {:.2}",
+            ms(a_med) - ms(p_med),
+            (a_cpu + a_srv + a_rtr) / (p_cpu + p_srv + p_rtr),
+            a_thr / p_thr
         );
+        println!("requests per router lane: {per_lane:?}");
     });
 }

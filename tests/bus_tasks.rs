@@ -53,7 +53,16 @@ async fn worker_on(
     node: &'static str,
     ledger: &Ledger,
 ) -> WorkerHandle {
-    let client = server.connect(node).await;
+    worker_client(server.connect(node).await, beat, node, ledger).await
+}
+
+/// [`worker_on`] on a connection made by the caller.
+async fn worker_client(
+    client: async_nats::Client,
+    beat: Duration,
+    node: &'static str,
+    ledger: &Ledger,
+) -> WorkerHandle {
     let mut options = WorkerOptions::new(
         NodeName::parse(node).unwrap(),
         vec![Role::parse("glm-worker").unwrap()],
@@ -739,4 +748,168 @@ async fn fleet_health_is_written_on_change_with_a_fresh_last_heartbeat() {
     );
     // ... while the down node's record was not rewritten.
     assert_eq!(revision().await, down_rev);
+}
+
+/// Issue 22's chaos test: 1,000 tasks of mixed length (a tenth longer than the node timeout)
+/// through two `fleetnix router` processes and two reference workers, while worker-01 is killed
+/// and restarted, a router process is SIGKILLed and restarted, and nats-server is restarted, at
+/// random points (seed printed). The ledger of runs and answers shows: every task answered
+/// (result, or an error naming it), no caller waiting past its deadline, no task finished twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_thousand_tasks_through_kills_and_restarts() {
+    use rand::{Rng, SeedableRng};
+    const TASKS: usize = 1000;
+    const AT_ONCE: usize = 40;
+    let seed: u64 = std::env::var("FLEETNIX_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("chaos seed {seed} (FLEETNIX_CHAOS_SEED={seed} replays the schedule)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let fleet = common::example_fleet();
+    let mut server = bus_support::NatsServer::start(&fleet);
+    let supervisor = server.connect("control-01").await;
+    fleetnix::bus::registry::sync(&async_nats::jetstream::new(supervisor.clone()), &fleet)
+        .await
+        .unwrap();
+    let (url, w1_pw) = (server.url.clone(), server.password("worker-01").clone());
+    let ledger = Ledger::default();
+    let beat = Duration::from_millis(150);
+    let mut w1 = Some(worker_on(&server, beat, "worker-01", &ledger).await);
+    let _w2 = worker_on(&server, beat, "worker-02", &ledger).await;
+    let mut routers = vec![router_process(&server), router_process(&server)];
+    let served = common::poll_async(Duration::from_secs(15), || async {
+        let o = opts(Duration::from_secs(2), &fleetnix::bus::dispatch::task_id());
+        match router::ask_with(&supervisor, &role(), Bytes::from_static(b"{}"), &o).await {
+            Ok(Answer::Done { .. }) => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(served.is_some(), "the routers never served");
+    let warmup = ledger.0.lock().unwrap().len();
+
+    // The callers: AT_ONCE at a time, each with a deadline of 20 s.
+    let timeout = Duration::from_secs(20);
+    let lengths: Vec<u64> = (0..TASKS)
+        .map(|i| {
+            if i % 10 == 0 {
+                1500
+            } else {
+                rng.gen_range(0..100)
+            }
+        })
+        .collect();
+    let slots = Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
+    let started = Instant::now();
+    let mut callers = Vec::with_capacity(TASKS);
+    for (i, ms) in lengths.iter().enumerate() {
+        let (supervisor, slots, ms) = (supervisor.clone(), Arc::clone(&slots), *ms);
+        callers.push(tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await.unwrap();
+            let id = format!("chaos-{i}");
+            let mut o = opts(timeout, &id);
+            o.reask = Duration::from_millis(1500);
+            let t = Instant::now();
+            let payload = Bytes::from(format!(r#"{{"sleep_ms": {ms}}}"#));
+            let r = router::ask_with(&supervisor, &role(), payload, &o).await;
+            (id, t.elapsed(), r)
+        }));
+    }
+    // The chaos, at random points while the tasks run.
+    let mut events = vec!["worker", "router", "nats-server", "worker", "router"];
+    for i in (1..events.len()).rev() {
+        events.swap(i, rng.gen_range(0..=i));
+    }
+    for event in &events {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2500))).await;
+        match *event {
+            "worker" => {
+                drop(w1.take());
+                let client = fleetnix::bus::dispatch::connect(
+                    &url,
+                    &NodeName::parse("worker-01").unwrap(),
+                    &w1_pw,
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
+                w1 = Some(worker_client(client, beat, "worker-01", &ledger).await);
+            }
+            "router" => {
+                let i = rng.gen_range(0..routers.len());
+                routers[i].start_kill().unwrap();
+                routers[i].wait().await.unwrap();
+                routers[i] = router_process(&server);
+            }
+            _ => server.restart(),
+        }
+        println!("chaos: {event} at {:.1}s", started.elapsed().as_secs_f64());
+    }
+    let mut answers = Vec::with_capacity(TASKS);
+    for c in callers {
+        answers.push(c.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+
+    // The ledger.
+    let runs: Vec<Run> = ledger.0.lock().unwrap()[warmup..].to_vec();
+    let mut by_task: std::collections::BTreeMap<&str, Vec<&Run>> = Default::default();
+    for r in &runs {
+        by_task.entry(r.task.as_str()).or_default().push(r);
+    }
+    let mut ok = 0;
+    let mut codes: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut longest = Duration::ZERO;
+    for (id, waited, r) in &answers {
+        longest = longest.max(*waited);
+        assert!(
+            *waited <= timeout + Duration::from_millis(200),
+            "{id} waited {waited:?}"
+        );
+        match r {
+            Ok(Answer::Done { node, .. }) => {
+                ok += 1;
+                let mine = by_task.get(id.as_str()).cloned().unwrap_or_default();
+                assert!(
+                    mine.iter().any(|r| &r.node == node && r.finished),
+                    "{id}: answered by {node} without a finished run there: {mine:?}"
+                );
+            }
+            Ok(Answer::Failed(e)) => {
+                assert_eq!(&e.task_id, id, "{e:?}");
+                *codes.entry(e.code.clone()).or_default() += 1;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains(id.as_str()), "{e}");
+                *codes.entry("caller: no answer".into()).or_default() += 1;
+            }
+        }
+    }
+    let reruns = by_task.values().filter(|v| v.len() > 1).count();
+    let twice = by_task
+        .iter()
+        .filter(|(_, v)| v.iter().filter(|r| r.finished).count() > 1)
+        .map(|(t, _)| *t)
+        .collect::<Vec<_>>();
+    println!(
+        "chaos: {TASKS} tasks in {:.1}s: {ok} results, errors {codes:?}; {} runs, {reruns} task(s) run again after their node was killed, {} finished twice; longest caller wait {:.2}s (deadline {}s)",
+        elapsed.as_secs_f64(),
+        runs.len(),
+        twice.len(),
+        longest.as_secs_f64(),
+        timeout.as_secs()
+    );
+    assert!(twice.is_empty(), "finished twice: {twice:?}");
+    assert_eq!(answers.len(), TASKS);
+    // Every rerun is of a task whose earlier run never finished (its worker was killed).
+    for v in by_task.values().filter(|v| v.len() > 1) {
+        assert!(
+            v.iter()
+                .filter(|r| !r.finished)
+                .all(|r| r.node == "worker-01"),
+            "{v:?}"
+        );
+    }
+    drop(w1);
 }

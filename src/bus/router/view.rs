@@ -48,6 +48,10 @@ pub struct LiveView {
     pub(super) nodes: BTreeMap<NodeName, NodeView>,
     pub(super) router: route::Router,
     pub(super) drained: BTreeSet<NodeName>,
+    /// The last heartbeat from any node, and when heartbeats resumed after a gap in all of them
+    /// (the router's own connection was down, or nats-server restarted).
+    pub(super) last_any: Option<Instant>,
+    pub(super) resumed: Option<Instant>,
 }
 
 pub(super) fn rfc3339(t: SystemTime) -> String {
@@ -63,6 +67,8 @@ impl LiveView {
             started: now,
             nodes: BTreeMap::new(),
             drained: BTreeSet::new(),
+            last_any: None,
+            resumed: None,
         }
     }
 
@@ -111,6 +117,12 @@ impl LiveView {
     /// Records a heartbeat of `node` received at `now`: clears a failed attempt, updates the
     /// in-flight count `least_loaded` uses. Heartbeats of unregistered nodes are ignored.
     pub fn heartbeat(&mut self, node: &NodeName, hb: Heartbeat, now: Instant, wall: SystemTime) {
+        if let Some(last) = self.last_any {
+            if now.saturating_duration_since(last) >= self.config.node_timeout / 2 {
+                self.resumed = Some(now);
+            }
+        }
+        self.last_any = Some(now);
         if let Some(v) = self.nodes.get_mut(node) {
             self.router.set_in_flight(node, hb.in_flight);
             v.suspect = None;
@@ -146,13 +158,29 @@ impl LiveView {
         Some(now.saturating_duration_since(*at))
     }
 
-    /// Is `node` known dead at `now`: registered, and silent for `node_timeout_seconds` (or
-    /// never heard from since the router started that long ago)?
+    /// Is `node` known dead at `now`: silent for `node_timeout_seconds` (or never heard from
+    /// since the router started that long ago) while the router hears other nodes? Silence is
+    /// counted from when heartbeats resumed after a gap in all of them (the router's connection
+    /// or nats-server was down: that silence says nothing about the node), and no node is dead
+    /// while nobody at all is heard.
     pub fn silent(&self, node: &NodeName, now: Instant) -> bool {
-        match self.heartbeat_age(node, now) {
-            Some(age) => age >= self.config.node_timeout,
-            None => now.saturating_duration_since(self.started) >= self.config.node_timeout,
+        let t = self.config.node_timeout;
+        let hearing = self
+            .last_any
+            .is_some_and(|l| now.saturating_duration_since(l) < t / 2);
+        if !hearing {
+            return false;
         }
+        let since = match (
+            self.nodes.get(node).and_then(|v| v.heartbeat.as_ref()),
+            self.resumed,
+        ) {
+            (Some((at, _, _)), Some(r)) => (*at).max(r),
+            (Some((at, _, _)), None) => *at,
+            (None, Some(r)) => r.max(self.started),
+            (None, None) => self.started,
+        };
+        now.saturating_duration_since(since) >= t
     }
 
     /// The node whose last heartbeat lists task `id` as running, if any.

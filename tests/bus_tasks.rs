@@ -786,7 +786,7 @@ async fn chaos_a_thousand_tasks_through_kills_and_restarts() {
     let mut w1_start = STARTS.load(std::sync::atomic::Ordering::SeqCst) - 1;
     let mut killed: Vec<u32> = Vec::new();
     let _w2 = worker_on(&server, beat, "worker-02", &ledger).await;
-    let mut routers = vec![router_process(&server), router_process(&server)];
+    let mut routers = [router_process(&server), router_process(&server)];
     let served = common::poll_async(Duration::from_secs(15), || async {
         let o = opts(Duration::from_secs(2), &fleetnix::bus::dispatch::task_id());
         match router::ask_with(&supervisor, &role(), Bytes::from_static(b"{}"), &o).await {

@@ -125,6 +125,15 @@ async def _scenario(fleet, ledger, workers):
     assert a.headers["Fleet-Status"] == "ok"
     assert len(runs(ledger, "py-dup-1")) == 1
 
+    # The client's task_id: a retry with the same id gets the first answer, no second run.
+    first = await dispatch_to_worker_async({"sleep": 0.5}, "glm-worker", timeout=10, task_id="py-retry-1", **conn)
+    again = await dispatch_to_worker_async({"sleep": 0.5}, "glm-worker", timeout=10, task_id="py-retry-1", **conn)
+    assert (first.node, first.result) == (again.node, again.result) and first.task_id == "py-retry-1"
+    assert len(runs(ledger, "py-retry-1")) == 1
+    with pytest.raises(DispatchError) as e:
+        await dispatch_to_worker_async({}, "glm-worker", timeout=5, task_id="a.b", **conn)
+    assert e.value.code == "bad-request"
+
     # SIGTERM while a task runs: the task finishes and is answered, the worker exits 0.
     n = len(runs(ledger))
     pending = asyncio.ensure_future(dispatch_to_worker_async({"sleep": 2}, "glm-worker", timeout=20, **conn))

@@ -288,7 +288,8 @@ fn router_module_is_hardened_like_the_agent_and_takes_its_password_as_a_credenti
         sc["LoadCredential"],
         serde_json::json!(["nats-password:/run/agenix/nats-router-password"])
     );
-    assert_eq!(sc["Restart"], "on-failure");
+    // Any end of the router is restarted, even exit 0 (issue 21, finding 7).
+    assert_eq!(sc["Restart"], "always");
     assert!(unit["after"]
         .as_array()
         .unwrap()
@@ -299,7 +300,7 @@ fn router_module_is_hardened_like_the_agent_and_takes_its_password_as_a_credenti
         .as_object()
         .unwrap();
     for (k, v) in agent_sc {
-        if ["ExecStart", "LoadCredential", "StateDirectory"].contains(&k.as_str()) {
+        if ["ExecStart", "LoadCredential", "StateDirectory", "Restart"].contains(&k.as_str()) {
             continue;
         }
         assert_eq!(&sc[k], v, "{k}");

@@ -353,7 +353,8 @@ async fn errors_are_clear_and_a_hung_worker_is_failed_over_within_one_timeout() 
             assert_eq!(e.code, "all-failed");
             assert_eq!(e.attempts.len(), 1);
             assert!(
-                e.error.contains("worker-01 got no reply within 0.8s"),
+                e.error
+                    .contains("worker-01 did not acknowledge the task within 0.8s"),
                 "{e:?}"
             );
         }

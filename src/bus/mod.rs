@@ -31,11 +31,13 @@
 pub mod conf;
 pub mod creds;
 pub mod dispatch;
+pub mod drain;
 pub mod heartbeat;
 pub mod registry;
 pub mod route;
 pub mod router;
 pub mod users;
+pub mod worker;
 
 use crate::model::{Fleet, Node, NodeName, Role};
 use serde::Serialize;
@@ -70,6 +72,16 @@ pub fn heartbeat_subject(node: &NodeName) -> String {
     format!("fleet.heartbeat.{node}")
 }
 
+/// `fleet.results.<node>.ack`: where a node acknowledges a task it took (header
+/// [`TASK_ID_HEADER`]). Only that node's user may publish there, so the server vouches for who
+/// acknowledged; the router hears every node's acknowledgements on `fleet.results.*.ack`.
+pub fn ack_subject(node: &NodeName) -> String {
+    format!("fleet.results.{node}.ack")
+}
+
+/// The subject the router hears acknowledgements on.
+pub const ACKS_SUBJECT: &str = "fleet.results.*.ack";
+
 /// `_INBOX.<node>`: the inbox prefix a node uses for its own requests, so it can only ever
 /// receive replies addressed to itself.
 pub fn inbox_prefix(node: &NodeName) -> String {
@@ -102,6 +114,15 @@ pub const NODES_BUCKET: &str = "fleet-nodes";
 /// The JetStream key-value bucket of the router's live view of node health.
 pub const HEALTH_BUCKET: &str = "fleet-health";
 
+/// The JetStream key-value bucket of tasks taken by a node (the router writes it when a node
+/// acknowledges a task): task id → `{node, role}`, so a router that restarted, or another
+/// router, sends a caller's retry to the node that has the task.
+pub const TASKS_BUCKET: &str = "fleet-tasks";
+
+/// The JetStream key-value bucket of drained nodes (`fleetnix node drain`): node name → when
+/// and why. The router sends a drained node no new task.
+pub const DRAIN_BUCKET: &str = "fleet-drain";
+
 /// Where nats-server keeps JetStream data on the control plane (the NixOS module's state
 /// directory).
 pub const JETSTREAM_STORE_DIR: &str = "/var/lib/nats";
@@ -122,6 +143,12 @@ pub const CLAIMED_HEADER: &str = "Fleet-Claimed-Node";
 pub const TASK_ID_HEADER: &str = "Fleet-Task-Id";
 /// Header carrying the attempt number (1-based).
 pub const ATTEMPT_HEADER: &str = "Fleet-Attempt";
+/// Header of a request (caller → router, router → worker): the task's time left, in whole
+/// milliseconds (relative, so clocks need not agree).
+pub const DEADLINE_HEADER: &str = "Fleet-Deadline-Ms";
+/// Header of a caller's request: how many times it asked before for this task id (a retry after
+/// a lost router); the router then looks the task up instead of starting it afresh.
+pub const REASK_HEADER: &str = "Fleet-Reask";
 
 /// Errors of the bus.
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +285,8 @@ pub fn kv_read_subjects(bucket: &str) -> Vec<String> {
         format!("$JS.API.CONSUMER.CREATE.{stream}"),
         format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
         format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+        // nats-py's keys() and watch() look their consumer up.
+        format!("$JS.API.CONSUMER.INFO.{stream}.>"),
         format!("$JS.FC.{stream}.>"),
     ]
 }

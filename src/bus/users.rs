@@ -3,9 +3,9 @@
 //!
 //! | user | who | may |
 //! |---|---|---|
-//! | `_router` | `fleetnix router` (and `fleetnix dispatch --direct`) | answer `fleet.dispatch.>`, send `fleet.tasks.>`, hear heartbeats, read `fleet-nodes`, write `fleet-health` |
+//! | `_router` | `fleetnix router` (and `fleetnix dispatch --direct`) | answer `fleet.dispatch.>`, send `fleet.tasks.>`, hear heartbeats and acknowledgements, read `fleet-nodes` and `fleet-drain`, write `fleet-health` and `fleet-tasks` |
 //! | `_supervisor` | supervisors, `fleetnix dispatch` | publish `fleet.dispatch.>`, hear its own inbox; nothing else |
-//! | `_registry` | `fleetnix node sync` | create and write `fleet-nodes`, read `fleet-health`; nothing else |
+//! | `_registry` | `fleetnix node sync`, `node drain` | create and write `fleet-nodes` and `fleet-drain`, read `fleet-health`; nothing else |
 //!
 //! The control plane's agent is an ordinary node user ([`super::BusUser::for_node`]). A node name
 //! is an RFC 1123 label, which cannot contain `_`, so no node can take one of these names; the
@@ -13,8 +13,8 @@
 //! (`NATS_PASSWORD_<NODE>`) either.
 
 use super::{
-    inbox_prefix_of, kv_read_subjects, kv_write_subjects, Permissions, HEALTH_BUCKET, NODES_BUCKET,
-    ROUTER_QUEUE,
+    inbox_prefix_of, kv_read_subjects, kv_write_subjects, Permissions, ACKS_SUBJECT, DRAIN_BUCKET,
+    HEALTH_BUCKET, NODES_BUCKET, ROUTER_QUEUE, TASKS_BUCKET,
 };
 use crate::spec::secrets::SecretKind;
 use serde::Serialize;
@@ -81,9 +81,15 @@ impl Service {
                 let mut publish = vec!["fleet.tasks.>".to_string()];
                 publish.extend(kv_read_subjects(NODES_BUCKET));
                 publish.extend(kv_write_subjects(HEALTH_BUCKET));
+                // The task table (`fleet-tasks`): which node took which task.
+                publish.extend(kv_write_subjects(TASKS_BUCKET));
+                // Follows the drained nodes; may create the bucket, not write it.
+                publish.extend(kv_read_subjects(DRAIN_BUCKET));
+                publish.push(format!("$JS.API.STREAM.CREATE.KV_{DRAIN_BUCKET}"));
                 let subscribe = vec![
                     format!("fleet.dispatch.> {ROUTER_QUEUE}"),
                     "fleet.heartbeat.>".to_string(),
+                    ACKS_SUBJECT.to_string(),
                     inbox,
                 ];
                 (publish, subscribe, true)
@@ -95,6 +101,8 @@ impl Service {
             Service::Registry => {
                 let mut publish = kv_write_subjects(NODES_BUCKET);
                 publish.extend(kv_read_subjects(HEALTH_BUCKET));
+                // Drains and undrains nodes (`fleetnix node drain`).
+                publish.extend(kv_write_subjects(DRAIN_BUCKET));
                 (publish, vec![inbox], false)
             }
         };

@@ -17,8 +17,15 @@ pub struct DispatchArgs {
     #[arg(long)]
     pub role: String,
     /// The task, as JSON (sent unchanged).
-    #[arg(long)]
-    pub payload: String,
+    #[arg(
+        long,
+        required_unless_present = "payload_file",
+        conflicts_with = "payload_file"
+    )]
+    pub payload: Option<String>,
+    /// Read the task's JSON from FILE (`-`: standard input), for payloads too large for argv.
+    #[arg(long, value_name = "FILE")]
+    pub payload_file: Option<std::path::PathBuf>,
     /// Prefer nodes that serve this model (ignored when none does).
     #[arg(long)]
     pub model: Option<String>,
@@ -61,7 +68,20 @@ pub fn run(ctx: &Ctx, a: DispatchArgs) -> CmdResult {
     if let Some(m) = &a.model {
         fleetnix::model::check_model(m).map_err(|e| CliError::msg(format_args!("--model: {e}")))?;
     }
-    let payload = d::parse_payload(&a.payload).map_err(CliError::msg)?;
+    let text = match (&a.payload, &a.payload_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .map_err(|e| CliError::msg(format_args!("--payload-file -: {e}")))?;
+            s
+        }
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map_err(|e| CliError::msg(format_args!("--payload-file {}: {e}", f.display())))?,
+        // Invariant: clap requires one of them.
+        (None, None) => return Err(CliError::msg("--payload or --payload-file is required")),
+    };
+    let payload = d::parse_payload(&text).map_err(CliError::msg)?;
     let default = if a.direct {
         Service::Router
     } else {

@@ -258,6 +258,7 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
         retry_on_node_failure: true,
         failover_strategy: FailoverStrategy::RoundRobin,
         alert_on_node_down: true,
+        task_timeout_seconds: 300,
     };
     if let Some(v) = f.get("fleet") {
         if let Some(ff) = cx.fields(
@@ -268,11 +269,18 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
                 "retry_on_node_failure",
                 "failover_strategy",
                 "alert_on_node_down",
+                "task_timeout_seconds",
             ],
         ) {
             if let Some(t) = ff.get("node_timeout_seconds") {
                 match cx.positive(t, "fleet.node_timeout_seconds") {
                     Some(t) => failure.node_timeout_seconds = t,
+                    None => ok = false,
+                }
+            }
+            if let Some(t) = ff.get("task_timeout_seconds") {
+                match cx.positive(t, "fleet.task_timeout_seconds") {
+                    Some(t) => failure.task_timeout_seconds = t,
                     None => ok = false,
                 }
             }

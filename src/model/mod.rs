@@ -303,6 +303,8 @@ pub struct FailureSettings {
     pub failover_strategy: FailoverStrategy,
     /// Send an ntfy alert when a node goes down.
     pub alert_on_node_down: bool,
+    /// A task's deadline when its request names none (`task_timeout_seconds`, default 300).
+    pub task_timeout_seconds: u32,
 }
 
 /// An operator's public key (age recipient or SSH public key).

@@ -219,6 +219,36 @@ impl NatsServer {
     }
 }
 
+impl NatsServer {
+    /// Kills the server (SIGKILL) and starts it again on the same port with the same
+    /// configuration, passwords and JetStream store; returns once it listens.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port: u16 = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.arg("-c")
+            .arg(&self.conf_path)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (var, pw) in self.creds.env_pairs() {
+            cmd.env(var, pw.expose());
+        }
+        self.child = cmd.spawn().expect("spawn nats-server");
+        let child = &mut self.child;
+        poll(Duration::from_secs(10), || {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(());
+            }
+            assert!(child.try_wait().unwrap().is_none(), "nats-server exited");
+            None
+        })
+        .expect("nats-server did not listen again within 10 s");
+    }
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();

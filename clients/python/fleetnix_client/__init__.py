@@ -58,6 +58,7 @@ CLAIMED_HEADER = "Fleet-Claimed-Node"
 # The manifest's rule for role names (src/model.rs, `check_label`): an RFC 1123 hostname label,
 # 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'.
 _ROLE_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_TASK_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The manifest bounds model names at 128 characters (src/model.rs, `check_model`).
 MODEL_MAX_LEN = 128
 # Closing the connection gets at least this long, even when the call's timeout is spent.
@@ -186,12 +187,21 @@ async def dispatch_to_worker_async(
     nats_url: Optional[str] = None,
     user: Optional[str] = None,
     password: Optional[str] = None,
+    task_id: Optional[str] = None,
 ) -> Result:
     """Runs ``task`` (JSON-serialisable) on a node with ``required_role``; see the module doc.
 
+    ``task_id`` (1-64 letters, digits, ``-``, ``_``) is the idempotency key: asking again with the id
+    of an earlier call (after a ``timeout`` or ``deadline``) gets that task's answer, not a second run.
+
     Raises only :class:`DispatchError`, within ``timeout`` seconds (plus at most a quarter second
     to close the connection)."""
-    task_id = secrets.token_hex(8)
+    if task_id is None:
+        task_id = secrets.token_hex(8)
+    elif not isinstance(task_id, str) or not _TASK_ID_RE.fullmatch(task_id):
+        raise DispatchError(
+            f"task_id must be 1 to 64 letters, digits, '-' or '_', not {task_id!r:.80}", code="bad-request"
+        )
     try:
         return await _dispatch(task_id, task, required_role, preferred_model, timeout, nats_url, user, password)
     except DispatchError as e:
@@ -221,7 +231,8 @@ async def _dispatch(
         payload = json.dumps(task, allow_nan=False).encode()
     except (TypeError, ValueError, RecursionError) as e:
         raise DispatchError(f"the task is not JSON-serialisable: {e}", code="bad-request") from None
-    headers = {TASK_ID_HEADER: task_id}
+    # The task's deadline: the router answers (result, failure or `deadline`) before it.
+    headers = {TASK_ID_HEADER: task_id, "Fleet-Deadline-Ms": str(max(int(timeout * 1000) - 100, 1))}
     if model is not None:
         headers[MODEL_HEADER] = model
 
@@ -394,6 +405,8 @@ _HINTS = {
     "no-healthy-node": "the nodes with this role are down or unreachable now: try later or another role",
     "all-failed": "every node tried failed: the task may have partly run; try later or report it",
     "timeout": "no answer in time: the task may still be running; do not assume it failed",
+    "deadline": "the task's deadline came first: it may still be running; ask again with the same task id for its result",
+    "task-failed": "the worker ran the task and it failed: read the reason",
     "bad-request": "the arguments were refused: fix them and try again",
     "too-large": "the task is too large for the bus: send less (e.g. a reference instead of the data)",
     "no-router": "the fleet's router is not running: report it",

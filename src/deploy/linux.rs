@@ -279,12 +279,17 @@ mod tests {
         plan.up_flags.push("--operator=it's me".into());
         let s = set_script(&plan);
         let last = s.lines().last().expect("a line");
-        assert!(last.starts_with("tailscale set --ssh --accept-routes "), "{s}");
+        assert!(
+            last.starts_with("tailscale set --ssh --accept-routes "),
+            "{s}"
+        );
         assert!(last.contains(&format!("--hostname={}", plan.name)), "{s}");
         assert!(last.ends_with(&sh_quote("--operator=it's me")), "{s}");
         assert!(!s.contains("advertise-tags"), "{s}");
         assert!(
-            plan.up_flags.iter().any(|f| f.starts_with("--advertise-tags")),
+            plan.up_flags
+                .iter()
+                .any(|f| f.starts_with("--advertise-tags")),
             "the plan has tags, which set leaves out"
         );
     }

@@ -271,6 +271,7 @@ impl<T: Transport> Ctx<T> {
                     When::Always => true,
                     When::TailscaleMissing => run.probe.as_ref().is_none_or(|p| !p.has_tailscale),
                     When::NotUpAsPlanned => run.probe.as_ref().is_none_or(|p| !p.up_as_planned),
+                    When::UpAsPlanned => run.probe.as_ref().is_some_and(|p| p.up_as_planned),
                     When::Rebooting => run.rebooting,
                     When::NotRebooting => !run.rebooting,
                 };

@@ -143,6 +143,8 @@ pub enum When {
     TailscaleMissing,
     /// Only if Tailscale is not up as this node.
     NotUpAsPlanned,
+    /// Only if Tailscale is up as this node (the complement of [`When::NotUpAsPlanned`]).
+    UpAsPlanned,
     /// Only if the node reboots into the new generation (`--reboot`).
     Rebooting,
     /// Only if it does not (the guarded switch without a reboot).

@@ -18,6 +18,8 @@ pub enum Step {
     Install,
     /// `tailscale up`.
     TailscaleUp,
+    /// `tailscale set`: the prefs of a node already up.
+    TailscaleSet,
     /// The agent's systemd unit.
     Agent,
     /// The nftables rules.
@@ -48,6 +50,7 @@ impl Step {
             Step::Connect => "connect",
             Step::Install => "install",
             Step::TailscaleUp => "tailscale-up",
+            Step::TailscaleSet => "tailscale-set",
             Step::Agent => "agent",
             Step::Firewall => "firewall",
             Step::Rebuild => "rebuild",

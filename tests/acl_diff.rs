@@ -199,6 +199,7 @@ fn cli_diff_of_one_file_is_against_the_live_policy() {
     std::fs::write(&new, without_ops_ssh()).unwrap();
     let out = cli(fleet.path())
         .env("FLEETNIX_TS_API_URL", &fake.base)
+        .env("FLEETNIX_ALLOW_INSECURE_URLS", "1")
         .env("TS_API_KEY", token())
         .args(["acl", "diff"])
         .arg(&new)
@@ -224,6 +225,8 @@ fn cli_diff_of_one_file_is_against_the_live_policy() {
 }
 
 fn client(fake: &FakeApi) -> Client {
+    // The fake serves plain http on loopback: the test-only override lets the client use it.
+    std::env::set_var("FLEETNIX_ALLOW_INSECURE_URLS", "1");
     Client::new(&fake.base, "-", Secret::from(token())).unwrap()
 }
 
@@ -315,6 +318,7 @@ fn cli_set_shows_the_losses_and_needs_yes() {
     let run = |extra: &[&str]| {
         cli(fleet.path())
             .env("FLEETNIX_TS_API_URL", &fake.base)
+            .env("FLEETNIX_ALLOW_INSECURE_URLS", "1")
             .env("TS_API_KEY", token())
             .args(["acl", "set"])
             .args(extra)

@@ -9,6 +9,7 @@ mod common;
 use bus_support::RouterFixture;
 use bytes::Bytes;
 use fleetnix::bus::router::{self, Answer, AskOptions, RouterConfig};
+use fleetnix::bus::users::Service;
 use fleetnix::bus::worker::{self, TaskOutcome, WorkerHandle, WorkerOptions};
 use fleetnix::model::{FailoverStrategy, NodeName, Role};
 use std::sync::{Arc, Mutex};
@@ -462,10 +463,13 @@ async fn a_nats_server_restart_loses_no_task() {
 async fn sigkill_of_a_router_process_loses_no_task_with_two_routers() {
     let fleet = common::example_fleet();
     let server = bus_support::NatsServer::start(&fleet);
-    let supervisor = server.connect("control-01").await;
-    fleetnix::bus::registry::sync(&async_nats::jetstream::new(supervisor.clone()), &fleet)
-        .await
-        .unwrap();
+    let supervisor = server.connect_supervisor().await;
+    fleetnix::bus::registry::sync(
+        &async_nats::jetstream::new(server.connect_registry().await),
+        &fleet,
+    )
+    .await
+    .unwrap();
     let ledger = Ledger::default();
     let beat = Duration::from_millis(150);
     let _w1 = worker_on(&server, beat, "worker-01", &ledger).await;
@@ -556,7 +560,7 @@ async fn a_drained_node_gets_no_new_task_until_undrained() {
             .args(["--nats-url", &b.server.url])
             .env(
                 "FLEETNIX_NATS_PASSWORD",
-                b.server.password("control-01").expose(),
+                b.server.service_password(Service::Registry).expose(),
             )
             .env_remove("FLEETNIX_NATS_URL");
         let out = cmd.output().unwrap();
@@ -648,10 +652,13 @@ async fn router_names_its_alert_target_and_dispatch_reads_a_large_payload_from_s
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let fleet = common::example_fleet();
     let server = bus_support::NatsServer::start(&fleet);
-    let supervisor = server.connect("control-01").await;
-    fleetnix::bus::registry::sync(&async_nats::jetstream::new(supervisor.clone()), &fleet)
-        .await
-        .unwrap();
+    let supervisor = server.connect_supervisor().await;
+    fleetnix::bus::registry::sync(
+        &async_nats::jetstream::new(server.connect_registry().await),
+        &fleet,
+    )
+    .await
+    .unwrap();
     let ledger = Ledger::default();
     let _w1 = worker_on(&server, Duration::from_millis(150), "worker-01", &ledger).await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -694,7 +701,7 @@ async fn router_names_its_alert_target_and_dispatch_reads_a_large_payload_from_s
             .args(["--nats-url", &server.url, "--timeout", "5s"])
             .env(
                 "FLEETNIX_NATS_PASSWORD",
-                server.password("control-01").expose(),
+                server.service_password(Service::Supervisor).expose(),
             )
             .env_remove("FLEETNIX_NATS_URL")
             .stdin(std::process::Stdio::piped())
@@ -725,7 +732,7 @@ async fn fleet_health_is_written_on_change_with_a_fresh_last_heartbeat() {
     // control-01 never heart-beats: down after three timeouts.
     b.wait_state("control-01", "down", Duration::from_secs(10))
         .await;
-    let js = async_nats::jetstream::new(b.supervisor.clone());
+    let js = async_nats::jetstream::new(b.registry.clone());
     let kv = js
         .get_key_value(fleetnix::bus::HEALTH_BUCKET)
         .await
@@ -775,10 +782,13 @@ async fn chaos_a_thousand_tasks_through_kills_and_restarts() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let fleet = common::example_fleet();
     let mut server = bus_support::NatsServer::start(&fleet);
-    let supervisor = server.connect("control-01").await;
-    fleetnix::bus::registry::sync(&async_nats::jetstream::new(supervisor.clone()), &fleet)
-        .await
-        .unwrap();
+    let supervisor = server.connect_supervisor().await;
+    fleetnix::bus::registry::sync(
+        &async_nats::jetstream::new(server.connect_registry().await),
+        &fleet,
+    )
+    .await
+    .unwrap();
     let (url, w1_pw) = (server.url.clone(), server.password("worker-01").clone());
     let ledger = Ledger::default();
     let beat = Duration::from_millis(150);

@@ -1,5 +1,6 @@
 """The control plane lists and watches the router's buckets with nats-py (issue 22: keys() and watch()
-need `$JS.API.CONSUMER.INFO.KV_<bucket>.>`, which the control plane's user lacked)."""
+need `$JS.API.CONSUMER.INFO.KV_<bucket>.>`, which the bucket readers lacked). The control plane's bucket
+reader is `_registry` (issue 21: the agent's node user has no JetStream at all)."""
 
 import asyncio
 
@@ -13,8 +14,8 @@ def test_control_plane_lists_and_watches_fleet_health(fleet):
     async def main():
         stop = asyncio.Event()
         worker = asyncio.ensure_future(run_worker(fleet["url"], fleet["pw"]["worker-01"], "worker-01", "kg-writer", stop))
-        nc = await nats.connect(fleet["url"], user="control-01", password=fleet["pw"]["control-01"],
-                                inbox_prefix="_INBOX.control-01")
+        nc = await nats.connect(fleet["url"], user="_registry", password=fleet["pw"]["_registry"],
+                                inbox_prefix="_INBOX._registry")
         try:
             js = nc.jetstream()
             nodes = await js.key_value("fleet-nodes")

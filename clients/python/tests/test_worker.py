@@ -75,8 +75,8 @@ async def until_served(conn, limit=15.0):
 
 
 async def ask_raw(fleet, task_id, payload, timeout=20.0):
-    nc = await nats.connect(fleet["url"], user="control-01", password=fleet["pw"]["control-01"],
-                            inbox_prefix="_INBOX.control-01")
+    nc = await nats.connect(fleet["url"], user="_supervisor", password=fleet["pw"]["_supervisor"],
+                            inbox_prefix="_INBOX._supervisor")
     try:
         return await nc.request("fleet.dispatch.glm-worker", payload, timeout=timeout,
                                 headers={"Fleet-Task-Id": task_id, "Fleet-Deadline-Ms": str(int(timeout * 1000))})

@@ -111,13 +111,15 @@ fn the_runner_executes_exactly_the_steps_the_dry_run_prints() {
         ("2".into(), "2".into(), "2".into())
     );
 
-    // Plain Linux: probe, install, tailscale up, agent, firewall ran; the NATS password step
-    // was skipped (none stored); together they are the printed steps, in order.
+    // Plain Linux: probe, install, tailscale up, agent, firewall ran; `tailscale set` was
+    // skipped (the node was not up yet: `up` set every pref) and so was the NATS password step
+    // (none stored); together they are the printed steps, in order.
     let (ran, skipped, log) = logged_steps(root.path(), "ubuntu-01");
     let printed = printed_steps(&dry.stdout, "ubuntu-01");
     assert_eq!(ran, printed);
     assert!(
-        skipped.starts_with("  5. install the agent's NATS password"),
+        skipped.starts_with("  4. if up as this node: tailscale set")
+            && skipped.contains("\n  6. install the agent's NATS password"),
         "{skipped}"
     );
     let numbered = |text: &str| {
@@ -129,14 +131,14 @@ fn the_runner_executes_exactly_the_steps_the_dry_run_prints() {
             })
             .count()
     };
-    assert_eq!(numbered(&skipped), 1, "one skipped step: {skipped}");
-    assert_eq!(numbered(&printed), 6, "{printed}");
+    assert_eq!(numbered(&skipped), 2, "two skipped steps: {skipped}");
+    assert_eq!(numbered(&printed), 7, "{printed}");
     for step in [
         "  1. probe",
         "  2. if tailscale is missing",
         "  3. if not up as this node",
-        "  4. install omp-agent.service",
-        "  6. install fleetnix-firewall.service",
+        "  5. install omp-agent.service",
+        "  7. install fleetnix-firewall.service",
     ] {
         let executed: String = log
             .lines()

@@ -652,7 +652,6 @@ async fn router_names_its_alert_target_and_dispatch_reads_a_large_payload_from_s
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let fleet = common::example_fleet();
     let server = bus_support::NatsServer::start(&fleet);
-    let supervisor = server.connect_supervisor().await;
     fleetnix::bus::registry::sync(
         &async_nats::jetstream::new(server.connect_registry().await),
         &fleet,

@@ -75,7 +75,11 @@ fn make_fleet(tmp: &Path, pinned: &Pinned) -> PathBuf {
         "{ pkgs, ... }: {\n  imports = [ ./motd.nix ];\n  # the router's package: a stand-in, as an operator's input would give it\n  services.fleet-router.package = pkgs.hello;\n}\n",
     )
     .expect("write");
-    std::fs::write(root.join("extra/motd.nix"), "{ users.motd = \"motd 0\"; }\n").expect("write");
+    std::fs::write(
+        root.join("extra/motd.nix"),
+        "{ users.motd = \"motd 0\"; }\n",
+    )
+    .expect("write");
     edit(
         &root.join("flake.nix"),
         "dir = ./.;\n      };",
@@ -86,7 +90,12 @@ fn make_fleet(tmp: &Path, pinned: &Pinned) -> PathBuf {
     // flake.lock: nixpkgs and agenix locked to the pinned copies.
     let r = Ran::of(
         Command::new(&pinned.nix)
-            .args(["--extra-experimental-features", "nix-command flakes", "flake", "lock"])
+            .args([
+                "--extra-experimental-features",
+                "nix-command flakes",
+                "flake",
+                "lock",
+            ])
             .args(pinned.overrides(&[]))
             .arg(&root),
     );
@@ -99,7 +108,12 @@ fn make_fleet(tmp: &Path, pinned: &Pinned) -> PathBuf {
 /// A copy of the pinned agenix whose module differs by a comment (another narHash).
 fn agenix_copy(pinned: &Pinned, tmp: &Path, tag: &str) -> PathBuf {
     let to = tmp.join(format!("agenix-{tag}"));
-    let r = Ran::of(Command::new("cp").arg("-r").arg(pinned.dir.join("agenix")).arg(&to));
+    let r = Ran::of(
+        Command::new("cp")
+            .arg("-r")
+            .arg(pinned.dir.join("agenix"))
+            .arg(&to),
+    );
     assert_eq!(r.code, Some(0), "{r}");
     let m = to.join("modules/age.nix");
     let mut text = std::fs::read_to_string(&m).expect("age.nix");
@@ -224,7 +238,10 @@ fn cached_targets_equal_fresh_evaluations_after_random_edits() {
 
     // Cold: everything evaluated; then nothing changed: everything from the cache.
     let cold = cached(&rt, &pinned.nix, &strace, &root, &inputs);
-    assert!(cold.targets.values().all(|(_, f)| *f == TargetFrom::Evaluation));
+    assert!(cold
+        .targets
+        .values()
+        .all(|(_, f)| *f == TargetFrom::Evaluation));
     let again = cached(&rt, &pinned.nix, &strace, &root, &inputs);
     assert!(again.targets.values().all(|(_, f)| *f == TargetFrom::Cache));
     assert_eq!(
@@ -293,7 +310,7 @@ fn cached_targets_equal_fresh_evaluations_after_random_edits() {
             Kind::ServicesYml => {
                 let p = root.join("fleet/services.yml");
                 let text = std::fs::read_to_string(&p).expect("read");
-                let i = text.find("role: control-plane").expect("redis") ;
+                let i = text.find("role: control-plane").expect("redis");
                 let port_at = text[..i].rfind("port: ").expect("port") + "port: ".len();
                 let end = port_at + text[port_at..].find('\n').expect("line");
                 let text = format!("{}{}{}", &text[..port_at], 20000 + v, &text[end..]);
@@ -313,7 +330,12 @@ fn cached_targets_equal_fresh_evaluations_after_random_edits() {
                 let copy = agenix_copy(&pinned, tmp.path(), &format!("lock{step}"));
                 let r = Ran::of(
                     Command::new(&pinned.nix)
-                        .args(["--extra-experimental-features", "nix-command flakes", "flake", "lock"])
+                        .args([
+                            "--extra-experimental-features",
+                            "nix-command flakes",
+                            "flake",
+                            "lock",
+                        ])
                         .args(["--override-input", "agenix"])
                         .arg(format!("path:{}", copy.display()))
                         .arg(&root),
@@ -322,8 +344,10 @@ fn cached_targets_equal_fresh_evaluations_after_random_edits() {
             }
             Kind::OverrideInput => {
                 let copy = agenix_copy(&pinned, tmp.path(), &format!("override{step}"));
-                inputs = vec![OverrideInput::new("agenix", &format!("path:{}", copy.display()))
-                    .expect("valid")];
+                inputs = vec![
+                    OverrideInput::new("agenix", &format!("path:{}", copy.display()))
+                        .expect("valid"),
+                ];
             }
             Kind::ExtraImport => {
                 std::fs::write(
@@ -334,7 +358,10 @@ fn cached_targets_equal_fresh_evaluations_after_random_edits() {
             }
             Kind::Checkout => {
                 git(&root, &["add", "-A"]);
-                git(&root, &["commit", "-qm", &format!("step {step}"), "--allow-empty"]);
+                git(
+                    &root,
+                    &["commit", "-qm", &format!("step {step}"), "--allow-empty"],
+                );
                 git(&root, &["checkout", "-q", &first_commit]);
                 inputs.clear();
             }
@@ -342,7 +369,10 @@ fn cached_targets_equal_fresh_evaluations_after_random_edits() {
         // Nix sees tracked files: the edits are added (sometimes committed).
         git(&root, &["add", "-A"]);
         if rng.bool() {
-            git(&root, &["commit", "-qm", &format!("edit {step}"), "--allow-empty"]);
+            git(
+                &root,
+                &["commit", "-qm", &format!("edit {step}"), "--allow-empty"],
+            );
         }
         let t = Instant::now();
         let got = cached(&rt, &pinned.nix, &strace, &root, &inputs);
@@ -371,7 +401,11 @@ fn cached_targets_equal_fresh_evaluations_after_random_edits() {
         // An edit that changes a node's system re-evaluates that node.
         for (n, p) in &want {
             if previous.get(n) != Some(p) {
-                assert_eq!(got.targets[n].1, TargetFrom::Evaluation, "{n} at step {step}");
+                assert_eq!(
+                    got.targets[n].1,
+                    TargetFrom::Evaluation,
+                    "{n} at step {step}"
+                );
             }
         }
         previous = want;

@@ -90,7 +90,9 @@ pub fn default_jobs() -> usize {
     let by_memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| mem_available(&m))
-        .map_or(cores, |b| usize::try_from(b / EVAL_RSS_BYTES).unwrap_or(usize::MAX));
+        .map_or(cores, |b| {
+            usize::try_from(b / EVAL_RSS_BYTES).unwrap_or(usize::MAX)
+        });
     cores.min(by_memory).clamp(1, flake::MAX_EVAL_JOBS)
 }
 
@@ -302,7 +304,12 @@ pub fn cache_dir(root: &Path) -> Result<PathBuf, String> {
         dir.push(part);
         match std::fs::symlink_metadata(&dir) {
             Ok(m) if m.file_type().is_dir() => {}
-            Ok(_) => return Err(format!("{} is not a directory (or is a symlink)", dir.display())),
+            Ok(_) => {
+                return Err(format!(
+                    "{} is not a directory (or is a symlink)",
+                    dir.display()
+                ))
+            }
             Err(_) => std::fs::create_dir(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?,
         }
@@ -388,17 +395,10 @@ async fn eval_node(
     // Nix's own evaluation cache would answer without reading the files.
     cmd.args.insert(3, "--no-eval-cache".into());
     if let Some((strace, out)) = strace {
-        let mut args: Vec<String> = [
-            "--seccomp-bpf",
-            "-f",
-            "-qq",
-            "-e",
-            "trace=%file",
-            "-o",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = ["--seccomp-bpf", "-f", "-qq", "-e", "trace=%file", "-o"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         args.push(out.display().to_string());
         args.push(cmd.program.display().to_string());
         args.append(&mut cmd.args);
@@ -452,7 +452,9 @@ async fn eval_and_record(
     let Some(deps) = deps else {
         return (
             r.clone(),
-            Err(format!("the trace of {node}'s evaluation could not be read back: not cached")),
+            Err(format!(
+                "the trace of {node}'s evaluation could not be read back: not cached"
+            )),
         );
     };
     // The flake may have changed while it was evaluated: then this run read another copy.
@@ -605,7 +607,9 @@ mod tests {
         assert_ne!(seen(d.path(), true), l1);
         std::os::unix::fs::symlink("f.nix", d.path().join("l")).expect("symlink");
         let l = seen(&d.path().join("l"), false);
-        assert!(matches!(&l, Seen::Link { target, leads_to } if target == "f.nix" && matches!(**leads_to, Seen::File { .. })));
+        assert!(
+            matches!(&l, Seen::Link { target, leads_to } if target == "f.nix" && matches!(**leads_to, Seen::File { .. }))
+        );
         std::fs::write(&f, "{ y = 1; }").expect("write");
         assert_ne!(seen(&d.path().join("l"), false), l);
     }
@@ -629,7 +633,12 @@ mod tests {
         };
         assert!(still_valid(&rec, &node, "k", d.path()));
         assert!(!still_valid(&rec, &node, "other", d.path()));
-        assert!(!still_valid(&rec, &NodeName::parse("b").expect("name"), "k", d.path()));
+        assert!(!still_valid(
+            &rec,
+            &NodeName::parse("b").expect("name"),
+            "k",
+            d.path()
+        ));
         std::fs::write(d.path().join("b.nix"), "").expect("write");
         assert!(!still_valid(&rec, &node, "k", d.path()));
         std::fs::remove_file(d.path().join("b.nix")).expect("rm");
@@ -662,7 +671,10 @@ mod tests {
 
     #[test]
     fn default_jobs_are_bounded_by_memory() {
-        assert_eq!(mem_available("MemTotal: 8 kB\nMemAvailable:    2048 kB\n"), Some(2 << 20));
+        assert_eq!(
+            mem_available("MemTotal: 8 kB\nMemAvailable:    2048 kB\n"),
+            Some(2 << 20)
+        );
         assert_eq!(mem_available("MemTotal: 8 kB\n"), None);
         let j = default_jobs();
         assert!((1..=flake::MAX_EVAL_JOBS).contains(&j));

@@ -5,8 +5,8 @@
 //! `--override-input`, a file imported by the user's extra module, a git checkout) are applied
 //! one after the other; after each, the targets of the cached evaluation equal a full fresh
 //! evaluation's, every time, and nodes no edit can reach come from the cache. The edits' order
-//! and values come from a seed (printed; `FLEETNIX_TEST_SEED` replays one); `FLEETNIX_TEST_CASES`
-//! sets how many edits (default: one of each kind).
+//! and values come from a seed (printed; `FLEETNIX_TEST_SEED` replays one), one or two edits a
+//! step; `FLEETNIX_TEST_CASES` sets how many edits (default: one of each kind).
 
 mod common;
 mod nixos_support;
@@ -166,7 +166,7 @@ fn fresh(
         &nodes(),
         inputs,
         TIMEOUT,
-        1,
+        evalcache::default_jobs(),
     ))
     .into_iter()
     .map(|(n, r)| {
@@ -257,114 +257,130 @@ fn cached_targets_equal_fresh_evaluations_after_random_edits() {
             .collect()
     );
 
-    for (step, kind) in kinds.iter().enumerate() {
-        let v = rng.u32(1..1000);
-        // Nodes the edit cannot reach (they must come from the cache).
-        let mut untouched: Vec<&str> = Vec::new();
-        match kind {
-            Kind::NodesYml => {
-                // worker-02's own entry: its state version (rendered into its module only).
-                let sv = ["23.11", "24.05", "24.11"][rng.usize(..3)];
-                let p = root.join("fleet/nodes.yml");
-                let text = std::fs::read_to_string(&p).expect("nodes.yml");
-                let text = match text.find("    state_version: ") {
-                    Some(i) => {
-                        let end = i + text[i..].find('\n').expect("line");
-                        format!("{}    state_version: \"{sv}\"{}", &text[..i], &text[end..])
-                    }
-                    None => text.replacen(
-                        "  - name: worker-02\n",
-                        &format!("  - name: worker-02\n    state_version: \"{sv}\"\n"),
-                        1,
-                    ),
-                };
-                std::fs::write(&p, text).expect("write");
-                fleetnix(&root, &["render"]);
-                untouched = vec!["worker-01"];
+    // Steps of one or two edits each.
+    let mut steps: Vec<Vec<Kind>> = Vec::new();
+    let mut i = 0;
+    while i < kinds.len() {
+        let n = rng.usize(1..=2).min(kinds.len() - i);
+        steps.push(kinds[i..i + n].to_vec());
+        i += n;
+    }
+    for (step, edits) in steps.iter().enumerate() {
+        // Nodes no edit of the step can reach (they must come from the cache).
+        let mut untouched: Option<Vec<&str>> = None;
+        for kind in edits {
+            let v = rng.u32(1..1000);
+            let mut this: Vec<&str> = Vec::new();
+            match kind {
+                Kind::NodesYml => {
+                    // worker-02's own entry: its state version (rendered into its module only).
+                    let sv = ["23.11", "24.05", "24.11"][rng.usize(..3)];
+                    let p = root.join("fleet/nodes.yml");
+                    let text = std::fs::read_to_string(&p).expect("nodes.yml");
+                    let text = match text.find("    state_version: ") {
+                        Some(i) => {
+                            let end = i + text[i..].find('\n').expect("line");
+                            format!("{}    state_version: \"{sv}\"{}", &text[..i], &text[end..])
+                        }
+                        None => text.replacen(
+                            "  - name: worker-02\n",
+                            &format!("  - name: worker-02\n    state_version: \"{sv}\"\n"),
+                            1,
+                        ),
+                    };
+                    std::fs::write(&p, text).expect("write");
+                    fleetnix(&root, &["render"]);
+                    this = vec!["worker-01"];
+                }
+                Kind::HostsFile => {
+                    // A new file in hosts/worker-01/: a new module of that node (its listing changed).
+                    std::fs::write(
+                        root.join("hosts/worker-01/extra.nix"),
+                        format!("{{ networking.domain = \"d{v}.example\"; }}\n"),
+                    )
+                    .expect("write");
+                    this = vec!["worker-02"];
+                }
+                Kind::SharedModule => {
+                    let p = root.join("nix/modules/hardening.nix");
+                    let text = std::fs::read_to_string(&p).expect("read");
+                    let text = match text.find("  TimeoutStopSec = ") {
+                        Some(i) => {
+                            let end = i + text[i..].find('\n').expect("line");
+                            format!("{}  TimeoutStopSec = {v};{}", &text[..i], &text[end..])
+                        }
+                        None => text.replacen(
+                            "  NoNewPrivileges = true;\n",
+                            &format!("  NoNewPrivileges = true;\n  TimeoutStopSec = {v};\n"),
+                            1,
+                        ),
+                    };
+                    std::fs::write(&p, text).expect("write");
+                }
+                Kind::ServicesYml => {
+                    let p = root.join("fleet/services.yml");
+                    let text = std::fs::read_to_string(&p).expect("read");
+                    let i = text.find("role: control-plane").expect("redis");
+                    let port_at = text[..i].rfind("port: ").expect("port") + "port: ".len();
+                    let end = port_at + text[port_at..].find('\n').expect("line");
+                    let text = format!("{}{}{}", &text[..port_at], 20000 + v, &text[end..]);
+                    std::fs::write(&p, text).expect("write");
+                    fleetnix(&root, &["render"]);
+                }
+                Kind::FleetYml => {
+                    let p = root.join("fleet/fleet.yml");
+                    let text = std::fs::read_to_string(&p).expect("read");
+                    let i = text.find("\n  port: ").expect("ntfy port") + "\n  port: ".len();
+                    let end = i + text[i..].find('\n').expect("line");
+                    let text = format!("{}{}{}", &text[..i], 30000 + v, &text[end..]);
+                    std::fs::write(&p, text).expect("write");
+                    fleetnix(&root, &["render"]);
+                }
+                Kind::FlakeLock => {
+                    let copy = agenix_copy(&pinned, tmp.path(), &format!("lock{step}"));
+                    let r = Ran::of(
+                        Command::new(&pinned.nix)
+                            .args([
+                                "--extra-experimental-features",
+                                "nix-command flakes",
+                                "flake",
+                                "lock",
+                            ])
+                            .args(["--override-input", "agenix"])
+                            .arg(format!("path:{}", copy.display()))
+                            .arg(&root),
+                    );
+                    assert_eq!(r.code, Some(0), "nix flake lock: {r}");
+                }
+                Kind::OverrideInput => {
+                    let copy = agenix_copy(&pinned, tmp.path(), &format!("override{step}"));
+                    inputs =
+                        vec![
+                            OverrideInput::new("agenix", &format!("path:{}", copy.display()))
+                                .expect("valid"),
+                        ];
+                }
+                Kind::ExtraImport => {
+                    std::fs::write(
+                        root.join("extra/motd.nix"),
+                        format!("{{ users.motd = \"motd {v}\"; }}\n"),
+                    )
+                    .expect("write");
+                }
+                Kind::Checkout => {
+                    git(&root, &["add", "-A"]);
+                    git(
+                        &root,
+                        &["commit", "-qm", &format!("step {step}"), "--allow-empty"],
+                    );
+                    git(&root, &["checkout", "-q", &first_commit]);
+                    inputs.clear();
+                }
             }
-            Kind::HostsFile => {
-                // A new file in hosts/worker-01/: a new module of that node (its listing changed).
-                std::fs::write(
-                    root.join("hosts/worker-01/extra.nix"),
-                    format!("{{ networking.domain = \"d{v}.example\"; }}\n"),
-                )
-                .expect("write");
-                untouched = vec!["worker-02"];
-            }
-            Kind::SharedModule => {
-                let p = root.join("nix/modules/hardening.nix");
-                let text = std::fs::read_to_string(&p).expect("read");
-                let text = match text.find("  TimeoutStopSec = ") {
-                    Some(i) => {
-                        let end = i + text[i..].find('\n').expect("line");
-                        format!("{}  TimeoutStopSec = {v};{}", &text[..i], &text[end..])
-                    }
-                    None => text.replacen(
-                        "  NoNewPrivileges = true;\n",
-                        &format!("  NoNewPrivileges = true;\n  TimeoutStopSec = {v};\n"),
-                        1,
-                    ),
-                };
-                std::fs::write(&p, text).expect("write");
-            }
-            Kind::ServicesYml => {
-                let p = root.join("fleet/services.yml");
-                let text = std::fs::read_to_string(&p).expect("read");
-                let i = text.find("role: control-plane").expect("redis");
-                let port_at = text[..i].rfind("port: ").expect("port") + "port: ".len();
-                let end = port_at + text[port_at..].find('\n').expect("line");
-                let text = format!("{}{}{}", &text[..port_at], 20000 + v, &text[end..]);
-                std::fs::write(&p, text).expect("write");
-                fleetnix(&root, &["render"]);
-            }
-            Kind::FleetYml => {
-                let p = root.join("fleet/fleet.yml");
-                let text = std::fs::read_to_string(&p).expect("read");
-                let i = text.find("\n  port: ").expect("ntfy port") + "\n  port: ".len();
-                let end = i + text[i..].find('\n').expect("line");
-                let text = format!("{}{}{}", &text[..i], 30000 + v, &text[end..]);
-                std::fs::write(&p, text).expect("write");
-                fleetnix(&root, &["render"]);
-            }
-            Kind::FlakeLock => {
-                let copy = agenix_copy(&pinned, tmp.path(), &format!("lock{step}"));
-                let r = Ran::of(
-                    Command::new(&pinned.nix)
-                        .args([
-                            "--extra-experimental-features",
-                            "nix-command flakes",
-                            "flake",
-                            "lock",
-                        ])
-                        .args(["--override-input", "agenix"])
-                        .arg(format!("path:{}", copy.display()))
-                        .arg(&root),
-                );
-                assert_eq!(r.code, Some(0), "nix flake lock: {r}");
-            }
-            Kind::OverrideInput => {
-                let copy = agenix_copy(&pinned, tmp.path(), &format!("override{step}"));
-                inputs = vec![
-                    OverrideInput::new("agenix", &format!("path:{}", copy.display()))
-                        .expect("valid"),
-                ];
-            }
-            Kind::ExtraImport => {
-                std::fs::write(
-                    root.join("extra/motd.nix"),
-                    format!("{{ users.motd = \"motd {v}\"; }}\n"),
-                )
-                .expect("write");
-            }
-            Kind::Checkout => {
-                git(&root, &["add", "-A"]);
-                git(
-                    &root,
-                    &["commit", "-qm", &format!("step {step}"), "--allow-empty"],
-                );
-                git(&root, &["checkout", "-q", &first_commit]);
-                inputs.clear();
-            }
+            untouched = Some(match untouched {
+                None => this,
+                Some(u) => u.into_iter().filter(|n| this.contains(n)).collect(),
+            });
         }
         // Nix sees tracked files: the edits are added (sometimes committed).
         git(&root, &["add", "-A"]);
@@ -383,19 +399,19 @@ fn cached_targets_equal_fresh_evaluations_after_random_edits() {
             .iter()
             .map(|(n, (_, f))| format!("{n}: {f:?}"))
             .collect();
-        eprintln!("step {step} {kind:?} (seed {seed}): cached {took_cached:.1?}; {from:?}");
+        eprintln!("step {step} {edits:?} (seed {seed}): cached {took_cached:.1?}; {from:?}");
         let got_paths: BTreeMap<NodeName, String> = got
             .targets
             .iter()
             .map(|(n, (p, _))| (n.clone(), p.clone()))
             .collect();
-        assert_eq!(got_paths, want, "step {step} {kind:?} (seed {seed})");
-        for n in untouched {
+        assert_eq!(got_paths, want, "step {step} {edits:?} (seed {seed})");
+        for n in untouched.unwrap_or_default() {
             let n = NodeName::parse(n).expect("name");
             assert_eq!(
                 got.targets[&n].1,
                 TargetFrom::Cache,
-                "step {step} {kind:?}: {n} cannot be affected (seed {seed})"
+                "step {step} {edits:?}: {n} cannot be affected (seed {seed})"
             );
         }
         // An edit that changes a node's system re-evaluates that node.
@@ -410,5 +426,10 @@ fn cached_targets_equal_fresh_evaluations_after_random_edits() {
         }
         previous = want;
     }
-    eprintln!("{} edits in {:.1?}", kinds.len(), started.elapsed());
+    eprintln!(
+        "{} edits in {} steps: {:.1?}",
+        kinds.len(),
+        steps.len(),
+        started.elapsed()
+    );
 }

@@ -261,19 +261,34 @@ pub fn trace_deps(trace: impl BufRead, source: &str) -> Option<BTreeMap<String, 
 }
 
 /// The key of everything besides the repository's files: the lock graph Nix resolved (with
-/// every override, each input's `narHash`), the overrides, the `nix` binary and this format.
-pub fn inputs_key(locks: &serde_json::Value, inputs: &[OverrideInput], nix: &Path) -> String {
-    let nix_id = std::fs::metadata(nix).map_or(String::new(), |m| {
-        use std::os::unix::fs::MetadataExt;
-        format!("{} {} {}", m.len(), m.mtime(), m.ino())
-    });
+/// every override, each input's `narHash`), the overrides, Nix's version (`nix --version`) and
+/// this format.
+pub fn inputs_key(
+    locks: &serde_json::Value,
+    inputs: &[OverrideInput],
+    nix_version: &str,
+) -> String {
     let v = serde_json::json!({
         "format": FORMAT,
         "locks": locks,
         "overrides": inputs,
-        "nix": [std::fs::canonicalize(nix).unwrap_or_else(|_| nix.to_path_buf()), nix_id],
+        "nix": nix_version,
     });
     sha256_hex(v.to_string().as_bytes())
+}
+
+/// `nix --version`.
+async fn nix_version(nix: &Path, timeout: Duration) -> Result<String, String> {
+    let cmd = LocalCommand {
+        program: nix.to_path_buf(),
+        args: vec!["--version".into()],
+        env: Vec::new(),
+    };
+    match run_process(&cmd, None, timeout, &NodeLog::discard()).await {
+        Ok(o) if o.success() && !o.stdout.trim().is_empty() => Ok(o.stdout.trim().to_string()),
+        Ok(o) => Err(nix_error(&o.stderr)),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Is `record` still right for the flake copy at `source` and these inputs?
@@ -509,12 +524,16 @@ pub async fn eval_targets(
         Ok(d) => d,
         Err(e) => return fresh(vec![format!("evaluation cache off: {e}")]).await,
     };
-    let (source, locks) = match metadata(&nix, root, inputs, s.timeout).await {
-        Ok(m) => m,
-        // The evaluations report what is wrong with the flake, node by node.
-        Err(_) => return fresh(Vec::new()).await,
+    let (meta, version) = tokio::join!(
+        metadata(&nix, root, inputs, s.timeout),
+        nix_version(&nix, s.timeout)
+    );
+    let ((source, locks), version) = match (meta, version) {
+        (Ok(m), Ok(v)) => (m, v),
+        // The evaluations report what is wrong with the flake (or nix), node by node.
+        _ => return fresh(Vec::new()).await,
     };
-    let key = Arc::new((inputs_key(&locks, inputs, &nix), source));
+    let key = Arc::new((inputs_key(&locks, inputs, &version), source));
     let mut out = Targets::default();
     if s.strace.is_none() {
         out.warnings.push(format!(

@@ -2,8 +2,8 @@
 //! evaluated with the pinned nixpkgs (`FLEETNIX_TEST_NIXPKGS`): one node planned alone (no
 //! cache, and cold with the cache), the whole fleet cold, again with nothing changed, one node
 //! changed, a shared module changed. Prints wall time, CPU of the evaluators, peak memory
-//! (resident memory of all `nix` processes at once, sampled every 50 ms, and of the largest
-//! one) and ratios. Targets: one node changed ≤ 1.5× one node planned alone; a shared change ≈
+//! (resident memory of this run's `nix` processes at once, sampled every 50 ms, and of the
+//! largest one) and ratios. Targets: one node changed ≤ 1.5× one node planned alone; a shared change ≈
 //! cold. Expensive (about 10 CPU-minutes): `nice -n 10 cargo bench --bench eval_cache`.
 
 #[path = "../tests/common/mod.rs"]
@@ -22,13 +22,40 @@ fn child_cpu() -> f64 {
     common::proc_cpu_seconds("self", true)
 }
 
-/// (sum, largest) resident kB of the `nix` processes now.
+/// The parent of process `pid`.
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Is `pid` a descendant of this process (not another user's `nix` on a shared machine)?
+fn ours(mut pid: u32) -> bool {
+    let me = std::process::id();
+    for _ in 0..64 {
+        match ppid(pid) {
+            Some(p) if p == me => return true,
+            Some(p) if p > 1 => pid = p,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// (sum, largest) resident kB of this process's `nix` descendants now.
 fn nix_rss() -> (u64, u64) {
     let mut sum = 0;
     let mut max = 0;
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let p = e.path();
-        if std::fs::read_to_string(p.join("comm")).is_ok_and(|c| c.trim() == "nix") {
+        let pid = e.file_name().to_string_lossy().parse::<u32>().ok();
+        if pid.is_some_and(ours)
+            && std::fs::read_to_string(p.join("comm")).is_ok_and(|c| c.trim() == "nix")
+        {
             let kb = std::fs::read_to_string(p.join("status"))
                 .ok()
                 .and_then(|s| {

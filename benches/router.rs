@@ -171,8 +171,11 @@ fn main() {
     rt.block_on(async {
         let fleet = example_fleet();
         let server = NatsServer::start(&fleet);
-        let supervisor = server.connect("control-01").await;
-        registry::sync(&async_nats::jetstream::new(supervisor.clone()), &fleet)
+        // Asking the router is `_supervisor`'s; sending tasks directly is the router user's
+        // (`dispatch --direct`); registering is `_registry`'s.
+        let supervisor = server.connect_supervisor().await;
+        let direct = server.connect_router().await;
+        registry::sync(&async_nats::jetstream::new(server.connect_registry().await), &fleet)
             .await
             .expect("node sync");
         let mut config =
@@ -206,13 +209,13 @@ fn main() {
         wait_ready(&supervisor).await;
         // Warm-up.
         for i in 0..500 {
-            one(&supervisor, Mode::Direct, i).await;
+            one(&direct, Mode::Direct, i).await;
             one(&supervisor, Mode::Router, i).await;
         }
-        let (d_med, d_p99) = latency(&supervisor, Mode::Direct).await;
+        let (d_med, d_p99) = latency(&direct, Mode::Direct).await;
         let (r_med, r_p99) = latency(&supervisor, Mode::Router).await;
         let (d_thr, d_cpu, d_srv, _) =
-            throughput(&supervisor, Mode::Direct, server.pid(), None).await;
+            throughput(&direct, Mode::Direct, server.pid(), None).await;
         let (r_thr, r_cpu, r_srv, _) =
             throughput(&supervisor, Mode::Router, server.pid(), None).await;
         let per_lane: Vec<u64> = router.lane_stats().iter().map(|l| l.requests).collect();
@@ -233,6 +236,50 @@ fn main() {
         let (p_med, p_p99) = latency(&supervisor, Mode::Router).await;
         let (p_thr, p_cpu, p_srv, p_rtr) =
             throughput(&supervisor, Mode::Router, server.pid(), Some(router_pid)).await;
+
+        // The same router process, with reference workers (`fleetnix::bus::worker`): each task
+        // acknowledged, listed in heartbeats and kept for duplicates (issue 22's contract).
+        drop(w1);
+        drop(w2);
+        let mut refs = Vec::new();
+        for node in ["worker-01", "worker-02"] {
+            let mut o = fleetnix::bus::worker::WorkerOptions::new(
+                fleetnix::model::NodeName::parse(node).unwrap(),
+                vec![Role::parse(ROLE).unwrap()],
+            );
+            o.beat = Duration::from_millis(500);
+            o.capacity = 64;
+            let n = node.to_string();
+            refs.push(
+                fleetnix::bus::worker::start(server.connect(node).await, o, move |t| {
+                    let body = format!(r#"{{"node":"{n}","n":{}}}"#, t.payload.len());
+                    async move { fleetnix::bus::worker::TaskOutcome::Done(body.into()) }
+                })
+                .await
+                .expect("reference worker"),
+            );
+        }
+        // The test workers' subscriptions are gone once only reference workers answer.
+        for i in 0..500 {
+            one(&supervisor, Mode::Router, i).await;
+        }
+        let (a_med, a_p99) = latency(&supervisor, Mode::Router).await;
+        let (a_thr, a_cpu, a_srv, a_rtr) =
+            throughput(&supervisor, Mode::Router, server.pid(), Some(router_pid)).await;
+        // Failover: worker-01 is killed (its tasks aborted, its connection closed) between two
+        // tasks; how long until the router answers the next ones (each of the next 20 timed).
+        let killed = refs.remove(0);
+        let t = Instant::now();
+        drop(killed);
+        let mut after = Vec::new();
+        for i in 0..20 {
+            let s = Instant::now();
+            one(&supervisor, Mode::Router, i).await;
+            after.push(s.elapsed());
+        }
+        let failover = t.elapsed();
+        after.sort();
+        drop(refs);
         drop(process);
 
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -251,6 +298,7 @@ fn main() {
             ("direct", d_med, d_p99, d_thr, d_cpu, d_srv, None),
             ("router", r_med, r_p99, r_thr, r_cpu, r_srv, None),
             ("router*", p_med, p_p99, p_thr, p_cpu, p_srv, Some(p_rtr)),
+            ("ack*", a_med, a_p99, a_thr, a_cpu, a_srv, Some(a_rtr)),
         ] {
             let extra = rtr.map(|r| format!(", {r:.0}")).unwrap_or_default();
             println!(
@@ -279,9 +327,17 @@ fn main() {
             p_thr / d_thr
         );
         println!(
-            "worker share: worker-01 {} / worker-02 {}; requests per router lane: {per_lane:?}",
-            w1.count(),
-            w2.count(),
+            "ack*: router* with reference workers (acknowledgement, heartbeats listing tasks, duplicate records): added median {:.3} ms over router*, CPU per task ack* / router* {:.2}, throughput ack* / router* {:.2}",
+            ms(a_med) - ms(p_med),
+            (a_cpu + a_srv + a_rtr) / (p_cpu + p_srv + p_rtr),
+            a_thr / p_thr
+        );
+        println!("requests per router lane: {per_lane:?}");
+        println!(
+            "failover after worker-01 is killed: the next 20 tasks answered within {:.1} ms (slowest {:.1} ms, median {:.3} ms)",
+            failover.as_secs_f64() * 1000.0,
+            after[19].as_secs_f64() * 1000.0,
+            after[10].as_secs_f64() * 1000.0
         );
     });
 }

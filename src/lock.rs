@@ -135,17 +135,21 @@ impl RepoLock {
             path: path.clone(),
             source,
         };
+        // Neither `.fleetnix` nor the lock file may be a symlink: a checkout could point them
+        // at any file of the user's, which the holder's line would then overwrite.
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            crate::fsutil::create_dir_in_repo(root, dir).map_err(io)?;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&path)
-            .map_err(io)?;
+        let file = crate::fsutil::no_follow(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644),
+        )
+        .open(&path)
+        .map_err(|e| io(crate::fsutil::explain_no_follow(&path, e)))?;
         let start = Instant::now();
         loop {
             match flock(&file, FlockOperation::NonBlockingLockExclusive) {

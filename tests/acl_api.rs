@@ -24,6 +24,8 @@ use common::{example_fleet, repo};
 const OLD: &str = "// the policy before fleetnix\n{\n  \"acls\": [{\"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:*\"]}],\n  \"ssh\": [{\"action\": \"check\", \"src\": [\"autogroup:member\"], \"dst\": [\"autogroup:self\"], \"users\": [\"autogroup:nonroot\", \"root\"]}],\n}\n";
 
 fn client(fake: &FakeApi) -> Client {
+    // The fake serves plain http on loopback: the test-only override lets the client use it.
+    std::env::set_var("FLEETNIX_ALLOW_INSECURE_URLS", "1");
     Client::new(&fake.base, "-", Secret::from(token())).unwrap()
 }
 
@@ -100,7 +102,10 @@ async fn set_validates_backs_up_then_posts_with_if_match() {
         &example_fleet(),
         dir.path(),
         &new,
-        &SetOptions::default(),
+        &SetOptions {
+            yes: true, // from allow-all: everyone loses access
+            ..SetOptions::default()
+        },
     )
     .await
     .unwrap();
@@ -176,7 +181,10 @@ async fn a_race_gives_412_and_writes_nothing() {
         &example_fleet(),
         dir.path(),
         &rendered(),
-        &SetOptions::default(),
+        &SetOptions {
+            yes: true, // from allow-all: everyone loses access
+            ..SetOptions::default()
+        },
     )
     .await
     .unwrap_err();
@@ -217,7 +225,7 @@ async fn lock_out_is_refused_unless_forced() {
         panic!("{err}")
     };
     assert!(
-        cut.contains(&"deploys from control-01 to worker-02 as root".to_string()),
+        cut.contains(&"deploys from group:operators to worker-02 as root".to_string()),
         "{cut:?}"
     );
     assert!(
@@ -233,7 +241,10 @@ async fn lock_out_is_refused_unless_forced() {
         &fleet,
         dir.path(),
         NO_SSH,
-        &SetOptions { force: true },
+        &SetOptions {
+            force: true,
+            yes: true,
+        },
     )
     .await
     .unwrap();
@@ -255,7 +266,10 @@ async fn validation_errors_come_back_with_their_details() {
         &example_fleet(),
         dir.path(),
         &drifted,
-        &SetOptions::default(),
+        &SetOptions {
+            yes: true, // from allow-all: everyone loses access
+            ..SetOptions::default()
+        },
     )
     .await
     .unwrap_err();
@@ -338,8 +352,30 @@ fn cli(fake: &FakeApi, fleet_dir: &Path) -> Command {
         .arg("--fleet-dir")
         .arg(fleet_dir)
         .env("FLEETNIX_TS_API_URL", &fake.base)
+        .env("FLEETNIX_ALLOW_INSECURE_URLS", "1")
         .env_remove("TS_API_KEY");
     c
+}
+
+/// The token is never sent to a plain-http API address unless the test-only override is set.
+#[test]
+fn cli_refuses_a_plain_http_api_url_without_the_test_override() {
+    let fake = FakeApi::start(&token(), OLD);
+    let fleet = fleet_copy();
+    let out = cli(&fake, fleet.path())
+        .args(["acl", "get"])
+        .env("TS_API_KEY", token())
+        .env_remove("FLEETNIX_ALLOW_INSECURE_URLS")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted {}", fake.base);
+    assert!(
+        err.contains("FLEETNIX_TS_API_URL") && err.contains("https://"),
+        "{err}"
+    );
+    assert!(!err.contains(&token()), "{err}");
+    assert!(fake.state().seen.is_empty(), "nothing was sent");
 }
 
 #[test]
@@ -364,7 +400,7 @@ fn cli_get_diff_set_keep_the_token_out_of_argv_output_and_files() {
 
     // diff against the rendered policy: differs, exit 1
     let out = cli(&fake, fleet.path())
-        .args(["acl", "diff"])
+        .args(["acl", "diff", "--text"])
         .env("TS_API_KEY", token())
         .output()
         .unwrap();
@@ -389,9 +425,9 @@ fn cli_get_diff_set_keep_the_token_out_of_argv_output_and_files() {
     assert!(fake.state().seen.is_empty());
     all_output += &err;
 
-    // the rendered policy goes through
+    // the rendered policy goes through (with --yes: everyone loses the allow-all)
     let out = cli(&fake, fleet.path())
-        .args(["acl", "set", "--token-file"])
+        .args(["acl", "set", "--yes", "--token-file"])
         .arg(&token_file)
         .output()
         .unwrap();

@@ -53,9 +53,10 @@ fn seed_policy_findings() {
     let udp = by("tag:worker", "udp");
     assert_eq!(ports(udp), [4000, 5432, 6379, 7233]);
     assert_eq!(udp.line, 9);
-    // the control plane's `tag:worker:*` is an over-grant too (only SSH is needed)
+    // the control plane's `tag:worker:*` is an over-grant too, SSH included: deployers, not the
+    // control plane, reach the nodes' SSH (issue 21)
     let cp = by("tag:control-plane", "tcp");
-    assert_eq!(cp.ports.as_deref(), Some("1-21,23-65535"));
+    assert_eq!(cp.ports.as_deref(), Some("*"));
     assert_eq!(cp.nodes, ["worker-01", "worker-02"]);
     assert!(cp.message.contains("every tcp port"), "{}", cp.message);
     assert_eq!(by("tag:control-plane", "udp").ports.as_deref(), Some("*"));
@@ -94,7 +95,11 @@ fn seed_policy_findings() {
     // 4. no ssh section: Tailscale SSH deploys fail
     let no_ssh = of(&findings, FindingKind::NoSsh);
     assert_eq!(no_ssh.len(), 1);
-    assert!(no_ssh[0].message.contains("deploys from tag:control-plane"));
+    assert!(
+        no_ssh[0].message.contains("deploys from group:operators"),
+        "{}",
+        no_ssh[0].message
+    );
 
     // group:operators is used but never defined
     assert!(!of(&findings, FindingKind::UnknownGroup).is_empty());

@@ -94,11 +94,13 @@ fn rendered_policy_is_clean_and_minimal() {
             lines[i - 1]
         );
     }
-    // SSH: deploys as root from the control plane, operators as root and non-root
+    // SSH: only the operators, as root (they are the deployers) and non-root; none from the
+    // control plane (issue 21)
     let ssh = p.ssh.as_ref().unwrap();
-    assert_eq!(ssh.len(), 2);
-    // agents' needs are covered by the catalog rows, so no extra rule: 8 rows + deploy + operators
-    assert_eq!(p.rules.len(), 10);
+    assert_eq!(ssh.len(), 1);
+    // agents' needs are covered by the catalog rows, and the deployers are the operators, so no
+    // extra rule: 8 rows + operators
+    assert_eq!(p.rules.len(), 9);
 }
 
 #[test]

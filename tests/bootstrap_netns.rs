@@ -53,6 +53,22 @@ fn fleet_repo(os: &str) -> (tempfile::TempDir, String) {
 
 /// A fresh Debian VM: no tailscale; the install script puts the fake CLI into its state dir.
 fn debian_vm(net: &mut Net) -> (Host, PathBuf) {
+    debian_vm_env(net, Vec::new())
+}
+
+/// [`debian_vm`] whose logins are named after the control server's `records`
+/// (`FAKE_CONTROL_RECORDS`).
+fn debian_vm_with(net: &mut Net, records: &Path) -> (Host, PathBuf) {
+    debian_vm_env(
+        net,
+        vec![(
+            "FAKE_CONTROL_RECORDS".to_string(),
+            records.display().to_string(),
+        )],
+    )
+}
+
+fn debian_vm_env(net: &mut Net, extra: Vec<(String, String)>) -> (Host, PathBuf) {
     let state = net.dir().join("state-vm");
     std::fs::create_dir_all(state.join("bin")).expect("state");
     let host = net.add_host(
@@ -65,7 +81,10 @@ fn debian_vm(net: &mut Net) -> (Host, PathBuf) {
                     "FAKE_TAILSCALE_SRC".into(),
                     fake_tailscale().display().to_string(),
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(extra)
+            .collect(),
             etc_dirs: vec!["systemd/system".into()],
             ..Default::default()
         },
@@ -114,10 +133,34 @@ fn bootstrap_cmd(
     op: &Operator,
     extra: &[&str],
 ) -> Command {
+    bootstrap_cmd_to(
+        net,
+        root,
+        vm,
+        &vm.addr.to_string(),
+        state,
+        joined_when,
+        op,
+        extra,
+    )
+}
+
+/// [`bootstrap_cmd`] reaching the VM at `address` (e.g. its IPv6 address).
+#[allow(clippy::too_many_arguments)]
+fn bootstrap_cmd_to(
+    net: &Net,
+    root: &Path,
+    vm: &Host,
+    address: &str,
+    state: &Path,
+    joined_when: &Path,
+    op: &Operator,
+    extra: &[&str],
+) -> Command {
     let mut c = net.command(fleetnix_bin());
     c.arg("--root")
         .arg(root)
-        .args(["bootstrap", "vm-01", "--ssh", &format!("root@{}", vm.addr)])
+        .args(["bootstrap", "vm-01", "--ssh", &format!("root@{address}")])
         .arg("--ssh-identity")
         .arg(net.client_key())
         .args(["--rollback-grace", "10"])
@@ -136,6 +179,8 @@ fn bootstrap_cmd(
         .env("FAKE_RECORD_DIR", state)
         .env_remove("TAILSCALE_AUTHKEY")
         .env_remove("TS_API_KEY")
+        // Local fakes (file:// install script, plain-http API): the test-only override.
+        .env("FLEETNIX_ALLOW_INSECURE_URLS", "1")
         .env_remove("FLEETNIX_TS_API_URL")
         .stdin(std::process::Stdio::null());
     c
@@ -330,8 +375,12 @@ fn a_wrong_or_missing_fingerprint_sends_nothing() {
     assert!(!root.join("secrets").exists());
 }
 
-/// A fake Tailscale API (bearer token; `POST /tailnet/-/keys`, `POST /device/{id}/ip`) listening
-/// on 127.0.0.1 *inside the hub namespace*, where fleetnix runs.
+/// A fake Tailscale API (bearer token; `POST /tailnet/-/keys`, `POST /device/{id}/ip`,
+/// `GET /tailnet/-/devices`, `DELETE /device/{id}`) listening on 127.0.0.1 *inside the hub
+/// namespace*, where fleetnix runs. The device records are the control server's: the offline
+/// ones in the records file (`nodeId hostname dns-label address` a line, shared with the fake
+/// CLI's `up`, which names a login after them), plus the VM's own device (`nFAKE1CNTRL`, online)
+/// once its state file exists.
 struct FakeApi {
     base: String,
     seen: Arc<Mutex<Vec<(String, String, String)>>>,
@@ -350,6 +399,19 @@ impl Drop for FakeApi {
 
 impl FakeApi {
     fn start(hub: &str, token: String, minted: String, ip_file: PathBuf) -> FakeApi {
+        let none = ip_file.with_file_name("no-records");
+        Self::start_with(hub, token, minted, ip_file, none.clone(), none)
+    }
+
+    /// [`FakeApi::start`] with the control server's `records` and the VM's `node_state` file.
+    fn start_with(
+        hub: &str,
+        token: String,
+        minted: String,
+        ip_file: PathBuf,
+        records: PathBuf,
+        node_state: PathBuf,
+    ) -> FakeApi {
         // A socket belongs to the namespace of the thread that creates it.
         let server = run_in(hub, || {
             tiny_http::Server::http("127.0.0.1:0").expect("bind in the hub")
@@ -380,6 +442,28 @@ impl FakeApi {
                         serde_json::json!({"id": "kFAKE1CNTRL", "key": minted, "expires": "2030-01-01T00:00:00Z"})
                             .to_string(),
                     )
+                } else if method == "GET" && path == "/api/v2/tailnet/-/devices" {
+                    (
+                        200,
+                        serde_json::json!({ "devices": devices(&records, &node_state, &ip_file) })
+                            .to_string(),
+                    )
+                } else if let Some(id) = path
+                    .strip_prefix("/api/v2/device/")
+                    .filter(|id| method == "DELETE" && !id.contains('/'))
+                {
+                    let text = std::fs::read_to_string(&records).unwrap_or_default();
+                    let kept: Vec<&str> = text
+                        .lines()
+                        .filter(|l| l.split_whitespace().next() != Some(id))
+                        .collect();
+                    if kept.len() == text.lines().count() {
+                        (404, r#"{"message":"not found"}"#.to_string())
+                    } else {
+                        let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
+                        std::fs::write(&records, body).expect("records");
+                        (200, "{}".to_string())
+                    }
                 } else if method == "POST" && path == "/api/v2/device/nFAKE1CNTRL/ip" {
                     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
                     let ip = v["ipv4"].as_str().unwrap_or_default().to_string();
@@ -398,6 +482,180 @@ impl FakeApi {
             server,
             thread: Some(thread),
         }
+    }
+}
+
+/// The device objects (tailscale-api.md) of the fake control server: the offline records of
+/// `records`, then the VM's device once `node_state` exists (named by its `DNSName`).
+fn devices(records: &Path, node_state: &Path, ip_file: &Path) -> Vec<serde_json::Value> {
+    let device = |node_id: &str, host: &str, label: &str, ip: &str, online: bool| {
+        serde_json::json!({
+            "addresses": [ip], "id": format!("{}", node_id.len()), "nodeId": node_id,
+            "user": "tagged-devices", "name": format!("{label}.tail0fake.ts.net"),
+            "hostname": host, "os": "linux", "lastSeen": "2026-06-01T00:00:00Z",
+            "connectedToControl": online, "keyExpiryDisabled": true,
+            "expires": "0001-01-01T00:00:00Z", "tags": ["tag:worker"],
+        })
+    };
+    let mut out: Vec<serde_json::Value> = std::fs::read_to_string(records)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4).then(|| device(f[0], f[1], f[2], f[3], false))
+        })
+        .collect();
+    if let Ok(state) = std::fs::read_to_string(node_state) {
+        let field = |name: &str| {
+            let key = format!("\"{name}\":\"");
+            state.find(&key).map(|i| {
+                let rest = &state[i + key.len()..];
+                rest[..rest.find('"').unwrap_or(rest.len())].to_string()
+            })
+        };
+        let host = field("HostName").unwrap_or_else(|| "vm-01".into());
+        let dns = field("DNSName").unwrap_or_else(|| format!("{host}.tail0fake.ts.net."));
+        let ip = std::fs::read_to_string(ip_file).unwrap_or_default();
+        out.push(device(
+            "nFAKE1CNTRL",
+            &host,
+            dns.split('.').next().unwrap_or_default(),
+            ip.trim(),
+            true,
+        ));
+    }
+    out
+}
+
+/// Issue 23, stable names: the VM was rebuilt and its old device record (offline) still holds
+/// `vm-01`. Bootstrap deletes that record through the API before the login, so the tailnet
+/// ends with one device, named `vm-01` as in the manifest (without it: `vm-01-1`). An online
+/// device of another node is never touched.
+#[test]
+fn rebootstrapping_over_an_offline_old_record_keeps_the_manifest_name() {
+    let Some(mut net) = Net::new() else { return };
+    let dir = net.dir().join("control");
+    std::fs::create_dir_all(&dir).expect("control dir");
+    let records = dir.join("records");
+    std::fs::write(
+        &records,
+        "nOLD7CNTRL vm-01 vm-01 100.90.0.7\nnOLD8CNTRL vm-01 vm-01-1 100.90.0.8\n",
+    )
+    .expect("records");
+    let (vm, state) = debian_vm_with(&mut net, &records);
+    let (root, _) = fleet_repo("auto");
+    let root = root.path();
+    let op = Operator::new("100.90.0.7");
+    let token = format!("tskey-api-{}", "FAKEtoken");
+    let joined_when = state.join("ts-state.json");
+    let api = FakeApi::start_with(
+        net.hub(),
+        token.clone(),
+        format!("tskey-auth-{}-{}", "kFAKE1CNTRL", "FAKEunused"),
+        op.ip_file(),
+        records.clone(),
+        joined_when.clone(),
+    );
+    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    let out = bootstrap_cmd(
+        &net,
+        root,
+        &vm,
+        &state,
+        &joined_when,
+        &op,
+        &["--host-key-fingerprint", &fp, "--wait-timeout", "20"],
+    )
+    .env("TAILSCALE_AUTHKEY", fake_authkey())
+    .env("TS_API_KEY", &token)
+    .env("FLEETNIX_TS_API_URL", &api.base)
+    .output()
+    .expect("fleetnix runs");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    // One device holds the node's name, and it is the one that just logged in.
+    let devices = devices(&records, &joined_when, &op.ip_file());
+    let named: Vec<(&str, &str)> = devices
+        .iter()
+        .filter(|d| d["hostname"] == "vm-01")
+        .map(|d| (d["nodeId"].as_str().unwrap(), d["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(named, [("nFAKE1CNTRL", "vm-01.tail0fake.ts.net")]);
+    assert!(
+        stderr.contains("deleted the offline device record nOLD7CNTRL (vm-01.tail0fake.ts.net"),
+        "{stderr}"
+    );
+    let seen = api.seen.lock().expect("lock").clone();
+    let deletes: Vec<&str> = seen
+        .iter()
+        .filter(|(m, _, _)| m == "DELETE")
+        .map(|(_, p, _)| p.as_str())
+        .collect();
+    assert_eq!(
+        deletes,
+        ["/api/v2/device/nOLD7CNTRL", "/api/v2/device/nOLD8CNTRL"]
+    );
+    assert!(!stdout.contains(&token) && !stderr.contains(&token));
+}
+
+/// Issue 23, no stranded node: a node about to log in gets a fresh one-off key minted through the
+/// API when a token is given, not the stored key (which may be spent or expired).
+#[test]
+fn a_node_that_logs_in_gets_a_freshly_minted_key_over_the_stored_one() {
+    let Some(mut net) = Net::new() else { return };
+    let (vm, state) = debian_vm(&mut net);
+    let (root, original) = fleet_repo("auto");
+    let root = root.path();
+    std::fs::write(
+        root.join("fleet/nodes.yml"),
+        original.replace(
+            "      ram_gb: 4\n# end",
+            &format!("      ram_gb: 4\n    host_key: \"{}\"\n# end", vm.host_key),
+        ),
+    )
+    .expect("nodes.yml");
+    let old = format!("tskey-auth-{}-{}", "kOLD1CNTRL", "FAKEspent");
+    let out = Command::new(fleetnix_bin())
+        .arg("--root")
+        .arg(root)
+        .args(["secrets", "set-authkey", "vm-01"])
+        .env("TAILSCALE_AUTHKEY", &old)
+        .output()
+        .expect("fleetnix runs");
+    assert!(out.status.success(), "{out:?}");
+    let op = Operator::new("100.90.0.7");
+    let token = format!("tskey-api-{}", "FAKEtoken");
+    let minted = format!("tskey-auth-{}-{}", "kFAKE1CNTRL", "FAKEfresh");
+    let api = FakeApi::start(net.hub(), token.clone(), minted.clone(), op.ip_file());
+    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    let out = bootstrap_cmd(
+        &net,
+        root,
+        &vm,
+        &state,
+        &state.join("ts-state.json"),
+        &op,
+        &["--host-key-fingerprint", &fp, "--wait-timeout", "20"],
+    )
+    .env("TS_API_KEY", &token)
+    .env("FLEETNIX_TS_API_URL", &api.base)
+    .output()
+    .expect("fleetnix runs");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    // The VM logged in with the fresh key, which the secret now holds.
+    assert_eq!(
+        std::fs::read_to_string(state.join("ts-key.content")).expect("key content"),
+        minted
+    );
+    let node = fleetnix::model::NodeName::parse("vm-01").expect("name");
+    let decrypted =
+        fleetnix::secrets::decrypt_authkey(root, &node, &vm.dir.join("ssh_host_ed25519_key"))
+            .expect("decrypts");
+    assert_eq!(secrecy::ExposeSecret::expose_secret(&decrypted), minted);
+    assert!(stderr.contains("minted through the API"), "{stderr}");
+    for k in [&old, &minted] {
+        assert!(!stdout.contains(k.as_str()) && !stderr.contains(k.as_str()));
     }
 }
 
@@ -449,6 +707,7 @@ fn nixos_vm_first_rebuild_with_a_minted_key_and_the_address_set_through_the_api(
         paths,
         [
             ("POST", "/api/v2/tailnet/-/keys"),
+            ("GET", "/api/v2/tailnet/-/devices"),
             ("POST", "/api/v2/device/nFAKE1CNTRL/ip")
         ]
     );
@@ -457,7 +716,7 @@ fn nixos_vm_first_rebuild_with_a_minted_key_and_the_address_set_through_the_api(
         key_req["capabilities"]["devices"]["create"]["tags"],
         serde_json::json!(["tag:worker"])
     );
-    assert_eq!(seen[1].2, r#"{"ipv4":"100.90.0.7"}"#);
+    assert_eq!(seen[2].2, r#"{"ipv4":"100.90.0.7"}"#);
 
     // The minted key is what the node's secret holds.
     let node = fleetnix::model::NodeName::parse("vm-01").expect("name");
@@ -559,4 +818,205 @@ fn a_node_that_does_not_join_fails_at_step_4_and_a_rerun_resumes() {
     }
     assert_eq!(lines(&state.join("ts-up.calls")).len(), 1);
     assert_eq!(lines(&state.join("install.runs")).len(), 1);
+}
+
+/// Issue 23, credential kinds: an OAuth client secret given to a `preauth` fleet (it would enrol
+/// an ephemeral node) or an API token stops bootstrap at step 2, naming where it came from and
+/// what to use; nothing is installed and the value is not echoed.
+#[test]
+fn a_credential_of_the_wrong_kind_stops_bootstrap_before_the_install() {
+    let Some(mut net) = Net::new() else { return };
+    let (vm, state) = debian_vm(&mut net);
+    let (root, _) = fleet_repo("auto");
+    let root = root.path();
+    let op = Operator::new("100.90.0.7");
+    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    for (key, want) in [
+        (
+            format!("tskey-client-{}", "FAKEsecretpart"),
+            "set `tailscale_auth: oauth-client` in fleet.yml",
+        ),
+        (format!("tskey-api-{}", "FAKEsecretpart"), "TS_API_KEY"),
+    ] {
+        let out = bootstrap_cmd(
+            &net,
+            root,
+            &vm,
+            &state,
+            &state.join("ts-state.json"),
+            &op,
+            &["--host-key-fingerprint", &fp, "--wait-timeout", "5"],
+        )
+        .env("TAILSCALE_AUTHKEY", &key)
+        .output()
+        .expect("fleetnix runs");
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+        assert!(
+            stderr.contains("step 2 (secret) failed")
+                && stderr.contains("$TAILSCALE_AUTHKEY")
+                && stderr.contains(want),
+            "{stderr}"
+        );
+        assert!(!stdout.contains("FAKEsecretpart") && !stderr.contains("FAKEsecretpart"));
+        assert!(!state.join("install.runs").exists());
+        assert!(!root.join("secrets/vm-01/tailscale-authkey.age").exists());
+    }
+}
+
+/// A VM reached over IPv6 and given an address on the tailnet's IPv6 prefix is bootstrapped:
+/// every ssh destination is `root@<v6>`, never `root@[v6]` (issue 21 finding 1).
+#[test]
+fn a_vm_reached_over_ipv6_joins_with_an_ipv6_tailnet_address() {
+    let Some(mut net) = Net::new() else { return };
+    let (vm, state) = debian_vm(&mut net);
+    let (root, original) = fleet_repo("auto");
+    let root = root.path();
+    // The fleet wants vm-01 on the tailnet's IPv6 prefix; the tailnet gives it another one.
+    let original = original.replace(
+        "100.90.0.7 # wanted address",
+        "fd7a:115c:a1e0::7 # wanted address",
+    );
+    std::fs::write(root.join("fleet/nodes.yml"), &original).expect("nodes.yml");
+    let op = Operator::new("fd7a:115c:a1e0::42");
+    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    let key = fake_authkey();
+    let joined_when = state.join("ts-state.json");
+    let out = bootstrap_cmd_to(
+        &net,
+        root,
+        &vm,
+        &vm.addr6.to_string(),
+        &state,
+        &joined_when,
+        &op,
+        &["--host-key-fingerprint", &fp, "--wait-timeout", "20"],
+    )
+    .env("TAILSCALE_AUTHKEY", &key)
+    .output()
+    .expect("fleetnix runs");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("vm-01 bootstrapped"), "{stdout}");
+    let nodes = std::fs::read_to_string(root.join("fleet/nodes.yml")).expect("nodes.yml");
+    assert!(
+        nodes.contains("tailscale_ip: fd7a:115c:a1e0::42 # wanted address"),
+        "{nodes}"
+    );
+    assert_ne!(nodes, original);
+    assert!(!stderr.contains("@["), "{stderr}");
+    // The install and `tailscale up` ran on the VM, reached over IPv6.
+    assert_eq!(lines(&state.join("install.runs")).len(), 1);
+    assert_eq!(lines(&state.join("ts-up.calls")).len(), 1);
+    let log = std::fs::read_to_string(vm.dir.join("sshd.log")).expect("sshd log");
+    assert!(
+        log.contains("Accepted publickey for root from fd7a:115c:a1e0::fe"),
+        "{log}"
+    );
+}
+
+/// Another device of the tailnet: online, tagged like a worker, with SSH host key `key`, that
+/// calls itself `host_name` (its self-reported OS host name) and that the control server named
+/// `dns_label` (its MagicDNS name), as `tailscale status --json` shows a peer.
+fn other_device(dir: &Path, host_name: &str, dns_label: &str, key: &str) -> PathBuf {
+    let file = dir.join("other-peers.json");
+    std::fs::write(
+        &file,
+        format!(
+            r#""nodekey:0bad":{{"ID":"nEVIL1CNTRL","PublicKey":"nodekey:0bad","HostName":"{host_name}","DNSName":"{dns_label}.tail0fake.ts.net.","OS":"linux","TailscaleIPs":["100.90.0.66"],"Tags":["tag:worker"],"Online":true,"sshHostKeys":["{key}"]}}"#
+        ),
+    )
+    .expect("other peers");
+    file
+}
+
+/// A key that is not the VM's.
+const OTHER_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS/vcGfRqtpcVld33fFR5cjD2Ai9gXARYCEHEn";
+
+/// A device that only calls itself `vm-01` (the control server named it otherwise) is not the
+/// node: the VM is installed and joins, and nodes.yml gets the VM's address, not the other's
+/// (issue 21 finding 4).
+#[test]
+fn a_device_that_only_calls_itself_like_the_node_is_ignored() {
+    let Some(mut net) = Net::new() else { return };
+    let (vm, state) = debian_vm(&mut net);
+    let (root, _) = fleet_repo("auto");
+    let root = root.path();
+    let op = Operator::new("100.90.0.42");
+    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    let joined_when = state.join("ts-state.json");
+    let others = other_device(net.dir(), "vm-01", "evil-box", OTHER_KEY);
+    let out = bootstrap_cmd(
+        &net,
+        root,
+        &vm,
+        &state,
+        &joined_when,
+        &op,
+        &["--host-key-fingerprint", &fp, "--wait-timeout", "20"],
+    )
+    .env("TAILSCALE_AUTHKEY", fake_authkey())
+    .env("FAKE_OTHER_PEERS", &others)
+    .output()
+    .expect("fleetnix runs");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let nodes = std::fs::read_to_string(root.join("fleet/nodes.yml")).expect("nodes.yml");
+    assert!(nodes.contains("tailscale_ip: 100.90.0.42"), "{nodes}");
+    assert!(!nodes.contains("100.90.0.66"), "{nodes}");
+    assert_eq!(
+        lines(&state.join("install.runs")).len(),
+        1,
+        "the VM was installed"
+    );
+}
+
+/// The device the control server named `vm-01` does not publish the pinned host key: the
+/// bootstrap stops before giving it anything (no address recorded, no install skipped on its
+/// account), naming the device (issue 21 finding 4).
+#[test]
+fn the_named_device_without_the_pinned_key_gets_nothing() {
+    let Some(mut net) = Net::new() else { return };
+    let (vm, state) = debian_vm(&mut net);
+    let (root, original) = fleet_repo("auto");
+    let root = root.path();
+    // A re-run: nodes.yml pins the VM's key already.
+    let pinned = original.replace(
+        "      ram_gb: 4\n# end",
+        &format!("      ram_gb: 4\n    host_key: \"{}\"\n# end", vm.host_key),
+    );
+    std::fs::write(root.join("fleet/nodes.yml"), &pinned).expect("nodes.yml");
+    let op = Operator::new("100.90.0.42");
+    let joined_when = state.join("ts-state.json");
+    let others = other_device(net.dir(), "vm-01", "vm-01", OTHER_KEY);
+    let out = bootstrap_cmd(
+        &net,
+        root,
+        &vm,
+        &state,
+        &joined_when,
+        &op,
+        &["--wait-timeout", "5"],
+    )
+    .env("TAILSCALE_AUTHKEY", fake_authkey())
+    .env("FAKE_OTHER_PEERS", &others)
+    .output()
+    .expect("fleetnix runs");
+    let (stdout, stderr) = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("nEVIL1CNTRL") && stderr.contains("does not publish the pinned host key"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("fleet/nodes.yml")).expect("nodes.yml"),
+        pinned,
+        "no address was recorded"
+    );
+    assert!(lines(&state.join("install.runs")).is_empty());
+    assert!(
+        !root.join("secrets/vm-01").exists(),
+        "no secret was written"
+    );
 }

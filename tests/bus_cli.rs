@@ -5,6 +5,7 @@ mod common;
 
 use bus_support::{Behaviour, NatsServer};
 use common::{example_fleet, fleetnix_bin, repo};
+use fleetnix::bus::users::Service;
 use std::process::Output;
 use std::time::Duration;
 
@@ -32,7 +33,11 @@ async fn dispatch_prints_the_reply_of_a_node_of_the_role() {
     let worker = server
         .worker("worker-01", "kg-writer", Behaviour::Answer)
         .await;
-    let password = server.password("control-01").expose().to_string();
+    // --direct does the router's job from this process: the router's user and password.
+    let password = server
+        .service_password(Service::Router)
+        .expose()
+        .to_string();
     let args = [
         "dispatch",
         "--direct",
@@ -76,7 +81,7 @@ async fn dispatch_prints_the_reply_of_a_node_of_the_role() {
     );
     assert_eq!(worker.count(), 2);
 
-    // The same, decrypted in memory from secrets/control-01/nats-password.age with --identity.
+    // The same, decrypted in memory from secrets/control-01/nats-router-password.age with --identity.
     let root = tempfile::tempdir().unwrap();
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::create_dir_all(root.path().join("fleet")).unwrap();
@@ -100,7 +105,9 @@ async fn dispatch_prints_the_reply_of_a_node_of_the_role() {
         .find_map(|l| l.strip_prefix("# public key: "))
         .expect("public key line")
         .to_string();
-    let secret = root.path().join("secrets/control-01/nats-password.age");
+    let secret = root
+        .path()
+        .join("secrets/control-01/nats-router-password.age");
     std::fs::create_dir_all(secret.parent().unwrap()).unwrap();
     let mut age = std::process::Command::new("age")
         .args(["-r", &recipient, "-o"])
@@ -141,7 +148,14 @@ async fn dispatch_fails_clearly_and_never_echoes_secrets() {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         fleetnix(&args, &env).await
     };
-    let password = server.password("control-01").expose().to_string();
+    let password = server
+        .service_password(Service::Supervisor)
+        .expose()
+        .to_string();
+    let router_password = server
+        .service_password(Service::Router)
+        .expose()
+        .to_string();
     let url = server.url.clone();
 
     // No password at all.
@@ -188,7 +202,7 @@ async fn dispatch_fails_clearly_and_never_echoes_secrets() {
     // Nobody serves the role (without the router): exit 1 quickly, naming each attempt.
     let out = run(
         url_args(&["--direct", "--nats-url", &url, "--timeout", "500ms"]),
-        vec![("FLEETNIX_NATS_PASSWORD", password.clone())],
+        vec![("FLEETNIX_NATS_PASSWORD", router_password.clone())],
     )
     .await;
     assert_eq!(out.status.code(), Some(1));
@@ -230,8 +244,8 @@ async fn dispatch_fails_clearly_and_never_echoes_secrets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_goes_through_a_running_fleetnix_router() {
     let server = NatsServer::start(&example_fleet());
-    let cp = server.connect("control-01").await;
-    fleetnix::bus::registry::sync(&async_nats::jetstream::new(cp), &example_fleet())
+    let registry = server.connect_registry().await;
+    fleetnix::bus::registry::sync(&async_nats::jetstream::new(registry), &example_fleet())
         .await
         .unwrap();
     // The router binary, its password only in its environment.
@@ -255,7 +269,11 @@ async fn dispatch_goes_through_a_running_fleetnix_router() {
         .worker("worker-01", "kg-writer", Behaviour::Answer)
         .await;
     worker.heartbeat("worker-01", Duration::from_millis(100), &[]);
-    let password = server.password("control-01").expose().to_string();
+    // The supervisors' user, the default.
+    let password = server
+        .service_password(Service::Supervisor)
+        .expose()
+        .to_string();
     let args = [
         "dispatch",
         "--role",

@@ -18,8 +18,16 @@ fn files_follow_the_layout_and_the_env_file_round_trips() {
         layout,
         [
             ("secrets/control-01/nats-password.age", "control-01"),
+            (
+                "secrets/control-01/nats-registry-password.age",
+                "control-01"
+            ),
             ("secrets/control-01/nats-router-password.age", "control-01"),
             ("secrets/control-01/nats-server-env.age", "control-01"),
+            (
+                "secrets/control-01/nats-supervisor-password.age",
+                "control-01"
+            ),
             ("secrets/worker-01/nats-password.age", "worker-01"),
             ("secrets/worker-02/nats-password.age", "worker-02"),
         ]
@@ -31,8 +39,15 @@ fn files_follow_the_layout_and_the_env_file_round_trips() {
         }
     }
     let env = creds.server_env();
-    // One line per node, and the router's.
-    assert_eq!(env.expose().lines().count(), 4);
+    // One line per node, and one per service.
+    assert_eq!(env.expose().lines().count(), 6);
+    for var in [
+        "NATS_REGISTRY_PASSWORD=",
+        "NATS_ROUTER_PASSWORD=",
+        "NATS_SUPERVISOR_PASSWORD=",
+    ] {
+        assert!(env.expose().lines().any(|l| l.starts_with(var)), "{var}");
+    }
     assert!(env
         .expose()
         .lines()
@@ -67,9 +82,12 @@ fn regenerating_keeps_existing_passwords_and_drops_departed_nodes() {
         .collect();
     let mut creds = BusCredentials::parse_server_env(&plan, &env).unwrap();
     let added = creds.fill(&plan);
-    // The router's password is read back and kept too.
-    assert!(!creds.fill_router());
+    // The services' passwords are read back and kept too.
+    assert!(creds.fill_services().is_empty());
     assert_eq!(creds.router_password(), full.router_password());
+    for s in fleetnix::bus::users::Service::ALL {
+        assert_eq!(creds.service_password(s), full.service_password(s), "{s:?}");
+    }
     assert_eq!(
         added.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
         ["worker-02"]

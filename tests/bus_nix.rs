@@ -288,7 +288,8 @@ fn router_module_is_hardened_like_the_agent_and_takes_its_password_as_a_credenti
         sc["LoadCredential"],
         serde_json::json!(["nats-password:/run/agenix/nats-router-password"])
     );
-    assert_eq!(sc["Restart"], "on-failure");
+    // Any end of the router is restarted, even exit 0 (issue 21, finding 7).
+    assert_eq!(sc["Restart"], "always");
     assert!(unit["after"]
         .as_array()
         .unwrap()
@@ -299,9 +300,93 @@ fn router_module_is_hardened_like_the_agent_and_takes_its_password_as_a_credenti
         .as_object()
         .unwrap();
     for (k, v) in agent_sc {
-        if ["ExecStart", "LoadCredential", "StateDirectory"].contains(&k.as_str()) {
+        if ["ExecStart", "LoadCredential", "StateDirectory", "Restart"].contains(&k.as_str()) {
             continue;
         }
         assert_eq!(&sc[k], v, "{k}");
     }
+}
+
+/// Evaluates `[ lit0 lit1 … ]` in one `nix-instantiate --eval` call; the strings, or the error.
+fn eval_strings(nix: &Path, literals: &[String]) -> Result<Vec<String>, String> {
+    let expr = format!("[\n{}\n]", literals.join("\n"));
+    let out = Command::new(nix)
+        .args(["--eval", "--strict", "--json", "--expr", &expr])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("{}\n{expr}", String::from_utf8_lossy(&out.stderr)));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// Finding 6 of issue 21: `'${` became `'''${`, a literal `''` followed by a live interpolation.
+#[test]
+fn escaping_the_review_found_wrong_evaluates_to_the_text() {
+    let Some(nix) = nix_instantiate() else { return };
+    let texts: Vec<String> = [
+        "x'${builtins.currentSystem}y\n",
+        "'''${a}\n",
+        "''${a}\n",
+        "'$${a}\n",
+        "$'${a}'\n",
+        "''\\'${a}\\${b}'''\n",
+        "a'\n",
+        "'\n",
+    ]
+    .map(String::from)
+    .to_vec();
+    let lits: Vec<String> = texts
+        .iter()
+        .map(|t| busnix::indented_string(t, 4))
+        .collect();
+    assert!(lits.iter().all(|l| l.starts_with("''")), "{lits:?}");
+    assert_eq!(eval_strings(&nix, &lits).unwrap(), texts);
+}
+
+/// Any text of `'`, `$`, `{`, `}`, `\`, `"`, spaces, tabs, newlines and letters evaluates back to itself,
+/// as an indented string when it can be one and a quoted one otherwise. Each case is a batch of
+/// texts evaluated by one `nix-instantiate` call.
+#[test]
+fn indented_strings_round_trip_through_nix_for_any_quotes_and_dollars() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let Some(nix) = nix_instantiate() else { return };
+    let text = proptest::string::string_regex("[$'{}\\\\\\n\\t\" ab]{0,16}").unwrap();
+    // Half of them given the indented form's shape (a first unindented line, a final newline).
+    let batch = proptest::collection::vec((text, any::<bool>()), 64);
+    let mut runner = TestRunner::new(Config {
+        cases: 48,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let indented = std::cell::Cell::new(0usize);
+    runner
+        .run(&batch, |cases| {
+            let texts: Vec<String> = cases
+                .iter()
+                .map(|(t, force)| if *force { format!("x{t}\n") } else { t.clone() })
+                .collect();
+            let lits: Vec<String> = texts
+                .iter()
+                .map(|t| busnix::indented_string(t, 4))
+                .collect();
+            for (t, l) in texts.iter().zip(&lits) {
+                // Indented exactly when the text survives Nix's indentation stripping.
+                let fits = t.ends_with('\n')
+                    && !t.contains('\t')
+                    && t.lines().any(|l| !l.is_empty() && !l.starts_with(' '));
+                prop_assert_eq!(l.starts_with("''"), fits, "{:?} → {}", t, l);
+            }
+            indented.set(indented.get() + lits.iter().filter(|l| l.starts_with("''")).count());
+            let got = eval_strings(&nix, &lits).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(got, texts);
+            Ok(())
+        })
+        .unwrap();
+    let indented = indented.get();
+    assert!(
+        indented > 48 * 8,
+        "only {indented} indented literals were tried"
+    );
 }

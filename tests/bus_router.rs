@@ -10,6 +10,7 @@ use common::{copy_example_fleet, example_fleet, fleetnix_bin, poll_async};
 use fleetnix::bus;
 use fleetnix::bus::registry::{self, SyncAction};
 use fleetnix::bus::router::{self, Answer, RouterConfig};
+use fleetnix::bus::users::Service;
 use fleetnix::model::FailoverStrategy;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -44,8 +45,9 @@ async fn setup(strategy: FailoverStrategy, retry: bool) -> RouterFixture {
 async fn node_sync_is_idempotent_removes_departed_nodes_and_workers_cannot_touch_the_registry() {
     let fleet = example_fleet();
     let server = NatsServer::start(&fleet);
-    let cp = server.connect("control-01").await;
-    let js = async_nats::jetstream::new(cp.clone());
+    // node sync's own user, `_registry`.
+    let registry_client = server.connect_registry().await;
+    let js = async_nats::jetstream::new(registry_client);
     let first = registry::sync(&js, &fleet).await.unwrap();
     let lines: Vec<String> = first.lines.iter().map(|l| l.to_string()).collect();
     assert_eq!(
@@ -85,7 +87,7 @@ async fn node_sync_is_idempotent_removes_departed_nodes_and_workers_cannot_touch
         ])
         .env(
             "FLEETNIX_NATS_PASSWORD",
-            server.password("control-01").expose(),
+            server.service_password(Service::Registry).expose(),
         )
         .output()
         .await
@@ -351,7 +353,8 @@ async fn errors_are_clear_and_a_hung_worker_is_failed_over_within_one_timeout() 
             assert_eq!(e.code, "all-failed");
             assert_eq!(e.attempts.len(), 1);
             assert!(
-                e.error.contains("worker-01 got no reply within 0.8s"),
+                e.error
+                    .contains("worker-01 did not acknowledge the task within 0.8s"),
                 "{e:?}"
             );
         }

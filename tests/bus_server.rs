@@ -19,7 +19,8 @@ fn role(r: &str) -> Role {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_02_cannot_take_kg_writer_tasks_worker_01_can() {
     let server = NatsServer::start(&example_fleet());
-    let supervisor = server.connect("control-01").await;
+    // Direct dispatch (fleet.tasks.<role>) is the router's user's (`dispatch --direct`).
+    let supervisor = server.connect_router().await;
 
     // worker-02 (glm-worker, mnemopi-replica) tries kg-writer, in the queue group and directly.
     let (w2, w2_errors) = server.connect_watching("worker-02").await;
@@ -134,7 +135,8 @@ async fn workers_can_neither_eavesdrop_nor_dispatch_nor_log_in_without_their_pas
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_subscribers_of_a_role_share_its_tasks_through_the_queue_group() {
     let server = NatsServer::start(&example_fleet());
-    let supervisor = server.connect("control-01").await;
+    // Direct dispatch (fleet.tasks.<role>) is the router's user's (`dispatch --direct`).
+    let supervisor = server.connect_router().await;
     let w1 = server
         .worker("worker-01", "glm-worker", Behaviour::Answer)
         .await;
@@ -166,7 +168,8 @@ async fn two_subscribers_of_a_role_share_its_tasks_through_the_queue_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_subscriber_is_failed_over_within_the_timeout() {
     let server = NatsServer::start(&example_fleet());
-    let supervisor = server.connect("control-01").await;
+    // Direct dispatch (fleet.tasks.<role>) is the router's user's (`dispatch --direct`).
+    let supervisor = server.connect_router().await;
     let timeout = Duration::from_millis(800);
     let hung = server
         .worker("worker-01", "glm-worker", Behaviour::Hang)
@@ -225,7 +228,8 @@ async fn a_hung_subscriber_is_failed_over_within_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_goes_down_the_candidates_and_a_down_node_costs_no_timeout() {
     let server = NatsServer::start(&example_fleet());
-    let supervisor = server.connect("control-01").await;
+    // Direct dispatch (fleet.tasks.<role>) is the router's user's (`dispatch --direct`).
+    let supervisor = server.connect_router().await;
     let timeout = Duration::from_millis(500);
 
     // Nobody serves kg-writer (worker-01 is down): no responders at once, no timeout spent.

@@ -225,7 +225,7 @@ fn generated_fleet_renders_one_valid_module_per_node() {
     assert!(v6.contains("\"--hostname=gen-0005\""), "{v6}");
     let out = fleetnix(root.path(), &["show", "gen-0005", "--json"]);
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(plan["access"]["ssh_target"], "root@[fd7a:115c:a1e0::7]");
+    assert_eq!(plan["access"]["ssh_target"], "root@fd7a:115c:a1e0::7");
     assert!(fleetnix(root.path(), &["render", "--check"])
         .status
         .success());

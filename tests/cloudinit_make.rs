@@ -173,6 +173,8 @@ fn minted_key_asks_the_api_once_and_stores_nothing() {
     let before = snapshot(&t.root);
     let fleet = t.fleet();
     let mut asked = 0;
+    // The fake serves plain http on loopback: the test-only override lets the client use it.
+    std::env::set_var("FLEETNIX_ALLOW_INSECURE_URLS", "1");
     let api = || {
         asked += 1;
         Client::new(

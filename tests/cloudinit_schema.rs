@@ -339,7 +339,7 @@ fn command_fails_on_bad_input_and_writes_nothing() {
         (
             vec!["cloud-init", "worker-01", "-o", f],
             Some(format!("not-a-key-{}", "FAKE")),
-            "does not start with",
+            "neither a pre-auth key (tskey-auth-…) nor an OAuth client secret",
         ),
         (
             vec![

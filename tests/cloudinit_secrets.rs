@@ -90,7 +90,8 @@ fn key_minted_for_the_user_data_only() {
         .bin()
         .args(["cloud-init", "worker-02", "--mint"])
         .env("TS_API_KEY", token())
-        .env("FLEETNIX_TS_API_URL", &fake.base));
+        .env("FLEETNIX_TS_API_URL", &fake.base)
+        .env("FLEETNIX_ALLOW_INSECURE_URLS", "1"));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(0), "{stderr}");
@@ -116,7 +117,8 @@ fn key_minted_for_the_user_data_only() {
     let out = run(t
         .bin()
         .args(["cloud-init", "worker-02", "--mint"])
-        .env("FLEETNIX_TS_API_URL", &fake.base));
+        .env("FLEETNIX_TS_API_URL", &fake.base)
+        .env("FLEETNIX_ALLOW_INSECURE_URLS", "1"));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("TS_API_KEY"));
     assert_eq!(fake.state().key_requests.len(), 1);

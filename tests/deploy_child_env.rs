@@ -1,12 +1,11 @@
-//! Child processes get no secret variables: while `deploy` runs against a namespace host with
+//! Child processes get no secret variables: while `deploy` runs against a real-systemd host with
 //! `TAILSCALE_AUTHKEY`, `TS_API_KEY` and the NATS password variables set, no process it starts
 //! (ssh, nixos-rebuild and everything they start) has them in `/proc/<pid>/environ`, while the
 //! variables they need (here a marker set for the test) still reach them.
 
 mod common;
 
-use common::deploy::nixos_fleet;
-use common::netns::Net;
+use common::systemd_host::SystemdNet;
 use common::*;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,9 +30,11 @@ fn cmdline(pid: &str) -> String {
 
 #[test]
 fn no_child_of_deploy_sees_a_secret_variable() {
-    let Some(mut net) = Net::new() else { return };
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
     let root = tempfile::tempdir().expect("root");
-    let host = nixos_fleet(&mut net, root.path(), 1, 2).remove(0);
+    let host = sys.nixos_fleet(root.path(), 1, 2).remove(0);
     let authkey = unique_fake_authkey();
     let api_key = format!("tskey-api-{}", unique_fake_authkey());
     let nats = format!("nats-{}", unique_fake_authkey());
@@ -45,7 +46,7 @@ fn no_child_of_deploy_sees_a_secret_variable() {
         ("FLEETNIX_NATS_PASSWORD", nats.clone()),
         ("NATS_PASSWORD_N1", nats.clone()),
     ];
-    let mut cmd = deploy_cmd(&net, root.path(), &["n1", "--rollback-grace", "30"]);
+    let mut cmd = deploy_cmd(&sys, root.path(), &["n1", "--rollback-grace", "30"]);
     for (k, v) in &secrets {
         cmd.env(k, v);
     }

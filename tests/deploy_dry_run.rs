@@ -33,6 +33,57 @@ fn dry_run(root: &Path, args: &[&str], rec: &Path) -> (i32, String, String) {
     (r.code.unwrap_or(-1), r.stdout, r.stderr)
 }
 
+/// A plain-http (or file) install script URL is refused before anything runs: the script is run
+/// as root. Only the test-only `FLEETNIX_ALLOW_INSECURE_URLS=1` lets tests use local fakes.
+#[test]
+fn insecure_install_url_is_refused_unless_the_test_override_is_set() {
+    let root = tempfile::tempdir().expect("root");
+    let specs = [
+        common::NodeSpec::new("cp", "100.64.0.1", &[]),
+        common::NodeSpec {
+            os: "linux",
+            host_key: Some(
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGYUcLbS/vcGfRqtpcVld33fFR5cjD2Ai9gXARYCEHEn"
+                    .into(),
+            ),
+            ..common::NodeSpec::new("ubuntu-01", "100.64.0.9", &["glm-worker"])
+        },
+    ];
+    common::write_fleet(root.path(), &specs, 7, true);
+    for url in ["http://mirror.example/install.sh", "file:///tmp/install.sh"] {
+        for (how, env) in [("flag", false), ("env", true)] {
+            let rec = tempfile::tempdir().expect("rec");
+            let r = recorder(rec.path());
+            let mut cmd = Command::new(fleetnix_bin());
+            cmd.arg("--root")
+                .arg(root.path())
+                .args(["deploy", "ubuntu-01", "--dry-run"])
+                .env("FLEETNIX_SSH", &r)
+                .env("FLEETNIX_NIXOS_REBUILD", &r)
+                .env("FLEETNIX_TAILSCALE", &r)
+                .env("TAILSCALE_AUTHKEY", fake_authkey())
+                .env_remove("FLEETNIX_ALLOW_INSECURE_URLS");
+            if env {
+                cmd.env("FLEETNIX_TAILSCALE_INSTALL_URL", url);
+            } else {
+                cmd.args(["--install-url", url]);
+            }
+            let ran = Ran::of(&mut cmd);
+            assert_ne!(ran.code, Some(0), "{how} {url} accepted: {}", ran.stdout);
+            assert!(
+                ran.stderr.contains("https://") && ran.stderr.contains("install script URL"),
+                "{how} {url}: {}",
+                ran.stderr
+            );
+            assert!(!ran.stdout.contains(url), "{}", ran.stdout);
+            // With the test-only override the same run goes on.
+            let ran = Ran::of(cmd.env("FLEETNIX_ALLOW_INSECURE_URLS", "1"));
+            assert_eq!(ran.code, Some(0), "{how} {url}: {}", ran.stderr);
+            assert!(ran.stdout.contains(url), "{}", ran.stdout);
+        }
+    }
+}
+
 #[test]
 fn readme_first_command_on_the_example_fleet() {
     let repo = repo();

@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::deploy::nixos_fleet;
-use common::netns::Net;
+use common::systemd_host::SystemdNet;
 use common::*;
 
 /// The steps `deploy -v` announced for `node`, in the order printed (`<node>: <step>` lines
@@ -52,10 +51,12 @@ fn log_steps(root: &std::path::Path, node: &str) -> Vec<String> {
 
 #[test]
 fn a_gated_switch_announces_the_gate_then_the_confirmation_each_once() {
-    let Some(mut net) = Net::new() else { return };
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
     let root = tempfile::tempdir().expect("root");
-    nixos_fleet(&mut net, root.path(), 1, 2);
-    let r = Ran::of(&mut deploy_cmd(&net, root.path(), &["n1", "--force", "-v"]));
+    sys.nixos_fleet(root.path(), 1, 2);
+    let r = Ran::of(&mut deploy_cmd(&sys, root.path(), &["n1", "--force", "-v"]));
     assert_eq!(r.code, Some(0), "{r}");
     let expected = [
         "host-key",
@@ -72,11 +73,13 @@ fn a_gated_switch_announces_the_gate_then_the_confirmation_each_once() {
 
 #[test]
 fn without_the_gate_the_confirmation_follows_the_activation() {
-    let Some(mut net) = Net::new() else { return };
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
     let root = tempfile::tempdir().expect("root");
-    nixos_fleet(&mut net, root.path(), 1, 2);
+    sys.nixos_fleet(root.path(), 1, 2);
     let r = Ran::of(&mut deploy_cmd(
-        &net,
+        &sys,
         root.path(),
         &["n1", "--force", "--no-health-gate", "-v"],
     ));
@@ -94,13 +97,15 @@ fn without_the_gate_the_confirmation_follows_the_activation() {
 
 #[test]
 fn a_node_failing_its_gate_never_announces_the_confirmation() {
-    let Some(mut net) = Net::new() else { return };
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
     let root = tempfile::tempdir().expect("root");
-    nixos_fleet(&mut net, root.path(), 1, 2);
+    sys.nixos_fleet(root.path(), 1, 2);
     // The new generation stops the agent: the gate fails and rolls the node back at once.
-    std::fs::write(state_dir(&net, "n1").join("breaks-agent"), "").expect("knob");
+    std::fs::write(sys.state(&sys.host("n1")).join("breaks-agent"), "").expect("knob");
     let r = Ran::of(&mut deploy_cmd(
-        &net,
+        &sys,
         root.path(),
         &["n1", "--force", "-v", "--rollback-grace", "60"],
     ));

@@ -99,6 +99,10 @@ fn install_up_agent_firewall_once_then_nothing() {
                 format!("--advertise-tags={tags}"),
             ]
         );
+        assert!(
+            !st.join("ts-set.calls").exists(),
+            "{name}: tailscale up just set every pref: no tailscale set"
+        );
         assert_eq!(
             std::fs::read_to_string(st.join("ts-key.mode"))
                 .expect("mode")
@@ -169,6 +173,14 @@ fn install_up_agent_firewall_once_then_nothing() {
         );
         assert_eq!(lines(&st.join("install.runs")).len(), 1);
         assert_eq!(lines(&st.join("ts-up.calls")).len(), 1);
+        // Already up as planned: its prefs follow the manifest through `tailscale set` (the
+        // fake refuses `--advertise-tags`, as the real CLI does).
+        assert_eq!(lines(&st.join("ts-set.calls")).len(), 1, "{name}");
+        assert_eq!(
+            lines(&st.join("ts-set.argv")),
+            ["--ssh", "--accept-routes", &format!("--hostname={name}")],
+            "{name}"
+        );
     }
 }
 

@@ -1,12 +1,12 @@
-//! The post-activation health gate of a guarded `switch`, end to end: NixOS-like namespace
-//! hosts behind real sshd (the fake systemd's `systemctl is-active` for tailscaled and the
-//! agent, real TCP listeners in the hosts' namespaces for their services), the fake
-//! nixos-rebuild, and the guard rolling a node back when its gate fails.
+//! The post-activation health gate of a guarded `switch`, end to end: NixOS-like hosts with a
+//! real systemd (`tests/common/systemd_host.rs`: `systemctl is-active` asks it about the
+//! stand-in units of tailscaled and the agent; real TCP listeners in the hosts' namespaces for
+//! their services), the fake nixos-rebuild, and the guard rolling a node back when its gate
+//! fails.
 
 mod common;
 
-use common::deploy::{assert_halted, nixos_fleet};
-use common::netns::Net;
+use common::systemd_host::SystemdNet;
 use common::*;
 
 /// `(running, profile, boot default)` all on generation 1.
@@ -16,15 +16,18 @@ fn untouched() -> (String, String, String) {
 
 #[test]
 fn a_canary_whose_agent_fails_its_gate_is_rolled_back_and_halts_the_rollout() {
-    let Some(mut net) = Net::new() else { return };
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
     let root = tempfile::tempdir().expect("root");
     // Five hosts, node timeout 3 s; n1 is the control plane (it hosts the catalog's TCP services).
-    nixos_fleet(&mut net, root.path(), 5, 3);
-    let n1 = state_dir(&net, "n1");
-    // The new generation stops the agent; generation 1 starts it again.
+    sys.nixos_fleet(root.path(), 5, 3);
+    let host = sys.host("n1");
+    let n1 = sys.state(&host);
+    // The new generation stops the agent (the real unit); generation 1 starts it again.
     std::fs::write(n1.join("breaks-agent"), "").expect("knob");
     let r = Ran::of(&mut deploy_cmd(
-        &net,
+        &sys,
         root.path(),
         &[
             "--all",
@@ -46,32 +49,49 @@ fn a_canary_whose_agent_fails_its_gate_is_rolled_back_and_halts_the_rollout() {
     );
     // Activated with `test`, then rolled back at once (not after the 60 s grace), and the
     // new generation never became the profile or the boot default.
-    assert_eq!(lines(&n1.join("activations")), ["2 test", "1 test"]);
-    assert_eq!(generations(&net, "n1"), untouched());
-    assert!(n1.join("active/omp-agent.service").exists(), "agent back");
+    assert_eq!(sys.activations(&host), ["2 test", "1 test"]);
+    assert_eq!(sys.generations(&host), untouched());
+    let agent = sys.exec(&host, "systemctl is-active omp-agent.service");
+    assert_eq!(agent.stdout.trim(), "active", "agent back: {agent}");
     assert!(
-        !n1.join("run/fleetnix/lock").exists(),
+        !sys.exists(&host, "/run/fleetnix/lock"),
         "the rollback released the lock"
     );
     let others = ["n2", "n3", "n4", "n5"];
-    assert_halted(&r, &net, root.path(), &others, "canary");
+    sys.assert_halted(&r, root.path(), &others, "canary");
     for n in others {
-        assert_eq!(generations(&net, n), untouched());
+        assert_eq!(sys.generations(&sys.host(n)), untouched());
     }
 }
 
 #[test]
-fn a_hosted_service_that_does_not_listen_fails_the_gate_naming_it() {
-    let Some(mut net) = Net::new() else { return };
+fn a_hosted_service_the_switch_stops_fails_the_gate_naming_it() {
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
     let root = tempfile::tempdir().expect("root");
-    let host = nixos_fleet(&mut net, root.path(), 1, 2).remove(0);
-    // n1 is the control plane: postgres (5432) is one of its services.
-    net.stop_listening(&host, 5432);
-    let r = Ran::of(&mut deploy_cmd(
-        &net,
+    let host = sys.nixos_fleet(root.path(), 1, 2).remove(0);
+    // n1 is the control plane: postgres (5432) is one of its services. It listens before the
+    // switch; the activation is held while the test stops it, as a bad generation would.
+    let state = sys.state(&host);
+    std::fs::write(state.join("hold-activation"), "").expect("knob");
+    let child = deploy_cmd(
+        &sys,
         root.path(),
         &["n1", "--force", "--json", "--rollback-grace", "60"],
-    ));
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("deploy");
+    wait_for(
+        "the activation to be held",
+        std::time::Duration::from_secs(60),
+        || state.join("activation-held").exists(),
+    );
+    sys.stop_listening(&host, 5432);
+    std::fs::remove_file(state.join("hold-activation")).expect("release");
+    let r = Ran::from(child.wait_with_output().expect("deploy output"));
     assert_eq!(r.code, Some(1), "{r}");
     let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
     let node = &v["nodes"][0];
@@ -84,29 +104,54 @@ fn a_hosted_service_that_does_not_listen_fails_the_gate_naming_it() {
     );
     // Only the missing service is named: the others answered.
     assert!(!detail.contains("4222"), "{detail}");
-    assert_eq!(generations(&net, "n1"), untouched());
+    assert_eq!(sys.generations(&sys.host("n1")), untouched());
+}
+
+#[test]
+fn a_service_already_down_before_the_switch_is_a_warning_not_a_rollback() {
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
+    let root = tempfile::tempdir().expect("root");
+    let host = sys.nixos_fleet(root.path(), 1, 2).remove(0);
+    // A fleet set up networking-first: nothing listens on postgres yet, before or after.
+    sys.stop_listening(&host, 5432);
+    let r = Ran::of(&mut deploy_cmd(
+        &sys,
+        root.path(),
+        &["n1", "--force", "--rollback-grace", "60"],
+    ));
+    assert_eq!(r.code, Some(0), "{r}");
+    let row = r.row("n1");
+    assert!(
+        row.contains("confirmed")
+            && row.contains(&format!(
+                "postgres ({}:5432) refused (already closed before the switch)",
+                host.addr
+            )),
+        "{row}"
+    );
+    assert_eq!(
+        sys.generations(&sys.host("n1")),
+        ("2".into(), "2".into(), "2".into())
+    );
 }
 
 #[test]
 fn a_healthy_node_passes_its_gate_and_is_confirmed_as_before() {
-    let Some(mut net) = Net::new() else { return };
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
     let root = tempfile::tempdir().expect("root");
-    nixos_fleet(&mut net, root.path(), 1, 2);
-    let r = Ran::of(&mut deploy_cmd(&net, root.path(), &["n1", "--force"]));
+    sys.nixos_fleet(root.path(), 1, 2);
+    let r = Ran::of(&mut deploy_cmd(&sys, root.path(), &["n1", "--force"]));
     assert_eq!(r.code, Some(0), "{r}");
     assert!(r.row("n1").contains("confirmed"), "{r}");
     assert_eq!(
-        generations(&net, "n1"),
+        sys.generations(&sys.host("n1")),
         ("2".into(), "2".into(), "2".into())
     );
-    // The gate asked systemd for both units, and passed before the confirmation.
-    let systemd =
-        std::fs::read_to_string(state_dir(&net, "n1").join("systemd.log")).expect("systemd log");
-    assert!(
-        systemd.contains("systemctl is-active tailscaled.service")
-            && systemd.contains("systemctl is-active omp-agent.service"),
-        "{systemd}"
-    );
+    // The gate asked the real systemd for both units, and passed before the confirmation.
     let log = std::fs::read_to_string(root.path().join(".fleetnix/logs/n1.log")).expect("log");
     let passed = log
         .find("health gate passed")
@@ -114,25 +159,33 @@ fn a_healthy_node_passes_its_gate_and_is_confirmed_as_before() {
     let confirmed = log.rfind("confirmed").expect("confirmation in the log");
     assert!(passed < confirmed, "{log}");
     assert!(log.contains("8 service port(s) open"), "{log}");
+    let gate = &log[log.find("## health-gate").expect("gate section")..passed];
+    assert!(
+        gate.contains("systemctl is-active")
+            && gate.contains("tailscaled.service")
+            && gate.contains("omp-agent.service"),
+        "{gate}"
+    );
 }
 
 #[test]
 fn no_health_gate_deploys_what_the_gate_would_have_stopped() {
-    let Some(mut net) = Net::new() else { return };
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
     let root = tempfile::tempdir().expect("root");
-    nixos_fleet(&mut net, root.path(), 1, 2);
-    std::fs::write(state_dir(&net, "n1").join("breaks-agent"), "").expect("knob");
+    sys.nixos_fleet(root.path(), 1, 2);
+    std::fs::write(sys.state(&sys.host("n1")).join("breaks-agent"), "").expect("knob");
     let r = Ran::of(&mut deploy_cmd(
-        &net,
+        &sys,
         root.path(),
         &["n1", "--force", "--no-health-gate"],
     ));
     assert_eq!(r.code, Some(0), "{r}");
-    assert!(!state_dir(&net, "n1")
-        .join("active/omp-agent.service")
-        .exists());
+    let agent = sys.exec(&sys.host("n1"), "systemctl is-active omp-agent.service");
+    assert_eq!(agent.stdout.trim(), "inactive", "{agent}");
     assert_eq!(
-        generations(&net, "n1"),
+        sys.generations(&sys.host("n1")),
         ("2".into(), "2".into(), "2".into())
     );
 }
@@ -176,12 +229,129 @@ fn the_dry_run_lists_the_gate_before_the_confirmation() {
     // A worker hosts no service: only the units.
     let r = dry(&["w"]);
     assert!(
-        r.stdout
-            .contains("tailscaled.service and omp-agent.service active; else roll back"),
+        r.stdout.contains(
+            "tailscaled.service and omp-agent.service active, and TCP connects to no service; each as healthy as before the switch"
+        ),
         "{r}"
     );
     // Off with --no-health-gate.
     let r = dry(&["cp", "--no-health-gate"]);
     assert_eq!(r.code, Some(0), "{r}");
     assert!(!r.stdout.contains("health gate"), "{r}");
+}
+
+/// Declares `gpus` GPUs for `node` in the fleet's nodes.yml (`resources.gpu`).
+fn declare_gpus(root: &std::path::Path, node: &str, gpus: u32) {
+    let path = root.join("fleet/nodes.yml");
+    let text = std::fs::read_to_string(&path).expect("nodes.yml");
+    let mut out = String::new();
+    let mut mine = false;
+    for l in text.lines() {
+        if l.trim_start().starts_with("- name:") {
+            mine = l.trim_end().ends_with(&format!(" {node}"));
+        }
+        if mine && l.trim_start().starts_with("resources:") {
+            out.push_str(&l.replace(" }", &format!(", gpu: {gpus} }}")));
+        } else {
+            out.push_str(l);
+        }
+        out.push('\n');
+    }
+    assert!(out.contains(&format!("gpu: {gpus}")), "{out}");
+    std::fs::write(&path, out).expect("nodes.yml");
+}
+
+#[test]
+fn a_gpu_node_passes_only_while_nvidia_smi_lists_its_gpus() {
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
+    let root = tempfile::tempdir().expect("root");
+    let host = sys.nixos_fleet(root.path(), 1, 2).remove(0);
+    declare_gpus(root.path(), "n1", 2);
+    // A fake nvidia-smi on the host's PATH: two GPUs while generation 1 runs; any other
+    // generation brings a new driver library whose kernel module is not loaded (no reboot):
+    // NVML's "Driver/library version mismatch", exit 18.
+    sys.exec_ok(
+        &host,
+        "cat > /usr/local/bin/nvidia-smi <<'EOF'\n#!/bin/sh\n\
+         case $(readlink /run/current-system) in\n\
+         */gens/1) echo 'NVIDIA A100-SXM4-80GB'; echo 'NVIDIA A100-SXM4-80GB' ;;\n\
+         *) echo 'Failed to initialize NVML: Driver/library version mismatch'; exit 18 ;;\n\
+         esac\nEOF\nchmod 755 /usr/local/bin/nvidia-smi",
+    );
+    let r = Ran::of(&mut deploy_cmd(
+        &sys,
+        root.path(),
+        &["n1", "--force", "--rollback-grace", "60"],
+    ));
+    assert_eq!(r.code, Some(1), "{r}");
+    let row = r.row("n1");
+    assert!(
+        row.contains("[health-gate]")
+            && row.contains(
+                "GPUs: nvidia-smi failed (exit 18): Failed to initialize NVML: Driver/library version mismatch"
+            )
+            && row.contains("rolled back to"),
+        "{row}"
+    );
+    assert_eq!(sys.generations(&host), untouched());
+    // With the driver and its module in step (the fake answers for every generation), the
+    // gate passes and names the check.
+    sys.exec_ok(
+        &host,
+        "sed -i 's|\\*/gens/1)|*)|' /usr/local/bin/nvidia-smi && /usr/local/bin/nvidia-smi | grep -c A100",
+    );
+    let r = Ran::of(&mut deploy_cmd(
+        &sys,
+        root.path(),
+        &["n1", "--force", "--rollback-grace", "60"],
+    ));
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(r.row("n1").contains("GPUs: nvidia-smi lists 2 of 2"), "{r}");
+}
+
+#[test]
+fn the_agent_is_checked_only_where_the_new_generation_has_its_unit() {
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
+    let root = tempfile::tempdir().expect("root");
+    let host = sys.nixos_fleet(root.path(), 1, 2).remove(0);
+    // The new generation has tailscaled's unit and no agent (the example fleet without an
+    // agent package), and activating it stops the agent that runs now.
+    let state = sys.state(&host);
+    let units = state.join("next-gen/etc/systemd/system");
+    std::fs::create_dir_all(&units).expect("units");
+    std::fs::write(units.join("tailscaled.service"), "[Service]\n").expect("unit");
+    std::fs::write(state.join("breaks-agent"), "").expect("knob");
+    let r = Ran::of(&mut deploy_cmd(
+        &sys,
+        root.path(),
+        &["n1", "--force", "--rollback-grace", "60"],
+    ));
+    assert_eq!(r.code, Some(0), "{r}");
+    let row = r.row("n1");
+    assert!(
+        row.contains("checked tailscaled.service active")
+            && row.contains("not checked: omp-agent.service (not in the new generation)"),
+        "{row}"
+    );
+    assert_eq!(sys.generations(&host), ("2".into(), "2".into(), "2".into()));
+    // With the agent's unit in the new generation, the same stop of a running agent fails
+    // the gate.
+    std::fs::write(units.join("omp-agent.service"), "[Service]\n").expect("unit");
+    sys.exec_ok(&host, "systemctl start omp-agent.service");
+    let r = Ran::of(&mut deploy_cmd(
+        &sys,
+        root.path(),
+        &["n1", "--force", "--rollback-grace", "60"],
+    ));
+    assert_eq!(
+        r.code,
+        Some(1),
+        "{r}\n{}",
+        sys.journal(&host, "-u omp-agent.service")
+    );
+    assert!(r.row("n1").contains("omp-agent.service is inactive"), "{r}");
 }

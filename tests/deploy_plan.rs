@@ -73,6 +73,8 @@ fn fleetnix(net: &Net, root: &Path, args: &[&str], extra: &[String]) -> Command 
         .env("FLEETNIX_NIXOS_REBUILD", fakes().join("nixos-rebuild"))
         .env("FLEETNIX_TAILSCALE", "")
         .env("FAKE_RECORD_DIR", &rec)
+        // A file:// install script fake: the test-only override.
+        .env("FLEETNIX_ALLOW_INSECURE_URLS", "1")
         .env_remove("TAILSCALE_AUTHKEY");
     if matches!(args.first(), Some(&"plan") | Some(&"deploy")) {
         c.arg("--ssh-identity").arg(net.client_key());

@@ -1,5 +1,5 @@
-//! The dry run and the runner share one program: against namespace test hosts (a NixOS host
-//! with the rollback guard, a plain Linux host with the fake install script and CLI), the steps
+//! The dry run and the runner share one program: against test hosts (a NixOS-like host with a
+//! real systemd and the rollback guard, a plain Linux namespace host with the fake install script and CLI), the steps
 //! the runner executed (written to each node's log as `#> ` lines holding the step's listing,
 //! `#- ` for a step whose condition ruled it out) equal the steps `--dry-run` printed, once the
 //! run's values (guard id, running and built generations) are written as the dry run's
@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::netns::Net;
+use common::systemd_host::SystemdNet;
 use common::*;
 use std::path::{Path, PathBuf};
 
@@ -58,9 +58,11 @@ fn logged_steps(root: &Path, node: &str) -> (String, String, String) {
 
 #[test]
 fn the_runner_executes_exactly_the_steps_the_dry_run_prints() {
-    let Some(mut net) = Net::new() else { return };
-    let nixos = nixos_host(&mut net, "n1");
-    let ubuntu = ubuntu_host(&mut net, "ubuntu-01");
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
+    let nixos = sys.nixos_host("n1");
+    let ubuntu = ubuntu_host(&mut sys, "ubuntu-01");
     let root = tempfile::tempdir().expect("root");
     let mut u = NodeSpec::for_host(&ubuntu);
     u.os = "linux";
@@ -69,11 +71,11 @@ fn the_runner_executes_exactly_the_steps_the_dry_run_prints() {
     let key = fake_authkey();
     let args = ["--all", "--force", "--install-url", url.as_str()];
 
-    let deployed = Ran::of(deploy_cmd(&net, root.path(), &args).env("TAILSCALE_AUTHKEY", &key));
+    let deployed = Ran::of(deploy_cmd(&sys, root.path(), &args).env("TAILSCALE_AUTHKEY", &key));
     assert_eq!(deployed.code, Some(0), "{deployed}");
     let mut dry_args = args.to_vec();
     dry_args.push("--dry-run");
-    let dry = Ran::of(deploy_cmd(&net, root.path(), &dry_args).env("TAILSCALE_AUTHKEY", &key));
+    let dry = Ran::of(deploy_cmd(&sys, root.path(), &dry_args).env("TAILSCALE_AUTHKEY", &key));
     assert_eq!(dry.code, Some(0), "{dry}");
 
     // NixOS, guarded switch: every printed step ran, in order, with the run's values in place
@@ -105,7 +107,7 @@ fn the_runner_executes_exactly_the_steps_the_dry_run_prints() {
         assert!(ran.contains(step), "{step} missing:\n{ran}");
     }
     assert_eq!(
-        generations(&net, "n1"),
+        sys.generations(&nixos),
         ("2".into(), "2".into(), "2".into())
     );
 
@@ -144,7 +146,7 @@ fn the_runner_executes_exactly_the_steps_the_dry_run_prints() {
         assert!(executed.contains(step), "{step} did not run:\n{log}");
     }
     assert!(!log.contains(&key), "auth key in the log");
-    let state: PathBuf = net.dir().join("state-ubuntu-01");
+    let state: PathBuf = sys.dir().join("state-ubuntu-01");
     assert_eq!(
         lines(&state.join("ts-up.calls")).len(),
         1,

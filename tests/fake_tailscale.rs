@@ -157,3 +157,35 @@ fn the_operator_sees_the_node_once_it_joined() {
     assert_eq!(peer["Online"], true);
     assert_eq!(peer["TailscaleIPs"], serde_json::json!(["100.90.0.42"]));
 }
+
+#[test]
+fn set_records_prefs_and_refuses_up_only_flags() {
+    let d = tempfile::tempdir().unwrap();
+    let host = [("FAKE_HOST_DIR", d.path())];
+    let flags = ["set", "--ssh", "--accept-routes", "--hostname=n1"];
+    let out = fake(&flags, &host);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(common::lines(&d.path().join("ts-set.argv")), flags[1..]);
+    assert_eq!(common::lines(&d.path().join("ts-set.calls")).len(), 1);
+    // `--advertise-tags` and `up`'s login flags are not `set` flags: refused, nothing recorded.
+    for bad in [
+        "--advertise-tags=tag:worker",
+        "--auth-key=file:/nonexistent",
+        "--reset",
+        "--timeout=5s",
+    ] {
+        let out = fake(&["set", "--ssh", bad], &host);
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        assert!(
+            text(&out.stderr).contains("flag provided but not defined"),
+            "{bad}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(common::lines(&d.path().join("ts-set.calls")).len(), 1);
+    assert_eq!(common::lines(&d.path().join("ts-set.argv")), flags[1..]);
+    // Without tailscaled (no FAKE_HOST_DIR) it fails.
+    let out = fake(&flags, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("doesn't appear to be running"));
+}

@@ -60,11 +60,18 @@ async fn failed_alert_is_retried_once_delivered_and_token_sent() {
     let ntfy = Ntfy::new(
         &format!("{}/", stub.url()),
         "fleet-alerts",
-        Some(token.clone()),
+        Some(token.clone().into()),
         Duration::from_secs(5),
     )
     .unwrap();
+    let shown = format!("{ntfy:?}");
+    assert!(
+        !shown.contains(&token),
+        "Debug must not show the ntfy token: {shown}"
+    );
     let mut alerter = Alerter::new(ntfy);
+    let shown = format!("{alerter:?}");
+    assert!(!shown.contains(&token), "{shown}");
     let mut tracker = StateTracker::new();
     alerter.observe(&tracker.update(&report(&[("w1", Healthy)])));
     alerter.observe(&tracker.update(&report(&[("w1", Down)])));

@@ -195,6 +195,48 @@ fn device_matched_by_magicdns_label_when_hostname_differs() {
     assert_eq!(r.drift.len(), 1, "{:?}", r.drift);
 }
 
+/// Issue 23, stable names: a rebuilt node that came back as `worker-01-1` (its old record held
+/// the name) is drift, with the fix.
+#[test]
+fn a_suffixed_magicdns_name_is_drift_with_the_fix() {
+    let fleet = example_fleet();
+    let mut v: serde_json::Value = serde_json::from_str(&status_fixture_text()).unwrap();
+    for p in v["Peer"].as_object_mut().unwrap().values_mut() {
+        if p["HostName"] == "worker-01" {
+            let dns = p["DNSName"]
+                .as_str()
+                .unwrap()
+                .replacen("worker-01", "worker-01-1", 1);
+            p["DNSName"] = dns.into();
+        }
+    }
+    let st = TailscaleStatus::parse(&v.to_string()).unwrap();
+    let r = status_report(&fleet, &st);
+    let renamed: Vec<&Drift> = r
+        .drift
+        .iter()
+        .filter(|d| matches!(d, Drift::Renamed { .. }))
+        .collect();
+    assert_eq!(
+        renamed,
+        [&Drift::Renamed {
+            node: fleet.nodes[1].name.clone(),
+            dns_label: "worker-01-1".into()
+        }]
+    );
+    let text = renamed[0].to_string();
+    assert!(
+        text.starts_with("worker-01: its MagicDNS name is worker-01-1, not worker-01")
+            && text.contains("fix: delete the old, offline record"),
+        "{text}"
+    );
+    // worker-011 would not be a renamed worker-01.
+    assert!(!fleetnix::tailscale::names::renamed(
+        "worker-011",
+        "worker-01"
+    ));
+}
+
 #[tokio::test]
 async fn runs_the_cli_with_a_timeout() {
     let dir = tempfile::tempdir().unwrap();

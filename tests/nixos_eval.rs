@@ -18,6 +18,11 @@ use std::process::Command;
 /// `fleetnix --root <root> <args>`, with HOME inside `root`'s parent (no operator identity of
 /// the machine running the tests is read) and the demo auth key in the environment.
 fn fleetnix(root: &Path, args: &[&str]) -> Ran {
+    fleetnix_with_key(root, args, &nixos_support::demo_authkey())
+}
+
+/// [`fleetnix`] with `key` as `TAILSCALE_AUTHKEY`.
+fn fleetnix_with_key(root: &Path, args: &[&str], key: &str) -> Ran {
     let home = root.parent().expect("root has a parent").join("home");
     std::fs::create_dir_all(&home).expect("home");
     let ran = Ran::of(
@@ -26,7 +31,7 @@ fn fleetnix(root: &Path, args: &[&str]) -> Ran {
             .arg(root)
             .args(args)
             .env("HOME", &home)
-            .env("TAILSCALE_AUTHKEY", nixos_support::demo_authkey())
+            .env("TAILSCALE_AUTHKEY", key)
             .env_remove("FLEETNIX_FLEET_DIR")
             .env_remove("FLEETNIX_ROOT"),
     );
@@ -87,6 +92,14 @@ fn the_example_nodes_evaluate_to_their_plans() {
     assert!(!values["worker-01"]
         .age_secrets
         .contains_key("nats-server-env"));
+    // The supervisors' password is decrypted on the control plane for a supervisor's unit;
+    // node sync's is not decrypted on any host (the operator runs it).
+    assert!(values["control-01"]
+        .age_secrets
+        .contains_key("nats-supervisor-password"));
+    assert!(!values["control-01"]
+        .age_secrets
+        .contains_key("nats-registry-password"));
 }
 
 /// One node of a test fleet.
@@ -107,6 +120,18 @@ fn template_fleet(
     nodes: &[TestNode],
     services_yml: &str,
     state_version: &str,
+) -> PathBuf {
+    template_fleet_with(tmp, nodes, services_yml, state_version, None)
+}
+
+/// [`template_fleet`] whose fleet.yml sets `tailscale_auth: <auth>` (and whose stored key is
+/// of that kind) when `auth` is given.
+fn template_fleet_with(
+    tmp: &Path,
+    nodes: &[TestNode],
+    services_yml: &str,
+    state_version: &str,
+    auth: Option<&str>,
 ) -> PathBuf {
     let root = tmp.join("fleet-repo");
     let template = repo().join("nix/template");
@@ -131,6 +156,10 @@ fn template_fleet(
             &format!("state_version: \"{state_version}\""),
         );
     assert!(fleet_yml.contains(&format!("state_version: \"{state_version}\"")));
+    let fleet_yml = match auth {
+        Some(a) => format!("{fleet_yml}tailscale_auth: {a}\n"),
+        None => fleet_yml,
+    };
     std::fs::write(root.join("fleet/fleet.yml"), fleet_yml).unwrap();
     let keys = tmp.join("host-keys");
     std::fs::create_dir_all(&keys).unwrap();
@@ -166,7 +195,11 @@ fn template_fleet(
     }
     std::fs::write(root.join("fleet/nodes.yml"), yml).unwrap();
     fleetnix(&root, &["validate"]);
-    fleetnix(&root, &["secrets", "set-authkey", "--all"]);
+    let key = match auth {
+        Some("oauth-client") => demo_client_secret(),
+        _ => nixos_support::demo_authkey(),
+    };
+    fleetnix_with_key(&root, &["secrets", "set-authkey", "--all"], &key);
     fleetnix(&root, &["secrets", "set-nats"]);
     fleetnix(&root, &["render"]);
     let policy = root.join("fleet/acl-policy.hujson");
@@ -176,6 +209,11 @@ fn template_fleet(
         fleetnix(&root, args);
     }
     root
+}
+
+/// An obviously fake OAuth client secret.
+fn demo_client_secret() -> String {
+    format!("{}-{}-DEMO-not-a-real-secret", "tskey", "client")
 }
 
 fn bracketed(ip: &str) -> String {
@@ -252,6 +290,71 @@ fn a_fleet_made_from_the_template_passes_nix_flake_check() {
     assert!(values["cp-1"]
         .exec_start
         .contains("--nats-url nats://100.100.0.1:4222"));
+}
+
+/// Done-when of issue 23: a fleet that enrols with OAuth client secrets evaluates to nodes whose
+/// autoconnect unit logs in with `ephemeral=false`, `preauthorized=true` and `--advertise-tags`
+/// (never as an ephemeral or untagged node); the stored secret is refused in a `preauth` fleet
+/// and an API token is refused as a key, naming what to use instead.
+#[test]
+fn an_oauth_client_fleet_enrols_permanent_tagged_nodes() {
+    let Some(nix) = pinned() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let services = std::fs::read_to_string(repo().join("nix/template/fleet/services.yml")).unwrap();
+    let nodes = [
+        node(
+            "cp-1",
+            "100.100.0.1",
+            "nixos",
+            &["control-plane", "litellm-proxy", "temporal", "langfuse"],
+            None,
+        ),
+        node("kg-2", "100.100.0.2", "nixos", &["kg-writer"], None),
+    ];
+    let root = template_fleet_with(tmp.path(), &nodes, &services, "25.05", Some("oauth-client"));
+    let input = fleetnix_input(tmp.path());
+    let (values, took) = nix.eval_nodes(&root, &[input]);
+    eprintln!("nix eval of an oauth-client fleet's 2 nodes: {took:.1?}");
+    let plans = nixos_plans(&root);
+    assert_eq!(plans.len(), 2);
+    for p in &plans {
+        assert_eq!(
+            p.tailscale_auth,
+            fleetnix::model::TailscaleAuth::OauthClient
+        );
+        assert_follows_plan(&values[p.name.as_str()], p);
+        let v = &values[p.name.as_str()];
+        assert_eq!(v.auth_key_parameters.ephemeral, Some(false));
+        assert_eq!(v.auth_key_parameters.preauthorized, Some(true));
+        assert!(v
+            .up_flags
+            .contains(&format!("--advertise-tags={}", p.tags.join(","))));
+    }
+    // A pre-auth key is refused in this fleet, an API token in any.
+    let home = tmp.path().join("home");
+    for (key, want) in [
+        (
+            nixos_support::demo_authkey(),
+            "tailscale_auth: oauth-client",
+        ),
+        (format!("{}-{}-FAKE", "tskey", "api"), "TS_API_KEY"),
+    ] {
+        let ran = Ran::of(
+            Command::new(fleetnix_bin())
+                .arg("--root")
+                .arg(&root)
+                .args(["secrets", "set-authkey", "--all"])
+                .env("HOME", &home)
+                .env("TAILSCALE_AUTHKEY", &key)
+                .env_remove("FLEETNIX_FLEET_DIR")
+                .env_remove("FLEETNIX_ROOT"),
+        );
+        assert_ne!(ran.code, Some(0), "{ran}");
+        assert!(
+            ran.stderr.contains(want) && !ran.to_string().contains(&key),
+            "{ran}"
+        );
+    }
 }
 
 /// A random valid fleet: 2–4 nodes (the first the control plane), random roles (some setting

@@ -139,3 +139,54 @@ fn nix_string_escaping_round_trips_through_real_nix() {
     let back: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(back, nasty);
 }
+
+/// Issue 23: a fleet that enrols with OAuth client secrets (`tailscale_auth: oauth-client`)
+/// renders each node exactly as the default does plus `authKeyParameters` (never ephemeral,
+/// pre-authorised); kept in `tests/fixtures/snapshots/worker-01-oauth-client.nix`.
+#[test]
+fn oauth_client_fleet_module_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet_dir = dir.path().join("fleet");
+    common::copy_example_fleet(&fleet_dir);
+    let default = fleetnix::manifest::load(&fleet_dir).unwrap();
+    let yml = std::fs::read_to_string(fleet_dir.join("fleet.yml")).unwrap();
+    std::fs::write(
+        fleet_dir.join("fleet.yml"),
+        format!("{yml}tailscale_auth: oauth-client\n"),
+    )
+    .unwrap();
+    let fleet = fleetnix::manifest::load(&fleet_dir).unwrap();
+    let render = |f: &fleetnix::model::Fleet| {
+        outputs::render_node(
+            &outputs::engine().unwrap(),
+            &spec::node_spec(f, f.node("worker-01").unwrap()),
+            "fleet/nodes.yml, fleet/fleet.yml, fleet/services.yml",
+        )
+        .unwrap()
+    };
+    let text = render(&fleet);
+    let added: Vec<String> = similar::TextDiff::from_lines(&render(&default), &text)
+        .iter_all_changes()
+        .filter(|c| c.tag() != similar::ChangeTag::Equal)
+        .map(|c| format!("{}{}", c.tag(), c.value()))
+        .collect();
+    assert_eq!(
+        added,
+        [
+            "+    # The secret is an OAuth client secret (tailscale_auth: oauth-client): enrol as a permanent,\n",
+            "+    # pre-authorised node (the default would be ephemeral), tagged by --advertise-tags.\n",
+            "+    authKeyParameters = { ephemeral = false; preauthorized = true; };\n",
+        ]
+    );
+    let snapshot = repo().join("tests/fixtures/snapshots/worker-01-oauth-client.nix");
+    if std::env::var_os("FLEETNIX_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&snapshot, &text).unwrap();
+    }
+    let want = std::fs::read_to_string(&snapshot).unwrap_or_default();
+    assert!(
+        text == want,
+        "{} differs from the rendered module (FLEETNIX_UPDATE_SNAPSHOTS=1 rewrites it):\n{}",
+        snapshot.display(),
+        similar::TextDiff::from_lines(&want, &text).unified_diff()
+    );
+}

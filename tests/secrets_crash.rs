@@ -62,8 +62,8 @@ fn base() -> Base {
     }
     assert_eq!(
         plain.len(),
-        8,
-        "3 auth keys, 3 NATS passwords, the router's password, 1 server environment"
+        10,
+        "3 auth keys, 3 NATS passwords, the router's, supervisors' and registry's passwords, 1 server environment"
     );
     t.set_operators(&[("alice", &alice_pub), ("carol", &carol_pub)]);
     Base {
@@ -211,7 +211,7 @@ fn rekey_killed_at_every_write_loses_nothing() {
             assert_eq!(&age_decrypt(&b.alice, &root.join(f)).unwrap(), p, "{what}");
         }
     }
-    // 7 secrets, recipients.json and secrets.nix: two crash points each.
+    // 10 secrets, recipients.json and secrets.nix: two crash points each.
     assert!(crashed >= 18, "only {crashed} crash points");
     assert!(
         saw_interrupted_hint,
@@ -390,17 +390,22 @@ fn set_nats_killed_at_every_write_never_gives_a_node_a_password_the_server_lacks
                 "{what}: {node}"
             );
         }
-        // The router's password file holds what the server has for it.
-        let router = age_decrypt(
-            &b.alice,
-            &root.join("secrets/control-01/nats-router-password.age"),
-        )
-        .unwrap();
-        assert!(
-            env.lines()
-                .any(|l| l == format!("NATS_ROUTER_PASSWORD={}", router.trim_end())),
-            "{what}: the router's password is not the server's"
-        );
+        // Each service's password file holds what the server has for it.
+        for (service, var) in [
+            ("router", "NATS_ROUTER_PASSWORD"),
+            ("supervisor", "NATS_SUPERVISOR_PASSWORD"),
+            ("registry", "NATS_REGISTRY_PASSWORD"),
+        ] {
+            let pw = age_decrypt(
+                &b.alice,
+                &root.join(format!("secrets/control-01/nats-{service}-password.age")),
+            )
+            .unwrap();
+            assert!(
+                env.lines().any(|l| l == format!("{var}={}", pw.trim_end())),
+                "{what}: the {service}'s password is not the server's"
+            );
+        }
         // aa-03's file, if written, holds the password the server has.
         let w3_file = root.join("secrets/aa-03/nats-password.age");
         if w3_file.exists() {

@@ -463,6 +463,8 @@ fn orphans_and_missing_secrets_are_listed() {
             ("control-01", "nats-password", State::NoHostKey),
             ("control-01", "nats-server-env", State::NoHostKey),
             ("control-01", "nats-router-password", State::NoHostKey),
+            ("control-01", "nats-supervisor-password", State::NoHostKey),
+            ("control-01", "nats-registry-password", State::NoHostKey),
             ("old-node", "tailscale-authkey", State::Orphan),
             ("worker-01", "tailscale-authkey", State::UpToDate),
             ("worker-01", "nats-password", State::Missing),

@@ -21,7 +21,8 @@ fn mint_cmd(t: &TestFleet, fake: &FakeApi, node: &str) -> std::process::Command 
     let mut c = t.bin();
     c.args(["authkey", "mint", node])
         .env("TS_API_KEY", token())
-        .env("FLEETNIX_TS_API_URL", &fake.base);
+        .env("FLEETNIX_TS_API_URL", &fake.base)
+        .env("FLEETNIX_ALLOW_INSECURE_URLS", "1");
     c
 }
 

@@ -81,7 +81,10 @@ fn each_node_reads_its_own_password_and_the_control_plane_reads_the_environment(
     let fleet = s.t.fleet();
     let out = secrets::set_nats(&fleet, &s.t.root, &s.op_age).unwrap();
     assert_eq!(out.generated, ["control-01", "worker-01", "worker-02"]);
-    assert!(out.router_generated);
+    assert_eq!(
+        out.services_generated,
+        ["_registry", "_router", "_supervisor"]
+    );
     assert!(out.kept.is_empty());
     assert!(out.report.skipped.is_empty());
     let written: Vec<&str> = out.report.written.iter().map(|w| w.file.as_str()).collect();
@@ -89,20 +92,33 @@ fn each_node_reads_its_own_password_and_the_control_plane_reads_the_environment(
         written,
         [
             "secrets/control-01/nats-password.age",
+            "secrets/control-01/nats-registry-password.age",
             "secrets/control-01/nats-router-password.age",
             "secrets/control-01/nats-server-env.age",
+            "secrets/control-01/nats-supervisor-password.age",
             "secrets/worker-01/nats-password.age",
             "secrets/worker-02/nats-password.age",
         ]
     );
 
     let env = env_map(&age_decrypt(&s.hosts["control-01"], &env_file(&s.t)).unwrap());
-    // One password per node, and the router's, which only the control plane reads.
-    assert_eq!(env.len(), 4);
-    let router_file = s.t.root.join("secrets/control-01/nats-router-password.age");
-    let router_pw = age_decrypt(&s.hosts["control-01"], &router_file).unwrap();
-    assert_eq!(env.get("NATS_ROUTER_PASSWORD"), Some(&router_pw));
-    assert!(age_decrypt(&s.hosts["worker-01"], &router_file).is_err());
+    // One password per node, and one per service, which only the control plane (and the
+    // operators) read.
+    assert_eq!(env.len(), 6);
+    for (service, var) in [
+        ("router", "NATS_ROUTER_PASSWORD"),
+        ("supervisor", "NATS_SUPERVISOR_PASSWORD"),
+        ("registry", "NATS_REGISTRY_PASSWORD"),
+    ] {
+        let file =
+            s.t.root
+                .join(format!("secrets/control-01/nats-{service}-password.age"));
+        let pw = age_decrypt(&s.hosts["control-01"], &file).unwrap();
+        assert_eq!(env.get(var), Some(&pw), "{var}");
+        assert_eq!(age_decrypt(&s.op_ssh, &file).unwrap(), pw);
+        assert!(age_decrypt(&s.hosts["worker-01"], &file).is_err());
+        assert_ne!(env.get("NATS_PASSWORD_CONTROL_01"), Some(&pw), "{var}");
+    }
     let mut passwords = Vec::new();
     for (node, host) in &s.hosts {
         let pw = age_decrypt(host, &password_file(&s.t, node)).unwrap();
@@ -147,7 +163,7 @@ fn each_node_reads_its_own_password_and_the_control_plane_reads_the_environment(
         assert!(nix.contains(f), "{f} in {nix}");
     }
     let records = secrets::Records::load(&s.t.root).unwrap();
-    assert_eq!(records.files.len(), 5);
+    assert_eq!(records.files.len(), 7);
     let st = secrets::status(&fleet, &s.t.root).unwrap();
     for x in &st {
         let want = if x.secret == "tailscale-authkey" {
@@ -157,7 +173,7 @@ fn each_node_reads_its_own_password_and_the_control_plane_reads_the_environment(
         };
         assert_eq!(x.state, want, "{}", x.file);
     }
-    assert_eq!(st.len(), 8);
+    assert_eq!(st.len(), 10);
 }
 
 #[test]
@@ -169,8 +185,8 @@ fn rerun_keeps_every_byte_and_a_new_node_only_adds_its_password() {
     assert!(again.generated.is_empty());
     assert_eq!(again.kept, ["control-01", "worker-01", "worker-02"]);
     assert!(again.report.written.is_empty());
-    assert!(!again.router_generated);
-    assert_eq!(again.report.unchanged.len(), 5);
+    assert!(again.services_generated.is_empty());
+    assert_eq!(again.report.unchanged.len(), 7);
     assert_eq!(snapshot(&s.t.root), before, "a re-run changes nothing");
 
     let old_env = env_map(&age_decrypt(&s.op_age, &env_file(&s.t)).unwrap());
@@ -194,7 +210,7 @@ fn rerun_keeps_every_byte_and_a_new_node_only_adds_its_password() {
         );
     }
     let env = env_map(&age_decrypt(&s.hosts["control-01"], &env_file(&s.t)).unwrap());
-    assert_eq!(env.len(), 5);
+    assert_eq!(env.len(), 7);
     for (k, v) in &old_env {
         assert_eq!(env.get(k), Some(v), "{k} kept");
     }
@@ -310,15 +326,15 @@ fn rekey_and_list_cover_every_kind() {
     let env = age_decrypt(&s.op_age, &env_file(&s.t)).unwrap();
     let w1_pw = age_decrypt(&s.op_age, &password_file(&s.t, "worker-01")).unwrap();
 
-    // bob leaves: every one of the 8 files is stale, rekey rewrites them all.
+    // bob leaves: every one of the 10 files is stale, rekey rewrites them all.
     let alice = std::fs::read_to_string(format!("{}.pub", s.op_ssh.display())).unwrap();
     s.t.set_operators(&[("alice", alice.trim())]);
     let fleet = s.t.fleet();
     let st = secrets::status(&fleet, &s.t.root).unwrap();
-    assert_eq!(st.len(), 8);
+    assert_eq!(st.len(), 10);
     assert!(st.iter().all(|x| x.state == State::Stale), "{st:#?}");
     let r = secrets::rekey(&fleet, &s.t.root, &s.op_ssh, &RekeyOptions::default()).unwrap();
-    assert_eq!(r.written.len(), 8);
+    assert_eq!(r.written.len(), 10);
     assert!(age_decrypt(&s.op_age, &env_file(&s.t)).is_err());
     assert!(age_decrypt(&s.op_age, &password_file(&s.t, "worker-01")).is_err());
     assert_eq!(
@@ -363,8 +379,11 @@ fn cli_set_nats_prints_no_password_and_list_shows_every_kind() {
     );
     let env = env_map(&age_decrypt(&s.op_age, &env_file(t)).unwrap());
     let passwords: Vec<String> = env.values().cloned().collect();
-    assert_eq!(passwords.len(), 4);
-    assert!(stdout.contains("router password: new"), "{stdout}");
+    assert_eq!(passwords.len(), 6);
+    assert!(
+        stdout.contains("new service password(s): _registry, _router, _supervisor"),
+        "{stdout}"
+    );
 
     // Second run, with the default identity (~/.ssh/id_ed25519 = alice's key).
     std::fs::create_dir_all(t.home.join(".ssh")).unwrap();
@@ -419,4 +438,99 @@ fn cli_set_nats_prints_no_password_and_list_shows_every_kind() {
         assert!(!all_output.contains(p.as_str()), "a password in the output");
     }
     assert_nowhere_on_disk(t.dir.path(), &passwords);
+}
+
+/// A fleet from before `_supervisor` and `_registry` (issue 21): the environment file holds the
+/// nodes' and the router's passwords only, and there are no supervisor or registry files.
+/// `set-nats` adds those two, keeps every existing password and rewrites no node file.
+#[test]
+fn migration_from_an_old_style_secrets_dir_adds_the_service_passwords_and_keeps_the_rest() {
+    let s = setup();
+    secrets::set_nats(&s.t.fleet(), &s.t.root, &s.op_age).unwrap();
+    // Make it what set-nats wrote before: drop the new users' lines and files.
+    let new_vars = ["NATS_SUPERVISOR_PASSWORD", "NATS_REGISTRY_PASSWORD"];
+    let full = age_decrypt(&s.op_age, &env_file(&s.t)).unwrap();
+    let old_text: String = full
+        .lines()
+        .filter(|l| !new_vars.iter().any(|v| l.starts_with(&format!("{v}="))))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(env_map(&old_text).len(), 4, "the nodes and the router");
+    let plain = s.t.dir.path().join("old-env");
+    std::fs::write(&plain, &old_text).unwrap();
+    let mut recipients = Vec::new();
+    for key in [&s.hosts["control-01"], &s.op_ssh, &s.op_age] {
+        let pub_path = format!("{}.pub", key.display());
+        let text = match std::fs::read_to_string(&pub_path) {
+            Ok(t) => t,
+            // An age identity: its public key is in a comment.
+            Err(_) => std::fs::read_to_string(key)
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix("# public key: ").map(str::to_string))
+                .unwrap(),
+        };
+        recipients.extend(["-r".to_string(), text.trim().to_string()]);
+    }
+    let out = run(std::process::Command::new("age")
+        .arg("-e")
+        .args(&recipients)
+        .arg("-o")
+        .arg(env_file(&s.t))
+        .arg(&plain));
+    assert!(out.status.success(), "{out:?}");
+    std::fs::remove_file(&plain).unwrap();
+    for f in ["nats-supervisor-password.age", "nats-registry-password.age"] {
+        std::fs::remove_file(s.t.root.join("secrets/control-01").join(f)).unwrap();
+    }
+    let old = snapshot(&s.t.root);
+    let old_env = env_map(&old_text);
+
+    let out = secrets::set_nats(&s.t.fleet(), &s.t.root, &s.op_age).unwrap();
+    assert!(out.generated.is_empty(), "{:?}", out.generated);
+    assert_eq!(out.kept, ["control-01", "worker-01", "worker-02"]);
+    assert_eq!(out.services_generated, ["_registry", "_supervisor"]);
+    let written: Vec<&str> = out.report.written.iter().map(|w| w.file.as_str()).collect();
+    assert_eq!(
+        written,
+        [
+            "secrets/control-01/nats-registry-password.age",
+            "secrets/control-01/nats-server-env.age",
+            "secrets/control-01/nats-supervisor-password.age",
+        ]
+    );
+    // Every old password kept, byte for byte where its file was.
+    let env = env_map(&age_decrypt(&s.hosts["control-01"], &env_file(&s.t)).unwrap());
+    for (k, v) in &old_env {
+        assert_eq!(env.get(k), Some(v), "{k} kept");
+    }
+    for f in [
+        "secrets/control-01/nats-password.age",
+        "secrets/control-01/nats-router-password.age",
+        "secrets/worker-01/nats-password.age",
+        "secrets/worker-02/nats-password.age",
+    ] {
+        let p = std::path::PathBuf::from(f);
+        assert_eq!(
+            std::fs::read(s.t.root.join(f)).ok().as_ref(),
+            old.get(&p),
+            "{f} rewritten"
+        );
+    }
+    // The new ones are there, in the environment and in their files, for the control plane.
+    for (service, var) in [
+        ("supervisor", "NATS_SUPERVISOR_PASSWORD"),
+        ("registry", "NATS_REGISTRY_PASSWORD"),
+    ] {
+        let file =
+            s.t.root
+                .join(format!("secrets/control-01/nats-{service}-password.age"));
+        let pw = age_decrypt(&s.hosts["control-01"], &file).unwrap();
+        assert!(fleetnix::bus::creds::is_valid_password(&pw));
+        assert_eq!(env.get(var), Some(&pw), "{var}");
+    }
+    assert_eq!(env.len(), 6);
+    // And a second run has nothing left to do.
+    let again = secrets::set_nats(&s.t.fleet(), &s.t.root, &s.op_ssh).unwrap();
+    assert!(again.report.written.is_empty());
 }

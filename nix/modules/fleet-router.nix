@@ -54,7 +54,8 @@ in
           "--nats-url" cfg.natsUrl
         ] + " --password-file %d/nats-password";
         LoadCredential = [ "nats-password:${toString cfg.passwordFile}" ];
-        Restart = "on-failure";
+        # The router never ends on its own: any end (even exit 0) is restarted.
+        Restart = "always";
         RestartSec = "5s";
       };
     };

@@ -1,5 +1,5 @@
 # The systemd sandbox every long-running fleet service gets (the agent and the router): one source for both
-# modules. (`src/agent.rs` writes a subset of these, the ones older systemd versions know, into the unit it
+# modules. (`src/outputs/agent.rs` writes a subset of these, the ones older systemd versions know, into the unit it
 # installs on plain Linux hosts.)
 {
   DynamicUser = true;

@@ -10,6 +10,9 @@
     enable = true;
     authKeyFile = config.age.secrets."tailscale-authkey".path;
     extraUpFlags = [ "--ssh" "--accept-routes" "--hostname=worker-02" "--advertise-tags=tag:worker" ];
+    # extraUpFlags reach a node only when it logs in; `tailscale set` applies these at every
+    # start, so a running node follows the manifest too (its tags follow through the API).
+    extraSetFlags = [ "--ssh" "--accept-routes" "--hostname=worker-02" ];
     # "client" sets loose reverse-path filtering, which --accept-routes needs.
     useRoutingFeatures = "client";
     # Tailscale's WireGuard UDP port is the only port opened outside tailscale0.

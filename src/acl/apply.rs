@@ -2,7 +2,8 @@
 //! (local parse → lock-out guard → API validation → backup → POST with `If-Match`). Minting
 //! auth keys moved to [`crate::tailscale::authkey`].
 
-use super::check::principals::node_principals;
+use super::check::principals::{deployer_principal, node_principals, NONROOT_PROBE};
+use super::diff::{self, PolicyDiff};
 use super::eval::Evaluator;
 use super::policy::{self, PolicyError};
 use crate::model::Fleet;
@@ -27,6 +28,18 @@ pub enum ApplyError {
     LockOut {
         /// Each cut access, e.g. `deploys from control-01 to worker-01 as root`.
         cut: Vec<String>,
+    },
+    /// The new policy takes access away and `--yes` was not given.
+    #[error("refusing to set a policy that takes access away from {}:\n{}nothing was changed; review the losses and pass --yes to apply it", .diff.losers().join(", "), .diff.text())]
+    Losses {
+        /// The blast radius, current policy → new.
+        diff: Box<PolicyDiff>,
+    },
+    /// The current policy cannot be evaluated, so what the change takes away is unknown.
+    #[error("cannot evaluate the current tailnet policy ({reason}), so what the new one takes away is unknown; nothing was changed; pass --yes to apply it anyway")]
+    BlastUnknown {
+        /// Why the current policy cannot be evaluated.
+        reason: String,
     },
     /// The remote policy changed since it was read.
     #[error("someone changed the tailnet policy since you last read it (ETag then {remembered}, now {current}); nothing was overwritten. Review the change with `fleetnix acl diff` (which records the new ETag) and run `fleetnix acl set` again")]
@@ -147,6 +160,13 @@ pub fn unified_diff(old: &str, new: &str, old_name: &str, new_name: &str) -> Str
         .to_string()
 }
 
+/// The remote policy, for `acl diff`; remembers its ETag (it has now been seen).
+pub async fn remote(client: &Client, dir: &Path) -> Result<RemotePolicy, ApplyError> {
+    let remote = client.get_policy().await?;
+    remember_etag(dir, &remote.etag)?;
+    Ok(remote)
+}
+
 /// `acl diff`: the remote policy against `local`; remembers the remote ETag (it has now been seen).
 pub async fn diff(
     client: &Client,
@@ -164,35 +184,41 @@ pub async fn diff(
     ))
 }
 
-/// The fleet SSH that `policy_text` would not allow: deploys from the control plane to every
-/// node as its SSH user (accept rule + port 22), and the operators' root SSH to every node
-/// (accept or check rule + port 22).
+/// The fleet SSH that `policy_text` would not allow: deploys from each deployer (fleet.yml
+/// `deployers`) to every node as its SSH user (accept rule + port 22), and the operators' SSH to
+/// every node (accept or check rule + port 22; as root when they deploy, else as a non-root user).
 pub fn lock_out(fleet: &Fleet, policy_text: &str) -> Result<Vec<String>, PolicyError> {
     let parsed = policy::parse(policy_text)?;
     let nodes = node_principals(fleet);
     let ev = Evaluator::new(&parsed.policy).with_nodes(nodes.clone());
-    let cp = fleet.control_plane();
-    let cp_p = nodes
-        .iter()
-        .find(|p| p.name == cp.name.as_str())
-        .cloned()
-        .unwrap_or_else(|| {
-            super::eval::Principal::node(cp.name.as_str(), cp.tailscale_ip, &fleet.tags_of(cp))
-        });
-    let ops = super::eval::Principal::group(&fleet.settings.operators.group);
+    let ops_group = &fleet.settings.operators.group;
+    let ops = super::eval::Principal::group(ops_group);
+    let ops_user = if fleet.settings.deployers.contains(ops_group) {
+        "root"
+    } else {
+        NONROOT_PROBE
+    };
     let mut cut = Vec::new();
     for (n, d) in fleet.nodes.iter().zip(nodes.iter()) {
-        if !ev.ssh_works(&cp_p, d, &n.ssh_user) {
-            cut.push(format!(
-                "deploys from {} to {} as {}",
-                cp.name, n.name, n.ssh_user
-            ));
+        for dep in &fleet.settings.deployers {
+            let p = deployer_principal(dep);
+            if !ev.ssh_works(&p, d, &n.ssh_user) {
+                cut.push(format!(
+                    "deploys from {dep} to {} as {}",
+                    n.name, n.ssh_user
+                ));
+            }
         }
         // Operators may be asked to re-authenticate (`check`); they are cut only when denied.
-        let ops_ok = !matches!(ev.ssh(&ops, d, "root"), super::eval::SshDecision::Deny)
+        let ops_ok = !matches!(ev.ssh(&ops, d, ops_user), super::eval::SshDecision::Deny)
             && ev.reach(&ops, d, 22, policy::TCP).is_some();
         if !ops_ok {
-            cut.push(format!("{} to {} as root", ops.name, n.name));
+            let as_user = if ops_user == "root" {
+                "root"
+            } else {
+                "a non-root user"
+            };
+            cut.push(format!("{} to {} as {as_user}", ops.name, n.name));
         }
     }
     Ok(cut)
@@ -203,6 +229,8 @@ pub fn lock_out(fleet: &Fleet, policy_text: &str) -> Result<Vec<String>, PolicyE
 pub struct SetOptions {
     /// Apply even if the lock-out guard objects.
     pub force: bool,
+    /// Apply even if some principal loses access ([`PolicyDiff::has_losses`]).
+    pub yes: bool,
 }
 
 /// What `set` did.
@@ -216,13 +244,17 @@ pub struct SetOutcome {
     pub forced: Vec<String>,
     /// The remote policy was already identical: nothing was sent.
     pub unchanged: bool,
+    /// The blast radius, current policy → new (`None`: the current one could not be evaluated).
+    pub blast: Option<PolicyDiff>,
 }
 
 /// `acl set`: replaces the tailnet policy with `new_text`.
 ///
 /// Order: parse locally; lock-out guard; read the current policy (ETag); if an ETag was remembered
-/// and differs, stop ([`ApplyError::Changed`]); validate with the API; back the current policy up;
-/// POST with `If-Match`. On 412 the backup just written is removed and nothing else is written.
+/// and differs, stop ([`ApplyError::Changed`]); the blast radius (current → new): if anyone loses
+/// access, stop unless `yes` ([`ApplyError::Losses`]); validate with the API; back the current
+/// policy up; POST with `If-Match`. On 412 the backup just written is removed and nothing else is
+/// written.
 pub async fn set(
     client: &Client,
     fleet: &Fleet,
@@ -230,6 +262,8 @@ pub async fn set(
     new_text: &str,
     opts: &SetOptions,
 ) -> Result<SetOutcome, ApplyError> {
+    // The API is sent the policy without an editor's byte order mark.
+    let (new_text, _) = crate::fsutil::strip_bom(new_text);
     policy::parse(new_text)?;
     let cut = lock_out(fleet, new_text)?;
     if !cut.is_empty() && !opts.force {
@@ -245,6 +279,26 @@ pub async fn set(
         }
         _ => current.etag.clone(),
     };
+    let blast = match diff::diff_texts(
+        fleet,
+        &current.text,
+        new_text,
+        "tailnet (remote)",
+        "the new policy",
+    ) {
+        Ok(d) => {
+            if d.has_losses() && !opts.yes {
+                return Err(ApplyError::Losses { diff: Box::new(d) });
+            }
+            Some(d)
+        }
+        Err(e) if !opts.yes => {
+            return Err(ApplyError::BlastUnknown {
+                reason: e.to_string(),
+            })
+        }
+        Err(_) => None,
+    };
     client.validate_policy(new_text).await?;
     let backup = write_backup(dir, &today(), &current.text)?;
     if current.text == new_text {
@@ -254,6 +308,7 @@ pub async fn set(
             etag,
             forced: cut,
             unchanged: true,
+            blast,
         });
     }
     match client.set_policy(new_text, &etag).await {
@@ -266,6 +321,7 @@ pub async fn set(
                 etag: stored.etag,
                 forced: cut,
                 unchanged: false,
+                blast,
             })
         }
         Err(e) => {

@@ -359,6 +359,8 @@ pub struct TestFailure {
     pub loc: Loc,
     /// `tests[2]` / `sshTests[0]`.
     pub test: String,
+    /// The test's `src` (the server's answer groups failures by it, as `data[].user`).
+    pub src: String,
     /// What failed, e.g. `address "tag:control-plane:4222": want: Accept, got: Drop`.
     pub message: String,
 }
@@ -669,6 +671,7 @@ impl<'p> Evaluator<'p> {
                 out.push(TestFailure {
                     loc: t.src.loc,
                     test: label,
+                    src: t.src.value.clone(),
                     message: e.to_string(),
                 });
                 return;
@@ -686,6 +689,7 @@ impl<'p> Evaluator<'p> {
                         out.push(TestFailure {
                             loc: d.loc,
                             test: label.clone(),
+                            src: t.src.value.clone(),
                             message: e.into(),
                         });
                         continue;
@@ -697,6 +701,7 @@ impl<'p> Evaluator<'p> {
                         out.push(TestFailure {
                             loc: d.loc,
                             test: label.clone(),
+                            src: t.src.value.clone(),
                             message: e.to_string(),
                         });
                         continue;
@@ -710,6 +715,7 @@ impl<'p> Evaluator<'p> {
                     out.push(TestFailure {
                         loc: d.loc,
                         test: label.clone(),
+                        src: t.src.value.clone(),
                         message: format!(
                             "{}: address {:?}: want: {}, got: {}",
                             t.src.value,
@@ -731,6 +737,7 @@ impl<'p> Evaluator<'p> {
                 out.push(TestFailure {
                     loc: t.src.loc,
                     test: label,
+                    src: t.src.value.clone(),
                     message: e.to_string(),
                 });
                 return;
@@ -743,6 +750,7 @@ impl<'p> Evaluator<'p> {
                     out.push(TestFailure {
                         loc: d.loc,
                         test: label.clone(),
+                        src: t.src.value.clone(),
                         message: e.to_string(),
                     });
                     continue;
@@ -759,6 +767,7 @@ impl<'p> Evaluator<'p> {
                         out.push(TestFailure {
                             loc: u.loc,
                             test: label.clone(),
+                            src: t.src.value.clone(),
                             message: format!(
                                 "{} -> {} as {:?}: want: {want}, got: {got}",
                                 t.src.value, d.value, u.value

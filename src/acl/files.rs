@@ -3,6 +3,7 @@
 //! against the fleet, and the report `acl check` prints.
 
 use super::check::{self, Finding};
+use super::diff::{self, PolicyDiff};
 use super::matrix::{self, Matrix};
 use super::policy::{self, PolicyError};
 use crate::model::Fleet;
@@ -101,6 +102,24 @@ pub fn matrix_of(fleet: &Fleet, policy: &PolicyText) -> Result<Matrix, FilesErro
         source,
     })?;
     Ok(matrix::matrix(fleet, &parsed.policy))
+}
+
+/// `acl diff`: the blast radius of replacing `old` with `new` (see [`crate::acl::diff`]).
+pub fn blast_radius(
+    fleet: &Fleet,
+    old: &PolicyText,
+    new: &PolicyText,
+) -> Result<PolicyDiff, FilesError> {
+    let parse = |p: &PolicyText| {
+        policy::parse(&p.text)
+            .map(|x| x.policy)
+            .map_err(|source| FilesError::Policy {
+                name: p.name.clone(),
+                source,
+            })
+    };
+    let (o, n) = (parse(old)?, parse(new)?);
+    Ok(diff::diff(fleet, &o, &n, &old.name, &new.name))
 }
 
 /// `acl render -o FILE`: the rendered policy written atomically (mode 0644).

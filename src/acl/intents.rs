@@ -4,8 +4,10 @@
 //!
 //! Access comes from [`intents`]: every catalog row (its `allow` sources → the tags of the nodes
 //! hosting its role, on its port), what the rendered node configuration needs (every agent → the
-//! control plane's LiteLLM port and NATS), the control plane's deploys (SSH on every node) and
-//! health checks (the services on the other nodes), and the operators' SSH. The same intents
+//! control plane's LiteLLM port and NATS), the deployers' SSH as root (fleet.yml `deployers`:
+//! the operators' group by default), the control plane's health checks (the services on the other
+//! nodes), and the operators' SSH. The control plane itself has no SSH: Tailscale SSH authorises a
+//! device, not the process on it, so SSH from it would make every service there root on every node. The same intents
 //! generate the policy's `tests` and `sshTests`, so the control server refuses a drifted policy.
 
 use crate::model::{Fleet, Protocol};
@@ -32,7 +34,7 @@ pub enum Purpose {
     AgentLitellm,
     /// Agents connect to NATS (`--nats-url`, fleet.yml `nats_url`).
     AgentNats,
-    /// Deploys: the control plane reaches every node over Tailscale SSH.
+    /// Deploys: the deployers (fleet.yml `deployers`) reach every node over Tailscale SSH as root.
     Deploy,
     /// Health checks: the control plane probes the services of the other nodes.
     Health,
@@ -76,7 +78,9 @@ impl Purpose {
             Purpose::AgentNats => {
                 "agents' NATS connection (omp --nats-url, fleet.yml nats_url)".into()
             }
-            Purpose::Deploy => "deploys over Tailscale SSH from the control plane".into(),
+            Purpose::Deploy => {
+                "deploys: the deployers (fleet.yml deployers) over Tailscale SSH as root".into()
+            }
             Purpose::Health => "health checks from the control plane".into(),
             Purpose::OperatorSsh => "operators' SSH (fleet.yml operators)".into(),
         }
@@ -118,7 +122,7 @@ pub struct Intents {
     pub net: Vec<Intent>,
     /// SSH accesses.
     pub ssh: Vec<SshIntent>,
-    /// The control plane's tags: the deploying source.
+    /// The deployers (fleet.yml `deployers`): the only sources with SSH as root, sorted.
     pub deploy_src: Vec<String>,
     /// Every tag carried by a node, sorted.
     pub node_tags: Vec<String>,
@@ -197,13 +201,19 @@ pub fn intents(fleet: &Fleet) -> Intents {
             protocol: Protocol::Tcp,
         });
     }
-    net.push(Intent {
-        purpose: Purpose::Deploy,
-        src: cp_tags.clone(),
-        dst_tags: node_tags.clone(),
-        ports: vec![22],
-        protocol: Protocol::Tcp,
-    });
+    let ops = fleet.settings.operators.group.clone();
+    let deployers = sorted(fleet.settings.deployers.iter().cloned());
+    // The operators' own rules already give their group port 22 and every user.
+    let other_deployers: Vec<String> = deployers.iter().filter(|d| **d != ops).cloned().collect();
+    if !other_deployers.is_empty() {
+        net.push(Intent {
+            purpose: Purpose::Deploy,
+            src: other_deployers.clone(),
+            dst_tags: node_tags.clone(),
+            ports: vec![22],
+            protocol: Protocol::Tcp,
+        });
+    }
     // Health checks: the services of every node but the control plane, per tag.
     let mut health: BTreeMap<(String, Protocol), BTreeSet<u16>> = BTreeMap::new();
     for n in fleet.nodes.iter().filter(|n| n.name != cp.name) {
@@ -222,7 +232,6 @@ pub fn intents(fleet: &Fleet) -> Intents {
             protocol,
         });
     }
-    let ops = fleet.settings.operators.group.clone();
     net.push(Intent {
         purpose: Purpose::OperatorSsh,
         src: vec![ops.clone()],
@@ -230,35 +239,57 @@ pub fn intents(fleet: &Fleet) -> Intents {
         ports: vec![22],
         protocol: Protocol::Tcp,
     });
-    let deploy_users = sorted(fleet.nodes.iter().map(|n| n.ssh_user.to_string()));
-    let ssh = vec![
-        SshIntent {
+    // Deployers log in as each node's ssh_user (root by default), and as root.
+    let deploy_users = sorted(
+        fleet
+            .nodes
+            .iter()
+            .map(|n| n.ssh_user.to_string())
+            .chain(std::iter::once("root".to_string())),
+    );
+    let mut ssh = Vec::new();
+    if !other_deployers.is_empty() {
+        ssh.push(SshIntent {
             purpose: Purpose::Deploy,
-            src: cp_tags.clone(),
+            src: other_deployers,
             dst_tags: node_tags.clone(),
             users: deploy_users,
-        },
-        SshIntent {
-            purpose: Purpose::OperatorSsh,
-            src: vec![ops.clone()],
-            dst_tags: node_tags.clone(),
-            users: vec!["root".into(), "autogroup:nonroot".into()],
-        },
-    ];
+        });
+    }
+    // Operators get root only when they are deployers.
+    let ops_users = if deployers.contains(&ops) {
+        vec!["root".into(), "autogroup:nonroot".into()]
+    } else {
+        vec!["autogroup:nonroot".into()]
+    };
+    ssh.push(SshIntent {
+        purpose: Purpose::OperatorSsh,
+        src: vec![ops.clone()],
+        dst_tags: node_tags.clone(),
+        users: ops_users,
+    });
     let allow_sel = || fleet.catalog.services.iter().flat_map(|s| s.allow.iter());
     let all_tags = sorted(
         node_tags
             .iter()
             .cloned()
-            .chain(allow_sel().filter(|a| a.starts_with("tag:")).cloned()),
+            .chain(allow_sel().filter(|a| a.starts_with("tag:")).cloned())
+            .chain(deployers.iter().filter(|d| d.starts_with("tag:")).cloned()),
     );
     let groups = sorted(
-        std::iter::once(ops).chain(allow_sel().filter(|a| a.starts_with("group:")).cloned()),
+        std::iter::once(ops)
+            .chain(allow_sel().filter(|a| a.starts_with("group:")).cloned())
+            .chain(
+                deployers
+                    .iter()
+                    .filter(|d| d.starts_with("group:"))
+                    .cloned(),
+            ),
     );
     Intents {
         net,
         ssh,
-        deploy_src: cp_tags,
+        deploy_src: deployers,
         node_tags,
         all_tags,
         groups,
@@ -299,6 +330,11 @@ impl Intents {
                 && i.dst_tags.iter().any(|t| t == tag)
                 && i.src.iter().any(|s| covers(s, ident))
         })
+    }
+
+    /// Is `ident` (a tag, group or login) one of the deployers, the only sources with SSH as root?
+    pub fn is_deployer(&self, ident: &str) -> bool {
+        self.deploy_src.iter().any(|d| d == ident)
     }
 
     /// The intents that allow `ident` to reach tag `tag` on `port`.

@@ -8,13 +8,18 @@
 //!   [`crate::acl::render`], deterministic commented HuJSON);
 //! - [`check`]: compares any policy with the fleet (over-grants, missing grants, format problems);
 //! - [`matrix`]: who can reach what, as a table or a Graphviz graph;
+//! - [`diff`]: the blast radius of a policy change, per principal (`acl diff`, `acl set`);
 //! - [`files`]: the policy files of `fleetnix acl` (which policy a command works on, `acl check`'s report);
 //! - [`apply`]: `get` / `diff` / `set` through [`crate::tailscale::api`], with backups and a
 //!   lock-out guard.
+//!
+//! Stage 3 (acl), with its executor `apply`. Imports: `model`, `spec`, `tailscale::api` (apply
+//! only), the foundations.
 
 pub mod addrs;
 pub mod apply;
 pub mod check;
+pub mod diff;
 pub mod eval;
 pub mod files;
 pub mod intents;

@@ -121,7 +121,7 @@ pub fn render(fleet: &Fleet, sources: &str) -> Rendered {
                 )
             }
             Purpose::Deploy => {
-                "deploys: the control plane reaches every node's Tailscale SSH (see \"ssh\")"
+                "deploys: the deployers (fleet.yml deployers) reach every node's Tailscale SSH (see \"ssh\")"
                     .to_string()
             }
             Purpose::Health => format!(
@@ -148,7 +148,11 @@ pub fn render(fleet: &Fleet, sources: &str) -> Rendered {
         if k > 0 {
             o.push('\n');
         }
-        o.push_str(&format!("    // {}\n", one_line(&s.purpose.describe())));
+        let mut comment = s.purpose.describe();
+        if s.purpose == Purpose::OperatorSsh && s.users.iter().any(|u| u == "root") {
+            comment.push_str(", as root because they are the deployers (fleet.yml deployers)");
+        }
+        o.push_str(&format!("    // {}\n", one_line(&comment)));
         o.push_str(&format!(
             "    {{\"action\": \"accept\", \"src\": {}, \"dst\": {}, \"users\": {}}},\n",
             js_list(&s.src),
@@ -196,8 +200,20 @@ pub fn render(fleet: &Fleet, sources: &str) -> Rendered {
     o.push_str("  ],\n\n");
 
     // sshTests
+    o.push_str(&format!(
+        "  // Only the deployers ({}) may log in as root.\n",
+        one_line(&intents.deploy_src.join(", "))
+    ));
     o.push_str("  \"sshTests\": [\n");
-    for ident in intents.identities() {
+    // Every tag and group, and each login listed as a deployer.
+    let ssh_idents = intents.identities().into_iter().chain(
+        intents
+            .deploy_src
+            .iter()
+            .filter(|d| d.contains('@'))
+            .cloned(),
+    );
+    for ident in ssh_idents {
         let users: BTreeSet<&String> = intents
             .ssh
             .iter()
@@ -206,6 +222,7 @@ pub fn render(fleet: &Fleet, sources: &str) -> Rendered {
             .filter(|u| !u.contains(':'))
             .collect();
         let accept: Vec<&String> = users.into_iter().collect();
+        // Only deployers may log in as root: every other source is tested to be denied.
         let deny: Vec<&str> = if accept.iter().any(|u| *u == "root") {
             vec![]
         } else {

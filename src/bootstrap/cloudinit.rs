@@ -37,6 +37,14 @@ pub enum CloudInitError {
     /// The auth key could not be read, decrypted or minted.
     #[error(transparent)]
     Key(Box<KeyError>),
+    /// The credential is of the wrong kind for the fleet (`tailscale_auth`).
+    #[error("the Tailscale credential for {node} {reason}")]
+    Credential {
+        /// The node.
+        node: String,
+        /// What is wrong (never the credential).
+        reason: crate::model::CredentialError,
+    },
     /// The Tailscale API client (for `--mint`) could not be made.
     #[error(transparent)]
     Api(#[from] ApiError),
@@ -182,8 +190,16 @@ pub async fn make(
         )),
         _ => {}
     }
-    let key = AuthKey::parse(resolved.key.expose())?;
+    // The fleet's enrolment kind: a client secret gets ?ephemeral=false&preauthorized=true.
+    let up_key =
+        plan.enrolment_key(&resolved.key)
+            .map_err(|reason| CloudInitError::Credential {
+                node: plan.name.to_string(),
+                reason,
+            })?;
     drop(resolved);
+    let key = AuthKey::parse(up_key.expose())?;
+    drop(up_key);
     let text = output::user_data(&plan, &key, &req.options)?;
     let file = match to {
         Destination::File(path) => {

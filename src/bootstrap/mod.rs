@@ -14,6 +14,9 @@
 //!
 //! Every step checks before it acts, so a re-run after success changes nothing and a re-run after
 //! a failure resumes; a failure names its step and how to resume ([`BootstrapError`]).
+//!
+//! Executor. Imports: everything below it, including `deploy` (its runner) and `manifest::edit`
+//! (recording the host key).
 
 pub mod authkey;
 pub mod cloudinit;
@@ -49,6 +52,11 @@ pub async fn bootstrap(
 
     run.start(Step::HostKey);
     let pinned = steps::host_key::run(&mut run, &fleet, already.as_ref(), prompt).await?;
+    // A device already in the tailnet under the node's name skips the install and gets the
+    // address: only if it is the VM whose key was just pinned.
+    if let Some(device) = &already {
+        run::check_device_key(node, device, &pinned.key, Step::HostKey, &run.resume)?;
+    }
     run.start(Step::Record);
     let fleet = steps::record::run(&mut run, fleet, &pinned)?;
     run.start(Step::Secret);
@@ -56,9 +64,13 @@ pub async fn bootstrap(
     run.start(Step::Hardware);
     steps::hardware::run(&mut run, &fleet, &pinned.key, in_tailnet).await?;
     run.start(Step::Install);
+    if !in_tailnet {
+        steps::names::run(&mut run).await?;
+    }
     steps::install::run(&mut run, &fleet, &pinned.key, held, already.as_ref()).await?;
     run.start(Step::Join);
     let device = steps::join::run(&mut run, already).await?;
+    run::check_device_key(node, &device, &pinned.key, Step::Join, &run.resume)?;
     run.start(Step::Address);
     let final_ip = steps::address::run(&mut run, &fleet, &device).await?;
     run.start(Step::Handover);

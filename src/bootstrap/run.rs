@@ -12,20 +12,57 @@ use std::path::PathBuf;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
-/// `user@address` for ssh (IPv6 in brackets).
+/// `user@address` for ssh's destination: an IPv6 address bare (`root@fd7a::1`), as OpenSSH
+/// takes it (brackets are for scp and URLs).
 pub(crate) fn ssh_target(user: &str, ip: &IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => format!("{user}@{v4}"),
-        IpAddr::V6(v6) => format!("{user}@[{v6}]"),
-    }
+    format!("{user}@{ip}")
 }
 
-/// The node's device, if it is in the tailnet and online (or is this machine).
+/// The node's device, if it is in the tailnet and online (or is this machine): the device the
+/// control server named `node` (its MagicDNS name), never one that only calls itself `node`.
+/// Before it is given anything, [`check_device_key`] checks it is the VM whose key was pinned.
 pub(crate) fn joined<'a>(status: &'a TailscaleStatus, node: &str) -> Option<&'a PeerStatus> {
     status
-        .find(node)
+        .find_assigned(node)
         .filter(|d| d.is_self || d.peer.online)
         .map(|d| d.peer)
+}
+
+/// The device (found by its control-assigned name) must publish the pinned SSH host key: a
+/// device the control server calls `node` that does not is not the VM whose key was pinned, and
+/// gets no address, no secret, no install skipped on its account.
+pub(crate) fn check_device_key(
+    node: &str,
+    device: &PeerStatus,
+    pinned: &str,
+    step: super::report::Step,
+    resume: &str,
+) -> Result<(), BootstrapError> {
+    use crate::deploy::hostkeys::normalize_key;
+    let want = normalize_key(pinned);
+    if want.is_some()
+        && device
+            .ssh_host_keys
+            .iter()
+            .any(|k| normalize_key(k) == want)
+    {
+        return Ok(());
+    }
+    let fp = super::hostkey::Fingerprint::of_key(pinned)
+        .map(|f| f.to_string())
+        .unwrap_or_else(|| "?".into());
+    Err(super::report::fail(
+        step,
+        format!(
+            "the tailnet's device named {node} (node ID {}, {}, calls itself {:?}) does not publish the pinned host key ({fp}) in `tailscale status`: it is not the VM this bootstrap pinned, so it gets no address and no secret",
+            if device.id.is_empty() { "unknown" } else { &device.id },
+            ips(&device.tailscale_ips),
+            device.host_name,
+        ),
+        format!(
+            "check the device in the admin console (remove it if it is not {node}), then {resume}"
+        ),
+    ))
 }
 
 /// Addresses as `a, b`.
@@ -206,8 +243,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn targets_bracket_ipv6() {
+    fn ipv6_targets_are_bare_as_openssh_takes_them() {
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
-        assert_eq!(ssh_target("root", &v6), "root@[2001:db8::1]");
+        assert_eq!(ssh_target("root", &v6), "root@2001:db8::1");
     }
 }

@@ -147,7 +147,8 @@ fn user_conf(user: &str, password_var: &str, p: &super::Permissions) -> Conf {
     ])
 }
 
-/// The server configuration of a plan: the node users (sorted by name), then the router's;
+/// The server configuration of a plan: the node users (sorted by name), then the services'
+/// (`_registry`, `_router`, `_supervisor`);
 /// JetStream on, storing in the plan's `store_dir`.
 pub fn server_conf(plan: &ServerPlan) -> Conf {
     let mut users: Vec<Conf> = plan
@@ -155,8 +156,11 @@ pub fn server_conf(plan: &ServerPlan) -> Conf {
         .iter()
         .map(|u| user_conf(u.user.as_str(), &u.password_var, &u.permissions))
         .collect();
-    let r = &plan.router;
-    users.push(user_conf(&r.user, &r.password_var, &r.permissions));
+    users.extend(
+        plan.services
+            .iter()
+            .map(|u| user_conf(&u.user, &u.password_var, &u.permissions)),
+    );
     Conf::map([
         ("server_name", Conf::str(plan.server_name.as_str())),
         ("host", Conf::str(plan.host.to_string())),

@@ -6,21 +6,24 @@
 //! - `secrets/<control-plane>/nats-server-env.age`: a systemd environment file with one
 //!   `NATS_PASSWORD_<NODE>=<password>` line per node, which the control plane's nats-server unit
 //!   loads (`EnvironmentFile=`) so the configuration can say `password: $NATS_PASSWORD_<NODE>`.
-//!   Readers: the control plane and the operators. It also holds `NATS_ROUTER_PASSWORD=…`, the
-//!   router's password.
+//!   Readers: the control plane and the operators. It also holds `NATS_<SERVICE>_PASSWORD=…`,
+//!   the passwords of the control plane's services ([`super::users`]).
 //! - `secrets/<control-plane>/nats-router-password.age`: the router's password (user `_router`),
-//!   which the router service on the control plane gets as a systemd credential. Readers: the
-//!   control plane and the operators.
+//!   which the router service on the control plane gets as a systemd credential;
+//!   `nats-supervisor-password.age` (user `_supervisor`, the supervisors) and
+//!   `nats-registry-password.age` (user `_registry`, `node sync`) likewise. Readers: the control
+//!   plane and the operators.
 //!
 //! Passwords are 40 characters of `[A-Za-z0-9]` starting with a letter (about 238 bits): nothing to
 //! escape in an environment file, and nats-server — which parses a variable's value as a config
 //! value — reads them as plain strings (a leading digit could make one a number).
 
-use super::{BusError, ServerPlan, ROUTER_PASSWORD_VAR, ROUTER_USER};
+use super::users::Service;
+use super::{BusError, ServerPlan};
 use crate::model::NodeName;
 use crate::secret::Secret;
 use crate::spec::secrets::{SecretId, SecretKind};
-use crate::spec::secrets::{PASSWORD_SECRET, ROUTER_SECRET, SERVER_ENV_SECRET};
+use crate::spec::secrets::{PASSWORD_SECRET, SERVER_ENV_SECRET};
 use rand::Rng;
 use std::collections::BTreeMap;
 
@@ -48,7 +51,12 @@ pub fn server_env_file(control_plane: &NodeName) -> String {
 
 /// `secrets/<control-plane>/nats-router-password.age`.
 pub fn router_password_file(control_plane: &NodeName) -> String {
-    SecretId::new(control_plane.clone(), SecretKind::NatsRouterPassword).age_path()
+    service_password_file(control_plane, Service::Router)
+}
+
+/// `secrets/<control-plane>/nats-<service>-password.age`.
+pub fn service_password_file(control_plane: &NodeName, service: Service) -> String {
+    SecretId::new(control_plane.clone(), service.secret_kind()).age_path()
 }
 
 /// A fresh random password from the OS's generator.
@@ -84,34 +92,43 @@ pub struct CredentialFile {
     pub reader: NodeName,
 }
 
-/// The passwords of every node, and the router's.
+/// The passwords of every node, and the control plane's services'.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BusCredentials {
     passwords: BTreeMap<NodeName, Secret>,
-    router: Option<Secret>,
+    services: BTreeMap<Service, Secret>,
 }
 
 impl BusCredentials {
-    /// Fresh passwords for every user of the plan, the router's included.
+    /// Fresh passwords for every user of the plan, the services' included.
     pub fn generate(plan: &ServerPlan) -> Self {
         let mut c = Self::default();
         c.fill(plan);
-        c.fill_router();
+        c.fill_services();
         c
     }
 
-    /// Generates the router's password if there is none; says whether it did.
-    pub fn fill_router(&mut self) -> bool {
-        if self.router.is_some() {
-            return false;
+    /// Generates a password for each service that has none; returns those services (a fleet
+    /// from before `_supervisor` and `_registry` gets theirs and keeps the router's).
+    pub fn fill_services(&mut self) -> Vec<Service> {
+        let mut added = Vec::new();
+        for s in Service::ALL {
+            if let std::collections::btree_map::Entry::Vacant(e) = self.services.entry(s) {
+                e.insert(generate_password());
+                added.push(s);
+            }
         }
-        self.router = Some(generate_password());
-        true
+        added
+    }
+
+    /// The password of `service`.
+    pub fn service_password(&self, service: Service) -> Option<&Secret> {
+        self.services.get(&service)
     }
 
     /// The router's password.
     pub fn router_password(&self) -> Option<&Secret> {
-        self.router.as_ref()
+        self.service_password(Service::Router)
     }
 
     /// Adds passwords for users that have none; drops nodes no longer in the plan. Returns the
@@ -135,7 +152,7 @@ impl BusCredentials {
         text: &str,
     ) -> Result<Self, crate::model::InvalidValue> {
         let mut passwords = BTreeMap::new();
-        let mut router = None;
+        let mut services = BTreeMap::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -145,7 +162,8 @@ impl BusCredentials {
                 .split_once('=')
                 .ok_or_else(|| format!("line {}: expected NAME=VALUE", i + 1))?;
             let user = plan.users.iter().find(|u| u.password_var == var);
-            if user.is_none() && var != ROUTER_PASSWORD_VAR {
+            let service = Service::from_password_var(var);
+            if user.is_none() && service.is_none() {
                 continue; // a node that left the fleet
             }
             if !is_valid_password(value) {
@@ -155,14 +173,16 @@ impl BusCredentials {
                     i + 1
                 ).into());
             }
-            match user {
-                Some(u) => {
-                    passwords.insert(u.user.clone(), Secret::new(value));
-                }
-                None => router = Some(Secret::new(value)),
+            if let Some(u) = user {
+                passwords.insert(u.user.clone(), Secret::new(value));
+            } else if let Some(s) = service {
+                services.insert(s, Secret::new(value));
             }
         }
-        Ok(BusCredentials { passwords, router })
+        Ok(BusCredentials {
+            passwords,
+            services,
+        })
     }
 
     /// The password of `node`.
@@ -173,7 +193,7 @@ impl BusCredentials {
             .map(|(_, s)| s)
     }
 
-    /// `(variable, password)` pairs for the server's environment (the router's included),
+    /// `(variable, password)` pairs for the server's environment (the services' included),
     /// sorted by variable.
     pub fn env_pairs(&self) -> Vec<(String, &Secret)> {
         let mut v: Vec<(String, &Secret)> = self
@@ -181,9 +201,11 @@ impl BusCredentials {
             .iter()
             .map(|(n, s)| (password_var(n), s))
             .collect();
-        if let Some(r) = &self.router {
-            v.push((ROUTER_PASSWORD_VAR.to_string(), r));
-        }
+        v.extend(
+            self.services
+                .iter()
+                .map(|(s, pw)| (s.password_var().to_string(), pw)),
+        );
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -201,7 +223,7 @@ impl BusCredentials {
     }
 
     /// Every file to encrypt, sorted by path: one password per node, the server's environment
-    /// file and the router's password (both on the control plane).
+    /// file and each service's password (all on the control plane).
     pub fn files(&self, plan: &ServerPlan) -> Result<Vec<CredentialFile>, BusError> {
         let mut out = Vec::new();
         for u in &plan.users {
@@ -216,16 +238,18 @@ impl BusCredentials {
                 reader: u.user.clone(),
             });
         }
-        let router = self
-            .router
-            .as_ref()
-            .ok_or_else(|| BusError::UnknownNode(ROUTER_USER.to_string()))?;
-        out.push(CredentialFile {
-            file: router_password_file(&plan.server_name),
-            secret: ROUTER_SECRET,
-            plaintext: router.clone(),
-            reader: plan.server_name.clone(),
-        });
+        for s in Service::ALL {
+            let pw = self
+                .services
+                .get(&s)
+                .ok_or_else(|| BusError::UnknownNode(s.user().to_string()))?;
+            out.push(CredentialFile {
+                file: service_password_file(&plan.server_name, s),
+                secret: s.secret_kind().name(),
+                plaintext: pw.clone(),
+                reader: plan.server_name.clone(),
+            });
+        }
         out.push(CredentialFile {
             file: server_env_file(&plan.server_name),
             secret: SERVER_ENV_SECRET,

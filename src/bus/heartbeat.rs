@@ -16,8 +16,9 @@ use super::{heartbeat_subject, BusError};
 use crate::model::NodeName;
 use async_nats::Client;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The largest heartbeat the router reads (a heartbeat is about 200 bytes).
@@ -41,6 +42,13 @@ pub struct Heartbeat {
     /// When it was sent, RFC 3339 (informational: the receiver's clock decides freshness).
     #[serde(default)]
     pub time: String,
+    /// The ids of the tasks it is running now, sorted: its progress report (a task listed here
+    /// is alive on this node) and, for a restarted router, where each task runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<String>,
+    /// It takes no new task (drained: `fleetnix node drain`, or its agent is stopping).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// Why a received heartbeat is ignored.
@@ -107,15 +115,32 @@ pub struct Beat {
     capacity: u32,
     models: Vec<String>,
     in_flight: Arc<AtomicU32>,
+    tasks: TaskIds,
+    draining: Arc<AtomicBool>,
 }
 
-/// Counts one running task until dropped.
+/// The ids of the running tasks, each with how many guards hold it.
+type TaskIds = Arc<Mutex<BTreeMap<String, usize>>>;
+
+/// Counts one running task (and lists its id, if it has one) until dropped.
 #[derive(Debug)]
-pub struct TaskGuard(Arc<AtomicU32>);
+pub struct TaskGuard {
+    in_flight: Arc<AtomicU32>,
+    id: Option<(String, TaskIds)>,
+}
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if let Some((id, tasks)) = self.id.take() {
+            let mut t = tasks.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = t.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    t.remove(&id);
+                }
+            }
+        }
     }
 }
 
@@ -127,13 +152,43 @@ impl Beat {
             capacity: capacity.max(1),
             models,
             in_flight: Arc::new(AtomicU32::new(0)),
+            tasks: Arc::default(),
+            draining: Arc::default(),
         }
     }
 
     /// Counts a task as running until the guard is dropped.
     pub fn start_task(&self) -> TaskGuard {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        TaskGuard(Arc::clone(&self.in_flight))
+        TaskGuard {
+            in_flight: Arc::clone(&self.in_flight),
+            id: None,
+        }
+    }
+
+    /// Counts task `id` as running, and lists it in every heartbeat, until the guard is dropped.
+    pub fn run_task(&self, id: &str) -> TaskGuard {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        *self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default() += 1;
+        TaskGuard {
+            in_flight: Arc::clone(&self.in_flight),
+            id: Some((id.to_string(), Arc::clone(&self.tasks))),
+        }
+    }
+
+    /// Says in every heartbeat from now on whether the node takes new tasks.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::SeqCst);
+    }
+
+    /// Is the node draining?
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// Tasks running now.
@@ -150,6 +205,14 @@ impl Beat {
             models: self.models.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            tasks: self
+                .tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned()
+                .collect(),
+            draining: self.draining(),
         }
     }
 }

@@ -12,23 +12,32 @@
 //! - [`heartbeat`]: the agents' heartbeats on `fleet.heartbeat.<node>`;
 //! - [`registry`]: `fleetnix node sync`, the fleet's nodes in the JetStream bucket `fleet-nodes`.
 //!
-//! The router on the control plane (`crate::bus::router`) connects as its own user
-//! ([`ROUTER_USER`]), answers `fleet.dispatch.<role>` and publishes `fleet-health`.
+//! The control plane's services have users of their own ([`users`]): the router
+//! (`crate::bus::router`, [`ROUTER_USER`]) answers `fleet.dispatch.<role>` and publishes
+//! `fleet-health`; the supervisors (`_supervisor`) only ask it; `node sync` (`_registry`) writes
+//! `fleet-nodes`. The control plane's own agent is a node like any other.
 //!
 //! Subjects (see `docs/bus.md`):
 //! - `fleet.tasks.<role>`: tasks for any node of the role, subscribed in queue group `<role>`;
 //! - `fleet.tasks.<role>.<node>`: tasks for one node (failover targets a node directly);
 //! - `fleet.results.<node>[.…]`, `fleet.heartbeat.<node>`: what a node may publish;
-//! - `_INBOX.<node>.>`: the reply inbox of a node that sends requests (the control plane);
-//! - `fleet.dispatch.<role>`: requests to the router (from the control plane's user).
+//! - `_INBOX.<user>.>`: the reply inbox of a user that sends requests (the services);
+//! - `fleet.dispatch.<role>`: requests to the router (from `_supervisor`).
+//!
+//! Executor (orchestration): permissions and credentials, dispatch, heartbeats, the registry,
+//! routing (`route`) and the router (`router`). Imports: `model`, `spec`, `health` (node states,
+//! alerts), the foundations.
 
 pub mod conf;
 pub mod creds;
 pub mod dispatch;
+pub mod drain;
 pub mod heartbeat;
 pub mod registry;
 pub mod route;
 pub mod router;
+pub mod users;
+pub mod worker;
 
 use crate::model::{Fleet, Node, NodeName, Role};
 use serde::Serialize;
@@ -63,10 +72,25 @@ pub fn heartbeat_subject(node: &NodeName) -> String {
     format!("fleet.heartbeat.{node}")
 }
 
+/// `fleet.results.<node>.ack`: where a node acknowledges a task it took (header
+/// [`TASK_ID_HEADER`]). Only that node's user may publish there, so the server vouches for who
+/// acknowledged; the router hears every node's acknowledgements on `fleet.results.*.ack`.
+pub fn ack_subject(node: &NodeName) -> String {
+    format!("fleet.results.{node}.ack")
+}
+
+/// The subject the router hears acknowledgements on.
+pub const ACKS_SUBJECT: &str = "fleet.results.*.ack";
+
 /// `_INBOX.<node>`: the inbox prefix a node uses for its own requests, so it can only ever
 /// receive replies addressed to itself.
 pub fn inbox_prefix(node: &NodeName) -> String {
-    format!("_INBOX.{node}")
+    inbox_prefix_of(node.as_str())
+}
+
+/// `_INBOX.<user>`: the inbox prefix of any NATS user (a node or a service).
+pub fn inbox_prefix_of(user: &str) -> String {
+    format!("_INBOX.{user}")
 }
 
 /// `fleet.dispatch.<role>`: where a supervisor asks the router to run a task of `role`.
@@ -90,6 +114,15 @@ pub const NODES_BUCKET: &str = "fleet-nodes";
 /// The JetStream key-value bucket of the router's live view of node health.
 pub const HEALTH_BUCKET: &str = "fleet-health";
 
+/// The JetStream key-value bucket of tasks taken by a node (the router writes it when a node
+/// acknowledges a task): task id → `{node, role}`, so a router that restarted, or another
+/// router, sends a caller's retry to the node that has the task.
+pub const TASKS_BUCKET: &str = "fleet-tasks";
+
+/// The JetStream key-value bucket of drained nodes (`fleetnix node drain`): node name → when
+/// and why. The router sends a drained node no new task.
+pub const DRAIN_BUCKET: &str = "fleet-drain";
+
 /// Where nats-server keeps JetStream data on the control plane (the NixOS module's state
 /// directory).
 pub const JETSTREAM_STORE_DIR: &str = "/var/lib/nats";
@@ -110,6 +143,12 @@ pub const CLAIMED_HEADER: &str = "Fleet-Claimed-Node";
 pub const TASK_ID_HEADER: &str = "Fleet-Task-Id";
 /// Header carrying the attempt number (1-based).
 pub const ATTEMPT_HEADER: &str = "Fleet-Attempt";
+/// Header of a request (caller → router, router → worker): the task's time left, in whole
+/// milliseconds (relative, so clocks need not agree).
+pub const DEADLINE_HEADER: &str = "Fleet-Deadline-Ms";
+/// Header of a caller's request: how many times it asked before for this task id (a retry after
+/// a lost router); the router then looks the task up instead of starting it afresh.
+pub const REASK_HEADER: &str = "Fleet-Reask";
 
 /// Errors of the bus.
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +285,8 @@ pub fn kv_read_subjects(bucket: &str) -> Vec<String> {
         format!("$JS.API.CONSUMER.CREATE.{stream}"),
         format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
         format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+        // nats-py's keys() and watch() look their consumer up.
+        format!("$JS.API.CONSUMER.INFO.{stream}.>"),
         format!("$JS.FC.{stream}.>"),
     ]
 }
@@ -267,13 +308,12 @@ pub struct BusUser {
     pub password_var: String,
     /// What it may do.
     pub permissions: Permissions,
-    /// The control plane's user: it also dispatches tasks and reads results and heartbeats.
-    pub supervisor: bool,
 }
 
 impl BusUser {
-    /// The user of `node`; `supervisor` for the control plane.
-    pub fn for_node(node: &Node, supervisor: bool) -> Self {
+    /// The user of `node`: its roles' tasks, its own results and heartbeats. The control plane's
+    /// node is no exception: supervising is `_supervisor`'s ([`users::Service`]).
+    pub fn for_node(node: &Node) -> Self {
         let name = &node.name;
         let mut subscribe = Vec::new();
         for role in &node.roles {
@@ -285,16 +325,6 @@ impl BusUser {
             format!("{}.>", results_subject(name)),
             heartbeat_subject(name),
         ];
-        if supervisor {
-            publish.push("fleet.tasks.>".into());
-            // Asks the router; registers the fleet (`node sync`); reads the router's health view.
-            publish.push("fleet.dispatch.>".into());
-            publish.extend(kv_write_subjects(NODES_BUCKET));
-            publish.extend(kv_read_subjects(HEALTH_BUCKET));
-            subscribe.push("fleet.results.>".into());
-            subscribe.push("fleet.heartbeat.>".into());
-            subscribe.push(format!("{}.>", inbox_prefix(name)));
-        }
         publish.sort();
         publish.dedup();
         subscribe.sort();
@@ -307,53 +337,7 @@ impl BusUser {
                 subscribe,
                 allow_responses: true,
             },
-            supervisor,
         }
-    }
-}
-
-/// The router's NATS user ([`ROUTER_USER`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RouterUser {
-    /// User name: [`ROUTER_USER`].
-    pub user: String,
-    /// Environment variable holding its password on the server: [`ROUTER_PASSWORD_VAR`].
-    pub password_var: String,
-    /// What it may do: answer `fleet.dispatch.<role>` (in queue group `router`), send tasks to
-    /// `fleet.tasks.>`, hear heartbeats, read `fleet-nodes`, write `fleet-health`.
-    pub permissions: Permissions,
-}
-
-impl RouterUser {
-    /// The router's user and permissions.
-    pub fn new() -> Self {
-        let mut publish = vec!["fleet.tasks.>".to_string()];
-        publish.extend(kv_read_subjects(NODES_BUCKET));
-        publish.extend(kv_write_subjects(HEALTH_BUCKET));
-        let mut subscribe = vec![
-            format!("fleet.dispatch.> {ROUTER_QUEUE}"),
-            "fleet.heartbeat.>".to_string(),
-            format!("_INBOX.{ROUTER_USER}.>"),
-        ];
-        publish.sort();
-        publish.dedup();
-        subscribe.sort();
-        subscribe.dedup();
-        RouterUser {
-            user: ROUTER_USER.to_string(),
-            password_var: ROUTER_PASSWORD_VAR.to_string(),
-            permissions: Permissions {
-                publish,
-                subscribe,
-                allow_responses: true,
-            },
-        }
-    }
-}
-
-impl Default for RouterUser {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -368,8 +352,8 @@ pub struct ServerPlan {
     pub port: u16,
     /// One user per node, sorted by name.
     pub users: Vec<BusUser>,
-    /// The router's user.
-    pub router: RouterUser,
+    /// The control plane's services' users (router, supervisor, registry), sorted by name.
+    pub services: Vec<users::ServiceUser>,
     /// JetStream's store directory ([`JETSTREAM_STORE_DIR`]).
     pub store_dir: String,
 }
@@ -395,8 +379,12 @@ impl ServerPlan {
 
     /// The names of the environment variables the server needs, sorted.
     pub fn password_vars(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.users.iter().map(|u| u.password_var.clone()).collect();
-        v.push(self.router.password_var.clone());
+        let mut v: Vec<String> = self
+            .users
+            .iter()
+            .map(|u| u.password_var.clone())
+            .chain(self.services.iter().map(|u| u.password_var.clone()))
+            .collect();
         v.sort();
         v
     }
@@ -424,18 +412,14 @@ pub fn server_plan(fleet: &Fleet) -> Result<ServerPlan, BusError> {
             control_plane: cp.name.clone(),
         });
     }
-    let mut users: Vec<BusUser> = fleet
-        .nodes
-        .iter()
-        .map(|n| BusUser::for_node(n, n.name == cp.name))
-        .collect();
+    let mut users: Vec<BusUser> = fleet.nodes.iter().map(BusUser::for_node).collect();
     users.sort_by(|a, b| a.user.cmp(&b.user));
     Ok(ServerPlan {
         server_name: cp.name.clone(),
         host: cp.tailscale_ip,
         port: service.port,
         users,
-        router: RouterUser::new(),
+        services: users::ServiceUser::all(),
         store_dir: JETSTREAM_STORE_DIR.to_string(),
     })
 }
@@ -481,7 +465,7 @@ mod tests {
 
     #[test]
     fn worker_may_only_take_its_roles_tasks_and_publish_its_own_results() {
-        let u = BusUser::for_node(&node("worker-01", &["glm-worker", "kg-writer"]), false);
+        let u = BusUser::for_node(&node("worker-01", &["glm-worker", "kg-writer"]));
         assert_eq!(
             u.permissions.subscribe,
             [
@@ -505,48 +489,40 @@ mod tests {
     }
 
     #[test]
-    fn supervisor_dispatches_and_reads_results() {
-        let u = BusUser::for_node(&node("control-01", &["control-plane"]), true);
-        assert!(u.permissions.publish.contains(&"fleet.tasks.>".to_string()));
-        for s in [
-            "fleet.results.>",
-            "fleet.heartbeat.>",
-            "_INBOX.control-01.>",
-            "fleet.tasks.control-plane control-plane",
-        ] {
-            assert!(u.permissions.subscribe.contains(&s.to_string()), "{s}");
-        }
-        for p in ["fleet.dispatch.>", "$KV.fleet-nodes.>"] {
-            assert!(u.permissions.publish.contains(&p.to_string()), "{p}");
-        }
-        // It reads the router's health view but does not write it.
-        assert!(!u
-            .permissions
-            .publish
-            .iter()
-            .any(|p| p.starts_with("$KV.fleet-health")));
+    fn the_control_plane_node_is_an_ordinary_node() {
+        let u = BusUser::for_node(&node("control-01", &["control-plane", "kg-writer"]));
+        assert_eq!(
+            u.permissions.publish,
+            [
+                "fleet.heartbeat.control-01",
+                "fleet.results.control-01",
+                "fleet.results.control-01.>",
+            ]
+        );
+        assert_eq!(
+            u.permissions.subscribe,
+            [
+                "fleet.tasks.control-plane control-plane",
+                "fleet.tasks.control-plane.control-01",
+                "fleet.tasks.kg-writer kg-writer",
+                "fleet.tasks.kg-writer.control-01",
+            ]
+        );
     }
 
     #[test]
     fn workers_get_no_jetstream_and_the_router_no_registry_writes() {
-        let w = BusUser::for_node(&node("worker-01", &["glm-worker"]), false);
+        let w = BusUser::for_node(&node("worker-01", &["glm-worker"]));
         assert!(!w
             .permissions
             .publish
             .iter()
             .chain(&w.permissions.subscribe)
             .any(|p| p.starts_with('$') || p.contains("dispatch")));
-        let r = RouterUser::new();
-        assert!(r.permissions.publish.contains(&"$KV.fleet-health.>".into()));
-        assert!(!r
-            .permissions
-            .publish
-            .iter()
-            .any(|p| p.starts_with("$KV.fleet-nodes")));
-        assert!(r
-            .permissions
-            .subscribe
-            .contains(&"fleet.dispatch.> router".into()));
+        let r = users::Service::Router.permissions();
+        assert!(r.publish.contains(&"$KV.fleet-health.>".into()));
+        assert!(!r.publish.iter().any(|p| p.starts_with("$KV.fleet-nodes")));
+        assert!(r.subscribe.contains(&"fleet.dispatch.> router".into()));
         assert!(NodeName::parse(ROUTER_USER).is_err());
     }
 }

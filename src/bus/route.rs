@@ -343,12 +343,10 @@ impl Router {
         };
         std::fs::create_dir_all(dir).map_err(err(dir))?;
         let lock_path = dir.join(LOCK_FILE);
-        let lock_file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(err(&lock_path))?;
+        let lock_file =
+            crate::fsutil::no_follow(File::options().create(true).truncate(false).write(true))
+                .open(&lock_path)
+                .map_err(err(&lock_path))?;
         rustix::fs::flock(&lock_file, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| err(&lock_path)(e.into()))?;
         let mut state: BTreeMap<String, String> = match std::fs::read_to_string(&path) {

@@ -47,13 +47,22 @@ pub enum AclCommand {
     },
     /// Fetch the tailnet's policy, back it up in <fleet-dir>/acl-backups/ and print it.
     Get(ApiArgs),
-    /// Show how the tailnet's policy differs from the rendered one (exit 1 if it does).
+    /// The blast radius of a policy change: per principal, the node:port pairs and SSH logins it
+    /// gains and loses (exit 1 if the policies differ).
     Diff {
-        /// API access.
+        /// API access (not needed with two files).
         #[command(flatten)]
         api: ApiArgs,
-        /// Compare with this file instead of the rendered policy.
-        policy: Option<PathBuf>,
+        /// OLD NEW: two files. One file: the tailnet's policy against it. None: the tailnet's
+        /// policy against the rendered one.
+        #[arg(value_name = "POLICY", num_args = 0..=2)]
+        policies: Vec<PathBuf>,
+        /// The blast radius as JSON.
+        #[arg(long, conflicts_with = "text")]
+        json: bool,
+        /// Also print the unified diff of the texts.
+        #[arg(long)]
+        text: bool,
     },
     /// Replace the tailnet's policy (validated first, old one backed up, If-Match guarded).
     Set {
@@ -65,6 +74,9 @@ pub enum AclCommand {
         /// Apply even if the policy cuts the deploy or operator SSH.
         #[arg(long)]
         force: bool,
+        /// Apply even if some principal loses access (the blast radius is shown first).
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -89,11 +101,20 @@ pub fn run(ctx: &Ctx, cmd: AclCommand) -> CmdResult {
             cmd_matrix(ctx, &fleet, policy.as_deref(), dot, json)
         }
         AclCommand::Get(api) => cmd_get(&fleet, &api, &backups),
-        AclCommand::Diff { api, policy } => {
-            cmd_diff(ctx, &fleet, &api, policy.as_deref(), &backups)
-        }
-        AclCommand::Set { api, policy, force } => {
-            cmd_set(ctx, &fleet, &api, policy.as_deref(), force, &backups)
+        AclCommand::Diff {
+            api,
+            policies,
+            json,
+            text,
+        } => cmd_diff(ctx, &fleet, &api, &policies, json, text, &backups),
+        AclCommand::Set {
+            api,
+            policy,
+            force,
+            yes,
+        } => {
+            let opts = apply::SetOptions { force, yes };
+            cmd_set(ctx, &fleet, &api, policy.as_deref(), &opts, &backups)
         }
     }
 }
@@ -165,21 +186,45 @@ fn cmd_diff(
     ctx: &Ctx,
     fleet: &Fleet,
     api: &ApiArgs,
-    file: Option<&Path>,
+    policies: &[PathBuf],
+    json: bool,
+    text: bool,
     backups: &Path,
 ) -> CmdResult {
-    let PolicyText { text, name } = policy_text(ctx, fleet, file)?;
-    let c = client(fleet, api)?;
-    let d = runtime()?
-        .block_on(apply::diff(&c, backups, &text, &name))
-        .map_err(CliError::msg)?;
-    if d.is_empty() {
-        println!("no difference: the tailnet policy is the {name} one");
-        Ok(Outcome::Ok)
+    let (old, new) = match policies {
+        [old, new] => (
+            policy_text(ctx, fleet, Some(old))?,
+            policy_text(ctx, fleet, Some(new))?,
+        ),
+        _ => {
+            let new = policy_text(ctx, fleet, policies.first().map(PathBuf::as_path))?;
+            let c = client(fleet, api)?;
+            let remote = runtime()?
+                .block_on(apply::remote(&c, backups))
+                .map_err(CliError::msg)?;
+            let old = PolicyText {
+                text: remote.text,
+                name: "tailnet (remote)".to_string(),
+            };
+            (old, new)
+        }
+    };
+    let d = files::blast_radius(fleet, &old, &new).map_err(CliError::msg)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&d.json()).map_err(CliError::msg)?
+        );
     } else {
-        print!("{d}");
-        Ok(Outcome::Problem)
+        print!("{}", d.text());
+        if text {
+            print!(
+                "{}",
+                apply::unified_diff(&old.text, &new.text, &old.name, &new.name)
+            );
+        }
     }
+    Ok(Outcome::ok_if(old.text == new.text))
 }
 
 fn cmd_set(
@@ -187,15 +232,17 @@ fn cmd_set(
     fleet: &Fleet,
     api: &ApiArgs,
     file: Option<&Path>,
-    force: bool,
+    opts: &apply::SetOptions,
     backups: &Path,
 ) -> CmdResult {
     let PolicyText { text, name } = policy_text(ctx, fleet, file)?;
     let c = client(fleet, api)?;
-    let opts = apply::SetOptions { force };
     let out = runtime()?
-        .block_on(apply::set(&c, fleet, backups, &text, &opts))
+        .block_on(apply::set(&c, fleet, backups, &text, opts))
         .map_err(CliError::msg)?;
+    if let Some(d) = &out.blast {
+        print!("{}", d.text());
+    }
     for f in &out.forced {
         eprintln!("warning: --force: applied although it cuts {f}");
     }

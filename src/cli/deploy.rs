@@ -72,9 +72,18 @@ pub struct DeployArgs {
     /// (faster; an unreachable node is then detected by keep-alives, see docs/deploy.md).
     #[arg(long)]
     pub ssh_multiplex: bool,
-    /// Seconds the node waits for the post-activation confirmation before rolling back.
+    /// Seconds the node waits for the post-activation confirmation before rolling back (with a
+    /// reboot: after it boots the new generation, before its boot guard restores the previous one).
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(5..))]
     pub rollback_grace: u64,
+    /// Reboot into the new generation: `never` (the summary says which nodes need one), `auto`
+    /// (where its kernel, initrd, modules, kernel parameters or systemd differ from the booted
+    /// system) or `always`; guarded by a boot guard on the node (see docs/deploy.md).
+    #[arg(long, default_value = "never", value_parser = ["never", "auto", "always"])]
+    pub reboot: String,
+    /// Seconds a rebooting node may take until SSH answers again.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(5..))]
+    pub reboot_timeout: u64,
     /// SSH identity file (default: ssh's own keys and agent).
     #[arg(long)]
     pub ssh_identity: Option<PathBuf>,
@@ -108,6 +117,55 @@ pub struct DeployArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// After the deploy, make the tags of the deployed nodes' devices follow their roles through
+    /// the Tailscale API (`POST /device/{id}/tags`; a running node never re-reads
+    /// `--advertise-tags`). Needs TS_API_KEY or --token-file.
+    #[arg(long)]
+    pub retag: bool,
+    /// With --retag: file holding the API access token [default: TS_API_KEY].
+    #[arg(long, value_name = "FILE", requires = "retag")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+/// `--retag`: the deployed (or unchanged) nodes' device tags made to follow their roles.
+fn retag(
+    fleet: &fleetnix::model::Fleet,
+    summary: &fleetnix::deploy::report::Summary,
+    client: &fleetnix::tailscale::api::Client,
+) -> Result<bool, CliError> {
+    let nodes: Vec<fleetnix::model::NodeName> = summary
+        .nodes
+        .iter()
+        .filter(|n| n.outcome.is_success())
+        .filter_map(|n| fleetnix::model::NodeName::parse(&n.node).ok())
+        .collect();
+    match super::runtime()?.block_on(fleetnix::tailscale::prefs::reconcile_tags(
+        client, fleet, &nodes,
+    )) {
+        Ok(changes) => {
+            for c in &changes {
+                eprintln!(
+                    "retagged {} ({}): {} -> {}",
+                    c.node,
+                    c.device_id,
+                    if c.from.is_empty() {
+                        "none".to_string()
+                    } else {
+                        c.from.join(",")
+                    },
+                    c.to.join(",")
+                );
+            }
+            if changes.is_empty() {
+                eprintln!("tags: every deployed node's device already carries its roles' tags");
+            }
+            Ok(true)
+        }
+        Err(e) => {
+            eprintln!("error: retagging through the Tailscale API: {e}");
+            Ok(false)
+        }
+    }
 }
 
 /// `fleetnix deploy`.
@@ -118,6 +176,17 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
         all_plans,
         plans,
     } = selected_plans(ctx, &args.targets, args.all)?;
+    // --retag: the token is checked before anything is rendered or deployed.
+    let retag_client = if args.retag {
+        Some(super::acl::client(
+            &fleet,
+            &super::acl::ApiArgs {
+                token_file: args.token_file.clone(),
+            },
+        )?)
+    } else {
+        None
+    };
     let mode = if args.dry_run {
         RenderMode::Report
     } else if args.no_render {
@@ -146,6 +215,19 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
     opts.health_gate = !args.no_health_gate;
     opts.multiplex = args.ssh_multiplex;
     opts.rollback_grace = Duration::from_secs(args.rollback_grace);
+    opts.reboot = fleetnix::deploy::reboot::RebootMode::parse(&args.reboot).ok_or_else(|| {
+        CliError::msg(format!(
+            "--reboot {}: expected never, auto or always",
+            args.reboot
+        ))
+    })?;
+    if opts.reboot != fleetnix::deploy::reboot::RebootMode::Never && !opts.guarded() {
+        return Err(CliError::msg(format!(
+            "--reboot {} needs the guarded switch: it cannot be used with --no-rollback or --action boot|test",
+            args.reboot
+        )));
+    }
+    opts.reboot_timeout = Duration::from_secs(args.reboot_timeout);
     opts.ssh.identity = args.ssh_identity;
     if let Some(u) = args.install_url {
         opts.install_url = u;
@@ -234,6 +316,10 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
     });
     let (mut summary, unchanged) = summary;
     deploy_plan::merge_skipped(&mut summary, unchanged);
+    let retagged = match &retag_client {
+        Some(c) => retag(&fleet, &summary, c)?,
+        None => true,
+    };
     if args.json {
         println!(
             "{}",
@@ -242,7 +328,7 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
     } else {
         print!("\n{}", summary_table(&summary));
     }
-    Ok(super::Outcome::ok_if(summary.success()))
+    Ok(super::Outcome::ok_if(summary.success() && retagged))
 }
 
 /// `--identity`, else [`fleetnix::secret::default_identity`]. Without `$HOME` there is no

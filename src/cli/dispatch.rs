@@ -4,6 +4,7 @@
 use super::bus::{password, url, Conn};
 use super::{runtime, CliError, CmdResult, Ctx, Outcome};
 use fleetnix::bus::router::{self, Answer};
+use fleetnix::bus::users::Service;
 use fleetnix::bus::{self, dispatch as d};
 use fleetnix::secrets::{SecretId, SecretKind};
 use std::io::Write;
@@ -16,8 +17,15 @@ pub struct DispatchArgs {
     #[arg(long)]
     pub role: String,
     /// The task, as JSON (sent unchanged).
-    #[arg(long)]
-    pub payload: String,
+    #[arg(
+        long,
+        required_unless_present = "payload_file",
+        conflicts_with = "payload_file"
+    )]
+    pub payload: Option<String>,
+    /// Read the task's JSON from FILE (`-`: standard input), for payloads too large for argv.
+    #[arg(long, value_name = "FILE")]
+    pub payload_file: Option<std::path::PathBuf>,
     /// Prefer nodes that serve this model (ignored when none does).
     #[arg(long)]
     pub model: Option<String>,
@@ -26,10 +34,13 @@ pub struct DispatchArgs {
     #[arg(long, value_parser = d::parse_timeout)]
     pub timeout: Option<Duration>,
     /// Bypass the router: publish to the role's queue group and fail over from this process
-    /// (the answering node is then only as claimed by the worker).
+    /// (the answering node is then only as claimed by the worker). Only the router's user may
+    /// publish tasks, so this connects as `_router` (its password:
+    /// secrets/<control plane>/nats-router-password.age).
     #[arg(long)]
     pub direct: bool,
-    /// NATS user (a node name) [default: the control plane, the only user allowed to dispatch].
+    /// NATS user: `_supervisor`, `_router` or a node name [default: `_supervisor`, the
+    /// supervisors' user, which may only ask the router; `_router` with --direct].
     #[arg(long)]
     pub user: Option<String>,
     /// Connection.
@@ -57,20 +68,32 @@ pub fn run(ctx: &Ctx, a: DispatchArgs) -> CmdResult {
     if let Some(m) = &a.model {
         fleetnix::model::check_model(m).map_err(|e| CliError::msg(format_args!("--model: {e}")))?;
     }
-    let payload = d::parse_payload(&a.payload).map_err(CliError::msg)?;
-    let user_name = a
-        .user
-        .clone()
-        .unwrap_or_else(|| fleet.settings.control_plane.to_string());
-    let Some(user) = fleet.node(&user_name).map(|n| n.name.clone()) else {
-        return Err(CliError::msg(bus::BusError::UnknownNode(user_name)));
+    let text = match (&a.payload, &a.payload_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .map_err(|e| CliError::msg(format_args!("--payload-file -: {e}")))?;
+            s
+        }
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map_err(|e| CliError::msg(format_args!("--payload-file {}: {e}", f.display())))?,
+        // Invariant: clap requires one of them.
+        (None, None) => return Err(CliError::msg("--payload or --payload-file is required")),
     };
-    let pw = password(
-        ctx,
-        &a.conn,
-        &SecretId::new(user.clone(), SecretKind::NatsPassword),
-        user.as_str(),
-    )?;
+    let payload = d::parse_payload(&text).map_err(CliError::msg)?;
+    let default = if a.direct {
+        Service::Router
+    } else {
+        Service::Supervisor
+    };
+    let user = a.user.clone().unwrap_or_else(|| default.user().to_string());
+    let secret = match (Service::from_user(&user), fleet.node(&user)) {
+        (Some(s), _) => SecretId::new(fleet.settings.control_plane.clone(), s.secret_kind()),
+        (None, Some(n)) => SecretId::new(n.name.clone(), SecretKind::NatsPassword),
+        (None, None) => return Err(CliError::msg(bus::BusError::UnknownNode(user))),
+    };
+    let pw = password(ctx, &a.conn, &secret, &user)?;
     let url = url(&fleet, &a.conn);
     let node_timeout = Duration::from_secs(u64::from(fleet.settings.failure.node_timeout_seconds));
     let rt = runtime()?;
@@ -88,7 +111,7 @@ pub fn run(ctx: &Ctx, a: DispatchArgs) -> CmdResult {
             candidates,
         };
         let result = rt.block_on(async {
-            let client = d::connect(&url, &user, &pw, policy.attempt_timeout).await?;
+            let client = d::connect_as(&url, &user, &pw, policy.attempt_timeout).await?;
             d::dispatch(&client, &role, payload, &policy).await
         });
         let done = result.map_err(CliError::msg)?;
@@ -110,7 +133,7 @@ pub fn run(ctx: &Ctx, a: DispatchArgs) -> CmdResult {
         .timeout
         .unwrap_or(node_timeout * (u32::try_from(nodes.len()).unwrap_or(u32::MAX - 1) + 1));
     let result = rt.block_on(async {
-        let client = d::connect(&url, &user, &pw, node_timeout)
+        let client = d::connect_as(&url, &user, &pw, node_timeout)
             .await
             .map_err(router::RouterError::from)?;
         router::ask(&client, &role, payload, a.model.as_deref(), wait).await

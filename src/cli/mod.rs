@@ -1,4 +1,7 @@
 //! Command-line layer: argument types and printing. Logic lives in the library.
+//!
+//! The binary's thin layer (not part of the library): parses arguments, calls the library,
+//! prints. May import any stage.
 
 pub mod acl;
 pub mod authkey;
@@ -7,6 +10,7 @@ pub mod bus;
 pub mod completions;
 pub mod deploy;
 pub mod dispatch;
+pub mod enrolment;
 pub mod health;
 pub mod nats_conf;
 pub mod node;

@@ -99,23 +99,33 @@ pub fn report_manifest_error(e: &ManifestError) {
                 let text = sources
                     .iter()
                     .find(|(path, _)| *path == p.file)
-                    .map(|(_, t)| t.clone())
+                    .map(|(_, t)| t.as_str())
                     .unwrap_or_default();
-                let offset = p.offset.min(text.len());
-                let len = p.len.min(text.len() - offset);
+                // Only the lines around the problem, clipped: a 1 MB line is not printed whole.
+                let snippet = p.snippet(text);
+                let (offset, len) = snippet.span;
                 // One grep-friendly line, then the source snippet.
                 eprintln!("error: {p}");
-                let diag = miette::MietteDiagnostic::new(p.message.clone())
+                let clip = |s: &str| {
+                    fleetnix::manifest::diag::clip_middle(
+                        s,
+                        fleetnix::manifest::diag::MESSAGE_CHARS,
+                    )
+                    .into_owned()
+                };
+                let diag = miette::MietteDiagnostic::new(clip(&p.message))
                     .with_code("fleetnix::manifest")
                     .with_label(miette::LabeledSpan::at(
                         offset..offset + len,
                         p.expected
-                            .clone()
-                            .map(|e| format!("expected {e}"))
-                            .unwrap_or_else(|| p.message.clone()),
+                            .as_deref()
+                            .map(|e| format!("expected {}", clip(e)))
+                            .unwrap_or_else(|| clip(&p.message)),
                     ));
-                let report = miette::Report::new(diag)
-                    .with_source_code(miette::NamedSource::new(p.file.display().to_string(), text));
+                let report = miette::Report::new(diag).with_source_code(ClippedSource {
+                    name: p.file.display().to_string(),
+                    snippet,
+                });
                 eprintln!("{report:?}");
             }
             eprintln!(
@@ -124,5 +134,37 @@ pub fn report_manifest_error(e: &ManifestError) {
             );
         }
         other => eprintln!("error: {other}"),
+    }
+}
+
+/// A problem's [`Snippet`](fleetnix::manifest::diag::Snippet) as miette's source: lines and
+/// columns are the file's, though only the clipped lines around the problem are held.
+#[derive(Debug)]
+struct ClippedSource {
+    name: String,
+    snippet: fleetnix::manifest::diag::Snippet,
+}
+
+impl miette::SourceCode for ClippedSource {
+    fn read_span<'a>(
+        &'a self,
+        span: &miette::SourceSpan,
+        before: usize,
+        after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        let c = self.snippet.text.as_str().read_span(span, before, after)?;
+        let column = if c.line() == self.snippet.problem_line {
+            usize::try_from(c.column() as isize + self.snippet.column_shift).unwrap_or(0)
+        } else {
+            c.column()
+        };
+        Ok(Box::new(miette::MietteSpanContents::new_named(
+            self.name.clone(),
+            c.data(),
+            *c.span(),
+            c.line() + self.snippet.first_line,
+            column,
+            c.line_count(),
+        )))
     }
 }

@@ -37,10 +37,18 @@ pub fn run(ctx: &Ctx, a: RouterArgs) -> CmdResult {
     }
     let alerter = if fleet.settings.failure.alert_on_node_down {
         match Ntfy::for_fleet(&fleet, Duration::from_secs(10)) {
-            Ok(n) => Some(Alerter::new(n)),
+            Ok(n) => {
+                // Said at start-up: where a node going down is reported (issue 22).
+                eprintln!(
+                    "router: alerts (node down/back) go to ntfy at {} (FLEETNIX_NTFY_URL overrides; alert_on_node_down: false turns them off)",
+                    n.url()
+                );
+                Some(Alerter::new(n))
+            }
             Err(e) => return Err(CliError::msg(e)),
         }
     } else {
+        eprintln!("router: alerts are off (alert_on_node_down: false)");
         None
     };
     let url = url(&fleet, &a.conn);

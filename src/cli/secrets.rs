@@ -85,7 +85,7 @@ fn read_key(
     ctx: &Ctx,
     node: &NodeName,
     from_file: Option<&PathBuf>,
-) -> Result<Secret, SecretsError> {
+) -> Result<(Secret, String), SecretsError> {
     let source = match from_file {
         Some(path) => KeySource::File(path.clone()),
         None if std::env::var_os(fleetnix::secret::env::AUTHKEY).is_some() => KeySource::Env,
@@ -93,7 +93,7 @@ fn read_key(
     };
     let id = secrets::SecretId::new(node.clone(), secrets::SecretKind::TailscaleAuthkey);
     match source.resolve_local(&KeyContext::new(&id, &ctx.root)) {
-        Ok(r) => Ok(r.key),
+        Ok(r) => Ok((r.key, r.origin)),
         Err(KeyError::Secrets(e)) => Err(e),
         // File, environment and stdin fail only with `Secrets` for an auth key.
         Err(e) => Err(SecretsError::ReadKey {
@@ -114,7 +114,11 @@ fn set_authkey(ctx: &Ctx, fleet: &fleetnix::model::Fleet, args: SetAuthkeyArgs) 
         // `--all` on a fleet without nodes (the manifest requires one): nothing to write.
         return Ok(Outcome::Ok);
     };
-    let key = read_key(ctx, first, args.from_file.as_ref())?;
+    let (key, origin) = read_key(ctx, first, args.from_file.as_ref())?;
+    // The kind the fleet enrols with (`tailscale_auth`), named with where the key came from.
+    if let Err(reason) = fleet.settings.tailscale_auth.check(key.expose()) {
+        return Err(SecretsError::WrongCredential { origin, reason }.into());
+    }
     let report = secrets::set_authkey(fleet, &ctx.root, &nodes, &key)?;
     drop(key);
     print_report(ctx, &report);
@@ -149,8 +153,11 @@ fn set_nats(ctx: &Ctx, fleet: &fleetnix::model::Fleet, args: SetNatsArgs) -> Cmd
         out.report.written.len(),
         out.report.unchanged.len()
     );
-    if out.router_generated {
-        println!("router password: new");
+    if !out.services_generated.is_empty() {
+        println!(
+            "new service password(s): {}",
+            out.services_generated.join(", ")
+        );
     }
     if out.report.skipped.is_empty() {
         Ok(Outcome::Ok)

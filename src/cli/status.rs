@@ -12,6 +12,18 @@ pub struct StatusArgs {
     /// JSON output.
     #[arg(long)]
     pub json: bool,
+    /// Could every node log in again today? Credential kind, key expiry/validity (API), node key
+    /// expiry; names stranded nodes and the fix (exit 1 when there is one).
+    #[arg(long)]
+    pub enrolment: bool,
+    /// With --enrolment: operator identity that decrypts the nodes' auth keys [default:
+    /// ~/.ssh/id_ed25519 if it exists; without one the kind is `unknown`].
+    #[arg(long, value_name = "FILE", requires = "enrolment")]
+    pub identity: Option<std::path::PathBuf>,
+    /// With --enrolment: file holding the API access token [default: TS_API_KEY; without a
+    /// token, key validity is not checked].
+    #[arg(long, value_name = "FILE", requires = "enrolment")]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 fn print_status(r: &StatusReport) {
@@ -63,6 +75,14 @@ fn print_status(r: &StatusReport) {
 
 /// `fleetnix status`: exit 0 without drift, 1 with drift, 3 when tailscaled cannot be asked.
 pub fn run(ctx: &Ctx, a: StatusArgs) -> CmdResult {
+    if a.enrolment {
+        let args = super::enrolment::EnrolmentArgs {
+            json: a.json,
+            identity: a.identity,
+            token_file: a.token_file,
+        };
+        return super::enrolment::run(ctx, args);
+    }
     let fleet = ctx.fleet()?;
     let st = runtime()?
         .block_on(async { Tailscale::locate()?.status().await })

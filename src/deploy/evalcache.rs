@@ -28,6 +28,7 @@
 //! finds its records valid again.
 
 use super::flake::{self, check_store_path, nix_error, EvalError, Evaluated, OverrideInput};
+use super::reboot::BootSet;
 use crate::exec::process::{run_process, LocalCommand, NodeLog};
 use crate::model::NodeName;
 use serde::{Deserialize, Serialize};
@@ -42,7 +43,7 @@ use std::time::Duration;
 pub const CACHE_DIR: &str = ".fleetnix/eval-cache";
 
 /// Bumped whenever the record's meaning changes (old records are then ignored).
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// Peak resident memory of one evaluator of a full NixOS system with the pinned nixpkgs, as
 /// measured (`/usr/bin/time -v`: 1 037 672 kB), rounded up: what [`default_jobs`] budgets.
@@ -78,6 +79,8 @@ pub struct EvalSettings {
 pub struct Targets {
     /// One entry per node asked for.
     pub nodes: BTreeMap<NodeName, (Evaluated, TargetFrom)>,
+    /// The boot components of the nodes whose evaluation (or record) gave them.
+    pub boot: BTreeMap<NodeName, BootSet>,
     /// Why records could not be used or kept.
     pub warnings: Vec<String>,
 }
@@ -149,6 +152,9 @@ pub struct Record {
     pub deps: BTreeMap<String, Seen>,
     /// The evaluated toplevel.
     pub target: String,
+    /// Its boot components, as the same evaluation gave them (see `flake::BOOT_EXPR`).
+    #[serde(default)]
+    pub boot: BTreeMap<String, String>,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -397,7 +403,8 @@ async fn metadata(
     Ok((PathBuf::from(path), v["locks"].clone()))
 }
 
-/// One node evaluated alone, traced when `trace_to` is given (strace, its output file).
+/// One node evaluated alone (its toplevel and boot components, the one expression `plan` uses for
+/// every node: [`flake::eval_command`]), traced when `strace` is given (strace, its output file).
 async fn eval_node(
     nix: &Path,
     strace: Option<(&Path, &Path)>,
@@ -405,8 +412,9 @@ async fn eval_node(
     node: &NodeName,
     inputs: &[OverrideInput],
     timeout: Duration,
-) -> Evaluated {
-    let mut cmd = flake::eval_one_command(nix, root, node, inputs);
+) -> (Evaluated, Option<BootSet>) {
+    let one = std::slice::from_ref(node);
+    let mut cmd = flake::eval_command(nix, root, one, inputs);
     // Nix's own evaluation cache would answer without reading the files.
     cmd.args.insert(3, "--no-eval-cache".into());
     if let Some((strace, out)) = strace {
@@ -423,10 +431,32 @@ async fn eval_node(
             env: Vec::new(),
         };
     }
-    match run_process(&cmd, None, timeout, &NodeLog::discard()).await {
-        Ok(o) if o.success() => check_store_path(&o.stdout),
-        Ok(o) => Err(EvalError(nix_error(&o.stderr))),
-        Err(e) => Err(EvalError(e.to_string())),
+    let o = match run_process(&cmd, None, timeout, &NodeLog::discard()).await {
+        Ok(o) => o,
+        Err(e) => return (Err(EvalError(e.to_string())), None),
+    };
+    if !o.success() {
+        return (Err(EvalError(nix_error(&o.stderr))), None);
+    }
+    match flake::parse_eval(&o.stdout, one) {
+        Ok((mut systems, failed)) if failed.is_empty() => {
+            let target = systems
+                .remove(node)
+                .unwrap_or_else(|| Err(EvalError(format!("nix eval gave no answer for {node}"))));
+            let boot = flake::parse_eval_boot(&o.stdout, one).remove(node);
+            (target, boot)
+        }
+        // Its evaluation threw: the evaluator's own message comes from the node alone.
+        Ok(_) => {
+            let cmd = flake::eval_one_command(nix, root, node, inputs);
+            let r = match run_process(&cmd, None, timeout, &NodeLog::discard()).await {
+                Ok(o) if o.success() => check_store_path(&o.stdout),
+                Ok(o) => Err(EvalError(nix_error(&o.stderr))),
+                Err(e) => Err(EvalError(e.to_string())),
+            };
+            (r, None)
+        }
+        Err(e) => (Err(e), None),
     }
 }
 
@@ -438,26 +468,26 @@ async fn eval_and_record(
     node: &NodeName,
     inputs: &[OverrideInput],
     key: &(String, PathBuf),
-) -> (Evaluated, Result<Option<Record>, String>) {
+) -> (Evaluated, Option<BootSet>, Result<Option<Record>, String>) {
     let Some(strace) = s.strace.as_deref() else {
-        return (
-            eval_node(nix, None, root, node, inputs, s.timeout).await,
-            Ok(None),
-        );
+        let (r, boot) = eval_node(nix, None, root, node, inputs, s.timeout).await;
+        return (r, boot, Ok(None));
     };
     let tmp = match tempfile::tempdir() {
         Ok(t) => t,
         Err(e) => {
+            let (r, boot) = eval_node(nix, None, root, node, inputs, s.timeout).await;
             return (
-                eval_node(nix, None, root, node, inputs, s.timeout).await,
+                r,
+                boot,
                 Err(format!("no temporary folder for the trace: {e}")),
-            )
+            );
         }
     };
     let out = tmp.path().join("trace");
-    let r = eval_node(nix, Some((strace, &out)), root, node, inputs, s.timeout).await;
+    let (r, boot) = eval_node(nix, Some((strace, &out)), root, node, inputs, s.timeout).await;
     let Ok(target) = &r else {
-        return (r, Ok(None));
+        return (r, boot, Ok(None));
     };
     let (inputs_key, source) = key;
     let source_str = source.display().to_string();
@@ -467,6 +497,7 @@ async fn eval_and_record(
     let Some(deps) = deps else {
         return (
             r.clone(),
+            boot,
             Err(format!(
                 "the trace of {node}'s evaluation could not be read back: not cached"
             )),
@@ -474,7 +505,7 @@ async fn eval_and_record(
     };
     // The flake may have changed while it was evaluated: then this run read another copy.
     if !deps.contains_key("flake.nix") {
-        return (r.clone(), Ok(None));
+        return (r.clone(), boot, Ok(None));
     }
     let record = Record {
         format: FORMAT,
@@ -494,8 +525,9 @@ async fn eval_and_record(
             })
             .collect(),
         target: target.clone(),
+        boot: boot.as_ref().map(|b| b.parts.clone()).unwrap_or_default(),
     };
-    (r, Ok(Some(record)))
+    (r, boot, Ok(Some(record)))
 }
 
 /// Every node's target system: from a valid record, or evaluated (each node alone, at most
@@ -509,12 +541,18 @@ pub async fn eval_targets(
 ) -> Targets {
     let jobs = if s.jobs == 0 { default_jobs() } else { s.jobs };
     let fresh = |warnings: Vec<String>| async move {
-        let nodes = flake::eval_targets(s.nix.as_deref(), root, nodes, inputs, s.timeout, jobs)
-            .await
+        let (systems, boot) =
+            flake::eval_targets_with_boot(s.nix.as_deref(), root, nodes, inputs, s.timeout, jobs)
+                .await;
+        let nodes = systems
             .into_iter()
             .map(|(n, r)| (n, (r, TargetFrom::Evaluation)))
             .collect();
-        Targets { nodes, warnings }
+        Targets {
+            nodes,
+            boot,
+            warnings,
+        }
     };
     let nix = match (&s.nix, s.cache, nodes.is_empty()) {
         (Some(nix), true, false) => nix.clone(),
@@ -545,6 +583,9 @@ pub async fn eval_targets(
     for n in nodes {
         match read_record(&dir, n) {
             Some(r) if still_valid(&r, n, &key.0, &key.1) => {
+                if !r.boot.is_empty() {
+                    out.boot.insert(n.clone(), BootSet { parts: r.boot });
+                }
                 out.nodes
                     .insert(n.clone(), (Ok(r.target), TargetFrom::Cache));
             }
@@ -558,11 +599,14 @@ pub async fn eval_targets(
         async move {
             // The semaphore is never closed, so acquiring only waits.
             let _permit = sem.acquire_owned().await.ok();
-            let (r, rec) = eval_and_record(s, nix, root, n, inputs, &key).await;
-            (n.clone(), r, rec)
+            let (r, boot, rec) = eval_and_record(s, nix, root, n, inputs, &key).await;
+            (n.clone(), r, boot, rec)
         }
     });
-    for (n, r, rec) in futures_util::future::join_all(runs).await {
+    for (n, r, boot, rec) in futures_util::future::join_all(runs).await {
+        if let Some(b) = boot {
+            out.boot.insert(n.clone(), b);
+        }
         match rec {
             Ok(Some(rec)) => {
                 if let Err(e) = write_record(&dir, &rec) {
@@ -649,6 +693,7 @@ mod tests {
             ]
             .into(),
             target: "/nix/store/x-nixos-system-a".into(),
+            boot: BTreeMap::new(),
         };
         assert!(still_valid(&rec, &node, "k", d.path()));
         assert!(!still_valid(&rec, &node, "other", d.path()));
@@ -676,6 +721,7 @@ mod tests {
             source: "/nix/store/s-source".into(),
             deps: BTreeMap::new(),
             target: "/nix/store/x-nixos-system-a".into(),
+            boot: BTreeMap::new(),
         };
         write_record(&dir, &rec).expect("write");
         let a = NodeName::parse("a").expect("name");

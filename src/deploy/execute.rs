@@ -12,7 +12,7 @@ use super::report::{unchanged_detail, Event, NodeReport, Outcome, Step};
 use super::{AuthKeySource, DeployOptions};
 use crate::exec::process::{run_process_in, LocalCommand, NodeLog, ProcOutput};
 use crate::exec::ssh::{ControlDir, SshTarget, Transport};
-use crate::fsutil::write_atomic;
+use crate::fsutil::write_atomic_in_repo;
 use crate::model::Os;
 use crate::secret::Secret;
 use crate::spec::NodeSpec;
@@ -47,6 +47,14 @@ struct Run<'a> {
     changed: Vec<&'static str>,
     /// When the guard was armed.
     armed_at: Option<Instant>,
+    /// The gate's units and ports as they were before the switch.
+    baseline: Option<super::gate::Baseline>,
+    /// What the health gate checked, once it passed.
+    gate: Option<String>,
+    /// Does the built system need a reboot, and why (read on the node).
+    reboot_need: Option<super::reboot::RebootNeed>,
+    /// Does this deploy reboot the node (decided by `--reboot` and the check)?
+    rebooting: bool,
     /// The step last announced.
     step: Step,
 }
@@ -124,7 +132,7 @@ impl<T: Transport> Ctx<T> {
             ));
         }
         let path = &target.known_hosts;
-        write_atomic(path, text.as_bytes(), 0o644)
+        write_atomic_in_repo(&self.opts.root, path, text.as_bytes(), 0o644)
             .map_err(|e| Failure::new(Step::HostKey, format!("{}: {e}", path.display())))
     }
 
@@ -167,6 +175,10 @@ impl<T: Transport> Ctx<T> {
             probe: None,
             changed: Vec::new(),
             armed_at: None,
+            baseline: None,
+            gate: None,
+            reboot_need: None,
+            rebooting: false,
             step: Step::HostKey,
         };
         let mut queue: VecDeque<&Op> = program.ops.iter().collect();
@@ -244,7 +256,7 @@ impl<T: Transport> Ctx<T> {
                             .map_err(|e| Failure::new(Step::Connect, e.to_string()))?;
                         run.vars.running = prev;
                         self.trace(run, op.id, true);
-                        std::fs::create_dir_all(dir).map_err(|e| {
+                        crate::fsutil::create_dir_in_repo(&self.opts.root, dir).map_err(|e| {
                             Failure::new(Step::Rebuild, format!("{}: {e}", dir.display()))
                         })?;
                         let out = self.rebuild(&l.cmd, Some(dir), "build", run.log).await?;
@@ -259,6 +271,9 @@ impl<T: Transport> Ctx<T> {
                     When::Always => true,
                     When::TailscaleMissing => run.probe.as_ref().is_none_or(|p| !p.has_tailscale),
                     When::NotUpAsPlanned => run.probe.as_ref().is_none_or(|p| !p.up_as_planned),
+                    When::UpAsPlanned => run.probe.as_ref().is_some_and(|p| p.up_as_planned),
+                    When::Rebooting => run.rebooting,
+                    When::NotRebooting => !run.rebooting,
                 };
                 if !runs {
                     self.trace(run, op.id, false);
@@ -278,11 +293,18 @@ impl<T: Transport> Ctx<T> {
                 match &r.input {
                     Input::Nothing => {}
                     Input::AuthKey { .. } => {
-                        secret = Some(
-                            self.authkeys
-                                .authkey(&run.plan.name)
-                                .map_err(|e| Failure::new(r.step, e.to_string()))?,
-                        );
+                        let stored = self
+                            .authkeys
+                            .authkey(&run.plan.name)
+                            .map_err(|e| Failure::new(r.step, e.to_string()))?;
+                        // The fleet's enrolment kind (`tailscale_auth`): an OAuth client
+                        // secret gets ?ephemeral=false&preauthorized=true.
+                        secret = Some(run.plan.enrolment_key(&stored).map_err(|e| {
+                            Failure::new(
+                                r.step,
+                                format!("the Tailscale credential for {} {e}", run.plan.name),
+                            )
+                        })?);
                     }
                     Input::NatsPassword => {
                         match self
@@ -312,19 +334,43 @@ impl<T: Transport> Ctx<T> {
                     Limit::Long => self.opts.step_timeout,
                 };
                 match r.effect {
+                    Effect::ArmBoot => {
+                        return self.arm_boot(run, r.step, &script, stdin, timeout).await
+                    }
+                    Effect::Reboot => return self.reboot(run, &script).await,
+                    Effect::ConfirmBoot => {
+                        return self.confirm_boot(run, &script).await.map(Flow::Done)
+                    }
                     Effect::Activate => return self.activate(run, &script).await,
                     Effect::Confirm => return self.confirm(run, &script).await.map(Flow::Done),
                     Effect::HealthGate => return self.health_gate(run, &script).await,
                     Effect::Arm => {
                         run.armed_at = Some(Instant::now());
                         // A failure here leaves the node as it was: nothing activated, profile
-                        // and boot default untouched, the lock released.
-                        self.remote(r.step, target, &script, stdin, timeout, run.log)
-                            .await
-                            .map_err(|mut f| {
-                                f.reason = format!("{}; nothing was activated", f.reason);
-                                f
-                            })?;
+                        // and boot default untouched, the lock released. The services' ports
+                        // are probed meanwhile: with the units it reports, how the node was
+                        // before the switch.
+                        let (out, ports) = tokio::join!(
+                            self.remote(r.step, target, &script, stdin, timeout, run.log),
+                            super::gate::probe_ports(run.plan, self.quick())
+                        );
+                        let out = out.map_err(|mut f| {
+                            f.reason = format!("{}; nothing was activated", f.reason);
+                            f
+                        })?;
+                        let before = super::gate::Baseline {
+                            units: super::gate::parse_gate(&out.stdout),
+                            ports: ports
+                                .into_iter()
+                                .map(|(p, o)| (p, o == crate::health::PortOutcome::Open))
+                                .collect(),
+                        };
+                        run.log.line(&format!("before the switch: {before:?}"));
+                        run.baseline = Some(before);
+                        // Without --reboot, the arm step also says whether a reboot is needed.
+                        if self.opts.reboot == super::reboot::RebootMode::Never {
+                            run.reboot_need = Some(super::reboot::parse_check(&out.stdout));
+                        }
                         return Ok(Flow::Next);
                     }
                     _ => {}
@@ -335,26 +381,56 @@ impl<T: Transport> Ctx<T> {
                     .map_err(|mut f| {
                         // A host without /run/current-system: say it is not NixOS, and what to set.
                         if r.effect == Effect::Generation
-                            && f.reason.starts_with(guard::NOT_NIXOS_PREFIX)
+                            && f.reason.starts_with(super::preflight::NOT_NIXOS_PREFIX)
                         {
-                            f.reason = guard::not_nixos_help(run.plan.name.as_str(), &f.reason);
+                            f.reason =
+                                super::preflight::not_nixos_help(run.plan.name.as_str(), &f.reason);
                         }
                         f
                     })?;
                 match r.effect {
                     Effect::Generation => {
-                        let running = out.stdout.trim();
+                        // The running generation on the first line, then the space lines.
+                        let running = out.stdout.lines().next().unwrap_or("").trim();
+                        // With --reboot, a node that runs its target but has a reboot pending
+                        // from an earlier switch is not skipped: the check reboots it.
+                        let pending = self.opts.reboot != super::reboot::RebootMode::Never
+                            && super::reboot::pending(&out.stdout);
                         if let Some(target) = self.opts.skip_if_running.get(&run.plan.name) {
-                            if running == target.as_str() {
+                            if running == target.as_str() && !pending {
                                 return Ok(Flow::Done((
                                     Outcome::Unchanged,
                                     unchanged_detail(target),
                                 )));
                             }
                         }
-                        run.generation = Some(out.stdout)
+                        // Room for what the deploy puts there, before anything is copied.
+                        let space = super::preflight::parse_space(&out.stdout);
+                        run.log.line(&format!("preflight: {space:?}"));
+                        let boot = self.opts.action != super::Action::Test;
+                        super::preflight::check(run.plan.name.as_str(), &space, boot, None)
+                            .map_err(|e| Failure::new(Step::Preflight, e))?;
+                        run.generation = Some(running.to_string())
                     }
                     Effect::Probe => run.probe = Some(probe::parse_probe(&out.stdout, run.plan)),
+                    Effect::RebootCheck => {
+                        let need = super::reboot::parse_check(&out.stdout);
+                        run.rebooting = match self.opts.reboot {
+                            super::reboot::RebootMode::Never => false,
+                            super::reboot::RebootMode::Auto => need.needed,
+                            super::reboot::RebootMode::Always => true,
+                        };
+                        run.log.line(&format!(
+                            "reboot check: {need:?}; --reboot {}: {}",
+                            self.opts.reboot.as_str(),
+                            if run.rebooting {
+                                "rebooting"
+                            } else {
+                                "no reboot"
+                            }
+                        ));
+                        run.reboot_need = Some(need);
+                    }
                     Effect::Changed(what) => run.changed.push(what),
                     Effect::ChangedUnlessSaid(what)
                         if !out.stdout.trim_end().ends_with("unchanged") =>
@@ -412,23 +488,28 @@ impl<T: Transport> Ctx<T> {
     /// The health gate over a new connection ([`super::gate`]), asked every 0.5 s: passed, go
     /// on to the confirmation; failed, roll back at once; no verdict by the confirmation's
     /// deadline, go on to the confirmation, which sees what the guard did.
-    async fn health_gate(&self, run: &mut Run<'_>, _script: &str) -> Result<Flow, Failure> {
+    async fn health_gate(&self, run: &mut Run<'_>, script: &str) -> Result<Flow, Failure> {
         let quick = self.quick();
         let fresh = run.program.target.fresh();
         let (deadline, _) = self.confirm_deadline(run);
-        let mut gate = super::gate::Gate::new(self.opts.node_timeout);
+        let mut gate = super::gate::Gate::new(self.opts.node_timeout, run.baseline.clone());
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             let t = quick.min(left).max(Duration::from_secs(1));
             match gate
-                .check(&self.transport, &fresh, run.plan, t, run.log)
+                .check(&self.transport, &fresh, run.plan, script, t, run.log)
                 .await
             {
                 super::gate::Check::Passed(passed) => {
-                    run.log.line(&passed);
+                    run.log
+                        .line(&format!("health gate passed: {}", passed.summary()));
+                    run.gate = Some(passed.summary());
                     return Ok(Flow::Next);
                 }
                 super::gate::Check::Wait(why) => run.log.line(&format!("{why}; retrying")),
+                super::gate::Check::Failed(why) if run.rebooting => {
+                    return Err(self.roll_back_boot_now(run, &why).await);
+                }
                 super::gate::Check::Failed(why) => {
                     return self
                         .roll_back_now(
@@ -473,7 +554,18 @@ impl<T: Transport> Ctx<T> {
             match self.transport.run(&fresh, script, None, t, run.log).await {
                 Ok(out) if out.success() => match guard::parse_confirm(&out.stdout) {
                     Some(answer) => {
-                        if let Some(done) = self.confirmed(answer, id, prev, new, out)? {
+                        if let Some(mut done) = self.confirmed(answer, id, prev, new, out)? {
+                            if let (Outcome::Succeeded, Some(g)) = (&done.0, &run.gate) {
+                                done.1 = format!("{}; health gate {g}", done.1);
+                            }
+                            if let (Outcome::Succeeded, Some(r)) =
+                                (&done.0, run.reboot_need.as_ref().and_then(|n| n.summary()))
+                            {
+                                done.1 = format!(
+                                    "{}; {r}: the new kernel, modules or systemd run after a reboot (--reboot auto)",
+                                    done.1
+                                );
+                            }
                             return Ok(done);
                         }
                         last = "the rollback is still running".into();
@@ -494,6 +586,261 @@ impl<T: Transport> Ctx<T> {
                 "not confirmed: no answer over a new connection within {}s of arming ({last}); {left}, but fleetnix could not reach the node to see it done: check it (journalctl -u {})",
                 (grace + verify).as_secs(),
                 id.unit()
+            ),
+        ))
+    }
+
+    /// What the boot guard does, for reports.
+    fn boot_guard_will(&self, run: &Run<'_>) -> String {
+        format!(
+            "its boot guard ({unit}.timer, armed on the node) makes {prev} the boot default again and reboots into it {secs}s after a boot of {new} without a confirmation",
+            unit = super::guard::BOOT_GUARD_UNIT,
+            prev = run.vars.running,
+            new = run.vars.built,
+            secs = self.opts.rollback_grace.as_secs()
+        )
+    }
+
+    /// Drains the node (if the bus can), then arms the boot guard and makes the new system the
+    /// boot default; records how the node's units and ports were before the reboot.
+    async fn arm_boot(
+        &self,
+        run: &mut Run<'_>,
+        step: Step,
+        script: &str,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Flow, Failure> {
+        let node = run.plan.name.to_string();
+        match &self.opts.drain {
+            Some(d) => match d.drain(&node, self.opts.step_timeout).await {
+                Ok(what) => run.log.line(&format!("drained: {what}")),
+                Err(e) => {
+                    return Err(Failure::new(
+                        Step::Reboot,
+                        format!("draining the node's tasks failed ({e}); nothing changed"),
+                    ))
+                }
+            },
+            None => run
+                .log
+                .line("drain: no drain hook (the bus cannot drain yet); rebooting with its tasks"),
+        }
+        let target = &run.program.target;
+        let (out, ports) = tokio::join!(
+            self.remote(step, target, script, stdin, timeout, run.log),
+            super::gate::probe_ports(run.plan, self.quick())
+        );
+        let out = out.map_err(|mut f| {
+            f.reason = format!("{}; nothing changed", f.reason);
+            f
+        })?;
+        run.baseline = Some(super::gate::Baseline {
+            units: super::gate::parse_gate(&out.stdout),
+            ports: ports
+                .into_iter()
+                .map(|(p, o)| (p, o == crate::health::PortOutcome::Open))
+                .collect(),
+        });
+        run.log.line(&format!(
+            "boot guard armed; {} is the boot default",
+            run.vars.built
+        ));
+        Ok(Flow::Next)
+    }
+
+    /// Reboots the node, then asks it over new connections (every half second, within
+    /// `--reboot-timeout`) until it answers from its new boot.
+    async fn reboot(&self, run: &mut Run<'_>, script: &str) -> Result<Flow, Failure> {
+        let target = &run.program.target;
+        let out = self
+            .transport
+            .run(target, script, None, self.quick(), run.log)
+            .await;
+        match out {
+            Ok(o) if o.success() || o.code == Some(255) => {}
+            Ok(o) => {
+                // Not rebooting: the guard at once makes the running generation the boot
+                // default again (it runs it, so the guard does not reboot).
+                let undo = self
+                    .transport
+                    .run(
+                        target,
+                        &super::reboot::roll_back_boot_now_script(),
+                        None,
+                        self.quick(),
+                        run.log,
+                    )
+                    .await;
+                let undone = match undo {
+                    Ok(u) if u.success() => format!(
+                        "its boot guard was started at once to make {} the boot default again",
+                        run.vars.running
+                    ),
+                    _ => self.boot_guard_will(run),
+                };
+                return Err(Failure::new(
+                    Step::Reboot,
+                    format!(
+                        "asking the node to reboot failed ({}); {undone}",
+                        o.last_line()
+                    ),
+                ));
+            }
+            Err(e) => run.log.line(&format!("reboot: {e}; waiting for the node")),
+        }
+        self.transport.close(target, run.log).await;
+        let fresh = target.fresh();
+        let started = Instant::now();
+        let deadline = started + self.opts.reboot_timeout;
+        let back = super::reboot::back_script(&run.vars.guard);
+        let mut last = String::from("no answer yet");
+        while Instant::now() < deadline {
+            let t = self
+                .quick()
+                .min(deadline.saturating_duration_since(Instant::now()))
+                .max(Duration::from_secs(1));
+            match self.transport.run(&fresh, &back, None, t, run.log).await {
+                Ok(o) if o.success() => {
+                    let answer = o.stdout.trim().to_string();
+                    if let Some(booted) = answer.strip_prefix("booted") {
+                        run.log.line(&format!(
+                            "back after {:.1}s, booted {}",
+                            started.elapsed().as_secs_f64(),
+                            booted.trim()
+                        ));
+                        // The guard's bound runs from the boot: so do the gate's and the
+                        // confirmation's deadlines.
+                        run.armed_at = Some(Instant::now());
+                        return Ok(Flow::Next);
+                    }
+                    last = "not rebooted yet".into();
+                }
+                Ok(o) => last = o.last_line(),
+                Err(e) => last = e.to_string(),
+            }
+            let pause =
+                Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+        }
+        Err(Failure::new(
+            Step::Reboot,
+            format!(
+                "the node did not answer over SSH within {}s of the reboot ({last}); {}",
+                self.opts.reboot_timeout.as_secs(),
+                self.boot_guard_will(run)
+            ),
+        ))
+    }
+
+    /// After a failed gate on a rebooted node: starts its boot guard at once (the previous
+    /// generation becomes the boot default again and the node reboots into it).
+    async fn roll_back_boot_now(&self, run: &Run<'_>, why: &str) -> Failure {
+        let fresh = run.program.target.fresh();
+        let r = self
+            .transport
+            .run(
+                &fresh,
+                &super::reboot::roll_back_boot_now_script(),
+                None,
+                self.quick(),
+                run.log,
+            )
+            .await;
+        let what = match r {
+            Ok(o) if o.success() => format!(
+                "its boot guard was started at once: {} is the boot default again and the node reboots into it",
+                run.vars.running
+            ),
+            Ok(o) => format!(
+                "starting its boot guard at once failed ({}); {}",
+                o.last_line(),
+                self.boot_guard_will(run)
+            ),
+            Err(e) => format!(
+                "starting its boot guard at once failed ({e}); {}",
+                self.boot_guard_will(run)
+            ),
+        };
+        Failure::new(Step::HealthGate, format!("{why}; {what}"))
+    }
+
+    /// The confirmation of a reboot over a new connection, retried until the guard's bound
+    /// (and a little longer, to see what the guard did).
+    async fn confirm_boot(
+        &self,
+        run: &mut Run<'_>,
+        script: &str,
+    ) -> Result<(Outcome, String), Failure> {
+        use super::reboot::BootConfirm;
+        let fresh = run.program.target.fresh();
+        let (deadline, _) = self.confirm_deadline(run);
+        let (prev, new) = (run.vars.running.clone(), run.vars.built.clone());
+        let mut last = String::from("no attempt");
+        while Instant::now() < deadline {
+            let t = self
+                .quick()
+                .min(deadline.saturating_duration_since(Instant::now()))
+                .max(Duration::from_secs(1));
+            match self.transport.run(&fresh, script, None, t, run.log).await {
+                Ok(o) if o.success() => match super::reboot::parse_boot_confirm(&o.stdout) {
+                    Some(BootConfirm::Confirmed) => {
+                        let why = run
+                            .reboot_need
+                            .as_ref()
+                            .filter(|n| n.needed)
+                            .map(|n| format!(" ({})", n.reasons.join(", ")))
+                            .unwrap_or_default();
+                        let mut d = format!(
+                            "rebooted into the new generation{why}; confirmed over a new connection, boot guard removed"
+                        );
+                        if let Some(g) = &run.gate {
+                            d = format!("{d}; health gate {g}");
+                        }
+                        return Ok((Outcome::Succeeded, d));
+                    }
+                    Some(BootConfirm::Booted(b)) => {
+                        return Err(Failure::new(
+                            Step::Confirm,
+                            format!(
+                                "the node booted {b}, not {new}: not confirmed; {}",
+                                self.boot_guard_will(run)
+                            ),
+                        ))
+                    }
+                    Some(BootConfirm::Fired) => {
+                        return Ok((
+                            Outcome::RolledBack,
+                            format!("the boot guard fired before the confirmation: {prev} is the boot default again and the node reboots into it"),
+                        ))
+                    }
+                    Some(BootConfirm::Failed) => {
+                        return Ok((
+                            Outcome::RollbackFailed,
+                            format!("the boot guard fired and failed to make {prev} the boot default again: on the node's console run `{prev}/bin/switch-to-configuration boot` and reboot (see `journalctl -u {}.service`)", super::guard::BOOT_GUARD_UNIT),
+                        ))
+                    }
+                    Some(BootConfirm::Gone) => {
+                        return Err(Failure::new(
+                            Step::Confirm,
+                            format!("the node has no boot guard of this deploy: check what it runs (expected {new})"),
+                        ))
+                    }
+                    None => last = format!("unexpected answer {:?}", o.stdout.trim()),
+                },
+                Ok(o) => last = o.last_line(),
+                Err(e) => last = e.to_string(),
+            }
+            run.log.line(&format!("confirmation: {last}; retrying"));
+            let pause =
+                Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+        }
+        Err(Failure::new(
+            Step::Confirm,
+            format!(
+                "not confirmed: no answer over a new connection ({last}); {}",
+                self.boot_guard_will(run)
             ),
         ))
     }

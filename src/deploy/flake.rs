@@ -87,10 +87,50 @@ pub fn apply_expr(nodes: &[NodeName]) -> String {
     format!(
         "cs: builtins.listToAttrs (map (n: {{ name = n; value = if cs ? ${{n}} then \
          (let r = builtins.tryEval cs.${{n}}.config.system.build.toplevel.outPath; in \
-         if r.success then {{ path = r.value; }} else {{ failed = true; }}) \
+         if r.success then {{ path = r.value; boot = {boot}; }} else {{ failed = true; }}) \
          else {{ missing = true; }}; }}) [ {} ])",
-        list.join(" ")
+        list.join(" "),
+        boot = BOOT_EXPR,
     )
+}
+
+/// The target's boot components for [`super::reboot`], as `kernel.nix` links them into the top
+/// level (`kernel` = `${boot.kernelPackages.kernel}/${system.boot.loader.kernelFile}`, `initrd`,
+/// `kernel-modules` = `system.modulesTree`, `kernel-params` = `boot.kernelParams` joined by
+/// spaces, `systemd` = `systemd.package`); `null` for what the configuration does not have
+/// (a container has no kernel) or what throws.
+const BOOT_EXPR: &str = "(let c = cs.${n}.config; t = x: let r = builtins.tryEval (builtins.seq x x); in \
+     if r.success then r.value else null; kern = (c.boot.kernel.enable or true) && c ? boot.kernelPackages.kernel \
+     && c ? system.boot.loader.kernelFile; in { \
+     kernel = if kern then t \"${c.boot.kernelPackages.kernel}/${c.system.boot.loader.kernelFile}\" else null; \
+     initrd = if kern && (c.boot.initrd.enable or false) && c ? system.build.initialRamdisk \
+     && c ? system.boot.loader.initrdFile then t \"${c.system.build.initialRamdisk}/${c.system.boot.loader.initrdFile}\" else null; \
+     kernel-modules = if kern && c ? system.modulesTree then t \"${c.system.modulesTree}\" else null; \
+     kernel-params = if kern && c ? boot.kernelParams then t (builtins.concatStringsSep \" \" c.boot.kernelParams) else null; \
+     systemd = if c ? systemd.package then t \"${c.systemd.package}\" else null; })";
+
+/// The boot components [`eval_command`] reported per node (see [`BOOT_EXPR`]); a node whose
+/// answer holds none is left out (not known).
+pub fn parse_eval_boot(
+    json: &str,
+    nodes: &[NodeName],
+) -> BTreeMap<NodeName, super::reboot::BootSet> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json.trim()) else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for n in nodes {
+        let mut set = super::reboot::BootSet::default();
+        for c in super::reboot::COMPONENTS {
+            if let Some(s) = v[n.as_str()]["boot"][c].as_str() {
+                set.parts.insert(c.to_string(), s.trim().to_string());
+            }
+        }
+        if !set.is_empty() {
+            out.insert(n.clone(), set);
+        }
+    }
+    out
 }
 
 /// `nix eval --json <root>#nixosConfigurations --apply <apply_expr>`: every node of `nodes`
@@ -264,14 +304,34 @@ pub async fn eval_targets(
     timeout: Duration,
     jobs: usize,
 ) -> BTreeMap<NodeName, Evaluated> {
+    eval_targets_with_boot(nix, root, nodes, inputs, timeout, jobs)
+        .await
+        .0
+}
+
+/// [`eval_targets`], and each node's boot components (see [`BOOT_EXPR`]) where the one
+/// evaluation gave them.
+pub async fn eval_targets_with_boot(
+    nix: Option<&Path>,
+    root: &Path,
+    nodes: &[NodeName],
+    inputs: &[OverrideInput],
+    timeout: Duration,
+    jobs: usize,
+) -> (
+    BTreeMap<NodeName, Evaluated>,
+    BTreeMap<NodeName, super::reboot::BootSet>,
+) {
     let runs = eval_chunks(nodes, jobs)
         .into_iter()
         .map(|chunk| eval_together(nix, root, chunk, inputs, timeout));
-    futures_util::future::join_all(runs)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
+    let mut systems = BTreeMap::new();
+    let mut boot = BTreeMap::new();
+    for (s, b) in futures_util::future::join_all(runs).await {
+        systems.extend(s);
+        boot.extend(b);
+    }
+    (systems, boot)
 }
 
 /// [`eval_targets`] of one run of nodes, in one process.
@@ -281,15 +341,21 @@ async fn eval_together(
     nodes: &[NodeName],
     inputs: &[OverrideInput],
     timeout: Duration,
-) -> BTreeMap<NodeName, Evaluated> {
+) -> (
+    BTreeMap<NodeName, Evaluated>,
+    BTreeMap<NodeName, super::reboot::BootSet>,
+) {
     let all = |why: String| {
-        nodes
-            .iter()
-            .map(|n| (n.clone(), Err(EvalError(why.clone()))))
-            .collect()
+        (
+            nodes
+                .iter()
+                .map(|n| (n.clone(), Err(EvalError(why.clone()))))
+                .collect(),
+            BTreeMap::new(),
+        )
     };
     if nodes.is_empty() {
-        return BTreeMap::new();
+        return (BTreeMap::new(), BTreeMap::new());
     }
     let Some(nix) = nix else {
         return all(format!(
@@ -299,10 +365,14 @@ async fn eval_together(
     };
     let log = NodeLog::discard();
     let cmd = eval_command(nix, root, nodes, inputs);
+    let mut boot = BTreeMap::new();
     let (mut out, alone) = match run_process(&cmd, None, timeout, &log).await {
         Err(e) => return all(e.to_string()),
         Ok(o) if o.success() => match parse_eval(&o.stdout, nodes) {
-            Ok(x) => x,
+            Ok(x) => {
+                boot = parse_eval_boot(&o.stdout, nodes);
+                x
+            }
             Err(e) => return all(e.to_string()),
         },
         Ok(o) => {
@@ -322,7 +392,7 @@ async fn eval_together(
         };
         out.insert(n, r);
     }
-    out
+    (out, boot)
 }
 
 #[cfg(test)]
@@ -400,6 +470,16 @@ mod tests {
         assert!(out[&n("d")].is_err());
         assert!(out[&n("e")].is_err());
         assert!(parse_eval("warning: x", &[n("a")]).is_err());
+    }
+
+    #[test]
+    fn boot_components_are_read_where_given() {
+        let json = r#"{"a":{"path":"/nix/store/a","boot":{"kernel":"/nix/store/k/bzImage","initrd":null,"kernel-params":"loglevel=4","systemd":"/nix/store/s"}},"b":{"path":"/nix/store/b","boot":{"kernel":null}}}"#;
+        let b = parse_eval_boot(json, &[n("a"), n("b")]);
+        assert_eq!(b[&n("a")].parts["kernel"], "/nix/store/k/bzImage");
+        assert_eq!(b[&n("a")].parts["kernel-params"], "loglevel=4");
+        assert!(!b[&n("a")].parts.contains_key("initrd"));
+        assert!(!b.contains_key(&n("b")), "nothing known");
     }
 
     #[test]

@@ -89,27 +89,6 @@ impl Default for GuardId {
     }
 }
 
-/// Script printing the running generation (the target of `/run/current-system`). On a host
-/// without it or without the system profile it fails saying the host does not look like
-/// NixOS (and what to set instead), not with a bare exit code.
-pub fn current_generation_script() -> String {
-    format!(
-        "if [ -e {SYSTEM_PROFILE} ] && readlink {CURRENT_SYSTEM}; then exit 0; fi\n\
-         m=; [ -e {CURRENT_SYSTEM} ] || m=\" no {CURRENT_SYSTEM}\"; [ -e {SYSTEM_PROFILE} ] || m=\"$m, no {SYSTEM_PROFILE}\"\n\
-         echo \"{NOT_NIXOS_PREFIX}:${{m#,}}\" >&2\nexit 1"
-    )
-}
-
-/// How [`current_generation_script`] starts its answer on a host that is not NixOS.
-pub const NOT_NIXOS_PREFIX: &str = "this host does not look like NixOS";
-
-/// The connect step's reason for a host that is not NixOS: what is missing and what to set.
-pub fn not_nixos_help(node: &str, answer: &str) -> String {
-    format!(
-        "{answer}; if it is not NixOS, set `os: auto` (detect it) or `os: linux` (install Tailscale and the agent without Nix) for {node} in nodes.yml"
-    )
-}
-
 /// An absolute path made only of characters no shell misreads.
 fn plain_path(p: &str) -> bool {
     p.starts_with('/')
@@ -173,15 +152,69 @@ pub fn rollback_script(id: &GuardId, prev: &str) -> String {
     )
 }
 
-/// Script arming the guard. Takes the node's lock (refusing while another deploy holds it, or
-/// while an earlier rollback is running or has failed), checks that `prev` still runs, then
-/// starts the timer `fleetnix-rollback-<id>` (`systemd-run --on-active=<grace>s`). Any failure
-/// releases the lock and leaves the node as it was: nothing was activated and profile and boot
-/// default were never touched.
+/// Where the node-side boot guard keeps its state: on the disk, so it survives the reboot
+/// (`id`, `prev`, `new`, `guard.sh`, and the markers `decided`, `confirmed`, `fired`,
+/// `restored`, `failed`).
+pub const BOOT_GUARD_DIR: &str = "/var/lib/fleetnix/boot-guard";
+
+/// Where its units live: systemd's persistent control directory, outside the part of `/etc`
+/// NixOS generates (`/etc/systemd/system` is a link into the store), read at every boot.
+pub const BOOT_GUARD_UNIT_DIR: &str = "/etc/systemd/system.control";
+
+/// The boot guard's units (`.timer`, `.service`).
+pub const BOOT_GUARD_UNIT: &str = "fleetnix-boot-guard";
+
+/// Script arming the guard. Takes the node's lock and checks the node ([`lock_and_check_script`]),
+/// then starts the timer `fleetnix-rollback-<id>` (`systemd-run --on-active=<grace>s`). Any
+/// failure releases the lock and leaves the node as it was: nothing was activated and profile
+/// and boot default were never touched.
 pub fn arm_script(id: &GuardId, prev: &str, grace: Duration) -> String {
+    format!(
+        "{lock}\n\
+         : > \"$R/$I.armed\"\n\
+         if ! systemd-run --unit={unit} --description={desc} --on-active={secs}s --timer-property=AccuracySec=1s /bin/sh -c {cmd}; then\n\
+         \x20 release; echo \"arming the rollback timer failed: nothing was activated\" >&2; exit 1\n\
+         fi",
+        lock = lock_and_check_script(id, prev, grace),
+        unit = sh_quote(&id.unit()),
+        desc = sh_quote(&format!("fleetnix: back to {prev} unless the deploy is confirmed")),
+        secs = grace.as_secs(),
+        cmd = sh_quote(&rollback_script(id, prev)),
+    )
+}
+
+/// The first part of [`arm_script`] (and of the reboot path's arming): takes the node's lock
+/// ([`lock_script`]), defines `release`, checks that `prev` still runs, and refuses while an
+/// earlier deploy's boot guard is armed or has failed (each refusal releases the lock). Sets
+/// `R`, `L`, `I` and `P`.
+pub fn lock_and_check_script(id: &GuardId, prev: &str, grace: Duration) -> String {
+    format!(
+        "{lock}\n\
+         P={prev}\n\
+         release() {{ rm -rf \"$L\" \"$R/$I.armed\"; }}\n\
+         cur=$(readlink {CURRENT_SYSTEM})\n\
+         if [ \"$cur\" != \"$P\" ]; then release; echo \"the node now runs $cur, not $P (read when fleetnix connected): deploy again\" >&2; exit 1; fi\n\
+         G={boot_guard}; if [ -e \"$G/failed\" ]; then release; echo \"the reboot guard of an earlier deploy ($(cat \"$G/id\")) FAILED to restore its previous generation ($(cat \"$G/prev\")); see journalctl -u {unit}.service; once the node runs the generation it should, remove $G and deploy again\" >&2; exit 1; fi\n\
+         if [ -e \"$G/id\" ] && [ ! -d \"$G/decided\" ]; then release; echo \"the reboot guard of an earlier deploy ($(cat \"$G/id\")) is still armed in $G: it was not confirmed after a reboot; let it decide (it acts at its bound after each start) or remove $G and its units in {units}\" >&2; exit 1; fi",
+        lock = lock_script(id, grace),
+        prev = sh_quote(prev),
+        boot_guard = BOOT_GUARD_DIR,
+        units = BOOT_GUARD_UNIT_DIR,
+        unit = BOOT_GUARD_UNIT,
+    )
+}
+
+/// The part of [`arm_script`] that takes the node's lock `$L` for deploy `$I` (it sets `R`, `L`
+/// and `I`), or exits 1 saying who holds it. A lock whose deploy vanished (expired, its
+/// rollback not running) is taken over; of several deploys taking over the same expired lock
+/// exactly one wins: each first claims that lock's takeover with `mkdir
+/// $R/takeover-<owner>-<expiry>` (atomic), and the winner's `mkdir $L` still races a deploy that
+/// found no lock at all. The markers stay in `/run` until the next boot. The owner line is
+/// checked to be written.
+pub fn lock_script(id: &GuardId, grace: Duration) -> String {
     let expiry = (grace + LOCK_SLACK).as_secs();
     format!(
-        "R={RUN_DIR}; L={LOCK_DIR}; I={id}; P={prev}\n\
+        "R={RUN_DIR}; L={LOCK_DIR}; I={id}\n\
          mkdir -p \"$R\" || exit 1\n\
          if ! mkdir \"$L\" 2>/dev/null; then\n\
          \x20 o=; e=; read -r o e 2>/dev/null < \"$L/owner\"\n\
@@ -189,25 +222,17 @@ pub fn arm_script(id: &GuardId, prev: &str, grace: Duration) -> String {
          \x20   echo \"the rollback of an earlier fleetnix deploy FAILED on this node ({UNIT_PREFIX}-$o.service; see journalctl -u {UNIT_PREFIX}-$o): once the node runs the generation it should, remove $L and deploy again\" >&2; exit 1\n\
          \x20 fi\n\
          \x20 case $e in ''|*[!0-9]*) e=0; o=${{o:-unknown}}; known= ;; *) known=1 ;; esac\n\
+         \x20 case $o in ''|*[!0-9a-z-]*) known= ;; esac\n\
          \x20 if [ -z \"$known\" ] || [ \"$(date +%s)\" -lt \"$e\" ] || systemctl is-active --quiet \"{UNIT_PREFIX}-$o.service\"; then\n\
          \x20   echo \"another fleetnix deploy ($o) holds the lock $L on this node; deploy again once it is done (a lock whose deploy died expires {expiry}s after it was taken)\" >&2; exit 1\n\
          \x20 fi\n\
-         \x20 rm -rf \"$L\" && mkdir \"$L\" || {{ echo \"cannot take the lock $L\" >&2; exit 1; }}\n\
+         \x20 if ! mkdir \"$R/takeover-$o-$e\" 2>/dev/null; then\n\
+         \x20   echo \"another fleetnix deploy is taking over the expired lock $L of $o on this node; deploy again once it is done\" >&2; exit 1\n\
+         \x20 fi\n\
+         \x20 rm -rf \"$L\" && mkdir \"$L\" 2>/dev/null || {{ echo \"cannot take the lock $L (another fleetnix deploy took it first)\" >&2; exit 1; }}\n\
          fi\n\
-         echo \"$I $(( $(date +%s) + {expiry} ))\" > \"$L/owner\"\n\
-         release() {{ rm -rf \"$L\" \"$R/$I.armed\"; }}\n\
-         cur=$(readlink {CURRENT_SYSTEM})\n\
-         if [ \"$cur\" != \"$P\" ]; then release; echo \"the node now runs $cur, not $P (read when fleetnix connected): deploy again\" >&2; exit 1; fi\n\
-         : > \"$R/$I.armed\"\n\
-         if ! systemd-run --unit={unit} --description={desc} --on-active={secs}s --timer-property=AccuracySec=1s /bin/sh -c {cmd}; then\n\
-         \x20 release; echo \"arming the rollback timer failed: nothing was activated\" >&2; exit 1\n\
-         fi",
+         echo \"$I $(( $(date +%s) + {expiry} ))\" > \"$L/owner\" || {{ rm -rf \"$L\"; echo \"cannot write the lock's owner $L/owner\" >&2; exit 1; }}",
         id = sh_quote(id.as_str()),
-        prev = sh_quote(prev),
-        unit = sh_quote(&id.unit()),
-        desc = sh_quote(&format!("fleetnix: back to {prev} unless the deploy is confirmed")),
-        secs = grace.as_secs(),
-        cmd = sh_quote(&rollback_script(id, prev)),
     )
 }
 
@@ -372,7 +397,7 @@ mod tests {
             rb,
             activate_script(&id, new),
             confirm_script(&id, new),
-            current_generation_script(),
+            super::super::preflight::current_generation_script(),
         ] {
             syntax_ok(&s);
         }

@@ -2,7 +2,9 @@
 //! "fallback" of the docs): Tailscale's install script if `tailscale` is missing, `tailscale up`
 //! with the auth key in a 0600 file written from SSH stdin, the agent as a systemd unit with
 //! the same arguments the NixOS module uses, and the role ports opened on `tailscale0` only
-//! (nftables). Every step checks first and reports whether it changed anything.
+//! (nftables), and on a node already up `tailscale set` so its prefs follow the manifest. Every
+//! step checks first and reports whether it changed anything (`tailscale set` cannot tell: it
+//! is a plain step, harmless when nothing differs).
 //! [`ops`] puts these steps in order; [`super::build`] puts the probe before them.
 
 use super::program::{Builder, Effect, Input, Limit, Op, OpKind, Remote, Script, When};
@@ -54,6 +56,14 @@ pub fn up_script(plan: &NodeSpec) -> String {
          tailscale up --auth-key=\"file:$f\" {}",
         flags.join(" ")
     )
+}
+
+/// Script running `tailscale set <flags>` with [`NodeSpec::set_flags`] (never
+/// `--advertise-tags`, which `set` does not take): on a node already up, the prefs follow the
+/// manifest. Setting prefs that are already so changes nothing, so it is safe to run every time.
+pub fn set_script(plan: &NodeSpec) -> String {
+    let flags: Vec<String> = plan.set_flags().iter().map(|f| sh_quote(f)).collect();
+    format!("set -eu\ntailscale set {}", flags.join(" "))
 }
 
 /// The agent's unit file (see [`crate::outputs::agent::unit`]): the same unit cloud-init installs.
@@ -208,6 +218,14 @@ pub fn ops(
             )
         },
         Remote {
+            when: When::UpAsPlanned,
+            ..Remote::new(
+                Step::TailscaleSet,
+                "if up as this node: tailscale set, the prefs as planned (tags: deploy --retag)",
+                Script::Fixed(set_script(plan)),
+            )
+        },
+        Remote {
             input: Input::Unit(agent_unit(plan)),
             effect: Effect::ChangedUnlessSaid("agent unit"),
             ..Remote::new(
@@ -245,11 +263,45 @@ pub fn ops(
 mod tests {
     use super::*;
 
+    /// The example fleet's first node.
+    fn example_plan() -> NodeSpec {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet");
+        let fleet = crate::manifest::load(&dir).expect("example fleet");
+        crate::spec::node_specs(&fleet)
+            .into_iter()
+            .next()
+            .expect("a node")
+    }
+
+    #[test]
+    fn set_runs_the_planned_prefs_quoted_without_tags() {
+        let mut plan = example_plan();
+        plan.up_flags.push("--operator=it's me".into());
+        let s = set_script(&plan);
+        let last = s.lines().last().expect("a line");
+        assert!(
+            last.starts_with("tailscale set --ssh --accept-routes "),
+            "{s}"
+        );
+        assert!(last.contains(&format!("--hostname={}", plan.name)), "{s}");
+        assert!(last.ends_with(&sh_quote("--operator=it's me")), "{s}");
+        assert!(!s.contains("advertise-tags"), "{s}");
+        assert!(
+            plan.up_flags
+                .iter()
+                .any(|f| f.starts_with("--advertise-tags")),
+            "the plan has tags, which set leaves out"
+        );
+    }
+
     #[test]
     fn scripts_are_valid_sh() {
+        let plan = example_plan();
         for s in [
             super::super::probe::probe_script(),
             install_script("file:///x y"),
+            up_script(&plan),
+            set_script(&plan),
             agent_script(),
             nats_password_script(),
             firewall_script(),

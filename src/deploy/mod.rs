@@ -1,19 +1,22 @@
 //! `fleetnix deploy`: put the planned configuration on nodes.
 //!
 //! - [`selector`]: which nodes (`worker-01`, `@role`, `--all`);
-//! - [`program`]: a node's deploy as data, an ordered list of steps, built by
-//!   [`nixos`] (`nixos-rebuild` over SSH with pinned host keys ([`hostkeys`]) and the
-//!   rollback guard ([`guard`]) that keeps `switch` from locking the operator out) and
-//!   [`linux`] (plain Linux: install script, `tailscale up`, agent unit, nftables);
+//! - [`program`]: a node's deploy as data, an ordered list of steps; [`build`] chooses by the
+//!   node's OS: [`nixos`] (`nixos-rebuild` over SSH with pinned host keys ([`hostkeys`]) and the
+//!   rollback guard ([`guard`]) that keeps `switch` from locking the operator out) or [`probe`]
+//!   then [`linux`] (plain Linux: install script, `tailscale up`, agent unit, nftables);
 //! - [`execute`]: runs a node's program; [`dryrun`]: prints the same program (`--dry-run`);
 //! - [`schedule`]: many nodes concurrently; [`report`]: steps, outcomes, events, the summary;
 //! - [`rollout`]: `--canary`, `--batch`, `--max-failures` (waves of the scheduler);
-//! - [`changes`]: `fleetnix plan` (what a deploy would change) and deploy's skipping of unchanged nodes;
+//! - [`plan`]: `fleetnix plan` (what a deploy would change) and deploy's skipping of unchanged nodes;
 //! - [`flake`]: `--override-input` and the one `nix eval` of every node's system.
 //!
 //! Processes, SSH and quoting live in [`crate::exec`].
 //!
 //! Executors read only the [`crate::spec::NodeSpec`]s; nothing here parses YAML.
+//!
+//! Executor. Imports: `model`, `spec`, `outputs`, `secrets`, `tailscale`, `health` (the gate),
+//! `exec` and the foundations.
 
 pub mod build;
 pub mod dryrun;
@@ -27,8 +30,10 @@ pub mod hostkeys;
 pub mod linux;
 pub mod nixos;
 pub mod plan;
+pub mod preflight;
 pub mod probe;
 pub mod program;
+pub mod reboot;
 pub mod report;
 pub mod rollout;
 pub mod schedule;
@@ -148,6 +153,12 @@ pub struct DeployOptions {
     /// Target systems evaluated before the run ([`changes::targets_to_skip`]): a NixOS node
     /// whose connect step reads one of these as its running system stops there, `unchanged`.
     pub skip_if_running: std::sync::Arc<std::collections::BTreeMap<crate::model::NodeName, String>>,
+    /// `--reboot`: whether a guarded switch reboots the node into the new generation.
+    pub reboot: reboot::RebootMode,
+    /// How long a rebooting node may take until SSH answers again (`--reboot-timeout`).
+    pub reboot_timeout: Duration,
+    /// Drains a node's tasks before it reboots, if the bus can.
+    pub drain: Option<std::sync::Arc<dyn reboot::Drain>>,
 }
 
 /// Default `--parallel`.
@@ -184,6 +195,9 @@ impl DeployOptions {
             override_inputs: Vec::new(),
             health_gate: true,
             skip_if_running: Default::default(),
+            reboot: reboot::RebootMode::Never,
+            reboot_timeout: Duration::from_secs(600),
+            drain: None,
         }
     }
 
@@ -204,6 +218,11 @@ impl DeployOptions {
         quote::check_no_nul("the state directory", &self.state_dir.to_string_lossy())
             .map_err(bad)?;
         quote::check_no_nul("the install script URL", &self.install_url).map_err(bad)?;
+        crate::http::check_https(
+            "the install script URL (--install-url / FLEETNIX_TAILSCALE_INSTALL_URL)",
+            &self.install_url,
+        )
+        .map_err(DeployError::Options)?;
         if let Some(id) = &self.ssh.identity {
             quote::check_no_nul("the SSH identity", &id.to_string_lossy()).map_err(bad)?;
         }

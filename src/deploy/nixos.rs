@@ -4,7 +4,7 @@
 
 use super::flake::{override_args, OverrideInput};
 use super::program::{
-    Builder, Effect, Limit, Local, LocalEffect, Op, OpKind, Remote, Script, BUILT, RUNNING,
+    Builder, Effect, Limit, Local, LocalEffect, Op, OpKind, Remote, Script, When, BUILT, RUNNING,
 };
 use super::report::Step;
 use super::{guard, Action, BuildOn, DeployOptions};
@@ -25,7 +25,7 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
         ..Remote::new(
             Step::Connect,
             format!("connect (pinned key), read the running generation ({RUNNING})"),
-            Script::Fixed(guard::current_generation_script()),
+            Script::Fixed(super::preflight::current_generation_script()),
         )
     }))];
     let program = opts
@@ -85,28 +85,94 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
     }
     let id = guard::GuardId::placeholder();
     let grace = opts.rollback_grace;
+    let reboot = opts.reboot != super::reboot::RebootMode::Never;
+    // Without a reboot, the guarded switch's steps; with one, these run only when the node
+    // does not reboot (`--reboot auto` and nothing that needs it).
+    let no_reboot = if reboot {
+        When::NotRebooting
+    } else {
+        When::Always
+    };
+    // With --reboot, the listing says which steps run on which path.
+    let if_not = |what: String| {
+        if reboot {
+            format!("if it does not reboot: {what}")
+        } else {
+            what
+        }
+    };
+    if reboot {
+        ops.push(b.op(OpKind::Remote(Remote {
+            effect: Effect::RebootCheck,
+            ..Remote::new(
+                Step::Reboot,
+                format!(
+                    "does {BUILT} need a reboot? its kernel, initrd, kernel-modules, kernel-params and systemd against /run/booted-system (--reboot {})",
+                    opts.reboot.as_str()
+                ),
+                Script::RebootCheck,
+            )
+        })));
+    }
     ops.push(b.op(OpKind::Remote(Remote {
+        when: no_reboot,
         effect: Effect::Arm,
         ..Remote::new(
             Step::ArmGuard,
-            format!(
-                "take the node's lock and arm the rollback guard {} ({} = a new id per deploy): back to {RUNNING} in {}s unless confirmed",
+            if_not(format!(
+                "take the node's lock and arm the rollback guard {} ({} = a new id per deploy): back to {RUNNING} in {}s unless confirmed; then how tailscaled and the agent are before the switch (what the gate compares with)",
                 id.unit(),
                 id.as_str(),
                 grace.as_secs()
-            ),
-            Script::Arm { grace },
+            )),
+            Script::Arm {
+                grace,
+                gpus: plan.gpus,
+            },
         )
     })));
     ops.push(b.op(OpKind::Remote(Remote {
         limit: Limit::Long,
+        when: no_reboot,
         effect: Effect::Activate,
         ..Remote::new(
             Step::Activate,
-            "activate without making it the default (switch-to-configuration test)",
+            if_not("activate without making it the default (switch-to-configuration test)".into()),
             Script::Activate,
         )
     })));
+    if reboot {
+        ops.push(b.op(OpKind::Remote(Remote {
+            when: When::Rebooting,
+            effect: Effect::ArmBoot,
+            ..Remote::new(
+                Step::ArmGuard,
+                format!(
+                    "if it reboots: drain the node's tasks (if the bus can), take the node's lock, arm the boot guard on the node's disk ({dir}, {unit}.timer in {units}: {secs}s after a boot without confirmation, {RUNNING} is the boot default again and the node reboots into it), make {BUILT} the profile and boot default; then how tailscaled and the agent are before the reboot",
+                    dir = super::guard::BOOT_GUARD_DIR,
+                    unit = super::guard::BOOT_GUARD_UNIT,
+                    units = super::guard::BOOT_GUARD_UNIT_DIR,
+                    secs = grace.as_secs(),
+                ),
+                Script::ArmBoot {
+                    bound: grace,
+                    gpus: plan.gpus,
+                },
+            )
+        })));
+        ops.push(b.op(OpKind::Remote(Remote {
+            when: When::Rebooting,
+            effect: Effect::Reboot,
+            ..Remote::new(
+                Step::Reboot,
+                format!(
+                    "if it reboots: reboot into {BUILT}, then wait (new connections, within {}s) until the node answers from its new boot",
+                    opts.reboot_timeout.as_secs()
+                ),
+                Script::Reboot,
+            )
+        })));
+    }
     // The close is part of the first step on a new connection: the gate, when there is one.
     let first_fresh = if opts.health_gate {
         Step::HealthGate
@@ -124,16 +190,29 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
             ..Remote::new(
                 Step::HealthGate,
                 super::gate::describe(plan, opts.node_timeout),
-                Script::Fixed(super::gate::units_script()),
+                Script::Gate { gpus: plan.gpus },
+            )
+        })));
+    }
+    if reboot {
+        ops.push(b.op(OpKind::Remote(Remote {
+            fresh: true,
+            when: When::Rebooting,
+            effect: Effect::ConfirmBoot,
+            ..Remote::new(
+                Step::Confirm,
+                format!("if it rebooted: confirm the reboot over a NEW connection: only if the node booted {BUILT}, disarm and remove the boot guard and release the lock"),
+                Script::ConfirmBoot,
             )
         })));
     }
     ops.push(b.op(OpKind::Remote(Remote {
         fresh: true,
+        when: no_reboot,
         effect: Effect::Confirm,
         ..Remote::new(
             Step::Confirm,
-            "confirm over a NEW connection: disarm the guard, then make the new generation the profile and boot default and release the lock (retried through the grace period)",
+            if_not("confirm over a NEW connection: disarm the guard, then make the new generation the profile and boot default and release the lock (retried through the grace period)".into()),
             Script::Confirm,
         )
     })));

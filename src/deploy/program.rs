@@ -56,11 +56,34 @@ impl Vars {
 pub enum Script {
     /// A script known when the program is built.
     Fixed(String),
-    /// Take the node's lock and arm the rollback guard ([`guard::arm_script`]).
+    /// Take the node's lock and arm the rollback guard ([`guard::arm_script`]), then report
+    /// the gate's units as they are before the switch ([`super::gate::gate_script`]).
     Arm {
         /// How long the node waits for the confirmation.
         grace: Duration,
+        /// GPUs the node declares (the gate asks `nvidia-smi`).
+        gpus: Option<u32>,
     },
+    /// The health gate's look at the units (and GPUs) for the built system
+    /// ([`super::gate::gate_script`]).
+    Gate {
+        /// GPUs the node declares.
+        gpus: Option<u32>,
+    },
+    /// Does the built system need a reboot? ([`super::reboot::check_script`]).
+    RebootCheck,
+    /// Arm the node-side boot guard and make the built system the boot default
+    /// ([`super::reboot::arm_boot_script`]).
+    ArmBoot {
+        /// How long after a boot the guard waits for the confirmation.
+        bound: Duration,
+        /// GPUs the node declares.
+        gpus: Option<u32>,
+    },
+    /// Reboot ([`super::reboot::reboot_script`]).
+    Reboot,
+    /// Confirm the reboot ([`super::reboot::confirm_boot_script`]).
+    ConfirmBoot,
     /// Activate the built system with `test` ([`guard::activate_script`]).
     Activate,
     /// Confirm, disarm, make the boot default ([`guard::confirm_script`]).
@@ -72,7 +95,23 @@ impl Script {
     pub fn render(&self, vars: &Vars) -> String {
         match self {
             Script::Fixed(s) => s.clone(),
-            Script::Arm { grace } => guard::arm_script(&vars.guard, &vars.running, *grace),
+            Script::Arm { grace, gpus } => format!(
+                "{}\n{}\n{}",
+                guard::arm_script(&vars.guard, &vars.running, *grace),
+                super::reboot::check_script(&vars.built),
+                super::gate::gate_script(&vars.built, *gpus)
+            ),
+            Script::RebootCheck => super::reboot::check_script(&vars.built),
+            Script::ArmBoot { bound, gpus } => super::reboot::arm_boot_script(
+                &vars.guard,
+                &vars.running,
+                &vars.built,
+                *bound,
+                *gpus,
+            ),
+            Script::Reboot => super::reboot::reboot_script(&vars.guard),
+            Script::ConfirmBoot => super::reboot::confirm_boot_script(&vars.guard, &vars.built),
+            Script::Gate { gpus } => super::gate::gate_script(&vars.built, *gpus),
             Script::Activate => guard::activate_script(&vars.guard, &vars.built),
             Script::Confirm => guard::confirm_script(&vars.guard, &vars.built),
         }
@@ -104,6 +143,12 @@ pub enum When {
     TailscaleMissing,
     /// Only if Tailscale is not up as this node.
     NotUpAsPlanned,
+    /// Only if Tailscale is up as this node (the complement of [`When::NotUpAsPlanned`]).
+    UpAsPlanned,
+    /// Only if the node reboots into the new generation (`--reboot`).
+    Rebooting,
+    /// Only if it does not (the guarded switch without a reboot).
+    NotRebooting,
 }
 
 /// What a step's output means to the deploy.
@@ -128,6 +173,14 @@ pub enum Effect {
     HealthGate,
     /// The confirmation over a new connection, retried through the grace period.
     Confirm,
+    /// Stdout says whether the built system needs a reboot; `--reboot` decides.
+    RebootCheck,
+    /// Drain, then arm the boot guard and make the new system the boot default.
+    ArmBoot,
+    /// Reboot, then wait for the node to answer again.
+    Reboot,
+    /// The confirmation of a reboot over a new connection.
+    ConfirmBoot,
 }
 
 /// Which limit a remote step runs under.

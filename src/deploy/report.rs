@@ -18,6 +18,8 @@ pub enum Step {
     Install,
     /// `tailscale up`.
     TailscaleUp,
+    /// `tailscale set`: the prefs of a node already up.
+    TailscaleSet,
     /// The agent's systemd unit.
     Agent,
     /// The nftables rules.
@@ -34,6 +36,10 @@ pub enum Step {
     Confirm,
     /// Making the confirmed generation the system profile and boot default.
     BootDefault,
+    /// Room on `/boot` and in the Nix store, before anything is copied ([`super::preflight`]).
+    Preflight,
+    /// Rebooting into the new generation and waiting for the node ([`super::reboot`]).
+    Reboot,
 }
 
 impl Step {
@@ -44,6 +50,7 @@ impl Step {
             Step::Connect => "connect",
             Step::Install => "install",
             Step::TailscaleUp => "tailscale-up",
+            Step::TailscaleSet => "tailscale-set",
             Step::Agent => "agent",
             Step::Firewall => "firewall",
             Step::Rebuild => "rebuild",
@@ -52,6 +59,8 @@ impl Step {
             Step::HealthGate => "health-gate",
             Step::Confirm => "confirm",
             Step::BootDefault => "boot-default",
+            Step::Preflight => "preflight",
+            Step::Reboot => "reboot",
         }
     }
 }

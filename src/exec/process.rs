@@ -27,12 +27,26 @@ pub struct NodeLog {
 }
 
 impl NodeLog {
-    /// Opens (truncates) the log at `path`, creating its directory.
+    /// Opens (truncates) the log at `path`, creating its directory; a symlink at `path` or at its
+    /// directory is refused, not followed (the log lives in the repository's `.fleetnix`).
     pub fn create(path: &Path) -> std::io::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
+            if std::fs::symlink_metadata(dir)?.file_type().is_symlink() {
+                return Err(crate::fsutil::explain_no_follow(
+                    dir,
+                    rustix::io::Errno::LOOP.into(),
+                ));
+            }
         }
-        let file = std::fs::File::create(path)?;
+        let file = crate::fsutil::no_follow(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )
+        .open(path)
+        .map_err(|e| crate::fsutil::explain_no_follow(path, e))?;
         Ok(NodeLog {
             file: Some(Arc::new(Mutex::new(file))),
         })

@@ -8,6 +8,7 @@
 
 use crate::health::{NodeState, Transition};
 use crate::model::{Fleet, NodeName};
+use crate::secret::Secret;
 use crate::spec::host_port;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -109,7 +110,7 @@ fn valid_topic(t: &str) -> bool {
 pub struct Ntfy {
     base: String,
     topic: String,
-    token: Option<String>,
+    token: Option<Secret>,
     client: reqwest::Client,
 }
 
@@ -118,7 +119,7 @@ impl Ntfy {
     pub fn new(
         base: &str,
         topic: &str,
-        token: Option<String>,
+        token: Option<Secret>,
         timeout: Duration,
     ) -> Result<Self, AlertError> {
         if !valid_topic(topic) {
@@ -158,7 +159,10 @@ impl Ntfy {
                     )
                 )
             });
-        let token = std::env::var(NTFY_TOKEN_ENV).ok().filter(|s| !s.is_empty());
+        let token = std::env::var(NTFY_TOKEN_ENV)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(Secret::new);
         Self::new(&base, &fleet.settings.ntfy.topic, token, timeout)
     }
 
@@ -179,7 +183,7 @@ impl Ntfy {
             .header("Content-Type", "text/plain; charset=utf-8")
             .body(n.message.clone());
         if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
+            req = req.bearer_auth(token.expose());
         }
         let resp = req.send().await.map_err(|e| AlertError::Send {
             title: n.title.clone(),

@@ -11,8 +11,12 @@
 //! - **healthy**: online and every service port accepted.
 //!
 //! [`watch`] repeats sweeps at an interval, tracks state changes and alerts on them.
+//!
+//! Executor (observation): probes, `status`, `alert` and `watch`. Imports: `model`, `spec`,
+//! `tailscale`, the foundations. Never `bus`: the router's view is composed in the CLI.
 
 pub mod alert;
+pub mod enrolment;
 pub mod status;
 pub mod watch;
 

@@ -60,6 +60,14 @@ pub enum Drift {
         /// Tags on the device, sorted.
         actual: Vec<String>,
     },
+    /// The node's device has a suffixed MagicDNS name (`worker-01-1`): an old device record
+    /// held its name when it logged in.
+    Renamed {
+        /// The node.
+        node: NodeName,
+        /// The device's MagicDNS label.
+        dns_label: String,
+    },
     /// A tailnet device that is no manifest node.
     Unmanaged {
         /// Its host name.
@@ -112,6 +120,10 @@ impl fmt::Display for Drift {
                 list(expected),
                 list(actual)
             ),
+            Drift::Renamed { node, dns_label } => write!(
+                f,
+                "{node}: its MagicDNS name is {dns_label}, not {node} (an old device record held the name when it logged in); fix: delete the old, offline record (admin console → Machines, or `DELETE /api/v2/device/{{id}}`; `fleetnix bootstrap {node}` with TS_API_KEY does it before a login), then rename this device to {node} (admin console → Edit machine name)"
+            ),
             Drift::Unmanaged {
                 host_name,
                 addresses,
@@ -134,7 +146,7 @@ pub struct StatusReport {
     pub backend_state: String,
     /// Manifest nodes, sorted by name.
     pub nodes: Vec<NodeStatus>,
-    /// Drift, sorted (missing, address, tags, unmanaged; then by name).
+    /// Drift, sorted (missing, address, tags, renamed, unmanaged; then by name).
     pub drift: Vec<Drift>,
 }
 
@@ -180,6 +192,12 @@ pub fn status_report(fleet: &Fleet, ts: &TailscaleStatus) -> StatusReport {
                 node: node.name.clone(),
                 expected: node.tailscale_ip,
                 actual: p.tailscale_ips.clone(),
+            });
+        }
+        if crate::tailscale::names::renamed(p.dns_label(), node.name.as_str()) {
+            drift.push(Drift::Renamed {
+                node: node.name.clone(),
+                dns_label: p.dns_label().to_string(),
             });
         }
         let mut tags = p.tags.clone();

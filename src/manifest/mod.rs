@@ -11,6 +11,8 @@
 //! | `catalog.rs`, `settings.rs`, `nodes.rs` | `services.yml`, `fleet.yml`, `nodes.yml` |
 //! | `cross.rs` | checks across the files |
 //! | `diag.rs`, `yaml.rs`, `edit.rs` | problems, the YAML reader with positions, in-place edits |
+//!
+//! Stage 1 (manifest). Imports: `model` and the foundations. Nothing else imports YAML.
 
 mod catalog;
 mod cross;

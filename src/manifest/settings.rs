@@ -15,6 +15,23 @@ pub(super) struct RawSettings<'y> {
     pub(super) nats_url_given: bool,
 }
 
+/// What a `deployers` entry may be.
+const DEPLOYER_EXPECTED: &str =
+    "a group like `group:operators`, a tag like `tag:deployer`, or a login like alice@example.com";
+
+/// A `deployers` entry: a group, a tag or a login (Tailscale SSH sources that name someone).
+fn check_deployer(s: &str) -> Result<String, InvalidValue> {
+    if s.starts_with("group:") {
+        check_group(s)
+    } else if s.starts_with("tag:") {
+        Tag::parse(s).map(|t| t.to_string())
+    } else if s.contains('@') {
+        check_login(s)
+    } else {
+        Err("not a group, tag or login (autogroups and `*` would give root to too many)".into())
+    }
+}
+
 pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSettings<'y>> {
     let f = cx.fields(
         root,
@@ -25,9 +42,11 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
             "control_plane_port",
             "tailnet",
             "operators",
+            "deployers",
             "ntfy",
             "fleet",
             "state_version",
+            "tailscale_auth",
         ],
     )?;
     let mut ok = true;
@@ -40,6 +59,19 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
         )
     });
     ok &= f.get("state_version").is_none() || state_version.is_some();
+    let tailscale_auth = match f.get("tailscale_auth") {
+        Some(v) => {
+            let expected = format!("one of {}", TailscaleAuth::NAMES.join(", "));
+            cx.checked(v, "tailscale_auth", &expected, |s| {
+                TailscaleAuth::parse(s).ok_or_else(|| match closest(s, &TailscaleAuth::NAMES) {
+                    Some(c) => format!("unknown enrolment kind (did you mean `{c}`?)"),
+                    None => "unknown enrolment kind".to_string(),
+                })
+            })
+        }
+        None => Some(TailscaleAuth::Preauth),
+    };
+    ok &= tailscale_auth.is_some();
     let cp_node = cx.required(&f, "control_plane", "the name of the control-plane node");
     let control_plane =
         cp_node.and_then(|v| cx.checked(v, "control_plane", "a node name", NodeName::parse));
@@ -149,6 +181,39 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
             ok = false;
         }
     }
+    let deployers = match f.get("deployers") {
+        None => vec![operators.group.clone()],
+        Some(v) => {
+            let mut out = std::collections::BTreeSet::new();
+            let items = cx.list(v, "deployers", DEPLOYER_EXPECTED);
+            if items.is_none() {
+                ok = false;
+            }
+            for (i, item) in items.unwrap_or(&[]).iter().enumerate() {
+                match cx.checked(
+                    item,
+                    &format!("deployers[{i}]"),
+                    DEPLOYER_EXPECTED,
+                    check_deployer,
+                ) {
+                    Some(d) => {
+                        out.insert(d);
+                    }
+                    None => ok = false,
+                }
+            }
+            if ok && out.is_empty() {
+                cx.err(
+                    v,
+                    "deployers",
+                    "empty: nobody could deploy".to_string(),
+                    Some(DEPLOYER_EXPECTED.into()),
+                );
+                ok = false;
+            }
+            out.into_iter().collect()
+        }
+    };
     let mut ntfy = NtfySettings {
         topic: "fleet-alerts".into(),
         port: 8090,
@@ -193,6 +258,7 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
         retry_on_node_failure: true,
         failover_strategy: FailoverStrategy::RoundRobin,
         alert_on_node_down: true,
+        task_timeout_seconds: 300,
     };
     if let Some(v) = f.get("fleet") {
         if let Some(ff) = cx.fields(
@@ -203,11 +269,18 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
                 "retry_on_node_failure",
                 "failover_strategy",
                 "alert_on_node_down",
+                "task_timeout_seconds",
             ],
         ) {
             if let Some(t) = ff.get("node_timeout_seconds") {
                 match cx.positive(t, "fleet.node_timeout_seconds") {
                     Some(t) => failure.node_timeout_seconds = t,
+                    None => ok = false,
+                }
+            }
+            if let Some(t) = ff.get("task_timeout_seconds") {
+                match cx.positive(t, "fleet.task_timeout_seconds") {
+                    Some(t) => failure.task_timeout_seconds = t,
                     None => ok = false,
                 }
             }
@@ -259,10 +332,12 @@ pub(super) fn decode_settings<'y>(cx: &mut Cx, root: &'y Y) -> Option<RawSetting
             control_plane_port,
             tailnet,
             operators,
+            deployers,
             failure,
             ntfy,
             state_version,
             node_state_versions: BTreeMap::new(),
+            tailscale_auth: tailscale_auth.unwrap_or_default(),
         },
         control_plane: cp_node,
         nats_url_given,

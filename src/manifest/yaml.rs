@@ -31,15 +31,18 @@ impl Pos {
 /// (events arrive in file order, so a forward cursor suffices).
 struct OffsetMap<'t> {
     text: &'t str,
+    /// Bytes before `text` in the file (a byte order mark): added to every offset.
+    base: usize,
     ascii: bool,
     chars: usize,
     bytes: usize,
 }
 
 impl<'t> OffsetMap<'t> {
-    fn new(text: &'t str) -> Self {
+    fn new(text: &'t str, base: usize) -> Self {
         OffsetMap {
             text,
+            base,
             ascii: text.is_ascii(),
             chars: 0,
             bytes: 0,
@@ -68,7 +71,7 @@ impl<'t> OffsetMap<'t> {
             self.bytes
         };
         Pos {
-            offset,
+            offset: self.base + offset,
             line: m.line(),
             col: m.col() + 1,
         }
@@ -213,8 +216,10 @@ impl MarkedEventReceiver for Builder<'_> {
     }
 }
 
-/// Parses `text` into a marked tree. An empty document gives `None`.
+/// Parses `text` into a marked tree. An empty document gives `None`. A byte order mark at the
+/// start is skipped (YAML allows one); offsets still count it, lines and columns do not.
 pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
+    let (text, base) = crate::fsutil::strip_bom(text);
     // yaml-rust2 stops at a NUL as if the file ended there (the rest would be silently
     // ignored), so characters YAML does not allow are refused first.
     if let Some((offset, c)) = text.char_indices().find(|&(_, c)| !is_yaml_printable(c)) {
@@ -222,7 +227,7 @@ pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         return Err(SyntaxError {
             pos: Pos {
-                offset,
+                offset: base + offset,
                 line: before.matches('\n').count() + 1,
                 col: before[line_start..].chars().count() + 1,
             },
@@ -233,14 +238,14 @@ pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
         });
     }
     let mut builder = Builder {
-        offsets: OffsetMap::new(text),
+        offsets: OffsetMap::new(text, base),
         stack: Vec::new(),
         root: None,
         documents: 0,
     };
     let mut parser = Parser::new_from_str(text);
     parser.load(&mut builder, false).map_err(|e| SyntaxError {
-        pos: OffsetMap::new(text).pos(e.marker()),
+        pos: OffsetMap::new(text, base).pos(e.marker()),
         message: e.info().to_string(),
     })?;
     Ok(builder.root)
@@ -272,6 +277,28 @@ mod tests {
         assert_eq!(items[1].pos.line, 4);
         assert_eq!(items[1].as_str(), Some("y"));
         assert!(matches!(items[1].value, Value::Scalar { plain: false, .. }));
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_positions_stay_right() {
+        let text = "\u{feff}a: 1\nb: [x, \"y\"]\n";
+        let root = parse(text).unwrap().unwrap();
+        let Value::Map(entries) = &root.value else {
+            panic!("not a map: {root:?}")
+        };
+        assert_eq!(entries[0].0.as_str(), Some("a"));
+        // Line 1's columns are an editor's (the mark is not a column); offsets are the file's.
+        assert_eq!((entries[0].0.pos.line, entries[0].0.pos.col), (1, 1));
+        assert_eq!(&text[entries[0].1.pos.offset..][..1], "1");
+        assert_eq!((entries[0].1.pos.line, entries[0].1.pos.col), (1, 4));
+        let Value::Seq(items) = &entries[1].1.value else {
+            panic!("not a seq")
+        };
+        assert_eq!(&text[items[1].pos.offset..][..3], "\"y\"");
+        assert_eq!((items[1].pos.line, items[1].pos.col), (2, 8));
+        // A syntax error after the mark is still placed on its line and column.
+        let err = parse("\u{feff}a: \u{1}\n").unwrap_err();
+        assert_eq!((err.pos.line, err.pos.col, err.pos.offset), (1, 4, 6));
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! |---|---|---|
 //! | per-node NixOS modules | [`node`] | `nix/nodes/<node>.nix` |
 //! | the control plane's NATS module | [`nats`] | `nix/services/nats.nix` |
-//! | agenix rules | [`secrets_nix`] | `secrets/secrets.nix` |
-//! | the Tailscale policy | [`acl`] | `fleet/acl-policy.hujson` (`fleetnix acl render`) |
+//! | agenix rules | [`crate::secrets::secrets_nix`] | `secrets/secrets.nix` |
+//! | the Tailscale policy | [`crate::acl::render`] | `fleet/acl-policy.hujson` (`fleetnix acl render`) |
 //! | cloud-init user-data | [`cloudinit`] | `fleetnix cloud-init` |
 //! | the agent's systemd unit | [`agent`] | non-NixOS hosts (deploy, cloud-init) |
 //!
@@ -15,6 +15,9 @@
 //! outputs are Nix, not HTML, and every value goes through one of the filters or is a validated
 //! name. This module also holds what `fleetnix render` does with the rendered files: [`compare`]
 //! them with the disk and [`apply`] the changes atomically.
+//!
+//! Stage 3 (outputs). Imports: `model`, `spec`, `bus` (the server plan it renders), the
+//! foundations. Never an executor.
 
 pub mod agent;
 pub mod cloudinit;
@@ -22,7 +25,7 @@ pub mod nats;
 pub mod node;
 
 use crate::bus;
-use crate::fsutil::write_atomic;
+use crate::fsutil::write_atomic_in_repo;
 use crate::model::Fleet;
 use crate::spec::NodeSpec;
 use std::collections::{BTreeMap, HashMap};
@@ -208,7 +211,7 @@ pub fn apply(
             Change::Create | Change::Update(_) => {
                 // Invariant: compare() only reports Create/Update for rendered paths.
                 let text = &rendered[rel];
-                write_atomic(&path, text.as_bytes(), 0o644)
+                write_atomic_in_repo(root, &path, text.as_bytes(), 0o644)
                     .map_err(|source| RenderError::Io { path, source })?
             }
             Change::Orphan => {

@@ -4,22 +4,24 @@
 //! tests start a real nats-server with — with the passwords in the unit's environment, loaded from
 //! the age secret `secrets/<control-plane>/nats-server-env.age`. It also enables the
 //! router (`nix/modules/fleet-router.nix`, part of fleetnix's `nixosModules.default`), with its password from
-//! `secrets/<control-plane>/nats-router-password.age` and the fleet settings from `fleet/`.
+//! `secrets/<control-plane>/nats-router-password.age` and the fleet settings from `fleet/`, and
+//! decrypts the supervisors' password (`nats-supervisor-password.age`) for the units that run them.
 
 use super::{render_nix, RenderError};
 use crate::bus::conf::is_var_name;
-use crate::bus::creds::{router_password_file, server_env_file};
+use crate::bus::creds::{server_env_file, service_password_file};
+use crate::bus::users::Service;
 use crate::bus::{BusError, ServerPlan};
 use crate::fsutil::write_atomic;
 use crate::spec::host_port;
-use crate::spec::secrets::{ROUTER_SECRET, SERVER_ENV_SECRET};
+use crate::spec::secrets::SERVER_ENV_SECRET;
 use std::path::{Path, PathBuf};
 
 /// Where the module goes, relative to the repository root.
 pub const NIX_PATH: &str = "nix/services/nats.nix";
 
 /// `text` as a Nix literal that reads well: an indented `''…''` string whose lines are prefixed
-/// with `indent` spaces (Nix strips them again), `''` and `${` escaped. Falls back to a
+/// with `indent` spaces (Nix strips them again), escaped by [`indented_line`]. Falls back to a
 /// double-quoted literal when the text would not survive indentation stripping exactly (control
 /// characters other than newlines, no trailing newline, or every line already indented).
 pub fn indented_string(text: &str, indent: usize) -> String {
@@ -34,26 +36,43 @@ pub fn indented_string(text: &str, indent: usize) -> String {
     for line in text.lines() {
         if !line.is_empty() {
             out.push_str(&pad);
-            let mut chars = line.chars().peekable();
-            while let Some(c) = chars.next() {
-                match (c, chars.peek()) {
-                    ('\'', Some('\'')) => {
-                        chars.next();
-                        out.push_str("'''");
-                    }
-                    ('$', Some('{')) => {
-                        chars.next();
-                        out.push_str("''${");
-                    }
-                    _ => out.push(c),
-                }
-            }
+            indented_line(&mut out, line);
         }
         out.push('\n');
     }
     out.push_str(&" ".repeat(indent.saturating_sub(2)));
     out.push_str("''");
     out
+}
+
+/// Appends `line` (no newline, no control character) escaped for a Nix indented string.
+///
+/// Inside `''…''` Nix's lexer reads `'''` as a literal `''`, `''$` as a literal `$`, `''\c` as
+/// `c`, `${` as an interpolation, `''` as the end, and any other `'` or `$` as itself. So:
+/// - `''` becomes `'''` (pairs taken from the left);
+/// - `${` becomes `''${` (the `$` escaped, the `{` literal);
+/// - a `'` left over from pairing stays bare unless the next character written is a `'` (the
+///   text goes on with `${`, whose escape starts with `''`): then it is `''\'`, since a bare
+///   `'` there would make `'''`, a literal `''` followed by a live `${`;
+/// - every other character, `$` and `\` included, stands for itself (`\` is special only after
+///   `''`, and no `''` is ever left bare).
+pub fn indented_line(out: &mut String, line: &str) {
+    let chars: Vec<char> = line.chars().collect();
+    let interpolation_at = |i: usize| chars.get(i) == Some(&'$') && chars.get(i + 1) == Some(&'{');
+    let mut i = 0;
+    while let Some(&c) = chars.get(i) {
+        match c {
+            '\'' if chars.get(i + 1) == Some(&'\'') => {
+                out.push_str("'''");
+                i += 2;
+                continue;
+            }
+            '\'' if interpolation_at(i + 1) => out.push_str("''\\'"),
+            '$' if interpolation_at(i) => out.push_str("''$"),
+            c => out.push(c),
+        }
+        i += 1;
+    }
 }
 
 /// Renders the module. Pure: nothing is written. `sources` names the manifest files for the header.
@@ -110,14 +129,27 @@ pub(crate) fn render_with(
         &env_file.trim_start_matches("secrets").to_string(),
     );
     cx.insert("store_dir", &plan.store_dir);
-    cx.insert("router_user", &plan.router.user);
-    cx.insert("router_secret", ROUTER_SECRET);
     cx.insert(
-        "router_secret_file",
-        &router_password_file(&plan.server_name)
-            .trim_start_matches("secrets")
-            .to_string(),
+        "services",
+        &plan
+            .services
+            .iter()
+            .map(|u| u.user.clone())
+            .collect::<Vec<_>>(),
     );
+    for (prefix, service) in [
+        ("router", Service::Router),
+        ("supervisor", Service::Supervisor),
+    ] {
+        cx.insert(format!("{prefix}_user"), service.user());
+        cx.insert(format!("{prefix}_secret"), service.secret_kind().name());
+        cx.insert(
+            format!("{prefix}_secret_file"),
+            &service_password_file(&plan.server_name, service)
+                .trim_start_matches("secrets")
+                .to_string(),
+        );
+    }
     cx.insert(
         "nats_url",
         &format!("nats://{}", host_port(&plan.host, plan.port)),

@@ -23,6 +23,11 @@ pub fn render_node(
     cx.insert("roles", &plan.roles);
     cx.insert("tags", &plan.tags);
     cx.insert("up_flags", &plan.up_flags);
+    cx.insert("set_flags", &plan.set_flags());
+    cx.insert(
+        "oauth_client",
+        &(plan.tailscale_auth == crate::model::TailscaleAuth::OauthClient),
+    );
     cx.insert("secret", AUTHKEY_SECRET);
     cx.insert("is_control_plane", &plan.is_control_plane);
     cx.insert("bus_module", &format!("../../{}", super::nats::NIX_PATH));

@@ -49,6 +49,15 @@ pub enum SecretsError {
         /// What is wrong (never the key).
         reason: &'static str,
     },
+    /// The credential is of the wrong kind (an API token, a client secret in a `preauth`
+    /// fleet, …): the message says what to use instead.
+    #[error("the Tailscale credential from {origin} {reason}; nothing was written")]
+    WrongCredential {
+        /// Where it was read from.
+        origin: String,
+        /// What is wrong and what to use (never the credential).
+        reason: crate::model::CredentialError,
+    },
     /// The auth key could not be read.
     #[error("cannot read the Tailscale auth key from {origin}: {error}")]
     ReadKey {

@@ -246,7 +246,8 @@ pub(super) fn encrypt(recipients: &[Recipient], plaintext: &[u8]) -> Result<Vec<
 }
 
 /// Checks an auth key given as bytes and returns it as a secret: surrounding whitespace is
-/// trimmed; it must be non-empty, UTF-8, and contain no whitespace or control characters.
+/// trimmed; it must be non-empty, UTF-8, and contain no whitespace or control characters, and be
+/// a pre-auth key or an OAuth client secret ([`crate::model::enrolment_kind`]).
 /// `origin` (e.g. "standard input") names where it came from in errors; the key never appears.
 pub fn parse_authkey(bytes: &[u8], origin: &str) -> Result<Secret, SecretsError> {
     let trimmed = bytes.trim_ascii();
@@ -268,6 +269,12 @@ pub fn parse_authkey(bytes: &[u8], origin: &str) -> Result<Secret, SecretsError>
     if text.len() > MAX_AUTHKEY_BYTES {
         return Err(malformed("is too long"));
     }
+    // Only enrolment credentials: an API token (or anything unknown) is refused with what to
+    // use instead.
+    crate::model::enrolment_kind(text).map_err(|reason| SecretsError::WrongCredential {
+        origin: origin.to_string(),
+        reason,
+    })?;
     // Exact capacity, so turning it into a boxed str does not reallocate and leave a copy.
     let mut s = String::with_capacity(text.len());
     s.push_str(text);
@@ -341,14 +348,28 @@ mod tests {
         let e = parse_authkey(two.as_bytes(), "f").unwrap_err().to_string();
         assert!(!e.contains(&k), "{e}");
         assert!(e.contains("whitespace"), "{e}");
+        let token = format!("tskey-api-{}", "FAKE0123");
+        let e = parse_authkey(token.as_bytes(), "$TAILSCALE_AUTHKEY")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("API access token") && e.contains("TS_API_KEY") && !e.contains("FAKE0123"),
+            "{e}"
+        );
+        let e = parse_authkey(b"hunter2", "f").unwrap_err().to_string();
+        assert!(e.contains("neither a pre-auth key"), "{e}");
     }
 
     #[test]
     fn read_authkey_limits_length() {
-        let long = vec![b'a'; 3 * MAX_AUTHKEY_BYTES];
-        assert!(read_authkey(&long[..], "x").is_err());
-        let ok = vec![b'a'; MAX_AUTHKEY_BYTES];
-        assert!(read_authkey(&ok[..], "x").is_ok());
+        let key = |len: usize| {
+            let mut k = b"tskey-auth-k1-".to_vec();
+            k.resize(len, b'a');
+            k
+        };
+        assert!(read_authkey(&key(3 * MAX_AUTHKEY_BYTES)[..], "x").is_err());
+        assert!(read_authkey(&key(MAX_AUTHKEY_BYTES)[..], "x").is_ok());
+        assert!(read_authkey(&key(MAX_AUTHKEY_BYTES + 1)[..], "x").is_err());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Age-encrypted per-node secrets in agenix's layout: each node's Tailscale auth key and NATS
-//! password, and the control plane's nats-server environment file (see [`kinds`]).
+//! password, and the control plane's nats-server environment file (see [`crate::spec::secrets`]).
 //!
 //! `secrets/<node>/<secret>.age` is encrypted to the node's SSH host key (`host_key` in
 //! nodes.yml) and the operators' keys (fleet.yml), never to another node. `secrets/secrets.nix`
@@ -14,6 +14,9 @@
 //!
 //! Plaintexts live in [`Secret`]s or [`Zeroizing`] buffers and are never written anywhere
 //! but into age ciphertext: no temporary plaintext files, no argv, no logs, no error messages.
+//!
+//! Stage 3 (secrets). Imports: `model`, `spec` (which secrets exist), `bus` (the NATS
+//! credentials), `tailscale` (minting a key), the foundations.
 
 mod error;
 mod keys;
@@ -36,7 +39,7 @@ pub use store::{
     RECIPIENTS_FILE, RECORDS_VERSION, SECRETS_NIX,
 };
 
-use crate::fsutil::write_atomic;
+use crate::fsutil::write_atomic_in_repo;
 use crate::model::{Fleet, Node, NodeName};
 use crate::secret::Secret;
 use crate::secrets::secrets_nix::render_secrets_nix;
@@ -154,10 +157,12 @@ fn write_indexes(fleet: &Fleet, root: &Path, records: &Records) -> Result<bool, 
     let rec_path = root.join(RECIPIENTS_FILE);
     let rec_text = records.to_text();
     if store::read_optional(&rec_path)?.as_deref() != Some(rec_text.as_bytes()) {
-        write_atomic(&rec_path, rec_text.as_bytes(), FILE_MODE).map_err(io_err(rec_path))?;
+        write_atomic_in_repo(root, &rec_path, rec_text.as_bytes(), FILE_MODE)
+            .map_err(io_err(rec_path))?;
     }
     if nix_changed {
-        write_atomic(&nix_path, nix_text.as_bytes(), FILE_MODE).map_err(io_err(nix_path))?;
+        write_atomic_in_repo(root, &nix_path, nix_text.as_bytes(), FILE_MODE)
+            .map_err(io_err(nix_path))?;
     }
     Ok(nix_changed)
 }
@@ -200,13 +205,13 @@ fn commit(
     if !sealed.is_empty() {
         let mut list: Vec<String> = sealed.iter().map(|s| s.id.file()).collect();
         list.push(String::new());
-        write_atomic(&pending_path, list.join("\n").as_bytes(), FILE_MODE)
+        write_atomic_in_repo(root, &pending_path, list.join("\n").as_bytes(), FILE_MODE)
             .map_err(io_err(pending_path.clone()))?;
     }
     for s in sealed {
         let file = s.id.file();
         let path = root.join(&file);
-        write_atomic(&path, &s.bytes, FILE_MODE).map_err(io_err(path))?;
+        write_atomic_in_repo(root, &path, &s.bytes, FILE_MODE).map_err(io_err(path))?;
         records.set(s.id.rules_key(), &s.bytes, &s.recipients);
         report.written.push(Written {
             node: s.id.node.to_string(),
@@ -304,6 +309,15 @@ pub fn set_authkey(
     }
     // Re-check the key: library callers may build a Secret by hand.
     let key = parse_authkey(key.expose().as_bytes(), "the caller")?;
+    // The fleet decides which kind its nodes enrol with.
+    fleet
+        .settings
+        .tailscale_auth
+        .check(key.expose())
+        .map_err(|reason| SecretsError::WrongCredential {
+            origin: "the caller".into(),
+            reason,
+        })?;
     let items: Vec<(SecretId, &[u8])> = nodes
         .iter()
         .map(|n| {

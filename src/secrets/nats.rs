@@ -14,9 +14,7 @@ use crate::bus::creds::BusCredentials;
 use crate::bus::server_plan;
 use crate::model::Fleet;
 use crate::secrets::secrets_nix::render_secrets_nix;
-use crate::spec::secrets::{
-    SecretId, SecretKind, PASSWORD_SECRET, ROUTER_SECRET, SERVER_ENV_SECRET,
-};
+use crate::spec::secrets::{SecretId, SecretKind};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -31,8 +29,10 @@ pub struct NatsReport {
     pub generated: Vec<String>,
     /// Nodes whose password was kept, sorted.
     pub kept: Vec<String>,
-    /// Did the router get a new password (none was in the server environment file)?
-    pub router_generated: bool,
+    /// Service users that got a new password (none was in the server environment file):
+    /// `_registry`, `_router`, `_supervisor`; on a fleet from before those users, the first two
+    /// of them and not the router.
+    pub services_generated: Vec<String>,
 }
 
 /// The identity file, read the first time it is needed (a first `set-nats` needs none).
@@ -103,30 +103,25 @@ pub fn set_nats(fleet: &Fleet, root: &Path, identity: &Path) -> Result<NatsRepor
         None => BusCredentials::default(),
     };
     let generated = creds.fill(&plan);
-    let router_generated = creds.fill_router();
+    let services_generated = creds.fill_services();
     let files = creds.files(&plan)?;
 
     let mut items = Vec::new();
     let mut unchanged = Vec::new();
     for f in &files {
-        let kind = match f.secret {
-            PASSWORD_SECRET => SecretKind::NatsPassword,
-            SERVER_ENV_SECRET => SecretKind::NatsServerEnv,
-            ROUTER_SECRET => SecretKind::NatsRouterPassword,
-            other => {
-                // Invariant: BusCredentials::files only makes these three.
-                return Err(SecretsError::ServerEnv {
-                    file: f.file.clone(),
-                    reason: format!("unexpected secret `{other}` (a fleetnix bug)"),
-                });
-            }
+        let Some(kind) = SecretKind::from_name(f.secret) else {
+            // Invariant: BusCredentials::files only makes files of known kinds.
+            return Err(SecretsError::ServerEnv {
+                file: f.file.clone(),
+                reason: format!("unexpected secret `{}` (a fleetnix bug)", f.secret),
+            });
         };
         let id = SecretId::new(f.reader.clone(), kind);
         let want = f.plaintext.expose().as_bytes();
         let same = states.get(&id.file()) == Some(&State::UpToDate)
             && match kind {
                 SecretKind::NatsServerEnv => old_env.as_deref().map(Vec::as_slice) == Some(want),
-                SecretKind::NatsRouterPassword if router_generated => false,
+                k if services_generated.iter().any(|s| s.secret_kind() == k) => false,
                 SecretKind::NatsPassword if generated.contains(&f.reader) => false,
                 _ => decrypt_with(ids.get()?, root, &id, identity)?.as_slice() == want,
             };
@@ -156,6 +151,9 @@ pub fn set_nats(fleet: &Fleet, root: &Path, identity: &Path) -> Result<NatsRepor
         report,
         generated,
         kept,
-        router_generated,
+        services_generated: services_generated
+            .iter()
+            .map(|s| s.user().to_string())
+            .collect(),
     })
 }

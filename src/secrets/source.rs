@@ -37,7 +37,10 @@ pub enum KeySource {
 pub fn env_var(kind: SecretKind) -> Option<&'static str> {
     match kind {
         SecretKind::TailscaleAuthkey => Some(env::AUTHKEY),
-        SecretKind::NatsPassword | SecretKind::NatsRouterPassword => Some(env::NATS_PASSWORD),
+        SecretKind::NatsPassword
+        | SecretKind::NatsRouterPassword
+        | SecretKind::NatsSupervisorPassword
+        | SecretKind::NatsRegistryPassword => Some(env::NATS_PASSWORD),
         SecretKind::NatsServerEnv => None,
     }
 }

@@ -1,9 +1,19 @@
-//! The plan: for each node, everything it gets. Every output (NixOS module, ACL,
-//! secrets, cloud-init, deploy commands) is a pure function of this.
+//! Each node's resolved settings, its [`NodeSpec`]: everything it gets (tags, `tailscale up`
+//! flags, ports, agent arguments, secrets, how it is reached). Every output (NixOS module, ACL,
+//! secrets, cloud-init, deploy commands) is a pure function of these. (`fleetnix plan`, what a
+//! deploy would change, is another thing: `deploy::plan`.)
+//!
+//! - [`secrets`]: which secrets exist, their files and names.
+//!
+//! Stage 2 (spec). Imports: `model`. Everything after it (outputs, acl, secrets, executors)
+//! reads [`NodeSpec`]s, never the manifest.
 
 pub mod secrets;
 
-use crate::model::{Fleet, HostKey, Node, NodeName, Os, Protocol, Role, SshLogin};
+use crate::model::{
+    CredentialError, Fleet, HostKey, Node, NodeName, Os, Protocol, Role, SshLogin, TailscaleAuth,
+};
+use crate::secret::Secret;
 use secrets::{SecretId, SecretKind, AUTHKEY_SECRET};
 use serde::Serialize;
 use std::net::IpAddr;
@@ -105,6 +115,9 @@ pub struct NodeSpec {
     pub tags: Vec<String>,
     /// `tailscale up` flags beyond the auth key.
     pub up_flags: Vec<String>,
+    /// What the node enrols with (`tailscale_auth` of fleet.yml); omitted when `preauth`.
+    #[serde(skip_serializing_if = "TailscaleAuth::is_default")]
+    pub tailscale_auth: TailscaleAuth,
     /// Services it hosts, in catalog order.
     pub services: Vec<HostedService>,
     /// TCP ports opened on `tailscale0`, sorted and unique.
@@ -125,6 +138,35 @@ pub struct NodeSpec {
     /// Models it serves (`models:` in nodes.yml).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    /// GPUs its `resources` declare (more than 0), which the deploy's health gate checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+}
+
+impl NodeSpec {
+    /// The flags `tailscale set` applies to a running node (`services.tailscale.extraSetFlags`):
+    /// every `up` flag but `--advertise-tags`, which `set` does not take (tags change through
+    /// the API, see `tailscale::prefs`).
+    pub fn set_flags(&self) -> Vec<String> {
+        self.up_flags
+            .iter()
+            .filter(|f| !f.starts_with("--advertise-tags"))
+            .cloned()
+            .collect()
+    }
+
+    /// What `tailscale up --auth-key` gets on this node for its stored credential `key`: checked
+    /// against the fleet's `tailscale_auth` (an API token, or a client secret in a `preauth`
+    /// fleet, is refused), an OAuth client secret with `?ephemeral=false&preauthorized=true`
+    /// appended. An OAuth enrolment also needs tags (`--advertise-tags`): a node without any is
+    /// refused (the manifest gives every node at least the default tag).
+    pub fn enrolment_key(&self, key: &Secret) -> Result<Secret, CredentialError> {
+        self.tailscale_auth.check(key.expose())?;
+        if self.tailscale_auth == TailscaleAuth::OauthClient && self.tags.is_empty() {
+            return Err(CredentialError::Untagged);
+        }
+        Ok(Secret::new(self.tailscale_auth.up_key(key.expose())))
+    }
 }
 
 /// Path of a node's encrypted auth key, relative to the repository root.
@@ -168,14 +210,14 @@ pub fn node_spec(fleet: &Fleet, node: &Node) -> NodeSpec {
         format!("--hostname={}", node.name),
         format!("--advertise-tags={}", tags.join(",")),
     ];
-    let ssh_target = match node.tailscale_ip {
-        IpAddr::V4(ip) => format!("{}@{ip}", node.ssh_user),
-        IpAddr::V6(ip) => format!("{}@[{ip}]", node.ssh_user),
-    };
+    // OpenSSH's destination takes a bare IPv6 address (`user@fd7a::1`): brackets are for
+    // scp and URLs, and `ssh user@[fd7a::1]` fails to resolve `[fd7a::1]`.
+    let ssh_target = format!("{}@{}", node.ssh_user, node.tailscale_ip);
     NodeSpec {
         name: node.name.clone(),
         roles: node.roles.clone(),
         up_flags,
+        tailscale_auth: fleet.settings.tailscale_auth,
         tcp_ports: ports(Protocol::Tcp),
         udp_ports: ports(Protocol::Udp),
         services,
@@ -200,6 +242,7 @@ pub fn node_spec(fleet: &Fleet, node: &Node) -> NodeSpec {
         is_control_plane: node.name == fleet.settings.control_plane,
         state_version: fleet.state_version_of(node).map(|v| v.to_string()),
         models: node.models.clone(),
+        gpus: node.resources.gpu.filter(|g| *g > 0),
         tags,
     }
 }

@@ -7,6 +7,8 @@
 //! | `nats-password` | `secrets/<node>/nats-password.age` | the node's NATS password | every node |
 //! | `nats-server-env` | `secrets/<cp>/nats-server-env.age` | `NATS_PASSWORD_<NODE>=…` lines | the control plane |
 //! | `nats-router-password` | `secrets/<cp>/nats-router-password.age` | the router's NATS password | the control plane |
+//! | `nats-supervisor-password` | `secrets/<cp>/nats-supervisor-password.age` | the supervisors' NATS password (`_supervisor`) | the control plane |
+//! | `nats-registry-password` | `secrets/<cp>/nats-registry-password.age` | `node sync`'s NATS password (`_registry`) | the control plane |
 //!
 //! [`SecretId`] owns every path of a secret: the `.age` file ([`SecretId::age_path`]), its path
 //! below `secrets/` as rendered modules reference it ([`SecretId::secrets_path`]), its agenix name
@@ -31,6 +33,10 @@ pub const PASSWORD_SECRET: &str = "nats-password";
 pub const SERVER_ENV_SECRET: &str = "nats-server-env";
 /// The agenix name of the router's NATS password (on the control plane).
 pub const ROUTER_SECRET: &str = "nats-router-password";
+/// The agenix name of the supervisors' NATS password (user `_supervisor`, on the control plane).
+pub const SUPERVISOR_SECRET: &str = "nats-supervisor-password";
+/// The agenix name of `node sync`'s NATS password (user `_registry`, on the control plane).
+pub const REGISTRY_SECRET: &str = "nats-registry-password";
 
 /// Where agenix decrypts secrets on a NixOS node (`config.age.secrets.<name>.path`).
 pub const AGENIX_DIR: &str = "/run/agenix";
@@ -51,22 +57,31 @@ pub enum SecretKind {
     NatsServerEnv,
     /// The router's NATS password, on the control plane (`fleetnix secrets set-nats`).
     NatsRouterPassword,
+    /// The supervisors' NATS password, on the control plane (`fleetnix secrets set-nats`).
+    NatsSupervisorPassword,
+    /// `node sync`'s NATS password, on the control plane (`fleetnix secrets set-nats`).
+    NatsRegistryPassword,
 }
 
 impl SecretKind {
     /// Every kind, in listing order.
-    pub const ALL: [SecretKind; 4] = [
+    pub const ALL: [SecretKind; 6] = [
         SecretKind::TailscaleAuthkey,
         SecretKind::NatsPassword,
         SecretKind::NatsServerEnv,
         SecretKind::NatsRouterPassword,
+        SecretKind::NatsSupervisorPassword,
+        SecretKind::NatsRegistryPassword,
     ];
 
     /// Is it a secret of the control plane only?
     pub fn control_plane_only(self) -> bool {
         matches!(
             self,
-            SecretKind::NatsServerEnv | SecretKind::NatsRouterPassword
+            SecretKind::NatsServerEnv
+                | SecretKind::NatsRouterPassword
+                | SecretKind::NatsSupervisorPassword
+                | SecretKind::NatsRegistryPassword
         )
     }
 
@@ -77,6 +92,8 @@ impl SecretKind {
             SecretKind::NatsPassword => PASSWORD_SECRET,
             SecretKind::NatsServerEnv => SERVER_ENV_SECRET,
             SecretKind::NatsRouterPassword => ROUTER_SECRET,
+            SecretKind::NatsSupervisorPassword => SUPERVISOR_SECRET,
+            SecretKind::NatsRegistryPassword => REGISTRY_SECRET,
         }
     }
 
@@ -98,6 +115,8 @@ impl SecretKind {
             SecretKind::NatsPassword => "NATS password",
             SecretKind::NatsServerEnv => "nats-server environment file",
             SecretKind::NatsRouterPassword => "router's NATS password",
+            SecretKind::NatsSupervisorPassword => "supervisors' NATS password",
+            SecretKind::NatsRegistryPassword => "registry's NATS password",
         }
     }
 
@@ -107,7 +126,9 @@ impl SecretKind {
         match self {
             SecretKind::TailscaleAuthkey
             | SecretKind::NatsPassword
-            | SecretKind::NatsRouterPassword => MAX_AUTHKEY_BYTES,
+            | SecretKind::NatsRouterPassword
+            | SecretKind::NatsSupervisorPassword
+            | SecretKind::NatsRegistryPassword => MAX_AUTHKEY_BYTES,
             SecretKind::NatsServerEnv => 256 * 1024,
         }
     }
@@ -118,7 +139,9 @@ impl SecretKind {
             SecretKind::TailscaleAuthkey => format!("fleetnix secrets set-authkey {node}"),
             SecretKind::NatsPassword
             | SecretKind::NatsServerEnv
-            | SecretKind::NatsRouterPassword => "fleetnix secrets set-nats".to_string(),
+            | SecretKind::NatsRouterPassword
+            | SecretKind::NatsSupervisorPassword
+            | SecretKind::NatsRegistryPassword => "fleetnix secrets set-nats".to_string(),
         }
     }
 }
@@ -194,8 +217,8 @@ impl fmt::Display for SecretId {
 
 /// Every secret the manifest wants, by node in manifest order, then by kind: each node's auth
 /// key and NATS password (its rendered module references both), and the control plane's
-/// nats-server environment file (the bus module references it) and router password (the
-/// router module references it).
+/// nats-server environment file (the bus module references it) and its services' passwords
+/// (router, supervisors, registry).
 pub fn wanted(fleet: &Fleet) -> Vec<SecretId> {
     let mut out = Vec::new();
     for node in &fleet.nodes {

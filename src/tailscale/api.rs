@@ -55,11 +55,27 @@ pub enum ApiError {
         /// Why.
         reason: String,
     },
-    /// 401/403.
-    #[error("the Tailscale API refused the token ({status}): check that {TOKEN_ENV} or --token-file holds a valid, unexpired API access token{}", .message.as_deref().map(|m| format!(" (server: {m})")).unwrap_or_default())]
+    /// 401 (token invalid or expired) / 403 (the token may not use this endpoint).
+    #[error("the Tailscale API refused the token ({status}): {}{}", unauthorized_fix(*.status), .message.as_deref().map(|m| format!(" (server: {m})")).unwrap_or_default())]
     Unauthorized {
         /// HTTP status.
         status: u16,
+        /// The server's message, if any.
+        message: Option<String>,
+    },
+    /// 429: too many requests.
+    #[error("the Tailscale API is rate-limiting this token (429 Too Many Requests){}: wait and re-run the command", .retry_after.as_deref().map(|r| format!(", retry after {r}s")).unwrap_or_default())]
+    RateLimited {
+        /// The `Retry-After` header, if any.
+        retry_after: Option<String>,
+    },
+    /// 5xx: the server failed.
+    #[error("the Tailscale API failed ({status}) for {url}: a problem on Tailscale's side; re-run the command later (https://status.tailscale.com){}", .message.as_deref().map(|m| format!(" (server: {m})")).unwrap_or_default())]
+    ServerError {
+        /// HTTP status.
+        status: u16,
+        /// The URL.
+        url: String,
         /// The server's message, if any.
         message: Option<String>,
     },
@@ -79,6 +95,10 @@ pub enum ApiError {
         /// `data[].errors`, prefixed with their `user`.
         details: Vec<String>,
     },
+    /// fleetnix refused before asking the API (e.g. minting a pre-auth key for a fleet that
+    /// enrols with an OAuth client secret).
+    #[error("{0}")]
+    NotAsked(String),
     /// An unexpected answer.
     #[error("unexpected answer from the Tailscale API ({status}) for {url}: {message}")]
     Unexpected {
@@ -89,6 +109,15 @@ pub enum ApiError {
         /// What was wrong.
         message: String,
     },
+}
+
+/// What to fix for a 401 or 403.
+fn unauthorized_fix(status: u16) -> String {
+    if status == 403 {
+        format!("the token in {TOKEN_ENV} or --token-file is valid but may not do this: use an API access token of an admin, or an OAuth client with the scope this needs (devices:core for devices, auth_keys for keys, policy_file for the policy)")
+    } else {
+        format!("check that {TOKEN_ENV} or --token-file holds a valid, unexpired API access token (tskey-api-…, at most 90 days); an expired one must be replaced in the admin console (Settings → Keys)")
+    }
 }
 
 fn details_text(details: &[String]) -> String {
@@ -200,7 +229,7 @@ pub struct AuthKey {
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: url::Url,
+    pub(super) base: url::Url,
     tailnet: String,
     token: Secret,
 }
@@ -222,6 +251,13 @@ impl Client {
                 reason: "expected an http(s) URL".into(),
             });
         }
+        // The token goes to this address: https only, unless a test allows its local fake.
+        crate::http::check_https(BASE_URL_ENV, base.as_str()).map_err(|reason| {
+            ApiError::BadUrl {
+                url: base.to_string(),
+                reason,
+            }
+        })?;
         let http = crate::http::client_builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
@@ -238,7 +274,7 @@ impl Client {
     }
 
     /// `…/tailnet/{tailnet}/{rest…}`, each segment percent-encoded.
-    fn url(&self, rest: &[&str]) -> url::Url {
+    pub(super) fn url(&self, rest: &[&str]) -> url::Url {
         let mut u = self.base.clone();
         if let Ok(mut segs) = u.path_segments_mut() {
             segs.pop_if_empty().push("tailnet").push(&self.tailnet);
@@ -249,7 +285,11 @@ impl Client {
         u
     }
 
-    fn request(&self, method: reqwest::Method, url: url::Url) -> reqwest::RequestBuilder {
+    pub(super) fn request(
+        &self,
+        method: reqwest::Method,
+        url: url::Url,
+    ) -> reqwest::RequestBuilder {
         let mut auth =
             reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.token.expose()))
                 .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Bearer invalid"));
@@ -259,7 +299,7 @@ impl Client {
             .header(reqwest::header::AUTHORIZATION, auth)
     }
 
-    async fn send(
+    pub(super) async fn send(
         &self,
         req: reqwest::RequestBuilder,
         url: &url::Url,
@@ -275,10 +315,26 @@ impl Client {
         if status == 401 || status == 403 {
             return Err(decode_unauthorized(status, &body));
         }
+        if status == 429 {
+            return Err(ApiError::RateLimited {
+                retry_after: headers
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.chars().take(20).collect()),
+            });
+        }
+        if status >= 500 {
+            let b: ErrorBody = serde_json::from_str(&body).unwrap_or_default();
+            return Err(ApiError::ServerError {
+                status,
+                url: url.to_string(),
+                message: b.message,
+            });
+        }
         Ok((status, headers, body))
     }
 
-    fn rejected(status: u16, body: &str) -> ApiError {
+    pub(super) fn rejected(status: u16, body: &str) -> ApiError {
         decode_rejection(status, body)
     }
 

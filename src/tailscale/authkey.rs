@@ -39,6 +39,12 @@ pub async fn mint_authkey(
     node: &Node,
     expiry_seconds: u64,
 ) -> Result<AuthKey, ApiError> {
+    if fleet.settings.tailscale_auth == crate::model::TailscaleAuth::OauthClient {
+        return Err(ApiError::NotAsked(format!(
+            "fleet.yml says `tailscale_auth: oauth-client`: {} enrols with the fleet's OAuth client secret (`fleetnix secrets set-authkey {}`), which never expires, so no pre-auth key was minted",
+            node.name, node.name
+        )));
+    }
     client
         .create_auth_key(&authkey_request(fleet, node, expiry_seconds))
         .await

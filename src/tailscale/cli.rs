@@ -305,6 +305,22 @@ impl TailscaleStatus {
             .copied()
     }
 
+    /// The device the control server named `name`: the first label of its MagicDNS name, which
+    /// the control server assigns (and de-duplicates: a second device asking for `worker-03`
+    /// becomes `worker-03-1`), not its self-reported `HostName`, which any device may set.
+    pub fn find_assigned(&self, name: &str) -> Option<Device<'_>> {
+        self.devices()
+            .into_iter()
+            .find(|d| !name.is_empty() && d.peer.dns_label() == name)
+    }
+
+    /// The device whose stable node ID (`ID`, `n…CNTRL`) is `id`.
+    pub fn find_id(&self, id: &str) -> Option<Device<'_>> {
+        self.devices()
+            .into_iter()
+            .find(|d| !id.is_empty() && d.peer.id == id)
+    }
+
     /// SSH host keys the tailnet publishes for the device `name` (for `known_hosts`).
     pub fn ssh_host_keys(&self, name: &str) -> Vec<String> {
         self.find(name)

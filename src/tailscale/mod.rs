@@ -2,11 +2,18 @@
 //!
 //! - [`cli`]: the local `tailscale` CLI (`tailscale status --json`), re-exported here;
 //! - [`api`]: the Tailscale API v2 client (policy file, auth keys);
-//! - [`authkey`]: minting a node's auth key through the API, and storing a minted key straight
-//!   into its age secret (where a key comes from is [`crate::secrets::source::KeySource`]).
+//! - [`devices`]: the API's device records and auth-key metadata;
+//! - [`authkey`]: minting a node's auth key through the API (storing it is
+//!   `crate::secrets::mint`; where a key comes from is `crate::secrets::source::KeySource`).
+//!
+//! Executor. Imports: `model` and the foundations: it knows the CLI and the API, not the
+//! secrets store or the plan.
 
 pub mod api;
 pub mod authkey;
 pub mod cli;
+pub mod devices;
+pub mod names;
+pub mod prefs;
 
 pub use cli::*;

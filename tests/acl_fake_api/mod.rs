@@ -2,9 +2,13 @@
 //! `shared/reference/tailscale-api.md`: bearer token (else 401 `{"message"}`), `GET /acl`
 //! with a quoted `ETag` (HuJSON unless `Accept: application/json`), `POST /acl/validate` (200 even
 //! on failure, `{"message", "data": [{"user", "errors"}]}`), `POST /acl` with `If-Match` (412 on a
-//! stale ETag) and `POST /keys` (key returned once). It listens on 127.0.0.1 only.
+//! stale ETag) and `POST /keys` (key returned once). It listens on 127.0.0.1 only. Devices and
+//! key metadata (`GET /devices`, `DELETE /device/{id}`, `POST /device/{id}/tags`,
+//! `GET /keys/{id}`) are in [`tailnet`].
 
 #![allow(dead_code)]
+
+pub mod tailnet;
 
 use fleetnix::acl::eval::Evaluator;
 use fleetnix::acl::policy;
@@ -45,6 +49,8 @@ pub struct State {
     pub key_secret: String,
     /// Bodies of `POST /keys`.
     pub key_requests: Vec<serde_json::Value>,
+    /// The tailnet's devices and auth keys (see [`tailnet`]).
+    pub tailnet: tailnet::Tailnet,
 }
 
 impl State {
@@ -77,22 +83,44 @@ fn json(status: u16, body: serde_json::Value) -> (u16, Vec<(String, String)>, St
     )
 }
 
-/// Validates a policy the way the fake server does: the library's parser (unknown fields are
-/// errors, as on the real server) and the policy's own tests.
-fn validate(text: &str) -> Option<serde_json::Value> {
+/// Validates a policy the way the fake server does: the library's parser (an unknown field is
+/// HTTP 400 `json: unknown field "X"`, as the server decodes strictly; other problems 200 with a
+/// `message`) and the policy's own tests (200 with `{"message": "test(s) failed", "data":
+/// [{"user": <test src>, "errors": ["address \"…\": want: Accept, got: Drop"]}]}`).
+fn validate(text: &str) -> Option<(u16, serde_json::Value)> {
     let parsed = match policy::parse(text) {
         Ok(p) => p,
-        Err(e) => return Some(serde_json::json!({"message": e.to_string()})),
+        Err(e) => return Some((400, serde_json::json!({"message": e.to_string()}))),
     };
     if let Some(i) = parsed.issues.first() {
-        return Some(serde_json::json!({"message": i.message}));
+        if i.kind == policy::IssueKind::UnknownField {
+            // `… "name" is not a field …`
+            let field = i.message.split('"').nth(1).unwrap_or("");
+            return Some((
+                400,
+                serde_json::json!({"message": format!("json: unknown field {field:?}")}),
+            ));
+        }
+        return Some((200, serde_json::json!({"message": i.message})));
     }
     let failures = Evaluator::new(&parsed.policy).run_tests();
     if failures.is_empty() {
         return None;
     }
-    let errors: Vec<String> = failures.iter().map(|f| f.message.clone()).collect();
-    Some(serde_json::json!({"message": "test(s) failed", "data": [{"user": "", "errors": errors}]}))
+    let mut by_src: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for f in &failures {
+        let prefix = format!("{}: ", f.src);
+        let e = f.message.strip_prefix(&prefix).unwrap_or(&f.message);
+        by_src.entry(&f.src).or_default().push(e.to_string());
+    }
+    let data: Vec<serde_json::Value> = by_src
+        .into_iter()
+        .map(|(user, errors)| serde_json::json!({"user": user, "errors": errors}))
+        .collect();
+    Some((
+        200,
+        serde_json::json!({"message": "test(s) failed", "data": data}),
+    ))
 }
 
 fn handle(st: &mut State, req: &mut tiny_http::Request) -> (u16, Vec<(String, String)>, String) {
@@ -155,7 +183,7 @@ fn handle(st: &mut State, req: &mut tiny_http::Request) -> (u16, Vec<(String, St
             }
             match validate(&body) {
                 None => (200, vec![], String::new()),
-                Some(err) => json(200, err),
+                Some((status, err)) => json(status, err),
             }
         }
         ("POST", "/api/v2/tailnet/-/acl") => {
@@ -183,7 +211,7 @@ fn handle(st: &mut State, req: &mut tiny_http::Request) -> (u16, Vec<(String, St
                     );
                 }
             }
-            if let Some(err) = validate(&body) {
+            if let Some((_, err)) = validate(&body) {
                 return json(400, err);
             }
             st.policy = body;
@@ -210,19 +238,25 @@ fn handle(st: &mut State, req: &mut tiny_http::Request) -> (u16, Vec<(String, St
             }
             st.key_requests.push(v.clone());
             let id = format!("k{}CNTRL", st.key_requests.len());
+            // Default lifetime 90 days; the key's metadata is kept for `GET /keys/{id}`.
+            let lifetime = v["expirySeconds"].as_u64().unwrap_or(90 * 24 * 3600);
+            let meta = st.tailnet.add_key(&id, lifetime, v["capabilities"].clone());
             json(
                 200,
                 serde_json::json!({
                     "id": id,
                     "key": format!("tskey-auth-{id}-{}", st.key_secret),
-                    "created": "2026-01-01T00:00:00Z",
-                    "expires": "2026-01-01T01:00:00Z",
+                    "created": meta["created"],
+                    "expires": meta["expires"],
                     "capabilities": v["capabilities"],
                     "description": v["description"],
                 }),
             )
         }
-        _ => json(404, serde_json::json!({"message": "not found"})),
+        (method, path) => match tailnet::handle(&mut st.tailnet, method, path, &body) {
+            Some((status, value)) => json(status, value),
+            None => json(404, serde_json::json!({"message": "not found"})),
+        },
     }
 }
 
@@ -241,6 +275,7 @@ impl FakeApi {
             files_at_post: Vec::new(),
             key_secret: format!("{}{}", "FAKE", "0123456789abcdef"),
             key_requests: Vec::new(),
+            tailnet: tailnet::Tailnet::default(),
         }));
         let (srv, st) = (server.clone(), state.clone());
         let thread = std::thread::spawn(move || {

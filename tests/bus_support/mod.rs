@@ -6,6 +6,7 @@
 use crate::common::{poll, poll_async};
 use fleetnix::bus::creds::BusCredentials;
 use fleetnix::bus::dispatch::{self as d, Policy};
+use fleetnix::bus::users::Service;
 use fleetnix::bus::{self, ServerPlan};
 use fleetnix::model::{Fleet, NodeName, Role};
 use fleetnix::secret::Secret;
@@ -133,16 +134,38 @@ impl NatsServer {
         .expect("connect")
     }
 
-    /// Connects as the router's user.
+    /// Connects as the router's user (also what sends tasks directly: `dispatch --direct`).
     pub async fn connect_router(&self) -> async_nats::Client {
+        self.connect_service(Service::Router).await
+    }
+
+    /// Connects as the supervisors' user `_supervisor` (asks the router).
+    pub async fn connect_supervisor(&self) -> async_nats::Client {
+        self.connect_service(Service::Supervisor).await
+    }
+
+    /// Connects as `node sync`'s user `_registry` (fleet-nodes, and reading fleet-health).
+    pub async fn connect_registry(&self) -> async_nats::Client {
+        self.connect_service(Service::Registry).await
+    }
+
+    /// The password of `service`'s user.
+    pub fn service_password(&self, service: Service) -> &Secret {
+        self.creds
+            .service_password(service)
+            .expect("service password")
+    }
+
+    /// Connects as `service`'s user.
+    pub async fn connect_service(&self, service: Service) -> async_nats::Client {
         d::connect_as(
             &self.url,
-            bus::ROUTER_USER,
-            self.creds.router_password().expect("router password"),
+            service.user(),
+            self.service_password(service),
             Duration::from_secs(5),
         )
         .await
-        .expect("connect as the router")
+        .unwrap_or_else(|e| panic!("connect as {}: {e}", service.user()))
     }
 
     /// Opens `n` router lanes (connections as the router's user).
@@ -164,13 +187,23 @@ impl NatsServer {
 
     /// Connects as `node`, collecting the server's error messages (permission violations).
     pub async fn connect_watching(&self, node: &str) -> (async_nats::Client, ServerErrors) {
+        self.connect_watching_as(node, self.password(node)).await
+    }
+
+    /// Connects as NATS user `user` (a node or a service) with `password`, collecting the
+    /// server's error messages (permission violations).
+    pub async fn connect_watching_as(
+        &self,
+        user: &str,
+        password: &Secret,
+    ) -> (async_nats::Client, ServerErrors) {
         let errors = ServerErrors::default();
         let sink = errors.clone();
         let client = async_nats::ConnectOptions::with_user_and_password(
-            node.to_string(),
-            self.password(node).expose().to_string(),
+            user.to_string(),
+            password.expose().to_string(),
         )
-        .custom_inbox_prefix(bus::inbox_prefix(&NodeName::parse(node).unwrap()))
+        .custom_inbox_prefix(bus::inbox_prefix_of(user))
         .event_callback(move |event| {
             let sink = sink.clone();
             async move {
@@ -183,6 +216,36 @@ impl NatsServer {
         .await
         .expect("connect");
         (client, errors)
+    }
+}
+
+impl NatsServer {
+    /// Kills the server (SIGKILL) and starts it again on the same port with the same
+    /// configuration, passwords and JetStream store; returns once it listens.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port: u16 = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.arg("-c")
+            .arg(&self.conf_path)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (var, pw) in self.creds.env_pairs() {
+            cmd.env(var, pw.expose());
+        }
+        self.child = cmd.spawn().expect("spawn nats-server");
+        let child = &mut self.child;
+        poll(Duration::from_secs(10), || {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(());
+            }
+            assert!(child.try_wait().unwrap().is_none(), "nats-server exited");
+            None
+        })
+        .expect("nats-server did not listen again within 10 s");
     }
 }
 
@@ -348,7 +411,8 @@ pub async fn spawn_worker(
             }
         }
     });
-    let prober = server.connect("control-01").await;
+    // Only the router's user may send tasks (`dispatch --direct` uses it too).
+    let prober = server.connect_router().await;
     let subject = bus::node_task_subject(&role, &name);
     let ready = poll_async(Duration::from_secs(5), || async {
         let mut headers = async_nats::HeaderMap::new();
@@ -389,14 +453,16 @@ pub fn policy(timeout: Duration, candidates: &[&str]) -> Policy {
 /// A worker to start with [`RouterFixture::healthy_workers`]: node, behaviour, models it reports.
 pub type WorkerSpec<'a> = (&'a str, Behaviour, &'a [&'a str]);
 
-/// The router tests' set-up: a server with the example fleet registered (`node sync`, every
-/// node `Registered`), a router running as its own user on `config.lanes` lanes, and the control
-/// plane's connection to ask it and read `fleet-health`.
+/// The router tests' set-up: a server with the example fleet registered (`node sync` as
+/// `_registry`, every node `Registered`), a router running as its own user on `config.lanes`
+/// lanes, the supervisors' connection to ask it and the registry's to read `fleet-health`.
 pub struct RouterFixture {
     /// The server.
     pub server: NatsServer,
-    /// Connected as the control plane.
+    /// Connected as `_supervisor`.
     pub supervisor: async_nats::Client,
+    /// Connected as `_registry`.
+    pub registry: async_nats::Client,
     /// The router.
     pub router: fleetnix::bus::router::RouterHandle,
     /// The router's configuration.
@@ -411,9 +477,10 @@ impl RouterFixture {
     pub async fn start(config: fleetnix::bus::router::RouterConfig, beat: Duration) -> Self {
         let fleet = crate::common::example_fleet();
         let server = NatsServer::start(&fleet);
-        let supervisor = server.connect("control-01").await;
+        let supervisor = server.connect_supervisor().await;
+        let registry = server.connect_registry().await;
         let report =
-            fleetnix::bus::registry::sync(&async_nats::jetstream::new(supervisor.clone()), &fleet)
+            fleetnix::bus::registry::sync(&async_nats::jetstream::new(registry.clone()), &fleet)
                 .await
                 .unwrap();
         assert!(report
@@ -427,6 +494,7 @@ impl RouterFixture {
         RouterFixture {
             server,
             supervisor,
+            registry,
             router,
             config,
             beat,
@@ -459,9 +527,9 @@ impl RouterFixture {
         workers
     }
 
-    /// The router's `fleet-health` entry of `node`, read as the control plane.
+    /// The router's `fleet-health` entry of `node`, read as `_registry`.
     pub async fn health(&self, node: &str) -> Option<fleetnix::bus::router::HealthEntry> {
-        let js = async_nats::jetstream::new(self.supervisor.clone());
+        let js = async_nats::jetstream::new(self.registry.clone());
         let kv = js.get_key_value(bus::HEALTH_BUCKET).await.ok()?;
         let v = kv.get(node).await.ok()??;
         serde_json::from_slice(&v).ok()

@@ -1,12 +1,14 @@
 //! Shared helpers of the integration tests: the repository and its example fleet, the fakes
 //! under `tests/fakes/` and the fixtures under `tests/fixtures/`, fake auth keys, polling with
-//! a deadline, test fleets written to a temp dir, and the namespace test hosts ([`netns`]).
+//! a deadline, test fleets written to a temp dir, the namespace test hosts ([`netns`]) and the
+//! test hosts that boot a real systemd in them ([`systemd_host`]).
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod deploy;
 pub mod netns;
 pub mod plan;
 pub mod rebuild_ng;
+pub mod systemd_host;
 
 use netns::{Host, HostOptions, Net};
 use std::collections::BTreeMap;
@@ -519,6 +521,8 @@ pub fn deploy_cmd(net: &Net, root: &Path, args: &[&str]) -> Command {
         .env("FLEETNIX_NIXOS_REBUILD", fakes().join("nixos-rebuild"))
         .env("FLEETNIX_TAILSCALE", "")
         .env("FAKE_RECORD_DIR", &rec)
+        // Local fakes (file:// install script, plain-http API): the test-only override.
+        .env("FLEETNIX_ALLOW_INSECURE_URLS", "1")
         .env_remove("TAILSCALE_AUTHKEY");
     c
 }

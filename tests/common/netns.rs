@@ -10,7 +10,9 @@
 //! - [`Net::new`] creates a *hub* namespace holding a bridge `br0` (100.64.0.254/24); nothing is
 //!   added to the root namespace, so addresses never collide with the host or other tests.
 //! - [`Net::add_host`] creates one namespace per host, a veth pair into the bridge, the next
-//!   address (100.64.0.1, .2, …), a fresh ed25519 host key, and runs `sshd -D -f <config>` in it,
+//!   address (100.64.0.1, .2, …) and the same on the tailnet's IPv6 prefix ([`Host::addr6`],
+//!   `fd7a:115c:a1e0::1`, …; the hub is `::fe`), a fresh ed25519 host key, and runs
+//!   `sshd -D -f <config>` in it, listening on both,
 //!   authorizing [`Net::client_key`]. `HostOptions` give it an `/etc/os-release` (through
 //!   `/etc/netns/<ns>/`), a PATH and environment for its sessions (sshd `SetEnv`), directories
 //!   from `/etc/netns/<ns>/` over `/etc`, and bind mounts in its own mount namespace.
@@ -23,7 +25,7 @@
 //!   by the next `Net::new`.
 
 use super::wait_for;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -58,6 +60,8 @@ pub struct Host {
     pub ns: String,
     /// Its address on the bridge.
     pub addr: Ipv4Addr,
+    /// Its IPv6 address on the bridge, in Tailscale's ULA prefix (`fd7a:115c:a1e0::<n>`).
+    pub addr6: Ipv6Addr,
     /// Its SSH host public key, `ssh-ed25519 AAAA…` (no comment).
     pub host_key: String,
     /// A private directory for the test's files about this host.
@@ -138,6 +142,8 @@ fn sweep_stale() {
         kill_all_in(&name);
         let _ = sh(Command::new("ip").args(["netns", "del", &name]));
         let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&name));
+        // A real-systemd host (systemd_host.rs) of that test: nspawn's propagation dir.
+        let _ = std::fs::remove_dir_all(Path::new("/run/systemd/nspawn/propagate").join(&name));
     }
 }
 
@@ -209,6 +215,18 @@ impl Net {
         ip(&["-n", &h, "link", "set", "lo", "up"]);
         ip(&["-n", &h, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &h, "addr", "add", "100.64.0.254/24", "dev", "br0"]);
+        // `nodad`: usable at once, no duplicate address detection to wait for.
+        ip(&[
+            "-n",
+            &h,
+            "-6",
+            "addr",
+            "add",
+            "fd7a:115c:a1e0::fe/64",
+            "dev",
+            "br0",
+            "nodad",
+        ]);
         ip(&["-n", &h, "link", "set", "br0", "up"]);
         net.client_pub = keygen(&net.client_key);
         std::fs::create_dir_all("/run/sshd").expect("sshd privilege separation dir");
@@ -243,6 +261,7 @@ impl Net {
         assert!(i < 250, "at most 249 hosts per Net");
         let ns = format!("{}-h{i}", self.hub);
         let addr = Ipv4Addr::new(100, 64, 0, i as u8);
+        let addr6 = Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, i as u16);
         let dir = self.dir.path().join(format!("host-{i}-{name}"));
         std::fs::create_dir_all(&dir).expect("host dir");
         let etc = Path::new("/etc/netns").join(&ns);
@@ -254,6 +273,7 @@ impl Net {
             name: name.to_string(),
             ns: ns.clone(),
             addr,
+            addr6,
             host_key,
             dir: dir.clone(),
             etc: etc.clone(),
@@ -279,6 +299,17 @@ impl Net {
             &format!("{addr}/24"),
             "dev",
             "eth0",
+        ]);
+        ip(&[
+            "-n",
+            &ns,
+            "-6",
+            "addr",
+            "add",
+            &format!("{addr6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
         ]);
         ip(&["-n", &ns, "link", "set", "eth0", "up"]);
 
@@ -315,7 +346,7 @@ impl Net {
         std::fs::write(
             &cfg,
             format!(
-                "ListenAddress {addr}\nPort 22\nHostKey {d}/ssh_host_ed25519_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+                "ListenAddress {addr}\nListenAddress {addr6}\nPort 22\nHostKey {d}/ssh_host_ed25519_key\nAuthorizedKeysFile {d}/authorized_keys\n\
                  PidFile {d}/sshd.pid\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\nUsePAM no\nSetEnv {setenv}\nLogLevel VERBOSE\n",
                 d = dir.display()
@@ -375,11 +406,14 @@ impl Net {
         }
         let ns = host.ns.clone();
         wait_for(
-            &format!("sshd of {} to listen", host.name),
+            &format!(
+                "sshd of {} to listen on its IPv4 and IPv6 addresses",
+                host.name
+            ),
             Duration::from_secs(10),
             || {
                 sh(Command::new("ip").args(["netns", "exec", &ns, "ss", "-Hltn", "sport = :22"]))
-                    .map(|o| !o.trim().is_empty())
+                    .map(|o| o.lines().filter(|l| !l.trim().is_empty()).count() >= 2)
                     .unwrap_or(false)
             },
         );
@@ -417,14 +451,15 @@ impl Net {
     /// Makes the host accept TCP connections on `ports` (its services, as a health probe sees
     /// them) until [`Net::stop_listening`] or the end of the test.
     pub fn listen(&mut self, host: &Host, ports: &[u16]) {
-        let addr = host.addr;
+        let addrs = [IpAddr::V4(host.addr), IpAddr::V6(host.addr6)];
         let ports = ports.to_vec();
         let bound = run_in(&host.ns, move || {
             ports
                 .into_iter()
-                .map(|p| {
+                .flat_map(|p| addrs.map(|a| (p, a)))
+                .map(|(p, addr)| {
                     let l = std::net::TcpListener::bind((addr, p))
-                        .unwrap_or_else(|e| panic!("listen on {addr}:{p}: {e}"));
+                        .unwrap_or_else(|e| panic!("listen on {addr} port {p}: {e}"));
                     (p, l)
                 })
                 .collect::<Vec<_>>()

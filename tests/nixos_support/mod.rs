@@ -125,6 +125,10 @@ cs: builtins.mapAttrs (name: shipped:
     stateVersion = cfg.system.stateVersion;
     upFlags = cfg.services.tailscale.extraUpFlags;
     authKeyFile = cfg.services.tailscale.authKeyFile;
+    authKeyParameters = cfg.services.tailscale.authKeyParameters;
+    autoconnectScript = cfg.systemd.services.tailscaled-autoconnect.script;
+    setFlags = cfg.services.tailscale.extraSetFlags;
+    setScript = cfg.systemd.services.tailscaled-set.script;
     tailscaleEnabled = cfg.services.tailscale.enable;
     firewallEnabled = fw.enable;
     tcp = fw.allowedTCPPorts;
@@ -152,6 +156,14 @@ pub struct NodeValues {
     pub up_flags: Vec<String>,
     /// `services.tailscale.authKeyFile`.
     pub auth_key_file: String,
+    /// `services.tailscale.authKeyParameters` (each null unless set).
+    pub auth_key_parameters: AuthKeyParameters,
+    /// The script of `tailscaled-autoconnect.service` (its `tailscale up` line).
+    pub autoconnect_script: String,
+    /// `services.tailscale.extraSetFlags`.
+    pub set_flags: Vec<String>,
+    /// The script of `tailscaled-set.service` (`tailscale set <flags>` at every start).
+    pub set_script: String,
     /// `services.tailscale.enable`.
     pub tailscale_enabled: bool,
     /// `networking.firewall.enable`.
@@ -172,6 +184,19 @@ pub struct NodeValues {
     pub nats_enabled: bool,
     /// `age.secrets.<name>`: the decrypted path and the `.age` file's name.
     pub age_secrets: BTreeMap<String, AgeSecret>,
+}
+
+/// `services.tailscale.authKeyParameters`.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthKeyParameters {
+    /// `baseURL`.
+    #[serde(rename = "baseURL")]
+    pub base_url: Option<String>,
+    /// `ephemeral`.
+    pub ephemeral: Option<bool>,
+    /// `preauthorized`.
+    pub preauthorized: Option<bool>,
 }
 
 /// Ports opened on one interface.
@@ -253,6 +278,55 @@ pub fn assert_follows_plan(v: &NodeValues, p: &fleetnix::spec::NodeSpec) {
         "{node}"
     );
     assert_eq!(v.auth_key_file, "/run/agenix/tailscale-authkey", "{node}");
+    // Prefs a running node keeps applying: every up flag but --advertise-tags.
+    assert_eq!(v.set_flags, p.set_flags(), "{node}");
+    assert_eq!(&v.up_flags[..3], &v.set_flags[..], "{node}");
+    let set_line = v
+        .set_script
+        .lines()
+        .find(|l| l.contains("/bin/tailscale set "))
+        .unwrap_or_else(|| panic!("{node}: no `tailscale set` in {}", v.set_script));
+    let words = shell_words(set_line.trim());
+    assert!(words[0].ends_with("/bin/tailscale"), "{node}: {set_line}");
+    let mut want = vec!["set".to_string()];
+    want.extend(p.set_flags());
+    assert_eq!(words[1..], want[..], "{node}: {set_line}");
+    // What the autoconnect unit gives `tailscale up --auth-key`: the stored key, plus
+    // ?ephemeral=false&preauthorized=true for an OAuth client secret (tailscale_auth).
+    let oauth = p.tailscale_auth == fleetnix::model::TailscaleAuth::OauthClient;
+    let (params, suffix) = if oauth {
+        (
+            AuthKeyParameters {
+                base_url: None,
+                ephemeral: Some(false),
+                preauthorized: Some(true),
+            },
+            "?ephemeral=false&preauthorized=true",
+        )
+    } else {
+        (
+            AuthKeyParameters {
+                base_url: None,
+                ephemeral: None,
+                preauthorized: None,
+            },
+            "",
+        )
+    };
+    assert_eq!(v.auth_key_parameters, params, "{node}");
+    let up = format!("tailscale up --auth-key \"$(cat /run/agenix/tailscale-authkey){suffix}\" ");
+    assert!(
+        v.autoconnect_script.contains(&up),
+        "{node}: no `{up}` in the autoconnect unit:\n{}",
+        v.autoconnect_script
+    );
+    assert!(
+        v.up_flags
+            .iter()
+            .any(|f| f.starts_with("--advertise-tags=tag:")),
+        "{node}: {:?}",
+        v.up_flags
+    );
     // Nothing on every interface but Tailscale's WireGuard port; role ports on tailscale0 only.
     assert_eq!(
         v.tcp,

@@ -7,7 +7,8 @@ node by the fleet's ``failover_strategy``, health and ``preferred_model``, and f
 Connection settings come from the arguments or the environment:
 
 - ``FLEETNIX_NATS_URL`` (e.g. ``nats://100.64.0.1:4222``),
-- ``FLEETNIX_NATS_USER`` (the supervisor's NATS user),
+- ``FLEETNIX_NATS_USER`` (the NATS user; default ``_supervisor``, the supervisors' own user, which may
+  only ask the router: ``fleet.dispatch.>`` and its own inbox),
 - ``FLEETNIX_NATS_PASSWORD`` or ``FLEETNIX_NATS_PASSWORD_FILE`` (never put it in a URL).
 
 Every failure is a :class:`DispatchError` with a ``code`` and the call's ``task_id``; every wait
@@ -43,6 +44,10 @@ __all__ = [
     "tool_error_text",
 ]
 
+#: The supervisors' NATS user (``fleet.dispatch.>`` and ``_INBOX._supervisor.>`` only); its password
+#: is ``secrets/<control-plane>/nats-supervisor-password.age``.
+DEFAULT_USER = "_supervisor"
+
 STATUS_HEADER = "Fleet-Status"
 NODE_HEADER = "Fleet-Node"
 TASK_ID_HEADER = "Fleet-Task-Id"
@@ -53,6 +58,7 @@ CLAIMED_HEADER = "Fleet-Claimed-Node"
 # The manifest's rule for role names (src/model.rs, `check_label`): an RFC 1123 hostname label,
 # 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'.
 _ROLE_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_TASK_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The manifest bounds model names at 128 characters (src/model.rs, `check_model`).
 MODEL_MAX_LEN = 128
 # Closing the connection gets at least this long, even when the call's timeout is spent.
@@ -181,12 +187,21 @@ async def dispatch_to_worker_async(
     nats_url: Optional[str] = None,
     user: Optional[str] = None,
     password: Optional[str] = None,
+    task_id: Optional[str] = None,
 ) -> Result:
     """Runs ``task`` (JSON-serialisable) on a node with ``required_role``; see the module doc.
 
+    ``task_id`` (1-64 letters, digits, ``-``, ``_``) is the idempotency key: asking again with the id
+    of an earlier call (after a ``timeout`` or ``deadline``) gets that task's answer, not a second run.
+
     Raises only :class:`DispatchError`, within ``timeout`` seconds (plus at most a quarter second
     to close the connection)."""
-    task_id = secrets.token_hex(8)
+    if task_id is None:
+        task_id = secrets.token_hex(8)
+    elif not isinstance(task_id, str) or not _TASK_ID_RE.fullmatch(task_id):
+        raise DispatchError(
+            f"task_id must be 1 to 64 letters, digits, '-' or '_', not {task_id!r:.80}", code="bad-request"
+        )
     try:
         return await _dispatch(task_id, task, required_role, preferred_model, timeout, nats_url, user, password)
     except DispatchError as e:
@@ -216,16 +231,15 @@ async def _dispatch(
         payload = json.dumps(task, allow_nan=False).encode()
     except (TypeError, ValueError, RecursionError) as e:
         raise DispatchError(f"the task is not JSON-serialisable: {e}", code="bad-request") from None
-    headers = {TASK_ID_HEADER: task_id}
+    # The task's deadline: the router answers (result, failure or `deadline`) before it.
+    headers = {TASK_ID_HEADER: task_id, "Fleet-Deadline-Ms": str(max(int(timeout * 1000) - 100, 1))}
     if model is not None:
         headers[MODEL_HEADER] = model
 
     url = nats_url or os.environ.get("FLEETNIX_NATS_URL")
-    user = user or os.environ.get("FLEETNIX_NATS_USER")
-    if not url or not user:
-        raise DispatchError(
-            "no NATS URL or user: pass nats_url=/user= or set FLEETNIX_NATS_URL/_USER", code="config"
-        )
+    user = user or os.environ.get("FLEETNIX_NATS_USER") or DEFAULT_USER
+    if not url:
+        raise DispatchError("no NATS URL: pass nats_url= or set FLEETNIX_NATS_URL", code="config")
     if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
         raise DispatchError("the NATS URL carries credentials; pass the password separately", code="config")
     _check_user(user)
@@ -391,6 +405,8 @@ _HINTS = {
     "no-healthy-node": "the nodes with this role are down or unreachable now: try later or another role",
     "all-failed": "every node tried failed: the task may have partly run; try later or report it",
     "timeout": "no answer in time: the task may still be running; do not assume it failed",
+    "deadline": "the task's deadline came first: it may still be running; ask again with the same task id for its result",
+    "task-failed": "the worker ran the task and it failed: read the reason",
     "bad-request": "the arguments were refused: fix them and try again",
     "too-large": "the task is too large for the bus: send less (e.g. a reference instead of the data)",
     "no-router": "the fleet's router is not running: report it",

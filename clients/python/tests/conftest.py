@@ -27,7 +27,9 @@ USERS = {
     "control-01": "NATS_PASSWORD_CONTROL_01",
     "worker-01": "NATS_PASSWORD_WORKER_01",
     "worker-02": "NATS_PASSWORD_WORKER_02",
+    "_registry": "NATS_REGISTRY_PASSWORD",
     "_router": "NATS_ROUTER_PASSWORD",
+    "_supervisor": "NATS_SUPERVISOR_PASSWORD",
 }
 
 
@@ -88,7 +90,7 @@ def fleet():
         base = {"PATH": os.environ.get("PATH", ""), "FLEETNIX_NATS_URL": url,
                 "FLEETNIX_NTFY_URL": f"http://127.0.0.1:{free_port()}"}
         subprocess.run([fleetnix_bin(), "--root", str(REPO), "node", "sync"], check=True,
-                       env={**base, "FLEETNIX_NATS_PASSWORD": pw["control-01"]},
+                       env={**base, "FLEETNIX_NATS_PASSWORD": pw["_registry"]},
                        capture_output=True, timeout=30)
         router = subprocess.Popen(
             [fleetnix_bin(), "--root", str(REPO), "router", "--node-timeout", "2s"],
@@ -151,8 +153,8 @@ async def first_dispatch(task, role, conn, limit=15.0):
 
 
 def supervisor(fleet):
-    """Connection arguments of the supervisor (the control plane's user)."""
-    return {"nats_url": fleet["url"], "user": "control-01", "password": fleet["pw"]["control-01"]}
+    """Connection arguments of a supervisor (its own user, `_supervisor`)."""
+    return {"nats_url": fleet["url"], "user": "_supervisor", "password": fleet["pw"]["_supervisor"]}
 
 
 class BackgroundWorker:

@@ -68,8 +68,10 @@ pub enum FindingKind {
     SshOverGrant,
     /// No `ssh` section: Tailscale SSH is denied to everyone.
     NoSsh,
-    /// The control plane cannot deploy to a node over Tailscale SSH.
+    /// A deployer cannot deploy to a node over Tailscale SSH.
     SshDeploy,
+    /// A source other than the deployers (fleet.yml `deployers`) may SSH to a node as root.
+    SshRoot,
     /// The operators cannot SSH to a node.
     SshOperators,
     /// One of the policy's own `tests`/`sshTests` fails.
@@ -197,64 +199,12 @@ pub fn check(fleet: &Fleet, text: &str) -> Result<Vec<Finding>, PolicyError> {
         fleet, policy, &rendered, &intents, &have, &mut want, &idents, &nodes, &mut out,
     );
     ssh_over_grants(fleet, policy, &have, &want_ev, &idents, &nodes, &mut out);
+    ssh_root(
+        fleet, policy, &have, &want_ev, &intents, &idents, &nodes, &mut out,
+    );
 
     // SSH for deploys and operators.
-    let cp = fleet.control_plane();
-    let cp_p = node_principal(fleet, cp);
-    let deploy_src = intents.deploy_src.join(", ");
-    match &policy.ssh {
-        None => out.push(
-            Finding::at(
-                FindingKind::NoSsh,
-                Loc { line: 1, column: 1 },
-                format!("the policy has no \"ssh\" section, so Tailscale SSH is denied to everyone: deploys from {deploy_src} ({}) as root fail, and operators cannot log in", cp.name),
-            )
-            .hint(format!("add ssh rules: {deploy_src} -> every node's tags as root; {} -> root, autogroup:nonroot", fleet.settings.operators.group)),
-        ),
-        Some(_) => {
-            let ssh_loc = top(policy, "ssh");
-            let mut cut = Vec::new();
-            let mut no_port = Vec::new();
-            for (n, dst) in fleet.nodes.iter().zip(nodes.iter()) {
-                if !matches!(have.ssh(&cp_p, dst, &n.ssh_user), SshDecision::Accept(_)) {
-                    cut.push(format!("{} as {}", n.name, n.ssh_user));
-                } else if have.reach(&cp_p, dst, 22, policy::TCP).is_none() {
-                    no_port.push(n.name.to_string());
-                }
-            }
-            if !cut.is_empty() || !no_port.is_empty() {
-                let mut parts = Vec::new();
-                if !cut.is_empty() {
-                    parts.push(format!("no ssh rule accepts {deploy_src} ({}) to {}", cp.name, cut.join(", ")));
-                }
-                if !no_port.is_empty() {
-                    parts.push(format!("no acls rule lets it reach port 22 of {}", no_port.join(", ")));
-                }
-                let mut f = Finding::at(FindingKind::SshDeploy, ssh_loc, format!("Tailscale SSH deploys fail: {}", parts.join("; ")))
-                    .hint(format!("{{\"action\": \"accept\", \"src\": {:?}, \"dst\": {:?}, \"users\": [\"root\"]}}", intents.deploy_src, intents.node_tags));
-                f.source = Some(deploy_src.clone());
-                out.push(f);
-            }
-            let ops = Principal::group(&fleet.settings.operators.group);
-            let denied: Vec<String> = fleet
-                .nodes
-                .iter()
-                .zip(nodes.iter())
-                .filter(|(_, d)| have.ssh(&ops, d, "root") == SshDecision::Deny)
-                .map(|(n, _)| n.name.to_string())
-                .collect();
-            if !denied.is_empty() {
-                let mut f = Finding::at(
-                    FindingKind::SshOperators,
-                    ssh_loc,
-                    format!("{} cannot Tailscale-SSH as root to {}", ops, denied.join(", ")),
-                );
-                f.source = Some(ops.name.clone());
-                f.nodes = denied;
-                out.push(f);
-            }
-        }
-    }
+    ssh_needed(fleet, policy, &have, &intents, &nodes, &mut out);
 
     for t in have.run_tests() {
         out.push(Finding::at(

@@ -10,6 +10,18 @@ pub(super) fn node_principal(fleet: &Fleet, n: &Node) -> Principal {
     Principal::node(n.name.as_str(), n.tailscale_ip, &fleet.tags_of(n))
 }
 
+/// The identity a `deployers` entry (fleet.yml) stands for: a tagged device, some member of a
+/// group, or a login (in the groups the evaluated policy puts it in).
+pub fn deployer_principal(deployer: &str) -> Principal {
+    if deployer.starts_with("tag:") {
+        Principal::tag(deployer)
+    } else if deployer.starts_with("group:") {
+        Principal::group(deployer)
+    } else {
+        Principal::login(deployer)
+    }
+}
+
 /// The fleet's nodes as principals.
 pub fn node_principals(fleet: &Fleet) -> Vec<Principal> {
     fleet

@@ -199,13 +199,178 @@ pub(super) fn ssh_over_grants(
                     ),
                 )
                 .hint(format!(
-                    "the fleet allows Tailscale SSH from the control plane's tags (deploys, as each node's ssh_user) and from {} (root and non-root users) only",
+                    "the fleet allows Tailscale SSH from the deployers ({}: root and each node's ssh_user) and from {} (non-root users) only",
+                    fleet.settings.deployers.join(", "),
                     fleet.settings.operators.group
                 ));
                 f.source = Some(src.name.clone());
                 f.nodes = names;
                 out.push(f);
             }
+        }
+    }
+}
+
+/// The local user the operators must be able to log in as: root when they are deployers, else
+/// any non-root user.
+pub(super) fn operator_user(fleet: &Fleet) -> &'static str {
+    let ops = &fleet.settings.operators.group;
+    if fleet.settings.deployers.iter().any(|d| d == ops) {
+        "root"
+    } else {
+        NONROOT_PROBE
+    }
+}
+
+/// Tailscale SSH the fleet needs: every deployer to every node as its `ssh_user` (accept rule and
+/// port 22), the operators to every node (root when they deploy, else a non-root user).
+pub(super) fn ssh_needed(
+    fleet: &Fleet,
+    policy: &Policy,
+    have: &Evaluator,
+    intents: &Intents,
+    nodes: &[Principal],
+    out: &mut Vec<Finding>,
+) {
+    let deployers = intents.deploy_src.join(", ");
+    let ops = &fleet.settings.operators.group;
+    let Some(_) = &policy.ssh else {
+        out.push(
+            Finding::at(
+                FindingKind::NoSsh,
+                Loc { line: 1, column: 1 },
+                format!("the policy has no \"ssh\" section, so Tailscale SSH is denied to everyone: deploys from {deployers} as root fail, and operators cannot log in"),
+            )
+            .hint(if intents.is_deployer(ops) && intents.deploy_src.len() == 1 {
+                format!("add an ssh rule: {ops} (the deployers) -> every node's tags as root and autogroup:nonroot")
+            } else {
+                format!("add ssh rules: {deployers} -> every node's tags as root; {ops} -> autogroup:nonroot")
+            }),
+        );
+        return;
+    };
+    let ssh_loc = top(policy, "ssh");
+    for d in &intents.deploy_src {
+        let p = deployer_principal(d);
+        let mut cut = Vec::new();
+        let mut no_port = Vec::new();
+        for (n, dst) in fleet.nodes.iter().zip(nodes.iter()) {
+            if !matches!(have.ssh(&p, dst, &n.ssh_user), SshDecision::Accept(_)) {
+                cut.push(format!("{} as {}", n.name, n.ssh_user));
+            } else if have.reach(&p, dst, 22, policy::TCP).is_none() {
+                no_port.push(n.name.to_string());
+            }
+        }
+        if cut.is_empty() && no_port.is_empty() {
+            continue;
+        }
+        let mut parts = Vec::new();
+        if !cut.is_empty() {
+            parts.push(format!("no ssh rule accepts {d} to {}", cut.join(", ")));
+        }
+        if !no_port.is_empty() {
+            parts.push(format!(
+                "no acls rule lets it reach port 22 of {}",
+                no_port.join(", ")
+            ));
+        }
+        let mut f = Finding::at(
+            FindingKind::SshDeploy,
+            ssh_loc,
+            format!(
+                "Tailscale SSH deploys from {d} (fleet.yml deployers) fail: {}",
+                parts.join("; ")
+            ),
+        )
+        .hint(format!(
+            "{{\"action\": \"accept\", \"src\": [{d:?}], \"dst\": {:?}, \"users\": [\"root\"]}}",
+            intents.node_tags
+        ));
+        f.source = Some(d.clone());
+        out.push(f);
+    }
+    let user = operator_user(fleet);
+    let p = Principal::group(ops);
+    let denied: Vec<String> = fleet
+        .nodes
+        .iter()
+        .zip(nodes.iter())
+        .filter(|(_, d)| have.ssh(&p, d, user) == SshDecision::Deny)
+        .map(|(n, _)| n.name.to_string())
+        .collect();
+    if !denied.is_empty() {
+        let as_user = if user == "root" {
+            "root"
+        } else {
+            "a non-root user"
+        };
+        let mut f = Finding::at(
+            FindingKind::SshOperators,
+            ssh_loc,
+            format!(
+                "{ops} cannot Tailscale-SSH as {as_user} to {}",
+                denied.join(", ")
+            ),
+        );
+        f.source = Some(ops.clone());
+        f.nodes = denied;
+        out.push(f);
+    }
+}
+
+/// SSH as root by anyone but the deployers: per `ssh` rule (accept or check) and source, the
+/// nodes it lets in as root. A source is a deployer when the rendered policy says so (a login is
+/// one through the groups fleet.yml gives it, not through a group the checked policy adds it to).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn ssh_root(
+    fleet: &Fleet,
+    policy: &Policy,
+    have: &Evaluator,
+    want: &Evaluator,
+    intents: &Intents,
+    idents: &[Principal],
+    nodes: &[Principal],
+    out: &mut Vec<Finding>,
+) {
+    let deployer_sels: Vec<Selector> = intents
+        .deploy_src
+        .iter()
+        .filter_map(|d| Selector::parse(d).ok())
+        .collect();
+    let is_deployer = |p: &Principal| deployer_sels.iter().any(|s| want.src_matches(s, p));
+    for r in policy.ssh.iter().flatten() {
+        for src in idents
+            .iter()
+            .filter(|p| !is_deployer(p))
+            .filter(|p| r.src.iter().any(|s| have.src_matches(&s.value, p)))
+        {
+            let names: Vec<String> = fleet
+                .nodes
+                .iter()
+                .zip(nodes)
+                .filter(|(_, d)| have.ssh_rule_applies(r, src, d, "root"))
+                .map(|(n, _)| n.name.to_string())
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            let mut f = Finding::at(
+                FindingKind::SshRoot,
+                r.loc,
+                format!(
+                    "ssh[{}] (line {}): {src} may Tailscale-SSH as root to {}, but only the deployers ({}) may",
+                    r.index,
+                    r.loc.line,
+                    join_nodes(&names),
+                    intents.deploy_src.join(", ")
+                ),
+            )
+            .hint(format!(
+                "remove root from this rule for {src}; to let it deploy, list it under `deployers:` in fleet.yml (a dedicated tag such as tag:deployer on a machine that runs no services, never tag:control-plane)"
+            ));
+            f.source = Some(src.name.clone());
+            f.nodes = names;
+            out.push(f);
         }
     }
 }

@@ -693,8 +693,10 @@ pub fn hujson_options() -> jsonc_parser::ParseOptions {
     }
 }
 
-/// Parses a policy file.
+/// Parses a policy file. A byte order mark at the start is skipped (lines and columns are
+/// those of the text after it, as an editor shows them).
 pub fn parse(text: &str) -> Result<Parsed, PolicyError> {
+    let (text, _) = crate::fsutil::strip_bom(text);
     let lines = Lines::new(text);
     let ast =
         jsonc_parser::parse_to_ast(text, &Default::default(), &hujson_options()).map_err(|e| {
@@ -730,6 +732,7 @@ pub fn parse(text: &str) -> Result<Parsed, PolicyError> {
 
 /// Converts a HuJSON text to standard JSON (comments and trailing commas removed).
 pub fn to_json(text: &str) -> Result<serde_json::Value, PolicyError> {
+    let (text, _) = crate::fsutil::strip_bom(text);
     jsonc_parser::parse_to_serde_value::<serde_json::Value>(text, &hujson_options()).map_err(|e| {
         PolicyError::Syntax {
             line: e.line_display(),
@@ -742,6 +745,19 @@ pub fn to_json(text: &str) -> Result<serde_json::Value, PolicyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_byte_order_mark_is_accepted_and_lines_stay_right() {
+        let text = "\u{feff}{\n  \"acls\": [\n    {\"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:*\"]},\n  ],\n}\n";
+        let parsed = parse(text).expect("a BOM is allowed");
+        assert_eq!(parsed.policy.rules.len(), 1);
+        assert!(to_json(text).is_ok());
+        // A syntax error is reported where an editor shows it.
+        match parse("\u{feff}{\n  \"acls\": [}\n}\n") {
+            Err(PolicyError::Syntax { line, column, .. }) => assert_eq!((line, column), (2, 12)),
+            other => panic!("expected a syntax error: {other:?}"),
+        }
+    }
 
     #[test]
     fn host_port_forms() {

@@ -3,7 +3,7 @@
 //! recorded in nodes.yml.
 
 use crate::bootstrap::report::{fail, BootstrapError, Status, Step};
-use crate::bootstrap::run::{joined, Run};
+use crate::bootstrap::run::Run;
 use crate::manifest::edit;
 use crate::model::Fleet;
 use crate::tailscale::PeerStatus;
@@ -54,9 +54,11 @@ pub(crate) async fn run(
                     format!("fix the cause, then {resume}; or run without an API token to record the assigned {got} in nodes.yml instead"),
                 )
             })?;
+            // The same device (by its node ID) now shows the address.
+            let id = device.id.clone();
             run.wait_for(|s| {
-                joined(s, name.as_str())
-                    .filter(|p| p.tailscale_ips.contains(&want))
+                s.find_id(&id)
+                    .filter(|d| d.peer.tailscale_ips.contains(&want))
                     .map(|_| ())
             })
             .await

@@ -93,11 +93,8 @@ pub(crate) async fn run(
     }
     let err = |e: String| fail(Step::Hardware, e, format!("fix the cause, then {resume}"));
     let pin = opts.public_pin(name);
-    if let Some(dir) = pin.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
-    }
     let known = crate::deploy::hostkeys::known_hosts(&opts.address, &[pinned.to_string()]);
-    crate::fsutil::write_atomic(&pin, known.as_bytes(), 0o644)
+    crate::fsutil::write_atomic_in_repo(&opts.deploy.root, &pin, known.as_bytes(), 0o644)
         .map_err(|e| err(format!("{}: {e}", pin.display())))?;
     let target = SshTarget {
         destination: ssh_target(&opts.ssh_user, &opts.address),
@@ -162,10 +159,7 @@ pub(crate) async fn run(
             continue;
         }
         let full = root.join(path);
-        if let Some(dir) = full.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
-        }
-        crate::fsutil::write_atomic(&full, text.as_bytes(), 0o644)
+        crate::fsutil::write_atomic_in_repo(root, &full, text.as_bytes(), 0o644)
             .map_err(|e| err(format!("{}: {e}", full.display())))?;
     }
     run.finish(

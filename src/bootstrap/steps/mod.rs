@@ -7,5 +7,6 @@ pub(crate) mod hardware;
 pub(crate) mod host_key;
 pub(crate) mod install;
 pub(crate) mod join;
+pub(crate) mod names;
 pub(crate) mod record;
 pub(crate) mod secret;

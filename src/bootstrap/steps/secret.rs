@@ -33,12 +33,23 @@ pub(crate) async fn run(
     let supplied = opts.keys.supplied(name).map_err(|e| err(e.to_string()))?;
     let reencryptable = matches!(state, State::Stale | State::Unrecorded);
 
+    // A node that is about to log in gets a fresh one-off key when the API can mint one (and
+    // the fleet enrols with pre-auth keys): a stored key may be spent or expired.
+    let mint_fresh = !in_tailnet
+        && opts.api.is_some()
+        && fleet.settings.tailscale_auth == crate::model::TailscaleAuth::Preauth;
     // Which key, if any, is to be written, and where it came from.
     let (key, origin) = if let Some((k, from)) =
         supplied.filter(|_| !in_tailnet || state != State::UpToDate)
     {
+        // The kind the fleet enrols with, named with where the key came from.
+        fleet
+            .settings
+            .tailscale_auth
+            .check(k.expose())
+            .map_err(|reason| err(format!("the Tailscale credential from {from} {reason}")))?;
         (k, format!("the auth key from {from}"))
-    } else if state == State::UpToDate {
+    } else if state == State::UpToDate && !mint_fresh {
         let why = if in_tailnet {
             "the node is in the tailnet; kept"
         } else {
@@ -50,7 +61,11 @@ pub(crate) async fn run(
             format!("{file} is encrypted to {name}'s host key ({why})"),
         );
         return Ok(None);
-    } else if let Some(r) = opts.keys.decrypt(root, name).filter(|_| reencryptable) {
+    } else if let Some(r) = opts
+        .keys
+        .decrypt(root, name)
+        .filter(|_| reencryptable && !mint_fresh)
+    {
         (
             r.map_err(|e| err(e.to_string()))?,
             format!("the key in {file} (decrypted with --identity)"),

@@ -25,14 +25,14 @@
 //! it, so the server vouches for it. A worker's own `Fleet-Node` header is only a claim; when it
 //! names another node the reply says so (`Fleet-Claimed-Node`).
 
-use crate::bus::dispatch::{connect_as, task_id};
+use crate::bus::dispatch::task_id;
 use crate::bus::heartbeat::{self, Heartbeat};
 use crate::bus::registry::{self, NodeRecord};
 use crate::bus::route::{self, RouteError};
 use crate::bus::{
-    node_task_subject, BusError, ATTEMPTS_HEADER, ATTEMPT_HEADER, CLAIMED_HEADER, HEALTH_BUCKET,
-    MODEL_HEADER, NODES_BUCKET, NODE_HEADER, ROUTER_QUEUE, ROUTER_USER, STATUS_HEADER,
-    TASK_ID_HEADER,
+    node_task_subject, BusError, ATTEMPTS_HEADER, ATTEMPT_HEADER, CLAIMED_HEADER, DEADLINE_HEADER,
+    HEALTH_BUCKET, MODEL_HEADER, NODES_BUCKET, NODE_HEADER, REASK_HEADER, ROUTER_QUEUE,
+    ROUTER_USER, STATUS_HEADER, TASK_ID_HEADER,
 };
 use crate::health::alert::Alerter;
 use crate::health::{NodeState, Transition};
@@ -44,7 +44,7 @@ use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,9 +52,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 mod ask;
 mod handle;
+mod tasks;
 mod view;
 pub use ask::*;
 pub use handle::*;
+use tasks::Flights;
 pub use view::*;
 
 /// How the router behaves.
@@ -64,9 +66,11 @@ pub struct RouterConfig {
     pub strategy: FailoverStrategy,
     /// `retry_on_node_failure`: try the next node after a failed attempt.
     pub retry: bool,
-    /// `node_timeout_seconds`: the bound of one attempt, and the heartbeat silence after which
-    /// a node is degraded.
+    /// `node_timeout_seconds`: how long a node has to acknowledge a task, and the heartbeat
+    /// silence after which a node is degraded (and its running tasks failed over).
     pub node_timeout: Duration,
+    /// `task_timeout_seconds`: a task's deadline when its request names none.
+    pub task_timeout: Duration,
     /// Silence after which a node is down (three node timeouts).
     pub down_after: Duration,
     /// How often states are re-evaluated and `fleet-health` refreshed.
@@ -91,11 +95,13 @@ impl RouterConfig {
     /// The fleet's `fleet:` settings.
     pub fn for_fleet(fleet: &Fleet) -> Self {
         let f = &fleet.settings.failure;
-        Self::new(
+        let mut c = Self::new(
             f.failover_strategy,
             f.retry_on_node_failure,
             Duration::from_secs(u64::from(f.node_timeout_seconds)),
-        )
+        );
+        c.task_timeout = Duration::from_secs(u64::from(f.task_timeout_seconds));
+        c
     }
 
     /// A configuration with `node_timeout`; the other bounds derive from it.
@@ -104,6 +110,7 @@ impl RouterConfig {
             strategy,
             retry,
             node_timeout,
+            task_timeout: Duration::from_secs(300),
             down_after: node_timeout * 3,
             tick: (node_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
             max_concurrent: 1024,
@@ -119,18 +126,22 @@ pub enum RouterError {
     #[error(transparent)]
     Bus(#[from] BusError),
     /// Nobody answers on `fleet.dispatch.<role>`.
-    #[error("no router answers on {subject} (no responders): is `fleetnix router` running on the control plane?")]
+    #[error("no router answers on {subject} (no responders) for task {task_id}: is `fleetnix router` running on the control plane? (retry with the same task id)")]
     NoRouter {
         /// The subject.
         subject: String,
+        /// The task's id.
+        task_id: String,
     },
     /// The router did not answer in time.
-    #[error("the router did not answer {subject} within {:.1}s", timeout.as_secs_f64())]
+    #[error("the router did not answer {subject} within {:.1}s for task {task_id} (retry with the same task id to get its answer)", timeout.as_secs_f64())]
     RouterTimeout {
         /// The subject.
         subject: String,
         /// How long the caller waited.
         timeout: Duration,
+        /// The task's id.
+        task_id: String,
     },
     /// The request could not be sent.
     #[error("request to {subject} failed: {reason}")]
@@ -140,6 +151,10 @@ pub enum RouterError {
         /// The client's message.
         reason: String,
     },
+    /// One of the router's tasks ended (its connection is gone for good): the router stops with
+    /// an error, so its unit restarts it.
+    #[error("the router stopped: {0}")]
+    Stopped(String),
     /// The registry bucket does not exist yet.
     #[error("the registry bucket `{NODES_BUCKET}` does not exist or cannot be read ({0}); run `fleetnix node sync` first")]
     NoRegistry(String),
@@ -245,12 +260,39 @@ impl Lanes {
         n: usize,
         timeout: Duration,
     ) -> Result<Self, BusError> {
-        let mut lanes = Lanes::new(connect_as(url, ROUTER_USER, password, timeout).await?);
-        for _ in 1..n {
-            lanes = lanes.with_lane(connect_as(url, ROUTER_USER, password, timeout).await?);
+        let mut lanes = Lanes::new(connect_logged(url, password, timeout, 0).await?);
+        for i in 1..n {
+            lanes = lanes.with_lane(connect_logged(url, password, timeout, i).await?);
         }
         Ok(lanes)
     }
+}
+
+/// Connects lane `lane` as the router's user, logging its connection events (disconnected,
+/// reconnected, the server's errors such as a refused publish, slow consumers).
+async fn connect_logged(
+    url: &str,
+    password: &Secret,
+    timeout: Duration,
+    lane: usize,
+) -> Result<Client, BusError> {
+    crate::bus::dispatch::check_url(url)?;
+    async_nats::ConnectOptions::with_user_and_password(
+        ROUTER_USER.to_string(),
+        password.expose().to_string(),
+    )
+    .custom_inbox_prefix(format!("_INBOX.{ROUTER_USER}"))
+    .connection_timeout(timeout)
+    .event_callback(move |event| async move {
+        log(format!("lane {lane}: NATS {event}"));
+    })
+    .connect(url)
+    .await
+    .map_err(|source| BusError::Connect {
+        url: url.to_string(),
+        user: ROUTER_USER.to_string(),
+        source,
+    })
 }
 
 impl From<Client> for Lanes {
@@ -276,6 +318,8 @@ pub async fn start(
         .await
         .map_err(|e| RouterError::NoRegistry(e.to_string()))?;
     let health_kv = registry::open_bucket(&js, HEALTH_BUCKET, true).await?;
+    let tasks_kv = tasks::open_bucket(&js).await?;
+    let drain_kv = registry::open_bucket(&js, crate::bus::DRAIN_BUCKET, true).await?;
     let (records, bad) = registry::load(&nodes_kv).await?;
     for b in bad {
         log(format!("ignoring {b}"));
@@ -287,6 +331,8 @@ pub async fn start(
     let shared = Arc::new(Shared {
         view: Mutex::new(view),
         config: config.clone(),
+        flights: Flights::default(),
+        tasks_kv,
     });
     let kv_err = |op: &'static str| {
         move |e: String| BusError::Kv {
@@ -299,6 +345,14 @@ pub async fn start(
         .watch_with_history(">")
         .await
         .map_err(|e| kv_err("watch")(e.to_string()))?;
+    let mut drains = drain_kv
+        .watch_with_history(">")
+        .await
+        .map_err(|e| BusError::Kv {
+            bucket: crate::bus::DRAIN_BUCKET.into(),
+            op: "watch",
+            reason: e.to_string(),
+        })?;
     let sub_err = |subject: &str| {
         let subject = subject.to_string();
         move |source| BusError::Subscribe { subject, source }
@@ -307,6 +361,10 @@ pub async fn start(
         .subscribe("fleet.heartbeat.>")
         .await
         .map_err(sub_err("fleet.heartbeat.>"))?;
+    let mut acks = client
+        .subscribe(crate::bus::ACKS_SUBJECT)
+        .await
+        .map_err(sub_err(crate::bus::ACKS_SUBJECT))?;
     let mut requests = Vec::with_capacity(lanes.count());
     for lane in &lanes.clients {
         let sub = lane
@@ -339,6 +397,20 @@ pub async fn start(
             }
         }
     }));
+    // Drained nodes.
+    let s = Arc::clone(&shared);
+    tasks.push(tokio::spawn(async move {
+        while let Some(entry) = drains.next().await {
+            let Ok(entry) = entry else { continue };
+            let drained = matches!(entry.operation, kv::Operation::Put);
+            log(format!(
+                "{} {}",
+                entry.key,
+                if drained { "drained" } else { "undrained" }
+            ));
+            lock(&s.view).set_drained(&entry.key, drained);
+        }
+    }));
     // Heartbeats.
     let s = Arc::clone(&shared);
     tasks.push(tokio::spawn(async move {
@@ -348,6 +420,21 @@ pub async fn start(
                     lock(&s.view).heartbeat(&node, hb, Instant::now(), SystemTime::now())
                 }
                 Err(e) => log(e),
+            }
+        }
+    }));
+    // Acknowledgements: `fleet.results.<node>.ack`, the node vouched for by the subject.
+    let s = Arc::clone(&shared);
+    tasks.push(tokio::spawn(async move {
+        while let Some(msg) = acks.next().await {
+            let node = msg
+                .subject
+                .as_str()
+                .strip_prefix("fleet.results.")
+                .and_then(|r| r.strip_suffix(".ack"))
+                .and_then(|n| NodeName::parse(n).ok());
+            if let (Some(node), Some(id)) = (node, header(&msg, TASK_ID_HEADER)) {
+                s.flights.acked(id, &node);
             }
         }
     }));
@@ -384,7 +471,9 @@ pub async fn start(
     let s = Arc::clone(&shared);
     let tick = config.tick;
     tasks.push(tokio::spawn(async move {
-        let mut published: BTreeMap<NodeName, Vec<u8>> = BTreeMap::new();
+        // Per node: what was written, its heartbeat time, and when.
+        let mut published: BTreeMap<NodeName, (Vec<u8>, Option<String>, Instant)> = BTreeMap::new();
+        let refresh = s.config.node_timeout;
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -416,20 +505,27 @@ pub async fn start(
                 let _ = alert_tx.send(transitions);
             }
             for e in entries {
-                // Only what changed, without the heartbeat's arrival time (it changes every beat).
+                // Written when the state changes (not its reason's growing silence count, not
+                // every heartbeat), and at most every node timeout to refresh `last_heartbeat`
+                // while heartbeats arrive.
                 let mut key_view = e.clone();
                 key_view.last_heartbeat = None;
+                key_view.reason = None;
                 let fingerprint = serde_json::to_vec(&key_view).unwrap_or_default();
                 let Ok(name) = NodeName::parse(&e.node) else {
                     continue;
                 };
-                if published.get(&name) == Some(&fingerprint) {
-                    continue;
+                let now = Instant::now();
+                if let Some((fp, beat, at)) = published.get(&name) {
+                    let stale = *beat != e.last_heartbeat && now.duration_since(*at) >= refresh;
+                    if *fp == fingerprint && !stale {
+                        continue;
+                    }
                 }
                 let body = serde_json::to_vec(&e).unwrap_or_default();
                 match health_kv.put(name.as_str(), body.into()).await {
                     Ok(_) => {
-                        published.insert(name, fingerprint);
+                        published.insert(name, (fingerprint, e.last_heartbeat.clone(), now));
                     }
                     Err(err) => log(format!("{HEALTH_BUCKET}/{name}: put failed: {err}")),
                 }
@@ -452,7 +548,9 @@ pub async fn start(
     })
 }
 
-/// Runs the router on `lanes` until `shutdown` completes or a connection is gone for good.
+/// Runs the router on `lanes` until `shutdown` completes (`Ok`) or a connection is gone for
+/// good ([`RouterError::Stopped`]: the router never ends on its own, so an end that was not asked
+/// for is an error and its unit restarts it).
 pub async fn run(
     lanes: impl Into<Lanes>,
     config: RouterConfig,
@@ -461,10 +559,15 @@ pub async fn run(
 ) -> Result<(), RouterError> {
     let mut handle = start(lanes, config, alerter).await?;
     tokio::select! {
-        _ = shutdown => {}
-        _ = handle.closed() => {}
+        _ = shutdown => Ok(()),
+        _ = handle.closed() => {
+            let e = RouterError::Stopped(
+                "a subscription closed (the NATS connection is gone for good)".into(),
+            );
+            log(&e);
+            Err(e)
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -496,6 +599,8 @@ mod tests {
             models: vec![],
             version: String::new(),
             time: String::new(),
+            tasks: vec![],
+            draining: false,
         }
     }
 

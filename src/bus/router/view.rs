@@ -34,6 +34,9 @@ pub struct HealthEntry {
     pub capacity: u32,
     /// Models: the manifest's and those the agent reported.
     pub models: Vec<String>,
+    /// It gets no new task: drained (`fleetnix node drain`) or its agent says it is draining.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// The router's live view: registry, heartbeats, failed attempts. Pure logic (the clock is
@@ -44,6 +47,11 @@ pub struct LiveView {
     pub(super) started: Instant,
     pub(super) nodes: BTreeMap<NodeName, NodeView>,
     pub(super) router: route::Router,
+    pub(super) drained: BTreeSet<NodeName>,
+    /// The last heartbeat from any node, and when heartbeats resumed after a gap in all of them
+    /// (the router's own connection was down, or nats-server restarted).
+    pub(super) last_any: Option<Instant>,
+    pub(super) resumed: Option<Instant>,
 }
 
 pub(super) fn rfc3339(t: SystemTime) -> String {
@@ -58,6 +66,9 @@ impl LiveView {
             config,
             started: now,
             nodes: BTreeMap::new(),
+            drained: BTreeSet::new(),
+            last_any: None,
+            resumed: None,
         }
     }
 
@@ -106,11 +117,90 @@ impl LiveView {
     /// Records a heartbeat of `node` received at `now`: clears a failed attempt, updates the
     /// in-flight count `least_loaded` uses. Heartbeats of unregistered nodes are ignored.
     pub fn heartbeat(&mut self, node: &NodeName, hb: Heartbeat, now: Instant, wall: SystemTime) {
+        if let Some(last) = self.last_any {
+            if now.saturating_duration_since(last) >= self.config.node_timeout / 2 {
+                self.resumed = Some(now);
+            }
+        }
+        self.last_any = Some(now);
         if let Some(v) = self.nodes.get_mut(node) {
             self.router.set_in_flight(node, hb.in_flight);
             v.suspect = None;
             v.heartbeat = Some((now, wall, hb));
         }
+    }
+
+    /// Drains (`true`) or undrains `node` (`fleetnix node drain`).
+    pub fn set_drained(&mut self, node: &str, drained: bool) {
+        let Ok(name) = NodeName::parse(node) else {
+            return;
+        };
+        if drained {
+            self.drained.insert(name);
+        } else {
+            self.drained.remove(&name);
+        }
+    }
+
+    /// Does `node` take no new task (drained, or its agent says it is draining)?
+    pub fn draining(&self, node: &NodeName) -> bool {
+        self.drained.contains(node)
+            || self
+                .nodes
+                .get(node)
+                .and_then(|v| v.heartbeat.as_ref())
+                .is_some_and(|(_, _, hb)| hb.draining)
+    }
+
+    /// How long ago `node`'s last heartbeat arrived (`None`: none yet, or not registered).
+    pub fn heartbeat_age(&self, node: &NodeName, now: Instant) -> Option<Duration> {
+        let (at, _, _) = self.nodes.get(node)?.heartbeat.as_ref()?;
+        Some(now.saturating_duration_since(*at))
+    }
+
+    /// Is `node` known dead at `now`: silent for `node_timeout_seconds` (or never heard from
+    /// since the router started that long ago) while the router hears other nodes? Silence is
+    /// counted from when heartbeats resumed after a gap in all of them (the router's connection
+    /// or nats-server was down: that silence says nothing about the node), and no node is dead
+    /// while nobody at all is heard.
+    pub fn silent(&self, node: &NodeName, now: Instant) -> bool {
+        let t = self.config.node_timeout;
+        let hearing = self
+            .last_any
+            .is_some_and(|l| now.saturating_duration_since(l) < t / 2);
+        if !hearing {
+            return false;
+        }
+        let since = match (
+            self.nodes.get(node).and_then(|v| v.heartbeat.as_ref()),
+            self.resumed,
+        ) {
+            (Some((at, _, _)), Some(r)) => (*at).max(r),
+            (Some((at, _, _)), None) => *at,
+            (None, Some(r)) => r.max(self.started),
+            (None, None) => self.started,
+        };
+        now.saturating_duration_since(since) >= t
+    }
+
+    /// The node whose last heartbeat lists task `id` as running, if any.
+    pub fn running(&self, id: &str) -> Option<NodeName> {
+        self.nodes.iter().find_map(|(n, v)| {
+            let (_, _, hb) = v.heartbeat.as_ref()?;
+            hb.tasks.iter().any(|t| t == id).then(|| n.clone())
+        })
+    }
+
+    /// Has any heartbeat arrived since `t`?
+    pub fn heard_since(&self, t: Instant) -> bool {
+        self.nodes
+            .values()
+            .any(|v| v.heartbeat.as_ref().is_some_and(|(at, _, _)| *at >= t))
+    }
+
+    /// When the router started.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// Records that a task sent to `node` failed (`why`); it gets no task until its next heartbeat.
@@ -183,7 +273,9 @@ impl LiveView {
     ) -> Result<route::Route, RouteError> {
         let mut r = self.router.route_with(role, |n| {
             let name = NodeName::parse(n).ok()?;
+            let draining = self.draining(&name);
             match self.state_of(&name, now) {
+                Some((NodeState::Healthy, _)) if draining => Some("draining".into()),
                 Some((NodeState::Healthy, _)) => None,
                 Some((s, why)) => Some(match why {
                     Some(w) => format!("{s}: {w}"),
@@ -241,6 +333,7 @@ impl LiveView {
             in_flight,
             capacity,
             models: self.models_of(v),
+            draining: self.draining(node),
         })
     }
 

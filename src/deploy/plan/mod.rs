@@ -23,7 +23,7 @@ use super::schedule::tailnet_host_keys;
 use super::DeployOptions;
 use crate::exec::process::{locate, run_process, LocalCommand, NodeLog, ProcError};
 use crate::exec::ssh::{SshTarget, Transport};
-use crate::fsutil::write_atomic;
+use crate::fsutil::write_atomic_in_repo;
 use crate::model::{Fleet, NodeName, Os};
 use crate::outputs::agent::AGENT_UNIT;
 use crate::outputs::{self, Change};
@@ -139,6 +139,9 @@ pub struct SystemState {
     /// What the installer would do (linux).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub installer: Vec<String>,
+    /// Whether the target needs a reboot to take full effect, and why (NixOS nodes reached).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reboot: Option<super::reboot::RebootNeed>,
 }
 
 /// Ports and tags against the last committed render of the node's module.
@@ -432,6 +435,11 @@ mod tests {
                     target_system: Some("/nix/store/bbbbbbbbbbbb-nixos-system-worker-01".into()),
                     target_from: None,
                     installer: Vec::new(),
+                    reboot: Some(crate::deploy::reboot::RebootNeed {
+                        needed: true,
+                        reasons: vec!["kernel".into()],
+                        unknown: None,
+                    }),
                 },
                 rendered: Vec::new(),
                 committed: Committed {
@@ -457,7 +465,9 @@ mod tests {
             "{t}"
         );
         assert!(
-            row.ends_with("vs HEAD: +tcp/8080 -tag:old; closure: not built"),
+            row.ends_with(
+                "reboot needed (kernel); vs HEAD: +tcp/8080 -tag:old; closure: not built"
+            ),
             "{t}"
         );
         assert!(

@@ -2,6 +2,7 @@
 //! nodes what the installer would change (probed read-only).
 
 use super::*;
+use crate::deploy::reboot::{BootSet, RebootNeed};
 
 pub(super) const MARK: &str = "@@fleetnix-plan@@";
 
@@ -13,6 +14,19 @@ pub fn probe_script(os: Os) -> String {
         "echo\necho {MARK}current\nreadlink /run/current-system 2>/dev/null || true\n\
          echo\necho {MARK}profile\n[ -e /nix/var/nix/profiles/system ] && echo yes || echo no\n"
     );
+    if os != Os::Linux {
+        // What only a reboot brings into effect, for the booted and the running system.
+        for (name, root) in [
+            ("booted", super::super::reboot::BOOTED_SYSTEM),
+            ("running", "/run/current-system"),
+        ] {
+            let _ = write!(
+                s,
+                "echo\necho {MARK}boot-{name}\n{}\n",
+                super::super::reboot::read_script(root)
+            );
+        }
+    }
     if os != Os::Nixos {
         let unit = |name: &str, extra: &str| {
             format!(
@@ -109,7 +123,7 @@ pub fn pin(
     // The same pin as last time is left alone: an atomic write costs two fsyncs per node, on the
     // runtime's threads, and the file would come out byte-identical.
     if std::fs::read(&path).ok().as_deref() != Some(text.as_bytes()) {
-        write_atomic(&path, text.as_bytes(), 0o644)
+        write_atomic_in_repo(&opts.root, &path, text.as_bytes(), 0o644)
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(SshTarget {
@@ -169,6 +183,7 @@ pub(super) fn node_state(
     plan: &NodeSpec,
     probed: Result<BTreeMap<String, String>, (State, String)>,
     target: Option<&Evaluated>,
+    target_boot: Option<&BootSet>,
 ) -> SystemState {
     let target_system = target.and_then(|t| t.as_ref().ok().cloned());
     let mut s = SystemState {
@@ -185,6 +200,7 @@ pub(super) fn node_state(
         target_system: None,
         target_from: None,
         installer: Vec::new(),
+        reboot: None,
     };
     let sections = match probed {
         Ok(s) => s,
@@ -247,6 +263,16 @@ pub(super) fn node_state(
                 Some(Ok(t)) if *t == cur => s.state = State::Unchanged,
                 Some(Ok(_)) => s.state = State::Changed,
             }
+            // The target's components: read here if it is built here (exact), else as evaluated.
+            let local = s
+                .target_system
+                .as_deref()
+                .and_then(|t| BootSet::local(Path::new(t)))
+                .filter(|b| !b.is_empty());
+            let target = local.as_ref().or(target_boot.filter(|b| !b.is_empty()));
+            let booted = BootSet::parse(sections.get("boot-booted").map_or("", |v| v.as_str()));
+            let running = BootSet::parse(sections.get("boot-running").map_or("", |v| v.as_str()));
+            s.reboot = Some(RebootNeed::assess(&booted, &running, target));
         }
     }
     s
@@ -311,7 +337,12 @@ pub async fn systems<T: Transport + Clone>(
         out
     };
     let (targets, mut probed) = tokio::join!(eval, probes);
-    warnings.extend(targets.warnings);
+    let super::super::evalcache::Targets {
+        nodes: targets,
+        boot,
+        warnings: eval_warnings,
+    } = targets;
+    warnings.extend(eval_warnings);
     let states = plans
         .iter()
         .enumerate()
@@ -319,8 +350,8 @@ pub async fn systems<T: Transport + Clone>(
             let r = probed
                 .remove(&i)
                 .unwrap_or_else(|| Err((State::Error, "the probe did not finish".into())));
-            let target = targets.nodes.get(&p.name);
-            let mut s = node_state(p, r, target.map(|(t, _)| t));
+            let target = targets.get(&p.name);
+            let mut s = node_state(p, r, target.map(|(t, _)| t), boot.get(&p.name));
             if s.target_system.is_some() {
                 s.target_from = target.map(|(_, from)| *from);
             }

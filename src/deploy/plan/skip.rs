@@ -18,7 +18,10 @@ pub async fn skip_unchanged<T: Transport + Clone>(
     let mut deploy = Vec::new();
     let mut skipped = Vec::new();
     for (plan, s) in plans.into_iter().zip(states) {
-        if s.state == State::Unchanged && s.os == "nixos" {
+        // With --reboot, a reboot pending from an earlier switch is a reason to deploy.
+        let pending = opts.reboot != crate::deploy::reboot::RebootMode::Never
+            && s.reboot.as_ref().is_some_and(|r| r.needed);
+        if s.state == State::Unchanged && s.os == "nixos" && !pending {
             skipped.push(NodeReport {
                 node: plan.name.to_string(),
                 action: opts.action.as_str().to_string(),

@@ -30,6 +30,7 @@ pub fn table(r: &PlanReport) -> String {
             what.push(reason.clone());
         }
         what.extend(s.installer.iter().cloned());
+        what.extend(s.reboot.as_ref().and_then(|r| r.summary()));
         what.extend(n.rendered.iter().cloned());
         let c = &n.committed;
         if c.differs() {

@@ -1,5 +1,7 @@
 //! The validated fleet model. Values of these types passed validation: node names
 //! and roles are safe hostname labels, addresses are inside the tailnet ranges.
+//!
+//! Stage: the validated types every stage shares. Imports nothing of the crate.
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -7,7 +9,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+mod credential;
 mod values;
+pub use credential::*;
 pub use values::*;
 
 /// Checks an RFC 1123 hostname label: 1–63 chars of `a-z`, `0-9`, `-`, not starting or ending with `-`.
@@ -299,6 +303,8 @@ pub struct FailureSettings {
     pub failover_strategy: FailoverStrategy,
     /// Send an ntfy alert when a node goes down.
     pub alert_on_node_down: bool,
+    /// A task's deadline when its request names none (`task_timeout_seconds`, default 300).
+    pub task_timeout_seconds: u32,
 }
 
 /// An operator's public key (age recipient or SSH public key).
@@ -343,6 +349,9 @@ pub struct Settings {
     pub tailnet: String,
     /// Operators.
     pub operators: Operators,
+    /// Who may Tailscale-SSH as root to the nodes (fleet.yml `deployers`): the operators' group
+    /// by default; groups, tags (e.g. `tag:deployer` for a CI runner) or logins. Sorted.
+    pub deployers: Vec<String>,
     /// Failure handling.
     pub failure: FailureSettings,
     /// Alerts.
@@ -353,6 +362,9 @@ pub struct Settings {
     /// Per-node overrides of it (`state_version` of a node in nodes.yml).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub node_state_versions: BTreeMap<NodeName, StateVersion>,
+    /// How nodes enrol in the tailnet (`tailscale_auth` in fleet.yml, default `preauth`).
+    #[serde(skip_serializing_if = "TailscaleAuth::is_default")]
+    pub tailscale_auth: TailscaleAuth,
 }
 
 /// Where the fleet was read from.

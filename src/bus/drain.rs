@@ -1,0 +1,89 @@
+//! Draining nodes: `fleetnix node drain NODE` / `node undrain NODE`.
+//!
+//! A drained node is a key in the bucket `fleet-drain` (written by the control plane's user). The
+//! router follows the bucket and sends a drained node no new task; the tasks it runs finish. Its
+//! in-flight count is in `fleet-health` (the router's view of its heartbeats).
+
+use super::registry::open_bucket;
+use super::router::HealthEntry;
+use super::{BusError, DRAIN_BUCKET, HEALTH_BUCKET};
+use crate::model::NodeName;
+use async_nats::jetstream;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// A `fleet-drain` record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRecord {
+    /// When it was drained (RFC 3339).
+    pub since: String,
+    /// Why, for people.
+    #[serde(default)]
+    pub reason: String,
+}
+
+fn kv_err(op: &'static str) -> impl Fn(String) -> BusError {
+    move |reason| BusError::Kv {
+        bucket: DRAIN_BUCKET.into(),
+        op,
+        reason,
+    }
+}
+
+/// Drains `node` (`draining`) or undrains it, as the control plane's user.
+pub async fn set(
+    js: &jetstream::Context,
+    node: &NodeName,
+    draining: bool,
+    reason: &str,
+) -> Result<(), BusError> {
+    let kv = open_bucket(js, DRAIN_BUCKET, true).await?;
+    if draining {
+        let rec = DrainRecord {
+            since: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            reason: reason.chars().take(200).collect(),
+        };
+        let body = serde_json::to_vec(&rec).map_err(|e| kv_err("put")(e.to_string()))?;
+        kv.put(node.as_str(), body.into())
+            .await
+            .map_err(|e| kv_err("put")(e.to_string()))?;
+    } else {
+        kv.delete(node.as_str())
+            .await
+            .map_err(|e| kv_err("delete")(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// The router's `fleet-health` entry of `node`, if any.
+pub async fn health(
+    js: &jetstream::Context,
+    node: &NodeName,
+) -> Result<Option<HealthEntry>, BusError> {
+    let kv = open_bucket(js, HEALTH_BUCKET, false).await?;
+    let got = kv.get(node.as_str()).await.map_err(|e| BusError::Kv {
+        bucket: HEALTH_BUCKET.into(),
+        op: "get",
+        reason: e.to_string(),
+    })?;
+    Ok(got.and_then(|v| serde_json::from_slice(&v).ok()))
+}
+
+/// Waits until the router reports `node` draining with no task in flight, at most `limit`.
+/// Returns the last entry seen (`None`: the router has none).
+pub async fn wait_idle(
+    js: &jetstream::Context,
+    node: &NodeName,
+    limit: Duration,
+) -> Result<Option<HealthEntry>, BusError> {
+    let until = Instant::now() + limit;
+    loop {
+        let e = health(js, node).await?;
+        let idle = e.as_ref().is_some_and(|e| e.draining && e.in_flight == 0);
+        if idle || Instant::now() >= until {
+            return Ok(e);
+        }
+        // Bounded polling of the router's published view (it refreshes every quarter timeout).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -133,11 +133,19 @@ fn plan_sees_unchanged_changed_and_unreachable_nodes_and_deploy_skips_the_unchan
     );
     net.link_down(&c);
 
+    // Without the evaluation cache: all three targets in one evaluator.
     let started = Instant::now();
     let r = Ran::of(&mut fleetnix(
         &net,
         &root,
-        &["plan", "--all", "--json"],
+        &[
+            "plan",
+            "--all",
+            "--json",
+            "--no-eval-cache",
+            "--eval-jobs",
+            "1",
+        ],
         &ovr,
     ));
     let took = started.elapsed();
@@ -180,7 +188,14 @@ fn plan_sees_unchanged_changed_and_unreachable_nodes_and_deploy_skips_the_unchan
     let r = Ran::of(&mut fleetnix(
         &net,
         &root,
-        &["plan", "--all", "--json", "--eval-jobs", "2"],
+        &[
+            "plan",
+            "--all",
+            "--json",
+            "--eval-jobs",
+            "2",
+            "--no-eval-cache",
+        ],
         &ovr,
     ));
     assert_eq!(r.code, Some(1), "{r}");
@@ -204,6 +219,30 @@ fn plan_sees_unchanged_changed_and_unreachable_nodes_and_deploy_skips_the_unchan
             && named(&evals[2], "a") != named(&evals[2], "c"),
         "a and c in different evaluators: {evals:?}"
     );
+    assert_eq!(node(&v, "a")["target_from"], "evaluation", "{v:#}");
+    // With the evaluation cache (the default): the first plan evaluates each node alone, the
+    // second takes every target from the cache without an evaluator; same targets.
+    for (from, evaluators) in [("evaluation", 3), ("cache", 0)] {
+        let before = lines(&root.join("rec/nix-evals")).len();
+        let r = Ran::of(&mut fleetnix(
+            &net,
+            &root,
+            &["plan", "--all", "--json"],
+            &ovr,
+        ));
+        assert_eq!(r.code, Some(1), "{r}");
+        let c = json(&r);
+        for n in ["a", "b", "c"] {
+            assert_eq!(
+                node(&c, n)["target_system"],
+                node(&v, n)["target_system"],
+                "{c:#}"
+            );
+            assert_eq!(node(&c, n)["target_from"], from, "{c:#}");
+        }
+        let evals = lines(&root.join("rec/nix-evals"));
+        assert_eq!(evals.len() - before, evaluators, "{evals:?}");
+    }
     // Nothing was deployed by plan.
     assert!(lines(&state_dir(&net, "a").join("activations")).is_empty());
     assert!(lines(&state_dir(&net, "b").join("activations")).is_empty());
@@ -472,7 +511,14 @@ fn complete_nixos_systems_are_evaluated_in_one_process_and_assertion_failures_ar
     let r = Ran::of(&mut fleetnix(
         &net,
         &root,
-        &["plan", "--all", "--json"],
+        &[
+            "plan",
+            "--all",
+            "--json",
+            "--no-eval-cache",
+            "--eval-jobs",
+            "1",
+        ],
         &override_args(&pinned),
     ));
     assert_eq!(r.code, Some(1), "broken is an error:\n{r}");

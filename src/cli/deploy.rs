@@ -250,7 +250,7 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
     };
     let verbose = ctx.verbose;
     let force = args.force;
-    let eval_jobs = args.eval.jobs;
+    let eval_args = args.eval.clone();
     let rollout_plan = Rollout {
         canary: args.canary,
         batch: args.batch,
@@ -264,13 +264,13 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
         } else if rollout_plan == Rollout::default() {
             // No rollout: each node's connect step compares its running system with the target.
             let mut tools = PlanTools::locate(opts.step_timeout);
-            tools.eval_jobs = usize::from(eval_jobs);
+            eval_args.apply(&mut tools);
             opts.skip_if_running =
                 Arc::new(deploy_plan::targets_to_skip(&plans, &opts, &tools).await);
             (plans, Vec::new())
         } else {
             let mut tools = PlanTools::locate(opts.step_timeout);
-            tools.eval_jobs = usize::from(eval_jobs);
+            eval_args.apply(&mut tools);
             let (plans, unchanged, warnings) =
                 deploy_plan::skip_unchanged(plans, &opts, &tools, transport.clone()).await;
             for w in warnings {

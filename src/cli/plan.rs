@@ -42,7 +42,7 @@ pub fn run(ctx: &Ctx, args: PlanArgs) -> CmdResult {
     opts.override_inputs = args.flake.inputs()?;
     opts.check().map_err(CliError::msg)?;
     let mut tools = PlanTools::locate(opts.step_timeout);
-    tools.eval_jobs = usize::from(args.eval.jobs);
+    args.eval.apply(&mut tools);
     let rt = super::runtime()?;
     let transport = SshTransport {
         config: opts.ssh.clone(),

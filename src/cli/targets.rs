@@ -23,14 +23,26 @@ impl FlakeArgs {
     }
 }
 
-/// `--eval-jobs N`, shared by `plan` and `deploy`.
+/// `--eval-jobs N` and `--no-eval-cache`, shared by `plan` and `deploy`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EvalArgs {
-    /// Evaluate the nodes' target systems in N concurrent `nix eval` processes (default: one
-    /// process for all; a full NixOS system costs seconds of CPU and about 1 GB per process).
-    #[arg(long = "eval-jobs", value_name = "N", default_value_t = 1,
+    /// Evaluate the nodes' target systems in at most N concurrent `nix eval` processes (default:
+    /// as many as there are cores and as memory holds, about 1.1 GB each).
+    #[arg(long = "eval-jobs", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=fleetnix::deploy::flake::MAX_EVAL_JOBS as i64))]
-    pub jobs: u16,
+    pub jobs: Option<u16>,
+    /// Evaluate every node, neither using nor updating the evaluation cache
+    /// (.fleetnix/eval-cache/).
+    #[arg(long = "no-eval-cache")]
+    pub no_eval_cache: bool,
+}
+
+impl EvalArgs {
+    /// Sets the evaluation fields of `tools`.
+    pub fn apply(&self, tools: &mut fleetnix::deploy::plan::PlanTools) {
+        tools.eval_jobs = self.jobs.map_or(0, usize::from);
+        tools.eval_cache = !self.no_eval_cache;
+    }
 }
 
 /// What `deploy` and `plan` start from.

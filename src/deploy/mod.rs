@@ -20,6 +20,7 @@
 
 pub mod build;
 pub mod dryrun;
+pub mod evalcache;
 pub(crate) mod execute;
 pub(crate) mod failure;
 pub mod flake;
@@ -100,6 +101,8 @@ pub mod env {
     pub const NIX: &str = "FLEETNIX_NIX";
     /// The `git` binary (the last committed render).
     pub const GIT: &str = "FLEETNIX_GIT";
+    /// The `strace` binary (what an evaluation read, for the evaluation cache; empty: none).
+    pub const STRACE: &str = "FLEETNIX_STRACE";
 }
 
 /// Everything a deploy needs besides the plans. Built with [`DeployOptions::new`], then adjusted.

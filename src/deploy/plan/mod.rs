@@ -57,8 +57,13 @@ pub struct PlanTools {
     pub git: Option<PathBuf>,
     /// Limit of the one evaluation of all nodes.
     pub eval_timeout: Duration,
-    /// Concurrent `nix eval` processes (1: all nodes in one; see [`flake::eval_targets`]).
+    /// Concurrent `nix eval` processes (0: bounded by cores and memory, see
+    /// [`super::evalcache::default_jobs`]).
     pub eval_jobs: usize,
+    /// `strace`, if found: what each evaluation read, for the evaluation cache.
+    pub strace: Option<PathBuf>,
+    /// Use the evaluation cache (`--no-eval-cache`: off).
+    pub eval_cache: bool,
 }
 
 impl PlanTools {
@@ -68,7 +73,20 @@ impl PlanTools {
             nix: locate(env::NIX, "nix"),
             git: locate(env::GIT, "git"),
             eval_timeout,
-            eval_jobs: 1,
+            eval_jobs: 0,
+            strace: locate(env::STRACE, "strace"),
+            eval_cache: true,
+        }
+    }
+
+    /// How [`super::evalcache::eval_targets`] evaluates.
+    pub fn eval_settings(&self) -> super::evalcache::EvalSettings {
+        super::evalcache::EvalSettings {
+            nix: self.nix.clone(),
+            strace: self.strace.clone(),
+            timeout: self.eval_timeout,
+            jobs: self.eval_jobs,
+            cache: self.eval_cache,
         }
     }
 }
@@ -115,6 +133,9 @@ pub struct SystemState {
     pub current_system: Option<String>,
     /// The evaluated toplevel (NixOS).
     pub target_system: Option<String>,
+    /// Whether the target came from an evaluation of this run or the evaluation cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_from: Option<super::evalcache::TargetFrom>,
     /// What the installer would do (linux).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub installer: Vec<String>,
@@ -412,6 +433,7 @@ mod tests {
                     reason: None,
                     current_system: Some("/nix/store/aaaaaaaaaaaa-nixos-system-worker-01".into()),
                     target_system: Some("/nix/store/bbbbbbbbbbbb-nixos-system-worker-01".into()),
+                    target_from: None,
                     installer: Vec::new(),
                     reboot: Some(crate::deploy::reboot::RebootNeed {
                         needed: true,

@@ -198,6 +198,7 @@ pub(super) fn node_state(
         reason: None,
         current_system: None,
         target_system: None,
+        target_from: None,
         installer: Vec::new(),
         reboot: None,
     };
@@ -277,7 +278,8 @@ pub(super) fn node_state(
     s
 }
 
-/// Where every node of `plans` stands: the targets evaluated in one `nix eval` while all nodes
+/// Where every node of `plans` stands: the targets evaluated (or taken from the evaluation
+/// cache, [`super::super::evalcache`]) while all nodes
 /// are probed over SSH (at most [`MAX_PROBES`] at once). Returned in `plans` order, with
 /// warnings that concern no single node.
 pub async fn systems<T: Transport + Clone>(
@@ -294,13 +296,12 @@ pub async fn systems<T: Transport + Clone>(
         .collect();
     // The evaluation starts at once, while the tailnet's host keys are read and the probes
     // that need them run.
-    let eval = flake::eval_targets_with_boot(
-        tools.nix.as_deref(),
+    let settings = tools.eval_settings();
+    let eval = super::super::evalcache::eval_targets(
+        &settings,
         &opts.root,
         &to_eval,
         &opts.override_inputs,
-        tools.eval_timeout,
-        tools.eval_jobs,
     );
     let probes = async {
         let (tailnet_keys, w) = tailnet_host_keys(opts).await;
@@ -335,7 +336,13 @@ pub async fn systems<T: Transport + Clone>(
         }
         out
     };
-    let ((targets, boot), mut probed) = tokio::join!(eval, probes);
+    let (targets, mut probed) = tokio::join!(eval, probes);
+    let super::super::evalcache::Targets {
+        nodes: targets,
+        boot,
+        warnings: eval_warnings,
+    } = targets;
+    warnings.extend(eval_warnings);
     let states = plans
         .iter()
         .enumerate()
@@ -343,7 +350,12 @@ pub async fn systems<T: Transport + Clone>(
             let r = probed
                 .remove(&i)
                 .unwrap_or_else(|| Err((State::Error, "the probe did not finish".into())));
-            node_state(p, r, targets.get(&p.name), boot.get(&p.name))
+            let target = targets.get(&p.name);
+            let mut s = node_state(p, r, target.map(|(t, _)| t), boot.get(&p.name));
+            if s.target_system.is_some() {
+                s.target_from = target.map(|(_, from)| *from);
+            }
+            s
         })
         .collect();
     (states, warnings)

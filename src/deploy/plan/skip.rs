@@ -56,17 +56,16 @@ pub async fn targets_to_skip(
         .filter(|p| p.access.os != Os::Linux)
         .map(|p| p.name.clone())
         .collect();
-    flake::eval_targets(
-        tools.nix.as_deref(),
+    super::super::evalcache::eval_targets(
+        &tools.eval_settings(),
         &opts.root,
         &nodes,
         &opts.override_inputs,
-        tools.eval_timeout,
-        tools.eval_jobs,
     )
     .await
+    .nodes
     .into_iter()
-    .filter_map(|(n, r)| r.ok().map(|t| (n, t)))
+    .filter_map(|(n, (r, _))| r.ok().map(|t| (n, t)))
     .collect()
 }
 

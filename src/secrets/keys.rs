@@ -363,7 +363,7 @@ mod tests {
     #[test]
     fn read_authkey_limits_length() {
         let key = |len: usize| {
-            let mut k = b"tskey-auth-k1-".to_vec();
+            let mut k = format!("tskey-auth-{}", "FAKE-").into_bytes();
             k.resize(len, b'a');
             k
         };

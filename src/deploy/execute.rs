@@ -59,6 +59,15 @@ struct Run<'a> {
     step: Step,
 }
 
+/// The pause between two tries of a step that polls the node: half a second, never past
+/// `deadline`.
+async fn pause_before_retry(deadline: Instant) {
+    tokio::time::sleep(
+        Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now())),
+    )
+    .await;
+}
+
 /// Go on, or the node's result is known.
 enum Flow {
     Next,
@@ -524,9 +533,7 @@ impl<T: Transport> Ctx<T> {
                         .map(Flow::Done);
                 }
             }
-            let pause =
-                Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
-            tokio::time::sleep(pause).await;
+            pause_before_retry(deadline).await;
         }
         run.log
             .line("health gate: no verdict by the confirmation's deadline; confirming");
@@ -576,9 +583,7 @@ impl<T: Transport> Ctx<T> {
                 Err(e) => last = e.to_string(),
             }
             run.log.line(&format!("confirmation: {last}; retrying"));
-            let pause =
-                Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
-            tokio::time::sleep(pause).await;
+            pause_before_retry(deadline).await;
         }
         Err(Failure::new(
             Step::Confirm,
@@ -719,9 +724,7 @@ impl<T: Transport> Ctx<T> {
                 Ok(o) => last = o.last_line(),
                 Err(e) => last = e.to_string(),
             }
-            let pause =
-                Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
-            tokio::time::sleep(pause).await;
+            pause_before_retry(deadline).await;
         }
         Err(Failure::new(
             Step::Reboot,
@@ -832,9 +835,7 @@ impl<T: Transport> Ctx<T> {
                 Err(e) => last = e.to_string(),
             }
             run.log.line(&format!("confirmation: {last}; retrying"));
-            let pause =
-                Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
-            tokio::time::sleep(pause).await;
+            pause_before_retry(deadline).await;
         }
         Err(Failure::new(
             Step::Confirm,
@@ -929,9 +930,7 @@ impl<T: Transport> Ctx<T> {
             log.line(&format!(
                 "rollback after the failed activation: {last}; retrying"
             ));
-            let pause =
-                Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
-            tokio::time::sleep(pause).await;
+            pause_before_retry(deadline).await;
         }
         Err(Failure::new(
             step,

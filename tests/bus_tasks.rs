@@ -62,6 +62,29 @@ async fn worker_on(
     worker_client(server.connect(node).await, beat, node, ledger).await
 }
 
+/// Asks the router for `payload` with `o` in a task of its own (the caller waits on the handle).
+fn spawn_ask(
+    b: &RouterFixture,
+    payload: &'static [u8],
+    o: AskOptions,
+) -> tokio::task::JoinHandle<Answer> {
+    let supervisor = b.supervisor.clone();
+    tokio::spawn(async move {
+        router::ask_with(&supervisor, &role(), Bytes::from_static(payload), &o)
+            .await
+            .unwrap()
+    })
+}
+
+/// The node whose worker took task `id` first (bounded wait).
+async fn first_taker(ledger: &Ledger, id: &str) -> String {
+    common::poll_async(Duration::from_secs(5), || async {
+        ledger.runs_of(id).first().map(|r| r.node.clone())
+    })
+    .await
+    .expect("a worker took the task")
+}
+
 /// [`worker_on`] on a connection made by the caller.
 async fn worker_client(
     client: async_nats::Client,
@@ -224,28 +247,9 @@ async fn a_task_is_failed_over_only_when_its_node_goes_silent() {
     let w1 = worker(&b, "worker-01", &ledger).await;
     let w2 = worker(&b, "worker-02", &ledger).await;
     let o = opts(Duration::from_secs(20), "dies-midway");
-    let asked = tokio::spawn({
-        let supervisor = b.supervisor.clone();
-        async move {
-            router::ask_with(
-                &supervisor,
-                &role(),
-                Bytes::from_static(br#"{"sleep_ms": 2500}"#),
-                &o,
-            )
-            .await
-            .unwrap()
-        }
-    });
+    let asked = spawn_ask(&b, br#"{"sleep_ms": 2500}"#, o);
     // Wait until a node took it, then kill that node's worker.
-    let first = common::poll_async(Duration::from_secs(5), || async {
-        ledger
-            .runs_of("dies-midway")
-            .first()
-            .map(|r| r.node.clone())
-    })
-    .await
-    .expect("a worker took the task");
+    let first = first_taker(&ledger, "dies-midway").await;
     let killed_at = Instant::now();
     let survivor = if first == "worker-01" {
         drop(w1);
@@ -382,27 +386,8 @@ async fn a_restarted_router_picks_up_a_task_in_flight() {
     let _w2 = worker(&b, "worker-02", &ledger).await;
     let mut o = opts(Duration::from_secs(20), "survives-router");
     o.reask = Duration::from_millis(1500);
-    let asked = tokio::spawn({
-        let supervisor = b.supervisor.clone();
-        async move {
-            router::ask_with(
-                &supervisor,
-                &role(),
-                Bytes::from_static(br#"{"sleep_ms": 3000}"#),
-                &o,
-            )
-            .await
-            .unwrap()
-        }
-    });
-    let first = common::poll_async(Duration::from_secs(5), || async {
-        ledger
-            .runs_of("survives-router")
-            .first()
-            .map(|r| r.node.clone())
-    })
-    .await
-    .expect("a worker took the task");
+    let asked = spawn_ask(&b, br#"{"sleep_ms": 3000}"#, o);
+    let first = first_taker(&ledger, "survives-router").await;
     // The router dies (its tasks end, its subscriptions go) and another starts.
     let lanes = b.server.connect_router_lanes(2).await;
     let second = router::start(lanes, b.config.clone(), None).await.unwrap();

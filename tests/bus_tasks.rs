@@ -762,7 +762,10 @@ async fn chaos_a_thousand_tasks_through_kills_and_restarts() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
-    println!("chaos seed {seed} (FLEETNIX_CHAOS_SEED={seed} replays the schedule)");
+    let mut figures = vec![format!(
+        "chaos seed {seed} (FLEETNIX_CHAOS_SEED={seed} replays the schedule)"
+    )];
+    println!("{}", figures[0]);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let fleet = common::example_fleet();
     let mut server = bus_support::NatsServer::start(&fleet);
@@ -849,7 +852,11 @@ async fn chaos_a_thousand_tasks_through_kills_and_restarts() {
             }
             _ => server.restart(),
         }
-        println!("chaos: {event} at {:.1}s", started.elapsed().as_secs_f64());
+        figures.push(format!(
+            "chaos: {event} at {:.1}s",
+            started.elapsed().as_secs_f64()
+        ));
+        println!("{}", figures[figures.len() - 1]);
     }
     let mut answers = Vec::with_capacity(TASKS);
     for c in callers {
@@ -904,7 +911,7 @@ async fn chaos_a_thousand_tasks_through_kills_and_restarts() {
         .values()
         .filter(|v| v.iter().filter(|r| r.finished).count() > 1)
         .count();
-    println!(
+    let summary = format!(
         "chaos: {TASKS} tasks in {:.1}s: {ok} results, errors {codes:?}; {} runs; {reruns} task(s) run again after their worker was killed ({after_finish} of them had finished there, its record lost with it); {} run twice otherwise; longest caller wait {:.2}s (deadline {}s)",
         elapsed.as_secs_f64(),
         runs.len(),
@@ -912,6 +919,13 @@ async fn chaos_a_thousand_tasks_through_kills_and_restarts() {
         longest.as_secs_f64(),
         timeout.as_secs()
     );
+    println!("{summary}");
+    // The figures also go to a file that `.ci/run` prints after the suite (cargo test captures
+    // a passing test's output).
+    figures.push(summary);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("figures");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("chaos.txt"), figures.join("\n") + "\n").unwrap();
     for t in &twice {
         println!("chaos: {t} ran twice: {:?}", by_task[t]);
     }

@@ -54,6 +54,12 @@ TASK_ID_HEADER = "Fleet-Task-Id"
 MODEL_HEADER = "Fleet-Preferred-Model"
 ATTEMPTS_HEADER = "Fleet-Attempts"
 CLAIMED_HEADER = "Fleet-Claimed-Node"
+DEADLINE_HEADER = "Fleet-Deadline-Ms"
+#: On a repeated ask (same task id): how many asks came before.
+REASK_HEADER = "Fleet-Reask"
+#: How long a caller keeps asking while no router is subscribed at all (one restarting), as the
+#: Rust client does: a router restarted by its unit is back within that.
+NO_ROUTER_WAIT = 6.0
 
 # The manifest's rule for role names (src/model.rs, `check_label`): an RFC 1123 hostname label,
 # 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'.
@@ -188,11 +194,16 @@ async def dispatch_to_worker_async(
     user: Optional[str] = None,
     password: Optional[str] = None,
     task_id: Optional[str] = None,
+    reask: Optional[float] = None,
 ) -> Result:
     """Runs ``task`` (JSON-serialisable) on a node with ``required_role``; see the module doc.
 
     ``task_id`` (1-64 letters, digits, ``-``, ``_``) is the idempotency key: asking again with the id
     of an earlier call (after a ``timeout`` or ``deadline``) gets that task's answer, not a second run.
+    The call itself asks again with its id every ``reask`` seconds (default: a quarter of
+    ``timeout``, at least 0.5 s) until an answer comes, so a router that is killed or restarted
+    while the task runs costs the caller a delay, not the result. Keep ``reask`` above the fleet's
+    ``node_timeout_seconds``.
 
     Raises only :class:`DispatchError`, within ``timeout`` seconds (plus at most a quarter second
     to close the connection)."""
@@ -203,7 +214,9 @@ async def dispatch_to_worker_async(
             f"task_id must be 1 to 64 letters, digits, '-' or '_', not {task_id!r:.80}", code="bad-request"
         )
     try:
-        return await _dispatch(task_id, task, required_role, preferred_model, timeout, nats_url, user, password)
+        return await _dispatch(
+            task_id, task, required_role, preferred_model, timeout, reask, nats_url, user, password
+        )
     except DispatchError as e:
         if e.task_id is None:
             e.task_id = task_id
@@ -218,6 +231,7 @@ async def _dispatch(
     required_role: str,
     preferred_model: Optional[str],
     timeout: float,
+    reask: Optional[float],
     nats_url: Optional[str],
     user: Optional[str],
     password: Optional[str],
@@ -225,6 +239,10 @@ async def _dispatch(
     # Everything the caller (or an LLM) chose is checked before a connection is opened.
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (0 < timeout < math.inf):
         raise DispatchError(f"timeout must be a positive number of seconds, not {timeout!r}", code="bad-request")
+    if reask is None:
+        reask = max(timeout / 4, 0.5)
+    elif isinstance(reask, bool) or not isinstance(reask, (int, float)) or not (0.1 <= reask < math.inf):
+        raise DispatchError(f"reask must be at least 0.1 seconds, not {reask!r}", code="bad-request")
     role = check_role(required_role)
     model = check_model(preferred_model)
     try:
@@ -232,7 +250,7 @@ async def _dispatch(
     except (TypeError, ValueError, RecursionError) as e:
         raise DispatchError(f"the task is not JSON-serialisable: {e}", code="bad-request") from None
     # The task's deadline: the router answers (result, failure or `deadline`) before it.
-    headers = {TASK_ID_HEADER: task_id, "Fleet-Deadline-Ms": str(max(int(timeout * 1000) - 100, 1))}
+    headers = {TASK_ID_HEADER: task_id, DEADLINE_HEADER: str(max(int(timeout * 1000) - 100, 1))}
     if model is not None:
         headers[MODEL_HEADER] = model
 
@@ -297,7 +315,8 @@ async def _dispatch(
             # The message names the server's reason (e.g. Authorization Violation), never the password.
             raise DispatchError(f"cannot connect to {url} as {user}: {_describe(e)}", code="connect") from None
 
-        size = len(payload) + _headers_size(headers)
+        # Counted with the largest header a repeated ask adds.
+        size = len(payload) + _headers_size({**headers, REASK_HEADER: "999999"})
         if size > nc.max_payload:
             raise DispatchError(
                 f"the request is {size} bytes (task {len(payload)} bytes and headers); "
@@ -306,28 +325,41 @@ async def _dispatch(
             )
 
         subject = f"fleet.dispatch.{role}"
-        request = asyncio.ensure_future(nc.request(subject, payload, timeout=max(remaining(), 0.001), headers=headers))
+        msg = await _ask(nc, subject, payload, headers, remaining, timeout, reask, denied, user, url)
+    finally:
         try:
-            done, _ = await asyncio.wait({request, denied}, timeout=remaining(), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not request.done():
-                request.cancel()
-                # Collect the cancelled request so that asyncio does not report it on stderr.
-                await asyncio.gather(request, return_exceptions=True)
-        if request not in done or request.cancelled():
-            if denied.done():
-                raise DispatchError(
-                    f"the server refused user {user} on {subject}: {denied.result()}", code="denied"
-                )
-            raise DispatchError(f"the router did not answer within {timeout}s", code="timeout")
+            await asyncio.wait_for(nc.close(), max(remaining(), _CLOSE_GRACE))
+        except Exception:  # closing is best effort; the outcome is already decided
+            pass
+    return _read_reply(msg, task_id)
+
+
+async def _ask(nc, subject, payload, headers, remaining, timeout, reask, denied, user, url):
+    """Asks the router, and asks again with the same task id every ``reask`` seconds until an
+    answer comes or the deadline passes: a router that died (SIGKILL, a restart) loses its callers'
+    requests; another router, or the restarted one, takes the repeat and joins the task where it
+    runs (the worker answers a repeated id from its record), so the caller still gets the result.
+    While no router is subscribed at all it asks every 0.1 s, for at most ``NO_ROUTER_WAIT``."""
+    inbox = nc.new_inbox()
+    answers: asyncio.Queue = asyncio.Queue()
+
+    async def on_answer(msg) -> None:
+        await answers.put(msg)
+
+    try:
+        await nc.subscribe(f"{inbox}.*", cb=on_answer)
+    except (nats.errors.Error, OSError) as e:
+        raise DispatchError(f"lost the connection to {url}: {_describe(e)}", code="disconnected") from None
+    no_router_since = None
+    n = 0
+    while remaining() > 0:
+        h = dict(headers)
+        # The time left, minus a little for the answer's way back (as in the first ask).
+        h[DEADLINE_HEADER] = str(max(int(remaining() * 1000) - 100, 1))
+        if n > 0:
+            h[REASK_HEADER] = str(n)
         try:
-            msg = request.result()
-        except nats.errors.NoRespondersError:
-            raise DispatchError(
-                f"no router answers on {subject}: is `fleetnix router` running?", code="no-router"
-            ) from None
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
-            raise DispatchError(f"the router did not answer within {timeout}s", code="timeout") from None
+            await nc.publish(subject, payload, reply=f"{inbox}.{n}", headers=h)
         except (nats.errors.BadSubjectError, nats.errors.BadHeaderError) as e:
             raise DispatchError(f"refused by nats-py: {_describe(e)}", code="bad-request") from None
         except nats.errors.MaxPayloadError:
@@ -336,12 +368,34 @@ async def _dispatch(
             ) from None
         except (nats.errors.Error, OSError) as e:
             raise DispatchError(f"lost the connection to {url}: {_describe(e)}", code="disconnected") from None
-    finally:
+        n += 1
+        wait = min(remaining(), 0.1 if no_router_since is not None else reask)
+        got = asyncio.ensure_future(answers.get())
         try:
-            await asyncio.wait_for(nc.close(), max(remaining(), _CLOSE_GRACE))
-        except Exception:  # closing is best effort; the outcome is already decided
-            pass
-    return _read_reply(msg, task_id)
+            done, _ = await asyncio.wait({got, denied}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not got.done():
+                got.cancel()
+                await asyncio.gather(got, return_exceptions=True)
+        if denied.done():
+            raise DispatchError(f"the server refused user {user} on {subject}: {denied.result()}", code="denied")
+        if got not in done or got.cancelled():
+            if nc.is_closed:
+                raise DispatchError(f"lost the connection to {url}", code="disconnected")
+            continue  # no answer yet: ask again, same id
+        msg = got.result()
+        if (msg.headers or {}).get("Status") == "503":
+            # Nobody subscribed to the subject: no router, or one restarting.
+            loop_time = asyncio.get_running_loop().time()
+            if no_router_since is None:
+                no_router_since = loop_time
+            if loop_time - no_router_since >= NO_ROUTER_WAIT:
+                break
+            continue
+        return msg
+    if no_router_since is not None:
+        raise DispatchError(f"no router answers on {subject}: is `fleetnix router` running?", code="no-router")
+    raise DispatchError(f"the router did not answer within {timeout}s", code="timeout")
 
 
 def _read_reply(msg: Any, task_id: str) -> Result:

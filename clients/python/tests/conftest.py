@@ -92,13 +92,19 @@ def fleet():
         subprocess.run([fleetnix_bin(), "--root", str(REPO), "node", "sync"], check=True,
                        env={**base, "FLEETNIX_NATS_PASSWORD": pw["_registry"]},
                        capture_output=True, timeout=30)
-        router = subprocess.Popen(
-            [fleetnix_bin(), "--root", str(REPO), "router", "--node-timeout", "2s"],
-            env={**base, "FLEETNIX_NATS_PASSWORD": pw["_router"]},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        procs.append(router)
-        yield {"url": url, "pw": pw}
+
+        def start_router():
+            """Starts a `fleetnix router` process (node timeout 2 s); the fixture stops it."""
+            router = subprocess.Popen(
+                [fleetnix_bin(), "--root", str(REPO), "router", "--node-timeout", "2s"],
+                env={**base, "FLEETNIX_NATS_PASSWORD": pw["_router"]},
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+            procs.append(router)
+            return router
+
+        router = start_router()
+        yield {"url": url, "pw": pw, "router": router, "start_router": start_router}
     finally:
         for p in reversed(procs):
             p.terminate()

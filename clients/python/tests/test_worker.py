@@ -147,3 +147,37 @@ async def _scenario(fleet, ledger, workers):
     done = await pending
     assert done.node == node and done.result["slept"] == 2
     assert await asyncio.get_running_loop().run_in_executor(None, proc.wait, 15) == 0
+
+
+def test_a_router_killed_while_a_task_runs_costs_the_caller_a_delay_not_the_result(fleet):
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = os.path.join(tmp, "ledger")
+        workers = [CommandWorker(fleet, n, ledger, tmp) for n in ("worker-01", "worker-02")]
+        try:
+            asyncio.run(_router_killed(fleet, ledger))
+        finally:
+            for w in workers:
+                w.stop()
+
+
+async def _router_killed(fleet, ledger):
+    conn = supervisor(fleet)
+    await until_served(conn)
+    # A task of 4 s; the caller asks again every 2.5 s (above the router's node timeout, 2 s).
+    pending = asyncio.ensure_future(
+        dispatch_to_worker_async({"sleep": 4}, "glm-worker", timeout=30, reask=2.5, task_id="py-killed-1", **conn)
+    )
+    deadline = time.monotonic() + 10
+    while not runs(ledger, "py-killed-1") and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert runs(ledger, "py-killed-1"), "no worker took the task"
+    # The router dies with the caller's request; a new one starts (as its unit would restart it).
+    fleet["router"].kill()
+    await asyncio.get_running_loop().run_in_executor(None, fleet["router"].wait, 10)
+    fleet["start_router"]()
+    started = time.monotonic()
+    r = await pending
+    # The caller got the result of the one run, from the node that ran it, well before its deadline.
+    assert r.result["slept"] == 4 and r.task_id == "py-killed-1"
+    assert runs(ledger, "py-killed-1") == [["py-killed-1", r.node]]
+    assert time.monotonic() - started < 20

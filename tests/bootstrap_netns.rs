@@ -107,6 +107,19 @@ fn fingerprint(pub_file: &Path) -> String {
         .to_string()
 }
 
+/// The fingerprint of `vm`'s SSH host key (what an operator pins with `--host-key-fingerprint`).
+fn host_fingerprint(vm: &Host) -> String {
+    fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"))
+}
+
+/// `nodes.yml` text with `vm`'s host key pinned at the end of vm-01's block (as bootstrap writes it).
+fn with_host_key(nodes_yml: &str, vm: &Host) -> String {
+    nodes_yml.replace(
+        "      ram_gb: 4\n# end",
+        &format!("      ram_gb: 4\n    host_key: \"{}\"\n# end", vm.host_key),
+    )
+}
+
 /// Operator-side state of one test: the fake `tailscale status` inputs.
 struct Operator {
     dir: tempfile::TempDir,
@@ -212,7 +225,7 @@ fn fresh_debian_vm_joins_and_a_rerun_is_a_no_op() {
     let (root, original) = fleet_repo("auto");
     let root = root.path();
     let op = Operator::new("100.90.0.42");
-    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    let fp = host_fingerprint(&vm);
     let key = fake_authkey();
     let joined_when = state.join("ts-state.json");
 
@@ -234,15 +247,10 @@ fn fresh_debian_vm_joins_and_a_rerun_is_a_no_op() {
 
     // nodes.yml gained the host key at the end of vm-01's block and the assigned address
     // (no API token), with every comment, blank line and the key order kept.
-    let expected = original
-        .replace(
-            "      ram_gb: 4\n# end",
-            &format!("      ram_gb: 4\n    host_key: \"{}\"\n# end", vm.host_key),
-        )
-        .replace(
-            "100.90.0.7 # wanted address",
-            "100.90.0.42 # wanted address",
-        );
+    let expected = with_host_key(&original, &vm).replace(
+        "100.90.0.7 # wanted address",
+        "100.90.0.42 # wanted address",
+    );
     let nodes_yml = root.join("fleet/nodes.yml");
     assert_eq!(
         std::fs::read_to_string(&nodes_yml).expect("nodes.yml"),
@@ -556,7 +564,7 @@ fn rebootstrapping_over_an_offline_old_record_keeps_the_manifest_name() {
         records.clone(),
         joined_when.clone(),
     );
-    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    let fp = host_fingerprint(&vm);
     let out = bootstrap_cmd(
         &net,
         root,
@@ -606,14 +614,7 @@ fn a_node_that_logs_in_gets_a_freshly_minted_key_over_the_stored_one() {
     let (vm, state) = debian_vm(&mut net);
     let (root, original) = fleet_repo("auto");
     let root = root.path();
-    std::fs::write(
-        root.join("fleet/nodes.yml"),
-        original.replace(
-            "      ram_gb: 4\n# end",
-            &format!("      ram_gb: 4\n    host_key: \"{}\"\n# end", vm.host_key),
-        ),
-    )
-    .expect("nodes.yml");
+    std::fs::write(root.join("fleet/nodes.yml"), with_host_key(&original, &vm)).expect("nodes.yml");
     let old = format!("tskey-auth-{}-{}", "kOLD1CNTRL", "FAKEspent");
     let out = Command::new(fleetnix_bin())
         .arg("--root")
@@ -627,7 +628,7 @@ fn a_node_that_logs_in_gets_a_freshly_minted_key_over_the_stored_one() {
     let token = format!("tskey-api-{}", "FAKEtoken");
     let minted = format!("tskey-auth-{}-{}", "kFAKE1CNTRL", "FAKEfresh");
     let api = FakeApi::start(net.hub(), token.clone(), minted.clone(), op.ip_file());
-    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    let fp = host_fingerprint(&vm);
     let out = bootstrap_cmd(
         &net,
         root,
@@ -670,7 +671,7 @@ fn nixos_vm_first_rebuild_with_a_minted_key_and_the_address_set_through_the_api(
     let token = format!("tskey-api-{}", "FAKEtoken");
     let minted = format!("tskey-auth-{}-{}", "kFAKE1CNTRL", "FAKEminted");
     let api = FakeApi::start(net.hub(), token.clone(), minted.clone(), op.ip_file());
-    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    let fp = host_fingerprint(&vm);
 
     let out = bootstrap_cmd(
         &net,
@@ -689,10 +690,7 @@ fn nixos_vm_first_rebuild_with_a_minted_key_and_the_address_set_through_the_api(
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
 
     // Only host_key was added: the address was fixed through the API, not in the manifest.
-    let expected = original.replace(
-        "      ram_gb: 4\n# end",
-        &format!("      ram_gb: 4\n    host_key: \"{}\"\n# end", vm.host_key),
-    );
+    let expected = with_host_key(&original, &vm);
     assert_eq!(
         std::fs::read_to_string(root.join("fleet/nodes.yml")).expect("nodes.yml"),
         expected
@@ -775,7 +773,7 @@ fn a_node_that_does_not_join_fails_at_step_4_and_a_rerun_resumes() {
     let (root, _) = fleet_repo("linux");
     let root = root.path();
     let op = Operator::new("100.90.0.7");
-    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    let fp = host_fingerprint(&vm);
     // The operator's tailnet only sees the node once this file exists.
     let joined_when = op.dir.path().join("joined");
     let args = ["--host-key-fingerprint", fp.as_str(), "--wait-timeout", "1"];
@@ -830,7 +828,7 @@ fn a_credential_of_the_wrong_kind_stops_bootstrap_before_the_install() {
     let (root, _) = fleet_repo("auto");
     let root = root.path();
     let op = Operator::new("100.90.0.7");
-    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    let fp = host_fingerprint(&vm);
     for (key, want) in [
         (
             format!("tskey-client-{}", "FAKEsecretpart"),
@@ -879,7 +877,7 @@ fn a_vm_reached_over_ipv6_joins_with_an_ipv6_tailnet_address() {
     );
     std::fs::write(root.join("fleet/nodes.yml"), &original).expect("nodes.yml");
     let op = Operator::new("fd7a:115c:a1e0::42");
-    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    let fp = host_fingerprint(&vm);
     let key = fake_authkey();
     let joined_when = state.join("ts-state.json");
     let out = bootstrap_cmd_to(
@@ -944,7 +942,7 @@ fn a_device_that_only_calls_itself_like_the_node_is_ignored() {
     let (root, _) = fleet_repo("auto");
     let root = root.path();
     let op = Operator::new("100.90.0.42");
-    let fp = fingerprint(&vm.dir.join("ssh_host_ed25519_key.pub"));
+    let fp = host_fingerprint(&vm);
     let joined_when = state.join("ts-state.json");
     let others = other_device(net.dir(), "vm-01", "evil-box", OTHER_KEY);
     let out = bootstrap_cmd(
@@ -982,10 +980,7 @@ fn the_named_device_without_the_pinned_key_gets_nothing() {
     let (root, original) = fleet_repo("auto");
     let root = root.path();
     // A re-run: nodes.yml pins the VM's key already.
-    let pinned = original.replace(
-        "      ram_gb: 4\n# end",
-        &format!("      ram_gb: 4\n    host_key: \"{}\"\n# end", vm.host_key),
-    );
+    let pinned = with_host_key(&original, &vm);
     std::fs::write(root.join("fleet/nodes.yml"), &pinned).expect("nodes.yml");
     let op = Operator::new("100.90.0.42");
     let joined_when = state.join("ts-state.json");

@@ -63,3 +63,15 @@ pub(super) fn password(
         Err(e) => Err(CliError::msg(e)),
     }
 }
+
+/// The password of the control plane's `_registry` user (`node sync`, `node drain`, and the
+/// router's view read by `health`), found as [`password`] says.
+pub(super) fn registry_password(ctx: &Ctx, fleet: &Fleet, conn: &Conn) -> Result<Secret, CliError> {
+    let registry = fleetnix::bus::users::Service::Registry;
+    password(
+        ctx,
+        conn,
+        &SecretId::new(fleet.settings.control_plane.clone(), registry.secret_kind()),
+        registry.user(),
+    )
+}

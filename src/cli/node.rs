@@ -2,11 +2,10 @@
 //! `fleetnix::bus::registry`); `node drain` / `node undrain`: the router sends a drained node no
 //! new task (`fleetnix::bus::drain`).
 
-use super::bus::{password, url, Conn};
+use super::bus::{registry_password, url, Conn};
 use super::{runtime, CliError, CmdResult, Ctx, Outcome};
 use fleetnix::bus::users::Service;
 use fleetnix::bus::{self, dispatch as d, drain, registry};
-use fleetnix::secrets::SecretId;
 use std::time::Duration;
 
 /// `fleetnix node …`.
@@ -41,19 +40,13 @@ fn drain(ctx: &Ctx, a: NodeDrainArgs, draining: bool) -> CmdResult {
     let fleet = ctx.fleet()?;
     let node = super::node(&fleet, &a.node)?.name.clone();
     // The registry's user, as for `node sync`: it writes `fleet-drain`, nothing of the task bus.
-    let registry = Service::Registry;
-    let pw = password(
-        ctx,
-        &a.conn,
-        &SecretId::new(fleet.settings.control_plane.clone(), registry.secret_kind()),
-        registry.user(),
-    )?;
+    let pw = registry_password(ctx, &fleet, &a.conn)?;
     let url = url(&fleet, &a.conn);
     let timeout = Duration::from_secs(u64::from(fleet.settings.failure.node_timeout_seconds));
     let rt = runtime()?;
     let entry = rt
         .block_on(async {
-            let client = d::connect_as(&url, registry.user(), &pw, timeout).await?;
+            let client = d::connect_as(&url, Service::Registry.user(), &pw, timeout).await?;
             let js = async_nats::jetstream::new(client);
             drain::set(&js, &node, draining, &a.reason).await?;
             match (draining, a.wait) {
@@ -96,18 +89,12 @@ pub fn run(ctx: &Ctx, c: NodeCommand) -> CmdResult {
     };
     let fleet = ctx.fleet()?;
     // Its own user, `_registry`: the fleet-nodes bucket and nothing of the task bus.
-    let registry = Service::Registry;
-    let pw = password(
-        ctx,
-        &a.conn,
-        &SecretId::new(fleet.settings.control_plane.clone(), registry.secret_kind()),
-        registry.user(),
-    )?;
+    let pw = registry_password(ctx, &fleet, &a.conn)?;
     let url = url(&fleet, &a.conn);
     let timeout = Duration::from_secs(u64::from(fleet.settings.failure.node_timeout_seconds));
     let rt = runtime()?;
     let result = rt.block_on(async {
-        let client = d::connect_as(&url, registry.user(), &pw, timeout).await?;
+        let client = d::connect_as(&url, Service::Registry.user(), &pw, timeout).await?;
         let js = async_nats::jetstream::new(client);
         registry::sync(&js, &fleet).await
     });

@@ -409,43 +409,35 @@ async fn a_nats_server_restart_loses_no_task() {
     let _w1 = worker(&b, "worker-01", &ledger).await;
     let _w2 = worker(&b, "worker-02", &ledger).await;
     let ids = ["restart-a", "restart-b", "restart-c"];
-    let mut callers = Vec::new();
-    for id in ids {
-        let supervisor = b.supervisor.clone();
-        let mut o = opts(Duration::from_secs(25), id);
-        o.reask = Duration::from_millis(1500);
-        callers.push(tokio::spawn(async move {
-            router::ask_with(
-                &supervisor,
-                &role(),
-                Bytes::from_static(br#"{"sleep_ms": 2500}"#),
-                &o,
-            )
-            .await
-        }));
-    }
-    let taken = common::poll_async(Duration::from_secs(5), || async {
-        ids.iter()
-            .all(|id| !ledger.runs_of(id).is_empty())
-            .then_some(())
-    })
-    .await;
-    assert!(taken.is_some(), "the workers took the tasks");
+    let callers = ask_long(&b.supervisor, &ids, 2500);
+    all_taken(&ledger, &ids).await;
     b.server.restart();
-    for (id, c) in ids.iter().zip(callers) {
-        let a = c.await.unwrap().unwrap_or_else(|e| panic!("{id}: {e}"));
-        let (node, body, _) = done(&a);
-        assert_eq!(body["slept_ms"], 2500);
-        let runs = ledger.runs_of(id);
-        assert_eq!(runs.len(), 1, "{id}: {runs:?}");
-        assert_eq!(runs[0].node, node);
-    }
+    each_answered_once(&ledger, &ids, callers, 2500).await;
 }
 
 /// Two `fleetnix router` processes; the one that took the tasks is SIGKILLed while they run:
 /// every caller gets its result through the other, and no task runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_router_process_loses_no_task_with_two_routers() {
+    let (server, supervisor) = synced_server().await;
+    let ledger = Ledger::default();
+    let beat = Duration::from_millis(150);
+    let _w1 = worker_on(&server, beat, "worker-01", &ledger).await;
+    let _w2 = worker_on(&server, beat, "worker-02", &ledger).await;
+    let mut first = router_process(&server);
+    until_served(&supervisor).await;
+    let ids = ["kill-a", "kill-b", "kill-c", "kill-d"];
+    let callers = ask_long(&supervisor, &ids, 3000);
+    all_taken(&ledger, &ids).await;
+    // A second router, then SIGKILL of the first (which took every task).
+    let _second = router_process(&server);
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    each_answered_once(&ledger, &ids, callers, 3000).await;
+}
+
+/// A nats-server with the rendered configuration and the fleet registered, and a supervisor.
+async fn synced_server() -> (bus_support::NatsServer, async_nats::Client) {
     let fleet = common::example_fleet();
     let server = bus_support::NatsServer::start(&fleet);
     let supervisor = server.connect_supervisor().await;
@@ -455,38 +447,42 @@ async fn sigkill_of_a_router_process_loses_no_task_with_two_routers() {
     )
     .await
     .unwrap();
-    let ledger = Ledger::default();
-    let beat = Duration::from_millis(150);
-    let _w1 = worker_on(&server, beat, "worker-01", &ledger).await;
-    let _w2 = worker_on(&server, beat, "worker-02", &ledger).await;
-    let mut first = router_process(&server);
-    // Until the router runs and has heard both workers, a quick task may fail: poll, bounded.
+    (server, supervisor)
+}
+
+/// Until a router process runs and has heard the workers, a quick task may fail: polls, bounded.
+async fn until_served(supervisor: &async_nats::Client) {
     let served = common::poll_async(Duration::from_secs(15), || async {
         let mut o = opts(Duration::from_secs(2), &fleetnix::bus::dispatch::task_id());
         o.reask = Duration::from_secs(2);
-        match router::ask_with(&supervisor, &role(), Bytes::from_static(b"{}"), &o).await {
+        match router::ask_with(supervisor, &role(), Bytes::from_static(b"{}"), &o).await {
             Ok(Answer::Done { .. }) => Some(()),
             _ => None,
         }
     })
     .await;
-    assert!(served.is_some(), "the router process never served");
-    let ids = ["kill-a", "kill-b", "kill-c", "kill-d"];
-    let mut callers = Vec::new();
-    for id in ids {
-        let supervisor = supervisor.clone();
-        let mut o = opts(Duration::from_secs(25), id);
-        o.reask = Duration::from_millis(1500);
-        callers.push(tokio::spawn(async move {
-            router::ask_with(
-                &supervisor,
-                &role(),
-                Bytes::from_static(br#"{"sleep_ms": 3000}"#),
-                &o,
-            )
-            .await
-        }));
-    }
+    assert!(served.is_some(), "no router process served");
+}
+
+/// One caller per id, each of a task sleeping `sleep_ms` (deadline 25 s, asking again every 1.5 s).
+fn ask_long(
+    supervisor: &async_nats::Client,
+    ids: &[&'static str],
+    sleep_ms: u64,
+) -> Vec<tokio::task::JoinHandle<Result<Answer, fleetnix::bus::router::RouterError>>> {
+    ids.iter()
+        .map(|id| {
+            let supervisor = supervisor.clone();
+            let mut o = opts(Duration::from_secs(25), id);
+            o.reask = Duration::from_millis(1500);
+            let payload = Bytes::from(format!(r#"{{"sleep_ms": {sleep_ms}}}"#));
+            tokio::spawn(async move { router::ask_with(&supervisor, &role(), payload, &o).await })
+        })
+        .collect()
+}
+
+/// Waits (bounded) until a worker took each of `ids`.
+async fn all_taken(ledger: &Ledger, ids: &[&str]) {
     let taken = common::poll_async(Duration::from_secs(5), || async {
         ids.iter()
             .all(|id| !ledger.runs_of(id).is_empty())
@@ -494,14 +490,19 @@ async fn sigkill_of_a_router_process_loses_no_task_with_two_routers() {
     })
     .await;
     assert!(taken.is_some(), "the workers took the tasks");
-    // A second router, then SIGKILL of the first (which took every task).
-    let _second = router_process(&server);
-    first.start_kill().unwrap();
-    first.wait().await.unwrap();
+}
+
+/// Each caller got its task's result, from the one node that ran it, once.
+async fn each_answered_once(
+    ledger: &Ledger,
+    ids: &[&str],
+    callers: Vec<tokio::task::JoinHandle<Result<Answer, fleetnix::bus::router::RouterError>>>,
+    sleep_ms: u64,
+) {
     for (id, c) in ids.iter().zip(callers) {
         let a = c.await.unwrap().unwrap_or_else(|e| panic!("{id}: {e}"));
         let (node, body, _) = done(&a);
-        assert_eq!(body["slept_ms"], 3000);
+        assert_eq!(body["slept_ms"], sleep_ms);
         let runs = ledger.runs_of(id);
         assert_eq!(runs.len(), 1, "{id}: {runs:?}");
         assert_eq!(runs[0].node, node);
@@ -767,15 +768,7 @@ async fn chaos_a_thousand_tasks_through_kills_and_restarts() {
     )];
     println!("{}", figures[0]);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let fleet = common::example_fleet();
-    let mut server = bus_support::NatsServer::start(&fleet);
-    let supervisor = server.connect_supervisor().await;
-    fleetnix::bus::registry::sync(
-        &async_nats::jetstream::new(server.connect_registry().await),
-        &fleet,
-    )
-    .await
-    .unwrap();
+    let (mut server, supervisor) = synced_server().await;
     let (url, w1_pw) = (server.url.clone(), server.password("worker-01").clone());
     let ledger = Ledger::default();
     let beat = Duration::from_millis(150);
@@ -784,15 +777,7 @@ async fn chaos_a_thousand_tasks_through_kills_and_restarts() {
     let mut killed: Vec<u32> = Vec::new();
     let _w2 = worker_on(&server, beat, "worker-02", &ledger).await;
     let mut routers = [router_process(&server), router_process(&server)];
-    let served = common::poll_async(Duration::from_secs(15), || async {
-        let o = opts(Duration::from_secs(2), &fleetnix::bus::dispatch::task_id());
-        match router::ask_with(&supervisor, &role(), Bytes::from_static(b"{}"), &o).await {
-            Ok(Answer::Done { .. }) => Some(()),
-            _ => None,
-        }
-    })
-    .await;
-    assert!(served.is_some(), "the routers never served");
+    until_served(&supervisor).await;
     let warmup = ledger.0.lock().unwrap().len();
 
     // The callers: AT_ONCE at a time, each with a deadline of 20 s.

@@ -5,6 +5,7 @@
 //! Without the tailnet's view (tailscaled unreachable) no verdict is fair: the sweep is skipped,
 //! the last states are kept and nothing is alerted; the sink hears [`WatchEvent::NoTailnet`].
 
+use super::router::{read_bounded, RouterSource};
 use super::{sweep, tailnet_view, HealthReport, ProbeOptions, StateTracker, Transition};
 use crate::health::alert::{AlertError, Alerter};
 use crate::model::Fleet;
@@ -26,6 +27,9 @@ pub struct WatchOptions {
     pub tailscale: Option<Tailscale>,
     /// Sends ntfy alerts on transitions (`None`: no alerts).
     pub alerter: Option<Alerter>,
+    /// Where each sweep reads the router's view, alongside its probes and bounded by the probe
+    /// timeout (`None`: not read). It never changes a state or an alert.
+    pub router: Option<Box<dyn RouterSource>>,
 }
 
 impl WatchOptions {
@@ -37,6 +41,7 @@ impl WatchOptions {
             probe: ProbeOptions::for_fleet(fleet),
             tailscale: None,
             alerter: None,
+            router: None,
         }
     }
 }
@@ -97,13 +102,33 @@ pub async fn watch(
     loop {
         let started = Instant::now();
         let at = SystemTime::now();
-        let flow = match tailnet_view(opts.tailscale.as_ref()).await {
+        // The router's view is read while the probes run, and bounded like one of them, so a
+        // slow bus never delays a sweep by more than the probe timeout.
+        let (tailscale, probe, source) = (&opts.tailscale, &opts.probe, &mut opts.router);
+        let probes = async {
+            match tailnet_view(tailscale.as_ref()).await {
+                Err(e) => Err(e),
+                Ok(st) => Ok(sweep(fleet, Some(&st), probe).await),
+            }
+        };
+        let limit = probe.timeout;
+        let router = async {
+            match source.as_mut() {
+                Some(src) => Some(read_bounded(src.as_mut(), limit).await),
+                None => None,
+            }
+        };
+        let (swept, view) = tokio::join!(probes, router);
+        let flow = match swept {
             Err(e) => sink.event(WatchEvent::NoTailnet {
                 at,
                 error: e.to_string(),
             }),
-            Ok(st) => {
-                let report = sweep(fleet, Some(&st), &opts.probe).await;
+            Ok(mut report) => {
+                if let Some(view) = view {
+                    report
+                        .attach_router(view.as_deref().map_err(String::as_str), SystemTime::now());
+                }
                 let transitions = tracker.update(&report);
                 let mut flow = ControlFlow::Continue(());
                 if let Some(al) = opts.alerter.as_mut() {

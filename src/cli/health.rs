@@ -236,13 +236,13 @@ pub fn run(ctx: &Ctx, a: HealthArgs) -> CmdResult {
     let opts = ProbeOptions::for_fleet(&fleet);
     let report = rt
         .block_on(async {
-            // The router's view is read while the probes run, bounded like one of them.
-            let probes = async {
-                let st = health::tailnet_view(None).await?;
-                Ok::<_, health::TailnetError>(health::sweep(&fleet, Some(&st), &opts).await)
-            };
-            let (report, view) = tokio::join!(probes, read_view(source.as_mut(), opts.timeout));
-            let mut report = report?;
+            let st = health::tailnet_view(None).await?;
+            // The router's view is read while the probes run, bounded like one of them (and
+            // only with the tailnet's view: without it, health reports nothing at all).
+            let (mut report, view) = tokio::join!(
+                health::sweep(&fleet, Some(&st), &opts),
+                read_view(source.as_mut(), opts.timeout)
+            );
             if let Some(view) = view {
                 report.attach_router(view.as_deref().map_err(String::as_str), SystemTime::now());
             }

@@ -102,32 +102,26 @@ pub async fn watch(
     loop {
         let started = Instant::now();
         let at = SystemTime::now();
-        // The router's view is read while the probes run, and bounded like one of them, so a
-        // slow bus never delays a sweep by more than the probe timeout.
-        let (tailscale, probe, source) = (&opts.tailscale, &opts.probe, &mut opts.router);
-        let probes = async {
-            match tailnet_view(tailscale.as_ref()).await {
-                Err(e) => Err(e),
-                Ok(st) => Ok(sweep(fleet, Some(&st), probe).await),
-            }
-        };
-        let limit = probe.timeout;
-        let router = async {
-            match source.as_mut() {
-                Some(src) => Some(read_bounded(src.as_mut(), limit).await),
-                None => None,
-            }
-        };
-        let (swept, view) = tokio::join!(probes, router);
-        let flow = match swept {
+        let flow = match tailnet_view(opts.tailscale.as_ref()).await {
             Err(e) => sink.event(WatchEvent::NoTailnet {
                 at,
                 error: e.to_string(),
             }),
-            Ok(mut report) => {
+            Ok(st) => {
+                // The router's view is read while the probes run, bounded like one of them, so
+                // a slow bus never delays a sweep by more than the probe timeout. Without the
+                // tailnet there is no sweep, and nothing is asked of the bus either.
+                let limit = opts.probe.timeout;
+                let router = async {
+                    match opts.router.as_mut() {
+                        Some(src) => Some(read_bounded(src.as_mut(), limit).await),
+                        None => None,
+                    }
+                };
+                let (mut report, view) = tokio::join!(sweep(fleet, Some(&st), &opts.probe), router);
                 if let Some(view) = view {
-                    report
-                        .attach_router(view.as_deref().map_err(String::as_str), SystemTime::now());
+                    let view = view.as_deref().map_err(String::as_str);
+                    report.attach_router(view, SystemTime::now());
                 }
                 let transitions = tracker.update(&report);
                 let mut flow = ControlFlow::Continue(());

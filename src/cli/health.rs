@@ -12,7 +12,7 @@ use fleetnix::bus::router::HealthEntry;
 use fleetnix::bus::users::Service;
 use fleetnix::bus::{dispatch as d, drain};
 use fleetnix::health::alert::{Alerter, Ntfy};
-use fleetnix::health::router::{read_bounded, RouterRead};
+use fleetnix::health::router::{read_bounded, RouterRead, BACKSTOP};
 use fleetnix::health::{
     self, HealthReport, NodeState, ProbeOptions, RouterEntry, RouterSource, RouterStatus,
     WatchEvent, WatchOptions,
@@ -59,20 +59,31 @@ struct BusView {
 }
 
 impl BusView {
+    /// Connects if need be and reads every entry, all within one node timeout.
     async fn read_entries(&mut self) -> Result<Vec<RouterEntry>, String> {
+        let started = tokio::time::Instant::now();
         let js = match &self.js {
             Some(js) => js.clone(),
             None => {
                 let user = Service::Registry.user();
-                let client = d::connect_as(&self.url, user, &self.password, self.timeout)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let connect = d::connect_as(&self.url, user, &self.password, self.timeout);
+                let client = match tokio::time::timeout(self.timeout, connect).await {
+                    Ok(c) => c.map_err(|e| e.to_string())?,
+                    Err(_) => {
+                        return Err(format!(
+                            "cannot connect to NATS at {} as {user} within {}s",
+                            self.url,
+                            self.timeout.as_secs_f64()
+                        ))
+                    }
+                };
                 let js = async_nats::jetstream::new(client);
                 self.js = Some(js.clone());
                 js
             }
         };
-        let all = drain::health_all(&js, self.timeout)
+        let left = self.timeout.saturating_sub(started.elapsed());
+        let all = drain::health_all(&js, left.max(Duration::from_millis(100)))
             .await
             .map_err(|e| e.to_string())?;
         Ok(all.entries.iter().filter_map(router_entry).collect())
@@ -126,7 +137,8 @@ async fn read_view(
     limit: Duration,
 ) -> Option<Result<Vec<RouterEntry>, String>> {
     Some(match source? {
-        Ok(b) => read_bounded(b, limit).await,
+        // A backstop: the reader bounds itself by `limit` and says what it was doing.
+        Ok(b) => read_bounded(b, limit + BACKSTOP).await,
         Err(why) => Err(why.clone()),
     })
 }

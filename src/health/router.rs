@@ -181,6 +181,10 @@ impl std::fmt::Debug for dyn RouterSource {
     }
 }
 
+/// How much longer than the probe timeout a sweep waits for the router's view: a source bounds
+/// itself by the probe timeout and says what it was doing; this is the backstop.
+pub const BACKSTOP: Duration = Duration::from_millis(300);
+
 /// Reads `source` bounded by `limit`: a read that takes longer is reported missing.
 pub async fn read_bounded(
     source: &mut dyn RouterSource,

@@ -5,7 +5,7 @@
 //! Without the tailnet's view (tailscaled unreachable) no verdict is fair: the sweep is skipped,
 //! the last states are kept and nothing is alerted; the sink hears [`WatchEvent::NoTailnet`].
 
-use super::router::{read_bounded, RouterSource};
+use super::router::{read_bounded, RouterSource, BACKSTOP};
 use super::{sweep, tailnet_view, HealthReport, ProbeOptions, StateTracker, Transition};
 use crate::health::alert::{AlertError, Alerter};
 use crate::model::Fleet;
@@ -108,10 +108,10 @@ pub async fn watch(
                 error: e.to_string(),
             }),
             Ok(st) => {
-                // The router's view is read while the probes run, bounded like one of them, so
-                // a slow bus never delays a sweep by more than the probe timeout. Without the
+                // The router's view is read while the probes run, bounded like one of them (plus
+                // a small backstop), so a slow bus never delays a sweep by more than that. Without the
                 // tailnet there is no sweep, and nothing is asked of the bus either.
-                let limit = opts.probe.timeout;
+                let limit = opts.probe.timeout + BACKSTOP;
                 let router = async {
                     match opts.router.as_mut() {
                         Some(src) => Some(read_bounded(src.as_mut(), limit).await),

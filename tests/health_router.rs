@@ -265,6 +265,8 @@ fn health_shows_the_routers_view_and_copes_without_it() {
             N::new("cp", &addr(0), &["control-plane"]),
             N::new("w1", &addr(1), &["gpu"]),
             N::new("w2", &addr(2), &["gpu"]),
+            // Offline in the tailnet: down by the probes, so health exits 1 either way.
+            N::new("w3", "100.64.0.9", &["gpu"]),
         ],
         &[("nats", 4222, "control-plane")],
         1,
@@ -273,7 +275,7 @@ fn health_shows_the_routers_view_and_copes_without_it() {
     let status = dir.join("status.json");
     std::fs::write(
         &status,
-        serde_json::to_string(&tailnet(&fleet, &["cp", "w1", "w2"], &[])).unwrap(),
+        serde_json::to_string(&tailnet(&fleet, &["cp", "w1", "w2"], &["w3"])).unwrap(),
     )
     .unwrap();
     let nats = nats_in(&hosts[0].ns, &fleet, hosts[0].addr.into());
@@ -430,7 +432,7 @@ fn health_shows_the_routers_view_and_copes_without_it() {
 
     // JSON: the router's view per node.
     let json = &outputs[0];
-    assert_eq!(json.status.code(), Some(0), "{}{}", text(json), err(json));
+    assert_eq!(json.status.code(), Some(1), "{}{}", text(json), err(json));
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["router_view"]["status"], "read", "{v:#}");
     let node = |n: &str| {
@@ -455,7 +457,7 @@ fn health_shows_the_routers_view_and_copes_without_it() {
 
     // The table: HEARTBEAT, TASKS, DRAINING; the router's state where it disagrees.
     let table = text(&outputs[1]);
-    assert_eq!(outputs[1].status.code(), Some(0), "{table}");
+    assert_eq!(outputs[1].status.code(), Some(1), "{table}");
     let row = |t: &str, n: &str| {
         t.lines()
             .find(|l| l.split_whitespace().next() == Some(n))
@@ -481,6 +483,7 @@ fn health_shows_the_routers_view_and_copes_without_it() {
         .map(str::to_string)
         .collect();
     assert_eq!((r2[6].as_str(), r2[7].as_str()), ("1/4", "—"), "{table}");
+    assert!(row(&table, "w3").contains(" down "), "{table}");
     let rcp = row(&table, "cp");
     assert!(
         rcp.contains(" never ") && rcp.contains("; router: "),
@@ -491,7 +494,7 @@ fn health_shows_the_routers_view_and_copes_without_it() {
 
     // Without the bus: the probes' own table and exit code, and one note saying why.
     let probes_only = &outputs[2];
-    assert_eq!(probes_only.status.code(), Some(0));
+    assert_eq!(probes_only.status.code(), Some(1));
     assert!(err(probes_only).is_empty(), "{}", err(probes_only));
     for (o, why) in [
         (
@@ -517,7 +520,7 @@ fn health_shows_the_routers_view_and_copes_without_it() {
         .unwrap()
         .iter()
         .all(|n| n["router"].is_null()));
-    assert_eq!(outputs[4].status.code(), Some(0));
+    assert_eq!(outputs[4].status.code(), Some(1));
 
     // The watch reads the view on every sweep.
     let watch = &outputs[7];

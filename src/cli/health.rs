@@ -168,7 +168,7 @@ fn use_colour() -> bool {
 
 /// The table: one row per node; with the router's view, its heartbeat age, in-flight/capacity
 /// and draining, and its state in DETAIL where it differs from the probes'.
-pub(super) fn health_lines(r: &HealthReport, colour: bool) -> Vec<String> {
+fn health_lines(r: &HealthReport, colour: bool) -> Vec<String> {
     use owo_colors::OwoColorize;
     let with_router = r.router_view == RouterStatus::Read;
     let mut header = vec![

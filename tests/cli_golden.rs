@@ -238,6 +238,9 @@ fn health_cmd(net: &Net, fleet_dir: &Path, status: &Path, args: &[&str]) -> Comm
         .arg("--fleet-dir")
         .arg(fleet_dir)
         .arg("health")
+        // Probes only: these goldens are the probes' output (the router's view is tested in
+        // tests/health_router.rs, with a real nats-server).
+        .arg("--no-bus")
         .args(args)
         .env("FLEETNIX_TAILSCALE", fake_tailscale())
         .env("FAKE_TAILSCALE_STATUS", status)

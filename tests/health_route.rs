@@ -50,8 +50,10 @@ fn health(f: &Fleet, states: &[(&str, NodeState)]) -> HealthReport {
                     .unwrap_or(NodeState::Healthy),
                 probes: vec![],
                 reason: None,
+                router: None,
             })
             .collect(),
+        router_view: Default::default(),
     }
 }
 

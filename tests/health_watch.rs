@@ -205,3 +205,114 @@ async fn watch_stops_when_the_sink_breaks_or_stop_fires() {
     );
     assert_eq!(events, 1);
 }
+
+/// The router's view in a watch: read on every sweep next to the probes; a bus that never
+/// answers costs a sweep at most the probe timeout (plus the backstop) and is reported missing,
+/// while the probes' states stand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reads_the_routers_view_each_sweep_and_bounds_a_silent_bus() {
+    use fleetnix::health::router::RouterRead;
+    use fleetnix::health::{RouterEntry, RouterSource, RouterStatus};
+    use fleetnix::model::NodeName;
+
+    /// Answers the first read with one entry; never answers after that.
+    struct FirstOnly(u32);
+    impl RouterSource for FirstOnly {
+        fn read(&mut self) -> RouterRead<'_> {
+            self.0 += 1;
+            if self.0 > 1 {
+                return Box::pin(std::future::pending());
+            }
+            Box::pin(async {
+                Ok(vec![RouterEntry {
+                    node: NodeName::parse("worker-02").unwrap(),
+                    state: NodeState::Down,
+                    reason: Some("no heartbeat for 9.6s".into()),
+                    since: "2026-12-04T10:00:00.000Z".into(),
+                    last_heartbeat: Some("2026-12-04T10:00:00.000Z".into()),
+                    in_flight: 2,
+                    capacity: 4,
+                    draining: true,
+                }])
+            })
+        }
+    }
+
+    let (a, _ha) = open_listener(LO, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = write_fleet(
+        &dir.path().join("fleet"),
+        &[
+            N::new("cp", "100.64.1.1", &["control-plane", "ra"]),
+            N::new("worker-02", "100.64.1.3", &["ra"]),
+        ],
+        &[("sa", a.port(), "ra")],
+        1,
+        "round_robin",
+    );
+    let status = dir.path().join("status.json");
+    std::fs::write(
+        &status,
+        serde_json::to_string(&tailnet(&fleet, &["cp", "worker-02"], &[])).unwrap(),
+    )
+    .unwrap();
+    let mut opts = WatchOptions::new(&fleet, Duration::from_millis(10));
+    opts.count = Some(2);
+    opts.tailscale = Some(Tailscale {
+        bin: fake_tailscale_reporting(&dir.path().join("tailscale"), &status),
+        timeout: Duration::from_secs(10),
+    });
+    for n in &fleet.nodes {
+        opts.probe = opts.probe.with_address(n.name.clone(), LO);
+    }
+    opts.router = Some(Box::new(FirstOnly(0)));
+    let mut reports = Vec::new();
+    let mut sink = |e: WatchEvent<'_>| {
+        if let WatchEvent::Sweep { report, .. } = e {
+            reports.push(report.clone());
+        }
+        ControlFlow::Continue(())
+    };
+    // A guard, not a measurement: a watch that waited for the silent bus would never end.
+    let n = tokio::time::timeout(
+        Duration::from_secs(30),
+        watch(&fleet, opts, &mut sink, std::future::pending()),
+    )
+    .await
+    .expect("the watch waited for a silent bus");
+    assert_eq!(n, 2);
+    assert_eq!(reports.len(), 2);
+    let first = &reports[0];
+    assert_eq!(first.router_view, RouterStatus::Read);
+    let w = first
+        .nodes
+        .iter()
+        .find(|x| x.name.as_str() == "worker-02")
+        .unwrap();
+    assert_eq!(w.state, NodeState::Healthy, "the verdict stays the probes'");
+    let r = w.router.as_ref().unwrap();
+    assert_eq!(
+        (r.state, r.in_flight, r.capacity, r.draining),
+        (NodeState::Down, 2, 4, true)
+    );
+    assert_eq!(
+        r.disagreement(w.state).as_deref(),
+        Some("router: down (no heartbeat for 9.6s)")
+    );
+    assert!(first
+        .nodes
+        .iter()
+        .find(|x| x.name.as_str() == "cp")
+        .unwrap()
+        .router
+        .is_none());
+    let second = &reports[1];
+    match &second.router_view {
+        RouterStatus::Missing(why) => assert!(why.contains("did not arrive within"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(second
+        .nodes
+        .iter()
+        .all(|x| x.router.is_none() && x.state == NodeState::Healthy));
+}

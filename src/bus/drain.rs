@@ -9,6 +9,7 @@ use super::router::HealthEntry;
 use super::{BusError, DRAIN_BUCKET, HEALTH_BUCKET};
 use crate::model::NodeName;
 use async_nats::jetstream;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,72 @@ pub async fn health(
         reason: e.to_string(),
     })?;
     Ok(got.and_then(|v| serde_json::from_slice(&v).ok()))
+}
+
+/// Every entry of `fleet-health`, read in one pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthEntries {
+    /// The entries, sorted by node.
+    pub entries: Vec<HealthEntry>,
+    /// Keys whose value is no entry (reported, not fatal), sorted.
+    pub unreadable: Vec<String>,
+}
+
+/// Does `e` say the bucket does not exist (its stream was never created)?
+fn bucket_missing(e: &jetstream::context::KeyValueError) -> bool {
+    use jetstream::context::{GetStreamError, GetStreamErrorKind};
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<GetStreamError>())
+        .is_some_and(|g| {
+            matches!(g.kind(), GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+        })
+}
+
+/// Every node's `fleet-health` entry (the router's view), read as any user that may read the
+/// bucket (the CLI: `_registry`), all within `limit`. No bucket means the router never ran: no
+/// entries, not an error.
+pub async fn health_all(
+    js: &jetstream::Context,
+    limit: Duration,
+) -> Result<HealthEntries, BusError> {
+    let err = |op: &'static str| {
+        move |reason: String| BusError::Kv {
+            bucket: HEALTH_BUCKET.into(),
+            op,
+            reason,
+        }
+    };
+    let read = async {
+        let kv = match js.get_key_value(HEALTH_BUCKET).await {
+            Ok(kv) => kv,
+            Err(e) if bucket_missing(&e) => return Ok(HealthEntries::default()),
+            Err(e) => return Err(err("open")(e.to_string())),
+        };
+        let mut keys: Vec<String> = Vec::new();
+        let mut listed = kv.keys().await.map_err(|e| err("list")(e.to_string()))?;
+        while let Some(k) = listed.next().await {
+            keys.push(k.map_err(|e| err("list")(e.to_string()))?);
+        }
+        keys.sort();
+        keys.dedup();
+        let mut out = HealthEntries::default();
+        for k in keys {
+            // A key deleted between listing and reading is simply gone.
+            let Some(v) = kv.get(&k).await.map_err(|e| err("get")(e.to_string()))? else {
+                continue;
+            };
+            match serde_json::from_slice::<HealthEntry>(&v) {
+                Ok(e) => out.entries.push(e),
+                Err(_) => out.unreadable.push(k),
+            }
+        }
+        out.entries.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(out)
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .map_err(|_| err("read")(format!("no answer within {}s", limit.as_secs_f64())))?
 }
 
 /// Waits until the router reports `node` draining with no task in flight, at most `limit`.

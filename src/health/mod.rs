@@ -17,9 +17,11 @@
 
 pub mod alert;
 pub mod enrolment;
+pub mod router;
 pub mod status;
 pub mod watch;
 
+pub use router::{RouterEntry, RouterSource, RouterStatus, RouterView};
 pub use watch::{watch, WatchEvent, WatchOptions, WatchSink};
 
 use crate::model::{Fleet, Node, NodeName, Protocol};
@@ -51,6 +53,21 @@ impl fmt::Display for NodeState {
             NodeState::Degraded => "degraded",
             NodeState::Down => "down",
         })
+    }
+}
+
+impl std::str::FromStr for NodeState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "healthy" => Ok(NodeState::Healthy),
+            "degraded" => Ok(NodeState::Degraded),
+            "down" => Ok(NodeState::Down),
+            other => Err(format!(
+                "unknown node state {other:?} (expected healthy, degraded or down)"
+            )),
+        }
     }
 }
 
@@ -110,6 +127,9 @@ pub struct NodeHealth {
     /// Why it is not healthy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The router's view of it (`None`: not read, or the router has no entry for it). It never
+    /// changes `state`, which is the probes' verdict.
+    pub router: Option<RouterView>,
 }
 
 /// A sweep's result.
@@ -117,6 +137,8 @@ pub struct NodeHealth {
 pub struct HealthReport {
     /// Per node, sorted by name.
     pub nodes: Vec<NodeHealth>,
+    /// Whether the router's view was read, and why not.
+    pub router_view: RouterStatus,
 }
 
 impl HealthReport {
@@ -331,11 +353,15 @@ pub async fn sweep_nodes(
                 state,
                 probes: p.probes,
                 reason,
+                router: None,
             }
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    HealthReport { nodes: out }
+    HealthReport {
+        nodes: out,
+        router_view: RouterStatus::NotAsked,
+    }
 }
 
 /// Why the tailnet's view could not be read.

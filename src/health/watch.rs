@@ -5,6 +5,7 @@
 //! Without the tailnet's view (tailscaled unreachable) no verdict is fair: the sweep is skipped,
 //! the last states are kept and nothing is alerted; the sink hears [`WatchEvent::NoTailnet`].
 
+use super::router::{read_bounded, RouterSource, BACKSTOP};
 use super::{sweep, tailnet_view, HealthReport, ProbeOptions, StateTracker, Transition};
 use crate::health::alert::{AlertError, Alerter};
 use crate::model::Fleet;
@@ -26,6 +27,9 @@ pub struct WatchOptions {
     pub tailscale: Option<Tailscale>,
     /// Sends ntfy alerts on transitions (`None`: no alerts).
     pub alerter: Option<Alerter>,
+    /// Where each sweep reads the router's view, alongside its probes and bounded by the probe
+    /// timeout (`None`: not read). It never changes a state or an alert.
+    pub router: Option<Box<dyn RouterSource>>,
 }
 
 impl WatchOptions {
@@ -37,6 +41,7 @@ impl WatchOptions {
             probe: ProbeOptions::for_fleet(fleet),
             tailscale: None,
             alerter: None,
+            router: None,
         }
     }
 }
@@ -103,7 +108,21 @@ pub async fn watch(
                 error: e.to_string(),
             }),
             Ok(st) => {
-                let report = sweep(fleet, Some(&st), &opts.probe).await;
+                // The router's view is read while the probes run, bounded like one of them (plus
+                // a small backstop), so a slow bus never delays a sweep by more than that. Without the
+                // tailnet there is no sweep, and nothing is asked of the bus either.
+                let limit = opts.probe.timeout + BACKSTOP;
+                let router = async {
+                    match opts.router.as_mut() {
+                        Some(src) => Some(read_bounded(src.as_mut(), limit).await),
+                        None => None,
+                    }
+                };
+                let (mut report, view) = tokio::join!(sweep(fleet, Some(&st), &opts.probe), router);
+                if let Some(view) = view {
+                    let view = view.as_deref().map_err(String::as_str);
+                    report.attach_router(view, SystemTime::now());
+                }
                 let transitions = tracker.update(&report);
                 let mut flow = ControlFlow::Continue(());
                 if let Some(al) = opts.alerter.as_mut() {

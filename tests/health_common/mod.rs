@@ -102,8 +102,10 @@ pub fn report(states: &[(&str, NodeState)]) -> HealthReport {
                 state: *s,
                 probes: vec![],
                 reason: (*s == NodeState::Down).then(|| "offline in the tailnet".to_string()),
+                router: None,
             })
             .collect(),
+        router_view: Default::default(),
     }
 }
 

@@ -5,7 +5,7 @@
 //! Next to the probes: the router's view of each node (`fleet-health`, read from the bus as
 //! `_registry` by [`BusView`]), best effort and bounded by the node timeout; `--no-bus` skips it.
 
-use super::bus::{password, url, Conn};
+use super::bus::{registry_password, url, Conn};
 use super::table::table;
 use super::{runtime, to_json, CliError, CmdResult, Ctx, Outcome};
 use fleetnix::bus::router::HealthEntry;
@@ -19,7 +19,6 @@ use fleetnix::health::{
 };
 use fleetnix::model::{Fleet, NodeName};
 use fleetnix::secret::Secret;
-use fleetnix::secrets::SecretId;
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::time::{Duration, SystemTime};
@@ -113,16 +112,9 @@ fn router_entry(e: &HealthEntry) -> Option<RouterEntry> {
 
 /// The bus reader for `health` (`Err`: why the router's view will be missing, e.g. no password).
 fn bus_view(ctx: &Ctx, fleet: &Fleet, a: &HealthArgs) -> Result<BusView, String> {
-    let registry = Service::Registry;
     // Least privilege: `_registry` may read fleet-health; the router's user writes it and the
     // supervisors' has no JetStream at all.
-    let pw = password(
-        ctx,
-        &a.conn,
-        &SecretId::new(fleet.settings.control_plane.clone(), registry.secret_kind()),
-        registry.user(),
-    )
-    .map_err(|e| e.to_string())?;
+    let pw = registry_password(ctx, fleet, &a.conn).map_err(|e| e.to_string())?;
     Ok(BusView {
         url: url(fleet, &a.conn),
         password: pw,

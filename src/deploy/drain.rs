@@ -144,7 +144,10 @@ impl<T: Transport> Ctx<T> {
             None => Err("no bus connection for draining was given".to_string()),
             Some(d) => match tokio::time::timeout(bound, d.drain(node, limit)).await {
                 Ok(r) => r,
-                Err(_) => Err(format!("the bus did not answer within {}s", bound.as_secs())),
+                Err(_) => Err(format!(
+                    "the bus did not answer within {}s",
+                    bound.as_secs()
+                )),
             },
         };
         *state = match result {
@@ -229,7 +232,10 @@ impl<T: Transport> Ctx<T> {
                     None => Err("no bus connection".to_string()),
                     Some(d) => match tokio::time::timeout(bound, d.undrain(node)).await {
                         Ok(r) => r,
-                        Err(_) => Err(format!("the bus did not answer within {}s", bound.as_secs())),
+                        Err(_) => Err(format!(
+                            "the bus did not answer within {}s",
+                            bound.as_secs()
+                        )),
                     },
                 };
                 match r {

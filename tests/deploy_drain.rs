@@ -320,3 +320,366 @@ fn a_wait_that_ends_with_tasks_running_an_operators_drain_and_a_silent_bus_are_n
     );
     assert_eq!(hang.calls().len(), 1, "never undrained: {:?}", hang.calls());
 }
+
+/// The fleet's bus in the hosts' hub namespace: nats-server with the fleet's rendered
+/// configuration on the hub's 127.0.0.1, the real router (`fleetnix router`), and an agent of
+/// `n1` that heart-beats (one task running until told) while it records every change of `n1`
+/// in `fleet-drain` with the activations the host had seen then.
+struct HubBus {
+    server: std::process::Child,
+    router: Option<std::process::Child>,
+    url: String,
+    creds: fleetnix::bus::creds::BusCredentials,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for HubBus {
+    fn drop(&mut self) {
+        for c in self.router.iter_mut().chain([&mut self.server]) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn nats_server_bin() -> PathBuf {
+    let path = format!(
+        "{}:/usr/sbin:/usr/local/sbin",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    std::env::var_os("FLEETNIX_NATS_SERVER")
+        .map(PathBuf::from)
+        .or_else(|| which::which_in("nats-server", Some(path), ".").ok())
+        .expect("nats-server is not installed (Debian package nats-server; or set FLEETNIX_NATS_SERVER)")
+}
+
+fn registry(bus: &HubBus) -> fleetnix::secret::Secret {
+    bus.creds
+        .service_password(fleetnix::bus::users::Service::Registry)
+        .expect("registry password")
+        .clone()
+}
+
+impl HubBus {
+    fn start(net: &Net, root: &Path) -> HubBus {
+        let fleet = fleetnix::manifest::load(&root.join("fleet")).expect("fleet");
+        let dir = tempfile::tempdir().expect("dir");
+        // The hub's loopback is this test's own: any port is free there.
+        let port = 14222;
+        let plan = fleetnix::bus::server_plan(&fleet)
+            .expect("server plan")
+            .with_listen(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), port)
+            .with_store_dir(dir.path().join("js").display().to_string());
+        let creds = fleetnix::bus::creds::BusCredentials::generate(&plan);
+        let conf = dir.path().join("nats.conf");
+        std::fs::write(&conf, plan.to_conf()).expect("conf");
+        let mut cmd = net.command(nats_server_bin());
+        cmd.arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (var, pw) in creds.env_pairs() {
+            cmd.env(var, pw.expose());
+        }
+        let server = cmd.spawn().expect("nats-server");
+        let mut bus = HubBus {
+            server,
+            router: None,
+            url: format!("nats://127.0.0.1:{port}"),
+            creds,
+            _dir: dir,
+        };
+        let hub = net.hub().to_string();
+        poll(Duration::from_secs(10), || {
+            let hub = hub.clone();
+            run_in(&hub, move || {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .is_ok()
+                    .then_some(())
+            })
+        })
+        .expect("nats-server listens in the hub");
+        // The fleet registered, then the router as its own process.
+        let sync = net
+            .command(fleetnix_bin())
+            .arg("--root")
+            .arg(root)
+            .args(["node", "sync", "--nats-url", &bus.url])
+            .env("FLEETNIX_NATS_PASSWORD", registry(&bus).expose())
+            .output()
+            .expect("node sync");
+        assert!(sync.status.success(), "{sync:?}");
+        let router = net
+            .command(fleetnix_bin())
+            .arg("--root")
+            .arg(root)
+            .args(["router", "--node-timeout", "2s", "--nats-url", &bus.url])
+            .env(
+                "FLEETNIX_NATS_PASSWORD",
+                bus.creds
+                    .router_password()
+                    .expect("router password")
+                    .expose(),
+            )
+            // Alerts to a closed port of the hub's loopback.
+            .env("FLEETNIX_NTFY_URL", "http://127.0.0.1:9")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("router");
+        bus.router = Some(router);
+        bus
+    }
+
+    /// The router's `fleet-health` entry of `node`, read as `_registry` from the hub.
+    fn health(&self, hub: &str, node: &str) -> Option<fleetnix::bus::router::HealthEntry> {
+        let (url, pw, node) = (self.url.clone(), registry(self), node.to_string());
+        in_hub(hub, async move {
+            let c =
+                fleetnix::bus::dispatch::connect_as(&url, "_registry", &pw, Duration::from_secs(5))
+                    .await
+                    .ok()?;
+            let js = async_nats::jetstream::new(c);
+            let name = fleetnix::model::NodeName::parse(&node).ok()?;
+            fleetnix::bus::drain::health(&js, &name).await.ok()?
+        })
+    }
+}
+
+/// Runs `f` to completion on a runtime of a thread in the hub namespace.
+fn in_hub<T: Send + 'static>(
+    hub: &str,
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    run_in(hub, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    })
+}
+
+/// `n1`'s agent side in the hub: heartbeats with one task running until [`Agent::finish`], and
+/// a record of every change of `n1` in `fleet-drain`.
+struct Agent {
+    tx: tokio::sync::mpsc::UnboundedSender<bool>,
+    seen: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Agent {
+    fn start(hub: &str, bus: &HubBus, state: PathBuf) -> Agent {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (url, reg) = (bus.url.clone(), registry(bus));
+        let pw = bus.creds.password("n1").expect("n1's password").clone();
+        let log = seen.clone();
+        let path = Path::new("/run/netns").join(hub);
+        let thread = std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).expect("hub");
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&fd),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .expect("setns");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                use fleetnix::bus::dispatch as d;
+                let n1 = fleetnix::model::NodeName::parse("n1").unwrap();
+                let c = d::connect(&url, &n1, &pw, Duration::from_secs(5))
+                    .await
+                    .expect("n1 connects");
+                let beat = fleetnix::bus::heartbeat::Beat::new(n1, 4, Vec::new());
+                let mut task = Some(beat.start_task());
+                let beats = fleetnix::bus::heartbeat::spawn_heartbeats(
+                    c,
+                    beat.clone(),
+                    Duration::from_millis(250),
+                );
+                let r = d::connect_as(&url, "_registry", &reg, Duration::from_secs(5))
+                    .await
+                    .expect("registry connects");
+                let js = async_nats::jetstream::new(r);
+                let kv = fleetnix::bus::registry::open_bucket(
+                    &js,
+                    fleetnix::bus::DRAIN_BUCKET,
+                    true,
+                )
+                .await
+                .expect("fleet-drain");
+                let mut last = 0;
+                let mut tick = tokio::time::interval(Duration::from_millis(50));
+                loop {
+                    tokio::select! {
+                        cmd = rx.recv() => match cmd {
+                            Some(true) => task = None,
+                            _ => break,
+                        },
+                        _ = tick.tick() => {
+                            if let Ok(Some(e)) = kv.entry("n1").await {
+                                if e.revision != last {
+                                    last = e.revision;
+                                    let reason = serde_json::from_slice::<fleetnix::bus::drain::DrainRecord>(&e.value)
+                                        .map(|r| r.reason)
+                                        .unwrap_or_default();
+                                    let acts = lines(&state.join("activations")).join(",");
+                                    log.lock().unwrap().push(format!(
+                                        "{:?} {reason} [activations: {acts}]",
+                                        e.operation
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+                drop(task);
+                beats.abort();
+            });
+        });
+        Agent {
+            tx,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// The task it runs ends.
+    fn finish(&self) {
+        self.tx.send(true).expect("agent runs");
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.tx.send(false);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn the_cli_drains_through_a_real_bus_waits_and_undrains_and_a_missing_bus_is_a_note() {
+    let Some(mut net) = Net::new() else { return };
+    let root = tempfile::tempdir().expect("root");
+    let state = one_host(&mut net, root.path());
+    let bus = HubBus::start(&net, root.path());
+    let hub = net.hub().to_string();
+    let agent = Agent::start(&hub, &bus, state.clone());
+    // The router sees n1 healthy, one task running.
+    poll(Duration::from_secs(15), || {
+        bus.health(&hub, "n1")
+            .filter(|e| e.state == "healthy" && e.in_flight == 1)
+    })
+    .expect("the router reports n1 healthy with its task");
+    let deploy = |extra: &[&str], url: &str, password: Option<&str>| {
+        let mut c = deploy_cmd(&net, root.path(), &["n1", "--force", "--json"]);
+        c.args(extra).env("FLEETNIX_NATS_URL", url);
+        match password {
+            Some(p) => c.env("FLEETNIX_NATS_PASSWORD", p),
+            None => c.env_remove("FLEETNIX_NATS_PASSWORD"),
+        };
+        let r = Ran::of(&mut c);
+        assert_eq!(r.code, Some(0), "{r}");
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+        v["nodes"][0]["detail"]
+            .as_str()
+            .expect("detail")
+            .to_string()
+    };
+    let pw = registry(&bus);
+    // The task still runs after the 2 s wait: deployed anyway, said so; drained before the
+    // activation, undrained after the gate.
+    let detail = deploy(&["--drain-timeout", "2s"], &bus.url, Some(pw.expose()));
+    assert!(
+        detail.contains("drained; 1 task(s) still running after the 2s wait (--drain-timeout), deployed anyway, undrained after the deploy"),
+        "{detail}"
+    );
+    let seen = poll(Duration::from_secs(5), || {
+        let s = agent.seen();
+        (s.len() >= 2).then_some(s)
+    })
+    .expect("fleet-drain changed twice");
+    assert_eq!(
+        seen,
+        [
+            "Put fleetnix deploy [activations: ]",
+            "Delete  [activations: 2 test,2 boot]"
+        ]
+    );
+    // The task ends: the drain's wait ends as soon as the router reports n1 idle and draining.
+    agent.finish();
+    poll(Duration::from_secs(15), || {
+        bus.health(&hub, "n1").filter(|e| e.in_flight == 0)
+    })
+    .expect("the router reports n1 idle");
+    let detail = deploy(
+        &["--action", "test", "--drain-timeout", "5m"],
+        &bus.url,
+        Some(pw.expose()),
+    );
+    assert!(
+        detail.ends_with("drained, undrained after the deploy"),
+        "{detail}"
+    );
+    // An operator's drain stays.
+    let drained = net
+        .command(fleetnix_bin())
+        .arg("--root")
+        .arg(root.path())
+        .args([
+            "node",
+            "drain",
+            "n1",
+            "--reason",
+            "disk check",
+            "--nats-url",
+            &bus.url,
+        ])
+        .env("FLEETNIX_NATS_PASSWORD", pw.expose())
+        .output()
+        .expect("node drain");
+    assert!(drained.status.success(), "{drained:?}");
+    let detail = deploy(&["--action", "test"], &bus.url, Some(pw.expose()));
+    assert!(
+        detail.contains("it was drained before the deploy and stays drained (`fleetnix node undrain n1` to give it tasks)"),
+        "{detail}"
+    );
+    let seen = poll(Duration::from_secs(5), || {
+        let s = agent.seen();
+        (s.len() >= 5).then_some(s)
+    })
+    .expect("fleet-drain changes");
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert!(seen[4].starts_with("Put disk check "), "{seen:?}");
+    // No bus at that address, or no password: notes, and the deploy goes on.
+    let detail = deploy(
+        &["--action", "test"],
+        "nats://127.0.0.1:9",
+        Some(pw.expose()),
+    );
+    assert!(
+        detail.contains("not drained (the bus at nats://127.0.0.1:9:")
+            && detail.contains("deployed with its tasks running"),
+        "{detail}"
+    );
+    let detail = deploy(&["--action", "test"], &bus.url, None);
+    assert!(
+        detail.contains("not drained (no NATS password for _registry"),
+        "{detail}"
+    );
+    assert_eq!(
+        agent.seen().len(),
+        5,
+        "nothing more changed: {:?}",
+        agent.seen()
+    );
+}

@@ -201,7 +201,10 @@ impl<T: Transport> Ctx<T> {
         let succeeded = outcome == Outcome::Succeeded;
         let note = match state {
             NodeDrain::Untouched => return detail,
-            NodeDrain::NotDrained(n) => n.clone(),
+            NodeDrain::NotDrained(n) => {
+                trace(false);
+                n.clone()
+            }
             NodeDrain::Already(n) => {
                 trace(false);
                 format!(

@@ -83,11 +83,15 @@ fn the_runner_executes_exactly_the_steps_the_dry_run_prints() {
     let (ran, skipped, log) = logged_steps(root.path(), "n1");
     // No bus password here: the drain step ran and noted it; the undrain had nothing to undo.
     assert!(
-        skipped.starts_with("  8. once the health gate passed and the deploy is confirmed: undrain n1")
-            && skipped.lines().count() == 1,
+        skipped.starts_with(
+            "  8. once the health gate passed and the deploy is confirmed: undrain n1"
+        ) && skipped.lines().count() == 1,
         "{log}"
     );
-    assert!(log.contains("drain: not drained (no NATS password for _registry"), "{log}");
+    assert!(
+        log.contains("drain: not drained (no NATS password for _registry"),
+        "{log}"
+    );
     let guard = log
         .lines()
         .find_map(|l| l.strip_prefix("# guard "))

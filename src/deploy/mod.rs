@@ -22,6 +22,7 @@
 
 pub mod build;
 pub mod drain;
+pub(crate) mod drain_run;
 pub mod dryrun;
 pub mod evalcache;
 pub(crate) mod execute;

@@ -36,29 +36,47 @@ enum Answer {
     Hang,
 }
 
-/// Records each call with the activations the host had seen at that moment.
-#[derive(Debug)]
+/// What the host looks like at a call (its activations, the system it booted).
+type Snapshot = Box<dyn Fn() -> String + Send + Sync>;
+
+/// Records each call with a snapshot of the host at that moment.
 struct Recorder {
     answer: Answer,
-    state: PathBuf,
+    snapshot: Snapshot,
     calls: Mutex<Vec<String>>,
 }
 
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("answer", &self.answer)
+            .finish()
+    }
+}
+
 impl Recorder {
+    /// Snapshots: the activations of a namespace host whose state dir is `state`.
     fn new(answer: Answer, state: PathBuf) -> Arc<Recorder> {
+        Self::with(
+            answer,
+            Box::new(move || {
+                let acts = lines(&state.join("activations")).join(",");
+                format!("activations: {acts}")
+            }),
+        )
+    }
+
+    fn with(answer: Answer, snapshot: Snapshot) -> Arc<Recorder> {
         Arc::new(Recorder {
             answer,
-            state,
+            snapshot,
             calls: Mutex::new(Vec::new()),
         })
     }
 
     fn record(&self, what: String) {
-        let acts = lines(&self.state.join("activations")).join(",");
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("{what} [activations: {acts}]"));
+        let now = (self.snapshot)();
+        self.calls.lock().unwrap().push(format!("{what} [{now}]"));
     }
 
     fn calls(&self) -> Vec<String> {
@@ -630,6 +648,18 @@ fn the_cli_drains_through_a_real_bus_waits_and_undrains_and_a_missing_bus_is_a_n
         detail.ends_with("drained, undrained after the deploy"),
         "{detail}"
     );
+    let seen = poll(Duration::from_secs(5), || {
+        let s = agent.seen();
+        (s.len() >= 4).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("fleet-drain changes: {:?}", agent.seen()));
+    assert_eq!(
+        seen[2..],
+        [
+            "Put fleetnix deploy [activations: 2 test,2 boot]",
+            "Delete  [activations: 2 test,2 boot,3 test]"
+        ]
+    );
     // An operator's drain stays.
     let drained = net
         .command(fleetnix_bin())
@@ -657,7 +687,7 @@ fn the_cli_drains_through_a_real_bus_waits_and_undrains_and_a_missing_bus_is_a_n
         let s = agent.seen();
         (s.len() >= 5).then_some(s)
     })
-    .expect("fleet-drain changes");
+    .unwrap_or_else(|| panic!("fleet-drain changes: {:?}", agent.seen()));
     assert_eq!(seen.len(), 5, "{seen:?}");
     assert!(seen[4].starts_with("Put disk check "), "{seen:?}");
     // No bus at that address, or no password: notes, and the deploy goes on.
@@ -681,5 +711,64 @@ fn the_cli_drains_through_a_real_bus_waits_and_undrains_and_a_missing_bus_is_a_n
         5,
         "nothing more changed: {:?}",
         agent.seen()
+    );
+}
+
+#[test]
+fn the_reboot_path_drains_before_the_reboot_and_undrains_after_the_confirmed_boot() {
+    use common::systemd_host::{leader_in, SystemdNet};
+    let Some(mut sys) = SystemdNet::new() else {
+        return;
+    };
+    let root = tempfile::tempdir().expect("root");
+    let host = sys.nixos_fleet(root.path(), 1, 3).remove(0);
+    // The system the host booted, read through its PID 1 of the moment.
+    let ns = host.ns.clone();
+    let rec = Recorder::with(
+        Answer::Idle,
+        Box::new(move || {
+            let booted = leader_in(&ns)
+                .and_then(|pid| {
+                    std::fs::read_link(format!("/proc/{pid}/root/run/booted-system")).ok()
+                })
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            format!("booted: {booted}")
+        }),
+    );
+    let (plans, mut opts) = options(sys.net(), root.path(), rec.clone());
+    opts.reboot = fleetnix::deploy::reboot::RebootMode::Always;
+    opts.reboot_timeout = Duration::from_secs(60);
+    let before = sys.boots(&host);
+    let r = deploy(sys.net(), root.path(), plans, opts);
+    assert_eq!(r[0].outcome, Outcome::Succeeded, "{r:?}");
+    assert!(
+        r[0].detail.starts_with("rebooted into the new generation")
+            && r[0].detail.ends_with("drained, undrained after the deploy"),
+        "{}",
+        r[0].detail
+    );
+    assert_eq!(sys.boots(&host), before + 1);
+    assert_eq!(
+        rec.calls(),
+        [
+            format!(
+                "drain n1 within 1s [booted: {}]",
+                common::systemd_host::gen_path(1)
+            ),
+            format!("undrain n1 [booted: {}]", common::systemd_host::gen_path(2)),
+        ]
+    );
+    let log = log_of(root.path(), "n1");
+    let (drain, arm, reboot, gate, undrain) = (
+        at(&log, "## drain"),
+        at(&log, "boot guard armed"),
+        at(&log, "back after"),
+        at(&log, "health gate passed"),
+        at(&log, "## undrain"),
+    );
+    assert!(
+        drain < arm && arm < reboot && reboot < gate && gate < undrain,
+        "{log}"
     );
 }

@@ -701,6 +701,30 @@ fn the_cli_drains_through_a_real_bus_waits_and_undrains_and_a_missing_bus_is_a_n
             && detail.contains("deployed with its tasks running"),
         "{detail}"
     );
+    // A server that accepts the connection and never speaks (a hung process, a port taken by
+    // something else): bounded by the node timeout (2 s), far within the 5 min drain timeout.
+    let silent = run_in(&hub, || {
+        std::net::TcpListener::bind("127.0.0.1:0").expect("a silent listener in the hub")
+    });
+    let silent_url = format!("nats://{}", silent.local_addr().expect("addr"));
+    let started = std::time::Instant::now();
+    let detail = deploy(
+        &["--action", "test", "--drain-timeout", "5m"],
+        &silent_url,
+        Some(pw.expose()),
+    );
+    assert!(
+        detail.contains(&format!(
+            "not drained (the bus at {silent_url} did not answer within 2s): deployed with its tasks running"
+        )),
+        "{detail}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "the drain's bound, not the 5 min drain timeout: {:?}",
+        started.elapsed()
+    );
+    drop(silent);
     let detail = deploy(&["--action", "test"], &bus.url, None);
     assert!(
         detail.contains("not drained (no NATS password for _registry"),

@@ -547,10 +547,21 @@ fn bus_drain(
 impl BusDrain {
     async fn connect(&self) -> Result<async_nats::jetstream::Context, String> {
         let user = fleetnix::bus::users::Service::Registry.user();
-        let client =
-            fleetnix::bus::dispatch::connect_as(&self.url, user, &self.password, self.timeout)
-                .await
-                .map_err(|e| format!("the bus at {}: {e}", self.url))?;
+        // The client's own timeout covers the TCP connect only: a server that accepts and
+        // never answers is bounded here.
+        let client = tokio::time::timeout(
+            self.timeout,
+            fleetnix::bus::dispatch::connect_as(&self.url, user, &self.password, self.timeout),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "the bus at {} did not answer within {}s",
+                self.url,
+                self.timeout.as_secs()
+            )
+        })?
+        .map_err(|e| format!("the bus at {}: {e}", self.url))?;
         Ok(async_nats::jetstream::new(client))
     }
 }

@@ -97,9 +97,9 @@ pub fn undrain_text(plan: &NodeSpec, opts: &super::DeployOptions) -> String {
     let after = if opts.guarded() && opts.health_gate {
         "once the health gate passed and the deploy is confirmed"
     } else if opts.guarded() {
-        "once the deploy is confirmed (no health gate)"
+        "once the deploy is confirmed (--no-health-gate)"
     } else {
-        "once the activation succeeded (no health gate)"
+        "once the activation succeeded"
     };
     format!(
         "{after}: undrain {node} (remove it from fleet-drain) unless it was drained before the deploy; after a failure or rollback it stays drained (`{cmd}`)",

@@ -736,6 +736,46 @@ fn the_cli_drains_through_a_real_bus_waits_and_undrains_and_a_missing_bus_is_a_n
         "nothing more changed: {:?}",
         agent.seen()
     );
+    // What a failed deploy leaves (a record of its own) is undrained by the next deploy that
+    // succeeds.
+    let left = net
+        .command(fleetnix_bin())
+        .arg("--root")
+        .arg(root.path())
+        .args([
+            "node",
+            "drain",
+            "n1",
+            "--reason",
+            "fleetnix deploy",
+            "--nats-url",
+            &bus.url,
+        ])
+        .env("FLEETNIX_NATS_PASSWORD", pw.expose())
+        .output()
+        .expect("node drain");
+    assert!(left.status.success(), "{left:?}");
+    poll(Duration::from_secs(5), || {
+        agent
+            .seen()
+            .last()
+            .filter(|l| l.starts_with("Put fleetnix deploy"))
+            .map(|_| ())
+    })
+    .expect("the record is seen");
+    let detail = deploy(&["--action", "test"], &bus.url, Some(pw.expose()));
+    assert!(
+        detail.ends_with("drained, undrained after the deploy"),
+        "{detail}"
+    );
+    poll(Duration::from_secs(5), || {
+        agent
+            .seen()
+            .last()
+            .filter(|l| l.starts_with("Delete"))
+            .map(|_| ())
+    })
+    .unwrap_or_else(|| panic!("undrained: {:?}", agent.seen()));
 }
 
 #[test]

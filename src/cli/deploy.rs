@@ -616,12 +616,29 @@ impl drain::Drain for BusDrain {
         &'a self,
         node: &'a str,
     ) -> futures_util::future::BoxFuture<'a, Result<(), String>> {
+        use fleetnix::bus::drain as bus;
         Box::pin(async move {
             let name = node_name(node)?;
             let js = self.connect().await?;
-            fleetnix::bus::drain::set(&js, &name, false, DRAIN_REASON)
+            let kv = fleetnix::bus::registry::open_bucket(&js, fleetnix::bus::DRAIN_BUCKET, true)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            let now = kv
+                .get(node)
+                .await
+                .map_err(|e| format!("reading {}: {e}", fleetnix::bus::DRAIN_BUCKET))?;
+            match now.map(|v| serde_json::from_slice::<bus::DrainRecord>(&v).ok()) {
+                // Not drained (any more): nothing to undo.
+                None => Ok(()),
+                Some(Some(r)) if r.reason == DRAIN_REASON => bus::set(&js, &name, false, "")
+                    .await
+                    .map_err(|e| e.to_string()),
+                Some(r) => Err(format!(
+                    "drained again meanwhile ({}), left as it is",
+                    r.map(|r| r.reason)
+                        .unwrap_or_else(|| "unreadable record".into())
+                )),
+            }
         })
     }
 }

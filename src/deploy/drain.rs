@@ -42,7 +42,8 @@ pub trait Drain: Send + Sync + std::fmt::Debug {
         limit: Duration,
     ) -> BoxFuture<'a, Result<Drained, String>>;
 
-    /// Gives `node` tasks again.
+    /// Gives `node` tasks again, if the drain it holds is a deploy's (an operator's drain made
+    /// meanwhile stays: `Err` says so).
     fn undrain<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), String>>;
 }
 
@@ -120,6 +121,9 @@ pub enum NodeDrain {
     Already(String),
     /// Draining was not possible (the note says why); the deploy went on.
     NotDrained(String),
+    /// The drain did not finish within its bound: it may have been written. Treated as this
+    /// deploy's drain (undrained after a success, kept after a failure).
+    Unsure(String),
 }
 
 #[cfg(test)]

@@ -28,10 +28,17 @@ impl<T: Transport> Ctx<T> {
             None => Err("no bus connection for draining was given".to_string()),
             Some(d) => match tokio::time::timeout(bound, d.drain(node, limit)).await {
                 Ok(r) => r,
-                Err(_) => Err(format!(
-                    "the bus did not answer within {}s",
-                    bound.as_secs()
-                )),
+                Err(_) => {
+                    // The drain may have been written before the bus stopped answering.
+                    *state = NodeDrain::Unsure(format!(
+                        "the drain did not finish within {}s (the bus stopped answering; it may be drained): deployed with its tasks running",
+                        bound.as_secs()
+                    ));
+                    if let NodeDrain::Unsure(n) = state {
+                        log.line(&format!("drain: {n}"));
+                    }
+                    return;
+                }
             },
         };
         *state = match result {
@@ -51,7 +58,10 @@ impl<T: Transport> Ctx<T> {
             )),
         };
         let note = match state {
-            NodeDrain::ByUs(n) | NodeDrain::Already(n) | NodeDrain::NotDrained(n) => n.clone(),
+            NodeDrain::ByUs(n)
+            | NodeDrain::Already(n)
+            | NodeDrain::NotDrained(n)
+            | NodeDrain::Unsure(n) => n.clone(),
             NodeDrain::Untouched => String::new(),
         };
         log.line(&format!("drain: {note}"));
@@ -96,7 +106,7 @@ impl<T: Transport> Ctx<T> {
                     undrain_command(node)
                 )
             }
-            NodeDrain::ByUs(n) if !succeeded => {
+            NodeDrain::ByUs(n) | NodeDrain::Unsure(n) if !succeeded => {
                 trace(false);
                 format!(
                     "{n}; it stays drained after this {}: once it is healthy, `{}`",
@@ -107,7 +117,7 @@ impl<T: Transport> Ctx<T> {
                     undrain_command(node)
                 )
             }
-            NodeDrain::ByUs(n) => {
+            NodeDrain::ByUs(n) | NodeDrain::Unsure(n) => {
                 log.line(&format!("## {}", Step::Undrain.as_str()));
                 self.emit(super::report::Event::Step {
                     node: node.to_string(),
@@ -128,7 +138,7 @@ impl<T: Transport> Ctx<T> {
                 match r {
                     Ok(()) => format!("{n}, undrained after the deploy"),
                     Err(e) => format!(
-                        "{n}; undraining failed ({e}): it stays drained until `{}`",
+                        "{n}; not undrained ({e}): it stays drained until `{}`",
                         undrain_command(node)
                     ),
                 }

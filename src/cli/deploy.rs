@@ -520,7 +520,8 @@ fn bus_drain(
 ) -> Arc<dyn drain::Drain> {
     use fleetnix::bus::users::Service;
     let conn = super::bus::Conn {
-        nats_url: nats_url.clone(),
+        // An empty FLEETNIX_NATS_URL counts as unset.
+        nats_url: nats_url.clone().filter(|u| !u.trim().is_empty()),
         password_file: None,
         identity: identity.clone(),
     };

@@ -11,7 +11,7 @@ use common::*;
 /// The steps `deploy -v` announced for `node`, in the order printed (`<node>: <step>` lines
 /// on stderr whose second part is a step name).
 fn announced(stderr: &str, node: &str) -> Vec<String> {
-    const STEPS: [&str; 12] = [
+    const STEPS: [&str; 14] = [
         "host-key",
         "connect",
         "install",
@@ -19,11 +19,13 @@ fn announced(stderr: &str, node: &str) -> Vec<String> {
         "agent",
         "firewall",
         "rebuild",
+        "drain",
         "arm-guard",
         "activate",
         "health-gate",
         "confirm",
         "boot-default",
+        "undrain",
     ];
     let prefix = format!("{node}: ");
     stderr
@@ -62,6 +64,7 @@ fn a_gated_switch_announces_the_gate_then_the_confirmation_each_once() {
         "host-key",
         "connect",
         "rebuild",
+        "drain",
         "arm-guard",
         "activate",
         "health-gate",
@@ -88,6 +91,7 @@ fn without_the_gate_the_confirmation_follows_the_activation() {
         "host-key",
         "connect",
         "rebuild",
+        "drain",
         "arm-guard",
         "activate",
         "confirm",
@@ -115,6 +119,7 @@ fn a_node_failing_its_gate_never_announces_the_confirmation() {
         "host-key",
         "connect",
         "rebuild",
+        "drain",
         "arm-guard",
         "activate",
         "health-gate",

@@ -81,7 +81,17 @@ fn the_runner_executes_exactly_the_steps_the_dry_run_prints() {
     // NixOS, guarded switch: every printed step ran, in order, with the run's values in place
     // of the placeholders.
     let (ran, skipped, log) = logged_steps(root.path(), "n1");
-    assert!(skipped.is_empty(), "{log}");
+    // No bus password here: the drain step ran and noted it; the undrain had nothing to undo.
+    assert!(
+        skipped.starts_with(
+            "  8. once the health gate passed and the deploy is confirmed: undrain n1"
+        ) && skipped.lines().count() == 1,
+        "{log}"
+    );
+    assert!(
+        log.contains("drain: not drained (no NATS password for _registry"),
+        "{log}"
+    );
     let guard = log
         .lines()
         .find_map(|l| l.strip_prefix("# guard "))
@@ -99,10 +109,12 @@ fn the_runner_executes_exactly_the_steps_the_dry_run_prints() {
     for step in [
         "  1. connect",
         "  2. nixos-rebuild build",
-        "  3. take the node's lock",
-        "  4. activate",
-        "  5. health gate (before the confirmation",
-        "  6. confirm over a NEW connection",
+        "  3. drain n1's tasks",
+        "  4. take the node's lock",
+        "  5. activate",
+        "  6. health gate (before the confirmation",
+        "  7. confirm over a NEW connection",
+        "  8. once the health gate passed and the deploy is confirmed: undrain n1",
     ] {
         assert!(ran.contains(step), "{step} missing:\n{ran}");
     }

@@ -364,9 +364,11 @@ fn the_dry_run_lists_both_paths_and_reboot_needs_the_guarded_switch() {
         .stdout
         .find("does NEW_SYSTEM need a reboot?")
         .expect("check");
+    // Either path is drained first (the node runs an agent), after the check.
+    let drain = r.stdout.find("drain cp's tasks").expect("drain");
     let arm = r
         .stdout
-        .find("if it reboots: drain the node's tasks")
+        .find("if it reboots: take the node's lock")
         .expect("boot guard");
     let reboot = r
         .stdout
@@ -376,7 +378,10 @@ fn the_dry_run_lists_both_paths_and_reboot_needs_the_guarded_switch() {
         .stdout
         .find("if it rebooted: confirm the reboot over a NEW connection")
         .expect("confirm");
-    assert!(check < arm && arm < reboot && reboot < confirm, "{r}");
+    assert!(
+        check < drain && drain < arm && arm < reboot && reboot < confirm,
+        "{r}"
+    );
     assert!(r.stdout.contains("OnBootSec=120s"), "{r}");
     assert!(
         r.stdout.contains("if it does not reboot: activate without"),

@@ -6,7 +6,7 @@ use fleetnix::deploy::plan::{self as deploy_plan, PlanTools};
 use fleetnix::deploy::report::{Cancel, Event, Outcome, Summary};
 use fleetnix::deploy::rollout::{self, Batch, Rollout};
 use fleetnix::deploy::{
-    dryrun, ensure_rendered, Action, BuildOn, DeployOptions, RenderMode, RenderState,
+    drain, dryrun, ensure_rendered, Action, BuildOn, DeployOptions, RenderMode, RenderState,
     SecretsAuthKey, DEFAULT_PARALLEL,
 };
 use fleetnix::exec::ssh::SshTransport;
@@ -88,7 +88,8 @@ pub struct DeployArgs {
     #[arg(long)]
     pub ssh_identity: Option<PathBuf>,
     /// Private key that decrypts non-NixOS nodes' auth keys (secrets/<node>/tailscale-authkey.age)
-    /// when TAILSCALE_AUTHKEY is not set: an operator's SSH or age identity [default: ~/.ssh/id_ed25519].
+    /// when TAILSCALE_AUTHKEY is not set, and the `_registry` NATS password for draining when
+    /// FLEETNIX_NATS_PASSWORD is not set: an operator's SSH or age identity [default: ~/.ssh/id_ed25519].
     #[arg(long, short, value_name = "FILE")]
     pub identity: Option<PathBuf>,
     /// Tailscale install script URL for non-NixOS nodes [env: FLEETNIX_TAILSCALE_INSTALL_URL].
@@ -125,6 +126,17 @@ pub struct DeployArgs {
     /// With --retag: file holding the API access token [default: TS_API_KEY].
     #[arg(long, value_name = "FILE", requires = "retag")]
     pub token_file: Option<std::path::PathBuf>,
+    /// How long draining a node that runs an agent waits for its running tasks before the
+    /// deploy goes on anyway (e.g. 90s, 5m) [default: the fleet's task_timeout_seconds].
+    #[arg(long, value_name = "DURATION", value_parser = fleetnix::bus::dispatch::parse_timeout)]
+    pub drain_timeout: Option<Duration>,
+    /// Do not drain nodes on the bus before activating them (nor undrain them after).
+    #[arg(long, conflicts_with = "drain_timeout")]
+    pub no_drain: bool,
+    /// The NATS server draining goes through [default: nats_url from fleet.yml]. The
+    /// `_registry` user's password: FLEETNIX_NATS_PASSWORD, else decrypted with --identity.
+    #[arg(long, env = "FLEETNIX_NATS_URL", value_name = "URL")]
+    pub nats_url: Option<String>,
 }
 
 /// `--retag`: the deployed (or unchanged) nodes' device tags made to follow their roles.
@@ -233,8 +245,13 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
         opts.install_url = u;
     }
     opts.override_inputs = args.flake.inputs()?;
+    opts.drain_enabled = !args.no_drain;
+    if let Some(t) = args.drain_timeout {
+        opts.drain_timeout = t;
+    }
     opts.check().map_err(CliError::msg)?;
     // Only read if a node needs `tailscale up` and TAILSCALE_AUTHKEY is not set.
+    let identity_arg = args.identity.clone();
     let identity = identity_for(args.identity, &plans)?;
     let authkeys = Arc::new(SecretsAuthKey::new(&root, &identity));
     if args.dry_run {
@@ -243,6 +260,9 @@ pub fn run(ctx: &Ctx, args: DeployArgs) -> CmdResult {
             dryrun::dry_run(&plans, &opts, authkeys.as_ref(), &render)
         );
         return Ok(super::Outcome::Ok);
+    }
+    if plans.iter().any(|p| drain::applies(&opts, p)) {
+        opts.drain = Some(bus_drain(ctx, &fleet, &args.nats_url, &identity_arg));
     }
     let rt = super::runtime()?;
     let transport = SshTransport {
@@ -475,4 +495,151 @@ pub fn summary_table(s: &Summary) -> String {
     }
     out.push('\n');
     out
+}
+
+/// The bus's side of draining ([`drain::Drain`]): `fleet-drain` written as the control plane's
+/// `_registry` user (as `fleetnix node drain` does), the router's `fleet-health` view read for
+/// the node's running tasks. Each call connects anew, bounded by `node_timeout_seconds`.
+#[derive(Debug)]
+struct BusDrain {
+    url: String,
+    password: fleetnix::secret::Secret,
+    timeout: Duration,
+}
+
+/// Why a drain record is ours: a deploy left it (a failed deploy keeps the node drained; the
+/// next successful one undrains it).
+const DRAIN_REASON: &str = "fleetnix deploy";
+
+/// The drain hook of this deploy: the bus, or a note saying why it cannot be reached.
+fn bus_drain(
+    ctx: &Ctx,
+    fleet: &fleetnix::model::Fleet,
+    nats_url: &Option<String>,
+    identity: &Option<PathBuf>,
+) -> Arc<dyn drain::Drain> {
+    use fleetnix::bus::users::Service;
+    let conn = super::bus::Conn {
+        // An empty FLEETNIX_NATS_URL counts as unset.
+        nats_url: nats_url.clone().filter(|u| !u.trim().is_empty()),
+        password_file: None,
+        identity: identity.clone(),
+    };
+    let registry = Service::Registry;
+    let id = fleetnix::secrets::SecretId::new(
+        fleet.settings.control_plane.clone(),
+        registry.secret_kind(),
+    );
+    match super::bus::password(ctx, &conn, &id, registry.user()) {
+        Ok(password) => Arc::new(BusDrain {
+            url: super::bus::url(fleet, &conn),
+            password,
+            timeout: Duration::from_secs(u64::from(
+                fleet.settings.failure.node_timeout_seconds.max(1),
+            )),
+        }),
+        // deploy has no --password-file: the password comes from the environment or --identity.
+        Err(e) => Arc::new(drain::Unavailable(
+            e.to_string().replace("pass --password-file, or ", "or "),
+        )),
+    }
+}
+
+impl BusDrain {
+    async fn connect(&self) -> Result<async_nats::jetstream::Context, String> {
+        let user = fleetnix::bus::users::Service::Registry.user();
+        // The client's own timeout covers the TCP connect only: a server that accepts and
+        // never answers is bounded here.
+        let client = tokio::time::timeout(
+            self.timeout,
+            fleetnix::bus::dispatch::connect_as(&self.url, user, &self.password, self.timeout),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "the bus at {} did not answer within {}s",
+                self.url,
+                self.timeout.as_secs()
+            )
+        })?
+        .map_err(|e| format!("the bus at {}: {e}", self.url))?;
+        Ok(async_nats::jetstream::new(client))
+    }
+}
+
+fn node_name(node: &str) -> Result<fleetnix::model::NodeName, String> {
+    fleetnix::model::NodeName::parse(node).map_err(|e| e.to_string())
+}
+
+impl drain::Drain for BusDrain {
+    fn drain<'a>(
+        &'a self,
+        node: &'a str,
+        limit: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<drain::Drained, String>> {
+        use fleetnix::bus::drain as bus;
+        Box::pin(async move {
+            let name = node_name(node)?;
+            let js = self.connect().await?;
+            let kv = fleetnix::bus::registry::open_bucket(&js, fleetnix::bus::DRAIN_BUCKET, true)
+                .await
+                .map_err(|e| e.to_string())?;
+            let before = kv
+                .get(node)
+                .await
+                .map_err(|e| format!("reading {}: {e}", fleetnix::bus::DRAIN_BUCKET))?
+                .map(|v| serde_json::from_slice::<bus::DrainRecord>(&v).ok());
+            // Drained before, and not by a deploy: an operator's drain, left as it is.
+            let already =
+                matches!(&before, Some(r) if r.as_ref().is_none_or(|r| r.reason != DRAIN_REASON));
+            if !already {
+                bus::set(&js, &name, true, DRAIN_REASON)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            // The router's view: no entry (no router, no heartbeats) or a node it considers
+            // down has no task routed to it to wait for.
+            let entry = match bus::health(&js, &name).await {
+                Ok(Some(e)) if e.state != "down" => bus::wait_idle(&js, &name, limit)
+                    .await
+                    .map_err(|e| e.to_string())?,
+                Ok(e) => e,
+                Err(_) => None,
+            };
+            Ok(drain::Drained {
+                already,
+                in_flight: entry.map(|e| e.in_flight),
+            })
+        })
+    }
+
+    fn undrain<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), String>> {
+        use fleetnix::bus::drain as bus;
+        Box::pin(async move {
+            let name = node_name(node)?;
+            let js = self.connect().await?;
+            let kv = fleetnix::bus::registry::open_bucket(&js, fleetnix::bus::DRAIN_BUCKET, true)
+                .await
+                .map_err(|e| e.to_string())?;
+            let now = kv
+                .get(node)
+                .await
+                .map_err(|e| format!("reading {}: {e}", fleetnix::bus::DRAIN_BUCKET))?;
+            match now.map(|v| serde_json::from_slice::<bus::DrainRecord>(&v).ok()) {
+                // Not drained (any more): nothing to undo.
+                None => Ok(()),
+                Some(Some(r)) if r.reason == DRAIN_REASON => bus::set(&js, &name, false, "")
+                    .await
+                    .map_err(|e| e.to_string()),
+                Some(r) => Err(format!(
+                    "drained again meanwhile ({}), left as it is",
+                    r.map(|r| r.reason)
+                        .unwrap_or_else(|| "unreadable record".into())
+                )),
+            }
+        })
+    }
 }

@@ -57,6 +57,8 @@ struct Run<'a> {
     rebooting: bool,
     /// The step last announced.
     step: Step,
+    /// Where the node's drain stands (carried over from an earlier attempt).
+    drain: super::drain::NodeDrain,
 }
 
 /// The pause between two tries of a step that polls the node: half a second, never past
@@ -172,6 +174,7 @@ impl<T: Transport> Ctx<T> {
         plan: &NodeSpec,
         program: &Program,
         log: &NodeLog,
+        drain: &mut super::drain::NodeDrain,
     ) -> Result<(Outcome, String), Failure> {
         self.step(plan, Step::HostKey, log);
         self.pin(plan, &program.target)?;
@@ -189,7 +192,16 @@ impl<T: Transport> Ctx<T> {
             reboot_need: None,
             rebooting: false,
             step: Step::HostKey,
+            drain: drain.clone(),
         };
+        let result = self.run_ops(&mut run).await;
+        *drain = run.drain;
+        result
+    }
+
+    /// Runs the program's ops in order until one says how the node ended.
+    async fn run_ops(&self, run: &mut Run<'_>) -> Result<(Outcome, String), Failure> {
+        let program = run.program;
         let mut queue: VecDeque<&Op> = program.ops.iter().collect();
         while let Some(op) = queue.pop_front() {
             if let OpKind::IfNixos { nixos, otherwise } = &op.kind {
@@ -200,7 +212,7 @@ impl<T: Transport> Ctx<T> {
                 }
                 continue;
             }
-            if let Flow::Done(done) = self.op(&mut run, op).await? {
+            if let Flow::Done(done) = self.op(run, op).await? {
                 return Ok(done);
             }
         }
@@ -237,6 +249,14 @@ impl<T: Transport> Ctx<T> {
         let target = &run.program.target;
         match &op.kind {
             OpKind::IfNixos { .. } => Ok(Flow::Next),
+            OpKind::Drain { .. } => {
+                self.enter(run, Step::Drain);
+                self.trace(run, op.id, true);
+                self.drain_step(run.plan, &mut run.drain, run.log).await;
+                Ok(Flow::Next)
+            }
+            // Run once the node's result is known ([`super::drain`]), by [`Ctx::node`].
+            OpKind::Undrain { .. } => Ok(Flow::Next),
             OpKind::Close { step, .. } => {
                 if let Some(s) = step {
                     self.enter(run, *s);
@@ -606,7 +626,7 @@ impl<T: Transport> Ctx<T> {
         )
     }
 
-    /// Drains the node (if the bus can), then arms the boot guard and makes the new system the
+    /// Arms the boot guard and makes the new system the
     /// boot default; records how the node's units and ports were before the reboot.
     async fn arm_boot(
         &self,
@@ -616,21 +636,6 @@ impl<T: Transport> Ctx<T> {
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Flow, Failure> {
-        let node = run.plan.name.to_string();
-        match &self.opts.drain {
-            Some(d) => match d.drain(&node, self.opts.step_timeout).await {
-                Ok(what) => run.log.line(&format!("drained: {what}")),
-                Err(e) => {
-                    return Err(Failure::new(
-                        Step::Reboot,
-                        format!("draining the node's tasks failed ({e}); nothing changed"),
-                    ))
-                }
-            },
-            None => run
-                .log
-                .line("drain: no drain hook (the bus cannot drain yet); rebooting with its tasks"),
-        }
         let target = &run.program.target;
         let (out, ports) = tokio::join!(
             self.remote(step, target, script, stdin, timeout, run.log),
@@ -1017,7 +1022,8 @@ impl<T: Transport> Ctx<T> {
             self.authkeys.as_ref(),
         );
         let mut attempts = 1;
-        let mut result = self.attempt(plan, &program, &log).await;
+        let mut drain = super::drain::NodeDrain::default();
+        let mut result = self.attempt(plan, &program, &log, &mut drain).await;
         if let Err(f) = &result {
             if f.unreachable && self.opts.retry {
                 log.line(&format!("# attempt 1 failed: {}; retrying once", f.reason));
@@ -1026,7 +1032,7 @@ impl<T: Transport> Ctx<T> {
                     reason: f.reason.clone(),
                 });
                 attempts = 2;
-                result = self.attempt(plan, &program, &log).await;
+                result = self.attempt(plan, &program, &log, &mut drain).await;
             }
         }
         // Whatever happened, the node's shared connection ends with it.
@@ -1035,6 +1041,9 @@ impl<T: Transport> Ctx<T> {
             Ok((o, d)) => (o, None, d),
             Err(f) => (Outcome::Failed, Some(f.step), f.reason),
         };
+        let detail = self
+            .finish_drain(plan, &program, &drain, &log, outcome, detail)
+            .await;
         log.line(&format!("# result: {} {detail}", outcome.as_str()));
         NodeReport {
             node: plan.name.to_string(),

@@ -5,6 +5,8 @@
 //!   node's OS: [`nixos`] (`nixos-rebuild` over SSH with pinned host keys ([`hostkeys`]) and the
 //!   rollback guard ([`guard`]) that keeps `switch` from locking the operator out) or [`probe`]
 //!   then [`linux`] (plain Linux: install script, `tailscale up`, agent unit, nftables);
+//! - [`drain`]: a node that runs an agent is drained on the bus before its activation and
+//!   undrained after the health gate;
 //! - [`execute`]: runs a node's program; [`dryrun`]: prints the same program (`--dry-run`);
 //! - [`schedule`]: many nodes concurrently; [`report`]: steps, outcomes, events, the summary;
 //! - [`rollout`]: `--canary`, `--batch`, `--max-failures` (waves of the scheduler);
@@ -19,6 +21,8 @@
 //! `exec` and the foundations.
 
 pub mod build;
+pub mod drain;
+pub(crate) mod drain_run;
 pub mod dryrun;
 pub mod evalcache;
 pub(crate) mod execute;
@@ -157,8 +161,14 @@ pub struct DeployOptions {
     pub reboot: reboot::RebootMode,
     /// How long a rebooting node may take until SSH answers again (`--reboot-timeout`).
     pub reboot_timeout: Duration,
-    /// Drains a node's tasks before it reboots, if the bus can.
-    pub drain: Option<std::sync::Arc<dyn reboot::Drain>>,
+    /// The bus's side of draining a node's tasks before its activation or reboot and
+    /// undraining it after ([`drain`]); `None`: none given (each drain is then a note).
+    pub drain: Option<std::sync::Arc<dyn drain::Drain>>,
+    /// Drain nodes that run an agent around an activation (`--no-drain` turns it off).
+    pub drain_enabled: bool,
+    /// How long a drain waits for the node's running tasks (`--drain-timeout`; the fleet's
+    /// `task_timeout_seconds` by default).
+    pub drain_timeout: Duration,
 }
 
 /// Default `--parallel`.
@@ -198,6 +208,10 @@ impl DeployOptions {
             reboot: reboot::RebootMode::Never,
             reboot_timeout: Duration::from_secs(600),
             drain: None,
+            drain_enabled: true,
+            drain_timeout: Duration::from_secs(u64::from(
+                settings.failure.task_timeout_seconds.max(1),
+            )),
         }
     }
 

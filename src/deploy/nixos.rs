@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 /// The NixOS steps: read the running generation, then `nixos-rebuild <action>`; or, for a
 /// guarded `switch`, `nixos-rebuild build`, arm the guard, activate with `test`, close the
 /// shared connection, pass the health gate (unless `--no-health-gate`) and confirm over a
-/// new connection.
+/// new connection. A node that runs an agent is drained before the activation and undrained
+/// after ([`super::drain`]) unless the action is `boot` or `--no-drain`.
 pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshTarget) -> Vec<Op> {
     let guarded = opts.guarded();
     let mut ops = vec![b.op(OpKind::Remote(Remote {
@@ -73,6 +74,18 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
             super::env::NIXOS_REBUILD
         )
     });
+    // A node that runs an agent is drained before anything activates ([`super::drain`]):
+    // unguarded, before `nixos-rebuild <action>` (which activates); guarded, after the build
+    // and before the guard is armed (so the wait does not eat into the guard's grace).
+    let drains = super::drain::applies(opts, plan);
+    let drain = |b: &mut Builder| {
+        b.op(OpKind::Drain {
+            what: super::drain::drain_text(plan, opts),
+        })
+    };
+    if drains && !guarded {
+        ops.push(drain(b));
+    }
     ops.push(b.op(OpKind::Local(Local {
         step: Step::Rebuild,
         what,
@@ -80,7 +93,15 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
         missing,
         effect,
     })));
+    let undrain = |b: &mut Builder| {
+        b.op(OpKind::Undrain {
+            what: super::drain::undrain_text(plan, opts),
+        })
+    };
     if !guarded {
+        if drains {
+            ops.push(undrain(b));
+        }
         return ops;
     }
     let id = guard::GuardId::placeholder();
@@ -113,6 +134,9 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
                 Script::RebootCheck,
             )
         })));
+    }
+    if drains {
+        ops.push(drain(b));
     }
     ops.push(b.op(OpKind::Remote(Remote {
         when: no_reboot,
@@ -148,7 +172,7 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
             ..Remote::new(
                 Step::ArmGuard,
                 format!(
-                    "if it reboots: drain the node's tasks (if the bus can), take the node's lock, arm the boot guard on the node's disk ({dir}, {unit}.timer in {units}: {secs}s after a boot without confirmation, {RUNNING} is the boot default again and the node reboots into it), make {BUILT} the profile and boot default; then how tailscaled and the agent are before the reboot",
+                    "if it reboots: take the node's lock, arm the boot guard on the node's disk ({dir}, {unit}.timer in {units}: {secs}s after a boot without confirmation, {RUNNING} is the boot default again and the node reboots into it), make {BUILT} the profile and boot default; then how tailscaled and the agent are before the reboot",
                     dir = super::guard::BOOT_GUARD_DIR,
                     unit = super::guard::BOOT_GUARD_UNIT,
                     units = super::guard::BOOT_GUARD_UNIT_DIR,
@@ -216,6 +240,9 @@ pub fn ops(b: &mut Builder, plan: &NodeSpec, opts: &DeployOptions, target: &SshT
             Script::Confirm,
         )
     })));
+    if drains {
+        ops.push(undrain(b));
+    }
     ops
 }
 

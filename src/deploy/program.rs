@@ -175,7 +175,7 @@ pub enum Effect {
     Confirm,
     /// Stdout says whether the built system needs a reboot; `--reboot` decides.
     RebootCheck,
-    /// Drain, then arm the boot guard and make the new system the boot default.
+    /// Arm the boot guard and make the new system the boot default.
     ArmBoot,
     /// Reboot, then wait for the node to answer again.
     Reboot,
@@ -257,6 +257,17 @@ pub enum OpKind {
         step: Option<Step>,
         /// What it is for, in words.
         what: &'static str,
+    },
+    /// Drain the node's tasks on the bus ([`super::drain`]): not a command on the node.
+    Drain {
+        /// What it does, in words.
+        what: String,
+    },
+    /// Undrain the node after a successful deploy ([`super::drain`]); run after the
+    /// program's result is known.
+    Undrain {
+        /// What it does, in words.
+        what: String,
     },
     /// Branch on the OS the probe found (`os: auto`).
     IfNixos {
@@ -378,6 +389,11 @@ impl Lister<'_> {
         match &op.kind {
             OpKind::Local(l) => {
                 let text = self.local_text(&l.what, &l.cmd);
+                self.push(Some(op.id), text);
+            }
+            OpKind::Drain { what } | OpKind::Undrain { what } => {
+                self.n += 1;
+                let text = format!("  {}. {what}\n", self.n);
                 self.push(Some(op.id), text);
             }
             OpKind::Close { what, .. } => {

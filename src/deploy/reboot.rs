@@ -190,17 +190,6 @@ impl RebootMode {
     }
 }
 
-/// Drains a node's tasks before it reboots (the bus's part; fleetnix deploys without one until
-/// the bus can drain). `Ok` says what was drained, for the log.
-pub trait Drain: Send + Sync + std::fmt::Debug {
-    /// Stops giving `node` new tasks and waits (within `limit`) for its running ones.
-    fn drain<'a>(
-        &'a self,
-        node: &'a str,
-        limit: std::time::Duration,
-    ) -> futures_util::future::BoxFuture<'a, Result<String, String>>;
-}
-
 /// Script reading the booted system's and `new`'s components: `@booted` then `@new`, each
 /// followed by [`read_script`]'s lines.
 pub fn check_script(new: &str) -> String {

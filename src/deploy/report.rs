@@ -40,6 +40,10 @@ pub enum Step {
     Preflight,
     /// Rebooting into the new generation and waiting for the node ([`super::reboot`]).
     Reboot,
+    /// Draining the node's tasks on the bus before activation ([`super::drain`]).
+    Drain,
+    /// Giving the node tasks again after the deploy ([`super::drain`]).
+    Undrain,
 }
 
 impl Step {
@@ -61,6 +65,8 @@ impl Step {
             Step::BootDefault => "boot-default",
             Step::Preflight => "preflight",
             Step::Reboot => "reboot",
+            Step::Drain => "drain",
+            Step::Undrain => "undrain",
         }
     }
 }

@@ -131,7 +131,7 @@ fn chmod(path: &Path, mode: u32) {
 }
 
 /// The pid (in the machine's pid namespace) of the container's PID 1 in network namespace `ns`.
-fn leader_in(ns: &str) -> Option<u32> {
+pub fn leader_in(ns: &str) -> Option<u32> {
     let out = Command::new("ip")
         .args(["netns", "pids", ns])
         .stdin(Stdio::null())

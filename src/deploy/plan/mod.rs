@@ -204,6 +204,10 @@ pub struct NodeChange {
     /// Package-level difference (changed NixOS nodes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub closure: Option<Closure>,
+    /// A deploy drains it on the bus before activating it and undrains it after the health
+    /// gate (a changed NixOS node that runs an agent, see [`super::drain`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub drain: bool,
 }
 
 /// Counts by state.
@@ -331,11 +335,15 @@ pub async fn plan<T: Transport + Clone>(
             (State::Changed, Some(c), Some(t)) => Some(closure(tools.nix.as_deref(), c, t).await),
             _ => None,
         };
+        let drain = system.state == State::Changed
+            && system.os == "nixos"
+            && super::drain::applies(opts, plan);
         nodes.push(NodeChange {
             rendered,
             committed,
             secrets: secrets.remove(plan.name.as_str()).unwrap_or_default(),
             closure,
+            drain,
             system,
         });
     }
@@ -450,6 +458,7 @@ mod tests {
                 },
                 secrets: Vec::new(),
                 closure: Some(Closure::NotBuilt),
+                drain: true,
             }],
             rendered: Vec::new(),
             summary: Counts {
@@ -466,7 +475,7 @@ mod tests {
         );
         assert!(
             row.ends_with(
-                "reboot needed (kernel); vs HEAD: +tcp/8080 -tag:old; closure: not built"
+                "reboot needed (kernel); vs HEAD: +tcp/8080 -tag:old; closure: not built; deploy drains its tasks first (agent), undrains after the gate"
             ),
             "{t}"
         );

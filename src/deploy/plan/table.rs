@@ -54,6 +54,9 @@ pub fn table(r: &PlanReport) -> String {
             Some(Closure::Failed { reason }) => what.push(format!("closure: {reason}")),
             None => {}
         }
+        if n.drain {
+            what.push("deploy drains its tasks first (agent), undrains after the gate".into());
+        }
         rows.push([
             s.name.to_string(),
             s.os.clone(),

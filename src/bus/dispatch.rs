@@ -201,7 +201,7 @@ pub async fn connect(
 }
 
 /// Connects as NATS user `user` (a node name, or the router's user), with the inbox
-/// `_INBOX.<user>` its permissions allow.
+/// `_INBOX.<user>` its permissions allow; the whole handshake within `timeout`.
 pub async fn connect_as(
     url: &str,
     user: &str,
@@ -209,16 +209,34 @@ pub async fn connect_as(
     timeout: Duration,
 ) -> Result<Client, BusError> {
     check_url(url)?;
-    ConnectOptions::with_user_and_password(user.to_string(), password.expose().to_string())
-        .custom_inbox_prefix(format!("_INBOX.{user}"))
-        .connection_timeout(timeout)
-        .connect(url)
-        .await
-        .map_err(|source| BusError::Connect {
+    let options =
+        ConnectOptions::with_user_and_password(user.to_string(), password.expose().to_string())
+            .custom_inbox_prefix(format!("_INBOX.{user}"));
+    connect_bounded(options, url, user, timeout).await
+}
+
+/// Connects with `options` to `url` as `user`, the whole handshake within `timeout`:
+/// async-nats' connection timeout covers the TCP connect only, so a server that accepts and
+/// never answers (INFO, the handshake) is bounded here.
+pub(crate) async fn connect_bounded(
+    options: ConnectOptions,
+    url: &str,
+    user: &str,
+    timeout: Duration,
+) -> Result<Client, BusError> {
+    let connect = options.connection_timeout(timeout).connect(url);
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(r) => r.map_err(|source| BusError::Connect {
             url: url.to_string(),
             user: user.to_string(),
             source,
-        })
+        }),
+        Err(_) => Err(BusError::ConnectTimeout {
+            url: url.to_string(),
+            user: user.to_string(),
+            timeout,
+        }),
+    }
 }
 
 /// A fresh task id: 16 lowercase hex digits (64 bits) from the thread's CSPRNG, which the OS's

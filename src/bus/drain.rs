@@ -154,3 +154,79 @@ pub async fn wait_idle(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// What [`drain_owned`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedDrain {
+    /// The node was drained already by someone else (another `reason`): left as it was.
+    pub already: bool,
+    /// The router's entry of the node when the wait ended (`None`: the router has none).
+    pub entry: Option<HealthEntry>,
+}
+
+/// Drains `node` on behalf of `owner` (the record's `reason`, e.g. `fleetnix deploy`) unless
+/// someone else drained it already, then waits (at most `limit`) until the router reports it
+/// idle. A node the router has no entry for, or considers down, has no task routed to it to
+/// wait for.
+pub async fn drain_owned(
+    js: &jetstream::Context,
+    node: &NodeName,
+    owner: &str,
+    limit: Duration,
+) -> Result<OwnedDrain, BusError> {
+    let already = match record(js, node).await? {
+        None => false,
+        Some(r) => r.is_none_or(|r| r.reason != owner),
+    };
+    if !already {
+        set(js, node, true, owner).await?;
+    }
+    let entry = match health(js, node).await {
+        Ok(Some(e)) if e.state != "down" => wait_idle(js, node, limit).await?,
+        Ok(e) => e,
+        // No router view (the bucket's absence included): nothing to wait for.
+        Err(_) => None,
+    };
+    Ok(OwnedDrain { already, entry })
+}
+
+/// What [`undrain_owned`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undrained {
+    /// The node was not drained (any more): nothing to undo.
+    NotDrained,
+    /// `owner`'s drain was removed.
+    Undrained,
+    /// Someone else drained it meanwhile (their reason, or `None` for an unreadable record):
+    /// left as it is.
+    DrainedByOther(Option<String>),
+}
+
+/// Undrains `node` if the drain it holds is `owner`'s.
+pub async fn undrain_owned(
+    js: &jetstream::Context,
+    node: &NodeName,
+    owner: &str,
+) -> Result<Undrained, BusError> {
+    Ok(match record(js, node).await? {
+        None => Undrained::NotDrained,
+        Some(Some(r)) if r.reason == owner => {
+            set(js, node, false, "").await?;
+            Undrained::Undrained
+        }
+        Some(r) => Undrained::DrainedByOther(r.map(|r| r.reason)),
+    })
+}
+
+/// `node`'s `fleet-drain` record: `None` when not drained, `Some(None)` when unreadable.
+async fn record(
+    js: &jetstream::Context,
+    node: &NodeName,
+) -> Result<Option<Option<DrainRecord>>, BusError> {
+    let kv = open_bucket(js, DRAIN_BUCKET, true).await?;
+    let got = kv
+        .get(node.as_str())
+        .await
+        .map_err(|e| kv_err("get")(e.to_string()))?;
+    Ok(got.map(|v| serde_json::from_slice(&v).ok()))
+}

@@ -205,6 +205,16 @@ pub enum BusError {
         #[source]
         source: async_nats::ConnectError,
     },
+    /// The server accepted the connection but did not complete the handshake in time.
+    #[error("cannot connect to NATS at {url} as {user}: no answer within {}s", timeout.as_secs_f64())]
+    ConnectTimeout {
+        /// Server URL.
+        url: String,
+        /// User name.
+        user: String,
+        /// The bound.
+        timeout: std::time::Duration,
+    },
     /// Subscribing failed.
     #[error("cannot subscribe to {subject}: {source}")]
     Subscribe {

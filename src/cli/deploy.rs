@@ -518,19 +518,13 @@ fn bus_drain(
     nats_url: &Option<String>,
     identity: &Option<PathBuf>,
 ) -> Arc<dyn drain::Drain> {
-    use fleetnix::bus::users::Service;
     let conn = super::bus::Conn {
         // An empty FLEETNIX_NATS_URL counts as unset.
         nats_url: nats_url.clone().filter(|u| !u.trim().is_empty()),
         password_file: None,
         identity: identity.clone(),
     };
-    let registry = Service::Registry;
-    let id = fleetnix::secrets::SecretId::new(
-        fleet.settings.control_plane.clone(),
-        registry.secret_kind(),
-    );
-    match super::bus::password(ctx, &conn, &id, registry.user()) {
+    match super::bus::registry_password(ctx, fleet, &conn) {
         Ok(password) => Arc::new(BusDrain {
             url: super::bus::url(fleet, &conn),
             password,
@@ -548,21 +542,10 @@ fn bus_drain(
 impl BusDrain {
     async fn connect(&self) -> Result<async_nats::jetstream::Context, String> {
         let user = fleetnix::bus::users::Service::Registry.user();
-        // The client's own timeout covers the TCP connect only: a server that accepts and
-        // never answers is bounded here.
-        let client = tokio::time::timeout(
-            self.timeout,
-            fleetnix::bus::dispatch::connect_as(&self.url, user, &self.password, self.timeout),
-        )
-        .await
-        .map_err(|_| {
-            format!(
-                "the bus at {} did not answer within {}s",
-                self.url,
-                self.timeout.as_secs()
-            )
-        })?
-        .map_err(|e| format!("the bus at {}: {e}", self.url))?;
+        let client =
+            fleetnix::bus::dispatch::connect_as(&self.url, user, &self.password, self.timeout)
+                .await
+                .map_err(|e| e.to_string())?;
         Ok(async_nats::jetstream::new(client))
     }
 }
@@ -577,38 +560,15 @@ impl drain::Drain for BusDrain {
         node: &'a str,
         limit: Duration,
     ) -> futures_util::future::BoxFuture<'a, Result<drain::Drained, String>> {
-        use fleetnix::bus::drain as bus;
         Box::pin(async move {
             let name = node_name(node)?;
             let js = self.connect().await?;
-            let kv = fleetnix::bus::registry::open_bucket(&js, fleetnix::bus::DRAIN_BUCKET, true)
+            let d = fleetnix::bus::drain::drain_owned(&js, &name, DRAIN_REASON, limit)
                 .await
                 .map_err(|e| e.to_string())?;
-            let before = kv
-                .get(node)
-                .await
-                .map_err(|e| format!("reading {}: {e}", fleetnix::bus::DRAIN_BUCKET))?
-                .map(|v| serde_json::from_slice::<bus::DrainRecord>(&v).ok());
-            // Drained before, and not by a deploy: an operator's drain, left as it is.
-            let already =
-                matches!(&before, Some(r) if r.as_ref().is_none_or(|r| r.reason != DRAIN_REASON));
-            if !already {
-                bus::set(&js, &name, true, DRAIN_REASON)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            // The router's view: no entry (no router, no heartbeats) or a node it considers
-            // down has no task routed to it to wait for.
-            let entry = match bus::health(&js, &name).await {
-                Ok(Some(e)) if e.state != "down" => bus::wait_idle(&js, &name, limit)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                Ok(e) => e,
-                Err(_) => None,
-            };
             Ok(drain::Drained {
-                already,
-                in_flight: entry.map(|e| e.in_flight),
+                already: d.already,
+                in_flight: d.entry.map(|e| e.in_flight),
             })
         })
     }
@@ -617,27 +577,18 @@ impl drain::Drain for BusDrain {
         &'a self,
         node: &'a str,
     ) -> futures_util::future::BoxFuture<'a, Result<(), String>> {
-        use fleetnix::bus::drain as bus;
+        use fleetnix::bus::drain::{undrain_owned, Undrained};
         Box::pin(async move {
             let name = node_name(node)?;
             let js = self.connect().await?;
-            let kv = fleetnix::bus::registry::open_bucket(&js, fleetnix::bus::DRAIN_BUCKET, true)
+            match undrain_owned(&js, &name, DRAIN_REASON)
                 .await
-                .map_err(|e| e.to_string())?;
-            let now = kv
-                .get(node)
-                .await
-                .map_err(|e| format!("reading {}: {e}", fleetnix::bus::DRAIN_BUCKET))?;
-            match now.map(|v| serde_json::from_slice::<bus::DrainRecord>(&v).ok()) {
-                // Not drained (any more): nothing to undo.
-                None => Ok(()),
-                Some(Some(r)) if r.reason == DRAIN_REASON => bus::set(&js, &name, false, "")
-                    .await
-                    .map_err(|e| e.to_string()),
-                Some(r) => Err(format!(
+                .map_err(|e| e.to_string())?
+            {
+                Undrained::NotDrained | Undrained::Undrained => Ok(()),
+                Undrained::DrainedByOther(reason) => Err(format!(
                     "drained again meanwhile ({}), left as it is",
-                    r.map(|r| r.reason)
-                        .unwrap_or_else(|| "unreadable record".into())
+                    reason.unwrap_or_else(|| "unreadable record".into())
                 )),
             }
         })

@@ -277,22 +277,15 @@ async fn connect_logged(
     lane: usize,
 ) -> Result<Client, BusError> {
     crate::bus::dispatch::check_url(url)?;
-    async_nats::ConnectOptions::with_user_and_password(
+    let options = async_nats::ConnectOptions::with_user_and_password(
         ROUTER_USER.to_string(),
         password.expose().to_string(),
     )
     .custom_inbox_prefix(format!("_INBOX.{ROUTER_USER}"))
-    .connection_timeout(timeout)
     .event_callback(move |event| async move {
         log(format!("lane {lane}: NATS {event}"));
-    })
-    .connect(url)
-    .await
-    .map_err(|source| BusError::Connect {
-        url: url.to_string(),
-        user: ROUTER_USER.to_string(),
-        source,
-    })
+    });
+    crate::bus::dispatch::connect_bounded(options, url, ROUTER_USER, timeout).await
 }
 
 impl From<Client> for Lanes {

@@ -720,7 +720,7 @@ fn the_cli_drains_through_a_real_bus_waits_and_undrains_and_a_missing_bus_is_a_n
         Some(pw.expose()),
     );
     assert!(
-        detail.contains("not drained (the bus at nats://127.0.0.1:9:")
+        detail.contains("not drained (cannot connect to NATS at nats://127.0.0.1:9 as _registry:")
             && detail.contains("deployed with its tasks running"),
         "{detail}"
     );
@@ -738,7 +738,7 @@ fn the_cli_drains_through_a_real_bus_waits_and_undrains_and_a_missing_bus_is_a_n
     );
     assert!(
         detail.contains(&format!(
-            "not drained (the bus at {silent_url} did not answer within 2s): deployed with its tasks running"
+            "not drained (cannot connect to NATS at {silent_url} as _registry: no answer within 2s): deployed with its tasks running"
         )),
         "{detail}"
     );

@@ -2,6 +2,7 @@
 //! whose condition the probe rules out), classify failures, retry an unreachable node once.
 //! Every op that runs is written to the node's log as `#> ` lines holding exactly its
 //! `--dry-run` listing (with the run's values filled in); an op skipped is written as `#- `.
+//! The reboot path's steps are in `reboot_run.rs`, the drain steps in `drain_run.rs`.
 
 use super::failure::{proc_failure, ssh_failure, Failure};
 use super::guard;
@@ -34,36 +35,36 @@ pub(crate) struct Ctx<T> {
 }
 
 /// What one attempt at a program has learnt so far.
-struct Run<'a> {
-    plan: &'a NodeSpec,
-    program: &'a Program,
-    log: &'a NodeLog,
-    vars: Vars,
+pub(crate) struct Run<'a> {
+    pub(crate) plan: &'a NodeSpec,
+    pub(crate) program: &'a Program,
+    pub(crate) log: &'a NodeLog,
+    pub(crate) vars: Vars,
     /// What the connect step read (`readlink /run/current-system`).
-    generation: Option<String>,
+    pub(crate) generation: Option<String>,
     /// What the plain Linux probe found.
-    probe: Option<Probe>,
+    pub(crate) probe: Option<Probe>,
     /// Changes made on a plain Linux node.
-    changed: Vec<&'static str>,
+    pub(crate) changed: Vec<&'static str>,
     /// When the guard was armed.
-    armed_at: Option<Instant>,
+    pub(crate) armed_at: Option<Instant>,
     /// The gate's units and ports as they were before the switch.
-    baseline: Option<super::gate::Baseline>,
+    pub(crate) baseline: Option<super::gate::Baseline>,
     /// What the health gate checked, once it passed.
-    gate: Option<String>,
+    pub(crate) gate: Option<String>,
     /// Does the built system need a reboot, and why (read on the node).
-    reboot_need: Option<super::reboot::RebootNeed>,
+    pub(crate) reboot_need: Option<super::reboot::RebootNeed>,
     /// Does this deploy reboot the node (decided by `--reboot` and the check)?
-    rebooting: bool,
+    pub(crate) rebooting: bool,
     /// The step last announced.
-    step: Step,
+    pub(crate) step: Step,
     /// Where the node's drain stands (carried over from an earlier attempt).
-    drain: super::drain::NodeDrain,
+    pub(crate) drain: super::drain::NodeDrain,
 }
 
 /// The pause between two tries of a step that polls the node: half a second, never past
 /// `deadline`.
-async fn pause_before_retry(deadline: Instant) {
+pub(crate) async fn pause_before_retry(deadline: Instant) {
     tokio::time::sleep(
         Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now())),
     )
@@ -71,8 +72,10 @@ async fn pause_before_retry(deadline: Instant) {
 }
 
 /// Go on, or the node's result is known.
-enum Flow {
+pub(crate) enum Flow {
+    /// The next operation.
     Next,
+    /// The node's result.
     Done((Outcome, String)),
 }
 
@@ -93,7 +96,7 @@ impl<T: Transport> Ctx<T> {
 
     /// Runs a remote script; ssh failures (exit 255) become classified failures,
     /// a failing script becomes `step` failing with its last output line.
-    async fn remote(
+    pub(crate) async fn remote(
         &self,
         step: Step,
         target: &SshTarget,
@@ -147,7 +150,7 @@ impl<T: Transport> Ctx<T> {
             .map_err(|e| Failure::new(Step::HostKey, format!("{}: {e}", path.display())))
     }
 
-    fn quick(&self) -> Duration {
+    pub(crate) fn quick(&self) -> Duration {
         self.opts.node_timeout + Duration::from_secs(5)
     }
 
@@ -508,7 +511,7 @@ impl<T: Transport> Ctx<T> {
 
     /// Until when the confirmation is asked (the guard's arming + grace + time to see the
     /// rollback done), and that time to see it done.
-    fn confirm_deadline(&self, run: &Run<'_>) -> (Instant, Duration) {
+    pub(crate) fn confirm_deadline(&self, run: &Run<'_>) -> (Instant, Duration) {
         let verify = Duration::from_secs(60).max(self.quick() * 2);
         let armed_at = run.armed_at.unwrap_or_else(Instant::now);
         (armed_at + self.opts.rollback_grace + verify, verify)
@@ -611,242 +614,6 @@ impl<T: Transport> Ctx<T> {
                 "not confirmed: no answer over a new connection within {}s of arming ({last}); {left}, but fleetnix could not reach the node to see it done: check it (journalctl -u {})",
                 (grace + verify).as_secs(),
                 id.unit()
-            ),
-        ))
-    }
-
-    /// What the boot guard does, for reports.
-    fn boot_guard_will(&self, run: &Run<'_>) -> String {
-        format!(
-            "its boot guard ({unit}.timer, armed on the node) makes {prev} the boot default again and reboots into it {secs}s after a boot of {new} without a confirmation",
-            unit = super::guard::BOOT_GUARD_UNIT,
-            prev = run.vars.running,
-            new = run.vars.built,
-            secs = self.opts.rollback_grace.as_secs()
-        )
-    }
-
-    /// Arms the boot guard and makes the new system the
-    /// boot default; records how the node's units and ports were before the reboot.
-    async fn arm_boot(
-        &self,
-        run: &mut Run<'_>,
-        step: Step,
-        script: &str,
-        stdin: Option<&[u8]>,
-        timeout: Duration,
-    ) -> Result<Flow, Failure> {
-        let target = &run.program.target;
-        let (out, ports) = tokio::join!(
-            self.remote(step, target, script, stdin, timeout, run.log),
-            super::gate::probe_ports(run.plan, self.quick())
-        );
-        let out = out.map_err(|mut f| {
-            f.reason = format!("{}; nothing changed", f.reason);
-            f
-        })?;
-        run.baseline = Some(super::gate::Baseline {
-            units: super::gate::parse_gate(&out.stdout),
-            ports: ports
-                .into_iter()
-                .map(|(p, o)| (p, o == crate::health::PortOutcome::Open))
-                .collect(),
-        });
-        run.log.line(&format!(
-            "boot guard armed; {} is the boot default",
-            run.vars.built
-        ));
-        Ok(Flow::Next)
-    }
-
-    /// Reboots the node, then asks it over new connections (every half second, within
-    /// `--reboot-timeout`) until it answers from its new boot.
-    async fn reboot(&self, run: &mut Run<'_>, script: &str) -> Result<Flow, Failure> {
-        let target = &run.program.target;
-        let out = self
-            .transport
-            .run(target, script, None, self.quick(), run.log)
-            .await;
-        match out {
-            Ok(o) if o.success() || o.code == Some(255) => {}
-            Ok(o) => {
-                // Not rebooting: the guard at once makes the running generation the boot
-                // default again (it runs it, so the guard does not reboot).
-                let undo = self
-                    .transport
-                    .run(
-                        target,
-                        &super::reboot::roll_back_boot_now_script(),
-                        None,
-                        self.quick(),
-                        run.log,
-                    )
-                    .await;
-                let undone = match undo {
-                    Ok(u) if u.success() => format!(
-                        "its boot guard was started at once to make {} the boot default again",
-                        run.vars.running
-                    ),
-                    _ => self.boot_guard_will(run),
-                };
-                return Err(Failure::new(
-                    Step::Reboot,
-                    format!(
-                        "asking the node to reboot failed ({}); {undone}",
-                        o.last_line()
-                    ),
-                ));
-            }
-            Err(e) => run.log.line(&format!("reboot: {e}; waiting for the node")),
-        }
-        self.transport.close(target, run.log).await;
-        let fresh = target.fresh();
-        let started = Instant::now();
-        let deadline = started + self.opts.reboot_timeout;
-        let back = super::reboot::back_script(&run.vars.guard);
-        let mut last = String::from("no answer yet");
-        while Instant::now() < deadline {
-            let t = self
-                .quick()
-                .min(deadline.saturating_duration_since(Instant::now()))
-                .max(Duration::from_secs(1));
-            match self.transport.run(&fresh, &back, None, t, run.log).await {
-                Ok(o) if o.success() => {
-                    let answer = o.stdout.trim().to_string();
-                    if let Some(booted) = answer.strip_prefix("booted") {
-                        run.log.line(&format!(
-                            "back after {:.1}s, booted {}",
-                            started.elapsed().as_secs_f64(),
-                            booted.trim()
-                        ));
-                        // The guard's bound runs from the boot: so do the gate's and the
-                        // confirmation's deadlines.
-                        run.armed_at = Some(Instant::now());
-                        return Ok(Flow::Next);
-                    }
-                    last = "not rebooted yet".into();
-                }
-                Ok(o) => last = o.last_line(),
-                Err(e) => last = e.to_string(),
-            }
-            pause_before_retry(deadline).await;
-        }
-        Err(Failure::new(
-            Step::Reboot,
-            format!(
-                "the node did not answer over SSH within {}s of the reboot ({last}); {}",
-                self.opts.reboot_timeout.as_secs(),
-                self.boot_guard_will(run)
-            ),
-        ))
-    }
-
-    /// After a failed gate on a rebooted node: starts its boot guard at once (the previous
-    /// generation becomes the boot default again and the node reboots into it).
-    async fn roll_back_boot_now(&self, run: &Run<'_>, why: &str) -> Failure {
-        let fresh = run.program.target.fresh();
-        let r = self
-            .transport
-            .run(
-                &fresh,
-                &super::reboot::roll_back_boot_now_script(),
-                None,
-                self.quick(),
-                run.log,
-            )
-            .await;
-        let what = match r {
-            Ok(o) if o.success() => format!(
-                "its boot guard was started at once: {} is the boot default again and the node reboots into it",
-                run.vars.running
-            ),
-            Ok(o) => format!(
-                "starting its boot guard at once failed ({}); {}",
-                o.last_line(),
-                self.boot_guard_will(run)
-            ),
-            Err(e) => format!(
-                "starting its boot guard at once failed ({e}); {}",
-                self.boot_guard_will(run)
-            ),
-        };
-        Failure::new(Step::HealthGate, format!("{why}; {what}"))
-    }
-
-    /// The confirmation of a reboot over a new connection, retried until the guard's bound
-    /// (and a little longer, to see what the guard did).
-    async fn confirm_boot(
-        &self,
-        run: &mut Run<'_>,
-        script: &str,
-    ) -> Result<(Outcome, String), Failure> {
-        use super::reboot::BootConfirm;
-        let fresh = run.program.target.fresh();
-        let (deadline, _) = self.confirm_deadline(run);
-        let (prev, new) = (run.vars.running.clone(), run.vars.built.clone());
-        let mut last = String::from("no attempt");
-        while Instant::now() < deadline {
-            let t = self
-                .quick()
-                .min(deadline.saturating_duration_since(Instant::now()))
-                .max(Duration::from_secs(1));
-            match self.transport.run(&fresh, script, None, t, run.log).await {
-                Ok(o) if o.success() => match super::reboot::parse_boot_confirm(&o.stdout) {
-                    Some(BootConfirm::Confirmed) => {
-                        let why = run
-                            .reboot_need
-                            .as_ref()
-                            .filter(|n| n.needed)
-                            .map(|n| format!(" ({})", n.reasons.join(", ")))
-                            .unwrap_or_default();
-                        let mut d = format!(
-                            "rebooted into the new generation{why}; confirmed over a new connection, boot guard removed"
-                        );
-                        if let Some(g) = &run.gate {
-                            d = format!("{d}; health gate {g}");
-                        }
-                        return Ok((Outcome::Succeeded, d));
-                    }
-                    Some(BootConfirm::Booted(b)) => {
-                        return Err(Failure::new(
-                            Step::Confirm,
-                            format!(
-                                "the node booted {b}, not {new}: not confirmed; {}",
-                                self.boot_guard_will(run)
-                            ),
-                        ))
-                    }
-                    Some(BootConfirm::Fired) => {
-                        return Ok((
-                            Outcome::RolledBack,
-                            format!("the boot guard fired before the confirmation: {prev} is the boot default again and the node reboots into it"),
-                        ))
-                    }
-                    Some(BootConfirm::Failed) => {
-                        return Ok((
-                            Outcome::RollbackFailed,
-                            format!("the boot guard fired and failed to make {prev} the boot default again: on the node's console run `{prev}/bin/switch-to-configuration boot` and reboot (see `journalctl -u {}.service`)", super::guard::BOOT_GUARD_UNIT),
-                        ))
-                    }
-                    Some(BootConfirm::Gone) => {
-                        return Err(Failure::new(
-                            Step::Confirm,
-                            format!("the node has no boot guard of this deploy: check what it runs (expected {new})"),
-                        ))
-                    }
-                    None => last = format!("unexpected answer {:?}", o.stdout.trim()),
-                },
-                Ok(o) => last = o.last_line(),
-                Err(e) => last = e.to_string(),
-            }
-            run.log.line(&format!("confirmation: {last}; retrying"));
-            pause_before_retry(deadline).await;
-        }
-        Err(Failure::new(
-            Step::Confirm,
-            format!(
-                "not confirmed: no answer over a new connection ({last}); {}",
-                self.boot_guard_will(run)
             ),
         ))
     }

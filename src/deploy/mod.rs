@@ -7,7 +7,8 @@
 //!   then [`linux`] (plain Linux: install script, `tailscale up`, agent unit, nftables);
 //! - [`drain`]: a node that runs an agent is drained on the bus before its activation and
 //!   undrained after the health gate;
-//! - [`execute`]: runs a node's program; [`dryrun`]: prints the same program (`--dry-run`);
+//! - [`execute`]: runs a node's program (its reboot path in `reboot_run.rs`, the drain steps in
+//!   `drain_run.rs`); [`dryrun`]: prints the same program (`--dry-run`);
 //! - [`schedule`]: many nodes concurrently; [`report`]: steps, outcomes, events, the summary;
 //! - [`rollout`]: `--canary`, `--batch`, `--max-failures` (waves of the scheduler);
 //! - [`plan`]: `fleetnix plan` (what a deploy would change) and deploy's skipping of unchanged nodes;
@@ -38,6 +39,7 @@ pub mod preflight;
 pub mod probe;
 pub mod program;
 pub mod reboot;
+pub(crate) mod reboot_run;
 pub mod report;
 pub mod rollout;
 pub mod schedule;

@@ -55,7 +55,7 @@ pub struct Matrix {
 }
 
 /// Evaluates `policy` for every tag and group of the fleet (and of the policy), and every
-/// principal the policy names ([`super::check::named_principals`]), against every node.
+/// principal the policy names ([`super::check::principals::named_principals`]), against every node.
 pub fn matrix(fleet: &Fleet, policy: &Policy) -> Matrix {
     let intents = intents::intents(fleet);
     let tags: BTreeSet<&String> = intents

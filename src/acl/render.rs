@@ -1,5 +1,5 @@
 //! The Tailscale policy the fleet needs, written as deterministic, commented HuJSON from the
-//! fleet's [`intents`](crate::acl::intents::intents) (`fleetnix acl render`).
+//! fleet's [`intents`](crate::acl::intents::intents()) (`fleetnix acl render`).
 
 use crate::acl::intents::{covers, intents, Intents, Purpose};
 use crate::model::{Fleet, Protocol};

@@ -140,7 +140,7 @@ pub enum Seen {
 /// One node's record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    /// [`FORMAT`].
+    /// `FORMAT`.
     pub format: u32,
     /// The node.
     pub node: String,

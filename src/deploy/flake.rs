@@ -109,7 +109,7 @@ const BOOT_EXPR: &str = "(let c = cs.${n}.config; t = x: let r = builtins.tryEva
      kernel-params = if kern && c ? boot.kernelParams then t (builtins.concatStringsSep \" \" c.boot.kernelParams) else null; \
      systemd = if c ? systemd.package then t \"${c.systemd.package}\" else null; })";
 
-/// The boot components [`eval_command`] reported per node (see [`BOOT_EXPR`]); a node whose
+/// The boot components [`eval_command`] reported per node (see `BOOT_EXPR`); a node whose
 /// answer holds none is left out (not known).
 pub fn parse_eval_boot(
     json: &str,
@@ -309,7 +309,7 @@ pub async fn eval_targets(
         .0
 }
 
-/// [`eval_targets`], and each node's boot components (see [`BOOT_EXPR`]) where the one
+/// [`eval_targets`], and each node's boot components (see `BOOT_EXPR`) where the one
 /// evaluation gave them.
 pub async fn eval_targets_with_boot(
     nix: Option<&Path>,

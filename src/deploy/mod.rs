@@ -7,7 +7,7 @@
 //!   then [`linux`] (plain Linux: install script, `tailscale up`, agent unit, nftables);
 //! - [`drain`]: a node that runs an agent is drained on the bus before its activation and
 //!   undrained after the health gate;
-//! - [`execute`]: runs a node's program (its reboot path in `reboot_run.rs`, the drain steps in
+//! - `execute`: runs a node's program (its reboot path in `reboot_run.rs`, the drain steps in
 //!   `drain_run.rs`); [`dryrun`]: prints the same program (`--dry-run`);
 //! - [`schedule`]: many nodes concurrently; [`report`]: steps, outcomes, events, the summary;
 //! - [`rollout`]: `--canary`, `--batch`, `--max-failures` (waves of the scheduler);
@@ -156,7 +156,7 @@ pub struct DeployOptions {
     /// A guarded `switch` checks the node's health after activation, before the guard is
     /// disarmed ([`gate`]); `--no-health-gate` turns it off.
     pub health_gate: bool,
-    /// Target systems evaluated before the run ([`changes::targets_to_skip`]): a NixOS node
+    /// Target systems evaluated before the run ([`plan::targets_to_skip`]): a NixOS node
     /// whose connect step reads one of these as its running system stops there, `unchanged`.
     pub skip_if_running: std::sync::Arc<std::collections::BTreeMap<crate::model::NodeName, String>>,
     /// `--reboot`: whether a guarded switch reboots the node into the new generation.

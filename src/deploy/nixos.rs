@@ -1,6 +1,6 @@
 //! The NixOS path: `nixos-rebuild <action> --flake <root>#<node> --target-host <user>@<ip>`
 //! with `NIX_SSHOPTS` pinning the node's host key and sharing fleetnix's connection to it, and
-//! for a guarded `switch` the rollback guard's steps around it ([`program`], [`ops`]).
+//! for a guarded `switch` the rollback guard's steps around it ([`super::program`], [`ops`]).
 
 use super::flake::{override_args, OverrideInput};
 use super::program::{

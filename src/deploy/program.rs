@@ -1,7 +1,7 @@
 //! A node's deploy as data: a [`Program`] is the ordered list of [`Op`]s (a script run on the
 //! node with its stdin, a local command, closing the shared connection, a branch on the OS the
 //! probe found). [`super::build::build`] builds it;
-//! [`super::execute`] runs it and `--dry-run` ([`super::dryrun`]) prints it with
+//! `execute.rs` runs it and `--dry-run` ([`super::dryrun`]) prints it with
 //! [`Program::listing`], so the steps shown are the steps run.
 //!
 //! Values known only while a deploy runs (the running generation, the built system, the guard's

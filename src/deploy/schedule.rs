@@ -1,6 +1,6 @@
 //! Scheduling a deploy: at most `--parallel` nodes at once on tokio, `--fail-fast` and
 //! `--max-failures` stop new nodes from starting, Ctrl-C ([`Cancel`]) too; the tailnet's host
-//! keys are read once for the run. Each node runs through [`super::execute`].
+//! keys are read once for the run. Each node runs through `execute.rs`.
 
 use super::execute::Ctx;
 use super::hostkeys;

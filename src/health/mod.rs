@@ -10,7 +10,7 @@
 //! - **degraded**: reachable, but at least one service port failed (refused, timed out);
 //! - **healthy**: online and every service port accepted.
 //!
-//! [`watch`] repeats sweeps at an interval, tracks state changes and alerts on them.
+//! [`watch()`] repeats sweeps at an interval, tracks state changes and alerts on them.
 //!
 //! Executor (observation): probes, `status`, `alert` and `watch`. Imports: `model`, `spec`,
 //! `tailscale`, the foundations. Never `bus`: the router's view is composed in the CLI.

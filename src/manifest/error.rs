@@ -3,7 +3,7 @@
 use super::Problem;
 use std::path::PathBuf;
 
-/// Errors of [`load`].
+/// Errors of [`super::load`].
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// A fleet file could not be read.

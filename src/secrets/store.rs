@@ -227,7 +227,7 @@ fn recorded<'a>(records: &'a Records, key: &str, bytes: Option<&[u8]>) -> Option
     }
 }
 
-/// The state of every secret the manifest wants (every kind, see [`super::kinds::wanted`]), plus
+/// The state of every secret the manifest wants (every kind, see [`crate::spec::secrets::wanted`]), plus
 /// orphaned `.age` files; sorted by node, then kind (auth key, NATS password, server
 /// environment), then file.
 pub fn status(fleet: &Fleet, root: &Path) -> Result<Vec<SecretStatus>, SecretsError> {

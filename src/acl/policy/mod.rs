@@ -5,7 +5,7 @@
 //! for its content (unknown fields, malformed `host:port`, bad ports, wrong types) is collected
 //! as an [`Issue`] and the rest of the policy is still read, so a checker can report all at once.
 //!
-//! [`types`] holds the values, [`parser`] reads them from the text; both are re-exported here.
+//! `types` holds the values, `parser` reads them from the text; both are re-exported here.
 
 mod parser;
 mod types;

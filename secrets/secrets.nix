@@ -20,6 +20,9 @@
   "control-01/nats-registry-password.age".publicKeys = [
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC3bAd20qy/eAANI97q7dCQi4Iu6QrROe3QZx+SWmTiV" # control-01
   ];
+  "control-01/nats-observer-password.age".publicKeys = [
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC3bAd20qy/eAANI97q7dCQi4Iu6QrROe3QZx+SWmTiV" # control-01
+  ];
   "worker-01/tailscale-authkey.age".publicKeys = [
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJQjeAs7RT6f33ippn/SKmk3IH+vRCXkkdTzj4kuYlHP" # worker-01
   ];

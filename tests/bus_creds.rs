@@ -17,6 +17,10 @@ fn files_follow_the_layout_and_the_env_file_round_trips() {
     assert_eq!(
         layout,
         [
+            (
+                "secrets/control-01/nats-observer-password.age",
+                "control-01"
+            ),
             ("secrets/control-01/nats-password.age", "control-01"),
             (
                 "secrets/control-01/nats-registry-password.age",
@@ -40,8 +44,9 @@ fn files_follow_the_layout_and_the_env_file_round_trips() {
     }
     let env = creds.server_env();
     // One line per node, and one per service.
-    assert_eq!(env.expose().lines().count(), 6);
+    assert_eq!(env.expose().lines().count(), 7);
     for var in [
+        "NATS_OBSERVER_PASSWORD=",
         "NATS_REGISTRY_PASSWORD=",
         "NATS_ROUTER_PASSWORD=",
         "NATS_SUPERVISOR_PASSWORD=",
@@ -57,7 +62,14 @@ fn files_follow_the_layout_and_the_env_file_round_trips() {
         .find(|f| f.secret == "nats-router-password")
         .unwrap();
     assert_eq!(&router.plaintext, creds.router_password().unwrap());
-    assert!(env.expose().starts_with("NATS_PASSWORD_CONTROL_01="));
+    // Sorted by variable (`NATS_OBSERVER_PASSWORD` before the nodes' `NATS_PASSWORD_<NODE>`).
+    let vars: Vec<&str> = env
+        .expose()
+        .lines()
+        .map(|l| l.split('=').next().unwrap())
+        .collect();
+    assert!(vars.windows(2).all(|w| w[0] < w[1]), "{vars:?}");
+    assert!(env.expose().starts_with("NATS_OBSERVER_PASSWORD="));
     let back = BusCredentials::parse_server_env(&plan, env.expose()).unwrap();
     assert_eq!(back, creds);
     // Debug output never shows a password.

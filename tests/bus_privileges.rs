@@ -1,7 +1,7 @@
 //! Least privilege on the bus (issue 21, "a supervisor is not an agent"), on the real nats-server
 //! with the rendered configuration: the control plane's agent credential is an ordinary node's,
 //! `_supervisor` can dispatch and nothing more, `_registry` can write `fleet-nodes` and nothing
-//! more. Each refusal is the server's own permissions violation, and a later denied operation
+//! more, `_observer` can read `fleet-health` and nothing more. Each refusal is the server's own permissions violation, and a later denied operation
 //! (a sentinel) shows the allowed ones raised none.
 
 mod bus_support;
@@ -241,6 +241,65 @@ async fn the_registry_credential_writes_fleet_nodes_and_nothing_else() {
             // No other stream.
             Try::Pub("$JS.API.STREAM.CREATE.other"),
             Try::Pub("$JS.API.CONSUMER.CREATE.other"),
+            Try::Sub("fleet.>"),
+            Try::Sub("_INBOX.>"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_observer_credential_reads_fleet_health_and_nothing_else() {
+    let fleet = example_fleet();
+    let server = NatsServer::start(&fleet);
+    // The router's view, as the router writes it.
+    let router = async_nats::jetstream::new(server.connect_service(Service::Router).await);
+    let health = registry::open_bucket(&router, fleetnix::bus::HEALTH_BUCKET, true)
+        .await
+        .unwrap();
+    let entry = serde_json::json!({
+        "node": "worker-01", "state": "healthy", "since": "2026-12-04T00:00:00Z",
+        "in_flight": 1, "capacity": 4, "models": [], "draining": true
+    });
+    health
+        .put("worker-01", entry.to_string().into())
+        .await
+        .unwrap();
+    let (obs, errors) = server
+        .connect_watching_as(
+            Service::Observer.user(),
+            server.service_password(Service::Observer),
+        )
+        .await;
+    // It reads every entry (what `fleetnix health` does), with no violation on the way.
+    let read = fleetnix::bus::drain::health_all(
+        &async_nats::jetstream::new(obs.clone()),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.entries.len(), 1, "{read:?}");
+    assert!(read.entries[0].draining && read.entries[0].in_flight == 1);
+    let before = errors.all().len();
+    assert_eq!(before, 0, "{:?}", errors.all());
+    nothing_else_refused(&obs, &errors, before, "fleet.sentinel").await;
+
+    all_refused(
+        &obs,
+        &errors,
+        &[
+            // Not the router's view to write, nor a node to drain or register.
+            Try::Pub("$KV.fleet-health.worker-01"),
+            Try::Pub("$KV.fleet-drain.worker-01"),
+            Try::Pub("$KV.fleet-nodes.worker-01"),
+            Try::Pub("$JS.API.STREAM.CREATE.KV_fleet-drain"),
+            Try::Pub("$JS.API.STREAM.INFO.KV_fleet-drain"),
+            Try::Pub("$JS.API.STREAM.CREATE.KV_fleet-nodes"),
+            Try::Pub("$JS.API.STREAM.DELETE.KV_fleet-health"),
+            // Nothing of the task bus.
+            Try::Pub("fleet.dispatch.kg-writer"),
+            Try::Pub("fleet.tasks.kg-writer"),
+            Try::Pub("fleet.heartbeat.worker-01"),
             Try::Sub("fleet.>"),
             Try::Sub("_INBOX.>"),
         ],

@@ -1,6 +1,6 @@
 //! `fleetnix health` next to the router's view (issue 22 item 7): `bus::drain::health_all` reads
 //! every `fleet-health` entry the real router process wrote for reference workers, as
-//! `_registry`, against a real nats-server on loopback; and the binary, run inside a namespace
+//! `_observer` (which may read that bucket and nothing else), against a real nats-server on loopback; and the binary, run inside a namespace
 //! test network with nats-server on the control plane's host, shows heartbeat age,
 //! in-flight/capacity and draining next to its probes, or says why it cannot and still reports
 //! the probes with the same exit code.
@@ -92,8 +92,10 @@ async fn health_all_reads_the_routers_view_with_a_drained_node() {
     let fleet = common::example_fleet();
     let server = NatsServer::start(&fleet);
     let registry = async_nats::jetstream::new(server.connect_registry().await);
+    // `health` reads as `_observer`; `_registry` registers and drains.
+    let observer = async_nats::jetstream::new(server.connect_service(Service::Observer).await);
     // No router ever ran: no bucket, which is no entry rather than an error.
-    let none = drain::health_all(&registry, LIMIT).await.unwrap();
+    let none = drain::health_all(&observer, LIMIT).await.unwrap();
     assert_eq!(none, HealthEntries::default());
     fleetnix::bus::registry::sync(&registry, &fleet)
         .await
@@ -107,7 +109,7 @@ async fn health_all_reads_the_routers_view_with_a_drained_node() {
             .iter()
             .all(|n| entry(a, n).is_some_and(|e| e.state == "healthy"))
     };
-    read_until(&registry, "both workers healthy", healthy).await;
+    read_until(&observer, "both workers healthy", healthy).await;
 
     // One task that runs until the gate opens.
     let supervisor = server.connect_supervisor().await;
@@ -121,7 +123,7 @@ async fn health_all_reads_the_routers_view_with_a_drained_node() {
         .await
         .unwrap()
     });
-    let busy = read_until(&registry, "a task in flight", |a| {
+    let busy = read_until(&observer, "a task in flight", |a| {
         a.entries.iter().any(|e| e.in_flight == 1)
     })
     .await;
@@ -147,7 +149,7 @@ async fn health_all_reads_the_routers_view_with_a_drained_node() {
     )
     .await
     .unwrap();
-    let all = read_until(&registry, "the taker draining", |a| {
+    let all = read_until(&observer, "the taker draining", |a| {
         entry(a, &taker).is_some_and(|e| e.draining)
     })
     .await;
@@ -179,10 +181,25 @@ async fn health_all_reads_the_routers_view_with_a_drained_node() {
         matches!(&answer, router::Answer::Done { node, .. } if *node == taker),
         "{answer:?}"
     );
-    read_until(&registry, "the drained node idle", |a| {
+    read_until(&observer, "the drained node idle", |a| {
         entry(a, &taker).is_some_and(|e| e.draining && e.in_flight == 0)
     })
     .await;
+
+    // The observer only reads: it cannot undrain the node (the server refuses the request,
+    // which then fails or times out: bounded here).
+    let taker_name = NodeName::parse(&taker).unwrap();
+    let undrain = drain::set(&observer, &taker_name, false, "");
+    let refused = tokio::time::timeout(Duration::from_secs(3), undrain).await;
+    assert!(
+        !matches!(refused, Ok(Ok(()))),
+        "the observer undrained a node"
+    );
+    let drained =
+        fleetnix::bus::registry::open_bucket(&registry, fleetnix::bus::DRAIN_BUCKET, false)
+            .await
+            .unwrap();
+    assert!(drained.get(&taker).await.unwrap().is_some(), "undrained");
 }
 
 /// A user that may not read `fleet-health` gets an error, within the bound, not a hang.
@@ -282,10 +299,11 @@ fn health_shows_the_routers_view_and_copes_without_it() {
     let url = fleet.settings.nats_url.to_string();
     let pw = |who: &str| nats.creds.password(who).unwrap().clone();
     let service_pw = |s: Service| nats.creds.service_password(s).unwrap().clone();
-    let (router_pw, registry_pw, supervisor_pw) = (
+    let (router_pw, registry_pw, supervisor_pw, observer_pw) = (
         service_pw(Service::Router),
         service_pw(Service::Registry),
         service_pw(Service::Supervisor),
+        service_pw(Service::Observer),
     );
     let (w1_pw, w2_pw) = (pw("w1"), pw("w2"));
     let closed_ntfy = format!("http://{}:1", hosts[0].addr);
@@ -399,14 +417,14 @@ fn health_shows_the_routers_view_and_copes_without_it() {
                 cmd.output().unwrap()
             };
             let mut out = vec![
-                health(&["--json"], Some(&registry_pw)),
-                health(&[], Some(&registry_pw)),
+                health(&["--json"], Some(&observer_pw)),
+                health(&[], Some(&observer_pw)),
                 health(&["--no-bus"], None),
                 // Refused: nothing listens on the hub's port 1.
-                health(&["--nats-url", "nats://100.64.0.254:1"], Some(&registry_pw)),
+                health(&["--nats-url", "nats://100.64.0.254:1"], Some(&observer_pw)),
                 health(
                     &["--json", "--nats-url", "nats://100.64.0.254:1"],
-                    Some(&registry_pw),
+                    Some(&observer_pw),
                 ),
                 // No password anywhere.
                 health(&["--identity", "/nonexistent/id_ed25519"], None),
@@ -414,11 +432,11 @@ fn health_shows_the_routers_view_and_copes_without_it() {
             // Silent: connects hang (the node timeout bounds them).
             let silent = health_common::silent_listener("100.64.0.254".parse().unwrap(), 0);
             let silent_url = format!("nats://{}", silent.addr);
-            out.push(health(&["--nats-url", &silent_url], Some(&registry_pw)));
+            out.push(health(&["--nats-url", &silent_url], Some(&observer_pw)));
             // A watch of two sweeps, connected once.
             out.push(health(
                 &["--watch", "--interval", "100ms", "--count", "2", "--json"],
-                Some(&registry_pw),
+                Some(&observer_pw),
             ));
             gate.add_permits(1);
             asked.await.unwrap();
@@ -499,10 +517,10 @@ fn health_shows_the_routers_view_and_copes_without_it() {
     for (o, why) in [
         (
             &outputs[3],
-            "cannot connect to NATS at nats://100.64.0.254:1 as _registry",
+            "cannot connect to NATS at nats://100.64.0.254:1 as _observer",
         ),
-        (&outputs[5], "no NATS password for _registry"),
-        (&outputs[6], "_registry"),
+        (&outputs[5], "no NATS password for _observer"),
+        (&outputs[6], "_observer"),
     ] {
         assert_eq!(text(o), text(probes_only), "{}", err(o));
         assert_eq!(o.status.code(), probes_only.status.code());

@@ -215,8 +215,8 @@ fn two_concurrent_set_nats_agree_on_every_password() {
             .filter(|s| s["secret"].as_str().unwrap().starts_with("nats-"));
         assert_eq!(
             nats.clone().count(),
-            7,
-            "3 passwords, the router's, supervisors' and registry's passwords and the server environment"
+            8,
+            "3 passwords, the router's, supervisors', registry's and observer's passwords and the server environment"
         );
         for s in nats {
             assert_eq!(s["state"], "up-to-date", "round {round}: {s}");

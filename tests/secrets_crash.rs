@@ -62,8 +62,8 @@ fn base() -> Base {
     }
     assert_eq!(
         plain.len(),
-        10,
-        "3 auth keys, 3 NATS passwords, the router's, supervisors' and registry's passwords, 1 server environment"
+        11,
+        "3 auth keys, 3 NATS passwords, the router's, supervisors', registry's and observer's passwords, 1 server environment"
     );
     t.set_operators(&[("alice", &alice_pub), ("carol", &carol_pub)]);
     Base {
@@ -395,6 +395,7 @@ fn set_nats_killed_at_every_write_never_gives_a_node_a_password_the_server_lacks
             ("router", "NATS_ROUTER_PASSWORD"),
             ("supervisor", "NATS_SUPERVISOR_PASSWORD"),
             ("registry", "NATS_REGISTRY_PASSWORD"),
+            ("observer", "NATS_OBSERVER_PASSWORD"),
         ] {
             let pw = age_decrypt(
                 &b.alice,

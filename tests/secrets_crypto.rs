@@ -465,6 +465,7 @@ fn orphans_and_missing_secrets_are_listed() {
             ("control-01", "nats-router-password", State::NoHostKey),
             ("control-01", "nats-supervisor-password", State::NoHostKey),
             ("control-01", "nats-registry-password", State::NoHostKey),
+            ("control-01", "nats-observer-password", State::NoHostKey),
             ("old-node", "tailscale-authkey", State::Orphan),
             ("worker-01", "tailscale-authkey", State::UpToDate),
             ("worker-01", "nats-password", State::Missing),

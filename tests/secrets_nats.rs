@@ -83,7 +83,7 @@ fn each_node_reads_its_own_password_and_the_control_plane_reads_the_environment(
     assert_eq!(out.generated, ["control-01", "worker-01", "worker-02"]);
     assert_eq!(
         out.services_generated,
-        ["_registry", "_router", "_supervisor"]
+        ["_observer", "_registry", "_router", "_supervisor"]
     );
     assert!(out.kept.is_empty());
     assert!(out.report.skipped.is_empty());
@@ -91,6 +91,7 @@ fn each_node_reads_its_own_password_and_the_control_plane_reads_the_environment(
     assert_eq!(
         written,
         [
+            "secrets/control-01/nats-observer-password.age",
             "secrets/control-01/nats-password.age",
             "secrets/control-01/nats-registry-password.age",
             "secrets/control-01/nats-router-password.age",
@@ -104,11 +105,12 @@ fn each_node_reads_its_own_password_and_the_control_plane_reads_the_environment(
     let env = env_map(&age_decrypt(&s.hosts["control-01"], &env_file(&s.t)).unwrap());
     // One password per node, and one per service, which only the control plane (and the
     // operators) read.
-    assert_eq!(env.len(), 6);
+    assert_eq!(env.len(), 7);
     for (service, var) in [
         ("router", "NATS_ROUTER_PASSWORD"),
         ("supervisor", "NATS_SUPERVISOR_PASSWORD"),
         ("registry", "NATS_REGISTRY_PASSWORD"),
+        ("observer", "NATS_OBSERVER_PASSWORD"),
     ] {
         let file =
             s.t.root
@@ -163,7 +165,7 @@ fn each_node_reads_its_own_password_and_the_control_plane_reads_the_environment(
         assert!(nix.contains(f), "{f} in {nix}");
     }
     let records = secrets::Records::load(&s.t.root).unwrap();
-    assert_eq!(records.files.len(), 7);
+    assert_eq!(records.files.len(), 8);
     let st = secrets::status(&fleet, &s.t.root).unwrap();
     for x in &st {
         let want = if x.secret == "tailscale-authkey" {
@@ -173,7 +175,7 @@ fn each_node_reads_its_own_password_and_the_control_plane_reads_the_environment(
         };
         assert_eq!(x.state, want, "{}", x.file);
     }
-    assert_eq!(st.len(), 10);
+    assert_eq!(st.len(), 11);
 }
 
 #[test]
@@ -186,7 +188,7 @@ fn rerun_keeps_every_byte_and_a_new_node_only_adds_its_password() {
     assert_eq!(again.kept, ["control-01", "worker-01", "worker-02"]);
     assert!(again.report.written.is_empty());
     assert!(again.services_generated.is_empty());
-    assert_eq!(again.report.unchanged.len(), 7);
+    assert_eq!(again.report.unchanged.len(), 8);
     assert_eq!(snapshot(&s.t.root), before, "a re-run changes nothing");
 
     let old_env = env_map(&age_decrypt(&s.op_age, &env_file(&s.t)).unwrap());
@@ -210,7 +212,7 @@ fn rerun_keeps_every_byte_and_a_new_node_only_adds_its_password() {
         );
     }
     let env = env_map(&age_decrypt(&s.hosts["control-01"], &env_file(&s.t)).unwrap());
-    assert_eq!(env.len(), 7);
+    assert_eq!(env.len(), 8);
     for (k, v) in &old_env {
         assert_eq!(env.get(k), Some(v), "{k} kept");
     }
@@ -331,10 +333,10 @@ fn rekey_and_list_cover_every_kind() {
     s.t.set_operators(&[("alice", alice.trim())]);
     let fleet = s.t.fleet();
     let st = secrets::status(&fleet, &s.t.root).unwrap();
-    assert_eq!(st.len(), 10);
+    assert_eq!(st.len(), 11);
     assert!(st.iter().all(|x| x.state == State::Stale), "{st:#?}");
     let r = secrets::rekey(&fleet, &s.t.root, &s.op_ssh, &RekeyOptions::default()).unwrap();
-    assert_eq!(r.written.len(), 10);
+    assert_eq!(r.written.len(), 11);
     assert!(age_decrypt(&s.op_age, &env_file(&s.t)).is_err());
     assert!(age_decrypt(&s.op_age, &password_file(&s.t, "worker-01")).is_err());
     assert_eq!(
@@ -379,9 +381,9 @@ fn cli_set_nats_prints_no_password_and_list_shows_every_kind() {
     );
     let env = env_map(&age_decrypt(&s.op_age, &env_file(t)).unwrap());
     let passwords: Vec<String> = env.values().cloned().collect();
-    assert_eq!(passwords.len(), 6);
+    assert_eq!(passwords.len(), 7);
     assert!(
-        stdout.contains("new service password(s): _registry, _router, _supervisor"),
+        stdout.contains("new service password(s): _observer, _registry, _router, _supervisor"),
         "{stdout}"
     );
 
@@ -448,7 +450,11 @@ fn migration_from_an_old_style_secrets_dir_adds_the_service_passwords_and_keeps_
     let s = setup();
     secrets::set_nats(&s.t.fleet(), &s.t.root, &s.op_age).unwrap();
     // Make it what set-nats wrote before: drop the new users' lines and files.
-    let new_vars = ["NATS_SUPERVISOR_PASSWORD", "NATS_REGISTRY_PASSWORD"];
+    let new_vars = [
+        "NATS_SUPERVISOR_PASSWORD",
+        "NATS_REGISTRY_PASSWORD",
+        "NATS_OBSERVER_PASSWORD",
+    ];
     let full = age_decrypt(&s.op_age, &env_file(&s.t)).unwrap();
     let old_text: String = full
         .lines()
@@ -480,7 +486,11 @@ fn migration_from_an_old_style_secrets_dir_adds_the_service_passwords_and_keeps_
         .arg(&plain));
     assert!(out.status.success(), "{out:?}");
     std::fs::remove_file(&plain).unwrap();
-    for f in ["nats-supervisor-password.age", "nats-registry-password.age"] {
+    for f in [
+        "nats-supervisor-password.age",
+        "nats-registry-password.age",
+        "nats-observer-password.age",
+    ] {
         std::fs::remove_file(s.t.root.join("secrets/control-01").join(f)).unwrap();
     }
     let old = snapshot(&s.t.root);
@@ -489,11 +499,15 @@ fn migration_from_an_old_style_secrets_dir_adds_the_service_passwords_and_keeps_
     let out = secrets::set_nats(&s.t.fleet(), &s.t.root, &s.op_age).unwrap();
     assert!(out.generated.is_empty(), "{:?}", out.generated);
     assert_eq!(out.kept, ["control-01", "worker-01", "worker-02"]);
-    assert_eq!(out.services_generated, ["_registry", "_supervisor"]);
+    assert_eq!(
+        out.services_generated,
+        ["_observer", "_registry", "_supervisor"]
+    );
     let written: Vec<&str> = out.report.written.iter().map(|w| w.file.as_str()).collect();
     assert_eq!(
         written,
         [
+            "secrets/control-01/nats-observer-password.age",
             "secrets/control-01/nats-registry-password.age",
             "secrets/control-01/nats-server-env.age",
             "secrets/control-01/nats-supervisor-password.age",
@@ -521,6 +535,7 @@ fn migration_from_an_old_style_secrets_dir_adds_the_service_passwords_and_keeps_
     for (service, var) in [
         ("supervisor", "NATS_SUPERVISOR_PASSWORD"),
         ("registry", "NATS_REGISTRY_PASSWORD"),
+        ("observer", "NATS_OBSERVER_PASSWORD"),
     ] {
         let file =
             s.t.root
@@ -529,7 +544,7 @@ fn migration_from_an_old_style_secrets_dir_adds_the_service_passwords_and_keeps_
         assert!(fleetnix::bus::creds::is_valid_password(&pw));
         assert_eq!(env.get(var), Some(&pw), "{var}");
     }
-    assert_eq!(env.len(), 6);
+    assert_eq!(env.len(), 7);
     // And a second run has nothing left to do.
     let again = secrets::set_nats(&s.t.fleet(), &s.t.root, &s.op_ssh).unwrap();
     assert!(again.report.written.is_empty());

@@ -5,7 +5,8 @@
 //! |---|---|---|
 //! | `_router` | `fleetnix router` (and `fleetnix dispatch --direct`) | answer `fleet.dispatch.>`, send `fleet.tasks.>`, hear heartbeats and acknowledgements, read `fleet-nodes` and `fleet-drain`, write `fleet-health` and `fleet-tasks` |
 //! | `_supervisor` | supervisors, `fleetnix dispatch` | publish `fleet.dispatch.>`, hear its own inbox; nothing else |
-//! | `_registry` | `fleetnix node sync`, `node drain` | create and write `fleet-nodes` and `fleet-drain`, read `fleet-health`; nothing else |
+//! | `_observer` | `fleetnix health` (the router's view) | read `fleet-health`; nothing else |
+//! | `_registry` | `fleetnix node sync`, `node drain`, `deploy`'s drain | create and write `fleet-nodes` and `fleet-drain`, read `fleet-health`; nothing else |
 //!
 //! The control plane's agent is an ordinary node user ([`super::BusUser::for_node`]). A node name
 //! is an RFC 1123 label, which cannot contain `_`, so no node can take one of these names; the
@@ -23,7 +24,9 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Service {
-    /// `fleetnix node sync`: writes the `fleet-nodes` bucket.
+    /// `fleetnix health`: reads the router's view (`fleet-health`), nothing else.
+    Observer,
+    /// `fleetnix node sync`, `node drain`: writes the `fleet-nodes` and `fleet-drain` buckets.
     Registry,
     /// `fleetnix router`: routes `fleet.dispatch.<role>` to the nodes.
     Router,
@@ -33,11 +36,17 @@ pub enum Service {
 
 impl Service {
     /// Every service, in user-name order.
-    pub const ALL: [Service; 3] = [Service::Registry, Service::Router, Service::Supervisor];
+    pub const ALL: [Service; 4] = [
+        Service::Observer,
+        Service::Registry,
+        Service::Router,
+        Service::Supervisor,
+    ];
 
     /// Its NATS user name.
     pub fn user(self) -> &'static str {
         match self {
+            Service::Observer => "_observer",
             Service::Registry => "_registry",
             Service::Router => super::ROUTER_USER,
             Service::Supervisor => "_supervisor",
@@ -52,6 +61,7 @@ impl Service {
     /// The server-side variable holding its password (`NATS_<SERVICE>_PASSWORD`).
     pub fn password_var(self) -> &'static str {
         match self {
+            Service::Observer => "NATS_OBSERVER_PASSWORD",
             Service::Registry => "NATS_REGISTRY_PASSWORD",
             Service::Router => super::ROUTER_PASSWORD_VAR,
             Service::Supervisor => "NATS_SUPERVISOR_PASSWORD",
@@ -67,6 +77,7 @@ impl Service {
     /// (`secrets/<control-plane>/nats-<service>-password.age`).
     pub fn secret_kind(self) -> SecretKind {
         match self {
+            Service::Observer => SecretKind::NatsObserverPassword,
             Service::Registry => SecretKind::NatsRegistryPassword,
             Service::Router => SecretKind::NatsRouterPassword,
             Service::Supervisor => SecretKind::NatsSupervisorPassword,
@@ -96,6 +107,9 @@ impl Service {
             }
             // Asks the router and hears its answers: no task subject, no JetStream.
             Service::Supervisor => (vec!["fleet.dispatch.>".to_string()], vec![inbox], false),
+            // Reads the router's view for `fleetnix health` (JetStream's answers come to its
+            // inbox): it can neither drain a node nor touch the registry or the task bus.
+            Service::Observer => (kv_read_subjects(HEALTH_BUCKET), vec![inbox], false),
             // Registers the fleet and reads the router's health view (JetStream's answers come
             // to its inbox); no subject of the task bus.
             Service::Registry => {
@@ -170,7 +184,7 @@ mod tests {
         };
         assert_eq!(users, sorted);
         users.dedup();
-        assert_eq!(users.len(), 3);
+        assert_eq!(users.len(), Service::ALL.len());
     }
 
     #[test]
@@ -195,6 +209,21 @@ mod tests {
             || s.starts_with("fleet.")
             || s.contains("STREAM.CREATE.KV_fleet-health")));
         assert_eq!(p.subscribe, ["_INBOX._registry.>"]);
+        assert!(!p.allow_responses);
+    }
+
+    #[test]
+    fn the_observer_only_reads_health() {
+        let p = Service::Observer.permissions();
+        assert!(p
+            .publish
+            .contains(&"$JS.API.STREAM.INFO.KV_fleet-health".to_string()));
+        assert!(!p.publish.iter().any(|s| s.starts_with("$KV.")
+            || s.starts_with("fleet.")
+            || s.contains("STREAM.CREATE")
+            || s.contains("fleet-drain")
+            || s.contains("fleet-nodes")));
+        assert_eq!(p.subscribe, ["_INBOX._observer.>"]);
         assert!(!p.allow_responses);
     }
 }

@@ -64,14 +64,24 @@ pub(super) fn password(
     }
 }
 
-/// The password of the control plane's `_registry` user (`node sync`, `node drain`, and the
-/// router's view read by `health`), found as [`password`] says.
+/// The password of the control plane's `_registry` user (`node sync`, `node drain`, deploy's
+/// drain), found as [`password`] says.
 pub(super) fn registry_password(ctx: &Ctx, fleet: &Fleet, conn: &Conn) -> Result<Secret, CliError> {
-    let registry = fleetnix::bus::users::Service::Registry;
+    service_password(ctx, fleet, conn, fleetnix::bus::users::Service::Registry)
+}
+
+/// The password of a control-plane service's user (`_observer`, `_registry`, …), found as
+/// [`password`] says.
+pub(super) fn service_password(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    conn: &Conn,
+    service: fleetnix::bus::users::Service,
+) -> Result<Secret, CliError> {
     password(
         ctx,
         conn,
-        &SecretId::new(fleet.settings.control_plane.clone(), registry.secret_kind()),
-        registry.user(),
+        &SecretId::new(fleet.settings.control_plane.clone(), service.secret_kind()),
+        service.user(),
     )
 }

@@ -3,9 +3,9 @@
 //! otherwise). The probing, tracking and alerting are in `fleetnix::health` and `fleetnix::health::alert`.
 //!
 //! Next to the probes: the router's view of each node (`fleet-health`, read from the bus as
-//! `_registry` by [`BusView`]), best effort and bounded by the node timeout; `--no-bus` skips it.
+//! `_observer` by [`BusView`]), best effort and bounded by the node timeout; `--no-bus` skips it.
 
-use super::bus::{registry_password, url, Conn};
+use super::bus::{service_password, url, Conn};
 use super::table::table;
 use super::{runtime, to_json, CliError, CmdResult, Ctx, Outcome};
 use fleetnix::bus::router::HealthEntry;
@@ -41,13 +41,13 @@ pub struct HealthArgs {
     /// Probes only: do not read the router's view (heartbeats, in-flight tasks, draining) from NATS.
     #[arg(long)]
     pub no_bus: bool,
-    /// Connection to NATS for the router's view, as `_registry` (its password:
-    /// secrets/<control plane>/nats-registry-password.age).
+    /// Connection to NATS for the router's view, as `_observer` (its password:
+    /// secrets/<control plane>/nats-observer-password.age).
     #[command(flatten)]
     pub conn: Conn,
 }
 
-/// Reads the router's `fleet-health` entries from NATS as `_registry`: connects on the first
+/// Reads the router's `fleet-health` entries from NATS as `_observer`: connects on the first
 /// read (and again after a failed connect), then re-reads on the same connection (async-nats
 /// reconnects it on its own).
 struct BusView {
@@ -64,7 +64,7 @@ impl BusView {
         let js = match &self.js {
             Some(js) => js.clone(),
             None => {
-                let user = Service::Registry.user();
+                let user = Service::Observer.user();
                 let connect = d::connect_as(&self.url, user, &self.password, self.timeout);
                 let client = match tokio::time::timeout(self.timeout, connect).await {
                     Ok(c) => c.map_err(|e| e.to_string())?,
@@ -112,9 +112,9 @@ fn router_entry(e: &HealthEntry) -> Option<RouterEntry> {
 
 /// The bus reader for `health` (`Err`: why the router's view will be missing, e.g. no password).
 fn bus_view(ctx: &Ctx, fleet: &Fleet, a: &HealthArgs) -> Result<BusView, String> {
-    // Least privilege: `_registry` may read fleet-health; the router's user writes it and the
-    // supervisors' has no JetStream at all.
-    let pw = registry_password(ctx, fleet, &a.conn).map_err(|e| e.to_string())?;
+    // Least privilege: `_observer` reads fleet-health and nothing else (it cannot drain a node,
+    // register one or touch a task); the router's user writes it.
+    let pw = service_password(ctx, fleet, &a.conn, Service::Observer).map_err(|e| e.to_string())?;
     Ok(BusView {
         url: url(fleet, &a.conn),
         password: pw,

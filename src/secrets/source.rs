@@ -40,7 +40,8 @@ pub fn env_var(kind: SecretKind) -> Option<&'static str> {
         SecretKind::NatsPassword
         | SecretKind::NatsRouterPassword
         | SecretKind::NatsSupervisorPassword
-        | SecretKind::NatsRegistryPassword => Some(env::NATS_PASSWORD),
+        | SecretKind::NatsRegistryPassword
+        | SecretKind::NatsObserverPassword => Some(env::NATS_PASSWORD),
         SecretKind::NatsServerEnv => None,
     }
 }

@@ -37,6 +37,8 @@ pub const ROUTER_SECRET: &str = "nats-router-password";
 pub const SUPERVISOR_SECRET: &str = "nats-supervisor-password";
 /// The agenix name of `node sync`'s NATS password (user `_registry`, on the control plane).
 pub const REGISTRY_SECRET: &str = "nats-registry-password";
+/// The agenix name of `health`'s NATS password (user `_observer`, on the control plane).
+pub const OBSERVER_SECRET: &str = "nats-observer-password";
 
 /// Where agenix decrypts secrets on a NixOS node (`config.age.secrets.<name>.path`).
 pub const AGENIX_DIR: &str = "/run/agenix";
@@ -61,17 +63,20 @@ pub enum SecretKind {
     NatsSupervisorPassword,
     /// `node sync`'s NATS password, on the control plane (`fleetnix secrets set-nats`).
     NatsRegistryPassword,
+    /// `health`'s NATS password (read-only), on the control plane (`fleetnix secrets set-nats`).
+    NatsObserverPassword,
 }
 
 impl SecretKind {
     /// Every kind, in listing order.
-    pub const ALL: [SecretKind; 6] = [
+    pub const ALL: [SecretKind; 7] = [
         SecretKind::TailscaleAuthkey,
         SecretKind::NatsPassword,
         SecretKind::NatsServerEnv,
         SecretKind::NatsRouterPassword,
         SecretKind::NatsSupervisorPassword,
         SecretKind::NatsRegistryPassword,
+        SecretKind::NatsObserverPassword,
     ];
 
     /// Is it a secret of the control plane only?
@@ -82,6 +87,7 @@ impl SecretKind {
                 | SecretKind::NatsRouterPassword
                 | SecretKind::NatsSupervisorPassword
                 | SecretKind::NatsRegistryPassword
+                | SecretKind::NatsObserverPassword
         )
     }
 
@@ -94,6 +100,7 @@ impl SecretKind {
             SecretKind::NatsRouterPassword => ROUTER_SECRET,
             SecretKind::NatsSupervisorPassword => SUPERVISOR_SECRET,
             SecretKind::NatsRegistryPassword => REGISTRY_SECRET,
+            SecretKind::NatsObserverPassword => OBSERVER_SECRET,
         }
     }
 
@@ -117,6 +124,7 @@ impl SecretKind {
             SecretKind::NatsRouterPassword => "router's NATS password",
             SecretKind::NatsSupervisorPassword => "supervisors' NATS password",
             SecretKind::NatsRegistryPassword => "registry's NATS password",
+            SecretKind::NatsObserverPassword => "observer's NATS password",
         }
     }
 
@@ -128,7 +136,8 @@ impl SecretKind {
             | SecretKind::NatsPassword
             | SecretKind::NatsRouterPassword
             | SecretKind::NatsSupervisorPassword
-            | SecretKind::NatsRegistryPassword => MAX_AUTHKEY_BYTES,
+            | SecretKind::NatsRegistryPassword
+            | SecretKind::NatsObserverPassword => MAX_AUTHKEY_BYTES,
             SecretKind::NatsServerEnv => 256 * 1024,
         }
     }
@@ -141,7 +150,8 @@ impl SecretKind {
             | SecretKind::NatsServerEnv
             | SecretKind::NatsRouterPassword
             | SecretKind::NatsSupervisorPassword
-            | SecretKind::NatsRegistryPassword => "fleetnix secrets set-nats".to_string(),
+            | SecretKind::NatsRegistryPassword
+            | SecretKind::NatsObserverPassword => "fleetnix secrets set-nats".to_string(),
         }
     }
 }

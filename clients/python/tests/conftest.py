@@ -27,6 +27,7 @@ USERS = {
     "control-01": "NATS_PASSWORD_CONTROL_01",
     "worker-01": "NATS_PASSWORD_WORKER_01",
     "worker-02": "NATS_PASSWORD_WORKER_02",
+    "_observer": "NATS_OBSERVER_PASSWORD",
     "_registry": "NATS_REGISTRY_PASSWORD",
     "_router": "NATS_ROUTER_PASSWORD",
     "_supervisor": "NATS_SUPERVISOR_PASSWORD",

@@ -233,6 +233,15 @@ impl SystemdNet {
         // sshd as one long-running service, as NixOS runs it (`startWhenNeeded` is off by
         // default), not Debian's socket activation (`ssh.socket` conflicts with `ssh.service`).
         symlink("/dev/null", &disk.join("etc/systemd/system/ssh.socket"));
+        // Boot/shutdown records in utmp are nothing a test reads, and the unit once failed on a
+        // loaded machine (the system then `degraded`, not `running`): masked, like on many
+        // containers.
+        for unit in [
+            "systemd-update-utmp.service",
+            "systemd-update-utmp-runlevel.service",
+        ] {
+            symlink("/dev/null", &disk.join("etc/systemd/system").join(unit));
+        }
         write(&disk.join("etc/hostname"), &format!("{name}\n"));
         prepare(&disk);
 

@@ -145,10 +145,12 @@ pub fn rollback_script(id: &GuardId, prev: &str) -> String {
          : > \"$R/$I.fired\" || exit 1\n\
          \"$P/bin/switch-to-configuration\" test || {{ : > \"$R/$I.failed\"; exit 1; }}\n\
          : > \"$R/$I.done\"\n\
-         o=; read -r o _ < {LOCK_DIR}/owner; [ \"$o\" = \"$I\" ] && \"$B/rm\" -rf {LOCK_DIR}\n\
+         {release}\n\
+         release\n\
          exit 0",
         id = sh_quote(id.as_str()),
         prev = sh_quote(prev),
+        release = release_fn("$B/"),
     )
 }
 
@@ -236,6 +238,19 @@ pub fn lock_script(id: &GuardId, grace: Duration) -> String {
     )
 }
 
+/// Shell function `release`: removes the node's lock if this deploy (`$I`) holds it. It first
+/// claims the lock's takeover (`mkdir <run dir>/takeover-<owner>-<expiry>`, the claim a deploy
+/// taking over an expired lock makes, [`lock_script`]), so a release and a takeover of the same
+/// lock never both act: a deploy that outlived its lock's expiry either releases it before the
+/// taker claims it (the taker then refuses and is retried) or finds it claimed and leaves the
+/// taker's lock alone. `bin` prefixes `mkdir` and `rm` inside their quotes (e.g. `$B/` in a unit
+/// without coreutils on its `PATH`; empty otherwise).
+pub fn release_fn(bin: &str) -> String {
+    format!(
+        "release() {{ o=; e=; read -r o e 2>/dev/null < {LOCK_DIR}/owner; if [ \"$o\" = \"$I\" ] && \"{bin}mkdir\" \"{RUN_DIR}/takeover-$o-$e\" 2>/dev/null; then \"{bin}rm\" -rf {LOCK_DIR}; fi; }}"
+    )
+}
+
 /// Script activating `new` without making it the default: its `switch-to-configuration test`
 /// inside a transient service (`systemd-run --wait --pipe`, as nixos-rebuild does), so
 /// activation survives the SSH connection dropping.
@@ -292,7 +307,7 @@ pub enum Confirm {
 pub fn confirm_script(id: &GuardId, new: &str) -> String {
     format!(
         "R={RUN_DIR}; I={id}; U={unit}; N={new}\n\
-         release() {{ o=; read -r o _ 2>/dev/null < {LOCK_DIR}/owner; if [ \"$o\" = \"$I\" ]; then rm -rf {LOCK_DIR}; fi; }}\n\
+         {release}\n\
          systemctl stop \"$U.timer\" >/dev/null 2>&1\n\
          if [ ! -e \"$R/$I.armed\" ]; then echo \"gone $(readlink {CURRENT_SYSTEM})\"; exit 0; fi\n\
          if [ ! -e \"$R/$I.decided/confirmed\" ]; then\n\
@@ -314,6 +329,7 @@ pub fn confirm_script(id: &GuardId, new: &str) -> String {
         id = sh_quote(id.as_str()),
         unit = sh_quote(&id.unit()),
         new = sh_quote(new),
+        release = release_fn(""),
     )
 }
 

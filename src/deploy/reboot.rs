@@ -346,7 +346,7 @@ pub fn confirm_boot_script(id: &super::guard::GuardId, new: &str) -> String {
     format!(
         "D={BOOT_GUARD_DIR}; U={BOOT_GUARD_UNIT_DIR}; I={id}; N={new}\n\
          i=; read -r i 2>/dev/null < \"$D/id\"; [ \"$i\" = \"$I\" ] || {{ echo gone; exit 0; }}\n\
-         release() {{ o=; read -r o _ 2>/dev/null < {lock}/owner; if [ \"$o\" = \"$I\" ]; then rm -rf {lock}; fi; }}\n\
+         {release}\n\
          if [ ! -e \"$D/confirmed\" ]; then\n\
          \x20 b=$(readlink {BOOTED_SYSTEM}); [ \"$b\" = \"$N\" ] || {{ echo \"booted $b\"; exit 0; }}\n\
          \x20 if mkdir \"$D/decided\" 2>/dev/null; then : > \"$D/confirmed\"\n\
@@ -359,7 +359,7 @@ pub fn confirm_boot_script(id: &super::guard::GuardId, new: &str) -> String {
          echo confirmed",
         id = crate::exec::quote::sh_quote(id.as_str()),
         new = crate::exec::quote::sh_quote(new),
-        lock = super::guard::LOCK_DIR,
+        release = super::guard::release_fn(""),
         unit = BOOT_GUARD_UNIT,
     )
 }

@@ -86,3 +86,26 @@ fn an_ordinary_repository_still_renders() {
     assert_eq!(r.code, Some(0), "{r}");
     assert!(repo.join("nix/nodes").is_dir());
 }
+
+#[test]
+fn a_symlinked_acl_backup_dir_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fleet_dir = dir.path().join("fleet");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&fleet_dir).expect("fleet dir");
+    std::fs::create_dir_all(&outside).expect("outside");
+    let backups = fleet_dir.join("acl-backups");
+    symlink(&outside, &backups).expect("symlink");
+    let err = fleetnix::acl::apply::write_backup(&backups, "2026-12-04", "{}")
+        .expect_err("a symlinked backup directory is refused");
+    assert!(err.to_string().contains("symlink"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&outside).expect("outside").count(),
+        0,
+        "nothing written where the symlink points"
+    );
+    // An ordinary directory takes the backup.
+    std::fs::remove_file(&backups).expect("rm symlink");
+    let path = fleetnix::acl::apply::write_backup(&backups, "2026-12-04", "{}").expect("backup");
+    assert!(path.starts_with(&backups));
+}

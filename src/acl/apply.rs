@@ -88,7 +88,10 @@ pub fn today() -> String {
 /// Writes `text` to `dir/acl-backup-<date>.hujson`, or `…-<date>.1.hujson`, `.2`, … if taken.
 /// Never overwrites a file.
 pub fn write_backup(dir: &Path, date: &str, text: &str) -> Result<PathBuf, ApplyError> {
-    std::fs::create_dir_all(dir).map_err(io("cannot create the backup directory", dir))?;
+    // A symlink at the backup directory (a tracked `fleet/acl-backups -> /elsewhere`) is refused:
+    // backups stay in the fleet directory.
+    crate::fsutil::create_dir_in_repo(dir.parent().unwrap_or(dir), dir)
+        .map_err(io("cannot create the backup directory", dir))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".acl-backup-")
         .tempfile_in(dir)
@@ -127,8 +130,13 @@ pub fn remembered_etag(dir: &Path) -> Result<Option<String>, ApplyError> {
 
 fn remember_etag(dir: &Path, etag: &str) -> Result<(), ApplyError> {
     let p = dir.join(ETAG_FILE);
-    crate::fsutil::write_atomic(&p, format!("{etag}\n").as_bytes(), 0o644)
-        .map_err(io("cannot write", &p))
+    crate::fsutil::write_atomic_in_repo(
+        dir.parent().unwrap_or(dir),
+        &p,
+        format!("{etag}\n").as_bytes(),
+        0o644,
+    )
+    .map_err(io("cannot write", &p))
 }
 
 /// What `get` did.

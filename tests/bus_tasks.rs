@@ -436,6 +436,97 @@ async fn sigkill_of_a_router_process_loses_no_task_with_two_routers() {
     each_answered_once(&ledger, &ids, callers, 3000).await;
 }
 
+/// A repeat of a task whose node took it (the task table says so: it acknowledged it to a router
+/// that died since) goes back to that node, and while the node lives (heart-beats) it is not
+/// given to another one — even when the repeat finds the node unsubscribed for a moment, as
+/// after a nats-server restart before its subscriptions are back. (Before: the router failed
+/// over at once on "no responders" and the other worker ran the task a second time; the chaos
+/// test caught it once in CI: `chaos-31` ran on worker-02, then on worker-01.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_goes_back_to_the_node_that_took_the_task_and_nowhere_else_while_it_lives() {
+    let b = fixture(Duration::from_millis(900)).await;
+    let ledger = Ledger::default();
+    let _w2 = worker(&b, "worker-02", &ledger).await;
+    // worker-01 heart-beats but has no subscription (yet).
+    let w1 = b.server.connect("worker-01").await;
+    let beats = tokio::spawn(async move {
+        loop {
+            let hb = serde_json::json!({
+                "node": "worker-01", "in_flight": 1, "capacity": 4, "version": "test",
+            });
+            let _ = w1
+                .publish("fleet.heartbeat.worker-01", hb.to_string().into())
+                .await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    b.wait_state("worker-01", "healthy", Duration::from_secs(10))
+        .await;
+    // The task table: worker-01 took `pinned-1`.
+    let js = async_nats::jetstream::new(b.server.connect_service(Service::Router).await);
+    let table = js.get_key_value(fleetnix::bus::TASKS_BUCKET).await.unwrap();
+    table
+        .put("pinned-1", r#"{"node":"worker-01"}"#.into())
+        .await
+        .unwrap();
+    // The caller's repeat (after its router died), with 3 s left.
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(fleetnix::bus::TASK_ID_HEADER, "pinned-1");
+    h.insert(fleetnix::bus::DEADLINE_HEADER, "3000");
+    h.insert(fleetnix::bus::REASK_HEADER, "1");
+    let reply = b
+        .supervisor
+        .send_request(
+            fleetnix::bus::dispatch_subject("glm-worker"),
+            async_nats::Request::new()
+                .headers(h)
+                .payload(Bytes::from_static(br#"{"sleep_ms": 10}"#))
+                .timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    beats.abort();
+    // Not run elsewhere: the caller hears the deadline, naming the node still running it.
+    assert!(
+        ledger.runs_of("pinned-1").is_empty(),
+        "{:?}",
+        ledger.runs_of("pinned-1")
+    );
+    let status = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(fleetnix::bus::STATUS_HEADER))
+        .map(|v| v.as_str().to_string());
+    let body = String::from_utf8_lossy(&reply.payload);
+    assert_eq!(status.as_deref(), Some("deadline"), "{body}");
+    assert!(body.contains("worker-01"), "{body}");
+}
+
+/// Every router records the acknowledgements it hears in the task table, also those of tasks it
+/// is not working on: the record does not die with the router that sent the task (before, only
+/// that router recorded it, after the acknowledgement reached it, without waiting for JetStream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_router_records_the_acknowledgements_it_hears() {
+    let b = fixture(Duration::from_millis(900)).await;
+    // worker-01 acknowledges a task this router never sent (another router's, now dead).
+    let w1 = b.server.connect("worker-01").await;
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(fleetnix::bus::TASK_ID_HEADER, "heard-1");
+    w1.publish_with_headers("fleet.results.worker-01.ack", h, Bytes::new())
+        .await
+        .unwrap();
+    w1.flush().await.unwrap();
+    let js = async_nats::jetstream::new(b.server.connect_service(Service::Router).await);
+    let table = js.get_key_value(fleetnix::bus::TASKS_BUCKET).await.unwrap();
+    let got = common::poll_async(Duration::from_secs(5), || async {
+        table.get("heard-1").await.ok().flatten()
+    })
+    .await
+    .expect("the acknowledgement was recorded");
+    let rec: serde_json::Value = serde_json::from_slice(&got).unwrap();
+    assert_eq!(rec["node"], "worker-01");
+}
+
 /// A nats-server with the rendered configuration and the fleet registered, and a supervisor.
 async fn synced_server() -> (bus_support::NatsServer, async_nats::Client) {
     let fleet = common::example_fleet();

@@ -235,6 +235,11 @@ pub(super) async fn handle(
             Err(e) => break Err(e),
         }
     };
+    // The node known to have taken the task (it acknowledged it): like an acknowledged
+    // attempt, it is failed over only when it stops heart-beating, not because a repeat finds
+    // it unsubscribed for a moment (it reconnects after a nats-server restart) — else a task it
+    // already ran would run again elsewhere while it lives.
+    let took = pinned.clone();
     let order = match (order, pinned) {
         (Ok(o), Some(p)) => {
             let mut v = vec![p.clone()];
@@ -287,7 +292,7 @@ pub(super) async fn handle(
         let start = Instant::now();
         let mut forwards = FuturesUnordered::new();
         forwards.push(client.send_request(subject.clone(), request));
-        let mut acked = false;
+        let mut acked = took.as_ref() == Some(&node);
         let mut last_sent = start;
         let result = loop {
             tokio::select! {
@@ -311,11 +316,15 @@ pub(super) async fn handle(
                         .is_some_and(|(n, a)| *n == node && *a);
                     if now_acked {
                         acked = true;
-                        tasks::record(client, &task, &node, &role).await;
                     }
                 }
                 _ = tokio::time::sleep(check) => {
                     let now = Instant::now();
+                    // Every forward of an acknowledged task may have ended (no responders while
+                    // the node reconnects) with none left to time out: the deadline ends it.
+                    if now >= answer_by {
+                        break Attempted::Deadline;
+                    }
                     if !acked && now.duration_since(start) >= node_timeout {
                         break Attempted::Failed(format!(
                             "did not acknowledge the task within {:.1}s",

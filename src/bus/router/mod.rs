@@ -427,7 +427,13 @@ pub async fn start(
                 .and_then(|r| r.strip_suffix(".ack"))
                 .and_then(|n| NodeName::parse(n).ok());
             if let (Some(node), Some(id)) = (node, header(&msg, TASK_ID_HEADER)) {
+                if !handle::valid_task_id(id) {
+                    continue;
+                }
                 s.flights.acked(id, &node);
+                // Recorded by every router that hears it, off this loop (see `tasks::record`).
+                let (kv, id) = (s.tasks_kv.clone(), id.to_string());
+                tokio::spawn(async move { tasks::record(&kv, &id, &node).await });
             }
         }
     }));

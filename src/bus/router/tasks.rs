@@ -75,7 +75,8 @@ impl Flights {
 pub struct TaskRecord {
     /// The node that acknowledged it.
     pub node: String,
-    /// Its role.
+    /// Its role, when the recording router knew it (records from acknowledgements have none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub role: String,
 }
 
@@ -104,20 +105,27 @@ pub(super) async fn open_bucket(js: &jetstream::Context) -> Result<kv::Store, Bu
         .map_err(|e| err("open")(e.to_string()))
 }
 
-/// Records that `node` took task `id` of `role`: a plain publish into the bucket's stream (no
-/// wait for JetStream's acknowledgement; the record only serves a later retry).
-pub(super) async fn record(client: &Client, id: &str, node: &NodeName, role: &Role) {
+/// Records that `node` took task `id` (it acknowledged it), waiting for JetStream's
+/// acknowledgement and trying again for about five seconds (a nats-server restart): the record
+/// is what lets a restarted router, or another one, send a repeat of the task back to the node
+/// that runs it rather than start it anew elsewhere. Every router hears every acknowledgement
+/// and records it, so the record does not depend on the router that sent the task living on.
+pub(super) async fn record(kv: &kv::Store, id: &str, node: &NodeName) {
     let body = serde_json::to_vec(&TaskRecord {
         node: node.to_string(),
-        role: role.to_string(),
+        role: String::new(),
     })
     .unwrap_or_default();
-    if let Err(e) = client
-        .publish(format!("$KV.{TASKS_BUCKET}.{id}"), body.into())
-        .await
-    {
-        log(format!("task {id}: {TASKS_BUCKET} record failed: {e}"));
+    let mut last = String::new();
+    for _ in 0..10 {
+        match tokio::time::timeout(Duration::from_secs(1), kv.put(id, body.clone().into())).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "no answer within 1s".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    log(format!("task {id}: {TASKS_BUCKET} record failed: {last}"));
 }
 
 /// The node that took task `id`, from `fleet-tasks` (bounded to one second).

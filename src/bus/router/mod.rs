@@ -418,6 +418,7 @@ pub async fn start(
     }));
     // Acknowledgements: `fleet.results.<node>.ack`, the node vouched for by the subject.
     let s = Arc::clone(&shared);
+    let recorder = client.clone();
     tasks.push(tokio::spawn(async move {
         while let Some(msg) = acks.next().await {
             let node = msg
@@ -431,9 +432,8 @@ pub async fn start(
                     continue;
                 }
                 s.flights.acked(id, &node);
-                // Recorded by every router that hears it, off this loop (see `tasks::record`).
-                let (kv, id) = (s.tasks_kv.clone(), id.to_string());
-                tokio::spawn(async move { tasks::record(&kv, &id, &node).await });
+                // Recorded by every router that hears it (see `tasks::record`).
+                tasks::record(&recorder, id, &node).await;
             }
         }
     }));

@@ -254,15 +254,9 @@ async fn dispatch_goes_through_a_running_fleetnix_router() {
     // router alerts (never the example fleet's own ntfy address).
     let ntfy = tiny_http::Server::http("127.0.0.1:0").unwrap();
     let ntfy_url = format!("http://{}", ntfy.server_addr().to_ip().unwrap());
-    let mut router = tokio::process::Command::new(fleetnix_bin())
-        .arg("--root")
-        .arg(repo())
-        .args(["router", "--node-timeout", "1s", "--nats-url", &server.url])
-        .env("FLEETNIX_NATS_PASSWORD", &router_pw)
-        .env("FLEETNIX_NTFY_URL", &ntfy_url)
-        .env_remove("FLEETNIX_NATS_URL")
+    let mut router = server
+        .router_command(&ntfy_url)
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut worker = server

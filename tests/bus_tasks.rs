@@ -424,13 +424,13 @@ async fn sigkill_of_a_router_process_loses_no_task_with_two_routers() {
     let beat = Duration::from_millis(150);
     let _w1 = worker_on(&server, beat, "worker-01", &ledger).await;
     let _w2 = worker_on(&server, beat, "worker-02", &ledger).await;
-    let mut first = router_process(&server);
+    let mut first = server.router_process();
     until_served(&supervisor).await;
     let ids = ["kill-a", "kill-b", "kill-c", "kill-d"];
     let callers = ask_long(&supervisor, &ids, 3000);
     all_taken(&ledger, &ids).await;
     // A second router, then SIGKILL of the first (which took every task).
-    let _second = router_process(&server);
+    let _second = server.router_process();
     first.start_kill().unwrap();
     first.wait().await.unwrap();
     each_answered_once(&ledger, &ids, callers, 3000).await;
@@ -600,27 +600,6 @@ async fn each_answered_once(
     }
 }
 
-/// `fleetnix router` as a process of its own (alerts to a closed loopback port).
-fn router_process(server: &bus_support::NatsServer) -> tokio::process::Child {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let ntfy = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
-    tokio::process::Command::new(common::fleetnix_bin())
-        .arg("--root")
-        .arg(env!("CARGO_MANIFEST_DIR"))
-        .args(["router", "--node-timeout", "1s", "--nats-url", &server.url])
-        .env(
-            "FLEETNIX_NATS_PASSWORD",
-            server.creds.router_password().unwrap().expose(),
-        )
-        .env("FLEETNIX_NTFY_URL", ntfy)
-        .env_remove("FLEETNIX_NATS_URL")
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
 /// `fleetnix node drain`: the router sends the drained node no new task and reports it draining
 /// with its in-flight count; `node undrain` gives it tasks again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -740,18 +719,9 @@ async fn router_names_its_alert_target_and_dispatch_reads_a_large_payload_from_s
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let ntfy = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let mut router = tokio::process::Command::new(common::fleetnix_bin())
-        .arg("--root")
-        .arg(env!("CARGO_MANIFEST_DIR"))
-        .args(["router", "--node-timeout", "1s", "--nats-url", &server.url])
-        .env(
-            "FLEETNIX_NATS_PASSWORD",
-            server.creds.router_password().unwrap().expose(),
-        )
-        .env("FLEETNIX_NTFY_URL", &ntfy)
-        .env_remove("FLEETNIX_NATS_URL")
+    let mut router = server
+        .router_command(&ntfy)
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(router.stderr.take().unwrap()).lines();
@@ -867,7 +837,7 @@ async fn chaos_a_thousand_tasks_through_kills_and_restarts() {
     let mut w1_start = STARTS.load(std::sync::atomic::Ordering::SeqCst) - 1;
     let mut killed: Vec<u32> = Vec::new();
     let _w2 = worker_on(&server, beat, "worker-02", &ledger).await;
-    let mut routers = [router_process(&server), router_process(&server)];
+    let mut routers = [server.router_process(), server.router_process()];
     until_served(&supervisor).await;
     let warmup = ledger.0.lock().unwrap().len();
 
@@ -924,7 +894,7 @@ async fn chaos_a_thousand_tasks_through_kills_and_restarts() {
                 let i = rng.gen_range(0..routers.len());
                 routers[i].start_kill().unwrap();
                 routers[i].wait().await.unwrap();
-                routers[i] = router_process(&server);
+                routers[i] = server.router_process();
             }
             _ => server.restart(),
         }

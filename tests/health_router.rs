@@ -43,27 +43,6 @@ async fn gated_worker(
     .unwrap()
 }
 
-/// `fleetnix router` as a process of its own (alerts to a closed loopback port).
-fn router_process(server: &NatsServer) -> tokio::process::Child {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let ntfy = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
-    tokio::process::Command::new(common::fleetnix_bin())
-        .arg("--root")
-        .arg(env!("CARGO_MANIFEST_DIR"))
-        .args(["router", "--node-timeout", "1s", "--nats-url", &server.url])
-        .env(
-            "FLEETNIX_NATS_PASSWORD",
-            server.creds.router_password().unwrap().expose(),
-        )
-        .env("FLEETNIX_NTFY_URL", ntfy)
-        .env_remove("FLEETNIX_NATS_URL")
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
 fn entry<'a>(all: &'a HealthEntries, node: &str) -> Option<&'a HealthEntry> {
     all.entries.iter().find(|e| e.node == node)
 }
@@ -100,7 +79,7 @@ async fn health_all_reads_the_routers_view_with_a_drained_node() {
     fleetnix::bus::registry::sync(&registry, &fleet)
         .await
         .unwrap();
-    let _router = router_process(&server);
+    let _router = server.router_process();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let _w1 = gated_worker(&server, "worker-01", gate.clone()).await;
     let _w2 = gated_worker(&server, "worker-02", gate.clone()).await;

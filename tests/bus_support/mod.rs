@@ -581,3 +581,34 @@ pub fn node_of(a: &fleetnix::bus::router::Answer) -> String {
         fleetnix::bus::router::Answer::Failed(e) => panic!("router error: {e:?}"),
     }
 }
+
+impl NatsServer {
+    /// `fleetnix router --node-timeout 1s` against this server, its password only in its
+    /// environment, alerting to `ntfy` (never the example fleet's own ntfy address); stderr is
+    /// the caller's to set. Killed when dropped.
+    pub fn router_command(&self, ntfy: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(crate::common::fleetnix_bin());
+        cmd.arg("--root")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(["router", "--node-timeout", "1s", "--nats-url", &self.url])
+            .env(
+                "FLEETNIX_NATS_PASSWORD",
+                self.creds.router_password().unwrap().expose(),
+            )
+            .env("FLEETNIX_NTFY_URL", ntfy)
+            .env_remove("FLEETNIX_NATS_URL")
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// [`Self::router_command`] started, alerting to a closed loopback port, stderr discarded.
+    pub fn router_process(&self) -> tokio::process::Child {
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ntfy = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        self.router_command(&ntfy)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}

@@ -265,6 +265,12 @@ async fn the_observer_credential_reads_fleet_health_and_nothing_else() {
         .put("worker-01", entry.to_string().into())
         .await
         .unwrap();
+    // A node's entry removed since (a tombstone in the bucket) is not read back.
+    health
+        .put("worker-02", entry.to_string().into())
+        .await
+        .unwrap();
+    health.delete("worker-02").await.unwrap();
     let (obs, errors) = server
         .connect_watching_as(
             Service::Observer.user(),

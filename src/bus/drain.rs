@@ -8,9 +8,10 @@ use super::registry::open_bucket;
 use super::router::HealthEntry;
 use super::{BusError, DRAIN_BUCKET, HEALTH_BUCKET};
 use crate::model::NodeName;
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// A `fleet-drain` record.
@@ -61,7 +62,11 @@ pub async fn health(
     js: &jetstream::Context,
     node: &NodeName,
 ) -> Result<Option<HealthEntry>, BusError> {
-    let kv = open_bucket(js, HEALTH_BUCKET, false).await?;
+    entry(&open_bucket(js, HEALTH_BUCKET, false).await?, node).await
+}
+
+/// `node`'s entry in the opened `fleet-health` bucket, if any.
+async fn entry(kv: &kv::Store, node: &NodeName) -> Result<Option<HealthEntry>, BusError> {
     let got = kv.get(node.as_str()).await.map_err(|e| BusError::Kv {
         bucket: HEALTH_BUCKET.into(),
         op: "get",
@@ -91,7 +96,7 @@ fn bucket_missing(e: &jetstream::context::KeyValueError) -> bool {
 }
 
 /// Every node's `fleet-health` entry (the router's view), read as any user that may read the
-/// bucket (the CLI: `_registry`), all within `limit`. No bucket means the router never ran: no
+/// bucket (the CLI: `_observer`), all within `limit`. No bucket means the router never ran: no
 /// entries, not an error.
 pub async fn health_all(
     js: &jetstream::Context,
@@ -110,19 +115,33 @@ pub async fn health_all(
             Err(e) if bucket_missing(&e) => return Ok(HealthEntries::default()),
             Err(e) => return Err(err("open")(e.to_string())),
         };
-        let mut keys: Vec<String> = Vec::new();
-        let mut listed = kv.keys().await.map_err(|e| err("list")(e.to_string()))?;
-        while let Some(k) = listed.next().await {
-            keys.push(k.map_err(|e| err("list")(e.to_string()))?);
+        // One pass whatever the fleet's size: a watch delivering the last value of every key
+        // (then live changes, which are not waited for), not a request per node. An empty
+        // bucket delivers nothing, so the stream's message count is asked first.
+        let status = kv
+            .status()
+            .await
+            .map_err(|e| err("status")(e.to_string()))?;
+        let mut latest: BTreeMap<String, bytes::Bytes> = BTreeMap::new();
+        if status.values() > 0 {
+            let mut watch = kv
+                .watch_with_history(">")
+                .await
+                .map_err(|e| err("watch")(e.to_string()))?;
+            while let Some(entry) = watch.next().await {
+                let entry = entry.map_err(|e| err("watch")(e.to_string()))?;
+                match entry.operation {
+                    kv::Operation::Put => latest.insert(entry.key, entry.value),
+                    // A deleted or purged key is gone.
+                    kv::Operation::Delete | kv::Operation::Purge => latest.remove(&entry.key),
+                };
+                if entry.delta == 0 {
+                    break;
+                }
+            }
         }
-        keys.sort();
-        keys.dedup();
         let mut out = HealthEntries::default();
-        for k in keys {
-            // A key deleted between listing and reading is simply gone.
-            let Some(v) = kv.get(&k).await.map_err(|e| err("get")(e.to_string()))? else {
-                continue;
-            };
+        for (k, v) in latest {
             match serde_json::from_slice::<HealthEntry>(&v) {
                 Ok(e) => out.entries.push(e),
                 Err(_) => out.unreadable.push(k),
@@ -144,8 +163,9 @@ pub async fn wait_idle(
     limit: Duration,
 ) -> Result<Option<HealthEntry>, BusError> {
     let until = Instant::now() + limit;
+    let kv = open_bucket(js, HEALTH_BUCKET, false).await?;
     loop {
-        let e = health(js, node).await?;
+        let e = entry(&kv, node).await?;
         let idle = e.as_ref().is_some_and(|e| e.draining && e.in_flight == 0);
         if idle || Instant::now() >= until {
             return Ok(e);

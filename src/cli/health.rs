@@ -64,18 +64,11 @@ impl BusView {
         let js = match &self.js {
             Some(js) => js.clone(),
             None => {
+                // Bounded by the timeout, handshake included.
                 let user = Service::Observer.user();
-                let connect = d::connect_as(&self.url, user, &self.password, self.timeout);
-                let client = match tokio::time::timeout(self.timeout, connect).await {
-                    Ok(c) => c.map_err(|e| e.to_string())?,
-                    Err(_) => {
-                        return Err(format!(
-                            "cannot connect to NATS at {} as {user} within {}s",
-                            self.url,
-                            self.timeout.as_secs_f64()
-                        ))
-                    }
-                };
+                let client = d::connect_as(&self.url, user, &self.password, self.timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let js = async_nats::jetstream::new(client);
                 self.js = Some(js.clone());
                 js

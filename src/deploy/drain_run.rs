@@ -23,37 +23,31 @@ impl<T: Transport> Ctx<T> {
         let limit = self.opts.drain_timeout;
         // The hook bounds its own wait by `limit` and its connection by the node timeout; this
         // is the backstop that keeps a stuck bus from holding the deploy.
-        let bound = limit + self.opts.node_timeout * 2 + Duration::from_secs(5);
+        let bound = limit + self.bus_bound();
         let result = match &self.opts.drain {
-            None => Err("no bus connection for draining was given".to_string()),
-            Some(d) => match tokio::time::timeout(bound, d.drain(node, limit)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    // The drain may have been written before the bus stopped answering.
-                    *state = NodeDrain::Unsure(format!(
-                        "the drain did not finish within {}s (the bus stopped answering; it may be drained): deployed with its tasks running",
-                        bound.as_secs()
-                    ));
-                    if let NodeDrain::Unsure(n) = state {
-                        log.line(&format!("drain: {n}"));
-                    }
-                    return;
-                }
-            },
+            None => Ok(Err("no bus connection for draining was given".to_string())),
+            Some(d) => tokio::time::timeout(bound, d.drain(node, limit))
+                .await
+                .map_err(|_| bound),
         };
         *state = match result {
-            Ok(Drained {
+            // The drain may have been written before the bus stopped answering.
+            Err(bound) => NodeDrain::Unsure(format!(
+                "the drain did not finish within {}s (the bus stopped answering; it may be drained): deployed with its tasks running",
+                bound.as_secs()
+            )),
+            Ok(Ok(Drained {
                 already: true,
                 in_flight,
-            }) => NodeDrain::Already(format!(
+            })) => NodeDrain::Already(format!(
                 "it was drained before the deploy{}",
                 running(in_flight, limit, false)
             )),
-            Ok(Drained {
+            Ok(Ok(Drained {
                 already: false,
                 in_flight,
-            }) => NodeDrain::ByUs(format!("drained{}", running(in_flight, limit, true))),
-            Err(e) => NodeDrain::NotDrained(format!(
+            })) => NodeDrain::ByUs(format!("drained{}", running(in_flight, limit, true))),
+            Ok(Err(e)) => NodeDrain::NotDrained(format!(
                 "not drained ({e}): deployed with its tasks running"
             )),
         };
@@ -65,6 +59,12 @@ impl<T: Transport> Ctx<T> {
             NodeDrain::Untouched => String::new(),
         };
         log.line(&format!("drain: {note}"));
+    }
+
+    /// The backstop of one exchange with the bus beyond the drain's wait: its connection and
+    /// request are bounded by the node timeout each, plus a margin.
+    fn bus_bound(&self) -> Duration {
+        self.opts.node_timeout * 2 + Duration::from_secs(5)
     }
 
     /// After the node's deploy: undrains it if this deploy drained it and it succeeded, and adds
@@ -124,7 +124,7 @@ impl<T: Transport> Ctx<T> {
                     step: Step::Undrain,
                 });
                 trace(true);
-                let bound = self.opts.node_timeout * 2 + Duration::from_secs(5);
+                let bound = self.bus_bound();
                 let r = match &self.opts.drain {
                     None => Err("no bus connection".to_string()),
                     Some(d) => match tokio::time::timeout(bound, d.undrain(node)).await {

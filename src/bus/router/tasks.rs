@@ -73,11 +73,9 @@ impl Flights {
 /// A `fleet-tasks` record: who took a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TaskRecord {
-    /// The node that acknowledged it.
+    /// The node that acknowledged it. (Records from before also carried the role; it is
+    /// ignored.)
     pub node: String,
-    /// Its role, when the recording router knew it (records from acknowledgements have none).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub role: String,
 }
 
 /// How long `fleet-tasks` keeps a record.
@@ -115,7 +113,6 @@ pub(super) async fn open_bucket(js: &jetstream::Context) -> Result<kv::Store, Bu
 pub(super) async fn record(client: &Client, id: &str, node: &NodeName) {
     let body = serde_json::to_vec(&TaskRecord {
         node: node.to_string(),
-        role: String::new(),
     })
     .unwrap_or_default();
     if let Err(e) = client
